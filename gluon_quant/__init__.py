@@ -1,0 +1,33 @@
+"""gluon_quant: quantize any Apache MXNet Gluon model to int8 in one call.
+
+>>> import gluon_quant
+>>> qnet = gluon_quant.quantize(net, calib_batches)
+>>> print(qnet.report())
+"""
+from ._version import __version__
+from ._compat import check_mxnet
+from .errors import (GluonQuantError, ConfigError, UnknownNameError, CalibrationDataError,
+                     EmptyCalibrationError, NonFiniteDataError, InputMismatchError,
+                     NotHybridizableError, GraphError, UnsupportedDtypeError,
+                     CalibrationTableError, ArtifactError, ModelExecutionError)
+
+check_mxnet()
+
+# pylint: disable=wrong-import-position
+from .config import QuantDtype, Backend, Granularity
+from .calib import (Calibrator, CalibrationTable, MinMaxCalibrator, EntropyCalibrator,
+                    PercentileCalibrator, MSECalibrator, get_calibrator)
+from .block import QuantizedHybridBlock
+from .api import quantize
+from .report import LayerReport, QuantReport
+
+__all__ = [
+    "__version__", "quantize", "QuantizedHybridBlock", "QuantReport", "LayerReport",
+    "Calibrator", "CalibrationTable", "MinMaxCalibrator", "EntropyCalibrator",
+    "PercentileCalibrator", "MSECalibrator", "get_calibrator",
+    "QuantDtype", "Backend", "Granularity",
+    "GluonQuantError", "ConfigError", "UnknownNameError", "CalibrationDataError",
+    "EmptyCalibrationError", "NonFiniteDataError", "InputMismatchError", "NotHybridizableError",
+    "GraphError", "UnsupportedDtypeError", "CalibrationTableError", "ArtifactError",
+    "ModelExecutionError",
+]

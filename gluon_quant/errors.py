@@ -1,0 +1,81 @@
+"""The exception hierarchy of gluon_quant.
+
+Every error the package raises on bad input derives from :class:`GluonQuantError`,
+so callers can catch one type.  Each subclass also derives from the closest
+built-in exception (``ValueError``, ``TypeError``, ``OSError``...) so that code
+written against the built-ins keeps working.
+"""
+
+__all__ = [
+    "GluonQuantError",
+    "ConfigError",
+    "UnknownNameError",
+    "CalibrationDataError",
+    "EmptyCalibrationError",
+    "NonFiniteDataError",
+    "InputMismatchError",
+    "NotHybridizableError",
+    "GraphError",
+    "UnsupportedDtypeError",
+    "CalibrationTableError",
+    "ArtifactError",
+    "ModelExecutionError",
+]
+
+
+class GluonQuantError(Exception):
+    """Base class of every error raised by gluon_quant."""
+
+
+class ConfigError(GluonQuantError, ValueError):
+    """A setting has a bad value or an unsupported combination."""
+
+
+class UnknownNameError(ConfigError, KeyError):
+    """A name (dtype, backend, calibrator, preset, layer, model) is not known.
+
+    The message lists the valid names.
+    """
+
+    def __str__(self):  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class CalibrationDataError(GluonQuantError, ValueError):
+    """Calibration data cannot be used as given."""
+
+
+class EmptyCalibrationError(CalibrationDataError):
+    """No calibration batch was seen (empty or exhausted iterable, or a calibrator fed nothing)."""
+
+
+class NonFiniteDataError(CalibrationDataError):
+    """A tensor seen during calibration holds NaN or Inf."""
+
+
+class InputMismatchError(GluonQuantError, ValueError):
+    """A batch does not fit the network's inputs (arity, shape, rank, dtype or names)."""
+
+
+class NotHybridizableError(GluonQuantError, TypeError):
+    """The network cannot be turned into a symbolic graph."""
+
+
+class GraphError(GluonQuantError, RuntimeError):
+    """The graph cannot be fused, quantized or run."""
+
+
+class UnsupportedDtypeError(ConfigError):
+    """The requested quantized dtype cannot represent a tensor correctly."""
+
+
+class CalibrationTableError(GluonQuantError, ValueError):
+    """A calibration table is malformed, from a newer format, or from another graph."""
+
+
+class ArtifactError(GluonQuantError, OSError):
+    """An exported file is missing, unwritable, truncated, altered or of an unknown format."""
+
+
+class ModelExecutionError(GluonQuantError, RuntimeError):
+    """The user's network raised while it was run."""

@@ -1,0 +1,5 @@
+"""Passes and views over MXNet symbol graphs: inspection, fingerprints and layer selection."""
+from .inspect import GraphView, GraphNode
+from .selection import BlockScope, block_scopes, resolve_exclusions
+
+__all__ = ["GraphView", "GraphNode", "BlockScope", "block_scopes", "resolve_exclusions"]

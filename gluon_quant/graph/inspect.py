@@ -1,0 +1,144 @@
+"""A read-only view of a symbol graph: its operator nodes, what each fused node contains,
+and a fingerprint that identifies the graph's structure."""
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+__all__ = ["GraphNode", "GraphView", "describe_op"]
+
+#: Operators that carry the weights of a layer, in the order that names a fused node.
+_ANCHOR_OPS = ("Convolution", "FullyConnected", "Deconvolution", "Pooling", "Concat",
+               "elemwise_add", "elemwise_mul", "BatchNorm")
+
+#: Attributes that change between calibrations of the same graph, left out of fingerprints.
+_VOLATILE_ATTRS = ("min_calib_range", "max_calib_range")
+
+
+def describe_op(op, attrs):
+    """A short readable description of one operator: ``Activation(relu)``, ``clip(0,6)``."""
+    attrs = attrs or {}
+    if op in ("Activation", "LeakyReLU") and "act_type" in attrs:
+        return "%s(%s)" % (op, attrs["act_type"])
+    if op == "clip":
+        return "clip(%s,%s)" % (_num(attrs.get("a_min")), _num(attrs.get("a_max")))
+    if op == "Pooling" and "pool_type" in attrs:
+        return "Pooling(%s)" % attrs["pool_type"]
+    return op
+
+
+def _num(text):
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return str(text)
+    return ("%g" % value)
+
+
+@dataclass(frozen=True)
+class GraphNode:
+    """One operator node of a graph.
+
+    Attributes
+    ----------
+    name : str
+        Node name in this graph (for fused nodes, e.g. ``sg_mkldnn_conv_bn_act_0``).
+    op : str
+        Operator of the node (``_sg_mkldnn_conv`` for a fused oneDNN convolution).
+    members : tuple of (str, str, str)
+        ``(original name, operator, description)`` of every original operator the node
+        stands for; a plain node has one member, itself.
+    inputs : tuple of str
+        Names of the nodes (or variables) feeding it.
+    attrs : tuple of (str, str)
+        The node's attributes, sorted.
+    """
+
+    name: str
+    op: str
+    members: Tuple[Tuple[str, str, str], ...]
+    inputs: Tuple[str, ...]
+    attrs: Tuple[Tuple[str, str], ...]
+
+    @property
+    def fused(self):
+        """Whether the node is a fused subgraph of several original operators."""
+        return self.op.startswith("_sg_")
+
+    @property
+    def main_op(self):
+        """The operator that names the layer (the convolution of conv+bn+relu)."""
+        ops = [m[1] for m in self.members]
+        for anchor in _ANCHOR_OPS:
+            if anchor in ops:
+                return anchor
+        return ops[0] if ops else self.op
+
+    @property
+    def pattern(self):
+        """The fused pattern, e.g. ``Convolution+BatchNorm+Activation(relu)``."""
+        return "+".join(m[2] for m in self.members)
+
+    @property
+    def member_ops(self):
+        """Set of original operator types in the node."""
+        return {m[1] for m in self.members}
+
+    def attr(self, key, default=None):
+        """Value of one attribute."""
+        return dict(self.attrs).get(key, default)
+
+
+class GraphView:
+    """Operator nodes of a symbol graph, in topological order.
+
+    Parameters
+    ----------
+    graph : dict
+        The graph as parsed from ``Symbol.tojson()``.
+    """
+
+    def __init__(self, graph):
+        self._graph = graph
+        nodes = graph["nodes"]
+        self.variables = [n["name"] for n in nodes if n["op"] == "null"]
+        self.nodes = []
+        for node in nodes:
+            if node["op"] == "null":
+                continue
+            attrs = node.get("attrs", {}) or {}
+            if node.get("subgraphs"):
+                members = tuple(
+                    (m["name"], m["op"], describe_op(m["op"], m.get("attrs")))
+                    for sub in node["subgraphs"] for m in sub["nodes"] if m["op"] != "null")
+            else:
+                members = ((node["name"], node["op"], describe_op(node["op"], attrs)),)
+            self.nodes.append(GraphNode(
+                name=node["name"], op=node["op"], members=members,
+                inputs=tuple(nodes[i[0]]["name"] for i in node["inputs"]),
+                attrs=tuple(sorted((k, str(v)) for k, v in attrs.items()))))
+        self.by_name: Dict[str, GraphNode] = {n.name: n for n in self.nodes}
+
+    def __iter__(self):
+        return iter(self.nodes)
+
+    def __len__(self):
+        return len(self.nodes)
+
+    def fingerprint(self):
+        """A sha256 of the graph's structure: operators, attributes, wiring and variable names.
+
+        Calibrated ranges are left out, so a graph and its calibrated copy share a
+        fingerprint; weights' values are not part of it either.
+        """
+        canon = []
+        for node in self._graph["nodes"]:
+            attrs = {k: v for k, v in (node.get("attrs") or {}).items()
+                     if k not in _VOLATILE_ATTRS}
+            subs = [[(m["op"], m["name"]) for m in sub["nodes"]]
+                    for sub in node.get("subgraphs", [])]
+            canon.append([node["op"], node["name"], sorted(attrs.items()),
+                          [i[:2] for i in node["inputs"]], subs])
+        canon.append([h[:2] for h in self._graph.get("heads", [])])
+        blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
+        return hashlib.sha256(blob).hexdigest()

@@ -1,0 +1,124 @@
+"""Resolve the user's ``exclude`` patterns to nodes of the fused graph.
+
+Users name layers the way they know them from their Gluon net: a block's name
+(``resnetv10_conv0``), its attribute path (``features.0``), an operator node name
+(``resnetv10_conv0_fwd``), a glob pattern over any of these (``*stage4*``) or an
+operator type by its ordinary name (``Convolution``, ``FullyConnected``,
+``Pooling``; Gluon layer names such as ``Conv2D`` and ``Dense`` work too).
+Fusion renames nodes (``sg_mkldnn_conv_bn_act_3``); this module maps the user's
+names through the fused nodes' members, so exclusion works before and after fusion.
+"""
+import fnmatch
+import logging
+from dataclasses import dataclass
+from typing import Dict, List, Tuple
+
+from ..config import suggest
+from ..errors import ConfigError
+
+__all__ = ["BlockScope", "block_scopes", "resolve_exclusions", "OP_ALIASES"]
+
+_log = logging.getLogger(__name__)
+
+#: Gluon layer class names accepted as operator types.
+OP_ALIASES = {
+    "Conv1D": "Convolution", "Conv2D": "Convolution", "Conv3D": "Convolution",
+    "Conv2DTranspose": "Deconvolution", "Dense": "FullyConnected",
+    "MaxPool2D": "Pooling", "AvgPool2D": "Pooling", "GlobalAvgPool2D": "Pooling",
+    "GlobalMaxPool2D": "Pooling", "MaxPool1D": "Pooling", "AvgPool1D": "Pooling",
+    "Flatten": "Flatten", "Concatenate": "Concat", "add": "elemwise_add",
+}
+
+
+@dataclass(frozen=True)
+class BlockScope:
+    """A block of the user's net: its attribute path, its name and its name prefix."""
+
+    path: str
+    name: str
+    prefix: str
+
+
+def block_scopes(net):
+    """Every block of ``net`` (itself included) as a :class:`BlockScope`, outermost first."""
+    scopes = []
+
+    def walk(block, path):
+        scopes.append(BlockScope(path=path, name=block.name, prefix=block.prefix))
+        for key, child in block._children.items():
+            walk(child, key if not path else path + "." + key)
+
+    walk(net, "")
+    return scopes
+
+
+def _owners(op_name, scopes):
+    """Names and paths of the blocks an original operator belongs to."""
+    found = []
+    for scope in scopes:
+        if scope.prefix and op_name.startswith(scope.prefix):
+            found.append(scope.name)
+            if scope.path:
+                found.append(scope.path)
+    return found
+
+
+def _node_keys(node, scopes):
+    keys = [node.name]
+    for name, _, _ in node.members:
+        keys.append(name)
+        keys.extend(_owners(name, scopes))
+    return keys
+
+
+def resolve_exclusions(patterns, graph, scopes) -> Tuple[Dict[str, str], List[str]]:
+    """Map exclusion patterns to the graph's node names.
+
+    Parameters
+    ----------
+    patterns : iterable of str or None
+        Layer names, block paths, node names, glob patterns or operator types.
+    graph : GraphView
+        The (fused) fp32 graph.
+    scopes : list of BlockScope
+        The user's blocks, from :func:`block_scopes`.
+
+    Returns
+    -------
+    excluded : dict
+        Node name -> the pattern that excluded it.
+    unmatched : list of str
+        Patterns that matched nothing (a warning is logged for each, with close names).
+    """
+    if patterns is None:
+        return {}, []
+    if isinstance(patterns, str):
+        patterns = [patterns]
+    patterns = list(patterns)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern:
+            raise ConfigError(
+                "exclude entries must be non-empty strings (layer names, glob patterns or "
+                "operator types such as 'Convolution'); got %r." % (pattern,))
+    keys = {node.name: _node_keys(node, scopes) for node in graph}
+    excluded, unmatched = {}, []
+    for pattern in patterns:
+        op_type = OP_ALIASES.get(pattern, pattern)
+        hits = [n.name for n in graph if op_type in n.member_ops]
+        if not hits:
+            is_glob = any(c in pattern for c in "*?[")
+            for node in graph:
+                for key in keys[node.name]:
+                    if key == pattern or (is_glob and fnmatch.fnmatchcase(key, pattern)):
+                        hits.append(node.name)
+                        break
+        if not hits:
+            unmatched.append(pattern)
+            candidates = sorted({k for ks in keys.values() for k in ks}
+                                | {op for n in graph for op in n.member_ops})
+            _log.warning("exclude pattern %r matched no layer of the network.%s", pattern,
+                         suggest(pattern, candidates) or
+                         " Known layers include: %s." % ", ".join(candidates[:8]))
+        for name in hits:
+            excluded.setdefault(name, pattern)
+    return excluded, unmatched

@@ -1,0 +1,104 @@
+"""What was fused, quantized, excluded and why: the per-layer report of a quantized net."""
+import json
+from dataclasses import dataclass, asdict
+from typing import Optional, Tuple
+
+__all__ = ["LayerReport", "QuantReport"]
+
+
+@dataclass(frozen=True)
+class LayerReport:
+    """One layer (one node of the fused graph) of a quantized network.
+
+    Attributes
+    ----------
+    layer : str
+        The name the user knows from the Gluon net (the innermost block owning the
+        layer's main operator), or the node name where no block owns it.
+    node : str
+        Name of the node in the fused graph (``sg_mkldnn_conv_bn_act_0``).
+    op : str
+        The layer's main operator (``Convolution`` for conv+bn+relu).
+    pattern : str
+        The fused pattern, ``Convolution+BatchNorm+Activation(relu)``.
+    quantized : bool
+        Whether the node runs in int8.
+    reason : str
+        Why it is (or is not) quantized.
+    dtype : str or None
+        Dtype of the node's output in the final graph (``uint8``, ``int8``, ``float32``).
+    threshold : tuple of float or None
+        Calibrated ``(min, max)`` range of the node's output.
+    """
+
+    layer: str
+    node: str
+    op: str
+    pattern: str
+    quantized: bool
+    reason: str
+    dtype: Optional[str]
+    threshold: Optional[Tuple[float, float]]
+
+    @property
+    def fused(self):
+        """Whether several original operators were fused into this node."""
+        return "+" in self.pattern
+
+
+class QuantReport(tuple):
+    """A tuple of :class:`LayerReport` with summaries and a readable ``str()``."""
+
+    def __new__(cls, layers, *, backend="onednn", dtype="auto", granularity="channel",
+                calibrator=None):
+        self = super().__new__(cls, layers)
+        self.backend = backend
+        self.dtype = dtype
+        self.granularity = granularity
+        self.calibrator = calibrator
+        return self
+
+    @property
+    def quantized(self):
+        """Layers that run in int8."""
+        return tuple(r for r in self if r.quantized)
+
+    def coverage(self, ops=("Convolution", "FullyConnected")):
+        """``(quantized, total)`` counts of layers whose main operator is in ``ops``."""
+        sel = [r for r in self if r.op in ops]
+        return sum(r.quantized for r in sel), len(sel)
+
+    def to_dict(self):
+        """A JSON-safe dict."""
+        return {"backend": self.backend, "dtype": self.dtype, "granularity": self.granularity,
+                "calibrator": self.calibrator, "layers": [asdict(r) for r in self]}
+
+    def to_json(self, **kwargs):
+        """The report as JSON text."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self):
+        head = ("layer", "op", "fused pattern", "int8", "dtype", "range", "why")
+        rows = []
+        for r in self:
+            rng = "" if r.threshold is None else "[%.4g, %.4g]" % tuple(r.threshold)
+            rows.append((r.layer, r.op, r.pattern, "yes" if r.quantized else "no",
+                         r.dtype or "?", rng, r.reason))
+        widths = [min(max(len(str(row[i])) for row in rows + [head]), 48)
+                  for i in range(len(head))]
+
+        def fmt(row):
+            return "  ".join(str(c)[:w].ljust(w) for c, w in zip(row, widths)).rstrip()
+
+        q, total = self.coverage()
+        lines = ["gluon_quant report: backend=%s dtype=%s granularity=%s calibrator=%s"
+                 % (self.backend, self.dtype, self.granularity, self.calibrator),
+                 "%d of %d layers in int8; convolution/dense layers in int8: %d of %d; "
+                 "fused nodes: %d" % (len(self.quantized), len(self), q, total,
+                                      sum(r.fused for r in self)),
+                 fmt(head), fmt(tuple("-" * w for w in widths))]
+        lines += [fmt(row) for row in rows]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return "<QuantReport %d layers, %d int8>" % (len(self), len(self.quantized))

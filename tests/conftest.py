@@ -1,0 +1,91 @@
+"""Shared fixtures: real labelled data, a small CNN trained on it, tiny random nets."""
+import logging
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import autograd, gluon
+from mxnet.gluon import nn
+
+from gluon_quant.datasets import load_small_images
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: long-running cases (run with -m slow)")
+
+
+def build_cnn(classes=10):
+    """Conv-BN-ReLU x2 + pooling + Dense-ReLU + Dense: every oneDNN int8 pattern in small."""
+    net = nn.HybridSequential(prefix="cnn_")
+    with net.name_scope():
+        net.add(nn.Conv2D(16, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+                nn.MaxPool2D(2),
+                nn.Conv2D(32, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+                nn.MaxPool2D(2),
+                nn.Flatten(), nn.Dense(64, activation="relu"), nn.Dense(classes))
+    return net
+
+
+def accuracy(net, images, labels, batch=1000):
+    """Top-1 accuracy of ``net`` on numpy images."""
+    correct = 0
+    for i in range(0, len(images), batch):
+        out = net(mx.nd.array(images[i:i + batch]))
+        correct += int((out.argmax(axis=1).asnumpy().astype(np.int64)
+                        == labels[i:i + batch]).sum())
+    return correct / len(images)
+
+
+@pytest.fixture(scope="session")
+def small_data():
+    """Fashion-MNIST (or sklearn digits when it is not installed), as float32 in [0, 1]."""
+    return load_small_images(max_train=12000)
+
+
+@pytest.fixture(scope="session")
+def trained_cnn(small_data):
+    """A small CNN trained for two epochs on real data, with its fp32 test accuracy."""
+    mx.random.seed(42)
+    np.random.seed(42)
+    images, labels = small_data["train"]
+    net = build_cnn()
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    trainer = gluon.Trainer(net.collect_params(), "adam", {"learning_rate": 2e-3})
+    loss_fn = gluon.loss.SoftmaxCrossEntropyLoss()
+    loader = gluon.data.DataLoader(gluon.data.ArrayDataset(images, labels.astype("float32")),
+                                   batch_size=128, shuffle=True)
+    for _ in range(2):
+        for x, y in loader:
+            with autograd.record():
+                loss = loss_fn(net(x), y)
+            loss.backward()
+            trainer.step(x.shape[0])
+    test_x, test_y = small_data["test"]
+    return {"net": net, "test": (test_x, test_y), "fp32_acc": accuracy(net, test_x, test_y),
+            "calib": [images[i:i + 64] for i in range(0, 512, 64)], "dataset": small_data["name"]}
+
+
+@pytest.fixture
+def tiny_cnn():
+    """A random-weight CNN on 1x28x28 inputs, BatchNorm statistics set from data."""
+    from gluon_quant.zoo.batchnorm import reestimate_batchnorm
+    mx.random.seed(7)
+    net = build_cnn()
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(0).rand(32, 1, 28, 28).astype("float32"))
+    reestimate_batchnorm(net, x)
+    return net
+
+
+@pytest.fixture
+def tiny_batches():
+    """Four batches of 8 random 1x28x28 images in [0, 1)."""
+    rs = np.random.RandomState(1)
+    return [rs.rand(8, 1, 28, 28).astype("float32") for _ in range(4)]
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog):
+    caplog.set_level(logging.WARNING, logger="gluon_quant")
+    yield

@@ -1,0 +1,272 @@
+"""gluon_quant.quantize end to end: accuracy on real data, batch forms, structure, settings."""
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+from mxnet.gluon import nn
+
+import gluon_quant as gq
+from gluon_quant.calib import CalibrationTable, Calibrator
+
+from conftest import accuracy
+
+
+def cosine(a, b):
+    a, b = a.asnumpy().ravel().astype(np.float64), b.asnumpy().ravel().astype(np.float64)
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+@pytest.mark.parametrize("calibrator", ["entropy", "minmax", "percentile", "mse"])
+def test_trained_cnn_keeps_accuracy_with_every_calibrator(trained_cnn, calibrator):
+    net = trained_cnn["net"]
+    test_x, test_y = trained_cnn["test"]
+    qnet = gq.quantize(net, trained_cnn["calib"], calibrator=calibrator, progress=False)
+    int8_acc = accuracy(qnet, test_x, test_y)
+    fp32_acc = trained_cnn["fp32_acc"]
+    assert fp32_acc > 0.80, fp32_acc          # the net really learned something
+    assert int8_acc >= fp32_acc - 0.01, (calibrator, fp32_acc, int8_acc)
+    conv_q, conv_total = qnet.report().coverage()
+    assert (conv_q, conv_total) == (4, 4)
+
+
+def test_default_output_matches_fp32_closely(trained_cnn):
+    net = trained_cnn["net"]
+    x = mx.nd.array(trained_cnn["test"][0][:256])
+    qnet = gq.quantize(net, trained_cnn["calib"], progress=False)
+    assert cosine(net(x), qnet(x)) >= 0.998
+    assert qnet(x).dtype == np.float32
+
+
+def _batch_forms(images, labels):
+    nd = [mx.nd.array(images[i:i + 16]) for i in range(0, 64, 16)]
+    yield "ndarray list", nd
+    yield "numpy list", [images[i:i + 16] for i in range(0, 64, 16)]
+    yield "tuples with labels", [(images[i:i + 16], labels[i:i + 16]) for i in range(0, 64, 16)]
+    yield "dicts", [{"x": images[i:i + 16], "label": labels[i:i + 16]} for i in range(0, 64, 16)]
+    yield "generator", (images[i:i + 16] for i in range(0, 64, 16))
+    yield "DataLoader of bare arrays", gluon.data.DataLoader(
+        gluon.data.SimpleDataset(list(images[:64])), batch_size=16)
+    yield "DataLoader of (x, y)", gluon.data.DataLoader(
+        gluon.data.ArrayDataset(images[:64], labels[:64]), batch_size=16)
+    yield "NDArrayIter", mx.io.NDArrayIter(images[:64], labels[:64], batch_size=16)
+    yield "float64 numpy", [images[i:i + 16].astype(np.float64) for i in range(0, 64, 16)]
+
+
+def test_every_batch_form_gives_the_same_table(tiny_cnn):
+    rs = np.random.RandomState(3)
+    images = rs.rand(64, 1, 28, 28).astype("float32")
+    labels = rs.randint(0, 10, size=64)
+    tables = {}
+    for form, data in _batch_forms(images, labels):
+        qnet = gq.quantize(tiny_cnn, data, calibrator="minmax", progress=False)
+        tables[form] = qnet.calibration_table
+    reference = tables["ndarray list"]
+    assert len(reference) >= 5
+    for form, table in tables.items():
+        assert dict(table) == dict(reference), form
+
+
+def test_input_fn_overrides_the_mapping(tiny_cnn, tiny_batches):
+    data = [{"img": b, "meta": "ignored"} for b in tiny_batches]
+    qnet = gq.quantize(tiny_cnn, data, input_fn=lambda batch: batch["img"], progress=False)
+    ref = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    assert dict(qnet.calibration_table) == dict(ref.calibration_table)
+
+
+def test_num_calib_batches_limits_the_data(tiny_cnn, tiny_batches):
+    seen = []
+
+    class Counting(gq.MinMaxCalibrator):
+        def collect(self, name, array):
+            if name == "data":
+                seen.append(array.shape[0])
+            super().collect(name, array)
+
+    gq.quantize(tiny_cnn, tiny_batches, calibrator=Counting(), num_calib_batches=2,
+                progress=False)
+    assert seen == [8, 8]
+
+
+class TwoInputNet(gluon.HybridBlock):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a = nn.Dense(16, activation="relu")
+            self.b = nn.Dense(16, activation="relu")
+            self.head = nn.Dense(4)
+
+    def hybrid_forward(self, F, x, y):
+        return self.head(F.concat(self.a(x), self.b(y), dim=1))
+
+
+class TwoOutputNet(gluon.HybridBlock):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.body = nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.cls = nn.Dense(5)
+            self.reg = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        feat = self.body(x)
+        return self.cls(feat), (self.reg(feat), F.relu(feat))
+
+
+def test_multi_input_net(tmp_path):
+    mx.random.seed(0)
+    net = TwoInputNet()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [(rs.randn(8, 10).astype("float32"), rs.randn(8, 6).astype("float32"),
+                rs.randint(0, 4, 8)) for _ in range(4)]
+    qnet = gq.quantize(net, batches, progress=False)
+    x, y = mx.nd.array(batches[0][0]), mx.nd.array(batches[0][1])
+    assert qnet.input_names == ["data0", "data1"]
+    assert cosine(net(x, y), qnet(x, y)) > 0.99
+    # a dict keyed by hybrid_forward's argument names works too
+    qdict = gq.quantize(net, [{"x": b[0], "y": b[1]} for b in batches], progress=False)
+    assert dict(qdict.calibration_table) == dict(qnet.calibration_table)
+    assert qnet.report().coverage() == (3, 3)
+
+
+def test_multi_output_net_keeps_output_structure():
+    mx.random.seed(0)
+    net = TwoOutputNet()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [rs.rand(4, 3, 12, 12).astype("float32") for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    x = mx.nd.array(batches[0])
+    ref, out = net(x), qnet(x)
+    assert isinstance(out, tuple) and len(out) == 2
+    assert isinstance(out[1], tuple) and len(out[1]) == 2
+    assert out[0].shape == ref[0].shape and out[1][1].shape == ref[1][1].shape
+    assert cosine(ref[0], out[0]) > 0.99 and cosine(ref[1][0], out[1][0]) > 0.99
+    assert cosine(ref[1][1], out[1][1]) > 0.99
+    qnet.hybridize()                      # the quantized block hybridizes like any other
+    again = qnet(x)
+    assert np.array_equal(again[0].asnumpy(), out[0].asnumpy())
+
+
+class AbsMaxCalibrator(Calibrator):
+    """A user calibrator, written with no registration step: symmetric absmax * 0.9."""
+
+    def __init__(self):
+        self.absmax = {}
+        self.signed = {}
+
+    def collect(self, name, array):
+        self.absmax[name] = max(self.absmax.get(name, 0.0), float(np.abs(array).max()))
+        self.signed[name] = self.signed.get(name, False) or bool(array.min() < 0)
+
+    def merge(self, other):
+        for name, value in other.absmax.items():
+            self.absmax[name] = max(self.absmax.get(name, 0.0), value)
+            self.signed[name] = self.signed.get(name, False) or other.signed[name]
+
+    def compute(self):
+        return CalibrationTable({n: ((-0.9 * v if self.signed[n] else 0.0), 0.9 * v)
+                                 for n, v in self.absmax.items()}, method="absmax90")
+
+    def reset(self):
+        self.absmax, self.signed = {}, {}
+
+    def state_dict(self):
+        return {"version": 1, "absmax": self.absmax, "signed": self.signed}
+
+    @classmethod
+    def from_state_dict(cls, state):
+        cal = cls()
+        cal.absmax, cal.signed = dict(state["absmax"]), dict(state["signed"])
+        return cal
+
+    @property
+    def names(self):
+        return list(self.absmax)
+
+
+def test_user_calibrator_subclass_plugs_in(trained_cnn):
+    cal = AbsMaxCalibrator()
+    qnet = gq.quantize(trained_cnn["net"], trained_cnn["calib"], calibrator=cal, progress=False)
+    table = qnet.calibration_table
+    assert table.method == "absmax90"
+    assert table["data"] == pytest.approx((0.0, 0.9 * cal.absmax["data"]))
+    test_x, test_y = trained_cnn["test"]
+    assert accuracy(qnet, test_x[:2000], test_y[:2000]) >= \
+        accuracy(trained_cnn["net"], test_x[:2000], test_y[:2000]) - 0.03
+    # a calibrator class (not an instance) is accepted as well
+    qcls = gq.quantize(trained_cnn["net"], trained_cnn["calib"], calibrator=AbsMaxCalibrator,
+                       progress=False)
+    assert dict(qcls.calibration_table) == dict(table)
+
+
+def test_calib_table_reuse_needs_no_data(trained_cnn):
+    net = trained_cnn["net"]
+    first = gq.quantize(net, trained_cnn["calib"], progress=False)
+    again = gq.quantize(net, calib_table=first.calibration_table, progress=False)
+    x = mx.nd.array(trained_cnn["test"][0][:64])
+    assert np.array_equal(first(x).asnumpy(), again(x).asnumpy())
+
+
+def test_original_net_environment_and_settings_untouched(tiny_cnn, tiny_batches):
+    env_before = dict(os.environ)
+    params_before = {k: v.data().asnumpy().copy() for k, v in tiny_cnn.collect_params().items()}
+    assert not tiny_cnn._active
+    qnet = gq.quantize(tiny_cnn, tiny_batches, backend="mkldnn", progress=False)
+    qnet(mx.nd.array(tiny_batches[0]))
+    assert dict(os.environ) == env_before
+    assert not tiny_cnn._active and tiny_cnn._cached_op is None   # not re-hybridized
+    for name, value in tiny_cnn.collect_params().items():
+        assert np.array_equal(value.data().asnumpy(), params_before[name]), name
+    # the quantized net owns copies: changing the fp32 net later does not change it
+    out = qnet(mx.nd.array(tiny_batches[0])).asnumpy()
+    for param in tiny_cnn.collect_params().values():
+        param.set_data(param.data() * 0)
+    assert np.array_equal(qnet(mx.nd.array(tiny_batches[0])).asnumpy(), out)
+
+
+def test_tiny_ranges_keep_full_precision():
+    net = nn.HybridSequential()
+    net.add(nn.Dense(8, activation="relu"), nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [(rs.rand(16, 5) * 1e-7).astype("float32") for _ in range(3)]
+    qnet = gq.quantize(net, batches, calibrator="minmax", progress=False)
+    lo, hi = qnet.calibration_table["data"]
+    assert lo == 0.0 and 0 < hi < 1e-7
+    x = mx.nd.array(batches[0])
+    assert cosine(net(x), qnet(x)) > 0.99      # MXNet's 6-decimal ranges made this garbage
+    text = qnet.quantized_graph.tojson()
+    assert '"min_calib_range": "0.000000"' not in text
+
+
+def test_int8_and_uint8_dtypes(trained_cnn):
+    net = trained_cnn["net"]
+    test_x, test_y = trained_cnn["test"]
+    fp32 = accuracy(net, test_x[:2000], test_y[:2000])
+    for dtype in ("int8", "uint8"):
+        for calibrator in ("entropy", "minmax"):
+            qnet = gq.quantize(net, trained_cnn["calib"], dtype=dtype, calibrator=calibrator,
+                               progress=False)
+            assert accuracy(qnet, test_x[:2000], test_y[:2000]) >= fp32 - 0.01, (dtype,
+                                                                                   calibrator)
+
+
+def test_uint8_refuses_signed_tensors(tiny_cnn, tiny_batches):
+    signed = [b - 0.5 for b in tiny_batches]       # normalized images are signed
+    with pytest.raises(gq.UnsupportedDtypeError, match=r"uint8.*negative.*'data'"):
+        gq.quantize(tiny_cnn, signed, dtype="uint8", progress=False)
+    qnet = gq.quantize(tiny_cnn, signed, dtype="auto", progress=False)
+    x = mx.nd.array(signed[0])
+    assert cosine(tiny_cnn(x), qnet(x)) > 0.99
+
+
+def test_granularity_tensor_and_channel(trained_cnn):
+    net = trained_cnn["net"]
+    x = mx.nd.array(trained_cnn["test"][0][:256])
+    for granularity in ("tensor", "channel-wise"):
+        qnet = gq.quantize(net, trained_cnn["calib"], granularity=granularity, progress=False)
+        assert qnet.granularity.value in ("tensor", "channel")
+        assert cosine(net(x), qnet(x)) > 0.998

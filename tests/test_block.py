@@ -1,0 +1,227 @@
+"""QuantizedHybridBlock: stages one by one, exclusion, the report, and the errors."""
+import logging
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+from mxnet.gluon import nn
+
+import gluon_quant as gq
+from gluon_quant import QuantizedHybridBlock
+
+
+def test_stages_one_by_one(tiny_cnn, tiny_batches):
+    qnet = QuantizedHybridBlock(tiny_cnn, calibrator="minmax", progress=False)
+    fused = qnet.fuse()
+    ops = [n["op"] for n in __import__("json").loads(fused.tojson())["nodes"]]
+    assert ops.count("_sg_mkldnn_conv") == 2 and ops.count("_sg_mkldnn_fully_connected") == 2
+    names = qnet.quantize_graph()
+    assert names[0] == "data" and all(n.endswith("_output") for n in names[1:])
+    table = qnet.calibrate(tiny_batches)
+    assert set(table) == set(names) and table.fingerprint == qnet.fingerprint
+    qnet.finalize()
+    x = mx.nd.array(tiny_batches[0])
+    one_call = gq.quantize(tiny_cnn, tiny_batches, calibrator="minmax", progress=False)
+    assert np.array_equal(qnet(x).asnumpy(), one_call(x).asnumpy())
+
+
+def test_report_answers_what_was_fused_and_quantized(tiny_cnn, tiny_batches):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    report = qnet.report()
+    convs = [r for r in report if r.op == "Convolution"]
+    assert [r.layer for r in convs] == ["cnn_conv0", "cnn_conv1"]
+    assert all(r.pattern == "Convolution+BatchNorm+Activation(relu)" for r in convs)
+    assert all(r.quantized and r.dtype == "uint8" for r in convs)
+    assert all(r.threshold[0] == 0.0 and r.threshold[1] > 0 for r in convs)
+    dense = [r for r in report if r.op == "FullyConnected"]
+    assert dense[0].pattern == "FullyConnected+Activation(relu)" and dense[0].dtype == "uint8"
+    assert dense[-1].dtype == "float32"            # the logits come out in fp32
+    text = str(report)
+    assert "cnn_conv0" in text and "Convolution+BatchNorm+Activation(relu)" in text
+    assert "4 of 4" in text
+    assert report.to_dict()["layers"][0]["node"] == convs[0].node
+
+
+@pytest.mark.parametrize("exclude, expected_fp32", [
+    (["Convolution"], {"cnn_conv0", "cnn_conv1"}),
+    (["Conv2D"], {"cnn_conv0", "cnn_conv1"}),
+    (["FullyConnected"], {"cnn_dense0", "cnn_dense1"}),
+    (["cnn_conv1"], {"cnn_conv1"}),                    # block name, as in the Gluon net
+    (["4"], {"cnn_conv1"}),                             # attribute path in the Sequential
+    (["cnn_dense*"], {"cnn_dense0", "cnn_dense1"}),     # glob
+    (["cnn_conv0_fwd"], {"cnn_conv0"}),                 # original operator node name
+    (["Pooling"], {"cnn_pool0", "cnn_pool1"}),
+])
+def test_exclude_by_name_pattern_and_operator(tiny_cnn, tiny_batches, exclude, expected_fp32):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, exclude=exclude, progress=False)
+    report = qnet.report()
+    fp32 = {r.layer for r in report if not r.quantized and r.op in
+            ("Convolution", "FullyConnected", "Pooling")}
+    assert fp32 == expected_fp32
+    for r in report:
+        if r.layer in expected_fp32:
+            assert r.reason.startswith("excluded by user")
+    x = mx.nd.array(tiny_batches[0])
+    a, b = tiny_cnn(x).asnumpy().ravel(), qnet(x).asnumpy().ravel()
+    assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
+
+
+def test_unmatched_exclude_pattern_warns_with_close_names(tiny_cnn, tiny_batches, caplog):
+    with caplog.at_level(logging.WARNING, logger="gluon_quant"):
+        gq.quantize(tiny_cnn, tiny_batches, exclude=["cnn_conv9"], progress=False)
+    assert "'cnn_conv9' matched no layer" in caplog.text
+    assert "cnn_conv0" in caplog.text
+
+
+def test_unknown_settings_raise_with_valid_names(tiny_cnn, tiny_batches):
+    with pytest.raises(gq.UnknownNameError, match=r"backend 'tensorrt'.*'onednn'"):
+        gq.quantize(tiny_cnn, tiny_batches, backend="tensorrt")
+    with pytest.raises(gq.UnknownNameError, match=r"dtype 'int4'.*'int8'.*'uint8'"):
+        gq.quantize(tiny_cnn, tiny_batches, dtype="int4")
+    with pytest.raises(gq.UnknownNameError, match=r"'kl-fast'.*entropy"):
+        gq.quantize(tiny_cnn, tiny_batches, calibrator="kl-fast")
+    with pytest.raises(gq.UnknownNameError, match=r"granularity 'row'"):
+        gq.quantize(tiny_cnn, tiny_batches, granularity="row")
+    with pytest.raises(gq.ConfigError, match="calibration data"):
+        gq.quantize(tiny_cnn)
+
+
+def test_empty_and_exhausted_data(tiny_cnn, tiny_batches):
+    with pytest.raises(gq.EmptyCalibrationError, match="no batch"):
+        gq.quantize(tiny_cnn, [], progress=False)
+    gen = (b for b in tiny_batches)
+    list(gen)
+    with pytest.raises(gq.EmptyCalibrationError, match="exhausted"):
+        gq.quantize(tiny_cnn, gen, progress=False)
+    with pytest.raises(gq.CalibrationDataError, match="single NDArray"):
+        gq.quantize(tiny_cnn, mx.nd.array(tiny_batches[0]), progress=False)
+    with pytest.raises(gq.CalibrationDataError, match="not iterable"):
+        gq.quantize(tiny_cnn, 42, progress=False)
+
+
+def test_non_finite_data_names_the_tensor(tiny_cnn, tiny_batches):
+    bad = [b.copy() for b in tiny_batches]
+    bad[2][0, 0, 3, 3] = np.nan
+    with pytest.raises(gq.NonFiniteDataError, match=r"'data'.*1 NaN/Inf"):
+        gq.quantize(tiny_cnn, bad, progress=False)
+    bad[2][0, 0, 3, 3] = np.inf
+    with pytest.raises(gq.NonFiniteDataError):
+        gq.quantize(tiny_cnn, bad, progress=False)
+
+
+def test_batches_that_do_not_fit_the_inputs(tiny_cnn, tiny_batches):
+    with pytest.raises(gq.InputMismatchError, match="shapes"):
+        gq.quantize(tiny_cnn, [np.zeros((4, 3, 28, 28), "float32")], progress=False)
+    with pytest.raises(gq.InputMismatchError, match="ranks"):
+        gq.quantize(tiny_cnn, [tiny_batches[0], tiny_batches[1][0]], progress=False)
+    with pytest.raises(gq.InputMismatchError, match="not numeric"):
+        gq.quantize(tiny_cnn, [np.array([["a"]])], progress=False)
+    with pytest.raises(gq.InputMismatchError, match="type str"):
+        gq.quantize(tiny_cnn, ["not a batch"], progress=False)
+
+
+def test_two_input_net_with_one_array_batches():
+    class Two(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                self.d = nn.Dense(4)
+
+        def hybrid_forward(self, F, x, y):
+            return self.d(x + y)
+
+    net = Two()
+    net.initialize()
+    with pytest.raises(gq.InputMismatchError, match=r"takes 2 inputs \(x, y\)"):
+        gq.quantize(net, [np.ones((2, 3), "float32")], progress=False)
+    with pytest.raises(gq.InputMismatchError, match="1 element"):
+        gq.quantize(net, [(np.ones((2, 3), "float32"),)], progress=False)
+    with pytest.raises(gq.InputMismatchError, match="no entry for input 'y'"):
+        gq.quantize(net, [{"x": np.ones((2, 3), "float32")}], progress=False)
+
+
+def test_non_hybridizable_nets():
+    class Plain(gluon.Block):
+        def forward(self, x):
+            return x * 2
+
+    with pytest.raises(gq.NotHybridizableError, match="HybridBlock"):
+        gq.quantize(Plain(), [np.ones((1, 2), "float32")])
+
+    class NumpyInside(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                self.d = nn.Dense(2)
+
+        def hybrid_forward(self, F, x):
+            return self.d(x) * float(x.asnumpy().mean())
+
+    net = NumpyInside()
+    net.initialize()
+    with pytest.raises(gq.NotHybridizableError, match="could not be traced"):
+        gq.quantize(net, [np.ones((1, 2), "float32")], progress=False)
+
+
+def test_forward_that_raises_is_reported(tiny_batches):
+    class Broken(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                self.d = nn.Dense(3, in_units=7)
+
+        def hybrid_forward(self, F, x):
+            return self.d(x)
+
+    net = Broken()
+    net.initialize()
+    with pytest.raises(gq.InputMismatchError, match=r"Calibration forward pass failed"):
+        gq.quantize(net, [np.ones((2, 5), "float32")], progress=False)
+
+
+def test_calibrator_that_saw_nothing(tiny_cnn):
+    cal = gq.MinMaxCalibrator()
+    with pytest.raises(gq.EmptyCalibrationError):
+        cal.compute()
+
+
+def test_not_built_yet(tiny_cnn, tiny_batches):
+    qnet = QuantizedHybridBlock(tiny_cnn, progress=False)
+    with pytest.raises(gq.GraphError, match="not built"):
+        qnet(mx.nd.array(tiny_batches[0]))
+    with pytest.raises(gq.GraphError, match="not quantized yet"):
+        qnet.report()
+    with pytest.raises(gq.EmptyCalibrationError, match="calibrate"):
+        qnet.finalize()
+
+
+def test_uninitialized_net_is_refused_without_data():
+    net = nn.HybridSequential()
+    net.add(nn.Dense(3))
+    net.initialize()                    # deferred: shapes unknown until first batch
+    qnet = gq.quantize(net, [np.ones((2, 4), "float32")], progress=False)  # data finishes it
+    assert qnet(mx.nd.ones((2, 4))).shape == (2, 3)
+    fresh = nn.HybridSequential()
+    fresh.add(nn.Dense(3))
+    fresh.initialize()
+    with pytest.raises(gq.GraphError, match="not initialized"):
+        gq.quantize(fresh, calib_table=qnet.calibration_table.with_fingerprint(None),
+                    progress=False)
+
+
+def test_table_from_another_graph_is_refused(tiny_cnn, tiny_batches):
+    other = nn.HybridSequential()
+    other.add(nn.Dense(3))
+    other.initialize()
+    qother = gq.quantize(other, [np.ones((2, 4), "float32")], progress=False)
+    with pytest.raises(gq.CalibrationTableError, match="another graph"):
+        gq.quantize(tiny_cnn, calib_table=qother.calibration_table, progress=False)
+
+
+def test_cudnn_backend_builds_without_onednn_passes(tiny_cnn, tiny_batches):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, backend="cudnn", progress=False)
+    text = qnet.quantized_graph.tojson()
+    assert "_sg_mkldnn" not in text
+    with pytest.raises(gq.GraphError, match="GPU"):
+        qnet(mx.nd.array(tiny_batches[0]))
