@@ -9,7 +9,7 @@ __all__ = ["quantize"]
 _log = logging.getLogger(__name__)
 
 
-def quantize(net, calib_data=None, *, calibrator="entropy", dtype="auto", backend="onednn",
+def quantize(net, calib_data=None, *, calibrator="mse", dtype="auto", backend="onednn",
              exclude=None, granularity=None, num_calib_batches=None, calib_table=None,
              input_fn=None, num_inputs=None, ctx=None, progress=True):
     """Quantize a Gluon ``HybridBlock`` to int8 in one call.
@@ -23,8 +23,9 @@ def quantize(net, calib_data=None, *, calibrator="entropy", dtype="auto", backen
         NDArray or numpy array of shape ``(N, ...)``, a tuple/list whose first ``k``
         elements feed the net's ``k`` inputs (labels after them are ignored), or a dict
         keyed by input names. Not needed when ``calib_table`` is given.
-    calibrator : str, Calibrator subclass or instance, default 'entropy'
-        ``'entropy'`` (KL divergence), ``'minmax'``, ``'percentile'``, ``'mse'`` or your own
+    calibrator : str, Calibrator subclass or instance, default 'mse'
+        ``'mse'`` (least expected quantization error: the most accurate in our tests and as
+        fast as min-max), ``'entropy'`` (KL divergence), ``'minmax'``, ``'percentile'`` or your own
         :class:`~gluon_quant.calib.Calibrator`.
     dtype : {'auto', 'int8', 'uint8'}, default 'auto'
         Quantized activation type. ``'auto'``: uint8 where values are never negative.

@@ -21,23 +21,23 @@ import numpy as np
 from mxnet.gluon import HybridBlock
 
 from . import _mxnet
-from .calib import CalibrationTable, Calibrator, get_calibrator
+from .calib import ZERO_RANGE, CalibrationTable, get_calibrator
 from .config import Backend, Granularity, QuantDtype
-from .data import BatchConverter, InputSpec, check_finite, describe, iter_batches
+from .collect import collect_statistics
+from .data import BatchConverter, InputSpec, iter_batches
 from .errors import (CalibrationTableError, ConfigError, EmptyCalibrationError, GraphError,
-                     InputMismatchError, ModelExecutionError, UnsupportedDtypeError)
+                     ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
-from .progress import progress_bar
 from .report import LayerReport, QuantReport
 
 __all__ = ["QuantizedHybridBlock"]
 
 _log = logging.getLogger(__name__)
 
-#: A tensor whose range is narrower than this is treated as constant zero and given the
-#: harmless range (0, 1): any scale quantizes zeros exactly, and a huge scale would overflow
-#: the int32 bias of the layer it feeds. Legitimately tiny ranges (1e-9) are kept exactly.
-ZERO_RANGE = 1e-30
+#: A range whose ends are both below this is an all-zero tensor: it gets the calibrators'
+#: zero range instead (a huge scale would overflow the int32 bias of the layer it feeds).
+#: Legitimately tiny ranges (1e-9) are kept exactly.
+_ZERO_EPS = 1e-30
 
 
 class _Source:
@@ -58,7 +58,7 @@ class QuantizedHybridBlock(HybridBlock):
     ----------
     net : mxnet.gluon.HybridBlock
         The fp32 network. It is not modified, and its hybridize settings are kept.
-    calibrator : str, Calibrator subclass or instance, default 'entropy'
+    calibrator : str, Calibrator subclass or instance, default 'mse'
         How calibrated ranges are chosen (see :mod:`gluon_quant.calib`).
     dtype : {'auto', 'int8', 'uint8'}, default 'auto'
         Quantized activation type: ``auto`` uses uint8 for non-negative tensors.
@@ -80,7 +80,7 @@ class QuantizedHybridBlock(HybridBlock):
         Show a progress bar while calibrating (only on a terminal).
     """
 
-    def __init__(self, net, *, calibrator="entropy", dtype="auto", backend="onednn",
+    def __init__(self, net, *, calibrator="mse", dtype="auto", backend="onednn",
                  exclude=None, granularity=None, ctx=None, input_fn=None,
                  num_inputs=None, progress=True):
         super().__init__(prefix="quantized_", params=None)
@@ -179,32 +179,17 @@ class QuantizedHybridBlock(HybridBlock):
         if self._calib_names is None:
             self.quantize_graph()
         batches = iter_batches(calib_data, num_calib_batches)
-        self.calibrator.reset()
         names = list(self._calib_names)
-        inputs_needed = [n for n in names if n in self.spec.names]
         outputs_needed = [n for n in names if n not in self.spec.names]
-        runner = None
-        seen = 0
-        for batch in progress_bar(batches, enabled=self.progress, desc="calibrating",
-                                  total=_length(calib_data, num_calib_batches)):
-            inputs = self._converter(batch)
-            for name, array in zip(self.spec.names, inputs):
-                host = array.asnumpy()
-                check_finite(name, host)
-                if name in inputs_needed:
-                    self.calibrator.collect(name, host)
-            if runner is None:
-                self._ensure_params(inputs)
-                runner = self._calibration_runner(outputs_needed)
-            if outputs_needed:
-                outs = self._run(runner, inputs, "Calibration forward pass")
-                for name, out in zip(outputs_needed, outs):
-                    self.calibrator.collect(name, out.asnumpy())
-            seen += 1
-        if seen == 0:
-            raise EmptyCalibrationError(
-                "calib_data yielded no batch (empty, or an iterator/generator already "
-                "exhausted). Pass a non-empty iterable, or a fresh generator.")
+
+        def make_runner(inputs):
+            self._ensure_params(inputs)
+            return self._calibration_runner(outputs_needed)
+
+        seen = collect_statistics(
+            batches, convert=self._converter, make_runner=make_runner,
+            calibrator=self.calibrator, input_names=self.spec.names, tensor_names=names,
+            progress=self.progress, total=_length(calib_data, num_calib_batches))
         _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
                   type(self.calibrator).__name__)
         if not names:
@@ -379,14 +364,6 @@ class QuantizedHybridBlock(HybridBlock):
         block.hybridize(static_alloc=True)
         return block
 
-    def _run(self, block, inputs, what):
-        try:
-            return _mxnet.run_block(block, inputs, what)
-        except ModelExecutionError as err:
-            raise InputMismatchError(
-                "%s. The batch inputs were %s; check that they match the network's expected "
-                "shapes." % (err, [describe(a) for a in inputs])) from err
-
     def _check_uint8(self, table):
         """Refuse uint8 where the final graph would clip negative values to 0."""
         if self.dtype is not QuantDtype.UINT8:
@@ -425,8 +402,8 @@ class QuantizedHybridBlock(HybridBlock):
             if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
                 raise CalibrationTableError("Range %r of tensor %r is not a valid finite "
                                            "[min, max]." % ((lo, hi), name))
-            if max(abs(lo), abs(hi)) < ZERO_RANGE:
-                lo, hi = 0.0, 1.0
+            if max(abs(lo), abs(hi)) < _ZERO_EPS:
+                lo, hi = 0.0, ZERO_RANGE
             fixed[name] = (lo, hi)
         merged = dict(table.items())
         merged.update(fixed)

@@ -8,7 +8,7 @@ import difflib
 
 from .errors import UnknownNameError
 
-__all__ = ["QuantDtype", "Backend", "Granularity", "parse_enum", "suggest"]
+__all__ = ["QuantDtype", "Backend", "Granularity", "suggest"]
 
 
 def suggest(name, candidates, n=3):

@@ -15,7 +15,7 @@ import numpy as np
 from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchError, \
     NonFiniteDataError
 
-__all__ = ["InputSpec", "BatchConverter", "iter_batches", "describe"]
+__all__ = ["InputSpec", "BatchConverter", "iter_batches", "describe", "check_finite"]
 
 _log = logging.getLogger(__name__)
 
