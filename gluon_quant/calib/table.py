@@ -5,12 +5,13 @@ own major version (minor versions only add optional keys) and refuses a newer ma
 Floats are written with Python's shortest round-trip ``repr``, so every range, however
 tiny, loads back bit for bit (MXNet wrote 6 decimals and turned tiny ranges into 0).
 """
+import hashlib
 import json
 import math
 import os
-import tempfile
 from collections.abc import Mapping
 
+from .._io import atomic_write
 from ..errors import ArtifactError, CalibrationTableError
 
 __all__ = ["CalibrationTable"]
@@ -37,6 +38,13 @@ def _check_range(name, value):
         raise CalibrationTableError(
             "The range of %r must be finite with lo < hi, got (%r, %r)." % (name, lo, hi))
     return lo, hi
+
+
+def _content_sha256(state):
+    """sha256 of a table's content in canonical JSON (format, version and sha256 excluded)."""
+    content = {key: state[key] for key in ("method", "fingerprint", "meta", "ranges")}
+    text = json.dumps(content, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _check_meta(meta):
@@ -163,11 +171,18 @@ class CalibrationTable(Mapping):
 
     # -- serialization -----------------------------------------------------------------
     def to_dict(self):
-        """Return the JSON-safe, versioned dict that :meth:`save` writes."""
-        return {"format": _FORMAT, "version": "%d.%d" % (_MAJOR, _MINOR),
-                "method": self._method, "fingerprint": self._fingerprint,
-                "meta": self.meta,
-                "ranges": {name: [lo, hi] for name, (lo, hi) in self._ranges.items()}}
+        """Return the JSON-safe, versioned dict that :meth:`save` writes.
+
+        ``sha256`` (optional on load) is the checksum of the content (method,
+        fingerprint, meta, ranges): a digit changed by a disk error or an edit is refused
+        on load instead of silently shifting a range.
+        """
+        state = {"format": _FORMAT, "version": "%d.%d" % (_MAJOR, _MINOR),
+                 "method": self._method, "fingerprint": self._fingerprint,
+                 "meta": self.meta,
+                 "ranges": {name: [lo, hi] for name, (lo, hi) in self._ranges.items()}}
+        state["sha256"] = _content_sha256(state)
+        return state
 
     @classmethod
     def from_dict(cls, state):
@@ -201,8 +216,14 @@ class CalibrationTable(Mapping):
             raise CalibrationTableError(
                 "'ranges' must be an object {name: [lo, hi]}, got %s."
                 % type(state["ranges"]).__name__)
-        return cls(state["ranges"], method=state["method"], fingerprint=state["fingerprint"],
-                   meta=state["meta"])
+        table = cls(state["ranges"], method=state["method"], fingerprint=state["fingerprint"],
+                    meta=state["meta"])
+        if "sha256" in state and state["sha256"] != _content_sha256(table.to_dict()):
+            raise CalibrationTableError(
+                "The table's content does not match its sha256: it was damaged or edited "
+                "after it was saved. Calibrate again, or delete the 'sha256' key to accept a "
+                "deliberate hand edit.")
+        return table
 
     def save(self, path):
         """Write the table as JSON, atomically.
@@ -216,23 +237,8 @@ class CalibrationTable(Mapping):
         ArtifactError
             If the file cannot be written.
         """
-        path = os.fspath(path)
         text = json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n"
-        directory = os.path.dirname(os.path.abspath(path))
-        tmp = None
-        try:
-            fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".",
-                                       suffix=".tmp", dir=directory)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except OSError as err:
-            if tmp is not None and os.path.exists(tmp):
-                os.unlink(tmp)
-            raise ArtifactError(
-                "Cannot write the calibration table to %r: %s." % (path, err)) from err
+        atomic_write(path, text.encode("utf-8"), "calibration table")
 
     @classmethod
     def load(cls, path):

@@ -1,0 +1,250 @@
+"""QuantizedSymbolBlock: load an export of :meth:`QuantizedHybridBlock.export` and run it.
+
+Loading checks everything before any byte reaches MXNet's C++ loaders: the metadata's
+format and version, the size and sha256 of the symbol and params files, the structure of
+the params file (parsed in Python, never unpickled), and that the parameters match the
+graph's arguments one for one. Then the int8 weights are unpacked into fp32 weights that
+the oneDNN runtime quantizes back to exactly the exported int8 values, so outputs are
+bit-identical to the model that was exported.
+"""
+import json
+import logging
+import os
+
+import mxnet as mx
+import numpy as np
+
+from . import _mxnet, _packing
+from ._io import parse_ndarray_file, read_bytes, sha256_bytes
+from .block import _as_tuples
+from .calib import CalibrationTable
+from .data import describe
+from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
+                     InputMismatchError)
+from .export import FORMAT, FORMAT_VERSION, file_names
+
+__all__ = ["QuantizedSymbolBlock"]
+
+_log = logging.getLogger(__name__)
+
+_META_KEYS = {"format", "version", "gluon_quant_version", "mxnet_version", "settings",
+              "fingerprint", "inputs", "output_format", "files", "packed", "kept_fp32",
+              "calibration_table"}
+
+
+class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
+    """A ``SymbolBlock`` running an exported int8 model, called like the original net.
+
+    Create it with :meth:`imports`. It can be hybridized; multi-output models return
+    the same nested tuples as the network that was quantized.
+
+    Parameters
+    ----------
+    outputs, inputs, params
+        As for ``mx.gluon.SymbolBlock``.
+    metadata : dict, optional
+        The export's metadata (see :mod:`gluon_quant.export`).
+    """
+
+    def __init__(self, outputs, inputs, params=None, *, metadata=None):
+        super().__init__(outputs, inputs, params)
+        self._metadata = json.loads(json.dumps(metadata or {}))
+        self._output_nesting = self._metadata.get("output_format")
+
+    @classmethod
+    def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ
+        """Load ``PREFIX-symbol.json``, ``PREFIX-int8.params`` and ``PREFIX-meta.json``.
+
+        Parameters
+        ----------
+        prefix : str
+            The prefix given to ``export``.
+        ctx : mxnet.Context, optional
+            Where to run (CPU by default).
+
+        Returns
+        -------
+        QuantizedSymbolBlock
+
+        Raises
+        ------
+        ArtifactError
+            A file is missing, truncated, altered, mismatched or of a newer format; the
+            message names the file and the problem.
+        """
+        ctx = ctx if ctx is not None else mx.cpu()
+        paths = file_names(prefix)
+        meta = _read_metadata(paths["meta"])
+        directory = os.path.dirname(os.path.abspath(paths["meta"]))
+        blobs = {}
+        for role in ("symbol", "params"):
+            entry = meta["files"][role]
+            path = os.path.join(directory, entry["name"])
+            data = read_bytes(path, role + " file")
+            if len(data) != entry["size"]:
+                raise ArtifactError(
+                    "The %s file %r has %d bytes, the export wrote %d: it is truncated or "
+                    "was replaced. Export the model again." % (role, path, len(data),
+                                                               entry["size"]))
+            if sha256_bytes(data) != entry["sha256"]:
+                raise ArtifactError(
+                    "The %s file %r does not match its sha256 in %r: it was altered or "
+                    "belongs to another export. Export the model again."
+                    % (role, path, paths["meta"]))
+            blobs[role] = (path, data)
+        sym = _load_symbol(*blobs["symbol"])
+        arrays = parse_ndarray_file(blobs["params"][1], blobs["params"][0])
+        params = _unpack_params(arrays, meta, sym, blobs["params"][0])
+        names = [entry["name"] for entry in meta["inputs"]]
+        inputs = [mx.sym.var(name, dtype=entry["dtype"])
+                  for name, entry in zip(names, meta["inputs"])]
+        try:
+            block = cls(sym, inputs, metadata=meta)
+        except (mx.base.MXNetError, ValueError, AssertionError) as err:
+            raise ArtifactError("The graph in %r does not take the inputs %s listed in %r: "
+                                "%s" % (blobs["symbol"][0], names, paths["meta"], err)) \
+                from err
+        nd_params = {k: mx.nd.array(v, ctx=ctx, dtype=v.dtype) for k, v in params.items()}
+        try:
+            _mxnet.load_block_params(block, nd_params, ctx)
+        except GluonQuantError as err:
+            raise ArtifactError("%r does not fit the graph in %r: %s"
+                                % (blobs["params"][0], blobs["symbol"][0], err)) from err
+        _log.info("Loaded %s (%d weights unpacked from int8).", prefix, len(meta["packed"]))
+        return block
+
+    # ------------------------------------------------------------------ accessors
+    @property
+    def metadata(self):
+        """dict: the export's metadata (a copy)."""
+        return json.loads(json.dumps(self._metadata))
+
+    @property
+    def input_names(self):
+        """list of str: the graph's input names."""
+        return [entry["name"] for entry in self._metadata.get("inputs", [])]
+
+    @property
+    def calibration_table(self):
+        """CalibrationTable or None: the ranges the model was quantized with."""
+        state = self._metadata.get("calibration_table")
+        return None if state is None else CalibrationTable.from_dict(state)
+
+    def forward(self, x, *args):  # pylint: disable=arguments-differ
+        try:
+            out = super().forward(x, *args)
+        except (mx.base.MXNetError, ValueError) as err:
+            raise InputMismatchError(
+                "Running the loaded int8 network on %s failed: %s. Pass %d mx.nd.NDArray "
+                "input(s) (%s) shaped like the calibration batches."
+                % (describe([x, *args]), _mxnet.first_line(err).rstrip("."),
+                   len(self.input_names), ", ".join(self.input_names))) from err
+        if isinstance(out, (list, tuple)) and self._output_nesting is not None:
+            return _as_tuples(_mxnet.regroup(list(out), self._output_nesting))
+        return out
+
+
+def _read_metadata(path):
+    data = read_bytes(path, "metadata file")
+    try:
+        meta = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ArtifactError("The metadata file %r is not valid JSON (truncated or edited: "
+                            "%s). Export the model again." % (path, err)) from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ArtifactError("%r is not gluon_quant export metadata (format %r, expected %r)."
+                            % (path, meta.get("format") if isinstance(meta, dict) else None,
+                               FORMAT))
+    version = meta.get("version")
+    try:
+        major, minor = (int(part) for part in version.split("."))
+    except (AttributeError, ValueError):
+        raise ArtifactError("The metadata file %r has a bad format version %r (expected "
+                            "'MAJOR.MINOR')." % (path, version)) from None
+    if major > FORMAT_VERSION[0]:
+        raise ArtifactError(
+            "The metadata file %r has format version %d.%d, newer than the %d.x this "
+            "gluon_quant reads (it was written by gluon_quant %s): upgrade gluon_quant."
+            % (path, major, minor, FORMAT_VERSION[0], meta.get("gluon_quant_version")))
+    missing = sorted(_META_KEYS - set(meta))
+    if missing:
+        raise ArtifactError("The metadata file %r lacks %s. Export the model again."
+                            % (path, ", ".join(missing)))
+    try:
+        _check_meta_types(meta)
+        meta["packed"] = [_packing.PackSpec.from_dict(s).to_dict() for s in meta["packed"]]
+    except (TypeError, KeyError, ValueError, AttributeError) as err:
+        raise ArtifactError("The metadata file %r is malformed (%s: %s). Export the model "
+                            "again." % (path, type(err).__name__, err)) from None
+    if meta["calibration_table"] is not None:
+        try:
+            CalibrationTable.from_dict(meta["calibration_table"])
+        except CalibrationTableError as err:
+            raise CalibrationTableError("The calibration table in %r: %s" % (path, err)) \
+                from None
+    return meta
+
+
+def _check_meta_types(meta):
+    for role in ("symbol", "params"):
+        entry = meta["files"][role]
+        if not isinstance(entry["name"], str) or os.path.basename(entry["name"]) != \
+                entry["name"] or not isinstance(entry["size"], int) \
+                or not isinstance(entry["sha256"], str):
+            raise ValueError("bad 'files' entry for %s: %r" % (role, entry))
+    inputs = meta["inputs"]
+    if not isinstance(inputs, list) or not inputs or not all(
+            isinstance(i, dict) and isinstance(i.get("name"), str)
+            and i.get("dtype") in ("float32", "float16", "float64", "uint8", "int8")
+            for i in inputs):
+        raise ValueError("bad 'inputs' %r" % (inputs,))
+    if not isinstance(meta["packed"], list):
+        raise TypeError("'packed' must be a list")
+
+
+def _load_symbol(path, data):
+    try:
+        graph = json.loads(data.decode("utf-8"))
+        if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
+            raise ValueError("no node list")
+        sym = mx.sym.load_json(data.decode("utf-8"))
+        _mxnet.check_graph_entries(graph)
+        return sym
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError, mx.base.MXNetError) as err:
+        raise ArtifactError("The symbol file %r is not a valid MXNet graph (%s). Export the "
+                            "model again." % (path, str(err).splitlines()[0])) from None
+
+
+def _unpack_params(arrays, meta, sym, path):
+    """Rebuild the name -> array dict the graph needs, checking it matches exactly."""
+    args = set(sym.list_arguments()) - {entry["name"] for entry in meta["inputs"]}
+    aux = set(sym.list_auxiliary_states())
+    params, bad = {}, []
+    for key, value in arrays.items():
+        kind, _, name = key.partition(":")
+        if kind in ("arg", "aux") and name in (args if kind == "arg" else aux):
+            params[name] = value
+        elif kind not in ("int8", "anchor"):
+            bad.append(key)
+    specs = [_packing.PackSpec.from_dict(s) for s in meta["packed"]]
+    for spec in specs:
+        q, anchors = arrays.get("int8:" + spec.weight), arrays.get("anchor:" + spec.weight)
+        needed = [n for n in (spec.gamma, spec.var) if n is not None]
+        if q is None or anchors is None or q.dtype != np.int8 or q.ndim < 2 \
+                or anchors.dtype != np.float32 or anchors.shape != q.shape[:1] \
+                or spec.weight not in args or spec.weight in params \
+                or any(params.get(n) is None or params[n].shape != q.shape[:1]
+                       for n in needed):
+            bad.append(spec.weight)
+            continue
+        params[spec.weight] = _packing.unpack(spec, q, anchors, params)
+    missing = sorted((args | aux) - set(params))
+    extra = len(arrays) - len(params) - len(specs)
+    if bad or missing or extra:
+        raise ArtifactError(
+            "The params file %r does not match the graph: %s. Export the model again."
+            % (path, "; ".join(filter(None, [
+                "unexpected or malformed entries %s" % sorted(bad)[:5] if bad else "",
+                "missing %s" % missing[:5] if missing else "",
+                "%d extra entries" % extra if extra and not bad else ""]))))
+    return params

@@ -1,0 +1,137 @@
+"""QuantizedSymbolBlock.imports: export -> import round trips give bit-identical outputs."""
+import os
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_quant as gq
+from gluon_quant.zoo.batchnorm import reestimate_batchnorm
+
+from test_api import TwoInputNet, TwoOutputNet
+
+
+def _flat(out):
+    if isinstance(out, (list, tuple)):
+        return [a for o in out for a in _flat(o)]
+    return [out]
+
+
+def assert_identical(expected, got):
+    """Same nesting, same shapes, max abs difference exactly 0."""
+    assert type(expected) is type(got)
+    if isinstance(expected, tuple):
+        assert len(expected) == len(got)
+    for a, b in zip(_flat(expected), _flat(got)):
+        assert a.shape == b.shape
+        assert np.array_equal(a.asnumpy(), b.asnumpy()), float(np.abs(a - b).max().asscalar())
+
+
+def round_trip(qnet, inputs, prefix):
+    qnet.export(prefix)
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    expected = qnet(*inputs)
+    assert_identical(expected, loaded(*inputs))
+    loaded.hybridize(static_alloc=True, static_shape=True)
+    assert_identical(expected, loaded(*inputs))
+    assert_identical(expected, loaded(*inputs))      # cached op, second call
+    return loaded
+
+
+def smooth_images(n, seed):
+    """Random smooth 224x224 images (low-resolution noise, bilinearly upsampled)."""
+    low = mx.nd.array(np.random.RandomState(seed).uniform(-2, 2, (n, 3, 7, 7)))
+    return mx.nd.contrib.BilinearResize2D(low, height=224, width=224)
+
+
+@pytest.fixture(scope="module")
+def zoo_model():
+    """A quantized gluoncv model by name (random weights, BatchNorm re-estimated)."""
+    from gluoncv.model_zoo import get_model
+    cache = {}
+
+    def build(name):
+        if name not in cache:
+            mx.random.seed(0)
+            net = get_model(name, pretrained=False)
+            net.initialize(mx.init.Xavier())
+            reestimate_batchnorm(net, smooth_images(16, 0))
+            calib = smooth_images(16, 1)
+            cache[name] = (net, gq.quantize(net, [calib[:8], calib[8:]], progress=False))
+        return cache[name]
+    return build
+
+
+def test_small_cnn_round_trip_and_metadata(tiny_cnn, tiny_batches, tmp_path):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = mx.nd.array(np.random.RandomState(5).rand(16, 1, 28, 28).astype("float32"))
+    loaded = round_trip(qnet, [x], str(tmp_path / "cnn"))
+    meta = loaded.metadata
+    assert meta["version"] == "1.0" and meta["gluon_quant_version"] == gq.__version__
+    assert meta["mxnet_version"] == mx.__version__
+    assert meta["settings"] == {"backend": "onednn", "dtype": "auto", "granularity": "channel",
+                                "calibrator": "mse"}
+    assert meta["inputs"] == [{"name": "data", "dtype": "float32", "shape": [8, 1, 28, 28]}]
+    assert [p["weight"] for p in meta["packed"]] == [
+        "cnn_conv0_weight", "cnn_conv1_weight", "cnn_dense0_weight", "cnn_dense1_weight"]
+    assert loaded.calibration_table == qnet.calibration_table
+    assert loaded.input_names == ["data"]
+    # a different batch size than at calibration works too
+    assert_identical(qnet(x[:3]), loaded(x[:3]))
+
+
+def test_tensor_granularity_round_trip(tiny_cnn, tiny_batches, tmp_path):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, granularity="tensor", progress=False)
+    round_trip(qnet, [mx.nd.array(tiny_batches[0])], str(tmp_path / "t"))
+
+
+def test_multi_input_round_trip(tmp_path):
+    mx.random.seed(0)
+    net = TwoInputNet()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [(rs.randn(8, 10).astype("float32"), rs.randn(8, 6).astype("float32"))
+               for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    loaded = round_trip(qnet, [mx.nd.array(b) for b in batches[0]], str(tmp_path / "two_in"))
+    assert loaded.input_names == ["data0", "data1"]
+
+
+def test_multi_output_round_trip_keeps_nesting(tmp_path):
+    mx.random.seed(0)
+    net = TwoOutputNet()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [rs.rand(4, 3, 12, 12).astype("float32") for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    loaded = round_trip(qnet, [mx.nd.array(batches[1])], str(tmp_path / "two_out"))
+    out = loaded(mx.nd.array(batches[1]))
+    assert isinstance(out, tuple) and isinstance(out[1], tuple) and len(out[1]) == 2
+
+
+@pytest.mark.parametrize("name", ["resnet18_v1", "mobilenet1.0"])
+def test_zoo_round_trip_is_bit_identical(zoo_model, name, tmp_path):
+    _, qnet = zoo_model(name)
+    loaded = round_trip(qnet, [smooth_images(4, 2)], str(tmp_path / name))
+    packed = len(loaded.metadata["packed"])
+    assert packed == {"resnet18_v1": 21, "mobilenet1.0": 28}[name]
+    assert loaded.metadata["kept_fp32"] == {}
+
+
+def test_resnet18_params_at_most_027_of_fp32(zoo_model, tmp_path):
+    net, qnet = zoo_model("resnet18_v1")
+    net.save_parameters(str(tmp_path / "fp32.params"))
+    paths = qnet.export(str(tmp_path / "r18"))
+    ratio = os.path.getsize(paths["params"]) / os.path.getsize(tmp_path / "fp32.params")
+    assert ratio <= 0.27, ratio
+
+
+@pytest.mark.slow
+def test_resnet50_params_at_most_027_of_fp32_and_identical(zoo_model, tmp_path):
+    net, qnet = zoo_model("resnet50_v1")
+    net.save_parameters(str(tmp_path / "fp32.params"))
+    loaded = round_trip(qnet, [smooth_images(2, 3)], str(tmp_path / "r50"))
+    ratio = os.path.getsize(str(tmp_path / "r50-int8.params")) / os.path.getsize(
+        tmp_path / "fp32.params")
+    assert ratio <= 0.27, ratio
+    assert loaded.metadata["kept_fp32"] == {}
