@@ -1,19 +1,103 @@
 """The calibration pass: run the fused fp32 graph over batches and feed a calibrator.
 
-The fused fp32 graph is run with the tensors to calibrate exposed as extra outputs
-(which costs nothing: they are computed anyway); each one is copied to numpy once and
-handed to :meth:`Calibrator.collect`, which keeps bounded-size statistics.
+The fused fp32 graph runs with the tensors to calibrate exposed as extra outputs (free:
+they are computed anyway).  Two things keep the pass close to one plain forward pass:
+
+* no copy: each output is flattened in the graph (so oneDNN's blocked layouts are
+  reordered inside the multi-threaded forward pass), written into one of two reused sets
+  of arrays, and read in place through a numpy view of their memory
+  (:func:`gluon_quant._mxnet.host_view`);
+* overlap: MXNet runs operators asynchronously on its own threads, so the forward pass of
+  batch ``i + 1`` is issued before the statistics of batch ``i`` are computed (numpy's
+  reductions release the GIL).  At most two batches of activations are alive at a time.
+
+The statistics themselves (min/max and an exactly mergeable histogram, bounded by
+tensors x bins) are :class:`~gluon_quant.calib.statistics.TensorStatistics`.
 """
 import logging
 
+import mxnet as mx
+
 from . import _mxnet
 from .data import check_finite, describe
-from .errors import EmptyCalibrationError, InputMismatchError, ModelExecutionError
+from .errors import EmptyCalibrationError, GraphError, InputMismatchError
 from .progress import progress_bar
 
-__all__ = ["collect_statistics"]
+__all__ = ["collect_statistics", "build_runner"]
 
 _log = logging.getLogger(__name__)
+
+
+def build_runner(fused, outputs, input_names, params, ctx):
+    """A callable computing the internal tensors ``outputs`` of the fp32 graph ``fused``.
+
+    Parameters
+    ----------
+    fused : Symbol
+        The fused fp32 graph.
+    outputs : list of str
+        Internal output names (e.g. ``'sg_mkldnn_conv_bn_act_0_output'``), in order.
+    input_names : list of str
+        The graph's input names.
+    params : dict of str to NDArray
+        fp32 parameters (those the outputs depend on are used).
+    ctx : mxnet.Context
+
+    Returns
+    -------
+    _Runner or None
+        Called with the input NDArrays, it returns the tensors flattened to 1-D (C order);
+        None when ``outputs`` is empty.
+    """
+    if not outputs:
+        return None
+    internals = fused.get_internals()
+    # Flattened in the graph: oneDNN operators may leave their outputs in a blocked
+    # layout, and the reorder to the plain layout is then part of the (multi-threaded,
+    # asynchronous) forward pass instead of a slow synchronous reorder when read.
+    group = mx.sym.Group([mx.sym.reshape(internals[n], shape=(-1,)) for n in outputs])
+    return _Runner(group, input_names, params, ctx)
+
+
+class _Runner:
+    """Runs a graph with MXNet's ``CachedOp`` into two alternating sets of output arrays.
+
+    Fresh outputs for every batch would cost a page fault per 4 KB of activations;
+    two sets are enough because the pass reads batch ``i`` while batch ``i + 1`` runs,
+    and issues batch ``i + 2`` only after batch ``i`` is read.
+    """
+
+    def __init__(self, sym, input_names, params, ctx):
+        order = sym.list_inputs()
+        missing = [n for n in order if n not in input_names and n not in params]
+        if missing:
+            raise GraphError("The graph needs parameters the network does not have: %s"
+                             % ", ".join(sorted(missing)[:10]))
+        self._op = mx.nd.CachedOp(sym, flags=[("static_alloc", True), ("static_shape", True)])
+        self._args = [None if n in input_names else params[n].as_in_context(ctx)
+                      for n in order]
+        self._slots = [(order.index(n), i) for i, n in enumerate(input_names) if n in order]
+        self._shapes = None   # input shapes the buffers are for
+        self._buffers = [None, None]
+        self._turn = 0
+
+    def __call__(self, *inputs):
+        args = list(self._args)
+        for slot, i in self._slots:
+            args[slot] = inputs[i]
+        shapes = [tuple(x.shape) for x in inputs]
+        if shapes != self._shapes:  # first call, or a batch of another size
+            out = self._op(*args)
+            out = list(out) if isinstance(out, (list, tuple)) else [out]
+            self._shapes, self._buffers, self._turn = shapes, [out, None], 1
+            return out
+        turn = self._turn
+        if self._buffers[turn] is None:
+            self._buffers[turn] = [mx.nd.empty(a.shape, ctx=a.context, dtype=a.dtype)
+                                   for a in self._buffers[1 - turn]]
+        self._op(*args, out=self._buffers[turn])
+        self._turn = 1 - turn
+        return self._buffers[turn]
 
 
 def collect_statistics(batches, *, convert, make_runner, calibrator, input_names, tensor_names,
@@ -27,15 +111,16 @@ def collect_statistics(batches, *, convert, make_runner, calibrator, input_names
     convert : callable
         ``convert(batch)`` returns the list of input NDArrays.
     make_runner : callable
-        ``make_runner(inputs)`` returns a block computing the non-input tensors of
-        ``tensor_names`` (in order), or None when only inputs are calibrated; called once,
-        on the first batch.
+        ``make_runner(inputs)`` returns a callable (see :func:`build_runner`) computing the
+        non-input tensors of ``tensor_names`` (in order), or None when only inputs are
+        calibrated; called once, on the first batch.
     calibrator : Calibrator
     input_names : list of str
         Names of the graph inputs, in order.
     tensor_names : list of str
         Tensors to calibrate (inputs among them are taken from the batch).
     progress : bool
+        Show a progress bar (with an ETA when ``total`` is known) on a terminal.
     total : int, optional
         Number of batches, for the progress bar's ETA.
 
@@ -48,32 +133,56 @@ def collect_statistics(batches, *, convert, make_runner, calibrator, input_names
     ------
     EmptyCalibrationError
         No batch was seen.
+    InputMismatchError
+        The network could not run on a batch.
     """
-    wanted_inputs = set(tensor_names) & set(input_names)
-    outputs = [n for n in tensor_names if n not in set(input_names)]
+    inputs_set = set(input_names)
+    wanted_inputs = inputs_set & set(tensor_names)
+    outputs = [n for n in tensor_names if n not in inputs_set]
     runner = None
+    pending = None  # (inputs, outputs) of the batch whose statistics are not taken yet
     seen = 0
     for batch in progress_bar(batches, enabled=progress, desc="calibrating", total=total):
         inputs = convert(batch)
+        if runner is None and outputs:
+            runner = make_runner(inputs)
+        outs = _forward(runner, inputs) if outputs else []  # returns before it is computed
         for name, array in zip(input_names, inputs):
-            host = array.asnumpy()
+            host = _mxnet.host_view(array)
             check_finite(name, host)
             if name in wanted_inputs:
                 calibrator.collect(name, host)
-        if runner is None:
-            runner = make_runner(inputs)
-        if outputs:
-            try:
-                outs = _mxnet.run_block(runner, inputs, "Calibration forward pass")
-            except ModelExecutionError as err:
-                raise InputMismatchError(
-                    "%s. The batch inputs were %s; check that they match the network's "
-                    "expected shapes." % (err, [describe(a) for a in inputs])) from err
-            for name, out in zip(outputs, outs):
-                calibrator.collect(name, out.asnumpy())
+        if pending is not None:
+            _collect_outputs(calibrator, outputs, *pending)
+        pending = (inputs, outs)
         seen += 1
+    if pending is not None:
+        _collect_outputs(calibrator, outputs, *pending)
     if seen == 0:
         raise EmptyCalibrationError(
             "calib_data yielded no batch (empty, or an iterator/generator already "
             "exhausted). Pass a non-empty iterable, or a fresh generator.")
     return seen
+
+
+def _forward(runner, inputs):
+    try:
+        out = runner(*inputs)
+    except mx.base.MXNetError as err:
+        raise _mismatch(err, inputs) from err
+    return out if isinstance(out, (list, tuple)) else [out]
+
+
+def _collect_outputs(calibrator, names, inputs, outs):
+    for name, out in zip(names, outs):
+        try:
+            host = _mxnet.host_view(out)
+        except mx.base.MXNetError as err:  # an asynchronous failure surfaces here
+            raise _mismatch(err, inputs) from err
+        calibrator.collect(name, host)
+
+
+def _mismatch(err, inputs):
+    return InputMismatchError(
+        "Calibration forward pass failed: %s. The batch inputs were %s; check that they match "
+        "the network's expected shapes." % (_mxnet._first_line(err), [describe(a) for a in inputs]))

@@ -26,7 +26,10 @@ stride: ``update`` then costs about 1 ns per element, close to the ``asnumpy()``
 precedes it (``benchmarks/calib_kernels.py``), and each batch still gives at least 26,000
 histogram samples.  The stride, 5, is coprime with 2 and 7, the factors of the usual
 spatial sizes (224, 112, ..., 7) and channel counts, so samples do not fall on a fixed
-subset of columns.  Sampling depends only on the batch, never on the running state, so
+subset of columns.  Very large tensors (a batch of 32 early-layer activations holds 25
+million values) take a wider prime stride from :data:`SUBSAMPLE_STRIDES`, the widest that
+still leaves :data:`SUBSAMPLE_TARGET` samples: the histogram then costs little next to
+min/max, so every calibrator runs at about the speed of min-max (:func:`subsample_stride`).  Sampling depends only on the batch, never on the running state, so
 merging stays exact.  A thread pool does not pay: ``np.bincount`` holds the GIL in
 numpy 1.x (two threads measured no faster), and the framework's forward pass already uses
 the other cores.
@@ -42,6 +45,9 @@ __all__ = [
     "DEFAULT_BINS",
     "SUBSAMPLE_STRIDE",
     "SUBSAMPLE_MIN_SIZE",
+    "SUBSAMPLE_STRIDES",
+    "SUBSAMPLE_TARGET",
+    "subsample_stride",
 ]
 
 #: Histogram bins on each side of zero (a power of two).
@@ -50,6 +56,10 @@ DEFAULT_BINS = 2048
 SUBSAMPLE_STRIDE = 5
 #: Tensors with more elements than this are subsampled for the histogram (never for min/max).
 SUBSAMPLE_MIN_SIZE = 2 ** 17
+#: Wider strides for very large tensors (primes, coprime with 2 and 7 like the default).
+SUBSAMPLE_STRIDES = (SUBSAMPLE_STRIDE, 11, 23, 47)
+#: A wider stride is used only if it leaves at least this many histogram samples per batch.
+SUBSAMPLE_TARGET = 2 ** 19
 _MIN_BINS, _MAX_BINS = 16, 2 ** 16
 # Histogram samples handled per step: the work buffers (float32 + int64) stay in L2 cache.
 _CHUNK = 2 ** 16
@@ -94,6 +104,19 @@ def _fold(hist, bins, steps):
     return out
 
 
+def subsample_stride(size):
+    """The histogram stride for a batch of ``size`` values (subsampling enabled).
+
+    1 up to :data:`SUBSAMPLE_MIN_SIZE` values, else the widest of :data:`SUBSAMPLE_STRIDES`
+    leaving at least :data:`SUBSAMPLE_TARGET` samples (at least :data:`SUBSAMPLE_STRIDE`).
+    It depends on the batch size only, so merged statistics stay exact.
+    """
+    if size <= SUBSAMPLE_MIN_SIZE:
+        return 1
+    wide = [s for s in SUBSAMPLE_STRIDES if size // s >= SUBSAMPLE_TARGET]
+    return max(wide) if wide else SUBSAMPLE_STRIDE
+
+
 def _non_finite_error(flat, name):
     n_nan = int(np.count_nonzero(np.isnan(flat)))
     n_inf = int(np.count_nonzero(np.isinf(flat)))
@@ -132,8 +155,10 @@ def _scan(flat, bins, stride, exponent, name):
             raise _non_finite_error(flat, name)
         return lo, hi, None, None
     size = flat.size
-    span = _CHUNK * stride
-    n_buf = min(_CHUNK, -(-size // stride))
+    # Chunks of at most _CHUNK * SUBSAMPLE_STRIDE values (~1.3 MB) stay in cache; the
+    # samples are every stride-th value of the whole tensor, whatever the chunking.
+    span = _CHUNK * min(stride, SUBSAMPLE_STRIDE)
+    n_buf = min(-(-span // stride), -(-size // stride))
     fbuf = np.empty(n_buf, np.float32)
     ibuf = np.empty(n_buf, np.int64)
     hist = np.zeros(2 * bins + 1, np.int64)
@@ -153,7 +178,7 @@ def _scan(flat, bins, stride, exponent, name):
                 hist = _fold(hist, bins, 0 if exponent is None else need - exponent)
                 exponent = need
                 scale = np.float32(math.ldexp(bins, -exponent))
-        sample = chunk[::stride]
+        sample = chunk[(-start) % stride::stride]
         n = sample.size
         if scale is None:  # only zeros so far: the centre bin, whatever the range
             hist[bins] += n
@@ -186,7 +211,7 @@ class TensorStatistics:
         histogram has ``2 * bins + 1`` bins).  None keeps min, max and count only.
     subsample : bool, optional
         Build the histogram of tensors larger than :data:`SUBSAMPLE_MIN_SIZE` from every
-        :data:`SUBSAMPLE_STRIDE`-th element (min, max and count always see every element).
+        :func:`subsample_stride`-th element (min, max and count always see every element).
 
     Notes
     -----
@@ -317,7 +342,7 @@ class TensorStatistics:
             raise CalibrationDataError(
                 "Tensor %r is empty (shape %r): calibration needs at least one value."
                 % (name, np.shape(array)))
-        stride = SUBSAMPLE_STRIDE if self._subsample and flat.size > SUBSAMPLE_MIN_SIZE else 1
+        stride = subsample_stride(flat.size) if self._subsample else 1
         lo, hi, exponent, hist = _scan(flat, self._bins, stride, self._exponent, name)
         self._add(lo, hi, flat.size, exponent, hist)
 

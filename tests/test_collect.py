@@ -1,0 +1,142 @@
+"""The calibration pass (gluon_quant/collect.py) through the real graph path."""
+import io
+import json
+import re
+import time
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_quant as gq
+from gluon_quant import _mxnet
+from gluon_quant.calib import CALIBRATORS, Calibrator, EntropyCalibrator
+from gluon_quant.calib.statistics import DEFAULT_BINS
+
+METHODS = ("minmax", "entropy", "percentile", "mse")
+
+
+def _calibrated(net, batches, calibrator="entropy", **kwargs):
+    qnet = gq.QuantizedHybridBlock(net, calibrator=calibrator, progress=False, **kwargs)
+    table = qnet.calibrate(batches)
+    return qnet, table
+
+
+def test_pipelined_zero_copy_pass_equals_plain_copies(tiny_cnn, tiny_batches):
+    """Reading outputs in place while the next batch runs gives the statistics of a
+    synchronous pass that copies every tensor with asnumpy()."""
+    qnet, table = _calibrated(tiny_cnn, tiny_batches)
+    names = list(qnet.calibrator.names)
+    outputs = [n for n in names if n != "data"]
+    internals = qnet.fused_graph.get_internals()
+    group = mx.sym.Group([internals[n] for n in outputs])
+    params = {k: v for k, v in qnet._fp32_params.items()
+              if k in set(group.list_arguments()) | set(group.list_auxiliary_states())}
+    plain = _mxnet.symbol_block(group, ["data"], params, mx.cpu())
+    reference = EntropyCalibrator()
+    for batch in tiny_batches:
+        reference.collect("data", batch)
+        for name, out in zip(outputs, _mxnet.run_block(plain, [mx.nd.array(batch)], "ref")):
+            reference.collect(name, out.asnumpy())
+    assert len(outputs) >= 4
+    assert set(reference.names) == set(names)
+    for name in names:
+        assert reference.statistics[name] == qnet.calibrator.statistics[name], name
+    assert dict(reference.compute()) == dict(table)
+
+
+def test_merged_shards_equal_one_pass(tiny_cnn, tiny_batches):
+    _, single = _calibrated(tiny_cnn, tiny_batches)
+    parts = [_calibrated(tiny_cnn, shard)[0].calibrator
+             for shard in (tiny_batches[3:], tiny_batches[:1], tiny_batches[1:3])]
+    merged = Calibrator.from_state_dict(json.loads(json.dumps(parts[0].state_dict())))
+    for part in parts[1:]:
+        merged.merge(Calibrator.from_state_dict(json.loads(json.dumps(part.state_dict()))))
+    assert len(single) >= 5
+    assert dict(merged.compute()) == dict(single)  # exact, not approximate
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_switching_method_on_stored_statistics_equals_fresh_pass(tiny_cnn, tiny_batches,
+                                                                   method):
+    collected, _ = _calibrated(tiny_cnn, tiny_batches, calibrator="mse")
+    _, fresh = _calibrated(tiny_cnn, tiny_batches, calibrator=method)
+    rescored = collected.calibrator.rescore(CALIBRATORS[method]).compute()
+    assert dict(rescored) == dict(fresh)
+    assert rescored.method == fresh.method
+
+
+def test_statistics_memory_does_not_grow_with_batches(tiny_cnn, tiny_batches):
+    few, _ = _calibrated(tiny_cnn, tiny_batches[:1])
+    many, _ = _calibrated(tiny_cnn, tiny_batches * 8)
+    sizes = [sum(s.histogram.nbytes for s in q.calibrator.statistics.values())
+             for q in (few, many)]
+    tensors = len(many.calibrator.names)
+    assert sizes[0] == sizes[1] == tensors * (2 * DEFAULT_BINS + 1) * 8
+    assert many.calibrator.statistics["data"].count == 32 * few.calibrator.statistics[
+        "data"].count
+    # The saved state is bounded by tensors x bins too (counts only grow in digits).
+    assert len(json.dumps(many.calibrator.state_dict())) < tensors * (2 * DEFAULT_BINS + 1) * 12
+
+
+class _FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+class _SlowBatches:
+    """A sized iterable of batches slow enough for tqdm to refresh its ETA."""
+
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __len__(self):
+        return len(self.batches)
+
+    def __iter__(self):
+        for batch in self.batches:
+            time.sleep(0.15)
+            yield batch
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_bar_with_eta_on_a_terminal_only_when_enabled(tiny_cnn, tiny_batches,
+                                                              monkeypatch, enabled):
+    terminal = _FakeTerminal()
+    monkeypatch.setattr("sys.stderr", terminal)
+    qnet = gq.QuantizedHybridBlock(tiny_cnn, calibrator="minmax", progress=enabled)
+    qnet.calibrate(_SlowBatches(tiny_batches))
+    text = terminal.getvalue()
+    if enabled:
+        assert "calibrating" in text
+        assert re.search(r"[1-4]/4 \[\d\d:\d\d<\d\d:\d\d", text), text  # elapsed<ETA
+    else:
+        assert text == ""
+
+
+def test_progress_quiet_when_not_a_terminal(tiny_cnn, tiny_batches, monkeypatch):
+    pipe = io.StringIO()
+    monkeypatch.setattr("sys.stderr", pipe)
+    gq.QuantizedHybridBlock(tiny_cnn, calibrator="minmax", progress=True).calibrate(tiny_batches)
+    assert pipe.getvalue() == ""
+
+
+def test_bad_batch_names_the_shapes(tiny_cnn, tiny_batches):
+    qnet = gq.QuantizedHybridBlock(tiny_cnn, progress=False)
+    bad = tiny_batches[:2] + [np.zeros((8, 3, 28, 28), np.float32)]
+    with pytest.raises(gq.InputMismatchError, match=r"\(8, 3, 28, 28\)"):
+        qnet.calibrate(bad)
+
+
+def test_wide_stride_histogram_of_very_large_tensors_is_exact_on_its_samples():
+    from gluon_quant.calib.statistics import TensorStatistics, subsample_stride
+    assert [subsample_stride(n) for n in (2 ** 17, 2 ** 17 + 1, 3211264, 6422528, 25690112)] \
+        == [1, 5, 5, 11, 47]
+    values = np.random.default_rng(3).laplace(size=6422528 + 5).astype(np.float32)
+    stats = TensorStatistics()
+    stats.update(values)
+    reference = TensorStatistics(subsample=False)
+    reference.update(values[::11])
+    assert (stats.min, stats.max, stats.count) == (values.min(), values.max(), values.size)
+    assert stats.exponent == reference.exponent
+    np.testing.assert_array_equal(stats.histogram, reference.histogram * 11)

@@ -1,0 +1,48 @@
+"""calibrate_parallel: shards in worker processes merge to exactly one pass."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_quant as gq
+
+
+def _single_pass(net, batches, calibrator="entropy"):
+    return gq.QuantizedHybridBlock(net, calibrator=calibrator, progress=False).calibrate(batches)
+
+
+def test_two_workers_equal_one_pass_and_feed_quantize(tiny_cnn, tiny_batches):
+    single = _single_pass(tiny_cnn, tiny_batches)
+    # More shards than workers, uneven, one empty and out of order: same thresholds.
+    shards = [tiny_batches[2:], [], tiny_batches[:1], tiny_batches[1:2]]
+    table = gq.calibrate_parallel(tiny_cnn, shards, workers=2, calibrator="entropy",
+                                  progress=False)
+    assert len(single) >= 5
+    assert dict(table) == dict(single)
+    assert table.fingerprint == single.fingerprint
+    assert table.method == single.method
+    x = mx.nd.array(np.concatenate(tiny_batches))
+    from_table = gq.quantize(tiny_cnn, calib_table=table, progress=False)(x).asnumpy()
+    from_data = gq.quantize(tiny_cnn, tiny_batches, calibrator="entropy",
+                            progress=False)(x).asnumpy()
+    np.testing.assert_array_equal(from_table, from_data)
+
+
+def test_worker_errors_come_back_as_package_errors(tiny_cnn, tiny_batches):
+    qnet = gq.QuantizedHybridBlock(tiny_cnn, calibrator="minmax", progress=False)
+    bad = [np.zeros((8, 3, 28, 28), np.float32)]
+    with pytest.raises(gq.InputMismatchError, match=r"shard 1: .*\(8, 3, 28, 28\)"):
+        gq.calibrate_parallel(qnet, [tiny_batches[:1], bad], workers=1, progress=False)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"workers": 0}, "workers must be a positive int, got 0"),
+    ({"start_method": "threads"}, "start_method must be one of .*'threads'"),
+])
+def test_bad_settings(tiny_cnn, tiny_batches, kwargs, match):
+    with pytest.raises(gq.ConfigError, match=match):
+        gq.calibrate_parallel(tiny_cnn, [tiny_batches], progress=False, **kwargs)
+
+
+def test_all_shards_empty(tiny_cnn):
+    with pytest.raises(gq.EmptyCalibrationError, match="Every shard was empty"):
+        gq.calibrate_parallel(tiny_cnn, [[], []], workers=1, progress=False)
