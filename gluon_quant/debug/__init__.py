@@ -1,0 +1,18 @@
+"""The quantization doctor: which layers lose accuracy in int8, and what to do about it.
+
+* :func:`compare` runs fp32 and int8 side by side and ranks layers by SQNR and cosine;
+* :func:`sensitivity` ranks layers by how much keeping each one alone in fp32 recovers
+  the output (re-quantizing with the same calibration table: no new data pass);
+* :func:`run_checks` looks for known pitfalls and says how to fix each one.
+
+>>> from gluon_quant import debug
+>>> print(debug.compare(qnet, batches))
+>>> print(debug.sensitivity(qnet, batches))
+>>> print(debug.run_checks(qnet))
+"""
+from .checks import CheckReport, Finding, run_checks
+from .compare import ComparisonReport, LayerError, compare
+from .sensitivity import LayerSensitivity, SensitivityReport, sensitivity
+
+__all__ = ["compare", "ComparisonReport", "LayerError", "sensitivity", "SensitivityReport",
+           "LayerSensitivity", "run_checks", "CheckReport", "Finding"]

@@ -1,0 +1,247 @@
+"""Run fp32 and int8 side by side and measure, per layer, how far int8 drifts from fp32.
+
+The fused fp32 graph is run with every layer's output exposed, and the int8 graph with the
+same layers' outputs exposed and dequantized; both see the same batches.  For each layer
+the signal-to-quantization-noise ratio ``SQNR = 10 log10(sum(x^2) / sum((x - q)^2))`` (dB)
+and the cosine of ``x`` and ``q`` are accumulated over all elements of all batches.
+
+The error of a layer includes what reached it from earlier layers; ``added_db`` (the drop
+of SQNR from the layer's worst input to its output) tells the error the layer adds itself.
+"""
+import json
+import math
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import numpy as np
+
+from .. import _mxnet
+from ..block import _layer_name
+from ..data import iter_batches
+from ..errors import GraphError
+from ..graph import GraphView, block_scopes
+
+__all__ = ["LayerError", "ComparisonReport", "compare", "quantized_counterparts", "sqnr_db",
+           "cosine"]
+
+#: SQNR reported for a layer whose int8 output equals fp32 exactly (no noise at all).
+EXACT_DB = 200.0
+
+
+def sqnr_db(signal_power, noise_power):
+    """``10 log10(signal / noise)`` in dB; :data:`EXACT_DB` when there is no noise."""
+    if noise_power <= 0.0:
+        return EXACT_DB
+    if signal_power <= 0.0:
+        return -EXACT_DB
+    return min(EXACT_DB, 10.0 * math.log10(signal_power / noise_power))
+
+
+def cosine(a, b):
+    """Cosine similarity of two arrays, flattened (1.0 when both are all zero)."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
+    if na == 0.0 or nb == 0.0:
+        return 1.0 if na == nb else 0.0
+    return float(a @ b) / (na * nb)
+
+
+@dataclass(frozen=True)
+class LayerError:
+    """fp32 vs int8 agreement of one layer's output.
+
+    Attributes
+    ----------
+    layer : str
+        The user's name of the layer (as in :meth:`QuantizedHybridBlock.report`).
+    node : str
+        The node of the fused fp32 graph (the key ``exclude`` accepts).
+    op : str
+        The layer's main operator.
+    quantized : bool
+        Whether the layer runs in int8.
+    sqnr_db : float
+        SQNR of the int8 output against fp32, in dB (higher is better; 200 = exact).
+    cosine : float
+        Cosine of the int8 and fp32 outputs over all batches.
+    added_db : float or None
+        SQNR lost in this layer: its worst input's SQNR minus its own (None for the
+        first layers, whose inputs are the network's).
+    """
+
+    layer: str
+    node: str
+    op: str
+    quantized: bool
+    sqnr_db: float
+    cosine: float
+    added_db: Optional[float]
+
+
+class ComparisonReport(tuple):
+    """:class:`LayerError` entries ranked worst first (lowest SQNR), with a readable ``str()``.
+
+    Attributes
+    ----------
+    output_sqnr_db, output_cosine : float
+        Agreement of the network's first output.
+    batches : int
+        Number of batches compared.
+    """
+
+    def __new__(cls, layers, *, output_sqnr_db, output_cosine, batches):
+        self = super().__new__(cls, sorted(layers, key=lambda r: (r.sqnr_db, r.node)))
+        self.output_sqnr_db = output_sqnr_db
+        self.output_cosine = output_cosine
+        self.batches = batches
+        return self
+
+    def by_added_error(self):
+        """The layers ranked by the error they add themselves (largest first)."""
+        return sorted(self, key=lambda r: -(r.added_db if r.added_db is not None
+                                            else EXACT_DB - r.sqnr_db))
+
+    def to_dict(self):
+        """A JSON-safe dict."""
+        return {"output_sqnr_db": self.output_sqnr_db, "output_cosine": self.output_cosine,
+                "batches": self.batches, "layers": [asdict(r) for r in self]}
+
+    def to_json(self, **kwargs):
+        """The report as JSON text."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self):
+        lines = ["fp32 vs int8 on %d batch(es): output SQNR %.1f dB, cosine %.5f"
+                 % (self.batches, self.output_sqnr_db, self.output_cosine),
+                 "%-44s %-14s %-5s %9s %9s %9s" % ("layer (worst first)", "op", "int8",
+                                                   "SQNR dB", "cosine", "added dB")]
+        for r in self:
+            added = "" if r.added_db is None else "%.1f" % r.added_db
+            lines.append("%-44s %-14s %-5s %9.1f %9.5f %9s" % (
+                r.layer[-44:], r.op[:14], "yes" if r.quantized else "no", r.sqnr_db,
+                r.cosine, added))
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return "<ComparisonReport %d layers, output SQNR %.1f dB>" % (len(self),
+                                                                      self.output_sqnr_db)
+
+
+def quantized_counterparts(qnet):
+    """Map each node of the fused fp32 graph to its node in the final int8 graph.
+
+    Returns
+    -------
+    dict
+        fp32 node name -> ``(final node name, quantized)``, for the nodes found in both.
+    """
+    if qnet.quantized_graph is None:
+        raise GraphError("The network is not quantized yet: call finalize() (or use "
+                         "gluon_quant.quantize) before comparing it with fp32.")
+    final = GraphView(_mxnet.graph_json(qnet.quantized_graph)).by_name
+    found = {}
+    for node in GraphView(_mxnet.graph_json(qnet.fused_graph)):
+        qnode = final.get("quantized_" + node.name)
+        if qnode is not None:
+            found[node.name] = (qnode.name, True)
+        elif node.name in final:
+            flag = str(final[node.name].attr("quantized", "")).lower() == "true"
+            found[node.name] = (node.name, flag)
+    return found
+
+
+class _Accumulator:
+    __slots__ = ("signal", "noise", "dot", "qq")
+
+    def __init__(self):
+        self.signal = self.noise = self.dot = self.qq = 0.0
+
+    def add(self, ref, out):
+        ref = ref.astype(np.float64).ravel()
+        out = out.astype(np.float64).ravel()
+        self.signal += float(ref @ ref)
+        self.noise += float(((ref - out) ** 2).sum())
+        self.dot += float(ref @ out)
+        self.qq += float(out @ out)
+
+    @property
+    def sqnr(self):
+        return sqnr_db(self.signal, self.noise)
+
+    @property
+    def cosine(self):
+        if self.signal == 0.0 or self.qq == 0.0:
+            return 1.0 if self.signal == self.qq else 0.0
+        return self.dot / math.sqrt(self.signal * self.qq)
+
+
+def compare(qnet, batches, *, num_batches=4):
+    """Per-layer agreement of ``qnet`` with its fp32 net on a few batches.
+
+    Parameters
+    ----------
+    qnet : QuantizedHybridBlock
+        A finalized quantized block (e.g. from :func:`gluon_quant.quantize`).
+    batches : iterable of batches
+        In any form the calibration accepted (see :mod:`gluon_quant.data`).
+    num_batches : int, default 4
+        Compare on at most this many batches.
+
+    Returns
+    -------
+    ComparisonReport
+        Layers ranked worst first.
+
+    Examples
+    --------
+    >>> print(gluon_quant.debug.compare(qnet, calib_batches))
+    """
+    pairs = quantized_counterparts(qnet)
+    fused_view = GraphView(_mxnet.graph_json(qnet.fused_graph))
+    nodes = [n for n in fused_view if n.name in pairs]
+    names = qnet.input_names
+    fp32_params = {p.name: p.data(qnet.ctx) for p in qnet.net.collect_params().values()}
+    int8_params = {p.name: p.data(qnet.ctx) for p in qnet.collect_params().values()}
+    ref_block = _tapped_block(qnet.fused_graph, [n.name for n in nodes], names, fp32_params,
+                              qnet.ctx)
+    q_block = _tapped_block(qnet.quantized_graph, [pairs[n.name][0] for n in nodes], names,
+                            int8_params, qnet.ctx)
+    acc = {n.name: _Accumulator() for n in nodes}
+    out_acc = _Accumulator()
+    seen = 0
+    for batch in iter_batches(batches, num_batches):
+        inputs = qnet.convert_batch(batch)
+        refs = _mxnet.run_block(ref_block, inputs, "fp32 forward pass") if nodes else []
+        outs = _mxnet.run_block(q_block, inputs, "int8 forward pass") if nodes else []
+        for node, ref, out in zip(nodes, refs, outs):
+            acc[node.name].add(ref.asnumpy(), out.asnumpy())
+        ref_out = qnet.net(*inputs)
+        q_out = qnet(*inputs)
+        ref_out = ref_out[0] if isinstance(ref_out, (list, tuple)) else ref_out
+        q_out = q_out[0] if isinstance(q_out, (list, tuple)) else q_out
+        out_acc.add(ref_out.asnumpy(), q_out.asnumpy())
+        seen += 1
+    if seen == 0:
+        raise GraphError("compare() got no batch: pass a non-empty iterable of batches.")
+    scopes = block_scopes(qnet.net)
+    layers = []
+    for node in nodes:
+        inputs_db = [acc[i].sqnr for i in node.inputs if i in acc]
+        own = acc[node.name].sqnr
+        layers.append(LayerError(
+            layer=_layer_name(node, scopes), node=node.name, op=node.main_op,
+            quantized=pairs[node.name][1], sqnr_db=own, cosine=acc[node.name].cosine,
+            added_db=(min(inputs_db) - own) if inputs_db else None))
+    return ComparisonReport(layers, output_sqnr_db=out_acc.sqnr, output_cosine=out_acc.cosine,
+                            batches=seen)
+
+
+def _tapped_block(sym, node_names, input_names, params, ctx):
+    group = _mxnet.tap_outputs(sym, node_names, input_names)
+    needed = set(group.list_arguments()) | set(group.list_auxiliary_states())
+    block = _mxnet.symbol_block(group, input_names,
+                                {k: v for k, v in params.items() if k in needed}, ctx)
+    block.hybridize(static_alloc=True)
+    return block
+

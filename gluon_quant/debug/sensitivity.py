@@ -1,0 +1,165 @@
+"""Which layers are worth keeping in fp32: the gain of excluding each one alone.
+
+For each int8 layer, the network is re-quantized with that layer alone added to
+``exclude``; the calibration table of the original block is reused, so no new pass over
+calibration data is made.  The output of each variant is compared with fp32 on a few
+batches, and layers are ranked by how much SQNR (dB) their exclusion recovers.
+"""
+import json
+import logging
+from dataclasses import asdict, dataclass
+from typing import Optional, Sequence
+
+from .._mxnet import run_block
+from ..data import iter_batches
+from ..errors import ConfigError, GluonQuantError, GraphError
+from .compare import _Accumulator, quantized_counterparts
+
+__all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "output_agreement"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """The effect of keeping one layer in fp32.
+
+    Attributes
+    ----------
+    node : str
+        The node of the fused fp32 graph (what ``exclude`` takes).
+    sqnr_db : float
+        Output SQNR against fp32 with this layer alone in fp32 (dB).
+    cosine : float
+        Output cosine against fp32 with this layer alone in fp32.
+    gain_db : float
+        ``sqnr_db`` minus the output SQNR with every layer in int8.
+    """
+
+    node: str
+    sqnr_db: float
+    cosine: float
+    gain_db: float
+
+
+class SensitivityReport(tuple):
+    """:class:`LayerSensitivity` entries, largest gain first.
+
+    Attributes
+    ----------
+    baseline_sqnr_db, baseline_cosine : float
+        Output agreement of the block as given.
+    skipped : tuple of (str, str)
+        Layers that could not be tried alone and why.
+    """
+
+    def __new__(cls, entries, *, baseline_sqnr_db, baseline_cosine, skipped=()):
+        self = super().__new__(cls, sorted(entries, key=lambda e: (-e.gain_db, e.node)))
+        self.baseline_sqnr_db = baseline_sqnr_db
+        self.baseline_cosine = baseline_cosine
+        self.skipped = tuple(skipped)
+        return self
+
+    @property
+    def nodes(self):
+        """Node names, most sensitive first."""
+        return [e.node for e in self]
+
+    def to_dict(self):
+        """A JSON-safe dict."""
+        return {"baseline_sqnr_db": self.baseline_sqnr_db,
+                "baseline_cosine": self.baseline_cosine,
+                "layers": [asdict(e) for e in self], "skipped": [list(s) for s in self.skipped]}
+
+    def to_json(self, **kwargs):
+        """The report as JSON text."""
+        return json.dumps(self.to_dict(), **kwargs)
+
+    def __str__(self):
+        lines = ["sensitivity: all int8 gives output SQNR %.1f dB, cosine %.5f"
+                 % (self.baseline_sqnr_db, self.baseline_cosine),
+                 "%-40s %9s %9s %9s" % ("layer kept in fp32 (best first)", "gain dB",
+                                        "SQNR dB", "cosine")]
+        lines += ["%-40s %9.2f %9.1f %9.5f" % (e.node[-40:], e.gain_db, e.sqnr_db, e.cosine)
+                  for e in self]
+        lines += ["%-40s skipped: %s" % (node[-40:], why) for node, why in self.skipped]
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return "<SensitivityReport %d layers>" % len(self)
+
+
+def output_agreement(qnet, inputs, references):
+    """Output SQNR (dB) and cosine of ``qnet`` against reference fp32 outputs.
+
+    Parameters
+    ----------
+    qnet : QuantizedHybridBlock
+    inputs : list of list of NDArray
+        Converted batches (``qnet.convert_batch(batch)``).
+    references : list of numpy.ndarray
+        The fp32 net's first output on each batch.
+
+    Returns
+    -------
+    (float, float)
+    """
+    acc = _Accumulator()
+    for batch_inputs, ref in zip(inputs, references):
+        out = run_block(qnet, batch_inputs, "int8 forward pass")[0]
+        acc.add(ref, out.asnumpy())
+    return acc.sqnr, acc.cosine
+
+
+def reference_outputs(qnet, batches, num_batches):
+    """Converted inputs and fp32 first outputs of up to ``num_batches`` batches."""
+    inputs = [qnet.convert_batch(b) for b in iter_batches(batches, num_batches)]
+    if not inputs:
+        raise ConfigError("The doctor got no batch: pass a non-empty iterable of batches.")
+    refs = [run_block(qnet.net, x, "fp32 forward pass")[0].asnumpy() for x in inputs]
+    return inputs, refs
+
+
+def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[str]] = None):
+    """Rank int8 layers by how much keeping each one alone in fp32 recovers the output.
+
+    Parameters
+    ----------
+    qnet : QuantizedHybridBlock
+        A finalized quantized block; its calibration table is reused (no new data pass).
+    batches : iterable of batches
+        Batches to measure the output on.
+    num_batches : int, default 2
+        Use at most this many batches.
+    candidates : list of str, optional
+        Fused node names to try (default: every int8 layer with a weight or a calibrated
+        output).
+
+    Returns
+    -------
+    SensitivityReport
+        Largest SQNR gain first.
+    """
+    table = qnet.calibration_table
+    if table is None or qnet.quantized_graph is None:
+        raise GraphError("sensitivity() needs a finalized quantized block: call "
+                         "gluon_quant.quantize() (or calibrate() and finalize()) first.")
+    inputs, refs = reference_outputs(qnet, batches, num_batches)
+    base_db, base_cos = output_agreement(qnet, inputs, refs)
+    if candidates is None:
+        candidates = [node for node, (_, quantized) in quantized_counterparts(qnet).items()
+                      if quantized and node not in qnet.exclude]
+    entries, skipped = [], []
+    for node in candidates:
+        variant = qnet.clone(exclude=list(qnet.exclude) + [node], progress=False)
+        try:
+            variant.quantize_graph()
+            variant.finalize(table)
+        except GluonQuantError as err:
+            skipped.append((node, str(err).splitlines()[0]))
+            continue
+        db, cos = output_agreement(variant, inputs, refs)
+        entries.append(LayerSensitivity(node=node, sqnr_db=db, cosine=cos, gain_db=db - base_db))
+        _log.debug("sensitivity: %s in fp32 -> %.2f dB (%+.2f)", node, db, db - base_db)
+    return SensitivityReport(entries, baseline_sqnr_db=base_db, baseline_cosine=base_cos,
+                             skipped=skipped)

@@ -1,0 +1,268 @@
+"""Accuracy-aware tuning: quantize, measure with the user's metric, adjust until good enough.
+
+:func:`tune` starts from the defaults and, until ``eval_fn(qnet)`` is within ``tolerance``
+of ``eval_fn(net)``:
+
+1. tries the other built-in calibrators, each re-scoring the statistics collected once
+   (no new pass over the data), then the other weight granularity;
+2. keeps in fp32, one more at a time, the layers the doctor ranks most sensitive (its
+   per-layer comparison preselects candidates, its sensitivity analysis orders them: both
+   run on a few calibration batches, so few full evaluations are needed).
+
+Every quantized variant reuses the same fused graph and calibration statistics.
+"""
+import enum
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional, Tuple
+
+from .block import QuantizedHybridBlock
+from .calib import CALIBRATORS, HistogramCalibrator, MSECalibrator, get_calibrator
+from .config import Backend, Granularity
+from .data import iter_batches
+from .debug.compare import compare
+from .debug.sensitivity import sensitivity
+from .errors import ConfigError, EmptyCalibrationError, GluonQuantError
+
+__all__ = ["tune", "TuneResult", "Trial", "StopReason"]
+
+_log = logging.getLogger(__name__)
+
+#: Calibrators tried after the first one, in this order.
+_CALIBRATOR_ORDER = ("mse", "entropy", "percentile", "minmax")
+
+
+class StopReason(enum.Enum):
+    """Why :func:`tune` stopped."""
+
+    TOLERANCE_MET = "the score is within the tolerance of fp32"
+    BUDGET = "max_trials evaluations were spent"
+    NO_CANDIDATES = "no layer is left to keep in fp32"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One evaluated configuration.
+
+    Attributes
+    ----------
+    calibrator : str
+    granularity : str
+    exclude : tuple of str
+        Layers kept in fp32 beyond the user's own ``exclude``.
+    score : float
+        ``eval_fn`` of the quantized net.
+    within : bool
+        Whether the score is within the tolerance of fp32.
+    why : str
+        What the trial tried.
+    """
+
+    calibrator: str
+    granularity: str
+    exclude: Tuple[str, ...]
+    score: float
+    within: bool
+    why: str
+
+
+@dataclass(frozen=True)
+class TuneResult:
+    """What :func:`tune` tried and why it stopped.
+
+    Attributes
+    ----------
+    fp32_score : float
+        ``eval_fn(net)``.
+    tolerance : float
+        Allowed loss against fp32.
+    trials : tuple of Trial
+        In order of evaluation.
+    chosen : Trial
+        The configuration returned: the first within tolerance, else the best score.
+    stopped : StopReason
+    """
+
+    fp32_score: float
+    tolerance: float
+    trials: Tuple[Trial, ...]
+    chosen: Trial
+    stopped: StopReason
+
+    def __str__(self):
+        lines = ["tune: fp32 score %.6g, tolerance %g; %d trial(s); stopped: %s"
+                 % (self.fp32_score, self.tolerance, len(self.trials), self.stopped.value),
+                 "%-3s %-11s %-8s %-12s %-6s %s" % ("#", "calibrator", "weights", "score",
+                                                     "ok", "tried")]
+        for i, t in enumerate(self.trials, 1):
+            mark = "*" if t is self.chosen else " "
+            lines.append("%-3s %-11s %-8s %-12.6g %-6s %s%s" % (
+                "%d%s" % (i, mark), t.calibrator, t.granularity, t.score,
+                "yes" if t.within else "no", t.why,
+                "" if not t.exclude else " [fp32: %s]" % ", ".join(t.exclude)))
+        return "\n".join(lines)
+
+
+def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: int = 12,
+         higher_is_better: bool = True, calibrator="mse", granularity=None,
+         exclude=None, max_candidates: int = 16, doctor_batches: int = 2,
+         num_calib_batches: Optional[int] = None, dtype="auto", backend="onednn",
+         input_fn=None, num_inputs=None, ctx=None, progress=True, preset=None):
+    """Quantize ``net`` and adjust the settings until ``eval_fn`` is within ``tolerance``.
+
+    Parameters
+    ----------
+    net : mxnet.gluon.HybridBlock
+        The fp32 network (not modified).
+    calib_data : iterable of batches
+        Calibration batches (as for :func:`gluon_quant.quantize`); read once, and the first
+        ``doctor_batches`` of them also guide the layer fallback.
+    eval_fn : callable
+        ``eval_fn(model) -> float``, e.g. accuracy on a validation set; called with ``net``
+        once and with each quantized candidate.
+    tolerance : float
+        Allowed loss: ``eval_fn(net) - eval_fn(qnet) <= tolerance`` (or the opposite
+        difference when ``higher_is_better=False``, e.g. for a loss).
+    max_trials : int, default 12
+        Most quantized candidates evaluated with ``eval_fn``.
+    higher_is_better : bool, default True
+    calibrator : str, Calibrator subclass or instance, default 'mse'
+        The first calibrator tried.
+    granularity : {'channel', 'tensor'}, optional
+        The first granularity tried (backend default).
+    exclude : list of str, optional
+        Layers always kept in fp32.
+    max_candidates : int, default 16
+        Layers (those adding the most error in the doctor's comparison) whose sensitivity
+        is measured to order the fallback.
+    doctor_batches : int, default 2
+        Calibration batches the doctor measures on.
+    num_calib_batches, dtype, backend, input_fn, num_inputs, ctx, progress, preset
+        As for :func:`gluon_quant.quantize`.
+
+    Returns
+    -------
+    qnet : QuantizedHybridBlock
+        The chosen quantized network.
+    result : TuneResult
+
+    Examples
+    --------
+    >>> qnet, result = gluon_quant.tune(net, calib, lambda m: accuracy(m, val), tolerance=0.003)
+    >>> print(result)
+    """
+    _check_settings(eval_fn, tolerance, max_trials, max_candidates, doctor_batches)
+    batches = list(iter_batches(calib_data, num_calib_batches))
+    if not batches:
+        raise EmptyCalibrationError("tune() got no calibration batch: pass a non-empty "
+                                    "iterable of batches.")
+    first = get_calibrator(calibrator)
+    collector = first if isinstance(first, HistogramCalibrator) else MSECalibrator()
+    base = QuantizedHybridBlock(net, calibrator=collector, dtype=dtype, backend=backend,
+                                exclude=exclude, granularity=granularity, ctx=ctx,
+                                input_fn=input_fn, num_inputs=num_inputs, progress=progress,
+                                preset=preset)
+    base.quantize_graph()
+    base.calibrate(batches)
+    fp32 = float(eval_fn(net))
+    sign = 1.0 if higher_is_better else -1.0
+    trials, built = [], {}
+
+    def run(cal, gran, extra, why):
+        rescored = collector if cal is collector else _rescore(collector, cal)
+        variant = base.clone(calibrator=rescored, granularity=gran,
+                             exclude=list(base.exclude) + list(extra), progress=False)
+        variant.quantize_graph()
+        variant.finalize(rescored.compute().with_fingerprint(base.fingerprint))
+        score = float(eval_fn(variant))
+        trial = Trial(calibrator=rescored.method_name, granularity=variant.granularity.value,
+                      exclude=tuple(extra), score=score,
+                      within=sign * (fp32 - score) <= tolerance, why=why)
+        _log.info("tune trial %d: %s %s fp32=%s -> %.6g (%s)", len(trials) + 1,
+                  trial.calibrator, trial.granularity, list(extra), score,
+                  "within tolerance" if trial.within else "not within tolerance")
+        trials.append(trial)
+        built[id(trial)] = variant
+        return trial
+
+    def finish(reason):
+        chosen = next((t for t in trials if t.within), None) \
+            or max(trials, key=lambda t: sign * t.score)
+        result = TuneResult(fp32_score=fp32, tolerance=float(tolerance), trials=tuple(trials),
+                            chosen=chosen, stopped=reason)
+        _log.info("%s", result)
+        return built[id(chosen)], result
+
+    # 1. the defaults, then each other calibrator, then the other granularity.
+    plan = [(first, base.granularity, "defaults")]
+    plan += [(name, base.granularity, "calibrator %r on the same statistics" % name)
+             for name in _CALIBRATOR_ORDER
+             if CALIBRATORS[name] is not type(first)]
+    for cal, gran, why in plan:
+        if len(trials) >= max_trials:
+            return finish(StopReason.BUDGET)
+        if run(cal, gran, (), why).within:
+            return finish(StopReason.TOLERANCE_MET)
+    best = max(trials, key=lambda t: sign * t.score)
+    best_cal = best.calibrator if best.calibrator in CALIBRATORS else first
+    other = _other_granularity(base)
+    if other is not None:
+        if len(trials) >= max_trials:
+            return finish(StopReason.BUDGET)
+        trial = run(best_cal, other, (), "weights per %s" % other.value)
+        if trial.within:
+            return finish(StopReason.TOLERANCE_MET)
+        if sign * trial.score > sign * best.score:
+            best = trial
+    # 2. keep the most sensitive layers in fp32, one more per trial.
+    ranking = _fallback_order(built[id(best)], batches[:doctor_batches], max_candidates)
+    extra = []
+    for node in ranking:
+        if len(trials) >= max_trials:
+            return finish(StopReason.BUDGET)
+        extra.append(node)
+        if run(best.calibrator if best.calibrator in CALIBRATORS else first,
+               best.granularity, tuple(extra), "keep %s in fp32" % node).within:
+            return finish(StopReason.TOLERANCE_MET)
+    return finish(StopReason.NO_CANDIDATES if len(trials) < max_trials else StopReason.BUDGET)
+
+
+def _rescore(collector, calibrator):
+    if isinstance(calibrator, str):
+        return collector.rescore(CALIBRATORS[calibrator])
+    if isinstance(calibrator, type):
+        return collector.rescore(calibrator)
+    # A user's instance: its own options, fed the collected statistics.
+    return collector.rescore(type(calibrator), **calibrator._options())
+
+
+def _other_granularity(block):
+    if block.backend is Backend.CUDNN:
+        return None  # cuDNN has per-tensor int8 kernels only
+    return Granularity.TENSOR if block.granularity is Granularity.CHANNEL else Granularity.CHANNEL
+
+
+def _fallback_order(qnet, batches, max_candidates):
+    """Layers in the order to keep them in fp32: sensitivity gain among the worst layers."""
+    try:
+        worst = [r.node for r in compare(qnet, batches, num_batches=len(batches))
+                 .by_added_error() if r.quantized][:max_candidates]
+        ranked = sensitivity(qnet, batches, num_batches=len(batches), candidates=worst)
+    except GluonQuantError as err:
+        _log.warning("The doctor could not rank layers (%s); no layer falls back to fp32.", err)
+        return []
+    return ranked.nodes
+
+
+def _check_settings(eval_fn, tolerance, max_trials, max_candidates, doctor_batches):
+    if not callable(eval_fn):
+        raise ConfigError("eval_fn must be callable as eval_fn(model) -> float, got %r."
+                          % (eval_fn,))
+    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
+            or not tolerance >= 0:
+        raise ConfigError("tolerance must be a number >= 0 (the allowed loss of eval_fn "
+                          "against fp32), got %r." % (tolerance,))
+    for name, value in (("max_trials", max_trials), ("max_candidates", max_candidates),
+                        ("doctor_batches", doctor_batches)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError("%s must be a positive int, got %r." % (name, value))

@@ -1,0 +1,53 @@
+"""gluon_quant.debug.compare: per-layer fp32 vs int8 agreement, worst first."""
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_quant as gq
+from gluon_quant.debug import compare
+from gluon_quant.debug.compare import EXACT_DB, cosine, sqnr_db
+from gluon_quant.errors import GraphError
+
+
+def test_sqnr_and_cosine_maths():
+    assert sqnr_db(100.0, 1.0) == pytest.approx(20.0)
+    assert sqnr_db(1.0, 0.0) == EXACT_DB
+    assert cosine([1, 0], [0, 1]) == 0.0
+    assert cosine([1, 2], [2, 4]) == pytest.approx(1.0)
+
+
+def test_fragile_layer_adds_the_most_error(fragile_mlp):
+    qnet = gq.quantize(fragile_mlp["net"], fragile_mlp["calib"], calibrator="minmax",
+                       progress=False)
+    report = compare(qnet, [fragile_mlp["test"]], num_batches=1)
+    layers = {r.layer: r for r in report}
+    worst_added = report.by_added_error()[0]
+    assert worst_added.layer == "mlp_fragile"
+    # Seven of eight inputs are rounded to 0: the layer's output is far from fp32.
+    assert layers["mlp_fragile"].sqnr_db < 10.0
+    assert list(report) == sorted(report, key=lambda r: r.sqnr_db)  # worst first
+    assert report.output_cosine < 0.99
+    assert report.batches == 1
+    assert "mlp_fragile" in str(report)
+    assert json.loads(report.to_json())["layers"][0]["node"] == report[0].node
+
+
+def test_healthy_cnn_agrees_layer_by_layer(trained_cnn):
+    qnet = gq.quantize(trained_cnn["net"], trained_cnn["calib"], progress=False)
+    report = compare(qnet, trained_cnn["calib"], num_batches=2)
+    assert report.output_cosine > 0.995
+    assert all(r.cosine > 0.98 for r in report if r.quantized)
+    # Every calibrated conv/dense layer is found in both graphs.
+    assert sum(r.op in ("Convolution", "FullyConnected") for r in report) == 4
+    ref = trained_cnn["net"](mx.nd.array(trained_cnn["calib"][0])).asnumpy()
+    out = qnet(mx.nd.array(trained_cnn["calib"][0])).asnumpy()
+    assert report.output_cosine == pytest.approx(
+        cosine(np.concatenate([ref]), np.concatenate([out])), abs=0.01)
+
+
+def test_compare_needs_a_finalized_block(tiny_cnn):
+    qnet = gq.QuantizedHybridBlock(tiny_cnn)
+    with pytest.raises(GraphError, match="not quantized yet"):
+        compare(qnet, [np.zeros((1, 1, 28, 28), "float32")])

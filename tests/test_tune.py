@@ -1,0 +1,57 @@
+"""gluon_quant.tune: accuracy-aware tuning guided by the doctor."""
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_quant as gq
+from gluon_quant.tune import StopReason
+
+
+def _agreement_fn(net, inputs):
+    x = mx.nd.array(inputs)
+    expected = net(x).argmax(axis=1).asnumpy()
+
+    def eval_fn(model):
+        return float((model(x).argmax(axis=1).asnumpy() == expected).mean())
+    return eval_fn
+
+
+def test_tuning_keeps_the_fragile_layer_in_fp32(fragile_mlp):
+    net = fragile_mlp["net"]
+    eval_fn = _agreement_fn(net, fragile_mlp["test"])
+    qnet, result = gq.tune(net, fragile_mlp["calib"], eval_fn, tolerance=0.02, progress=False)
+    assert result.stopped is StopReason.TOLERANCE_MET
+    assert result.fp32_score == 1.0
+    assert result.chosen.within and result.chosen.score >= 0.98
+    assert eval_fn(qnet) == result.chosen.score
+    # No calibrator or granularity rescues it; one layer in fp32 does.
+    assert [t.within for t in result.trials[:5]] == [False] * 5
+    assert {t.calibrator for t in result.trials[:5]} == {"mse", "entropy", "percentile",
+                                                           "minmax"}
+    layers = {r.node: r for r in qnet.report()}
+    assert [layers[n].layer for n in result.chosen.exclude] == ["mlp_fragile"]
+    assert not layers[result.chosen.exclude[0]].quantized
+    assert sum(r.quantized for r in qnet.report() if r.op == "FullyConnected") == 2
+    assert "stopped: the score is within the tolerance" in str(result)
+
+
+def test_budget_stops_tuning(fragile_mlp):
+    net = fragile_mlp["net"]
+    qnet, result = gq.tune(net, fragile_mlp["calib"], _agreement_fn(net, fragile_mlp["test"]),
+                           tolerance=0.0, max_trials=2, progress=False)
+    assert result.stopped is StopReason.BUDGET and len(result.trials) == 2
+    assert result.chosen.score == max(t.score for t in result.trials)
+
+
+def test_quantize_with_eval_fn_tunes(tiny_cnn, tiny_batches):
+    eval_fn = _agreement_fn(tiny_cnn, np.concatenate(tiny_batches))
+    qnet = gq.quantize(tiny_cnn, tiny_batches, eval_fn=eval_fn, tolerance=0.5, progress=False)
+    assert qnet.tune_result.stopped is StopReason.TOLERANCE_MET
+    assert len(qnet.tune_result.trials) == 1  # the defaults were good enough
+
+
+def test_bad_settings_are_refused(tiny_cnn, tiny_batches):
+    with pytest.raises(gq.ConfigError, match="tolerance"):
+        gq.tune(tiny_cnn, tiny_batches, lambda m: 1.0, tolerance=-1)
+    with pytest.raises(gq.ConfigError, match="eval_fn"):
+        gq.quantize(tiny_cnn, tiny_batches, tolerance=0.1)
