@@ -1,0 +1,577 @@
+"""The ``gluon-quant`` command line: quantize, report, compare, bench, demo.
+
+Every subcommand prints a human summary on stdout (or, with ``--json``, one JSON object),
+logs and progress bars on stderr.  Exit codes: 0 success, 1 a gluon_quant error (bad
+input, unreadable file...: one line on stderr saying what and how to fix it), 2 bad
+usage (unknown option, missing argument), 3 an unexpected internal error, 130
+interrupted.  ``--verbose`` adds the traceback and the library's log.
+"""
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+
+__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERNAL"]
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_INTERNAL = 3
+EXIT_INTERRUPTED = 130
+
+_log = logging.getLogger("gluon_quant.cli")
+
+_EXIT_HELP = """exit codes: 0 ok, 1 gluon_quant error (message on stderr), 2 usage error,
+            3 internal error (rerun with --verbose and report it), 130 interrupted"""
+
+_MAIN_EPILOG = """examples:
+  gluon-quant demo
+  gluon-quant quantize resnet18_v1 --calib ./images --out out/resnet18 --plot out/plots
+  gluon-quant report out/resnet18
+  gluon-quant compare resnet18_v1 --calib ./images --plot out/plots
+  gluon-quant bench resnet18_v1 --calib ./images --batch-sizes 1,16
+
+MODEL is efficientnet_lite0, a GluonCV model-zoo name, or an exported fp32 pair
+(PREFIX with PREFIX-symbol.json and PREFIX-0000.params). Without internet, add
+--no-pretrained to GluonCV names (random weights, BatchNorm re-estimated on the data).
+
+""" + _EXIT_HELP
+
+_QUANTIZE_EPILOG = """examples:
+  gluon-quant quantize efficientnet_lite0 --calib ~/photos --out out/effnet
+  gluon-quant quantize resnet18_v1 --no-pretrained --calib ./images --out out/r18 \\
+      --calibrator entropy --exclude 'resnetv10_dense0' --plot out/plots
+  gluon-quant quantize mynet --calib inputs.npy --out out/mynet --json   # mynet-symbol.json
+
+writes PREFIX-report.json (per-layer table), PREFIX-calib.json (calibration table)
+and the exported int8 model (when gluon_quant.export is available).
+
+""" + _EXIT_HELP
+
+
+# ---------------------------------------------------------------------- arguments
+def _add_common(parser):
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="print only errors (and --json output); no progress bars")
+    parser.add_argument("-v", "--verbose", action="count", default=0,
+                        help="log what happens (-vv: debug); tracebacks on errors")
+    parser.add_argument("--json", action="store_true",
+                        help="print one JSON object on stdout instead of text")
+
+
+def _add_model(parser, *, calib_required=True):
+    parser.add_argument("model", metavar="MODEL",
+                        help="efficientnet_lite0, a GluonCV zoo name (resnet18_v1, "
+                             "mobilenet1.0, ...), or an exported fp32 PREFIX/-symbol.json")
+    parser.add_argument("--calib", metavar="DIR|FILE", required=calib_required,
+                        help="folder of images (jpg/png/bmp, preprocessed like the model's "
+                             "training data) or a .npy/.npz of input arrays")
+    parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                        help="random weights (offline); BatchNorm statistics are re-estimated "
+                             "on the calibration data")
+    parser.add_argument("--image-size", type=int, default=None, metavar="S",
+                        help="square input side for image folders (default: the model's, "
+                             "e.g. 224; 512 for ssd_512_*)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="B",
+                        help="calibration batch size (default 16)")
+    parser.add_argument("--max-images", type=int, default=None, metavar="N",
+                        help="read at most N images/samples")
+    parser.add_argument("--num-calib-batches", type=int, default=None, metavar="N",
+                        help="calibrate on at most N batches")
+    parser.add_argument("--calibrator", default="mse",
+                        help="minmax, entropy, percentile or mse (default mse)")
+    parser.add_argument("--dtype", default="auto", choices=["auto", "int8", "uint8"],
+                        help="activation type (default auto: uint8 where never negative)")
+    parser.add_argument("--granularity", default=None, choices=["channel", "tensor"],
+                        help="weight scales per output channel or per tensor "
+                             "(default channel on oneDNN)")
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help="layers of a model family kept in fp32 (default: automatic for "
+                             "GluonCV models; 'none' turns it off)")
+    parser.add_argument("--exclude", action="append", default=[], metavar="NAME",
+                        help="keep in fp32: layer name, glob pattern or operator type "
+                             "(Convolution, FullyConnected...); repeatable")
+
+
+def build_parser():
+    """The argument parser of ``gluon-quant`` (exposed for documentation and tests)."""
+    from ._version import __version__
+    parser = argparse.ArgumentParser(
+        prog="gluon-quant", description="Quantize MXNet Gluon models to int8, inspect and "
+        "benchmark them.", epilog=_MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version="gluon_quant " + __version__)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    raw = argparse.RawDescriptionHelpFormatter
+
+    p = sub.add_parser("quantize", help="quantize MODEL on calibration data and export it",
+                       description="Quantize MODEL to int8 with calibration data; write the "
+                       "export, the per-layer report and the calibration table.",
+                       epilog=_QUANTIZE_EPILOG, formatter_class=raw)
+    _add_model(p)
+    p.add_argument("--out", required=True, metavar="PREFIX",
+                   help="output prefix, e.g. out/resnet18 (folders are created)")
+    p.add_argument("--plot", metavar="DIR", help="save per-layer histograms with each "
+                   "calibrator's threshold as PNG files in DIR")
+    _add_common(p)
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("report", help="print the per-layer table of a quantized export",
+                       description="Print which layers were fused and quantized, and why.",
+                       epilog="examples:\n  gluon-quant report out/resnet18\n"
+                       "  gluon-quant report out/resnet18 --json | jq '.layers[0]'\n"
+                       "  gluon-quant report out/resnet18 --fp32-only\n\n" + _EXIT_HELP,
+                       formatter_class=raw)
+    p.add_argument("prefix", metavar="PREFIX", help="the --out PREFIX of `gluon-quant "
+                   "quantize` (or its PREFIX-report.json)")
+    p.add_argument("--fp32-only", action="store_true",
+                   help="list only the layers that stayed in fp32")
+    _add_common(p)
+    p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("compare", help="the doctor: fp32 vs int8 agreement per layer",
+                       description="Quantize MODEL, run fp32 and int8 side by side and rank "
+                       "layers by SQNR (worst first).",
+                       epilog="examples:\n  gluon-quant compare resnet18_v1 --no-pretrained "
+                       "--calib ./images --plot out/plots\n  gluon-quant compare mynet "
+                       "--calib x.npy --calibrator entropy --top 5 --json\n\n" + _EXIT_HELP,
+                       formatter_class=raw)
+    _add_model(p)
+    p.add_argument("--num-batches", type=int, default=4, metavar="N",
+                   help="compare on N batches of the calibration data (default 4)")
+    p.add_argument("--top", type=int, default=None, metavar="K",
+                   help="print only the K worst layers")
+    p.add_argument("--plot", metavar="DIR", help="save the per-layer SQNR chart in DIR")
+    _add_common(p)
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("bench", help="fp32 vs int8 latency and throughput",
+                       description="Time MODEL in fp32 (hybridized) and int8 on this machine; "
+                       "ratios > 1 mean int8 is faster.",
+                       epilog="examples:\n  gluon-quant bench resnet18_v1 --no-pretrained "
+                       "--batch-sizes 1,16\n  gluon-quant bench efficientnet_lite0 --calib "
+                       "./images --repeat 50 --json\n\nWithout --calib, random inputs are "
+                       "used for calibration (fine for timing, not for accuracy).\n\n"
+                       + _EXIT_HELP, formatter_class=raw)
+    _add_model(p, calib_required=False)
+    p.add_argument("--batch-sizes", default="1,16", metavar="B1,B2",
+                   help="comma-separated batch sizes to time (default 1,16)")
+    p.add_argument("--repeat", type=int, default=20, metavar="N",
+                   help="timed calls per batch size (default 20; the median is reported)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N",
+                   help="untimed calls first (default 3)")
+    _add_common(p)
+    p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("demo", help="the offline demo: EfficientNet-Lite0 fp32 vs int8 "
+                       "on real photos", description="Run the offline demo "
+                       "(python -m gluon_quant.demo).",
+                       epilog="examples:\n  gluon-quant demo\n  gluon-quant demo "
+                       "--max-photos 3 --repeat 3\n\n" + _EXIT_HELP, formatter_class=raw)
+    p.add_argument("--max-photos", type=int, default=None, metavar="N",
+                   help="use only the first N sample photos")
+    p.add_argument("--repeat", type=int, default=10, metavar="N",
+                   help="timed passes per model (default 10)")
+    p.add_argument("--calibrator", default="mse", help="calibration method (default mse)")
+    p.add_argument("-q", "--quiet", action="store_true", help="only errors")
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log what happens; tracebacks on errors")
+    p.set_defaults(func=_cmd_demo)
+    return parser
+
+
+# ---------------------------------------------------------------------- output
+class _Output:
+    """Where a command's results go: text on stdout (unless quiet) or one JSON object."""
+
+    def __init__(self, args, stdout):
+        self.json = getattr(args, "json", False)
+        self.quiet = getattr(args, "quiet", False)
+        self.stdout = stdout
+
+    def text(self, message=""):
+        if not (self.json or self.quiet):
+            print(message, file=self.stdout)
+
+    def result(self, obj):
+        if self.json:
+            print(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False,
+                             default=_json_default), file=self.stdout)
+
+
+def _json_default(value):
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError("not JSON serializable: %r" % (value,))
+
+
+def _write_json(path, obj):
+    """Write ``obj`` as JSON atomically (temporary file, then rename)."""
+    from .errors import ArtifactError
+    directory = os.path.dirname(os.path.abspath(path))
+    tmp = None
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
+                                   dir=directory)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(obj, handle, indent=1, allow_nan=False, default=_json_default)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        if tmp is not None and os.path.exists(tmp):
+            os.unlink(tmp)
+        raise ArtifactError("Cannot write %r: %s." % (path, err)) from err
+    return path
+
+
+# ---------------------------------------------------------------------- shared steps
+def _positive(value, option):
+    from .errors import ConfigError
+    if value is not None and value < 1:
+        raise ConfigError("%s must be a positive integer, got %r." % (option, value))
+
+
+def _prepare(args, out):
+    """Load MODEL and the calibration batches; re-estimate BatchNorm for random weights."""
+    from .cli_models import load_calibration, load_model, stack_for_batchnorm
+    from .zoo.batchnorm import reestimate_batchnorm
+    for option in ("batch_size", "max_images", "num_calib_batches"):
+        _positive(getattr(args, option), "--" + option.replace("_", "-"))
+    start = time.perf_counter()
+    model = load_model(args.model, pretrained=args.pretrained, image_size=args.image_size)
+    out.text("model: %s (%s%s)" % (model.name, model.kind,
+                                   ", random weights" if model.random_weights else ""))
+    if args.calib is None:
+        batches = _random_batches(model, args.batch_size)
+        out.text("calibration: random inputs (no --calib given)")
+    else:
+        batches = load_calibration(args.calib, model, batch_size=args.batch_size,
+                                   max_images=args.max_images, progress=not args.quiet)
+        out.text("calibration: %d batch(es) of up to %d from %s"
+                 % (len(batches), args.batch_size, args.calib))
+    if model.random_weights:
+        count = reestimate_batchnorm(model.net, stack_for_batchnorm(batches))
+        _log.info("Re-estimated %d BatchNorm layers on the calibration data.", count)
+    return model, batches, time.perf_counter() - start
+
+
+def _random_batches(model, batch_size, count=2):
+    import numpy as np
+    rs = np.random.RandomState(0)
+    shape = (batch_size, 3, model.image_size, model.image_size)
+    return [rs.standard_normal(shape).astype(np.float32) for _ in range(count)]
+
+
+def _quantize(args, model, batches):
+    import gluon_quant as gq
+    start = time.perf_counter()
+    qnet = gq.quantize(model.net, batches, calibrator=args.calibrator, dtype=args.dtype,
+                       granularity=args.granularity, exclude=args.exclude or None,
+                       num_calib_batches=args.num_calib_batches,
+                       num_inputs=model.num_inputs, progress=not args.quiet,
+                       preset=args.preset)
+    return qnet, time.perf_counter() - start
+
+
+def _coverage(report):
+    quantized, total = report.coverage()
+    return {"layers": len(report), "layers_int8": len(report.quantized),
+            "conv_dense_int8": quantized, "conv_dense_total": total,
+            "fused_nodes": sum(r.fused for r in report)}
+
+
+# ---------------------------------------------------------------------- commands
+def _cmd_quantize(args, out):
+    model, batches, load_s = _prepare(args, out)
+    qnet, quant_s = _quantize(args, model, batches)
+    report = qnet.report()
+    prefix = args.out
+    files = {"report": _write_json(prefix + "-report.json", dict(
+        report.to_dict(), model=model.name, input_names=qnet.input_names,
+        input_shapes=[list(s) for s in _input_shapes(batches)]))}
+    qnet.calibration_table.save(prefix + "-calib.json")
+    files["calibration_table"] = prefix + "-calib.json"
+    files.update(_export(qnet, prefix))
+    plots = []
+    if args.plot:
+        plots = _plot_calibration(qnet, args.plot, out)
+    cov = _coverage(report)
+    out.text("quantized in %.1f s: %d of %d conv/dense layers in int8, %d fused nodes "
+             "(calibrator %s, dtype %s, granularity %s)"
+             % (quant_s, cov["conv_dense_int8"], cov["conv_dense_total"], cov["fused_nodes"],
+                report.calibrator, report.dtype, report.granularity))
+    for what, path in sorted(files.items()):
+        out.text("  %-18s %s" % (what, path))
+    if plots:
+        out.text("  %-18s %d PNG files in %s" % ("plots", len(plots), args.plot))
+    out.text("next: gluon-quant report %s" % prefix)
+    out.result({"model": model.name, "kind": model.kind, "files": files, "plots": plots,
+                "coverage": cov, "calibrator": report.calibrator, "dtype": report.dtype,
+                "granularity": report.granularity, "batches": len(batches),
+                "seconds": {"load": round(load_s, 3), "quantize": round(quant_s, 3)}})
+    return EXIT_OK
+
+
+def _input_shapes(batches):
+    from .cli_models import input_shapes
+    return input_shapes(batches)
+
+
+def _export(qnet, prefix):
+    """Export the int8 model when the export API is available; the written paths by role."""
+    from mxnet.gluon import HybridBlock
+    if type(qnet).export is HybridBlock.export:  # gluon_quant's own export is not installed
+        _log.warning("This gluon_quant has no export(): only the report and the calibration "
+                     "table were written.")
+        return {}
+    written = qnet.export(prefix)
+    if isinstance(written, dict):
+        return {str(k): str(v) for k, v in written.items()}
+    if isinstance(written, (list, tuple)):
+        return {"export_%d" % i: str(p) for i, p in enumerate(written)}
+    return {"export": str(written)} if written else {}
+
+
+def _plot_calibration(qnet, directory, out):
+    from . import plot
+    from .errors import ConfigError
+    try:
+        paths = plot.plot_calibration(qnet, directory)
+    except ConfigError as err:
+        if "matplotlib" in str(err):
+            raise
+        _log.warning("No calibration plots: %s", err)
+        return []
+    out.text("plots: %s (thresholds.png and %d histograms)" % (directory, len(paths) - 1))
+    return paths
+
+
+def _load_report(prefix):
+    from .errors import ArtifactError
+    from .report import LayerReport, QuantReport
+    path = prefix if prefix.endswith(".json") else prefix + "-report.json"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except OSError as err:
+        raise ArtifactError("Cannot read the report %r (%s). Create it with: gluon-quant "
+                            "quantize MODEL --calib DATA --out %s"
+                            % (path, err.strerror or err, prefix)) from None
+    except ValueError as err:
+        raise ArtifactError("%r is not a valid report (truncated or not JSON: %s)."
+                            % (path, err)) from None
+    try:
+        layers = [LayerReport(**dict(r, threshold=None if r.get("threshold") is None
+                                     else tuple(r["threshold"]))) for r in state["layers"]]
+        report = QuantReport(layers, backend=state["backend"], dtype=state["dtype"],
+                             granularity=state["granularity"], calibrator=state["calibrator"])
+    except (KeyError, TypeError) as err:
+        raise ArtifactError("%r is not a gluon_quant report (%s: %s)."
+                            % (path, type(err).__name__, err)) from None
+    return report, state, path
+
+
+def _export_files(prefix):
+    """``{role: (path, bytes)}`` of the int8 export beside a report, if there is one."""
+    from .export import file_names
+    names = file_names(prefix)
+    if not all(os.path.isfile(p) for p in names.values()):
+        return {}
+    return {role: (p, os.path.getsize(p)) for role, p in names.items()}
+
+
+def _cmd_report(args, out):
+    from .report import QuantReport
+    report, state, path = _load_report(args.prefix)
+    if args.fp32_only:
+        report = QuantReport([r for r in report if not r.quantized], backend=report.backend,
+                             dtype=report.dtype, granularity=report.granularity,
+                             calibrator=report.calibrator)
+    out.text("%s (%s)" % (state.get("model", "?"), path))
+    out.text(str(report))
+    files = _export_files(path[:-len("-report.json")]) if path.endswith("-report.json") else {}
+    for role, (name, size) in sorted(files.items()):
+        out.text("  %-8s %s (%.2f MB)" % (role, name, size / 1e6))
+    out.result(dict(report.to_dict(), model=state.get("model"), coverage=_coverage(report),
+                    files={role: {"path": n, "bytes": b} for role, (n, b) in files.items()}))
+    return EXIT_OK
+
+
+def _cmd_compare(args, out):
+    from . import debug
+    _positive(args.num_batches, "--num-batches")
+    _positive(args.top, "--top")
+    model, batches, _ = _prepare(args, out)
+    qnet, _ = _quantize(args, model, batches)
+    result = debug.compare(qnet, batches, num_batches=args.num_batches)
+    rows = list(result)[:args.top] if args.top else list(result)
+    plots = []
+    if args.plot:
+        from . import plot
+        plots = [plot.plot_sqnr(rows, os.path.join(args.plot, "sqnr.png"),
+                                title="%s: int8 vs fp32 per layer (worst first)" % model.name)]
+    shown = type(result)(rows, output_sqnr_db=result.output_sqnr_db,
+                         output_cosine=result.output_cosine, batches=result.batches)
+    out.text(str(shown))
+    worst = [r for r in rows if r.quantized][:1]
+    if worst:
+        out.text("worst int8 layer: %s; to keep it in fp32: --exclude %s"
+                 % (worst[0].layer, worst[0].layer))
+    if plots:
+        out.text("plot: %s" % plots[0])
+    out.result(dict(shown.to_dict(), model=model.name, plots=plots))
+    return EXIT_OK
+
+
+def _time_calls(block, x, warmup, repeat, progress, desc):
+    import mxnet as mx
+    from .progress import progress_bar
+    for _ in range(warmup):
+        block(x)
+    mx.nd.waitall()
+    times = []
+    for _ in progress_bar(range(repeat), enabled=progress, desc=desc, total=repeat,
+                          unit="call"):
+        start = time.perf_counter()
+        block(x)
+        mx.nd.waitall()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _cmd_bench(args, out):
+    import mxnet as mx
+    from .errors import ConfigError
+    try:
+        sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise ConfigError("--batch-sizes must be comma-separated positive integers such as "
+                          "1,16, got %r." % (args.batch_sizes,))
+    _positive(args.repeat, "--repeat")
+    if args.warmup < 0:
+        raise ConfigError("--warmup must be >= 0, got %r." % (args.warmup,))
+    model, batches, _ = _prepare(args, out)
+    if model.num_inputs != 1:
+        raise ConfigError("bench times single-input models; %r has %d inputs."
+                          % (model.name, model.num_inputs))
+    qnet, _ = _quantize(args, model, batches)
+    model.net.hybridize(static_alloc=True, static_shape=True)
+    sample_shape = tuple(batches[0].shape[1:])
+    rows = []
+    for size in sizes:
+        x = mx.nd.array(_random_shape((size,) + sample_shape))
+        fp32 = _time_calls(model.net, x, args.warmup, args.repeat, not args.quiet,
+                           "fp32 batch %d" % size)
+        int8 = _time_calls(qnet, x, args.warmup, args.repeat, not args.quiet,
+                           "int8 batch %d" % size)
+        rows.append({"batch": size, "fp32_ms": fp32 * 1e3, "int8_ms": int8 * 1e3,
+                     "fp32_per_s": size / fp32, "int8_per_s": size / int8,
+                     "speedup": fp32 / int8})
+    out.text("%-6s %12s %12s %14s %14s %9s" % ("batch", "fp32 ms", "int8 ms", "fp32 img/s",
+                                               "int8 img/s", "speedup"))
+    for r in rows:
+        out.text("%-6d %12.2f %12.2f %14.1f %14.1f %8.2fx" % (
+            r["batch"], r["fp32_ms"], r["int8_ms"], r["fp32_per_s"], r["int8_per_s"],
+            r["speedup"]))
+    out.text("(median of %d calls, %s, inputs %s; speedup = fp32 time / int8 time)"
+             % (args.repeat, model.name, "x".join(map(str, sample_shape))))
+    out.result({"model": model.name, "repeat": args.repeat, "input_shape": sample_shape,
+                "results": rows})
+    return EXIT_OK
+
+
+def _random_shape(shape):
+    import numpy as np
+    return np.random.RandomState(1).standard_normal(shape).astype(np.float32)
+
+
+def _cmd_demo(args, out):
+    import contextlib
+    import io
+    from . import demo
+    _positive(args.max_photos, "--max-photos")
+    _positive(args.repeat, "--repeat")
+    argv = ["--repeat", str(args.repeat), "--calibrator", args.calibrator]
+    if args.max_photos:
+        argv += ["--max-photos", str(args.max_photos)]
+    text = io.StringIO()
+    with contextlib.redirect_stdout(text):   # the demo prints its summary
+        code = demo.main(argv)
+    out.text(text.getvalue().rstrip("\n"))
+    return code or EXIT_OK
+
+
+# ---------------------------------------------------------------------- entry point
+def _configure_logging(verbosity, quiet):
+    level = logging.ERROR if quiet else (logging.WARNING, logging.INFO,
+                                         logging.DEBUG)[min(verbosity, 2)]
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root = logging.getLogger("gluon_quant")
+    saved = (root.level, root.propagate)
+    root.addHandler(handler)
+    root.setLevel(level)
+    root.propagate = False
+    return handler, saved
+
+
+def main(argv=None, *, stdout=None):
+    """Run ``gluon-quant`` with ``argv`` (default ``sys.argv[1:]``); return the exit code.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+    stdout : file, optional
+        Where results go (default ``sys.stdout``); errors always go to ``sys.stderr``.
+    """
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:   # --help, --version and usage errors
+        return int(exit_.code or 0)
+    out = _Output(args, stdout if stdout is not None else sys.stdout)
+    handler, saved = _configure_logging(args.verbose, args.quiet)
+    try:
+        from .errors import GluonQuantError
+        try:
+            return args.func(args, out)
+        except GluonQuantError as err:
+            if args.verbose:
+                traceback.print_exc(file=sys.stderr)
+            print("gluon-quant %s: error: %s" % (args.command, _one_line(err)), file=sys.stderr)
+            return EXIT_ERROR
+        except KeyboardInterrupt:
+            print("gluon-quant: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as err:  # pylint: disable=broad-except
+            if args.verbose:
+                traceback.print_exc(file=sys.stderr)
+            print("gluon-quant %s: internal error: %s: %s (rerun with --verbose for the "
+                  "traceback)" % (args.command, type(err).__name__, _one_line(err)),
+                  file=sys.stderr)
+            return EXIT_INTERNAL
+    finally:
+        root = logging.getLogger("gluon_quant")
+        root.removeHandler(handler)
+        root.setLevel(saved[0])
+        root.propagate = saved[1]
+
+
+def _one_line(err):
+    text = " ".join(str(err).split())
+    return text if len(text) <= 600 else text[:597] + "..."
+
+
+if __name__ == "__main__":
+    sys.exit(main())

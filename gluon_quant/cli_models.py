@@ -1,0 +1,374 @@
+"""What the command line loads: a model named on the command line, and calibration data.
+
+``MODEL`` is one of:
+
+* ``efficientnet_lite0``: the offline ImageNet model of :mod:`gluon_quant.zoo`;
+* a GluonCV model-zoo name (``resnet18_v1``, ``mobilenet1.0``, ``ssd_512_resnet50_v1_voc``...);
+* an exported fp32 pair: a prefix ``PREFIX`` with ``PREFIX-symbol.json`` and
+  ``PREFIX-0000.params`` beside it, or the ``-symbol.json`` file itself.
+
+Calibration data is a folder of image files (decoded with ``mx.image.imread`` and given
+the model's preprocessing) or a ``.npy`` / ``.npz`` file of input arrays.
+"""
+import glob
+import logging
+import os
+import re
+from dataclasses import dataclass
+from typing import Callable, Tuple
+
+import mxnet as mx
+import numpy as np
+
+from . import _mxnet
+from .config import suggest
+from .errors import ArtifactError, CalibrationDataError, ConfigError, UnknownNameError
+from .progress import progress_bar
+
+__all__ = ["LoadedModel", "load_model", "load_calibration", "imagenet_preprocess",
+           "IMAGE_EXTENSIONS"]
+
+_log = logging.getLogger(__name__)
+
+#: File name endings read as images in a calibration folder.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+#: ImageNet normalization used by GluonCV models (RGB, pixels in [0, 1]).
+_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+_STD = np.array([0.229, 0.224, 0.225], np.float32)
+#: GluonCV's evaluation resize: short side to ``size / 0.875`` (256 for 224), centre crop.
+_CROP_RATIO = 0.875
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model ready to be quantized.
+
+    Attributes
+    ----------
+    net : mxnet.gluon.HybridBlock
+        The fp32 network, initialized.
+    name : str
+        What the user typed.
+    kind : str
+        ``'efficientnet'``, ``'gluoncv'`` or ``'symbol'``.
+    preprocess : callable
+        ``preprocess(image)`` turns an ``(H, W, 3)`` uint8 RGB array into a
+        ``(1, 3, S, S)`` float32 NDArray.
+    image_size : int
+        ``S``, the side of the network's square input.
+    num_inputs : int
+        Number of tensor inputs.
+    random_weights : bool
+        True when the weights are random (``--no-pretrained``): BatchNorm statistics
+        must then be re-estimated on data.
+    """
+
+    net: object
+    name: str
+    kind: str
+    preprocess: Callable
+    image_size: int
+    num_inputs: int = 1
+    random_weights: bool = False
+
+
+def imagenet_preprocess(image, *, size=224):
+    """GluonCV's ImageNet evaluation transform for one photo.
+
+    Resize the short side to ``round(size / 0.875)``, centre-crop ``size x size``, scale to
+    [0, 1] and normalize with the ImageNet mean and standard deviation.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        ``(H, W, 3)`` uint8 RGB.
+    size : int
+        Side of the crop (224 for ImageNet classifiers).
+
+    Returns
+    -------
+    mxnet.nd.NDArray
+        ``(1, 3, size, size)`` float32.
+    """
+    pixels = mx.nd.array(image, dtype=np.uint8)
+    pixels = mx.image.resize_short(pixels, int(round(size / _CROP_RATIO)), interp=2)
+    pixels, _ = mx.image.center_crop(pixels, (size, size))
+    x = (pixels.astype(np.float32) / 255.0 - mx.nd.array(_MEAN)) / mx.nd.array(_STD)
+    return x.transpose((2, 0, 1)).expand_dims(axis=0)
+
+
+def _symbol_files(spec):
+    """``(symbol_file, params_file)`` when ``spec`` names an exported pair, else None."""
+    if spec.endswith("-symbol.json"):
+        prefix = spec[:-len("-symbol.json")]
+    elif spec.endswith(".params"):
+        prefix = spec[:-len(".params")].rsplit("-", 1)[0]
+    else:
+        prefix = spec
+    symbol_file = prefix + "-symbol.json"
+    if not os.path.isfile(symbol_file):
+        return None
+    if os.path.isfile(prefix + "-meta.json"):
+        raise ConfigError(
+            "%r is already a gluon_quant int8 export: load it in Python with "
+            "gluon_quant.QuantizedSymbolBlock.imports(%r), inspect it with `gluon-quant "
+            "report %s`, or pass the fp32 model to quantize it again." % (prefix, prefix, prefix))
+    if spec.endswith(".params"):
+        return symbol_file, spec
+    candidates = sorted(c for c in glob.glob(glob.escape(prefix) + "-*.params")
+                        if re.search(r"-\d{4}\.params$", c))
+    if not candidates:
+        raise ArtifactError("Found %r but no parameters file %r beside it. Export the model "
+                            "with net.export(%r) to get both files."
+                            % (symbol_file, prefix + "-0000.params", prefix))
+    return symbol_file, candidates[-1]
+
+
+def _load_symbol_pair(symbol_file, params_file, ctx):
+    try:
+        sym = mx.sym.load(symbol_file)
+    except (mx.base.MXNetError, ValueError, OSError) as err:
+        raise ArtifactError("Cannot read the symbol file %r: %s" % (symbol_file, err)) from None
+    try:
+        saved = mx.nd.load(params_file)
+    except (mx.base.MXNetError, ValueError, OSError) as err:
+        raise ArtifactError("Cannot read the parameters file %r: %s"
+                            % (params_file, str(err).strip().splitlines()[0])) from None
+    if not isinstance(saved, dict):
+        raise ArtifactError("%r holds an unnamed list of arrays, not the named parameters "
+                            "that HybridBlock.export() writes." % (params_file,))
+    params = {k.split(":", 1)[-1]: v for k, v in saved.items()}
+    known = set(sym.list_arguments()) | set(sym.list_auxiliary_states())
+    names = [n for n in sym.list_arguments() if n not in params]
+    if not names:
+        raise ArtifactError("Every argument of %r has a value in %r: the graph has no input."
+                            % (symbol_file, params_file))
+    params = {k: v for k, v in params.items() if k in known}
+    block = _mxnet.symbol_block(sym, names, params, ctx)
+    return block, names
+
+
+def _gluoncv_model(name, pretrained, ctx):
+    try:
+        from gluoncv import model_zoo
+    except ImportError as err:
+        raise ConfigError("GluonCV model %r needs gluoncv: pip install \"gluon_quant[zoo]\" "
+                          "(%s)." % (name, err)) from None
+    valid = sorted(model_zoo.get_model_list())
+    if name.lower() not in valid:
+        raise UnknownNameError(
+            "Unknown model %r: not efficientnet_lite0, not a GluonCV model-zoo name and no "
+            "exported pair %r exists.%s Valid names include efficientnet_lite0 and the "
+            "GluonCV names (%d), e.g. %s." % (name, name + "-symbol.json", suggest(name, valid),
+                                            len(valid), ", ".join(valid[:8])))
+    kwargs = {"pretrained": pretrained}
+    if "ssd" in name or "yolo" in name or "faster_rcnn" in name or "fcn" in name \
+            or "psp" in name or "deeplab" in name:
+        kwargs["pretrained_base"] = False
+    try:
+        net = model_zoo.get_model(name, **kwargs)
+    except (OSError, RuntimeError, ValueError) as err:  # no network, bad download
+        raise ArtifactError("Cannot fetch the pretrained weights of %r (%s). Without internet, "
+                            "use --no-pretrained (random weights, BatchNorm statistics "
+                            "re-estimated on the calibration data)." % (name, err)) from None
+    if not pretrained:
+        initialize_random(net, ctx)
+    else:
+        net.collect_params().reset_ctx(ctx)
+    return net
+
+
+def initialize_random(net, ctx=None):
+    """Give ``net`` random weights: Xavier for weights, ones/zeros for BatchNorm-like vectors.
+
+    Xavier refuses 1-D arrays, which GluonCV's detectors leave to the global initializer.
+    """
+    for name, param in net.collect_params().items():
+        if name.endswith(("gamma", "running_var", "moving_var")):
+            init = mx.init.One()
+        elif name.endswith(("beta", "bias", "running_mean", "moving_mean")):
+            init = mx.init.Zero()
+        else:
+            init = mx.init.Xavier()
+        param.initialize(init=init, ctx=ctx, force_reinit=True)
+
+
+def _default_size(name):
+    digits = [int(tok) for tok in name.replace("-", "_").split("_") if tok.isdigit()]
+    if any(key in name for key in ("ssd", "yolo")) and digits:
+        return digits[0] if digits[0] >= 224 else 416
+    if "yolo" in name:
+        return 416
+    if "inception" in name:
+        return 299
+    return 224
+
+
+def load_model(spec, *, pretrained=True, image_size=None, ctx=None):
+    """Load ``MODEL`` as the command line names it.
+
+    Parameters
+    ----------
+    spec : str
+        ``efficientnet_lite0``, a GluonCV model-zoo name, or an exported fp32 pair (prefix,
+        ``-symbol.json`` or ``.params`` file).
+    pretrained : bool
+        Load pretrained weights (GluonCV models download them; efficientnet_lite0 reads
+        them from an installed package). False gives random weights.
+    image_size : int, optional
+        Side of the square input; by default the model's usual size (224, 299 for
+        inception, 512 for ``ssd_512_*``, 416 for yolo3).
+    ctx : mxnet.Context, optional
+
+    Returns
+    -------
+    LoadedModel
+
+    Raises
+    ------
+    UnknownNameError
+        ``spec`` is neither a known name nor an existing exported pair.
+    ArtifactError
+        The exported files cannot be read, or the pretrained weights cannot be fetched.
+    """
+    ctx = ctx if ctx is not None else mx.cpu()
+    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+        raise ConfigError("--image-size must be an integer >= 8, got %r." % (image_size,))
+    files = _symbol_files(spec)
+    if files is not None:
+        block, names = _load_symbol_pair(*files, ctx)
+        size = image_size or 224
+        return LoadedModel(block, spec, "symbol", _sized(imagenet_preprocess, size), size,
+                           num_inputs=len(names))
+    if spec.lower().replace("-", "_") == "efficientnet_lite0":
+        from .zoo import efficientnet_lite0, preprocess
+        net = efficientnet_lite0(pretrained=pretrained, ctx=ctx)
+        if not pretrained:
+            net.initialize(mx.init.Xavier(), ctx=ctx)
+        if image_size not in (None, 224):
+            raise ConfigError("efficientnet_lite0 takes 224x224 inputs; drop --image-size %d."
+                              % image_size)
+        return LoadedModel(net, spec, "efficientnet", preprocess, 224,
+                           random_weights=not pretrained)
+    net = _gluoncv_model(spec, pretrained, ctx)
+    size = image_size or _default_size(spec.lower())
+    return LoadedModel(net, spec, "gluoncv", _sized(imagenet_preprocess, size), size,
+                       random_weights=not pretrained)
+
+
+def _sized(function, size):
+    def preprocess(image):
+        return function(image, size=size)
+    return preprocess
+
+
+def _image_files(folder):
+    files = sorted(os.path.join(root, f) for root, _, names in os.walk(folder)
+                   for f in names if f.lower().endswith(IMAGE_EXTENSIONS))
+    if not files:
+        raise CalibrationDataError(
+            "No image file (%s) in %r. Put a few hundred representative images there, or pass "
+            "a .npy/.npz file of preprocessed input arrays." % ("/".join(IMAGE_EXTENSIONS),
+                                                              folder))
+    return files
+
+
+def _decode(path):
+    try:
+        image = mx.image.imread(path, to_rgb=True)
+    except mx.base.MXNetError as err:
+        raise CalibrationDataError("Cannot decode the image %r: %s"
+                                   % (path, str(err).strip().splitlines()[0])) from None
+    if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
+        raise CalibrationDataError("Image %r decoded to shape %r, not (H, W, 3)."
+                                   % (path, image.shape))
+    return image.asnumpy()
+
+
+def _batched(arrays, batch_size):
+    return [arrays[i:i + batch_size] for i in range(0, len(arrays), batch_size)]
+
+
+def _load_arrays(path, model_inputs):
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise CalibrationDataError("Cannot read %r as a numpy file: %s" % (path, err)) from None
+    if isinstance(loaded, np.ndarray):
+        return [loaded]
+    with loaded:
+        keys = list(loaded.files)
+        if not keys:
+            raise CalibrationDataError("%r holds no array." % (path,))
+        if len(keys) != model_inputs and len(keys) > 1:
+            raise CalibrationDataError(
+                "%r holds %d arrays %s but the model has %d input(s). Save one array per "
+                "input, in input order." % (path, len(keys), keys, model_inputs))
+        return [loaded[k] for k in keys[:model_inputs]]
+
+
+def load_calibration(path, model, *, batch_size=16, max_images=None, progress=True):
+    """Read calibration batches for ``model`` from a folder of images or a numpy file.
+
+    Parameters
+    ----------
+    path : str
+        A folder (searched recursively for .jpg/.jpeg/.png/.bmp files, decoded with
+        ``mx.image.imread`` and preprocessed like the model's training data), or a ``.npy``
+        file of shape ``(N, ...)``, or a ``.npz`` file with one array per input.
+    model : LoadedModel
+    batch_size : int
+    max_images : int, optional
+        Read at most this many images or samples.
+    progress : bool
+        Progress bar while decoding (on a terminal only).
+
+    Returns
+    -------
+    list
+        Batches: ``(B, ...)`` float32 numpy arrays, or tuples of them for multi-input models.
+
+    Raises
+    ------
+    CalibrationDataError
+        Missing path, no image, undecodable image, unreadable or empty numpy file.
+    """
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError("--batch-size must be a positive integer, got %r." % (batch_size,))
+    if not os.path.exists(path):
+        raise CalibrationDataError("Calibration data %r does not exist: pass a folder of "
+                                   "images or a .npy/.npz file." % (path,))
+    if os.path.isdir(path):
+        files = _image_files(path)[:max_images]
+        arrays = [model.preprocess(_decode(f)).asnumpy()
+                  for f in progress_bar(files, enabled=progress, desc="reading images",
+                                        unit="image")]
+        data = np.concatenate(arrays).astype(np.float32)
+        _log.info("Read %d calibration images from %s.", len(files), path)
+        return _batched(data, batch_size)
+    if not path.lower().endswith((".npy", ".npz")):
+        raise CalibrationDataError("Calibration data %r is neither a folder of images nor a "
+                                   ".npy/.npz file." % (path,))
+    inputs = [np.asarray(a, dtype=np.float32)[:max_images]
+              for a in _load_arrays(path, model.num_inputs)]
+    if not len(inputs[0]):
+        raise CalibrationDataError("%r holds no sample (its first axis is empty)." % (path,))
+    if len(inputs) == 1:
+        return _batched(inputs[0], batch_size)
+    return list(zip(*[_batched(a, batch_size) for a in inputs]))
+
+
+def stack_for_batchnorm(batches, limit=64):
+    """The first ``limit`` samples of ``batches`` as NDArray input(s), for BN re-estimation."""
+    first = batches[0]
+    if isinstance(first, tuple):
+        return tuple(mx.nd.array(np.concatenate([b[i] for b in batches])[:limit])
+                     for i in range(len(first)))
+    return mx.nd.array(np.concatenate(batches)[:limit])
+
+
+def input_shapes(batches) -> Tuple[Tuple[int, ...], ...]:
+    """Per-sample shapes of the inputs in ``batches`` (without the batch axis)."""
+    first = batches[0]
+    items = first if isinstance(first, tuple) else (first,)
+    return tuple(tuple(a.shape[1:]) for a in items)

@@ -1,0 +1,192 @@
+"""End-to-end tests of the ``gluon-quant`` command line on a small exported CNN."""
+import io
+import json
+import os
+import subprocess
+import sys
+
+import cv2
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_quant as gq
+from gluon_quant import cli
+from gluon_quant.zoo.batchnorm import reestimate_batchnorm
+
+from conftest import build_cnn
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*argv):
+    """``(exit code, stdout text)`` of an in-process ``gluon-quant`` run."""
+    buf = io.StringIO()
+    code = cli.main([str(a) for a in argv], stdout=buf)
+    return code, buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """An exported fp32 pair of a 3-channel CNN, a .npy of inputs and a folder of images."""
+    root = tmp_path_factory.mktemp("cli")
+    mx.random.seed(3)
+    net = build_cnn()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    x = rs.rand(48, 3, 32, 32).astype("float32")
+    reestimate_batchnorm(net, mx.nd.array(x))
+    net.hybridize()
+    net(mx.nd.array(x[:2]))
+    net.export(str(root / "cnn"))
+    np.save(root / "calib.npy", x)
+    images = root / "images"
+    images.mkdir()
+    for i in range(6):
+        pixels = (rs.rand(40 + 4 * i, 48, 3) * 255).astype("uint8")
+        cv2.imwrite(str(images / ("img%d.png" % i)), pixels)
+    return root
+
+
+def test_quantize_npy_json_writes_report_and_table(workdir):
+    code, out = run("quantize", workdir / "cnn", "--calib", workdir / "calib.npy",
+                    "--out", workdir / "out" / "q", "--batch-size", 16, "--json", "--quiet")
+    assert code == 0
+    result = json.loads(out)
+    # conv0, conv1, dense0, dense1 of the CNN: all four in int8, the convs fused with BN+ReLU.
+    assert result["coverage"]["conv_dense_int8"] == 4
+    assert result["coverage"]["conv_dense_total"] == 4
+    assert result["coverage"]["fused_nodes"] >= 3
+    assert result["batches"] == 3
+    for path in result["files"].values():
+        assert os.path.getsize(path) > 0
+    with open(result["files"]["report"]) as handle:
+        assert json.load(handle)["input_shapes"] == [[3, 32, 32]]
+    # The export loads in Python and agrees with the fp32 model.
+    prefix = str(workdir / "out" / "q")
+    assert set(result["files"]) >= {"symbol", "params", "meta", "report", "calibration_table"}
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    fp32 = mx.gluon.SymbolBlock.imports(str(workdir / "cnn-symbol.json"), ["data"],
+                                        str(workdir / "cnn-0000.params"))
+    x = mx.nd.array(np.load(workdir / "calib.npy")[:16])
+    a, b = fp32(x).asnumpy().ravel(), loaded(x).asnumpy().ravel()
+    assert float(a @ b / np.linalg.norm(a) / np.linalg.norm(b)) > 0.99
+    # An int8 export is not a MODEL to quantize again.
+    code, _ = run("quantize", prefix, "--calib", workdir / "calib.npy", "--out", prefix + "2")
+    assert code == cli.EXIT_ERROR
+
+
+def test_quantize_image_folder_with_plots(workdir):
+    plots = workdir / "plots"
+    code, out = run("quantize", workdir / "cnn-symbol.json", "--calib", workdir / "images",
+                    "--image-size", 32, "--out", workdir / "img" / "q", "--plot", plots,
+                    "--calibrator", "entropy", "--batch-size", 4)
+    assert code == 0
+    assert "4 of 4 conv/dense layers in int8" in out
+    pngs = sorted(os.listdir(plots))
+    # thresholds.png plus one histogram per calibrated tensor (input + 4 layers at least).
+    assert "thresholds.png" in pngs and len([p for p in pngs if p.startswith("hist_")]) >= 5
+    for name in pngs:
+        with open(plots / name, "rb") as handle:
+            assert handle.read(8) == PNG_MAGIC
+
+
+def test_report_text_json_and_fp32_only(workdir):
+    prefix = workdir / "rep" / "q"
+    assert run("quantize", workdir / "cnn", "--calib", workdir / "calib.npy", "--out", prefix,
+               "--exclude", "Pooling", "--quiet")[0] == 0
+    code, text = run("report", prefix)
+    assert code == 0
+    assert "-int8.params" in text     # the export's files and sizes
+    assert "convolution/dense layers in int8: 4 of 4" in text
+    assert "excluded by user" in text
+    code, out = run("report", prefix, "--json")
+    state = json.loads(out)
+    assert code == 0 and state["coverage"]["conv_dense_int8"] == 4
+    pools = [r for r in state["layers"] if r["op"] == "Pooling"]
+    assert len(pools) == 2 and not any(r["quantized"] for r in pools)
+    code, out = run("report", prefix, "--fp32-only", "--json")
+    assert code == 0
+    assert {r["op"] for r in json.loads(out)["layers"]} == {"Pooling"}
+
+
+def test_compare_ranks_layers_and_plots(workdir):
+    code, out = run("compare", workdir / "cnn", "--calib", workdir / "calib.npy",
+                    "--num-batches", 2, "--plot", workdir / "cmp", "--json", "--quiet")
+    assert code == 0
+    result = json.loads(out)
+    sqnr = [r["sqnr_db"] for r in result["layers"]]
+    assert sqnr == sorted(sqnr) and len(sqnr) >= 4
+    assert result["batches"] == 2
+    assert result["output_cosine"] > 0.99
+    with open(result["plots"][0], "rb") as handle:
+        assert handle.read(8) == PNG_MAGIC
+
+
+def test_bench_reports_ratios(workdir):
+    code, out = run("bench", workdir / "cnn", "--calib", workdir / "calib.npy",
+                    "--batch-sizes", "1,8", "--repeat", 3, "--warmup", 1, "--json", "-q")
+    assert code == 0
+    rows = json.loads(out)["results"]
+    assert [r["batch"] for r in rows] == [1, 8]
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["fp32_ms"] / r["int8_ms"])
+        assert r["int8_per_s"] == pytest.approx(r["batch"] * 1e3 / r["int8_ms"])
+
+
+@pytest.mark.parametrize("argv, fragment", [
+    (["quantize", "{w}/cnn", "--calib", "{w}/missing", "--out", "{w}/x"], "does not exist"),
+    (["quantize", "resnet18_v11", "--calib", "{w}/calib.npy", "--out", "{w}/x"],
+     "Did you mean 'resnet18_v1'"),
+    (["quantize", "{w}/cnn", "--calib", "{w}/calib.npy", "--out", "{w}/x",
+      "--calibrator", "kullback"], "Unknown calibration method 'kullback'"),
+    (["quantize", "{w}/cnn", "--calib", "{w}/calib.npy", "--out", "{w}/x",
+      "--batch-size", "0"], "--batch-size must be a positive integer"),
+    (["report", "{w}/nothing"], "Cannot read the report"),
+    (["bench", "{w}/cnn", "--batch-sizes", "1,x"], "--batch-sizes must be"),
+])
+def test_bad_input_exits_1_with_one_line(workdir, capsys, argv, fragment):
+    code, out = run(*[a.format(w=workdir) for a in argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == cli.EXIT_ERROR and "Traceback" not in out
+    assert len(err) == 1 and fragment in err[0] and err[0].startswith("gluon-quant ")
+
+
+def test_truncated_report_is_an_error(workdir, capsys):
+    path = workdir / "broken-report.json"
+    path.write_text('{"layers": [')
+    assert run("report", path)[0] == cli.EXIT_ERROR
+    assert "not a valid report" in capsys.readouterr().err
+
+
+def test_usage_errors_exit_2(capsys):
+    assert run("quantize", "resnet18_v1")[0] == cli.EXIT_USAGE      # no --calib/--out
+    assert run("frobnicate")[0] == cli.EXIT_USAGE
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_help_has_examples_for_every_command():
+    parser = cli.build_parser()
+    assert "examples:" in parser.format_help()
+    subparsers = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
+    assert set(subparsers.choices) == {"quantize", "report", "compare", "bench", "demo"}
+    for sub in subparsers.choices.values():
+        assert "examples:" in sub.format_help() and "exit codes" in sub.format_help()
+
+
+def test_console_process_prints_one_line_and_no_traceback(workdir):
+    cmd = [sys.executable, "-m", "gluon_quant.cli", "report", str(workdir / "absent")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    verbose = subprocess.run(cmd + ["--verbose"], capture_output=True, text=True, cwd=ROOT,
+                             timeout=120, check=False)
+    assert verbose.returncode == 1 and "Traceback" in verbose.stderr
+
+
+@pytest.mark.slow
+def test_demo_runs_offline():
+    code, out = run("demo", "--max-photos", 2, "--repeat", 1)
+    assert code == 0 and "int8" in out
