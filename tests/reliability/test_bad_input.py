@@ -1,0 +1,707 @@
+"""The bad-input matrix: every misuse of the public API and the CLI ends in a GluonQuantError.
+
+Each case sets up its files, snapshots the working directory, performs one bad call and
+checks that it raised the package's own exception (a :class:`GluonQuantError` subclass)
+whose message names the bad value and says what to do, and that the directory is exactly
+as it was: nothing half-written, no temporary file left behind.  Degenerate but valid
+inputs (all-zero or constant activations, a net with no convolution or dense layer) must
+quantize, with a warning where nothing useful can be done.
+"""
+import io
+import json
+import os
+import tempfile
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+from mxnet.gluon import nn
+
+import gluon_quant as gq
+from gluon_quant import cli
+from gluon_quant.zoo.batchnorm import reestimate_batchnorm
+
+from conftest import build_cnn
+
+RS = np.random.RandomState(11)
+BATCHES = [RS.rand(8, 1, 28, 28).astype("float32") for _ in range(3)]
+
+
+# ------------------------------------------------------------------------ models
+class TwoInputs(gluon.HybridBlock):
+    def __init__(self):
+        super().__init__(prefix="two_")
+        with self.name_scope():
+            self.dense = nn.Dense(4, in_units=3)
+
+    def hybrid_forward(self, F, x, y):
+        return self.dense(x + y)
+
+
+class RaisesInForward(gluon.HybridBlock):
+    def hybrid_forward(self, F, x):
+        raise RuntimeError("sensor offline")
+
+
+class NumpyInForward(gluon.HybridBlock):
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.dense = nn.Dense(2, in_units=2)
+
+    def hybrid_forward(self, F, x):
+        return self.dense(x) * float(x.asnumpy().mean())
+
+
+class NotHybrid(gluon.Block):
+    def forward(self, x):
+        return x * 2
+
+
+class NoLayers(gluon.HybridBlock):
+    """Elementwise maths only: nothing with an int8 kernel."""
+
+    def hybrid_forward(self, F, x):
+        return F.tanh(x) * 2 + 1
+
+
+def _cnn():
+    mx.random.seed(5)
+    net = build_cnn()
+    net.initialize(mx.init.Xavier())
+    reestimate_batchnorm(net, mx.nd.array(np.concatenate(BATCHES)))
+    return net
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Nets, a quantized net, a saved table and an export shared by the cases (read-only)."""
+    cnn = _cnn()
+    two = TwoInputs()
+    two.initialize()
+    qnet = gq.quantize(cnn, BATCHES, progress=False)
+    other = nn.HybridSequential(prefix="other_")
+    other.add(nn.Dense(3, in_units=4))
+    other.initialize()
+    qother = gq.quantize(other, [np.ones((2, 4), "float32")], progress=False)
+    root = tmp_path_factory.mktemp("bad_input_assets")
+    qnet.export(str(root / "good"))
+    qother.export(str(root / "other"))
+    fp32 = _cnn()
+    fp32.hybridize()
+    fp32(mx.nd.array(BATCHES[0]))
+    fp32.export(str(root / "fp32"))
+    np.save(root / "calib.npy", np.concatenate(BATCHES))
+    return {"cnn": cnn, "two": two, "qnet": qnet, "qother": qother, "root": root}
+
+
+class Env:
+    """What a case sees: the shared models and a fresh, empty working directory."""
+
+    def __init__(self, models, tmp):
+        self.__dict__.update(models)
+        self.tmp = tmp
+
+    def copy_export(self, name="good", folder="."):
+        """Copy an export's three files into the working directory; return the prefix."""
+        (self.tmp / folder).mkdir(exist_ok=True)
+        for suffix in ("-symbol.json", "-int8.params", "-meta.json"):
+            data = (self.root / (name + suffix)).read_bytes()
+            (self.tmp / folder / (name + suffix)).write_bytes(data)
+        return str(self.tmp / folder / name)
+
+    def save_table(self, name="table.json"):
+        path = self.tmp / name
+        self.qnet.calibration_table.save(str(path))
+        return path
+
+
+def _listing(root):
+    """Every file under ``root`` with its size and content hash (hidden files included)."""
+    out = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(folder, name)
+            with open(path, "rb") as handle:
+                out[os.path.relpath(path, root)] = hash(handle.read())
+    return out
+
+
+# ------------------------------------------------------------------------ the matrix
+CASES = []
+
+
+def case(exc, match):
+    """Register a case: ``fn(env)`` prepares files and returns the bad call (no arguments)."""
+    def register(fn):
+        CASES.append(pytest.param(fn, exc, match, id=fn.__name__[len("case_"):]))
+        return fn
+    return register
+
+
+def q(net, data, **kwargs):
+    return lambda: gq.quantize(net, data, progress=False, **kwargs)
+
+
+# --- calibration data ---------------------------------------------------------------
+@case(gq.EmptyCalibrationError, r"yielded no batch.*non-empty iterable")
+def case_empty_list(env):
+    return q(env.cnn, [])
+
+
+@case(gq.EmptyCalibrationError, r"exhausted.*fresh generator")
+def case_exhausted_generator(env):
+    gen = (b for b in BATCHES)
+    list(gen)
+    return q(env.cnn, gen)
+
+
+@case(gq.EmptyCalibrationError, r"yielded no batch")
+def case_exhausted_iterator_of_list(env):
+    it = iter(BATCHES)
+    list(it)
+    return q(env.cnn, it)
+
+
+@case(gq.ConfigError, r"needs calibration data \(calib_data=.*calib_table=")
+def case_no_calibration_data(env):
+    return lambda: gq.quantize(env.cnn, progress=False)
+
+
+@case(gq.CalibrationDataError, r"single ndarray\(8, 1, 28, 28\).*Wrap it in a list")
+def case_single_array_instead_of_batches(env):
+    return q(env.cnn, BATCHES[0])
+
+
+@case(gq.CalibrationDataError, r"type int is not iterable.*DataLoader")
+def case_not_iterable(env):
+    return q(env.cnn, 42)
+
+
+@case(gq.CalibrationDataError, r"num_calib_batches.*positive int.*got 0")
+def case_zero_calib_batches(env):
+    return q(env.cnn, BATCHES, num_calib_batches=0)
+
+
+@case(gq.InputMismatchError, r"NDArray\(8, 28, 28\).*expected shapes")
+def case_batch_of_wrong_rank(env):
+    return q(env.cnn, [RS.rand(8, 28, 28).astype("float32")])
+
+
+@case(gq.InputMismatchError, r"NDArray\(4, 3, 28, 28\).*expected shapes")
+def case_batch_of_wrong_shape(env):
+    return q(env.cnn, [np.zeros((4, 3, 28, 28), "float32")])
+
+
+@case(gq.InputMismatchError, r"ranks \[3\] but earlier batches had ranks \[4\].*same layout")
+def case_batches_of_changing_rank(env):
+    return q(env.cnn, [BATCHES[0], BATCHES[1][0]])
+
+
+@case(gq.InputMismatchError, r"dtype str32, which is not numeric.*Feed float arrays")
+def case_string_dtype(env):
+    return q(env.cnn, [np.array([["a"]])])
+
+
+@case(gq.InputMismatchError, r"dtype complex64, which is not numeric.*Feed float")
+def case_complex_dtype(env):
+    return q(env.cnn, [np.ones((2, 1, 28, 28), np.complex64)])
+
+
+@case(gq.InputMismatchError, r"batch of type str.*NDArray, a numpy array")
+def case_batch_is_a_string(env):
+    return q(env.cnn, ["images/cat.jpg"])
+
+
+@case(gq.InputMismatchError, r"single array.*takes 2 inputs \(x, y\).*tuples of 2")
+def case_arity_single_array_for_two_inputs(env):
+    return q(env.two, [np.ones((2, 3), "float32")])
+
+
+@case(gq.InputMismatchError, r"has 1 element.*takes 2 input\(s\).*at least 2")
+def case_arity_tuple_too_short(env):
+    return q(env.two, [(np.ones((2, 3), "float32"),)])
+
+
+@case(gq.InputMismatchError, r"no entry for input 'y'.*Key the dict")
+def case_dict_missing_input(env):
+    return q(env.two, [{"x": np.ones((2, 3), "float32"), "label": 1}])
+
+
+@case(gq.NonFiniteDataError, r"Tensor 'data' holds 1 NaN/Inf.*Clean the calibration data")
+def case_nan_in_data(env):
+    bad = [b.copy() for b in BATCHES]
+    bad[1][0, 0, 5, 5] = np.nan
+    return q(env.cnn, bad)
+
+
+@case(gq.NonFiniteDataError, r"Tensor 'data' holds 2 NaN/Inf.*Clean")
+def case_inf_in_data(env):
+    bad = [b.copy() for b in BATCHES]
+    bad[0][0, 0, 0, 0] = np.inf
+    bad[0][1, 0, 0, 0] = -np.inf
+    return q(env.cnn, bad)
+
+
+@case(gq.NonFiniteDataError, r"_output' holds 0 NaN and \d+ Inf.*finite data")
+def case_overflow_inside_the_net(env):
+    # Finite data that overflows float32 in the first layer: the activation is Inf.
+    return q(env.cnn, [np.full((2, 1, 28, 28), 3e38, "float32")])
+
+
+@case(gq.EmptyCalibrationError, r"MinMaxCalibrator has no statistics.*collect\(name, array\)")
+def case_calibrator_that_saw_nothing(env):
+    return gq.MinMaxCalibrator().compute
+
+
+@case(gq.InputMismatchError, r"input_fn raised ZeroDivisionError")
+def case_input_fn_raises(env):
+    return q(env.cnn, BATCHES, input_fn=lambda batch: 1 / 0)
+
+
+@case(gq.InputMismatchError, r"input_fn must be callable, got 3")
+def case_input_fn_not_callable(env):
+    return q(env.cnn, BATCHES, input_fn=3)
+
+
+@case(gq.InputMismatchError, r"num_inputs must be a positive int, got 0")
+def case_zero_inputs(env):
+    return q(env.cnn, BATCHES, num_inputs=0)
+
+
+# --- names and settings --------------------------------------------------------------
+@case(gq.UnknownNameError, r"dtype 'int4'.*'int8'.*'uint8'")
+def case_unknown_dtype(env):
+    return q(env.cnn, BATCHES, dtype="int4")
+
+
+@case(gq.UnknownNameError, r"backend 'tensorrt'.*'onednn'")
+def case_unknown_backend(env):
+    return q(env.cnn, BATCHES, backend="tensorrt")
+
+
+@case(gq.UnknownNameError, r"'entropyy'.*Did you mean 'entropy'")
+def case_unknown_calibrator(env):
+    return q(env.cnn, BATCHES, calibrator="entropyy")
+
+
+@case(gq.ConfigError, r"Calibrator subclass or instance, got <class 'dict'>")
+def case_calibrator_of_wrong_type(env):
+    return q(env.cnn, BATCHES, calibrator=dict)
+
+
+@case(gq.ConfigError, r"PercentileCalibrator has no option 'pct'.*'percentile'")
+def case_unknown_calibrator_option(env):
+    return lambda: gq.get_calibrator("percentile", pct=99.9)
+
+
+@case(gq.UnknownNameError, r"granularity 'row'.*'channel'")
+def case_unknown_granularity(env):
+    return q(env.cnn, BATCHES, granularity="row")
+
+
+@case(gq.UnknownNameError, r"preset 'resnett'.*Valid presets")
+def case_unknown_preset(env):
+    return q(env.cnn, BATCHES, preset="resnett")
+
+
+@case(gq.ConfigError, r"exclude must be a list.*got 3")
+def case_exclude_of_wrong_type(env):
+    return q(env.cnn, BATCHES, exclude=3)
+
+
+@case(gq.ConfigError, r"granularity='channel'.*cuDNN.*granularity='tensor'")
+def case_channel_wise_with_cudnn(env):
+    return q(env.cnn, BATCHES, backend="cudnn", granularity="channel-wise")
+
+
+@case(gq.UnsupportedDtypeError, r"dtype='uint8' cannot represent.*dtype='auto'")
+def case_uint8_for_signed_tensors(env):
+    # The first conv sees [-1, 1) inputs: uint8 would clip them.
+    return q(env.cnn, [b * 2 - 1 for b in BATCHES], dtype="uint8")
+
+
+# --- the network -----------------------------------------------------------------------
+@case(gq.NotHybridizableError, r"got NotHybrid.*HybridBlock")
+def case_non_hybridizable_block(env):
+    return q(NotHybrid(), [np.ones((1, 2), "float32")])
+
+
+@case(gq.NotHybridizableError, r"NumpyInForward could not be traced.*only uses F\.\*")
+def case_numpy_inside_hybrid_forward(env):
+    net = NumpyInForward()
+    net.initialize()
+    return q(net, [np.ones((1, 2), "float32")])
+
+
+@case(gq.NotHybridizableError, r"RaisesInForward.*RuntimeError: sensor offline")
+def case_forward_raises(env):
+    return q(RaisesInForward(), [np.ones((1, 2), "float32")])
+
+
+@case(gq.InputMismatchError, r"Calibration forward pass failed.*ndarray|NDArray")
+def case_forward_fails_at_run_time(env):
+    net = nn.HybridSequential()
+    net.add(nn.Dense(3, in_units=7))
+    net.initialize()
+    return q(net, [np.ones((2, 5), "float32")])
+
+
+@case(gq.GraphError, r"not initialized.*Initialize the net")
+def case_uninitialized_net_without_data(env):
+    net = nn.HybridSequential()
+    net.add(nn.Dense(3))
+    net.initialize()
+    return lambda: gq.quantize(net, calib_table=env.qother.calibration_table.with_fingerprint(
+        None), progress=False)
+
+
+# --- calibration tables ----------------------------------------------------------------
+@case(gq.CalibrationTableError, r"Expected a CalibrationTable, got dict")
+def case_table_of_wrong_type(env):
+    return lambda: gq.quantize(env.cnn, calib_table={"data": (0, 1)}, progress=False)
+
+
+@case(gq.CalibrationTableError, r"another graph.*Calibrate this network")
+def case_table_from_another_model(env):
+    return lambda: gq.quantize(env.cnn, calib_table=env.qother.calibration_table,
+                               progress=False)
+
+
+@case(gq.CalibrationTableError, r"no range for 1 tensor.*Recalibrate")
+def case_table_missing_a_tensor(env):
+    table = env.qnet.calibration_table
+    first = next(iter(table))
+    partial = gq.CalibrationTable({k: v for k, v in table.items() if k != first},
+                                  method=table.method, fingerprint=table.fingerprint)
+    return lambda: gq.quantize(env.cnn, calib_table=partial, progress=False)
+
+
+@case(gq.ArtifactError, r"Cannot write the calibration table.*No such file")
+def case_table_save_into_missing_dir(env):
+    return lambda: env.qnet.calibration_table.save(str(env.tmp / "missing" / "t.json"))
+
+
+@case(gq.ArtifactError, r"Cannot write the calibration table.*Not a directory")
+def case_table_save_under_a_file(env):
+    (env.tmp / "afile").write_text("x")
+    return lambda: env.qnet.calibration_table.save(str(env.tmp / "afile" / "t.json"))
+
+
+@case(gq.ArtifactError, r"Cannot read the calibration table.*No such file")
+def case_table_load_missing(env):
+    return lambda: gq.CalibrationTable.load(str(env.tmp / "absent.json"))
+
+
+@case(gq.CalibrationTableError, r"table.json' is not a valid calibration table \(truncated")
+def case_table_load_truncated(env):
+    path = env.save_table()
+    path.write_bytes(path.read_bytes()[:-40])
+    return lambda: gq.CalibrationTable.load(str(path))
+
+
+@case(gq.CalibrationTableError, r"format version 2.0, newer.*upgrade gluon_quant")
+def case_table_load_newer_format(env):
+    path = env.save_table()
+    state = json.loads(path.read_text())
+    state["version"] = "2.0"
+    path.write_text(json.dumps(state))
+    return lambda: gq.CalibrationTable.load(str(path))
+
+
+@case(gq.CalibrationTableError, r"must be finite with lo < hi, got \(5.0, -5.0\)")
+def case_table_load_altered_range(env):
+    path = env.save_table()
+    state = json.loads(path.read_text())
+    state["ranges"][next(iter(state["ranges"]))] = [5.0, -5.0]
+    path.write_text(json.dumps(state))
+    return lambda: gq.CalibrationTable.load(str(path))
+
+
+@case(gq.CalibrationTableError, r"Not a gluon_quant calibration table")
+def case_table_load_other_json(env):
+    path = env.tmp / "table.json"
+    path.write_text(json.dumps({"data": [0, 1]}))
+    return lambda: gq.CalibrationTable.load(str(path))
+
+
+# --- inference on the quantized net ----------------------------------------------------
+@case(gq.InputMismatchError, r"NDArray\(2, 3, 28, 28\).*Shape inconsistent.*rank and per-sample")
+def case_inference_wrong_shape(env):
+    return lambda: env.qnet(mx.nd.ones((2, 3, 28, 28)))
+
+
+@case(gq.InputMismatchError, r"NDArray\(2, 28, 28\).*4D.*rank and per-sample")
+def case_inference_wrong_rank(env):
+    return lambda: env.qnet(mx.nd.ones((2, 28, 28)))
+
+
+@case(gq.InputMismatchError, r"ndarray\(2, 1, 28, 28\).*Pass 1 mx.nd.NDArray")
+def case_inference_numpy_input(env):
+    return lambda: env.qnet(np.ones((2, 1, 28, 28), "float32"))
+
+
+@case(gq.InputMismatchError, r"list of 2 .*Pass 1 mx.nd.NDArray input\(s\) \(x\)")
+def case_inference_too_many_inputs(env):
+    return lambda: env.qnet(mx.nd.ones((2, 1, 28, 28)), mx.nd.ones((2, 1, 28, 28)))
+
+
+@case(gq.GraphError, r"not built yet.*calibrate\(\) and finalize\(\)")
+def case_inference_before_finalize(env):
+    block = gq.QuantizedHybridBlock(env.cnn, progress=False)
+    return lambda: block(mx.nd.ones((2, 1, 28, 28)))
+
+
+# --- export and import -----------------------------------------------------------------
+@case(gq.ArtifactError, r"Cannot write the export.*directory exists and is writable")
+def case_export_into_missing_dir(env):
+    return lambda: env.qnet.export(str(env.tmp / "no" / "such" / "dir" / "m"))
+
+
+@case(gq.ArtifactError, r"Cannot write the export.*Permission denied.*writable")
+def case_export_into_read_only_dir(env):
+    # Root ignores directory permissions, so the read-only directory is simulated where
+    # the OS would refuse: creating the temporary file.
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*args, **kwargs):
+        if kwargs.get("dir") == str(env.tmp):
+            raise PermissionError(13, "Permission denied")
+        return real_mkstemp(*args, **kwargs)
+
+    def call():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tempfile, "mkstemp", refuse)
+            env.qnet.export(str(env.tmp / "m"))
+    return call
+
+
+@case(gq.ArtifactError, r"scratch file in the temporary directory.*Read-only.*writable")
+def case_export_with_read_only_system_temp(env):
+    real_mkstemp = tempfile.mkstemp
+
+    def refuse(*args, **kwargs):
+        if kwargs.get("dir") is None:
+            raise OSError(30, "Read-only file system")
+        return real_mkstemp(*args, **kwargs)
+
+    def call():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(tempfile, "mkstemp", refuse)
+            env.qnet.export(str(env.tmp / "m"))
+    return call
+
+
+@case(gq.ArtifactError, r"Cannot write the export.*No space left")
+def case_export_disk_full_on_last_file(env):
+    # The first two files are already renamed into place when the third fails: the export
+    # must remove them again and leave the previous export untouched.
+    prefix = env.copy_export()
+    real_replace = os.replace
+
+    def replace(src, dst):
+        if str(dst).endswith("-meta.json"):
+            raise OSError(28, "No space left on device")
+        return real_replace(src, dst)
+
+    def call():
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(os, "replace", replace)
+            env.qnet.export(prefix + "-new")
+    return call
+
+
+@case(gq.GraphError, r"Nothing to export.*quantize\(\)")
+def case_export_before_quantizing(env):
+    block = gq.QuantizedHybridBlock(env.cnn, progress=False)
+    return lambda: block.export(str(env.tmp / "m"))
+
+
+@case(gq.UnknownNameError, r"export format 'onnx'.*'mxnet'")
+def case_export_unknown_format(env):
+    return lambda: env.qnet.export(str(env.tmp / "m"), fmt="onnx")
+
+
+@case(gq.ArtifactError, r"Cannot read the metadata file.*Check the path")
+def case_import_missing_prefix(env):
+    return lambda: gq.QuantizedSymbolBlock.imports(str(env.tmp / "nothing"))
+
+
+@case(gq.ArtifactError, r"params file .* has \d+ bytes, the export wrote \d+.*truncated")
+def case_import_truncated_params(env):
+    prefix = env.copy_export()
+    path = prefix + "-int8.params"
+    with open(path, "r+b") as handle:
+        handle.truncate(os.path.getsize(path) // 2)
+    return lambda: gq.QuantizedSymbolBlock.imports(prefix)
+
+
+@case(gq.ArtifactError, r"params file .* does not match its sha256.*altered")
+def case_import_flipped_byte_in_params(env):
+    prefix = env.copy_export()
+    path = prefix + "-int8.params"
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x40
+    open(path, "wb").write(bytes(data))
+    return lambda: gq.QuantizedSymbolBlock.imports(prefix)
+
+
+@case(gq.ArtifactError, r"symbol file .* does not match its sha256")
+def case_import_edited_symbol(env):
+    prefix = env.copy_export()
+    path = prefix + "-symbol.json"
+    text = open(path).read().replace('"relu"', '"tanh"', 1)
+    open(path, "w").write(text)
+    return lambda: gq.QuantizedSymbolBlock.imports(prefix)
+
+
+@case(gq.ArtifactError, r"format version 9.0, newer.*upgrade gluon_quant")
+def case_import_newer_format(env):
+    prefix = env.copy_export()
+    meta = json.load(open(prefix + "-meta.json"))
+    meta["version"] = "9.0"
+    json.dump(meta, open(prefix + "-meta.json", "w"))
+    return lambda: gq.QuantizedSymbolBlock.imports(prefix)
+
+
+@case(gq.ArtifactError, r"metadata file .* not valid JSON.*Export the model again")
+def case_import_truncated_metadata(env):
+    prefix = env.copy_export()
+    data = open(prefix + "-meta.json", "rb").read()
+    open(prefix + "-meta.json", "wb").write(data[:len(data) // 3])
+    return lambda: gq.QuantizedSymbolBlock.imports(prefix)
+
+
+@case(gq.ArtifactError, r"(sha256|bytes).*(another export|replaced)")
+def case_import_params_swapped_from_another_export(env):
+    prefix = env.copy_export()
+    other = env.copy_export("other")
+    os.replace(other + "-int8.params", prefix + "-int8.params")
+    return lambda: gq.QuantizedSymbolBlock.imports(prefix)
+
+
+# --- the command line --------------------------------------------------------------------
+def cli_case(fragment, *argv):
+    """A CLI case: exit code 1 and one stderr line containing ``fragment`` (checked below)."""
+    def make(env):
+        args = [a.format(w=env.root, t=env.tmp) for a in argv]
+        return lambda: _run_cli(args, fragment)
+    return make
+
+
+class CliFailed(gq.GluonQuantError):
+    """Stands for 'the CLI exited 1 with the expected one-line message' in the matrix."""
+
+
+def _run_cli(args, fragment):
+    import contextlib
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(err):
+        code = cli.main(args + ["--quiet"], stdout=out)
+    lines = err.getvalue().strip().splitlines()
+    assert code == cli.EXIT_ERROR, (code, err.getvalue())
+    assert len(lines) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
+    raise CliFailed(lines[0])
+
+
+def _register_cli(name, fragment, *argv):
+    fn = cli_case(fragment, *argv)
+    CASES.append(pytest.param(fn, CliFailed, fragment, id="cli_" + name))
+
+
+_register_cli("nan_in_npy", r"NaN/Inf", "quantize", "{w}/fp32", "--calib", "{t}/nan.npy",
+              "--out", "{t}/out/m")
+_register_cli("empty_npy", r"holds no sample", "quantize", "{w}/fp32", "--calib",
+              "{t}/empty.npy", "--out", "{t}/out/m")
+_register_cli("wrong_shape_npy", r"shapes|shape", "quantize", "{w}/fp32", "--calib",
+              "{t}/wrong.npy", "--out", "{t}/out/m")
+_register_cli("pickled_npy", r"calib|pickle|npy", "quantize", "{w}/fp32", "--calib",
+              "{t}/object.npy", "--out", "{t}/out/m")
+_register_cli("unknown_preset", r"Unknown preset 'nope'", "quantize", "{w}/fp32", "--calib",
+              "{w}/calib.npy", "--out", "{t}/out/m", "--preset", "nope")
+_register_cli("unknown_model", r"Unknown|not", "quantize", "resnet18_v11", "--calib",
+              "{w}/calib.npy", "--out", "{t}/out/m")
+_register_cli("out_dir_is_a_file", r"Cannot write|writ", "quantize", "{w}/fp32", "--calib",
+              "{w}/calib.npy", "--out", "{t}/afile/m")
+_register_cli("report_of_truncated_export", r"metadata|report|truncated|valid", "report",
+              "{t}/trunc/good")
+
+
+def _prepare_cli_files(env):
+    data = np.concatenate(BATCHES)
+    bad = data.copy()
+    bad[3, 0, 1, 1] = np.nan
+    np.save(env.tmp / "nan.npy", bad)
+    np.save(env.tmp / "empty.npy", data[:0])
+    np.save(env.tmp / "wrong.npy", RS.rand(4, 3, 9, 9).astype("float32"))
+    np.save(env.tmp / "object.npy", np.array([{"a": 1}, None], dtype=object),
+            allow_pickle=True)
+    (env.tmp / "afile").write_text("not a directory")
+    prefix = env.copy_export(folder="trunc")
+    data = open(prefix + "-meta.json", "rb").read()
+    open(prefix + "-meta.json", "wb").write(data[:50])
+
+
+# ------------------------------------------------------------------------ the tests
+@pytest.mark.parametrize("make, exc, match", CASES)
+def test_bad_input_raises_package_error_and_leaves_nothing(models, tmp_path, make, exc, match):
+    env = Env(models, tmp_path)
+    if make.__name__ == "make":          # CLI cases
+        _prepare_cli_files(env)
+    call = make(env)
+    before = _listing(tmp_path)
+    with pytest.raises(exc, match=match) as info:
+        call()
+    assert isinstance(info.value, gq.GluonQuantError)
+    assert _listing(tmp_path) == before, "files were added, changed or left half-written"
+    # The process is alive and the library still works after the error.
+    assert env.qnet(mx.nd.array(BATCHES[0][:2])).shape == (2, 10)
+
+
+def test_matrix_has_enough_cases():
+    assert len(CASES) >= 25
+
+
+@pytest.mark.parametrize("kind", ["zeros", "constant", "constant_negative"])
+def test_all_zero_and_constant_activations_quantize_with_sane_ranges(kind):
+    """Degenerate activations give finite, non-empty ranges and outputs close to fp32."""
+    net = _cnn()
+    value = {"zeros": 0.0, "constant": 3.0, "constant_negative": -2.0}[kind]
+    data = [np.full((4, 1, 28, 28), value, "float32") for _ in range(2)]
+    x = mx.nd.array(data[0])
+    ref = net(x).asnumpy()
+    exact = None
+    # min-max keeps every value in range (error: rounding only); the histogram methods may
+    # clip the rare values of these few-valued distributions a little, never collapse them.
+    for calibrator, tolerance in (("minmax", 0.02), ("entropy", 0.1), ("percentile", 0.1),
+                                  ("mse", 0.1)):
+        qnet = gq.quantize(net, data, calibrator=calibrator, progress=False)
+        table = qnet.calibration_table
+        exact = exact or table
+        for name, (lo, hi) in table.items():
+            assert np.isfinite(lo) and np.isfinite(hi) and lo < hi, (calibrator, name, lo, hi)
+            assert hi - lo >= 0.5 * (exact[name][1] - exact[name][0]), (calibrator, name)
+        out = qnet(x).asnumpy()
+        assert np.isfinite(out).all()
+        # Every sample is identical, so every output row is too; and close to fp32.
+        assert np.abs(out - out[0]).max() == 0
+        assert np.abs(out - ref).max() <= tolerance * max(1.0, np.abs(ref).max()), calibrator
+
+
+def test_net_without_conv_or_dense_runs_in_fp32_and_warns(caplog):
+    net = NoLayers()
+    net.initialize()
+    x = RS.rand(4, 5).astype("float32")
+    qnet = gq.quantize(net, [x], progress=False)
+    assert "No layer of NoLayers can be quantized" in caplog.text
+    xs = mx.nd.array(x)
+    assert np.array_equal(qnet(xs).asnumpy(), net(xs).asnumpy())
+    assert qnet.report().coverage() == (0, 0)
+
+
+def test_exclude_name_that_matches_nothing_warns_with_close_names(caplog):
+    net = _cnn()
+    gq.quantize(net, BATCHES, exclude=["cnn_conv9"], progress=False)
+    assert "'cnn_conv9' matched no layer" in caplog.text
+    assert "Did you mean" in caplog.text
