@@ -18,11 +18,18 @@ from .config import QuantDtype, Backend, Granularity
 from .calib import (Calibrator, CalibrationTable, MinMaxCalibrator, EntropyCalibrator,
                     PercentileCalibrator, MSECalibrator, get_calibrator)
 from .block import QuantizedHybridBlock
+from .symbol_block import QuantizedSymbolBlock
 from .api import quantize
+from .parallel import calibrate_parallel
+from .tune import tune, TuneResult
+from . import debug
 from .report import LayerReport, QuantReport
+from .presets import KeepFP32, Preset, get_preset
 
 __all__ = [
-    "__version__", "quantize", "QuantizedHybridBlock", "QuantReport", "LayerReport",
+    "__version__", "quantize", "calibrate_parallel", "tune", "TuneResult", "debug", "QuantizedHybridBlock",
+    "QuantizedSymbolBlock", "QuantReport",
+    "LayerReport",
     "Calibrator", "CalibrationTable", "MinMaxCalibrator", "EntropyCalibrator",
     "PercentileCalibrator", "MSECalibrator", "get_calibrator",
     "QuantDtype", "Backend", "Granularity",
@@ -30,4 +37,5 @@ __all__ = [
     "EmptyCalibrationError", "NonFiniteDataError", "InputMismatchError", "NotHybridizableError",
     "GraphError", "UnsupportedDtypeError", "CalibrationTableError", "ArtifactError",
     "ModelExecutionError",
+    "Preset", "KeepFP32", "get_preset",
 ]

@@ -11,7 +11,8 @@ _log = logging.getLogger(__name__)
 
 def quantize(net, calib_data=None, *, calibrator="mse", dtype="auto", backend="onednn",
              exclude=None, granularity=None, num_calib_batches=None, calib_table=None,
-             input_fn=None, num_inputs=None, ctx=None, progress=True):
+             input_fn=None, num_inputs=None, ctx=None, progress=True, preset=None,
+             eval_fn=None, tolerance=None):
     """Quantize a Gluon ``HybridBlock`` to int8 in one call.
 
     Parameters
@@ -48,6 +49,15 @@ def quantize(net, calib_data=None, *, calibrator="mse", dtype="auto", backend="o
         Where to calibrate and run (CPU by default).
     progress : bool, default True
         Progress bar during calibration (shown on terminals only).
+    preset : str or Preset, optional
+        Layers of a model family kept in fp32 (:mod:`gluon_quant.presets`): by default the
+        family's preset for GluonCV zoo nets, none for other nets; ``'none'`` turns it off.
+    eval_fn : callable, optional
+        ``eval_fn(model) -> float`` (higher is better). With ``tolerance``, tune the settings
+        until the int8 score is within ``tolerance`` of fp32 (:func:`gluon_quant.tune`); the
+        returned block's ``tune_result`` tells what was tried.
+    tolerance : float, optional
+        Allowed loss of ``eval_fn`` against fp32; needed with ``eval_fn``.
 
     Returns
     -------
@@ -65,9 +75,23 @@ def quantize(net, calib_data=None, *, calibrator="mse", dtype="auto", backend="o
             "quantize() needs calibration data (calib_data=, any iterable of batches) or a "
             "saved CalibrationTable (calib_table=). Calibration-free int8 is not offered: "
             "run-time ranges are slower than fp32 on oneDNN and mis-scale fused layers.")
+    if eval_fn is not None or tolerance is not None:
+        if eval_fn is None or tolerance is None or calib_table is not None:
+            raise ConfigError("Accuracy-aware quantization needs both eval_fn and tolerance, "
+                              "and calib_data rather than calib_table; got eval_fn=%r, "
+                              "tolerance=%r." % (eval_fn, tolerance))
+        from .tune import tune  # tune builds on this module's block and the doctor
+        qnet, result = tune(net, calib_data, eval_fn, tolerance=tolerance,
+                            calibrator=calibrator, dtype=dtype, backend=backend,
+                            exclude=exclude, granularity=granularity,
+                            num_calib_batches=num_calib_batches, input_fn=input_fn,
+                            num_inputs=num_inputs, ctx=ctx, progress=progress, preset=preset)
+        qnet.tune_result = result
+        return qnet
     qnet = QuantizedHybridBlock(net, calibrator=calibrator, dtype=dtype, backend=backend,
                                 exclude=exclude, granularity=granularity, ctx=ctx,
-                                input_fn=input_fn, num_inputs=num_inputs, progress=progress)
+                                input_fn=input_fn, num_inputs=num_inputs, progress=progress,
+                                preset=preset)
     qnet.fuse()
     qnet.quantize_graph()
     if calib_table is None:

@@ -14,6 +14,7 @@ The stages, each a method that can be run on its own:
    quantizes the weights and builds the int8 block.
 """
 import logging
+import threading
 from typing import Optional
 
 import mxnet as mx
@@ -23,11 +24,13 @@ from mxnet.gluon import HybridBlock
 from . import _mxnet
 from .calib import ZERO_RANGE, CalibrationTable, get_calibrator
 from .config import Backend, Granularity, QuantDtype
-from .collect import collect_statistics
-from .data import BatchConverter, InputSpec, iter_batches
-from .errors import (CalibrationTableError, ConfigError, EmptyCalibrationError, GraphError,
-                     ModelExecutionError, UnsupportedDtypeError)
+from .collect import build_runner, collect_statistics
+from .data import BatchConverter, InputSpec, describe, iter_batches
+from .errors import (CalibrationTableError, ConfigError, EmptyCalibrationError, GluonQuantError,
+                     GraphError, InputMismatchError, ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
+from .graph.passes import int8_mul_inputs, prepare as prepare_graph
+from .presets import resolve_preset
 from .report import LayerReport, QuantReport
 
 __all__ = ["QuantizedHybridBlock"]
@@ -78,18 +81,31 @@ class QuantizedHybridBlock(HybridBlock):
         Number of tensor inputs, when ``hybrid_forward``'s signature does not tell.
     progress : bool, default True
         Show a progress bar while calibrating (only on a terminal).
+    preset : str or Preset, optional
+        Layers of a model family kept in fp32, and why (see :mod:`gluon_quant.presets`).
+        By default the family's preset for GluonCV zoo nets and none otherwise;
+        ``'none'`` turns presets off.
+
+    Notes
+    -----
+    Calling the block from several Python threads at once is safe and gives the same
+    results as calling it from one: calls are serialized by a lock held only while a
+    call is dispatched to MXNet's engine (Gluon's graph building on the first call is
+    not thread-safe; the computation itself still runs on MXNet's own worker threads).
     """
 
     def __init__(self, net, *, calibrator="mse", dtype="auto", backend="onednn",
                  exclude=None, granularity=None, ctx=None, input_fn=None,
-                 num_inputs=None, progress=True):
+                 num_inputs=None, progress=True, preset=None):
         super().__init__(prefix="quantized_", params=None)
+        self._call_lock = threading.Lock()
         if not isinstance(net, HybridBlock):
             from .errors import NotHybridizableError
             raise NotHybridizableError(
                 "quantize() needs a mxnet.gluon.HybridBlock, got %s. Convert the model to "
                 "HybridBlock/HybridSequential layers with a hybrid_forward." % type(net).__name__)
         self._source = _Source(net)
+        self.preset = resolve_preset(preset, net)
         self.dtype = QuantDtype.parse(dtype, "dtype")
         self.backend = Backend.parse(backend, "backend")
         if granularity is None:
@@ -133,11 +149,15 @@ class QuantizedHybridBlock(HybridBlock):
             The fused fp32 graph (also available as :attr:`fused_graph`).
         """
         syms, out, self._user_out_format = _mxnet.trace(self.net, self.spec.count)
-        self._fused = _mxnet.fuse(out, self.backend)
+        self._fused = _mxnet.fuse(prepare_graph(out), self.backend)
         self._fused_view = GraphView(_mxnet.graph_json(self._fused))
         excluded, _ = resolve_exclusions(self.exclude, self._fused_view,
                                          block_scopes(self.net))
         self._excluded = {k: "excluded by user (%r)" % v for k, v in excluded.items()}
+        if self.preset is not None:
+            for name, reason in self.preset.select(self._fused_view,
+                                                   block_scopes(self.net)).items():
+                self._excluded.setdefault(name, reason)
         self._qsym = self._final = self._qnet = None
         return self._fused
 
@@ -155,7 +175,13 @@ class QuantizedHybridBlock(HybridBlock):
         self._qsym, self._calib_names = _mxnet.quantize_symbol(
             self._fused, backend=self.backend, excluded_nodes=sorted(self._excluded),
             offline_params=offline, dtype=self.dtype.value,
-            granularity=self.granularity.mxnet_name)
+            granularity=self.granularity.mxnet_name,
+            param_shapes={n: p.shape for n, p in self.net.collect_params().items()})
+        self._qsym, fp32_nodes = int8_mul_inputs(self._qsym)
+        fp32_nodes = {k: v for k, v in fp32_nodes.items() if k not in self._excluded}
+        if fp32_nodes:  # int8-only operators fed by uint8 layers: quantize again without them
+            self._excluded.update(fp32_nodes)
+            return self.quantize_graph()
         if not self._calib_names:
             _log.warning("No layer of %s can be quantized on %s (every layer is excluded or "
                          "has no int8 kernel); the result runs in fp32.",
@@ -184,10 +210,18 @@ class QuantizedHybridBlock(HybridBlock):
 
         def make_runner(inputs):
             self._ensure_params(inputs)
+            self.calib_input_shapes = [tuple(a.shape) for a in inputs]  # for export metadata
             return self._calibration_runner(outputs_needed)
 
+        samples = []
+
+        def convert(batch):
+            inputs = self._converter(batch)
+            samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
+            return inputs
+
         seen = collect_statistics(
-            batches, convert=self._converter, make_runner=make_runner,
+            batches, convert=convert, make_runner=make_runner,
             calibrator=self.calibrator, input_names=self.spec.names, tensor_names=names,
             progress=self.progress, total=_length(calib_data, num_calib_batches))
         _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
@@ -196,7 +230,11 @@ class QuantizedHybridBlock(HybridBlock):
             self._table = CalibrationTable({}, method=_method_name(self.calibrator))
         else:
             self._table = self.calibrator.compute()
-        self._table = self._table.with_fingerprint(self.fingerprint)
+        # How much data the ranges rest on (read by gluon_quant.debug's checks).
+        self._table = CalibrationTable(
+            dict(self._table.items()), method=self._table.method,
+            fingerprint=self.fingerprint,
+            meta=dict(self._table.meta, batches=seen, samples=int(sum(samples))))
         return self._table
 
     def finalize(self, table: Optional[CalibrationTable] = None):
@@ -263,6 +301,56 @@ class QuantizedHybridBlock(HybridBlock):
         """The graph's input names."""
         return list(self.spec.names)
 
+    def convert_batch(self, batch):
+        """The list of input NDArrays of one batch, mapped as during calibration."""
+        return self._converter(batch)
+
+    def clone(self, **changes):
+        """A new, unbuilt block over the same net with the same settings but ``changes``.
+
+        Parameters
+        ----------
+        **changes
+            Any keyword of the constructor (``exclude``, ``granularity``, ``calibrator``...).
+            Its fused graph is the same, so a :attr:`calibration_table` of this block can be
+            applied to it with ``clone.finalize(table)`` when ``backend`` is unchanged.
+        """
+        settings = dict(calibrator=self.calibrator, dtype=self.dtype, backend=self.backend,
+                        exclude=list(self.exclude), granularity=self.granularity,
+                        ctx=self.ctx, input_fn=self._converter.input_fn,
+                        num_inputs=self.spec.count, progress=self.progress,
+                        preset=self.preset)
+        unknown = sorted(set(changes) - set(settings))
+        if unknown:
+            raise ConfigError("clone() got unknown settings %s; valid: %s."
+                              % (unknown, sorted(settings)))
+        settings.update(changes)
+        return QuantizedHybridBlock(self.net, **settings)
+
+    def export(self, prefix, *, fmt="gluon_quant"):
+        """Write the int8 model to files; works right after quantizing (no forward needed).
+
+        Parameters
+        ----------
+        prefix : str
+            Path prefix of the files.
+        fmt : {'gluon_quant', 'mxnet'}, default 'gluon_quant'
+            ``'gluon_quant'``: ``PREFIX-symbol.json``, ``PREFIX-int8.params`` (conv and dense
+            weights as int8, about 4x smaller than fp32, outputs bit-identical) and
+            ``PREFIX-meta.json`` (versions, settings, inputs, calibration table, sha256
+            of each file); load with :meth:`gluon_quant.QuantizedSymbolBlock.imports`.
+            ``'mxnet'``: the plain ``PREFIX-symbol.json`` / ``PREFIX-0000.params`` pair that
+            stock MXNet 1.9.1 (oneDNN build) loads with ``mx.gluon.SymbolBlock.imports``,
+            with fp32 conv weights (as large as fp32).
+
+        Returns
+        -------
+        dict of str to str
+            The written files by role (``symbol``, ``params``, ``meta``).
+        """
+        from .export import export_model
+        return export_model(self, prefix, fmt=fmt)
+
     def report(self):
         """Per-layer table: fused pattern, int8 or not and why, dtype and range.
 
@@ -305,7 +393,17 @@ class QuantizedHybridBlock(HybridBlock):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x, *args):  # pylint: disable=arguments-differ
-        out = super().forward(x, *args)
+        try:
+            with self._call_lock:
+                out = super().forward(x, *args)
+        except GluonQuantError:
+            raise
+        except (mx.base.MXNetError, ValueError) as err:
+            raise InputMismatchError(
+                "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) "
+                "(%s) with the rank and per-sample shape of the calibration batches."
+                % (describe([x, *args]), _mxnet.first_line(err).rstrip("."), self.spec.count,
+                   ", ".join(self.spec.arg_names))) from err
         # Gluon regroups multiple outputs as lists; give them back as the tuples that
         # fp32 nets return.
         return _as_tuples(out) if isinstance(out, list) else out
@@ -354,15 +452,7 @@ class QuantizedHybridBlock(HybridBlock):
                              % (sorted(missing)[:5], self.spec.count))
 
     def _calibration_runner(self, names):
-        if not names:
-            return None
-        internals = self._fused.get_internals()
-        group = mx.sym.Group([internals[n] for n in names])
-        params = {k: v for k, v in self._fp32_params.items()
-                  if k in set(group.list_arguments()) | set(group.list_auxiliary_states())}
-        block = _mxnet.symbol_block(group, self.spec.names, params, self.ctx)
-        block.hybridize(static_alloc=True)
-        return block
+        return build_runner(self._fused, names, self.spec.names, self._fp32_params, self.ctx)
 
     def _check_uint8(self, table):
         """Refuse uint8 where the final graph would clip negative values to 0."""

@@ -89,3 +89,31 @@ def tiny_batches():
 def _quiet_logs(caplog):
     caplog.set_level(logging.WARNING, logger="gluon_quant")
     yield
+
+
+@pytest.fixture
+def fragile_mlp():
+    """An MLP whose first layer sees one input feature 1000x larger than the others.
+
+    One int8 range cannot hold both scales, whatever the calibrator: quantizing that
+    layer's input wipes out seven of its eight features. Returns the net (its layers
+    ``fragile_``, ``hidden_``, ``head_``), calibration batches and held-out inputs.
+    """
+    rs = np.random.RandomState(3)
+    mx.random.seed(3)
+    scale = np.ones(8, dtype="float32")
+    scale[0] = 1000.0
+    net = nn.HybridSequential(prefix="mlp_")
+    with net.name_scope():
+        net.add(nn.Dense(32, activation="relu", in_units=8, prefix="fragile_"),
+                nn.Dense(32, activation="relu", in_units=32, prefix="hidden_"),
+                nn.Dense(4, in_units=32, prefix="head_"))
+    net.initialize(mx.init.Xavier())
+    weight = net[0].weight.data()
+    weight[:, 0] = weight[:, 0] / 1000.0  # the big feature contributes like the others
+    net[0].weight.set_data(weight)
+
+    def draw(n):
+        return (rs.randn(n, 8) * scale).astype("float32")
+
+    return {"net": net, "calib": [draw(64) for _ in range(4)], "test": draw(512)}

@@ -71,7 +71,8 @@ def _node_keys(node, scopes):
     return keys
 
 
-def resolve_exclusions(patterns, graph, scopes) -> Tuple[Dict[str, str], List[str]]:
+def resolve_exclusions(patterns, graph, scopes, *,
+                       warn_unmatched=True) -> Tuple[Dict[str, str], List[str]]:
     """Map exclusion patterns to the graph's node names.
 
     Parameters
@@ -82,6 +83,8 @@ def resolve_exclusions(patterns, graph, scopes) -> Tuple[Dict[str, str], List[st
         The (fused) fp32 graph.
     scopes : list of BlockScope
         The user's blocks, from :func:`block_scopes`.
+    warn_unmatched : bool, default True
+        Log a warning for each pattern that matches nothing.
 
     Returns
     -------
@@ -114,6 +117,8 @@ def resolve_exclusions(patterns, graph, scopes) -> Tuple[Dict[str, str], List[st
                         break
         if not hits:
             unmatched.append(pattern)
+            if not warn_unmatched:
+                continue
             candidates = sorted({k for ks in keys.values() for k in ks}
                                 | {op for n in graph for op in n.member_ops})
             _log.warning("exclude pattern %r matched no layer of the network.%s", pattern,

@@ -1,0 +1,305 @@
+"""The int8 graph that MXNet 1.9.1's GPU builds (``mxnet-cu102``, ``mxnet-cu11x``) run.
+
+MXNet's own quantization pass decides which operators to quantize by asking whether
+the quantized operator has a kernel on the *target* device; on a CPU-only build no
+GPU kernel is registered, so asked for a GPU graph it excludes everything and returns
+fp32. This module rewrites the symbol JSON in pure Python instead, producing the graph
+that pass produces on a GPU build, so that it can be built (and its structure tested)
+anywhere.
+
+What the GPU build can run (MXNet 1.9.1 registers ``FCompute<gpu>`` for these
+quantized operators only; everything else stays fp32):
+
+* ``Convolution`` -> ``_contrib_quantized_conv`` (cuDNN, int32 output, then
+  ``_contrib_requantize`` to int8). cuDNN's int8 convolution takes int8 data (uint8
+  is refused: "uint8 quantization is only supported by CPU"), NHWC internally, 2-D
+  kernels, one group, no dilation (the kernel ignores it) and channel counts that are
+  multiples of 4; other convolutions stay fp32.
+* ``FullyConnected`` -> ``_contrib_quantized_fully_connected`` (cuBLAS int8 GEMM,
+  then requantize); the GEMM needs input and output sizes that are multiples of 4.
+* ``Pooling`` (max/avg, 2-D) and ``Flatten`` -> their int8 versions, which pass the
+  input's range through. They are kept int8 only when their input already is int8:
+  quantizing *after* a pooling moves fewer bytes than quantizing before it.
+
+Choices, documented here because they differ from the oneDNN backend:
+
+* Activations are int8 everywhere (``dtype='auto'`` means int8 here); ``'uint8'`` is
+  refused by the caller.
+* BatchNorm, activations, ``elemwise_add`` and ``Concat`` have no GPU int8 kernel and
+  MXNet has no GPU fusion pass for quantized graphs, so they run in fp32 between a
+  ``_contrib_dequantize`` and the next ``_contrib_quantize_v2``, as on a GPU build.
+  BatchNorm is not folded into the convolution weights.
+* Weights and biases are quantized offline: the graph reads ``<param>_quantize``
+  (int8) with ``<param>_quantize_min`` / ``_max``, the names MXNet's pass gives them.
+* Node names follow MXNet's pass: ``quantized_X``, ``requantize_X``,
+  ``<src>_quantize``, ``X_dequantize``; calibrated ranges are keyed by the fp32
+  tensor names (``data``, ``X_output``), the tensors calibration collects.
+"""
+import ast
+import logging
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional, Tuple
+
+__all__ = ["GPU_INT8_OPS", "quantize_graph", "RANGED_OPS"]
+
+_log = logging.getLogger(__name__)
+
+#: Operators whose ``min_calib_range`` / ``max_calib_range`` calibration fills.
+RANGED_OPS = ("_contrib_quantize_v2", "_contrib_requantize")
+
+
+def _known(shape) -> Optional[Tuple[int, ...]]:
+    """``shape`` as a tuple, or None when unknown (deferred initialization leaves zeros)."""
+    if not shape:
+        return None
+    shape = tuple(int(d) for d in shape)
+    return shape if all(d > 0 for d in shape) else None
+
+
+def _tuple(attrs, key, default=()):
+    text = attrs.get(key)
+    if text is None or text in ("", "None"):
+        return tuple(default)
+    value = ast.literal_eval(text)
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _bool(attrs, key, default):
+    text = attrs.get(key)
+    return default if text is None else str(text).strip().lower() in ("true", "1")
+
+
+def _multiple_of_4(what, value):
+    return None if value % 4 == 0 else "%s %d is not a multiple of 4" % (what, value)
+
+
+def _check_conv(attrs, weight_shape):
+    if len(_tuple(attrs, "kernel")) != 2:
+        return "only 2-D convolutions have a cuDNN int8 kernel"
+    if int(attrs.get("num_group", 1)) != 1:
+        return "grouped/depthwise convolution (num_group=%s)" % attrs.get("num_group")
+    if any(d != 1 for d in _tuple(attrs, "dilate", (1, 1))):
+        return "dilated convolution (the GPU int8 kernel ignores dilation)"
+    if attrs.get("layout") not in (None, "None", "NCHW"):
+        return "layout %s (int8 needs NCHW)" % attrs["layout"]
+    if weight_shape is None:
+        return "weight shape unknown (run the net once before quantizing)"
+    return (_multiple_of_4("input channels", weight_shape[1])
+            or _multiple_of_4("num_filter", int(attrs["num_filter"])))
+
+
+def _check_fc(attrs, weight_shape):
+    if not _bool(attrs, "flatten", True):
+        return "flatten=False (the GPU int8 GEMM flattens its input)"
+    if weight_shape is None:
+        return "weight shape unknown (run the net once before quantizing)"
+    return (_multiple_of_4("input size", weight_shape[1])
+            or _multiple_of_4("num_hidden", int(attrs["num_hidden"])))
+
+
+def _check_pool(attrs, _):
+    if attrs.get("pool_type", "max") not in ("max", "avg"):
+        return "pool_type %s (int8 supports max/avg)" % attrs.get("pool_type")
+    is_global = _bool(attrs, "global_pool", False)
+    if not is_global and len(_tuple(attrs, "kernel")) != 2:
+        return "only 2-D pooling has a cuDNN int8 kernel"
+    if attrs.get("layout") not in (None, "None", "NCHW"):
+        return "layout %s (int8 needs NCHW)" % attrs["layout"]
+    if not is_global and attrs.get("pooling_convention", "valid") != "valid":
+        return "pooling_convention=%s" % attrs["pooling_convention"]
+    if (attrs.get("pool_type") == "avg" and not _bool(attrs, "count_include_pad", True)
+            and any(_tuple(attrs, "pad", (0,)))):
+        return "count_include_pad=False (cuDNN int8 averages include padding)"
+    return None
+
+
+@dataclass(frozen=True)
+class _Rule:
+    """How one fp32 operator maps to its GPU int8 operator."""
+
+    quantized_op: str
+    params: int                 # leading inputs after data that are offline weights (0-2)
+    requantize: bool            # int32 output that needs ``_contrib_requantize``
+    check: Callable             # (attrs, weight shape) -> reason it stays fp32, or None
+
+
+#: The fp32 operators MXNet 1.9.1 can run in int8 on a GPU, declared as data.
+GPU_INT8_OPS: Dict[str, _Rule] = {
+    "Convolution": _Rule("_contrib_quantized_conv", 2, True, _check_conv),
+    "FullyConnected": _Rule("_contrib_quantized_fully_connected", 2, True, _check_fc),
+    "Pooling": _Rule("_contrib_quantized_pooling", 0, False, _check_pool),
+    "Flatten": _Rule("_contrib_quantized_flatten", 0, False, lambda attrs, _: None),
+}
+
+
+def _tensor_name(node, index):
+    """The name calibration knows an fp32 tensor by (``data``, ``X_output``)."""
+    if node["op"] == "null":
+        return node["name"]
+    return node["name"] + ("_output" if index == 0 else "_output%d" % index)
+
+
+class _Builder:
+    """Accumulates the nodes of the new graph and the int8/fp32 copies of tensors."""
+
+    def __init__(self, old_nodes):
+        self.old = old_nodes
+        self.nodes: List[dict] = []
+        self.fp32: Dict[Tuple[int, int], int] = {}     # old entry -> new node (fp32)
+        self.int8: Dict[Tuple[int, int], int] = {}     # old entry -> new node (int8, min, max)
+        self.calib: List[str] = []
+        self._vars: Dict[str, int] = {}
+
+    def add(self, op, name, inputs, attrs=None):
+        node = {"op": op, "name": name, "inputs": [[i, k, 0] for i, k in inputs]}
+        if attrs:
+            node["attrs"] = dict(attrs)
+        self.nodes.append(node)
+        return len(self.nodes) - 1
+
+    def var(self, name, attrs=None):
+        if name not in self._vars:
+            self._vars[name] = self.add("null", name, [], attrs)
+        return self._vars[name]
+
+    def fp32_of(self, entry):
+        """The new-graph entry holding the fp32 value of an old entry (dequantizing once)."""
+        if entry in self.fp32:
+            return self.fp32[entry], entry[1]
+        src = self.int8[entry]
+        name = self.old[entry[0]]["name"] + "_dequantize"
+        self.fp32[entry] = self.add("_contrib_dequantize", name,
+                                    [(src, 0), (src, 1), (src, 2)], {"out_type": "float32"})
+        return self.fp32[entry], 0
+
+    def int8_of(self, entry):
+        """The new node whose outputs (0, 1, 2) are the int8 value and range of an old entry."""
+        if entry not in self.int8:
+            node = self.old[entry[0]]
+            suffix = "_quantize" if entry[1] == 0 else "_quantize%d" % entry[1]
+            self.int8[entry] = self.add("_contrib_quantize_v2", node["name"] + suffix,
+                                        [self.fp32_of(entry)], {"out_type": "int8"})
+            self.calib.append(_tensor_name(node, entry[1]))
+        return self.int8[entry]
+
+    def offline(self, var_node):
+        """``<param>_quantize`` (int8) and its ``_min`` / ``_max``, as MXNet names them."""
+        name = var_node["name"] + "_quantize"
+        shape = (var_node.get("attrs") or {}).get("__shape__")
+        data = self.var(name, {"__shape__": shape} if shape else None)
+        return data, self.var(name + "_min"), self.var(name + "_max")
+
+
+def _why_fp32(node, nodes, rule, excluded, param_shapes, int8_inputs):
+    """Why ``node`` stays fp32 on the GPU (None when it can be quantized)."""
+    if node["name"] in excluded:
+        return "excluded"
+    if rule.params:
+        params = [nodes[i[0]] for i in node["inputs"][1:1 + rule.params]]
+        if not all(p["op"] == "null" and p["name"] in param_shapes
+                   and p["name"].endswith(("weight", "bias")) for p in params):
+            return "weights are computed in the graph, not parameters"
+        reason = rule.check(node.get("attrs") or {}, _known(param_shapes[params[0]["name"]]))
+    else:
+        reason = rule.check(node.get("attrs") or {}, None)
+        if reason is None and tuple(node["inputs"][0][:2]) not in int8_inputs:
+            reason = "input is fp32 (quantizing after it is cheaper)"
+    return reason
+
+
+def quantize_graph(graph, *, param_shapes, excluded=()):
+    """Rewrite an fp32 graph into MXNet 1.9.1's GPU int8 graph (ranges not yet set).
+
+    Parameters
+    ----------
+    graph : dict
+        The fp32 graph, as parsed from ``Symbol.tojson()``.
+    excluded : iterable of str
+        Node names that stay fp32.
+    param_shapes : dict of str to tuple of int
+        Shape of every parameter (variables that are not graph inputs); weights and biases
+        read by quantized operators are quantized offline. A zero in a shape means it is
+        not known yet: such layers stay fp32, since cuDNN's constraints cannot be checked.
+
+    Returns
+    -------
+    new_graph : dict
+        The int8 graph in the same JSON form (``mx.sym.load_json`` loads it).
+    calib_names : list of str
+        The fp32 tensors whose ranges must be calibrated, in topological order: the input
+        of every ``_contrib_quantize_v2`` and the output of every requantized layer.
+    kept_fp32 : dict
+        Name of every node with a GPU int8 operator that stays fp32 -> the reason.
+    """
+    nodes = graph["nodes"]
+    excluded = set(excluded)
+    out = _Builder(nodes)
+    kept_fp32 = {}
+    entries = {}        # old node id -> number of its output entries read by other nodes
+    for n in nodes:
+        for i in n["inputs"]:
+            entries[i[0]] = max(entries.get(i[0], 1), i[1] + 1)
+    for h in graph["heads"]:
+        entries[h[0]] = max(entries.get(h[0], 1), h[1] + 1)
+    for old_id, node in enumerate(nodes):
+        rule = GPU_INT8_OPS.get(node["op"])
+        reason = None
+        if rule is not None:
+            reason = _why_fp32(node, nodes, rule, excluded, param_shapes, out.int8)
+        if rule is None or reason is not None:
+            if reason is not None:
+                kept_fp32[node["name"]] = reason
+            if node["op"] == "null":
+                new_id = out.var(node["name"], node.get("attrs"))
+            else:
+                copy = {k: v for k, v in node.items() if k != "inputs"}
+                copy["inputs"] = [list(out.fp32_of((i[0], i[1]))) + [0] for i in node["inputs"]]
+                out.nodes.append(copy)
+                new_id = len(out.nodes) - 1
+            for index in range(entries.get(old_id, 1)):
+                out.fp32[(old_id, index)] = new_id
+            continue
+        data = out.int8_of(tuple(node["inputs"][0][:2]))
+        params = [out.offline(nodes[i[0]]) for i in node["inputs"][1:1 + rule.params]]
+        inputs = [(data, 0)] + [(p[0], 0) for p in params] + [(data, 1), (data, 2)]
+        for p in params:
+            inputs += [(p[1], 0), (p[2], 0)]
+        qnode = out.add(rule.quantized_op, "quantized_" + node["name"], inputs, node.get("attrs"))
+        if rule.requantize:
+            qnode = out.add("_contrib_requantize", "requantize_" + node["name"],
+                            [(qnode, 0), (qnode, 1), (qnode, 2)], {"out_type": "int8"})
+            out.calib.append(_tensor_name(node, 0))
+        out.int8[(old_id, 0)] = qnode
+    heads = [list(out.fp32_of((h[0], h[1]))) + [0] for h in graph["heads"]]
+    new_graph = _pruned(out.nodes, heads, graph.get("attrs"))
+    for name, reason in kept_fp32.items():
+        _log.info("cuDNN int8: %s stays fp32: %s.", name, reason)
+    unknown = [n for n, r in kept_fp32.items() if r.startswith("weight shape unknown")]
+    if unknown:
+        _log.warning("%d layer(s) stay fp32 because their weight shapes are not known yet "
+                     "(deferred initialization): %s. Run the net once on a batch before "
+                     "quantizing.", len(unknown), unknown[:5])
+    return new_graph, list(dict.fromkeys(out.calib)), kept_fp32
+
+
+def _pruned(nodes, heads, attrs):
+    """Keep the nodes reachable from ``heads`` (dropping fp32 weights now read as int8)."""
+    keep, stack = set(), [h[0] for h in heads]
+    while stack:
+        i = stack.pop()
+        if i not in keep:
+            keep.add(i)
+            stack.extend(e[0] for e in nodes[i]["inputs"])
+    order = sorted(keep)
+    new_id = {old: new for new, old in enumerate(order)}
+    result = []
+    for old in order:
+        node = dict(nodes[old])
+        node["inputs"] = [[new_id[e[0]], e[1], e[2]] for e in node["inputs"]]
+        result.append(node)
+    graph = {"nodes": result,
+             "arg_nodes": [i for i, n in enumerate(result) if n["op"] == "null"],
+             "heads": [[new_id[h[0]], h[1], h[2]] for h in heads]}
+    if attrs:
+        graph["attrs"] = attrs
+    return graph

@@ -1,0 +1,233 @@
+"""GluonCV model-zoo networks, quantized in one call.
+
+>>> qnet = gluon_quant.zoo.get_model("resnet50_v1", calib_data=my_batches)
+>>> qnet = gluon_quant.zoo.get_model("ssd_512_resnet50_v1_voc", pretrained=True)
+
+The family preset (:mod:`gluon_quant.presets`) is applied automatically: detectors keep
+box decoding and NMS in fp32, segmentation nets their per-pixel class scores.
+"""
+import inspect
+import itertools
+import logging
+
+import mxnet as mx
+import numpy as np
+
+from .._mxnet import child_blocks
+from ..api import quantize
+from ..config import suggest
+from ..errors import ConfigError, UnknownNameError
+from .samples import sample_images
+
+__all__ = ["get_model", "sample_batches", "initialize_random", "set_batchnorm_statistics", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+_log = logging.getLogger(__name__)
+
+#: Per-channel RGB mean and standard deviation of ImageNet pixels (0-255), GluonCV's input
+#: normalisation for every model of its zoo.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+
+#: Keywords of :func:`gluon_quant.quantize` that :func:`get_model` passes on.
+_QUANTIZE_KEYWORDS = frozenset(inspect.signature(quantize).parameters) - {"net", "calib_data"}
+
+
+def sample_batches(num_batches=4, batch_size=16, *, size=224, seed=0):
+    """Batches of random crops of the offline sample photos, normalised as GluonCV expects.
+
+    Each crop covers 25-100 % of a photo with an aspect ratio in [3/4, 4/3], is resized
+    to ``size`` x ``size`` and flipped at random, then normalised with
+    :data:`IMAGENET_MEAN` / :data:`IMAGENET_STD`. Real photos give activation statistics
+    much closer to a trained net's than synthetic images.
+
+    Parameters
+    ----------
+    num_batches, batch_size : int
+    size : int
+        Side of the square crops, in pixels.
+    seed : int
+        Seed of the crops (same seed, same batches).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        ``num_batches`` float32 arrays of shape ``(batch_size, 3, size, size)``.
+    """
+    if min(num_batches, batch_size, size) < 1:
+        raise ConfigError("sample_batches needs positive num_batches, batch_size and size, got "
+                          "%r." % ((num_batches, batch_size, size),))
+    rng = np.random.RandomState(seed)
+    photos = [photo for _, photo in sorted(sample_images().items())]
+    mean = np.array(IMAGENET_MEAN, np.float32)
+    std = np.array(IMAGENET_STD, np.float32)
+    crops = []
+    for i in range(num_batches * batch_size):
+        photo = photos[i % len(photos)]
+        height, width = photo.shape[:2]
+        area = rng.uniform(0.25, 1.0) * height * width
+        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+        ch = max(1, int(min(height, np.sqrt(area / ratio))))
+        cw = max(1, int(min(width, np.sqrt(area * ratio))))
+        top, left = rng.randint(0, height - ch + 1), rng.randint(0, width - cw + 1)
+        crop = mx.image.imresize(mx.nd.array(photo[top:top + ch, left:left + cw],
+                                             dtype="uint8"), size, size).asnumpy()
+        if rng.rand() < 0.5:
+            crop = crop[:, ::-1]
+        crops.append(((crop.astype(np.float32) - mean) / std).transpose(2, 0, 1))
+    stacked = np.stack(crops)
+    return [stacked[i:i + batch_size] for i in range(0, len(stacked), batch_size)]
+
+
+def initialize_random(net, seed=0):
+    """Initialize an untrained GluonCV net: Xavier weights, BatchNorm gamma 1 and beta 0.
+
+    GluonCV leaves some BatchNorm layers of detectors (SSD's feature expanders) without an
+    initializer of their own, so a plain ``net.initialize(mx.init.Xavier())`` fails on
+    their 1-d gamma; this names every parameter kind explicitly.
+    """
+    mx.random.seed(seed)
+    for name, param in net.collect_params().items():
+        param.initialize(init=_initializer_for(name))
+    return net
+
+
+#: Initializer by parameter-name suffix (the rest are weights: Xavier).
+_INITIALIZERS = (("gamma", mx.init.One), ("running_var", mx.init.One),
+                 ("moving_var", mx.init.One), ("beta", mx.init.Zero),
+                 ("running_mean", mx.init.Zero), ("moving_mean", mx.init.Zero),
+                 ("bias", mx.init.Zero))
+
+
+def _initializer_for(name):
+    for suffix, init in _INITIALIZERS:
+        if name.endswith(suffix):
+            return init()
+    return mx.init.Xavier()
+
+
+def set_batchnorm_statistics(net, batch):
+    """Set every BatchNorm's running statistics from ``batch``, in inference mode.
+
+    Same result as :func:`~gluon_quant.zoo.batchnorm.reestimate_batchnorm` (layer after
+    layer, each BatchNorm gets the mean and variance of its own input), for nets whose
+    training-mode forward needs more than images (YOLOv3 asks for training targets):
+    a forward pre-hook on each BatchNorm writes the statistics just before it runs.
+
+    BatchNorm layers inside an already hybridized child (SSD's feature extractor, which
+    GluonCV builds as a ``SymbolBlock``) keep their statistics: hooks do not run inside a
+    cached graph.
+
+    Parameters
+    ----------
+    net : mxnet.gluon.Block
+        Not hybridized.
+    batch : NDArray
+        ``(N, C, H, W)`` images.
+
+    Returns
+    -------
+    int
+        Number of BatchNorm layers updated.
+    """
+    def hook(block, inputs):
+        x = inputs[0]
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        mean = x.mean(axis=axes)
+        var = ((x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))) ** 2).mean(axis=axes)
+        block.running_mean.set_data(mean)
+        block.running_var.set_data(var)
+
+    layers = []
+    stack = [net]
+    while stack:
+        block = stack.pop()
+        if isinstance(block, mx.gluon.nn.BatchNorm):
+            layers.append(block)
+        stack.extend(child_blocks(block))
+    handles = [bn.register_forward_pre_hook(hook) for bn in layers]
+    try:
+        net(batch)
+        mx.nd.waitall()
+    finally:
+        for handle in handles:
+            handle.detach()
+    return len(layers)
+
+
+def _zoo():
+    try:
+        from gluoncv import model_zoo
+    except ImportError as err:
+        raise ConfigError("gluon_quant.zoo.get_model needs GluonCV: "
+                          "pip install 'gluon_quant[zoo]' (gluoncv==0.10.5.post0).") from err
+    return model_zoo
+
+
+def _build(zoo, name, pretrained, kwargs):
+    """The fp32 net; detection and segmentation nets get ``pretrained_base=pretrained``."""
+    try:
+        return zoo.get_model(name, pretrained=pretrained,
+                             **dict({"pretrained_base": pretrained}, **kwargs))
+    except TypeError as err:  # classifiers take no pretrained_base
+        if "pretrained_base" in kwargs or "pretrained_base" not in str(err):
+            raise
+    return zoo.get_model(name, pretrained=pretrained, **kwargs)
+
+
+def get_model(name, calib_data=None, **kwargs):
+    """A GluonCV model-zoo network by name, quantized to int8.
+
+    Parameters
+    ----------
+    name : str
+        A GluonCV model name (``'resnet50_v1'``, ``'ssd_512_resnet50_v1_voc'``...).
+    calib_data : iterable of batches, optional
+        Calibration data, as for :func:`gluon_quant.quantize`. When omitted, the net is
+        calibrated on :func:`sample_batches` (crops of the offline sample photos, of
+        side ``image_size``) and a warning says so: fine for a first look, but calibrate
+        on images from your own domain for production accuracy.
+    **kwargs
+        ``pretrained`` (default False: GluonCV downloads pretrained weights, which needs
+        internet) and ``image_size`` (default 224, the side of the sample crops); any
+        keyword of :func:`gluon_quant.quantize` (``calibrator``, ``exclude``, ``preset``,
+        ``ctx``...) goes to it; the rest go to GluonCV's ``get_model``
+        (``pretrained_base`` defaults to ``pretrained``). With ``pretrained=False`` the
+        weights are Xavier-random (:func:`initialize_random`) and BatchNorm statistics are
+        set from the first calibration batch (:func:`set_batchnorm_statistics`), so that
+        activations have realistic statistics.
+
+    Returns
+    -------
+    QuantizedHybridBlock
+        The int8 network; ``.net`` is the fp32 GluonCV network.
+
+    Raises
+    ------
+    UnknownNameError
+        ``name`` is not a GluonCV model; the message lists the valid names, sorted.
+    """
+    zoo = _zoo()
+    valid = sorted(zoo.get_model_list())
+    if not isinstance(name, str) or name.lower() not in valid:
+        raise UnknownNameError("Unknown GluonCV model %r.%s Valid names: %s."
+                               % (name, suggest(name, valid), ", ".join(valid)))
+    quant_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _QUANTIZE_KEYWORDS}
+    pretrained = bool(kwargs.pop("pretrained", False))
+    size = int(kwargs.pop("image_size", 224))
+    net = _build(zoo, name.lower(), pretrained, kwargs)
+    if calib_data is None and quant_kwargs.get("calib_table") is None:
+        _log.warning("get_model(%r): no calib_data given, calibrating on crops of the "
+                     "offline sample photos. Pass calib_data= with images of your domain.",
+                     name)
+        calib_data = sample_batches(size=size)
+    if not pretrained:
+        initialize_random(net)
+    if not pretrained and calib_data is not None:
+        batches = iter(calib_data)
+        first = next(batches, None)
+        if batches is calib_data and first is not None:  # a generator: put the batch back
+            calib_data = itertools.chain([first], batches)
+        first = first[0] if isinstance(first, (list, tuple)) else first
+        if isinstance(first, (np.ndarray, mx.nd.NDArray)):
+            set_batchnorm_statistics(net, mx.nd.array(first))
+    return quantize(net, calib_data, **quant_kwargs)
