@@ -12,7 +12,6 @@ import logging
 import os
 import statistics
 import sys
-import tempfile
 import time
 import traceback
 
@@ -215,21 +214,14 @@ def _json_default(value):
 
 def _write_json(path, obj):
     """Write ``obj`` as JSON atomically (temporary file, then rename)."""
+    from ._io import atomic_write
     from .errors import ArtifactError
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                                   dir=directory)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(obj, handle, indent=1, allow_nan=False, default=_json_default)
-            handle.write("\n")
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except OSError as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         raise ArtifactError("Cannot write %r: %s." % (path, err)) from err
+    text = json.dumps(obj, indent=1, allow_nan=False, default=_json_default) + "\n"
+    atomic_write(path, text.encode("utf-8"), what="JSON file")
     return path
 
 

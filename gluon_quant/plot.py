@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 
 import numpy as np
 
@@ -49,20 +48,13 @@ def _figure(width, height):
 
 def _save(fig, path):
     """Write ``fig`` as PNG atomically (temporary file in the same folder, then rename)."""
+    from ._io import atomic_write
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    tmp = None
     try:
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp",
-                                   dir=directory)
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, path)
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except OSError as err:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
         raise ArtifactError("Cannot write the plot %r: %s." % (path, err)) from err
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), what="plot")
     return path
 
 

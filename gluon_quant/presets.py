@@ -7,10 +7,10 @@ everything computed *from* the matched layers in fp32 (box decoding, NMS and anc
 arithmetic after a detector's prediction head), not the matched layers themselves.
 
 Presets are applied automatically to networks from the GluonCV model zoo (recognised
-by their class) and can be chosen by name for any other network::
+by their class) and can be chosen by name for any other network:
 
-    qnet = gluon_quant.quantize(net, calib, preset="gluoncv-ssd")
-    print(qnet.report())        # preset layers show the preset's reason
+>>> qnet = gluon_quant.quantize(net, calib, preset="gluoncv-ssd")
+>>> print(qnet.report())        # preset layers show the preset's reason
 
 ``preset="none"`` turns presets off.
 """
