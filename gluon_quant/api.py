@@ -12,7 +12,7 @@ _log = logging.getLogger(__name__)
 def quantize(net, calib_data=None, *, calibrator="mse", dtype="auto", backend="onednn",
              exclude=None, granularity=None, num_calib_batches=None, calib_table=None,
              input_fn=None, num_inputs=None, ctx=None, progress=True, preset=None,
-             eval_fn=None, tolerance=None):
+             bias_correction=True, eval_fn=None, tolerance=None):
     """Quantize a Gluon ``HybridBlock`` to int8 in one call.
 
     Parameters
@@ -52,6 +52,10 @@ def quantize(net, calib_data=None, *, calibrator="mse", dtype="auto", backend="o
     preset : str or Preset, optional
         Layers of a model family kept in fp32 (:mod:`gluon_quant.presets`): by default the
         family's preset for GluonCV zoo nets, none for other nets; ``'none'`` turns it off.
+    bias_correction : bool, default True
+        Remove the per-channel mean error int8 adds to layers without an activation,
+        measured on up to 32 calibration samples (:mod:`gluon_quant.bias`); the
+        corrections are stored in the calibration table, so ``calib_table=`` reuses them.
     eval_fn : callable, optional
         ``eval_fn(model) -> float`` (higher is better). With ``tolerance``, tune the settings
         until the int8 score is within ``tolerance`` of fp32 (:func:`gluon_quant.tune`); the
@@ -91,7 +95,7 @@ def quantize(net, calib_data=None, *, calibrator="mse", dtype="auto", backend="o
     qnet = QuantizedHybridBlock(net, calibrator=calibrator, dtype=dtype, backend=backend,
                                 exclude=exclude, granularity=granularity, ctx=ctx,
                                 input_fn=input_fn, num_inputs=num_inputs, progress=progress,
-                                preset=preset)
+                                preset=preset, bias_correction=bias_correction)
     qnet.fuse()
     qnet.quantize_graph()
     if calib_table is None:

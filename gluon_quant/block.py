@@ -21,7 +21,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import HybridBlock
 
-from . import _mxnet
+from . import _mxnet, bias
 from .calib import ZERO_RANGE, CalibrationTable, get_calibrator
 from .config import Backend, Granularity, QuantDtype
 from .collect import build_runner, collect_statistics
@@ -36,6 +36,9 @@ from .report import LayerReport, QuantReport
 __all__ = ["QuantizedHybridBlock"]
 
 _log = logging.getLogger(__name__)
+
+#: Calibration samples kept to measure bias corrections (see :mod:`gluon_quant.bias`).
+_BIAS_SAMPLES = 32
 
 #: A range whose ends are both below this is an all-zero tensor: it gets the calibrators'
 #: zero range instead (a huge scale would overflow the int32 bias of the layer it feeds).
@@ -85,6 +88,10 @@ class QuantizedHybridBlock(HybridBlock):
         Layers of a model family kept in fp32, and why (see :mod:`gluon_quant.presets`).
         By default the family's preset for GluonCV zoo nets and none otherwise;
         ``'none'`` turns presets off.
+    bias_correction : bool, default True
+        Remove the per-channel mean error int8 adds to layers without an activation
+        (:mod:`gluon_quant.bias`), measured on up to 32 calibration samples and stored
+        in the calibration table.
 
     Notes
     -----
@@ -96,8 +103,10 @@ class QuantizedHybridBlock(HybridBlock):
 
     def __init__(self, net, *, calibrator="mse", dtype="auto", backend="onednn",
                  exclude=None, granularity=None, ctx=None, input_fn=None,
-                 num_inputs=None, progress=True, preset=None):
+                 num_inputs=None, progress=True, preset=None, bias_correction=True):
         super().__init__(prefix="quantized_", params=None)
+        self.bias_correction = bool(bias_correction)
+        self._bias_inputs = None      # calibration samples kept for bias correction
         self._call_lock = threading.Lock()
         if not isinstance(net, HybridBlock):
             from .errors import NotHybridizableError
@@ -214,16 +223,27 @@ class QuantizedHybridBlock(HybridBlock):
             return self._calibration_runner(outputs_needed)
 
         samples = []
+        kept = []
 
         def convert(batch):
             inputs = self._converter(batch)
             samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
+            room = _BIAS_SAMPLES - sum(k[0].shape[0] for k in kept)
+            if self.bias_correction and room > 0 and inputs and inputs[0].ndim:
+                kept.append([a[:room].copy() for a in inputs])
             return inputs
 
+        self._bias_inputs = None
         seen = collect_statistics(
             batches, convert=convert, make_runner=make_runner,
             calibrator=self.calibrator, input_names=self.spec.names, tensor_names=names,
             progress=self.progress, total=_length(calib_data, num_calib_batches))
+        if kept and all(len(k) == len(kept[0]) for k in kept):
+            try:
+                self._bias_inputs = [mx.nd.concat(*parts, dim=0)
+                                     for parts in zip(*kept)]
+            except mx.base.MXNetError:     # batches of different shapes: keep the first
+                self._bias_inputs = kept[0]
         _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
                   type(self.calibrator).__name__)
         if not names:
@@ -267,6 +287,7 @@ class QuantizedHybridBlock(HybridBlock):
         qparams = _mxnet.quantize_params(self._final, arg_params)
         for name in self._final.list_auxiliary_states():
             qparams[name] = self._fp32_params[name]
+        qparams, self._table = self._correct_bias(qparams, table)
         self._qnet = _mxnet.symbol_block(self._final, self.spec.names, qparams, self.ctx)
         self._clear_cached_op()
         if self.backend is Backend.ONEDNN:
@@ -319,13 +340,15 @@ class QuantizedHybridBlock(HybridBlock):
                         exclude=list(self.exclude), granularity=self.granularity,
                         ctx=self.ctx, input_fn=self._converter.input_fn,
                         num_inputs=self.spec.count, progress=self.progress,
-                        preset=self.preset)
+                        preset=self.preset, bias_correction=self.bias_correction)
         unknown = sorted(set(changes) - set(settings))
         if unknown:
             raise ConfigError("clone() got unknown settings %s; valid: %s."
                               % (unknown, sorted(settings)))
         settings.update(changes)
-        return QuantizedHybridBlock(self.net, **settings)
+        twin = QuantizedHybridBlock(self.net, **settings)
+        twin._bias_inputs = self._bias_inputs    # so its bias corrections can be measured
+        return twin
 
     def export(self, prefix, *, fmt="gluon_quant"):
         """Write the int8 model to files; works right after quantizing (no forward needed).
@@ -453,6 +476,33 @@ class QuantizedHybridBlock(HybridBlock):
 
     def _calibration_runner(self, names):
         return build_runner(self._fused, names, self.spec.names, self._fp32_params, self.ctx)
+
+    def _correct_bias(self, qparams, table):
+        """Apply the table's bias corrections, or measure them on kept calibration samples.
+
+        Corrections depend on which layers are int8 (an fp32 layer upstream changes the
+        error downstream), so stored ones are used only for the same set of int8 layers;
+        otherwise they are measured again when calibration samples are at hand.
+        """
+        if not self.bias_correction or self.backend is not Backend.ONEDNN:
+            return qparams, table
+        layers = bias.linear_layers(self._fused_view, self._final)
+        if not layers:
+            return qparams, table
+        quantized = bias.quantized_nodes(self._fused_view, self._final)
+        stored = table.meta.get(bias.META_KEY)
+        if not (isinstance(stored, dict) and stored.get("nodes") == quantized):
+            if self._bias_inputs is None:
+                return qparams, table
+            params = bias.compute_corrections(
+                fused=self._fused, final=self._final, layers=layers, params=qparams,
+                inputs=self._bias_inputs, input_names=self.spec.names, table=table,
+                ctx=self.ctx)
+            stored = {"nodes": quantized, "params": params}
+            table = CalibrationTable(dict(table.items()), method=table.method,
+                                     fingerprint=table.fingerprint,
+                                     meta=dict(table.meta, **{bias.META_KEY: stored}))
+        return bias.apply_corrections(qparams, stored.get("params") or {}), table
 
     def _check_uint8(self, table):
         """Refuse uint8 where the final graph would clip negative values to 0."""

@@ -22,8 +22,10 @@ def test_two_workers_equal_one_pass_and_feed_quantize(tiny_cnn, tiny_batches):
     assert table.method == single.method
     x = mx.nd.array(np.concatenate(tiny_batches))
     from_table = gq.quantize(tiny_cnn, calib_table=table, progress=False)(x).asnumpy()
+    # Ranges only: bias corrections need calibration samples, which the parent of
+    # calibrate_parallel does not hold.
     from_data = gq.quantize(tiny_cnn, tiny_batches, calibrator="entropy",
-                            progress=False)(x).asnumpy()
+                            bias_correction=False, progress=False)(x).asnumpy()
     np.testing.assert_array_equal(from_table, from_data)
 
 

@@ -25,17 +25,11 @@ def test_int8_logits_match_fp32(logits):
     assert cosine(fp32, int8) >= 0.99
 
 
-def test_int8_top1_matches_fp32_except_near_ties(logits):
+def test_int8_top1_matches_fp32_on_every_photo(logits):
     names, fp32, int8 = logits
-    prob = np.exp(fp32 - fp32.max(1, keepdims=True))
-    prob /= prob.sum(1, keepdims=True)
-    top2 = np.sort(prob, axis=1)[:, -2:]
-    differ = [n for n, a, b in zip(names, fp32.argmax(1), int8.argmax(1)) if a != b]
-    # Measured: 7 of 8 agree; grace_hopper's fp32 top two are 0.251 vs 0.242.
-    assert len(differ) <= 1, differ
-    for name in differ:
-        i = names.index(name)
-        assert top2[i, 1] - top2[i, 0] < 0.02, (name, top2[i])
+    # grace_hopper is a near tie in fp32 (academic gown .251 vs mortarboard .242): without
+    # bias correction int8 swapped it; with the default correction all 8 agree.
+    assert list(fp32.argmax(1)) == list(int8.argmax(1)), names
 
 
 def test_cat_photo_is_a_cat_in_int8(logits):

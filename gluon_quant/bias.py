@@ -1,0 +1,137 @@
+"""Empirical bias correction: remove the mean error int8 adds to linear layers.
+
+Rounding weights and activations to int8 does not only add noise: per output channel
+it also shifts the mean of a layer's output, and these shifts add up along a deep
+network (depthwise/projection chains suffer most). For every quantized layer that ends
+without an activation (convolution + BatchNorm, projection convolutions, dense
+layers), the shift is measured on calibration inputs as the per-channel mean of
+``fp32 - int8`` over the positions the calibrated range does not clip, and added to
+the layer's BatchNorm beta (or bias). Layers are corrected one after the other, each
+measured with the corrections of the earlier ones in place, so no shift is counted
+twice. Layers with an activation are left alone: a mean error after ReLU is not a
+bias error.
+
+The corrections are stored in the calibration table (``meta['bias_correction']``) with
+the set of int8 layers they were measured for, so a saved table rebuilds the same int8
+model without data.
+"""
+import logging
+
+import mxnet as mx
+import numpy as np
+
+from . import _mxnet
+
+__all__ = ["linear_layers", "quantized_nodes", "compute_corrections", "apply_corrections",
+           "META_KEY"]
+
+_log = logging.getLogger(__name__)
+
+#: Key of the corrections in ``CalibrationTable.meta``: ``{"nodes": [int8 fused nodes],
+#: "params": {parameter: [float, ...]}}``.
+META_KEY = "bias_correction"
+
+_FUSED_LINEAR_OPS = ("_sg_mkldnn_conv", "_sg_mkldnn_fully_connected")
+_ACTIVATIONS = {"Activation", "clip", "LeakyReLU", "relu", "sigmoid", "tanh"}
+
+
+def quantized_nodes(fused_view, final_graph):
+    """Sorted names of the fused nodes that run in int8 in ``final_graph``."""
+    final_nodes = {n["name"] for n in _mxnet.graph_json(final_graph)["nodes"]}
+    return sorted(n.name for n in fused_view if "quantized_" + n.name in final_nodes)
+
+
+def linear_layers(fused_view, final_graph):
+    """``(node, parameter)`` of every quantized fused layer without an activation.
+
+    Parameters
+    ----------
+    fused_view : GraphView
+        The fused fp32 graph.
+    final_graph : Symbol
+        The final int8 graph; only layers quantized there, whose beta or bias is a plain
+        fp32 input of it, are returned.
+    """
+    final_args = set(final_graph.list_arguments())
+    final_nodes = {n["name"] for n in _mxnet.graph_json(final_graph)["nodes"]}
+    layers = []
+    for node in fused_view:
+        if node.op not in _FUSED_LINEAR_OPS or node.member_ops & _ACTIVATIONS:
+            continue
+        if "quantized_" + node.name not in final_nodes:
+            continue
+        target = next((i for i in node.inputs if i.endswith("_beta") and i in final_args), None)
+        target = target or next((i for i in node.inputs
+                                 if i.endswith("_bias") and i in final_args), None)
+        if target is not None:
+            layers.append((node.name, target))
+    return layers
+
+
+def compute_corrections(*, fused, final, layers, params, inputs, input_names, table, ctx):
+    """Measure the per-channel mean error of each layer, in order, and return corrections.
+
+    Parameters
+    ----------
+    fused, final : Symbol
+        The fused fp32 graph and the final int8 graph.
+    layers : list of (str, str)
+        From :func:`linear_layers`, in topological order.
+    params : dict of str to NDArray
+        Parameters of the final graph (not modified).
+    inputs : list of NDArray
+        One calibration batch per graph input.
+    input_names : list of str
+    table : CalibrationTable
+        Ranges; positions outside a layer's range are left out of its mean.
+    ctx : Context
+
+    Returns
+    -------
+    dict
+        Parameter name -> list of float corrections (JSON-safe).
+    """
+    if not layers:
+        return {}
+    internals = fused.get_internals()
+    reference = mx.sym.Group([internals[name + "_output"] for name, _ in layers])
+    ref_params = _subset(params, reference)
+    refs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, ref_params, ctx),
+                            inputs, "Bias correction (fp32 reference)")
+    current = dict(params)
+    corrections = {}
+    for (name, target), ref in zip(layers, refs):
+        tap = _mxnet.tap_outputs(final, ["quantized_" + name], input_names)
+        out = _mxnet.run_block(_mxnet.symbol_block(tap, input_names, _subset(current, tap), ctx),
+                               inputs, "Bias correction (int8 layer %s)" % name)[0]
+        f, q = ref.asnumpy(), out.asnumpy()
+        axes = tuple(i for i in range(f.ndim) if i != 1) if f.ndim > 1 else (0,)
+        lo, hi = table.get(name + "_output", (-np.inf, np.inf))
+        inside = (f > lo) & (f < hi)
+        count = inside.sum(axis=axes)
+        delta = np.where(count > 0, ((f - q) * inside).sum(axis=axes) / np.maximum(count, 1), 0.0)
+        delta = delta.astype(np.float32)
+        if delta.shape != tuple(current[target].shape):
+            _log.debug("Skipping bias correction of %s: %s vs %s.", name, delta.shape,
+                       current[target].shape)
+            continue
+        current[target] = current[target] + mx.nd.array(delta, ctx=current[target].context)
+        corrections[target] = [float(v) for v in delta]
+    _log.info("Bias correction: adjusted %d linear layers.", len(corrections))
+    return corrections
+
+
+def apply_corrections(params, corrections):
+    """Return ``params`` with each correction added (float32), the originals untouched."""
+    out = dict(params)
+    for name, values in corrections.items():
+        if name in out:
+            delta = np.asarray(values, dtype=np.float32)
+            if delta.shape == tuple(out[name].shape):
+                out[name] = out[name] + mx.nd.array(delta, ctx=out[name].context)
+    return out
+
+
+def _subset(params, sym):
+    wanted = set(sym.list_arguments()) | set(sym.list_auxiliary_states())
+    return {k: v for k, v in params.items() if k in wanted}
