@@ -489,19 +489,14 @@ def _random_shape(shape):
 
 
 def _cmd_demo(args, out):
-    import contextlib
-    import io
     from . import demo
     _positive(args.max_photos, "--max-photos")
     _positive(args.repeat, "--repeat")
-    argv = ["--repeat", str(args.repeat), "--calibrator", args.calibrator]
-    if args.max_photos:
-        argv += ["--max-photos", str(args.max_photos)]
-    text = io.StringIO()
-    with contextlib.redirect_stdout(text):   # the demo prints its summary
-        code = demo.main(argv)
-    out.text(text.getvalue().rstrip("\n"))
-    return code or EXIT_OK
+    result = demo.run_demo(max_photos=args.max_photos, repeat=args.repeat,
+                           calibrator=args.calibrator)
+    out.text(demo.format_summary(result))
+    out.result(result)
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------------- entry point

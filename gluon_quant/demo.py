@@ -5,9 +5,9 @@ scikit-image, scikit-learn and matplotlib (several crops of each, and their mirr
 images), classifies the photos in fp32 and int8, and prints top-5 classes, agreement,
 logit cosine, model size and speed.  Nothing is downloaded.
 """
-import argparse
 import logging
 import os
+import sys
 import tempfile
 import time
 
@@ -127,7 +127,8 @@ def run_demo(*, max_photos=None, repeat=10, calibrator="mse"):
             "fp32_ms": fp32_ms, "int8_ms": int8_ms, "speedup": fp32_ms / int8_ms}
 
 
-def _summary(res):
+def format_summary(res):
+    """The demo's result (:func:`run_demo`) as the text the command line prints."""
     lines = ["EfficientNet-Lite0 (ImageNet weights), fp32 vs int8 (gluon_quant, oneDNN), "
              "on %d sample photos" % len(res["photos"]), ""]
     for name in res["photos"]:
@@ -148,16 +149,13 @@ def _summary(res):
 
 
 def main(argv=None):
-    """Entry point of ``python -m gluon_quant.demo``; prints the summary."""
-    parser = argparse.ArgumentParser(prog="python -m gluon_quant.demo", description=__doc__)
-    parser.add_argument("--max-photos", type=int, default=None,
-                        help="use only the first N sample photos")
-    parser.add_argument("--repeat", type=int, default=10, help="timed passes per model")
-    parser.add_argument("--calibrator", default="mse", help="calibration method")
-    args = parser.parse_args(argv)
-    print(_summary(run_demo(max_photos=args.max_photos, repeat=args.repeat,
-                            calibrator=args.calibrator)))
-    return 0
+    """Entry point of ``python -m gluon_quant.demo``: the CLI's ``demo`` command.
+
+    The command line prints; this module only computes (:func:`run_demo`) and formats
+    (:func:`format_summary`).
+    """
+    from .cli import main as cli_main
+    return cli_main(["demo"] + list(sys.argv[1:] if argv is None else argv))
 
 
 if __name__ == "__main__":
