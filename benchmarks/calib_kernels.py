@@ -9,21 +9,11 @@ machine runs it: compare the ratios, not the absolute numbers.
     python benchmarks/calib_kernels.py [--sizes 10e6 50e6] [--repeat 5]
 """
 import argparse
-import statistics
-import time
 
 import numpy as np
 
+from _common import median_seconds
 from gluon_quant.calib import EntropyCalibrator, MinMaxCalibrator, get_calibrator
-
-
-def _median_seconds(func, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _np_histogram_stats(array):
@@ -43,13 +33,13 @@ def bench_collect(sizes, repeat, rng):
         for label, array in (("gaussian", gauss), ("relu", np.maximum(gauss, 0))):
             def collector(cls, **options):
                 return lambda: cls(**options).collect("t", array)
-            copy = _median_seconds(array.copy, repeat)
+            copy = median_seconds(array.copy, repeat)
             cells = []
             for func in (collector(MinMaxCalibrator),
                          collector(EntropyCalibrator, subsample=True),
                          collector(EntropyCalibrator, subsample=False),
                          lambda: _np_histogram_stats(array)):
-                seconds = _median_seconds(func, repeat)
+                seconds = median_seconds(func, repeat)
                 cells.append("%6.2f ns (%5.2fx)" % (seconds / size * 1e9, seconds / copy))
             row = " ".join("%22s" % cell for cell in cells)
             print("%-10d %-9s %9.2f %s" % (size, label, copy / size * 1e9, row))
@@ -75,7 +65,7 @@ def bench_thresholds(repeat, rng, n_tensors=55):
     base = None
     for name in ("minmax", "percentile", "mse", "entropy"):
         scorer = cal.rescore(type(get_calibrator(name)))
-        seconds = _median_seconds(scorer.compute, repeat)
+        seconds = median_seconds(scorer.compute, repeat)
         base = base or seconds
         print("  %-10s %8.1f ms total, %6.2f ms per tensor (%6.1fx minmax)"
               % (name, seconds * 1e3, seconds / n_tensors * 1e3, seconds / base))

@@ -24,11 +24,11 @@ import time
 
 import mxnet as mx
 import numpy as np
-from gluoncv.model_zoo import get_model
 
 import gluon_quant as gq
 from gluon_quant.calib import CALIBRATORS
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
+from _common import zoo_net
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
 
@@ -45,20 +45,9 @@ def smooth_images(count, batch, seed=0):
 
 
 def make_net(name, batches):
-    net = get_model(name, pretrained=False)
-    net.initialize(mx.init.Xavier())
+    net = zoo_net(name)
     reestimate_batchnorm(net, mx.nd.concat(*batches[:2], dim=0))
     return net
-
-
-def clone(name, net):
-    """A fresh net of the same architecture with copies of ``net``'s parameters."""
-    other = get_model(name, pretrained=False)
-    other.initialize()
-    mine = list(other.collect_params().values())
-    for dst, src in zip(mine, net.collect_params().values()):
-        dst.set_data(src.data().copy())
-    return other
 
 
 class Clock:
@@ -96,7 +85,7 @@ def gluon_quant_run(net, batches, method):
 
 
 def mxnet_run(name, net, batches, mode):
-    fresh = clone(name, net)
+    fresh = zoo_net(name, net)
     data = mx.nd.concat(*batches, dim=0)
     it = mx.io.NDArrayIter(data=data, batch_size=batches[0].shape[0])
     shape = mx.io.DataDesc("data", batches[0].shape)

@@ -17,9 +17,7 @@ are medians of a few runs on whatever machine runs it: compare the ratios.
 """
 import argparse
 import os
-import statistics
 import tempfile
-import time
 
 import mxnet as mx
 import numpy as np
@@ -27,21 +25,13 @@ from gluoncv.model_zoo import get_model
 from mxnet.contrib.quantization import quantize_net_v2
 
 import gluon_quant as gq
+from _common import median_seconds
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 
 
 def smooth_images(n, seed):
     low = mx.nd.array(np.random.RandomState(seed).uniform(-2, 2, (n, 3, 7, 7)))
     return mx.nd.contrib.BilinearResize2D(low, height=224, width=224)
-
-
-def _median(func, repeat):
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        func()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _fresh(name, params_file):
@@ -89,8 +79,8 @@ def measure(name, workdir, repeat):
              stock_load(os.path.join(workdir, name + "-mxint8"))),
             ("gluon_quant int8", paths["params"],
              lambda: gq.QuantizedSymbolBlock.imports(os.path.join(workdir, name + "-gq")))]:
-        load_s = _median(load, repeat)
-        first_s = _median(lambda: load()(x1).wait_to_read(), repeat)
+        load_s = median_seconds(load, repeat)
+        first_s = median_seconds(lambda: load()(x1).wait_to_read(), repeat)
         rows.append((label, os.path.getsize(params), load_s, first_s))
     loaded = gq.QuantizedSymbolBlock.imports(os.path.join(workdir, name + "-gq"))
     identical = np.array_equal(loaded(calib[:4]).asnumpy(), qnet(calib[:4]).asnumpy())

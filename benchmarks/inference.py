@@ -31,7 +31,7 @@ import warnings
 import mxnet as mx
 import numpy as np
 from mxnet.contrib import quantization as mxq
-from gluoncv.model_zoo import get_model
+from _common import zoo_net
 
 import gluon_quant as gq
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
@@ -45,33 +45,22 @@ TARGET_VS_MXNET = 0.97
 TARGET_OVERHEAD = 0.02
 
 
-def _fresh_net(name, source=None):
-    """A new instance of ``name``; with ``source``, a copy of its weights."""
-    net = get_model(name, pretrained=False)
-    net.initialize(mx.init.Xavier())
-    if source is not None:
-        net(mx.nd.zeros((1, 3, 224, 224)))      # finish deferred shapes
-        for dst, src in zip(net.collect_params().values(), source.collect_params().values()):
-            dst.set_data(src.data())
-    return net
-
-
 def build_variants(name, calib, batch_sizes):
     """Every variant of ``name``, each a callable taking one NDArray."""
-    net = _fresh_net(name)
+    net = zoo_net(name)
     reestimate_batchnorm(net, mx.nd.array(np.concatenate(calib)))
     variants = {}
 
-    fp32 = _fresh_net(name, net)
+    fp32 = zoo_net(name, net)
     fp32.hybridize(static_alloc=True, static_shape=True)
     variants["fp32"] = fp32
 
-    fused = _fresh_net(name, net)
+    fused = zoo_net(name, net)
     fused.optimize_for(mx.nd.array(calib[0][:1]), backend="MKLDNN",
                        static_alloc=True, static_shape=True)
     variants["fused"] = fused
 
-    theirs = _fresh_net(name, net)
+    theirs = zoo_net(name, net)
     data = np.concatenate(calib)
     it = mx.io.NDArrayIter(data, batch_size=len(calib[0]))
     mxnet_int8 = mxq.quantize_net_v2(theirs, quantized_dtype="auto", quantize_mode="full",

@@ -243,7 +243,8 @@ def symbol_block(sym, names, params, ctx, dtypes=None):
     names : list of str
         Input variable names.
     params : dict of str to NDArray
-        Every non-input argument and auxiliary state of ``sym``.
+        At least every non-input argument and auxiliary state of ``sym``; entries the
+        graph does not use are ignored, so callers need not subset a model's parameters.
     ctx : Context
     dtypes : list of str, optional
         Input dtypes (float32 by default).

@@ -95,14 +95,14 @@ def compute_corrections(*, fused, final, layers, params, inputs, input_names, ta
         return {}
     internals = fused.get_internals()
     reference = mx.sym.Group([internals[name + "_output"] for name, _ in layers])
-    ref_params = _subset(params, reference)
-    refs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, ref_params, ctx),
+    # symbol_block takes from ``params`` only what the graph uses.
+    refs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, params, ctx),
                             inputs, "Bias correction (fp32 reference)")
     current = dict(params)
     corrections = {}
     for (name, target), ref in zip(layers, refs):
         tap = _mxnet.tap_outputs(final, ["quantized_" + name], input_names)
-        out = _mxnet.run_block(_mxnet.symbol_block(tap, input_names, _subset(current, tap), ctx),
+        out = _mxnet.run_block(_mxnet.symbol_block(tap, input_names, current, ctx),
                                inputs, "Bias correction (int8 layer %s)" % name)[0]
         f, q = ref.asnumpy(), out.asnumpy()
         axes = tuple(i for i in range(f.ndim) if i != 1) if f.ndim > 1 else (0,)
@@ -131,7 +131,3 @@ def apply_corrections(params, corrections):
                 out[name] = out[name] + mx.nd.array(delta, ctx=out[name].context)
     return out
 
-
-def _subset(params, sym):
-    wanted = set(sym.list_arguments()) | set(sym.list_auxiliary_states())
-    return {k: v for k, v in params.items() if k in wanted}

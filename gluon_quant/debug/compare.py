@@ -239,9 +239,7 @@ def compare(qnet, batches, *, num_batches=4):
 
 def _tapped_block(sym, node_names, input_names, params, ctx):
     group = _mxnet.tap_outputs(sym, node_names, input_names)
-    needed = set(group.list_arguments()) | set(group.list_auxiliary_states())
-    block = _mxnet.symbol_block(group, input_names,
-                                {k: v for k, v in params.items() if k in needed}, ctx)
+    block = _mxnet.symbol_block(group, input_names, params, ctx)   # takes what it uses
     block.hybridize(static_alloc=True)
     return block
 
