@@ -18,6 +18,7 @@ from mxnet.gluon import block as _gluon_block
 from .config import Backend
 from .errors import GraphError, NotHybridizableError, ModelExecutionError, UnsupportedDtypeError
 from .graph import cudnn as _cudnn
+from .graph import passes as _passes
 
 __all__ = [
     "MXNET_VERSION", "trace", "child_blocks", "flatten", "regroup", "fuse", "quantize_symbol",
@@ -211,17 +212,24 @@ def _exact_ranges(sym, table, add_to=()):
     return mx.sym.load_json(json.dumps(graph)) if changed else sym
 
 
-def apply_calibration(qsym, table, backend):
+def apply_calibration(qsym, table, backend, input_names):
     """Write calibrated ranges into the quantized graph and run post-quantization fusion.
 
-    Returns the final graph, every range at full float32 precision.
+    Returns the final graph, every range at full float32 precision, with the fused sums
+    whose operand and output types differ fixed (:func:`~gluon_quant.graph.passes.
+    fused_sum_dtypes`).
     """
     th = {k: (float(lo), float(hi)) for k, (lo, hi) in table.items()}
     if backend is Backend.CUDNN:  # no post-quantization fusion on GPU
         return _exact_ranges(qsym, th, add_to=_cudnn.RANGED_OPS)
     calibrated = _mxq._calibrate_quantized_sym(qsym, th) if th else qsym
     calibrated = _exact_ranges(calibrated, th)
-    return _exact_ranges(post_fuse(calibrated, backend), th)
+    final = _exact_ranges(post_fuse(calibrated, backend), th)
+    graph = graph_json(final)
+    dtypes = infer_output_dtypes(final, {n: "float32" for n in input_names})
+    if any(_passes.fused_sum_dtypes(graph, dtypes)):
+        final = mx.sym.load_json(json.dumps(graph))
+    return final
 
 
 def quantize_params(qsym, arg_params):

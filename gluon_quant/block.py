@@ -29,7 +29,7 @@ from .data import BatchConverter, InputSpec, describe, iter_batches
 from .errors import (CalibrationTableError, ConfigError, EmptyCalibrationError, GluonQuantError,
                      GraphError, InputMismatchError, ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
-from .graph.passes import int8_mul_inputs, prepare as prepare_graph
+from .graph.passes import int8_mul_inputs, prepare as prepare_graph, signed_global_pools
 from .presets import resolve_preset
 from .report import LayerReport, QuantReport
 
@@ -167,6 +167,8 @@ class QuantizedHybridBlock(HybridBlock):
             for name, reason in self.preset.select(self._fused_view,
                                                    block_scopes(self.net)).items():
                 self._excluded.setdefault(name, reason)
+        for name, reason in signed_global_pools(self._fused_view).items():
+            self._excluded.setdefault(name, reason)
         self._qsym = self._final = self._qnet = None
         return self._fused
 
@@ -280,7 +282,7 @@ class QuantizedHybridBlock(HybridBlock):
         table = self._check_table(table)
         self._ensure_params(None)
         self._table = table
-        self._final = _mxnet.apply_calibration(self._qsym, table, self.backend)
+        self._final = _mxnet.apply_calibration(self._qsym, table, self.backend, self.spec.names)
         self._check_uint8(table)
         arg_params = {k: v for k, v in self._fp32_params.items()
                       if k in set(self._fused.list_arguments())}

@@ -13,7 +13,7 @@ from mxnet.gluon import nn
 
 import gluon_quant as gq
 from gluon_quant.errors import UnknownNameError
-from gluon_quant.graph.passes import count_ops
+from gluon_quant.graph.passes import SIGNED_POOL_REASON, count_ops
 from gluon_quant.presets import KeepFP32, PRESETS, Preset, get_preset, preset_for
 from gluon_quant.zoo import get_model as zoo_get_model
 from gluon_quant.zoo.gluoncv import initialize_random, sample_batches, set_batchnorm_statistics
@@ -191,16 +191,19 @@ def _se_net():
     return net, [x[i:i + 8] for i in range(0, 32, 8)]
 
 
-def test_se_block_graph_is_leaner_than_mxnet_flow():
+def test_se_block_graph_is_as_lean_as_mxnet_flow():
     from mxnet.contrib.quantization import quantize_net_v2
     net, calib = _se_net()
     qnet = gq.quantize(net, calib, progress=False)
     ours = count_ops(qnet.quantized_graph)
-    # int8 enters once at the input and once after the fp32 sigmoid * feature product, and
-    # leaves once before that product; pooling and both excitation layers stay int8 (the
-    # second one emits fp32 itself for the sigmoid).
-    assert (ours[QUANTIZE], ours[DEQUANTIZE]) == (2, 1)
+    # int8 enters at the input, at the squeeze (the global mean of the signed BN output is
+    # taken in fp32 on the dequantized tensor, see test_signed_global_pool_stays_fp32) and
+    # after the fp32 sigmoid * feature product; it leaves once, before that product. Both
+    # excitation layers stay int8 (the second one emits fp32 itself for the sigmoid).
+    assert (ours[QUANTIZE], ours[DEQUANTIZE]) == (3, 1)
     assert qnet.report().coverage() == (6, 6)
+    pools = [r for r in qnet.report() if r.op == "Pooling"]
+    assert [(r.quantized, r.reason) for r in pools][0] == (False, SIGNED_POOL_REASON)
     net.hybridize()
     data = mx.nd.concat(*calib, dim=0)
     loader = mx.gluon.data.DataLoader(  # MXNet's flow needs (data, label) batches
@@ -209,7 +212,10 @@ def test_se_block_graph_is_leaner_than_mxnet_flow():
                           num_calib_examples=len(data), ctx=mx.cpu())
     ref_counts = count_ops(ref(mx.sym.var("data")))
     logging.getLogger(__name__).info("SE block q/dq: ours %s, MXNet %s", ours, ref_counts)
-    assert ours[QUANTIZE] + ours[DEQUANTIZE] < ref_counts[QUANTIZE] + ref_counts[DEQUANTIZE]
+    # MXNet's flow keeps the squeeze in fp32 too (it has no int8 AdaptiveAvgPooling2D), so
+    # the structure is the same; what differs is accuracy (its fused sums clip, see
+    # tests/graph/test_fused_sum.py).
+    assert ours[QUANTIZE] + ours[DEQUANTIZE] <= ref_counts[QUANTIZE] + ref_counts[DEQUANTIZE]
     x = mx.nd.concat(*calib, dim=0)
     assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.99
 
