@@ -23,7 +23,8 @@ from .graph import passes as _passes
 __all__ = [
     "MXNET_VERSION", "trace", "child_blocks", "flatten", "regroup", "fuse", "quantize_symbol",
     "apply_calibration", "post_fuse", "quantize_params", "symbol_block",
-    "graph_json", "infer_output_dtypes", "backend_context", "load_block_params", "tap_outputs",
+    "graph_json", "load_graph", "infer_output_dtypes", "backend_context", "load_block_params",
+    "tap_outputs",
 ]
 
 _log = logging.getLogger(__name__)
@@ -240,6 +241,14 @@ def quantize_params(qsym, arg_params):
 def graph_json(sym):
     """The graph as a JSON-like dict (nodes, heads, arg_nodes)."""
     return json.loads(sym.tojson())
+
+
+def load_graph(graph):
+    """The Symbol of a JSON-like graph dict (the inverse of :func:`graph_json`)."""
+    try:
+        return mx.sym.load_json(json.dumps(graph))
+    except mx.base.MXNetError as err:
+        raise GraphError("MXNet rejected a rewritten graph: %s" % _first_line(err)) from err
 
 
 def symbol_block(sym, names, params, ctx, dtypes=None):

@@ -227,6 +227,15 @@ png = plot.plot_sqnr(result, os.path.join(tempfile.mkdtemp(), "sqnr.png"))
 from IPython.display import Image
 Image(filename=png)
 """),
+    md("""
+Is this the price of 8-bit activations, or does a kernel lose more? The activation floor
+runs the fp32 net with every calibrated tensor rounded to 8 bits. Here even the floor is
+far from fp32: the ranges themselves lose the signal (the outlier stretched the input's
+range so far that ordinary pixels round to 0), so no kernel could do better with them.
+"""),
+    code("""
+print(gq.debug.activation_floor(qnet, clean))
+"""),
     md("The checks name the pitfalls and the fix:"),
     code("""
 for finding in gq.debug.run_checks(qnet, log=False):

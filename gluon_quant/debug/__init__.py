@@ -3,16 +3,21 @@
 * :func:`compare` runs fp32 and int8 side by side and ranks layers by SQNR and cosine;
 * :func:`sensitivity` ranks layers by how much keeping each one alone in fp32 recovers
   the output (re-quantizing with the same calibration table: no new data pass);
+* :func:`activation_floor` tells how close int8 is to the best agreement 8-bit
+  activations allow (the fp32 net with every calibrated tensor rounded to 8 bits);
 * :func:`run_checks` looks for known pitfalls and says how to fix each one.
 
 >>> from gluon_quant import debug
 >>> print(debug.compare(qnet, batches))
 >>> print(debug.sensitivity(qnet, batches))
+>>> print(debug.activation_floor(qnet, batches))
 >>> print(debug.run_checks(qnet))
 """
 from .checks import CheckReport, Finding, run_checks
 from .compare import ComparisonReport, LayerError, compare
+from .floor import FloorReport, activation_floor, fake_quant_block
 from .sensitivity import LayerSensitivity, SensitivityReport, sensitivity
 
 __all__ = ["compare", "ComparisonReport", "LayerError", "sensitivity", "SensitivityReport",
-           "LayerSensitivity", "run_checks", "CheckReport", "Finding"]
+           "LayerSensitivity", "activation_floor", "FloorReport", "fake_quant_block",
+           "run_checks", "CheckReport", "Finding"]

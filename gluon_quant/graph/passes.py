@@ -44,7 +44,7 @@ import mxnet as mx
 import numpy as np
 
 __all__ = ["prepare", "signed_global_pools", "int8_mul_inputs", "fused_sum_dtypes",
-           "downstream_nodes", "count_ops", "QDQ_OPS"]
+           "insert_fake_quant", "downstream_nodes", "count_ops", "QDQ_OPS"]
 
 _log = logging.getLogger(__name__)
 
@@ -295,6 +295,63 @@ def _append_nodes(graph, new_nodes):
     graph["arg_nodes"] = [position[i] for i in graph["arg_nodes"]]
     graph["heads"] = [[position[h[0]]] + list(h[1:]) for h in graph["heads"]]
     graph.pop("node_row_ptr", None)
+
+
+def insert_fake_quant(graph, ranges):
+    """Round every tensor of an fp32 graph that has a range onto its finest 8-bit grid.
+
+    Each entry whose table key (``X_output``, ``X_output1``..., or an input's name) is in
+    ``ranges`` is followed by a quantize / dequantize pair: uint8 over ``[0, max]`` when
+    the range is non-negative, int8 over ``[-m, m]`` (``m`` the larger magnitude)
+    otherwise, exactly MXNet's int8 quantization. Everything else stays fp32.
+
+    Parameters
+    ----------
+    graph : dict
+        An fp32 graph as JSON (modified in place).
+    ranges : Mapping of str to (float, float)
+        Calibrated ranges by table key.
+
+    Returns
+    -------
+    int
+        Number of tensors rounded.
+    """
+    nodes = graph["nodes"]
+    new, replaced = [], {}
+    for index, node in enumerate(nodes):
+        outputs = [(0, node["name"])] if node["op"] == "null" else [
+            (k, node["name"] + ("_output" if k == 0 else "_output%d" % k))
+            for k in range(_num_outputs(node))]
+        for out, key in outputs:
+            if key not in ranges:
+                continue
+            lo, hi = (float(v) for v in ranges[key])
+            base = len(nodes) + len(new)
+            new.append({"op": "_contrib_quantize_v2", "name": "%s_%d_fakequant" % (
+                node["name"], out), "inputs": [[index, out, 0]], "attrs": {
+                    "out_type": "uint8" if lo >= 0.0 else "int8",
+                    "min_calib_range": repr(lo), "max_calib_range": repr(hi)}})
+            new.append({"op": "_contrib_dequantize", "name": "%s_%d_fakedequant" % (
+                node["name"], out), "inputs": [[base, 0, 0], [base, 1, 0], [base, 2, 0]],
+                "attrs": {"out_type": "float32"}})
+            replaced[(index, out)] = base + 1
+    for node in nodes:
+        node["inputs"] = [[replaced[(e[0], e[1])], 0, 0] if (e[0], e[1]) in replaced else e
+                          for e in node["inputs"]]
+    graph["heads"] = [[replaced[(h[0], h[1])], 0, 0] if (h[0], h[1]) in replaced else h
+                      for h in graph["heads"]]
+    if new:
+        _append_nodes(graph, new)
+    return len(new) // 2
+
+
+def _num_outputs(node):
+    """Outputs of an fp32 node (several only for a few operators the floor may meet)."""
+    attrs = node.get("attrs") or {}
+    if node["op"] in ("SliceChannel", "split"):
+        return int(attrs.get("num_outputs", 1))
+    return 1
 
 
 def downstream_nodes(graph, seeds):
