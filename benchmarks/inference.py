@@ -17,6 +17,17 @@ Timings are medians over ``--repeat`` rounds; in each round every variant runs o
 (round-robin), so slow phases of a shared machine hit all of them alike. Ratios are
 speed-ups over fused fp32 (higher is faster).
 
+The default models are the issue's four plain classifiers. Nets whose MXNet int8 graph
+has fp32 islands (SE blocks, detection heads) are timed with, for example::
+
+    python benchmarks/inference.py --models se_resnet50_v1 ssd_512_resnet50_v1_voc \
+        --batch-sizes 1 4
+
+(detection nets run at their native input size, see ``IMAGE_SIZES``; ``--image-size``
+overrides it). The last two columns are the cosine of each int8 variant's outputs with
+fp32's: MXNet's int8 SSD is fast partly because its wrong scores let few boxes reach NMS;
+``--no-nms`` times the networks without that data-dependent step.
+
 Usage::
 
     python benchmarks/inference.py
@@ -31,13 +42,17 @@ import warnings
 import mxnet as mx
 import numpy as np
 from mxnet.contrib import quantization as mxq
-from _common import zoo_net
+from _common import zoo_net as _zoo_net
 
 import gluon_quant as gq
-from gluon_quant.zoo.batchnorm import reestimate_batchnorm
-from gluon_quant.zoo.gluoncv import sample_batches
+from gluon_quant import _mxnet
+from gluon_quant.zoo.gluoncv import sample_batches, set_batchnorm_statistics
 
 MODELS = ("resnet18_v1", "resnet50_v1", "mobilenet1.0", "mobilenetv2_1.0")
+#: Input side of the nets that do not take 224 x 224 images.
+IMAGE_SIZES = {"ssd_512_resnet50_v1_voc": 512, "ssd_512_mobilenet1.0_voc": 512,
+               "ssd_300_vgg16_atrous_voc": 300, "yolo3_darknet53_voc": 416,
+               "yolo3_mobilenet1.0_voc": 416, "fcn_resnet50_voc": 480}
 VARIANTS = ("fp32", "fused", "mxnet", "gq", "raw")
 #: Targets from the issue.
 TARGET_SPEEDUP = ("resnet50_v1", 16, 4.0)
@@ -45,22 +60,31 @@ TARGET_VS_MXNET = 0.97
 TARGET_OVERHEAD = 0.02
 
 
-def build_variants(name, calib, batch_sizes):
-    """Every variant of ``name``, each a callable taking one NDArray."""
+def build_variants(name, calib, batch_sizes, nms=True):
+    """Every variant of ``name``, each a callable taking one NDArray.
+
+    ``nms=False`` turns a detector's non-maximum suppression off (``set_nms(0)``), so that
+    the time does not depend on how many boxes each variant's scores let through.
+    """
+    size = calib[0].shape[-1]
+
+    def zoo_net(*args):
+        net = _zoo_net(*args)
+        if not nms and hasattr(net, "set_nms"):
+            net.set_nms(nms_thresh=0)
+        return net
+
     net = zoo_net(name)
-    reestimate_batchnorm(net, mx.nd.array(np.concatenate(calib)))
+    set_batchnorm_statistics(net, mx.nd.array(np.concatenate(calib)))
     variants = {}
 
-    fp32 = zoo_net(name, net)
+    fp32 = zoo_net(name, net, size)
     fp32.hybridize(static_alloc=True, static_shape=True)
     variants["fp32"] = fp32
 
-    fused = zoo_net(name, net)
-    fused.optimize_for(mx.nd.array(calib[0][:1]), backend="MKLDNN",
-                       static_alloc=True, static_shape=True)
-    variants["fused"] = fused
+    variants["fused"] = fused_fp32(zoo_net(name, net, size), calib[0][:1])
 
-    theirs = zoo_net(name, net)
+    theirs = zoo_net(name, net, size)
     data = np.concatenate(calib)
     it = mx.io.NDArrayIter(data, batch_size=len(calib[0]))
     mxnet_int8 = mxq.quantize_net_v2(theirs, quantized_dtype="auto", quantize_mode="full",
@@ -71,15 +95,58 @@ def build_variants(name, calib, batch_sizes):
 
     qnet = gq.quantize(net, calib, progress=False)
     variants["gq"] = qnet
-    # The QuantizedHybridBlock's own graph, without the wrapper (benchmark-only access).
-    raw = qnet._qnet                             # pylint: disable=protected-access
+    # The QuantizedHybridBlock's own graph, without the wrapper, with its own copy of the
+    # weights: two cached graphs over the same int8 parameter arrays disturb each other in
+    # MXNet 1.9.1 (after the other one ran, mobilenetv2's int8 output fell to 0.51 cosine).
+    params = {p.name: p.data() for p in qnet._qnet.collect_params().values()}  # noqa: SLF001
+    raw = _mxnet.symbol_block(qnet.quantized_graph, qnet.input_names, params, mx.cpu())
     raw.hybridize(static_alloc=True, static_shape=True)   # the same flags as the wrapper's
     variants["raw"] = raw
     for batch in batch_sizes:                    # warm up every shape once
-        x = mx.nd.array(np.resize(data, (batch, 3, 224, 224)))
+        x = mx.nd.array(np.resize(data, (batch, 3, size, size)))
         for block in variants.values():
             _sync(block(x))
     return variants
+
+
+def fused_fp32(net, example):
+    """``net`` with oneDNN's fp32 fusion: ``optimize_for``, or the same pass on the symbol.
+
+    ``optimize_for`` fails on SE-ResNet in MXNet 1.9.1 (shape inference of a fused conv
+    with bias + BatchNorm); running the fusion pass on the traced symbol works.
+    """
+    try:
+        net.optimize_for(mx.nd.array(example), backend="MKLDNN", static_alloc=True,
+                         static_shape=True)
+        return net
+    except mx.base.MXNetError as err:
+        print("note: optimize_for failed (%s); fusing the traced symbol instead"
+              % str(err).splitlines()[0][:100])
+    data = mx.sym.var("data")
+    out = net(data)
+    out = mx.sym.Group(list(out)) if isinstance(out, (list, tuple)) else out
+    block = mx.gluon.SymbolBlock(out.get_backend_symbol("MKLDNN"), [data],
+                                 params=net.collect_params())
+    block.hybridize(static_alloc=True, static_shape=True)
+    return block
+
+
+def agreement(variants, x):
+    """Smallest cosine, over the outputs, of each int8 variant's output with fp32's.
+
+    A detector's outputs (class ids, scores, boxes) are compared one by one, so that wrong
+    scores are not hidden by boxes of larger magnitude.
+    """
+    def outputs(out):
+        outs = out if isinstance(out, (list, tuple)) else [out]
+        return [o.asnumpy().astype(np.float64).ravel() for o in outs]
+
+    def cos(a, b):
+        return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
+
+    refs = outputs(variants["fp32"](x))
+    return {key: min(cos(r, o) for r, o in zip(refs, outputs(variants[key](x))))
+            for key in ("mxnet", "gq")}
 
 
 def _sync(out):
@@ -131,31 +198,41 @@ def main(argv=None):
     parser.add_argument("--repeat", type=int, default=10, help="timed rounds (default 10)")
     parser.add_argument("--calib-batches", type=int, default=4,
                         help="calibration batches of 16 images (default 4)")
+    parser.add_argument("--no-nms", action="store_true",
+                        help="detectors: time without non-maximum suppression, whose cost "
+                             "depends on how many boxes the (possibly wrong) scores pass")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="input side for every model (default: 224, or the detection "
+                             "net's own, see IMAGE_SIZES)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     # optimize_for traces with untyped inputs; the warning is about that trace only.
     warnings.filterwarnings("ignore", message="Cannot decide type")
-    calib = sample_batches(args.calib_batches, 16)
-    header = ("%-16s %5s" + " %9s" * 5 + " %8s" * 4 + " %9s") % (
+    header = ("%-16s %5s" + " %9s" * 5 + " %8s" * 4 + " %9s" + " %8s" * 2) % (
         "model", "batch", "fp32 ms", "fused ms", "mxnet ms", "gq ms", "raw ms",
-        "fp32 x", "mxnet x", "gq x", "gq/mxnet", "wrapper")
+        "fp32 x", "mxnet x", "gq x", "gq/mxnet", "wrapper", "mxnet cos", "gq cos")
     print("mxnet %s, gluon_quant %s; ratios = speed-up over fused fp32 (higher is faster); "
-          "medians of %d rounds" % (mx.__version__, gq.__version__, args.repeat))
+          "medians of %d rounds; cos = cosine with fp32 (worst output)%s"
+          % (mx.__version__, gq.__version__, args.repeat,
+             "; detectors without NMS" if args.no_nms else ""))
     print(header)
     print("-" * len(header))
     results = {}
     for name in args.models:
-        variants = build_variants(name, calib, args.batch_sizes)
+        size = args.image_size or IMAGE_SIZES.get(name, 224)
+        calib = sample_batches(args.calib_batches, 16, size=size)
+        variants = build_variants(name, calib, args.batch_sizes, nms=not args.no_nms)
         for batch in args.batch_sizes:
-            x = mx.nd.array(np.resize(np.concatenate(calib), (batch, 3, 224, 224)))
+            x = mx.nd.array(np.resize(np.concatenate(calib), (batch, 3, size, size)))
             t = time_variants(variants, x, args.repeat)
             t["overhead"] = wrapper_overhead(variants, x) if batch == 1 else \
                 t["gq"] / t["raw"] - 1
+            cos = agreement(variants, x)
             results[(name, batch)] = t
-            print(("%-16s %5d" + " %9.2f" * 5 + " %8.2f" * 4 + " %+8.1f%%") % (
+            print(("%-16s %5d" + " %9.2f" * 5 + " %8.2f" * 4 + " %+8.1f%%" + " %8.4f" * 2) % (
                 name, batch, *(t[k] * 1e3 for k in VARIANTS),
                 t["fused"] / t["fp32"], t["fused"] / t["mxnet"], t["fused"] / t["gq"],
-                t["mxnet"] / t["gq"], 100 * t["overhead"]))
+                t["mxnet"] / t["gq"], 100 * t["overhead"], cos["mxnet"], cos["gq"]))
         print("%-16s %5s  throughput img/s: %s" % ("", "", ", ".join(
             "batch %d: fused %.0f, mxnet %.0f, gq %.0f" % (
                 b, b / results[(name, b)]["fused"], b / results[(name, b)]["mxnet"],
