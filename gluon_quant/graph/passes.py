@@ -97,6 +97,11 @@ SIGNED_POOL_REASON = ("global average of a signed tensor: int8 pooling keeps the
                       "scale and rounds the near-zero means away")
 
 
+def _is_true(value):
+    """Whether a graph attribute (a string such as ``'True'`` or ``'1'``) is true."""
+    return str(value).lower() in ("true", "1")
+
+
 def _emits_unsigned(view, name, depth=0):
     """Whether the node ``name`` of a GraphView provably never outputs negative values."""
     node = view.by_name.get(name)
@@ -131,7 +136,7 @@ def signed_global_pools(view):
     """
     found = {}
     for node in view:
-        if (node.op == "Pooling" and str(node.attr("global_pool", "")).lower() in ("true", "1")
+        if (node.op == "Pooling" and _is_true(node.attr("global_pool", ""))
                 and node.attr("pool_type", "max") == "avg"
                 and not _emits_unsigned(view, node.inputs[0])):
             found[node.name] = SIGNED_POOL_REASON
@@ -187,10 +192,6 @@ def int8_mul_inputs(qsym):
 
 #: The fused oneDNN convolution (quantized: its last four inputs are data and sum ranges).
 _FUSED_CONV = "_sg_mkldnn_conv"
-
-
-def _is_true(value):
-    return str(value).lower() in ("true", "1")
 
 
 def _entry_dtype(dtypes, nodes, entry):
