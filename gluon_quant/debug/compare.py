@@ -7,6 +7,12 @@ and the cosine of ``x`` and ``q`` are accumulated over all elements of all batch
 
 The error of a layer includes what reached it from earlier layers; ``added_db`` (the drop
 of SQNR from the layer's worst input to its output) tells the error the layer adds itself.
+
+With ``floor=True`` the 8-bit activation floor (:mod:`gluon_quant.debug.floor`) runs beside
+them: each layer also gets the SQNR of the fp32 net with every calibrated tensor rounded to
+8 bits, and ``floor_gap_added_db``, how much further than the floor the layer falls behind
+(its gap minus its inputs' largest gap). A kernel or graph pattern that loses precision
+stands out there even when everything after it is also worse.
 """
 import json
 import math
@@ -68,6 +74,11 @@ class LayerError:
     added_db : float or None
         SQNR lost in this layer: its worst input's SQNR minus its own (None for the
         first layers, whose inputs are the network's).
+    floor_sqnr_db : float or None
+        SQNR of the 8-bit activation floor at this layer (``compare(..., floor=True)``).
+    floor_gap_added_db : float or None
+        ``floor_sqnr_db - sqnr_db`` minus the largest such gap of the layer's inputs: the
+        precision this layer loses beyond what rounding activations to 8 bits explains.
     """
 
     layer: str
@@ -77,6 +88,8 @@ class LayerError:
     sqnr_db: float
     cosine: float
     added_db: Optional[float]
+    floor_sqnr_db: Optional[float] = None
+    floor_gap_added_db: Optional[float] = None
 
 
 class ComparisonReport(tuple):
@@ -102,6 +115,16 @@ class ComparisonReport(tuple):
         return sorted(self, key=lambda r: -(r.added_db if r.added_db is not None
                                             else EXACT_DB - r.sqnr_db))
 
+    def by_floor_gap(self):
+        """The layers ranked by the precision they lose beyond the floor (largest first).
+
+        Needs ``compare(..., floor=True)``.
+        """
+        if any(r.floor_gap_added_db is None for r in self):
+            raise GraphError("This report has no floor: run compare(qnet, batches, "
+                             "floor=True).")
+        return sorted(self, key=lambda r: -r.floor_gap_added_db)
+
     def to_dict(self):
         """A JSON-safe dict."""
         return {"output_sqnr_db": self.output_sqnr_db, "output_cosine": self.output_cosine,
@@ -112,15 +135,18 @@ class ComparisonReport(tuple):
         return json.dumps(self.to_dict(), **kwargs)
 
     def __str__(self):
+        floor = bool(self) and self[0].floor_sqnr_db is not None
         lines = ["fp32 vs int8 on %d batch(es): output SQNR %.1f dB, cosine %.5f"
                  % (self.batches, self.output_sqnr_db, self.output_cosine),
                  "%-44s %-14s %-5s %9s %9s %9s" % ("layer (worst first)", "op", "int8",
-                                                   "SQNR dB", "cosine", "added dB")]
+                                                   "SQNR dB", "cosine", "added dB")
+                 + (" %9s %9s" % ("floor dB", "gap+ dB") if floor else "")]
         for r in self:
             added = "" if r.added_db is None else "%.1f" % r.added_db
             lines.append("%-44s %-14s %-5s %9.1f %9.5f %9s" % (
                 r.layer[-44:], r.op[:14], "yes" if r.quantized else "no", r.sqnr_db,
-                r.cosine, added))
+                r.cosine, added) + (" %9.1f %9.1f" % (r.floor_sqnr_db, r.floor_gap_added_db)
+                                    if floor else ""))
         return "\n".join(lines)
 
     def __repr__(self):
@@ -176,7 +202,7 @@ class _Accumulator:
         return self.dot / math.sqrt(self.signal * self.qq)
 
 
-def compare(qnet, batches, *, num_batches=4):
+def compare(qnet, batches, *, num_batches=4, floor=False):
     """Per-layer agreement of ``qnet`` with its fp32 net on a few batches.
 
     Parameters
@@ -187,6 +213,9 @@ def compare(qnet, batches, *, num_batches=4):
         In any form the calibration accepted (see :mod:`gluon_quant.data`).
     num_batches : int, default 4
         Compare on at most this many batches.
+    floor : bool, default False
+        Also run the 8-bit activation floor and fill ``floor_sqnr_db`` and
+        ``floor_gap_added_db`` (see :meth:`ComparisonReport.by_floor_gap`).
 
     Returns
     -------
@@ -207,15 +236,22 @@ def compare(qnet, batches, *, num_batches=4):
                               qnet.ctx)
     q_block = _tapped_block(qnet.quantized_graph, [pairs[n.name][0] for n in nodes], names,
                             int8_params, qnet.ctx)
+    floor_block = _floor_block(qnet, nodes, fp32_params) if floor and nodes else None
     acc = {n.name: _Accumulator() for n in nodes}
+    floor_acc = {n.name: _Accumulator() for n in nodes}
     out_acc = _Accumulator()
     seen = 0
     for batch in iter_batches(batches, num_batches):
         inputs = qnet.convert_batch(batch)
         refs = _mxnet.run_block(ref_block, inputs, "fp32 forward pass") if nodes else []
         outs = _mxnet.run_block(q_block, inputs, "int8 forward pass") if nodes else []
-        for node, ref, out in zip(nodes, refs, outs):
-            acc[node.name].add(ref.asnumpy(), out.asnumpy())
+        lows = (_mxnet.run_block(floor_block, inputs, "floor forward pass")
+                if floor_block is not None else [None] * len(nodes))
+        for node, ref, out, low in zip(nodes, refs, outs, lows):
+            ref = ref.asnumpy()
+            acc[node.name].add(ref, out.asnumpy())
+            if low is not None:
+                floor_acc[node.name].add(ref, low.asnumpy())
         ref_out = qnet.net(*inputs)
         q_out = qnet(*inputs)
         ref_out = ref_out[0] if isinstance(ref_out, (list, tuple)) else ref_out
@@ -225,16 +261,30 @@ def compare(qnet, batches, *, num_batches=4):
     if seen == 0:
         raise GraphError("compare() got no batch: pass a non-empty iterable of batches.")
     scopes = block_scopes(qnet.net)
+    gaps = {n.name: floor_acc[n.name].sqnr - acc[n.name].sqnr for n in nodes}
     layers = []
     for node in nodes:
         inputs_db = [acc[i].sqnr for i in node.inputs if i in acc]
         own = acc[node.name].sqnr
+        floor_fields = {}
+        if floor_block is not None:
+            before = max([gaps[i] for i in node.inputs if i in gaps] + [0.0])
+            floor_fields = dict(floor_sqnr_db=floor_acc[node.name].sqnr,
+                                floor_gap_added_db=gaps[node.name] - before)
         layers.append(LayerError(
             layer=_layer_name(node, scopes), node=node.name, op=node.main_op,
             quantized=pairs[node.name][1], sqnr_db=own, cosine=acc[node.name].cosine,
-            added_db=(min(inputs_db) - own) if inputs_db else None))
+            added_db=(min(inputs_db) - own) if inputs_db else None, **floor_fields))
     return ComparisonReport(layers, output_sqnr_db=out_acc.sqnr, output_cosine=out_acc.cosine,
                             batches=seen)
+
+
+def _floor_block(qnet, nodes, fp32_params):
+    """The floor network, tapped at each node's rounded output (its own output if none)."""
+    from .floor import fake_quant_graph   # floor builds on this module's accumulator
+    sym, rounded = fake_quant_graph(qnet)
+    return _tapped_block(sym, [rounded.get(n.name, n.name) for n in nodes], qnet.input_names,
+                         fp32_params, qnet.ctx)
 
 
 def _tapped_block(sym, node_names, input_names, params, ctx):

@@ -23,7 +23,7 @@ from ..errors import GraphError
 from ..graph.passes import insert_fake_quant
 from .compare import _Accumulator
 
-__all__ = ["FloorReport", "activation_floor", "fake_quant_block", "CLOSE_DB", "CLOSE_FACTOR",
+__all__ = ["FloorReport", "activation_floor", "fake_quant_block", "fake_quant_graph", "CLOSE_DB", "CLOSE_FACTOR",
            "POOR_FLOOR_DB"]
 
 #: int8 within this many dB of the floor's output SQNR counts as at the floor...
@@ -104,6 +104,25 @@ class FloorReport:
                         self.floor_cosine, self.tensors, self.verdict()))
 
 
+def fake_quant_graph(qnet):
+    """The fused fp32 graph of ``qnet`` with every calibrated tensor rounded to 8 bits.
+
+    Returns
+    -------
+    sym : mxnet.symbol.Symbol
+    rounded : dict of str to str
+        Each rounded node -> the node that gives its rounded value (see
+        :func:`~gluon_quant.graph.passes.insert_fake_quant`).
+    """
+    table = qnet.calibration_table
+    if table is None or qnet.fused_graph is None:
+        raise GraphError("The network is not calibrated yet: call calibrate() (or use "
+                         "gluon_quant.quantize) before asking for its activation floor.")
+    graph = _mxnet.graph_json(qnet.fused_graph)
+    rounded = insert_fake_quant(graph, dict(table.items()))
+    return _mxnet.load_graph(graph), rounded
+
+
 def fake_quant_block(qnet):
     """The fp32 network with every calibrated activation rounded onto its 8-bit grid.
 
@@ -119,17 +138,11 @@ def fake_quant_block(qnet):
     tensors : int
         Number of rounded activations.
     """
-    table = qnet.calibration_table
-    if table is None or qnet.fused_graph is None:
-        raise GraphError("The network is not calibrated yet: call calibrate() (or use "
-                         "gluon_quant.quantize) before asking for its activation floor.")
-    graph = _mxnet.graph_json(qnet.fused_graph)
-    tensors = insert_fake_quant(graph, dict(table.items()))
-    sym = _mxnet.load_graph(graph)
+    sym, rounded = fake_quant_graph(qnet)
     params = {p.name: p.data(qnet.ctx) for p in qnet.net.collect_params().values()}
     block = _mxnet.symbol_block(sym, qnet.input_names, params, qnet.ctx)
     block.hybridize(static_alloc=True)
-    return block, tensors
+    return block, len(rounded)
 
 
 def activation_floor(qnet, batches, *, num_batches=4):

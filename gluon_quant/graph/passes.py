@@ -315,11 +315,12 @@ def insert_fake_quant(graph, ranges):
 
     Returns
     -------
-    int
-        Number of tensors rounded.
+    dict of str to str
+        Name of each rounded node (variable or operator, first output) -> name of the node
+        that now gives its rounded value.
     """
     nodes = graph["nodes"]
-    new, replaced = [], {}
+    new, replaced, rounded = [], {}, {}
     for index, node in enumerate(nodes):
         outputs = [(0, node["name"])] if node["op"] == "null" else [
             (k, node["name"] + ("_output" if k == 0 else "_output%d" % k))
@@ -337,6 +338,8 @@ def insert_fake_quant(graph, ranges):
                 node["name"], out), "inputs": [[base, 0, 0], [base, 1, 0], [base, 2, 0]],
                 "attrs": {"out_type": "float32"}})
             replaced[(index, out)] = base + 1
+            if out == 0:
+                rounded[node["name"]] = new[-1]["name"]
     for node in nodes:
         node["inputs"] = [[replaced[(e[0], e[1])], 0, 0] if (e[0], e[1]) in replaced else e
                           for e in node["inputs"]]
@@ -344,7 +347,7 @@ def insert_fake_quant(graph, ranges):
                       for h in graph["heads"]]
     if new:
         _append_nodes(graph, new)
-    return len(new) // 2
+    return rounded
 
 
 def _num_outputs(node):

@@ -57,7 +57,7 @@ def test_fake_quant_rounds_each_ranged_tensor_to_its_grid():
     sym = mx.sym.relu(mx.sym.FullyConnected(data, num_hidden=4, name="fc"), name="act")
     graph = _mxnet.graph_json(sym)
     rounded = insert_fake_quant(graph, {"data": (-2.0, 2.0), "act_output": (0.0, 1.0)})
-    assert rounded == 2
+    assert rounded == {"data": "data_0_fakedequant", "act": "act_0_fakedequant"}
     fq = _mxnet.load_graph(graph)
     assert count_ops(fq) == {"_contrib_quantize_v2": 2, "_contrib_dequantize": 2,
                              "_contrib_requantize": 0}
@@ -79,3 +79,23 @@ def test_floor_needs_a_calibrated_block_and_batches(tiny_cnn, tiny_batches):
     qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
     with pytest.raises(GraphError, match="no batch"):
         activation_floor(qnet, [])
+
+
+def test_compare_with_floor_points_at_the_layer_that_loses_precision(monkeypatch):
+    """With the fused-sum fix off, the sum node is where int8 departs from the floor."""
+    from gluon_quant.debug import compare
+    net, x = _unit(True, False)
+    batches = [x[:16], x[16:]]
+    monkeypatch.setattr(_mxnet._passes, "fused_sum_dtypes", lambda graph, dtypes: ([], []))
+    qnet = gq.quantize(net, batches, progress=False)
+    report = compare(qnet, [x], num_batches=1, floor=True)
+    worst = report.by_floor_gap()[0]
+    assert worst.node.startswith("sg_mkldnn_conv_bn_add")  # the fused conv + sum
+    assert worst.floor_gap_added_db > 15.0
+    others = [r.floor_gap_added_db for r in report if r.node != worst.node]
+    assert max(others) < 3.0
+    assert "floor dB" in str(report) and "gap+ dB" in str(report)
+    plain = compare(qnet, [x], num_batches=1)
+    assert plain[0].floor_sqnr_db is None and "floor dB" not in str(plain)
+    with pytest.raises(GraphError, match="floor=True"):
+        plain.by_floor_gap()
