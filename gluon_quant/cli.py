@@ -147,6 +147,10 @@ def build_parser():
     p.add_argument("--top", type=int, default=None, metavar="K",
                    help="print only the K worst layers")
     p.add_argument("--plot", metavar="DIR", help="save the per-layer SQNR chart in DIR")
+    p.add_argument("--floor", action="store_true",
+                   help="also run the 8-bit activation floor (fp32 with every calibrated "
+                        "tensor rounded to 8 bits) and name the layer that falls furthest "
+                        "behind it")
     _add_common(p)
     p.set_defaults(func=_cmd_compare)
 
@@ -404,7 +408,7 @@ def _cmd_compare(args, out):
     _positive(args.top, "--top")
     model, batches, _ = _prepare(args, out)
     qnet, _ = _quantize(args, model, batches)
-    result = debug.compare(qnet, batches, num_batches=args.num_batches)
+    result = debug.compare(qnet, batches, num_batches=args.num_batches, floor=args.floor)
     rows = list(result)[:args.top] if args.top else list(result)
     plots = []
     if args.plot:
@@ -418,6 +422,13 @@ def _cmd_compare(args, out):
     if worst:
         out.text("worst int8 layer: %s; to keep it in fp32: --exclude %s"
                  % (worst[0].layer, worst[0].layer))
+    if args.floor and rows:
+        behind = result.by_floor_gap()[0]
+        out.text("furthest behind the 8-bit floor: %s (+%.1f dB)%s"
+                 % (behind.layer, behind.floor_gap_added_db,
+                    "" if behind.floor_gap_added_db > 6.0 else
+                    ": every layer is within 6 dB of it (weight rounding and 8-bit "
+                    "arithmetic), int8 is about as good as its ranges allow"))
     if plots:
         out.text("plot: %s" % plots[0])
     out.result(dict(shown.to_dict(), model=model.name, plots=plots))

@@ -122,6 +122,21 @@ def test_compare_ranks_layers_and_plots(workdir):
     assert result["output_cosine"] > 0.99
     with open(result["plots"][0], "rb") as handle:
         assert handle.read(8) == PNG_MAGIC
+    assert "floor_sqnr_db" in result["layers"][0] and result["layers"][0]["floor_sqnr_db"] is None
+
+
+def test_compare_with_floor(workdir):
+    code, out = run("compare", workdir / "cnn", "--calib", workdir / "calib.npy",
+                    "--num-batches", 2, "--floor")
+    assert code == 0
+    assert "floor dB" in out and "furthest behind the 8-bit floor:" in out
+    code, out = run("compare", workdir / "cnn", "--calib", workdir / "calib.npy",
+                    "--num-batches", 2, "--floor", "--json", "--quiet")
+    layers = json.loads(out)["layers"]
+    assert all(r["floor_sqnr_db"] is not None for r in layers)
+    # A healthy small CNN: weight rounding costs its first convolution (27 weights per
+    # channel) 3.6 dB beyond the floor, nothing comes near a broken kernel's 15+ dB.
+    assert max(r["floor_gap_added_db"] for r in layers) < 6.0
 
 
 def test_bench_reports_ratios(workdir):
