@@ -48,9 +48,10 @@ def sqnr_db(ref, out):
     return float(10 * np.log10((ref ** 2).sum() / ((ref - out) ** 2).sum()))
 
 
-def _unit(shortcut_relu, sum_relu):
+def _unit(shortcut_relu, sum_relu, cls=None):
+    """A residual net (``cls``, default ResidualUnit) with BN statistics and 32 inputs."""
     mx.random.seed(0)
-    net = ResidualUnit(shortcut_relu, sum_relu)
+    net = (cls or ResidualUnit)(shortcut_relu, sum_relu)
     net.initialize(mx.init.Xavier())
     x = mx.nd.array(np.random.RandomState(0).randn(32, 3, 16, 16).astype("float32"))
     set_batchnorm_statistics(net, x)
@@ -132,11 +133,7 @@ class FedByFP32Op(mx.gluon.HybridBlock):
 
 @pytest.mark.parametrize("operand_act, sum_relu", [("tanh", True), ("sigmoid", False)])
 def test_fused_sum_with_quantized_fp32_operand(operand_act, sum_relu):
-    mx.random.seed(0)
-    net = FedByFP32Op(operand_act, sum_relu)
-    net.initialize(mx.init.Xavier())
-    x = mx.nd.array(np.random.RandomState(0).randn(32, 3, 16, 16).astype("float32"))
-    set_batchnorm_statistics(net, x)
+    net, x = _unit(operand_act, sum_relu, cls=FedByFP32Op)
     qnet = gq.quantize(net, [x[:16], x[16:]], progress=False, bias_correction=False)
     assert _sum_node(qnet)  # the sum is fused into the body's convolution
     assert sqnr_db(net(x).asnumpy(), qnet(x).asnumpy()) >= 29.0
