@@ -158,3 +158,13 @@ def test_signed_global_pool_stays_fp32(relu):
     assert pools == ([(True, "quantized")] if relu else [(False, SIGNED_POOL_REASON)])
     assert qnet.report().coverage() == (2, 2)
     assert sqnr_db(net(x).asnumpy(), qnet(x).asnumpy()) >= 36.0
+
+
+@pytest.mark.parametrize("shortcut_relu, sum_relu", [(True, False), (False, True)])
+def test_fixed_sums_survive_export(tmp_path, shortcut_relu, sum_relu):
+    """The widened range and the inserted re-quantization are part of the exported graph."""
+    net, x = _unit(shortcut_relu, sum_relu)
+    qnet = gq.quantize(net, [x[:16], x[16:]], progress=False)
+    qnet.export(str(tmp_path / "unit"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "unit"))
+    np.testing.assert_array_equal(qnet(x).asnumpy(), loaded(x).asnumpy())
