@@ -198,7 +198,7 @@ def resnet18_cudnn():
     from gluoncv.model_zoo import get_model
     from gluon_quant.zoo.batchnorm import reestimate_batchnorm
     mx.random.seed(0)
-    net = get_model("resnet18_v1", pretrained=False)
+    net = get_model("resnet18_v1", pretrained=False, prefix="resnetv10_")  # order-proof names
     net.initialize(mx.init.Xavier())
     x = np.random.RandomState(0).rand(2, 3, 224, 224).astype("float32")
     reestimate_batchnorm(net, mx.nd.array(x))
