@@ -97,10 +97,14 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
         return paths
 
     specs, kept = _pack_specs(_mxnet.graph_json(sym), params, qnet.calibration_table)
+    fallback_bound = _data_scale_bound(qnet.calibration_table)
     arrays, packed = {}, []
-    for spec in specs:
-        result = _packing.pack(spec, params, bias_bound=specs[spec],
-                               data_scale_bound=_data_scale_bound(qnet.calibration_table))
+    for spec, (bias_bound, input_range) in specs.items():
+        # The runtime's input scale is at most 255 / the layer's own input range; where
+        # that range cannot be read off the graph, the smallest range of the table bounds it.
+        result = _packing.pack(spec, params, bias_bound=bias_bound,
+                               data_scale_bound=(max(255.0 / input_range, 1.0)
+                                                 if input_range else fallback_bound))
         if result is None:
             kept[spec.weight] = "its int8 packing would not reproduce the runtime exactly"
             continue
@@ -155,8 +159,9 @@ def _pack_specs(graph, params, table):
 
     Returns
     -------
-    specs : dict of PackSpec to (numpy.ndarray or None)
-        Each packable weight with an upper bound of its folded bias per channel.
+    specs : dict of PackSpec to (numpy.ndarray or None, float or None)
+        Each packable weight with an upper bound of its folded bias per channel and the
+        calibrated magnitude of its layer's int8 input (None when not found).
     kept : dict of str to str
         Weights left in fp32 and why.
     """
@@ -202,8 +207,30 @@ def _pack_specs(graph, params, table):
                     np.abs(params[mean]) + (0 if bias is None else bias))
             else:
                 spec = _packing.PackSpec(weight, channelwise)
-        specs[spec] = bias
+        specs[spec] = (bias, _input_range(nodes, node["inputs"][0]))
     return specs, kept
+
+
+#: Quantized operators whose output keeps their input's range (MXNet passes min/max on).
+_RANGE_PRESERVING = ("_contrib_quantized_pooling", "_contrib_quantized_flatten",
+                     "_contrib_quantized_act", "_contrib_quantized_reshape", "Reshape",
+                     "Flatten")
+
+
+def _input_range(nodes, entry, depth=0):
+    """``max(|min|, |max|)`` of the calibrated range an int8 entry carries, or None."""
+    node = nodes[entry[0]]
+    attrs = node.get("attrs") or {}
+    if "max_calib_range" in attrs and "min_calib_range" in attrs:
+        try:
+            value = max(abs(float(attrs["min_calib_range"])),
+                        abs(float(attrs["max_calib_range"])))
+        except ValueError:
+            return None
+        return value if value > 0 else None
+    if node["op"] in _RANGE_PRESERVING and node["inputs"] and depth < 16:
+        return _input_range(nodes, node["inputs"][0], depth + 1)
+    return None
 
 
 def _flag(value, default):
