@@ -131,13 +131,18 @@ def test_multi_input_net(tmp_path):
     assert qnet.report().coverage() == (3, 3)
 
 
-def test_multi_output_net_keeps_output_structure():
+def quantized_two_output_net():
+    """A TwoOutputNet, its three calibration batches and its quantized block."""
     mx.random.seed(0)
     net = TwoOutputNet()
     net.initialize(mx.init.Xavier())
     rs = np.random.RandomState(0)
     batches = [rs.rand(4, 3, 12, 12).astype("float32") for _ in range(3)]
-    qnet = gq.quantize(net, batches, progress=False)
+    return net, batches, gq.quantize(net, batches, progress=False)
+
+
+def test_multi_output_net_keeps_output_structure():
+    net, batches, qnet = quantized_two_output_net()
     x = mx.nd.array(batches[0])
     ref, out = net(x), qnet(x)
     assert isinstance(out, tuple) and len(out) == 2

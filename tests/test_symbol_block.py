@@ -8,7 +8,7 @@ import pytest
 import gluon_quant as gq
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 
-from test_api import TwoInputNet, TwoOutputNet
+from test_api import TwoInputNet, quantized_two_output_net
 
 
 def _flat(out):
@@ -98,12 +98,7 @@ def test_multi_input_round_trip(tmp_path):
 
 
 def test_multi_output_round_trip_keeps_nesting(tmp_path):
-    mx.random.seed(0)
-    net = TwoOutputNet()
-    net.initialize(mx.init.Xavier())
-    rs = np.random.RandomState(0)
-    batches = [rs.rand(4, 3, 12, 12).astype("float32") for _ in range(3)]
-    qnet = gq.quantize(net, batches, progress=False)
+    _, batches, qnet = quantized_two_output_net()
     loaded = round_trip(qnet, [mx.nd.array(batches[1])], str(tmp_path / "two_out"))
     out = loaded(mx.nd.array(batches[1]))
     assert isinstance(out, tuple) and isinstance(out[1], tuple) and len(out[1]) == 2

@@ -252,11 +252,8 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
             acc[node.name].add(ref, out.asnumpy())
             if low is not None:
                 floor_acc[node.name].add(ref, low.asnumpy())
-        ref_out = qnet.net(*inputs)
-        q_out = qnet(*inputs)
-        ref_out = ref_out[0] if isinstance(ref_out, (list, tuple)) else ref_out
-        q_out = q_out[0] if isinstance(q_out, (list, tuple)) else q_out
-        out_acc.add(ref_out.asnumpy(), q_out.asnumpy())
+        out_acc.add(first_output(qnet.net(*inputs)).asnumpy(),
+                    first_output(qnet(*inputs)).asnumpy())
         seen += 1
     if seen == 0:
         raise GraphError("compare() got no batch: pass a non-empty iterable of batches.")
@@ -277,6 +274,13 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
             added_db=(min(inputs_db) - own) if inputs_db else None, **floor_fields))
     return ComparisonReport(layers, output_sqnr_db=out_acc.sqnr, output_cosine=out_acc.cosine,
                             batches=seen)
+
+
+def first_output(out):
+    """The first tensor of a network's output (outputs may be nested tuples or lists)."""
+    while isinstance(out, (list, tuple)):
+        out = out[0]
+    return out
 
 
 def _floor_block(qnet, nodes, fp32_params):

@@ -21,7 +21,7 @@ from .. import _mxnet
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph.passes import insert_fake_quant
-from .compare import _Accumulator
+from .compare import _Accumulator, first_output
 
 __all__ = ["FloorReport", "activation_floor", "fake_quant_block", "fake_quant_graph", "CLOSE_DB", "CLOSE_FACTOR",
            "POOR_FLOOR_DB"]
@@ -170,9 +170,9 @@ def activation_floor(qnet, batches, *, num_batches=4):
     seen = 0
     for batch in iter_batches(batches, num_batches):
         inputs = qnet.convert_batch(batch)
-        ref = _first(_mxnet.run_block(qnet.net, inputs, "fp32 forward pass"))
-        out = _first(_mxnet.run_block(qnet, inputs, "int8 forward pass"))
-        low = _first(_mxnet.run_block(floor_block, inputs, "floor forward pass"))
+        ref = first_output(_mxnet.run_block(qnet.net, inputs, "fp32 forward pass"))
+        out = first_output(_mxnet.run_block(qnet, inputs, "int8 forward pass"))
+        low = first_output(_mxnet.run_block(floor_block, inputs, "floor forward pass"))
         ref = ref.asnumpy()
         int8_acc.add(ref, out.asnumpy())
         floor_acc.add(ref, low.asnumpy())
@@ -184,8 +184,3 @@ def activation_floor(qnet, batches, *, num_batches=4):
                        floor_sqnr_db=floor_acc.sqnr, floor_cosine=floor_acc.cosine,
                        tensors=tensors, batches=seen)
 
-
-def _first(out):
-    while isinstance(out, (list, tuple)):
-        out = out[0]
-    return out
