@@ -98,7 +98,7 @@ def build_variants(name, calib, batch_sizes, nms=True):
     # The QuantizedHybridBlock's own graph, without the wrapper, with its own copy of the
     # weights: two cached graphs over the same int8 parameter arrays disturb each other in
     # MXNet 1.9.1 (after the other one ran, mobilenetv2's int8 output fell to 0.51 cosine).
-    params = {p.name: p.data() for p in qnet._qnet.collect_params().values()}  # noqa: SLF001
+    params = {name: value.copy() for name, value in qnet.model.params.items()}
     raw = _mxnet.symbol_block(qnet.quantized_graph, qnet.input_names, params, mx.cpu())
     raw.hybridize(static_alloc=True, static_shape=True)   # the same flags as the wrapper's
     variants["raw"] = raw

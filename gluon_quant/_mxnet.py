@@ -1,10 +1,13 @@
-"""The only module that touches MXNet's private APIs and version quirks.
+"""The one adapter to MXNet's internals: private APIs and version quirks, no policy.
 
-Everything MXNet-internal the package relies on (the C quantization pass, the
-calibration-table setter, Gluon's input/output flattening, parameter loading)
-is wrapped here behind small functions over public types (``Symbol``,
-``NDArray``, dicts), so that the rest of the code never imports a private name
-and a future MXNet change is fixed in one place.
+Everything MXNet-internal the package relies on (the C quantization and calibration
+passes, subgraph fusion, Gluon's input/output flattening, parameter loading, block and
+parameter internals) is wrapped here behind small functions over public types
+(``Symbol``, ``NDArray``, dicts), so that the rest of the code never touches a private
+name and a future MXNet change is fixed in one place. Decisions (which backend, which
+nodes, which dtypes) are made by the callers (:mod:`gluon_quant.pipeline`,
+:mod:`gluon_quant.backends`); these functions only do what they are told.
+``tests/test_structure.py`` checks that no other module reads MXNet privates.
 """
 import ctypes
 import json
@@ -15,24 +18,23 @@ import numpy as np
 from mxnet.contrib import quantization as _mxq
 from mxnet.gluon import block as _gluon_block
 
-from .config import Backend
-from .errors import GraphError, NotHybridizableError, ModelExecutionError, UnsupportedDtypeError
-from .graph import cudnn as _cudnn
-from .graph import passes as _passes
+from .errors import GraphError, NotHybridizableError, ModelExecutionError
 
 __all__ = [
-    "MXNET_VERSION", "trace", "child_blocks", "flatten", "regroup", "fuse", "quantize_symbol",
-    "apply_calibration", "post_fuse", "quantize_params", "symbol_block",
-    "graph_json", "load_graph", "infer_output_dtypes", "backend_context", "load_block_params",
-    "tap_outputs",
+    "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
+    "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
+    "load_graph", "symbol_block", "load_block_params", "infer_output_dtypes",
+    "infer_graph_dtypes", "tap_outputs", "run_block", "host_view", "first_line",
+    "check_graph_entries", "is_initialized", "clear_cached_op", "registered_param_names",
+    "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError",
 ]
 
 _log = logging.getLogger(__name__)
 
 MXNET_VERSION = mx.__version__
 
-#: The subgraph property that fuses a graph for oneDNN int8, before and after quantization.
-_ONEDNN_INT8_PASS = "MKLDNN_QUANTIZE"
+#: MXNet's error type, for callers that report it as what it is.
+MXNetError = mx.base.MXNetError
 
 
 def input_names(num_inputs):
@@ -94,6 +96,11 @@ def child_blocks(block):
     return list(block._children.values())
 
 
+def named_children(block):
+    """``(attribute name, child block)`` of a Gluon block's direct children, in order."""
+    return list(block._children.items())
+
+
 def flatten(args, what):
     """Flatten nested lists/tuples of arrays into a list plus Gluon's format descriptor."""
     return _gluon_block._flatten(args, what)
@@ -104,32 +111,37 @@ def regroup(flat, fmt):
     return _gluon_block._regroup(list(flat), fmt)
 
 
-def backend_context(backend):
-    """The context MXNet's quantization pass is told the int8 graph will run on."""
-    return mx.gpu(0) if backend is Backend.CUDNN else mx.cpu()
+def device(device_type):
+    """The MXNet context of a device type (``'cpu'``, or ``'gpu'`` for GPU 0)."""
+    return mx.gpu(0) if device_type == "gpu" else mx.cpu()
 
 
-def fuse(sym, backend):
-    """Run the backend's fp32 fusion pass for int8 (oneDNN: conv+bn+act+sum, FC+act...)."""
-    if backend is Backend.ONEDNN:
-        try:
-            return sym.get_backend_symbol(_ONEDNN_INT8_PASS)
-        except mx.base.MXNetError as err:
-            raise GraphError("oneDNN fusion failed: %s" % _first_line(err)) from err
-    return sym
+def backend_fuse(sym, pass_name):
+    """Run MXNet's subgraph property ``pass_name`` (e.g. ``'MKLDNN_QUANTIZE'``) on ``sym``."""
+    try:
+        return sym.get_backend_symbol(pass_name)
+    except mx.base.MXNetError as err:
+        raise GraphError("MXNet's %s fusion pass failed: %s" % (pass_name, first_line(err))) \
+            from err
 
 
-def post_fuse(qsym, backend):
-    """Fold quantize/requantize/dequantize nodes into the quantized fused operators."""
-    return fuse(qsym, backend)
+def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, granularity):
+    """Run MXNet's quantization pass: int8 operators where this build has a kernel.
 
-
-def quantize_symbol(sym, *, backend, excluded_nodes, offline_params, dtype, granularity,
-                    param_shapes=None):
-    """Insert quantized operators into a (fused) fp32 graph.
-
-    ``param_shapes`` (name -> shape of each parameter) lets backend='cudnn' check
-    cuDNN's int8 constraints (channel counts multiple of 4...).
+    Parameters
+    ----------
+    sym : Symbol
+        The (fused) fp32 graph.
+    device_type : str
+        Where the graph will run (``'cpu'``).
+    excluded_nodes : list of str
+        Nodes that stay fp32.
+    offline_params : list of str
+        Parameters quantized ahead of time.
+    dtype : str
+        ``'auto'``, ``'int8'`` or ``'uint8'``.
+    granularity : str
+        ``'channel-wise'`` or ``'tensor-wise'``.
 
     Returns
     -------
@@ -138,99 +150,20 @@ def quantize_symbol(sym, *, backend, excluded_nodes, offline_params, dtype, gran
     calib_names : list of str
         Names of the fp32 tensors whose ranges must be calibrated.
     """
-    if backend is Backend.CUDNN:
-        # MXNet's pass only quantizes ops with kernels on this build's devices (none on
-        # GPU in a CPU build): rewrite the graph as a GPU build's pass would.
-        shapes = param_shapes or {}
-        if dtype == "uint8":
-            raise UnsupportedDtypeError(
-                "dtype='uint8' is not supported by MXNet's cuDNN int8 operators (they take "
-                "int8 only). Use dtype='int8' or 'auto' (int8 on GPU) with backend='cudnn'.")
-        graph, calib, _ = _cudnn.quantize_graph(
-            graph_json(sym), excluded=excluded_nodes,
-            param_shapes={n: shapes.get(n) for n in offline_params})
-        return mx.sym.load_json(json.dumps(graph)), calib
     try:
         qsym, calib = _mxq._quantize_symbol(
-            sym, backend_context(backend), excluded_symbols=list(excluded_nodes),
+            sym, device(device_type), excluded_symbols=list(excluded_nodes),
             excluded_operators=[], offline_params=list(offline_params),
             quantized_dtype=dtype, quantize_mode="full",
             quantize_granularity=granularity)
     except mx.base.MXNetError as err:
-        raise GraphError("MXNet's quantization pass failed: %s" % _first_line(err)) from err
+        raise GraphError("MXNet's quantization pass failed: %s" % first_line(err)) from err
     return qsym, list(calib)
 
 
-def _calib_key(node, nodes):
-    """The calibration-table key a node with a calibrated range reads it from.
-
-    ``requantize_X`` and the fused ``quantized_X`` (after post-quantization fusion)
-    take the range of ``X``'s output; a quantize node takes its input's.
-    """
-    name = node["name"]
-    if node["op"] == "_contrib_requantize" and name.startswith("requantize_"):
-        return name[len("requantize_"):] + "_output"
-    if node["op"] == "_contrib_quantize_v2":
-        src = nodes[node["inputs"][0][0]]
-        index = node["inputs"][0][1]
-        if src["op"] == "null":
-            return src["name"]
-        return src["name"] + ("_output" if index == 0 else "_output%d" % index)
-    if name.startswith("quantized_"):
-        return name[len("quantized_"):] + "_output"
-    return name + "_output"
-
-
-def calibrated_nodes(sym):
-    """``(node name, table key)`` of every node of ``sym`` that carries a calibrated range."""
-    nodes = graph_json(sym)["nodes"]
-    return [(n["name"], _calib_key(n, nodes)) for n in nodes
-            if "min_calib_range" in (n.get("attrs") or {})]
-
-
-def _exact_ranges(sym, table, add_to=()):
-    """Rewrite every calibrated range of ``sym`` from ``table`` at full float32 precision.
-
-    MXNet prints ranges with 6 decimals (so a range of 1e-7 becomes 0), both when it
-    sets a calibration table and when post-quantization fusion copies ranges. Nodes
-    whose operator is in ``add_to`` get a range even when they have none yet.
-    """
-    graph = graph_json(sym)
-    nodes = graph["nodes"]
-    changed = False
-    for node in nodes:
-        attrs = node.get("attrs")
-        if node["op"] in add_to:
-            attrs = node.setdefault("attrs", {})
-        elif not attrs or "min_calib_range" not in attrs:
-            continue
-        key = _calib_key(node, nodes)
-        if key in table:
-            lo, hi = (np.float32(v) for v in table[key])
-            attrs["min_calib_range"] = repr(float(lo))
-            attrs["max_calib_range"] = repr(float(hi))
-            changed = True
-    return mx.sym.load_json(json.dumps(graph)) if changed else sym
-
-
-def apply_calibration(qsym, table, backend, input_names):
-    """Write calibrated ranges into the quantized graph and run post-quantization fusion.
-
-    Returns the final graph, every range at full float32 precision, with the fused sums
-    whose operand and output types differ fixed (:func:`~gluon_quant.graph.passes.
-    fused_sum_dtypes`).
-    """
-    th = {k: (float(lo), float(hi)) for k, (lo, hi) in table.items()}
-    if backend is Backend.CUDNN:  # no post-quantization fusion on GPU
-        return _exact_ranges(qsym, th, add_to=_cudnn.RANGED_OPS)
-    calibrated = _mxq._calibrate_quantized_sym(qsym, th) if th else qsym
-    calibrated = _exact_ranges(calibrated, th)
-    final = _exact_ranges(post_fuse(calibrated, backend), th)
-    graph = graph_json(final)
-    dtypes = infer_output_dtypes(final, {n: "float32" for n in input_names})
-    if any(_passes.fused_sum_dtypes(graph, dtypes)):
-        final = mx.sym.load_json(json.dumps(graph))
-    return final
+def set_calibration(qsym, ranges):
+    """Write ``{tensor: (min, max)}`` into a quantized graph with MXNet's own setter."""
+    return _mxq._calibrate_quantized_sym(qsym, dict(ranges)) if ranges else qsym
 
 
 def quantize_params(qsym, arg_params):
@@ -248,7 +181,7 @@ def load_graph(graph):
     try:
         return mx.sym.load_json(json.dumps(graph))
     except mx.base.MXNetError as err:
-        raise GraphError("MXNet rejected a rewritten graph: %s" % _first_line(err)) from err
+        raise GraphError("MXNet rejected a rewritten graph: %s" % first_line(err)) from err
 
 
 def symbol_block(sym, names, params, ctx, dtypes=None):
@@ -292,6 +225,11 @@ def infer_output_dtypes(sym, input_dtypes):
         return {}
     return {name: (None if t is None else np.dtype(t).name)
             for name, t in zip(internals.list_outputs(), out_types)}
+
+
+def infer_graph_dtypes(graph, input_names):
+    """:func:`infer_output_dtypes` of a JSON graph dict whose inputs are float32."""
+    return infer_output_dtypes(load_graph(graph), {n: "float32" for n in input_names})
 
 
 def tap_outputs(sym, node_names, input_names):
@@ -345,7 +283,7 @@ def run_block(block, inputs, what):
         mx.nd.waitall()
         return flat
     except mx.base.MXNetError as err:
-        raise ModelExecutionError("%s failed: %s" % (what, _first_line(err))) from err
+        raise ModelExecutionError("%s failed: %s" % (what, first_line(err))) from err
 
 
 def host_view(array):
@@ -368,16 +306,13 @@ def host_view(array):
     return view
 
 
-def _first_line(err):
+def first_line(err):
+    """The informative line of an MXNet error message, for the package's own errors."""
     text = str(err).strip().splitlines()
     for line in text:
         if "Check failed" in line or "Error" in line:
             return line.strip()
     return text[0] if text else repr(err)
-
-
-#: The informative line of an MXNet error message, for the package's own errors.
-first_line = _first_line
 
 
 def check_graph_entries(graph):
@@ -413,3 +348,28 @@ def check_graph_entries(graph):
                                  % (what, entry))
         for sub in node.get("subgraphs", []) or []:
             check_graph_entries(sub)
+
+
+def is_initialized(param):
+    """Whether a Gluon ``Parameter`` has its data (deferred initialization not pending)."""
+    return param._data is not None
+
+
+def clear_cached_op(block):
+    """Drop a HybridBlock's cached graph, so that its next call traces it again."""
+    block._clear_cached_op()
+
+
+def registered_param_names(block):
+    """Names under which a block registered its own parameters (``self.weight = ...``)."""
+    return set(getattr(block, "_reg_params", {}))
+
+
+def batchnorm_momentum(layer):
+    """A Gluon ``BatchNorm`` layer's momentum."""
+    return layer._kwargs.get("momentum", 0.9)
+
+
+def set_batchnorm_momentum(layer, momentum):
+    """Set a Gluon ``BatchNorm`` layer's momentum (used by its next recorded pass)."""
+    layer._kwargs["momentum"] = momentum

@@ -68,7 +68,8 @@ def linear_layers(fused_view, final_graph):
     return layers
 
 
-def compute_corrections(*, fused, final, layers, params, inputs, input_names, table, ctx):
+def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, input_names,
+                        table, ctx):
     """Measure the per-channel mean error of each layer, in order, and return corrections.
 
     Parameters
@@ -79,6 +80,9 @@ def compute_corrections(*, fused, final, layers, params, inputs, input_names, ta
         From :func:`linear_layers`, in topological order.
     params : dict of str to NDArray
         Parameters of the final graph (not modified).
+    fp32_params : dict of str to NDArray
+        Parameters of the fused fp32 graph: the reference runs with these (the final graph
+        renames the weights it reads as int8, ``<weight>_quantize``, e.g. of Embedding).
     inputs : list of NDArray
         One calibration batch per graph input.
     input_names : list of str
@@ -96,7 +100,7 @@ def compute_corrections(*, fused, final, layers, params, inputs, input_names, ta
     internals = fused.get_internals()
     reference = mx.sym.Group([internals[name + "_output"] for name, _ in layers])
     # symbol_block takes from ``params`` only what the graph uses.
-    refs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, params, ctx),
+    refs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, fp32_params, ctx),
                             inputs, "Bias correction (fp32 reference)")
     current = dict(params)
     corrections = {}

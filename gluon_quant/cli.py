@@ -80,11 +80,14 @@ def _add_model(parser, *, calib_required=True):
                         help="calibration batch size (default 16)")
     parser.add_argument("--max-images", type=int, default=None, metavar="N",
                         help="read at most N images/samples")
+    parser.add_argument("--config", metavar="FILE.json", default=None,
+                        help="settings as a JSON object of gluon_quant.QuantConfig fields "
+                             "(QuantConfig.to_dict()); the options below override it")
     parser.add_argument("--num-calib-batches", type=int, default=None, metavar="N",
                         help="calibrate on at most N batches")
-    parser.add_argument("--calibrator", default="mse",
+    parser.add_argument("--calibrator", default=None,
                         help="minmax, entropy, percentile or mse (default mse)")
-    parser.add_argument("--dtype", default="auto", choices=["auto", "int8", "uint8"],
+    parser.add_argument("--dtype", default=None, choices=["auto", "int8", "uint8"],
                         help="activation type (default auto: uint8 where never negative)")
     parser.add_argument("--granularity", default=None, choices=["channel", "tensor"],
                         help="weight scales per output channel or per tensor "
@@ -92,9 +95,11 @@ def _add_model(parser, *, calib_required=True):
     parser.add_argument("--preset", default=None, metavar="NAME",
                         help="layers of a model family kept in fp32 (default: automatic for "
                              "GluonCV models; 'none' turns it off)")
-    parser.add_argument("--exclude", action="append", default=[], metavar="NAME",
+    parser.add_argument("--exclude", action="append", default=None, metavar="NAME",
                         help="keep in fp32: layer name, glob pattern or operator type "
                              "(Convolution, FullyConnected...); repeatable")
+    parser.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
+                        default=None, help="do not correct the mean error of linear layers")
 
 
 def build_parser():
@@ -267,14 +272,35 @@ def _random_batches(model, batch_size, count=2):
     return [rs.standard_normal(shape).astype(np.float32) for _ in range(count)]
 
 
+def quant_config(args, num_inputs=None):
+    """The :class:`~gluon_quant.QuantConfig` of a command: ``--config FILE``, then the
+    options given on the command line (an option left out keeps the file's value)."""
+    import gluon_quant as gq
+    from .errors import ArtifactError
+    base = {}
+    if getattr(args, "config", None):
+        try:
+            with open(args.config, encoding="utf-8") as handle:
+                base = json.load(handle)
+        except (OSError, ValueError) as err:
+            raise ArtifactError("Cannot read --config %r: %s. Pass a JSON object of "
+                                "QuantConfig settings." % (args.config, err)) from err
+    given = {name: getattr(args, name, None) for name in (
+        "calibrator", "dtype", "granularity", "exclude", "preset", "bias_correction",
+        "num_calib_batches")}
+    given = {k: v for k, v in given.items() if v is not None}
+    if num_inputs is not None:
+        given["num_inputs"] = num_inputs
+    if getattr(args, "quiet", False):
+        given["progress"] = False
+    return gq.QuantConfig.from_dict(base, **given)
+
+
 def _quantize(args, model, batches):
     import gluon_quant as gq
+    config = quant_config(args, model.num_inputs)
     start = time.perf_counter()
-    qnet = gq.quantize(model.net, batches, calibrator=args.calibrator, dtype=args.dtype,
-                       granularity=args.granularity, exclude=args.exclude or None,
-                       num_calib_batches=args.num_calib_batches,
-                       num_inputs=model.num_inputs, progress=not args.quiet,
-                       preset=args.preset)
+    qnet = gq.quantize(model.net, batches, config=config)
     return qnet, time.perf_counter() - start
 
 

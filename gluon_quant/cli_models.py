@@ -21,7 +21,7 @@ import mxnet as mx
 import numpy as np
 
 from . import _mxnet
-from .config import suggest
+from ._names import suggest
 from .errors import ArtifactError, CalibrationDataError, ConfigError, UnknownNameError
 from .progress import progress_bar
 

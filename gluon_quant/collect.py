@@ -185,4 +185,4 @@ def _collect_outputs(calibrator, names, inputs, outs):
 def _mismatch(err, inputs):
     return InputMismatchError(
         "Calibration forward pass failed: %s. The batch inputs were %s; check that they match "
-        "the network's expected shapes." % (_mxnet._first_line(err), [describe(a) for a in inputs]))
+        "the network's expected shapes." % (_mxnet.first_line(err), [describe(a) for a in inputs]))

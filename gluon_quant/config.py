@@ -1,20 +1,24 @@
-"""Typed settings: the enums that name dtypes, backends and granularities.
+"""Typed settings: :class:`QuantConfig` and the enums that name dtypes, backends and
+granularities.
 
 Strings given by users are parsed here once, with errors that list the valid names;
-the rest of the package only sees the enums.
+the rest of the package only sees the enums and one frozen, validated
+:class:`QuantConfig`, which every entry point (:func:`~gluon_quant.quantize`,
+:class:`~gluon_quant.QuantizedHybridBlock`, ``clone()``, :func:`~gluon_quant.tune`,
+``zoo.get_model``, the CLI) accepts, alone or built from keyword arguments.
 """
+import dataclasses
 import enum
-import difflib
+from typing import Any, Callable, Optional, Tuple
 
-from .errors import UnknownNameError
+from ._names import suggest
+from .backends import get_spec
+from .calib import Calibrator, get_calibrator
+from .errors import (CalibrationDataError, ConfigError, InputMismatchError, UnknownNameError,
+                     UnsupportedDtypeError)
+from .presets import Preset, get_preset
 
-__all__ = ["QuantDtype", "Backend", "Granularity", "suggest"]
-
-
-def suggest(name, candidates, n=3):
-    """Return a short ``" Did you mean ...?"`` hint for ``name`` among ``candidates``."""
-    close = difflib.get_close_matches(str(name), [str(c) for c in candidates], n=n, cutoff=0.5)
-    return (" Did you mean %s?" % " or ".join(repr(c) for c in close)) if close else ""
+__all__ = ["QuantConfig", "QuantDtype", "Backend", "Granularity", "suggest"]
 
 
 class _ParsableEnum(enum.Enum):
@@ -85,3 +89,224 @@ class Granularity(_ParsableEnum):
     def mxnet_name(self):
         """The spelling MXNet's quantization pass expects."""
         return self.value + "-wise"
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantConfig:
+    """Every setting of one quantization, validated once.
+
+    Build it directly, or let any entry point build it from keyword arguments:
+    ``quantize(net, data, calibrator="entropy")`` is
+    ``quantize(net, data, config=QuantConfig(calibrator="entropy"))``. Derive variants
+    with :meth:`replace`. Strings are parsed into the enums here, so
+    ``QuantConfig(dtype="int8").dtype is QuantDtype.INT8``.
+
+    Parameters
+    ----------
+    calibrator : str, Calibrator subclass or instance, default 'mse'
+        How activation ranges are chosen: ``'mse'`` (least expected quantization error),
+        ``'entropy'`` (KL divergence), ``'minmax'``, ``'percentile'`` or your own
+        :class:`~gluon_quant.calib.Calibrator` (class or instance).
+    dtype : {'auto', 'int8', 'uint8'}, default 'auto'
+        Quantized activation type; ``'auto'`` uses uint8 for tensors that are never negative
+        (where the backend has uint8 kernels) and int8 elsewhere.
+    backend : {'onednn', 'cudnn'}, default 'onednn'
+        Runtime of the int8 graph (:mod:`gluon_quant.backends`); aliases ``'mkldnn'``,
+        ``'cpu'``, ``'gpu'``...
+    granularity : {'channel', 'tensor'}, optional
+        One weight scale per output channel or per tensor. Default: the backend's first
+        (``'channel'`` on oneDNN, ``'tensor'`` on cuDNN).
+    exclude : str or sequence of str, default ()
+        Layers kept in fp32: block names, attribute paths, node names, glob patterns or
+        operator types (``'Convolution'``, ``'Dense'``, ``'Pooling'``).
+    preset : str, Preset or None, default None
+        Layers of a model family kept in fp32 (:mod:`gluon_quant.presets`): None picks the
+        family's preset for GluonCV zoo nets and none otherwise; ``'none'`` turns it off.
+    bias_correction : bool, default True
+        Remove the per-channel mean error int8 adds to layers without an activation,
+        measured on up to 32 calibration samples (:mod:`gluon_quant.bias`).
+    num_calib_batches : int, optional
+        Calibrate on at most this many batches.
+    input_fn : callable, optional
+        ``input_fn(batch)`` returns the net's input(s) from one batch.
+    num_inputs : int, optional
+        Number of tensor inputs, when ``hybrid_forward``'s signature does not tell.
+    ctx : mxnet.Context, optional
+        Where calibration and inference run (CPU by default).
+    progress : bool, default True
+        Show a progress bar while calibrating (only on a terminal).
+
+    Raises
+    ------
+    ConfigError
+        A value has the wrong type or is refused by the backend (the message says what to
+        pass instead); :class:`UnknownNameError` for unknown names.
+    """
+
+    calibrator: Any = "mse"
+    dtype: QuantDtype = QuantDtype.AUTO
+    backend: Backend = Backend.ONEDNN
+    granularity: Optional[Granularity] = None
+    exclude: Tuple[str, ...] = ()
+    preset: Any = None
+    bias_correction: bool = True
+    num_calib_batches: Optional[int] = None
+    input_fn: Optional[Callable] = None
+    num_inputs: Optional[int] = None
+    ctx: Any = None
+    progress: bool = True
+
+    def __post_init__(self):
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
+        set_("dtype", QuantDtype.parse(self.dtype, "dtype"))
+        set_("backend", Backend.parse(self.backend, "backend"))
+        spec = get_spec(self.backend.value)
+        set_("granularity", Granularity.parse(
+            self.granularity if self.granularity is not None else spec.default_granularity,
+            "granularity"))
+        why = spec.refusal("dtype", self.dtype.value)
+        if why:
+            raise UnsupportedDtypeError("dtype=%r is not supported with backend=%r: %s"
+                                        % (self.dtype.value, self.backend.value, why))
+        why = spec.refusal("granularity", self.granularity.value)
+        if why:
+            raise ConfigError("granularity=%r is not supported with backend=%r: %s"
+                              % (self.granularity.value, self.backend.value, why))
+        exclude = self.exclude
+        if exclude is None:
+            exclude = ()
+        elif isinstance(exclude, str):
+            exclude = (exclude,)
+        elif isinstance(exclude, (list, tuple, set, frozenset)):
+            exclude = tuple(exclude)
+        else:
+            raise ConfigError("exclude must be a list of layer names/patterns/operator "
+                              "types, got %r." % (exclude,))
+        for pattern in exclude:
+            if not isinstance(pattern, str) or not pattern:
+                raise ConfigError(
+                    "exclude entries must be non-empty strings (layer names, glob patterns "
+                    "or operator types such as 'Convolution'); got %r." % (pattern,))
+        set_("exclude", exclude)
+        _check_calibrator(self.calibrator)
+        _check_preset(self.preset)
+        # The error classes say what the setting is about (data, inputs), as before the
+        # config existed, so that callers catching them keep working.
+        for name, error, none_means in (
+                ("num_calib_batches", CalibrationDataError, "every batch"),
+                ("num_inputs", InputMismatchError, "read from hybrid_forward's signature")):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                      or value < 1):
+                raise error("%s must be a positive int, got %r (None: %s)."
+                            % (name, value, none_means))
+        if self.input_fn is not None and not callable(self.input_fn):
+            raise InputMismatchError("input_fn must be callable, got %r (input_fn(batch) "
+                                     "returns the input(s) of one batch)." % (self.input_fn,))
+        for name in ("bias_correction", "progress"):
+            if not isinstance(getattr(self, name), (bool, int)):
+                raise ConfigError("%s must be True or False, got %r."
+                                  % (name, getattr(self, name)))
+            set_(name, bool(getattr(self, name)))
+
+    @classmethod
+    def fields(cls):
+        """The names of every setting, in order."""
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+    @classmethod
+    def build(cls, config=None, **settings):
+        """``config`` (or the defaults) with ``settings`` replaced, validated.
+
+        This is how entry points turn ``config=`` and keyword arguments into one config.
+
+        Raises
+        ------
+        ConfigError
+            ``config`` is not a QuantConfig, or a keyword is not a setting (the message
+            lists the valid ones).
+        """
+        if config is None:
+            config = cls()
+        elif not isinstance(config, cls):
+            raise ConfigError("config must be a gluon_quant.QuantConfig, got %s."
+                              % type(config).__name__)
+        return config.replace(**settings) if settings else config
+
+    #: Fields that :meth:`to_dict` writes (the others are Python objects: ``input_fn``, ``ctx``).
+    JSON_FIELDS = ("calibrator", "dtype", "backend", "granularity", "exclude", "preset",
+                   "bias_correction", "num_calib_batches", "num_inputs", "progress")
+
+    def to_dict(self):
+        """The JSON-safe settings (:data:`JSON_FIELDS`); a calibrator or preset object is
+        written by name (with a calibrator's options)."""
+        calibrator = self.calibrator
+        if not isinstance(calibrator, str):
+            instance = calibrator if isinstance(calibrator, Calibrator) else calibrator()
+            calibrator = {"method": instance.method_name, "options": instance.options()}
+        preset = self.preset.name if isinstance(self.preset, Preset) else self.preset
+        return {"calibrator": calibrator, "dtype": self.dtype.value,
+                "backend": self.backend.value, "granularity": self.granularity.value,
+                "exclude": list(self.exclude), "preset": preset,
+                "bias_correction": self.bias_correction,
+                "num_calib_batches": self.num_calib_batches, "num_inputs": self.num_inputs,
+                "progress": self.progress}
+
+    @classmethod
+    def from_dict(cls, data, **settings):
+        """The config :meth:`to_dict` wrote, with ``settings`` replacing its fields.
+
+        Raises
+        ------
+        ConfigError
+            ``data`` is not a dict, or has keys that are not JSON settings.
+        """
+        if not isinstance(data, dict):
+            raise ConfigError("A QuantConfig dict must be a JSON object of settings, got %s."
+                              % type(data).__name__)
+        unknown = sorted(set(data) - set(cls.JSON_FIELDS))
+        if unknown:
+            raise ConfigError("Unknown setting(s) %s in the config.%s Valid settings: %s."
+                              % (", ".join(map(repr, unknown)),
+                                 suggest(unknown[0], cls.JSON_FIELDS),
+                                 ", ".join(cls.JSON_FIELDS)))
+        values = dict(data)
+        calibrator = values.get("calibrator")
+        if isinstance(calibrator, dict):
+            values["calibrator"] = get_calibrator(calibrator.get("method"),
+                                                  **(calibrator.get("options") or {}))
+        values.update(settings)
+        return cls(**values)
+
+    def replace(self, **changes):
+        """A copy with ``changes`` applied and validated (``dataclasses.replace``).
+
+        Raises
+        ------
+        ConfigError
+            An unknown setting; the message lists the valid ones.
+        """
+        unknown = sorted(set(changes) - set(self.fields()))
+        if unknown:
+            raise ConfigError("Unknown setting(s) %s.%s Valid settings: %s."
+                              % (", ".join(map(repr, unknown)),
+                                 suggest(unknown[0], self.fields()),
+                                 ", ".join(self.fields())))
+        if "granularity" not in changes and "backend" in changes:
+            changes["granularity"] = None   # the new backend's default
+        return dataclasses.replace(self, **changes)
+
+
+def _check_calibrator(calibrator):
+    if isinstance(calibrator, Calibrator):
+        return
+    get_calibrator(calibrator)   # raises UnknownNameError / ConfigError with the valid names
+
+
+def _check_preset(preset):
+    if preset is None or isinstance(preset, Preset):
+        return
+    if not isinstance(preset, str):
+        raise ConfigError("preset must be a preset name, a Preset or None, got %r."
+                          % (preset,))
+    get_preset(preset)

@@ -12,10 +12,11 @@ from typing import Callable, List, Optional, Sequence
 import mxnet as mx
 import numpy as np
 
+from . import _mxnet
 from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchError, \
     NonFiniteDataError
 
-__all__ = ["InputSpec", "BatchConverter", "iter_batches", "describe", "check_finite"]
+__all__ = ["InputSpec", "BatchConverter", "iter_batches", "describe", "check_finite", "as_tuples"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,10 +61,9 @@ class InputSpec:
         Required positional arguments after ``F`` that are not the block's own
         parameters are inputs. ``num_inputs`` overrides the count.
         """
-        from . import _mxnet
         try:
             sig = inspect.signature(net.hybrid_forward)
-            own = set(getattr(net, "_reg_params", {}))
+            own = _mxnet.registered_param_names(net)
             args = [p.name for p in list(sig.parameters.values())[1:]
                     if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
                     and p.default is p.empty and p.name not in own]
@@ -217,3 +217,10 @@ def check_finite(name, array):
         raise NonFiniteDataError(
             "Tensor %r holds %d NaN/Inf value(s) of %d. Clean the calibration data (or the "
             "layer producing it) before quantizing." % (name, bad, array.size))
+
+
+def as_tuples(value):
+    """Nested lists of outputs as nested tuples (how fp32 Gluon nets return them)."""
+    if isinstance(value, (list, tuple)):
+        return tuple(as_tuples(v) for v in value)
+    return value

@@ -82,12 +82,12 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
         A file cannot be written (nothing is left behind).
     """
     fmt = ExportFormat.parse(fmt, "export format")
-    if qnet.quantized_graph is None or qnet._qnet is None:
+    if qnet.model is None:
         raise GraphError("Nothing to export: the network is not quantized yet. Call "
                          "gluon_quant.quantize() (or finalize()) before export().")
     sym = qnet.quantized_graph
     symbol_text = sym.tojson().encode("utf-8")
-    params = {name: p.data().asnumpy() for name, p in qnet._qnet.collect_params().items()}
+    params = {name: value.asnumpy() for name, value in qnet.model.params.items()}
     aux = set(sym.list_auxiliary_states())
     paths = file_names(prefix, fmt)
     if fmt is ExportFormat.MXNET:
@@ -254,7 +254,7 @@ def _metadata(qnet, paths, symbol_bytes, params_bytes, packed, kept):
         "inputs": [{"name": name, "dtype": "float32",
                     "shape": None if shape is None else [int(d) for d in shape]}
                    for name, shape in zip(qnet.input_names, shapes)],
-        "output_format": qnet._user_out_format,
+        "output_format": qnet.fused.out_format,
         "files": {role: {"name": os.path.basename(paths[role]), "size": len(data),
                          "sha256": sha256_bytes(data)}
                   for role, data in (("symbol", symbol_bytes), ("params", params_bytes))},

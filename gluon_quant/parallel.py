@@ -31,7 +31,7 @@ import queue as queue_module
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
-from . import errors
+from . import errors, pipeline
 from .block import QuantizedHybridBlock
 from .calib import CalibrationTable, Calibrator, get_calibrator
 from .collect import build_runner, collect_statistics
@@ -121,7 +121,7 @@ def calibrate_parallel(net, shards, *, workers=2, calibrator=None, progress=True
         raise EmptyCalibrationError("shards is empty: pass at least one shard of batches.")
     qnet = net if isinstance(net, QuantizedHybridBlock) else QuantizedHybridBlock(net)
     template = get_calibrator(calibrator if calibrator is not None else qnet.calibrator)
-    names = qnet.quantize_graph() if qnet._calib_names is None else list(qnet._calib_names)
+    names = qnet.quantize_graph() if qnet.plan is None else list(qnet.plan.calib_names)
     job = _make_job(qnet, names, template, shards)
     states = _run_workers(job, shards, min(workers, len(shards)), progress, start_method)
     merged = None
@@ -142,21 +142,21 @@ def calibrate_parallel(net, shards, *, workers=2, calibrator=None, progress=True
 
 def _make_job(qnet, names, template, shards):
     first = _first_batch(shards)
-    inputs = qnet._converter(first) if first is not None else None
+    inputs = qnet.convert_batch(first) if first is not None else None
     try:
-        qnet._ensure_params(inputs)
+        params = pipeline.fp32_params(qnet.net, qnet.fused, qnet.ctx, inputs)
     except errors.GraphError as err:
         raise errors.GraphError("%s (calibrate_parallel initializes deferred parameters "
                                 "from the first batch of a list shard)." % err) from err
     fresh = Calibrator.from_state_dict({**template.state_dict(), "tensors": []})
-    spec = qnet.spec
+    spec = qnet.fused.inputs
     needed = set(qnet.fused_graph.list_arguments()) | set(
         qnet.fused_graph.list_auxiliary_states())
     return _Job(symbol_json=qnet.fused_graph.tojson(),
-                params={k: v.asnumpy() for k, v in qnet._fp32_params.items() if k in needed},
+                params={k: v.asnumpy() for k, v in params.items() if k in needed},
                 input_names=list(spec.names), arg_names=list(spec.arg_names),
                 tensor_names=list(names), calibrator_state=fresh.state_dict(),
-                calibrator_module=type(fresh).__module__, input_fn=qnet._converter.input_fn)
+                calibrator_module=type(fresh).__module__, input_fn=qnet.config.input_fn)
 
 
 def _first_batch(shards):

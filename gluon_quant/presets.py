@@ -19,7 +19,7 @@ import types
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
-from .config import suggest
+from ._names import suggest
 from .errors import ConfigError, UnknownNameError
 from .graph.passes import downstream_nodes
 from .graph.selection import resolve_exclusions

@@ -3,7 +3,10 @@ import json
 from dataclasses import dataclass, asdict
 from typing import Optional, Tuple
 
-__all__ = ["LayerReport", "QuantReport"]
+from . import _mxnet
+from .graph import GraphView, block_scopes, layer_name
+
+__all__ = ["LayerReport", "QuantReport", "build_report"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +105,49 @@ class QuantReport(tuple):
 
     def __repr__(self):
         return "<QuantReport %d layers, %d int8>" % (len(self), len(self.quantized))
+
+
+def build_report(model, net, config, calibrator_name):
+    """The :class:`QuantReport` of a built model.
+
+    Parameters
+    ----------
+    model : gluon_quant.pipeline.BuiltModel
+    net : mxnet.gluon.HybridBlock
+        The fp32 net (for the names of its blocks).
+    config : QuantConfig
+    calibrator_name : str
+
+    Returns
+    -------
+    QuantReport
+    """
+    fused = model.plan.fused
+    final_view = GraphView(_mxnet.graph_json(model.symbol))
+    dtypes = _mxnet.infer_output_dtypes(model.symbol, {n: "float32" for n in fused.inputs.names})
+    scopes = block_scopes(net)
+    fp32_nodes = model.plan.fp32_nodes
+    table = model.table
+    layers = []
+    for node in fused.view:
+        qname = "quantized_" + node.name
+        qnode = final_view.by_name.get(qname)
+        if qnode is None and node.name in final_view.by_name:
+            cand = final_view.by_name[node.name]
+            qnode = cand if str(cand.attr("quantized", "")).lower() == "true" else None
+        quantized = qnode is not None
+        if node.name in fp32_nodes:
+            reason = fp32_nodes[node.name]
+        elif quantized:
+            reason = "quantized"
+        else:
+            reason = "no int8 kernel for %s on %s" % (node.op, config.backend.value)
+        out_name = (qname if quantized else node.name) + "_output"
+        key = node.name + "_output"
+        layers.append(LayerReport(
+            layer=layer_name(node, scopes), node=node.name, op=node.main_op,
+            pattern=node.pattern, quantized=quantized, reason=reason,
+            dtype=dtypes.get(out_name) or dtypes.get(key),
+            threshold=tuple(table[key]) if table is not None and key in table else None))
+    return QuantReport(layers, backend=config.backend.value, dtype=config.dtype.value,
+                       granularity=config.granularity.value, calibrator=calibrator_name)

@@ -16,9 +16,8 @@ import numpy as np
 
 from . import _mxnet, _packing
 from ._io import parse_ndarray_file, read_bytes, sha256_bytes
-from .block import _as_tuples
 from .calib import CalibrationTable
-from .data import describe
+from .data import as_tuples, describe
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
                      InputMismatchError)
 from .export import FORMAT, FORMAT_VERSION, file_names
@@ -140,7 +139,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
                 % (describe([x, *args]), _mxnet.first_line(err).rstrip("."),
                    len(self.input_names), ", ".join(self.input_names))) from err
         if isinstance(out, (list, tuple)) and self._output_nesting is not None:
-            return _as_tuples(_mxnet.regroup(list(out), self._output_nesting))
+            return as_tuples(_mxnet.regroup(list(out), self._output_nesting))
         return out
 
 

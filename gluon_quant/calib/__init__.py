@@ -15,7 +15,7 @@ name is accepted; it needs no registration.
 import inspect
 import types
 
-from ..config import suggest
+from .._names import suggest
 from ..errors import ConfigError, UnknownNameError
 from .base import (SIGNED_LEVELS, UNSIGNED_LEVELS, ZERO_RANGE, Calibrator, HistogramCalibrator,
                    quantization_levels)

@@ -75,7 +75,7 @@ class Calibrator(abc.ABC):
     statistics of another calibrator (:meth:`merge`), and turns them into a
     :class:`~gluon_quant.calib.table.CalibrationTable` (:meth:`compute`).  A subclass
     implements :meth:`_threshold`; one that needs options overrides ``__init__`` (keyword-only
-    arguments) and :meth:`_options`.
+    arguments) and :meth:`options`.
 
     This base keeps min, max and count only; :class:`HistogramCalibrator` adds a histogram.
     """
@@ -108,7 +108,7 @@ class Calibrator(abc.ABC):
             "%s must implement _threshold(stats, unsigned), or override compute()."
             % type(self).__name__)
 
-    def _options(self):
+    def options(self):
         """Keyword arguments that rebuild this calibrator (JSON-safe)."""
         return {}
 
@@ -238,7 +238,7 @@ class Calibrator(abc.ABC):
         """Return the calibrator's options and statistics as a JSON-safe, versioned dict."""
         return {"format": _STATE_FORMAT, "version": _STATE_VERSION,
                 "class": _class_path(type(self)), "method": self.method_name,
-                "options": self._options(),
+                "options": self.options(),
                 "tensors": [[name, stats.to_dict()] for name, stats in self._stats.items()]}
 
     @classmethod
@@ -343,7 +343,7 @@ class Calibrator(abc.ABC):
         return calibrator_class.from_statistics(self._stats, **options)
 
     def __repr__(self):
-        options = ", ".join("%s=%r" % item for item in self._options().items())
+        options = ", ".join("%s=%r" % item for item in self.options().items())
         return "%s(%s) with %d tensors" % (type(self).__name__, options, len(self._stats))
 
 
@@ -386,7 +386,7 @@ class HistogramCalibrator(Calibrator):  # pylint: disable=abstract-method
         """bool: whether histograms of large tensors are subsampled."""
         return self._subsample
 
-    def _options(self):
+    def options(self):
         return {"bins": self._bins, "subsample": self._subsample}
 
     def _new_statistics(self):

@@ -140,8 +140,8 @@ class EntropyCalibrator(HistogramCalibrator):
         """float: largest share of values a threshold may clip."""
         return self._max_clip_fraction
 
-    def _options(self):
-        return {"max_clip_fraction": self._max_clip_fraction, **super()._options()}
+    def options(self):
+        return {"max_clip_fraction": self._max_clip_fraction, **super().options()}
 
     def _threshold(self, stats, unsigned):
         counts, width = stats.magnitude_histogram()

@@ -39,8 +39,8 @@ class PercentileCalibrator(HistogramCalibrator):
         """float: the percentile of ``|x|`` clipped at."""
         return self._percentile
 
-    def _options(self):
-        return {"percentile": self._percentile, **super()._options()}
+    def options(self):
+        return {"percentile": self._percentile, **super().options()}
 
     def _threshold(self, stats, unsigned):
         counts, width = stats.magnitude_histogram()

@@ -15,43 +15,18 @@ them: each layer also gets the SQNR of the fp32 net with every calibrated tensor
 stands out there even when everything after it is also worse.
 """
 import json
-import math
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-import numpy as np
-
 from .. import _mxnet
-from ..block import _layer_name
 from ..data import iter_batches
 from ..errors import GraphError
-from ..graph import GraphView, block_scopes
+from ..graph import GraphView, block_scopes, layer_name
+from .floor import fake_quant_graph
+from .metrics import EXACT_DB, Accumulator, cosine, first_output, sqnr_db
 
 __all__ = ["LayerError", "ComparisonReport", "compare", "quantized_counterparts", "sqnr_db",
-           "cosine"]
-
-#: SQNR reported for a layer whose int8 output equals fp32 exactly (no noise at all).
-EXACT_DB = 200.0
-
-
-def sqnr_db(signal_power, noise_power):
-    """``10 log10(signal / noise)`` in dB; :data:`EXACT_DB` when there is no noise."""
-    if noise_power <= 0.0:
-        return EXACT_DB
-    if signal_power <= 0.0:
-        return -EXACT_DB
-    return min(EXACT_DB, 10.0 * math.log10(signal_power / noise_power))
-
-
-def cosine(a, b):
-    """Cosine similarity of two arrays, flattened (1.0 when both are all zero)."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
-    na, nb = float(np.linalg.norm(a)), float(np.linalg.norm(b))
-    if na == 0.0 or nb == 0.0:
-        return 1.0 if na == nb else 0.0
-    return float(a @ b) / (na * nb)
-
+           "cosine", "EXACT_DB"]
 
 @dataclass(frozen=True)
 class LayerError:
@@ -177,31 +152,6 @@ def quantized_counterparts(qnet):
     return found
 
 
-class _Accumulator:
-    __slots__ = ("signal", "noise", "dot", "qq")
-
-    def __init__(self):
-        self.signal = self.noise = self.dot = self.qq = 0.0
-
-    def add(self, ref, out):
-        ref = ref.astype(np.float64).ravel()
-        out = out.astype(np.float64).ravel()
-        self.signal += float(ref @ ref)
-        self.noise += float(((ref - out) ** 2).sum())
-        self.dot += float(ref @ out)
-        self.qq += float(out @ out)
-
-    @property
-    def sqnr(self):
-        return sqnr_db(self.signal, self.noise)
-
-    @property
-    def cosine(self):
-        if self.signal == 0.0 or self.qq == 0.0:
-            return 1.0 if self.signal == self.qq else 0.0
-        return self.dot / math.sqrt(self.signal * self.qq)
-
-
 def compare(qnet, batches, *, num_batches=4, floor=False):
     """Per-layer agreement of ``qnet`` with its fp32 net on a few batches.
 
@@ -237,9 +187,9 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
     q_block = _tapped_block(qnet.quantized_graph, [pairs[n.name][0] for n in nodes], names,
                             int8_params, qnet.ctx)
     floor_block = _floor_block(qnet, nodes, fp32_params) if floor and nodes else None
-    acc = {n.name: _Accumulator() for n in nodes}
-    floor_acc = {n.name: _Accumulator() for n in nodes}
-    out_acc = _Accumulator()
+    acc = {n.name: Accumulator() for n in nodes}
+    floor_acc = {n.name: Accumulator() for n in nodes}
+    out_acc = Accumulator()
     seen = 0
     for batch in iter_batches(batches, num_batches):
         inputs = qnet.convert_batch(batch)
@@ -269,23 +219,15 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
             floor_fields = dict(floor_sqnr_db=floor_acc[node.name].sqnr,
                                 floor_gap_added_db=gaps[node.name] - before)
         layers.append(LayerError(
-            layer=_layer_name(node, scopes), node=node.name, op=node.main_op,
+            layer=layer_name(node, scopes), node=node.name, op=node.main_op,
             quantized=pairs[node.name][1], sqnr_db=own, cosine=acc[node.name].cosine,
             added_db=(min(inputs_db) - own) if inputs_db else None, **floor_fields))
     return ComparisonReport(layers, output_sqnr_db=out_acc.sqnr, output_cosine=out_acc.cosine,
                             batches=seen)
 
 
-def first_output(out):
-    """The first tensor of a network's output (outputs may be nested tuples or lists)."""
-    while isinstance(out, (list, tuple)):
-        out = out[0]
-    return out
-
-
 def _floor_block(qnet, nodes, fp32_params):
     """The floor network, tapped at each node's rounded output (its own output if none)."""
-    from .floor import fake_quant_graph   # floor builds on this module's accumulator
     sym, rounded = fake_quant_graph(qnet)
     return _tapped_block(sym, [rounded.get(n.name, n.name) for n in nodes], qnet.input_names,
                          fp32_params, qnet.ctx)

@@ -21,7 +21,7 @@ from .. import _mxnet
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph.passes import insert_fake_quant
-from .compare import _Accumulator, first_output
+from .metrics import Accumulator, first_output
 
 __all__ = ["FloorReport", "activation_floor", "fake_quant_block", "fake_quant_graph", "CLOSE_DB", "CLOSE_FACTOR",
            "POOR_FLOOR_DB"]
@@ -166,7 +166,7 @@ def activation_floor(qnet, batches, *, num_batches=4):
     >>> print(gluon_quant.debug.activation_floor(qnet, validation_batches))
     """
     floor_block, tensors = fake_quant_block(qnet)
-    int8_acc, floor_acc = _Accumulator(), _Accumulator()
+    int8_acc, floor_acc = Accumulator(), Accumulator()
     seen = 0
     for batch in iter_batches(batches, num_batches):
         inputs = qnet.convert_batch(batch)

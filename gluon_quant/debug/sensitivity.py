@@ -13,7 +13,8 @@ from typing import Optional, Sequence
 from .._mxnet import run_block
 from ..data import iter_batches
 from ..errors import ConfigError, GluonQuantError, GraphError
-from .compare import _Accumulator, quantized_counterparts
+from .compare import quantized_counterparts
+from .metrics import Accumulator
 
 __all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "output_agreement"]
 
@@ -104,7 +105,7 @@ def output_agreement(qnet, inputs, references):
     -------
     (float, float)
     """
-    acc = _Accumulator()
+    acc = Accumulator()
     for batch_inputs, ref in zip(inputs, references):
         out = run_block(qnet, batch_inputs, "int8 forward pass")[0]
         acc.add(ref, out.asnumpy())

@@ -35,108 +35,23 @@ Choices, documented here because they differ from the oneDNN backend:
   ``<src>_quantize``, ``X_dequantize``; calibrated ranges are keyed by the fp32
   tensor names (``data``, ``X_output``), the tensors calibration collects.
 """
-import ast
 import logging
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
-__all__ = ["GPU_INT8_OPS", "quantize_graph", "RANGED_OPS"]
+from ..backends import CUDNN, why_not_int8
+from .passes import RANGED_OPS, tensor_key
+
+__all__ = ["quantize_graph", "RANGED_OPS"]
 
 _log = logging.getLogger(__name__)
 
-#: Operators whose ``min_calib_range`` / ``max_calib_range`` calibration fills.
-RANGED_OPS = ("_contrib_quantize_v2", "_contrib_requantize")
 
-
-def _known(shape) -> Optional[Tuple[int, ...]]:
+def _known(shape):
     """``shape`` as a tuple, or None when unknown (deferred initialization leaves zeros)."""
     if not shape:
         return None
     shape = tuple(int(d) for d in shape)
     return shape if all(d > 0 for d in shape) else None
-
-
-def _tuple(attrs, key, default=()):
-    text = attrs.get(key)
-    if text is None or text in ("", "None"):
-        return tuple(default)
-    value = ast.literal_eval(text)
-    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
-
-
-def _bool(attrs, key, default):
-    text = attrs.get(key)
-    return default if text is None else str(text).strip().lower() in ("true", "1")
-
-
-def _multiple_of_4(what, value):
-    return None if value % 4 == 0 else "%s %d is not a multiple of 4" % (what, value)
-
-
-def _check_conv(attrs, weight_shape):
-    if len(_tuple(attrs, "kernel")) != 2:
-        return "only 2-D convolutions have a cuDNN int8 kernel"
-    if int(attrs.get("num_group", 1)) != 1:
-        return "grouped/depthwise convolution (num_group=%s)" % attrs.get("num_group")
-    if any(d != 1 for d in _tuple(attrs, "dilate", (1, 1))):
-        return "dilated convolution (the GPU int8 kernel ignores dilation)"
-    if attrs.get("layout") not in (None, "None", "NCHW"):
-        return "layout %s (int8 needs NCHW)" % attrs["layout"]
-    if weight_shape is None:
-        return "weight shape unknown (run the net once before quantizing)"
-    return (_multiple_of_4("input channels", weight_shape[1])
-            or _multiple_of_4("num_filter", int(attrs["num_filter"])))
-
-
-def _check_fc(attrs, weight_shape):
-    if not _bool(attrs, "flatten", True):
-        return "flatten=False (the GPU int8 GEMM flattens its input)"
-    if weight_shape is None:
-        return "weight shape unknown (run the net once before quantizing)"
-    return (_multiple_of_4("input size", weight_shape[1])
-            or _multiple_of_4("num_hidden", int(attrs["num_hidden"])))
-
-
-def _check_pool(attrs, _):
-    if attrs.get("pool_type", "max") not in ("max", "avg"):
-        return "pool_type %s (int8 supports max/avg)" % attrs.get("pool_type")
-    is_global = _bool(attrs, "global_pool", False)
-    if not is_global and len(_tuple(attrs, "kernel")) != 2:
-        return "only 2-D pooling has a cuDNN int8 kernel"
-    if attrs.get("layout") not in (None, "None", "NCHW"):
-        return "layout %s (int8 needs NCHW)" % attrs["layout"]
-    if not is_global and attrs.get("pooling_convention", "valid") != "valid":
-        return "pooling_convention=%s" % attrs["pooling_convention"]
-    if (attrs.get("pool_type") == "avg" and not _bool(attrs, "count_include_pad", True)
-            and any(_tuple(attrs, "pad", (0,)))):
-        return "count_include_pad=False (cuDNN int8 averages include padding)"
-    return None
-
-
-@dataclass(frozen=True)
-class _Rule:
-    """How one fp32 operator maps to its GPU int8 operator."""
-
-    quantized_op: str
-    params: int                 # leading inputs after data that are offline weights (0-2)
-    requantize: bool            # int32 output that needs ``_contrib_requantize``
-    check: Callable             # (attrs, weight shape) -> reason it stays fp32, or None
-
-
-#: The fp32 operators MXNet 1.9.1 can run in int8 on a GPU, declared as data.
-GPU_INT8_OPS: Dict[str, _Rule] = {
-    "Convolution": _Rule("_contrib_quantized_conv", 2, True, _check_conv),
-    "FullyConnected": _Rule("_contrib_quantized_fully_connected", 2, True, _check_fc),
-    "Pooling": _Rule("_contrib_quantized_pooling", 0, False, _check_pool),
-    "Flatten": _Rule("_contrib_quantized_flatten", 0, False, lambda attrs, _: None),
-}
-
-
-def _tensor_name(node, index):
-    """The name calibration knows an fp32 tensor by (``data``, ``X_output``)."""
-    if node["op"] == "null":
-        return node["name"]
-    return node["name"] + ("_output" if index == 0 else "_output%d" % index)
 
 
 class _Builder:
@@ -179,7 +94,7 @@ class _Builder:
             suffix = "_quantize" if entry[1] == 0 else "_quantize%d" % entry[1]
             self.int8[entry] = self.add("_contrib_quantize_v2", node["name"] + suffix,
                                         [self.fp32_of(entry)], {"out_type": "int8"})
-            self.calib.append(_tensor_name(node, entry[1]))
+            self.calib.append(tensor_key(node, entry[1]))
         return self.int8[entry]
 
     def offline(self, var_node):
@@ -190,20 +105,21 @@ class _Builder:
         return data, self.var(name + "_min"), self.var(name + "_max")
 
 
-def _why_fp32(node, nodes, rule, excluded, param_shapes, int8_inputs):
+def _why_fp32(node, nodes, support, excluded, param_shapes, int8_inputs):
     """Why ``node`` stays fp32 on the GPU (None when it can be quantized)."""
     if node["name"] in excluded:
         return "excluded"
-    if rule.params:
-        params = [nodes[i[0]] for i in node["inputs"][1:1 + rule.params]]
+    attrs = node.get("attrs") or {}
+    if support.weights:
+        params = [nodes[i[0]] for i in node["inputs"][1:1 + support.weights]]
         if not all(p["op"] == "null" and p["name"] in param_shapes
                    and p["name"].endswith(("weight", "bias")) for p in params):
             return "weights are computed in the graph, not parameters"
-        reason = rule.check(node.get("attrs") or {}, _known(param_shapes[params[0]["name"]]))
-    else:
-        reason = rule.check(node.get("attrs") or {}, None)
-        if reason is None and tuple(node["inputs"][0][:2]) not in int8_inputs:
-            reason = "input is fp32 (quantizing after it is cheaper)"
+        return why_not_int8(support, attrs, _known(param_shapes[params[0]["name"]]), "cudnn")
+    reason = why_not_int8(support, attrs, None, "cudnn")
+    if reason is None and support.int8_input_only \
+            and tuple(node["inputs"][0][:2]) not in int8_inputs:
+        reason = "input is fp32 (quantizing after it is cheaper)"
     return reason
 
 
@@ -242,7 +158,7 @@ def quantize_graph(graph, *, param_shapes, excluded=()):
     for h in graph["heads"]:
         entries[h[0]] = max(entries.get(h[0], 1), h[1] + 1)
     for old_id, node in enumerate(nodes):
-        rule = GPU_INT8_OPS.get(node["op"])
+        rule = CUDNN.ops.get(node["op"])
         reason = None
         if rule is not None:
             reason = _why_fp32(node, nodes, rule, excluded, param_shapes, out.int8)
@@ -260,7 +176,7 @@ def quantize_graph(graph, *, param_shapes, excluded=()):
                 out.fp32[(old_id, index)] = new_id
             continue
         data = out.int8_of(tuple(node["inputs"][0][:2]))
-        params = [out.offline(nodes[i[0]]) for i in node["inputs"][1:1 + rule.params]]
+        params = [out.offline(nodes[i[0]]) for i in node["inputs"][1:1 + rule.weights]]
         inputs = [(data, 0)] + [(p[0], 0) for p in params] + [(data, 1), (data, 2)]
         for p in params:
             inputs += [(p[1], 0), (p[2], 0)]
@@ -268,7 +184,7 @@ def quantize_graph(graph, *, param_shapes, excluded=()):
         if rule.requantize:
             qnode = out.add("_contrib_requantize", "requantize_" + node["name"],
                             [(qnode, 0), (qnode, 1), (qnode, 2)], {"out_type": "int8"})
-            out.calib.append(_tensor_name(node, 0))
+            out.calib.append(tensor_key(node, 0))
         out.int8[(old_id, 0)] = qnode
     heads = [list(out.fp32_of((h[0], h[1]))) + [0] for h in graph["heads"]]
     new_graph = _pruned(out.nodes, heads, graph.get("attrs"))

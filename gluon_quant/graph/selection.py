@@ -13,10 +13,11 @@ import logging
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
-from ..config import suggest
+from .. import _mxnet
+from .._names import suggest
 from ..errors import ConfigError
 
-__all__ = ["BlockScope", "block_scopes", "resolve_exclusions", "OP_ALIASES"]
+__all__ = ["BlockScope", "block_scopes", "layer_name", "resolve_exclusions", "OP_ALIASES"]
 
 _log = logging.getLogger(__name__)
 
@@ -45,11 +46,22 @@ def block_scopes(net):
 
     def walk(block, path):
         scopes.append(BlockScope(path=path, name=block.name, prefix=block.prefix))
-        for key, child in block._children.items():
+        for key, child in _mxnet.named_children(block):
             walk(child, key if not path else path + "." + key)
 
     walk(net, "")
     return scopes
+
+
+def layer_name(node, scopes):
+    """Innermost user block owning a GraphNode's main operator, else the node's name."""
+    main = next((m[0] for m in node.members if m[1] == node.main_op), node.members[0][0])
+    best = None
+    for scope in scopes:
+        if scope.prefix and main.startswith(scope.prefix):
+            if best is None or len(scope.prefix) > len(best.prefix):
+                best = scope
+    return best.name if best is not None else main
 
 
 def _owners(op_name, scopes):

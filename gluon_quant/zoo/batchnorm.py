@@ -12,6 +12,7 @@ import mxnet as mx
 from mxnet import autograd
 from mxnet.gluon import nn
 
+from .. import _mxnet
 from ..errors import CalibrationDataError
 
 __all__ = ["reestimate_batchnorm"]
@@ -21,14 +22,15 @@ _log = logging.getLogger(__name__)
 
 def _batchnorms(block):
     found = [block] if isinstance(block, nn.BatchNorm) else []
-    for child in block._children.values():
+    for child in _mxnet.child_blocks(block):
         found.extend(_batchnorms(child))
     return found
 
 
 def _clear_cached_ops(block):
-    block._clear_cached_op() if isinstance(block, mx.gluon.HybridBlock) else None
-    for child in block._children.values():
+    if isinstance(block, mx.gluon.HybridBlock):
+        _mxnet.clear_cached_op(block)
+    for child in _mxnet.child_blocks(block):
         _clear_cached_ops(child)
 
 
@@ -52,10 +54,10 @@ def reestimate_batchnorm(net, batch):
         raise CalibrationDataError("reestimate_batchnorm needs NDArray input(s), got %r."
                                    % (type(batch).__name__,))
     layers = _batchnorms(net)
-    saved = [bn._kwargs.get("momentum", 0.9) for bn in layers]
+    saved = [_mxnet.batchnorm_momentum(bn) for bn in layers]
     try:
         for bn in layers:
-            bn._kwargs["momentum"] = 0.0
+            _mxnet.set_batchnorm_momentum(bn, 0.0)
         _clear_cached_ops(net)
         # MXNet 1.x applies the running-statistics update of BatchNorm in the backward
         # pass, so a backward (of a dummy head) is needed after the forward.
@@ -70,7 +72,7 @@ def reestimate_batchnorm(net, batch):
         mx.nd.waitall()
     finally:
         for bn, momentum in zip(layers, saved):
-            bn._kwargs["momentum"] = momentum
+            _mxnet.set_batchnorm_momentum(bn, momentum)
         _clear_cached_ops(net)
     _log.info("Re-estimated the statistics of %d BatchNorm layers on %d samples.",
               len(layers), inputs[0].shape[0])

@@ -15,7 +15,8 @@ import numpy as np
 
 from .._mxnet import child_blocks
 from ..api import quantize
-from ..config import suggest
+from ..config import QuantConfig
+from .._names import suggest
 from ..errors import ConfigError, UnknownNameError
 from .samples import sample_images
 
@@ -29,7 +30,8 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 #: Keywords of :func:`gluon_quant.quantize` that :func:`get_model` passes on.
-_QUANTIZE_KEYWORDS = frozenset(inspect.signature(quantize).parameters) - {"net", "calib_data"}
+_QUANTIZE_KEYWORDS = frozenset(QuantConfig.fields()) | (
+    frozenset(inspect.signature(quantize).parameters) - {"net", "calib_data", "settings"})
 
 
 def sample_batches(num_batches=4, batch_size=16, *, size=224, seed=0):
@@ -188,9 +190,9 @@ def get_model(name, calib_data=None, **kwargs):
         on images from your own domain for production accuracy.
     **kwargs
         ``pretrained`` (default False: GluonCV downloads pretrained weights, which needs
-        internet) and ``image_size`` (default 224, the side of the sample crops); any
-        keyword of :func:`gluon_quant.quantize` (``calibrator``, ``exclude``, ``preset``,
-        ``ctx``...) goes to it; the rest go to GluonCV's ``get_model``
+        internet) and ``image_size`` (default 224, the side of the sample crops); ``config``
+        and any :class:`~gluon_quant.QuantConfig` field (``calibrator``, ``exclude``,
+        ``preset``, ``ctx``...) or keyword of :func:`gluon_quant.quantize` go to it; the rest go to GluonCV's ``get_model``
         (``pretrained_base`` defaults to ``pretrained``). With ``pretrained=False`` the
         weights are Xavier-random (:func:`initialize_random`) and BatchNorm statistics are
         set from the first calibration batch (:func:`set_batchnorm_statistics`), so that

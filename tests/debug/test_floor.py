@@ -30,12 +30,12 @@ def test_healthy_cnn_is_at_its_floor(trained_cnn):
     assert state["gap_db"] == pytest.approx(report.gap_db) and state["close"] is True
 
 
-def test_floor_exposes_a_kernel_that_loses_precision(monkeypatch):
+def test_floor_exposes_a_kernel_that_loses_precision(disable_pass):
     """With the fused-sum fix switched off, int8 falls far below its floor."""
     net, x = _unit(True, False)   # uint8 operand, int8 output: negative sums clipped
     batches = [x[:16], x[16:]]
     good = activation_floor(gq.quantize(net, batches, progress=False), [x])
-    monkeypatch.setattr(_mxnet._passes, "fused_sum_dtypes", lambda graph, dtypes: ([], []))
+    disable_pass("fused_sum_dtypes")
     broken = activation_floor(gq.quantize(net, batches, progress=False), [x])
     assert good.gap_db < 3.0 and good.close
     assert broken.gap_db > 15.0 and not broken.close
@@ -81,12 +81,12 @@ def test_floor_needs_a_calibrated_block_and_batches(tiny_cnn, tiny_batches):
         activation_floor(qnet, [])
 
 
-def test_compare_with_floor_points_at_the_layer_that_loses_precision(monkeypatch):
+def test_compare_with_floor_points_at_the_layer_that_loses_precision(disable_pass):
     """With the fused-sum fix off, the sum node is where int8 departs from the floor."""
     from gluon_quant.debug import compare
     net, x = _unit(True, False)
     batches = [x[:16], x[16:]]
-    monkeypatch.setattr(_mxnet._passes, "fused_sum_dtypes", lambda graph, dtypes: ([], []))
+    disable_pass("fused_sum_dtypes")
     qnet = gq.quantize(net, batches, progress=False)
     report = compare(qnet, [x], num_batches=1, floor=True)
     worst = report.by_floor_gap()[0]

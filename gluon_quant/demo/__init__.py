@@ -7,16 +7,15 @@ logit cosine, model size and speed.  Nothing is downloaded.
 """
 import logging
 import os
-import sys
 import tempfile
 import time
 
 import mxnet as mx
 import numpy as np
 
-from .api import quantize
-from .debug.compare import cosine
-from .zoo import efficientnet_lite0, imagenet_class_names, preprocess, sample_images
+from ..api import quantize
+from ..debug.metrics import cosine
+from ..zoo import efficientnet_lite0, imagenet_class_names, preprocess, sample_images
 
 __all__ = ["main", "calibration_batches", "run_demo"]
 
@@ -146,17 +145,3 @@ def format_summary(res):
               "speed (batch %d): fp32 %.1f ms -> int8 %.1f ms, %.2fx" % (
                   len(res["photos"]), res["fp32_ms"], res["int8_ms"], res["speedup"])]
     return "\n".join(lines)
-
-
-def main(argv=None):
-    """Entry point of ``python -m gluon_quant.demo``: the CLI's ``demo`` command.
-
-    The command line prints; this module only computes (:func:`run_demo`) and formats
-    (:func:`format_summary`).
-    """
-    from .cli import main as cli_main
-    return cli_main(["demo"] + list(sys.argv[1:] if argv is None else argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,282 @@
+"""What each int8 backend can run, declared as data.
+
+A :class:`BackendSpec` says, for one runtime (oneDNN on CPU, cuDNN on GPU), which
+operators of the fused fp32 graph have an int8 kernel and under which conditions
+(:class:`OpSupport`: input rank, layout, groups, dilation, modes, channel alignment),
+which MXNet fusion pass runs before and after quantization, which activation dtypes and
+weight granularities it takes, and how its graph is quantized. Everything that differs
+between backends is read from here: the config's validation, the per-node eligibility
+(:func:`why_not_int8`), the cuDNN graph rewrite, the report's "why" column and errors.
+
+Adding a backend is adding a spec to :data:`BACKENDS` (and, if MXNet's own pass cannot
+build its graph, a rewrite in :mod:`gluon_quant.graph`).
+
+This module imports nothing else from the package but :mod:`gluon_quant.errors`, so that
+:mod:`gluon_quant.config` can validate settings against it.
+"""
+import ast
+import types
+from dataclasses import dataclass
+from typing import Mapping, Optional, Tuple
+
+from .errors import UnknownNameError
+
+__all__ = ["OpSupport", "BackendSpec", "BACKENDS", "ONEDNN", "CUDNN", "get_spec",
+           "why_not_int8"]
+
+
+@dataclass(frozen=True)
+class OpSupport:
+    """The conditions under which one fp32 operator runs in int8 on a backend.
+
+    Attributes
+    ----------
+    op : str
+        The fp32 operator (as in the traced graph: ``Convolution``, ``Pooling``...).
+    ranks : tuple of int
+        Input ranks (batch included) that have a kernel; empty: any. The rank is read from
+        the node's ``kernel`` attribute (a 1-D kernel is a rank-3 input).
+    layouts : tuple of str
+        Accepted ``layout`` attribute values; empty: any (``None`` counts as the default).
+    groups : bool
+        Whether grouped (depthwise) convolutions have a kernel.
+    dilation : bool
+        Whether dilated convolutions have a kernel.
+    modes : tuple of (str, tuple of str)
+        ``(attribute, accepted values)`` pairs: ``('mode', ('lstm',))`` for RNN.
+    flatten : bool or None
+        Required value of ``FullyConnected``'s ``flatten`` (None: either).
+    channel_multiple : int
+        Input and output channel counts must be multiples of this (read from the weight).
+    weights : int
+        Inputs after the data that are offline-quantized parameters (weight, bias).
+    quantized_op : str
+        The int8 operator (for backends whose graph is rewritten in Python).
+    requantize : bool
+        The int8 operator outputs int32, requantized to int8 after it.
+    int8_input_only : bool
+        Kept int8 only when its input already is int8 (quantizing after a pooling moves
+        fewer bytes than before it).
+    counts_pad : bool
+        Average pooling's int8 kernel always counts padding: ``count_include_pad=False``
+        with padding stays fp32.
+    """
+
+    op: str
+    ranks: Tuple[int, ...] = ()
+    layouts: Tuple[str, ...] = ()
+    groups: bool = True
+    dilation: bool = True
+    modes: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
+    flatten: Optional[bool] = None
+    channel_multiple: int = 1
+    weights: int = 0
+    quantized_op: str = ""
+    requantize: bool = False
+    int8_input_only: bool = False
+    counts_pad: bool = False
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Everything the package needs to know about one int8 runtime.
+
+    Attributes
+    ----------
+    name : str
+        ``'onednn'`` or ``'cudnn'``.
+    device_type : str
+        ``'cpu'`` or ``'gpu'``: where the int8 graph runs.
+    ops : mapping of str to OpSupport
+        The fp32 operators with an int8 kernel and their conditions. An operator that is
+        not listed is left to MXNet's quantization pass (oneDNN) or stays fp32 (cuDNN).
+    fusion_pass : str or None
+        MXNet subgraph property run on the fp32 graph before quantization and again on the
+        calibrated graph (folding quantize/requantize into fused operators); None: none.
+    quantize_in_python : bool
+        Whether the int8 graph is built by :mod:`gluon_quant.graph.cudnn` instead of MXNet's
+        quantization pass (which only quantizes operators with a kernel on this build's
+        devices: none on GPU in a CPU build).
+    activation_dtypes : tuple of str
+        Quantized activation types the kernels take (``'auto'`` picks among them).
+    granularities : tuple of str
+        Weight scale granularities (``'channel'``, ``'tensor'``); the first is the default.
+    bias_correction : bool
+        Whether bias correction can be measured here (it runs the int8 graph on the host).
+    static_alloc : bool
+        Hybridize the int8 block with ``static_alloc``/``static_shape``.
+    refusals : mapping of str to str
+        Setting (``'dtype=uint8'``, ``'granularity=channel'``) -> why it is refused.
+    """
+
+    name: str
+    device_type: str
+    ops: Mapping[str, OpSupport]
+    fusion_pass: Optional[str]
+    quantize_in_python: bool
+    activation_dtypes: Tuple[str, ...]
+    granularities: Tuple[str, ...]
+    bias_correction: bool
+    static_alloc: bool
+    refusals: Mapping[str, str]
+
+    @property
+    def default_granularity(self):
+        """The granularity used when none is given."""
+        return self.granularities[0]
+
+    def refusal(self, setting, value):
+        """Why ``setting=value`` is refused on this backend, or None."""
+        return self.refusals.get("%s=%s" % (setting, value))
+
+
+def _ops(*supports):
+    return types.MappingProxyType({s.op: s for s in supports})
+
+
+#: oneDNN (MXNet's CPU build): MXNet's own pass quantizes, after its MKLDNN_QUANTIZE fusion.
+#: The listed conditions are those under which MXNet 1.9.1's int8 kernels fail at run time
+#: although its pass quantizes the node ("mkldnn quantized_conv now supports NCHW or
+#: NCDHW", "QuantizedPoolingOp only supports 4D/5D", "Quantized recurrent neural network
+#: only supports LSTM").
+ONEDNN = BackendSpec(
+    name="onednn", device_type="cpu",
+    ops=_ops(
+        OpSupport("Convolution", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
+        OpSupport("FullyConnected"),
+        OpSupport("Pooling", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
+        OpSupport("RNN", modes=(("mode", ("lstm",)),)),
+    ),
+    fusion_pass="MKLDNN_QUANTIZE", quantize_in_python=False,
+    activation_dtypes=("int8", "uint8"), granularities=("channel", "tensor"),
+    bias_correction=True, static_alloc=True, refusals=types.MappingProxyType({}))
+
+#: cuDNN (MXNet's GPU builds): the graph a GPU build's pass produces, built in Python.
+#: cuDNN's int8 convolution takes int8 NCHW data, 2-D kernels, one group, no dilation
+#: (the kernel ignores it) and channel counts that are multiples of 4; the cuBLAS GEMM
+#: needs sizes that are multiples of 4.
+CUDNN = BackendSpec(
+    name="cudnn", device_type="gpu",
+    ops=_ops(
+        OpSupport("Convolution", ranks=(4,), layouts=("NCHW",), groups=False, dilation=False,
+                  channel_multiple=4, weights=2, quantized_op="_contrib_quantized_conv",
+                  requantize=True),
+        OpSupport("FullyConnected", flatten=True, channel_multiple=4, weights=2,
+                  quantized_op="_contrib_quantized_fully_connected", requantize=True),
+        OpSupport("Pooling", ranks=(4,), layouts=("NCHW",),
+                  modes=(("pool_type", ("max", "avg")), ("pooling_convention", ("valid",))),
+                  quantized_op="_contrib_quantized_pooling", int8_input_only=True,
+                  counts_pad=True),
+        OpSupport("Flatten", quantized_op="_contrib_quantized_flatten", int8_input_only=True),
+    ),
+    fusion_pass=None, quantize_in_python=True,
+    activation_dtypes=("int8",), granularities=("tensor",),
+    bias_correction=False, static_alloc=False,
+    refusals=types.MappingProxyType({
+        "dtype=uint8": "MXNet's cuDNN int8 operators take int8 only (\"uint8 quantization "
+                       "is only supported by CPU\"). Use dtype='int8' or 'auto' (int8 on "
+                       "GPU) with backend='cudnn'.",
+        "granularity=channel": "MXNet's cuDNN int8 operators have per-tensor scales only. "
+                               "Use granularity='tensor' with backend='cudnn'.",
+    }))
+
+#: Every backend by name (read-only).
+BACKENDS = types.MappingProxyType({s.name: s for s in (ONEDNN, CUDNN)})
+
+
+def get_spec(name) -> BackendSpec:
+    """The :class:`BackendSpec` registered as ``name`` (``'onednn'``, ``'cudnn'``).
+
+    Raises
+    ------
+    UnknownNameError
+        Listing the valid names.
+    """
+    key = getattr(name, "value", name)
+    if key in BACKENDS:
+        return BACKENDS[key]
+    raise UnknownNameError("Unknown backend %r. Valid backends: %s."
+                           % (name, ", ".join(repr(k) for k in sorted(BACKENDS))))
+
+
+def _attr_tuple(attrs, key):
+    text = attrs.get(key)
+    if text is None or text in ("", "None"):
+        return ()
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return ()
+    return tuple(value) if isinstance(value, (tuple, list)) else (value,)
+
+
+def _is_true(text, default):
+    return default if text is None else str(text).strip().lower() in ("true", "1")
+
+
+def _input_rank(attrs):
+    """The data rank implied by a convolution's or pooling's kernel (None if unknown)."""
+    if _is_true(attrs.get("global_pool"), False) and not _attr_tuple(attrs, "kernel"):
+        return None
+    kernel = _attr_tuple(attrs, "kernel")
+    return len(kernel) + 2 if kernel else None
+
+
+def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="") -> Optional[str]:
+    """Why a node of ``support.op`` cannot run in int8, or None when it can.
+
+    Parameters
+    ----------
+    support : OpSupport
+        The backend's conditions for the operator.
+    attrs : dict of str to str
+        The node's attributes.
+    weight_shape : tuple of int, optional
+        Shape of its weight, for channel alignment (None: not known, which fails a
+        ``channel_multiple`` condition).
+    backend : str
+        Backend name, for the message.
+
+    Returns
+    -------
+    str or None
+        A short reason for ``report()``.
+    """
+    where = " on %s" % backend if backend else ""
+    rank = _input_rank(attrs) if support.op in ("Convolution", "Pooling",
+                                                 "Deconvolution") else None
+    if support.ranks and rank is not None and rank not in support.ranks:
+        return ("%d-D %s has no int8 kernel%s (input rank %d; int8 needs rank %s)"
+                % (rank - 2, support.op, where, rank, "/".join(map(str, support.ranks))))
+    layout = attrs.get("layout")
+    if support.layouts and layout not in (None, "None") and layout not in support.layouts:
+        return "layout %s (int8 needs %s)" % (layout, " or ".join(support.layouts))
+    if not support.groups and int(attrs.get("num_group", 1)) != 1:
+        return "grouped/depthwise convolution (num_group=%s)" % attrs.get("num_group")
+    if not support.dilation and any(d != 1 for d in _attr_tuple(attrs, "dilate")):
+        return "dilated convolution (the int8 kernel%s ignores dilation)" % where
+    is_global = _is_true(attrs.get("global_pool"), False)
+    for key, accepted in support.modes:
+        value = attrs.get(key)
+        if key == "pooling_convention" and is_global:
+            continue    # a global pooling has one output whatever the convention
+        if value is not None and value not in accepted:
+            return "%s=%s has no int8 kernel%s (int8 supports %s)" % (
+                key, value, where, "/".join(accepted))
+    if (support.counts_pad and attrs.get("pool_type") == "avg"
+            and not _is_true(attrs.get("count_include_pad"), True)
+            and any(_attr_tuple(attrs, "pad"))):
+        return "count_include_pad=False (int8 averages%s include padding)" % where
+    if support.flatten is not None and _is_true(attrs.get("flatten"), True) != support.flatten:
+        return "flatten=%s (the int8 GEMM%s needs flatten=%s)" % (
+            not support.flatten, where, support.flatten)
+    if support.channel_multiple > 1:
+        if weight_shape is None:
+            return "weight shape unknown (run the net once before quantizing)"
+        for what, size in (("input channels" if support.op == "Convolution" else "input size",
+                            weight_shape[1]),
+                           ("num_filter" if support.op == "Convolution" else "num_hidden",
+                            weight_shape[0])):
+            if size % support.channel_multiple:
+                return "%s %d is not a multiple of %d" % (what, size, support.channel_multiple)
+    return None

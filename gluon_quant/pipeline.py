@@ -1,0 +1,518 @@
+"""The quantization pipeline: stage functions passing small frozen records.
+
+One ``quantize()`` call is::
+
+    fused = fuse(net, config)                      # FusedGraph
+    plan = plan_quantization(fused, config)         # QuantPlan
+    params = fp32_params(net, fused, ctx, inputs)   # {name: NDArray}, copies
+    calib = calibrate(plan, params, data, ...)      # Calibration (table + samples)
+    model = build(plan, params, calib.table, ...)   # BuiltModel (int8 graph + block)
+
+Each stage reads its inputs only, returns a new record and changes nothing else: the
+user's net is traced, never modified. The graph passes of every stage are listed in
+:data:`gluon_quant.graph.passes.PASSES`; what the backend supports is read from its
+:class:`~gluon_quant.backends.BackendSpec`; MXNet itself is reached only through
+:mod:`gluon_quant._mxnet`. :class:`~gluon_quant.QuantizedHybridBlock` is the thin runtime
+over these records.
+"""
+import logging
+import types
+from dataclasses import dataclass
+from typing import Any, Mapping, Optional, Tuple
+
+import mxnet as mx
+import numpy as np
+
+from . import _mxnet, bias
+from .backends import get_spec
+from .calib import ZERO_RANGE, CalibrationTable
+from .collect import build_runner, collect_statistics
+from .config import QuantConfig, QuantDtype
+from .data import InputSpec, iter_batches
+from .errors import (CalibrationTableError, GraphError, ModelExecutionError,
+                     UnsupportedDtypeError)
+from .graph import GraphView, block_scopes, resolve_exclusions
+from .graph.cudnn import quantize_graph as cudnn_quantize_graph
+from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, run_passes
+from .presets import resolve_preset
+
+__all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "fuse",
+           "plan_quantization", "fp32_params", "calibrate", "check_table", "build",
+           "method_name", "BIAS_SAMPLES"]
+
+_log = logging.getLogger(__name__)
+
+#: Calibration samples kept to measure bias corrections (see :mod:`gluon_quant.bias`).
+BIAS_SAMPLES = 32
+
+#: A range whose ends are both below this is an all-zero tensor: it gets the calibrators'
+#: zero range instead (a huge scale would overflow the int32 bias of the layer it feeds).
+#: Legitimately tiny ranges (1e-9) are kept exactly.
+_ZERO_EPS = 1e-30
+
+#: Bounded re-planning when a quantized-graph pass sends nodes back to fp32.
+_MAX_REPLANS = 8
+
+
+@dataclass(frozen=True)
+class FusedGraph:
+    """The traced and fused fp32 graph, and which of its nodes stay fp32.
+
+    Attributes
+    ----------
+    symbol : Symbol
+        The fused fp32 graph.
+    view : GraphView
+        Read-only view of it (fused nodes with their members).
+    inputs : InputSpec
+        The net's tensor inputs.
+    out_format : object
+        Gluon's description of the output nesting (for regrouping outputs).
+    fp32_nodes : mapping of str to str
+        Node name -> why it stays fp32 (user exclusion, preset, backend, pass).
+    param_shapes : mapping of str to tuple
+        Shape of every parameter of the net.
+    net_class : str
+        The net's class name (for messages).
+    param_rewrites : tuple of ParamRewrite
+        How the graph's parameters are computed from the net's (reshaped 1-D weights,
+        folded BatchNorms), applied in order by :func:`fp32_params`.
+    """
+
+    symbol: Any
+    view: GraphView
+    inputs: InputSpec
+    out_format: Any
+    fp32_nodes: Mapping[str, str]
+    param_shapes: Mapping[str, tuple]
+    net_class: str = ""
+    param_rewrites: Tuple[ParamRewrite, ...] = ()
+
+    @property
+    def fingerprint(self):
+        """sha256 of the fused graph's structure (what calibration tables are tied to)."""
+        return self.view.fingerprint()
+
+
+@dataclass(frozen=True)
+class QuantPlan:
+    """The quantized graph before calibration.
+
+    Attributes
+    ----------
+    fused : FusedGraph
+    symbol : Symbol
+        The quantized graph, ranges not set.
+    calib_names : tuple of str
+        The fp32 tensors whose ranges calibration must provide.
+    fp32_nodes : mapping of str to str
+        Every node kept fp32 and why (the fused graph's, plus those sent back by passes).
+    """
+
+    fused: FusedGraph
+    symbol: Any
+    calib_names: Tuple[str, ...]
+    fp32_nodes: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What one calibration pass produced.
+
+    Attributes
+    ----------
+    table : CalibrationTable
+    calibrator : Calibrator
+        The calibrator holding the collected statistics (re-scorable).
+    bias_inputs : tuple of NDArray or None
+        Up to :data:`BIAS_SAMPLES` calibration samples kept for bias correction.
+    input_shapes : tuple of tuple
+        Shape of each input of the first batch (for export metadata).
+    """
+
+    table: CalibrationTable
+    calibrator: Any
+    bias_inputs: Optional[Tuple[Any, ...]]
+    input_shapes: Tuple[tuple, ...]
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    """The int8 model, ready to run.
+
+    Attributes
+    ----------
+    plan : QuantPlan
+    symbol : Symbol
+        The final int8 graph (calibrated, post-fused, passes applied).
+    table : CalibrationTable
+        The ranges (and stored bias corrections) it was built with.
+    block : mxnet.gluon.SymbolBlock
+        The runnable int8 graph over ``params``.
+    """
+
+    plan: QuantPlan
+    symbol: Any
+    table: CalibrationTable
+    block: Any
+
+    @property
+    def params(self):
+        """The int8 graph's parameters by name (int8 weights, fp32 biases and statistics)."""
+        return {name: p.data() for name, p in self.block.collect_params().items()}
+
+
+def _context(config):
+    return config.ctx if config.ctx is not None else mx.cpu()
+
+
+def fuse(net, config: QuantConfig) -> FusedGraph:
+    """Trace ``net``, run the traced-graph passes and the backend's fp32 fusion.
+
+    Parameters
+    ----------
+    net : mxnet.gluon.HybridBlock
+        The fp32 network (not modified).
+    config : QuantConfig
+
+    Returns
+    -------
+    FusedGraph
+        With the nodes kept fp32: the user's ``exclude`` first, then the preset's rules,
+        then the backend's and the passes' (the first reason for a node is kept).
+    """
+    spec = get_spec(config.backend.value)
+    inputs = InputSpec.from_net(net, config.num_inputs)
+    _, out, out_format = _mxnet.trace(net, inputs.count)
+    param_shapes = types.MappingProxyType(
+        {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
+    context = PassContext(spec=spec, param_shapes=param_shapes)
+    graph = _mxnet.graph_json(out)
+    run_passes(Stage.TRACED, graph, context)
+    fused = _mxnet.load_graph(graph)
+    if spec.fusion_pass:
+        fused = _mxnet.backend_fuse(fused, spec.fusion_pass)
+    fused_graph = _mxnet.graph_json(fused)
+    view = GraphView(fused_graph)
+    scopes = block_scopes(net)
+    excluded, _ = resolve_exclusions(list(config.exclude), view, scopes)
+    fp32 = {k: "excluded by user (%r)" % v for k, v in excluded.items()}
+    preset = resolve_preset(config.preset, net)
+    if preset is not None:
+        for name, reason in preset.select(view, scopes).items():
+            fp32.setdefault(name, reason)
+    for name, reason in run_passes(Stage.FUSED, fused_graph, context).items():
+        fp32.setdefault(name, reason)
+    return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,
+                      fp32_nodes=types.MappingProxyType(fp32), param_shapes=param_shapes,
+                      net_class=type(net).__name__,
+                      param_rewrites=tuple(context.param_rewrites))
+
+
+def plan_quantization(fused: FusedGraph, config: QuantConfig) -> QuantPlan:
+    """Insert int8 operators into the fused graph (ranges not set yet).
+
+    Nodes that a quantized-graph pass sends back to fp32 (an int8-only operator fed by a
+    uint8 layer) are excluded and the graph is quantized again, a bounded number of times.
+
+    Returns
+    -------
+    QuantPlan
+    """
+    spec = get_spec(config.backend.value)
+    fp32 = dict(fused.fp32_nodes)
+    offline = [n for n in fused.symbol.list_arguments() if n not in fused.inputs.names]
+    for _ in range(_MAX_REPLANS):
+        if spec.quantize_in_python:
+            graph, calib, kept = cudnn_quantize_graph(
+                _mxnet.graph_json(fused.symbol), excluded=sorted(fp32),
+                param_shapes={n: fused.param_shapes.get(n) for n in offline})
+            for name, reason in kept.items():
+                fp32.setdefault(name, reason)
+        else:
+            qsym, calib = _mxnet.quantize_symbol(
+                fused.symbol, device_type=spec.device_type, excluded_nodes=sorted(fp32),
+                offline_params=offline, dtype=config.dtype.value,
+                granularity=config.granularity.mxnet_name)
+            graph = _mxnet.graph_json(qsym)
+        back = {k: v for k, v in run_passes(
+            Stage.QUANTIZED, graph, PassContext(spec=spec, param_shapes=fused.param_shapes))
+            .items() if k not in fp32}
+        if not back:
+            break
+        fp32.update(back)
+    else:
+        raise GraphError("Quantizing the graph did not settle after %d attempts; nodes "
+                         "sent back to fp32 last: %s." % (_MAX_REPLANS, sorted(back)[:5]))
+    if not calib:
+        _log.warning("No layer of %s can be quantized on %s (every layer is excluded or has "
+                     "no int8 kernel); the result runs in fp32.", fused.net_class, spec.name)
+    return QuantPlan(fused=fused, symbol=_mxnet.load_graph(graph), calib_names=tuple(calib),
+                     fp32_nodes=types.MappingProxyType(fp32))
+
+
+def fp32_params(net, fused: FusedGraph, ctx, inputs=None):
+    """Copies of the fp32 parameters the fused graph reads, on ``ctx``.
+
+    Parameters
+    ----------
+    net : mxnet.gluon.HybridBlock
+    fused : FusedGraph
+    ctx : mxnet.Context
+    inputs : list of NDArray, optional
+        One batch, to finish deferred initialization by running the net once.
+
+    Returns
+    -------
+    dict of str to NDArray
+
+    Raises
+    ------
+    GraphError
+        Parameters are still deferred and no batch is given, or the graph reads a
+        variable that is neither an input nor a parameter.
+    ModelExecutionError
+        The net failed while finishing its initialization.
+    """
+    params = net.collect_params()
+    deferred = [p.name for p in params.values() if not _mxnet.is_initialized(p)]
+    if deferred:
+        if inputs is None:
+            raise GraphError(
+                "Parameters %s are not initialized. Initialize the net (and run it once "
+                "if it uses deferred shapes) before quantizing." % deferred[:5])
+        try:
+            net(*inputs)
+        except Exception as err:
+            raise ModelExecutionError("Running %s to finish parameter initialization "
+                                      "failed: %s: %s" % (type(net).__name__,
+                                                          type(err).__name__, err)) from err
+    needed = set(fused.symbol.list_arguments()) | set(fused.symbol.list_auxiliary_states())
+    sources = needed | {s for r in fused.param_rewrites for s in r.sources if s}
+    copies = {}
+    for name, param in params.items():
+        if name in sources:
+            try:
+                copies[name] = param.data(ctx).copy()
+            except _mxnet.MXNetError:
+                copies[name] = param.data().copyto(ctx)
+    for rewrite in fused.param_rewrites:
+        rewrite.apply(copies)
+    copies = {k: v for k, v in copies.items() if k in needed}
+    missing = needed - set(copies) - set(fused.inputs.names)
+    if missing:
+        raise GraphError("The traced graph has inputs that are neither network inputs "
+                         "nor parameters: %s. Check num_inputs (now %d)."
+                         % (sorted(missing)[:5], fused.inputs.count))
+    return copies
+
+
+def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, convert):
+    """Run the fused fp32 graph over ``data`` and compute the ranges.
+
+    Parameters
+    ----------
+    plan : QuantPlan
+    net : mxnet.gluon.HybridBlock
+        The fp32 net (its parameters are read, deferred ones initialized).
+    data : iterable of batches
+    config : QuantConfig
+    calibrator : Calibrator
+        Receives the statistics (a fresh one, or the user's instance).
+    convert : callable
+        ``convert(batch) -> list of NDArray`` (a :class:`~gluon_quant.data.BatchConverter`).
+
+    Returns
+    -------
+    params : dict of str to NDArray
+        The fp32 parameters (copies), for :func:`build`.
+    calibration : Calibration
+    """
+    names = list(plan.calib_names)
+    input_names = plan.fused.inputs.names
+    outputs_needed = [n for n in names if n not in input_names]
+    ctx = _context(config)
+    state = {"params": None, "shapes": ()}
+
+    def make_runner(inputs):
+        if state["params"] is None:
+            state["params"] = fp32_params(net, plan.fused, ctx, inputs)
+            state["shapes"] = tuple(tuple(a.shape) for a in inputs)
+        return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"],
+                            ctx)
+
+    samples, kept = [], []
+
+    def convert_and_keep(batch):
+        inputs = convert(batch)
+        samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
+        room = BIAS_SAMPLES - sum(k[0].shape[0] for k in kept)
+        if config.bias_correction and room > 0 and inputs and inputs[0].ndim:
+            kept.append([a[:room].copy() for a in inputs])
+        return inputs
+
+    seen = collect_statistics(
+        iter_batches(data, config.num_calib_batches), convert=convert_and_keep,
+        make_runner=make_runner, calibrator=calibrator, input_names=input_names,
+        tensor_names=names, progress=config.progress,
+        total=_length(data, config.num_calib_batches))
+    bias_inputs = None
+    if kept and all(len(k) == len(kept[0]) for k in kept):
+        try:
+            bias_inputs = tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
+        except _mxnet.MXNetError:     # batches of different shapes: keep the first
+            bias_inputs = tuple(kept[0])
+    _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
+              type(calibrator).__name__)
+    table = calibrator.compute() if names else CalibrationTable(
+        {}, method=method_name(calibrator))
+    # How much data the ranges rest on (read by gluon_quant.debug's checks).
+    table = CalibrationTable(dict(table.items()), method=table.method,
+                             fingerprint=plan.fused.fingerprint,
+                             meta=dict(table.meta, batches=seen, samples=int(sum(samples))))
+    return state["params"], Calibration(table=table, calibrator=calibrator,
+                                        bias_inputs=bias_inputs, input_shapes=state["shapes"])
+
+
+def check_table(plan: QuantPlan, table) -> CalibrationTable:
+    """Validate ``table`` against the plan; all-zero ranges get the zero range.
+
+    Raises
+    ------
+    CalibrationTableError
+        Not a table, computed on another graph, a range missing or not finite.
+    """
+    if not isinstance(table, CalibrationTable):
+        raise CalibrationTableError("Expected a CalibrationTable, got %s."
+                                    % type(table).__name__)
+    fingerprint = plan.fused.fingerprint
+    if table.fingerprint is not None and table.fingerprint != fingerprint:
+        raise CalibrationTableError(
+            "The calibration table was computed on another graph (fingerprint %s..., this "
+            "network's is %s...). Calibrate this network, or load the table that was saved "
+            "with it." % (table.fingerprint[:12], fingerprint[:12]))
+    missing = [n for n in plan.calib_names if n not in table]
+    if missing:
+        raise CalibrationTableError(
+            "The calibration table has no range for %d tensor(s) of this graph: %s. "
+            "Recalibrate with the same exclude/backend settings."
+            % (len(missing), missing[:5]))
+    merged = dict(table.items())
+    for name in plan.calib_names:
+        lo, hi = (float(v) for v in table[name])
+        if not (np.isfinite(lo) and np.isfinite(hi)) or lo > hi:
+            raise CalibrationTableError("Range %r of tensor %r is not a valid finite "
+                                        "[min, max]." % ((lo, hi), name))
+        if max(abs(lo), abs(hi)) < _ZERO_EPS:
+            lo, hi = 0.0, ZERO_RANGE
+        merged[name] = (lo, hi)
+    return CalibrationTable(merged, method=table.method, fingerprint=fingerprint,
+                            meta=table.meta)
+
+
+def _final_graph(plan, table, spec):
+    """Ranges written at full precision, post-quantization fusion, final passes."""
+    input_names = plan.fused.inputs.names
+    ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in table.items()}
+    context = PassContext(spec=spec, param_shapes=plan.fused.param_shapes, ranges=ranges,
+                          infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, input_names))
+    graph = _mxnet.graph_json(_mxnet.set_calibration(plan.symbol, ranges)
+                              if not spec.quantize_in_python else plan.symbol)
+    run_passes(Stage.CALIBRATED, graph, context)
+    final = _mxnet.load_graph(graph)
+    if spec.fusion_pass:
+        final = _mxnet.backend_fuse(final, spec.fusion_pass)
+    graph = _mxnet.graph_json(final)
+    run_passes(Stage.FINAL, graph, context)
+    return _mxnet.load_graph(graph)
+
+
+def _check_uint8(final, table, config, input_names):
+    """Refuse uint8 where the final graph would clip negative values to 0."""
+    if config.dtype is not QuantDtype.UINT8:
+        return
+    dtypes = _mxnet.infer_output_dtypes(final, {n: "float32" for n in input_names})
+    signed = sorted({key for node, key in calibrated_nodes(_mxnet.graph_json(final))
+                     if "uint8" in (dtypes.get(node + "_output"), dtypes.get(node + "_output0"))
+                     and key in table and table[key][0] < 0})
+    if signed:
+        raise UnsupportedDtypeError(
+            "dtype='uint8' cannot represent %d tensor(s) that take negative values: %s. "
+            "uint8 would clip them to 0 and give wrong results. Use dtype='auto' (uint8 "
+            "where values are non-negative, int8 elsewhere) or dtype='int8', or exclude "
+            "the layers that produce them." % (len(signed), signed[:5]))
+
+
+def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=None):
+    """Apply ranges, run post-quantization fusion and passes, quantize weights, build.
+
+    Parameters
+    ----------
+    plan : QuantPlan
+    params : dict of str to NDArray
+        fp32 parameters from :func:`fp32_params` / :func:`calibrate`.
+    table : CalibrationTable
+        Checked ranges (:func:`check_table`).
+    config : QuantConfig
+    bias_inputs : tuple of NDArray, optional
+        Calibration samples to measure bias corrections on, when the table has none for
+        this set of int8 layers.
+
+    Returns
+    -------
+    BuiltModel
+    """
+    spec = get_spec(config.backend.value)
+    input_names = plan.fused.inputs.names
+    final = _final_graph(plan, table, spec)
+    _check_uint8(final, table, config, input_names)
+    arguments = set(plan.fused.symbol.list_arguments())
+    qparams = _mxnet.quantize_params(final, {k: v for k, v in params.items()
+                                             if k in arguments})
+    for name in final.list_auxiliary_states():
+        qparams[name] = params[name]
+    if config.bias_correction and spec.bias_correction:
+        qparams, table = _correct_bias(plan, final, qparams, params, table, bias_inputs,
+                                       _context(config))
+    block = _mxnet.symbol_block(final, input_names, qparams, _context(config))
+    return BuiltModel(plan=plan, symbol=final, table=table, block=block)
+
+
+def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):
+    """Apply the table's bias corrections, or measure them on kept calibration samples.
+
+    Corrections depend on which layers are int8 (an fp32 layer upstream changes the
+    error downstream), so stored ones are used only for the same set of int8 layers;
+    otherwise they are measured again when calibration samples are at hand.
+    """
+    fused_view = plan.fused.view
+    layers = bias.linear_layers(fused_view, final)
+    if not layers:
+        return qparams, table
+    quantized = bias.quantized_nodes(fused_view, final)
+    stored = table.meta.get(bias.META_KEY)
+    if not (isinstance(stored, dict) and stored.get("nodes") == quantized):
+        if bias_inputs is None:
+            return qparams, table
+        corrections = bias.compute_corrections(
+            fused=plan.fused.symbol, final=final, layers=layers, params=qparams,
+            fp32_params=fp32, inputs=list(bias_inputs), input_names=plan.fused.inputs.names, table=table,
+            ctx=ctx)
+        stored = {"nodes": quantized, "params": corrections}
+        table = CalibrationTable(dict(table.items()), method=table.method,
+                                 fingerprint=table.fingerprint,
+                                 meta=dict(table.meta, **{bias.META_KEY: stored}))
+    return bias.apply_corrections(qparams, stored.get("params") or {}), table
+
+
+def method_name(calibrator):
+    """The calibration method's name (``'mse'``), or the class name of a custom one."""
+    return getattr(calibrator, "method", None) or type(calibrator).__name__
+
+
+def _length(data, limit):
+    try:
+        n = len(data)
+    except TypeError:
+        return limit
+    return n if limit is None else min(n, limit)
