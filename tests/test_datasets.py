@@ -140,3 +140,23 @@ def test_the_pinned_requirement_is_the_one_setup_installs():
     setup_py = os.path.join(os.path.dirname(__file__), os.pardir, "setup.py")
     with open(setup_py, encoding="utf-8") as handle:
         assert '"%s"' % datasets.MNIST_5K_REQUIREMENT in handle.read()
+
+
+def _write_idx(folder, prefix, images, labels):
+    with gzip.open(str(folder / ("%s-images-idx3-ubyte.gz" % prefix)), "wb") as handle:
+        handle.write(np.array([2051, len(images), 28, 28], dtype=">i4").tobytes())
+        handle.write(images.tobytes())
+    with gzip.open(str(folder / ("%s-labels-idx1-ubyte.gz" % prefix)), "wb") as handle:
+        handle.write(np.array([2049, len(labels)], dtype=">i4").tobytes())
+        handle.write(labels.astype(np.uint8).tobytes())
+
+
+def test_small_images_prefer_fashion_mnist_when_installed(monkeypatch, tmp_path):
+    rs = np.random.RandomState(0)
+    for prefix, count in (("train", 6), ("t10k", 4)):
+        _write_idx(tmp_path, prefix, rs.randint(0, 256, (count, 28, 28)).astype(np.uint8),
+                   np.arange(count) % 10)
+    monkeypatch.setattr(datasets, "FASHION_MNIST_DIR", str(tmp_path))
+    data = datasets.load_small_images()
+    assert data["name"] == "fashion-mnist"
+    assert data["train"][0].shape == (6, 1, 28, 28) and data["test"][1].tolist() == [0, 1, 2, 3]
