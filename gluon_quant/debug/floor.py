@@ -119,8 +119,26 @@ def fake_quant_graph(qnet):
         raise GraphError("The network is not calibrated yet: call calibrate() (or use "
                          "gluon_quant.quantize) before asking for its activation floor.")
     graph = _mxnet.graph_json(qnet.fused_graph)
-    rounded = insert_fake_quant(graph, dict(table.items()))
+    ranges = {k: v for k, v in table.items() if k not in _float_outputs(qnet)}
+    rounded = insert_fake_quant(graph, ranges)
     return _mxnet.load_graph(graph), rounded
+
+
+def _float_outputs(qnet):
+    """Table keys of tensors the int8 graph never rounds: the outputs of quantized layers
+    that emit float (``enable_float_output``, e.g. the logits). Their ranges are in the
+    table (the layer's requantization is computed from them) but rounding them in the
+    floor would make the floor worse than the int8 network itself."""
+    if qnet.quantized_graph is None:
+        return set()
+    found = set()
+    for node in _mxnet.graph_json(qnet.quantized_graph)["nodes"]:
+        if str((node.get("attrs") or {}).get("enable_float_output", "")).lower() in (
+                "true", "1"):
+            name = node["name"]
+            found.add((name[len("quantized_"):] if name.startswith("quantized_") else name)
+                      + "_output")
+    return found
 
 
 def fake_quant_block(qnet):

@@ -21,8 +21,9 @@ def test_healthy_cnn_is_at_its_floor(trained_cnn):
     qnet = gq.quantize(trained_cnn["net"], trained_cnn["calib"], progress=False)
     report = activation_floor(qnet, trained_cnn["calib"], num_batches=2)
     assert isinstance(report, FloorReport) and report.batches == 2
-    # data, two conv+bn+relu outputs, two poolings, the hidden dense output
-    assert report.tensors == len(qnet.calibration_table)
+    # data, two conv+bn+relu outputs, the hidden dense output; not the logits, which the
+    # int8 graph emits in float (rounding them made the floor worse than int8 itself)
+    assert report.tensors == len(qnet.calibration_table) - 1
     assert report.floor_cosine > 0.999 and report.int8_cosine > 0.995
     assert abs(report.gap_db) < 3.0 and report.close
     assert str(report).endswith("int8 is close to the best 8-bit activations allow")
