@@ -9,9 +9,14 @@ nodes, which dtypes) are made by the callers (:mod:`gluon_quant.pipeline`,
 :mod:`gluon_quant.backends`); these functions only do what they are told.
 ``tests/test_structure.py`` checks that no other module reads MXNet privates.
 """
+import contextlib
 import ctypes
 import json
 import logging
+import os
+import sys
+import tempfile
+import warnings
 
 import mxnet as mx
 import numpy as np
@@ -25,7 +30,8 @@ __all__ = [
     "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
     "load_graph", "symbol_block", "load_block_params", "infer_output_dtypes",
     "infer_graph_dtypes", "tap_outputs", "run_block", "host_view", "first_line",
-    "check_graph_entries", "is_initialized", "clear_cached_op", "registered_param_names",
+    "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
+    "registered_param_names",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError",
 ]
 
@@ -82,7 +88,21 @@ def trace(net, num_inputs, dtypes=None):
             "hybrid_forward only uses F.* operators (no .asnumpy(), .shape, Python control flow "
             "on values) and that the number of inputs matches the calibration batches."
             % (type(net).__name__, num_inputs, type(err).__name__, err)) from err
-    flat, out_format = _gluon_block._flatten(out, "output")
+    if isinstance(out, dict) or (isinstance(out, (list, tuple)) and any(
+            isinstance(o, dict) for o in out)):
+        raise NotHybridizableError(
+            "%s returns a dict (keys %s); MXNet cannot trace dict outputs. Return a tuple "
+            "of the values instead (e.g. ``return tuple(out[k] for k in sorted(out))``) and "
+            "rebuild the dict after calling the quantized net."
+            % (type(net).__name__, sorted(map(str, out.keys())) if isinstance(out, dict)
+               else "in a list"))
+    try:
+        flat, out_format = _gluon_block._flatten(out, "output")
+    except ValueError as err:
+        raise NotHybridizableError(
+            "%s returned %s, which MXNet cannot flatten into graph outputs (%s). Return a "
+            "symbol or a (nested) tuple/list of symbols." % (type(net).__name__,
+                                                            type(out).__name__, err)) from err
     if not all(isinstance(s, mx.sym.Symbol) for s in flat):
         raise NotHybridizableError(
             "%s returned non-symbol outputs when traced; every output must come from F.* "
@@ -111,21 +131,55 @@ def regroup(flat, fmt):
     return _gluon_block._regroup(list(flat), fmt)
 
 
+@contextlib.contextmanager
+def native_output(messages):
+    """Capture what MXNet writes on the process's stdout and stderr into ``messages``.
+
+    MXNet's C++ passes log with ``LOG(INFO)`` ("Currently, quantized concat only supports
+    dim>0 ...") and its Python code prints ("infer_type error. Arguments: ..."), straight
+    to the terminal. Inside this block both file descriptors point at a temporary file;
+    its non-empty lines are appended to ``messages`` (a list) when the block ends.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    with tempfile.TemporaryFile() as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            yield messages
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", errors="replace")
+            messages.extend(line.strip() for line in text.splitlines() if line.strip())
+
+
 def device(device_type):
     """The MXNet context of a device type (``'cpu'``, or ``'gpu'`` for GPU 0)."""
     return mx.gpu(0) if device_type == "gpu" else mx.cpu()
 
 
-def backend_fuse(sym, pass_name):
-    """Run MXNet's subgraph property ``pass_name`` (e.g. ``'MKLDNN_QUANTIZE'``) on ``sym``."""
+def backend_fuse(sym, pass_name, messages=None):
+    """Run MXNet's subgraph property ``pass_name`` (e.g. ``'MKLDNN_QUANTIZE'``) on ``sym``.
+
+    What MXNet logs meanwhile is appended to ``messages`` (a list), not printed.
+    """
     try:
-        return sym.get_backend_symbol(pass_name)
+        with native_output([] if messages is None else messages):
+            return sym.get_backend_symbol(pass_name)
     except mx.base.MXNetError as err:
         raise GraphError("MXNet's %s fusion pass failed: %s" % (pass_name, first_line(err))) \
             from err
 
 
-def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, granularity):
+def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, granularity,
+                    messages=None):
     """Run MXNet's quantization pass: int8 operators where this build has a kernel.
 
     Parameters
@@ -142,6 +196,8 @@ def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, 
         ``'auto'``, ``'int8'`` or ``'uint8'``.
     granularity : str
         ``'channel-wise'`` or ``'tensor-wise'``.
+    messages : list, optional
+        Receives what MXNet logs meanwhile (instead of the terminal).
 
     Returns
     -------
@@ -151,19 +207,23 @@ def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, 
         Names of the fp32 tensors whose ranges must be calibrated.
     """
     try:
-        qsym, calib = _mxq._quantize_symbol(
-            sym, device(device_type), excluded_symbols=list(excluded_nodes),
-            excluded_operators=[], offline_params=list(offline_params),
-            quantized_dtype=dtype, quantize_mode="full",
-            quantize_granularity=granularity)
+        with native_output([] if messages is None else messages):
+            qsym, calib = _mxq._quantize_symbol(
+                sym, device(device_type), excluded_symbols=list(excluded_nodes),
+                excluded_operators=[], offline_params=list(offline_params),
+                quantized_dtype=dtype, quantize_mode="full",
+                quantize_granularity=granularity)
     except mx.base.MXNetError as err:
         raise GraphError("MXNet's quantization pass failed: %s" % first_line(err)) from err
     return qsym, list(calib)
 
 
-def set_calibration(qsym, ranges):
+def set_calibration(qsym, ranges, messages=None):
     """Write ``{tensor: (min, max)}`` into a quantized graph with MXNet's own setter."""
-    return _mxq._calibrate_quantized_sym(qsym, dict(ranges)) if ranges else qsym
+    if not ranges:
+        return qsym
+    with native_output([] if messages is None else messages):
+        return _mxq._calibrate_quantized_sym(qsym, dict(ranges))
 
 
 def quantize_params(qsym, arg_params):
@@ -201,7 +261,9 @@ def symbol_block(sym, names, params, ctx, dtypes=None):
     """
     dtypes = dtypes or ["float32"] * len(names)
     inputs = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
-    return load_block_params(mx.gluon.SymbolBlock(sym, inputs), params, ctx)
+    with native_output([]):     # Gluon's type inference prints its arguments when partial
+        block = mx.gluon.SymbolBlock(sym, inputs)
+    return load_block_params(block, params, ctx)
 
 
 def load_block_params(block, params, ctx):
@@ -220,7 +282,8 @@ def infer_output_dtypes(sym, input_dtypes):
     """Map every internal output name of ``sym`` to its inferred dtype name (or None)."""
     internals = sym.get_internals()
     try:
-        _, out_types, _ = internals.infer_type_partial(**input_dtypes)
+        with native_output([]):     # MXNet prints the arguments before raising
+            _, out_types, _ = internals.infer_type_partial(**input_dtypes)
     except mx.base.MXNetError:
         return {}
     return {name: (None if t is None else np.dtype(t).name)
@@ -278,7 +341,11 @@ def tap_outputs(sym, node_names, input_names):
 def run_block(block, inputs, what):
     """Call a block, turning MXNet errors into package errors naming ``what`` failed."""
     try:
-        out = block(*inputs)
+        with warnings.catch_warnings():
+            # A tapped sub-graph need not read every input ("The 1-th input to
+            # HybridBlock is not used by any computation"): expected here.
+            warnings.filterwarnings("ignore", message=".*input to HybridBlock is not used")
+            out = block(*inputs)
         flat = out if isinstance(out, (list, tuple)) else [out]
         mx.nd.waitall()
         return flat

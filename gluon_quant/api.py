@@ -72,7 +72,6 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
         qnet.tune_result = result
         return qnet
     qnet = QuantizedHybridBlock(net, config)
-    qnet.quantize_graph()
     if calib_table is None:
         qnet.calibrate(calib_data)
     return qnet.finalize(calib_table)

@@ -15,7 +15,7 @@ from . import _mxnet, pipeline
 from .backends import get_spec
 from .calib import get_calibrator
 from .config import QuantConfig
-from .data import BatchConverter, as_tuples, describe
+from .data import BatchConverter, as_tuples, describe, peek
 from .errors import (EmptyCalibrationError, GluonQuantError, GraphError, InputMismatchError,
                      NotHybridizableError)
 from .presets import resolve_preset
@@ -96,9 +96,12 @@ class QuantizedHybridBlock(HybridBlock):
         doc="Input shapes of the first calibration batch (None without calibration).")
 
     # ------------------------------------------------------------------ stages
-    def fuse(self):
-        """Trace the net and run the backend's fp32 fusion; returns the fused Symbol."""
-        self._fused = pipeline.fuse(self.net, self._config)
+    def fuse(self, batch=None):
+        """Trace the net and run the backend's fp32 fusion; returns the fused Symbol.
+
+        ``batch`` (a calibration batch) tells which optional inputs the net is fed.
+        """
+        self._fused = pipeline.fuse(self.net, self._config, batch)
         self._plan = self._model = None
         self._converter = BatchConverter(self._fused.inputs, self.ctx, self._config.input_fn)
         return self._fused.symbol
@@ -115,6 +118,9 @@ class QuantizedHybridBlock(HybridBlock):
 
         ``num_calib_batches`` overrides ``config.num_calib_batches`` for this call.
         """
+        if self._fused is None:
+            first, calib_data = peek(calib_data)
+            self.fuse(first)
         if self._plan is None:
             self.quantize_graph()
         config = self._config if num_calib_batches is None else self._config.replace(

@@ -442,7 +442,8 @@ def _cmd_compare(args, out):
         plots = [plot.plot_sqnr(rows, os.path.join(args.plot, "sqnr.png"),
                                 title="%s: int8 vs fp32 per layer (worst first)" % model.name)]
     shown = type(result)(rows, output_sqnr_db=result.output_sqnr_db,
-                         output_cosine=result.output_cosine, batches=result.batches)
+                         output_cosine=result.output_cosine, batches=result.batches,
+                         outputs=result.outputs)
     out.text(str(shown))
     worst = [r for r in rows if r.quantized][:1]
     if worst:

@@ -16,7 +16,8 @@ from . import _mxnet
 from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchError, \
     NonFiniteDataError
 
-__all__ = ["InputSpec", "BatchConverter", "iter_batches", "describe", "check_finite", "as_tuples"]
+__all__ = ["InputSpec", "BatchConverter", "iter_batches", "peek", "describe", "check_finite",
+           "as_tuples"]
 
 _log = logging.getLogger(__name__)
 
@@ -43,11 +44,18 @@ class InputSpec:
         The graph's input names (``data`` or ``data0``, ``data1``...).
     arg_names : list of str
         The names of ``hybrid_forward``'s tensor arguments (``x``, ``y``...).
+    optional : list of str, optional
+        Arguments after the required ones whose default is None (``valid_length=None``,
+        ``mask=None``): inputs when the batches supply them.
+    explicit : bool, default False
+        The count was given (``num_inputs=``), so extra batch elements are labels.
     """
 
-    def __init__(self, names, arg_names):
+    def __init__(self, names, arg_names, optional=(), explicit=False):
         self.names = list(names)
         self.arg_names = list(arg_names)
+        self.optional = [n for n in optional if n not in self.arg_names]
+        self.explicit = bool(explicit)
 
     @property
     def count(self):
@@ -55,25 +63,98 @@ class InputSpec:
         return len(self.names)
 
     @classmethod
-    def from_net(cls, net, num_inputs=None):
-        """Read the input count and names from ``net.hybrid_forward``'s signature.
+    def from_net(cls, net, num_inputs=None, batch=None):
+        """Read the inputs from ``net.hybrid_forward``'s signature (and a batch).
 
-        Required positional arguments after ``F`` that are not the block's own
-        parameters are inputs. ``num_inputs`` overrides the count.
+        Required positional arguments after ``F`` that are not the block's own parameters
+        are inputs; so are the arguments after them that default to None when the batch
+        supplies them: a dict batch by name; a tuple batch only when it cannot be a label
+        instead, otherwise the choice is refused as ambiguous. ``num_inputs`` overrides.
+
+        Raises
+        ------
+        InputMismatchError
+            ``num_inputs`` is invalid, or a tuple batch has more elements than required
+            inputs while the net also takes optional tensors (labels or inputs?).
         """
-        try:
-            sig = inspect.signature(net.hybrid_forward)
-            own = _mxnet.registered_param_names(net)
-            args = [p.name for p in list(sig.parameters.values())[1:]
-                    if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-                    and p.default is p.empty and p.name not in own]
-        except (TypeError, ValueError):
-            args = []
-        count = num_inputs if num_inputs is not None else max(1, len(args))
-        if not isinstance(count, int) or count < 1:
-            raise InputMismatchError("num_inputs must be a positive int, got %r." % (num_inputs,))
+        required, optional = _signature_inputs(net)
+        if num_inputs is not None:
+            if isinstance(num_inputs, bool) or not isinstance(num_inputs, int) or num_inputs < 1:
+                raise InputMismatchError("num_inputs must be a positive int, got %r."
+                                         % (num_inputs,))
+            args = required + optional
+            args = (args + ["input%d" % i for i in range(len(args), num_inputs)])[:num_inputs]
+            return cls(_mxnet.input_names(num_inputs), args, explicit=True)
+        count = max(1, len(required))
+        if optional and batch is not None:
+            count = _count_from_batch(net, required, optional, batch, count)
+        args = required + optional
         args = (args + ["input%d" % i for i in range(len(args), count)])[:count]
-        return cls(_mxnet.input_names(count), args)
+        return cls(_mxnet.input_names(count), args, optional=optional[count - len(required):])
+
+
+def _signature_inputs(net):
+    """``(required, optional)`` tensor argument names of ``net.hybrid_forward``."""
+    try:
+        sig = inspect.signature(net.hybrid_forward)
+    except (TypeError, ValueError):
+        return [], []
+    own = _mxnet.registered_param_names(net)
+    required, optional = [], []
+    for param in list(sig.parameters.values())[1:]:
+        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD) \
+                or param.name in own:
+            continue
+        if param.default is param.empty and not optional:
+            required.append(param.name)
+        elif param.default is None:
+            optional.append(param.name)
+        else:
+            break       # a non-tensor option (training=False): no tensor after it
+    return required, optional
+
+
+def _count_from_batch(net, required, optional, batch, count):
+    """How many of the optional inputs a batch supplies (see :meth:`InputSpec.from_net`)."""
+    if isinstance(batch, dict):
+        present = [i for i, name in enumerate(optional) if name in batch]
+        if present and present != list(range(len(present))):
+            raise InputMismatchError(
+                "The batch dict supplies %s but not %s before it; %s takes its optional "
+                "inputs in the order %s. Supply them in order or pass input_fn=."
+                % ([optional[i] for i in present],
+                   [n for i, n in enumerate(optional) if i < present[-1] and i not in present],
+                   type(net).__name__, optional))
+        return count + len(present)
+    if isinstance(batch, (list, tuple)) and len(batch) > count:
+        extra = len(batch) - count
+        raise InputMismatchError(
+            "Cannot tell which batch elements are inputs: %s.hybrid_forward takes %s and, "
+            "optionally, %s, and the batches have %d elements (%s). Extra elements may be "
+            "optional inputs or labels: pass num_inputs=%d to feed %s, num_inputs=%d if the "
+            "rest are labels, a dict batch keyed by input name, or input_fn=."
+            % (type(net).__name__, ", ".join(required) or "one input", ", ".join(optional),
+               len(batch), describe(batch), count + min(extra, len(optional)),
+               ", ".join((required + optional)[:count + min(extra, len(optional))]), count))
+    return count
+
+
+def peek(data):
+    """``(first batch or None, data)``; an iterator's first batch is put back in front.
+
+    Re-iterable data (lists, DataLoaders) is returned as is; a one-shot iterator
+    (a generator) is returned chained after its first batch.
+    """
+    if data is None or isinstance(data, mx.io.DataIter):
+        return None, data
+    try:
+        iterator = iter(data)
+    except TypeError:
+        return None, data
+    first = next(iterator, None)
+    if iterator is data:
+        data = itertools.chain([] if first is None else [first], iterator)
+    return first, data
 
 
 def iter_batches(data, limit=None):
@@ -172,6 +253,13 @@ class BatchConverter:
                             self.spec.arg_names))
             return picked
         if isinstance(batch, (list, tuple)):
+            if len(batch) > count and self.spec.optional and not self.spec.explicit:
+                raise InputMismatchError(
+                    "The batch has %d elements (%s) but the network was traced with %d "
+                    "input(s) (%s) and also takes %s: are the extra elements inputs or "
+                    "labels? Pass num_inputs= (or input_fn=) to say." % (
+                        len(batch), describe(batch), count, ", ".join(self.spec.arg_names),
+                        ", ".join(self.spec.optional)))
             if len(batch) < count:
                 raise InputMismatchError(
                     "The batch has %d element(s) (%s) but the network takes %d input(s) (%s). "

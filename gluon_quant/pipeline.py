@@ -77,6 +77,8 @@ class FusedGraph:
     param_rewrites : tuple of ParamRewrite
         How the graph's parameters are computed from the net's (reshaped 1-D weights,
         folded BatchNorms), applied in order by :func:`fp32_params`.
+    messages : tuple of str
+        What MXNet logged during fusion (shown by ``report()``, never on the terminal).
     """
 
     symbol: Any
@@ -87,6 +89,7 @@ class FusedGraph:
     param_shapes: Mapping[str, tuple]
     net_class: str = ""
     param_rewrites: Tuple[ParamRewrite, ...] = ()
+    messages: Tuple[str, ...] = ()
 
     @property
     def fingerprint(self):
@@ -107,12 +110,15 @@ class QuantPlan:
         The fp32 tensors whose ranges calibration must provide.
     fp32_nodes : mapping of str to str
         Every node kept fp32 and why (the fused graph's, plus those sent back by passes).
+    messages : tuple of str
+        What MXNet logged while quantizing the graph.
     """
 
     fused: FusedGraph
     symbol: Any
     calib_names: Tuple[str, ...]
     fp32_nodes: Mapping[str, str]
+    messages: Tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -149,12 +155,15 @@ class BuiltModel:
         The ranges (and stored bias corrections) it was built with.
     block : mxnet.gluon.SymbolBlock
         The runnable int8 graph over ``params``.
+    messages : tuple of str
+        What MXNet logged at every stage (fusion, quantization, calibration), deduplicated.
     """
 
     plan: QuantPlan
     symbol: Any
     table: CalibrationTable
     block: Any
+    messages: Tuple[str, ...] = ()
 
     @property
     def params(self):
@@ -166,7 +175,7 @@ def _context(config):
     return config.ctx if config.ctx is not None else mx.cpu()
 
 
-def fuse(net, config: QuantConfig) -> FusedGraph:
+def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
     """Trace ``net``, run the traced-graph passes and the backend's fp32 fusion.
 
     Parameters
@@ -174,6 +183,9 @@ def fuse(net, config: QuantConfig) -> FusedGraph:
     net : mxnet.gluon.HybridBlock
         The fp32 network (not modified).
     config : QuantConfig
+    batch : object, optional
+        A calibration batch: it tells which optional inputs (``mask=None``) are fed
+        (:meth:`~gluon_quant.data.InputSpec.from_net`).
 
     Returns
     -------
@@ -182,7 +194,12 @@ def fuse(net, config: QuantConfig) -> FusedGraph:
         then the backend's and the passes' (the first reason for a node is kept).
     """
     spec = get_spec(config.backend.value)
-    inputs = InputSpec.from_net(net, config.num_inputs)
+    if batch is not None and config.input_fn is not None:
+        try:
+            batch = config.input_fn(batch)
+        except Exception:       # reported with its context when the batch is converted
+            batch = None
+    inputs = InputSpec.from_net(net, config.num_inputs, batch)
     _, out, out_format = _mxnet.trace(net, inputs.count)
     param_shapes = types.MappingProxyType(
         {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
@@ -190,8 +207,9 @@ def fuse(net, config: QuantConfig) -> FusedGraph:
     graph = _mxnet.graph_json(out)
     run_passes(Stage.TRACED, graph, context)
     fused = _mxnet.load_graph(graph)
+    messages = []
     if spec.fusion_pass:
-        fused = _mxnet.backend_fuse(fused, spec.fusion_pass)
+        fused = _mxnet.backend_fuse(fused, spec.fusion_pass, messages)
     fused_graph = _mxnet.graph_json(fused)
     view = GraphView(fused_graph)
     scopes = block_scopes(net)
@@ -206,7 +224,8 @@ def fuse(net, config: QuantConfig) -> FusedGraph:
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,
                       fp32_nodes=types.MappingProxyType(fp32), param_shapes=param_shapes,
                       net_class=type(net).__name__,
-                      param_rewrites=tuple(context.param_rewrites))
+                      param_rewrites=tuple(context.param_rewrites),
+                      messages=tuple(messages))
 
 
 def plan_quantization(fused: FusedGraph, config: QuantConfig) -> QuantPlan:
@@ -222,6 +241,7 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig) -> QuantPlan:
     spec = get_spec(config.backend.value)
     fp32 = dict(fused.fp32_nodes)
     offline = [n for n in fused.symbol.list_arguments() if n not in fused.inputs.names]
+    messages = []
     for _ in range(_MAX_REPLANS):
         if spec.quantize_in_python:
             graph, calib, kept = cudnn_quantize_graph(
@@ -233,7 +253,7 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig) -> QuantPlan:
             qsym, calib = _mxnet.quantize_symbol(
                 fused.symbol, device_type=spec.device_type, excluded_nodes=sorted(fp32),
                 offline_params=offline, dtype=config.dtype.value,
-                granularity=config.granularity.mxnet_name)
+                granularity=config.granularity.mxnet_name, messages=messages)
             graph = _mxnet.graph_json(qsym)
         back = {k: v for k, v in run_passes(
             Stage.QUANTIZED, graph, PassContext(spec=spec, param_shapes=fused.param_shapes))
@@ -248,7 +268,7 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig) -> QuantPlan:
         _log.warning("No layer of %s can be quantized on %s (every layer is excluded or has "
                      "no int8 kernel); the result runs in fp32.", fused.net_class, spec.name)
     return QuantPlan(fused=fused, symbol=_mxnet.load_graph(graph), calib_names=tuple(calib),
-                     fp32_nodes=types.MappingProxyType(fp32))
+                     fp32_nodes=types.MappingProxyType(fp32), messages=tuple(messages))
 
 
 def fp32_params(net, fused: FusedGraph, ctx, inputs=None):
@@ -410,18 +430,18 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
                             meta=table.meta)
 
 
-def _final_graph(plan, table, spec):
+def _final_graph(plan, table, spec, messages):
     """Ranges written at full precision, post-quantization fusion, final passes."""
     input_names = plan.fused.inputs.names
     ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in table.items()}
     context = PassContext(spec=spec, param_shapes=plan.fused.param_shapes, ranges=ranges,
                           infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, input_names))
-    graph = _mxnet.graph_json(_mxnet.set_calibration(plan.symbol, ranges)
+    graph = _mxnet.graph_json(_mxnet.set_calibration(plan.symbol, ranges, messages)
                               if not spec.quantize_in_python else plan.symbol)
     run_passes(Stage.CALIBRATED, graph, context)
     final = _mxnet.load_graph(graph)
     if spec.fusion_pass:
-        final = _mxnet.backend_fuse(final, spec.fusion_pass)
+        final = _mxnet.backend_fuse(final, spec.fusion_pass, messages)
     graph = _mxnet.graph_json(final)
     run_passes(Stage.FINAL, graph, context)
     return _mxnet.load_graph(graph)
@@ -464,7 +484,8 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
     """
     spec = get_spec(config.backend.value)
     input_names = plan.fused.inputs.names
-    final = _final_graph(plan, table, spec)
+    messages = list(plan.fused.messages) + list(plan.messages)
+    final = _final_graph(plan, table, spec, messages)
     _check_uint8(final, table, config, input_names)
     arguments = set(plan.fused.symbol.list_arguments())
     qparams = _mxnet.quantize_params(final, {k: v for k, v in params.items()
@@ -475,7 +496,10 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
         qparams, table = _correct_bias(plan, final, qparams, params, table, bias_inputs,
                                        _context(config))
     block = _mxnet.symbol_block(final, input_names, qparams, _context(config))
-    return BuiltModel(plan=plan, symbol=final, table=table, block=block)
+    for line in dict.fromkeys(messages):
+        _log.debug("MXNet: %s", line)
+    return BuiltModel(plan=plan, symbol=final, table=table, block=block,
+                      messages=tuple(dict.fromkeys(messages)))
 
 
 def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):

@@ -53,12 +53,13 @@ class QuantReport(tuple):
     """A tuple of :class:`LayerReport` with summaries and a readable ``str()``."""
 
     def __new__(cls, layers, *, backend="onednn", dtype="auto", granularity="channel",
-                calibrator=None):
+                calibrator=None, notes=()):
         self = super().__new__(cls, layers)
         self.backend = backend
         self.dtype = dtype
         self.granularity = granularity
         self.calibrator = calibrator
+        self.notes = tuple(notes)     # what MXNet logged while building the int8 graph
         return self
 
     @property
@@ -74,7 +75,8 @@ class QuantReport(tuple):
     def to_dict(self):
         """A JSON-safe dict."""
         return {"backend": self.backend, "dtype": self.dtype, "granularity": self.granularity,
-                "calibrator": self.calibrator, "layers": [asdict(r) for r in self]}
+                "calibrator": self.calibrator, "layers": [asdict(r) for r in self],
+                "notes": list(self.notes)}
 
     def to_json(self, **kwargs):
         """The report as JSON text."""
@@ -88,7 +90,7 @@ class QuantReport(tuple):
             rows.append((r.layer, r.op, r.pattern, "yes" if r.quantized else "no",
                          r.dtype or "?", rng, r.reason))
         widths = [min(max(len(str(row[i])) for row in rows + [head]), 48)
-                  for i in range(len(head))]
+                  for i in range(len(head) - 1)] + [max(len(str(r[-1])) for r in rows + [head])]
 
         def fmt(row):
             return "  ".join(str(c)[:w].ljust(w) for c, w in zip(row, widths)).rstrip()
@@ -101,6 +103,9 @@ class QuantReport(tuple):
                                       sum(r.fused for r in self)),
                  fmt(head), fmt(tuple("-" * w for w in widths))]
         lines += [fmt(row) for row in rows]
+        if self.notes:
+            lines.append("MXNet said while building the int8 graph:")
+            lines += ["  " + note for note in self.notes]
         return "\n".join(lines)
 
     def __repr__(self):
@@ -150,4 +155,5 @@ def build_report(model, net, config, calibrator_name):
             dtype=dtypes.get(out_name) or dtypes.get(key),
             threshold=tuple(table[key]) if table is not None and key in table else None))
     return QuantReport(layers, backend=config.backend.value, dtype=config.dtype.value,
-                       granularity=config.granularity.value, calibrator=calibrator_name)
+                       granularity=config.granularity.value, calibrator=calibrator_name,
+                       notes=model.messages)

@@ -155,7 +155,6 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     first = get_calibrator(config.calibrator)
     collector = first if isinstance(first, HistogramCalibrator) else MSECalibrator()
     base = QuantizedHybridBlock(net, config.replace(calibrator=collector))
-    base.quantize_graph()
     base.calibrate(batches)
     fp32 = float(eval_fn(net))
     sign = 1.0 if higher_is_better else -1.0

@@ -23,7 +23,7 @@ from ..data import iter_batches
 from ..errors import GraphError
 from ..graph import GraphView, block_scopes, layer_name
 from .floor import fake_quant_graph
-from .metrics import EXACT_DB, Accumulator, cosine, first_output, sqnr_db
+from .metrics import EXACT_DB, Accumulator, all_outputs, cosine, sqnr_db
 
 __all__ = ["LayerError", "ComparisonReport", "compare", "quantized_counterparts", "sqnr_db",
            "cosine", "EXACT_DB"]
@@ -73,15 +73,19 @@ class ComparisonReport(tuple):
     Attributes
     ----------
     output_sqnr_db, output_cosine : float
-        Agreement of the network's first output.
+        Agreement of the network's outputs: the worst of them (a detector's class ids agree
+        exactly while its boxes may not).
+    outputs : tuple of (float, float)
+        ``(SQNR dB, cosine)`` of every output, in the order the network returns them.
     batches : int
         Number of batches compared.
     """
 
-    def __new__(cls, layers, *, output_sqnr_db, output_cosine, batches):
+    def __new__(cls, layers, *, output_sqnr_db, output_cosine, batches, outputs=()):
         self = super().__new__(cls, sorted(layers, key=lambda r: (r.sqnr_db, r.node)))
         self.output_sqnr_db = output_sqnr_db
         self.output_cosine = output_cosine
+        self.outputs = tuple(outputs) or ((output_sqnr_db, output_cosine),)
         self.batches = batches
         return self
 
@@ -103,6 +107,7 @@ class ComparisonReport(tuple):
     def to_dict(self):
         """A JSON-safe dict."""
         return {"output_sqnr_db": self.output_sqnr_db, "output_cosine": self.output_cosine,
+                "outputs": [{"sqnr_db": db, "cosine": cos} for db, cos in self.outputs],
                 "batches": self.batches, "layers": [asdict(r) for r in self]}
 
     def to_json(self, **kwargs):
@@ -111,8 +116,12 @@ class ComparisonReport(tuple):
 
     def __str__(self):
         floor = bool(self) and self[0].floor_sqnr_db is not None
-        lines = ["fp32 vs int8 on %d batch(es): output SQNR %.1f dB, cosine %.5f"
-                 % (self.batches, self.output_sqnr_db, self.output_cosine),
+        lines = ["fp32 vs int8 on %d batch(es): output SQNR %.1f dB, cosine %.5f%s"
+                 % (self.batches, self.output_sqnr_db, self.output_cosine,
+                    " (worst of %d outputs: %s)" % (len(self.outputs), ", ".join(
+                        "#%d %.1f dB %.4f" % (i, db, cos)
+                        for i, (db, cos) in enumerate(self.outputs)))
+                    if len(self.outputs) > 1 else ""),
                  "%-44s %-14s %-5s %9s %9s %9s" % ("layer (worst first)", "op", "int8",
                                                    "SQNR dB", "cosine", "added dB")
                  + (" %9s %9s" % ("floor dB", "gap+ dB") if floor else "")]
@@ -189,7 +198,7 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
     floor_block = _floor_block(qnet, nodes, fp32_params) if floor and nodes else None
     acc = {n.name: Accumulator() for n in nodes}
     floor_acc = {n.name: Accumulator() for n in nodes}
-    out_acc = Accumulator()
+    out_acc = []
     seen = 0
     for batch in iter_batches(batches, num_batches):
         inputs = qnet.convert_batch(batch)
@@ -202,8 +211,11 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
             acc[node.name].add(ref, out.asnumpy())
             if low is not None:
                 floor_acc[node.name].add(ref, low.asnumpy())
-        out_acc.add(first_output(qnet.net(*inputs)).asnumpy(),
-                    first_output(qnet(*inputs)).asnumpy())
+        refs = all_outputs(qnet.net(*inputs))
+        outs = all_outputs(qnet(*inputs))
+        out_acc.extend(Accumulator() for _ in range(len(refs) - len(out_acc)))
+        for accumulator, ref, out in zip(out_acc, refs, outs):
+            accumulator.add(ref.asnumpy(), out.asnumpy())
         seen += 1
     if seen == 0:
         raise GraphError("compare() got no batch: pass a non-empty iterable of batches.")
@@ -222,7 +234,9 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
             layer=layer_name(node, scopes), node=node.name, op=node.main_op,
             quantized=pairs[node.name][1], sqnr_db=own, cosine=acc[node.name].cosine,
             added_db=(min(inputs_db) - own) if inputs_db else None, **floor_fields))
-    return ComparisonReport(layers, output_sqnr_db=out_acc.sqnr, output_cosine=out_acc.cosine,
+    return ComparisonReport(layers, output_sqnr_db=min(a.sqnr for a in out_acc),
+                            output_cosine=min(a.cosine for a in out_acc),
+                            outputs=[(a.sqnr, a.cosine) for a in out_acc],
                             batches=seen)
 
 

@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-__all__ = ["EXACT_DB", "sqnr_db", "cosine", "Accumulator", "first_output"]
+__all__ = ["EXACT_DB", "sqnr_db", "cosine", "Accumulator", "first_output", "all_outputs"]
 
 #: SQNR reported for a layer whose int8 output equals fp32 exactly (no noise at all).
 EXACT_DB = 200.0
@@ -60,3 +60,10 @@ def first_output(out):
     while isinstance(out, (list, tuple)):
         out = out[0]
     return out
+
+
+def all_outputs(out):
+    """Every tensor of a network's output, nested tuples and lists flattened, in order."""
+    if isinstance(out, (list, tuple)):
+        return [t for item in out for t in all_outputs(item)]
+    return [out]

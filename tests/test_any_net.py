@@ -1,0 +1,220 @@
+"""Nets beyond CNN classifiers, written the way Gluon users write them: each quantizes in
+one call, runs, agrees with fp32, and says why a layer stays fp32."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import nn, rnn
+
+import gluon_quant as gq
+from gluon_quant.debug import compare
+from gluon_quant.debug.metrics import cosine
+from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
+
+RS = np.random.RandomState(0)
+
+
+def _agree(net, qnet, *inputs):
+    ref, out = net(*inputs), qnet(*inputs)
+    return cosine(ref.asnumpy(), out.asnumpy())
+
+
+def _layer(qnet, op):
+    return [r for r in qnet.report() if r.op == op]
+
+
+class TextCNN(nn.HybridBlock):
+    """Embedding -> Conv1D -> BatchNorm -> relu -> max over time -> dense."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embed = nn.Embedding(200, 32)
+            self.conv = nn.Conv1D(64, 3, padding=1)
+            self.bn = nn.BatchNorm()
+            self.out = nn.Dense(5)
+
+    def hybrid_forward(self, F, tokens):
+        x = self.embed(tokens).transpose((0, 2, 1))
+        x = F.relu(self.bn(self.conv(x)))
+        return self.out(F.max(x, axis=2))
+
+
+def test_embedding_and_conv1d_net_runs_in_int8():
+    """Both failed before: bias correction's fp32 reference read the int8 graph's renamed
+    embedding weight, and oneDNN's int8 convolution refuses 3-D data."""
+    mx.random.seed(0)
+    net = TextCNN()
+    net.initialize(mx.init.Xavier())
+    tokens = [RS.randint(0, 200, (16, 24)).astype("float32") for _ in range(4)]
+    set_batchnorm_statistics(net, mx.nd.array(tokens[0]))
+    qnet = gq.quantize(net, tokens[:3], progress=False)
+    conv = _layer(qnet, "Convolution")
+    assert len(conv) == 1 and conv[0].quantized, qnet.report()
+    assert conv[0].pattern.startswith("Convolution+BatchNorm")    # still fused when lifted
+    assert all(r.quantized for r in _layer(qnet, "Embedding"))
+    assert _agree(net, qnet, mx.nd.array(tokens[3])) > 0.99
+    assert "bias_correction" in qnet.calibration_table.meta
+
+
+def test_1d_pooling_and_residual_stay_lifted():
+    net = nn.HybridSequential()
+    net.add(nn.Conv1D(16, 5, padding=2, in_channels=4), nn.BatchNorm(), nn.Activation("relu"),
+            nn.MaxPool1D(2), nn.Conv1D(16, 3, padding=1, activation="relu"), nn.AvgPool1D(2),
+            nn.GlobalAvgPool1D(), nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(RS.randn(16, 4, 64).astype("float32"))
+    set_batchnorm_statistics(net, x)
+    qnet = gq.quantize(net, [x[:8]], progress=False)
+    assert all(r.quantized for r in qnet.report() if r.op in ("Convolution", "Pooling"))
+    assert _agree(net, qnet, x[8:]) > 0.99
+    squeezes = [n for n in qnet.quantized_graph.tojson().split('"op": "')
+                if n.startswith("squeeze")]
+    assert len(squeezes) == 1          # once, before the dense layer
+
+
+def test_dense_batchnorm_is_folded():
+    """Unfolded, the BatchNorm ran as its own int8 operator: int8 was 2x slower than fp32."""
+    net = nn.HybridSequential()
+    for _ in range(2):
+        net.add(nn.Dense(64), nn.BatchNorm(), nn.Activation("relu"))
+    net.add(nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(RS.randn(64, 10).astype("float32") * 3 + 1)
+    set_batchnorm_statistics(net, x)
+    qnet = gq.quantize(net, [x[:32]], progress=False)
+    report = qnet.report()
+    assert [r.op for r in report] == ["FullyConnected"] * 3, report
+    assert [r.pattern for r in report][:2] == ["FullyConnected+Activation(relu)"] * 2
+    assert _agree(net, qnet, x[32:]) > 0.995
+    # The user's parameters are untouched: the fold works on the pipeline's copies.
+    assert net[0].weight.shape == (64, 10) and net[1].gamma.shape == (64,)
+
+
+def test_recurrent_modes_without_int8_kernel_stay_fp32_with_the_reason():
+    class Tagger(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.gru = rnn.GRU(16, layout="NTC")
+                self.out = nn.Dense(4, flatten=False)
+
+        def hybrid_forward(self, F, x):
+            return self.out(self.gru(x))
+
+    net = Tagger()
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(RS.randn(8, 10, 6).astype("float32"))
+    net(x)
+    qnet = gq.quantize(net, [x], progress=False)
+    gru = _layer(qnet, "RNN")
+    assert len(gru) == 1 and not gru[0].quantized
+    assert "mode=gru has no int8 kernel on onednn" in gru[0].reason
+    assert _agree(net, qnet, x) > 0.99
+
+
+class Masked(nn.HybridBlock):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.proj = nn.Dense(16, flatten=False)
+            self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x, mask=None):
+        h = self.proj(x)
+        if mask is not None:
+            h = F.broadcast_mul(h, F.expand_dims(mask, axis=2))
+        return self.out(F.mean(h, axis=1))
+
+
+@pytest.fixture
+def masked():
+    net = Masked()
+    net.initialize(mx.init.Xavier())
+    x = RS.randn(8, 5, 4).astype("float32")
+    mask = (RS.rand(8, 5) > 0.4).astype("float32")
+    return net, x, mask
+
+
+def test_optional_inputs_are_never_dropped_silently(masked):
+    net, x, mask = masked
+    labels = np.zeros(8, dtype="float32")
+    with pytest.raises(gq.InputMismatchError,
+                       match=r"takes x and, optionally, mask.*num_inputs=2.*num_inputs=1"):
+        gq.quantize(net, [(x, mask, labels)], progress=False)
+    qnet = gq.quantize(net, [(x, mask, labels)], num_inputs=2, progress=False)
+    assert qnet.input_names == ["data0", "data1"]
+    nd_x, nd_mask = mx.nd.array(x), mx.nd.array(mask)
+    assert _agree(net, qnet, nd_x, nd_mask) > 0.99
+    # The mask really is an input of the int8 net.
+    assert not np.allclose(qnet(nd_x, nd_mask).asnumpy(), qnet(nd_x, nd_mask * 0).asnumpy())
+    by_name = gq.quantize(net, [{"x": x, "mask": mask}], progress=False)
+    assert by_name.input_names == ["data0", "data1"]
+    assert _agree(net, by_name, nd_x, nd_mask) > 0.99
+    without = gq.quantize(net, [x], progress=False)        # the mask is not fed: one input
+    assert without.input_names == ["data"]
+
+
+def test_dict_output_gets_a_clear_error():
+    class Heads(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.a = nn.Dense(2)
+
+        def hybrid_forward(self, F, x):
+            return {"logits": self.a(x), "probs": F.softmax(self.a(x))}
+
+    net = Heads()
+    net.initialize()
+    with pytest.raises(gq.NotHybridizableError, match=r"returns a dict.*'logits'.*tuple"):
+        gq.quantize(net, [RS.rand(4, 3).astype("float32")], progress=False)
+
+
+def test_doctor_compares_every_output():
+    """A detector-like net: exact class ids first, then scores that int8 changes."""
+    class TwoHeads(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.body = nn.Dense(32, activation="relu")
+                self.score = nn.Dense(6)
+
+        def hybrid_forward(self, F, x):
+            feat = self.body(x)
+            return F.zeros_like(F.slice_axis(x, axis=1, begin=0, end=1)), self.score(feat)
+
+    net = TwoHeads()
+    net.initialize(mx.init.Xavier())
+    x = RS.randn(32, 8).astype("float32")
+    qnet = gq.quantize(net, [x], progress=False)
+    report = compare(qnet, [x])
+    assert len(report.outputs) == 2
+    assert report.outputs[0][1] == 1.0                     # the constant output agrees
+    assert report.outputs[1][0] < 100.0                    # the scores carry int8 noise
+    assert report.output_sqnr_db == pytest.approx(report.outputs[1][0])
+    assert "worst of 2 outputs" in str(report)
+
+
+def test_mxnet_log_lines_go_to_the_report_not_the_terminal(capfd):
+    class Stack(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.a = nn.Conv2D(8, 3, padding=1, in_channels=3)
+                self.b = nn.Conv2D(8, 3, padding=1, in_channels=3)
+                self.out = nn.Dense(2)
+
+        def hybrid_forward(self, F, x):
+            both = F.concat(F.relu(self.a(x)), F.relu(self.b(x)), dim=0)   # batch axis
+            return self.out(both)
+
+    net = Stack()
+    net.initialize(mx.init.Xavier())
+    x = RS.rand(4, 3, 8, 8).astype("float32")
+    capfd.readouterr()
+    qnet = gq.quantize(net, [x], progress=False)
+    printed = capfd.readouterr()
+    assert "quantized concat" not in printed.out + printed.err
+    notes = qnet.report().notes
+    assert any("quantized concat only supports dim>0" in n for n in notes), notes
+    assert "MXNet said" in str(qnet.report())
