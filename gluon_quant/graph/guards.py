@@ -131,7 +131,14 @@ _FLATTENING_OPS = ("Flatten", "flatten", "Reshape", "reshape", "FullyConnected",
                    "_sg_mkldnn_fully_connected")
 
 
-def flatten_fc_inputs(graph):
+def _is_global_pool(node):
+    attrs = node.get("attrs") or {}
+    if node["op"] == "_contrib_AdaptiveAvgPooling2D":
+        return attrs.get("output_size", "()").replace(" ", "") in ("1", "(1,1)", "(1,)", "[1,1]")
+    return node["op"] == "Pooling" and _is_true(attrs.get("global_pool", "False"))
+
+
+def flatten_fc_inputs(graph, only_with_squeeze=False):
     """Insert ``Flatten`` between a oneDNN operator and the ``FullyConnected`` it feeds.
 
     Root cause: ``SgMKLDNNFCOp::Forward`` (MXNet 1.9.1 ``src/operator/subgraph/mkldnn/
@@ -153,11 +160,18 @@ def flatten_fc_inputs(graph):
 
     Only FCs with ``flatten=True`` fed by an operator that can write a oneDNN layout are
     rewritten (an FC after ``Flatten``, ``reshape``, another FC, or an input is left alone).
+    The rewrite changes the fused graph, hence its fingerprint: calibration tables saved for
+    a net with ``Pooling -> Dense`` before the guard existed no longer match it.
+    ``only_with_squeeze=True`` limits the rewrite to graphs where a convolution reads a
+    globally pooled tensor (the squeeze-excite pattern, the only one seen to trigger the
+    bug), leaving every other graph and its fingerprint unchanged.
 
     Parameters
     ----------
     graph : dict
         The traced (or fused) fp32 graph, modified in place.
+    only_with_squeeze : bool, default False
+        Rewrite only graphs that have a convolution fed by a global average pooling.
 
     Returns
     -------
@@ -165,6 +179,10 @@ def flatten_fc_inputs(graph):
         Names of the inserted ``Flatten`` nodes (``<fc name>_flatten``).
     """
     nodes = graph["nodes"]
+    if only_with_squeeze and not any(
+            node["op"] in ("Convolution", "_sg_mkldnn_conv") and node["inputs"]
+            and _is_global_pool(nodes[node["inputs"][0][0]]) for node in nodes):
+        return []
     new, inserted = [], []
     for node in nodes:
         if node["op"] not in ("FullyConnected", "_sg_mkldnn_fully_connected"):
@@ -204,9 +222,12 @@ RNN_PRODUCER_REASON = ("feeds the data input of int8 LSTM %s, which takes uint8 
                        "asymmetric quantize only; an int8 %s would hand it int8 ('Quantized "
                        "RNN operator only supports uint8 input')")
 RNN_UNSUPPORTED_REASON = "int8 LSTM cannot run in this process: %s"
+RNN_ACCURACY_REASON = ("int8 LSTM is opt-in: MXNet 1.9.1's int8 LSTM runs only with oneDNN "
+                       "capped below VNNI, and then loses accuracy to int16 saturation "
+                       "(cosine 0.77-0.96 to fp32 in tests)")
 
 
-def unquantizable_rnns(graph, int8_lstm=True):
+def unquantizable_rnns(graph, int8_lstm=False):
     """RNN nodes (and their producers) that must stay fp32, with the reason.
 
     Root causes (MXNet 1.9.1 ``src/operator/quantization/quantized_rnn.cc`` and
@@ -222,14 +243,19 @@ def unquantizable_rnns(graph, int8_lstm=True):
       lookup, nothing is lost).
     * Gluon's LSTM always asks for its states (``state_outputs=True``). If only some of them
       are used, :func:`stop_rnn_gradients` cannot make the int8 block buildable (see there).
-    * With ``int8_lstm=False`` (:func:`probe_int8_lstm` failed) every LSTM stays fp32.
+    * Unless ``int8_lstm`` is True every LSTM stays fp32: the int8 LSTM needs oneDNN capped
+      below VNNI to run at all (:func:`probe_int8_lstm`), and then runs its u8 x s8 GEMMs
+      with ``vpmaddubsw``, whose int16 pair sums saturate on the asymmetric uint8 data (zero
+      point 128): cosine to fp32 was 0.77-0.96 on LSTM classifiers and language models.
 
     Parameters
     ----------
     graph : dict
         The fused fp32 graph (the one whose node names ``excluded_symbols`` takes).
-    int8_lstm : bool or str
-        ``True`` when int8 LSTMs can run here; otherwise ``False`` or the reason they can't.
+    int8_lstm : bool or str, default False
+        ``True`` to let LSTMs be quantized (the user asked for it and
+        :func:`probe_int8_lstm` returned True); ``False`` or a reason (the probe's answer)
+        keeps them fp32.
 
     Returns
     -------
@@ -248,8 +274,8 @@ def unquantizable_rnns(graph, int8_lstm=True):
             found[node["name"]] = RNN_MODE_REASON % mode
             continue
         if int8_lstm is not True:
-            found[node["name"]] = RNN_UNSUPPORTED_REASON % (
-                int8_lstm or "probe_int8_lstm() failed")
+            found[node["name"]] = (RNN_ACCURACY_REASON if int8_lstm is False
+                                   else RNN_UNSUPPORTED_REASON % int8_lstm)
             continue
         if _is_true(attrs.get("state_outputs", "False")):
             used = [bool(consumers.get((index, k))) for k in (1, 2)]

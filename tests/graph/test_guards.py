@@ -28,7 +28,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 # ------------------------------------------------------------------------ wiring
 
-def install_guards(setattr_=setattr, int8_lstm=None):
+def install_guards(setattr_=setattr, int8_lstm=None, only_with_squeeze=False):
     """Run the guards at the stages they are meant for (see the guards module docstring)."""
     from gluon_quant import block
 
@@ -39,11 +39,12 @@ def install_guards(setattr_=setattr, int8_lstm=None):
     def prepare(sym):
         graph = _mxnet.graph_json(original_prepare(sym))
         guards.canonical_activations(graph)
-        guards.flatten_fc_inputs(graph)
+        guards.flatten_fc_inputs(graph, only_with_squeeze=only_with_squeeze)
         return _mxnet.load_graph(graph)
 
     def fuse(self):
         fused = original_fuse(self)
+        # int8 LSTMs are opt-in; here they are tried wherever this process can run them.
         ok = guards.probe_int8_lstm() if int8_lstm is None else int8_lstm
         for name, reason in guards.unquantizable_rnns(_mxnet.graph_json(fused), ok).items():
             self._excluded.setdefault(name, reason)
@@ -360,6 +361,7 @@ def test_flatten_fc_inputs_on_json():
     c = mx.sym.FullyConnected(pool, num_hidden=4, flatten=False, name="fc_noflat")
     sym = mx.sym.Group([a, b, c])
     graph = _mxnet.graph_json(sym)
+    assert guards.flatten_fc_inputs(json.loads(json.dumps(graph)), only_with_squeeze=True) == []
     assert guards.flatten_fc_inputs(graph) == ["fc_pool_flatten"]
     _mxnet.check_graph_entries(graph)
     names = [n["name"] for n in graph["nodes"]]
@@ -381,9 +383,10 @@ def test_depthwise_se_fails_without_guard():
         gq.quantize(net, [x[:8], x[8:]], progress=False, bias_correction=False)
 
 
+@pytest.mark.parametrize("only_with_squeeze", [False, True])
 @pytest.mark.parametrize("se_pool", ["adaptive", "global"])
-def test_depthwise_se_runs_int8(monkeypatch, se_pool):
-    install_guards(monkeypatch.setattr)
+def test_depthwise_se_runs_int8(monkeypatch, se_pool, only_with_squeeze):
+    install_guards(monkeypatch.setattr, only_with_squeeze=only_with_squeeze)
     x = _images()
     net = _ready(DepthwiseSE(se_pool=se_pool), x)
     qnet = gq.quantize(net, [x[:8], x[8:]], progress=False)
@@ -416,7 +419,8 @@ def test_unquantizable_rnns_on_json():
     net, _ = _rnn_net("lm")
     _, traced, _ = _mxnet.trace(net, 1)
     graph = _mxnet.graph_json(traced.get_backend_symbol("MKLDNN_QUANTIZE"))
-    found = guards.unquantizable_rnns(graph)
+    assert list(guards.unquantizable_rnns(graph)) == ["languagemodel0_lstm0_rnn0"]  # opt-in
+    found = guards.unquantizable_rnns(graph, int8_lstm=True)
     # The embedding feeds the LSTM directly: int8 would give the LSTM int8, not uint8.
     assert list(found) == ["languagemodel0_embedding0_fwd"]
     assert "uint8" in found["languagemodel0_embedding0_fwd"]
@@ -427,7 +431,8 @@ def test_unquantizable_rnns_on_json():
     x = mx.sym.var("data")
     out = mx.sym.RNN(x, mx.sym.var("p"), mx.sym.var("h"), mx.sym.var("c"), state_size=8,
                      num_layers=1, mode="lstm", state_outputs=True, name="lstm")
-    found = guards.unquantizable_rnns(_mxnet.graph_json(mx.sym.Group([out[0], out[1]])))
+    found = guards.unquantizable_rnns(_mxnet.graph_json(mx.sym.Group([out[0], out[1]])),
+                                      int8_lstm=True)
     assert list(found) == ["lstm"] and "partly" in found["lstm"]
 
 
