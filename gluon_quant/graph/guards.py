@@ -146,12 +146,13 @@ def flatten_fc_inputs(graph, only_with_squeeze=False):
     use) decides on its *first* call whether its input needs a reorder
     (``reorder_data_ = data.IsMKLDNNData()``) and never checks again; later calls read the
     input with ``data.data()``. With static memory (``CachedOp`` with ``static_alloc`` and
-    ``static_shape``, as the calibration runner and the int8 block use, or an Executor) the
-    FC input's buffer is shared with another tensor of the same size; a oneDNN convolution
-    reorders its input buffer in place (``MKLDNNDataReorderAsync``) to a blocked layout, so
-    on the second batch the producer (a global average ``Pooling``) writes in that blocked
-    layout and the FC fails with ``Check failed: !IsMKLDNNData(): We can't generate TBlob
-    for MKLDNN data``. It needs a squeeze-excite block whose squeeze vector has the same
+    ``static_shape``, as the calibration runner and the int8 block use, or an Executor)
+    arrays keep their buffers, and the oneDNN layout state, from one run to the next, and
+    the pooled vector feeding the FC shares its buffer with the squeeze vector of a
+    squeeze-excite block (inferred: the failure needs both to have the same ``N x C x 1 x 1``
+    size). The first run hands the FC a plain array, the later ones an array in a oneDNN
+    blocked layout, and the FC fails with ``Check failed: !IsMKLDNNData(): We can't generate
+    TBlob for MKLDNN data``. It needs a squeeze-excite block whose squeeze vector has the same
     size as the head's pooled vector (SE ``Pooling`` -> 1x1 conv; head ``Pooling`` ->
     ``Dense``), e.g. depthwise conv + hard-swish + SE + pointwise conv with as many channels
     as the SE block. ``Flatten`` always hands the FC a plain 2-D array, and it is exact
