@@ -1,0 +1,393 @@
+"""Guards against MXNet 1.9.1 int8 failures that kill or break a quantized network (issue #13).
+
+Each guard is a function over a graph as a JSON dict (``json.loads(sym.tojson())``): it
+either rewrites the dict in place (exactly, in fp32) or returns the nodes that must stay
+fp32 and why. None of them imports MXNet, except :func:`probe_int8_lstm`, which runs a
+tiny quantized LSTM to learn whether this process can run one at all.
+
+Where each guard belongs in the pipeline (trace -> fuse -> quantize -> calibrate ->
+post-quantization fusion -> SymbolBlock):
+
+============================  ================================  ==========================
+guard                         graph                             returns
+============================  ================================  ==========================
+:func:`canonical_activations` traced fp32 graph, before fusion  rewritten nodes (in place)
+:func:`flatten_fc_inputs`     traced fp32 graph, before fusion  inserted nodes (in place)
+:func:`unquantizable_rnns`    fused fp32 graph                  ``{node: reason}`` to exclude
+:func:`stop_rnn_gradients`    final int8 graph                  rewritten nodes (in place)
+============================  ================================  ==========================
+"""
+import collections
+
+__all__ = ["canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
+           "stop_rnn_gradients", "probe_int8_lstm", "FUSABLE_ACTIVATIONS"]
+
+
+def _is_true(value):
+    return str(value).strip().lower() in ("true", "1")
+
+
+def _append_nodes(graph, new_nodes):
+    """Append nodes to a JSON graph and put every node back in topological order.
+
+    Entries (``[node, output, version]``), ``arg_nodes`` and ``heads`` are renumbered;
+    ``node_row_ptr`` (derived data MXNet recomputes on load) is dropped.
+    """
+    nodes = graph["nodes"] + list(new_nodes)
+    order, seen = [], set()
+    for root in range(len(nodes)):
+        stack = [(root, False)]
+        while stack:
+            j, done = stack.pop()
+            if done:
+                order.append(j)
+                continue
+            if j in seen:
+                continue
+            seen.add(j)
+            stack.append((j, True))
+            for src in reversed(nodes[j]["inputs"]):
+                if src[0] not in seen:
+                    stack.append((src[0], False))
+    position = {old: new for new, old in enumerate(order)}
+    for node in nodes:
+        node["inputs"] = [[position[e[0]]] + list(e[1:]) for e in node["inputs"]]
+    graph["nodes"] = [nodes[i] for i in order]
+    graph["arg_nodes"] = [position[i] for i in graph.get("arg_nodes", [])]
+    graph["heads"] = [[position[h[0]]] + list(h[1:]) for h in graph["heads"]]
+    graph.pop("node_row_ptr", None)
+
+
+def _consumers(graph):
+    """``(node index, output index) -> [(consumer index, input position)]``; heads as -1."""
+    found = collections.defaultdict(list)
+    for index, node in enumerate(graph["nodes"]):
+        for pos, entry in enumerate(node["inputs"]):
+            found[(entry[0], entry[1])].append((index, pos))
+    for pos, head in enumerate(graph["heads"]):
+        found[(head[0], head[1])].append((-1, pos))
+    return found
+
+
+# --------------------------------------------------------------------------- activations
+
+#: Standalone operators with an exact ``Activation(act_type=...)`` equivalent.
+FUSABLE_ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
+                       "softsign": "softsign"}
+
+
+def canonical_activations(graph, ops=tuple(FUSABLE_ACTIVATIONS)):
+    """Rewrite ``relu(x)``, ``sigmoid(x)``, ``tanh(x)`` nodes as ``Activation(x, act_type)``.
+
+    Root cause: oneDNN's fusion passes (MXNet 1.9.1 ``src/operator/subgraph/mkldnn/
+    mkldnn_conv_property.h`` and ``mkldnn_fc_property.h``) only match the ``Activation``
+    operator (plus ``LeakyReLU`` and ``clip``), never the standalone ``relu``/``sigmoid``/
+    ``tanh`` operators that ``F.relu`` etc. trace to. In ``MKLDNN_QUANTIZE`` (the pass
+    gluon_quant runs) an ``Activation`` is fused into a convolution or FC only when
+    ``SupportQuantizedMKLDNNAct`` holds, i.e. for ``act_type='relu'``; the quantization pass
+    also has an int8 kernel (``_contrib_quantized_act``) for ``Activation(relu)`` only. So
+    ``F.relu`` after a conv costs a dequantize/fp32 relu/quantize round trip, and after a
+    residual sum it leaves the fused sum with an int8 output fed by a uint8 operand (the
+    case :func:`gluon_quant.graph.passes.fused_sum_dtypes` has to re-quantize).
+    ``sigmoid``/``tanh``/``softsign`` are rewritten too (exact; the fp32 ``MKLDNN`` pass
+    fuses them), but in 1.9.1 they stay fp32 in int8 graphs either way.
+
+    Outputs are the same in fp32: relu is bit-identical; sigmoid/tanh may differ in the
+    last bit (oneDNN's eltwise kernel instead of mshadow's).
+
+    Parameters
+    ----------
+    graph : dict
+        The traced fp32 graph (modified in place). Node names are kept.
+    ops : iterable of str
+        Which standalone operators to rewrite (keys of :data:`FUSABLE_ACTIVATIONS`).
+
+    Returns
+    -------
+    dict of str to str
+        Rewritten node name -> its ``act_type``.
+    """
+    wanted = {op: FUSABLE_ACTIVATIONS[op] for op in ops}
+    rewritten = {}
+    for node in graph["nodes"]:
+        if node["op"] in wanted and len(node["inputs"]) == 1:
+            act = wanted[node["op"]]
+            # Keep private attributes (__profiler_scope__, __layout__...); the operator has
+            # no parameters of its own.
+            attrs = {k: v for k, v in (node.get("attrs") or {}).items() if k.startswith("__")}
+            attrs["act_type"] = act
+            node["op"], node["attrs"] = "Activation", attrs
+            rewritten[node["name"]] = act
+    return rewritten
+
+
+# ------------------------------------------------------------------ FC after oneDNN op
+
+#: Operators whose oneDNN kernel can leave its output in a blocked (oneDNN) layout.
+_ONEDNN_LAYOUT_OPS = ("Pooling", "Convolution", "Deconvolution", "BatchNorm", "Activation",
+                      "LeakyReLU", "LRN", "elemwise_add", "add_n", "ElementWiseSum", "Concat",
+                      "_sg_mkldnn_conv", "_contrib_AdaptiveAvgPooling2D")
+_FLATTENING_OPS = ("Flatten", "flatten", "Reshape", "reshape", "FullyConnected",
+                   "_sg_mkldnn_fully_connected")
+
+
+def _is_global_pool(node):
+    attrs = node.get("attrs") or {}
+    if node["op"] == "_contrib_AdaptiveAvgPooling2D":
+        return attrs.get("output_size", "()").replace(" ", "") in ("1", "(1,1)", "(1,)", "[1,1]")
+    return node["op"] == "Pooling" and _is_true(attrs.get("global_pool", "False"))
+
+
+def flatten_fc_inputs(graph, only_with_squeeze=False):
+    """Insert ``Flatten`` between a oneDNN operator and the ``FullyConnected`` it feeds.
+
+    Root cause: ``SgMKLDNNFCOp::Forward`` (MXNet 1.9.1 ``src/operator/subgraph/mkldnn/
+    mkldnn_fc.cc``, the fused FC that both the fp32 calibration graph and the int8 graph
+    use) decides on its *first* call whether its input needs a reorder
+    (``reorder_data_ = data.IsMKLDNNData()``) and never checks again; later calls read the
+    input with ``data.data()``. With static memory (``CachedOp`` with ``static_alloc`` and
+    ``static_shape``, as the calibration runner and the int8 block use, or an Executor)
+    arrays keep their buffers, and the oneDNN layout state, from one run to the next, and
+    the pooled vector feeding the FC shares its buffer with the squeeze vector of a
+    squeeze-excite block (inferred: the failure needs both to have the same ``N x C x 1 x 1``
+    size). The first run hands the FC a plain array, the later ones an array in a oneDNN
+    blocked layout, and the FC fails with ``Check failed: !IsMKLDNNData(): We can't generate
+    TBlob for MKLDNN data``. It needs a squeeze-excite block whose squeeze vector has the same
+    size as the head's pooled vector (SE ``Pooling`` -> 1x1 conv; head ``Pooling`` ->
+    ``Dense``), e.g. depthwise conv + hard-swish + SE + pointwise conv with as many channels
+    as the SE block. ``Flatten`` always hands the FC a plain 2-D array, and it is exact
+    (``FullyConnected(flatten=True)`` flattens anyway) and has an int8 kernel
+    (``_contrib_quantized_flatten``), so no quantize/dequantize pair is added.
+
+    Only FCs with ``flatten=True`` fed by an operator that can write a oneDNN layout are
+    rewritten (an FC after ``Flatten``, ``reshape``, another FC, or an input is left alone).
+    The rewrite changes the fused graph, hence its fingerprint: calibration tables saved for
+    a net with ``Pooling -> Dense`` before the guard existed no longer match it.
+    ``only_with_squeeze=True`` limits the rewrite to graphs where a convolution reads a
+    globally pooled tensor (the squeeze-excite pattern, the only one seen to trigger the
+    bug), leaving every other graph and its fingerprint unchanged.
+
+    Parameters
+    ----------
+    graph : dict
+        The traced (or fused) fp32 graph, modified in place.
+    only_with_squeeze : bool, default False
+        Rewrite only graphs that have a convolution fed by a global average pooling.
+
+    Returns
+    -------
+    list of str
+        Names of the inserted ``Flatten`` nodes (``<fc name>_flatten``).
+    """
+    nodes = graph["nodes"]
+    if only_with_squeeze and not any(
+            node["op"] in ("Convolution", "_sg_mkldnn_conv") and node["inputs"]
+            and _is_global_pool(nodes[node["inputs"][0][0]]) for node in nodes):
+        return []
+    new, inserted = [], []
+    for node in nodes:
+        if node["op"] not in ("FullyConnected", "_sg_mkldnn_fully_connected"):
+            continue
+        if not _is_true((node.get("attrs") or {}).get("flatten", "True")):
+            continue
+        if node["op"] == "_sg_mkldnn_fully_connected" and _is_true(
+                (node.get("attrs") or {}).get("quantized", "False")):
+            continue  # an int8 graph: too late, its input entries carry ranges
+        src = nodes[node["inputs"][0][0]]
+        if src["op"] == "null" or src["op"] in _FLATTENING_OPS or (
+                src["op"] not in _ONEDNN_LAYOUT_OPS):
+            continue
+        name = node["name"] + "_flatten"
+        new.append({"op": "Flatten", "name": name, "attrs": {},
+                    "inputs": [list(node["inputs"][0])]})
+        node["inputs"][0] = [len(nodes) + len(new) - 1, 0, 0]
+        inserted.append(name)
+    if new:
+        _append_nodes(graph, new)
+    return inserted
+
+
+# ------------------------------------------------------------------------------ RNN
+
+#: Operators MXNet 1.9.1's quantization pass replaces by an int8 one (CPU).
+_QUANTIZABLE_OPS = ("Convolution", "FullyConnected", "Embedding", "Pooling", "Flatten",
+                    "Concat", "elemwise_add", "elemwise_mul", "BatchNorm", "Activation",
+                    "_sg_mkldnn_conv", "_sg_mkldnn_fully_connected", "RNN")
+
+RNN_MODE_REASON = ("MXNet 1.9.1 has an int8 RNN for mode='lstm' only (this is %r); "
+                   "_contrib_quantized_rnn aborts on any other mode")
+RNN_STATES_REASON = ("int8 LSTM whose state outputs are only partly used: the unused one "
+                     "gets a non-zero gradient placeholder and the int8 block cannot be built "
+                     "(_contrib_quantized_rnn has no FGradient)")
+RNN_PRODUCER_REASON = ("feeds the data input of int8 LSTM %s, which takes uint8 from its own "
+                       "asymmetric quantize only; an int8 %s would hand it int8 ('Quantized "
+                       "RNN operator only supports uint8 input')")
+RNN_UNSUPPORTED_REASON = "int8 LSTM cannot run in this process: %s"
+RNN_ACCURACY_REASON = ("int8 LSTM is opt-in: MXNet 1.9.1's int8 LSTM runs only with oneDNN "
+                       "capped below VNNI, and then loses accuracy to int16 saturation "
+                       "(cosine 0.77-0.96 to fp32 in tests)")
+
+
+def unquantizable_rnns(graph, int8_lstm=False):
+    """RNN nodes (and their producers) that must stay fp32, with the reason.
+
+    Root causes (MXNet 1.9.1 ``src/operator/quantization/quantized_rnn.cc`` and
+    ``quantize_graph_pass.cc``):
+
+    * ``RNN``'s ``FQuantizable`` says "no" for GRU and vanilla RNN, but the pass still asks
+      ``_contrib_quantized_rnn`` for its outputs, which ``CHECK``-fails ("Quantized recurrent
+      neural network only supports LSTM"): such nodes must be excluded explicitly.
+    * The int8 LSTM takes its data as uint8 from a ``_contrib_quantize_asym`` the pass inserts
+      only when the producer is fp32. A quantized producer (``Embedding`` of a language model,
+      an FC...) is wired straight in with its int8 output and the graph fails type inference
+      ("only supports uint8 input"): the producer must stay fp32 (an int8 embedding is only a
+      lookup, nothing is lost).
+    * Gluon's LSTM always asks for its states (``state_outputs=True``). If only some of them
+      are used, :func:`stop_rnn_gradients` cannot make the int8 block buildable (see there).
+    * Unless ``int8_lstm`` is True every LSTM stays fp32: the int8 LSTM needs oneDNN capped
+      below VNNI to run at all (:func:`probe_int8_lstm`), and then runs its u8 x s8 GEMMs
+      with ``vpmaddubsw``, whose int16 pair sums saturate on the asymmetric uint8 data (zero
+      point 128): cosine to fp32 was 0.77-0.96 on LSTM classifiers and language models.
+
+    Parameters
+    ----------
+    graph : dict
+        The fused fp32 graph (the one whose node names ``excluded_symbols`` takes).
+    int8_lstm : bool or str, default False
+        ``True`` to let LSTMs be quantized (the user asked for it and
+        :func:`probe_int8_lstm` returned True); ``False`` or a reason (the probe's answer)
+        keeps them fp32.
+
+    Returns
+    -------
+    dict of str to str
+        Node name -> reason, to merge into the excluded nodes before quantization.
+    """
+    nodes = graph["nodes"]
+    consumers = _consumers(graph)
+    found = {}
+    for index, node in enumerate(nodes):
+        if node["op"] != "RNN":
+            continue
+        attrs = node.get("attrs") or {}
+        mode = attrs.get("mode", "lstm")
+        if mode != "lstm":
+            found[node["name"]] = RNN_MODE_REASON % mode
+            continue
+        if int8_lstm is not True:
+            found[node["name"]] = (RNN_ACCURACY_REASON if int8_lstm is False
+                                   else RNN_UNSUPPORTED_REASON % int8_lstm)
+            continue
+        if _is_true(attrs.get("state_outputs", "False")):
+            used = [bool(consumers.get((index, k))) for k in (1, 2)]
+            if any(used) and not all(used):
+                found[node["name"]] = RNN_STATES_REASON
+                continue
+        src = nodes[node["inputs"][0][0]]
+        if src["op"] in _QUANTIZABLE_OPS:
+            found.setdefault(src["name"], RNN_PRODUCER_REASON % (node["name"], src["op"]))
+    return found
+
+
+def stop_rnn_gradients(graph):
+    """Make an int8 graph with ``_contrib_quantized_rnn`` buildable as a Gluon block.
+
+    Root cause: a ``CachedOp`` (what ``SymbolBlock``/``hybridize`` run) always builds the
+    backward graph with respect to every input, whatever ``grad_req`` or autograd mode
+    (MXNet 1.9.1 ``src/imperative/cached_op.h``, ``CreateBackwardGraph``). The gradient pass
+    aborts on an operator without ``FGradient`` unless every gradient reaching it is a
+    zero node (``zeros_like``/``_zeros``). ``_contrib_quantized_rnn`` has no ``FGradient``
+    and outputs fp32, which flows through fp32 operators (``SwapAxis``, ``mean``...) that
+    do pass gradients; and an unused output gets ``_zeros_without_dtype``, which does not
+    count as zero. Hence "Operator _contrib_quantized_rnn is non-differentiable because it
+    didn't register FGradient attribute" on the first call of the int8 block (MXNet's own
+    ``quantize_net_v2`` fails the same way on a Gluon LSTM).
+
+    The rewrite, exact at inference: every used output of a quantized RNN goes through
+    ``BlockGrad`` (identity forward, zero gradient); when no state output is used,
+    ``state_outputs`` is turned off so that the node has one output. A node whose state
+    outputs are only partly used is left alone (keep it fp32: :func:`unquantizable_rnns`).
+
+    Parameters
+    ----------
+    graph : dict
+        The final int8 graph (after post-quantization fusion), modified in place.
+
+    Returns
+    -------
+    list of str
+        Names of the quantized RNN nodes rewritten.
+    """
+    nodes = graph["nodes"]
+    consumers = _consumers(graph)
+    new, done = [], []
+    for index, node in enumerate(nodes):
+        if node["op"] != "_contrib_quantized_rnn":
+            continue
+        attrs = node.setdefault("attrs", {})
+        count = 3 if _is_true(attrs.get("state_outputs", "False")) else 1
+        used = [k for k in range(count) if consumers.get((index, k))]
+        if count == 3 and used == [0]:
+            attrs["state_outputs"] = "False"
+        elif count == 3 and used != [0, 1, 2]:
+            continue
+        for k in used:
+            stop = len(nodes) + len(new)
+            new.append({"op": "BlockGrad", "name": "%s_stopgrad%d" % (node["name"], k),
+                        "attrs": {}, "inputs": [[index, k, 0]]})
+            for user, pos in consumers[(index, k)]:
+                if user == -1:
+                    graph["heads"][pos] = [stop, 0, 0]
+                else:
+                    nodes[user]["inputs"][pos] = [stop, 0, 0]
+        done.append(node["name"])
+    if new:
+        _append_nodes(graph, new)
+    return done
+
+
+_PROBE = {}
+
+
+def probe_int8_lstm():
+    """Whether this process can run MXNet's int8 LSTM: ``True`` or the reason it can't.
+
+    Root cause of the failure it detects: on CPUs with AVX512-VNNI (Cascade Lake and
+    later), oneDNN 2.4.4 (bundled with MXNet 1.9.1) picks a blocked int8 weight layout for
+    its LSTM (``abdEC32e4c`` with compensation) that it has no reorder for from MXNet's
+    ``ldgoi`` weights, so every int8 LSTM fails at its first forward with "could not create
+    a primitive descriptor for a reorder primitive" -- MXNet's own unit-test sizes included.
+    Capping oneDNN's ISA with ``DNNL_MAX_CPU_ISA=AVX512_CORE`` (set before the process's
+    first oneDNN primitive) makes oneDNN use its packed-GEMM int8 LSTM, which works, but it
+    also takes VNNI away from every int8 convolution and FC in the process.
+
+    The probe runs a 5-step, 16-unit quantized LSTM once (result cached): it fails with an
+    ordinary MXNet error, not a crash, so it is safe in-process.
+
+    Returns
+    -------
+    True or str
+    """
+    if "result" not in _PROBE:
+        import mxnet as mx   # the one guard that needs MXNet
+        import numpy as np
+        try:
+            sym = mx.sym.contrib.quantized_rnn(
+                data=mx.sym.var("data", dtype="uint8"), state_size=16, num_layers=1,
+                mode="lstm", state_outputs=False, name="probe")
+            names = sym.list_arguments()
+            shapes, _, _ = sym.infer_shape(data=(5, 2, 16))
+            args = {n: mx.nd.zeros(s, dtype="uint8" if n == "data" else "float32")
+                    for n, s in zip(names, shapes)}
+            args[names[1]][:] = 0.01
+            args[names[-2]][:] = -1.0
+            args[names[-1]][:] = 1.0
+            out = sym.bind(mx.cpu(), args, grad_req="null").forward(is_train=False)[0]
+            ok = bool(np.isfinite(out.asnumpy()).all())
+            _PROBE["result"] = True if ok else "the int8 LSTM probe returned non-finite values"
+        except mx.base.MXNetError as err:
+            lines = [l.strip() for l in str(err).splitlines() if "Error" in l]
+            _PROBE["result"] = (lines[-1] if lines else repr(err)) + (
+                " (oneDNN 2.4.4 int8 LSTM on an AVX512-VNNI CPU; DNNL_MAX_CPU_ISA=AVX512_CORE "
+                "works around it at the cost of VNNI for all int8 layers)")
+    return _PROBE["result"]
