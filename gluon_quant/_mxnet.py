@@ -11,9 +11,11 @@ nodes, which dtypes) are made by the callers (:mod:`gluon_quant.pipeline`,
 """
 import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 import warnings
@@ -32,12 +34,19 @@ __all__ = [
     "infer_graph_dtypes", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
     "registered_param_names",
-    "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError",
+    "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
 ]
 
 _log = logging.getLogger(__name__)
 
 MXNET_VERSION = mx.__version__
+
+#: "[21:09:29] ../src/operator/quantization/./quantize_v2-inl.h:130: " before MXNet's words.
+_LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
+
+#: MXNet's version as the integer its JSON graphs record (1.9.1 -> 10901).
+_VERSION_NUMBER = sum(int(part) * scale for part, scale in zip(
+    MXNET_VERSION.split(".")[:3], (10000, 100, 1)) if part.isdigit())
 
 #: MXNet's error type, for callers that report it as what it is.
 MXNetError = mx.base.MXNetError
@@ -233,13 +242,21 @@ def quantize_params(qsym, arg_params):
 
 def graph_json(sym):
     """The graph as a JSON-like dict (nodes, heads, arg_nodes)."""
-    return json.loads(sym.tojson())
+    try:
+        return json.loads(sym.tojson())
+    except mx.base.MXNetError as err:   # MXNet checks some operators only when writing
+        raise GraphError("MXNet could not write the graph: %s" % first_line(err)) from err
 
 
 def load_graph(graph):
     """The Symbol of a JSON-like graph dict (the inverse of :func:`graph_json`)."""
+    if "mxnet_version" not in (graph.get("attrs") or {}):
+        # Without it MXNet "upgrades" the graph and says so on stderr at every later copy.
+        graph = dict(graph, attrs=dict(graph.get("attrs") or {},
+                                       mxnet_version=["int", _VERSION_NUMBER]))
     try:
-        return mx.sym.load_json(json.dumps(graph))
+        with native_output([]):
+            return mx.sym.load_json(json.dumps(graph))
     except mx.base.MXNetError as err:
         raise GraphError("MXNet rejected a rewritten graph: %s" % first_line(err)) from err
 
@@ -374,12 +391,12 @@ def host_view(array):
 
 
 def first_line(err):
-    """The informative line of an MXNet error message, for the package's own errors."""
+    """The informative line of an MXNet error message, for the package's own errors
+    (without the time stamp and C++ source location MXNet puts before it)."""
     text = str(err).strip().splitlines()
-    for line in text:
-        if "Check failed" in line or "Error" in line:
-            return line.strip()
-    return text[0] if text else repr(err)
+    line = next((l for l in text if "Check failed" in l or "Error" in l),
+                text[0] if text else repr(err))
+    return _LOG_PREFIX.sub("", line.strip())
 
 
 def check_graph_entries(graph):
@@ -395,7 +412,7 @@ def check_graph_entries(graph):
         Naming the first bad entry.
     """
     nodes = graph["nodes"]
-    internals = mx.sym.load_json(json.dumps(graph)).get_internals()
+    internals = load_graph(graph).get_internals()
     outputs = {}
     for i in range(len(internals.list_outputs())):
         name = internals[i].name
@@ -440,3 +457,39 @@ def batchnorm_momentum(layer):
 def set_batchnorm_momentum(layer, momentum):
     """Set a Gluon ``BatchNorm`` layer's momentum (used by its next recorded pass)."""
     layer._kwargs["momentum"] = momentum
+
+
+@functools.lru_cache(maxsize=1)
+def int8_lstm_runs():
+    """Whether this process can run MXNet's int8 LSTM: ``True`` or the reason it can't.
+
+    On CPUs with AVX512-VNNI (Cascade Lake and later), oneDNN 2.4.4 (bundled with MXNet
+    1.9.1) picks a blocked int8 weight layout for its LSTM (``abdEC32e4c`` with
+    compensation) that it has no reorder for from MXNet's ``ldgoi`` weights, so every int8
+    LSTM fails at its first forward with "could not create a primitive descriptor for a
+    reorder primitive", MXNet's own unit-test sizes included. Capping oneDNN's ISA
+    (``DNNL_MAX_CPU_ISA=AVX512_CORE`` before the process's first oneDNN primitive) makes it
+    use its packed-GEMM int8 LSTM, which runs, but takes VNNI away from every int8 layer.
+
+    A 5-step, 16-unit quantized LSTM runs once per process (the answer is a fact about the
+    process, so it is cached); it fails with an ordinary MXNet error, never a crash.
+    """
+    try:
+        sym = mx.sym.contrib.quantized_rnn(
+            data=mx.sym.var("data", dtype="uint8"), state_size=16, num_layers=1,
+            mode="lstm", state_outputs=False, name="probe")
+        names = sym.list_arguments()
+        shapes, _, _ = sym.infer_shape(data=(5, 2, 16))
+        args = {n: mx.nd.zeros(s, dtype="uint8" if n == "data" else "float32")
+                for n, s in zip(names, shapes)}
+        args[names[1]][:] = 0.01
+        args[names[-2]][:] = -1.0
+        args[names[-1]][:] = 1.0
+        with native_output([]):
+            out = sym.bind(mx.cpu(), args, grad_req="null").forward(is_train=False)[0]
+            finite = bool(np.isfinite(out.asnumpy()).all())
+        return True if finite else "the int8 LSTM probe returned non-finite values"
+    except mx.base.MXNetError as err:
+        return first_line(err) + (
+            " (oneDNN 2.4.4 int8 LSTM on an AVX512-VNNI CPU; DNNL_MAX_CPU_ISA=AVX512_CORE "
+            "works around it at the cost of VNNI for all int8 layers)")

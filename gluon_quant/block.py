@@ -11,13 +11,12 @@ from typing import Optional
 import mxnet as mx
 from mxnet.gluon import HybridBlock
 
-from . import _mxnet, pipeline
+from . import _mxnet, fallback, pipeline
 from .backends import get_spec
 from .calib import get_calibrator
 from .config import QuantConfig
-from .data import BatchConverter, as_tuples, describe, peek
-from .errors import (EmptyCalibrationError, GluonQuantError, GraphError, InputMismatchError,
-                     NotHybridizableError)
+from .data import BatchConverter, as_tuples, peek
+from .errors import EmptyCalibrationError, GluonQuantError, GraphError, NotHybridizableError
 from .presets import resolve_preset
 from .report import build_report
 
@@ -67,7 +66,7 @@ class QuantizedHybridBlock(HybridBlock):
         self._calibrator = get_calibrator(self._config.calibrator)
         self._call_lock = threading.Lock()
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
-        self._converter = self._bias_inputs = None
+        self._converter = self._samples = None
 
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
@@ -128,14 +127,16 @@ class QuantizedHybridBlock(HybridBlock):
         self._fp32, self._calibration = pipeline.calibrate(
             self._plan, self.net, calib_data, config=config, calibrator=self._calibrator,
             convert=self._converter)
-        self._bias_inputs = self._calibration.bias_inputs
+        self._samples = self._calibration.samples
         return self._calibration.table
 
     def finalize(self, table=None):
         """Apply ranges (``table``, else the last calibration's) and build the int8 block.
 
         A table without bias corrections for this set of int8 layers gets them measured
-        on the calibration samples this block (or the block it was cloned from) kept.
+        on the calibration samples this block (or the block it was cloned from) kept; the
+        int8 graph runs once on them, and a layer whose int8 kernel fails stays fp32
+        (:mod:`gluon_quant.fallback`).
         """
         if self._plan is None:
             self.quantize_graph()
@@ -149,8 +150,9 @@ class QuantizedHybridBlock(HybridBlock):
         if self._fp32 is None:
             self._fp32 = pipeline.fp32_params(self.net, self._fused, self.ctx)
         self._model = None
-        self._model = pipeline.build(self._plan, self._fp32, table, config=self._config,
-                                     bias_inputs=self._bias_inputs)
+        self._model = fallback.build_runnable(self._plan, self._fp32, table,
+                                              config=self._config, samples=self._samples)
+        self._plan = self._model.plan       # with any node the first run sent back to fp32
         self.int8_block = self._model.block   # registered as the child the graph calls
         _mxnet.clear_cached_op(self)
         if get_spec(self.backend.value).static_alloc:
@@ -187,7 +189,7 @@ class QuantizedHybridBlock(HybridBlock):
         """
         twin = QuantizedHybridBlock(self.net, QuantConfig.build(config or self._config,
                                                                 **changes))
-        twin._bias_inputs = self._bias_inputs     # same class: its own private state
+        twin._samples = self._samples     # same class: its own private state
         return twin
 
     def export(self, prefix, *, fmt="gluon_quant"):
@@ -211,12 +213,8 @@ class QuantizedHybridBlock(HybridBlock):
         except GluonQuantError:
             raise
         except (_mxnet.MXNetError, ValueError) as err:
-            spec = self._fused.inputs
-            raise InputMismatchError(
-                "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) "
-                "(%s) with the rank and per-sample shape of the calibration batches."
-                % (describe([x, *args]), _mxnet.first_line(err).rstrip("."), spec.count,
-                   ", ".join(spec.arg_names))) from err
+            raise pipeline.run_error(err, [x, *args], self._fused.inputs,
+                                     self._calibration) from err
         # Gluon regroups multiple outputs as lists; give back the tuples fp32 nets return.
         return as_tuples(out) if isinstance(out, list) else out
 

@@ -28,9 +28,9 @@ from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
 from .collect import build_runner, collect_statistics
 from .config import QuantConfig, QuantDtype
-from .data import InputSpec, iter_batches
-from .errors import (CalibrationTableError, GraphError, ModelExecutionError,
-                     UnsupportedDtypeError)
+from .data import InputSpec, describe, iter_batches
+from .errors import (CalibrationTableError, GraphError, InputMismatchError,
+                     ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
 from .graph.cudnn import quantize_graph as cudnn_quantize_graph
 from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, run_passes
@@ -38,12 +38,13 @@ from .presets import resolve_preset
 
 __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "fuse",
            "plan_quantization", "fp32_params", "calibrate", "check_table", "build",
-           "method_name", "BIAS_SAMPLES"]
+           "method_name", "run_error", "KEPT_SAMPLES"]
 
 _log = logging.getLogger(__name__)
 
-#: Calibration samples kept to measure bias corrections (see :mod:`gluon_quant.bias`).
-BIAS_SAMPLES = 32
+#: Calibration samples kept to measure bias corrections (see :mod:`gluon_quant.bias`) and
+#: to run the int8 graph once before handing it over (:mod:`gluon_quant.fallback`).
+KEPT_SAMPLES = 32
 
 #: A range whose ends are both below this is an all-zero tensor: it gets the calibrators'
 #: zero range instead (a huge scale would overflow the int32 bias of the layer it feeds).
@@ -130,15 +131,16 @@ class Calibration:
     table : CalibrationTable
     calibrator : Calibrator
         The calibrator holding the collected statistics (re-scorable).
-    bias_inputs : tuple of NDArray or None
-        Up to :data:`BIAS_SAMPLES` calibration samples kept for bias correction.
+    samples : tuple of NDArray or None
+        Up to :data:`KEPT_SAMPLES` calibration samples (one array per input), kept for bias
+        correction and the first run of the int8 graph (:mod:`gluon_quant.fallback`).
     input_shapes : tuple of tuple
         Shape of each input of the first batch (for export metadata).
     """
 
     table: CalibrationTable
     calibrator: Any
-    bias_inputs: Optional[Tuple[Any, ...]]
+    samples: Optional[Tuple[Any, ...]]
     input_shapes: Tuple[tuple, ...]
 
 
@@ -203,7 +205,8 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
     _, out, out_format = _mxnet.trace(net, inputs.count)
     param_shapes = types.MappingProxyType(
         {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
-    context = PassContext(spec=spec, param_shapes=param_shapes)
+    context = PassContext(spec=spec, param_shapes=param_shapes,
+                          int8_lstm=_mxnet.int8_lstm_runs() if config.int8_lstm else False)
     graph = _mxnet.graph_json(out)
     run_passes(Stage.TRACED, graph, context)
     fused = _mxnet.load_graph(graph)
@@ -219,7 +222,9 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
     if preset is not None:
         for name, reason in preset.select(view, scopes).items():
             fp32.setdefault(name, reason)
-    for name, reason in run_passes(Stage.FUSED, fused_graph, context).items():
+    checks = PassContext(spec=spec, param_shapes=param_shapes, int8_lstm=context.int8_lstm,
+                         infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, inputs.names))
+    for name, reason in run_passes(Stage.FUSED, fused_graph, checks).items():
         fp32.setdefault(name, reason)
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,
                       fp32_nodes=types.MappingProxyType(fp32), param_shapes=param_shapes,
@@ -228,11 +233,12 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
                       messages=tuple(messages))
 
 
-def plan_quantization(fused: FusedGraph, config: QuantConfig) -> QuantPlan:
+def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -> QuantPlan:
     """Insert int8 operators into the fused graph (ranges not set yet).
 
     Nodes that a quantized-graph pass sends back to fp32 (an int8-only operator fed by a
     uint8 layer) are excluded and the graph is quantized again, a bounded number of times.
+    ``fp32_nodes`` (node -> reason) keeps more nodes fp32 than the fused graph says.
 
     Returns
     -------
@@ -240,6 +246,8 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig) -> QuantPlan:
     """
     spec = get_spec(config.backend.value)
     fp32 = dict(fused.fp32_nodes)
+    for name, reason in (fp32_nodes or {}).items():
+        fp32.setdefault(name, reason)
     offline = [n for n in fused.symbol.list_arguments() if n not in fused.inputs.names]
     messages = []
     for _ in range(_MAX_REPLANS):
@@ -366,8 +374,8 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     def convert_and_keep(batch):
         inputs = convert(batch)
         samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
-        room = BIAS_SAMPLES - sum(k[0].shape[0] for k in kept)
-        if config.bias_correction and room > 0 and inputs and inputs[0].ndim:
+        room = KEPT_SAMPLES - sum(k[0].shape[0] for k in kept)
+        if room > 0 and inputs and inputs[0].ndim:
             kept.append([a[:room].copy() for a in inputs])
         return inputs
 
@@ -376,12 +384,12 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         make_runner=make_runner, calibrator=calibrator, input_names=input_names,
         tensor_names=names, progress=config.progress,
         total=_length(data, config.num_calib_batches))
-    bias_inputs = None
+    kept_samples = None
     if kept and all(len(k) == len(kept[0]) for k in kept):
         try:
-            bias_inputs = tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
+            kept_samples = tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
         except _mxnet.MXNetError:     # batches of different shapes: keep the first
-            bias_inputs = tuple(kept[0])
+            kept_samples = tuple(kept[0])
     _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
               type(calibrator).__name__)
     table = calibrator.compute() if names else CalibrationTable(
@@ -391,7 +399,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
                              fingerprint=plan.fused.fingerprint,
                              meta=dict(table.meta, batches=seen, samples=int(sum(samples))))
     return state["params"], Calibration(table=table, calibrator=calibrator,
-                                        bias_inputs=bias_inputs, input_shapes=state["shapes"])
+                                        samples=kept_samples, input_shapes=state["shapes"])
 
 
 def check_table(plan: QuantPlan, table) -> CalibrationTable:
@@ -444,6 +452,11 @@ def _final_graph(plan, table, spec, messages):
         final = _mxnet.backend_fuse(final, spec.fusion_pass, messages)
     graph = _mxnet.graph_json(final)
     run_passes(Stage.FINAL, graph, context)
+    try:
+        _mxnet.check_graph_entries(graph)   # MXNet loads bad entries, then frees bad memory
+    except ValueError as err:
+        raise GraphError("A graph pass produced an invalid int8 graph (%s); please report "
+                         "it with the network." % err) from err
     return _mxnet.load_graph(graph)
 
 
@@ -540,3 +553,25 @@ def _length(data, limit):
     except TypeError:
         return limit
     return n if limit is None else min(n, limit)
+
+
+def run_error(err, inputs, spec, calibration):
+    """The package error for an MXNet failure of the int8 network on ``inputs``.
+
+    The inputs are blamed only when they differ from the calibration batches in count,
+    rank or per-sample shape; otherwise the failure is MXNet's own, reported as such.
+    """
+    shapes = [tuple(getattr(a, "shape", ())) for a in inputs]
+    seen = list(calibration.input_shapes) if calibration is not None else None
+    ndarrays = all(isinstance(a, mx.nd.NDArray) for a in inputs)
+    if ndarrays and seen is not None and len(shapes) == len(seen) and all(
+            len(a) == len(b) and a[1:] == b[1:] for a, b in zip(shapes, seen)):
+        return ModelExecutionError(
+            "The int8 network failed inside MXNet on inputs shaped like its calibration "
+            "batches (%s): %s. This is not a problem with your inputs; please report it "
+            "with the network." % (describe(inputs), _mxnet.first_line(err)))
+    return InputMismatchError(
+        "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) (%s) with "
+        "the rank and per-sample shape of the calibration batches%s."
+        % (describe(inputs), _mxnet.first_line(err).rstrip("."), spec.count,
+           ", ".join(spec.arg_names), " (%s)" % seen if seen else ""))

@@ -19,7 +19,7 @@ def _config():
     return QuantConfig(calibrator="entropy", dtype="int8", backend="onednn",
                        granularity="tensor", exclude=("cnn_dense0",), preset="none",
                        bias_correction=False, num_calib_batches=2, input_fn=_first_input,
-                       num_inputs=1, ctx=mx.cpu(0), progress=False)
+                       num_inputs=1, ctx=mx.cpu(0), progress=False, int8_lstm=True)
 
 
 @pytest.fixture

@@ -2,8 +2,8 @@
 
 Each guard is a function over a graph as a JSON dict (``json.loads(sym.tojson())``): it
 either rewrites the dict in place (exactly, in fp32) or returns the nodes that must stay
-fp32 and why. None of them imports MXNet, except :func:`probe_int8_lstm`, which runs a
-tiny quantized LSTM to learn whether this process can run one at all.
+fp32 and why. None of them imports MXNet (whether this process can run an int8 LSTM at
+all is probed by :func:`gluon_quant._mxnet.int8_lstm_runs`).
 
 Where each guard belongs in the pipeline (trace -> fuse -> quantize -> calibrate ->
 post-quantization fusion -> SymbolBlock):
@@ -20,7 +20,7 @@ guard                         graph                             returns
 import collections
 
 __all__ = ["canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
-           "stop_rnn_gradients", "probe_int8_lstm", "FUSABLE_ACTIVATIONS"]
+           "stop_rnn_gradients", "FUSABLE_ACTIVATIONS"]
 
 
 def _is_true(value):
@@ -245,7 +245,7 @@ def unquantizable_rnns(graph, int8_lstm=False):
     * Gluon's LSTM always asks for its states (``state_outputs=True``). If only some of them
       are used, :func:`stop_rnn_gradients` cannot make the int8 block buildable (see there).
     * Unless ``int8_lstm`` is True every LSTM stays fp32: the int8 LSTM needs oneDNN capped
-      below VNNI to run at all (:func:`probe_int8_lstm`), and then runs its u8 x s8 GEMMs
+      below VNNI to run at all (:func:`gluon_quant._mxnet.int8_lstm_runs`), and then runs its u8 x s8 GEMMs
       with ``vpmaddubsw``, whose int16 pair sums saturate on the asymmetric uint8 data (zero
       point 128): cosine to fp32 was 0.77-0.96 on LSTM classifiers and language models.
 
@@ -255,7 +255,7 @@ def unquantizable_rnns(graph, int8_lstm=False):
         The fused fp32 graph (the one whose node names ``excluded_symbols`` takes).
     int8_lstm : bool or str, default False
         ``True`` to let LSTMs be quantized (the user asked for it and
-        :func:`probe_int8_lstm` returned True); ``False`` or a reason (the probe's answer)
+        :func:`gluon_quant._mxnet.int8_lstm_runs` returned True); ``False`` or a reason (the probe's answer)
         keeps them fp32.
 
     Returns
@@ -346,48 +346,3 @@ def stop_rnn_gradients(graph):
     return done
 
 
-_PROBE = {}
-
-
-def probe_int8_lstm():
-    """Whether this process can run MXNet's int8 LSTM: ``True`` or the reason it can't.
-
-    Root cause of the failure it detects: on CPUs with AVX512-VNNI (Cascade Lake and
-    later), oneDNN 2.4.4 (bundled with MXNet 1.9.1) picks a blocked int8 weight layout for
-    its LSTM (``abdEC32e4c`` with compensation) that it has no reorder for from MXNet's
-    ``ldgoi`` weights, so every int8 LSTM fails at its first forward with "could not create
-    a primitive descriptor for a reorder primitive" -- MXNet's own unit-test sizes included.
-    Capping oneDNN's ISA with ``DNNL_MAX_CPU_ISA=AVX512_CORE`` (set before the process's
-    first oneDNN primitive) makes oneDNN use its packed-GEMM int8 LSTM, which works, but it
-    also takes VNNI away from every int8 convolution and FC in the process.
-
-    The probe runs a 5-step, 16-unit quantized LSTM once (result cached): it fails with an
-    ordinary MXNet error, not a crash, so it is safe in-process.
-
-    Returns
-    -------
-    True or str
-    """
-    if "result" not in _PROBE:
-        import mxnet as mx   # the one guard that needs MXNet
-        import numpy as np
-        try:
-            sym = mx.sym.contrib.quantized_rnn(
-                data=mx.sym.var("data", dtype="uint8"), state_size=16, num_layers=1,
-                mode="lstm", state_outputs=False, name="probe")
-            names = sym.list_arguments()
-            shapes, _, _ = sym.infer_shape(data=(5, 2, 16))
-            args = {n: mx.nd.zeros(s, dtype="uint8" if n == "data" else "float32")
-                    for n, s in zip(names, shapes)}
-            args[names[1]][:] = 0.01
-            args[names[-2]][:] = -1.0
-            args[names[-1]][:] = 1.0
-            out = sym.bind(mx.cpu(), args, grad_req="null").forward(is_train=False)[0]
-            ok = bool(np.isfinite(out.asnumpy()).all())
-            _PROBE["result"] = True if ok else "the int8 LSTM probe returned non-finite values"
-        except mx.base.MXNetError as err:
-            lines = [l.strip() for l in str(err).splitlines() if "Error" in l]
-            _PROBE["result"] = (lines[-1] if lines else repr(err)) + (
-                " (oneDNN 2.4.4 int8 LSTM on an AVX512-VNNI CPU; DNNL_MAX_CPU_ISA=AVX512_CORE "
-                "works around it at the cost of VNNI for all int8 layers)")
-    return _PROBE["result"]

@@ -39,6 +39,12 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`exact_ranges`: MXNet prints ranges with 6 decimals (a range of 1e-7 becomes 0),
     both when it sets a calibration table and when post-quantization fusion copies
     ranges: every range is rewritten from the table at full float32 precision.
+``TRACED``, ``FUSED`` and ``FINAL``: guards against MXNet 1.9.1 failures, in
+    :mod:`gluon_quant.graph.guards` (each with its root cause): ``relu`` becomes ``Activation(relu)`` so
+    oneDNN fuses it; a ``Flatten`` before dense layers fed by a
+    pooling in squeeze-excite nets ("We can't generate TBlob for MKLDNN data"); RNN modes
+    and LSTM wiring without an int8 kernel stay fp32; int8 LSTM outputs stop gradients so
+    the CachedOp can be built.
 ``FINAL``
     :func:`fused_sum_dtypes` (oneDNN): a convolution fused with a residual sum writes its
     result into the sum operand's buffer, in the operand's data type, whatever the output
@@ -66,11 +72,13 @@ import numpy as np
 
 from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView
+from .guards import (canonical_activations, flatten_fc_inputs, stop_rnn_gradients,
+                     unquantizable_rnns)
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm, global_adaptive_pools,
                        known_shape, lift_1d_to_2d, num_outputs)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
-           "global_adaptive_pools", "fold_dense_batchnorm", "lift_1d_to_2d", "backend_eligibility", "signed_global_pools",
+           "global_adaptive_pools", "fold_dense_batchnorm", "lift_1d_to_2d", "integer_inputs", "backend_eligibility", "signed_global_pools",
            "int8_mul_inputs", "exact_ranges", "fused_sum_dtypes",
            "insert_fake_quant", "downstream_nodes", "count_ops", "calibrated_nodes",
            "calib_key", "tensor_key", "QDQ_OPS", "SIGNED_POOL_REASON"]
@@ -110,6 +118,9 @@ class PassContext:
         Traced-graph passes that change what a parameter holds (a reshaped weight, a
         BatchNorm folded into a dense layer) append here; the pipeline applies them, in
         order, to its copies of the fp32 parameters. The user's net is never changed.
+    int8_lstm : bool or str
+        Whether LSTM layers may run in int8 (``QuantConfig.int8_lstm`` and this process
+        can run MXNet's int8 LSTM), or the reason they cannot.
     """
 
     spec: BackendSpec
@@ -117,6 +128,7 @@ class PassContext:
     ranges: Mapping[str, Tuple[float, float]] = field(default_factory=dict)
     infer_dtypes: Optional[Callable[[dict], Dict[str, str]]] = None
     param_rewrites: list = field(default_factory=list)
+    int8_lstm: object = False
 
 
 @dataclass(frozen=True)
@@ -174,6 +186,36 @@ def backend_eligibility(graph, context):
             if reason is not None:
                 found[node["name"]] = reason
                 break
+    return found
+
+
+def integer_inputs(graph, context):
+    """Nodes that read integer tensors (top-k indices, shapes, casts), which stay fp32.
+
+    MXNet's pass quantizes an ``elemwise_mul`` of two int64 index tensors (CenterNet's
+    decoder) and its quantize node refuses int64 only when the graph runs ("Check failed:
+    in_attrs->at(0) == mshadow::kFloat32 ..."): int8 quantization is for float tensors.
+
+    Returns
+    -------
+    dict of str to str
+        Node name -> reason.
+    """
+    if context.infer_dtypes is None:
+        return {}
+    dtypes = context.infer_dtypes(graph)
+    nodes = graph["nodes"]
+    found = {}
+    for node in nodes:
+        if node["op"] == "null":
+            continue
+        kinds = {_entry_dtype(dtypes, nodes, e) for e in node["inputs"]
+                 if nodes[e[0]]["op"] != "null" or nodes[e[0]]["name"] not in
+                 context.param_shapes}
+        integer = sorted(k for k in kinds if k and not k.startswith(("float", "bfloat")))
+        if integer:
+            found[node["name"]] = ("reads %s tensors; int8 quantization is for float "
+                                   "tensors" % "/".join(integer))
     return found
 
 
@@ -396,7 +438,7 @@ def fused_sum_dtypes(graph, dtypes):
             attrs["max_calib_range"] = repr(float(np.float32(hi)))
             widened.append(node["name"])
         elif sum_type == "uint8" and out_type == "int8":
-            base = len(nodes) + len(inserted)
+            base = len(nodes) + 2 * len(inserted)     # two nodes per earlier insertion
             name = node["name"] + "_sum_int8"
             deq = {"op": "_contrib_dequantize", "name": name + "_dequantize",
                    "attrs": {"out_type": "float32"}, "inputs": [sum_entry, sum_min, sum_max]}
@@ -533,16 +575,38 @@ def count_ops(graph, ops=QDQ_OPS):
 
 #: Every pass, in the order it runs. Tests and users may replace this tuple to switch a
 #: pass off (:func:`run_passes` reads it at each call).
+def _rewrite(function, **options):
+    """A pass running ``function(graph, **options)``, a rewrite that keeps nothing fp32."""
+    def run(graph, context):  # pylint: disable=unused-argument
+        function(graph, **options)
+        return {}
+    return run
+
+
+def _rnn_pass(graph, context):
+    return unquantizable_rnns(graph, int8_lstm=context.int8_lstm)
+
+
 PASSES = (
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),
+    # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
+    # or (sigmoid) computes 1-ulp different values than tanh/sigmoid in fp32.
+    GraphPass("canonical_activations", Stage.TRACED,
+              _rewrite(canonical_activations, ops=("relu",))),
+    GraphPass("flatten_fc_inputs", Stage.TRACED,
+              _rewrite(flatten_fc_inputs, only_with_squeeze=True), backends=("onednn",)),
     GraphPass("fold_dense_batchnorm", Stage.TRACED, fold_dense_batchnorm),
     GraphPass("lift_1d_to_2d", Stage.TRACED, lift_1d_to_2d, backends=("onednn",)),
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
     GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
+    GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
+    GraphPass("unquantizable_rnns", Stage.FUSED, _rnn_pass, backends=("onednn",)),
     GraphPass("int8_mul_inputs", Stage.QUANTIZED, int8_mul_inputs),
     GraphPass("exact_ranges", Stage.CALIBRATED, exact_ranges),
     GraphPass("exact_ranges", Stage.FINAL, exact_ranges),
     GraphPass("fused_sum_dtypes", Stage.FINAL, _fused_sum_pass, backends=("onednn",)),
+    GraphPass("stop_rnn_gradients", Stage.FINAL, _rewrite(stop_rnn_gradients),
+              backends=("onednn",)),
 )
 
 

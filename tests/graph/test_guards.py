@@ -3,10 +3,8 @@
 Each case builds the net that failed, applies the guard and checks that the int8 net runs
 (in a child process where the failure is a crash) and agrees with fp32.
 
-``install_guards`` wires the guards into the pipeline by patching it, standing in for the
-wiring the main pipeline will get (it patches ``block.prepare_graph``,
-``QuantizedHybridBlock.fuse`` and ``_mxnet.apply_calibration``): drop it once the guards are
-called by the pipeline itself.
+The pipeline runs them as passes of :data:`gluon_quant.graph.passes.PASSES`; the
+``disable_pass`` fixture switches one off to show the failure it prevents.
 """
 import json
 import os
@@ -24,40 +22,6 @@ from gluon_quant.graph import guards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-# ------------------------------------------------------------------------ wiring
-
-def install_guards(setattr_=setattr, int8_lstm=None, only_with_squeeze=False):
-    """Run the guards at the stages they are meant for (see the guards module docstring)."""
-    from gluon_quant import block
-
-    original_prepare = block.prepare_graph
-    original_fuse = block.QuantizedHybridBlock.fuse
-    original_apply = _mxnet.apply_calibration
-
-    def prepare(sym):
-        graph = _mxnet.graph_json(original_prepare(sym))
-        guards.canonical_activations(graph)
-        guards.flatten_fc_inputs(graph, only_with_squeeze=only_with_squeeze)
-        return _mxnet.load_graph(graph)
-
-    def fuse(self):
-        fused = original_fuse(self)
-        # int8 LSTMs are opt-in; here they are tried wherever this process can run them.
-        ok = guards.probe_int8_lstm() if int8_lstm is None else int8_lstm
-        for name, reason in guards.unquantizable_rnns(_mxnet.graph_json(fused), ok).items():
-            self._excluded.setdefault(name, reason)
-        return fused
-
-    def apply_calibration(*args, **kwargs):
-        final = original_apply(*args, **kwargs)
-        graph = _mxnet.graph_json(final)
-        return _mxnet.load_graph(graph) if guards.stop_rnn_gradients(graph) else final
-
-    setattr_(block, "prepare_graph", prepare)
-    setattr_(block.QuantizedHybridBlock, "fuse", fuse)
-    setattr_(_mxnet, "apply_calibration", apply_calibration)
 
 
 def cosine(a, b):
@@ -252,8 +216,9 @@ sys.path.insert(0, {here!r})
 import numpy as np, mxnet as mx
 import gluon_quant as gq
 import test_guards as t
-if {guarded!r}:
-    t.install_guards()
+from gluon_quant.graph import passes
+if not {guarded!r}:
+    passes.PASSES = tuple(p for p in passes.PASSES if p.name not in {unguard!r})
 net, x = t.CASES[{case!r}]()
 q = gq.quantize(net, [x[:8], x[8:]], progress=False, bias_correction={bias!r})
 for batch in (x, x[:8], x):   # several calls: static-memory failures show from the second
@@ -263,9 +228,12 @@ print("RESULT " + json.dumps({{"cosine": t.cosine(net(x).asnumpy(), q(x).asnumpy
 """
 
 
-def run_child(case, *, guarded=True, bias=False, env=None):
-    """Quantize ``CASES[case]`` in a child process; (return code, result dict or None, output)."""
-    code = CHILD.format(here=HERE, case=case, guarded=guarded, bias=bias)
+def run_child(case, *, guarded=True, bias=False, env=None, unguard=()):
+    """Quantize ``CASES[case]`` in a child process; (return code, result dict or None, output).
+
+    ``guarded=False`` runs without the passes named in ``unguard``.
+    """
+    code = CHILD.format(here=HERE, case=case, guarded=guarded, bias=bias, unguard=tuple(unguard))
     child_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           cwd=ROOT, timeout=300, env=child_env)
@@ -317,22 +285,20 @@ def test_relu_resnet_runs_int8(bias):
     assert result["coverage"] == [6, 6]
 
 
-# Root cause of cases 1 and 2, in gluon_quant/graph/passes.py (not a guard: a one-line fix
-# there). fused_sum_dtypes appends a dequantize + quantize pair per fused sum whose uint8
+# Root cause of cases 1 and 2, fixed in gluon_quant/graph/passes.py: fused_sum_dtypes appends a dequantize + quantize pair per fused sum whose uint8
 # operand must become int8, numbering the new nodes with ``len(nodes) + len(inserted)``;
 # ``inserted`` holds *pairs*, so from the second pair on the numbers are off by one: the
 # convolution reads its sum (and its range, outputs 1 and 2) from a dequantize node, which
 # has one output, and the orphaned quantize node is dropped when the graph is loaded. MXNet
 # accepts the out-of-range entries and frees invalid memory when the graph runs.
-# Fix: ``base = len(nodes) + 2 * len(inserted)``.
-FUSED_SUM_BUG = ("passes.fused_sum_dtypes numbers the nodes it appends by pairs: "
-                 "base = len(nodes) + len(inserted) must be + 2 * len(inserted)")
+# Fixed: ``base = len(nodes) + 2 * len(inserted)``; the pipeline also checks every entry
+# of the final graph before MXNet loads it.
 
 
-@pytest.mark.xfail(strict=True, reason=FUSED_SUM_BUG)
-def test_fused_sum_operands_keep_valid_entries():
+def test_fused_sum_operands_keep_valid_entries(disable_pass):
     """Two fused sums with uint8 operands and int8 outputs (``F.relu`` after the sum, not
     rewritten): every entry of the final graph must name an existing output."""
+    disable_pass("canonical_activations")     # keep the F.relu that made two such sums
     net, x = CASES["relu_resnet"]()
     qnet = gq.QuantizedHybridBlock(net, progress=False, bias_correction=False)
     qnet.calibrate([x[:8], x[8:]])
@@ -340,7 +306,6 @@ def test_fused_sum_operands_keep_valid_entries():
     _mxnet.check_graph_entries(_mxnet.graph_json(qnet.quantized_graph))
 
 
-@pytest.mark.xfail(strict=True, reason=FUSED_SUM_BUG)
 def test_image_net_runs_int8():
     """Case 2 (free(): invalid pointer): SELU and softrelu do not fuse into a convolution,
     so both residual sums have int8 outputs and uint8 (softrelu) operands -- the same
@@ -376,17 +341,16 @@ def test_flatten_fc_inputs_on_json():
         assert np.array_equal(before.asnumpy(), after.asnumpy())
 
 
-def test_depthwise_se_fails_without_guard():
+def test_depthwise_se_fails_without_guard(disable_pass):
     """Case 3 as reported: the calibration graph fails on its second batch."""
+    disable_pass("flatten_fc_inputs")
     net, x = CASES["depthwise_se"]()
     with pytest.raises(gq.errors.InputMismatchError, match="generate TBlob for MKLDNN data"):
         gq.quantize(net, [x[:8], x[8:]], progress=False, bias_correction=False)
 
 
-@pytest.mark.parametrize("only_with_squeeze", [False, True])
 @pytest.mark.parametrize("se_pool", ["adaptive", "global"])
-def test_depthwise_se_runs_int8(monkeypatch, se_pool, only_with_squeeze):
-    install_guards(monkeypatch.setattr, only_with_squeeze=only_with_squeeze)
+def test_depthwise_se_runs_int8(se_pool):
     x = _images()
     net = _ready(DepthwiseSE(se_pool=se_pool), x)
     qnet = gq.quantize(net, [x[:8], x[8:]], progress=False)
@@ -401,18 +365,20 @@ def test_depthwise_se_runs_int8(monkeypatch, se_pool, only_with_squeeze):
 @pytest.mark.parametrize("mode", ["gru", "rnn"])
 def test_unquantizable_rnns_keeps_gru_and_rnn_fp32(monkeypatch, mode):
     net, x = _rnn_net("cls", mode)
-    # Unguarded, MXNet's CHECK escapes as a raw MXNetError (from qsym.tojson() in
-    # passes.int8_mul_inputs).
-    with pytest.raises((gq.errors.GluonQuantError, mx.base.MXNetError), match="only supports LSTM"):
-        gq.quantize(net, [x], progress=False, bias_correction=False)
-    install_guards(monkeypatch.setattr)
-    # bias_correction=False: bias correction cannot run after an int8 Embedding (its fp32
-    # reference graph lacks the embedding weight), a separate bug.
-    qnet = gq.quantize(net, [x], progress=False, bias_correction=False)
+    from gluon_quant.graph import passes
+    unguarded = tuple(p for p in passes.PASSES
+                      if p.name not in ("backend_eligibility", "unquantizable_rnns"))
+    with monkeypatch.context() as patch:
+        patch.setattr(passes, "PASSES", unguarded)
+        # Unguarded, MXNet's CHECK fails when the quantized graph is written.
+        with pytest.raises(gq.GraphError, match="only supports LSTM"):
+            gq.quantize(net, [x], progress=False)
+    qnet = gq.quantize(net, [x], progress=False)      # bias correction after an Embedding too
     assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.99
     rnn_rows = [row for row in qnet.report() if row.op == "RNN"]
     assert len(rnn_rows) == 1 and not rnn_rows[0].quantized
-    assert "mode='lstm' only" in rnn_rows[0].reason
+    assert "mode=%s" % mode in rnn_rows[0].reason            # gru, rnn_relu or rnn_tanh
+    assert "has no int8 kernel on onednn" in rnn_rows[0].reason
 
 
 def test_unquantizable_rnns_on_json():
@@ -469,12 +435,12 @@ sys.path.insert(0, {here!r})
 import mxnet as mx
 import gluon_quant as gq
 import test_guards as t
-t.install_guards()
+from gluon_quant import _mxnet
 net, x = t._rnn_net({kind!r})
-q = gq.quantize(net, [x], progress=False, bias_correction=False)
+q = gq.quantize(net, [x], progress=False, bias_correction=False, int8_lstm=True)
 int8_rnn = [r.node for r in q.report() if r.op == "RNN" and r.quantized]
 print("RESULT " + json.dumps({{"cosine": t.cosine(net(x).asnumpy(), q(x).asnumpy()),
-                               "int8_rnn": int8_rnn, "probe": gq.graph.guards.probe_int8_lstm()}}))
+                               "int8_rnn": int8_rnn, "probe": _mxnet.int8_lstm_runs()}}))
 """
 
 

@@ -1,0 +1,83 @@
+"""The safety net: an int8 layer that fails when the graph first runs is kept fp32."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import nn
+
+import gluon_quant as gq
+from gluon_quant import fallback
+from gluon_quant.debug.metrics import all_outputs, cosine
+
+
+class IntegerProducts(nn.HybridBlock):
+    """A head multiplying int64 top-k indices, as CenterNet's decoder does: MXNet quantizes
+    the product, and its quantize node refuses int64 data only when the graph runs."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv = nn.Conv2D(4, 3, padding=1, in_channels=3)
+            self.dense = nn.Dense(5)
+
+    def hybrid_forward(self, F, x):
+        feat = self.conv(x)
+        idx = F.topk(F.reshape(x, (0, -1)), k=8, ret_typ="indices", dtype="int64")
+        rows, cols = F.split(idx, num_outputs=2, axis=1)
+        return self.dense(feat), rows * cols
+
+
+@pytest.fixture
+def integer_net(disable_pass):
+    """The net, with the pass that knows this failure switched off: the safety net is for
+    the failures no pass knows yet."""
+    disable_pass("integer_inputs")
+    mx.random.seed(2)
+    net = IntegerProducts()
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(2).rand(8, 3, 6, 6).astype("float32"))
+    net(x)
+    return net, x
+
+
+def _check(net, qnet, x):
+    ref, out = all_outputs(net(x)), all_outputs(qnet(x))
+    assert cosine(ref[0].asnumpy(), out[0].asnumpy()) > 0.99
+    assert np.array_equal(ref[1].asnumpy(), out[1].asnumpy())      # integers, exactly
+    product = [r for r in qnet.report() if r.op == "elemwise_mul"]
+    assert len(product) == 1 and not product[0].quantized
+    assert product[0].reason.startswith("its int8 kernel failed at the first run: ")
+    assert "quantize" in product[0].reason                    # MXNet's own words
+    conv = [r for r in qnet.report() if r.op == "Convolution"]
+    assert conv and all(r.quantized for r in conv)            # the rest stays int8
+
+
+def test_layer_named_by_mxnet_goes_back_to_fp32(integer_net, caplog):
+    net, x = integer_net
+    qnet = gq.quantize(net, [x[:4], x[4:]], progress=False)
+    _check(net, qnet, x)
+    assert "failed at the first run" in caplog.text and "kept fp32" in caplog.text
+
+
+def test_bisection_finds_the_layer_when_mxnet_names_none(integer_net, monkeypatch):
+    net, x = integer_net
+    monkeypatch.setattr(fallback, "_named_layers", lambda model, error: set())
+    qnet = gq.quantize(net, [x[:4], x[4:]], progress=False)
+    _check(net, qnet, x)
+
+
+def test_gives_up_with_mxnets_words_not_blaming_the_data(integer_net, monkeypatch):
+    net, x = integer_net
+    monkeypatch.setattr(fallback, "MAX_FALLBACKS", 0)
+    with pytest.raises(gq.ModelExecutionError,
+                       match="fails inside MXNet when it runs.*not a problem with your data"):
+        gq.quantize(net, [x[:4], x[4:]], progress=False)
+
+
+def test_the_integer_inputs_pass_prevents_it_before_mxnet_runs():
+    mx.random.seed(2)
+    net = IntegerProducts()
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(2).rand(8, 3, 6, 6).astype("float32"))
+    qnet = gq.quantize(net, [x], progress=False)
+    product = next(r for r in qnet.report() if r.op == "elemwise_mul")
+    assert product.reason == "reads int64 tensors; int8 quantization is for float tensors"
