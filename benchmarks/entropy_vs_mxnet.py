@@ -40,6 +40,11 @@ corrected but not the dense one, gq entropy gives 58/60 and a cosine of .9963. :
 
     python benchmarks/entropy_vs_mxnet.py
     python benchmarks/entropy_vs_mxnet.py --models efficientnet_lite0 --splits 1
+
+``--thresholds`` first prints, per calibrated tensor of the first model on split 0, the
+thresholds chosen from the same batches by gq entropy (default; without the error guard;
+without the guard and without histogram subsampling) and by MXNet's own KL search on
+MXNet's own histograms (8001 bins, grown as its collector grows them).
 """
 import argparse
 import logging
@@ -48,6 +53,7 @@ import warnings
 
 import mxnet as mx
 import numpy as np
+from mxnet.contrib import quantization as mxq
 
 import gluon_quant as gq
 from gluon_quant.calib import EntropyCalibrator
@@ -129,7 +135,7 @@ def mxnet_entropy(copy, batches, calib):
     it = mx.io.NDArrayIter(data=calib, batch_size=BATCH)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return mx.contrib.quantization.quantize_net_v2(
+        return mxq.quantize_net_v2(
             copy(), quantized_dtype="auto", quantize_mode="full", calib_data=it,
             data_shapes=[mx.io.DataDesc("data", (BATCH,) + calib.shape[1:])],
             calib_mode="entropy", num_calib_examples=len(calib), ctx=mx.cpu(), logger=None)
@@ -143,6 +149,50 @@ QUANTIZERS = {
 }
 
 
+class _AlsoMXNetHistograms(EntropyCalibrator):
+    """gq's entropy calibrator that also keeps, per tensor, the histogram MXNet's entropy
+    collector builds from the same batches, and full (not subsampled) gq statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.mxnet = {}
+        self.full = EntropyCalibrator(subsample=False, max_clip_error=None)
+
+    def collect(self, name, array):
+        super().collect(name, array)
+        self.full.collect(name, array)
+        array = np.asarray(array, np.float32)
+        lo, hi = float(array.min()), float(array.max())
+        reach = max(-lo, hi)
+        if name in self.mxnet:
+            self.mxnet[name] = mxq.combine_histogram(self.mxnet[name], array, lo, hi, reach)
+        else:
+            counts, edges = np.histogram(array, bins=8001, range=(-reach, reach))
+            self.mxnet[name] = (counts, edges, lo, hi, reach)
+
+
+def threshold_table(model, calib):
+    """Print gq's and MXNet's entropy thresholds of every calibrated tensor, same data."""
+    batches = [calib[i:i + BATCH] for i in range(0, len(calib), BATCH)]
+    net, _ = build(model, calib)
+    recorder = _AlsoMXNetHistograms()
+    qnet = gq.QuantizedHybridBlock(net, calibrator=recorder, progress=False)
+    qnet.fuse()
+    qnet.quantize_graph()
+    ours = qnet.calibrate(batches)
+    unguarded = recorder.rescore(EntropyCalibrator, max_clip_error=None).compute()
+    full = recorder.full.compute()
+    print("%-48s %4s %8s %8s %8s %8s %8s" % ("tensor (%s, split 0)" % model, "sign", "absmax",
+                                            "gq", "no guard", "no subs.", "mxnet"))
+    for name, stats in recorder.statistics.items():
+        # MXNet's private KL search, as quantize_net_v2 calls it for quantized_dtype='auto'.
+        _, _, mx_threshold, _ = mxq._get_optimal_threshold(recorder.mxnet[name], "auto", 255)
+        print("%-48s %4s %8.3f %8.3f %8.3f %8.3f %8.3f" % (
+            name[-48:], "u" if stats.min >= 0 else "s", stats.absmax, ours[name][1],
+            unguarded[name][1], full[name][1], float(mx_threshold)), flush=True)
+    print()
+
+
 def scores(fp32, int8):
     """Per image: whether the top-1 classes agree, and the logits' cosine."""
     return fp32.argmax(1) == int8.argmax(1), np.array([cosine(a, b) for a, b in zip(fp32, int8)])
@@ -152,9 +202,14 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS))
     parser.add_argument("--splits", type=int, default=len(SPLITS), choices=range(1, 4))
+    parser.add_argument("--thresholds", action="store_true",
+                        help="first print gq's and MXNet's thresholds per tensor")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     photos = sample_images()
+    if args.thresholds:
+        threshold_table(args.models[0], normalise(
+            calibration_crops([photos[n] for n in SPLITS[0]]), args.models[0]))
     print("%-20s %-5s %-34s %9s %11s %7s" % ("model", "split", "quantizer", "agreement",
                                              "mean cosine", "time s"))
     for model in args.models:
