@@ -29,16 +29,24 @@ probability each bin holds, never how far a clipped value lies from the threshol
   and 4.21): 0.16 % and 0.74 % of the values, but 11 % and 16 % of the signal's energy,
   so the clipping error was 210 and 700 times the rounding error.  Their KL curves are
   flat from there to 6 (within about 20 %), so KL had no strong preference; the int8
-  logits' cosine to fp32 fell from 0.994 to 0.943 (bias correction, fitted on the
-  calibration photos, made it worse: 0.984 without it).  ``max_clip_error`` bounds the squared error clipping
-  adds to a multiple of the rounding error at the same threshold, with the error model of
+  logits' cosine to fp32 fell from 0.994 to 0.943 (0.984 without bias correction, which,
+  fitted on the calibration photos, turned the clipping error into wrong offsets).
+  ``max_clip_error`` bounds the squared error clipping adds to a multiple of the rounding
+  error at the same threshold, with the error model of
   :func:`~gluon_quant.calib.mse.error_terms`.  On smooth distributions KL's own choice
   clips far less than that (clipping/rounding error 0.0002 on a gaussian, 0.02 on a
-  ReLU'd gaussian, 0.15 on a laplace, 1e6 samples), so the guard does not move it there;
-  it moves heavy tails (student-t, 3 degrees of freedom: 18.6 to 64.8, MSE's choice 68.1).
+  ReLU'd gaussian, 0.15 on a laplace, 1e6 samples), so the guard does not move it; it
+  moves heavy tails (student-t, 3 degrees of freedom: 18.6 to 64.8, MSE's choice 68.1).
 
-Both guards only remove candidates that clip too much: the allowed thresholds are all
-those above one bin, so KL still picks among them.
+Both guards only remove candidates that clip too much: the allowed candidates are those
+that keep at least :func:`first_allowed` bins, and KL picks among them (fewer candidates
+to score: the search over EfficientNet-Lite0's 55 tensors takes 0.03 s instead of 0.24 s).
+
+Subsampled histograms (``subsample=True``, the default) have noisier sparse tails, and a
+noisier histogram makes KL prefer fewer bins: on EfficientNet-Lite0's signed tensors
+(projections, residual sums) thresholds were up to 20 % lower than from every value, and
+moved by as much with the order of the batches; the logits' cosine changed by less than
+0.0005.
 """
 import logging
 import math
