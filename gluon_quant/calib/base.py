@@ -45,7 +45,8 @@ SIGNED_LEVELS = 127
 ZERO_RANGE = 1.0
 
 _STATE_FORMAT = "gluon_quant.calibrator"
-_STATE_VERSION = 1
+# Version 2: EntropyCalibrator gained max_clip_error (version 1 states load with None).
+_STATE_VERSION = 2
 
 
 def quantization_levels(unsigned):
@@ -111,6 +112,15 @@ class Calibrator(abc.ABC):
     def options(self):
         """Keyword arguments that rebuild this calibrator (JSON-safe)."""
         return {}
+
+    @classmethod
+    def _upgrade_options(cls, options, version):
+        """Return the options of a state of an older ``version``, as this version reads them.
+
+        Called by :meth:`from_state_dict` before ``cls(**options)``; a subclass whose
+        options changed meaning overrides it (and the state version is raised).
+        """
+        return options
 
     def _new_statistics(self):
         """Empty statistics of the kind this calibrator collects."""
@@ -272,6 +282,7 @@ class Calibrator(abc.ABC):
         options = state["options"]
         if not isinstance(options, dict):
             raise CalibrationDataError("Malformed calibrator state: options must be a dict.")
+        options = target._upgrade_options(options, version)
         try:
             calibrator = target(**options)
         except (TypeError, ConfigError) as err:

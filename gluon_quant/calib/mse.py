@@ -3,11 +3,11 @@ import numpy as np
 
 from .base import HistogramCalibrator, quantization_levels
 
-__all__ = ["MSECalibrator", "quantization_errors"]
+__all__ = ["MSECalibrator", "quantization_errors", "error_terms"]
 
 
-def quantization_errors(counts, levels, *, top=None):
-    """Expected squared error of every candidate threshold, in squared bin widths.
+def error_terms(counts, levels, *, top=None):
+    """The two parts of the squared quantization error of every candidate threshold.
 
     Candidate ``i`` (``1..n``) clips at ``tau_i = min(i, top)`` bin widths.  A value
     inside the range gets the rounding noise of a uniform grid of ``levels`` steps,
@@ -27,8 +27,10 @@ def quantization_errors(counts, levels, *, top=None):
     -------
     taus : numpy.ndarray
         float64, shape ``(n,)``: the candidate thresholds in bin widths.
-    errors : numpy.ndarray
-        float64, shape ``(n,)``: mean squared error per value, in squared bin widths.
+    rounding, clipping : numpy.ndarray
+        float64, shape ``(n,)`` each: the summed squared error (in squared bin widths) of
+        the values kept and of the values clipped; ``rounding`` increases with ``i``,
+        ``clipping`` never does.
     """
     hist = np.asarray(counts, dtype=np.float64)
     n = hist.size
@@ -43,7 +45,28 @@ def quantization_errors(counts, levels, *, top=None):
     n_out = beyond(hist)
     clipped = beyond(hist * centres ** 2) - 2 * taus * beyond(hist * centres) + taus ** 2 * n_out
     rounding = (total - n_out) * (taus / levels) ** 2 / 12.0
-    return taus, (rounding + np.maximum(clipped, 0.0)) / total
+    return taus, rounding, np.maximum(clipped, 0.0)  # max: cancellation in the subtraction
+
+
+def quantization_errors(counts, levels, *, top=None):
+    """Expected squared error of every candidate threshold, in squared bin widths.
+
+    The sum of the two terms of :func:`error_terms`, per value.
+
+    Parameters
+    ----------
+    counts, levels, top
+        See :func:`error_terms`.
+
+    Returns
+    -------
+    taus : numpy.ndarray
+        float64, shape ``(n,)``: the candidate thresholds in bin widths.
+    errors : numpy.ndarray
+        float64, shape ``(n,)``: mean squared error per value, in squared bin widths.
+    """
+    taus, rounding, clipping = error_terms(counts, levels, top=top)
+    return taus, (rounding + clipping) / np.sum(counts, dtype=np.float64)
 
 
 class MSECalibrator(HistogramCalibrator):

@@ -52,7 +52,7 @@ def test_state_dict_round_trip(cls):
     for name, values in stream(2, n_batches=3):
         cal.collect(name, values)
     state = json.loads(json.dumps(cal.state_dict()))
-    assert state["version"] == 1
+    assert state["version"] == 2
     for loader in (cls, Calibrator):
         again = loader.from_state_dict(state)
         assert type(again) is cls
@@ -73,7 +73,7 @@ def test_state_dict_refuses_newer_version_and_other_methods():
     cal.collect("a", np.ones(4, np.float32))
     state = cal.state_dict()
     with pytest.raises(CalibrationDataError, match="upgrade gluon_quant"):
-        EntropyCalibrator.from_state_dict(dict(state, version=2))
+        EntropyCalibrator.from_state_dict(dict(state, version=3))
     with pytest.raises(CalibrationDataError, match="rescore"):
         PercentileCalibrator.from_state_dict(state)
     with pytest.raises(CalibrationDataError, match="not a gluon_quant|Not a gluon_quant"):
