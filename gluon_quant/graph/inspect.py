@@ -118,6 +118,8 @@ class GraphView:
                 inputs=tuple(nodes[i[0]]["name"] for i in node["inputs"]),
                 attrs=tuple(sorted((k, str(v)) for k, v in attrs.items()))))
         self.by_name: Dict[str, GraphNode] = {n.name: n for n in self.nodes}
+        #: Names of the nodes whose outputs are the graph's outputs.
+        self.outputs = tuple(nodes[h[0]]["name"] for h in graph.get("heads", ()))
 
     def __iter__(self):
         return iter(self.nodes)
