@@ -23,7 +23,7 @@ def _layer(qnet, op):
 
 
 class TextCNN(nn.HybridBlock):
-    """Embedding -> Conv1D -> BatchNorm -> relu -> max over time -> dense."""
+    """Embedding -> Conv1D -> BatchNorm -> relu -> max over time -> dense -> dense."""
 
     def __init__(self, **kwargs):
         super().__init__(**kwargs)
@@ -31,12 +31,13 @@ class TextCNN(nn.HybridBlock):
             self.embed = nn.Embedding(200, 32)
             self.conv = nn.Conv1D(64, 3, padding=1)
             self.bn = nn.BatchNorm()
+            self.hidden = nn.Dense(32)
             self.out = nn.Dense(5)
 
     def hybrid_forward(self, F, tokens):
         x = self.embed(tokens).transpose((0, 2, 1))
         x = F.relu(self.bn(self.conv(x)))
-        return self.out(F.max(x, axis=2))
+        return self.out(self.hidden(F.max(x, axis=2)))
 
 
 def test_embedding_and_conv1d_net_runs_in_int8():

@@ -124,13 +124,18 @@ def test_every_field_survives_every_entry_point(tiny_cnn, labelled_batches, entr
         assert qnet.calibration_table.meta["batches"] == 2, name   # num_calib_batches
 
 
-def test_tuning_honours_bias_correction_false(tiny_cnn, tiny_batches):
+def test_tuning_honours_bias_correction_false():
     """It was silently dropped on the tuning path before the config existed."""
-    tuned = gq.quantize(tiny_cnn, tiny_batches, eval_fn=lambda m: 1.0, tolerance=0.0,
+    from mxnet.gluon import nn
+    net = nn.HybridSequential()
+    net.add(nn.Dense(16, in_units=8), nn.Dense(4, in_units=16))   # a hidden linear layer
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).randn(16, 8).astype("float32") for i in range(2)]
+    tuned = gq.quantize(net, batches, eval_fn=lambda m: 1.0, tolerance=0.0,
                         bias_correction=False, progress=False)
     assert tuned.config.bias_correction is False
     assert "bias_correction" not in tuned.calibration_table.meta
-    corrected = gq.quantize(tiny_cnn, tiny_batches, eval_fn=lambda m: 1.0, tolerance=0.0,
+    corrected = gq.quantize(net, batches, eval_fn=lambda m: 1.0, tolerance=0.0,
                             progress=False)
     assert "bias_correction" in corrected.calibration_table.meta
 
