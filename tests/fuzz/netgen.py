@@ -21,7 +21,6 @@ every ReLU is exactly half on, which hides range-asymmetry bugs). BatchNorm runn
 statistics are set from the calibration data (MXNet 1.9.1 does not update them in
 forward passes).
 """
-import math
 from dataclasses import dataclass
 from typing import List, Tuple
 
@@ -29,9 +28,16 @@ import mxnet as mx
 import numpy as np
 from mxnet.gluon import nn, rnn
 
-from gluon_quant.zoo.gluoncv import sample_batches, set_batchnorm_statistics
+from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
 
-__all__ = ["INPUT_KINDS", "LAYER_KINDS", "FuzzCase", "FuzzNet", "generate"]
+from .blocks import (AVGPOOL, CONV, GLOBAL_AVG, GLOBAL_MAX, MAXPOOL, Branches,
+                     ChannelsLastDense, Columns, ContextBias, FeedForward, FuzzNet, GatedConv,
+                     GatedDense, HardSwish, LastStep, MeanOverTime, PositionalEmbedding,
+                     ResidualBlock, SelfAttention, ShuffleUnit, SqueezeExcite, TemporalConv,
+                     UNetLevel)
+from .data import audio_data, image_data, sensor_data, tabular_data, token_data, video_data
+
+__all__ = ["INPUT_KINDS", "LAYER_KINDS", "FuzzCase", "FuzzNet", "generate", "kind_of"]
 
 INPUT_KINDS = ("image", "residual", "signal", "video", "sequence", "tokens", "tabular")
 ACT_TYPES = ("relu", "sigmoid", "tanh", "softrelu", "softsign")
@@ -46,264 +52,12 @@ LAYER_KINDS = (
     "reshape", "transpose", "slice_axis", "embedding", "lstm", "gru", "rnn",
     "batch_dot", "softmax")
 
-BATCH = 8
+#: Rows per batch by input kind (more for tabular rows, which are cheap and heavy-tailed).
+BATCH_SIZES = {"image": 8, "residual": 8, "signal": 8, "video": 8, "sequence": 16,
+               "tokens": 16, "tabular": 64}
 CALIB_BATCHES = 4
 HELD_OUT_BATCHES = 2
 CLASSES = 10
-
-_CONV = {1: nn.Conv1D, 2: nn.Conv2D, 3: nn.Conv3D}
-_MAXPOOL = {1: nn.MaxPool1D, 2: nn.MaxPool2D, 3: nn.MaxPool3D}
-_AVGPOOL = {1: nn.AvgPool1D, 2: nn.AvgPool2D, 3: nn.AvgPool3D}
-_GLOBAL_AVG = {1: nn.GlobalAvgPool1D, 2: nn.GlobalAvgPool2D, 3: nn.GlobalAvgPool3D}
-_GLOBAL_MAX = {1: nn.GlobalMaxPool1D, 2: nn.GlobalMaxPool2D, 3: nn.GlobalMaxPool3D}
-
-
-# ----------------------------------------------------------------- user-style blocks
-class HardSwish(nn.HybridBlock):
-    """MobileNetV3's hard-swish, as users write it."""
-
-    def hybrid_forward(self, F, x):
-        return x * F.clip(x + 3, 0, 6) / 6
-
-
-class ResidualBlock(nn.HybridBlock):
-    """``relu(body(x) + shortcut(x))``; the shortcut is the identity when None."""
-
-    def __init__(self, body, shortcut=None, relu=True, **kwargs):
-        super().__init__(**kwargs)
-        self.body = body
-        self.shortcut = shortcut
-        self._relu = relu
-
-    def hybrid_forward(self, F, x):
-        skip = x if self.shortcut is None else self.shortcut(x)
-        out = self.body(x) + skip
-        return F.relu(out) if self._relu else out
-
-
-class SqueezeExcite(nn.HybridBlock):
-    """Channel attention: global pool, two small layers, a sigmoid gate, broadcast_mul."""
-
-    def __init__(self, channels, dims, reduction=4, dense=True, hard=False, **kwargs):
-        super().__init__(**kwargs)
-        self._dense, self._hard, self._dims = dense, hard, dims
-        squeezed = max(2, channels // reduction)
-        with self.name_scope():
-            self.pool = _GLOBAL_AVG[dims]()
-            if dense:
-                self.fc1 = nn.Dense(squeezed, activation="relu")
-                self.fc2 = nn.Dense(channels)
-            else:
-                self.fc1 = _CONV[dims](squeezed, 1, activation="relu")
-                self.fc2 = _CONV[dims](channels, 1)
-
-    def hybrid_forward(self, F, x):
-        w = self.fc2(self.fc1(self.pool(x)))
-        w = F.clip(w + 3, 0, 6) / 6 if self._hard else F.sigmoid(w)
-        if self._dense:
-            w = w.reshape((0, 0) + (1,) * self._dims)
-        return F.broadcast_mul(x, w)
-
-
-class ContextBias(nn.HybridBlock):
-    """GCNet-style global context: a per-channel bias from the pooled input, broadcast_add."""
-
-    def __init__(self, channels, dims, **kwargs):
-        super().__init__(**kwargs)
-        self._dims = dims
-        with self.name_scope():
-            self.pool = _GLOBAL_AVG[dims]()
-            self.fc = nn.Dense(channels)
-
-    def hybrid_forward(self, F, x):
-        bias = self.fc(self.pool(x)).reshape((0, 0) + (1,) * self._dims)
-        return F.broadcast_add(x, bias)
-
-
-class GatedConv(nn.HybridBlock):
-    """WaveNet's gated activation: ``tanh(filter(x)) * sigmoid(gate(x))``."""
-
-    def __init__(self, channels, dims, kernel=3, **kwargs):
-        super().__init__(**kwargs)
-        with self.name_scope():
-            self.filter = _CONV[dims](channels, kernel, padding=kernel // 2)
-            self.gate = _CONV[dims](channels, kernel, padding=kernel // 2)
-
-    def hybrid_forward(self, F, x):
-        return F.tanh(self.filter(x)) * F.sigmoid(self.gate(x))
-
-
-class Branches(nn.HybridBlock):
-    """Inception-style parallel branches, concatenated along ``dim``."""
-
-    def __init__(self, branches, dim=1, **kwargs):
-        super().__init__(**kwargs)
-        self._count, self._dim = len(branches), dim
-        for i, branch in enumerate(branches):
-            setattr(self, "branch%d" % i, branch)
-
-    def hybrid_forward(self, F, x):
-        outs = [getattr(self, "branch%d" % i)(x) for i in range(self._count)]
-        return F.concat(*outs, dim=self._dim)
-
-
-class ShuffleUnit(nn.HybridBlock):
-    """ShuffleNetV2's unit: split channels with slice_axis, convolve one half, concat,
-    then shuffle the channels with reshape / transpose / reshape."""
-
-    def __init__(self, channels, dims, branch, groups=2, **kwargs):
-        super().__init__(**kwargs)
-        self._half, self._groups, self._dims = channels // 2, groups, dims
-        self.branch = branch
-
-    def hybrid_forward(self, F, x):
-        left = F.slice_axis(x, axis=1, begin=0, end=self._half)
-        right = F.slice_axis(x, axis=1, begin=self._half, end=None)
-        out = F.concat(left, self.branch(right), dim=1)
-        out = out.reshape((0, -4, self._groups, -1, -2))
-        out = F.transpose(out, axes=(0, 2, 1) + tuple(range(3, 3 + self._dims)))
-        return out.reshape((0, -3, -2))
-
-
-class UNetLevel(nn.HybridBlock):
-    """One U-Net level: encode, pool, inner levels, upsample with Conv2DTranspose, concat
-    with the skip connection, fuse."""
-
-    def __init__(self, encode, inner, up, fuse, **kwargs):
-        super().__init__(**kwargs)
-        self.encode, self.inner, self.up, self.fuse = encode, inner, up, fuse
-        with self.name_scope():
-            self.pool = nn.MaxPool2D(2)
-
-    def hybrid_forward(self, F, x):
-        skip = self.encode(x)
-        y = self.up(self.inner(self.pool(skip)))
-        return self.fuse(F.concat(y, skip, dim=1))
-
-
-class ChannelsLastDense(nn.HybridBlock):
-    """A per-position classifier: channels moved last, then ``Dense(flatten=False)``."""
-
-    def __init__(self, units, dims, **kwargs):
-        super().__init__(**kwargs)
-        self._axes = (0,) + tuple(range(2, 2 + dims)) + (1,)
-        with self.name_scope():
-            self.dense = nn.Dense(units, flatten=False)
-
-    def hybrid_forward(self, F, x):
-        return self.dense(F.transpose(x, axes=self._axes))
-
-
-class PositionalEmbedding(nn.HybridBlock):
-    """A learned position embedding added to (N, T, C) inputs."""
-
-    def __init__(self, length, units, **kwargs):
-        super().__init__(**kwargs)
-        with self.name_scope():
-            self.weight = self.params.get("weight", shape=(1, length, units),
-                                          init=mx.init.Normal(0.1))
-
-    def hybrid_forward(self, F, x, weight):
-        return F.broadcast_add(x, weight)
-
-
-class SelfAttention(nn.HybridBlock):
-    """Multi-head self-attention on (N, T, C) with a residual connection and LayerNorm."""
-
-    def __init__(self, units, heads=1, **kwargs):
-        super().__init__(**kwargs)
-        self._heads, self._scale = heads, 1.0 / math.sqrt(units // heads)
-        with self.name_scope():
-            self.query = nn.Dense(units, flatten=False)
-            self.key = nn.Dense(units, flatten=False)
-            self.value = nn.Dense(units, flatten=False)
-            self.proj = nn.Dense(units, flatten=False)
-            self.norm = nn.LayerNorm()
-
-    def _split(self, F, x):           # (N, T, C) -> (N * heads, T, C / heads)
-        x = x.reshape((0, 0, -4, self._heads, -1))
-        return F.transpose(x, axes=(0, 2, 1, 3)).reshape((-3, 0, 0))
-
-    def hybrid_forward(self, F, x):
-        q, k, v = self.query(x), self.key(x), self.value(x)
-        if self._heads > 1:
-            q, k, v = self._split(F, q), self._split(F, k), self._split(F, v)
-        att = F.softmax(F.batch_dot(q, k, transpose_b=True) * self._scale, axis=-1)
-        out = F.batch_dot(att, v)
-        if self._heads > 1:
-            out = out.reshape((-4, -1, self._heads, 0, 0))
-            out = F.transpose(out, axes=(0, 2, 1, 3)).reshape((0, 0, -3))
-        return self.norm(x + self.proj(out))
-
-
-class FeedForward(nn.HybridBlock):
-    """A transformer's position-wise feed-forward layer with a residual connection."""
-
-    def __init__(self, units, hidden, act, **kwargs):
-        super().__init__(**kwargs)
-        with self.name_scope():
-            self.fc1 = nn.Dense(hidden, flatten=False)
-            self.act = act
-            self.fc2 = nn.Dense(units, flatten=False)
-
-    def hybrid_forward(self, F, x):
-        return x + self.fc2(self.act(self.fc1(x)))
-
-
-class GatedDense(nn.HybridBlock):
-    """A gated linear unit: ``a(x) * sigmoid(b(x))``."""
-
-    def __init__(self, units, flatten, **kwargs):
-        super().__init__(**kwargs)
-        with self.name_scope():
-            self.a = nn.Dense(units, flatten=flatten)
-            self.b = nn.Dense(units, flatten=flatten)
-
-    def hybrid_forward(self, F, x):
-        return self.a(x) * F.sigmoid(self.b(x))
-
-
-class TemporalConv(nn.HybridBlock):
-    """A Conv1D stack over time on (N, T, C): transpose to (N, C, T) and back."""
-
-    def __init__(self, body, **kwargs):
-        super().__init__(**kwargs)
-        self.body = body
-
-    def hybrid_forward(self, F, x):
-        y = self.body(F.transpose(x, axes=(0, 2, 1)))
-        return F.transpose(y, axes=(0, 2, 1))
-
-
-class LastStep(nn.HybridBlock):
-    """The last time step of (N, T, C), flattened to (N, C)."""
-
-    def hybrid_forward(self, F, x):
-        return F.slice_axis(x, axis=1, begin=-1, end=None).reshape((0, -1))
-
-
-class MeanOverTime(nn.HybridBlock):
-    """The mean over time of (N, T, C)."""
-
-    def hybrid_forward(self, F, x):
-        return F.mean(x, axis=1)
-
-
-class FuzzNet(nn.HybridBlock):
-    """The generated net: ``output(features(x))``, an optional softmax, and optionally the
-    features as a second output. ``features`` and ``output`` are set after construction,
-    inside the net's name scope."""
-
-    def __init__(self, **kwargs):
-        super().__init__(**kwargs)
-        self.softmax_axis, self.return_features = None, False
-
-    def hybrid_forward(self, F, x):
-        feat = self.features(x)
-        out = self.output(feat)
-        if self.softmax_axis is not None:
-            out = F.softmax(out, axis=self.softmax_axis)
-        return (out, feat) if self.return_features else out
 
 
 # ------------------------------------------------------------------------ generator
@@ -355,10 +109,11 @@ class _Builder:
                 "selu": nn.SELU, "gelu": nn.GELU, "swish": nn.Swish,
                 "hard_swish": HardSwish}[tag]()
 
-    def norm(self, allow_none=True):
-        """A normalisation over axis 1 (channels), or None."""
-        tag = self.pick({"batchnorm": 6, "instancenorm": .8, "layernorm": .7,
-                         None: 2.5 if allow_none else 0})
+    def norm(self, spatial=True):
+        """A normalisation over axis 1 (channels), or None; InstanceNorm needs ``spatial``
+        axes after the channels."""
+        tag = self.pick({"batchnorm": 6, "instancenorm": .8 if spatial else 0,
+                         "layernorm": .7, None: 2.5})
         if tag is None:
             return None
         self.kinds.add(tag)
@@ -378,7 +133,7 @@ class _Builder:
         pads = tuple(k // 2 for k in kernels)
         self.kinds.add("depthwise_conv" if groups > 1 else "conv%dd" % dims)
         seq = nn.HybridSequential()
-        seq.add(_CONV[dims](channels, kernels, strides=strides, padding=pads, groups=groups,
+        seq.add(CONV[dims](channels, kernels, strides=strides, padding=pads, groups=groups,
                             use_bias=not norm))
         if norm:
             layer = self.norm()
@@ -395,7 +150,7 @@ class _Builder:
         kind = kind or self.pick({"max": 1, "avg": 1})
         self.kinds.add("%spool%dd" % (kind, dims))
         pools = tuple(2 if s >= 4 else 1 for s in size)
-        layer = (_MAXPOOL if kind == "max" else _AVGPOOL)[dims](pools)
+        layer = (MAXPOOL if kind == "max" else AVGPOOL)[dims](pools)
         return layer, (channels, tuple(s // p for s, p in zip(size, pools)))
 
     # ---------------------------------------------------------- spatial (N, C, *S)
@@ -411,9 +166,9 @@ class _Builder:
         if channels % 2 == 0 and channels >= 8:
             options["shuffle"] = .7
         if dims == 2 and max(size) <= 16:
-            options["upsample"] = .6
+            options["upsample"] = 1
         if dims == 2 and min(size) >= 8 and size[0] % 2 == 0 and size[1] % 2 == 0:
-            options["unet"] = .6
+            options["unet"] = 1
         choice = self.pick(options)
         return getattr(self, "_spatial_" + choice)(dims, shape)
 
@@ -475,7 +230,7 @@ class _Builder:
             if self.rng.rand() < 0.3:
                 kind = self.pick({"max": 1, "avg": 1})
                 self.kinds.add("%spool%dd" % (kind, dims))
-                seq.add((_MAXPOOL if kind == "max" else _AVGPOOL)[dims](3, 1, 1))
+                seq.add((MAXPOOL if kind == "max" else AVGPOOL)[dims](3, 1, 1))
                 unit, _ = self.conv_unit(dims, shape, channels, 1)
             else:
                 unit, _ = self.conv_unit(dims, shape, channels, int(self.rng.choice([1, 3])))
@@ -533,7 +288,7 @@ class _Builder:
         axis = -1
         if choice == "pool_dense":
             self.kinds.update({"global_pool", "dense_flatten"})
-            head.add((_GLOBAL_AVG if self.rng.rand() < 0.7 else _GLOBAL_MAX)[dims]())
+            head.add((GLOBAL_AVG if self.rng.rand() < 0.7 else GLOBAL_MAX)[dims]())
             if self.rng.rand() < 0.3:
                 head.add(self.dropout())
             head.add(nn.Dense(CLASSES))
@@ -652,7 +407,7 @@ class _Builder:
             units = self.width(8, 32)
             seq = nn.HybridSequential()
             seq.add(nn.Dense(units, use_bias=self.rng.rand() < 0.5))
-            layer = self.norm()
+            layer = self.norm(spatial=False)
             if layer is not None:
                 seq.add(layer)
             seq.add(self.act())
@@ -675,7 +430,7 @@ class _Builder:
             for begin, end in ((0, half), (half, features)):
                 units = self.width(8, 16)
                 tower = nn.HybridSequential()
-                tower.add(_Slice(begin, end), nn.Dense(units), self.act())
+                tower.add(Columns(begin, end), nn.Dense(units), self.act())
                 towers.append(tower)
                 total += units
             self.kinds.update({"slice_axis", "concat", "dense_flatten"})
@@ -684,108 +439,6 @@ class _Builder:
             self.kinds.add("layernorm")
             return nn.LayerNorm(), features
         return self.dropout(), features
-
-
-class _Slice(nn.HybridBlock):
-    """Columns ``begin:end`` of (N, F) (a wide-and-deep tower's share of the features)."""
-
-    def __init__(self, begin, end, **kwargs):
-        super().__init__(**kwargs)
-        self._begin, self._end = begin, end
-
-    def hybrid_forward(self, F, x):
-        return F.slice_axis(x, axis=1, begin=self._begin, end=self._end)
-
-
-# ------------------------------------------------------------------------- data
-def _split(data):
-    """``CALIB_BATCHES`` then ``HELD_OUT_BATCHES`` batches of ``BATCH`` rows."""
-    batches = [data[i:i + BATCH] for i in range(0, len(data), BATCH)]
-    return batches[:CALIB_BATCHES], batches[CALIB_BATCHES:CALIB_BATCHES + HELD_OUT_BATCHES]
-
-
-def _total():
-    return BATCH * (CALIB_BATCHES + HELD_OUT_BATCHES)
-
-
-def image_data(seed, size=32):
-    """Crops of the sample photos, ImageNet-normalised, (N, 3, size, size)."""
-    return np.concatenate(sample_batches(CALIB_BATCHES + HELD_OUT_BATCHES, BATCH, size=size,
-                                         seed=seed))
-
-
-def video_data(seed, frames=4, size=16, step=2):
-    """Clips panning across a photo: (N, 3, frames, size, size)."""
-    big = image_data(seed, size + step * (frames - 1))
-    clip = [big[:, :, t * step:t * step + size, t * step:t * step + size]
-            for t in range(frames)]
-    return np.ascontiguousarray(np.stack(clip, axis=2))
-
-
-def audio_data(rng, channels, length):
-    """Audio-like waveforms in [-1, 1]: harmonics of a random pitch under an envelope."""
-    n = _total()
-    t = np.arange(length) / 8000.0
-    f0 = rng.uniform(80, 600, size=(n, channels, 1))
-    wave = np.zeros((n, channels, length))
-    for h in range(1, 5):
-        wave += rng.uniform(0.2, 1.0, size=(n, channels, 1)) / h * np.sin(
-            2 * np.pi * h * f0 * t + rng.uniform(0, 2 * np.pi, size=(n, channels, 1)))
-    envelope = np.exp(-t / rng.uniform(0.005, 0.05, size=(n, 1, 1)))
-    wave = wave * envelope + rng.normal(0, 0.02, size=wave.shape)
-    return (0.9 * wave / np.abs(wave).max(axis=(1, 2), keepdims=True)).astype(np.float32)
-
-
-def sensor_data(rng, steps, channels):
-    """Multichannel sensor series (AR(1) drift + seasonality + noise), standardised with
-    statistics of the calibration part, as a user's scaler would."""
-    n = _total()
-    phi = rng.uniform(0.5, 0.98, size=channels)
-    offset = rng.normal(0, 5, size=channels)
-    scale = np.exp(rng.normal(0, 1, size=channels))
-    x = np.zeros((n, steps, channels))
-    state = rng.normal(0, 1, size=(n, channels))
-    period = rng.uniform(4, 16, size=channels)
-    for t in range(steps):
-        state = phi * state + rng.normal(0, 1, size=(n, channels)) * np.sqrt(1 - phi ** 2)
-        x[:, t] = offset + scale * (state + 0.5 * np.sin(2 * np.pi * t / period))
-    calib = x[:BATCH * CALIB_BATCHES]
-    return ((x - calib.mean(axis=(0, 1))) / calib.std(axis=(0, 1))).astype(np.float32)
-
-
-def token_data(rng, steps, vocab):
-    """Zipf-distributed token ids in [1, vocab) with trailing padding (id 0)."""
-    n = _total()
-    ids = (rng.zipf(1.3, size=(n, steps)) - 1) % (vocab - 1) + 1
-    lengths = rng.randint(steps // 2, steps + 1, size=n)
-    ids[np.arange(steps)[None, :] >= lengths[:, None]] = 0
-    return ids.astype(np.float32)
-
-
-def tabular_data(rng, features):
-    """Mixed columns (Gaussian, log-normal, binary, Poisson counts, uniform), standardised
-    with the calibration part's statistics except binary columns."""
-    n = _total()
-    cols = []
-    kinds = rng.choice(["gauss", "lognormal", "binary", "count", "uniform"], size=features)
-    for kind in kinds:
-        if kind == "gauss":
-            cols.append(rng.normal(rng.normal(0, 3), np.exp(rng.normal()), size=n))
-        elif kind == "lognormal":
-            cols.append(rng.lognormal(0, 1.2, size=n))
-        elif kind == "binary":
-            cols.append((rng.rand(n) < rng.uniform(0.1, 0.9)).astype(np.float64))
-        elif kind == "count":
-            cols.append(rng.poisson(rng.uniform(0.5, 20), size=n).astype(np.float64))
-        else:
-            cols.append(rng.uniform(-10, 10, size=n))
-    x = np.stack(cols, axis=1)
-    calib = x[:BATCH * CALIB_BATCHES]
-    mean, std = calib.mean(axis=0), calib.std(axis=0) + 1e-6
-    scaled = (x - mean) / std
-    binary = kinds == "binary"
-    scaled[:, binary] = x[:, binary]
-    return scaled.astype(np.float32)
 
 
 # ------------------------------------------------------------------------ nets
@@ -801,15 +454,15 @@ def _spatial_net(b, dims, shape, depth, stem=None):
     return features, head, softmax
 
 
-def _build_image(b, rng, seed):
-    data = image_data(seed)
+def _build_image(b, rng, seed, rows, calib_rows):
+    data = image_data(seed, rows)
     first, shape = b.conv_unit(2, (3, (32, 32)), b.width(8, 16), 3, 2)
     features, head, softmax = _spatial_net(b, 2, shape, int(rng.randint(2, 6)), [first])
     return features, head, softmax, data
 
 
-def _build_residual(b, rng, seed):
-    data = image_data(seed)
+def _build_residual(b, rng, seed, rows, calib_rows):
+    data = image_data(seed, rows)
     channels = b.width(8, 16)
     stem, shape = b.conv_unit(2, (3, (32, 32)), channels, 3)
     layers = [stem]
@@ -828,16 +481,16 @@ def _build_residual(b, rng, seed):
     return features, head, softmax, data
 
 
-def _build_signal(b, rng, seed):
+def _build_signal(b, rng, seed, rows, calib_rows):
     channels, length = int(rng.choice([1, 2])), int(rng.choice([128, 256]))
-    data = audio_data(rng, channels, length)
+    data = audio_data(rng, rows, channels, length)
     first, shape = b.conv_unit(1, (channels, (length,)), b.width(8, 16), 7, 2)
     features, head, softmax = _spatial_net(b, 1, shape, int(rng.randint(2, 6)), [first])
     return features, head, softmax, data
 
 
-def _build_video(b, rng, seed):
-    data = video_data(seed)
+def _build_video(b, rng, seed, rows, calib_rows):
+    data = video_data(seed, rows)
     first, shape = b.conv_unit(3, (3, (4, 16, 16)), 8, 3)
     features, head, softmax = _spatial_net(b, 3, shape, int(rng.randint(1, 4)), [first])
     return features, head, softmax, data
@@ -851,9 +504,9 @@ def _sequence_body(b, rng, shape, features):
     return features, head, softmax
 
 
-def _build_sequence(b, rng, seed):
+def _build_sequence(b, rng, seed, rows, calib_rows):
     steps, channels = int(rng.choice([8, 12, 16])), int(rng.choice([4, 8, 16]))
-    data = sensor_data(rng, steps, channels)
+    data = sensor_data(rng, rows, calib_rows, steps, channels)
     features = nn.HybridSequential()
     if rng.rand() < 0.3:
         features.add(PositionalEmbedding(steps, channels))
@@ -861,9 +514,9 @@ def _build_sequence(b, rng, seed):
     return _sequence_body(b, rng, (steps, channels), features) + (data,)
 
 
-def _build_tokens(b, rng, seed):
+def _build_tokens(b, rng, seed, rows, calib_rows):
     steps, vocab, units = int(rng.choice([8, 16])), int(rng.choice([50, 200, 1000])), b.width()
-    data = token_data(rng, steps, vocab)
+    data = token_data(rng, rows, steps, vocab)
     features = nn.HybridSequential()
     features.add(nn.Embedding(vocab, units))
     b.kinds.add("embedding")
@@ -873,9 +526,9 @@ def _build_tokens(b, rng, seed):
     return _sequence_body(b, rng, (steps, units), features) + (data,)
 
 
-def _build_tabular(b, rng, seed):
+def _build_tabular(b, rng, seed, rows, calib_rows):
     width = int(rng.choice([6, 12, 20, 32]))
-    data = tabular_data(rng, width)
+    data = tabular_data(rng, rows, calib_rows, width)
     features = nn.HybridSequential()
     if rng.rand() < 0.4:
         features.add(nn.BatchNorm())
@@ -911,20 +564,28 @@ def _randomize_affine(net, rng):
 
 
 def _assemble(seed, kind, build, rng, b):
+    batch = BATCH_SIZES[kind]
+    rows, calib_rows = batch * (CALIB_BATCHES + HELD_OUT_BATCHES), batch * CALIB_BATCHES
     net = FuzzNet(prefix="fuzz%d_" % seed)
     with net.name_scope():
-        features, head, softmax, data = build(b, rng, seed)
+        features, head, softmax, data = build(b, rng, seed, rows, calib_rows)
         net.features, net.output = features, head
     net.softmax_axis = softmax
     net.return_features = bool(rng.rand() < 0.15)
     mx.random.seed(seed)
     net.initialize(mx.init.Xavier())
-    calib, held = _split(data)
+    batches = [data[i:i + batch] for i in range(0, rows, batch)]
+    calib, held = batches[:CALIB_BATCHES], batches[CALIB_BATCHES:]
     net(mx.nd.array(calib[0]))                                    # finish deferred shapes
     _randomize_affine(net, np.random.RandomState(seed + 1))
     set_batchnorm_statistics(net, mx.nd.array(np.concatenate(calib)))
     return FuzzCase(seed=seed, kind=kind, net=net, layer_kinds=tuple(sorted(b.kinds)),
                     calib=calib, held_out=held)
+
+
+def kind_of(seed):
+    """The input kind of the net of ``seed``."""
+    return INPUT_KINDS[seed % len(INPUT_KINDS)]
 
 
 def generate(seed, kind=None):
@@ -934,8 +595,8 @@ def generate(seed, kind=None):
     -------
     FuzzCase
         ``net`` is initialized and not hybridized; ``calib`` and ``held_out`` are lists
-        of float32 arrays of ``BATCH`` rows.
+        of float32 arrays of ``BATCH_SIZES[kind]`` rows.
     """
-    kind = kind or INPUT_KINDS[seed % len(INPUT_KINDS)]
+    kind = kind or kind_of(seed)
     rng = np.random.RandomState(seed)
     return _assemble(seed, kind, _BUILDERS[kind], rng, _Builder(rng))
