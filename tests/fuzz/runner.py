@@ -74,7 +74,7 @@ def _median_seconds(block, x, repeat):
     return statistics.median(times)
 
 
-def run_case(seed, *, repeat=9):
+def run_case(seed, *, repeat=9, on_generated=None):
     """Generate net ``seed``, quantize it with the defaults, and measure it.
 
     Returns
@@ -85,6 +85,7 @@ def run_case(seed, *, repeat=9):
         ``int8_layers`` ``[quantized, total]`` of the ``QUANTIZABLE_OPS`` layers,
         ``fp32_reasons`` (why the others stayed fp32), ``speed_ratio`` (fp32 seconds over
         int8 seconds per held-out batch, medians; above 1 is faster), ``error``, ``where``.
+        ``on_generated(record)`` is called once the net is built, before quantizing it.
     """
     import mxnet as mx
     import numpy as np
@@ -104,6 +105,8 @@ def run_case(seed, *, repeat=9):
     except Exception as err:                       # noqa: BLE001 - recorded, not hidden
         record.update(outcome="generator", error=_error_text(err), where=_where(err))
         return record
+    if on_generated is not None:
+        on_generated(record)
     try:
         qnet = gq.quantize(case.net, case.calib)
         outs = [_outputs(qnet(mx.nd.array(x))) for x in case.held_out]
@@ -145,6 +148,12 @@ def run_case(seed, *, repeat=9):
 
 
 # ------------------------------------------------------------- the server (forks)
+def _write(path, record):
+    with open(path + ".tmp", "w") as handle:
+        json.dump(record, handle)
+    os.replace(path + ".tmp", path)
+
+
 def _child(seed, folder):
     """In the forked child: run one case, write its record, never return."""
     status = 0
@@ -153,11 +162,9 @@ def _child(seed, folder):
                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(log, 1)
         os.dup2(log, 2)
-        record = run_case(seed)
-        path = os.path.join(folder, "%d.json" % seed)
-        with open(path + ".tmp", "w") as handle:
-            json.dump(record, handle)
-        os.replace(path + ".tmp", path)
+        started = os.path.join(folder, "%d.started.json" % seed)
+        record = run_case(seed, on_generated=lambda partial: _write(started, partial))
+        _write(os.path.join(folder, "%d.json" % seed), record)
     except BaseException:                           # noqa: BLE001 - the child must exit
         traceback.print_exc()
         status = 70
@@ -175,27 +182,36 @@ def _log_tail(folder, seed, chars=1500):
         return ""
 
 
-def _death(folder, seed, status, hung):
-    """The record of a child that wrote none."""
+def _death(folder, seed, kind, status, hung):
+    """The record of a child that wrote none (with the net's layer kinds if it got that far)."""
+    record = {"seed": seed, "kind": kind}
+    try:
+        with open(os.path.join(folder, "%d.started.json" % seed)) as handle:
+            record.update(json.load(handle))
+    except OSError:
+        pass
     if hung:
         outcome, why = "hang", "killed after the time limit"
     elif os.WIFSIGNALED(status):
         sig = os.WTERMSIG(status)
         outcome, why = "crash", "killed by %s" % signal.Signals(sig).name
-    else:
+    else:                                # MXNet's own SIGSEGV handler exits with 255
         outcome, why = "crash", "exited with status %d and no record" % os.WEXITSTATUS(status)
-    return {"seed": seed, "outcome": outcome,
-            "error": "%s; log tail:\n%s" % (why, _log_tail(folder, seed))}
+        for fatal in ("Segmentation fault", "Aborted", "free(): invalid pointer"):
+            if fatal in _log_tail(folder, seed):
+                why += " (%s)" % fatal
+    record.update(outcome=outcome, error="%s; log tail:\n%s" % (why, _log_tail(folder, seed)))
+    return record
 
 
 def serve(seeds, *, workers, timeout_s, folder):
     """Fork one child per seed, ``workers`` at a time; print ``RESULT {json}`` per seed."""
-    import mxnet  # noqa: F401 - imported once here, inherited by every child
-    import gluon_quant  # noqa: F401
+    # MXNet and gluon_quant (through netgen) and the photo readers are imported once,
+    # here, and inherited by every child; no MXNet operator runs in this process.
     from gluon_quant.zoo.samples import sample_images
-    from fuzz import netgen  # noqa: F401
+    from fuzz import netgen
 
-    sample_images()                      # import the photo readers once, before forking
+    sample_images()
     pending, running = list(seeds), {}
     while pending or running:
         while pending and len(running) < workers:
@@ -221,7 +237,7 @@ def serve(seeds, *, workers, timeout_s, folder):
             with open(path) as handle:
                 record = json.load(handle)
         else:
-            record = _death(folder, seed, status, started == "hung")
+            record = _death(folder, seed, netgen.kind_of(seed), status, started == "hung")
         print("RESULT " + json.dumps(record), flush=True)
 
 
