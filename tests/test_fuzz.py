@@ -108,15 +108,11 @@ def fuzz_records(request, tmp_path_factory):
     path = folder / "records.jsonl"
     path.write_text("".join(json.dumps(records[s]) + "\n" for s in sorted(records)))
     yield records
-    if records:
-        reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if records:       # to the terminal even under output capture, as pytest's own summary
         lines = summarize(records.values()) + ["fuzz records: %s" % path]
-        if reporter is not None:
-            reporter.write_line("")
-            for line in lines:
-                reporter.write_line(line)
-        else:
-            print("\n".join(lines))
+        capture = request.config.pluginmanager.getplugin("capturemanager")
+        with capture.global_and_fixture_disabled():
+            print("\n" + "\n".join(lines))
 
 
 @pytest.mark.parametrize("seed", _seed_params())
