@@ -18,6 +18,7 @@ under pytest's temporary folder. Reproduce one net with::
 """
 import collections
 import json
+import re
 import statistics
 
 import mxnet as mx
@@ -51,11 +52,13 @@ def _describe(record):
 
 
 def _cause(record):
-    """A short key grouping records that fail the same way."""
+    """A short key grouping records that fail the same way (node numbers left out)."""
     error = (record.get("error") or "").strip().splitlines()
-    first = error[0] if error else ""
+    first = re.sub(r"\d+", "N", error[0]) if error else ""
     if record["outcome"] == "inaccurate":
         first = "cosine < %.2f" % runner.COSINE_MIN
+    elif record["outcome"] in ("crash", "hang"):
+        first = first.split(";")[0]
     return "%s | %s | %s" % (record["outcome"], record.get("where") or "-", first[:150])
 
 

@@ -37,7 +37,8 @@ from .blocks import (AVGPOOL, CONV, GLOBAL_AVG, GLOBAL_MAX, MAXPOOL, Branches,
                      UNetLevel)
 from .data import audio_data, image_data, sensor_data, tabular_data, token_data, video_data
 
-__all__ = ["INPUT_KINDS", "LAYER_KINDS", "FuzzCase", "FuzzNet", "generate", "kind_of"]
+__all__ = ["INPUT_KINDS", "LAYER_KINDS", "BATCH_SIZES", "FuzzCase", "FuzzNet", "generate",
+           "kind_of", "make_case"]
 
 INPUT_KINDS = ("image", "residual", "signal", "video", "sequence", "tokens", "tabular")
 ACT_TYPES = ("relu", "sigmoid", "tanh", "softrelu", "softsign")
@@ -563,6 +564,25 @@ def _randomize_affine(net, rng):
             param.set_data(mx.nd.array(rng.uniform(0.05, 0.3, size=shape)))
 
 
+def make_case(net, kind, data, seed, batch, layer_kinds=()):
+    """Initialize ``net`` as generated nets are and split ``data`` into its batches.
+
+    Xavier weights (``mx.random.seed(seed)``), trained-like biases and affine parameters,
+    BatchNorm statistics from the calibration batches; ``data`` holds ``CALIB_BATCHES``
+    then ``HELD_OUT_BATCHES`` batches of ``batch`` rows. For hand-written nets too (the
+    benchmark's families).
+    """
+    mx.random.seed(seed)
+    net.initialize(mx.init.Xavier())
+    batches = [data[i:i + batch] for i in range(0, len(data), batch)]
+    calib, held = batches[:CALIB_BATCHES], batches[CALIB_BATCHES:]
+    net(mx.nd.array(calib[0]))                                    # finish deferred shapes
+    _randomize_affine(net, np.random.RandomState(seed + 1))
+    set_batchnorm_statistics(net, mx.nd.array(np.concatenate(calib)))
+    return FuzzCase(seed=seed, kind=kind, net=net, layer_kinds=tuple(sorted(layer_kinds)),
+                    calib=calib, held_out=held)
+
+
 def _assemble(seed, kind, build, rng, b):
     batch = BATCH_SIZES[kind]
     rows, calib_rows = batch * (CALIB_BATCHES + HELD_OUT_BATCHES), batch * CALIB_BATCHES
@@ -572,15 +592,7 @@ def _assemble(seed, kind, build, rng, b):
         net.features, net.output = features, head
     net.softmax_axis = softmax
     net.return_features = bool(rng.rand() < 0.15)
-    mx.random.seed(seed)
-    net.initialize(mx.init.Xavier())
-    batches = [data[i:i + batch] for i in range(0, rows, batch)]
-    calib, held = batches[:CALIB_BATCHES], batches[CALIB_BATCHES:]
-    net(mx.nd.array(calib[0]))                                    # finish deferred shapes
-    _randomize_affine(net, np.random.RandomState(seed + 1))
-    set_batchnorm_statistics(net, mx.nd.array(np.concatenate(calib)))
-    return FuzzCase(seed=seed, kind=kind, net=net, layer_kinds=tuple(sorted(b.kinds)),
-                    calib=calib, held_out=held)
+    return make_case(net, kind, data, seed, batch, b.kinds)
 
 
 def kind_of(seed):

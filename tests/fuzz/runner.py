@@ -20,8 +20,10 @@ Outcomes (``OUTCOMES``):
 ``generator``   the fp32 net could not be built or run: a bug of ``netgen``
 """
 import argparse
+import faulthandler
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -162,6 +164,7 @@ def _child(seed, folder):
                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(log, 1)
         os.dup2(log, 2)
+        faulthandler.enable()            # a fatal signal leaves the Python stack in the log
         started = os.path.join(folder, "%d.started.json" % seed)
         record = run_case(seed, on_generated=lambda partial: _write(started, partial))
         _write(os.path.join(folder, "%d.json" % seed), record)
@@ -182,6 +185,21 @@ def _log_tail(folder, seed, chars=1500):
         return ""
 
 
+_FRAME = re.compile(r'File "([^"]+)", line (\d+) in (\S+)')
+
+
+def _fatal_frames(log):
+    """``where`` of a fatal signal from faulthandler's stack: the innermost MXNet frame
+    and the innermost gluon_quant frame."""
+    frames = []
+    for path, line, func in _FRAME.findall(log):
+        for root in ("mxnet", "gluon_quant"):
+            parts = path.replace("\\", "/").split("/")
+            if root in parts and not any(f.startswith(root + "/") for f in frames):
+                frames.append("%s:%s %s" % ("/".join(parts[parts.index(root):]), line, func))
+    return " <- ".join(frames) or None
+
+
 def _death(folder, seed, kind, status, hung):
     """The record of a child that wrote none (with the net's layer kinds if it got that far)."""
     record = {"seed": seed, "kind": kind}
@@ -200,7 +218,9 @@ def _death(folder, seed, kind, status, hung):
         for fatal in ("Segmentation fault", "Aborted", "free(): invalid pointer"):
             if fatal in _log_tail(folder, seed):
                 why += " (%s)" % fatal
-    record.update(outcome=outcome, error="%s; log tail:\n%s" % (why, _log_tail(folder, seed)))
+    tail = _log_tail(folder, seed, chars=6000)
+    record.update(outcome=outcome, where=_fatal_frames(tail),
+                  error="%s; log tail:\n%s" % (why, tail[-1500:]))
     return record
 
 
