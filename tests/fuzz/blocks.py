@@ -7,7 +7,7 @@ from mxnet.gluon import nn
 
 __all__ = ["CONV", "MAXPOOL", "AVGPOOL", "GLOBAL_AVG", "GLOBAL_MAX", "HardSwish",
            "ResidualBlock", "SqueezeExcite", "ContextBias", "GatedConv", "Branches",
-           "ShuffleUnit", "UNetLevel", "ChannelsLastDense", "PositionalEmbedding",
+           "SharedPool", "ShuffleUnit", "UNetLevel", "ChannelsLastDense", "PositionalEmbedding",
            "SelfAttention", "FeedForward", "GatedDense", "TemporalConv", "LastStep",
            "MeanOverTime", "Columns", "FuzzNet"]
 
@@ -104,6 +104,18 @@ class Branches(nn.HybridBlock):
     def hybrid_forward(self, F, x):
         outs = [getattr(self, "branch%d" % i)(x) for i in range(self._count)]
         return F.concat(*outs, dim=self._dim)
+
+
+class SharedPool(nn.HybridBlock):
+    """One pooling block called twice (on the input and on a conv of it), concatenated:
+    users reuse parameter-free blocks."""
+
+    def __init__(self, conv, pool, **kwargs):
+        super().__init__(**kwargs)
+        self.conv, self.pool = conv, pool
+
+    def hybrid_forward(self, F, x):
+        return F.concat(self.pool(x), self.pool(self.conv(x)), dim=1)
 
 
 class ShuffleUnit(nn.HybridBlock):

@@ -33,8 +33,8 @@ from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
 from .blocks import (AVGPOOL, CONV, GLOBAL_AVG, GLOBAL_MAX, MAXPOOL, Branches,
                      ChannelsLastDense, Columns, ContextBias, FeedForward, FuzzNet, GatedConv,
                      GatedDense, HardSwish, LastStep, MeanOverTime, PositionalEmbedding,
-                     ResidualBlock, SelfAttention, ShuffleUnit, SqueezeExcite, TemporalConv,
-                     UNetLevel)
+                     ResidualBlock, SelfAttention, SharedPool, ShuffleUnit, SqueezeExcite,
+                     TemporalConv, UNetLevel)
 from .data import audio_data, image_data, sensor_data, tabular_data, token_data, video_data
 
 __all__ = ["INPUT_KINDS", "LAYER_KINDS", "BATCH_SIZES", "FuzzCase", "FuzzNet", "generate",
@@ -51,7 +51,7 @@ LAYER_KINDS = (
     "maxpool1d", "maxpool2d", "maxpool3d", "avgpool1d", "avgpool2d", "avgpool3d",
     "global_pool", "concat", "add", "mul", "broadcast_mul", "broadcast_add",
     "reshape", "transpose", "slice_axis", "embedding", "lstm", "gru", "rnn",
-    "batch_dot", "softmax")
+    "batch_dot", "softmax", "reused_block")
 
 #: Rows per batch by input kind (more for tabular rows, which are cheap and heavy-tailed).
 BATCH_SIZES = {"image": 8, "residual": 8, "signal": 8, "video": 8, "sequence": 16,
@@ -159,7 +159,7 @@ class _Builder:
         """One random block for channels-first data; returns (block, shape)."""
         channels, size = shape
         options = {"conv": 4, "se": 1, "context": .6, "residual": 1.5, "branches": 1,
-                   "gated": .7, "dropout": .4}
+                   "gated": .7, "dropout": .4, "shared_pool": .4}
         if min(size) >= 4:
             options["pool"] = 1.5
         if dims in (1, 2):
@@ -240,6 +240,13 @@ class _Builder:
             total += channels
         self.kinds.add("concat")
         return Branches(branches), (total, shape[1])
+
+    def _spatial_shared_pool(self, dims, shape):
+        conv, (channels, _) = self.conv_unit(dims, shape, self.width(8, 16), 3)
+        kind = self.pick({"max": 1, "avg": 1})
+        self.kinds.update({"%spool%dd" % (kind, dims), "concat", "reused_block"})
+        pool = (MAXPOOL if kind == "max" else AVGPOOL)[dims](3, 1, 1)
+        return SharedPool(conv, pool), (shape[0] + channels, shape[1])
 
     def _spatial_shuffle(self, dims, shape):
         channels, size = shape
