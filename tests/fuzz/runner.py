@@ -46,23 +46,39 @@ def _outputs(out):
     return [o.asnumpy() for o in (out if isinstance(out, (list, tuple)) else [out])]
 
 
-def _where(err):
-    """``file:line`` of the innermost frame of the traceback inside gluon_quant or MXNet."""
-    frames = traceback.extract_tb(err.__traceback__)
-    inside = [f for f in frames if "gluon_quant" in f.filename or "mxnet" in f.filename]
-    frame = (inside or frames or [None])[-1]
-    if frame is None:
-        return ""
-    parts = frame.filename.replace("\\", "/").split("/")
-    for root in ("gluon_quant", "mxnet"):
+def _short_path(path):
+    parts = path.replace("\\", "/").split("/")
+    for root in ("gluon_quant", "mxnet", "fuzz"):
         if root in parts:
-            parts = parts[parts.index(root):]
-            break
-    return "%s:%d" % ("/".join(parts), frame.lineno)
+            return "/".join(parts[parts.index(root):])
+    return parts[-1]
+
+
+def _where(err):
+    """The innermost MXNet, gluon_quant and fuzz-runner frames of the traceback (an
+    asynchronous MXNet error surfaces where the result is read, in the runner)."""
+    frames = traceback.extract_tb(err.__traceback__)
+    picked = []
+    for root in ("mxnet", "gluon_quant", "fuzz"):
+        inside = [f for f in frames if "/%s/" % root in f.filename.replace("\\", "/")]
+        if inside:
+            picked.append("%s:%d" % (_short_path(inside[-1].filename), inside[-1].lineno))
+    return " <- ".join(picked)
 
 
 def _error_text(err):
-    text = "%s: %s" % (type(err).__name__, err)
+    """``Type: the line that says what failed``, then the whole message.
+
+    MXNet's messages start with ``Traceback (most recent call last):``; the line that
+    matters is the ``Check failed`` or ``Error in operator`` one.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    useful = [line for line in lines if "Check failed" in line or "Error in operator" in line]
+    head = (useful or [line for line in lines if not line.startswith(("Traceback", "File "))]
+            or [""])[0]
+    text = "%s: %s" % (type(err).__name__, head)
+    if len(lines) > 1:
+        text += "\n" + "\n".join(lines)
     return text[:3000]
 
 
