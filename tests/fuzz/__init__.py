@@ -1,0 +1,1 @@
+"""Generated-architecture fuzzing: random Gluon nets (``netgen``) and a per-net process runner."""
