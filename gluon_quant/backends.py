@@ -60,6 +60,9 @@ class OpSupport:
     counts_pad : bool
         Average pooling's int8 kernel always counts padding: ``count_include_pad=False``
         with padding stays fp32.
+    disabled : str
+        Why the operator stays fp32 on this backend although MXNet has an int8 kernel for
+        it (a measured defect); empty when it is used.
     """
 
     op: str
@@ -75,6 +78,7 @@ class OpSupport:
     requantize: bool = False
     int8_input_only: bool = False
     counts_pad: bool = False
+    disabled: str = ""
 
 
 @dataclass(frozen=True)
@@ -146,6 +150,10 @@ ONEDNN = BackendSpec(
         OpSupport("FullyConnected"),
         OpSupport("Pooling", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
         OpSupport("RNN", modes=(("mode", ("lstm",)),)),
+        OpSupport("elemwise_mul", disabled=(
+            "MXNet 1.9.1's int8 elemwise_mul wraps around past the calibrated range instead "
+            "of saturating (2.78 became -2.72; Swish between convolutions: 0.974 cosine, "
+            "0.9997 with the product in fp32), for a 1.05-1.15x gain")),
     ),
     fusion_pass="MKLDNN_QUANTIZE", quantize_in_python=False,
     activation_dtypes=("int8", "uint8"), granularities=("channel", "tensor"),
@@ -243,6 +251,8 @@ def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="") -> Op
         A short reason for ``report()``.
     """
     where = " on %s" % backend if backend else ""
+    if support.disabled:
+        return support.disabled
     rank = _input_rank(attrs) if support.op in ("Convolution", "Pooling",
                                                  "Deconvolution") else None
     if support.ranks and rank is not None and rank not in support.ranks:

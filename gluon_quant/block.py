@@ -90,6 +90,10 @@ class QuantizedHybridBlock(HybridBlock):
         lambda self: (self._model.table if self._model is not None else
                       self._calibration.table if self._calibration is not None else None),
         doc="The ranges in use (None before calibration).")
+    fp32_params = property(
+        lambda self: dict(self._fp32) if self._fp32 is not None else None,
+        doc="The fp32 parameters of :attr:`fused_graph` (copies; rewritten where the graph "
+            "passes changed them, e.g. folded BatchNorms). None before calibration.")
     calib_input_shapes = property(
         lambda self: self._calibration and list(self._calibration.input_shapes),
         doc="Input shapes of the first calibration batch (None without calibration).")

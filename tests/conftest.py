@@ -100,6 +100,21 @@ def disable_pass(monkeypatch):
     return disable
 
 
+@pytest.fixture
+def int8_products(monkeypatch):
+    """oneDNN's spec with ``elemwise_mul`` in int8, as MXNet's own flow runs it (the
+    package keeps it fp32: the int8 kernel wraps around instead of saturating)."""
+    import dataclasses
+    import types
+    from gluon_quant import backends
+    ops = dict(backends.ONEDNN.ops)
+    ops.pop("elemwise_mul")
+    spec = dataclasses.replace(backends.ONEDNN, ops=types.MappingProxyType(ops))
+    monkeypatch.setattr(backends, "BACKENDS",
+                        types.MappingProxyType(dict(backends.BACKENDS, onednn=spec)))
+    return spec
+
+
 @pytest.fixture(autouse=True)
 def _quiet_logs(caplog):
     caplog.set_level(logging.WARNING, logger="gluon_quant")

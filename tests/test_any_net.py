@@ -219,3 +219,99 @@ def test_mxnet_log_lines_go_to_the_report_not_the_terminal(capfd):
     notes = qnet.report().notes
     assert any("quantized concat only supports dim>0" in n for n in notes), notes
     assert "MXNet said" in str(qnet.report())
+
+
+# ---------------------------------------------------- defects the fuzz test found, guarded
+def _quantized_agreement(net, x, **settings):
+    net.initialize(mx.init.Xavier())
+    set_batchnorm_statistics(net, x)
+    qnet = gq.quantize(net, [x], progress=False, **settings)
+    return qnet, min(cosine(a.asnumpy(), b.asnumpy())
+                     for a, b in zip(_flat(net(x)), _flat(qnet(x))))
+
+
+def _flat(out):
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
+@pytest.mark.parametrize("layers, shape", [
+    # oneDNN's int8 conv + (BatchNorm +) GELU computes a ReLU: cosine 0.970 unguarded
+    (lambda: [nn.Conv2D(8, 3, in_channels=3), nn.BatchNorm(), nn.GELU(), nn.Conv2D(4, 3)],
+     (8, 3, 12, 12)),
+    # int8 dense + LeakyReLU emits uint8, zeroing the negative half: 0.995 unguarded
+    (lambda: [nn.Dense(16, in_units=8), nn.LeakyReLU(0.1), nn.Dense(10)], (32, 8)),
+])
+def test_activation_fusions_that_oneDNN_gets_wrong_are_separated(layers, shape):
+    net = nn.HybridSequential()
+    net.add(*layers())
+    x = mx.nd.array(RS.randn(*shape).astype("float32"))
+    qnet, agreement = _quantized_agreement(net, x)
+    first = qnet.report()[0]
+    assert first.quantized and "LeakyReLU" not in first.pattern
+    assert agreement > 0.999
+
+
+def test_products_stay_fp32_with_the_measured_reason():
+    class Gated(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.a = nn.Conv2D(8, 3, padding=1, in_channels=3)
+                self.b = nn.Conv2D(8, 3, padding=1, in_channels=8)
+
+        def hybrid_forward(self, F, x):
+            y = self.a(x)
+            return self.b(y * F.sigmoid(y))          # Swish between two convolutions
+
+    qnet, agreement = _quantized_agreement(Gated(), mx.nd.array(RS.rand(8, 3, 10, 10)))
+    product = next(r for r in qnet.report() if r.op == "elemwise_mul")
+    assert not product.quantized and "wraps around" in product.reason
+    assert agreement > 0.999
+
+
+def test_dense_output_read_by_int8_and_fp32_layers_runs():
+    """``return head(feat), feat``: MXNet's int8 fusion segfaulted on it."""
+    class TwoOutputs(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.body, self.head = nn.Dense(16, in_units=20), nn.Dense(10, in_units=16)
+
+        def hybrid_forward(self, F, x):
+            feat = self.body(x)
+            return self.head(feat), feat
+
+    qnet, agreement = _quantized_agreement(TwoOutputs(), mx.nd.array(RS.randn(8, 20)))
+    body = next(r for r in qnet.report() if r.layer.endswith("dense0"))
+    assert not body.quantized and "fp32 readers" in body.reason
+    assert next(r for r in qnet.report() if r.layer.endswith("dense1")).quantized
+    assert agreement > 0.999
+
+
+def test_a_block_called_twice_quantizes():
+    class Shared(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.conv = nn.Conv2D(8, 3, padding=1, in_channels=3, activation="relu")
+                self.pool = nn.MaxPool2D(2)
+                self.out = nn.Dense(3)
+
+        def hybrid_forward(self, F, x):
+            return self.out(self.pool(self.pool(self.conv(x))))
+
+    qnet, agreement = _quantized_agreement(Shared(), mx.nd.array(RS.rand(4, 3, 16, 16)))
+    assert [r.quantized for r in qnet.report() if r.op == "Pooling"] == [True, True]
+    assert agreement > 0.999
+
+
+def test_conv1d_with_deferred_shapes_and_the_doctor_on_rewritten_nets():
+    net = nn.HybridSequential()
+    net.add(nn.Conv1D(8, 3), nn.BatchNorm(), nn.Activation("relu"), nn.Dense(16),
+            nn.BatchNorm(), nn.Dense(3))            # never run: shapes are deferred
+    net.initialize(mx.init.Xavier())
+    x = RS.randn(8, 2, 20).astype("float32")
+    qnet = gq.quantize(net, [x], progress=False)
+    report = compare(qnet, [x])                     # fp32 reference of the rewritten graph
+    assert report.output_cosine > 0.99
+    assert all(r.quantized for r in qnet.report() if r.op == "Convolution")

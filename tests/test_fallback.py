@@ -27,9 +27,10 @@ class IntegerProducts(nn.HybridBlock):
 
 
 @pytest.fixture
-def integer_net(disable_pass):
-    """The net, with the pass that knows this failure switched off: the safety net is for
-    the failures no pass knows yet."""
+def integer_net(disable_pass, int8_products):
+    """The net, with what keeps its product fp32 switched off (the integer-inputs pass,
+    and the spec's rule for elemwise_mul): the safety net is for the failures no pass
+    knows yet."""
     disable_pass("integer_inputs")
     mx.random.seed(2)
     net = IntegerProducts()
@@ -73,7 +74,7 @@ def test_gives_up_with_mxnets_words_not_blaming_the_data(integer_net, monkeypatc
         gq.quantize(net, [x[:4], x[4:]], progress=False)
 
 
-def test_the_integer_inputs_pass_prevents_it_before_mxnet_runs():
+def test_the_integer_inputs_pass_prevents_it_before_mxnet_runs(int8_products):
     mx.random.seed(2)
     net = IntegerProducts()
     net.initialize(mx.init.Xavier())

@@ -189,7 +189,8 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
     fused_view = GraphView(_mxnet.graph_json(qnet.fused_graph))
     nodes = [n for n in fused_view if n.name in pairs]
     names = qnet.input_names
-    fp32_params = {p.name: p.data(qnet.ctx) for p in qnet.net.collect_params().values()}
+    fp32_params = qnet.fp32_params or {p.name: p.data(qnet.ctx)
+                                       for p in qnet.net.collect_params().values()}
     int8_params = {p.name: p.data(qnet.ctx) for p in qnet.collect_params().values()}
     ref_block = _tapped_block(qnet.fused_graph, [n.name for n in nodes], names, fp32_params,
                               qnet.ctx)

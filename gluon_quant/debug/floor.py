@@ -157,7 +157,8 @@ def fake_quant_block(qnet):
         Number of rounded activations.
     """
     sym, rounded = fake_quant_graph(qnet)
-    params = {p.name: p.data(qnet.ctx) for p in qnet.net.collect_params().values()}
+    params = qnet.fp32_params or {p.name: p.data(qnet.ctx)
+                                  for p in qnet.net.collect_params().values()}
     block = _mxnet.symbol_block(sym, qnet.input_names, params, qnet.ctx)
     block.hybridize(static_alloc=True)
     return block, len(rounded)

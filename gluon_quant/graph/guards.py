@@ -19,7 +19,7 @@ guard                         graph                             returns
 """
 import collections
 
-__all__ = ["canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
+__all__ = ["separate_broken_fusions", "mixed_reader_producers", "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
            "stop_rnn_gradients", "FUSABLE_ACTIVATIONS"]
 
 
@@ -346,3 +346,86 @@ def stop_rnn_gradients(graph):
     return done
 
 
+
+
+# ------------------------------------------------------------------- broken int8 fusions
+
+#: ``(layer operator, LeakyReLU act_type)`` pairs whose oneDNN int8 fusion is wrong in MXNet
+#: 1.9.1 (measured, conv/dense + activation + conv/dense, random weights):
+#: Convolution+LeakyReLU(gelu) computes a ReLU (negative outputs become 0; cosine 0.970),
+#: FullyConnected+LeakyReLU(leaky) emits uint8 (every negative output is 0; 0.995). Every
+#: other pairing measured right (>= 0.9996); MXNet's own flow has the same two bugs.
+BROKEN_FUSIONS = (("Convolution", "gelu"), ("FullyConnected", "leaky"))
+
+
+def separate_broken_fusions(graph, pairs=BROKEN_FUSIONS):
+    """Put a ``_copy`` between a layer and an activation whose int8 fusion is wrong.
+
+    The copy (exact) stops oneDNN's fusion pass from matching the pair: the layer runs in
+    int8 on its own, the activation in fp32 after it.
+
+    Returns
+    -------
+    list of str
+        Names of the inserted copies.
+    """
+    nodes = graph["nodes"]
+    inserted = []
+    for node in list(nodes):
+        act = (node.get("attrs") or {}).get("act_type")
+        if node["op"] != "LeakyReLU" or not node["inputs"]:
+            continue
+        src = node["inputs"][0]
+        layer = nodes[src[0]]
+        while layer["op"] == "BatchNorm" and layer["inputs"]:   # conv + BN + act fuse too
+            layer = nodes[layer["inputs"][0][0]]
+        if (layer["op"], act) not in pairs:
+            continue
+        copy = {"op": "BlockGrad", "name": node["name"] + "_unfused", "inputs": [list(src)]}
+        nodes.append(copy)
+        node["inputs"][0] = [len(nodes) - 1, 0, 0]
+        inserted.append(copy["name"])
+    if inserted:
+        _append_nodes(graph, [])      # back into topological order
+    return inserted
+
+
+#: Operators (traced or fused) whose int8 form reads int8 data directly.
+_INT8_READERS = frozenset(("FullyConnected", "Convolution", "Pooling", "Flatten", "Concat",
+                           "elemwise_add", "elemwise_mul", "Activation", "BatchNorm",
+                           "_sg_mkldnn_conv", "_sg_mkldnn_fully_connected"))
+#: Producers whose int8 output MXNet cannot hand to int8 and fp32 readers at once.
+_SPLIT_PRODUCERS = frozenset(("FullyConnected", "elemwise_mul", "_sg_mkldnn_fully_connected"))
+
+
+def mixed_reader_producers(graph):
+    """Dense layers and products whose output int8 and fp32 readers share: they stay fp32.
+
+    MXNet 1.9.1's post-quantization fusion mishandles an int8 dense layer or
+    ``elemwise_mul`` whose output goes both to an int8 layer and to an fp32 reader or the
+    network's outputs (``return head(feat), feat``; ``head(feat)`` beside ``tanh(feat)``):
+    it segfaults, or leaves a dequantize reading an output the fused node no longer has.
+    A convolution's output is handled correctly and is left alone.
+
+    Parameters
+    ----------
+    graph : dict
+        The fused fp32 graph.
+
+    Returns
+    -------
+    dict of str to str
+        Node name -> reason.
+    """
+    nodes = graph["nodes"]
+    readers = _consumers(graph)
+    found = {}
+    for index, node in enumerate(nodes):
+        if node["op"] not in _SPLIT_PRODUCERS:
+            continue
+        kinds = {c >= 0 and nodes[c]["op"] in _INT8_READERS for c, _ in readers.get((index, 0), [])}
+        if kinds == {True, False}:
+            found[node["name"]] = ("its output feeds both int8 layers and fp32 readers or the "
+                                   "network's outputs, which MXNet 1.9.1's int8 fusion "
+                                   "mishandles (a crash or an invalid graph)")
+    return found

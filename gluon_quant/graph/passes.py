@@ -72,10 +72,10 @@ import numpy as np
 
 from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView
-from .guards import (canonical_activations, flatten_fc_inputs, stop_rnn_gradients,
-                     unquantizable_rnns)
+from .guards import (canonical_activations, flatten_fc_inputs, separate_broken_fusions,
+                     mixed_reader_producers, stop_rnn_gradients, unquantizable_rnns)
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm, global_adaptive_pools,
-                       known_shape, lift_1d_to_2d, num_outputs)
+                       known_shape, lift_1d_to_2d, num_outputs, unique_names)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
            "global_adaptive_pools", "fold_dense_batchnorm", "lift_1d_to_2d", "integer_inputs", "backend_eligibility", "signed_global_pools",
@@ -588,6 +588,7 @@ def _rnn_pass(graph, context):
 
 
 PASSES = (
+    GraphPass("unique_names", Stage.TRACED, unique_names),
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),
     # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
     # or (sigmoid) computes 1-ulp different values than tanh/sigmoid in fp32.
@@ -595,11 +596,15 @@ PASSES = (
               _rewrite(canonical_activations, ops=("relu",))),
     GraphPass("flatten_fc_inputs", Stage.TRACED,
               _rewrite(flatten_fc_inputs, only_with_squeeze=True), backends=("onednn",)),
+    GraphPass("separate_broken_fusions", Stage.TRACED, _rewrite(separate_broken_fusions),
+              backends=("onednn",)),
     GraphPass("fold_dense_batchnorm", Stage.TRACED, fold_dense_batchnorm),
     GraphPass("lift_1d_to_2d", Stage.TRACED, lift_1d_to_2d, backends=("onednn",)),
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
     GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
+    GraphPass("mixed_reader_producers", Stage.FUSED, lambda g, c: mixed_reader_producers(g),
+              backends=("onednn",)),
     GraphPass("unquantizable_rnns", Stage.FUSED, _rnn_pass, backends=("onednn",)),
     GraphPass("int8_mul_inputs", Stage.QUANTIZED, int8_mul_inputs),
     GraphPass("exact_ranges", Stage.CALIBRATED, exact_ranges),

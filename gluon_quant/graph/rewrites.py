@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Tuple
 
-__all__ = ["ParamRewrite", "global_adaptive_pools", "fold_dense_batchnorm", "lift_1d_to_2d",
+__all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm", "lift_1d_to_2d",
            "num_outputs", "known_shape", "append_nodes"]
 
 _log = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ class ParamRewrite:
     target : str
         The parameter the rewritten graph reads.
     kind : str
-        ``'reshape'`` (``sources[0]`` reshaped to ``shape``) or ``'fold_batchnorm'``
+        ``'reshape'`` (``sources[0]`` reshaped to ``shape``; an empty shape inserts a unit
+        axis 2, for 1-D kernels whose shape was not known at tracing) or ``'fold_batchnorm'``
         (``sources`` = dense weight, dense bias or ``''``, gamma, beta, running mean,
         running var; ``part`` says whether ``target`` is the folded weight or bias).
     sources : tuple of str
@@ -65,7 +66,11 @@ class ParamRewrite:
     def apply(self, params):
         """Set ``params[target]`` (NDArrays, or numpy arrays) from ``params[sources]``."""
         if self.kind == "reshape":
-            params[self.target] = params[self.sources[0]].reshape(self.shape)
+            source = params[self.sources[0]]
+            # A (1, k) kernel from a (k,) one: axis 2 inserted (the shape may not have been
+            # known when the graph was traced: deferred initialization).
+            shape = self.shape or tuple(source.shape[:2]) + (1,) + tuple(source.shape[2:])
+            params[self.target] = source.reshape(shape)
             return
         weight, bias, gamma, beta, mean, var = (params[n] if n else None
                                                 for n in self.sources)
@@ -132,6 +137,27 @@ def _add_var(graph, name, shape=None):
     return len(graph["nodes"]) - 1
 
 
+def unique_names(graph, context=None):  # pylint: disable=unused-argument
+    """Rename operators that share a name: a block called twice (one pooling block used at
+    two places) traces two nodes named alike, and MXNet then cannot tell their outputs
+    apart ("There are multiple outputs with name ..."). The first keeps its name, later
+    ones get ``_call2``, ``_call3``...
+
+    Returns
+    -------
+    dict
+        Empty.
+    """
+    seen = collections.Counter()
+    for node in graph["nodes"]:
+        if node["op"] == "null":
+            continue
+        seen[node["name"]] += 1
+        if seen[node["name"]] > 1:
+            node["name"] = "%s_call%d" % (node["name"], seen[node["name"]])
+    return {}
+
+
 def fold_dense_batchnorm(graph, context):
     """Fold a BatchNorm that follows a dense layer into the dense layer's weight and bias.
 
@@ -187,6 +213,7 @@ def fold_dense_batchnorm(graph, context):
         replace[index] = src[0]
     if replace:
         _redirect(graph, replace)
+        append_nodes(graph, [])     # the new weight variables come before their readers
         _log.debug("Folded %d BatchNorm layer(s) into the dense layers before them.",
                    len(replace))
     return {}

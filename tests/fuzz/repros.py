@@ -124,7 +124,7 @@ qnet, x = gq.quantize(net, calib[:4]), mx.nd.array(calib[4])
 r = qnet.report()[0]
 c = cosine(net(x).asnumpy(), qnet(x).asnumpy())
 print(r.pattern, r.dtype, r.threshold, "cosine %.4f" % c)
-print("OK" if r.dtype == "int8" and c > 0.999 else "FAIL")
+print("OK" if r.dtype != "uint8" and c > 0.999 else "FAIL")
 ''',
     # Squeeze-excite with 1x1 convolutions, then global pooling: "Check failed:
     # !IsMKLDNNData()", reported as InputMismatchError (or a raw MXNetError at run time).
