@@ -40,8 +40,11 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     both when it sets a calibration table and when post-quantization fusion copies
     ranges: every range is rewritten from the table at full float32 precision.
 ``TRACED``, ``FUSED`` and ``FINAL``: guards against MXNet 1.9.1 failures, in
-    :mod:`gluon_quant.graph.guards` (each with its root cause): ``relu`` becomes ``Activation(relu)`` so
-    oneDNN fuses it; a ``Flatten`` before dense layers fed by a
+    :mod:`gluon_quant.graph.guards` (each with its root cause): operators sharing a name get
+    unique ones; ``relu`` becomes ``Activation(relu)`` so oneDNN fuses it; conv (+BN) +
+    GELU and dense + LeakyReLU are kept from fusing (their int8 fusions are wrong); dense
+    layers and products whose output int8 and fp32 readers share stay fp32; nodes reading
+    integer tensors stay fp32; a ``Flatten`` before dense layers fed by a
     pooling in squeeze-excite nets ("We can't generate TBlob for MKLDNN data"); RNN modes
     and LSTM wiring without an int8 kernel stay fp32; int8 LSTM outputs stop gradients so
     the CachedOp can be built.
