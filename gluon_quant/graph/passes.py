@@ -23,7 +23,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     audio net: 4.5x fp32 speed at 0.99996 cosine, instead of a crash).
 ``FUSED`` (the fused fp32 graph): which nodes stay fp32
     :func:`backend_eligibility`: operators the backend lists whose conditions (rank,
-    layout, groups, modes...) the node does not meet (:mod:`gluon_quant.backends`).
+    layout, groups, modes...) the node does not meet, and operators it declares without
+    an int8 kernel (LayerNorm, softmax...), with what runs instead
+    (:mod:`gluon_quant.backends`).
     :func:`signed_global_pools`: MXNet's int8 pooling gives its output the input's scale,
     so the mean of a signed, zero-centred tensor (a BatchNorm output, the squeeze of
     SE-ResNet) is rounded onto a grid much coarser than the means themselves: on
@@ -71,7 +73,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ..backends import BackendSpec, why_not_int8
-from .inspect import GraphView
+from .inspect import GraphView, describe_op
 from .guards import (canonical_activations, flatten_fc_inputs, stop_rnn_gradients,
                      unquantizable_rnns)
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm, global_adaptive_pools,
@@ -153,7 +155,9 @@ class GraphPass:
 
 
 def backend_eligibility(graph, context):
-    """Nodes with an operator the backend lists but whose conditions they do not meet.
+    """Nodes with an operator the backend lists but whose conditions they do not meet, and
+    nodes of an operator the backend has no int8 kernel for at all (its ``fp32_ops``, with
+    what runs instead).
 
     A fused node is checked through the operators it contains (the convolution of a fused
     conv+bn+relu).
@@ -172,6 +176,11 @@ def backend_eligibility(graph, context):
     spec, found = context.spec, {}
     nodes = graph["nodes"]
     for node in nodes:
+        if not node.get("subgraphs"):
+            reason = spec.fp32_reason(node["op"], describe_op(node["op"], node.get("attrs")))
+            if reason is not None:
+                found[node["name"]] = reason
+                continue
         members = [node] + [m for sub in node.get("subgraphs", ()) or ()
                             for m in sub["nodes"]]
         for member in members:
