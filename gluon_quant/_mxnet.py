@@ -227,6 +227,11 @@ def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, 
     return qsym, list(calib)
 
 
+def concat_flat(arrays):
+    """The NDArrays ``arrays`` flattened and concatenated, in order (one 1-D NDArray)."""
+    return mx.nd.concat(*[a.reshape((-1,)) for a in arrays], dim=0)
+
+
 def set_calibration(qsym, ranges, messages=None):
     """Write ``{tensor: (min, max)}`` into a quantized graph with MXNet's own setter."""
     if not ranges:
