@@ -58,7 +58,8 @@ def test_bert_quantizes_in_one_call(minibert, quantized):
         assert len(layers) == 2 and all(r.quantized for r in layers)
     assert sum(r.pattern == "FullyConnected+LeakyReLU(gelu)" for r in dense) == 2
     for op, why in (("LayerNorm", "no int8 LayerNorm"), ("softmax", "no int8 softmax"),
-                    ("Activation", "relu only")):
+                    ("Activation", "relu only"), ("elemwise_add", "residual sums feed"),
+                    ("Embedding", "int8 embedding is a lookup")):
         layers = [r for r in report if r.op == op]
         assert layers and all(not r.quantized and why in r.reason for r in layers), op
     tokens, types, valid, _ = bert_batches(VOCAB, count=1, seed=5)[0]
