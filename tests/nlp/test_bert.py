@@ -2,9 +2,11 @@
 are tested in test_gluonnlp_bert.py, when GluonNLP is installed): the ``gluonnlp-bert``
 preset's inputs and range bounds, oneDNN's fused int8 self-attention, and the report."""
 import mxnet as mx
+import numpy as np
 import pytest
 
 import gluon_quant as gq
+from gluon_quant import _mxnet, pipeline
 from gluon_quant.backends import ONEDNN
 from gluon_quant.data import InputSpec
 from gluon_quant.presets import preset_for
@@ -123,3 +125,17 @@ def test_declared_fusions_are_what_the_fusion_pass_makes(quantized):
             "_sg_mkldnn_fully_connected"} <= fused_ops
     assert fused_ops.intersection(n for n in fused_ops if n.startswith("_sg_")) <= set(
         ONEDNN.fused_ops)
+
+
+def test_softmax_with_lengths_runs_as_a_masked_softmax(minibert):
+    """masked_softmax: the fp32 graph computes what the net does, with no length softmax."""
+    batch = bert_batches(VOCAB, count=1, seed=3)[0]
+    qnet = gq.QuantizedHybridBlock(minibert, preset="gluonnlp-bert")
+    qnet.fuse(batch)
+    softmaxes = [n for n in qnet.fused.view if n.op == "softmax"]
+    assert len(softmaxes) == 2 and all(n.attr("use_length", "False") == "False"
+                                       for n in softmaxes)
+    params = pipeline.fp32_params(minibert, qnet.fused, mx.cpu(), list(batch[:3]))
+    graph = _mxnet.symbol_block(qnet.fused_graph, qnet.input_names, params, mx.cpu())
+    for ours, theirs in zip(graph(*batch[:3]), minibert(*batch[:3])):
+        np.testing.assert_allclose(ours.asnumpy(), theirs.asnumpy(), rtol=1e-5, atol=1e-5)
