@@ -25,7 +25,7 @@ Variants, each with its own copy of the weights:
   on AVX512-VNNI CPUs, see ``gluon_quant._mxnet.int8_lstm_runs``);
 * ``gq``     ``gluon_quant.quantize(net, batches)``, one call, no hints;
 * ``gq_fp32``  the fp32 graph gluon_quant calibrates (traced, exact fp32 rewrites such as
-  ``fold_rnn_params``, oneDNN fusion), to tell the gain of those rewrites from int8's.
+  ``fold_parameter_expressions``, oneDNN fusion), to tell the gain of those rewrites from int8's.
 
 Timings are medians over ``--repeat`` rounds; in each round every variant runs once
 (round-robin), so slow phases of a shared machine hit all of them alike. ``x fp32`` and

@@ -227,9 +227,10 @@ def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, 
     return qsym, list(calib)
 
 
-def concat_flat(arrays):
-    """The NDArrays ``arrays`` flattened and concatenated, in order (one 1-D NDArray)."""
-    return mx.nd.concat(*[a.reshape((-1,)) for a in arrays], dim=0)
+def evaluate_graph(graph, arrays):
+    """The first output of a JSON graph dict run once on ``{variable: NDArray}``."""
+    ctx = next(iter(arrays.values())).context
+    return load_graph(graph).eval(ctx=ctx, **arrays)[0]
 
 
 def set_calibration(qsym, ranges, messages=None):

@@ -18,9 +18,10 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     int8 kernel.
     :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it (an MLP
     Dense-BatchNorm-ReLU ran 2.1x slower in int8 than fp32 unfolded, 4.5x faster folded).
-    :func:`fold_rnn_params`: the concatenation of an RNN layer's weights that Gluon
-    computes at every call (``_rnn_param_concat``) becomes one parameter computed once
-    (62% of an LSTM classifier's fp32 time at batch 1 was that copy).
+    :func:`fold_parameter_expressions`: weights a layer builds from its parameters at
+    every call (the concatenation Gluon's RNN layers hand MXNet's ``RNN``, BERT's
+    interleaved q/k/v projection) become parameters computed once (62% of an LSTM
+    classifier's fp32 time at batch 1 was that copy).
     :func:`masked_softmax`: a softmax with lengths (BERT's attention over padded
     sequences) runs as a mask and oneDNN's plain softmax (14-37 ms against 1 ms on BERT-base
     scores, 22% of its int8 time at batch 8).
@@ -82,12 +83,12 @@ from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView, describe_op
 from .guards import (canonical_activations, flatten_fc_inputs, stop_rnn_gradients,
                      unquantizable_rnns)
-from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm, fold_rnn_params,
-                       global_adaptive_pools, known_shape, lift_1d_to_2d, masked_softmax,
-                       num_outputs)
+from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
+                       fold_parameter_expressions, global_adaptive_pools, known_shape,
+                       lift_1d_to_2d, masked_softmax, num_outputs)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
-           "global_adaptive_pools", "fold_dense_batchnorm", "fold_rnn_params", "masked_softmax", "lift_1d_to_2d", "integer_inputs", "backend_eligibility", "signed_global_pools",
+           "global_adaptive_pools", "fold_dense_batchnorm", "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "integer_inputs", "backend_eligibility", "signed_global_pools",
            "int8_mul_inputs", "exact_ranges", "fused_sum_dtypes",
            "insert_fake_quant", "downstream_nodes", "count_ops", "calibrated_nodes",
            "calib_key", "tensor_key", "QDQ_OPS", "SIGNED_POOL_REASON"]
@@ -611,8 +612,8 @@ PASSES = (
               _rewrite(canonical_activations, ops=("relu",))),
     GraphPass("flatten_fc_inputs", Stage.TRACED,
               _rewrite(flatten_fc_inputs, only_with_squeeze=True), backends=("onednn",)),
+    GraphPass("fold_parameter_expressions", Stage.TRACED, fold_parameter_expressions),
     GraphPass("fold_dense_batchnorm", Stage.TRACED, fold_dense_batchnorm),
-    GraphPass("fold_rnn_params", Stage.TRACED, fold_rnn_params),
     GraphPass("masked_softmax", Stage.TRACED, masked_softmax),
     GraphPass("lift_1d_to_2d", Stage.TRACED, lift_1d_to_2d, backends=("onednn",)),
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),

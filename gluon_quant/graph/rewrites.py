@@ -8,15 +8,15 @@ parameter holds record a :class:`ParamRewrite`; the pipeline applies them to its
 of the parameters, never to the user's net.
 """
 import collections
+import json
 import logging
 from dataclasses import dataclass
 from typing import Tuple
 
-import numpy as np
-
 from .. import _mxnet
 
-__all__ = ["ParamRewrite", "global_adaptive_pools", "fold_dense_batchnorm", "fold_rnn_params",
+__all__ = ["ParamRewrite", "global_adaptive_pools", "fold_dense_batchnorm",
+           "fold_parameter_expressions",
            "masked_softmax", "lift_1d_to_2d", "num_outputs", "known_shape", "append_nodes"]
 
 _log = logging.getLogger(__name__)
@@ -50,13 +50,15 @@ class ParamRewrite:
         ``'reshape'`` (``sources[0]`` reshaped to ``shape``), ``'fold_batchnorm'``
         (``sources`` = dense weight, dense bias or ``''``, gamma, beta, running mean,
         running var; ``part`` says whether ``target`` is the folded weight or bias) or
-        ``'concat_flat'`` (``sources`` flattened and concatenated, in order).
+        ``'evaluate'`` (``graph``, a JSON graph over the ``sources`` variables, run once).
     sources : tuple of str
     shape : tuple of int
     eps : float
     fix_gamma : bool
     part : str
         ``'weight'`` or ``'bias'`` for ``fold_batchnorm``.
+    graph : str
+        The expression ``'evaluate'`` runs, as MXNet JSON.
     """
 
     target: str
@@ -66,14 +68,16 @@ class ParamRewrite:
     eps: float = 0.0
     fix_gamma: bool = False
     part: str = ""
+    graph: str = ""
 
     def apply(self, params):
         """Set ``params[target]`` (NDArrays, or numpy arrays) from ``params[sources]``."""
         if self.kind == "reshape":
             params[self.target] = params[self.sources[0]].reshape(self.shape)
             return
-        if self.kind == "concat_flat":
-            params[self.target] = _mxnet.concat_flat([params[n] for n in self.sources])
+        if self.kind == "evaluate":
+            params[self.target] = _mxnet.evaluate_graph(
+                json.loads(self.graph), {n: params[n] for n in self.sources})
             return
         weight, bias, gamma, beta, mean, var = (params[n] if n else None
                                                 for n in self.sources)
@@ -200,20 +204,39 @@ def fold_dense_batchnorm(graph, context):
     return {}
 
 
-def fold_rnn_params(graph, context):
-    """Concatenate an RNN layer's weights once, instead of at every call.
+#: Operators that compute the same from the same weights at every call: a chain of them
+#: over parameters only is a parameter expression, folded into one parameter.
+_FOLDABLE = frozenset((
+    "Reshape", "reshape", "Flatten", "flatten", "expand_dims", "squeeze", "transpose",
+    "SwapAxis", "Concat", "concat", "stack", "_rnn_param_concat", "slice", "slice_axis",
+    "Cast", "cast", "_mul_scalar", "_div_scalar", "_plus_scalar", "_minus_scalar",
+    "elemwise_add", "elemwise_mul", "broadcast_add", "broadcast_mul"))
+#: Where a folded parameter expression may be read: weights and biases of layers whose
+#: speed-up was measured (BERT's interleaved q/k/v projection, Gluon's RNN layers).
+_FOLD_READERS = frozenset(("FullyConnected", "RNN"))
 
-    Gluon's ``rnn.LSTM``/``GRU``/``RNN`` keep one parameter per gate matrix and bias and
-    hand MXNet's ``RNN`` operator their concatenation, computed in the graph by
-    ``_rnn_param_concat`` of the flattened parameters at every call. With one OpenMP
-    thread that copy took more time than the recurrence itself: 62% of an LSTM sentence
-    classifier's fp32 time (2 layers of 256 over 64 steps, batch 1; the RNN 30%), 27% of
-    an LSTM language model's at batch 1 (mx.profiler, ``benchmarks/nlp.py --profile``).
-    Here the concatenation becomes one parameter, computed once on the pipeline's copies
-    (exactly the same values, in the same order), so the int8 graph skips it.
 
-    Only a ``_rnn_param_concat`` along axis 0 whose inputs are all parameters, each
-    flattened by a ``reshape`` to ``(-1,)``, is folded.
+def fold_parameter_expressions(graph, context):
+    """Compute once what the graph computes from parameters alone at every call.
+
+    Two kinds of layers build their weights in the graph, from their parameters, at
+    every call:
+
+    * Gluon's ``rnn.LSTM``/``GRU``/``RNN`` hand MXNet's ``RNN`` operator the concatenation
+      of their per-gate weights (``_rnn_param_concat`` of reshaped parameters). With one
+      OpenMP thread that copy took more time than the recurrence itself: 62% of an LSTM
+      sentence classifier's fp32 time (2 layers of 256 over 64 steps, batch 1; the RNN 30%),
+      27% of an LSTM language model's at batch 1, and the RNN ran faster on a constant
+      weight array (mx.profiler, ``benchmarks/nlp.py --profile``).
+    * GluonNLP's BERT attention concatenates its query, key and value weights (reshape,
+      concat, stack) into the interleaved projection: 11% of int8 BERT-base's time at
+      batch 1 x 128; and MXNet quantized that computed weight at run time instead of
+      offline.
+
+    Each maximal expression of :data:`_FOLDABLE` operators over parameters that a
+    ``FullyConnected`` or ``RNN`` reads becomes one parameter (named after the expression's
+    last node), computed once on the pipeline's copies by running the expression itself
+    (the same values, exactly).
 
     Returns
     -------
@@ -221,31 +244,43 @@ def fold_rnn_params(graph, context):
         Empty.
     """
     nodes = graph["nodes"]
+    constant = []
+    for node in nodes:
+        if node["op"] == "null":
+            constant.append(node["name"] in context.param_shapes)
+        else:
+            constant.append(node["op"] in _FOLDABLE and bool(node["inputs"]) and num_outputs(
+                node) == 1 and all(constant[e[0]] for e in node["inputs"]))
+    readers = _consumers(graph)
+    heads = {(h[0], h[1]) for h in graph["heads"]}
     replace = {}
     for index, node in enumerate(nodes):
-        if node["op"] != "_rnn_param_concat" or \
-                str((node.get("attrs") or {}).get("dim", "0")) != "0":
+        users = readers.get((index, 0), [])
+        if node["op"] == "null" or not constant[index] or (index, 0) in heads or not any(
+                nodes[u]["op"] in _FOLD_READERS for u in users) or not all(
+                    constant[u] or nodes[u]["op"] in _FOLD_READERS for u in users):
             continue
-        sources = []
-        for entry in node["inputs"]:
-            flat = nodes[entry[0]]
-            shape = str((flat.get("attrs") or {}).get("shape", "")).replace(" ", "")
-            if flat["op"] not in ("Reshape", "reshape") or shape not in ("-1", "(-1,)",
-                                                                         "[-1]"):
-                break
-            param = nodes[flat["inputs"][0][0]]
-            if param["op"] != "null" or param["name"] not in context.param_shapes:
-                break
-            sources.append(param["name"])
-        else:
-            shapes = [known_shape(context.param_shapes[n]) for n in sources]
-            size = sum(int(np.prod(s)) for s in shapes) if all(shapes) else None
-            context.param_rewrites.append(ParamRewrite(
-                target=node["name"], kind="concat_flat", sources=tuple(sources)))
-            replace[index] = _add_var(graph, node["name"], (size,) if size else None)
+        members, stack = set(), [index]
+        while stack:
+            i = stack.pop()
+            if i not in members:
+                members.add(i)
+                stack.extend(e[0] for e in nodes[i]["inputs"])
+        order = sorted(members)
+        position = {old: new for new, old in enumerate(order)}
+        expression = {
+            "nodes": [dict(nodes[i], inputs=[[position[e[0]]] + list(e[1:])
+                                             for e in nodes[i]["inputs"]]) for i in order],
+            "arg_nodes": [position[i] for i in order if nodes[i]["op"] == "null"],
+            "heads": [[position[index], 0, 0]]}
+        context.param_rewrites.append(ParamRewrite(
+            target=node["name"], kind="evaluate",
+            sources=tuple(nodes[i]["name"] for i in order if nodes[i]["op"] == "null"),
+            graph=json.dumps(expression)))
+        replace[index] = _add_var(graph, node["name"])
     if replace:
         _redirect(graph, replace)
-        _log.debug("Folded the parameter concatenation of %d RNN layer(s).", len(replace))
+        _log.debug("Folded %d parameter expression(s) into parameters.", len(replace))
     return {}
 
 

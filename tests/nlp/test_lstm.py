@@ -1,6 +1,7 @@
 """LSTM models quantize in one call: the LSTM stays fp32 (no int8 LSTM runs on VNNI CPUs
 with MXNet 1.9.1's oneDNN), the embedding and dense layers around it are int8, and the
-LSTM's weights are concatenated once instead of at every call (fold_rnn_params)."""
+LSTM's weights are concatenated once instead of at every call
+(fold_parameter_expressions)."""
 import mxnet as mx
 import numpy as np
 import pytest
@@ -51,7 +52,7 @@ def test_folded_rnn_parameters_compute_the_same(lstm_net, disable_pass):
     folded = _mxnet.symbol_block(qnet.fused_graph, qnet.input_names, params, mx.cpu())
     np.testing.assert_allclose(folded(held_out).asnumpy(), net(held_out).asnumpy(),
                                rtol=1e-5, atol=1e-6)
-    disable_pass("fold_rnn_params")
+    disable_pass("fold_parameter_expressions")
     unfolded = gq.QuantizedHybridBlock(net)
     unfolded.fuse(batches[0])
     assert count_ops(unfolded.fused_graph, ("_rnn_param_concat",))["_rnn_param_concat"] == 1
