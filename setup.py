@@ -38,6 +38,13 @@ ZOO = [
     "mlxtend==0.23.4",
 ] + PLOT
 
+# GluonNLP's only release for MXNet 1.x is a source distribution that compiles a Cython
+# extension: "pip install gluonnlp==0.10.0" works next to mxnet==1.9.1 and numpy<1.24 on a
+# machine with a C compiler and Python headers, and fails without them. So it is not in
+# "test" (which must install anywhere); its tests skip without it, and hand-written nets
+# with the same operators cover the same features.
+NLP = ["gluonnlp==0.10.0"]
+
 setup(
     name="gluon_quant",
     version=VERSION,
@@ -57,6 +64,7 @@ setup(
         "cpu": ["mxnet==1.9.1"],
         "zoo": ZOO,
         "plot": PLOT,
+        "nlp": NLP,
         "test": ["pytest>=7", "psutil>=5.8", "nbclient>=0.7", "nbformat>=5.7",
                  "ipykernel>=6"] + ZOO,
     },

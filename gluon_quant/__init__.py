@@ -25,7 +25,7 @@ from .parallel import calibrate_parallel
 from .tune import tune, TuneResult
 from . import debug
 from .report import LayerReport, QuantReport
-from .presets import KeepFP32, Preset, get_preset
+from .presets import ClipRange, KeepFP32, Preset, get_preset
 
 __all__ = [
     "__version__", "quantize", "calibrate_parallel", "tune", "TuneResult", "debug", "QuantizedHybridBlock",
@@ -38,5 +38,5 @@ __all__ = [
     "EmptyCalibrationError", "NonFiniteDataError", "InputMismatchError", "NotHybridizableError",
     "GraphError", "UnsupportedDtypeError", "CalibrationTableError", "ArtifactError",
     "ModelExecutionError",
-    "Preset", "KeepFP32", "get_preset",
+    "Preset", "KeepFP32", "ClipRange", "get_preset",
 ]

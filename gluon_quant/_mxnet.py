@@ -227,6 +227,12 @@ def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, 
     return qsym, list(calib)
 
 
+def evaluate_graph(graph, arrays):
+    """The first output of a JSON graph dict run once on ``{variable: NDArray}``."""
+    ctx = next(iter(arrays.values())).context
+    return load_graph(graph).eval(ctx=ctx, **arrays)[0]
+
+
 def set_calibration(qsym, ranges, messages=None):
     """Write ``{tensor: (min, max)}`` into a quantized graph with MXNet's own setter."""
     if not ranges:

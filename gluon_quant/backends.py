@@ -16,7 +16,7 @@ This module imports nothing else from the package but :mod:`gluon_quant.errors`,
 """
 import ast
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Mapping, Optional, Tuple
 
 from .errors import UnknownNameError
@@ -111,6 +111,14 @@ class BackendSpec:
         Hybridize the int8 block with ``static_alloc``/``static_shape``.
     refusals : mapping of str to str
         Setting (``'dtype=uint8'``, ``'granularity=channel'``) -> why it is refused.
+    fused_ops : mapping of str to str
+        Fused operators ``fusion_pass`` makes of the fp32 graph -> the operators they stand
+        for and the MXNet subgraph property that fuses them (checked against MXNet by the
+        tests).
+    fp32_ops : mapping of str to str
+        Operators (by the report's description, ``'Activation(tanh)'``, or by type,
+        ``'LayerNorm'``) that have no int8 kernel here -> what runs instead, the reason
+        ``report()`` gives for them.
     """
 
     name: str
@@ -123,6 +131,12 @@ class BackendSpec:
     bias_correction: bool
     static_alloc: bool
     refusals: Mapping[str, str]
+    fused_ops: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    fp32_ops: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+
+    def fp32_reason(self, op, description=None):
+        """What runs instead of an operator without an int8 kernel here, or None."""
+        return self.fp32_ops.get(description) or self.fp32_ops.get(op)
 
     @property
     def default_granularity(self):
@@ -157,7 +171,34 @@ ONEDNN = BackendSpec(
     ),
     fusion_pass="MKLDNN_QUANTIZE", quantize_in_python=False,
     activation_dtypes=("int8", "uint8"), granularities=("channel", "tensor"),
-    bias_correction=True, static_alloc=True, refusals=types.MappingProxyType({}))
+    bias_correction=True, static_alloc=True, refusals=types.MappingProxyType({}),
+    fused_ops=types.MappingProxyType({
+        "_sg_mkldnn_conv": "Convolution (+BatchNorm, activation, residual sum): "
+                           "SgMKLDNNConvProperty",
+        "_sg_mkldnn_fully_connected": "FullyConnected (+ the relu, GELU or clip after it; "
+                                      "a tanh stays apart): SgMKLDNNFCProperty",
+        # MKLDNN_QUANTIZE (not only MKLDNN) registers SgMKLDNNTransformerProperty in 1.9.1,
+        # and SgMKLDNNTransformerPostQuantizeProperty, which folds the requantize after the
+        # int8 matmuls (or the dequantize before an fp32 softmax) into them: the pass this
+        # backend already runs before and after quantization is all they need.
+        "_sg_mkldnn_selfatt_qk": "_contrib_interleaved_matmul_selfatt_qk (attention scores "
+                                 "q.k of GluonNLP's self-attention): "
+                                 "SgMKLDNNTransformerProperty",
+        "_sg_mkldnn_selfatt_valatt": "_contrib_interleaved_matmul_selfatt_valatt (attention "
+                                     "weights times values): SgMKLDNNTransformerProperty",
+    }),
+    fp32_ops=types.MappingProxyType({
+        "LayerNorm": "no int8 LayerNorm in MXNet 1.9.1: it runs in fp32 on the dequantized "
+                     "sum before it, and the int8 layers after it quantize its output",
+        "softmax": "no int8 softmax in MXNet 1.9.1: it runs in fp32 (after self-attention's "
+                   "int8 q.k matmul, which hands its scores over in fp32, dequantize folded "
+                   "in); the int8 matmul after it quantizes the probabilities",
+        "LeakyReLU(gelu)": "GELU has no int8 kernel of its own: it runs fused into the dense "
+                           "layer before it wherever that layer is int8, in fp32 elsewhere",
+        "Activation(tanh)": "int8 Activation is relu only in MXNet 1.9.1: tanh runs in fp32",
+        "Activation(sigmoid)": "int8 Activation is relu only in MXNet 1.9.1: sigmoid runs in "
+                               "fp32",
+    }))
 
 #: cuDNN (MXNet's GPU builds): the graph a GPU build's pass produces, built in Python.
 #: cuDNN's int8 convolution takes int8 NCHW data, 2-D kernels, one group, no dilation

@@ -48,7 +48,8 @@ class InputSpec:
         Arguments after the required ones whose default is None (``valid_length=None``,
         ``mask=None``): inputs when the batches supply them.
     explicit : bool, default False
-        The count was given (``num_inputs=``), so extra batch elements are labels.
+        The count was given (``num_inputs=``, or the model family's preset says which
+        elements its batches feed), so extra batch elements are labels.
     """
 
     def __init__(self, names, arg_names, optional=(), explicit=False):
@@ -63,19 +64,32 @@ class InputSpec:
         return len(self.names)
 
     @classmethod
-    def from_net(cls, net, num_inputs=None, batch=None):
+    def from_net(cls, net, num_inputs=None, batch=None, feeds=()):
         """Read the inputs from ``net.hybrid_forward``'s signature (and a batch).
 
         Required positional arguments after ``F`` that are not the block's own parameters
         are inputs; so are the arguments after them that default to None when the batch
-        supplies them: a dict batch by name; a tuple batch only when it cannot be a label
-        instead, otherwise the choice is refused as ambiguous. ``num_inputs`` overrides.
+        supplies them: a dict batch by name; a tuple batch when the model family says its
+        batches feed them (``feeds``, from its preset: BERT's ``(tokens, token_types,
+        valid_length, label)``), or else only when it cannot be a label instead, otherwise
+        the choice is refused as ambiguous. ``num_inputs`` overrides.
+
+        Parameters
+        ----------
+        net : mxnet.gluon.HybridBlock
+        num_inputs : int, optional
+        batch : object, optional
+            A calibration batch.
+        feeds : sequence of str
+            The arguments the family's tuple batches feed, in order (elements after them
+            are labels); only names that lead the signature count.
 
         Raises
         ------
         InputMismatchError
             ``num_inputs`` is invalid, or a tuple batch has more elements than required
-            inputs while the net also takes optional tensors (labels or inputs?).
+            inputs while the net also takes optional tensors (labels or inputs?) that
+            ``feeds`` does not settle.
         """
         required, optional = _signature_inputs(net)
         if num_inputs is not None:
@@ -86,11 +100,16 @@ class InputSpec:
             args = (args + ["input%d" % i for i in range(len(args), num_inputs)])[:num_inputs]
             return cls(_mxnet.input_names(num_inputs), args, explicit=True)
         count = max(1, len(required))
-        if optional and batch is not None:
+        fed = _leading(required + optional, feeds)
+        settled = bool(optional) and fed > len(required) and isinstance(batch, (list, tuple))
+        if settled:
+            count = max(count, min(len(batch), fed))
+        elif optional and batch is not None:
             count = _count_from_batch(net, required, optional, batch, count)
         args = required + optional
         args = (args + ["input%d" % i for i in range(len(args), count)])[:count]
-        return cls(_mxnet.input_names(count), args, optional=optional[count - len(required):])
+        return cls(_mxnet.input_names(count), args, optional=optional[count - len(required):],
+                   explicit=settled)
 
 
 def _signature_inputs(net):
@@ -112,6 +131,16 @@ def _signature_inputs(net):
         else:
             break       # a non-tensor option (training=False): no tensor after it
     return required, optional
+
+
+def _leading(args, feeds):
+    """How many of ``args`` (in order) ``feeds`` names, up to the first it does not."""
+    count = 0
+    for arg, fed in zip(args, feeds):
+        if arg != fed:
+            break
+        count += 1
+    return count
 
 
 def _count_from_batch(net, required, optional, batch, count):

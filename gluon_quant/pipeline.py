@@ -17,7 +17,7 @@ over these records.
 """
 import logging
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Mapping, Optional, Tuple
 
 import mxnet as mx
@@ -38,7 +38,7 @@ from .presets import resolve_preset
 
 __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "fuse",
            "plan_quantization", "fp32_params", "calibrate", "check_table", "build",
-           "method_name", "run_error", "KEPT_SAMPLES"]
+           "method_name", "run_error", "KEPT_SAMPLES", "BOUNDED_META_KEY"]
 
 _log = logging.getLogger(__name__)
 
@@ -80,6 +80,9 @@ class FusedGraph:
         folded BatchNorms), applied in order by :func:`fp32_params`.
     messages : tuple of str
         What MXNet logged during fusion (shown by ``report()``, never on the terminal).
+    range_bounds : mapping of str to (float or None, float or None, str)
+        Tensor key -> ``(low, high, reason)``: bounds the preset puts on calibrated ranges
+        (:class:`~gluon_quant.presets.ClipRange`), applied by :func:`check_table`.
     """
 
     symbol: Any
@@ -91,6 +94,8 @@ class FusedGraph:
     net_class: str = ""
     param_rewrites: Tuple[ParamRewrite, ...] = ()
     messages: Tuple[str, ...] = ()
+    range_bounds: Mapping[str, Tuple[Optional[float], Optional[float], str]] = field(
+        default_factory=lambda: types.MappingProxyType({}))
 
     @property
     def fingerprint(self):
@@ -193,7 +198,8 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
     -------
     FusedGraph
         With the nodes kept fp32: the user's ``exclude`` first, then the preset's rules,
-        then the backend's and the passes' (the first reason for a node is kept).
+        then the backend's and the passes' (the first reason for a node is kept), and the
+        preset's bounds on calibrated ranges.
     """
     spec = get_spec(config.backend.value)
     if batch is not None and config.input_fn is not None:
@@ -201,7 +207,9 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
             batch = config.input_fn(batch)
         except Exception:       # reported with its context when the batch is converted
             batch = None
-    inputs = InputSpec.from_net(net, config.num_inputs, batch)
+    preset = resolve_preset(config.preset, net)
+    inputs = InputSpec.from_net(net, config.num_inputs, batch,
+                                feeds=preset.inputs if preset is not None else ())
     _, out, out_format = _mxnet.trace(net, inputs.count)
     param_shapes = types.MappingProxyType(
         {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
@@ -218,10 +226,11 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
     scopes = block_scopes(net)
     excluded, _ = resolve_exclusions(list(config.exclude), view, scopes)
     fp32 = {k: "excluded by user (%r)" % v for k, v in excluded.items()}
-    preset = resolve_preset(config.preset, net)
+    bounds = {}
     if preset is not None:
         for name, reason in preset.select(view, scopes).items():
             fp32.setdefault(name, reason)
+        bounds = preset.range_bounds(view)
     checks = PassContext(spec=spec, param_shapes=param_shapes, int8_lstm=context.int8_lstm,
                          infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, inputs.names))
     for name, reason in run_passes(Stage.FUSED, fused_graph, checks).items():
@@ -230,7 +239,7 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
                       fp32_nodes=types.MappingProxyType(fp32), param_shapes=param_shapes,
                       net_class=type(net).__name__,
                       param_rewrites=tuple(context.param_rewrites),
-                      messages=tuple(messages))
+                      messages=tuple(messages), range_bounds=types.MappingProxyType(bounds))
 
 
 def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -> QuantPlan:
@@ -402,8 +411,14 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
                                         samples=kept_samples, input_shapes=state["shapes"])
 
 
+#: Table metadata key of the ranges :func:`check_table` narrowed: ``{key: [lo, hi]}`` as the
+#: calibrator chose them, before the preset's bounds.
+BOUNDED_META_KEY = "bounded_ranges"
+
+
 def check_table(plan: QuantPlan, table) -> CalibrationTable:
-    """Validate ``table`` against the plan; all-zero ranges get the zero range.
+    """Validate ``table`` against the plan; all-zero ranges get the zero range, and the
+    preset's bounds (:attr:`FusedGraph.range_bounds`) narrow the ranges they name.
 
     Raises
     ------
@@ -434,8 +449,20 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
         if max(abs(lo), abs(hi)) < _ZERO_EPS:
             lo, hi = 0.0, ZERO_RANGE
         merged[name] = (lo, hi)
-    return CalibrationTable(merged, method=table.method, fingerprint=fingerprint,
-                            meta=table.meta)
+    bounded = dict(table.meta.get(BOUNDED_META_KEY) or {})
+    for name, (low, high, _) in plan.fused.range_bounds.items():
+        if name not in merged:
+            continue
+        lo, hi = merged[name]
+        new_lo = lo if low is None else max(lo, low)
+        new_hi = hi if high is None else min(hi, high)
+        if new_lo > new_hi:     # the whole range lies beyond a bound: it collapses onto it
+            new_lo = new_hi = high if high is not None and lo > high else low
+        if (new_lo, new_hi) != (lo, hi):
+            bounded.setdefault(name, [lo, hi])
+            merged[name] = (new_lo, new_hi)
+    meta = dict(table.meta, **{BOUNDED_META_KEY: bounded}) if bounded else table.meta
+    return CalibrationTable(merged, method=table.method, fingerprint=fingerprint, meta=meta)
 
 
 def _final_graph(plan, table, spec, messages):

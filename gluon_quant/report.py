@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 from . import _mxnet
 from .graph import GraphView, block_scopes, layer_name
+from .pipeline import BOUNDED_META_KEY
 
 __all__ = ["LayerReport", "QuantReport", "build_report"]
 
@@ -149,6 +150,11 @@ def build_report(model, net, config, calibrator_name):
             reason = "no int8 kernel for %s on %s" % (node.op, config.backend.value)
         out_name = (qname if quantized else node.name) + "_output"
         key = node.name + "_output"
+        if key in fused.range_bounds and table is not None and key in table:
+            reason += "; " + fused.range_bounds[key][2]
+            before = (table.meta.get(BOUNDED_META_KEY) or {}).get(key)
+            reason += (" (narrowed from [%.4g, %.4g])" % tuple(before) if before
+                       else " (the calibrated range was within it)")
         layers.append(LayerReport(
             layer=layer_name(node, scopes), node=node.name, op=node.main_op,
             pattern=node.pattern, quantized=quantized, reason=reason,

@@ -8,12 +8,16 @@ parameter holds record a :class:`ParamRewrite`; the pipeline applies them to its
 of the parameters, never to the user's net.
 """
 import collections
+import json
 import logging
 from dataclasses import dataclass
 from typing import Tuple
 
-__all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm", "lift_1d_to_2d",
-           "num_outputs", "known_shape", "append_nodes"]
+from .. import _mxnet
+
+__all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
+           "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
+           "known_shape", "append_nodes"]
 
 _log = logging.getLogger(__name__)
 
@@ -44,15 +48,18 @@ class ParamRewrite:
         The parameter the rewritten graph reads.
     kind : str
         ``'reshape'`` (``sources[0]`` reshaped to ``shape``; an empty shape inserts a unit
-        axis 2, for 1-D kernels whose shape was not known at tracing) or ``'fold_batchnorm'``
+        axis 2, for 1-D kernels whose shape was not known at tracing), ``'fold_batchnorm'``
         (``sources`` = dense weight, dense bias or ``''``, gamma, beta, running mean,
-        running var; ``part`` says whether ``target`` is the folded weight or bias).
+        running var; ``part`` says whether ``target`` is the folded weight or bias) or
+        ``'evaluate'`` (``graph``, a JSON graph over the ``sources`` variables, run once).
     sources : tuple of str
     shape : tuple of int
     eps : float
     fix_gamma : bool
     part : str
         ``'weight'`` or ``'bias'`` for ``fold_batchnorm``.
+    graph : str
+        The expression ``'evaluate'`` runs, as MXNet JSON.
     """
 
     target: str
@@ -62,6 +69,7 @@ class ParamRewrite:
     eps: float = 0.0
     fix_gamma: bool = False
     part: str = ""
+    graph: str = ""
 
     def apply(self, params):
         """Set ``params[target]`` (NDArrays, or numpy arrays) from ``params[sources]``."""
@@ -71,6 +79,10 @@ class ParamRewrite:
             # known when the graph was traced: deferred initialization).
             shape = self.shape or tuple(source.shape[:2]) + (1,) + tuple(source.shape[2:])
             params[self.target] = source.reshape(shape)
+            return
+        if self.kind == "evaluate":
+            params[self.target] = _mxnet.evaluate_graph(
+                json.loads(self.graph), {n: params[n] for n in self.sources})
             return
         weight, bias, gamma, beta, mean, var = (params[n] if n else None
                                                 for n in self.sources)
@@ -216,6 +228,144 @@ def fold_dense_batchnorm(graph, context):
         append_nodes(graph, [])     # the new weight variables come before their readers
         _log.debug("Folded %d BatchNorm layer(s) into the dense layers before them.",
                    len(replace))
+    return {}
+
+
+#: Operators that compute the same from the same weights at every call: a chain of them
+#: over parameters only is a parameter expression, folded into one parameter.
+_FOLDABLE = frozenset((
+    "Reshape", "reshape", "Flatten", "flatten", "expand_dims", "squeeze", "transpose",
+    "SwapAxis", "Concat", "concat", "stack", "_rnn_param_concat", "slice", "slice_axis",
+    "Cast", "cast", "_mul_scalar", "_div_scalar", "_plus_scalar", "_minus_scalar",
+    "elemwise_add", "elemwise_mul", "broadcast_add", "broadcast_mul"))
+#: Where a folded parameter expression may be read: weights and biases of layers whose
+#: speed-up was measured (BERT's interleaved q/k/v projection, Gluon's RNN layers).
+_FOLD_READERS = frozenset(("FullyConnected", "RNN"))
+
+
+def fold_parameter_expressions(graph, context):
+    """Compute once what the graph computes from parameters alone at every call.
+
+    Two kinds of layers build their weights in the graph, from their parameters, at
+    every call:
+
+    * Gluon's ``rnn.LSTM``/``GRU``/``RNN`` hand MXNet's ``RNN`` operator the concatenation
+      of their per-gate weights (``_rnn_param_concat`` of reshaped parameters). With one
+      OpenMP thread that copy took more time than the recurrence itself: 62% of an LSTM
+      sentence classifier's fp32 time (2 layers of 256 over 64 steps, batch 1; the RNN 30%),
+      27% of an LSTM language model's at batch 1, and the RNN ran faster on a constant
+      weight array (mx.profiler, ``benchmarks/nlp.py --profile``).
+    * GluonNLP's BERT attention concatenates its query, key and value weights (reshape,
+      concat, stack) into the interleaved projection: 11% of int8 BERT-base's time at
+      batch 1 x 128; and MXNet quantized that computed weight at run time instead of
+      offline.
+
+    Each maximal expression of :data:`_FOLDABLE` operators over parameters that a
+    ``FullyConnected`` or ``RNN`` reads becomes one parameter (named after the expression's
+    last node), computed once on the pipeline's copies by running the expression itself
+    (the same values, exactly).
+
+    Returns
+    -------
+    dict
+        Empty.
+    """
+    nodes = graph["nodes"]
+    constant = []
+    for node in nodes:
+        if node["op"] == "null":
+            constant.append(node["name"] in context.param_shapes)
+        else:
+            constant.append(node["op"] in _FOLDABLE and bool(node["inputs"]) and num_outputs(
+                node) == 1 and all(constant[e[0]] for e in node["inputs"]))
+    readers = _consumers(graph)
+    heads = {(h[0], h[1]) for h in graph["heads"]}
+    replace = {}
+    for index, node in enumerate(nodes):
+        users = readers.get((index, 0), [])
+        if node["op"] == "null" or not constant[index] or (index, 0) in heads or not any(
+                nodes[u]["op"] in _FOLD_READERS for u in users) or not all(
+                    constant[u] or nodes[u]["op"] in _FOLD_READERS for u in users):
+            continue
+        members, stack = set(), [index]
+        while stack:
+            i = stack.pop()
+            if i not in members:
+                members.add(i)
+                stack.extend(e[0] for e in nodes[i]["inputs"])
+        order = sorted(members)
+        position = {old: new for new, old in enumerate(order)}
+        expression = {
+            "nodes": [dict(nodes[i], inputs=[[position[e[0]]] + list(e[1:])
+                                             for e in nodes[i]["inputs"]]) for i in order],
+            "arg_nodes": [position[i] for i in order if nodes[i]["op"] == "null"],
+            "heads": [[position[index], 0, 0]]}
+        context.param_rewrites.append(ParamRewrite(
+            target=node["name"], kind="evaluate",
+            sources=tuple(nodes[i]["name"] for i in order if nodes[i]["op"] == "null"),
+            graph=json.dumps(expression)))
+        replace[index] = _add_var(graph, node["name"])
+    if replace:
+        _redirect(graph, replace)
+        _log.debug("Folded %d parameter expression(s) into parameters.", len(replace))
+    return {}
+
+
+#: What masked positions become before the softmax: exp(-1e30 - max) is exactly 0.
+_MASKED = -1e30
+
+
+def masked_softmax(graph, context=None):  # pylint: disable=unused-argument
+    """Run ``softmax(x, length=l, use_length=True)`` as a masked ``softmax(x)``.
+
+    MXNet 1.9.1 computes a softmax with lengths (BERT's attention over padded sequences:
+    ``valid_length`` per query row) with its generic kernel, and a plain softmax with
+    oneDNN: on (96, 128, 128) scores, one thread, 14-37 ms against 1 ms, and 22% of
+    int8 BERT-base's time at batch 8 x 128 (``benchmarks/nlp.py --profile``). The rewrite
+    sets the positions at or past each row's length to -1e30 (``SequenceMask`` over the
+    scores seen as ``(rows, last axis)``, then shaped back as the lengths' shape plus the
+    last axis), then takes the plain softmax: the masked
+    positions get exactly 0 and the others the same values up to float rounding (largest
+    difference 1.2e-7). A row of length 0 gets a uniform distribution instead of zeros.
+
+    Only a softmax over the last axis (``axis=-1``) is rewritten; the node keeps its name.
+
+    Returns
+    -------
+    dict
+        Empty.
+    """
+    nodes = graph["nodes"]
+    new = []
+    for node in nodes:
+        attrs = node.get("attrs") or {}
+        if node["op"] != "softmax" or len(node["inputs"]) != 2 or str(
+                attrs.get("use_length", "False")).lower() not in ("true", "1") or str(
+                attrs.get("axis", "-1")) != "-1":
+            continue
+        data, length = node["inputs"]
+        name, base = node["name"], len(nodes) + len(new)
+        new += [
+            {"op": "Reshape", "name": name + "_rows", "inputs": [data],
+             "attrs": {"shape": "(-1, 0)", "reverse": "True"}},
+            {"op": "Reshape", "name": name + "_row_lengths", "inputs": [length],
+             "attrs": {"shape": "(-1,)"}},
+            {"op": "SequenceMask", "name": name + "_mask",
+             "inputs": [[base, 0, 0], [base + 1, 0, 0]],
+             "attrs": {"use_sequence_length": "True", "axis": "1", "value": repr(_MASKED)}},
+            # (rows, last axis) -> the lengths' shape + last axis. Not reshape_like(data):
+            # a second reader of the q.k matmul's output makes MXNet's post-quantization
+            # fusion wire it to an output that does not exist.
+            {"op": "reshape_like", "name": name + "_masked",
+             "inputs": [[base + 2, 0, 0], length],
+             "attrs": {"lhs_begin": "0", "lhs_end": "1", "rhs_begin": "0",
+                       "rhs_end": "None"}},
+        ]
+        node["inputs"] = [[base + 3, 0, 0]]
+        node["attrs"] = {k: v for k, v in attrs.items() if k != "use_length"}
+    if new:
+        append_nodes(graph, new)
+        _log.debug("Rewrote %d softmax(es) with lengths as masked softmaxes.", len(new) // 4)
     return {}
 
 
