@@ -40,18 +40,11 @@ from typing import Dict, List, Tuple
 
 from ..backends import CUDNN, why_not_int8
 from .passes import RANGED_OPS, tensor_key
+from .rewrites import known_shape
 
 __all__ = ["quantize_graph", "RANGED_OPS"]
 
 _log = logging.getLogger(__name__)
-
-
-def _known(shape):
-    """``shape`` as a tuple, or None when unknown (deferred initialization leaves zeros)."""
-    if not shape:
-        return None
-    shape = tuple(int(d) for d in shape)
-    return shape if all(d > 0 for d in shape) else None
 
 
 class _Builder:
@@ -115,7 +108,7 @@ def _why_fp32(node, nodes, support, excluded, param_shapes, int8_inputs):
         if not all(p["op"] == "null" and p["name"] in param_shapes
                    and p["name"].endswith(("weight", "bias")) for p in params):
             return "weights are computed in the graph, not parameters"
-        return why_not_int8(support, attrs, _known(param_shapes[params[0]["name"]]), "cudnn")
+        return why_not_int8(support, attrs, known_shape(param_shapes[params[0]["name"]]), "cudnn")
     reason = why_not_int8(support, attrs, None, "cudnn")
     if reason is None and support.int8_input_only \
             and tuple(node["inputs"][0][:2]) not in int8_inputs:

@@ -19,43 +19,14 @@ guard                         graph                             returns
 """
 import collections
 
+from .rewrites import append_nodes as _append_nodes
+
 __all__ = ["separate_broken_fusions", "mixed_reader_producers", "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
            "stop_rnn_gradients", "FUSABLE_ACTIVATIONS"]
 
 
 def _is_true(value):
     return str(value).strip().lower() in ("true", "1")
-
-
-def _append_nodes(graph, new_nodes):
-    """Append nodes to a JSON graph and put every node back in topological order.
-
-    Entries (``[node, output, version]``), ``arg_nodes`` and ``heads`` are renumbered;
-    ``node_row_ptr`` (derived data MXNet recomputes on load) is dropped.
-    """
-    nodes = graph["nodes"] + list(new_nodes)
-    order, seen = [], set()
-    for root in range(len(nodes)):
-        stack = [(root, False)]
-        while stack:
-            j, done = stack.pop()
-            if done:
-                order.append(j)
-                continue
-            if j in seen:
-                continue
-            seen.add(j)
-            stack.append((j, True))
-            for src in reversed(nodes[j]["inputs"]):
-                if src[0] not in seen:
-                    stack.append((src[0], False))
-    position = {old: new for new, old in enumerate(order)}
-    for node in nodes:
-        node["inputs"] = [[position[e[0]]] + list(e[1:]) for e in node["inputs"]]
-    graph["nodes"] = [nodes[i] for i in order]
-    graph["arg_nodes"] = [position[i] for i in graph.get("arg_nodes", [])]
-    graph["heads"] = [[position[h[0]]] + list(h[1:]) for h in graph["heads"]]
-    graph.pop("node_row_ptr", None)
 
 
 def _consumers(graph):
