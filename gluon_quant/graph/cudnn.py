@@ -40,7 +40,7 @@ from typing import Dict, List, Tuple
 
 from ..backends import CUDNN, why_not_int8
 from .passes import RANGED_OPS, tensor_key
-from .rewrites import known_shape
+from .rewrites import known_shape, reachable
 
 __all__ = ["quantize_graph", "RANGED_OPS"]
 
@@ -180,7 +180,7 @@ def quantize_graph(graph, *, param_shapes, excluded=()):
             out.calib.append(tensor_key(node, 0))
         out.int8[(old_id, 0)] = qnode
     heads = [list(out.fp32_of((h[0], h[1]))) + [0] for h in graph["heads"]]
-    new_graph = _pruned(out.nodes, heads, graph.get("attrs"))
+    new_graph = reachable(out.nodes, heads, graph.get("attrs"))   # int8 weights replace fp32
     for name, reason in kept_fp32.items():
         _log.info("cuDNN int8: %s stays fp32: %s.", name, reason)
     unknown = [n for n, r in kept_fp32.items() if r.startswith("weight shape unknown")]
@@ -189,26 +189,3 @@ def quantize_graph(graph, *, param_shapes, excluded=()):
                      "(deferred initialization): %s. Run the net once on a batch before "
                      "quantizing.", len(unknown), unknown[:5])
     return new_graph, list(dict.fromkeys(out.calib)), kept_fp32
-
-
-def _pruned(nodes, heads, attrs):
-    """Keep the nodes reachable from ``heads`` (dropping fp32 weights now read as int8)."""
-    keep, stack = set(), [h[0] for h in heads]
-    while stack:
-        i = stack.pop()
-        if i not in keep:
-            keep.add(i)
-            stack.extend(e[0] for e in nodes[i]["inputs"])
-    order = sorted(keep)
-    new_id = {old: new for new, old in enumerate(order)}
-    result = []
-    for old in order:
-        node = dict(nodes[old])
-        node["inputs"] = [[new_id[e[0]], e[1], e[2]] for e in node["inputs"]]
-        result.append(node)
-    graph = {"nodes": result,
-             "arg_nodes": [i for i, n in enumerate(result) if n["op"] == "null"],
-             "heads": [[new_id[h[0]], h[1], h[2]] for h in heads]}
-    if attrs:
-        graph["attrs"] = attrs
-    return graph

@@ -17,7 +17,7 @@ from .. import _mxnet
 
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
-           "known_shape", "append_nodes"]
+           "known_shape", "append_nodes", "reachable"]
 
 _log = logging.getLogger(__name__)
 
@@ -287,22 +287,10 @@ def fold_parameter_expressions(graph, context):
                 nodes[u]["op"] in _FOLD_READERS for u in users) or not all(
                     constant[u] or nodes[u]["op"] in _FOLD_READERS for u in users):
             continue
-        members, stack = set(), [index]
-        while stack:
-            i = stack.pop()
-            if i not in members:
-                members.add(i)
-                stack.extend(e[0] for e in nodes[i]["inputs"])
-        order = sorted(members)
-        position = {old: new for new, old in enumerate(order)}
-        expression = {
-            "nodes": [dict(nodes[i], inputs=[[position[e[0]]] + list(e[1:])
-                                             for e in nodes[i]["inputs"]]) for i in order],
-            "arg_nodes": [position[i] for i in order if nodes[i]["op"] == "null"],
-            "heads": [[position[index], 0, 0]]}
+        expression = reachable(nodes, [[index, 0, 0]])
         context.param_rewrites.append(ParamRewrite(
             target=node["name"], kind="evaluate",
-            sources=tuple(nodes[i]["name"] for i in order if nodes[i]["op"] == "null"),
+            sources=tuple(expression["nodes"][i]["name"] for i in expression["arg_nodes"]),
             graph=json.dumps(expression)))
         replace[index] = _add_var(graph, node["name"])
     if replace:
@@ -380,10 +368,25 @@ def _redirect(graph, replace):
     _prune(graph)
 
 
-def _prune(graph):
-    """Keep the nodes reachable from the heads, in order; renumber every entry."""
-    nodes = graph["nodes"]
-    keep, stack = set(), [h[0] for h in graph["heads"]]
+def reachable(nodes, heads, attrs=None):
+    """The graph of the nodes ``heads`` reach, in their order, every entry renumbered.
+
+    The nodes are copied (``nodes`` is left as it is), so a sub-graph can be cut out of a
+    graph still in use.
+
+    Parameters
+    ----------
+    nodes : list of dict
+    heads : list of entries ``[node, output, version]``
+    attrs : dict, optional
+        Graph attributes to keep.
+
+    Returns
+    -------
+    dict
+        A JSON graph (``nodes``, ``arg_nodes``, ``heads`` and ``attrs`` if given).
+    """
+    keep, stack = set(), [h[0] for h in heads]
     while stack:
         i = stack.pop()
         if i not in keep:
@@ -391,12 +394,20 @@ def _prune(graph):
             stack.extend(e[0] for e in nodes[i]["inputs"])
     order = sorted(keep)
     new = {old: i for i, old in enumerate(order)}
-    graph["nodes"] = [nodes[i] for i in order]
-    for node in graph["nodes"]:
-        node["inputs"] = [[new[e[0]]] + list(e[1:]) for e in node["inputs"]]
-    graph["heads"] = [[new[h[0]]] + list(h[1:]) for h in graph["heads"]]
-    graph["arg_nodes"] = [i for i, n in enumerate(graph["nodes"]) if n["op"] == "null"]
+    kept = [dict(nodes[i], inputs=[[new[e[0]]] + list(e[1:]) for e in nodes[i]["inputs"]])
+            for i in order]
+    graph = {"nodes": kept, "arg_nodes": [i for i, n in enumerate(kept) if n["op"] == "null"],
+             "heads": [[new[h[0]]] + list(h[1:]) for h in heads]}
+    if attrs:
+        graph["attrs"] = attrs
+    return graph
+
+
+def _prune(graph):
+    """Drop, in place, the nodes of ``graph`` its heads do not reach."""
+    pruned = reachable(graph["nodes"], graph["heads"], graph.get("attrs"))
     graph.pop("node_row_ptr", None)
+    graph.update(pruned)
 
 
 #: Operators that compute the same thing on (N, C, W) and on (N, C, 1, W) data.
