@@ -31,7 +31,8 @@ __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
     "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
     "load_graph", "symbol_block", "load_block_params", "infer_output_dtypes",
-    "infer_graph_dtypes", "tap_outputs", "run_block", "host_view", "first_line",
+    "infer_graph_dtypes", "infer_graph_shapes", "internal_outputs", "tap_outputs", "run_block",
+    "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
     "registered_param_names",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
@@ -311,6 +312,83 @@ def infer_output_dtypes(sym, input_dtypes):
         return {}
     return {name: (None if t is None else np.dtype(t).name)
             for name, t in zip(internals.list_outputs(), out_types)}
+
+
+def _entry_positions(graph, internals):
+    """``(node name, output index) -> position`` in ``internals.list_outputs()`` ({} if the
+    two do not line up)."""
+    # Internals list the nodes in the JSON graph's order (both are MXNet's depth-first
+    # order from the heads), each node's outputs together: X_output, X_output_min, ...
+    nodes = [n["name"] for n in graph["nodes"]]
+    position_of, current, position = {}, -1, 0
+    for i, name in enumerate(internals.list_outputs()):
+        if current + 1 < len(nodes) and name.startswith(nodes[current + 1]):
+            current, position = current + 1, 0
+        else:
+            position += 1
+        position_of[(nodes[max(current, 0)], position)] = i
+    return position_of if current == len(nodes) - 1 else {}
+
+
+def infer_graph_shapes(graph, input_shapes):
+    """Shape of every output entry of a JSON graph's nodes, given its input shapes.
+
+    Returns
+    -------
+    dict
+        ``(node name, output index) -> shape`` (None where it is not known); {} when
+        MXNet cannot infer the graph's shapes.
+    """
+    internals = load_graph(graph).get_internals()
+    try:
+        with native_output([]):
+            _, out_shapes, _ = internals.infer_shape_partial(**input_shapes)
+    except mx.base.MXNetError:
+        return {}
+    return {entry: (tuple(out_shapes[i]) if out_shapes[i] and all(d > 0 for d in out_shapes[i])
+                    else None)
+            for entry, i in _entry_positions(graph, internals).items()}
+
+
+def internal_outputs(graph, entries, inputs, params, ctx):
+    """The values of chosen tensors inside a graph on one set of inputs.
+
+    The arrays are kept as MXNet's operators left them (a oneDNN layout stays a oneDNN
+    layout), so feeding them to a piece of the same graph runs it as in the whole graph.
+
+    Parameters
+    ----------
+    graph : dict
+        A JSON graph.
+    entries : list of (str, int)
+        ``(node name, output index)`` of each tensor wanted.
+    inputs : dict of str to NDArray
+        The graph's inputs.
+    params : dict of str to NDArray
+        Its parameters.
+    ctx : Context
+
+    Returns
+    -------
+    dict
+        ``(node name, output index) -> NDArray``.
+    """
+    found = {e: inputs[e[0]] for e in entries if e[0] in inputs and e[1] == 0}
+    wanted = [e for e in entries if e not in found]
+    if not wanted:
+        return found
+    internals = load_graph(graph).get_internals()
+    position_of = _entry_positions(graph, internals)
+    missing = [e for e in wanted if e not in position_of]
+    if not position_of or missing:
+        raise GraphError("Could not find the tensors %s among the graph's internal outputs."
+                         % (missing or wanted)[:3])
+    group = mx.sym.Group([internals[position_of[e]] for e in wanted])
+    names = list(inputs)
+    block = symbol_block(group, names, params, ctx, dtypes=[inputs[n].dtype for n in names])
+    found.update(zip(wanted, run_block(block, [inputs[n] for n in names],
+                                       "Running the graph to its inner tensors")))
+    return found
 
 
 def infer_graph_dtypes(graph, input_names):

@@ -63,6 +63,11 @@ class OpSupport:
     disabled : str
         Why the operator stays fp32 on this backend although MXNet has an int8 kernel for
         it (a measured defect); empty when it is used.
+    min_island_macs : int
+        An int8 region (int8 layers joined by int8 tensors, fp32 around them) holding this
+        operator stays int8 only when it does at least this many multiply-adds per call at
+        the calibration batch size: smaller regions lose more to quantize/dequantize than
+        the int8 kernels gain (0: no limit; see :mod:`gluon_quant.graph.islands`).
     """
 
     op: str
@@ -79,6 +84,7 @@ class OpSupport:
     int8_input_only: bool = False
     counts_pad: bool = False
     disabled: str = ""
+    min_island_macs: int = 0
 
 
 @dataclass(frozen=True)
@@ -161,7 +167,10 @@ ONEDNN = BackendSpec(
     name="onednn", device_type="cpu",
     ops=_ops(
         OpSupport("Convolution", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
-        OpSupport("FullyConnected"),
+        # A dense layer between fp32 layers, by multiply-adds per call (batch x in x out),
+        # int8/fp32 speed on the EPYC (Zen 5, VNNI) this was measured on, 2 threads:
+        # 2k-524k: 0.87-0.98x; 1M: 1.22-1.35x; 2M-4M: 1.36-2.30x.
+        OpSupport("FullyConnected", min_island_macs=1 << 20),
         OpSupport("Pooling", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
         OpSupport("RNN", modes=(("mode", ("lstm",)),)),
         OpSupport("elemwise_mul", disabled=(

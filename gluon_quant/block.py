@@ -18,6 +18,7 @@ from .config import QuantConfig
 from .data import BatchConverter, as_tuples, peek
 from .errors import EmptyCalibrationError, GluonQuantError, GraphError, NotHybridizableError
 from .presets import resolve_preset
+from .debug.timing import layer_timing
 from .report import build_report
 
 __all__ = ["QuantizedHybridBlock"]
@@ -66,15 +67,15 @@ class QuantizedHybridBlock(HybridBlock):
         self._calibrator = get_calibrator(self._config.calibrator)
         self._call_lock = threading.Lock()
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
-        self._converter = self._samples = None
+        self._converter = self._samples = self._input_shapes = None
 
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
                           doc="The calibrator (holds the statistics after calibration).")
     dtype, backend, granularity = _setting("dtype"), _setting("backend"), _setting("granularity")
-    exclude, bias_correction = _setting("exclude"), _setting("bias_correction")
-    progress = _setting("progress")
+    exclude, bias_correction, progress = (_setting(name) for name in (
+        "exclude", "bias_correction", "progress"))
     ctx = property(lambda self: self._config.ctx or mx.cpu(), doc="Where the block runs.")
     preset = property(lambda self: resolve_preset(self._config.preset, self.net),
                       doc="The :class:`~gluon_quant.Preset` applied (None: none).")
@@ -90,10 +91,9 @@ class QuantizedHybridBlock(HybridBlock):
         lambda self: (self._model.table if self._model is not None else
                       self._calibration.table if self._calibration is not None else None),
         doc="The ranges in use (None before calibration).")
-    fp32_params = property(
-        lambda self: dict(self._fp32) if self._fp32 is not None else None,
-        doc="The fp32 parameters of :attr:`fused_graph` (copies; rewritten where the graph "
-            "passes changed them, e.g. folded BatchNorms). None before calibration.")
+    fp32_params = property(lambda self: self._fp32 and dict(self._fp32), doc=(
+        "The fp32 parameters of :attr:`fused_graph` (copies; rewritten where the graph "
+        "passes changed them, e.g. folded BatchNorms). None before calibration."))
     calib_input_shapes = property(
         lambda self: self._calibration and list(self._calibration.input_shapes),
         doc="Input shapes of the first calibration batch (None without calibration).")
@@ -104,7 +104,7 @@ class QuantizedHybridBlock(HybridBlock):
 
         ``batch`` (a calibration batch) tells which optional inputs the net is fed.
         """
-        self._fused = pipeline.fuse(self.net, self._config, batch)
+        self._fused = pipeline.fuse(self.net, self._config, batch, self._input_shapes)
         self._plan = self._model = None
         self._converter = BatchConverter(self._fused.inputs, self.ctx, self._config.input_fn)
         return self._fused.symbol
@@ -142,6 +142,8 @@ class QuantizedHybridBlock(HybridBlock):
         int8 graph runs once on them, and a layer whose int8 kernel fails stays fp32
         (:mod:`gluon_quant.fallback`).
         """
+        if self._fused is None and table is not None:
+            self._input_shapes = getattr(table, "meta", {}).get("input_shapes")   # batch size
         if self._plan is None:
             self.quantize_graph()
         calibration = self._calibration
@@ -194,6 +196,7 @@ class QuantizedHybridBlock(HybridBlock):
         twin = QuantizedHybridBlock(self.net, QuantConfig.build(config or self._config,
                                                                 **changes))
         twin._samples = self._samples     # same class: its own private state
+        twin._input_shapes = self._fused.input_shapes if self._fused else self._input_shapes
         return twin
 
     def export(self, prefix, *, fmt="gluon_quant"):
@@ -201,13 +204,13 @@ class QuantizedHybridBlock(HybridBlock):
         from .export import export_model   # export reads this block's public records
         return export_model(self, prefix, fmt=fmt)
 
-    def report(self):
-        """Per-layer :class:`~gluon_quant.QuantReport`: fused pattern, int8 or not and why."""
+    def report(self, timing=None):
+        """Per-layer QuantReport (with ``timing=batch``: int8 and fp32 time of each node)."""
         if self._model is None:
             raise GraphError("The network is not quantized yet: call finalize() (or use "
                              "gluon_quant.quantize) before report().")
-        return build_report(self._model, self.net, self._config,
-                            pipeline.method_name(self._calibrator))
+        return build_report(self._model, self.net, self._config, pipeline.method_name(
+            self._calibrator), timing=None if timing is None else layer_timing(self, timing))
 
     # ---------------------------------------------------------------- forward
     def forward(self, x, *args):  # pylint: disable=arguments-differ

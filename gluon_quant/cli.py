@@ -156,6 +156,9 @@ def build_parser():
                    help="also run the 8-bit activation floor (fp32 with every calibrated "
                         "tensor rounded to 8 bits) and name the layer that falls furthest "
                         "behind it")
+    p.add_argument("--timing", action="store_true",
+                   help="also time each int8 node and the fp32 node it replaces, each run "
+                        "alone on the first batch, and name those slower in int8")
     _add_common(p)
     p.set_defaults(func=_cmd_compare)
 
@@ -456,9 +459,17 @@ def _cmd_compare(args, out):
                     "" if behind.floor_gap_added_db > 6.0 else
                     ": every layer is within 6 dB of it (weight rounding and 8-bit "
                     "arithmetic), int8 is about as good as its ranges allow"))
+    timing = None
+    if args.timing:
+        timing = debug.layer_timing(qnet, next(iter(batches)))
+        out.text(str(timing))
+        for slow in timing.slower:
+            out.text("slower in int8: %s (%.2fx); to keep it in fp32: --exclude %s"
+                     % (slow.layer, slow.speedup, slow.layer))
     if plots:
         out.text("plot: %s" % plots[0])
-    out.result(dict(shown.to_dict(), model=model.name, plots=plots))
+    out.result(dict(shown.to_dict(), model=model.name, plots=plots,
+                    timing=timing.to_dict() if timing is not None else None))
     return EXIT_OK
 
 

@@ -28,8 +28,8 @@ from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
 from .collect import build_runner, collect_statistics
 from .config import QuantConfig, QuantDtype
-from .data import InputSpec, describe, iter_batches
-from .errors import (CalibrationTableError, GraphError, InputMismatchError,
+from .data import BatchConverter, InputSpec, describe, iter_batches
+from .errors import (CalibrationTableError, GluonQuantError, GraphError, InputMismatchError,
                      ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
 from .graph.cudnn import quantize_graph as cudnn_quantize_graph
@@ -94,6 +94,7 @@ class FusedGraph:
     net_class: str = ""
     param_rewrites: Tuple[ParamRewrite, ...] = ()
     messages: Tuple[str, ...] = ()
+    input_shapes: Optional[Tuple[tuple, ...]] = None
     range_bounds: Mapping[str, Tuple[Optional[float], Optional[float], str]] = field(
         default_factory=lambda: types.MappingProxyType({}))
 
@@ -182,7 +183,7 @@ def _context(config):
     return config.ctx if config.ctx is not None else mx.cpu()
 
 
-def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
+def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
     """Trace ``net``, run the traced-graph passes and the backend's fp32 fusion.
 
     Parameters
@@ -192,7 +193,10 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
     config : QuantConfig
     batch : object, optional
         A calibration batch: it tells which optional inputs (``mask=None``) are fed
-        (:meth:`~gluon_quant.data.InputSpec.from_net`).
+        (:meth:`~gluon_quant.data.InputSpec.from_net`) and the shapes size-dependent
+        decisions are made at.
+    input_shapes : sequence of tuple, optional
+        Those shapes without a batch (from a calibration table's metadata).
 
     Returns
     -------
@@ -210,6 +214,13 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
     preset = resolve_preset(config.preset, net)
     inputs = InputSpec.from_net(net, config.num_inputs, batch,
                                 feeds=preset.inputs if preset is not None else ())
+    if batch is not None:
+        try:
+            input_shapes = [a.shape for a in BatchConverter(inputs, mx.cpu())(batch)]
+        except GluonQuantError:     # reported with its context when calibration reads it
+            input_shapes = None
+    input_shapes = tuple(tuple(int(d) for d in s) for s in input_shapes) \
+        if input_shapes and len(input_shapes) == inputs.count else None
     _, out, out_format = _mxnet.trace(net, inputs.count)
     param_shapes = types.MappingProxyType(
         {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
@@ -239,7 +250,8 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
                       fp32_nodes=types.MappingProxyType(fp32), param_shapes=param_shapes,
                       net_class=type(net).__name__,
                       param_rewrites=tuple(context.param_rewrites),
-                      messages=tuple(messages), range_bounds=types.MappingProxyType(bounds))
+                      messages=tuple(messages), range_bounds=types.MappingProxyType(bounds),
+                      input_shapes=input_shapes)
 
 
 def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -> QuantPlan:
@@ -259,6 +271,9 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -
         fp32.setdefault(name, reason)
     offline = [n for n in fused.symbol.list_arguments() if n not in fused.inputs.names]
     messages = []
+    shapes = dict(zip(fused.inputs.names, fused.input_shapes or ()))
+    checks = PassContext(spec=spec, param_shapes=fused.param_shapes, infer_shapes=(
+        (lambda g: _mxnet.infer_graph_shapes(g, shapes)) if fused.input_shapes else None))
     for _ in range(_MAX_REPLANS):
         if spec.quantize_in_python:
             graph, calib, kept = cudnn_quantize_graph(
@@ -272,9 +287,8 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -
                 offline_params=offline, dtype=config.dtype.value,
                 granularity=config.granularity.mxnet_name, messages=messages)
             graph = _mxnet.graph_json(qsym)
-        back = {k: v for k, v in run_passes(
-            Stage.QUANTIZED, graph, PassContext(spec=spec, param_shapes=fused.param_shapes))
-            .items() if k not in fp32}
+        back = {k: v for k, v in run_passes(Stage.QUANTIZED, graph, checks).items()
+                if k not in fp32}
         if not back:
             break
         fp32.update(back)
@@ -393,6 +407,9 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         make_runner=make_runner, calibrator=calibrator, input_names=input_names,
         tensor_names=names, progress=config.progress,
         total=_length(data, config.num_calib_batches))
+    if state["params"] is None and kept:    # nothing to calibrate: the net all fp32
+        state["params"] = fp32_params(net, plan.fused, ctx, kept[0])
+        state["shapes"] = tuple(tuple(a.shape) for a in kept[0])
     kept_samples = None
     if kept and all(len(k) == len(kept[0]) for k in kept):
         try:
@@ -406,7 +423,10 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     # How much data the ranges rest on (read by gluon_quant.debug's checks).
     table = CalibrationTable(dict(table.items()), method=table.method,
                              fingerprint=plan.fused.fingerprint,
-                             meta=dict(table.meta, batches=seen, samples=int(sum(samples))))
+                             meta=dict(table.meta, batches=seen, samples=int(sum(samples)),
+                                       **({"input_shapes": [list(s) for s in
+                                                            plan.fused.input_shapes]}
+                                          if plan.fused.input_shapes else {})))
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])
 

@@ -33,6 +33,10 @@ class LayerReport:
         Dtype of the node's output in the final graph (``uint8``, ``int8``, ``float32``).
     threshold : tuple of float or None
         Calibrated ``(min, max)`` range of the node's output.
+    fp32_ms, int8_ms : float or None
+        Milliseconds per call of the node run alone in fp32 and in int8 (its own
+        quantize/dequantize included), when the report was asked for timings
+        (``qnet.report(timing=batch)``, see :func:`gluon_quant.debug.layer_timing`).
     """
 
     layer: str
@@ -43,6 +47,8 @@ class LayerReport:
     reason: str
     dtype: Optional[str]
     threshold: Optional[Tuple[float, float]]
+    fp32_ms: Optional[float] = None
+    int8_ms: Optional[float] = None
 
     @property
     def fused(self):
@@ -54,13 +60,14 @@ class QuantReport(tuple):
     """A tuple of :class:`LayerReport` with summaries and a readable ``str()``."""
 
     def __new__(cls, layers, *, backend="onednn", dtype="auto", granularity="channel",
-                calibrator=None, notes=()):
+                calibrator=None, notes=(), totals=None):
         self = super().__new__(cls, layers)
         self.backend = backend
         self.dtype = dtype
         self.granularity = granularity
         self.calibrator = calibrator
         self.notes = tuple(notes)     # what MXNet logged while building the int8 graph
+        self.totals = totals          # (fp32 ms, int8 ms) of the whole graph, when timed
         return self
 
     @property
@@ -77,19 +84,23 @@ class QuantReport(tuple):
         """A JSON-safe dict."""
         return {"backend": self.backend, "dtype": self.dtype, "granularity": self.granularity,
                 "calibrator": self.calibrator, "layers": [asdict(r) for r in self],
-                "notes": list(self.notes)}
+                "notes": list(self.notes),
+                "totals_ms": list(self.totals) if self.totals else None}
 
     def to_json(self, **kwargs):
         """The report as JSON text."""
         return json.dumps(self.to_dict(), **kwargs)
 
     def __str__(self):
-        head = ("layer", "op", "fused pattern", "int8", "dtype", "range", "why")
+        timed = self.totals is not None
+        head = ("layer", "op", "fused pattern", "int8", "dtype", "range") + (
+            ("fp32 ms", "int8 ms") if timed else ()) + ("why",)
         rows = []
         for r in self:
             rng = "" if r.threshold is None else "[%.4g, %.4g]" % tuple(r.threshold)
+            times = tuple("" if t is None else "%.4f" % t for t in (r.fp32_ms, r.int8_ms))
             rows.append((r.layer, r.op, r.pattern, "yes" if r.quantized else "no",
-                         r.dtype or "?", rng, r.reason))
+                         r.dtype or "?", rng) + (times if timed else ()) + (r.reason,))
         widths = [min(max(len(str(row[i])) for row in rows + [head]), 48)
                   for i in range(len(head) - 1)] + [max(len(str(r[-1])) for r in rows + [head])]
 
@@ -103,6 +114,9 @@ class QuantReport(tuple):
                  "fused nodes: %d" % (len(self.quantized), len(self), q, total,
                                       sum(r.fused for r in self)),
                  fmt(head), fmt(tuple("-" * w for w in widths))]
+        if timed:
+            lines.insert(2, "time per call, whole graph: fp32 %.3f ms, int8 %.3f ms; per node: "
+                         "each int8 node and its fp32 node run alone" % self.totals)
         lines += [fmt(row) for row in rows]
         if self.notes:
             lines.append("MXNet said while building the int8 graph:")
@@ -113,7 +127,7 @@ class QuantReport(tuple):
         return "<QuantReport %d layers, %d int8>" % (len(self), len(self.quantized))
 
 
-def build_report(model, net, config, calibrator_name):
+def build_report(model, net, config, calibrator_name, timing=None):
     """The :class:`QuantReport` of a built model.
 
     Parameters
@@ -123,6 +137,8 @@ def build_report(model, net, config, calibrator_name):
         The fp32 net (for the names of its blocks).
     config : QuantConfig
     calibrator_name : str
+    timing : gluon_quant.debug.TimingReport, optional
+        Per-node times to show beside each layer.
 
     Returns
     -------
@@ -134,6 +150,7 @@ def build_report(model, net, config, calibrator_name):
     scopes = block_scopes(net)
     fp32_nodes = model.plan.fp32_nodes
     table = model.table
+    times = timing.by_node() if timing is not None else {}
     layers = []
     for node in fused.view:
         qname = "quantized_" + node.name
@@ -159,7 +176,10 @@ def build_report(model, net, config, calibrator_name):
             layer=layer_name(node, scopes), node=node.name, op=node.main_op,
             pattern=node.pattern, quantized=quantized, reason=reason,
             dtype=dtypes.get(out_name) or dtypes.get(key),
-            threshold=tuple(table[key]) if table is not None and key in table else None))
+            threshold=tuple(table[key]) if table is not None and key in table else None,
+            fp32_ms=getattr(times.get(node.name), "fp32_ms", None),
+            int8_ms=getattr(times.get(node.name), "int8_ms", None)))
     return QuantReport(layers, backend=config.backend.value, dtype=config.dtype.value,
                        granularity=config.granularity.value, calibrator=calibrator_name,
-                       notes=model.messages)
+                       notes=model.messages, totals=timing and (timing.fp32_total_ms,
+                                                                timing.int8_total_ms))

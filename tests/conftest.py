@@ -14,6 +14,32 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: long-running cases (run with -m slow)")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def tiny_nets_stay_int8():
+    """Most tests check int8 mechanics (kernels, ranges, fusions, fallbacks) on nets a
+    thousand times smaller than real ones, so small that the ``small_int8_regions`` pass
+    would rightly keep them fp32 (they would be slower in int8): it is off in this process
+    for the whole session.  Tests of that rule switch it on with the ``int8_regions``
+    fixture (tests/graph/test_islands.py); subprocess tests (the CLI's, the fuzz runner's)
+    run it as users do."""
+    from gluon_quant.graph import passes
+    patch = pytest.MonkeyPatch()
+    patch.setattr(passes, "PASSES", tuple(p for p in passes.PASSES
+                                          if p.name != "small_int8_regions"))
+    yield
+    patch.undo()
+
+
+@pytest.fixture
+def int8_regions(monkeypatch):
+    """Switch the ``small_int8_regions`` pass back on for one test."""
+    from gluon_quant.graph import passes
+    from gluon_quant.graph.islands import small_int8_regions
+    pass_ = passes.GraphPass("small_int8_regions", passes.Stage.QUANTIZED, small_int8_regions,
+                             backends=("onednn",))
+    monkeypatch.setattr(passes, "PASSES", passes.PASSES + (pass_,))
+
+
 def build_cnn(classes=10):
     """Conv-BN-ReLU x2 + pooling + Dense-ReLU + Dense: every oneDNN int8 pattern in small."""
     net = nn.HybridSequential(prefix="cnn_")

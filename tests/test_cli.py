@@ -125,6 +125,18 @@ def test_compare_ranks_layers_and_plots(workdir):
     assert "floor_sqnr_db" in result["layers"][0] and result["layers"][0]["floor_sqnr_db"] is None
 
 
+def test_compare_times_every_int8_node(workdir):
+    code, out = run("compare", workdir / "cnn", "--calib", workdir / "calib.npy",
+                    "--num-batches", 1, "--timing", "--json", "--quiet")
+    assert code == 0
+    timing = json.loads(out)["timing"]
+    int8_layers = [r for r in json.loads(out)["layers"] if r["quantized"]]
+    assert len(timing["layers"]) == len(int8_layers) >= 4
+    assert all(t["fp32_ms"] > 0 and t["int8_ms"] > 0 and not t["note"]
+               for t in timing["layers"])
+    assert timing["fp32_total_ms"] > 0 and timing["int8_total_ms"] > 0
+
+
 def test_compare_with_floor(workdir):
     code, out = run("compare", workdir / "cnn", "--calib", workdir / "calib.npy",
                     "--num-batches", 2, "--floor")

@@ -86,13 +86,15 @@ from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView, describe_op
 from .guards import (canonical_activations, flatten_fc_inputs, mixed_reader_producers,
                      separate_broken_fusions, stop_rnn_gradients, unquantizable_rnns)
+from .islands import small_int8_regions
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, num_outputs, unique_names)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
            "global_adaptive_pools", "fold_dense_batchnorm", "fold_parameter_expressions",
-           "masked_softmax", "lift_1d_to_2d", "integer_inputs", "backend_eligibility",
+           "masked_softmax", "lift_1d_to_2d", "integer_inputs", "small_int8_regions",
+           "backend_eligibility",
            "signed_global_pools",
            "int8_mul_inputs", "exact_ranges", "fused_sum_dtypes",
            "insert_fake_quant", "downstream_nodes", "count_ops", "calibrated_nodes",
@@ -136,6 +138,9 @@ class PassContext:
     int8_lstm : bool or str
         Whether LSTM layers may run in int8 (``QuantConfig.int8_lstm`` and this process
         can run MXNet's int8 LSTM), or the reason they cannot.
+    infer_shapes : callable, optional
+        ``infer_shapes(graph) -> {(node name, output index): shape}`` at the calibration
+        batch size (None when no batch was seen).
     """
 
     spec: BackendSpec
@@ -144,6 +149,7 @@ class PassContext:
     infer_dtypes: Optional[Callable[[dict], Dict[str, str]]] = None
     param_rewrites: list = field(default_factory=list)
     int8_lstm: object = False
+    infer_shapes: Optional[Callable[[dict], Dict[str, tuple]]] = None
 
 
 @dataclass(frozen=True)
@@ -631,6 +637,7 @@ PASSES = (
               backends=("onednn",)),
     GraphPass("unquantizable_rnns", Stage.FUSED, _rnn_pass, backends=("onednn",)),
     GraphPass("int8_mul_inputs", Stage.QUANTIZED, int8_mul_inputs),
+    GraphPass("small_int8_regions", Stage.QUANTIZED, small_int8_regions, backends=("onednn",)),
     GraphPass("exact_ranges", Stage.CALIBRATED, exact_ranges),
     GraphPass("exact_ranges", Stage.FINAL, exact_ranges),
     GraphPass("fused_sum_dtypes", Stage.FINAL, _fused_sum_pass, backends=("onednn",)),
