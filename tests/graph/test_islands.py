@@ -6,7 +6,6 @@ call and 1.22-2.30x above; an int8 pooling or flatten between fp32 layers has no
 """
 import mxnet as mx
 import numpy as np
-import pytest
 from mxnet.gluon import nn
 
 import gluon_quant as gq
