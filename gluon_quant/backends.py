@@ -64,10 +64,11 @@ class OpSupport:
         Why the operator stays fp32 on this backend although MXNet has an int8 kernel for
         it (a measured defect); empty when it is used.
     min_island_macs : int
-        An int8 region (int8 layers joined by int8 tensors, fp32 around them) holding this
-        operator stays int8 only when it does at least this many multiply-adds per call at
-        the calibration batch size: smaller regions lose more to quantize/dequantize than
-        the int8 kernels gain (0: no limit; see :mod:`gluon_quant.graph.islands`).
+        An int8 region (int8 layers joined by int8 tensors, fp32 around them) whose only
+        layer with multiply-adds is this operator stays int8 only when it does at least this
+        many per call at the calibration batch size: smaller ones lose more to quantize/
+        dequantize than the int8 kernel gains (0: no limit; see
+        :mod:`gluon_quant.graph.islands`).
     """
 
     op: str
@@ -167,9 +168,11 @@ ONEDNN = BackendSpec(
     name="onednn", device_type="cpu",
     ops=_ops(
         OpSupport("Convolution", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
-        # A dense layer between fp32 layers, by multiply-adds per call (batch x in x out),
+        # One dense layer alone in int8 between fp32 layers, by multiply-adds per call,
         # int8/fp32 speed on the EPYC (Zen 5, VNNI) this was measured on, 2 threads:
-        # 2k-524k: 0.87-0.98x; 1M: 1.22-1.35x; 2M-4M: 1.36-2.30x.
+        # 2k-524k: 0.87-0.98x; 1M: 1.22-1.35x; 2M-4M: 1.36-2.30x. Chains of dense layers
+        # gain sooner (benchmarks/any_net.py tabular_mlp, four Dense-BN-ReLU, 427k in all:
+        # 1.30x), so the limit is applied to a region with one such layer only.
         OpSupport("FullyConnected", min_island_macs=1 << 20),
         OpSupport("Pooling", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
         OpSupport("RNN", modes=(("mode", ("lstm",)),)),

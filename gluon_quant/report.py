@@ -181,5 +181,5 @@ def build_report(model, net, config, calibrator_name, timing=None):
             int8_ms=getattr(times.get(node.name), "int8_ms", None)))
     return QuantReport(layers, backend=config.backend.value, dtype=config.dtype.value,
                        granularity=config.granularity.value, calibrator=calibrator_name,
-                       notes=model.messages, totals=timing and (timing.fp32_total_ms,
-                                                                timing.int8_total_ms))
+                       notes=model.messages, totals=None if timing is None else (
+                           timing.fp32_total_ms, timing.int8_total_ms))

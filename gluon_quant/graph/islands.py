@@ -4,10 +4,12 @@ An int8 region is a set of int8 nodes connected by int8 tensors: data enters it 
 ``quantize`` nodes and leaves through ``dequantize`` nodes (or through an int8 node with a
 float output).  Every call pays for those conversions; the region gains only in its
 multiply-adds (convolutions, dense layers).  A region without multiply-adds (an int8
-pooling or flatten between fp32 layers) can only lose, and one with fewer multiply-adds
-than its operators' ``min_island_macs`` in the backend spec (measured, see
-:data:`gluon_quant.backends.ONEDNN`) loses more to the conversions than it gains.  Such a
-region stays fp32, with the reason in the report.
+pooling or flatten between fp32 layers) can only lose, and one whose single layer with
+multiply-adds does fewer than its operator's ``min_island_macs`` in the backend spec
+(measured, see :data:`gluon_quant.backends.ONEDNN`) loses more to the conversions than it
+gains.  Such a region stays fp32, with the reason in the report.  Regions of several such
+layers are left int8: they were measured to gain at smaller sizes (the conversions are
+paid once for the chain).
 
 Work is counted at the shapes of the first calibration batch: a net calibrated on small
 batches and run on large ones is judged at the small size (the reason says so).
@@ -140,8 +142,10 @@ def small_int8_regions(graph, context):
         if work is None:
             continue
         total = sum(work.values())
-        limit = max([context.spec.ops[f].min_island_macs for f in work
-                     if f in context.spec.ops] or [0])
+        layers = [i for i in region if nodes[i]["op"] in _MAC_FAMILIES]
+        family = next(iter(work)) if len(layers) == 1 else None
+        support = context.spec.ops.get(family)
+        limit = support.min_island_macs if support is not None else 0
         names = [nodes[i]["name"][len(QUANTIZED_PREFIX):] for i in region
                  if nodes[i]["name"].startswith(QUANTIZED_PREFIX)]
         if total == 0:

@@ -1,8 +1,9 @@
 """graph.islands: int8 regions too small to be faster than fp32 stay fp32, with the reason.
 
-Measured on this project's machine (EPYC Zen 5, 2 threads; data in backends.ONEDNN): a dense
-layer alone between fp32 layers runs at 0.87-0.98x of fp32 below about 1M multiply-adds per
-call and 1.22-2.30x above; an int8 pooling or flatten between fp32 layers has nothing to gain.
+Measured on this project's machine (EPYC Zen 5; data in backends.ONEDNN): one dense layer
+alone in int8 between fp32 layers runs at 0.87-0.98x of fp32 below about 1M multiply-adds
+per call and 1.22-2.30x above; chains of dense layers gain sooner; an int8 pooling or flatten
+between fp32 layers has nothing to gain.
 """
 import mxnet as mx
 import numpy as np
@@ -83,6 +84,13 @@ def test_a_dense_region_large_enough_runs_int8(int8_regions):
     qnet = gq.quantize(net, [x], progress=False)
     assert [r.quantized for r in qnet.report() if r.op == "FullyConnected"] == [True]
     assert _agreement(net, qnet, x) > 0.999
+    chain = nn.HybridSequential()         # a chain pays its conversions once: int8
+    chain.add(nn.LayerNorm(in_channels=64), nn.Dense(64, in_units=64, activation="relu"),
+              nn.Dense(64, in_units=64), nn.Activation("tanh"))
+    chain.initialize(mx.init.Xavier())
+    x = mx.nd.array(RS.randn(8, 64).astype("float32"))
+    qnet = gq.quantize(chain, [x], progress=False)
+    assert [r.quantized for r in qnet.report() if r.op == "FullyConnected"] == [True, True]
 
 
 def test_a_net_left_all_fp32_still_builds_with_deferred_shapes(int8_regions):
@@ -92,4 +100,6 @@ def test_a_net_left_all_fp32_still_builds_with_deferred_shapes(int8_regions):
     x = mx.nd.array(RS.randn(2, 8).astype("float32"))
     qnet = gq.quantize(net, [x], progress=False)
     assert not any(r.quantized for r in qnet.report())
+    timed = qnet.report(timing=x)         # nothing int8 to time: the whole-graph times
+    assert len(timed.totals) == 2 and "time per call, whole graph" in str(timed)
     np.testing.assert_allclose(qnet(x).asnumpy(), net(x).asnumpy(), rtol=1e-5, atol=1e-6)
