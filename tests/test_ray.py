@@ -2,6 +2,7 @@
 results of one process.  One Ray serves the whole module (started once: ~8 s here)."""
 import builtins
 import logging
+import os
 
 import mxnet as mx
 import numpy as np
@@ -12,6 +13,9 @@ from gluon_quant.engines import ray_engine
 from gluon_quant.tune import StopReason
 
 ray = pytest.importorskip("ray")
+
+#: Ray's environment switch that turns its memory monitor off (refresh period 0).
+NO_MEMORY_MONITOR = ("RAY_memory_monitor_refresh_ms", "0")
 
 
 # -------------------------------------------------- before any Ray runs in this process
@@ -42,8 +46,18 @@ def test_bad_address_is_refused_quickly(tiny_cnn, tiny_batches, address, match):
 # -------------------------------------------------- on one local Ray with 2 CPUs
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
-             log_to_driver=False)
+    # The test machine is shared: Ray's memory monitor would kill these small workers
+    # when other processes fill the node (it did, at 96% of 24 GB). Off for this Ray only.
+    saved = os.environ.get(NO_MEMORY_MONITOR[0])
+    os.environ[NO_MEMORY_MONITOR[0]] = NO_MEMORY_MONITOR[1]
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level=logging.ERROR,
+                 log_to_driver=False)
+    finally:
+        if saved is None:
+            del os.environ[NO_MEMORY_MONITOR[0]]
+        else:
+            os.environ[NO_MEMORY_MONITOR[0]] = saved
     yield
     ray.shutdown()
 
