@@ -208,9 +208,15 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
             chunk = candidates[start:start + min(runner.slots, max_trials - len(trials))]
             if not chunk:
                 return StopReason.BUDGET
-            variants = [build(cal, gran, extra) for cal, gran, extra, _ in chunk]
-            models = [PortableModel.of(v) if runner.remote else v for _, v in variants]
-            scores = runner.map(_EVALUATE, eval_fn, models, first_number=len(trials) + 1)
+            variants = []
+
+            def models(chunk=chunk, variants=variants):
+                # Built one at a time: on Ray, the next is built while the last one runs.
+                for cal, gran, extra, _ in chunk:
+                    variants.append(build(cal, gran, extra))
+                    yield PortableModel.of(variants[-1][1]) if runner.remote \
+                        else variants[-1][1]
+            scores = runner.map(_EVALUATE, eval_fn, models(), first_number=len(trials) + 1)
             for (_, _, extra, why), (rescored, variant), score in zip(chunk, variants, scores):
                 trial = Trial(calibrator=rescored.method_name,
                               granularity=variant.granularity.value, exclude=tuple(extra),

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import gluon_quant as gq
+from gluon_quant import engines
 from gluon_quant.engines import ray_engine
 from gluon_quant.tune import StopReason
 
@@ -135,6 +136,14 @@ def test_tune_refuses_the_process_engine(tiny_cnn, tiny_batches):
     with pytest.raises(gq.ConfigError, match="engine must be one of 'local', 'ray', got "
                                              "'process'"):
         gq.tune(tiny_cnn, tiny_batches, lambda m: 1.0, tolerance=0.5, engine="process")
+
+
+def test_auto_picks_ray_when_installed(local_ray, monkeypatch):
+    with engines.get_engine() as engine:
+        assert engine.name == "ray" and engine.slots == 2
+    monkeypatch.setattr(engines, "ray_installed", lambda: False)
+    with engines.get_engine(workers=3) as engine:
+        assert engine.name == "process" and engine.slots == 3
 
 
 def test_slots_follow_the_cluster(local_ray):

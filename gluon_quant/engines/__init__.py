@@ -52,6 +52,9 @@ def get_engine(engine="auto", *, address=None, workers=None, start_method="spawn
         Unknown name, an address without Ray, or Ray not installed for ``'ray'``.
     """
     name = "auto" if engine is None else engine
+    if start_method not in START_METHODS:
+        raise ConfigError("start_method must be one of %s, got %r."
+                          % (", ".join(repr(m) for m in START_METHODS), start_method))
     if name not in allowed:
         raise ConfigError("engine must be one of %s, got %r."
                           % (", ".join(repr(n) for n in allowed), engine))

@@ -105,33 +105,37 @@ class Engine(abc.ABC):
 
     @abc.abstractmethod
     def _run(self, task, shared, items, tick):
-        """Yield ``(index, result or Failure)`` as items finish; call ``tick()`` for each."""
+        """Yield ``(index, result or Failure)`` as items (an iterator) finish; call
+        ``tick()`` for each."""
 
     def map(self, task, shared, items, *, progress=False, desc=None, first_number=0):
         """Run ``task`` on every item; results in the order of ``items``.
 
-        ``first_number`` is the number messages give the first item (items are numbered
-        from 0 by default, as shards are; tune numbers its trials from 1).
+        ``items`` may be a generator: the Ray engine submits each item as soon as it is
+        produced, so producing the next one (building a tuning candidate) overlaps the
+        tasks already running.  ``first_number`` is the number messages give the first
+        item (items are numbered from 0 by default, as shards are; tune numbers its
+        trials from 1).
 
         Raises
         ------
         GluonQuantError
             The error of the first item that failed (by completion), naming the item.
         """
-        items = list(items)
-        results = [None] * len(items)
+        total = len(items) if hasattr(items, "__len__") else None
+        results = {}
         bar = progress_bar(_forever(), enabled=progress, desc=desc or task.label + "s",
-                           total=len(items), unit=task.label)
+                           total=total, unit=task.label)
         ticks = iter(bar)
         try:
-            for index, result in self._run(task, shared, items, lambda: next(ticks)):
+            for index, result in self._run(task, shared, iter(items), lambda: next(ticks)):
                 if isinstance(result, Failure):
                     raise failure_error(task, first_number + index, result, self.name)
                 results[index] = result
         finally:
             if hasattr(bar, "close"):
                 bar.close()
-        return results
+        return [results[i] for i in range(len(results))]
 
     def close(self):
         """Release what this engine started (nothing by default)."""

@@ -51,6 +51,7 @@ class ProcessEngine(Engine):
         return self.workers
 
     def _run(self, task, shared, items, tick):
+        items = list(items)
         if not items:
             return
         count = min(self.workers, len(items))

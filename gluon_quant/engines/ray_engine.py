@@ -106,27 +106,35 @@ class RayEngine(Engine):
     def _run(self, task, shared, items, tick):
         ray = self._ray
         shared_ref = ray.put(shared)        # once, whatever the number of tasks
-        limit = self.max_in_flight or len(items)
-        pending, submitted = {}, 0
+        limit = self.max_in_flight or float("inf")
+        pending, submitted, exhausted = {}, 0, False
         try:
-            while pending or submitted < len(items):
-                while submitted < len(items) and len(pending) < limit:
-                    pending[self._remote.remote(task, shared_ref, items[submitted])] = submitted
+            while True:
+                while not exhausted and len(pending) < limit:
+                    item = next(items, _END)    # a generator builds the next item now
+                    if item is _END:
+                        exhausted = True
+                        break
+                    pending[self._remote.remote(task, shared_ref, item)] = submitted
                     submitted += 1
+                if not pending:
+                    return
                 done, _ = ray.wait(list(pending), num_returns=1)
-                index = pending.pop(done[0])
-                try:
-                    result = ray.get(done[0])
-                except ray.exceptions.RayError as err:   # the worker died, the task was lost
-                    result = Failure("ModelExecutionError", "its Ray task did not finish "
-                                     "(%s: %s)" % (type(err).__name__,
-                                                   str(err).strip().splitlines()[0]))
-                tick()
-                yield index, result
+                for ref in done:
+                    yield self._collect(ref, pending.pop(ref), tick)
         finally:
             for ref in pending:
                 ray.cancel(ref, force=True)
             del shared_ref
+
+    def _collect(self, ref, index, tick):
+        try:
+            result = self._ray.get(ref)
+        except self._ray.exceptions.RayError as err:   # the worker died, the task was lost
+            result = Failure("ModelExecutionError", "its Ray task did not finish (%s: %s)"
+                             % (type(err).__name__, str(err).strip().splitlines()[0]))
+        tick()
+        return index, result
 
     def close(self):
         """Shut down the local Ray if this engine started it."""
@@ -134,6 +142,8 @@ class RayEngine(Engine):
             self._ray.shutdown()
             self._started = False
 
+
+_END = object()
 
 #: Seconds to wait for a cluster's head to accept a connection (Ray itself retries forever).
 _CONNECT_TIMEOUT = 5.0
