@@ -95,6 +95,16 @@ def test_a_failing_shard_names_itself_and_the_mxnet_error(local_ray, tiny_cnn, t
     assert "Traceback" not in text and "RayTaskError" not in text
 
 
+def test_an_unpicklable_shard_is_refused(local_ray, tiny_cnn, tiny_batches):
+    with pytest.raises(gq.ConfigError) as info:
+        gq.calibrate_parallel(tiny_cnn, [tiny_batches[:2], (b for b in tiny_batches[2:])],
+                              engine="ray", progress=False)
+    text = str(info.value)
+    assert text.startswith("Shard 1 cannot be sent to a Ray task (Could not serialize")
+    assert text.endswith("pass picklable shards (lists of numpy arrays or NDArrays, not "
+                         "generators or open files).") and "\n" not in text
+
+
 def _agreement_fn(net, inputs):
     x = mx.nd.array(inputs)
     expected = net(x).argmax(axis=1).asnumpy()

@@ -17,6 +17,7 @@ called by the user), that connection is used and left open.
 """
 import importlib.util
 import logging
+import pickle
 import socket
 
 from ..errors import ConfigError
@@ -115,7 +116,7 @@ class RayEngine(Engine):
                     if item is _END:
                         exhausted = True
                         break
-                    pending[self._remote.remote(task, shared_ref, item)] = submitted
+                    pending[self._submit(task, shared_ref, item, submitted)] = submitted
                     submitted += 1
                 if not pending:
                     return
@@ -126,6 +127,17 @@ class RayEngine(Engine):
             for ref in pending:
                 ray.cancel(ref, force=True)
             del shared_ref
+
+    def _submit(self, task, shared_ref, item, index):
+        try:
+            return self._remote.remote(task, shared_ref, item)
+        except (TypeError, pickle.PicklingError) as err:
+            # Ray's message is a page of serializability diagnostics: its first line says it.
+            raise ConfigError("%s %d cannot be sent to a Ray task (%s): pass picklable %ss "
+                              "(lists of numpy arrays or NDArrays, not generators or open "
+                              "files)." % (task.label.capitalize(), index,
+                                           str(err).strip().splitlines()[0].rstrip(":"),
+                                           task.label)) from None
 
     def _collect(self, ref, index, tick):
         try:
