@@ -45,6 +45,11 @@ ZOO = [
 # with the same operators cover the same features.
 NLP = ["gluonnlp==0.10.0"]
 
+# Ray runs calibrate_parallel's shards and tune's trials as tasks on a local Ray or a
+# cluster. Tested with ray 2.60.0 beside numpy 1.23.5 and mxnet 1.9.1 on Python 3.11; 2.9.3
+# is the oldest release with Python 3.11 wheels. In "test" too, so the Ray tests run.
+RAY = ["ray>=2.9.3,<3"]
+
 setup(
     name="gluon_quant",
     version=VERSION,
@@ -65,8 +70,9 @@ setup(
         "zoo": ZOO,
         "plot": PLOT,
         "nlp": NLP,
+        "ray": RAY,
         "test": ["pytest>=7", "psutil>=5.8", "nbclient>=0.7", "nbformat>=5.7",
-                 "ipykernel>=6"] + ZOO,
+                 "ipykernel>=6"] + ZOO + RAY,
     },
     entry_points={"console_scripts": ["gluon-quant=gluon_quant.cli:main"]},
     classifiers=[

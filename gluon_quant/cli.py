@@ -1,4 +1,4 @@
-"""The ``gluon-quant`` command line: quantize, report, compare, bench, demo.
+"""The ``gluon-quant`` command line: quantize, tune, report, compare, bench, demo.
 
 Every subcommand prints a human summary on stdout (or, with ``--json``, one JSON object),
 logs and progress bars on stderr.  Exit codes: 0 success, 1 a gluon_quant error (bad
@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 
-__all__ = ["main", "build_parser", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERNAL"]
+__all__ = ["main", "build_parser", "Top1", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERNAL"]
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -46,9 +46,27 @@ _QUANTIZE_EPILOG = """examples:
   gluon-quant quantize resnet18_v1 --no-pretrained --calib ./images --out out/r18 \\
       --calibrator entropy --exclude 'resnetv10_dense0' --plot out/plots
   gluon-quant quantize mynet --calib inputs.npy --out out/mynet --json   # mynet-symbol.json
+  gluon-quant quantize resnet50_v1 --calib ./images --out out/r50 --engine ray --shards 8
+  gluon-quant quantize resnet50_v1 --calib ./images --out out/r50 --engine ray --address auto
 
 writes PREFIX-report.json (per-layer table), PREFIX-calib.json (calibration table)
 and the exported int8 model (when gluon_quant.export is available).
+With --engine, the calibration pass runs on --shards shards side by side (Ray tasks, or
+worker processes) and merges to the same ranges as one pass; the same int8 model results.
+
+""" + _EXIT_HELP
+
+_TUNE_EPILOG = """examples:
+  gluon-quant tune mynet --calib calib.npy --eval-data val.npz --tolerance 0.01 --out out/t
+  gluon-quant tune resnet18_v1 --calib ./images --eval-data val.npz --tolerance 0.005 \\
+      --max-trials 8 --engine ray --address auto --out out/r18
+
+--eval-data is a .npz with the inputs (x) and integer labels (y): the score is top-1
+accuracy. A .npy (or a .npz without y) holds inputs only: the score is top-1 agreement
+with the fp32 model. Trials are quantized variants (other calibrators, the other weight
+granularity, sensitive layers kept in fp32) tried until the score is within --tolerance
+of fp32's; with --engine ray they are evaluated side by side, same result as one by one.
+Writes the chosen model as quantize does, plus PREFIX-tune.json (every trial).
 
 """ + _EXIT_HELP
 
@@ -102,6 +120,15 @@ def _add_model(parser, *, calib_required=True):
                         default=None, help="do not correct the mean error of linear layers")
 
 
+def _add_engine(parser, what):
+    parser.add_argument("--engine", default=None, choices=["ray", "process"],
+                        help="run %s side by side: Ray tasks (pip install "
+                        "'gluon_quant[ray]') or worker processes on this machine" % what)
+    parser.add_argument("--address", default=None, metavar="ADDR",
+                        help="Ray cluster to use: 'auto' (this node's cluster) or "
+                        "HEAD_IP:6379; default: a local Ray started for this command")
+
+
 def build_parser():
     """The argument parser of ``gluon-quant`` (exposed for documentation and tests)."""
     from ._version import __version__
@@ -123,8 +150,34 @@ def build_parser():
                    help="output prefix, e.g. out/resnet18 (folders are created)")
     p.add_argument("--plot", metavar="DIR", help="save per-layer histograms with each "
                    "calibrator's threshold as PNG files in DIR")
+    _add_engine(p, "the calibration pass on shards of the data")
+    p.add_argument("--shards", type=int, default=None, metavar="N",
+                   help="with --engine: split the calibration batches into N shards "
+                        "(default: one per CPU here, at most one per batch)")
     _add_common(p)
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("tune", help="quantize MODEL, adjusting settings until top-1 "
+                       "accuracy is within a tolerance of fp32",
+                       description="Accuracy-aware quantization: try calibrators, weight "
+                       "granularities and fp32 fallbacks of sensitive layers until the "
+                       "int8 score on --eval-data is within --tolerance of fp32.",
+                       epilog=_TUNE_EPILOG, formatter_class=raw)
+    _add_model(p)
+    p.add_argument("--eval-data", required=True, metavar="FILE",
+                   help=".npz with x (inputs) and y (labels): top-1 accuracy; or .npy / "
+                        ".npz without y: top-1 agreement with fp32")
+    p.add_argument("--tolerance", type=float, required=True, metavar="T",
+                   help="allowed loss of the score against fp32 (e.g. 0.01 = 1 point)")
+    p.add_argument("--max-trials", type=int, default=12, metavar="N",
+                   help="most quantized variants evaluated (default 12)")
+    p.add_argument("--out", required=True, metavar="PREFIX",
+                   help="output prefix of the chosen model (as for quantize)")
+    p.add_argument("--plot", metavar="DIR", help="save the chosen model's calibration "
+                   "histograms as PNG files in DIR")
+    _add_engine(p, "trials")
+    _add_common(p)
+    p.set_defaults(func=_cmd_tune)
 
     p = sub.add_parser("report", help="print the per-layer table of a quantized export",
                        description="Print which layers were fused and quantized, and why.",
@@ -303,8 +356,47 @@ def _quantize(args, model, batches):
     import gluon_quant as gq
     config = quant_config(args, model.num_inputs)
     start = time.perf_counter()
-    qnet = gq.quantize(model.net, batches, config=config)
+    if getattr(args, "engine", None) is None:
+        if getattr(args, "address", None) is not None:
+            raise _engine_needed(args.address)
+        qnet = gq.quantize(model.net, batches, config=config)
+    else:
+        qnet = _quantize_on_engine(args, model.net, batches, config)
     return qnet, time.perf_counter() - start
+
+
+def _engine_needed(address):
+    from .errors import ConfigError
+    return ConfigError("--address %r needs --engine ray." % (address,))
+
+
+def _quantize_on_engine(args, net, batches, config):
+    """``quantize`` with the calibration pass on shards: the same int8 model.
+
+    The ranges come from ``calibrate_parallel``; bias corrections are measured, as in one
+    process, on the first calibration samples, which a pass over just the batches holding
+    them keeps.
+    """
+    import gluon_quant as gq
+    from .pipeline import KEPT_SAMPLES
+    _positive(args.shards, "--shards")
+    if config.num_calib_batches is not None:
+        batches = batches[:config.num_calib_batches]
+    count = min(args.shards or os.cpu_count() or 1, len(batches))
+    size = -(-len(batches) // count)
+    shards = [batches[i:i + size] for i in range(0, len(batches), size)]
+    qnet = gq.QuantizedHybridBlock(net, config)
+    table = gq.calibrate_parallel(qnet, shards, engine=args.engine, address=args.address,
+                                  progress=config.progress)
+    if config.bias_correction:
+        head, seen = [], 0
+        for batch in batches:
+            head.append(batch)
+            seen += int(qnet.convert_batch(batch)[0].shape[0])
+            if seen >= KEPT_SAMPLES:
+                break
+        qnet.calibrate(head)
+    return qnet.finalize(table)
 
 
 def _coverage(report):
@@ -318,6 +410,13 @@ def _coverage(report):
 def _cmd_quantize(args, out):
     model, batches, load_s = _prepare(args, out)
     qnet, quant_s = _quantize(args, model, batches)
+    summary = _write_model(args, out, qnet, model, batches, quant_s)
+    out.result(dict(summary, seconds={"load": round(load_s, 3), "quantize": round(quant_s, 3)}))
+    return EXIT_OK
+
+
+def _write_model(args, out, qnet, model, batches, quant_s):
+    """Write the report, the calibration table and the export; print and return a summary."""
     report = qnet.report()
     prefix = args.out
     files = {"report": _write_json(prefix + "-report.json", dict(
@@ -339,11 +438,94 @@ def _cmd_quantize(args, out):
     if plots:
         out.text("  %-18s %d PNG files in %s" % ("plots", len(plots), args.plot))
     out.text("next: gluon-quant report %s" % prefix)
-    out.result({"model": model.name, "kind": model.kind, "files": files, "plots": plots,
-                "coverage": cov, "calibrator": report.calibrator, "dtype": report.dtype,
-                "granularity": report.granularity, "batches": len(batches),
-                "seconds": {"load": round(load_s, 3), "quantize": round(quant_s, 3)}})
+    return {"model": model.name, "kind": model.kind, "files": files, "plots": plots,
+            "coverage": cov, "calibrator": report.calibrator, "dtype": report.dtype,
+            "granularity": report.granularity, "batches": len(batches)}
+
+
+def _cmd_tune(args, out):
+    import gluon_quant as gq
+    from .errors import ConfigError
+    _positive(args.max_trials, "--max-trials")
+    if args.address is not None and args.engine != "ray":
+        raise _engine_needed(args.address)
+    if args.engine == "process":
+        raise ConfigError("tune evaluates trials in this process or on Ray: pass --engine "
+                          "ray, or leave --engine out.")
+    model, batches, load_s = _prepare(args, out)
+    if model.num_inputs != 1:
+        raise ConfigError("tune scores single-input models; %r has %d inputs."
+                          % (model.name, model.num_inputs))
+    eval_fn = Top1(*_load_eval_data(args.eval_data, batches), batch_size=args.batch_size)
+    if eval_fn.labels is None:
+        eval_fn = Top1(eval_fn.inputs, eval_fn.predictions(model.net), args.batch_size)
+        out.text("score: top-1 agreement with fp32 on %d inputs" % len(eval_fn.inputs))
+    else:
+        out.text("score: top-1 accuracy on %d labelled inputs" % len(eval_fn.inputs))
+    start = time.perf_counter()
+    qnet, result = gq.tune(model.net, batches, eval_fn, tolerance=args.tolerance,
+                           max_trials=args.max_trials, engine=args.engine,
+                           address=args.address, config=quant_config(args, 1))
+    tune_s = time.perf_counter() - start
+    out.text(str(result))
+    trials = [dict(vars(t), exclude=list(t.exclude)) for t in result.trials]
+    state = {"fp32_score": result.fp32_score, "tolerance": result.tolerance,
+             "stopped": result.stopped.name.lower(), "trials": trials,
+             "chosen": result.trials.index(result.chosen)}
+    summary = _write_model(args, out, qnet, model, batches, tune_s)
+    summary["files"]["tune"] = _write_json(args.out + "-tune.json", state)
+    out.result(dict(summary, tune=state, seconds={"load": round(load_s, 3),
+                                                  "tune": round(tune_s, 3)}))
     return EXIT_OK
+
+
+class Top1:
+    """``eval_fn`` of ``tune``: top-1 accuracy of ``model`` on ``inputs`` against ``labels``.
+
+    A plain class of this module, so that Ray can send it to its workers.
+    """
+
+    def __init__(self, inputs, labels, batch_size=64):
+        self.inputs, self.labels, self.batch_size = inputs, labels, batch_size
+
+    def predictions(self, model):
+        """Top-1 class of every input (batched)."""
+        import mxnet as mx
+        import numpy as np
+        parts = []
+        for i in range(0, len(self.inputs), self.batch_size):
+            out = model(mx.nd.array(self.inputs[i:i + self.batch_size]))
+            out = out[0] if isinstance(out, (list, tuple)) else out
+            parts.append(out.argmax(axis=1).asnumpy().astype(np.int64))
+        return np.concatenate(parts)
+
+    def __call__(self, model):
+        return float((self.predictions(model) == self.labels).mean())
+
+
+def _load_eval_data(path, batches):
+    """``(inputs, labels or None)`` from a .npy or .npz (``x``/``y``) file."""
+    import numpy as np
+    from .errors import ArtifactError
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ArtifactError("Cannot read --eval-data %r: %s. Pass a .npz with x (inputs) "
+                            "and y (labels), or a .npy of inputs." % (path, err)) from None
+    if isinstance(data, np.ndarray):
+        inputs, labels = data, None
+    else:
+        if "x" not in data.files:
+            raise ArtifactError("--eval-data %r has arrays %s; name the inputs x and the "
+                                "labels y." % (path, sorted(data.files)))
+        inputs, labels = data["x"], (data["y"] if "y" in data.files else None)
+    sample = np.asarray(batches[0]).shape[1:]
+    if inputs.shape[1:] != sample or (labels is not None and len(labels) != len(inputs)):
+        raise ArtifactError("--eval-data %r holds inputs %s and labels %s; expected inputs "
+                            "(N,) + %s like the calibration data and N labels."
+                            % (path, inputs.shape, None if labels is None else labels.shape,
+                               tuple(sample)))
+    return inputs.astype(np.float32), None if labels is None else labels.astype(np.int64)
 
 
 def _input_shapes(batches):

@@ -10,6 +10,13 @@ of ``eval_fn(net)``:
    run on a few calibration batches, so few full evaluations are needed).
 
 Every quantized variant reuses the same fused graph and calibration statistics.
+
+With ``engine='ray'`` the candidates of each step are evaluated side by side as Ray tasks.
+The steps above fix which candidates are independent: step 1's calibrators, and step 2's
+growing fp32 sets (the ranking is known before the first of them runs), are rounds of as
+many candidates as the cluster has CPUs; the granularity trial waits for step 1's best.
+Results are taken in the sequential order and stop at the same trial, so the outcome is
+that of the sequential run.
 """
 import enum
 import logging
@@ -23,7 +30,9 @@ from .config import Granularity, QuantConfig
 from .data import iter_batches
 from .debug.compare import compare
 from .debug.sensitivity import sensitivity
+from .engines import Task, get_engine
 from .errors import ConfigError, EmptyCalibrationError, GluonQuantError
+from .portable import PortableModel
 
 __all__ = ["tune", "TuneResult", "Trial", "StopReason"]
 
@@ -106,6 +115,7 @@ class TuneResult:
 
 def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: int = 12,
          higher_is_better: bool = True, max_candidates: int = 16, doctor_batches: int = 2,
+         engine: Optional[str] = None, address: Optional[str] = None,
          config: Optional[QuantConfig] = None, **settings):
     """Quantize ``net`` and adjust the settings until ``eval_fn`` is within ``tolerance``.
 
@@ -130,6 +140,19 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
         is measured to order the fallback.
     doctor_batches : int, default 2
         Calibration batches the doctor measures on.
+    engine : {None, 'local', 'ray'}, default None
+        ``None``/``'local'``: candidates are evaluated one after another in this process.
+        ``'ray'``: each candidate is built here and evaluated in a Ray task, as many at
+        once as the cluster has CPUs; trials whose choice depends on earlier scores wait
+        for them, so the trials, scores and chosen configuration are those of the
+        sequential run (extra candidates of a round after the first one within
+        tolerance are evaluated and dropped).  ``eval_fn`` must then be picklable by
+        Ray (a function or closure over numpy arrays or NDArrays) and receives a
+        :class:`~gluon_quant.QuantizedSymbolBlock` over the candidate's graph and
+        parameters; ``eval_fn(net)`` still runs here.
+    address : str, optional
+        Ray cluster address (``'auto'``, ``'HOST:PORT'``); see
+        :func:`gluon_quant.calibrate_parallel`.
     config : QuantConfig, optional
         The starting settings (its ``calibrator`` and ``granularity`` are tried first, its
         ``exclude`` is always kept in fp32); ``**settings`` replace its fields.
@@ -152,30 +175,60 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     if not batches:
         raise EmptyCalibrationError("tune() got no calibration batch: pass a non-empty "
                                     "iterable of batches.")
+    with get_engine("local" if engine is None else engine, address=address,
+                    allowed=("local", "ray")) as runner:
+        return _search(net, batches, eval_fn, runner, config, tolerance=tolerance,
+                       max_trials=max_trials, sign=1.0 if higher_is_better else -1.0,
+                       max_candidates=max_candidates, doctor_batches=doctor_batches)
+
+
+def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sign,
+            max_candidates, doctor_batches):
+    """The search of :func:`tune`, evaluating candidates in rounds on ``runner``."""
     first = get_calibrator(config.calibrator)
     collector = first if isinstance(first, HistogramCalibrator) else MSECalibrator()
     base = QuantizedHybridBlock(net, config.replace(calibrator=collector))
     base.calibrate(batches)
     fp32 = float(eval_fn(net))
-    sign = 1.0 if higher_is_better else -1.0
     trials, built = [], {}
 
-    def run(cal, gran, extra, why):
+    def build(cal, gran, extra):
         rescored = collector if cal is collector else _rescore(collector, cal)
         variant = base.clone(calibrator=rescored, granularity=gran,
                              exclude=tuple(base.exclude) + tuple(extra))
         variant.quantize_graph()
         variant.finalize(rescored.compute().with_fingerprint(base.fingerprint))
-        score = float(eval_fn(variant))
-        trial = Trial(calibrator=rescored.method_name, granularity=variant.granularity.value,
-                      exclude=tuple(extra), score=score,
-                      within=sign * (fp32 - score) <= tolerance, why=why)
-        _log.info("tune trial %d: %s %s fp32=%s -> %.6g (%s)", len(trials) + 1,
-                  trial.calibrator, trial.granularity, list(extra), score,
-                  "within tolerance" if trial.within else "not within tolerance")
-        trials.append(trial)
-        built[id(trial)] = variant
-        return trial
+        return rescored, variant
+
+    def run(candidates):
+        """Evaluate ``(calibrator, granularity, extra, why)`` candidates in order, in
+        rounds of ``runner.slots``; the StopReason of the first within tolerance or over
+        budget (checked before each trial, as one at a time would), else None."""
+        for start in range(0, len(candidates), runner.slots):
+            chunk = candidates[start:start + min(runner.slots, max_trials - len(trials))]
+            if not chunk:
+                return StopReason.BUDGET
+            variants = []
+
+            def models(chunk=chunk, variants=variants):
+                # Built one at a time: on Ray, the next is built while the last one runs.
+                for cal, gran, extra, _ in chunk:
+                    variants.append(build(cal, gran, extra))
+                    yield PortableModel.of(variants[-1][1]) if runner.remote \
+                        else variants[-1][1]
+            scores = runner.map(_EVALUATE, eval_fn, models(), first_number=len(trials) + 1)
+            for (_, _, extra, why), (rescored, variant), score in zip(chunk, variants, scores):
+                trial = Trial(calibrator=rescored.method_name,
+                              granularity=variant.granularity.value, exclude=tuple(extra),
+                              score=score, within=sign * (fp32 - score) <= tolerance, why=why)
+                _log.info("tune trial %d: %s %s fp32=%s -> %.6g (%s)", len(trials) + 1,
+                          trial.calibrator, trial.granularity, list(extra), score,
+                          "within tolerance" if trial.within else "not within tolerance")
+                trials.append(trial)
+                built[id(trial)] = variant
+                if trial.within:
+                    return StopReason.TOLERANCE_MET
+        return None
 
     def finish(reason):
         chosen = next((t for t in trials if t.within), None) \
@@ -185,38 +238,45 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
         _log.info("%s", result)
         return built[id(chosen)], result
 
-    # 1. the defaults, then each other calibrator, then the other granularity.
-    plan = [(first, base.granularity, "defaults")]
-    plan += [(name, base.granularity, "calibrator %r on the same statistics" % name)
-             for name in _CALIBRATOR_ORDER
-             if CALIBRATORS[name] is not type(first)]
-    for cal, gran, why in plan:
-        if len(trials) >= max_trials:
-            return finish(StopReason.BUDGET)
-        if run(cal, gran, (), why).within:
-            return finish(StopReason.TOLERANCE_MET)
+    # 1. the defaults, then each other calibrator (independent: one round).
+    plan = [(first, base.granularity, (), "defaults")]
+    plan += [(name, base.granularity, (), "calibrator %r on the same statistics" % name)
+             for name in _CALIBRATOR_ORDER if CALIBRATORS[name] is not type(first)]
+    stop = run(plan)
+    if stop is not None:
+        return finish(stop)
+    # 2. the other granularity, with the best calibrator so far.
     best = max(trials, key=lambda t: sign * t.score)
     best_cal = best.calibrator if best.calibrator in CALIBRATORS else first
     other = _other_granularity(base)
     if other is not None:
-        if len(trials) >= max_trials:
-            return finish(StopReason.BUDGET)
-        trial = run(best_cal, other, (), "weights per %s" % other.value)
-        if trial.within:
-            return finish(StopReason.TOLERANCE_MET)
-        if sign * trial.score > sign * best.score:
-            best = trial
-    # 2. keep the most sensitive layers in fp32, one more per trial.
+        stop = run([(best_cal, other, (), "weights per %s" % other.value)])
+        if stop is not None:
+            return finish(stop)
+        if sign * trials[-1].score > sign * best.score:
+            best = trials[-1]
+    # 3. keep the most sensitive layers in fp32, one more per trial (known in advance).
     ranking = _fallback_order(built[id(best)], batches[:doctor_batches], max_candidates)
-    extra = []
-    for node in ranking:
-        if len(trials) >= max_trials:
-            return finish(StopReason.BUDGET)
-        extra.append(node)
-        if run(best.calibrator if best.calibrator in CALIBRATORS else first,
-               best.granularity, tuple(extra), "keep %s in fp32" % node).within:
-            return finish(StopReason.TOLERANCE_MET)
+    cal = best.calibrator if best.calibrator in CALIBRATORS else first
+    stop = run([(cal, best.granularity, tuple(ranking[:i + 1]), "keep %s in fp32" % node)
+                for i, node in enumerate(ranking)])
+    if stop is not None:
+        return finish(stop)
     return finish(StopReason.NO_CANDIDATES if len(trials) < max_trials else StopReason.BUDGET)
+
+
+def _evaluate(eval_fn, model):
+    """One trial's score (in a Ray task, ``model`` arrives as a PortableModel)."""
+    if isinstance(model, PortableModel):
+        model = model.build()
+    return float(eval_fn(model))
+
+
+def _eval_setup(eval_fn):
+    return eval_fn
+
+
+_EVALUATE = Task(setup=_eval_setup, run=_evaluate, label="trial")
 
 
 def _rescore(collector, calibrator):

@@ -172,12 +172,53 @@ def test_bench_reports_ratios(workdir):
       "--batch-size", "0"], "--batch-size must be a positive integer"),
     (["report", "{w}/nothing"], "Cannot read the report"),
     (["bench", "{w}/cnn", "--batch-sizes", "1,x"], "--batch-sizes must be"),
+    (["quantize", "{w}/cnn", "--calib", "{w}/calib.npy", "--out", "{w}/x",
+      "--address", "auto"], "--address 'auto' needs --engine ray"),
+    (["tune", "{w}/cnn", "--calib", "{w}/calib.npy", "--out", "{w}/x", "--tolerance", "0.1",
+      "--eval-data", "{w}/calib.npy", "--engine", "process"], "pass --engine ray"),
 ])
 def test_bad_input_exits_1_with_one_line(workdir, capsys, argv, fragment):
     code, out = run(*[a.format(w=workdir) for a in argv])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == cli.EXIT_ERROR and "Traceback" not in out
     assert len(err) == 1 and fragment in err[0] and err[0].startswith("gluon-quant ")
+
+
+def test_quantize_on_ray_gives_the_same_model(workdir, monkeypatch):
+    ray = pytest.importorskip("ray")
+    # Shared test machine: keep Ray's memory monitor from killing the workers (test_ray.py).
+    monkeypatch.setenv("RAY_memory_monitor_refresh_ms", "0")
+    common = ["quantize", workdir / "cnn", "--calib", workdir / "calib.npy", "--batch-size",
+              8, "--quiet"]
+    assert run(*common, "--out", workdir / "one" / "q")[0] == 0
+    # No address: a local Ray is started for the command and shut down after it.
+    assert run(*common, "--out", workdir / "ray" / "q", "--engine", "ray", "--shards", 3)[0] == 0
+    assert not ray.is_initialized()
+    tables = [gq.CalibrationTable.load(str(workdir / d / "q-calib.json")) for d in ("one", "ray")]
+    assert len(tables[0]) >= 5 and dict(tables[1]) == dict(tables[0])
+    x = mx.nd.array(np.load(workdir / "calib.npy")[:16])
+    one, par = (gq.QuantizedSymbolBlock.imports(str(workdir / d / "q")) for d in ("one", "ray"))
+    np.testing.assert_array_equal(par(x).asnumpy(), one(x).asnumpy())   # bias corrected too
+
+
+def test_tune_scores_top1_on_labelled_data(workdir):
+    x = np.load(workdir / "calib.npy")
+    fp32 = mx.gluon.SymbolBlock.imports(str(workdir / "cnn-symbol.json"), ["data"],
+                                        str(workdir / "cnn-0000.params"))
+    labels = fp32(mx.nd.array(x)).argmax(axis=1).asnumpy().astype("int64")
+    labels[:12] = (labels[:12] + 1) % 10          # fp32 gets 36 of 48 right: 0.75
+    np.savez(workdir / "val.npz", x=x, y=labels)
+    code, out = run("tune", workdir / "cnn", "--calib", workdir / "calib.npy", "--eval-data",
+                    workdir / "val.npz", "--tolerance", 0.5, "--out", workdir / "tuned" / "q",
+                    "--json", "--quiet")
+    assert code == 0
+    result = json.loads(out)
+    assert result["tune"]["fp32_score"] == 0.75
+    assert result["tune"]["stopped"] == "tolerance_met" and len(result["tune"]["trials"]) == 1
+    assert result["tune"]["trials"][0]["within"] is True
+    with open(result["files"]["tune"]) as handle:
+        assert json.load(handle) == result["tune"]
+    assert os.path.getsize(result["files"]["params"]) > 0
 
 
 def test_truncated_report_is_an_error(workdir, capsys):
@@ -197,7 +238,8 @@ def test_help_has_examples_for_every_command():
     parser = cli.build_parser()
     assert "examples:" in parser.format_help()
     subparsers = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
-    assert set(subparsers.choices) == {"quantize", "report", "compare", "bench", "demo"}
+    assert set(subparsers.choices) == {"quantize", "tune", "report", "compare", "bench",
+                                       "demo"}
     for sub in subparsers.choices.values():
         assert "examples:" in sub.format_help() and "exit codes" in sub.format_help()
 

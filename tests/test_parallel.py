@@ -1,4 +1,5 @@
-"""calibrate_parallel: shards in worker processes merge to exactly one pass."""
+"""calibrate_parallel on worker processes (the no-Ray engine): shards merge to exactly one
+pass.  The Ray engine is tested in test_ray.py."""
 import mxnet as mx
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ def test_two_workers_equal_one_pass_and_feed_quantize(tiny_cnn, tiny_batches):
     # More shards than workers, uneven, one empty and out of order: same thresholds.
     shards = [tiny_batches[2:], [], tiny_batches[:1], tiny_batches[1:2]]
     table = gq.calibrate_parallel(tiny_cnn, shards, workers=2, calibrator="entropy",
-                                  progress=False)
+                                  engine="process", progress=False)
     assert len(single) >= 5
     assert dict(table) == dict(single)
     assert table.fingerprint == single.fingerprint
@@ -32,19 +33,25 @@ def test_two_workers_equal_one_pass_and_feed_quantize(tiny_cnn, tiny_batches):
 def test_worker_errors_come_back_as_package_errors(tiny_cnn, tiny_batches):
     qnet = gq.QuantizedHybridBlock(tiny_cnn, calibrator="minmax", progress=False)
     bad = [np.zeros((8, 3, 28, 28), np.float32)]
-    with pytest.raises(gq.InputMismatchError, match=r"shard 1: .*\(8, 3, 28, 28\)"):
-        gq.calibrate_parallel(qnet, [tiny_batches[:1], bad], workers=1, progress=False)
+    with pytest.raises(gq.InputMismatchError,
+                       match=r"Shard 1: .*\(8, 3, 28, 28\).*process engine"):
+        gq.calibrate_parallel(qnet, [tiny_batches[:1], bad], workers=1, engine="process",
+                              progress=False)
 
 
 @pytest.mark.parametrize("kwargs, match", [
     ({"workers": 0}, "workers must be a positive int, got 0"),
     ({"start_method": "threads"}, "start_method must be one of .*'threads'"),
+    ({"engine": "dask"}, "engine must be one of 'auto', 'ray', 'process', got 'dask'"),
+    ({"address": "auto"}, "address='auto' is a Ray cluster address"),
 ])
 def test_bad_settings(tiny_cnn, tiny_batches, kwargs, match):
     with pytest.raises(gq.ConfigError, match=match):
-        gq.calibrate_parallel(tiny_cnn, [tiny_batches], progress=False, **kwargs)
+        gq.calibrate_parallel(tiny_cnn, [tiny_batches], progress=False,
+                              **dict({"engine": "process"}, **kwargs))
 
 
 def test_all_shards_empty(tiny_cnn):
     with pytest.raises(gq.EmptyCalibrationError, match="Every shard was empty"):
-        gq.calibrate_parallel(tiny_cnn, [[], []], workers=1, progress=False)
+        gq.calibrate_parallel(tiny_cnn, [[], []], workers=1, engine="process",
+                              progress=False)
