@@ -77,9 +77,20 @@ def _trained(name):
                             "reinstall gluon_quant or run 'python -m gluon_quant.zoo.tasks "
                             "--retrain'." % (name, path))
     net = _BUILDERS[name]()
-    net.load_parameters(path, ctx=mx.cpu())
+    net.load_parameters(path, ctx=mx.cpu(), cast_dtype=True, dtype_source="current")
     net.hybridize()
     return net
+
+
+def _save_half(net, path, name):
+    """Save ``net``'s weights as float16 (BatchNorm's stay float32) and keep ``net`` equal
+    to what loading them gives: the files stay small (the SSD's 3.4 MB become 1.7 MB) and
+    the manifest's metric is measured on exactly the shipped weights."""
+    net.cast("float16")
+    atomic_write(path, net.save_parameters, what="%s weights" % name)
+    net.cast("float32")
+    net.load_parameters(path, ctx=mx.cpu(), cast_dtype=True, dtype_source="current")
+    net.hybridize()
 
 
 def trained_detector():
@@ -195,7 +206,7 @@ def retrain(names=tuple(RECIPES)):
         net = train(name)
         filename = "%s.params" % name
         path = os.path.join(WEIGHTS_DIR, filename)
-        atomic_write(path, net.save_parameters, what="%s weights" % name)
+        _save_half(net, path, name)
         metric = evaluate(_KIND[name], net, task_data(_KIND[name], "eval"))
         _log.info("%s: held-out fp32 metric %.4f", name, metric)
         manifest["nets"][name] = {
