@@ -59,7 +59,9 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["gluon_quant", "gluon_quant.*"]),
-    package_data={"gluon_quant": ["zoo/*.txt", "zoo/*.json"]},
+    # zoo/tasks/weights: the trained task nets (gluon_quant.zoo.tasks), ~1 MB in all
+    package_data={"gluon_quant": ["zoo/*.txt", "zoo/*.json", "zoo/tasks/weights/*.params",
+                                  "zoo/tasks/weights/*.json"]},
     python_requires=">=3.8,<3.12",
     install_requires=[
         "numpy>=1.17,<1.24",   # mxnet 1.9.1 does not import with numpy >= 1.24 (np.bool)
