@@ -45,7 +45,7 @@ ROOT = os.path.dirname(HERE)
 
 #: Operator type -> group, by the first matching prefix/substring rule below.
 GROUPS = (
-    ("qdq", ("_contrib_quantize", "_contrib_dequantize", "_contrib_requantize",
+    ("qdq", ("_contrib_quantize_v2", "_contrib_dequantize", "_contrib_requantize",
              "_sg_mkldnn_quantize", "_sg_mkldnn_dequantize")),
     ("conv", ("conv", "Convolution")),
     ("dense", ("fully_connected", "FullyConnected", "batch_dot", "dot")),

@@ -29,10 +29,11 @@ from .calib import ZERO_RANGE, CalibrationTable
 from .collect import build_runner, collect_statistics
 from .config import QuantConfig, QuantDtype
 from .data import InputSpec, describe, iter_batches
-from .errors import (CalibrationTableError, GraphError, InputMismatchError,
+from .errors import (CalibrationTableError, ConfigError, GraphError, InputMismatchError,
                      ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
 from .graph.cudnn import quantize_graph as cudnn_quantize_graph
+from .graph.normalize import NORMALIZED_SUFFIX
 from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, run_passes
 from .presets import resolve_preset
 
@@ -214,7 +215,9 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
     param_shapes = types.MappingProxyType(
         {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
     context = PassContext(spec=spec, param_shapes=param_shapes,
-                          int8_lstm=_mxnet.int8_lstm_runs() if config.int8_lstm else False)
+                          int8_lstm=_mxnet.int8_lstm_runs() if config.int8_lstm else False,
+                          input_normalization=config.input_normalization,
+                          input_rank=_first_rank(batch))
     graph = _mxnet.graph_json(out)
     run_passes(Stage.TRACED, graph, context)
     fused = _mxnet.load_graph(graph)
@@ -240,6 +243,16 @@ def fuse(net, config: QuantConfig, batch=None) -> FusedGraph:
                       net_class=type(net).__name__,
                       param_rewrites=tuple(context.param_rewrites),
                       messages=tuple(messages), range_bounds=types.MappingProxyType(bounds))
+
+
+def _first_rank(batch):
+    """Rank of the first array of a batch (array, tuple/list or dict), or None."""
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()), None)
+    elif isinstance(batch, (list, tuple)):
+        batch = batch[0] if batch else None
+    ndim = getattr(batch, "ndim", None)
+    return ndim if isinstance(ndim, int) else None
 
 
 def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -> QuantPlan:
@@ -334,7 +347,18 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None):
             except _mxnet.MXNetError:
                 copies[name] = param.data().copyto(ctx)
     for rewrite in fused.param_rewrites:
-        rewrite.apply(copies)
+        try:
+            rewrite.apply(copies)
+        except _mxnet.MXNetError as err:
+            shapes = ", ".join("%s %s" % (n, tuple(copies[n].shape))
+                               for n in rewrite.sources if n in copies)
+            if rewrite.target.endswith(NORMALIZED_SUFFIX + "_weight"):
+                raise ConfigError(
+                    "input_normalization does not fit the first layer: %s. Give one mean "
+                    "and one std per input channel." % shapes) from err
+            raise GraphError("Computing parameter %r from %s failed: %s; please report "
+                             "it with the network." % (rewrite.target, shapes,
+                                                       _mxnet.first_line(err))) from err
     copies = {k: v for k, v in copies.items() if k in needed}
     missing = needed - set(copies) - set(fused.inputs.names)
     if missing:

@@ -13,6 +13,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
 
 ``TRACED`` (the traced fp32 graph, before the backend's fusion): exact fp32 rewrites,
     in :mod:`gluon_quant.graph.rewrites`
+    :func:`~gluon_quant.graph.normalize.fold_input_normalization`: with
+    ``QuantConfig.input_normalization``, the input's ``(x - mean) / std`` folded into the
+    first convolutions, so raw pixel values are fed (:mod:`gluon_quant.graph.normalize`).
     :func:`global_adaptive_pools`: ``AdaptiveAvgPooling2D(output_size=1)`` (squeeze-excite
     blocks of SE-ResNet and MobileNetV3) becomes a global average ``Pooling``, which has an
     int8 kernel.
@@ -86,6 +89,7 @@ from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView, describe_op
 from .guards import (canonical_activations, flatten_fc_inputs, mixed_reader_producers,
                      separate_broken_fusions, stop_rnn_gradients, unquantizable_rnns)
+from .normalize import fold_input_normalization
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, num_outputs, unique_names)
@@ -133,6 +137,11 @@ class PassContext:
         Traced-graph passes that change what a parameter holds (a reshaped weight, a
         BatchNorm folded into a dense layer) append here; the pipeline applies them, in
         order, to its copies of the fp32 parameters. The user's net is never changed.
+    input_normalization : (tuple of float, tuple of float), optional
+        ``QuantConfig.input_normalization``: ``(mean, std)`` folded into the readers of the
+        first input (:mod:`gluon_quant.graph.normalize`).
+    input_rank : int, optional
+        Rank of the first input of the first batch, where known.
     int8_lstm : bool or str
         Whether LSTM layers may run in int8 (``QuantConfig.int8_lstm`` and this process
         can run MXNet's int8 LSTM), or the reason they cannot.
@@ -144,6 +153,8 @@ class PassContext:
     infer_dtypes: Optional[Callable[[dict], Dict[str, str]]] = None
     param_rewrites: list = field(default_factory=list)
     int8_lstm: object = False
+    input_normalization: Optional[tuple] = None
+    input_rank: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -611,6 +622,7 @@ def _rnn_pass(graph, context):
 
 PASSES = (
     GraphPass("unique_names", Stage.TRACED, unique_names),
+    GraphPass("fold_input_normalization", Stage.TRACED, fold_input_normalization),
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),
     # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
     # or (sigmoid) computes 1-ulp different values than tanh/sigmoid in fp32.
