@@ -394,11 +394,17 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     outputs_needed = [n for n in names if n not in input_names]
     ctx = _context(config)
     state = {"params": None, "shapes": ()}
+    # Bias correction's fp32 reference is read from this pass instead of computed again.
+    tap = bias.ReferenceTap(calibrator, plan.fused.view, KEPT_SAMPLES) \
+        if config.bias_correction and get_spec(config.backend.value).bias_correction else None
 
     def make_runner(inputs):
         if state["params"] is None:
             state["params"] = fp32_params(net, plan.fused, ctx, inputs)
             state["shapes"] = tuple(tuple(a.shape) for a in inputs)
+            if tap is not None:
+                tap.set_shapes(_sample_shapes(plan.fused.symbol, tap.wanted & set(names),
+                                              input_names, inputs))
         return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"],
                             ctx)
 
@@ -414,7 +420,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
 
     seen = collect_statistics(
         iter_batches(data, config.num_calib_batches), convert=convert_and_keep,
-        make_runner=make_runner, calibrator=calibrator, input_names=input_names,
+        make_runner=make_runner, calibrator=tap or calibrator, input_names=input_names,
         tensor_names=names, progress=config.progress,
         total=_length(data, config.num_calib_batches))
     kept_samples = None
@@ -423,6 +429,10 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
             kept_samples = tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
         except _mxnet.MXNetError:     # batches of different shapes: keep the first
             kept_samples = tuple(kept[0])
+        if tap is not None and kept_samples and kept_samples[0].ndim:
+            kept_samples = bias.KeptSamples(kept_samples)
+            kept_samples.references = (plan.fused.fingerprint,
+                                       tap.references(kept_samples[0].shape[0], ctx))
     _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
               type(calibrator).__name__)
     table = calibrator.compute() if names else CalibrationTable(
@@ -433,6 +443,22 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
                              meta=dict(table.meta, batches=seen, samples=int(sum(samples))))
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])
+
+
+def _sample_shapes(sym, keys, input_names, inputs):
+    """``{tensor key: per-sample shape}`` of internal outputs ``keys`` of ``sym`` for these
+    inputs; tensors without a leading batch axis (or shape inference failing) are left out."""
+    internals = sym.get_internals()
+    present = sorted(k for k in keys if k in set(internals.list_outputs()))
+    if not present or not inputs or not inputs[0].ndim:
+        return {}
+    try:
+        _, shapes, _ = mx.sym.Group([internals[k] for k in present]).infer_shape(
+            **{n: tuple(a.shape) for n, a in zip(input_names, inputs)})
+    except (_mxnet.MXNetError, ValueError, TypeError):
+        return {}
+    batch = inputs[0].shape[0]
+    return {k: tuple(v[1:]) for k, v in zip(present, shapes or ()) if v and v[0] == batch}
 
 
 #: Table metadata key of the ranges :func:`check_table` narrowed: ``{key: [lo, hi]}`` as the
@@ -582,10 +608,12 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):
     if not (isinstance(stored, dict) and stored.get("nodes") == quantized):
         if bias_inputs is None:
             return qparams, table
+        saved = getattr(bias_inputs, "references", None)
         corrections = bias.compute_corrections(
             fused=plan.fused.symbol, final=final, layers=layers, params=qparams,
-            fp32_params=fp32, inputs=list(bias_inputs), input_names=plan.fused.inputs.names, table=table,
-            ctx=ctx)
+            fp32_params=fp32, inputs=list(bias_inputs), input_names=plan.fused.inputs.names,
+            table=table, ctx=ctx,
+            references=saved[1] if saved and saved[0] == plan.fused.fingerprint else None)
         stored = {"nodes": quantized, "params": corrections}
         table = CalibrationTable(dict(table.items()), method=table.method,
                                  fingerprint=table.fingerprint,
