@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 _ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
-_PROFILE = os.path.join(_ROOT, "benchmarks", "profile.py")
+_PROFILE = os.path.join(_ROOT, "benchmarks", "op_profile.py")
 
 
 def _profile(*args):

@@ -4,7 +4,7 @@ With ``input_normalization=(mean, std)`` the quantized network takes raw inputs 
 values, 0..255) and computes ``net((x - mean) / std)`` per channel (axis 1) of its first
 input, so that callers skip the normalization on the host (numpy's
 ``(x - mean) / std`` over a batch of 16 224x224 images costs more than the int8
-network's own quantize node of the input, ``benchmarks/profile.py``).
+network's own quantize node of the input, ``benchmarks/op_profile.py``).
 
 The normalization is folded exactly into every convolution that reads the input
 (``num_group=1``): ``conv(W, b)((x - m) / s) = conv(W / s, b')(x - m)``, and where the

@@ -24,9 +24,9 @@ exported, this prints, each measurement in its own process:
 
 Usage::
 
-    python benchmarks/profile.py                      # the three models, batch 16 (BERT 8)
-    python benchmarks/profile.py --models resnet50_v1 --batch 16 --iters 20
-    python benchmarks/profile.py --quick              # small inputs, a smoke run
+    python benchmarks/op_profile.py                      # the three models, batch 16 (BERT 8)
+    python benchmarks/op_profile.py --models resnet50_v1 --batch 16 --iters 20
+    python benchmarks/op_profile.py --quick              # small inputs, a smoke run
 
 Absolute times on a shared machine are noise; read the shares and the ratios.
 """
