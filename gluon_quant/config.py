@@ -146,10 +146,10 @@ class QuantConfig:
         ``benchmarks/nlp.py``).
     input_normalization : (sequence of float, sequence of float), optional
         ``(mean, std)``, one value per channel (axis 1) of the first input: the quantized
-        network takes raw inputs (pixel values, e.g. 0..255 fed as float32, or uint8 arrays
-        converted on the way in) and computes ``net((x - mean) / std)``, the normalization
-        folded into the first convolutions (:mod:`gluon_quant.graph.normalize`; exact in
-        fp32). Calibrate on raw inputs too. ImageNet models trained on ``x / 255``
+        network takes raw inputs (pixel values, e.g. 0..255, as float32 NDArrays; uint8
+        numpy calibration batches are converted) and computes ``net((x - mean) / std)``,
+        the normalization folded into the first convolutions
+        (:mod:`gluon_quant.graph.normalize`; exact in fp32). Calibrate on raw inputs too. ImageNet models trained on ``x / 255``
         normalized by ``m, s`` take ``mean=255 * m``, ``std=255 * s``.
 
     Raises
