@@ -24,7 +24,7 @@ import numpy as np
 from . import _mxnet
 
 __all__ = ["linear_layers", "quantized_nodes", "compute_corrections", "apply_corrections",
-           "META_KEY"]
+           "META_KEY", "KeptSamples", "ReferenceTap"]
 
 _log = logging.getLogger(__name__)
 
@@ -74,8 +74,74 @@ def linear_layers(fused_view, final_graph):
     return layers
 
 
+class KeptSamples(tuple):
+    """Calibration samples (one array per input) and, in :attr:`references`, the fp32
+    outputs of the fused graph's linear layers on them, read during calibration.
+
+    ``references`` is ``(fingerprint of the fused graph, {node name: NDArray})`` or None;
+    :func:`compute_corrections` uses them instead of running the fp32 graph again.
+    """
+
+    references = None
+
+
+class ReferenceTap:
+    """Wraps a calibrator during the calibration pass and keeps the first ``limit`` samples
+    of the fp32 outputs of the candidate linear layers, which the pass computes anyway.
+
+    Bias correction needs those outputs on the kept samples as its reference; reading them
+    here saves one fp32 pass over the kept samples (the same fused graph on the same
+    inputs, so the same values).
+
+    Parameters
+    ----------
+    calibrator : Calibrator
+        Receives every ``collect`` unchanged.
+    fused_view : GraphView
+        The fused fp32 graph; its linear layers (no activation, not an output) are tapped.
+    limit : int
+        Samples to keep.
+    """
+
+    def __init__(self, calibrator, fused_view, limit):
+        self._calibrator = calibrator
+        self._limit = limit
+        self._wanted = {n.name + "_output" for n in fused_view
+                        if n.op in _FUSED_LINEAR_OPS and not n.member_ops & _ACTIVATIONS
+                        and n.name not in fused_view.outputs}
+        self._shapes, self._chunks, self._count = {}, {}, {}
+
+    @property
+    def wanted(self):
+        """set of str: the tensor keys (``<node>_output``) to keep."""
+        return set(self._wanted)
+
+    def set_shapes(self, shapes):
+        """``{tensor key: per-sample shape}`` of the wanted tensors (others are ignored)."""
+        self._shapes = {k: tuple(v) for k, v in shapes.items() if k in self._wanted}
+        self._chunks = {k: [] for k in self._shapes}
+        self._count = {k: 0 for k in self._shapes}
+
+    def collect(self, name, array):
+        """Keep the first samples of ``array`` if ``name`` is tapped; pass it on."""
+        shape = self._shapes.get(name)
+        if shape is not None and self._count[name] < self._limit:
+            per = int(np.prod(shape)) if shape else 1
+            take = min(self._limit - self._count[name], int(array.size) // max(per, 1))
+            if take > 0:
+                self._chunks[name].append(np.array(array[:take * per], dtype=np.float32))
+                self._count[name] += take
+        self._calibrator.collect(name, array)
+
+    def references(self, count, ctx):
+        """``{node name: NDArray (count, ...)}`` of the tensors that kept ``count`` samples."""
+        return {k[:-len("_output")]: mx.nd.array(
+            np.concatenate(self._chunks[k]).reshape((count,) + self._shapes[k]), ctx=ctx)
+            for k in self._shapes if self._count[k] == count}
+
+
 def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, input_names,
-                        table, ctx):
+                        table, ctx, references=None):
     """Measure the per-channel mean error of each layer, in order, and return corrections.
 
     Parameters
@@ -95,6 +161,9 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
     table : CalibrationTable
         Ranges; positions outside a layer's range are left out of its mean.
     ctx : Context
+    references : dict of str to NDArray, optional
+        fp32 outputs of layers on ``inputs`` already computed (:class:`ReferenceTap`);
+        the others are computed here.
 
     Returns
     -------
@@ -103,11 +172,16 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
     """
     if not layers:
         return {}
-    internals = fused.get_internals()
-    reference = mx.sym.Group([internals[name + "_output"] for name, _ in layers])
-    # symbol_block takes from ``params`` only what the graph uses.
-    refs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, fp32_params, ctx),
-                            inputs, "Bias correction (fp32 reference)")
+    known = dict(references or {})
+    missing = [name for name, _ in layers if name not in known]
+    if missing:
+        internals = fused.get_internals()
+        reference = mx.sym.Group([internals[name + "_output"] for name in missing])
+        # symbol_block takes from ``params`` only what the graph uses.
+        outs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, fp32_params, ctx),
+                                inputs, "Bias correction (fp32 reference)")
+        known.update(zip(missing, outs))
+    refs = [known[name] for name, _ in layers]
     current = dict(params)
     corrections = {}
     for (name, target), ref in zip(layers, refs):

@@ -9,6 +9,7 @@ the rest of the package only sees the enums and one frozen, validated
 """
 import dataclasses
 import enum
+import math
 from typing import Any, Callable, Optional, Tuple
 
 from ._names import suggest
@@ -143,6 +144,13 @@ class QuantConfig:
         off, LSTMs stay fp32 and the layers around them are int8 (an LSTM language model
         with a 33k-word vocabulary: 1.8x fp32 speed at batch 8, 0.9999 cosine, one thread;
         ``benchmarks/nlp.py``).
+    input_normalization : (sequence of float, sequence of float), optional
+        ``(mean, std)``, one value per channel (axis 1) of the first input: the quantized
+        network takes raw inputs (pixel values, e.g. 0..255, as float32 NDArrays; uint8
+        numpy calibration batches are converted) and computes ``net((x - mean) / std)``,
+        the normalization folded into the first convolutions
+        (:mod:`gluon_quant.graph.normalize`; exact in fp32). Calibrate on raw inputs too. ImageNet models trained on ``x / 255``
+        normalized by ``m, s`` take ``mean=255 * m``, ``std=255 * s``.
 
     Raises
     ------
@@ -164,6 +172,7 @@ class QuantConfig:
     ctx: Any = None
     progress: bool = True
     int8_lstm: bool = False
+    input_normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
@@ -212,6 +221,7 @@ class QuantConfig:
         if self.input_fn is not None and not callable(self.input_fn):
             raise InputMismatchError("input_fn must be callable, got %r (input_fn(batch) "
                                      "returns the input(s) of one batch)." % (self.input_fn,))
+        set_("input_normalization", _check_normalization(self.input_normalization))
         for name in ("bias_correction", "progress", "int8_lstm"):
             if not isinstance(getattr(self, name), (bool, int)):
                 raise ConfigError("%s must be True or False, got %r."
@@ -245,7 +255,7 @@ class QuantConfig:
     #: Fields that :meth:`to_dict` writes (the others are Python objects: ``input_fn``, ``ctx``).
     JSON_FIELDS = ("calibrator", "dtype", "backend", "granularity", "exclude", "preset",
                    "bias_correction", "num_calib_batches", "num_inputs", "progress",
-                   "int8_lstm")
+                   "int8_lstm", "input_normalization")
 
     def to_dict(self):
         """The JSON-safe settings (:data:`JSON_FIELDS`); a calibrator or preset object is
@@ -260,7 +270,9 @@ class QuantConfig:
                 "exclude": list(self.exclude), "preset": preset,
                 "bias_correction": self.bias_correction,
                 "num_calib_batches": self.num_calib_batches, "num_inputs": self.num_inputs,
-                "progress": self.progress, "int8_lstm": self.int8_lstm}
+                "progress": self.progress, "int8_lstm": self.int8_lstm,
+                "input_normalization": None if self.input_normalization is None else
+                [list(part) for part in self.input_normalization]}
 
     @classmethod
     def from_dict(cls, data, **settings):
@@ -305,6 +317,35 @@ class QuantConfig:
         if "granularity" not in changes and "backend" in changes:
             changes["granularity"] = None   # the new backend's default
         return dataclasses.replace(self, **changes)
+
+
+def _check_normalization(value):
+    """``(mean, std)`` as two equal-length tuples of finite floats (std > 0), or None."""
+    if value is None:
+        return None
+    how = ("Pass input_normalization=(mean, std) with one mean and one positive std per "
+           "input channel, e.g. ((123.7, 116.3, 103.5), (58.4, 57.1, 57.4)).")
+    if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)) \
+            or len(value) != 2:
+        raise ConfigError("input_normalization must be a (mean, std) pair, got %r. %s"
+                          % (value, how))
+    parts = []
+    for what, part in zip(("mean", "std"), value):
+        if isinstance(part, (int, float)) and not isinstance(part, bool):
+            part = (part,)
+        try:
+            floats = tuple(float(v) for v in part)
+        except (TypeError, ValueError):
+            raise ConfigError("input_normalization's %s must be a sequence of numbers, got "
+                              "%r. %s" % (what, part, how)) from None
+        if not floats or not all(math.isfinite(v) for v in floats):
+            raise ConfigError("input_normalization's %s must be finite numbers, got %r. %s"
+                              % (what, part, how))
+        parts.append(floats)
+    if len(parts[0]) != len(parts[1]) or min(parts[1]) <= 0:
+        raise ConfigError("input_normalization needs as many means as stds and every std "
+                          "> 0, got mean=%r, std=%r. %s" % (parts[0], parts[1], how))
+    return tuple(parts)
 
 
 def _check_calibrator(calibrator):

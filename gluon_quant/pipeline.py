@@ -29,10 +29,11 @@ from .calib import ZERO_RANGE, CalibrationTable
 from .collect import build_runner, collect_statistics
 from .config import QuantConfig, QuantDtype
 from .data import BatchConverter, InputSpec, describe, iter_batches
-from .errors import (CalibrationTableError, GluonQuantError, GraphError, InputMismatchError,
-                     ModelExecutionError, UnsupportedDtypeError)
+from .errors import (CalibrationTableError, ConfigError, GluonQuantError, GraphError,
+                     InputMismatchError, ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
 from .graph.cudnn import quantize_graph as cudnn_quantize_graph
+from .graph.normalize import NORMALIZED_SUFFIX
 from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, run_passes
 from .presets import resolve_preset
 
@@ -225,7 +226,9 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
     param_shapes = types.MappingProxyType(
         {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
     context = PassContext(spec=spec, param_shapes=param_shapes,
-                          int8_lstm=_mxnet.int8_lstm_runs() if config.int8_lstm else False)
+                          int8_lstm=_mxnet.int8_lstm_runs() if config.int8_lstm else False,
+                          input_normalization=config.input_normalization,
+                          input_rank=_first_rank(batch))
     graph = _mxnet.graph_json(out)
     run_passes(Stage.TRACED, graph, context)
     fused = _mxnet.load_graph(graph)
@@ -252,6 +255,16 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
                       param_rewrites=tuple(context.param_rewrites),
                       messages=tuple(messages), range_bounds=types.MappingProxyType(bounds),
                       input_shapes=input_shapes)
+
+
+def _first_rank(batch):
+    """Rank of the first array of a batch (array, tuple/list or dict), or None."""
+    if isinstance(batch, dict):
+        batch = next(iter(batch.values()), None)
+    elif isinstance(batch, (list, tuple)):
+        batch = batch[0] if batch else None
+    ndim = getattr(batch, "ndim", None)
+    return ndim if isinstance(ndim, int) else None
 
 
 def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -> QuantPlan:
@@ -348,7 +361,18 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None):
             except _mxnet.MXNetError:
                 copies[name] = param.data().copyto(ctx)
     for rewrite in fused.param_rewrites:
-        rewrite.apply(copies)
+        try:
+            rewrite.apply(copies)
+        except _mxnet.MXNetError as err:
+            shapes = ", ".join("%s %s" % (n, tuple(copies[n].shape))
+                               for n in rewrite.sources if n in copies)
+            if rewrite.target.endswith(NORMALIZED_SUFFIX + "_weight"):
+                raise ConfigError(
+                    "input_normalization does not fit the first layer: %s. Give one mean "
+                    "and one std per input channel." % shapes) from err
+            raise GraphError("Computing parameter %r from %s failed: %s; please report "
+                             "it with the network." % (rewrite.target, shapes,
+                                                       _mxnet.first_line(err))) from err
     copies = {k: v for k, v in copies.items() if k in needed}
     missing = needed - set(copies) - set(fused.inputs.names)
     if missing:
@@ -384,11 +408,17 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     outputs_needed = [n for n in names if n not in input_names]
     ctx = _context(config)
     state = {"params": None, "shapes": ()}
+    # Bias correction's fp32 reference is read from this pass instead of computed again.
+    tap = bias.ReferenceTap(calibrator, plan.fused.view, KEPT_SAMPLES) \
+        if config.bias_correction and get_spec(config.backend.value).bias_correction else None
 
     def make_runner(inputs):
         if state["params"] is None:
             state["params"] = fp32_params(net, plan.fused, ctx, inputs)
             state["shapes"] = tuple(tuple(a.shape) for a in inputs)
+            if tap is not None:
+                tap.set_shapes(_sample_shapes(plan.fused.symbol, tap.wanted & set(names),
+                                              input_names, inputs))
         return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"],
                             ctx)
 
@@ -404,7 +434,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
 
     seen = collect_statistics(
         iter_batches(data, config.num_calib_batches), convert=convert_and_keep,
-        make_runner=make_runner, calibrator=calibrator, input_names=input_names,
+        make_runner=make_runner, calibrator=tap or calibrator, input_names=input_names,
         tensor_names=names, progress=config.progress,
         total=_length(data, config.num_calib_batches))
     if state["params"] is None and kept:    # nothing to calibrate: the net all fp32
@@ -416,6 +446,10 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
             kept_samples = tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
         except _mxnet.MXNetError:     # batches of different shapes: keep the first
             kept_samples = tuple(kept[0])
+        if tap is not None and kept_samples and kept_samples[0].ndim:
+            kept_samples = bias.KeptSamples(kept_samples)
+            kept_samples.references = (plan.fused.fingerprint,
+                                       tap.references(kept_samples[0].shape[0], ctx))
     _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
               type(calibrator).__name__)
     table = calibrator.compute() if names else CalibrationTable(
@@ -429,6 +463,22 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
                                           if plan.fused.input_shapes else {})))
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])
+
+
+def _sample_shapes(sym, keys, input_names, inputs):
+    """``{tensor key: per-sample shape}`` of internal outputs ``keys`` of ``sym`` for these
+    inputs; tensors without a leading batch axis (or shape inference failing) are left out."""
+    internals = sym.get_internals()
+    present = sorted(k for k in keys if k in set(internals.list_outputs()))
+    if not present or not inputs or not inputs[0].ndim:
+        return {}
+    try:
+        _, shapes, _ = mx.sym.Group([internals[k] for k in present]).infer_shape(
+            **{n: tuple(a.shape) for n, a in zip(input_names, inputs)})
+    except (_mxnet.MXNetError, ValueError, TypeError):
+        return {}
+    batch = inputs[0].shape[0]
+    return {k: tuple(v[1:]) for k, v in zip(present, shapes or ()) if v and v[0] == batch}
 
 
 #: Table metadata key of the ranges :func:`check_table` narrowed: ``{key: [lo, hi]}`` as the
@@ -578,10 +628,12 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):
     if not (isinstance(stored, dict) and stored.get("nodes") == quantized):
         if bias_inputs is None:
             return qparams, table
+        saved = getattr(bias_inputs, "references", None)
         corrections = bias.compute_corrections(
             fused=plan.fused.symbol, final=final, layers=layers, params=qparams,
-            fp32_params=fp32, inputs=list(bias_inputs), input_names=plan.fused.inputs.names, table=table,
-            ctx=ctx)
+            fp32_params=fp32, inputs=list(bias_inputs), input_names=plan.fused.inputs.names,
+            table=table, ctx=ctx,
+            references=saved[1] if saved and saved[0] == plan.fused.fingerprint else None)
         stored = {"nodes": quantized, "params": corrections}
         table = CalibrationTable(dict(table.items()), method=table.method,
                                  fingerprint=table.fingerprint,

@@ -34,7 +34,8 @@ _META_KEYS = {"format", "version", "gluon_quant_version", "mxnet_version", "sett
 class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
     """A ``SymbolBlock`` running an exported int8 model, called like the original net.
 
-    Create it with :meth:`imports`. It can be hybridized; multi-output models return
+    Create it with :meth:`imports` (on CPU it comes hybridized with ``static_alloc`` and
+    ``static_shape``, as the quantized block was); multi-output models return
     the same nested tuples as the network that was quantized.
 
     Parameters
@@ -109,6 +110,11 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         except GluonQuantError as err:
             raise ArtifactError("%r does not fit the graph in %r: %s"
                                 % (blobs["params"][0], blobs["symbol"][0], err)) from err
+        if ctx.device_type == "cpu":
+            # Without a static CachedOp, oneDNN's fused int8 operators are built anew at
+            # every call and quantize their fp32 weights again: a loaded MobileNetV2 ran 107
+            # reorders per call instead of 4 (benchmarks/op_profile.py).
+            block.hybridize(static_alloc=True, static_shape=True)
         _log.info("Loaded %s (%d weights unpacked from int8).", prefix, len(meta["packed"]))
         return block
 

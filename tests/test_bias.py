@@ -68,3 +68,29 @@ def test_corrections_are_remeasured_when_other_layers_are_int8(proj):
     nodes = excluded.calibration_table.meta[META_KEY]["nodes"]
     assert nodes != first.calibration_table.meta[META_KEY]["nodes"]
     assert len(nodes) == len(first.calibration_table.meta[META_KEY]["nodes"]) - 1
+
+
+@pytest.mark.parametrize("batch", [8, 5])
+def test_the_reference_read_during_calibration_equals_a_second_fp32_pass(proj, monkeypatch,
+                                                                          batch):
+    """Bias correction reads its fp32 reference from the calibration pass: same corrections
+    as running the fp32 graph again on the kept samples (batches of 8: one kept batch of 32
+    out of 4; of 5: the kept 32 cut across batches)."""
+    from gluon_quant import _mxnet, bias
+    net, batches = proj
+    data = np.concatenate(batches)
+    batches = [data[i:i + batch] for i in range(0, len(data), batch)]
+    labels = []
+    real_run = _mxnet.run_block
+    monkeypatch.setattr(_mxnet, "run_block",
+                        lambda b, x, what: labels.append(what) or real_run(b, x, what))
+    tapped = gq.quantize(net, batches, progress=False).calibration_table.meta[META_KEY]
+    assert len(tapped["params"]) == 3
+    assert "Bias correction (fp32 reference)" not in labels
+    monkeypatch.setattr(bias.ReferenceTap, "references", lambda self, count, ctx: {})
+    labels.clear()
+    again = gq.quantize(net, batches, progress=False).calibration_table.meta[META_KEY]
+    assert "Bias correction (fp32 reference)" in labels
+    assert again["nodes"] == tapped["nodes"]
+    for name, values in again["params"].items():
+        assert tapped["params"][name] == values, name     # bit for bit

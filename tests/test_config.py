@@ -19,7 +19,8 @@ def _config():
     return QuantConfig(calibrator="entropy", dtype="int8", backend="onednn",
                        granularity="tensor", exclude=("cnn_dense0",), preset="none",
                        bias_correction=False, num_calib_batches=2, input_fn=_first_input,
-                       num_inputs=1, ctx=mx.cpu(0), progress=False, int8_lstm=True)
+                       num_inputs=1, ctx=mx.cpu(0), progress=False, int8_lstm=True,
+                       input_normalization=((0.5,), (0.25,)))
 
 
 @pytest.fixture
@@ -50,6 +51,11 @@ def test_defaults_and_parsing():
     (dict(num_inputs=True), gq.InputMismatchError, "num_inputs.*got True"),
     (dict(input_fn="x"), gq.InputMismatchError, "input_fn must be callable, got 'x'"),
     (dict(progress="yes"), gq.ConfigError, "progress"),
+    (dict(input_normalization=(1.0, 2.0, 3.0)), gq.ConfigError, "a \\(mean, std\\) pair"),
+    (dict(input_normalization=((1, 2), (3,))), gq.ConfigError, "as many means as stds"),
+    (dict(input_normalization=((1,), (0,))), gq.ConfigError, "every std > 0"),
+    (dict(input_normalization=(("a",), (1,))), gq.ConfigError, "mean must be.*'a'"),
+    (dict(input_normalization=((float("nan"),), (1,))), gq.ConfigError, "finite"),
 ])
 def test_invalid_values_are_refused_with_the_bad_value(settings, error, match):
     with pytest.raises(error, match=match):

@@ -13,6 +13,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
 
 ``TRACED`` (the traced fp32 graph, before the backend's fusion): exact fp32 rewrites,
     in :mod:`gluon_quant.graph.rewrites`
+    :func:`~gluon_quant.graph.normalize.fold_input_normalization`: with
+    ``QuantConfig.input_normalization``, the input's ``(x - mean) / std`` folded into the
+    first convolutions, so raw pixel values are fed (:mod:`gluon_quant.graph.normalize`).
     :func:`global_adaptive_pools`: ``AdaptiveAvgPooling2D(output_size=1)`` (squeeze-excite
     blocks of SE-ResNet and MobileNetV3) becomes a global average ``Pooling``, which has an
     int8 kernel.
@@ -33,6 +36,10 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     layout, groups, modes...) the node does not meet, and operators it declares without
     an int8 kernel (LayerNorm, softmax...), with what runs instead
     (:mod:`gluon_quant.backends`).
+    :func:`fp32_read_results`: an operator the backend marks ``int8_readers_only`` (oneDNN:
+    a standalone ``elemwise_add``, a transformer's residual sum before LayerNorm) stays
+    fp32 where only fp32 operators read its result: in int8 it only added a quantize and a
+    dequantize (a 4-layer BERT: 1.22x faster, and closer to fp32).
     :func:`signed_global_pools`: MXNet's int8 pooling gives its output the input's scale,
     so the mean of a signed, zero-centred tensor (a BatchNorm output, the squeeze of
     SE-ResNet) is rounded onto a grid much coarser than the means themselves: on
@@ -87,6 +94,7 @@ from .inspect import GraphView, describe_op
 from .guards import (canonical_activations, flatten_fc_inputs, mixed_reader_producers,
                      separate_broken_fusions, stop_rnn_gradients, unquantizable_rnns)
 from .islands import small_int8_regions
+from .normalize import fold_input_normalization
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, num_outputs, unique_names)
@@ -96,7 +104,7 @@ __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_p
            "masked_softmax", "lift_1d_to_2d", "integer_inputs", "small_int8_regions",
            "backend_eligibility",
            "signed_global_pools",
-           "int8_mul_inputs", "exact_ranges", "fused_sum_dtypes",
+           "int8_mul_inputs", "exact_ranges", "fp32_read_results", "fused_sum_dtypes",
            "insert_fake_quant", "downstream_nodes", "count_ops", "calibrated_nodes",
            "calib_key", "tensor_key", "QDQ_OPS", "SIGNED_POOL_REASON"]
 
@@ -135,6 +143,11 @@ class PassContext:
         Traced-graph passes that change what a parameter holds (a reshaped weight, a
         BatchNorm folded into a dense layer) append here; the pipeline applies them, in
         order, to its copies of the fp32 parameters. The user's net is never changed.
+    input_normalization : (tuple of float, tuple of float), optional
+        ``QuantConfig.input_normalization``: ``(mean, std)`` folded into the readers of the
+        first input (:mod:`gluon_quant.graph.normalize`).
+    input_rank : int, optional
+        Rank of the first input of the first batch, where known.
     int8_lstm : bool or str
         Whether LSTM layers may run in int8 (``QuantConfig.int8_lstm`` and this process
         can run MXNet's int8 LSTM), or the reason they cannot.
@@ -150,6 +163,8 @@ class PassContext:
     param_rewrites: list = field(default_factory=list)
     int8_lstm: object = False
     infer_shapes: Optional[Callable[[dict], Dict[str, tuple]]] = None
+    input_normalization: Optional[tuple] = None
+    input_rank: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -214,6 +229,41 @@ def backend_eligibility(graph, context):
             if reason is not None:
                 found[node["name"]] = reason
                 break
+    return found
+
+
+def fp32_read_results(graph, context):
+    """Nodes of an operator the backend marks ``int8_readers_only`` whose result only fp32
+    operators read (or that is an output of the graph): they stay fp32.
+
+    An int8 node between fp32 ones only adds work: its fp32 inputs are quantized and its
+    result dequantized at once (:attr:`~gluon_quant.backends.OpSupport.int8_readers_only`
+    says what that cost measured). A reader counts as fp32 when the backend has no int8
+    kernel for it (its ``fp32_ops``) or :func:`backend_eligibility` keeps it fp32.
+
+    Returns
+    -------
+    dict of str to str
+        Node name -> the backend's reason.
+    """
+    spec, nodes = context.spec, graph["nodes"]
+    marked = {op: s.int8_readers_only for op, s in spec.ops.items() if s.int8_readers_only}
+    if not marked:
+        return {}
+    ineligible = backend_eligibility(graph, context)
+    readers = collections.defaultdict(list)
+    for node in nodes:
+        for entry in node["inputs"]:
+            readers[entry[0]].append(node)
+    heads = {h[0] for h in graph["heads"]}
+    found = {}
+    for index, node in enumerate(nodes):
+        reason = marked.get(node["op"])
+        if not reason or node["name"] in ineligible:
+            continue
+        if all(r["name"] in ineligible for r in readers[index]) or (
+                index in heads and not readers[index]):
+            found[node["name"]] = reason
     return found
 
 
@@ -617,6 +667,7 @@ def _rnn_pass(graph, context):
 
 PASSES = (
     GraphPass("unique_names", Stage.TRACED, unique_names),
+    GraphPass("fold_input_normalization", Stage.TRACED, fold_input_normalization),
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),
     # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
     # or (sigmoid) computes 1-ulp different values than tanh/sigmoid in fp32.
@@ -631,6 +682,7 @@ PASSES = (
     GraphPass("masked_softmax", Stage.TRACED, masked_softmax),
     GraphPass("lift_1d_to_2d", Stage.TRACED, lift_1d_to_2d, backends=("onednn",)),
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
+    GraphPass("fp32_read_results", Stage.FUSED, fp32_read_results),
     GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
     GraphPass("mixed_reader_producers", Stage.FUSED, lambda g, c: mixed_reader_producers(g),

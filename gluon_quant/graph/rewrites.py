@@ -13,6 +13,9 @@ import logging
 from dataclasses import dataclass
 from typing import Tuple
 
+import mxnet as mx
+import numpy as np
+
 from .. import _mxnet
 
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
@@ -50,8 +53,9 @@ class ParamRewrite:
         ``'reshape'`` (``sources[0]`` reshaped to ``shape``; an empty shape inserts a unit
         axis 2, for 1-D kernels whose shape was not known at tracing), ``'fold_batchnorm'``
         (``sources`` = dense weight, dense bias or ``''``, gamma, beta, running mean,
-        running var; ``part`` says whether ``target`` is the folded weight or bias) or
-        ``'evaluate'`` (``graph``, a JSON graph over the ``sources`` variables, run once).
+        running var; ``part`` says whether ``target`` is the folded weight or bias),
+        ``'evaluate'`` (``graph``, a JSON graph over the ``sources`` variables, run once) or
+        ``'constant'`` (``values`` reshaped to ``shape``; no sources).
     sources : tuple of str
     shape : tuple of int
     eps : float
@@ -70,9 +74,16 @@ class ParamRewrite:
     fix_gamma: bool = False
     part: str = ""
     graph: str = ""
+    values: Tuple[float, ...] = ()
 
     def apply(self, params):
         """Set ``params[target]`` (NDArrays, or numpy arrays) from ``params[sources]``."""
+        if self.kind == "constant":
+            value = np.asarray(self.values, dtype="float32").reshape(self.shape)
+            sample = next(iter(params.values()), None)
+            params[self.target] = mx.nd.array(value, ctx=sample.context) \
+                if isinstance(sample, mx.nd.NDArray) else value
+            return
         if self.kind == "reshape":
             source = params[self.sources[0]]
             # A (1, k) kernel from a (k,) one: axis 2 inserted (the shape may not have been

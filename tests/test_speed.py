@@ -1,0 +1,45 @@
+"""Speed plumbing, checked for correctness only (never wall-clock): the profile benchmark's
+smoke run, and the loaded int8 model running without per-call weight reorders."""
+import os
+import re
+import subprocess
+import sys
+
+_ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir)
+_PROFILE = os.path.join(_ROOT, "benchmarks", "op_profile.py")
+
+
+def _profile(*args):
+    env = dict(os.environ, PYTHONPATH=_ROOT, OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, _PROFILE, "--quick", *args], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300,
+                          check=False)
+    text = done.stdout.decode("utf-8", "replace")
+    assert done.returncode == 0, text[-3000:]
+    return text
+
+
+def test_profile_quick_bert_reports_groups_reorders_and_sweep():
+    text = _profile("--models", "bert")
+    shares = [float(s) for s in re.findall(r"^  \S[^\n]*?\s([\d.]+)%$", text, re.M)]
+    # The operator groups' shares add up to the whole.
+    assert abs(sum(shares) - 100.0) < 0.5, text
+    assert "qdq" in text and "dense" in text and "attention" in text
+    # 43 nodes per call (the two residual sums run fp32, fed by the dense layers' fp32
+    # outputs: 45 with them in int8); the last one is the pooler's tanh.
+    assert re.search(r"\(of 43\):\n(.*\n){5}\s+#42\s+Activation", text), text
+    # The loaded int8 BERT runs 5 dense layers (oneDNN inner products) per call and no
+    # more reorders than its 11 layout/type conversions: its weights are not reordered
+    # (quantized) again at every call.
+    assert re.search(r"inner_product\s+[\d.]+\s+[\d.]+%\s+5\.0 calls", text), text
+    reorders = float(re.search(r"reorder\s+[\d.]+\s+[\d.]+%\s+([\d.]+) calls", text).group(1))
+    assert reorders <= 11.0, text
+    assert re.search(r"omp2 NaiveEngine\s+[\d.]+ ms\s+[\d.]+x", text), text
+
+
+def test_profile_quick_convnet_has_no_per_call_weight_reorders():
+    text = _profile("--models", "mobilenetv2_0.25", "--no-sweep")
+    # 53 int8 convolutions and 4 reorders per call (input, output and flatten layouts);
+    # before the loaded block was hybridized, 107 (every weight quantized at every call).
+    assert re.search(r"convolution\s+[\d.]+\s+[\d.]+%\s+53\.0 calls", text), text
+    assert re.search(r"reorder\s+[\d.]+\s+[\d.]+%\s+4\.0 calls", text), text
