@@ -92,8 +92,11 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
                     % (role, path, paths["meta"]))
             blobs[role] = (path, data)
         sym = _load_symbol(*blobs["symbol"])
-        arrays = parse_ndarray_file(blobs["params"][1], blobs["params"][0])
+        arrays = parse_ndarray_file(blobs["params"][1], blobs["params"][0], copy=False)
         params = _unpack_params(arrays, meta, sym, blobs["params"][0])
+        # The checked file goes to MXNet's own loader in one call; only the unpacked
+        # weights are copied from numpy.
+        loaded = _mxnet.load_ndarrays(blobs["params"][1], ctx)
         names = [entry["name"] for entry in meta["inputs"]]
         inputs = [mx.sym.var(name, dtype=entry["dtype"])
                   for name, entry in zip(names, meta["inputs"])]
@@ -103,9 +106,14 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             raise ArtifactError("The graph in %r does not take the inputs %s listed in %r: "
                                 "%s" % (blobs["symbol"][0], names, paths["meta"], err)) \
                 from err
-        nd_params = {k: mx.nd.array(v, ctx=ctx, dtype=v.dtype) for k, v in params.items()}
+        aux = set(sym.list_auxiliary_states())
+        nd_params = {}
+        for name, value in params.items():
+            stored = loaded.get(("aux:" if name in aux else "arg:") + name)
+            nd_params[name] = stored if stored is not None else _mxnet.adopt_array(value, ctx)
         try:
-            _mxnet.load_block_params(block, nd_params, ctx)
+            # An int8 graph only runs inference: no gradient buffers.
+            _mxnet.load_block_params(block, nd_params, ctx, trainable=False)
         except GluonQuantError as err:
             raise ArtifactError("%r does not fit the graph in %r: %s"
                                 % (blobs["params"][0], blobs["symbol"][0], err)) from err
@@ -171,7 +179,10 @@ def _read_metadata(path):
                             % (path, ", ".join(missing)))
     try:
         _check_meta_types(meta)
-        meta["packed"] = [_packing.PackSpec.from_dict(s).to_dict() for s in meta["packed"]]
+        if major == 1:
+            meta["packed"] = [_packing.PackSpec.from_dict(s).to_dict() for s in meta["packed"]]
+        else:
+            meta["packed"] = [_packed_entry(entry) for entry in meta["packed"]]
     except (TypeError, KeyError, ValueError, AttributeError) as err:
         raise ArtifactError("The metadata file %r is malformed (%s: %s). Export the model "
                             "again." % (path, type(err).__name__, err)) from None
@@ -201,13 +212,23 @@ def _check_meta_types(meta):
         raise TypeError("'packed' must be a list")
 
 
+def _packed_entry(entry):
+    """A format-2 ``packed`` entry, checked: ``{"weight": str, "shape": [int, ...]}``."""
+    shape = entry["shape"]
+    if not isinstance(entry["weight"], str) or not isinstance(shape, list) \
+            or not 2 <= len(shape) <= 8 \
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError("bad 'packed' entry %r" % (entry,))
+    return {"weight": entry["weight"], "shape": shape}
+
+
 def _load_symbol(path, data):
     try:
         graph = json.loads(data.decode("utf-8"))
         if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
             raise ValueError("no node list")
         sym = mx.sym.load_json(data.decode("utf-8"))
-        _mxnet.check_graph_entries(graph)
+        _mxnet.check_graph_entries(graph, sym)
         return sym
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, mx.base.MXNetError) as err:
         raise ArtifactError("The symbol file %r is not a valid MXNet graph (%s). Export the "
@@ -223,22 +244,17 @@ def _unpack_params(arrays, meta, sym, path):
         kind, _, name = key.partition(":")
         if kind in ("arg", "aux") and name in (args if kind == "arg" else aux):
             params[name] = value
-        elif kind not in ("int8", "anchor"):
+        elif kind not in ("int8", "anchor", "packed"):
             bad.append(key)
-    specs = [_packing.PackSpec.from_dict(s) for s in meta["packed"]]
-    for spec in specs:
-        q, anchors = arrays.get("int8:" + spec.weight), arrays.get("anchor:" + spec.weight)
-        needed = [n for n in (spec.gamma, spec.var) if n is not None]
-        if q is None or anchors is None or q.dtype != np.int8 or q.ndim < 2 \
-                or anchors.dtype != np.float32 or anchors.shape != q.shape[:1] \
-                or spec.weight not in args or spec.weight in params \
-                or any(params.get(n) is None or params[n].shape != q.shape[:1]
-                       for n in needed):
-            bad.append(spec.weight)
-            continue
-        params[spec.weight] = _packing.unpack(spec, q, anchors, params)
+    names = [entry["weight"] for entry in meta["packed"]]
+    bad += [n for n in names if n not in args or n in params]
+    direct = len(params)
+    if meta["version"].startswith("1."):
+        used = _unpack_v1(arrays, meta, params, bad)
+    else:
+        used = _unpack_v2(arrays, meta, params, bad, path)
     missing = sorted((args | aux) - set(params))
-    extra = len(arrays) - len(params) - len(specs)
+    extra = len(arrays) - direct - used
     if bad or missing or extra:
         raise ArtifactError(
             "The params file %r does not match the graph: %s. Export the model again."
@@ -247,3 +263,39 @@ def _unpack_params(arrays, meta, sym, path):
                 "missing %s" % missing[:5] if missing else "",
                 "%d extra entries" % extra if extra and not bad else ""]))))
     return params
+
+
+def _unpack_v2(arrays, meta, params, bad, path):
+    """Format 2: all packed weights in four arrays, rebuilt in one pass; returns how many
+    arrays it used."""
+    if not meta["packed"]:
+        return 0
+    joined = {key: arrays.get("packed:" + key)
+              for key in _packing.ARRAYS}
+    if any(value is None for value in joined.values()):
+        raise ArtifactError("The params file %r lacks the packed:* arrays its metadata "
+                            "announces. Export the model again." % path)
+    try:
+        weights = _packing.split(joined, [tuple(e["shape"]) for e in meta["packed"]])
+    except ValueError as err:
+        raise ArtifactError("The packed weights in %r are inconsistent (%s). Export the "
+                            "model again." % (path, err)) from None
+    for entry, weight in zip(meta["packed"], weights):
+        params[entry["weight"]] = weight
+    return len(joined)
+
+
+def _unpack_v1(arrays, meta, params, bad):
+    """Format 1.0: per weight ``int8:NAME`` and ``anchor:NAME``; returns their count."""
+    specs = [_packing.PackSpec.from_dict(s) for s in meta["packed"]]
+    for spec in specs:
+        q, anchors = arrays.get("int8:" + spec.weight), arrays.get("anchor:" + spec.weight)
+        needed = [n for n in (spec.gamma, spec.var) if n is not None]
+        if q is None or anchors is None or q.dtype != np.int8 or q.ndim < 2 \
+                or anchors.dtype != np.float32 or anchors.shape != q.shape[:1] \
+                or any(params.get(n) is None or params[n].shape != q.shape[:1]
+                       for n in needed):
+            bad.append(spec.weight)
+            continue
+        params[spec.weight] = _packing.unpack_v1(spec, q, anchors, params)
+    return 2 * len(specs)
