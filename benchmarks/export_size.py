@@ -13,14 +13,14 @@ weights) it prints the params file size and the load time of:
 
 "load" is the imports call; "load+1st" adds the first batch-1 inference, where MXNet's
 fused int8 layers fold BatchNorm and quantize their fp32 weights. The loads of the three
-exports alternate, so that all see the same machine load; times are medians. Sizes are
-exact; compare the time ratios, not the seconds.
+exports alternate, so that all see the same machine load; each time is the fastest of
+``--repeat`` rounds (on a shared machine, the least disturbed one). Sizes are exact;
+compare the time ratios, not the seconds.
 
     python benchmarks/export_size.py [--models resnet18_v1 mobilenetv2_1.0] [--repeat 5]
 """
 import argparse
 import os
-import statistics
 import tempfile
 import time
 
@@ -56,14 +56,14 @@ def _build(name, params_file=None):
 
 
 def _timed_rounds(loads, repeat):
-    """Median seconds of each ``loads[label]()``, the labels alternating in every round."""
+    """Fastest seconds of each ``loads[label]()``, the labels alternating in every round."""
     times = {label: [] for label in loads}
     for _ in range(repeat):
         for label, load in loads.items():
             start = time.perf_counter()
             load()
             times[label].append(time.perf_counter() - start)
-    return {label: statistics.median(t) for label, t in times.items()}
+    return {label: min(t) for label, t in times.items()}
 
 
 def measure(name, workdir, repeat):
@@ -115,7 +115,7 @@ def measure(name, workdir, repeat):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=MODELS)
-    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:

@@ -5,8 +5,8 @@
 ``PREFIX-symbol.json``
     The final int8 graph, exactly as it runs in memory.
 ``PREFIX-int8.params``
-    MXNet's ``nd.save`` format. Plain parameters are stored as ``arg:NAME`` /
-    ``aux:NAME``; the weights of oneDNN's fused int8 convolutions and dense layers, all
+    MXNet's ``nd.save`` format. The parameters stored as they are go in one array per
+    dtype, ``plain:float32`` (...), in the order of the metadata's ``plain`` list; the weights of oneDNN's fused int8 convolutions and dense layers, all
     together, in six arrays: ``packed:int8`` (the int8 values the runtime computes,
     weight after weight), ``packed:anchors`` (one float32 per output channel: the value
     that sets its maximum) and the few exceptions, ``packed:factor_index`` /
@@ -15,8 +15,8 @@
 ``PREFIX-meta.json``
     Format version, gluon_quant and MXNet versions, backend/dtype/granularity, the
     input names, dtypes and calibration shapes, the output nesting, the calibration
-    table, the packed weights' names and shapes in storage order, the weights kept in fp32
-    and why, and the size and sha256 of the two files
+    table, the names, shapes and dtypes of the plain and of the packed parameters in
+    storage order, the weights kept in fp32 and why, and the size and sha256 of the two files
     above. :class:`gluon_quant.QuantizedSymbolBlock` verifies all of it before a byte
     reaches MXNet's loaders.
 
@@ -47,7 +47,8 @@ _log = logging.getLogger(__name__)
 
 FORMAT = "gluon_quant.export"
 #: (major, minor): a reader accepts its own and older major versions and refuses a newer
-#: one. 2.0 stores every packed weight in four arrays (1.0: two arrays per weight).
+#: one. 2.0 stores all packed weights in six arrays and the other parameters in one
+#: array per dtype (1.0: two arrays per packed weight, one per other parameter).
 FORMAT_VERSION = (2, 0)
 
 
@@ -119,11 +120,18 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
     arrays = {"packed:" + key: value for key, value in _packing.join(packs).items()} \
         if packs else {}
     packed_names = {entry["weight"] for entry in packed}
+    # The other parameters, one array per dtype (names and shapes in the metadata): one
+    # array header instead of one per parameter, and one array for MXNet to load.
+    plain, groups = [], {}
     for name, value in params.items():
         if name not in packed_names:
-            arrays[("aux:" if name in aux else "arg:") + name] = value
+            plain.append({"name": name, "aux": name in aux, "dtype": value.dtype.name,
+                          "shape": [int(d) for d in value.shape]})
+            groups.setdefault(value.dtype.name, []).append(value.ravel())
+    arrays.update({"plain:" + dtype: np.concatenate(values) for dtype, values in groups.items()})
     params_bytes = _nd_bytes(arrays)
     meta = _metadata(qnet, paths, symbol_text, params_bytes, packed, kept)
+    meta["plain"] = plain
     atomic_write_many([(paths["symbol"], symbol_text), (paths["params"], params_bytes),
                        (paths["meta"], (json.dumps(meta, indent=1) + "\n").encode("utf-8"))],
                       "export")

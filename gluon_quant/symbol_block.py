@@ -107,8 +107,13 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
                                 "%s" % (blobs["symbol"][0], names, paths["meta"], err)) \
                 from err
         aux = set(sym.list_auxiliary_states())
+        layout = _plain_layout(meta)[0]
         nd_params = {}
         for name, value in params.items():
+            if name in layout:               # format 2: a view of its dtype's array
+                key, start, stop, shape = layout[name]
+                nd_params[name] = loaded[key][start:stop].reshape(shape)
+                continue
             stored = loaded.get(("aux:" if name in aux else "arg:") + name)
             nd_params[name] = stored if stored is not None else _mxnet.adopt_array(value, ctx)
         try:
@@ -173,7 +178,7 @@ def _read_metadata(path):
             "The metadata file %r has format version %d.%d, newer than the %d.x this "
             "gluon_quant reads (it was written by gluon_quant %s): upgrade gluon_quant."
             % (path, major, minor, FORMAT_VERSION[0], meta.get("gluon_quant_version")))
-    missing = sorted(_META_KEYS - set(meta))
+    missing = sorted(_META_KEYS - set(meta) | ({"plain"} - set(meta) if major >= 2 else set()))
     if missing:
         raise ArtifactError("The metadata file %r lacks %s. Export the model again."
                             % (path, ", ".join(missing)))
@@ -183,6 +188,7 @@ def _read_metadata(path):
             meta["packed"] = [_packing.PackSpec.from_dict(s).to_dict() for s in meta["packed"]]
         else:
             meta["packed"] = [_packed_entry(entry) for entry in meta["packed"]]
+            meta["plain"] = [_plain_entry(entry) for entry in meta["plain"]]
     except (TypeError, KeyError, ValueError, AttributeError) as err:
         raise ArtifactError("The metadata file %r is malformed (%s: %s). Export the model "
                             "again." % (path, type(err).__name__, err)) from None
@@ -222,6 +228,33 @@ def _packed_entry(entry):
     return {"weight": entry["weight"], "shape": shape}
 
 
+#: The dtypes ``mx.nd.save`` writes that a ``plain:DTYPE`` array may have.
+_PLAIN_DTYPES = ("float32", "float64", "float16", "uint8", "int32", "int8", "int64")
+
+
+def _plain_entry(entry):
+    """A format-2 ``plain`` entry, checked: ``{"name", "aux", "dtype", "shape"}``."""
+    shape = entry["shape"]
+    if not isinstance(entry["name"], str) or not isinstance(entry["aux"], bool) \
+            or entry["dtype"] not in _PLAIN_DTYPES or not isinstance(shape, list) \
+            or not 1 <= len(shape) <= 8 \
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError("bad 'plain' entry %r" % (entry,))
+    return {"name": entry["name"], "aux": entry["aux"], "dtype": entry["dtype"],
+            "shape": shape}
+
+
+def _plain_layout(meta):
+    """Where each plain parameter lies: name -> (array key, start, stop, shape)."""
+    layout, offsets = {}, {}
+    for entry in meta.get("plain", []):
+        key = "plain:" + entry["dtype"]
+        start = offsets.get(key, 0)
+        offsets[key] = start + int(np.prod(entry["shape"], dtype=np.int64))
+        layout[entry["name"]] = (key, start, offsets[key], tuple(entry["shape"]))
+    return layout, offsets
+
+
 def _load_symbol(path, data):
     try:
         graph = json.loads(data.decode("utf-8"))
@@ -240,16 +273,19 @@ def _unpack_params(arrays, meta, sym, path):
     args = set(sym.list_arguments()) - {entry["name"] for entry in meta["inputs"]}
     aux = set(sym.list_auxiliary_states())
     params, bad = {}, []
+    version1 = meta["version"].startswith("1.")
     for key, value in arrays.items():
         kind, _, name = key.partition(":")
-        if kind in ("arg", "aux") and name in (args if kind == "arg" else aux):
+        if version1 and kind in ("arg", "aux") and name in (args if kind == "arg" else aux):
             params[name] = value
-        elif kind not in ("int8", "anchor", "packed"):
+        elif kind not in (("int8", "anchor") if version1 else ("packed", "plain")):
             bad.append(key)
+    if not version1:
+        _plain_params(arrays, meta, params, bad, args, aux)
     names = [entry["weight"] for entry in meta["packed"]]
     bad += [n for n in names if n not in args or n in params]
-    direct = len(params)
-    if meta["version"].startswith("1."):
+    direct = len(params) if version1 else len(_plain_layout(meta)[1])
+    if version1:
         used = _unpack_v1(arrays, meta, params, bad)
     else:
         used = _unpack_v2(arrays, meta, params, bad, path)
@@ -263,6 +299,23 @@ def _unpack_params(arrays, meta, sym, path):
                 "missing %s" % missing[:5] if missing else "",
                 "%d extra entries" % extra if extra and not bad else ""]))))
     return params
+
+
+def _plain_params(arrays, meta, params, bad, args, aux):
+    """Format 2: views of the ``plain:DTYPE`` arrays, one per parameter of ``plain``."""
+    layout, sizes = _plain_layout(meta)
+    for key, size in sizes.items():
+        array = arrays.get(key)
+        if array is None or array.ndim != 1 or array.size != size \
+                or array.dtype.name != key.partition(":")[2]:
+            bad.append(key)
+    if bad:
+        return
+    for entry in meta["plain"]:
+        key, start, stop, shape = layout[entry["name"]]
+        if entry["name"] in params or entry["name"] not in (aux if entry["aux"] else args):
+            bad.append(entry["name"])
+        params[entry["name"]] = arrays[key][start:stop].reshape(shape)
 
 
 def _unpack_v2(arrays, meta, params, bad, path):

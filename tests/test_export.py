@@ -49,7 +49,11 @@ def test_export_right_after_quantizing_writes_full_files(qnet, tmp_path):
     assert arrays["packed:anchors"].shape == (16 + 32 + 64 + 10,)
     # exceptions are few: at most one kept value per channel, no factor of their own
     assert arrays["packed:fix_index"].size <= 122 and arrays["packed:factor_index"].size == 0
-    assert not any(k.startswith("arg:cnn_conv") and k.endswith("weight") for k in arrays)
+    # every other parameter in one float32 array, named in the metadata
+    assert sorted(arrays) == sorted(["packed:" + k for k in _packing.ARRAYS] + ["plain:float32"])
+    assert [p["name"] for p in meta["plain"]][:3] == ["cnn_conv0_bias", "cnn_batchnorm0_gamma",
+                                                       "cnn_batchnorm0_beta"]
+    assert arrays["plain:float32"].size == sum(np.prod(p["shape"]) for p in meta["plain"])
     # the same arrays as mx.nd.load reads
     loaded = mx.nd.load(paths["params"])
     assert sorted(loaded) == sorted(arrays)
