@@ -504,8 +504,30 @@ def _json_output_counts(sym, graph):
     return [counts.get(n.get("name"), 0) for n in graph["nodes"]]
 
 
+#: Operators found in oneDNN's fused subgraphs that always have one visible output.
+_ONE_OUTPUT = frozenset(["Convolution", "FullyConnected", "Activation", "clip",
+                         "elemwise_add", "_plus", "elemwise_mul", "_contrib_quantized_act"])
+
+
+def _known_counts(sub):
+    """Output counts of a graph made of variables and ``_ONE_OUTPUT`` operators (and
+    BatchNorm without its mean/var outputs), or None."""
+    counts = []
+    for node in sub["nodes"]:
+        op, attrs = node.get("op"), node.get("attrs") or {}
+        if op == "null" or op in _ONE_OUTPUT or (op == "BatchNorm" and str(
+                attrs.get("output_mean_var", "False")).lower() in ("false", "0")):
+            counts.append(1)
+        else:
+            return None
+    return counts
+
+
 def _output_counts(graphs):
     """How many outputs MXNet gives each node of each graph: one list per graph."""
+    known = [_known_counts(sub) for sub in graphs]
+    if all(k is not None for k in known):
+        return known
     merged, keys = [], []
     for number, sub in enumerate(graphs):
         for node in sub["nodes"]:

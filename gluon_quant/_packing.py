@@ -446,8 +446,7 @@ def split(joined, shapes):
         values = q[start:start + size].reshape(channels, -1)
         np.multiply(values, factors[rows, None], out=view, casting="unsafe")
         # Each channel's anchor goes where its int8 value is most extreme, with that sign.
-        extreme = _extremes(values)
-        first = (values == extreme[:, None]).argmax(axis=1)
+        first, extreme = _extremes(values)
         view[np.arange(channels), first] = np.where(extreme < 0, -anchors[rows], anchors[rows])
         weights.append(view.reshape(shape))
         start, row = start + size, row + channels
@@ -456,11 +455,14 @@ def split(joined, shapes):
 
 
 def _extremes(values):
-    """Per row of int8 ``values``, the value the runtime's rounding of ``+-max|w|`` gives:
-    -128 if present, else the largest magnitude, positive on a tie."""
-    high = values.max(axis=1).astype(np.int16)
-    low = values.min(axis=1).astype(np.int16)
-    return np.where(low == -128, -128, np.where(high >= -low, high, low)).astype(np.int8)
+    """Per row of int8 ``values``, where the runtime's rounding of ``+-max|w|`` lies and
+    its value: the first -128 if present, else the first value of largest magnitude,
+    positive on a tie. Two passes (argmax, argmin) over the data."""
+    rows = np.arange(values.shape[0])
+    high_at, low_at = values.argmax(axis=1), values.argmin(axis=1)
+    high, low = values[rows, high_at].astype(np.int16), values[rows, low_at].astype(np.int16)
+    positive = (low != -128) & (high >= -low)
+    return np.where(positive, high_at, low_at), np.where(positive, high, low)
 
 
 def _check_joined(joined, shapes):

