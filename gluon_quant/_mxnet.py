@@ -473,17 +473,26 @@ def check_graph_entries(graph, sym=None):
 def _symbol_output_counts(sym, graph):
     """How many outputs each node of ``graph`` has in ``sym`` (loaded from it).
 
-    MXNet names each output ``NODE`` (a variable) or ``NODE_SUFFIX``: where only one node
-    name starts an output's name, that node owns it; otherwise (``rnn`` and a variable
-    ``rnn_state``) the internal graph's JSON says which node it is.
+    MXNet names a variable's output after the variable and an operator's ``NODE_SUFFIX``:
+    an output named exactly like a variable is that variable's, any other belongs to the
+    operator whose name is its longest prefix. Where that is ambiguous (an operator
+    ``rnn`` with an output ``rnn_state`` beside a variable ``rnn_state``), the internal
+    graph's JSON says which node it is.
     """
-    nodes = {n.get("name") for n in graph["nodes"]}
+    variables = {n.get("name") for n in graph["nodes"] if n.get("op") == "null"}
+    operators = {n.get("name") for n in graph["nodes"] if n.get("op") != "null"}
     counts = {}
     for output in sym.get_internals().list_outputs():
-        owners = [output[:cut] for cut in _underscores(output) if output[:cut] in nodes]
-        if len(owners) != 1:
+        if output in variables:
+            if output in counts:
+                return _json_output_counts(sym, graph)
+            counts[output] = 1
+            continue
+        owner = next((output[:cut] for cut in _underscores(output)
+                      if output[:cut] in operators), None)
+        if owner is None:
             return _json_output_counts(sym, graph)
-        counts[owners[0]] = counts.get(owners[0], 0) + 1
+        counts[owner] = counts.get(owner, 0) + 1
     return [counts.get(n.get("name"), 0) for n in graph["nodes"]]
 
 

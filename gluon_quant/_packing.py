@@ -34,6 +34,7 @@ the same maxima and the same ``q``; it also refuses when the bias guard cannot b
 (the layer's input scale is unknown, or a float rounding could tip it).
 """
 import logging
+import math
 from dataclasses import dataclass
 from typing import NamedTuple, Optional
 
@@ -440,7 +441,7 @@ def split(joined, shapes):
     out = np.empty(q.size, np.float32)
     weights, start, row = [], 0, 0
     for shape in shapes:
-        channels, size = shape[0], int(np.prod(shape, dtype=np.int64))
+        channels, size = shape[0], math.prod(shape)
         rows = slice(row, row + channels)
         view = out[start:start + size].reshape(channels, -1)
         values = q[start:start + size].reshape(channels, -1)
@@ -466,7 +467,7 @@ def _extremes(values):
 
 
 def _check_joined(joined, shapes):
-    sizes = [int(np.prod(shape, dtype=np.int64)) for shape in shapes]
+    sizes = [math.prod(shape) for shape in shapes]
     rows = [shape[0] if len(shape) >= 2 else 0 for shape in shapes]
     if min(rows, default=1) <= 0 or min(sizes, default=1) <= 0:
         raise ValueError("a packed weight has shape %s" % (shapes,))

@@ -221,6 +221,24 @@ def test_inconsistent_packed_arrays_are_reported(exported, edit, message):
         gq.QuantizedSymbolBlock.imports(prefix)
 
 
+def test_metadata_that_does_not_fit_the_params_file(exported):
+    prefix, paths, _ = exported
+    meta = json.load(open(paths["meta"]))
+    meta["plain"][0]["shape"] = [17]                     # cnn_conv0_bias has 16 values
+    json.dump(meta, open(paths["meta"], "w"))
+    with pytest.raises(ArtifactError, match=r"m-int8\.params.*does not match the graph.*"
+                                            r"plain:float32"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+    meta["plain"][0].update(shape=[16], name="cnn_conv9_bias")
+    json.dump(meta, open(paths["meta"], "w"))
+    with pytest.raises(ArtifactError, match=r"cnn_conv9_bias.*missing \['cnn_conv0_bias'\]"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+    meta["plain"][0]["dtype"] = "bfloat16"
+    json.dump(meta, open(paths["meta"], "w"))
+    with pytest.raises(ArtifactError, match=r"m-meta\.json' is malformed.*bad 'plain' entry"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+
+
 def test_broken_metadata_and_missing_files(exported):
     prefix, paths, _ = exported
     meta_text = open(paths["meta"]).read()
