@@ -30,7 +30,7 @@ from .errors import GraphError, NotHybridizableError, ModelExecutionError
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
     "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
-    "load_graph", "symbol_block", "load_block_params", "load_ndarrays", "adopt_array", "infer_output_dtypes",
+    "load_graph", "symbol_block", "load_block_params", "load_ndarrays", "adopt_array", "host_buffer", "infer_output_dtypes",
     "infer_graph_dtypes", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
     "registered_param_names",
@@ -418,6 +418,22 @@ def host_view(array):
                                  shape=array.shape)
     view.flags.writeable = False
     return view
+
+
+def host_buffer(size):
+    """A new CPU float32 NDArray of ``size`` values and a writable numpy view of it.
+
+    The memory comes from MXNet's pool, which recycles freed arrays: filling it costs no
+    fresh page faults, as a new numpy array of tens of MB does. Write the view before
+    any MXNet operation reads the array, and keep the array alive while the view is used.
+    """
+    array = mx.nd.empty((max(int(size), 1),), ctx=mx.cpu(), dtype="float32")
+    array.wait_to_read()
+    pointer = ctypes.c_void_p()
+    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+    view = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                                 shape=array.shape)
+    return array, view[:size]
 
 
 def first_line(err):

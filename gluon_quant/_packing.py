@@ -412,7 +412,7 @@ def join(packs):
     return joined
 
 
-def split(joined, shapes):
+def split(joined, shapes, out=None):
     """Inverse of :func:`join` followed by :func:`unpack`: every weight, rebuilt.
 
     One multiplication and one search for the channel maxima per weight; the kept values
@@ -424,10 +424,12 @@ def split(joined, shapes):
         As :func:`join` returns (checked: sizes, dtypes and indices must agree).
     shapes : list of tuple of int
         The weights' shapes, in order.
+    out : numpy.ndarray of float32, optional
+        Where to write them (as many values as ``joined["int8"]``); a new array if None.
 
     Returns
     -------
-    list of numpy.ndarray of float32, views of one buffer
+    list of numpy.ndarray of float32, views of ``out``
 
     Raises
     ------
@@ -438,14 +440,15 @@ def split(joined, shapes):
     q, anchors = joined["int8"], joined["anchors"]
     factors = _derived_factors(anchors)
     factors[joined["factor_index"]] = joined["factor_value"]
-    out = np.empty(q.size, np.float32)
+    out = np.empty(q.size, np.float32) if out is None else out
+    out[:] = q              # one int8 -> float32 pass, then float32 multiplications
     weights, start, row = [], 0, 0
     for shape in shapes:
         channels, size = shape[0], math.prod(shape)
         rows = slice(row, row + channels)
         view = out[start:start + size].reshape(channels, -1)
         values = q[start:start + size].reshape(channels, -1)
-        np.multiply(values, factors[rows, None], out=view, casting="unsafe")
+        view *= factors[rows, None]
         # Each channel's anchor goes where its int8 value is most extreme, with that sign.
         first, extreme = _extremes(values)
         view[np.arange(channels), first] = np.where(extreme < 0, -anchors[rows], anchors[rows])

@@ -98,7 +98,12 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             blobs[role] = (path, data)
         sym = _load_symbol(*blobs["symbol"])
         arrays = parse_ndarray_file(blobs["params"][1], blobs["params"][0], copy=False)
-        params = _unpack_params(arrays, meta, sym, blobs["params"][0])
+        # The packed weights are rebuilt straight into one MXNet array on the CPU.
+        buffer = _mxnet.host_buffer(arrays["packed:int8"].size) \
+            if meta["packed"] and "packed:int8" in arrays and not meta["version"].startswith("1.") \
+            else None
+        params = _unpack_params(arrays, meta, sym, blobs["params"][0],
+                                None if buffer is None else buffer[1])
         # The checked file goes to MXNet's own loader in one call; only the unpacked
         # weights are copied from numpy.
         loaded = _mxnet.load_ndarrays(blobs["params"][1], ctx)
@@ -113,11 +118,18 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
                 from err
         aux = set(sym.list_auxiliary_states())
         layout = _plain_layout(meta)[0]
+        if buffer is not None:               # the packed weights: views of the buffer
+            start = 0
+            for entry in meta["packed"]:
+                stop = start + math.prod(entry["shape"])
+                layout[entry["weight"]] = (buffer[0], start, stop, tuple(entry["shape"]))
+                start = stop
         nd_params = {}
         for name, value in params.items():
             if name in layout:               # format 2: a view of its dtype's array
                 key, start, stop, shape = layout[name]
-                nd_params[name] = loaded[key][start:stop].reshape(shape)
+                source = loaded[key] if isinstance(key, str) else key
+                nd_params[name] = source[start:stop].reshape(shape)
                 continue
             stored = loaded.get(("aux:" if name in aux else "arg:") + name)
             nd_params[name] = stored if stored is not None else _mxnet.adopt_array(value, ctx)
@@ -273,8 +285,9 @@ def _load_symbol(path, data):
                             "model again." % (path, str(err).splitlines()[0])) from None
 
 
-def _unpack_params(arrays, meta, sym, path):
-    """Rebuild the name -> array dict the graph needs, checking it matches exactly."""
+def _unpack_params(arrays, meta, sym, path, out=None):
+    """Rebuild the name -> array dict the graph needs, checking it matches exactly
+    (packed weights written into ``out`` when given, see :func:`_packing.split`)."""
     args = set(sym.list_arguments()) - {entry["name"] for entry in meta["inputs"]}
     aux = set(sym.list_auxiliary_states())
     params, bad = {}, []
@@ -293,7 +306,7 @@ def _unpack_params(arrays, meta, sym, path):
     if version1:
         used = _unpack_v1(arrays, meta, params, bad)
     else:
-        used = _unpack_v2(arrays, meta, params, bad, path)
+        used = _unpack_v2(arrays, meta, params, bad, path, out)
     missing = sorted((args | aux) - set(params))
     extra = len(arrays) - direct - used
     if bad or missing or extra:
@@ -323,7 +336,7 @@ def _plain_params(arrays, meta, params, bad, args, aux):
         params[entry["name"]] = arrays[key][start:stop].reshape(shape)
 
 
-def _unpack_v2(arrays, meta, params, bad, path):
+def _unpack_v2(arrays, meta, params, bad, path, out=None):
     """Format 2: all packed weights in four arrays, rebuilt in one pass; returns how many
     arrays it used."""
     if not meta["packed"]:
@@ -334,7 +347,7 @@ def _unpack_v2(arrays, meta, params, bad, path):
         raise ArtifactError("The params file %r lacks the packed:* arrays its metadata "
                             "announces. Export the model again." % path)
     try:
-        weights = _packing.split(joined, [tuple(e["shape"]) for e in meta["packed"]])
+        weights = _packing.split(joined, [tuple(e["shape"]) for e in meta["packed"]], out)
     except ValueError as err:
         raise ArtifactError("The packed weights in %r are inconsistent (%s). Export the "
                             "model again." % (path, err)) from None
