@@ -1,23 +1,28 @@
 """Size and load time of exported int8 models: fp32, MXNet's own int8 export, gluon_quant.
 
-For each model (GluonCV, ``pretrained=False``, BatchNorm statistics re-estimated on smooth
-random images) it prints the params file size and the load time of:
+For each model (GluonCV nets with ``pretrained=False`` and BatchNorm statistics
+re-estimated on smooth random images; ``efficientnet_lite0`` with its real ImageNet
+weights) it prints the params file size and the load time of:
 
-* fp32: ``net.export()`` after one forward, loaded with ``mx.gluon.SymbolBlock.imports``;
+* fp32: ``net.export()`` after one forward, loaded with ``mx.gluon.SymbolBlock.imports``
+  (the symbol + params pair);
 * MXNet int8: ``quantize_net_v2(calib_mode='naive')``, exported after one forward (before
   it, MXNet writes an empty params file), loaded with ``SymbolBlock.imports``;
 * gluon_quant int8: ``qnet.export(prefix)``, loaded with ``QuantizedSymbolBlock.imports``
-  (checksums, structure checks and weight unpacking included).
+  (metadata and checksums verified, params structure parsed, weights unpacked).
 
 "load" is the imports call; "load+1st" adds the first batch-1 inference, where MXNet's
-fused int8 layers fold BatchNorm and quantize their fp32 weights. Sizes are exact; times
-are medians of a few runs on whatever machine runs it: compare the ratios.
+fused int8 layers fold BatchNorm and quantize their fp32 weights. The loads of the three
+exports alternate, so that all see the same machine load; each time is the fastest of
+``--repeat`` rounds (on a shared machine, the least disturbed one). Sizes are exact;
+compare the time ratios, not the seconds.
 
-    python benchmarks/export_size.py [--models resnet18_v1 resnet50_v1] [--repeat 3]
+    python benchmarks/export_size.py [--models resnet18_v1 mobilenetv2_1.0] [--repeat 5]
 """
 import argparse
 import os
 import tempfile
+import time
 
 import mxnet as mx
 import numpy as np
@@ -25,8 +30,10 @@ from gluoncv.model_zoo import get_model
 from mxnet.contrib.quantization import quantize_net_v2
 
 import gluon_quant as gq
-from _common import median_seconds
+from gluon_quant.zoo import efficientnet_lite0
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
+
+MODELS = ["resnet18_v1", "mobilenet1.0", "mobilenetv2_1.0", "efficientnet_lite0"]
 
 
 def smooth_images(n, seed):
@@ -34,33 +41,48 @@ def smooth_images(n, seed):
     return mx.nd.contrib.BilinearResize2D(low, height=224, width=224)
 
 
-def _fresh(name, params_file):
-    net = get_model(name, pretrained=False)
-    net.load_parameters(params_file)
+def _build(name, params_file=None):
+    if name == "efficientnet_lite0":
+        net = efficientnet_lite0()
+    else:
+        net = get_model(name, pretrained=False)
+        if params_file is None:
+            mx.random.seed(0)
+            net.initialize(mx.init.Xavier())
+            reestimate_batchnorm(net, smooth_images(16, 0))
+    if params_file is not None:
+        net.load_parameters(params_file)
     return net
 
 
+def _timed_rounds(loads, repeat):
+    """Fastest seconds of each ``loads[label]()``, the labels alternating in every round."""
+    times = {label: [] for label in loads}
+    for _ in range(repeat):
+        for label, load in loads.items():
+            start = time.perf_counter()
+            load()
+            times[label].append(time.perf_counter() - start)
+    return {label: min(t) for label, t in times.items()}
+
+
 def measure(name, workdir, repeat):
-    mx.random.seed(0)
-    net = get_model(name, pretrained=False)
-    net.initialize(mx.init.Xavier())
-    reestimate_batchnorm(net, smooth_images(16, 0))
+    net = _build(name)
     calib = smooth_images(32, 1)
     x1 = calib[:1]
     fp32_params = os.path.join(workdir, name + "-gluon.params")
     net.save_parameters(fp32_params)
 
-    fp32 = _fresh(name, fp32_params)
+    fp32 = _build(name, fp32_params)
     fp32.hybridize()
     fp32(x1)
     fp32.export(os.path.join(workdir, name + "-fp32"))
 
-    stock = _fresh(name, fp32_params)
+    stock = _build(name, fp32_params)
     calib_iter = mx.io.NDArrayIter(data={"data": calib}, batch_size=16)
     stock = quantize_net_v2(stock, quantized_dtype="auto", calib_mode="naive",
                             calib_data=calib_iter, num_calib_examples=32,
-                            data_shapes=calib_iter.provide_data,
-                            ctx=mx.cpu())
+                            data_shapes=calib_iter.provide_data, ctx=mx.cpu())
     stock(x1)
     stock.export(os.path.join(workdir, name + "-mxint8"))
 
@@ -68,40 +90,43 @@ def measure(name, workdir, repeat):
     paths = qnet.export(os.path.join(workdir, name + "-gq"))
 
     def stock_load(prefix):
+        prefix = os.path.join(workdir, prefix)
         return lambda: mx.gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"],
                                                     prefix + "-0000.params")
 
-    rows = []
-    for label, params, load in [
-            ("fp32", os.path.join(workdir, name + "-fp32-0000.params"),
-             stock_load(os.path.join(workdir, name + "-fp32"))),
-            ("MXNet int8", os.path.join(workdir, name + "-mxint8-0000.params"),
-             stock_load(os.path.join(workdir, name + "-mxint8"))),
-            ("gluon_quant int8", paths["params"],
-             lambda: gq.QuantizedSymbolBlock.imports(os.path.join(workdir, name + "-gq")))]:
-        load_s = median_seconds(load, repeat)
-        first_s = median_seconds(lambda: load()(x1).wait_to_read(), repeat)
-        rows.append((label, os.path.getsize(params), load_s, first_s))
-    loaded = gq.QuantizedSymbolBlock.imports(os.path.join(workdir, name + "-gq"))
+    def gq_load():
+        return gq.QuantizedSymbolBlock.imports(os.path.join(workdir, name + "-gq"))
+
+    files = {"fp32": os.path.join(workdir, name + "-fp32-0000.params"),
+             "MXNet int8": os.path.join(workdir, name + "-mxint8-0000.params"),
+             "gluon_quant int8": paths["params"]}
+    loads = {"fp32": stock_load(name + "-fp32"), "MXNet int8": stock_load(name + "-mxint8"),
+             "gluon_quant int8": gq_load}
+    load_s = _timed_rounds(loads, repeat)
+    first_s = _timed_rounds({label: (lambda f=f: f()(x1).wait_to_read())
+                             for label, f in loads.items()}, repeat)
+    rows = [(label, os.path.getsize(files[label]), load_s[label], first_s[label])
+            for label in loads]
+    loaded = gq_load()
     identical = np.array_equal(loaded(calib[:4]).asnumpy(), qnet(calib[:4]).asnumpy())
-    return rows, identical
+    return rows, identical, len(loaded.metadata["kept_fp32"])
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=["resnet18_v1", "resnet50_v1"])
-    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--models", nargs="+", default=MODELS)
+    parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
-            rows, identical = measure(name, workdir, args.repeat)
+            rows, identical, kept = measure(name, workdir, args.repeat)
             base_size, base_load, base_first = rows[0][1:]
-            print("\n%s (gluon_quant reload bit-identical to in-memory int8: %s)"
-                  % (name, identical))
+            print("\n%s (reload bit-identical to the in-memory int8 model: %s; weights kept "
+                  "fp32: %d)" % (name, identical, kept))
             print("%-18s %12s %8s %10s %8s %12s %8s" % (
                 "export", "params MB", "x fp32", "load s", "x fp32", "load+1st s", "x fp32"))
             for label, size, load_s, first_s in rows:
-                print("%-18s %12.2f %8.3f %10.3f %8.2f %12.3f %8.2f" % (
+                print("%-18s %12.3f %8.3f %10.3f %8.2f %12.3f %8.2f" % (
                     label, size / 1e6, size / base_size, load_s, load_s / base_load,
                     first_s, first_s / base_first))
 

@@ -132,11 +132,18 @@ class _Reader:
         self.pos += count
         return chunk
 
+    def skip(self, count, what):
+        """Advance past ``count`` bytes (checked); return where they start."""
+        if count < 0 or self.pos + count > len(self.data):
+            self.fail("truncated while reading %s" % what)
+        self.pos += count
+        return self.pos - count
+
     def unpack(self, fmt, what):
         return struct.unpack("<" + fmt, self.take(struct.calcsize("<" + fmt), what))
 
 
-def parse_ndarray_file(data, path):
+def parse_ndarray_file(data, path, copy=True):
     """Parse ``mx.nd.save`` bytes (a named list of dense arrays) into numpy arrays.
 
     Parameters
@@ -144,6 +151,8 @@ def parse_ndarray_file(data, path):
     data : bytes
     path : str
         Shown in error messages.
+    copy : bool
+        False: the arrays are read-only views of ``data`` (no copy).
 
     Returns
     -------
@@ -179,8 +188,10 @@ def parse_ndarray_file(data, path):
             reader.fail("%s has an unknown dtype code %d" % (what, flag))
         dtype = np.dtype(_DTYPES[flag])
         size = int(np.prod(shape, dtype=np.float64)) * dtype.itemsize
-        raw = reader.take(size, what)
-        arrays.append(np.frombuffer(raw, dtype=dtype).reshape(shape).copy())
+        start = reader.skip(size, what)
+        array = np.frombuffer(data, dtype=dtype, count=size // dtype.itemsize,
+                              offset=start).reshape(shape)
+        arrays.append(array.copy() if copy else array)
     (num_names,) = reader.unpack("Q", "the name count")
     if num_names != count:
         reader.fail("%d names for %d arrays" % (num_names, count))

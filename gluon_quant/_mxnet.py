@@ -30,9 +30,9 @@ from .errors import GraphError, NotHybridizableError, ModelExecutionError
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
     "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
-    "load_graph", "symbol_block", "load_block_params", "infer_output_dtypes",
-    "infer_graph_dtypes", "infer_graph_shapes", "internal_outputs", "tap_outputs", "run_block",
-    "host_view", "first_line",
+    "load_graph", "symbol_block", "load_block_params", "load_ndarrays", "adopt_array",
+    "host_buffer", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
+    "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
     "registered_param_names",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
@@ -291,16 +291,40 @@ def symbol_block(sym, names, params, ctx, dtypes=None):
     return load_block_params(block, params, ctx)
 
 
-def load_block_params(block, params, ctx):
-    """Set every parameter of a ``SymbolBlock`` (or subclass) from ``params``; return it."""
+def load_block_params(block, params, ctx, trainable=True):
+    """Set every parameter of a ``SymbolBlock`` (or subclass) from ``params``; return it.
+
+    With ``trainable=False`` the parameters get no gradient buffers (``grad_req='null'``).
+    """
     missing = [n for n in block.collect_params() if n not in params]
     if missing:
         raise GraphError("The graph needs parameters the network does not have: %s"
                          % ", ".join(sorted(missing)[:10]))
     for name, param in block.collect_params().items():
+        if not trainable:
+            param.grad_req = "null"
         # _load_init copies the array and takes its dtype (int8 weights stay int8).
         param._load_init(params[name], ctx, cast_dtype=True, dtype_source="saved")
     return block
+
+
+def load_ndarrays(data, ctx):
+    """``mx.nd.load_frombuffer`` of checked params bytes, on ``ctx``: dict of NDArray."""
+    arrays = mx.nd.load_frombuffer(data)
+    if not isinstance(arrays, dict):
+        raise GraphError("The params bytes hold unnamed arrays.")
+    if ctx != mx.cpu():
+        arrays = {k: v.as_in_context(ctx) for k, v in arrays.items()}
+    return arrays
+
+
+def adopt_array(array, ctx):
+    """An NDArray on ``ctx`` holding numpy ``array``, which the caller no longer uses:
+    shared without a copy where DLPack allows it (CPU, C-contiguous, writable)."""
+    if ctx == mx.cpu() and array.flags["C_CONTIGUOUS"] and array.flags["WRITEABLE"] \
+            and array.flags["ALIGNED"] and array.size:
+        return mx.nd.from_numpy(array, zero_copy=True)
+    return mx.nd.array(array, ctx=ctx, dtype=array.dtype)
 
 
 def infer_output_dtypes(sym, input_dtypes):
@@ -475,6 +499,22 @@ def host_view(array):
     return view
 
 
+def host_buffer(size):
+    """A new CPU float32 NDArray of ``size`` values and a writable numpy view of it.
+
+    The memory comes from MXNet's pool, which recycles freed arrays: filling it costs no
+    fresh page faults, as a new numpy array of tens of MB does. Write the view before
+    any MXNet operation reads the array, and keep the array alive while the view is used.
+    """
+    array = mx.nd.empty((max(int(size), 1),), ctx=mx.cpu(), dtype="float32")
+    array.wait_to_read()
+    pointer = ctypes.c_void_p()
+    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
+    view = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
+                                 shape=array.shape)
+    return array, view[:size]
+
+
 def first_line(err):
     """The informative line of an MXNet error message, for the package's own errors
     (without the time stamp and C++ source location MXNet puts before it)."""
@@ -484,39 +524,145 @@ def first_line(err):
     return _LOG_PREFIX.sub("", line.strip())
 
 
-def check_graph_entries(graph):
+def check_graph_entries(graph, sym=None):
     """Check that every edge of a graph (JSON dict) names an existing node output.
 
     MXNet's loader accepts an input entry ``[node, output, version]`` whose output index
     is out of range and then frees invalid memory when the graph runs (the process
-    aborts): each entry is checked here, in fused subgraphs too.
+    aborts): each entry is checked here, in fused subgraphs too. The graph and all its
+    subgraphs are loaded together, as one graph, so that MXNet counts every node's
+    outputs in one call; ``sym``, the Symbol already loaded from ``graph``, saves loading
+    the main graph again.
 
     Raises
     ------
     ValueError
         Naming the first bad entry.
     """
-    nodes = graph["nodes"]
-    internals = load_graph(graph).get_internals()
-    outputs = {}
-    for i in range(len(internals.list_outputs())):
-        name = internals[i].name
-        outputs[name] = outputs.get(name, 0) + 1
-    for index, node in enumerate(nodes):
-        entries = [("input of %r" % node.get("name"), e) for e in node.get("inputs", [])]
-        if index == len(nodes) - 1:
-            entries += [("graph output", e) for e in graph.get("heads", [])]
-        for what, entry in entries:
-            if not (isinstance(entry, list) and len(entry) >= 2
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)):
-                raise ValueError("%s is %r, not [node, output, version]" % (what, entry))
-            source, slot = entry[0], entry[1]
-            count = outputs.get(nodes[source]["name"], 0) if 0 <= source < len(nodes) else 0
-            if not 0 <= slot < count or (what != "graph output" and source >= index):
-                raise ValueError("%s %r refers to a node output that does not exist"
-                                 % (what, entry))
-        for sub in node.get("subgraphs", []) or []:
-            check_graph_entries(sub)
+    graphs = [graph]
+    for sub in graphs:              # grows while walking: subgraphs of subgraphs too
+        for node in sub["nodes"]:
+            graphs.extend(node.get("subgraphs", []) or [])
+    if sym is None:
+        counts = _output_counts(graphs)
+    else:
+        counts = [_symbol_output_counts(sym, graph)] + _output_counts(graphs[1:])
+    for number, (sub, sub_counts) in enumerate(zip(graphs, counts)):
+        nodes = sub["nodes"]
+        for index, node in enumerate(nodes):
+            entries = [("input of %r" % node.get("name"), e) for e in node.get("inputs", [])]
+            if index == len(nodes) - 1:
+                entries += [("graph output", e) for e in sub.get("heads", [])]
+            for what, entry in entries:
+                if not (isinstance(entry, list) and len(entry) >= 2
+                        and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)):
+                    raise ValueError("%s is %r, not [node, output, version]" % (what, entry))
+                source, slot = entry[0], entry[1]
+                count = sub_counts[source] if 0 <= source < len(nodes) else 0
+                if not 0 <= slot < count or (what != "graph output" and source >= index):
+                    raise ValueError("%s %r refers to a node output that does not exist%s"
+                                     % (what, entry, " (in a fused subgraph)" if number
+                                        else ""))
+
+
+def _symbol_output_counts(sym, graph):
+    """How many outputs each node of ``graph`` has in ``sym`` (loaded from it).
+
+    MXNet names a variable's output after the variable and an operator's ``NODE_SUFFIX``:
+    an output named exactly like a variable is that variable's, any other belongs to the
+    operator whose name is its longest prefix. Where that is ambiguous (an operator
+    ``rnn`` with an output ``rnn_state`` beside a variable ``rnn_state``), the internal
+    graph's JSON says which node it is.
+    """
+    variables = {n.get("name") for n in graph["nodes"] if n.get("op") == "null"}
+    operators = {n.get("name") for n in graph["nodes"] if n.get("op") != "null"}
+    counts = {}
+    for output in sym.get_internals().list_outputs():
+        if output in variables:
+            if output in counts:
+                return _json_output_counts(sym, graph)
+            counts[output] = 1
+            continue
+        owner = next((output[:cut] for cut in _underscores(output)
+                      if output[:cut] in operators), None)
+        if owner is None:
+            return _json_output_counts(sym, graph)
+        counts[owner] = counts.get(owner, 0) + 1
+    return [counts.get(n.get("name"), 0) for n in graph["nodes"]]
+
+
+def _underscores(name):
+    yield len(name)
+    cut = name.rfind("_")
+    while cut > 0:
+        yield cut
+        cut = name.rfind("_", 0, cut)
+
+
+def _json_output_counts(sym, graph):
+    internals = json.loads(sym.get_internals().tojson())
+    names = [n["name"] for n in internals["nodes"]]
+    counts = {}
+    for entry in internals["heads"]:
+        counts[names[entry[0]]] = counts.get(names[entry[0]], 0) + 1
+    return [counts.get(n.get("name"), 0) for n in graph["nodes"]]
+
+
+#: Operators found in oneDNN's fused subgraphs that always have one visible output.
+_ONE_OUTPUT = frozenset(["Convolution", "FullyConnected", "Activation", "clip",
+                         "elemwise_add", "_plus", "elemwise_mul", "_contrib_quantized_act"])
+
+
+def _known_counts(sub):
+    """Output counts of a graph made of variables and ``_ONE_OUTPUT`` operators (and
+    BatchNorm without its mean/var outputs), or None."""
+    counts = []
+    for node in sub["nodes"]:
+        op, attrs = node.get("op"), node.get("attrs") or {}
+        if op == "null" or op in _ONE_OUTPUT or (op == "BatchNorm" and str(
+                attrs.get("output_mean_var", "False")).lower() in ("false", "0")):
+            counts.append(1)
+        else:
+            return None
+    return counts
+
+
+def _output_counts(graphs):
+    """How many outputs MXNet gives each node of each graph: one list per graph."""
+    known = [_known_counts(sub) for sub in graphs]
+    if all(k is not None for k in known):
+        return known
+    merged, keys = [], []
+    for number, sub in enumerate(graphs):
+        for node in sub["nodes"]:
+            # Unique names, and no inputs: only each node's own outputs are counted.
+            copy = {k: v for k, v in node.items() if k != "inputs"}
+            copy["name"] = "%d/%s" % (number, node.get("name"))
+            copy["inputs"] = []
+            keys.append(copy["name"])
+            merged.append(copy)
+    # Nodes without inputs whose operator needs some cannot be built: count them apart.
+    if not merged:
+        return []
+    simple = {"nodes": merged, "arg_nodes": [], "heads": [[i, 0, 0] for i in range(len(merged))]}
+    try:
+        flat = _symbol_output_counts(load_graph(simple), simple)
+        counts = dict(zip(keys, flat))
+    except GraphError:
+        counts = None
+    result, start = [], 0
+    for sub in graphs:
+        names = keys[start:start + len(sub["nodes"])]
+        start += len(names)
+        if counts is None:
+            internals = load_graph(sub).get_internals()
+            own = {}
+            for i in range(len(internals.list_outputs())):
+                own[internals[i].name] = own.get(internals[i].name, 0) + 1
+            result.append([own.get(n.get("name"), 0) for n in sub["nodes"]])
+        else:
+            result.append([counts.get(n, 0) for n in names])
+    return result
 
 
 def is_initialized(param):

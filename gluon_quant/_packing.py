@@ -2,44 +2,59 @@
 
 MXNet 1.9.1's fused oneDNN operators (``_sg_mkldnn_conv`` and ``_sg_mkldnn_fully_connected``
 with ``quantized=true``) refuse int8 weights: they take fp32 weights and, at their first
-run, fold BatchNorm into them (``w * gamma / sqrt(var + eps)``) and quantize the result
-with a step of ``max|w| / 127.5`` per output channel (``weight_channelwise_scale`` /
-``channel_wise_quantize``; one step for the whole tensor otherwise), rounding to nearest
-even and saturating to ``[-128, 127]``.
+run, quantize them themselves (``mkldnn_conv.cc``, ``mkldnn_fc.cc``, ``GetWeightScales`` in
+``mkldnn_common.h``):
 
-A file that stores those int8 values ``q`` must, at load, give back fp32 weights that
-the runtime turns into exactly the same ``q`` *and* the same scales (the scales also
-set the int32 bias and the requantization of the output). This module does that:
+1. BatchNorm is folded in float32: ``alpha = gamma / sqrt(var + eps)`` (in double, rounded
+   to float), ``w * alpha`` and ``beta + alpha * (bias - mean)``.
+2. The scale is ``127.5 / max|w|`` per output channel when the layer requantizes its
+   output (a convolution with ``min/max_calib_range``, a dense layer with
+   ``channel_wise_quantize``), else one ``127.5 / max|w|`` for the whole tensor.
+3. Per channel, a non-zero bias caps the scale: ``scale = min(scale, 2**30 / |bias| /
+   data_scale)``, ``data_scale`` being 127.5 (int8 input) or 255.5 (uint8 input) over the
+   input's calibrated magnitude. This guard fires on real networks: BatchNorm leaves
+   "dead" channels with ``max|w|`` near 1e-7 and a bias near 1.
+4. ``q = clip(rint(w * scale), -128, 127)``.
 
-* :func:`pack` emulates the runtime in numpy on the exported weights and keeps ``q``
-  plus, per output channel, the *anchor*: the unfolded weight whose folded magnitude is
-  the channel's maximum ``M`` (so ``M``, hence every scale, is reproduced bit for bit).
-* :func:`unpack` rebuilds every weight as ``q / scale`` (unfolded by the BatchNorm
-  factor), clipped to ``[-M, M]``, and puts the anchor (or its negation) where the
-  extreme values of ``q`` are. Each rebuilt value lies well inside its rounding interval,
-  so the runtime's own rounding gives ``q`` back.
-* :func:`pack` checks that the runtime, emulated on the rebuilt weights, gives back the
-  same maxima and the same ``q``; a layer for which it would not (or whose bias could
-  hit the runtime's int32 overflow guard, which lowers the scale) is kept in fp32.
+A file that stores ``q`` must, at load, give back fp32 weights for which the runtime
+computes exactly the same scales *and* the same ``q`` (the scales also set the int32
+bias and the requantization of the output). :func:`pack` emulates the runtime on the
+exported weights and returns, besides ``q``:
 
-A naive packing (``round(w / (max / 127))``) is *not* the runtime's quantization and
-changes outputs; BatchNorm parameters stay as they are (per channel, small).
+* ``factors``: per output channel, ``1 / (scale * alpha)``: ``q * factor`` unfolds to
+  the middle of ``q``'s rounding interval, so the runtime's rounding gives ``q`` back;
+* ``fix_index`` / ``fix_value``: the few positions whose original fp32 value is kept —
+  the one holding each channel's (or the tensor's) maximum, so that ``max|w|``, hence the
+  scale and the bias guard, come back bit for bit, and any value that ``q * factor`` would
+  push past it.
+
+:func:`unpack` is then one multiplication and one scatter. :func:`pack` runs the runtime's
+emulation on the rebuilt weights and returns None (the layer stays fp32) unless it gives
+the same maxima and the same ``q``; it also refuses when the bias guard cannot be decided
+(the layer's input scale is unknown, or a float rounding could tip it).
 """
 import logging
+import math
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 import numpy as np
 
-__all__ = ["PackSpec", "pack", "unpack", "fold_factor", "runtime_quantize"]
+__all__ = ["ARRAYS", "PackSpec", "Packed", "NotPackable", "pack", "unpack", "join", "split", "unpack_v1",
+           "fold_factor", "runtime_quantize", "data_scale"]
 
 _log = logging.getLogger(__name__)
 
 _INT8_RANGE = np.float32(127.5)       # MXNet's kInt8Range
+_UINT8_RANGE = np.float32(255.5)      # MXNet's kUint8Range
 _ZERO_RANGE_SCALE = np.float32(2147483647)   # GetQuantizeScale of an all-zero range
-#: The runtime lowers a channel's scale when ``|bias| * data_scale * scale`` reaches
-#: ``2**31 / 2``; packing refuses layers within this factor of it.
-_BIAS_GUARD = float(2 ** 30) / 64
+_GUARD = np.float32(2 ** 30)          # static_cast<float>(INT32_MAX) / 2
+#: Relative distance from the guard's threshold (or from a rounding boundary) under
+#: which float error in the emulation could change the result: such layers stay fp32.
+_MARGIN = 1e-4
+#: Relative distance from a .5 rounding boundary under which a guarded channel's weight
+#: could round the other way if the runtime's scale were one float step off.
+_ROUNDING_MARGIN = 1e-6
 
 
 @dataclass(frozen=True)
@@ -58,6 +73,9 @@ class PackSpec:
         BatchNorm epsilon.
     fix_gamma : bool
         BatchNorm ignores gamma (``scale=False``).
+    bias, beta, mean : str or None
+        The layer's bias and BatchNorm shift, which the runtime folds into the bias that
+        its overflow guard reads (all None: the layer has no bias).
     """
 
     weight: str
@@ -66,9 +84,12 @@ class PackSpec:
     var: Optional[str] = None
     eps: float = 0.0
     fix_gamma: bool = False
+    bias: Optional[str] = None
+    beta: Optional[str] = None
+    mean: Optional[str] = None
 
     def to_dict(self):
-        """JSON-safe form, for the export metadata."""
+        """JSON-safe form of the fields export format 1.0 stored."""
         return {"weight": self.weight, "channelwise": self.channelwise, "gamma": self.gamma,
                 "var": self.var, "eps": self.eps, "fix_gamma": self.fix_gamma}
 
@@ -88,6 +109,32 @@ class PackSpec:
         return spec
 
 
+class Packed(NamedTuple):
+    """One weight as stored; :func:`unpack` rebuilds it.
+
+    ``q``: int8, the weight's shape. ``anchors``: float32 per output channel, a value
+    whose fold is ``+max|folded weight|``. ``factor_index`` / ``factor_value``: the
+    channels whose factor is not ``anchor / 127.5`` (tensor-wise scales, bias guard)
+    and their factors. ``fix_index`` / ``fix_value``: flat indices of values kept as
+    they were, and those values.
+    """
+
+    q: np.ndarray
+    anchors: np.ndarray
+    factor_index: np.ndarray
+    factor_value: np.ndarray
+    fix_index: np.ndarray
+    fix_value: np.ndarray
+
+
+def data_scale(maxabs, unsigned):
+    """``GetQuantizeScale`` of an input: 255.5 (uint8) or 127.5 (int8) over its magnitude."""
+    maxabs = np.float32(maxabs)
+    if maxabs == 0:
+        return _ZERO_RANGE_SCALE
+    return np.float32((_UINT8_RANGE if unsigned else _INT8_RANGE) / maxabs)
+
+
 def fold_factor(spec, params):
     """The per-channel factor the runtime multiplies the weight by (float32, shape (C,)).
 
@@ -100,6 +147,24 @@ def fold_factor(spec, params):
     var = params[spec.var].astype(np.float64)
     gamma = np.ones(channels) if spec.fix_gamma else params[spec.gamma].astype(np.float64)
     return (gamma / np.sqrt(var + float(spec.eps))).astype(np.float32)
+
+
+def _folded_biases(spec, params, alpha):
+    """The bias the guard reads, as the runtime computes it: one float32 array per way a
+    compiler may evaluate ``beta + alpha * (bias - mean)`` (with or without a fused
+    multiply-add); empty when the layer has no bias."""
+    bias = None if spec.bias is None else params[spec.bias].astype(np.float32)
+    if spec.beta is None:
+        return [] if bias is None else [bias]
+    beta, mean = params[spec.beta].astype(np.float32), params[spec.mean].astype(np.float32)
+    if bias is None:
+        plain = beta - alpha * mean
+        fused = beta.astype(np.float64) - alpha.astype(np.float64) * mean
+    else:
+        diff = bias - mean
+        plain = beta + alpha * diff
+        fused = beta.astype(np.float64) + alpha.astype(np.float64) * diff
+    return [plain.astype(np.float32), fused.astype(np.float32)]
 
 
 def _fold(weight, alpha):
@@ -119,31 +184,323 @@ def _scales(maxabs, channelwise):
     return scales.astype(np.float32)
 
 
-def runtime_quantize(spec, params):
-    """Emulate the runtime: the int8 weight and the per-channel max|folded weight|."""
-    weight = params[spec.weight]
-    folded = _fold(weight, fold_factor(spec, params))
+def _guarded(scales, bias, in_scale):
+    """GetWeightScales' cap ``min(scale, INT32_MAX / 2 / bias / data_scale)``, per channel."""
+    with np.errstate(divide="ignore"):
+        cap = (_GUARD / np.abs(bias)).astype(np.float32) / np.float32(in_scale)
+    return np.where((bias != 0) & (cap < scales), cap, scales).astype(np.float32)
+
+
+def _quantize(folded, scales):
+    q = np.rint(_fold(folded, scales))
+    return np.clip(q, -128, 127).astype(np.int8)
+
+
+def runtime_quantize(spec, params, in_scale=None):
+    """Emulate the runtime on ``params``.
+
+    Parameters
+    ----------
+    spec : PackSpec
+    params : dict of str to numpy.ndarray
+    in_scale : float, optional
+        The layer's input scale (:func:`data_scale`); without it the bias guard is not
+        applied.
+
+    Returns
+    -------
+    q : numpy.ndarray of int8
+    maxabs : numpy.ndarray of float32, shape (C_out,)
+        ``max|folded weight|`` per channel.
+    scales : numpy.ndarray of float32, shape (C_out,)
+    """
+    alpha = fold_factor(spec, params)
+    folded = _fold(params[spec.weight], alpha)
     maxabs = _maxabs(folded)
     scales = _scales(maxabs, spec.channelwise)
-    q = np.rint(_fold(folded, scales))
-    return np.clip(q, -128, 127).astype(np.int8), maxabs
+    biases = _folded_biases(spec, params, alpha)
+    if spec.channelwise and biases and in_scale is not None:
+        scales = _guarded(scales, biases[0], in_scale)
+    return _quantize(folded, scales), maxabs, scales
 
 
-def _anchors(weight, alpha):
-    """Per channel, the unfolded weight whose folded magnitude is the channel maximum."""
-    flat = np.abs(_fold(weight, alpha)).reshape(weight.shape[0], -1)
-    index = flat.argmax(axis=1)
-    return weight.reshape(weight.shape[0], -1)[np.arange(weight.shape[0]), index]
+def _bias_bound(spec, params, alpha):
+    """An upper bound of ``|folded bias|`` per channel (None: no bias)."""
+    bias = None if spec.bias is None else np.abs(params[spec.bias].astype(np.float64))
+    if spec.beta is None:
+        return bias
+    shift = np.abs(params[spec.mean].astype(np.float64)) + (0 if bias is None else bias)
+    return np.abs(params[spec.beta].astype(np.float64)) + np.abs(alpha) * shift
 
 
-def unpack(spec, q, anchors, params):
-    """Rebuild fp32 weights that the runtime quantizes back to exactly ``q``.
+def _layer_scales(spec, params, alpha, maxabs, in_scale, in_scale_bound):
+    """The runtime's scales, or a string saying why they cannot be known for sure."""
+    scales = _scales(maxabs, spec.channelwise)
+    biases = _folded_biases(spec, params, alpha)
+    if not spec.channelwise or not biases:
+        return scales          # the tensor-wise path has no bias guard
+    live = maxabs > 0          # an all-zero channel quantizes to 0 at any scale
+    if in_scale is None:
+        # The input scale is unknown: the guard must be out of reach at its upper bound.
+        with np.errstate(divide="ignore"):
+            cap = 2.0 ** 30 / _bias_bound(spec, params, alpha) / float(in_scale_bound)
+        if np.any(live & (cap <= scales * (1 + _MARGIN))):
+            return "its input scale is unknown and its bias may trigger the runtime's " \
+                   "int32 overflow guard"
+        return scales
+    candidates = [_guarded(scales, bias, in_scale) for bias in biases]
+    for other in candidates[1:]:
+        differ = live & (other != candidates[0])
+        if np.any(differ):
+            return "the runtime's bias guard depends on float rounding in %d channel(s)" \
+                % int(differ.sum())
+    # A guard that fires so near its threshold that float error could decide it.
+    with np.errstate(divide="ignore"):
+        cap = (_GUARD / np.abs(biases[0])).astype(np.float64) / float(in_scale)
+    near = live & (np.abs(cap / scales - 1) < _MARGIN)
+    if np.any(near):
+        return "its bias is within float error of the runtime's overflow guard"
+    return candidates[0]
+
+
+def _near_half(folded, scales):
+    """Whether a value of ``folded * scales`` is within float error of a .5 boundary."""
+    x = np.abs(_fold(folded, scales).astype(np.float64))
+    return bool(np.any(np.abs(x - np.floor(x) - 0.5) <= _ROUNDING_MARGIN * np.maximum(x, 1.0)))
+
+
+def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
+    """Pack one weight as int8, or say why it must stay fp32.
+
+    Parameters
+    ----------
+    spec : PackSpec
+    params : dict of str to numpy.ndarray
+        fp32 parameters of the layer (weight, BatchNorm, bias).
+    in_scale : float, optional
+        The layer's exact input scale (:func:`data_scale`), which the runtime's bias
+        guard reads; None when it cannot be read off the graph.
+    in_scale_bound : float
+        An upper bound of the input scale, used when ``in_scale`` is None.
+
+    Returns
+    -------
+    Packed
+
+    Raises
+    ------
+    NotPackable
+        The layer must be stored in fp32; the message says why.
+    """
+    weight = params[spec.weight]
+    if weight.dtype != np.float32 or weight.ndim < 2 or weight.size == 0:
+        _refuse(spec, "it is not a float32 weight of at least 2 dimensions")
+    alpha = fold_factor(spec, params)
+    if not np.all(np.isfinite(alpha)) or not np.all(np.isfinite(weight)):
+        _refuse(spec, "it or its BatchNorm factor holds non-finite values")
+    folded = _fold(weight, alpha)
+    maxabs = _maxabs(folded)
+    scales = _layer_scales(spec, params, alpha, maxabs, in_scale, in_scale_bound)
+    if isinstance(scales, str):
+        _refuse(spec, scales)
+    base = _scales(maxabs, spec.channelwise)
+    if np.any(scales != base) and _near_half(folded[scales != base], scales[scales != base]):
+        _refuse(spec, "a weight of a guarded channel lies on a rounding boundary")
+    q = _quantize(folded, scales)
+    channels = weight.shape[0]
+    flat = weight.reshape(channels, -1)
+    folded_flat = folded.reshape(channels, -1)
+    argmax = np.abs(folded_flat).argmax(axis=1)
+    anchors = flat[np.arange(channels), argmax]
+    anchors = np.where(folded_flat[np.arange(channels), argmax] < 0, -anchors, anchors)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        factors = (1.0 / (scales.astype(np.float64) * alpha)).astype(np.float32)
+    factors[~np.isfinite(factors)] = 0
+    derived = _derived_factors(anchors)
+    # A channel whose rows would not round back with the derived factor stores its own.
+    odd = np.flatnonzero(np.any(_quantize(_fold(
+        q.reshape(channels, -1) * derived[:, None], alpha), scales) != q.reshape(channels, -1),
+        axis=1) | ~np.isfinite(derived) | ((scales != base) & (maxabs > 0))
+        | (not spec.channelwise))
+    empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float32)
+    packed = Packed(q, anchors.astype(np.float32), odd.astype(np.int64), factors[odd],
+                    empty_i, empty_f)
+    limit = maxabs[:, None] if spec.channelwise else maxabs.max()
+    for _ in range(3):
+        rebuilt = unpack(packed).reshape(channels, -1)
+        again = _fold(rebuilt, alpha)
+        # values pushed past the maximum, or rounding elsewhere: keep the original there
+        bad = (np.abs(again) > limit) | (_quantize(again, scales) != q.reshape(channels, -1))
+        if not bad.any():
+            break
+        fix = np.union1d(packed.fix_index, np.flatnonzero(bad))
+        packed = Packed(*packed[:4], fix, flat.ravel()[fix])
+    # int8 values, an anchor per channel, then (index, value) per exception, against fp32
+    size = weight.size + 4 * channels + 8 * (packed.fix_index.size + odd.size)
+    if size >= 4 * weight.size:
+        _refuse(spec, "%d of its %d values and %d of its %d factors would have to stay "
+                "fp32, more than int8 saves" % (packed.fix_index.size, weight.size,
+                                                 odd.size, channels))
+    again_max = _maxabs(_fold(rebuilt, alpha))
+    same_max = np.array_equal(again_max, maxabs) if spec.channelwise \
+        else again_max.max() == maxabs.max()
+    if not (same_max and np.array_equal(_quantize(_fold(rebuilt, alpha), scales),
+                                        q.reshape(channels, -1))):
+        _refuse(spec, "its int8 packing would not reproduce the runtime's values exactly")
+    return packed
+
+
+def _derived_factors(anchors):
+    """``anchor / 127.5``: the factor of a channel scaled by its own maximum (the anchor
+    folds to ``+max``, so it has the sign of the BatchNorm factor)."""
+    return (anchors / _INT8_RANGE).astype(np.float32)
+
+
+class NotPackable(Exception):
+    """Raised by :func:`pack` with the reason a weight must stay fp32."""
+
+
+def _refuse(spec, reason):
+    _log.info("%s kept in fp32: %s.", spec.weight, reason)
+    raise NotPackable(reason)
+
+
+def unpack(packed):
+    """Rebuild fp32 weights that the runtime quantizes back to exactly ``packed.q``.
+
+    Parameters
+    ----------
+    packed : Packed
+
+    Returns
+    -------
+    numpy.ndarray of float32, the shape of ``packed.q``
+    """
+    (weight,) = split(join([packed]), [packed.q.shape])
+    return weight
+
+
+_ARRAYS = {"int8": np.int8, "anchors": np.float32, "factor_index": np.int32,
+           "factor_value": np.float32, "fix_index": np.int32, "fix_value": np.float32}
+#: The arrays :func:`join` returns (stored as ``packed:NAME``).
+ARRAYS = tuple(_ARRAYS)
+
+
+def join(packs):
+    """Concatenate packed weights into the six arrays an export stores.
+
+    Returns
+    -------
+    dict of str to numpy.ndarray
+        The fields of :class:`Packed` over all weights, in order: ``int8`` (every ``q``
+        flattened), ``anchors`` (every channel's), ``factor_index`` (into ``anchors``),
+        ``factor_value``, ``fix_index`` (into ``int8``), ``fix_value``. Indices are
+        int32, or int64 past 2**31 values.
+    """
+    sizes = np.cumsum([0] + [p.q.size for p in packs], dtype=np.int64)
+    rows = np.cumsum([0] + [p.q.shape[0] for p in packs], dtype=np.int64)
+    index_type = np.int32 if sizes[-1] < 2 ** 31 else np.int64
+    joined = {}
+    for number, key in enumerate(_ARRAYS):     # the fields of Packed, in order
+        arrays = [np.ravel(p[number]) for p in packs]
+        if key in ("factor_index", "fix_index"):
+            offsets = rows if key == "factor_index" else sizes
+            arrays = [a.astype(np.int64) + offset for a, offset in zip(arrays, offsets)]
+        dtype = index_type if key.endswith("_index") else _ARRAYS[key]
+        joined[key] = np.concatenate(arrays).astype(dtype) if arrays \
+            else np.zeros(0, dtype)
+    return joined
+
+
+def split(joined, shapes, out=None):
+    """Inverse of :func:`join` followed by :func:`unpack`: every weight, rebuilt.
+
+    One multiplication and one search for the channel maxima per weight; the kept values
+    and factors are scattered over all weights at once.
+
+    Parameters
+    ----------
+    joined : dict of str to numpy.ndarray
+        As :func:`join` returns (checked: sizes, dtypes and indices must agree).
+    shapes : list of tuple of int
+        The weights' shapes, in order.
+    out : numpy.ndarray of float32, optional
+        Where to write them (as many values as ``joined["int8"]``); a new array if None.
+
+    Returns
+    -------
+    list of numpy.ndarray of float32, views of ``out``
+
+    Raises
+    ------
+    ValueError
+        The arrays do not fit ``shapes``.
+    """
+    _check_joined(joined, shapes)
+    q, anchors = joined["int8"], joined["anchors"]
+    factors = _derived_factors(anchors)
+    factors[joined["factor_index"]] = joined["factor_value"]
+    out = np.empty(q.size, np.float32) if out is None else out
+    out[:] = q              # one int8 -> float32 pass, then float32 multiplications
+    weights, start, row = [], 0, 0
+    for shape in shapes:
+        channels, size = shape[0], math.prod(shape)
+        rows = slice(row, row + channels)
+        view = out[start:start + size].reshape(channels, -1)
+        values = q[start:start + size].reshape(channels, -1)
+        view *= factors[rows, None]
+        # Each channel's anchor goes where its int8 value is most extreme, with that sign.
+        first, extreme = _extremes(values)
+        view[np.arange(channels), first] = np.where(extreme < 0, -anchors[rows], anchors[rows])
+        weights.append(view.reshape(shape))
+        start, row = start + size, row + channels
+    out[joined["fix_index"]] = joined["fix_value"]
+    return weights
+
+
+def _extremes(values):
+    """Per row of int8 ``values``, where the runtime's rounding of ``+-max|w|`` lies and
+    its value: the first -128 if present, else the first value of largest magnitude,
+    positive on a tie. Two passes (argmax, argmin) over the data."""
+    rows = np.arange(values.shape[0])
+    high_at, low_at = values.argmax(axis=1), values.argmin(axis=1)
+    high, low = values[rows, high_at].astype(np.int16), values[rows, low_at].astype(np.int16)
+    positive = (low != -128) & (high >= -low)
+    return np.where(positive, high_at, low_at), np.where(positive, high, low)
+
+
+def _check_joined(joined, shapes):
+    sizes = [math.prod(shape) for shape in shapes]
+    rows = [shape[0] if len(shape) >= 2 else 0 for shape in shapes]
+    if min(rows, default=1) <= 0 or min(sizes, default=1) <= 0:
+        raise ValueError("a packed weight has shape %s" % (shapes,))
+    for key, dtype in _ARRAYS.items():
+        array = joined[key]
+        kind_ok = array.dtype.kind in "iu" if key.endswith("_index") else array.dtype == dtype
+        if not kind_ok or array.ndim != 1:
+            raise ValueError("packed:%s is %s of %d dimension(s)"
+                             % (key, array.dtype, array.ndim))
+    if joined["int8"].size != sum(sizes) or joined["anchors"].size != sum(rows):
+        raise ValueError("%d int8 values and %d anchors for weights of %d values and %d "
+                         "channels" % (joined["int8"].size, joined["anchors"].size,
+                                       sum(sizes), sum(rows)))
+    for key, bound in (("factor", sum(rows)), ("fix", sum(sizes))):
+        index, value = joined[key + "_index"], joined[key + "_value"]
+        if index.size != value.size or (index.size and (index.min() < 0
+                                                        or index.max() >= bound)):
+            raise ValueError("packed:%s_index does not fit (%d indices, %d values, %d "
+                             "slots)" % (key, index.size, value.size, bound))
+
+
+def unpack_v1(spec, q, anchors, params):
+    """Rebuild a weight stored by export format 1.0 (``int8:`` values and ``anchor:``s).
 
     Parameters
     ----------
     spec : PackSpec
     q : numpy.ndarray of int8, shape (C_out, ...)
     anchors : numpy.ndarray of float32, shape (C_out,)
+        Per channel, the unfolded weight whose folded magnitude is the channel maximum.
     params : dict of str to numpy.ndarray
         Holds the BatchNorm parameters named by ``spec`` (not the weight).
 
@@ -172,45 +529,3 @@ def unpack(spec, q, anchors, params):
         unfolded = np.where(alpha[:, None] != 0, target / alpha[:, None], 0).astype(np.float32)
     edge = np.where(qf < 0, -signed_anchor, signed_anchor).astype(np.float32)
     return np.where(at_edge, edge, unfolded).astype(np.float32).reshape(q.shape)
-
-
-def pack(spec, params, *, bias_bound=None, data_scale_bound=1.0):
-    """Pack one weight as int8, or say why it must stay fp32.
-
-    Parameters
-    ----------
-    spec : PackSpec
-    params : dict of str to numpy.ndarray
-        fp32 parameters of the layer (weight, BatchNorm, bias).
-    bias_bound : numpy.ndarray, shape (C_out,), optional
-        An upper bound of ``|folded bias|`` per channel (None: the layer has no bias).
-    data_scale_bound : float
-        An upper bound of the layer's input scale (``255 / smallest calibrated range``).
-        With ``bias_bound`` it tells whether the runtime's bias-overflow guard, which
-        lowers the scale, could fire; such layers are kept in fp32.
-
-    Returns
-    -------
-    (q, anchors) : (numpy.ndarray of int8, numpy.ndarray of float32), or None
-        None when the layer must be stored in fp32 (the reason is logged).
-    """
-    weight = params[spec.weight]
-    if weight.dtype != np.float32 or weight.ndim < 2 or weight.shape[0] == 0:
-        return None
-    alpha = fold_factor(spec, params)
-    if not np.all(np.isfinite(alpha)) or not np.all(np.isfinite(weight)):
-        return None
-    q, maxabs = runtime_quantize(spec, params)
-    scales = _scales(maxabs, spec.channelwise)
-    if bias_bound is not None and np.any(bias_bound * scales * data_scale_bound > _BIAS_GUARD):
-        _log.info("%s kept in fp32: its bias is near the runtime's int32 overflow guard.",
-                  spec.weight)
-        return None
-    anchors = _anchors(weight, alpha).astype(np.float32)
-    rebuilt = unpack(spec, q, anchors, params)
-    again, again_max = runtime_quantize(spec, {**params, spec.weight: rebuilt})
-    if not (np.array_equal(again, q) and np.array_equal(again_max, maxabs)):
-        _log.info("%s kept in fp32: its int8 packing would not reproduce the runtime's "
-                  "values exactly.", spec.weight)
-        return None
-    return q, anchors

@@ -5,14 +5,18 @@
 ``PREFIX-symbol.json``
     The final int8 graph, exactly as it runs in memory.
 ``PREFIX-int8.params``
-    MXNet's ``nd.save`` format. Plain parameters are stored as ``arg:NAME`` /
-    ``aux:NAME``; the weights of oneDNN's fused int8 convolutions and dense layers as
-    ``int8:NAME`` (the int8 values the runtime computes) and ``anchor:NAME`` (one fp32
-    value per output channel), see :mod:`gluon_quant._packing`.
+    MXNet's ``nd.save`` format. The parameters stored as they are go in one array per
+    dtype, ``plain:float32`` (...), in the order of the metadata's ``plain`` list; the weights of oneDNN's fused int8 convolutions and dense layers, all
+    together, in six arrays: ``packed:int8`` (the int8 values the runtime computes,
+    weight after weight), ``packed:anchors`` (one float32 per output channel: the value
+    that sets its maximum) and the few exceptions, ``packed:factor_index`` /
+    ``factor_value`` and ``packed:fix_index`` / ``fix_value``; see
+    :mod:`gluon_quant._packing`. Loading is one multiplication per weight.
 ``PREFIX-meta.json``
     Format version, gluon_quant and MXNet versions, backend/dtype/granularity, the
     input names, dtypes and calibration shapes, the output nesting, the calibration
-    table, how each packed weight is rebuilt, and the size and sha256 of the two files
+    table, the names, shapes and dtypes of the plain and of the packed parameters in
+    storage order, the weights kept in fp32 and why, and the size and sha256 of the two files
     above. :class:`gluon_quant.QuantizedSymbolBlock` verifies all of it before a byte
     reaches MXNet's loaders.
 
@@ -42,8 +46,10 @@ __all__ = ["ExportFormat", "export_model", "FORMAT", "FORMAT_VERSION", "file_nam
 _log = logging.getLogger(__name__)
 
 FORMAT = "gluon_quant.export"
-#: (major, minor): a reader accepts its own major version and refuses a newer one.
-FORMAT_VERSION = (1, 0)
+#: (major, minor): a reader accepts its own and older major versions and refuses a newer
+#: one. 2.0 stores all packed weights in six arrays and the other parameters in one
+#: array per dtype (1.0: two arrays per packed weight, one per other parameter).
+FORMAT_VERSION = (2, 0)
 
 
 class ExportFormat(_ParsableEnum):
@@ -96,26 +102,36 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
                            (paths["params"], _nd_writer(arrays))], "MXNet export")
         return paths
 
-    specs, kept = _pack_specs(_mxnet.graph_json(sym), params, qnet.calibration_table)
-    fallback_bound = _data_scale_bound(qnet.calibration_table)
-    arrays, packed = {}, []
-    for spec, (bias_bound, input_range) in specs.items():
-        # The runtime's input scale is at most 255 / the layer's own input range; where
-        # that range cannot be read off the graph, the smallest range of the table bounds it.
-        result = _packing.pack(spec, params, bias_bound=bias_bound,
-                               data_scale_bound=(max(255.0 / input_range, 1.0)
-                                                 if input_range else fallback_bound))
-        if result is None:
-            kept[spec.weight] = "its int8 packing would not reproduce the runtime exactly"
+    graph = _mxnet.graph_json(sym)
+    dtypes = _mxnet.infer_graph_dtypes(graph, qnet.input_names)
+    specs, kept = _pack_specs(graph, params, dtypes)
+    # Where a layer's input scale cannot be read off the graph, the smallest calibrated
+    # range of the table bounds it.
+    bound = _data_scale_bound(qnet.calibration_table)
+    packs, packed = [], []
+    for spec, in_scale in specs.items():
+        try:
+            result = _packing.pack(spec, params, in_scale=in_scale, in_scale_bound=bound)
+        except _packing.NotPackable as reason:
+            kept[spec.weight] = str(reason)
             continue
-        arrays["int8:" + spec.weight], arrays["anchor:" + spec.weight] = result
-        packed.append(spec)
-    packed_names = {spec.weight for spec in packed}
+        packs.append(result)
+        packed.append({"weight": spec.weight, "shape": [int(d) for d in result.q.shape]})
+    arrays = {"packed:" + key: value for key, value in _packing.join(packs).items()} \
+        if packs else {}
+    packed_names = {entry["weight"] for entry in packed}
+    # The other parameters, one array per dtype (names and shapes in the metadata): one
+    # array header instead of one per parameter, and one array for MXNet to load.
+    plain, groups = [], {}
     for name, value in params.items():
         if name not in packed_names:
-            arrays[("aux:" if name in aux else "arg:") + name] = value
+            plain.append({"name": name, "aux": name in aux, "dtype": value.dtype.name,
+                          "shape": [int(d) for d in value.shape]})
+            groups.setdefault(value.dtype.name, []).append(value.ravel())
+    arrays.update({"plain:" + dtype: np.concatenate(values) for dtype, values in groups.items()})
     params_bytes = _nd_bytes(arrays)
     meta = _metadata(qnet, paths, symbol_text, params_bytes, packed, kept)
+    meta["plain"] = plain
     atomic_write_many([(paths["symbol"], symbol_text), (paths["params"], params_bytes),
                        (paths["meta"], (json.dumps(meta, indent=1) + "\n").encode("utf-8"))],
                       "export")
@@ -154,14 +170,14 @@ def _data_scale_bound(table):
     return max(255.0 / smallest, 1.0)
 
 
-def _pack_specs(graph, params, table):
-    """The weights of the final graph that the runtime quantizes, with their bias bounds.
+def _pack_specs(graph, params, dtypes):
+    """The weights of the final graph that the runtime quantizes, with their input scales.
 
     Returns
     -------
-    specs : dict of PackSpec to (numpy.ndarray or None, float or None)
-        Each packable weight with an upper bound of its folded bias per channel and the
-        calibrated magnitude of its layer's int8 input (None when not found).
+    specs : dict of PackSpec to (numpy.float32 or None)
+        Each packable weight with its layer's exact input scale (None when it cannot be
+        read off the graph).
     kept : dict of str to str
         Weights left in fp32 and why.
     """
@@ -186,29 +202,39 @@ def _pack_specs(graph, params, table):
             continue
         inner = {n["op"]: n.get("attrs") or {} for n in node["subgraphs"][0]["nodes"]} \
             if node.get("subgraphs") else {}
+        calibrated = "min_calib_range" in attrs and "max_calib_range" in attrs
         if node["op"] == "_sg_mkldnn_fully_connected":
-            spec = _packing.PackSpec(
-                weight, _flag(attrs.get("channel_wise_quantize"), False))
             no_bias = _flag(inner.get("FullyConnected", {}).get("no_bias"), False)
-            bias = None if no_bias else np.abs(params[inputs[2]])
+            # oneDNN's dense layer is channel-wise only when asked to (and then always
+            # requantizes or outputs float); otherwise its weights are int8 already.
+            spec = _packing.PackSpec(weight, _flag(attrs.get("channel_wise_quantize"), False),
+                                     bias=None if no_bias else inputs[2])
         else:
             no_bias = _flag(inner.get("Convolution", {}).get("no_bias"), False)
-            channelwise = _flag(attrs.get("weight_channelwise_scale"), True)
-            bias = None if no_bias else np.abs(params[inputs[2]])
+            bias = None if no_bias else inputs[2]
+            # mkldnn_conv.cc: per-channel scales exactly when the output is requantized.
             if _flag(attrs.get("with_bn"), False):
                 first = 2 if no_bias else 3
                 gamma, beta, mean, var = inputs[first:first + 4]
                 bn = inner.get("BatchNorm", {})
-                spec = _packing.PackSpec(weight, channelwise, gamma=gamma, var=var,
+                spec = _packing.PackSpec(weight, calibrated, gamma=gamma, var=var,
                                          eps=float(bn.get("eps", 1e-3)),
-                                         fix_gamma=_flag(bn.get("fix_gamma"), True))
-                alpha = np.abs(_packing.fold_factor(spec, params))
-                bias = np.abs(params[beta]) + alpha * (
-                    np.abs(params[mean]) + (0 if bias is None else bias))
+                                         fix_gamma=_flag(bn.get("fix_gamma"), True),
+                                         bias=bias, beta=beta, mean=mean)
             else:
-                spec = _packing.PackSpec(weight, channelwise)
-        specs[spec] = (bias, _input_range(nodes, node["inputs"][0]))
+                spec = _packing.PackSpec(weight, calibrated, bias=bias)
+        specs[spec] = _input_scale(nodes, node["inputs"][0], dtypes)
     return specs, kept
+
+
+def _input_scale(nodes, entry, dtypes):
+    """The runtime's ``data_scale`` of an int8/uint8 input entry, or None if unknown."""
+    name = nodes[entry[0]]["name"]
+    dtype = dtypes.get(name + "_output", dtypes.get(name + "_output0"))
+    maxabs = _input_range(nodes, entry)
+    if entry[1] != 0 or dtype not in ("int8", "uint8") or maxabs is None:
+        return None
+    return _packing.data_scale(maxabs, dtype == "uint8")
 
 
 #: Quantized operators whose output keeps their input's range (MXNet passes min/max on).
@@ -218,16 +244,17 @@ _RANGE_PRESERVING = ("_contrib_quantized_pooling", "_contrib_quantized_flatten",
 
 
 def _input_range(nodes, entry, depth=0):
-    """``max(|min|, |max|)`` of the calibrated range an int8 entry carries, or None."""
+    """``max(|min|, |max|)`` (float32) of the calibrated range an int8 entry carries, or
+    None."""
     node = nodes[entry[0]]
     attrs = node.get("attrs") or {}
     if "max_calib_range" in attrs and "min_calib_range" in attrs:
         try:
-            value = max(abs(float(attrs["min_calib_range"])),
-                        abs(float(attrs["max_calib_range"])))
+            value = max(abs(np.float32(attrs["min_calib_range"])),
+                        abs(np.float32(attrs["max_calib_range"])))
         except ValueError:
             return None
-        return value if value > 0 else None
+        return value if np.isfinite(value) and value > 0 else None
     if node["op"] in _RANGE_PRESERVING and node["inputs"] and depth < 16:
         return _input_range(nodes, node["inputs"][0], depth + 1)
     return None
@@ -258,7 +285,7 @@ def _metadata(qnet, paths, symbol_bytes, params_bytes, packed, kept):
         "files": {role: {"name": os.path.basename(paths[role]), "size": len(data),
                          "sha256": sha256_bytes(data)}
                   for role, data in (("symbol", symbol_bytes), ("params", params_bytes))},
-        "packed": [spec.to_dict() for spec in packed],
+        "packed": packed,
         "kept_fp32": kept,
         "calibration_table": table.to_dict() if table is not None else None,
     }

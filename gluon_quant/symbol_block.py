@@ -9,6 +9,7 @@ bit-identical to the model that was exported.
 """
 import json
 import logging
+import math
 import os
 
 import mxnet as mx
@@ -48,8 +49,12 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
 
     def __init__(self, outputs, inputs, params=None, *, metadata=None):
         super().__init__(outputs, inputs, params)
-        self._metadata = json.loads(json.dumps(metadata or {}))
-        self._output_nesting = self._metadata.get("output_format")
+        metadata = metadata or {}
+        # Kept as JSON text: Gluon searches every dict or list set on a Block for child
+        # blocks, which costs ~25 ms on a large metadata dict.
+        self._metadata_text = json.dumps(metadata)
+        self._output_nesting = metadata.get("output_format")
+        self._input_names = tuple(entry["name"] for entry in metadata.get("inputs", []))
 
     @classmethod
     def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ
@@ -93,8 +98,16 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
                     % (role, path, paths["meta"]))
             blobs[role] = (path, data)
         sym = _load_symbol(*blobs["symbol"])
-        arrays = parse_ndarray_file(blobs["params"][1], blobs["params"][0])
-        params = _unpack_params(arrays, meta, sym, blobs["params"][0])
+        arrays = parse_ndarray_file(blobs["params"][1], blobs["params"][0], copy=False)
+        # The packed weights are rebuilt straight into one MXNet array on the CPU.
+        buffer = _mxnet.host_buffer(arrays["packed:int8"].size) \
+            if meta["packed"] and "packed:int8" in arrays and not meta["version"].startswith("1.") \
+            else None
+        params = _unpack_params(arrays, meta, sym, blobs["params"][0],
+                                None if buffer is None else buffer[1])
+        # The checked file goes to MXNet's own loader in one call; only the unpacked
+        # weights are copied from numpy.
+        loaded = _mxnet.load_ndarrays(blobs["params"][1], ctx)
         names = [entry["name"] for entry in meta["inputs"]]
         inputs = [mx.sym.var(name, dtype=entry["dtype"])
                   for name, entry in zip(names, meta["inputs"])]
@@ -104,9 +117,26 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             raise ArtifactError("The graph in %r does not take the inputs %s listed in %r: "
                                 "%s" % (blobs["symbol"][0], names, paths["meta"], err)) \
                 from err
-        nd_params = {k: mx.nd.array(v, ctx=ctx, dtype=v.dtype) for k, v in params.items()}
+        aux = set(sym.list_auxiliary_states())
+        layout = _plain_layout(meta)[0]
+        if buffer is not None:               # the packed weights: views of the buffer
+            start = 0
+            for entry in meta["packed"]:
+                stop = start + math.prod(entry["shape"])
+                layout[entry["weight"]] = (buffer[0], start, stop, tuple(entry["shape"]))
+                start = stop
+        nd_params = {}
+        for name, value in params.items():
+            if name in layout:               # format 2: a view of its dtype's array
+                key, start, stop, shape = layout[name]
+                source = loaded[key] if isinstance(key, str) else key
+                nd_params[name] = source[start:stop].reshape(shape)
+                continue
+            stored = loaded.get(("aux:" if name in aux else "arg:") + name)
+            nd_params[name] = stored if stored is not None else _mxnet.adopt_array(value, ctx)
         try:
-            _mxnet.load_block_params(block, nd_params, ctx)
+            # An int8 graph only runs inference: no gradient buffers.
+            _mxnet.load_block_params(block, nd_params, ctx, trainable=False)
         except GluonQuantError as err:
             raise ArtifactError("%r does not fit the graph in %r: %s"
                                 % (blobs["params"][0], blobs["symbol"][0], err)) from err
@@ -122,17 +152,17 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
     @property
     def metadata(self):
         """dict: the export's metadata (a copy)."""
-        return json.loads(json.dumps(self._metadata))
+        return json.loads(self._metadata_text)
 
     @property
     def input_names(self):
         """list of str: the graph's input names."""
-        return [entry["name"] for entry in self._metadata.get("inputs", [])]
+        return list(self._input_names)
 
     @property
     def calibration_table(self):
         """CalibrationTable or None: the ranges the model was quantized with."""
-        state = self._metadata.get("calibration_table")
+        state = self.metadata.get("calibration_table")
         return None if state is None else CalibrationTable.from_dict(state)
 
     def forward(self, x, *args):  # pylint: disable=arguments-differ
@@ -171,13 +201,17 @@ def _read_metadata(path):
             "The metadata file %r has format version %d.%d, newer than the %d.x this "
             "gluon_quant reads (it was written by gluon_quant %s): upgrade gluon_quant."
             % (path, major, minor, FORMAT_VERSION[0], meta.get("gluon_quant_version")))
-    missing = sorted(_META_KEYS - set(meta))
+    missing = sorted(_META_KEYS - set(meta) | ({"plain"} - set(meta) if major >= 2 else set()))
     if missing:
         raise ArtifactError("The metadata file %r lacks %s. Export the model again."
                             % (path, ", ".join(missing)))
     try:
         _check_meta_types(meta)
-        meta["packed"] = [_packing.PackSpec.from_dict(s).to_dict() for s in meta["packed"]]
+        if major == 1:
+            meta["packed"] = [_packing.PackSpec.from_dict(s).to_dict() for s in meta["packed"]]
+        else:
+            meta["packed"] = [_packed_entry(entry) for entry in meta["packed"]]
+            meta["plain"] = [_plain_entry(entry) for entry in meta["plain"]]
     except (TypeError, KeyError, ValueError, AttributeError) as err:
         raise ArtifactError("The metadata file %r is malformed (%s: %s). Export the model "
                             "again." % (path, type(err).__name__, err)) from None
@@ -207,44 +241,80 @@ def _check_meta_types(meta):
         raise TypeError("'packed' must be a list")
 
 
+def _packed_entry(entry):
+    """A format-2 ``packed`` entry, checked: ``{"weight": str, "shape": [int, ...]}``."""
+    shape = entry["shape"]
+    if not isinstance(entry["weight"], str) or not isinstance(shape, list) \
+            or not 2 <= len(shape) <= 8 \
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape):
+        raise ValueError("bad 'packed' entry %r" % (entry,))
+    return {"weight": entry["weight"], "shape": shape}
+
+
+#: The dtypes ``mx.nd.save`` writes that a ``plain:DTYPE`` array may have.
+_PLAIN_DTYPES = ("float32", "float64", "float16", "uint8", "int32", "int8", "int64")
+
+
+def _plain_entry(entry):
+    """A format-2 ``plain`` entry, checked: ``{"name", "aux", "dtype", "shape"}``."""
+    shape = entry["shape"]
+    if not isinstance(entry["name"], str) or not isinstance(entry["aux"], bool) \
+            or entry["dtype"] not in _PLAIN_DTYPES or not isinstance(shape, list) \
+            or not 1 <= len(shape) <= 8 \
+            or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise ValueError("bad 'plain' entry %r" % (entry,))
+    return {"name": entry["name"], "aux": entry["aux"], "dtype": entry["dtype"],
+            "shape": shape}
+
+
+def _plain_layout(meta):
+    """Where each plain parameter lies: name -> (array key, start, stop, shape)."""
+    layout, offsets = {}, {}
+    for entry in meta.get("plain", []):
+        key = "plain:" + entry["dtype"]
+        start = offsets.get(key, 0)
+        offsets[key] = start + math.prod(entry["shape"])
+        layout[entry["name"]] = (key, start, offsets[key], tuple(entry["shape"]))
+    return layout, offsets
+
+
 def _load_symbol(path, data):
     try:
         graph = json.loads(data.decode("utf-8"))
         if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
             raise ValueError("no node list")
         sym = mx.sym.load_json(data.decode("utf-8"))
-        _mxnet.check_graph_entries(graph)
+        _mxnet.check_graph_entries(graph, sym)
         return sym
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, mx.base.MXNetError) as err:
         raise ArtifactError("The symbol file %r is not a valid MXNet graph (%s). Export the "
                             "model again." % (path, str(err).splitlines()[0])) from None
 
 
-def _unpack_params(arrays, meta, sym, path):
-    """Rebuild the name -> array dict the graph needs, checking it matches exactly."""
+def _unpack_params(arrays, meta, sym, path, out=None):
+    """Rebuild the name -> array dict the graph needs, checking it matches exactly
+    (packed weights written into ``out`` when given, see :func:`_packing.split`)."""
     args = set(sym.list_arguments()) - {entry["name"] for entry in meta["inputs"]}
     aux = set(sym.list_auxiliary_states())
     params, bad = {}, []
+    version1 = meta["version"].startswith("1.")
     for key, value in arrays.items():
         kind, _, name = key.partition(":")
-        if kind in ("arg", "aux") and name in (args if kind == "arg" else aux):
+        if version1 and kind in ("arg", "aux") and name in (args if kind == "arg" else aux):
             params[name] = value
-        elif kind not in ("int8", "anchor"):
+        elif kind not in (("int8", "anchor") if version1 else ("packed", "plain")):
             bad.append(key)
-    specs = [_packing.PackSpec.from_dict(s) for s in meta["packed"]]
-    for spec in specs:
-        q, anchors = arrays.get("int8:" + spec.weight), arrays.get("anchor:" + spec.weight)
-        needed = [n for n in (spec.gamma, spec.var) if n is not None]
-        if q is None or anchors is None or q.dtype != np.int8 or q.ndim < 2 \
-                or anchors.dtype != np.float32 or anchors.shape != q.shape[:1] \
-                or spec.weight not in args or spec.weight in params \
-                or any(params.get(n) is None or params[n].shape != q.shape[:1]
-                       for n in needed):
-            bad.append(spec.weight)
-            continue
-        params[spec.weight] = _packing.unpack(spec, q, anchors, params)
+    if not version1:
+        _plain_params(arrays, meta, params, bad, args, aux)
+    names = [entry["weight"] for entry in meta["packed"]]
+    bad += [n for n in names if n not in args or n in params]
+    direct = len(params) if version1 else len(_plain_layout(meta)[1])
+    if version1:
+        used = _unpack_v1(arrays, meta, params, bad)
+    else:
+        used = _unpack_v2(arrays, meta, params, bad, path, out)
     missing = sorted((args | aux) - set(params))
-    extra = len(arrays) - len(params) - len(specs)
+    extra = len(arrays) - direct - used
     if bad or missing or extra:
         raise ArtifactError(
             "The params file %r does not match the graph: %s. Export the model again."
@@ -253,3 +323,56 @@ def _unpack_params(arrays, meta, sym, path):
                 "missing %s" % missing[:5] if missing else "",
                 "%d extra entries" % extra if extra and not bad else ""]))))
     return params
+
+
+def _plain_params(arrays, meta, params, bad, args, aux):
+    """Format 2: views of the ``plain:DTYPE`` arrays, one per parameter of ``plain``."""
+    layout, sizes = _plain_layout(meta)
+    for key, size in sizes.items():
+        array = arrays.get(key)
+        if array is None or array.ndim != 1 or array.size != size \
+                or array.dtype.name != key.partition(":")[2]:
+            bad.append(key)
+    if bad:
+        return
+    for entry in meta["plain"]:
+        key, start, stop, shape = layout[entry["name"]]
+        if entry["name"] in params or entry["name"] not in (aux if entry["aux"] else args):
+            bad.append(entry["name"])
+        params[entry["name"]] = arrays[key][start:stop].reshape(shape)
+
+
+def _unpack_v2(arrays, meta, params, bad, path, out=None):
+    """Format 2: all packed weights in four arrays, rebuilt in one pass; returns how many
+    arrays it used."""
+    if not meta["packed"]:
+        return 0
+    joined = {key: arrays.get("packed:" + key)
+              for key in _packing.ARRAYS}
+    if any(value is None for value in joined.values()):
+        raise ArtifactError("The params file %r lacks the packed:* arrays its metadata "
+                            "announces. Export the model again." % path)
+    try:
+        weights = _packing.split(joined, [tuple(e["shape"]) for e in meta["packed"]], out)
+    except ValueError as err:
+        raise ArtifactError("The packed weights in %r are inconsistent (%s). Export the "
+                            "model again." % (path, err)) from None
+    for entry, weight in zip(meta["packed"], weights):
+        params[entry["weight"]] = weight
+    return len(joined)
+
+
+def _unpack_v1(arrays, meta, params, bad):
+    """Format 1.0: per weight ``int8:NAME`` and ``anchor:NAME``; returns their count."""
+    specs = [_packing.PackSpec.from_dict(s) for s in meta["packed"]]
+    for spec in specs:
+        q, anchors = arrays.get("int8:" + spec.weight), arrays.get("anchor:" + spec.weight)
+        needed = [n for n in (spec.gamma, spec.var) if n is not None]
+        if q is None or anchors is None or q.dtype != np.int8 or q.ndim < 2 \
+                or anchors.dtype != np.float32 or anchors.shape != q.shape[:1] \
+                or any(params.get(n) is None or params[n].shape != q.shape[:1]
+                       for n in needed):
+            bad.append(spec.weight)
+            continue
+        params[spec.weight] = _packing.unpack_v1(spec, q, anchors, params)
+    return 2 * len(specs)

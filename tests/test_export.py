@@ -1,6 +1,8 @@
 """QuantizedHybridBlock.export: files, integrity checks, atomic writes, stock-MXNet pair."""
+import hashlib
 import json
 import os
+import re
 
 import mxnet as mx
 import numpy as np
@@ -36,10 +38,22 @@ def test_export_right_after_quantizing_writes_full_files(qnet, tmp_path):
     paths = qnet.export(str(tmp_path / "m"))
     assert sorted(os.listdir(tmp_path)) == ["m-int8.params", "m-meta.json", "m-symbol.json"]
     arrays = parse_ndarray_file(open(paths["params"], "rb").read(), paths["params"])
-    assert arrays["int8:cnn_conv1_weight"].dtype == np.int8
-    assert arrays["int8:cnn_conv1_weight"].shape == (32, 16, 3, 3)
-    assert arrays["anchor:cnn_conv1_weight"].shape == (32,)
-    assert not any(k.startswith("arg:cnn_conv") and k.endswith("weight") for k in arrays)
+    meta = json.load(open(paths["meta"]))
+    assert meta["packed"] == [
+        {"weight": "cnn_conv0_weight", "shape": [16, 1, 3, 3]},
+        {"weight": "cnn_conv1_weight", "shape": [32, 16, 3, 3]},
+        {"weight": "cnn_dense0_weight", "shape": [64, 1568]},
+        {"weight": "cnn_dense1_weight", "shape": [10, 64]}]
+    assert arrays["packed:int8"].dtype == np.int8
+    assert arrays["packed:int8"].shape == (144 + 4608 + 100352 + 640,)
+    assert arrays["packed:anchors"].shape == (16 + 32 + 64 + 10,)
+    # exceptions are few: at most one kept value per channel, no factor of their own
+    assert arrays["packed:fix_index"].size <= 122 and arrays["packed:factor_index"].size == 0
+    # every other parameter in one float32 array, named in the metadata
+    assert sorted(arrays) == sorted(["packed:" + k for k in _packing.ARRAYS] + ["plain:float32"])
+    assert [p["name"] for p in meta["plain"]][:3] == ["cnn_conv0_bias", "cnn_batchnorm0_gamma",
+                                                       "cnn_batchnorm0_beta"]
+    assert arrays["plain:float32"].size == sum(np.prod(p["shape"]) for p in meta["plain"])
     # the same arrays as mx.nd.load reads
     loaded = mx.nd.load(paths["params"])
     assert sorted(loaded) == sorted(arrays)
@@ -47,25 +61,66 @@ def test_export_right_after_quantizing_writes_full_files(qnet, tmp_path):
         assert np.array_equal(value.asnumpy(), arrays[key])
 
 
-def test_packing_reproduces_runtime_quantization_and_naive_does_not():
-    rs = np.random.RandomState(0)
-    weight = (rs.randn(64, 32, 3, 3) * 0.05).astype(np.float32)
+def _bn_layer(seed=0, channels=64):
+    rs = np.random.RandomState(seed)
+    weight = (rs.randn(channels, 32, 3, 3) * 0.05).astype(np.float32)
     weight[3] = 0.0                                     # a dead channel
-    params = {"w": weight, "g": rs.uniform(-2, 2, 64).astype(np.float32),
-              "v": rs.uniform(0.01, 3, 64).astype(np.float32)}
+    params = {"w": weight, "g": rs.uniform(-2, 2, channels).astype(np.float32),
+              "v": rs.uniform(0.01, 3, channels).astype(np.float32),
+              "b": rs.uniform(-1, 1, channels).astype(np.float32),
+              "m": rs.uniform(-1, 1, channels).astype(np.float32)}
     params["g"][5] = 0.0                                # gamma 0: folded weights all 0
-    spec = _packing.PackSpec("w", True, gamma="g", var="v", eps=1e-5)
-    q, anchors = _packing.pack(spec, params)
-    rebuilt = _packing.unpack(spec, q, anchors, params)
-    again, maxabs = _packing.runtime_quantize(spec, {**params, "w": rebuilt})
-    expected_q, expected_max = _packing.runtime_quantize(spec, params)
-    assert np.array_equal(again, q) and np.array_equal(q, expected_q)
-    assert np.array_equal(maxabs, expected_max)
+    return params, _packing.PackSpec("w", True, gamma="g", var="v", eps=1e-5,
+                                     beta="b", mean="m")
+
+
+def test_packing_reproduces_runtime_quantization_and_naive_does_not():
+    params, spec = _bn_layer()
+    packed = _packing.pack(spec, params, in_scale=_packing.data_scale(6.0, True))
+    rebuilt = _packing.unpack(packed)
+    again, maxabs, scales = _packing.runtime_quantize(spec, {**params, "w": rebuilt}, 42.5)
+    expected_q, expected_max, expected_scales = _packing.runtime_quantize(spec, params, 42.5)
+    assert np.array_equal(again, packed.q) and np.array_equal(packed.q, expected_q)
+    assert np.array_equal(maxabs, expected_max) and np.array_equal(scales, expected_scales)
+    # one fp32 value per channel (its maximum), a handful of exceptions
+    assert packed.anchors.shape == (64,) and packed.factor_index.size == 0
+    assert packed.fix_index.size <= 4, packed.fix_index
     # naive max/127 rounding of the folded weights gives other int8 values
-    folded = weight * _packing.fold_factor(spec, params)[:, None, None, None]
+    folded = params["w"] * _packing.fold_factor(spec, params)[:, None, None, None]
     step = np.abs(folded).reshape(64, -1).max(axis=1) / 127
     naive = np.rint(folded / np.where(step > 0, step, 1)[:, None, None, None])
-    assert np.mean(naive != q) > 0.005
+    assert np.mean(naive != packed.q) > 0.005
+
+
+def test_packing_follows_the_runtime_bias_guard_on_dead_channels():
+    # BatchNorm leaves channel 7 almost dead (max|w| ~ 1e-7) with a bias of 1: the
+    # runtime caps its scale at 2**30 / bias / data_scale, as on EfficientNet-Lite0.
+    params, spec = _bn_layer(1)
+    params["g"][7], params["b"][7], params["m"][7] = 2e-6, 1.0, 0.0
+    in_scale = _packing.data_scale(6.0, True)
+    q, maxabs, scales = _packing.runtime_quantize(spec, params, in_scale)
+    plain = _packing.runtime_quantize(spec, params)[2]
+    assert scales[7] < plain[7] / 10 and np.sum((scales != plain) & (maxabs > 0)) == 1
+    assert 3 <= np.abs(q[7]).max() <= 120            # int8 values that still matter
+    packed = _packing.pack(spec, params, in_scale=in_scale)
+    assert list(packed.factor_index) == [7]           # the guarded channel's own factor
+    rebuilt = _packing.unpack(packed)
+    again = _packing.runtime_quantize(spec, {**params, "w": rebuilt}, in_scale)
+    assert np.array_equal(again[0], q) and np.array_equal(again[1], maxabs)
+    assert np.array_equal(again[2], scales)
+    # without the input scale the guard cannot be ruled out: the layer stays fp32
+    with pytest.raises(_packing.NotPackable, match="input scale is unknown"):
+        _packing.pack(spec, params, in_scale_bound=in_scale)
+
+
+def test_tensor_wise_layers_store_their_factors():
+    params, spec = _bn_layer(2)
+    spec = _packing.PackSpec("w", False, gamma="g", var="v", eps=1e-5, beta="b", mean="m")
+    packed = _packing.pack(spec, params)
+    assert packed.factor_index.size == 64           # one scale for all: no derived factor
+    again = _packing.runtime_quantize(spec, {**params, "w": _packing.unpack(packed)})
+    assert np.array_equal(again[0], packed.q)
+    assert again[1].max() == _packing.runtime_quantize(spec, params)[1].max()
 
 
 def test_stock_mxnet_pair_loads_in_plain_symbolblock(qnet, tmp_path):
@@ -121,9 +176,66 @@ def test_edited_symbol_json(exported):
 def test_metadata_from_a_newer_format_version(exported):
     prefix, paths, _ = exported
     meta = json.load(open(paths["meta"]))
-    meta["version"] = "2.0"
+    meta["version"] = "3.0"
     json.dump(meta, open(paths["meta"], "w"))
-    with pytest.raises(ArtifactError, match=r"m-meta\.json.*version 2\.0, newer.*upgrade"):
+    with pytest.raises(ArtifactError, match=r"m-meta\.json.*version 3\.0, newer.*upgrade"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+
+
+def test_format_1_0_files_still_load_bit_identically():
+    # Written by gluon_quant 564cf79 (format 1.0: int8:NAME and anchor:NAME per weight)
+    # with tests/data/export_v1_0/make_files.py, with the in-memory model's outputs.
+    prefix = os.path.join(os.path.dirname(__file__), "data", "export_v1_0", "old")
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    assert loaded.metadata["version"] == "1.0"
+    expected = np.load(prefix[:-3] + "expected.npz")
+    assert np.array_equal(loaded(mx.nd.array(expected["x"])).asnumpy(), expected["y"])
+
+
+def _rewrite_params(paths, change):
+    """Apply ``change`` to the params arrays and re-sign the file in the metadata, so that
+    only the structure checks can catch the edit."""
+    arrays = parse_ndarray_file(open(paths["params"], "rb").read(), paths["params"])
+    change(arrays)
+    mx.nd.save(paths["params"], {k: mx.nd.array(v, dtype=v.dtype) for k, v in arrays.items()})
+    data = open(paths["params"], "rb").read()
+    meta = json.load(open(paths["meta"]))
+    meta["files"]["params"].update(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+    json.dump(meta, open(paths["meta"], "w"))
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda a: a.update({"packed:anchors": a["packed:anchors"][:-1]}),
+     "121 anchors for weights of 105744 values and 122 channels"),
+    (lambda a: a.update({"packed:fix_index": np.array([10 ** 6], np.int32),
+                         "packed:fix_value": np.ones(1, np.float32)}),
+     "fix_index does not fit"),
+    (lambda a: a.update({"packed:int8": a["packed:int8"].astype(np.float32)}),
+     "packed:int8 is float32"),
+    (lambda a: a.pop("packed:anchors"), "lacks the packed"),
+])
+def test_inconsistent_packed_arrays_are_reported(exported, edit, message):
+    prefix, paths, _ = exported
+    _rewrite_params(paths, edit)
+    with pytest.raises(ArtifactError, match=r"m-int8\.params.*" + re.escape(message)):
+        gq.QuantizedSymbolBlock.imports(prefix)
+
+
+def test_metadata_that_does_not_fit_the_params_file(exported):
+    prefix, paths, _ = exported
+    meta = json.load(open(paths["meta"]))
+    meta["plain"][0]["shape"] = [17]                     # cnn_conv0_bias has 16 values
+    json.dump(meta, open(paths["meta"], "w"))
+    with pytest.raises(ArtifactError, match=r"m-int8\.params.*does not match the graph.*"
+                                            r"plain:float32"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+    meta["plain"][0].update(shape=[16], name="cnn_conv9_bias")
+    json.dump(meta, open(paths["meta"], "w"))
+    with pytest.raises(ArtifactError, match=r"cnn_conv9_bias.*missing \['cnn_conv0_bias'\]"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+    meta["plain"][0]["dtype"] = "bfloat16"
+    json.dump(meta, open(paths["meta"], "w"))
+    with pytest.raises(ArtifactError, match=r"m-meta\.json' is malformed.*bad 'plain' entry"):
         gq.QuantizedSymbolBlock.imports(prefix)
 
 

