@@ -396,6 +396,19 @@ def host_view(array):
     return view
 
 
+def accepts_shapes(sym, shapes):
+    """Whether shape inference of ``sym`` accepts inputs of ``shapes`` ({name: shape}).
+
+    Graphs traced from nets that loop over a fixed batch size (GluonCV's R-CNNs build one
+    branch per image of ``batch_size``) reject any other batch size here, before running.
+    """
+    try:
+        sym.infer_shape_partial(**shapes)
+    except MXNetError:
+        return False
+    return True
+
+
 def first_line(err):
     """The informative line of an MXNet error message, for the package's own errors
     (without the time stamp and C++ source location MXNet puts before it)."""

@@ -393,12 +393,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         make_runner=make_runner, calibrator=calibrator, input_names=input_names,
         tensor_names=names, progress=config.progress,
         total=_length(data, config.num_calib_batches))
-    kept_samples = None
-    if kept and all(len(k) == len(kept[0]) for k in kept):
-        try:
-            kept_samples = tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
-        except _mxnet.MXNetError:     # batches of different shapes: keep the first
-            kept_samples = tuple(kept[0])
+    kept_samples = _kept_samples(plan.fused.symbol, input_names, kept)
     _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
               type(calibrator).__name__)
     table = calibrator.compute() if names else CalibrationTable(
@@ -409,6 +404,21 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
                              meta=dict(table.meta, batches=seen, samples=int(sum(samples))))
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])
+
+
+def _kept_samples(symbol, input_names, kept):
+    """The kept calibration batches as one batch (one array per input), or the first batch
+    alone when they differ in shape or the graph takes only its own batch size (GluonCV's
+    Faster R-CNN, traced at batch 1, rejects a batch of 2 in its per-image proposals)."""
+    if not kept or any(len(k) != len(kept[0]) for k in kept):
+        return None
+    if len(kept) > 1 and all(k[0].ndim for k in kept):
+        joined = [(sum(k[i].shape[0] for k in kept),) + a.shape[1:]
+                  for i, a in enumerate(kept[0])]
+        same = all(a.shape[1:] == b.shape[1:] for k in kept for a, b in zip(k, kept[0]))
+        if same and _mxnet.accepts_shapes(symbol, dict(zip(input_names, joined))):
+            return tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
+    return tuple(kept[0])
 
 
 #: Table metadata key of the ranges :func:`check_table` narrowed: ``{key: [lo, hi]}`` as the
