@@ -289,6 +289,21 @@ def symbol_block(sym, names, params, ctx, dtypes=None):
     return load_block_params(block, params, ctx)
 
 
+def symbol_block_graph(block):
+    """The ``(input symbols, output symbol)`` a Gluon ``SymbolBlock`` runs."""
+    inputs, output = block._cached_graph
+    return list(inputs), output
+
+
+def run_training_mode(sym, input_names, inputs, params, ctx):
+    """Run ``sym`` once in training mode (BatchNorm normalises with batch statistics);
+    ``params`` (copied) hold its other arguments and auxiliary states. Its outputs."""
+    block = symbol_block(sym, input_names, params, ctx)
+    with mx.autograd.train_mode():
+        out = block(*inputs)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
 def load_block_params(block, params, ctx):
     """Set every parameter of a ``SymbolBlock`` (or subclass) from ``params``; return it."""
     missing = [n for n in block.collect_params() if n not in params]

@@ -1,0 +1,54 @@
+"""Every GluonCV task family in one call: detection (SSD, YOLOv3, Faster R-CNN, CenterNet),
+segmentation (FCN, PSPNet, DeepLab), pose (simple_pose) and video (R(2+1)D, I3D).
+
+Networks have random weights with BatchNorm statistics set from crops of the offline
+sample photos (SymbolBlock feature extractors included), small inputs to keep the tests
+fast; detectors are compared row by row with NMS off (see
+``test_gluoncv_models.detection_agreement``).
+"""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import nn
+
+from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
+
+gluoncv_zoo = pytest.importorskip("gluoncv.model_zoo")
+
+
+def _conv_bn_net(prefix):
+    net = nn.HybridSequential(prefix=prefix)
+    with net.name_scope():
+        net.add(nn.Conv2D(8, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+                nn.Conv2D(8, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"))
+    return net
+
+
+def test_batchnorm_statistics_reach_inside_symbol_blocks():
+    """A SymbolBlock gets exactly the statistics its Gluon twin gets from forward hooks."""
+    x = mx.nd.array(np.random.RandomState(0).randn(6, 3, 10, 10).astype("float32"))
+    mx.random.seed(0)
+    plain = _conv_bn_net("twin_")
+    plain.initialize(mx.init.Xavier())
+    plain(x)
+    data = mx.sym.var("data")
+    graph = nn.SymbolBlock(plain(data), data, params=plain.collect_params())
+    outer = nn.HybridSequential()   # a Gluon net holding a SymbolBlock, as GluonCV's SSD
+    outer.add(graph, nn.Conv2D(4, 1), nn.BatchNorm())
+    outer[1:].initialize(mx.init.Xavier())
+    reference = {k: v.data().copy() for k, v in plain.collect_params().items()}
+    assert set_batchnorm_statistics(outer, x) == 3
+    from_graph = {k: v.data().copy() for k, v in graph.collect_params().items()}
+    for bn in (plain[1], plain[4]):     # reset, then the plain net's own hooks
+        bn.running_mean.set_data(mx.nd.zeros(8))
+        bn.running_var.set_data(mx.nd.ones(8))
+    assert set_batchnorm_statistics(plain, x) == 2
+    for name, value in plain.collect_params().items():
+        if "running" in name:
+            assert not np.allclose(value.data().asnumpy(), reference[name].asnumpy())
+            np.testing.assert_allclose(from_graph[name].asnumpy(), value.data().asnumpy(),
+                                       rtol=1e-5, atol=1e-6)
+    # The outer BatchNorm saw the SymbolBlock's output with the new statistics.
+    y = outer[1](graph(x))
+    np.testing.assert_allclose(outer[2].running_mean.data().asnumpy(),
+                               y.mean(axis=(0, 2, 3)).asnumpy(), rtol=1e-4, atol=1e-5)
