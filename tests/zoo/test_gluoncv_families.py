@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 from mxnet.gluon import nn
 
+import gluon_quant as gq
+from gluon_quant.graph.passes import COMPARED_POOL_REASON
 from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
 
 gluoncv_zoo = pytest.importorskip("gluoncv.model_zoo")
@@ -52,3 +54,40 @@ def test_batchnorm_statistics_reach_inside_symbol_blocks():
     y = outer[1](graph(x))
     np.testing.assert_allclose(outer[2].running_mean.data().asnumpy(),
                                y.mean(axis=(0, 2, 3)).asnumpy(), rtol=1e-4, atol=1e-5)
+
+
+class _PeakPicker(mx.gluon.HybridBlock):
+    """A heatmap head and CenterNet's peak picking: keep = maxpool(h) == h."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.body = nn.HybridSequential()
+            self.body.add(nn.Conv2D(8, 3, padding=1), nn.Activation("relu"), nn.Conv2D(4, 1))
+            self.nms = nn.MaxPool2D(3, 1, 1)
+
+    def hybrid_forward(self, F, x):
+        heat = F.sigmoid(self.body(x))
+        return F.broadcast_equal(self.nms(heat), heat) * heat
+
+
+def _peaks(disable=None):
+    mx.random.seed(0)
+    net = _PeakPicker()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [rs.randn(4, 3, 12, 12).astype("float32") for _ in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    x = mx.nd.array(batches[1])
+    ref, out = net(x).asnumpy(), qnet(x).asnumpy()
+    return qnet, ref > 0, out > 0
+
+
+def test_max_pool_compared_with_its_input_stays_fp32(disable_pass):
+    qnet, peaks, kept = _peaks()
+    pools = [r for r in qnet.report() if r.op == "Pooling"]
+    assert [(r.quantized, r.reason) for r in pools] == [(False, COMPARED_POOL_REASON)]
+    assert peaks.sum() > 20 and (peaks == kept).mean() >= 0.99
+    disable_pass("compared_pools")      # the int8 pooling finds (almost) no peak
+    _, peaks, kept = _peaks()
+    assert kept.sum() < 0.2 * peaks.sum()
