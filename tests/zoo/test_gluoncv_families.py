@@ -91,3 +91,33 @@ def test_max_pool_compared_with_its_input_stays_fp32(disable_pass):
     disable_pass("compared_pools")      # the int8 pooling finds (almost) no peak
     _, peaks, kept = _peaks()
     assert kept.sum() < 0.2 * peaks.sum()
+
+
+class _TwoHeads(mx.gluon.HybridBlock):
+    """A detector-like net: an exact integer output first (class ids), then scores."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.body = nn.HybridSequential()
+            self.body.add(nn.Conv2D(8, 3, padding=1), nn.Activation("relu"), nn.Conv2D(4, 1))
+
+    def hybrid_forward(self, F, x):
+        scores = self.body(x)
+        return F.zeros_like(x).slice_axis(axis=1, begin=0, end=1), scores
+
+
+def test_doctor_measures_every_output_not_the_first():
+    from gluon_quant import debug
+    mx.random.seed(0)
+    net = _TwoHeads()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [rs.randn(4, 3, 12, 12).astype("float32") for _ in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    scores_db = debug.compare(qnet, batches[1:]).outputs[1][0]
+    assert scores_db < 60       # the exact first output (200 dB) must not hide it
+    floor = debug.activation_floor(qnet, batches[1:])
+    assert floor.int8_sqnr_db == pytest.approx(scores_db, abs=1e-6)
+    assert debug.sensitivity(qnet, batches[1:]).baseline_sqnr_db == pytest.approx(scores_db,
+                                                                                  abs=1e-6)
