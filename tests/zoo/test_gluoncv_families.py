@@ -121,3 +121,113 @@ def test_doctor_measures_every_output_not_the_first():
     assert floor.int8_sqnr_db == pytest.approx(scores_db, abs=1e-6)
     assert debug.sensitivity(qnet, batches[1:]).baseline_sqnr_db == pytest.approx(scores_db,
                                                                                   abs=1e-6)
+
+
+# -------------------------------------------------------------- every family, one call
+def _cos(a, b):
+    a, b = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
+
+
+def _inputs(shape, seed):
+    """Crops of the offline sample photos; a clip repeats its crop, drifting a pixel a frame."""
+    from gluon_quant.zoo.gluoncv import sample_batches
+    crops = sample_batches(1, shape[0], size=max(shape[-2:]), seed=seed)[0]
+    crops = crops[..., :shape[-2], :shape[-1]]
+    if len(shape) == 5:
+        crops = np.stack([np.roll(crops, t, axis=-1) for t in range(shape[2])], axis=2)
+    return np.ascontiguousarray(crops)
+
+
+def agreement(task, ref, out):
+    """The task's fp32/int8 agreement: a dict of named numbers."""
+    ref, out = [r.asnumpy() for r in ref], [o.asnumpy() for o in out]
+    if task == "detection":         # NMS off: (ids, scores, boxes) row by row
+        return {"ids": float((ref[0] == out[0]).mean()), "scores": _cos(ref[1], out[1]),
+                "boxes": _cos(ref[2], out[2]), "score_std": float(ref[1].std())}
+    if task == "centernet":         # top-k lists: near-equal peaks swap places
+        return {"scores": _cos(np.sort(ref[1], axis=None), np.sort(out[1], axis=None)),
+                "score_std": float(ref[1].std())}
+    if task == "segmentation":
+        return {"pixels": float((ref[0].argmax(1) == out[0].argmax(1)).mean()),
+                "logits": _cos(ref[0], out[0])}
+    return {"cosine": _cos(ref[0], out[0])}
+
+
+#: name -> (input shape, task, {metric: lowest value}). Bars are the values measured on
+#: random weights with BatchNorm statistics from photos, rounded down: random-weight
+#: detectors at these small inputs are chaotic (YOLOv3's boxes are exp() of predictions,
+#: box cosine 0.03 on yolo3_mobilenet1.0 at 128 px, and SSD-MobileNet's fp32 boxes hold
+#: non-finite values), so box agreement is asserted only where it means something
+#: (test_gluoncv_models.test_ssd_detections_agree: 0.99 on SSD-ResNet50 at 192 px).
+FAMILIES = {
+    "ssd_512_mobilenet1.0_voc": ((2, 3, 128, 128), "detection", {"ids": 0.85, "scores": 0.7}),
+    "center_net_resnet18_v1b_voc": ((2, 3, 128, 128), "centernet", {"scores": 0.93}),
+    "simple_pose_resnet18_v1b": ((2, 3, 128, 96), "pose", {"cosine": 0.98}),
+    "r2plus1d_resnet18_kinetics400": ((1, 3, 4, 48, 48), "video", {"cosine": 0.98}),
+    "yolo3_mobilenet1.0_voc": ((2, 3, 128, 128), "detection", {"ids": 0.99, "scores": 0.75}),
+    "faster_rcnn_resnet50_v1b_voc": ((1, 3, 160, 160), "detection", {"scores": 0.5}),
+    "psp_resnet50_voc": ((1, 3, 96, 96), "segmentation", {"logits": 0.5}),
+    "deeplab_resnet50_voc": ((1, 3, 96, 96), "segmentation", {"logits": 0.5}),
+    "ssd_300_vgg16_atrous_voc": ((1, 3, 160, 160), "detection", {"ids": 0.9, "scores": 0.9}),
+    "yolo3_darknet53_voc": ((1, 3, 160, 160), "detection", {"ids": 0.9}),
+    "i3d_resnet50_v1_kinetics400": ((1, 3, 8, 64, 64), "video", {"cosine": 0.9}),
+}
+#: Too slow for the default run on a 2-core machine (which keeps SSD, CenterNet, pose and
+#: video; Faster R-CNN's failure has its minimal case in tests/test_bias.py, FCN and
+#: SSD-ResNet50 theirs in test_gluoncv_models.py).
+SLOW = {"psp_resnet50_voc", "deeplab_resnet50_voc", "ssd_300_vgg16_atrous_voc",
+        "yolo3_darknet53_voc", "i3d_resnet50_v1_kinetics400", "faster_rcnn_resnet50_v1b_voc",
+        "yolo3_mobilenet1.0_voc"}
+PRESETS = {"detection": None, "centernet": "gluoncv-centernet",
+           "segmentation": "gluoncv-segmentation", "pose": "gluoncv-classification",
+           "video": "gluoncv-classification"}
+
+
+def _family_params():
+    return [pytest.param(name, marks=pytest.mark.slow) if name in SLOW else name
+            for name in FAMILIES]
+
+
+def _check(name, net, qnet, shape, task):
+    import logging
+    x = mx.nd.array(_inputs(shape, 99))
+    ref, out = net(x), qnet(x)
+    ref = ref if isinstance(ref, (list, tuple)) else [ref]
+    out = out if isinstance(out, (list, tuple)) else [out]
+    assert [r.shape for r in ref] == [o.shape for o in out]
+    found = agreement(task, ref, out)
+    quantized, total = qnet.report().coverage()
+    logging.getLogger(__name__).info("%s: %s, %d/%d int8", name, found, quantized, total)
+    assert quantized >= 0.9 * total
+    if "score_std" in found:        # BatchNorm statistics reached every layer
+        assert found["score_std"] > 1e-3
+    for metric, bar in FAMILIES[name][2].items():
+        assert found[metric] >= bar, (metric, found)
+    if PRESETS[task]:
+        assert qnet.preset.name == PRESETS[task]
+
+
+@pytest.mark.parametrize("name", _family_params())
+def test_user_built_zoo_net_quantizes_in_one_call(name):
+    from gluon_quant.zoo.gluoncv import initialize_random
+    shape, task, _ = FAMILIES[name]
+    net = gluoncv_zoo.get_model(name, pretrained=False, pretrained_base=False)
+    initialize_random(net)
+    if task == "detection":
+        net.set_nms(nms_thresh=0)
+    calib = [_inputs(shape, seed) for seed in (1, 2)]
+    set_batchnorm_statistics(net, mx.nd.array(calib[0]))
+    qnet = gq.quantize(net, calib, progress=False)
+    _check(name, net, qnet, shape, task)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_zoo_get_model_quantizes_every_family(name):
+    from gluon_quant.zoo import get_model
+    shape, task, _ = FAMILIES[name]
+    calib = [_inputs(shape, seed) for seed in (1, 2)]
+    extra = {"nms_thresh": 0} if task == "detection" else {}    # to GluonCV: NMS off
+    qnet = get_model(name, calib_data=calib, progress=False, **extra)
+    _check(name, qnet.net, qnet, shape, task)
