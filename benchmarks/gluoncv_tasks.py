@@ -117,6 +117,7 @@ def _mxnet_flow(net, calib, exclusions):
         data, np.zeros(len(data), np.float32)), batch_size=calib[0].shape[0])
     net.hybridize()
     return mxq.quantize_net_v2(net, quantized_dtype="auto", calib_mode="naive",
+                               data_shapes=[mx.io.DataDesc("data", calib[0].shape)],
                                exclude_layers_match=exclusions, calib_data=loader,
                                num_calib_examples=len(data), ctx=mx.cpu())
 
