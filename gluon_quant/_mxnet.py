@@ -291,6 +291,21 @@ def symbol_block(sym, names, params, ctx, dtypes=None):
     return load_block_params(block, params, ctx)
 
 
+def symbol_block_graph(block):
+    """The ``(input symbols, output symbol)`` a Gluon ``SymbolBlock`` runs."""
+    inputs, output = block._cached_graph
+    return list(inputs), output
+
+
+def run_training_mode(sym, input_names, inputs, params, ctx):
+    """Run ``sym`` once in training mode (BatchNorm normalises with batch statistics);
+    ``params`` (copied) hold its other arguments and auxiliary states. Its outputs."""
+    block = symbol_block(sym, input_names, params, ctx)
+    with mx.autograd.train_mode():
+        out = block(*inputs)
+    return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
 def load_block_params(block, params, ctx, trainable=True):
     """Set every parameter of a ``SymbolBlock`` (or subclass) from ``params``; return it.
 
@@ -513,6 +528,19 @@ def host_buffer(size):
     view = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
                                  shape=array.shape)
     return array, view[:size]
+
+
+def accepts_shapes(sym, shapes):
+    """Whether shape inference of ``sym`` accepts inputs of ``shapes`` ({name: shape}).
+
+    Graphs traced from nets that loop over a fixed batch size (GluonCV's R-CNNs build one
+    branch per image of ``batch_size``) reject any other batch size here, before running.
+    """
+    try:
+        sym.infer_shape_partial(**shapes)
+    except MXNetError:
+        return False
+    return True
 
 
 def first_line(err):

@@ -66,6 +66,9 @@ def build_runnable(plan, params, table, *, config, samples=None):
     if samples is None:
         return model
     inputs = [s[:FIRST_RUN_SAMPLES] for s in samples]
+    if not _mxnet.accepts_shapes(plan.fused.symbol, dict(zip(plan.fused.inputs.names,
+                                                             (a.shape for a in inputs)))):
+        inputs = list(samples)      # the graph takes only its calibration batch size
     ctx = inputs[0].context
     for attempt in range(MAX_FALLBACKS + 1):
         error = _first_run(model, inputs, config)

@@ -440,16 +440,11 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     if state["params"] is None and kept:    # nothing to calibrate: the net all fp32
         state["params"] = fp32_params(net, plan.fused, ctx, kept[0])
         state["shapes"] = tuple(tuple(a.shape) for a in kept[0])
-    kept_samples = None
-    if kept and all(len(k) == len(kept[0]) for k in kept):
-        try:
-            kept_samples = tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
-        except _mxnet.MXNetError:     # batches of different shapes: keep the first
-            kept_samples = tuple(kept[0])
-        if tap is not None and kept_samples and kept_samples[0].ndim:
-            kept_samples = bias.KeptSamples(kept_samples)
-            kept_samples.references = (plan.fused.fingerprint,
-                                       tap.references(kept_samples[0].shape[0], ctx))
+    kept_samples = _kept_samples(plan.fused.symbol, input_names, kept)
+    if tap is not None and kept_samples and kept_samples[0].ndim:
+        kept_samples = bias.KeptSamples(kept_samples)
+        kept_samples.references = (plan.fused.fingerprint,
+                                   tap.references(kept_samples[0].shape[0], ctx))
     _log.info("Calibrated %d tensors on %d batches with %s.", len(names), seen,
               type(calibrator).__name__)
     table = calibrator.compute() if names else CalibrationTable(
@@ -479,6 +474,21 @@ def _sample_shapes(sym, keys, input_names, inputs):
         return {}
     batch = inputs[0].shape[0]
     return {k: tuple(v[1:]) for k, v in zip(present, shapes or ()) if v and v[0] == batch}
+
+
+def _kept_samples(symbol, input_names, kept):
+    """The kept calibration batches as one batch (one array per input), or the first batch
+    alone when they differ in shape or the graph takes only its own batch size (GluonCV's
+    Faster R-CNN, traced at batch 1, rejects a batch of 2 in its per-image proposals)."""
+    if not kept or any(len(k) != len(kept[0]) for k in kept):
+        return None
+    if len(kept) > 1 and all(k[0].ndim for k in kept):
+        joined = [(sum(k[i].shape[0] for k in kept),) + a.shape[1:]
+                  for i, a in enumerate(kept[0])]
+        same = all(a.shape[1:] == b.shape[1:] for k in kept for a, b in zip(k, kept[0]))
+        if same and _mxnet.accepts_shapes(symbol, dict(zip(input_names, joined))):
+            return tuple(mx.nd.concat(*parts, dim=0) for parts in zip(*kept))
+    return tuple(kept[0])
 
 
 #: Table metadata key of the ranges :func:`check_table` narrowed: ``{key: [lo, hi]}`` as the

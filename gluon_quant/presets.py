@@ -226,6 +226,26 @@ _PRESET_LIST = (
     Preset("gluoncv-yolo3", "GluonCV YOLOv3 detectors.",
            keep_fp32=(KeepFP32("yolo_outputs.*.prediction", _AFTER_HEAD, downstream=True),),
            classes=("YOLOV3",)),
+    Preset("gluoncv-rcnn", "GluonCV Faster R-CNN and Mask R-CNN: backbone, RPN head, the "
+           "per-ROI stage after ROIAlign and both predictors in int8; proposals, ROIAlign and "
+           "box decoding in fp32. Calibrate with batches of the net's batch_size (its graph "
+           "takes only that size).",
+           keep_fp32=(KeepFP32("rpn.region_proposer*", (
+               "proposal decoding adds box deltas to anchor coordinates (hundreds of pixels) "
+               "before clipping and NMS: MXNet's flow ran that sum as an int8 elemwise_add "
+               "sharing one scale between pixel offsets and coordinates")),
+                      KeepFP32("rpn.anchor_generator*", "anchor coordinates feed proposal "
+                               "decoding"),
+                      KeepFP32("class_predictor", _AFTER_HEAD, downstream=True),
+                      KeepFP32("box_predictor", _AFTER_HEAD, downstream=True)),
+           classes=("RCNN",)),
+    Preset("gluoncv-centernet", "GluonCV CenterNet: backbone, upsampling convolutions and "
+           "the three heads in int8; heatmap sigmoid, peak picking and top-k decoding in fp32.",
+           keep_fp32=(KeepFP32("heads*", (
+               "the heatmap's peaks are picked by comparing it with its own max pooling and "
+               "box sizes and offsets are gathered at the peaks: exact fp32 comparisons "
+               "and coordinates"), downstream=True),),
+           classes=("CenterNet",)),
     Preset("gluoncv-segmentation",
            "GluonCV semantic segmentation (FCN, PSPNet, DeepLab): the bilinear upsampling "
            "after the head has no int8 kernel and stays fp32 without a rule.",

@@ -94,3 +94,43 @@ def test_the_reference_read_during_calibration_equals_a_second_fp32_pass(proj, m
     assert again["nodes"] == tapped["nodes"]
     for name, values in again["params"].items():
         assert tapped["params"][name] == values, name     # bit for bit
+
+
+class _OneImageAtATime(mx.gluon.HybridBlock):
+    """A graph that takes only batch 1, as GluonCV's R-CNNs take only the ``batch_size``
+    they were built for: a batch-wide reshape joined with per-image rows (as their proposals
+    are joined with one batch index per image) fails shape inference for other sizes."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.body = nn.HybridSequential()
+            self.body.add(nn.Conv2D(8, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+                          nn.Conv2D(8, 3, padding=1), nn.BatchNorm())
+            self.head = nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        y = self.body(x)
+        return self.head(F.concat(F.reshape(y, shape=(1, -1)), F.flatten(y), dim=1))
+
+
+def test_kept_samples_keep_the_batch_size_a_fixed_batch_graph_takes():
+    """Kept calibration batches are joined only where the graph takes the joined batch:
+    bias correction and the first run then see batch 1 here, not 3 (a Faster R-CNN failed
+    with "Bias correction (fp32 reference) failed ... concat0 ... shape")."""
+    mx.random.seed(1)
+    net = _OneImageAtATime()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [rs.randn(1, 3, 8, 8).astype("float32") for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert qnet.calibration.samples[0].shape == (1, 3, 8, 8)
+    assert qnet.report().coverage() == (3, 3)
+    x = mx.nd.array(batches[1])
+    ref, out = net(x).asnumpy().ravel(), qnet(x).asnumpy().ravel()
+    assert ref @ out / np.linalg.norm(ref) / np.linalg.norm(out) >= 0.99
+    # A graph that takes any batch size still gets all kept samples in one batch.
+    plain = nn.HybridSequential()
+    plain.add(nn.Conv2D(8, 3, padding=1), nn.Activation("relu"), nn.Dense(4))
+    plain.initialize(mx.init.Xavier())
+    assert gq.quantize(plain, batches, progress=False).calibration.samples[0].shape[0] == 3

@@ -21,7 +21,7 @@ from .. import _mxnet
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph.passes import insert_fake_quant
-from .metrics import Accumulator, first_output
+from .metrics import OutputsAccumulator
 
 __all__ = ["FloorReport", "activation_floor", "fake_quant_block", "fake_quant_graph", "CLOSE_DB", "CLOSE_FACTOR",
            "POOR_FLOOR_DB"]
@@ -41,7 +41,7 @@ class FloorReport:
     Attributes
     ----------
     int8_sqnr_db, int8_cosine : float
-        The int8 network's first output against fp32 (SQNR in dB, cosine).
+        The int8 network's outputs against fp32 (SQNR in dB, cosine): the worst output.
     floor_sqnr_db, floor_cosine : float
         The same for the fp32 network with every calibrated activation rounded to 8 bits.
     tensors : int
@@ -185,16 +185,16 @@ def activation_floor(qnet, batches, *, num_batches=4):
     >>> print(gluon_quant.debug.activation_floor(qnet, validation_batches))
     """
     floor_block, tensors = fake_quant_block(qnet)
-    int8_acc, floor_acc = Accumulator(), Accumulator()
+    int8_acc, floor_acc = OutputsAccumulator(), OutputsAccumulator()
     seen = 0
     for batch in iter_batches(batches, num_batches):
         inputs = qnet.convert_batch(batch)
-        ref = first_output(_mxnet.run_block(qnet.net, inputs, "fp32 forward pass"))
-        out = first_output(_mxnet.run_block(qnet, inputs, "int8 forward pass"))
-        low = first_output(_mxnet.run_block(floor_block, inputs, "floor forward pass"))
-        ref = ref.asnumpy()
-        int8_acc.add(ref, out.asnumpy())
-        floor_acc.add(ref, low.asnumpy())
+        ref, out, low = ([a.asnumpy() for a in _mxnet.run_block(block, inputs, what)]
+                         for block, what in ((qnet.net, "fp32 forward pass"),
+                                             (qnet, "int8 forward pass"),
+                                             (floor_block, "floor forward pass")))
+        int8_acc.add(ref, out)      # every output counts: the worst one is reported
+        floor_acc.add(ref, low)
         seen += 1
     if seen == 0:
         raise GraphError("activation_floor() got no batch: pass a non-empty iterable of "

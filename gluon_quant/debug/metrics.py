@@ -3,7 +3,7 @@ import math
 
 import numpy as np
 
-__all__ = ["EXACT_DB", "sqnr_db", "cosine", "Accumulator", "first_output", "all_outputs"]
+__all__ = ["EXACT_DB", "sqnr_db", "cosine", "Accumulator", "OutputsAccumulator", "all_outputs"]
 
 #: SQNR reported for a layer whose int8 output equals fp32 exactly (no noise at all).
 EXACT_DB = 200.0
@@ -55,11 +55,29 @@ class Accumulator:
         return self.dot / math.sqrt(self.signal * self.qq)
 
 
-def first_output(out):
-    """The first tensor of a network's output (outputs may be nested tuples or lists)."""
-    while isinstance(out, (list, tuple)):
-        out = out[0]
-    return out
+class OutputsAccumulator:
+    """One :class:`Accumulator` per network output; the agreement is the worst output's
+    (a detector's class ids agree exactly while its scores and boxes may not)."""
+
+    __slots__ = ("parts",)
+
+    def __init__(self):
+        self.parts = []
+
+    def add(self, refs, outs):
+        """``refs``, ``outs``: every output of one batch (numpy arrays), in order."""
+        while len(self.parts) < len(refs):
+            self.parts.append(Accumulator())
+        for part, ref, out in zip(self.parts, refs, outs):
+            part.add(ref, out)
+
+    @property
+    def sqnr(self):
+        return min(p.sqnr for p in self.parts)
+
+    @property
+    def cosine(self):
+        return min(p.cosine for p in self.parts)
 
 
 def all_outputs(out):

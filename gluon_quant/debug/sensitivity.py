@@ -14,7 +14,7 @@ from .._mxnet import run_block
 from ..data import iter_batches
 from ..errors import ConfigError, GluonQuantError, GraphError
 from .compare import quantized_counterparts
-from .metrics import Accumulator
+from .metrics import OutputsAccumulator
 
 __all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "output_agreement"]
 
@@ -98,26 +98,27 @@ def output_agreement(qnet, inputs, references):
     qnet : QuantizedHybridBlock
     inputs : list of list of NDArray
         Converted batches (``qnet.convert_batch(batch)``).
-    references : list of numpy.ndarray
-        The fp32 net's first output on each batch.
+    references : list of list of numpy.ndarray
+        The fp32 net's outputs on each batch (the worst output sets the agreement).
 
     Returns
     -------
     (float, float)
     """
-    acc = Accumulator()
-    for batch_inputs, ref in zip(inputs, references):
-        out = run_block(qnet, batch_inputs, "int8 forward pass")[0]
-        acc.add(ref, out.asnumpy())
+    acc = OutputsAccumulator()
+    for batch_inputs, refs in zip(inputs, references):
+        outs = run_block(qnet, batch_inputs, "int8 forward pass")
+        acc.add(refs, [out.asnumpy() for out in outs])
     return acc.sqnr, acc.cosine
 
 
 def reference_outputs(qnet, batches, num_batches):
-    """Converted inputs and fp32 first outputs of up to ``num_batches`` batches."""
+    """Converted inputs and fp32 outputs (every one) of up to ``num_batches`` batches."""
     inputs = [qnet.convert_batch(b) for b in iter_batches(batches, num_batches)]
     if not inputs:
         raise ConfigError("The doctor got no batch: pass a non-empty iterable of batches.")
-    refs = [run_block(qnet.net, x, "fp32 forward pass")[0].asnumpy() for x in inputs]
+    refs = [[out.asnumpy() for out in run_block(qnet.net, x, "fp32 forward pass")]
+            for x in inputs]
     return inputs, refs
 
 

@@ -45,6 +45,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     SE-ResNet) is rounded onto a grid much coarser than the means themselves: on
     random-weight SE-ResNet-50 the pooled vector kept 25 dB SQNR in int8 against 46 dB for
     the fp32 mean of the same int8 input. In fp32 the pooled vector gets a range of its own.
+    :func:`compared_pools`: a max pooling compared with its own input (CenterNet's peak
+    picking ``maxpool(h) == h``) finds no peak once rounded to int8 (every detection of
+    a random-weight CenterNet became class 0, score 0).
 ``QUANTIZED`` (the quantized graph, ranges not set)
     :func:`int8_mul_inputs`: MXNet's int8 ``elemwise_mul`` only accepts int8 inputs, but
     ``dtype='auto'`` quantizes non-negative tensors (the hard sigmoid of MobileNetV3's
@@ -102,9 +105,9 @@ from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
            "global_adaptive_pools", "fold_dense_batchnorm", "fold_parameter_expressions",
            "masked_softmax", "lift_1d_to_2d", "integer_inputs", "small_int8_regions",
-           "backend_eligibility",
-           "signed_global_pools",
-           "int8_mul_inputs", "exact_ranges", "fp32_read_results", "fused_sum_dtypes",
+           "backend_eligibility", "signed_global_pools", "compared_pools",
+           "COMPARED_POOL_REASON", "int8_mul_inputs", "exact_ranges", "fp32_read_results",
+           "fused_sum_dtypes",
            "insert_fake_quant", "downstream_nodes", "count_ops", "calibrated_nodes",
            "calib_key", "tensor_key", "QDQ_OPS", "SIGNED_POOL_REASON"]
 
@@ -353,6 +356,47 @@ def signed_global_pools(graph, context=None):  # pylint: disable=unused-argument
                 and node.attr("pool_type", "max") == "avg"
                 and not _emits_unsigned(view, node.inputs[0])):
             found[node.name] = SIGNED_POOL_REASON
+    return found
+
+
+#: Element-wise comparisons: a tensor compared with its own max pooling picks local peaks.
+_COMPARISONS = ("broadcast_equal", "_equal", "broadcast_not_equal", "_not_equal",
+                "broadcast_greater_equal", "_greater_equal", "broadcast_lesser_equal",
+                "_lesser_equal")
+COMPARED_POOL_REASON = ("its output is compared with its own input (peak picking, as "
+                        "CenterNet's heatmap NMS): int8 rounding would break the equality "
+                        "and drop every peak")
+
+
+def compared_pools(graph, context=None):  # pylint: disable=unused-argument
+    """Max poolings compared with their own input, which must stay fp32.
+
+    ``keep = (maxpool(h) == h)`` keeps the local maxima of ``h``. With the pooling in int8
+    its output is rounded to the int8 grid while ``h`` is not, so nothing compares equal:
+    a random-weight CenterNet returned class 0 and zero scores for every detection.
+
+    Parameters
+    ----------
+    graph : dict
+        The fused fp32 graph.
+    context : PassContext, optional
+
+    Returns
+    -------
+    dict of str to str
+        Node name -> the reason.
+    """
+    nodes = graph["nodes"]
+    found = {}
+    for node in nodes:
+        if node["op"] not in _COMPARISONS or len(node["inputs"]) != 2:
+            continue
+        for mine, other in (node["inputs"], node["inputs"][::-1]):
+            pool = nodes[mine[0]]
+            if (pool["op"] == "Pooling" and pool["inputs"]
+                    and list(pool["inputs"][0][:2]) == list(other[:2])
+                    and pool.get("attrs", {}).get("pool_type", "max") == "max"):
+                found[pool["name"]] = COMPARED_POOL_REASON
     return found
 
 
@@ -684,6 +728,7 @@ PASSES = (
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
     GraphPass("fp32_read_results", Stage.FUSED, fp32_read_results),
     GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
+    GraphPass("compared_pools", Stage.FUSED, compared_pools),
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
     GraphPass("mixed_reader_producers", Stage.FUSED, lambda g, c: mixed_reader_producers(g),
               backends=("onednn",)),

@@ -1,7 +1,7 @@
 """Pretrained networks, labels and sample photos that work offline."""
 
 from .efficientnet import EfficientNetLite0, efficientnet_lite0, preprocess
-from .gluoncv import get_model, sample_batches
+from .gluoncv import get_model, sample_batches, set_batchnorm_statistics
 from .imagenet import imagenet_class_names
 from .samples import sample_images
 
@@ -13,4 +13,5 @@ __all__ = [
     "preprocess",
     "sample_images",
     "sample_batches",
+    "set_batchnorm_statistics",
 ]

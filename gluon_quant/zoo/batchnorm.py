@@ -6,6 +6,7 @@ measured on them means little. One training-mode forward pass with momentum 0 se
 every BatchNorm's running mean and variance to the statistics of the data it sees,
 layer after layer, exactly as inference will then see them.
 """
+import json
 import logging
 
 import mxnet as mx
@@ -15,7 +16,7 @@ from mxnet.gluon import nn
 from .. import _mxnet
 from ..errors import CalibrationDataError
 
-__all__ = ["reestimate_batchnorm"]
+__all__ = ["reestimate_batchnorm", "set_symbol_block_statistics"]
 
 _log = logging.getLogger(__name__)
 
@@ -76,4 +77,62 @@ def reestimate_batchnorm(net, batch):
         _clear_cached_ops(net)
     _log.info("Re-estimated the statistics of %d BatchNorm layers on %d samples.",
               len(layers), inputs[0].shape[0])
+    return len(layers)
+
+
+def _batchnorm_inputs(sym):
+    """``[(data entry, moving-mean name, moving-variance name)]`` of every BatchNorm of
+    ``sym`` whose statistics are parameters, in graph order."""
+    nodes = json.loads(sym.tojson())["nodes"]
+    internals = sym.get_internals()
+    outputs = internals.list_outputs()
+    found = []
+    for node in nodes:
+        if node["op"] != "BatchNorm" or len(node["inputs"]) < 5:
+            continue
+        index, slot = node["inputs"][0][:2]
+        source = nodes[index]
+        key = source["name"] if source["op"] == "null" else "%s_output" % source["name"]
+        if key not in outputs:      # a multi-output operator: outputs are numbered
+            key = "%s_output%d" % (source["name"], slot)
+        mean, var = (nodes[i]["name"] for i, _, *_ in node["inputs"][3:5])
+        found.append((internals[outputs.index(key)], mean, var))
+    return found
+
+
+def set_symbol_block_statistics(block, inputs):
+    """Set the BatchNorm statistics inside a Gluon ``SymbolBlock`` from ``inputs``.
+
+    Forward hooks do not reach the BatchNorm nodes of a ``SymbolBlock`` (GluonCV builds
+    SSD's feature extractors as one). Its graph runs once in training mode, where every
+    BatchNorm normalises with the statistics of its own input: exactly what each one sees
+    in inference mode once its running statistics are those statistics, layer after layer.
+    Each BatchNorm's running mean and (biased, as in training) variance are then set.
+
+    Parameters
+    ----------
+    block : mxnet.gluon.SymbolBlock
+        Its parameters are initialized.
+    inputs : list of NDArray
+        One array per input of the block, ``(N, C, ...)``.
+
+    Returns
+    -------
+    int
+        Number of BatchNorm layers updated.
+    """
+    symbols, output = _mxnet.symbol_block_graph(block)
+    layers = _batchnorm_inputs(output)
+    if not layers:
+        return 0
+    params = {name: param.data() for name, param in block.collect_params().items()}
+    values = _mxnet.run_training_mode(mx.sym.Group([entry for entry, _, _ in layers]),
+                                      [s.name for s in symbols], inputs, params,
+                                      inputs[0].context)
+    for (_, mean_name, var_name), x in zip(layers, values):
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        mean = x.mean(axis=axes)
+        var = ((x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))) ** 2).mean(axis=axes)
+        block.collect_params()[mean_name].set_data(mean)
+        block.collect_params()[var_name].set_data(var)
     return len(layers)

