@@ -1,6 +1,7 @@
 """Pretrained networks, labels and sample photos that work offline."""
 
-from .efficientnet import EfficientNetLite0, efficientnet_lite0, preprocess
+from .efficientnet import (VARIANTS, EfficientNetLite, EfficientNetLite0, efficientnet_lite,
+                           efficientnet_lite0, efficientnet_lite1, efficientnet_lite2, preprocess)
 from .gluoncv import get_model, sample_batches
 from .imagenet import imagenet_class_names
 from .samples import sample_images
