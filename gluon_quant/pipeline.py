@@ -561,7 +561,8 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):
         corrections = bias.compute_corrections(
             fused=plan.fused.symbol, final=final, layers=layers, params=qparams,
             fp32_params=fp32, inputs=list(bias_inputs), input_names=plan.fused.inputs.names, table=table,
-            ctx=ctx)
+            ctx=ctx, activated={name for name, _ in layers
+                                if bias.has_activation(fused_view.by_name[name])})
         stored = {"nodes": quantized, "params": corrections}
         table = CalibrationTable(dict(table.items()), method=table.method,
                                  fingerprint=table.fingerprint,

@@ -44,8 +44,9 @@ def test_correction_removes_the_mean_error_and_is_stored(proj):
     fixed = gq.quantize(net, batches, progress=False)
     assert META_KEY not in plain.calibration_table.meta
     stored = fixed.calibration_table.meta[META_KEY]
-    # the three projection convs: nothing with an activation, not the output layer
-    assert len(stored["params"]) == 3
+    # the three projection convs and the four conv+ReLU layers (depthwise included), not
+    # the output layer
+    assert len(stored["params"]) == 7
     assert all(p.endswith(("_beta", "_bias")) for p in stored["params"])
     assert _mean_abs_bias(net, fixed, x) < 0.5 * _mean_abs_bias(net, plain, x)
 
@@ -68,3 +69,20 @@ def test_corrections_are_remeasured_when_other_layers_are_int8(proj):
     nodes = excluded.calibration_table.meta[META_KEY]["nodes"]
     assert nodes != first.calibration_table.meta[META_KEY]["nodes"]
     assert len(nodes) == len(first.calibration_table.meta[META_KEY]["nodes"]) - 1
+
+
+def test_only_piecewise_linear_activations_are_corrected():
+    from gluon_quant.bias import _correctable
+    from gluon_quant.graph.inspect import GraphNode
+
+    def node(*labels):
+        members = (("c", "Convolution", "Convolution"),) + tuple(
+            ("a", label.split("(")[0], label) for label in labels)
+        return GraphNode(name="n", op="_sg_mkldnn_conv", members=members, attrs=(),
+                         inputs=())
+
+    assert _correctable(node()) and _correctable(node("clip"))
+    assert _correctable(node("Activation(relu)"))
+    assert not _correctable(node("Activation(sigmoid)"))
+    assert not _correctable(node("LeakyReLU(leaky)"))
+

@@ -64,7 +64,7 @@ def get_model(name, calib_data=None, **kwargs):
     ------
     UnknownNameError
         ``name`` is neither an EfficientNet-Lite nor a GluonCV model; the message lists
-        the valid names, sorted.
+        the valid names of each, sorted.
     """
     key = name.lower().replace("-", "_") if isinstance(name, str) else name
     if key in EFFICIENTNET_NAMES:
@@ -72,6 +72,8 @@ def get_model(name, calib_data=None, **kwargs):
     try:
         return gluoncv.get_model(name, calib_data, **kwargs)
     except UnknownNameError:
-        valid = sorted(EFFICIENTNET_NAMES + tuple(gluoncv.model_names()))
-        raise UnknownNameError("Unknown zoo model %r.%s Valid names: %s."
-                               % (name, suggest(str(name), valid), ", ".join(valid))) from None
+        gluoncv_names = gluoncv.model_names()
+        raise UnknownNameError(
+            "Unknown zoo model %r.%s Valid names: %s; and GluonCV's: %s."
+            % (name, suggest(str(name), list(EFFICIENTNET_NAMES) + gluoncv_names),
+               ", ".join(EFFICIENTNET_NAMES), ", ".join(gluoncv_names))) from None

