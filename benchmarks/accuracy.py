@@ -61,7 +61,7 @@ import numpy as np
 from mxnet.contrib import quantization as mxq
 
 import gluon_quant as gq
-from gluon_quant.zoo import efficientnet_lite
+from gluon_quant.zoo import VARIANTS, efficientnet_lite
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 from gluon_quant.zoo.evaluation import evaluation_data, score
 from gluon_quant.zoo.gluoncv import IMAGENET_MEAN, IMAGENET_STD
@@ -92,7 +92,7 @@ def build(model, data):
 
 def input_size(model):
     if model in EFFICIENTNETS:
-        return efficientnet_lite(model.rsplit("_", 1)[1], pretrained=False).image_size
+        return VARIANTS[model.rsplit("_", 1)[1]].image_size
     return 299 if model.startswith("inception") else 224
 
 
