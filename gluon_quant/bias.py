@@ -8,9 +8,16 @@ layers), the shift is measured on calibration inputs as the per-channel mean of
 ``fp32 - int8`` over the positions the calibrated range does not clip, and added to
 the layer's BatchNorm beta (or bias). Layers are corrected one after the other, each
 measured with the corrections of the earlier ones in place, so no shift is counted
-twice. Layers with an activation are left alone: a mean error after ReLU is not a
-bias error; so are the network's output layers (a classifier's per-class offsets, fitted
-on a few dozen samples, flip near-ties on new inputs).
+twice. Layers that end in a piecewise-linear activation (ReLU, ReLU6 as ``clip``) are
+corrected too, on the positions where both fp32 and int8 outputs lie strictly inside the
+activation's linear part (and the calibrated range), where the output error is the
+pre-activation error: depthwise convolutions, whose every output channel reads a single
+input channel, carry most of the int8 error of MobileNet-style nets (EfficientNet-Lite0
+on held-out photos: 34/40 top-1 agreement and cosine 0.9912 with only linear layers
+corrected, 38/40 and 0.9962 with the depthwise layers kept fp32).  Other activations
+(sigmoid, tanh, leaky ReLU) are left alone: a mean error after them is not a bias error;
+so are the network's output layers (a classifier's per-class offsets, fitted on a few
+dozen samples, flip near-ties on new inputs).
 
 The corrections are stored in the calibration table (``meta['bias_correction']``) with
 the set of int8 layers they were measured for, so a saved table rebuilds the same int8
@@ -23,8 +30,8 @@ import numpy as np
 
 from . import _mxnet
 
-__all__ = ["linear_layers", "quantized_nodes", "compute_corrections", "apply_corrections",
-           "META_KEY", "KeptSamples", "ReferenceTap"]
+__all__ = ["linear_layers", "has_activation", "quantized_nodes", "compute_corrections",
+           "apply_corrections", "META_KEY", "KeptSamples", "ReferenceTap"]
 
 _log = logging.getLogger(__name__)
 
@@ -34,6 +41,19 @@ META_KEY = "bias_correction"
 
 _FUSED_LINEAR_OPS = ("_sg_mkldnn_conv", "_sg_mkldnn_fully_connected")
 _ACTIVATIONS = {"Activation", "clip", "LeakyReLU", "relu", "sigmoid", "tanh"}
+# Member labels (graph.inspect.describe_op) of activations that are the identity between
+# their bounds, so that a mean error measured there is the pre-activation bias error.
+_PIECEWISE_LINEAR = {"clip", "relu", "Activation(relu)"}
+
+
+def has_activation(node):
+    """Whether a fused node ends in an activation (of any kind)."""
+    return bool(node.member_ops & _ACTIVATIONS)
+
+
+def _correctable(node):
+    labels = [label for _, op, label in node.members if op in _ACTIVATIONS]
+    return all(label in _PIECEWISE_LINEAR or label.startswith("clip") for label in labels)
 
 
 def quantized_nodes(fused_view, final_graph):
@@ -43,7 +63,9 @@ def quantized_nodes(fused_view, final_graph):
 
 
 def linear_layers(fused_view, final_graph):
-    """``(node, parameter)`` of every quantized fused layer without an activation.
+    """``(node, parameter)`` of every quantized fused layer bias correction applies to.
+
+    Layers without an activation and layers ending in ReLU or ReLU6 (``clip``).
 
     Parameters
     ----------
@@ -57,7 +79,7 @@ def linear_layers(fused_view, final_graph):
     final_nodes = {n["name"] for n in _mxnet.graph_json(final_graph)["nodes"]}
     layers = []
     for node in fused_view:
-        if node.op not in _FUSED_LINEAR_OPS or node.member_ops & _ACTIVATIONS:
+        if node.op not in _FUSED_LINEAR_OPS or not _correctable(node):
             continue
         if node.name in fused_view.outputs:
             # A network output (a classifier's logits): its per-class offsets, fitted on a
@@ -141,7 +163,7 @@ class ReferenceTap:
 
 
 def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, input_names,
-                        table, ctx, references=None):
+                        table, ctx, references=None, activated=frozenset()):
     """Measure the per-channel mean error of each layer, in order, and return corrections.
 
     Parameters
@@ -150,6 +172,9 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
         The fused fp32 graph and the final int8 graph.
     layers : list of (str, str)
         From :func:`linear_layers`, in topological order.
+    activated : set of str, optional
+        The layers of ``layers`` that end in a (piecewise-linear) activation: their mean
+        error is taken where both fp32 and int8 outputs lie strictly inside the range.
     params : dict of str to NDArray
         Parameters of the final graph (not modified).
     fp32_params : dict of str to NDArray
@@ -192,6 +217,8 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
         axes = tuple(i for i in range(f.ndim) if i != 1) if f.ndim > 1 else (0,)
         lo, hi = table.get(name + "_output", (-np.inf, np.inf))
         inside = (f > lo) & (f < hi)
+        if name in activated:  # the activation's bounds lie at or inside (lo, hi)
+            inside &= (q > lo) & (q < hi)
         count = inside.sum(axis=axes)
         delta = np.where(count > 0, ((f - q) * inside).sum(axis=axes) / np.maximum(count, 1), 0.0)
         delta = delta.astype(np.float32)

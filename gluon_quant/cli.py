@@ -233,13 +233,17 @@ def build_parser():
     _add_common(p)
     p.set_defaults(func=_cmd_bench)
 
-    p = sub.add_parser("demo", help="the offline demo: EfficientNet-Lite0 fp32 vs int8 "
-                       "on real photos", description="Run the offline demo "
-                       "(python -m gluon_quant.demo).",
+    p = sub.add_parser("demo", help="the offline demo: EfficientNet-Lite fp32 vs int8 "
+                       "on real photos it was not calibrated on",
+                       description="Run the offline demo (python -m gluon_quant.demo).",
                        epilog="examples:\n  gluon-quant demo\n  gluon-quant demo "
-                       "--max-photos 3 --repeat 3\n\n" + _EXIT_HELP, formatter_class=raw)
+                       "--max-photos 3 --repeat 3\n  gluon-quant demo --model "
+                       "efficientnet_lite2\n\n" + _EXIT_HELP, formatter_class=raw)
+    p.add_argument("--model", default="efficientnet_lite0",
+                   choices=("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"),
+                   help="the EfficientNet-Lite to quantize (default efficientnet_lite0)")
     p.add_argument("--max-photos", type=int, default=None, metavar="N",
-                   help="use only the first N sample photos")
+                   help="use only the first N calibration and N held-out photos")
     p.add_argument("--repeat", type=int, default=10, metavar="N",
                    help="timed passes per model (default 10)")
     p.add_argument("--calibrator", default="mse", help="calibration method (default mse)")
@@ -723,7 +727,7 @@ def _cmd_demo(args, out):
     from . import demo
     _positive(args.max_photos, "--max-photos")
     _positive(args.repeat, "--repeat")
-    result = demo.run_demo(max_photos=args.max_photos, repeat=args.repeat,
+    result = demo.run_demo(model=args.model, max_photos=args.max_photos, repeat=args.repeat,
                            calibrator=args.calibrator)
     out.text(demo.format_summary(result))
     out.result(result)

@@ -2,7 +2,7 @@
 
 ``MODEL`` is one of:
 
-* ``efficientnet_lite0``: the offline ImageNet model of :mod:`gluon_quant.zoo`;
+* ``efficientnet_lite0`` (``_lite1``, ``_lite2``): the offline ImageNet models of :mod:`gluon_quant.zoo`;
 * a GluonCV model-zoo name (``resnet18_v1``, ``mobilenet1.0``, ``ssd_512_resnet50_v1_voc``...);
 * an exported fp32 pair: a prefix ``PREFIX`` with ``PREFIX-symbol.json`` and
   ``PREFIX-0000.params`` beside it, or the ``-symbol.json`` file itself.
@@ -240,15 +240,18 @@ def load_model(spec, *, pretrained=True, image_size=None, ctx=None):
         size = image_size or 224
         return LoadedModel(block, spec, "symbol", _sized(imagenet_preprocess, size), size,
                            num_inputs=len(names))
-    if spec.lower().replace("-", "_") == "efficientnet_lite0":
-        from .zoo import efficientnet_lite0, preprocess
-        net = efficientnet_lite0(pretrained=pretrained, ctx=ctx)
+    key = spec.lower().replace("-", "_")
+    if key in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
+        from .zoo import efficientnet_lite, preprocess
+        net = efficientnet_lite(key, pretrained=pretrained, ctx=ctx)
         if not pretrained:
             net.initialize(mx.init.Xavier(), ctx=ctx)
-        if image_size not in (None, 224):
-            raise ConfigError("efficientnet_lite0 takes 224x224 inputs; drop --image-size %d."
-                              % image_size)
-        return LoadedModel(net, spec, "efficientnet", preprocess, 224,
+        size = net.image_size
+        if image_size not in (None, size):
+            raise ConfigError("%s takes %dx%d inputs; drop --image-size %d."
+                              % (key, size, size, image_size))
+        return LoadedModel(net, spec, "efficientnet",
+                           _sized(preprocess, size), size,
                            random_weights=not pretrained)
     net = _gluoncv_model(spec, pretrained, ctx)
     size = image_size or _default_size(spec.lower())

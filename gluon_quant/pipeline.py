@@ -643,7 +643,9 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):
             fused=plan.fused.symbol, final=final, layers=layers, params=qparams,
             fp32_params=fp32, inputs=list(bias_inputs), input_names=plan.fused.inputs.names,
             table=table, ctx=ctx,
-            references=saved[1] if saved and saved[0] == plan.fused.fingerprint else None)
+            references=saved[1] if saved and saved[0] == plan.fused.fingerprint else None,
+            activated={name for name, _ in layers
+                       if bias.has_activation(fused_view.by_name[name])})
         stored = {"nodes": quantized, "params": corrections}
         table = CalibrationTable(dict(table.items()), method=table.method,
                                  fingerprint=table.fingerprint,

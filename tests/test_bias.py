@@ -44,8 +44,9 @@ def test_correction_removes_the_mean_error_and_is_stored(proj):
     fixed = gq.quantize(net, batches, progress=False)
     assert META_KEY not in plain.calibration_table.meta
     stored = fixed.calibration_table.meta[META_KEY]
-    # the three projection convs: nothing with an activation, not the output layer
-    assert len(stored["params"]) == 3
+    # the three projection convs and the four conv+ReLU layers (depthwise included), not
+    # the output layer
+    assert len(stored["params"]) == 7
     assert all(p.endswith(("_beta", "_bias")) for p in stored["params"])
     assert _mean_abs_bias(net, fixed, x) < 0.5 * _mean_abs_bias(net, plain, x)
 
@@ -134,3 +135,20 @@ def test_kept_samples_keep_the_batch_size_a_fixed_batch_graph_takes():
     plain.add(nn.Conv2D(8, 3, padding=1), nn.Activation("relu"), nn.Dense(4))
     plain.initialize(mx.init.Xavier())
     assert gq.quantize(plain, batches, progress=False).calibration.samples[0].shape[0] == 3
+
+
+def test_only_piecewise_linear_activations_are_corrected():
+    from gluon_quant.bias import _correctable
+    from gluon_quant.graph.inspect import GraphNode
+
+    def node(*labels):
+        members = (("c", "Convolution", "Convolution"),) + tuple(
+            ("a", label.split("(")[0], label) for label in labels)
+        return GraphNode(name="n", op="_sg_mkldnn_conv", members=members, attrs=(),
+                         inputs=())
+
+    assert _correctable(node()) and _correctable(node("clip"))
+    assert _correctable(node("Activation(relu)"))
+    assert not _correctable(node("Activation(sigmoid)"))
+    assert not _correctable(node("LeakyReLU(leaky)"))
+

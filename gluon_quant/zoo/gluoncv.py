@@ -31,7 +31,7 @@ IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
 
 #: Keywords of :func:`gluon_quant.quantize` that :func:`get_model` passes on.
-_QUANTIZE_KEYWORDS = frozenset(QuantConfig.fields()) | (
+QUANTIZE_KEYWORDS = frozenset(QuantConfig.fields()) | (
     frozenset(inspect.signature(quantize).parameters) - {"net", "calib_data", "settings"})
 
 
@@ -177,6 +177,11 @@ def _zoo():
     return model_zoo
 
 
+def model_names():
+    """The GluonCV model-zoo names, sorted (needs GluonCV)."""
+    return sorted(_zoo().get_model_list())
+
+
 def _build(zoo, name, pretrained, kwargs):
     """The fp32 net; detection and segmentation nets get ``pretrained_base=pretrained``."""
     try:
@@ -221,11 +226,11 @@ def get_model(name, calib_data=None, **kwargs):
         ``name`` is not a GluonCV model; the message lists the valid names, sorted.
     """
     zoo = _zoo()
-    valid = sorted(zoo.get_model_list())
+    valid = model_names()
     if not isinstance(name, str) or name.lower() not in valid:
         raise UnknownNameError("Unknown GluonCV model %r.%s Valid names: %s."
                                % (name, suggest(name, valid), ", ".join(valid)))
-    quant_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in _QUANTIZE_KEYWORDS}
+    quant_kwargs = {k: kwargs.pop(k) for k in list(kwargs) if k in QUANTIZE_KEYWORDS}
     pretrained = bool(kwargs.pop("pretrained", False))
     size = int(kwargs.pop("image_size", 224))
     net = _build(zoo, name.lower(), pretrained, kwargs)

