@@ -4,7 +4,8 @@
 of ``eval_fn(net)``:
 
 1. tries the other built-in calibrators, each re-scoring the statistics collected once
-   (no new pass over the data), then the other weight granularity;
+   (no new pass over the data), then the other weight granularity, then AdaRound weight
+   rounding (:mod:`gluon_quant.weights.adaround`) where the backend has it;
 2. keeps in fp32, one more at a time, the layers the doctor ranks most sensitive (its
    per-layer comparison preselects candidates, its sensitivity analysis orders them: both
    run on a few calibration batches, so few full evaluations are needed).
@@ -17,13 +18,15 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from .block import QuantizedHybridBlock
-from .calib import CALIBRATORS, HistogramCalibrator, MSECalibrator, get_calibrator
+from .calib import (CALIBRATORS, CalibrationTable, HistogramCalibrator, MSECalibrator,
+                    get_calibrator)
 from .backends import get_spec
-from .config import Granularity, QuantConfig
+from .config import Granularity, QuantConfig, WeightRounding
 from .data import iter_batches
 from .debug.compare import compare
 from .debug.sensitivity import sensitivity
 from .errors import ConfigError, EmptyCalibrationError, GluonQuantError
+from .weights.equalize import META_KEY as EQUALIZATION_KEY
 
 __all__ = ["tune", "TuneResult", "Trial", "StopReason"]
 
@@ -57,6 +60,8 @@ class Trial:
         Whether the score is within the tolerance of fp32.
     why : str
         What the trial tried.
+    weight_rounding : str
+        ``'nearest'`` or ``'adaround'``.
     """
 
     calibrator: str
@@ -65,6 +70,7 @@ class Trial:
     score: float
     within: bool
     why: str
+    weight_rounding: str = "nearest"
 
 
 @dataclass(frozen=True)
@@ -138,7 +144,7 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     -------
     qnet : QuantizedHybridBlock
         The chosen quantized network; its ``config`` is the starting config with the
-        chosen calibrator, granularity and fp32 layers.
+        chosen calibrator, granularity, weight rounding and fp32 layers.
     result : TuneResult
 
     Examples
@@ -160,16 +166,18 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     sign = 1.0 if higher_is_better else -1.0
     trials, built = [], {}
 
-    def run(cal, gran, extra, why):
+    def run(cal, gran, extra, why, rounding=None):
         rescored = collector if cal is collector else _rescore(collector, cal)
         variant = base.clone(calibrator=rescored, granularity=gran,
-                             exclude=tuple(base.exclude) + tuple(extra))
+                             exclude=tuple(base.exclude) + tuple(extra),
+                             weight_rounding=rounding or base.config.weight_rounding)
         variant.quantize_graph()
-        variant.finalize(rescored.compute().with_fingerprint(base.fingerprint))
+        variant.finalize(_with_weights(rescored.compute(), base.calibration_table))
         score = float(eval_fn(variant))
         trial = Trial(calibrator=rescored.method_name, granularity=variant.granularity.value,
                       exclude=tuple(extra), score=score,
-                      within=sign * (fp32 - score) <= tolerance, why=why)
+                      within=sign * (fp32 - score) <= tolerance, why=why,
+                      weight_rounding=variant.config.weight_rounding.value)
         _log.info("tune trial %d: %s %s fp32=%s -> %.6g (%s)", len(trials) + 1,
                   trial.calibrator, trial.granularity, list(extra), score,
                   "within tolerance" if trial.within else "not within tolerance")
@@ -206,6 +214,17 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
             return finish(StopReason.TOLERANCE_MET)
         if sign * trial.score > sign * best.score:
             best = trial
+    if best.weight_rounding == WeightRounding.NEAREST.value and not get_spec(
+            base.backend.value).refusal("weight_rounding", WeightRounding.ADAROUND.value):
+        if len(trials) >= max_trials:
+            return finish(StopReason.BUDGET)
+        trial = run(best.calibrator if best.calibrator in CALIBRATORS else first,
+                    best.granularity, (), "AdaRound weight rounding",
+                    rounding=WeightRounding.ADAROUND.value)
+        if trial.within:
+            return finish(StopReason.TOLERANCE_MET)
+        if sign * trial.score > sign * best.score:
+            best = trial
     # 2. keep the most sensitive layers in fp32, one more per trial.
     ranking = _fallback_order(built[id(best)], batches[:doctor_batches], max_candidates)
     extra = []
@@ -214,9 +233,20 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
             return finish(StopReason.BUDGET)
         extra.append(node)
         if run(best.calibrator if best.calibrator in CALIBRATORS else first,
-               best.granularity, tuple(extra), "keep %s in fp32" % node).within:
+               best.granularity, tuple(extra), "keep %s in fp32" % node,
+               rounding=best.weight_rounding).within:
             return finish(StopReason.TOLERANCE_MET)
     return finish(StopReason.NO_CANDIDATES if len(trials) < max_trials else StopReason.BUDGET)
+
+
+def _with_weights(table, base_table):
+    """``table`` (re-scored ranges) with the base calibration's fingerprint and its
+    cross-layer equalization: the ranges were collected on the equalized network."""
+    meta = dict(table.meta)
+    if EQUALIZATION_KEY in base_table.meta:
+        meta[EQUALIZATION_KEY] = base_table.meta[EQUALIZATION_KEY]
+    return CalibrationTable(dict(table.items()), method=table.method,
+                            fingerprint=base_table.fingerprint, meta=meta)
 
 
 def _rescore(collector, calibrator):
