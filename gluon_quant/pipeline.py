@@ -38,7 +38,9 @@ from .presets import resolve_preset
 from .weights import adaround, equalize
 
 __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "FP32Params", "fuse",
-           "plan_quantization", "fp32_params", "params_for_table", "calibrate",
+           "plan_quantization", "fp32_params", "equalized_params", "with_equalization",
+           "params_for_table",
+           "calibrate",
            "check_table", "build",
            "method_name", "run_error", "KEPT_SAMPLES", "BOUNDED_META_KEY"]
 
@@ -303,6 +305,22 @@ def _equalized(fused, params, state):
     return out
 
 
+def equalized_params(fused: FusedGraph, params):
+    """``params`` with cross-layer equalization computed and applied (an
+    :class:`FP32Params` whose ``equalization`` is the state to store in the table)."""
+    return _equalized(fused, params, equalize.compute(_mxnet.graph_json(fused.symbol), params))
+
+
+def with_equalization(table, params):
+    """``table`` recording the equalization ``params`` carry (unchanged when none)."""
+    state = getattr(params, "equalization", None)
+    if state is None:
+        return table
+    return CalibrationTable(dict(table.items()), method=table.method,
+                            fingerprint=table.fingerprint,
+                            meta=dict(table.meta, **{equalize.META_KEY: state}))
+
+
 def params_for_table(net, fused: FusedGraph, ctx, table, params=None):
     """``params`` when they carry the equalization ``table`` was calibrated with, else
     fresh copies (:func:`fp32_params`) with it applied."""
@@ -403,8 +421,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         if state["params"] is None:
             params = fp32_params(net, plan.fused, ctx, inputs)
             if config.equalization:
-                params = _equalized(plan.fused, params, equalize.compute(
-                    _mxnet.graph_json(plan.fused.symbol), params))
+                params = equalized_params(plan.fused, params)
             state["params"] = params
             state["shapes"] = tuple(tuple(a.shape) for a in inputs)
         return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"],
@@ -436,12 +453,9 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     table = calibrator.compute() if names else CalibrationTable(
         {}, method=method_name(calibrator))
     # How much data the ranges rest on (read by gluon_quant.debug's checks).
-    meta = dict(table.meta, batches=seen, samples=int(sum(samples)))
-    equalization = getattr(state["params"], "equalization", None)
-    if equalization is not None:
-        meta[equalize.META_KEY] = equalization
-    table = CalibrationTable(dict(table.items()), method=table.method,
-                             fingerprint=plan.fused.fingerprint, meta=meta)
+    table = with_equalization(CalibrationTable(
+        dict(table.items()), method=table.method, fingerprint=plan.fused.fingerprint,
+        meta=dict(table.meta, batches=seen, samples=int(sum(samples)))), state["params"])
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])
 

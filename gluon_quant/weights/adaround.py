@@ -40,14 +40,16 @@ META_KEY = "adaround"
 
 _ZETA, _GAMMA = 1.1, -0.1
 #: Optimization budget per layer: steps, patches sampled per step, patches kept.
-ITERATIONS = 300
-_BATCH = 256
-_PATCHES = 2048
+ITERATIONS = 200
+_BATCH = 128
+_PATCHES = 1024
 _WARMUP = 0.2
 _LAMBDA = 100.0
 _LR = 0.1
 #: Fewer input rows than this (a dense layer on a few samples) would overfit: nearest.
 _MIN_PATCHES = 256
+#: Layers whose inputs one forward pass over the samples computes.
+_LAYERS_PER_PASS = 8
 
 
 def _flag(value, default):
@@ -125,39 +127,42 @@ def _decode(text, size):
 
 
 def _patches(layer, array, rng, count):
-    """Rows of the layer's input as seen by its weight: ``(P, groups, K)``."""
+    """Rows of the layer's input as its weight reads them: ``(groups, P, K)`` float32."""
+    array = np.asarray(array, np.float32)
     if layer.kind == "dense":
         rows = array.reshape(array.shape[0], -1) if layer.flatten \
             else array.reshape(-1, array.shape[-1])
         pick = rng.choice(rows.shape[0], min(count, rows.shape[0]), replace=False)
-        return rows[pick][:, None, :]
+        return np.ascontiguousarray(rows[pick][None])
     conv = dict(layer.conv)
     (kh, kw), (sh, sw), (ph, pw), (dh, dw) = (conv["kernel"], conv["stride"], conv["pad"],
                                               conv["dilate"])
     n, c, h, w = array.shape
-    padded = np.pad(array, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    # Channels last: each gather below then reads whole contiguous rows.
+    padded = np.pad(array.transpose(0, 2, 3, 1), ((0, 0), (ph, ph), (pw, pw), (0, 0)))
     oh = (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1
     ow = (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
     total = n * oh * ow
     pick = rng.choice(total, min(count, total), replace=False)
     ni, rest = np.divmod(pick, oh * ow)
     yi, xi = np.divmod(rest, ow)
-    rows = yi[:, None] * sh + np.arange(kh) * dh
-    cols = xi[:, None] * sw + np.arange(kw) * dw
-    patch = padded[ni[:, None, None, None], np.arange(c)[None, :, None, None],
-                   rows[:, None, :, None], cols[:, None, None, :]]
-    return patch.reshape(len(pick), layer.groups, -1)
+    patch = np.empty((len(pick), c, kh, kw), np.float32)
+    for i in range(kh):           # one (P, C) gather per kernel offset
+        for j in range(kw):
+            patch[:, :, i, j] = padded[ni, yi * sh + i * dh, xi * sw + j * dw]
+    patch = patch.reshape(len(pick), layer.groups, -1).transpose(1, 0, 2)
+    return np.ascontiguousarray(patch)
 
 
 def _forward(patches, weight, bias):
-    """``(P, C_out)`` outputs of ``(P, g, K)`` patches with a ``(g, O/g, K)`` weight."""
-    out = np.matmul(patches.transpose(1, 0, 2), weight.transpose(0, 2, 1))
-    return out.transpose(1, 0, 2).reshape(patches.shape[0], -1) + bias
+    """``(g, P, O/g)`` outputs of ``(g, P, K)`` patches with a ``(g, O/g, K)`` weight."""
+    kernel = np.ascontiguousarray(weight.astype(np.float32).transpose(0, 2, 1))
+    return np.matmul(patches, kernel) + bias.reshape(weight.shape[0], 1, -1).astype(np.float32)
 
 
 def _activate(layer, y):
     if layer.with_sum or layer.act not in ("relu", "relu6"):
-        return y, np.ones_like(y, bool)
+        return y, None
     hi = 6.0 if layer.act == "relu6" else np.inf
     return np.clip(y, 0, hi), (y > 0) & (y < hi)
 
@@ -165,7 +170,7 @@ def _activate(layer, y):
 def reconstruction_error(layer, patches, target, weight, bias):
     """Mean squared error of the layer's (activated) output against ``target``."""
     out, _ = _activate(layer, _forward(patches, weight, bias))
-    return float(np.mean((out - target) ** 2))
+    return float(np.mean((out - target) ** 2, dtype=np.float64))
 
 
 def _held_out_error(layer, spec, params, patches, up):
@@ -181,48 +186,50 @@ def _held_out_error(layer, spec, params, patches, up):
 
 def _optimize(layer, spec, params, patches, rng, iterations):
     """The learned rounding bits of one layer (``up``: uint8, flat)."""
-    x, low, scale, alpha, fixed = _grid(spec, params)
+    x, low, scale, _, fixed = _grid(spec, params)
     groups = layer.groups
     shape3 = (groups, x.shape[0] // groups, -1)
     bias = layer.folded_bias(params)
-    folded = (x / np.where(scale == 0, 1, scale)[:, None]).reshape(shape3)
-    target, _ = _activate(layer, _forward(patches, folded, bias))
-    nearest = _nearest_up(spec, params).reshape(x.shape).astype(np.float64)
-    step = np.where(scale == 0, 0, 1.0 / np.where(scale == 0, 1, scale))[:, None]
+    step = np.where(scale == 0, 0, 1.0 / np.where(scale == 0, 1, scale))[:, None] \
+        .astype(np.float32)
+    low = low.astype(np.float32)
+    target, _ = _activate(layer, _forward(patches, (x * step).reshape(shape3), bias))
+    nearest = _nearest_up(spec, params).reshape(x.shape).astype(np.float32)
 
     def weights(h):
         return ((low + h) * step).reshape(shape3)
 
     rest = np.clip(x - low, 0.01, 0.99)
-    v = -np.log((_ZETA - _GAMMA) / (rest - _GAMMA) - 1)
+    v = (-np.log((_ZETA - _GAMMA) / (rest - _GAMMA) - 1)).astype(np.float32)
     free = ~fixed
     m1, m2 = np.zeros_like(v), np.zeros_like(v)
-    norm = max(float(np.mean(target ** 2)), 1e-12)
+    norm = max(float(np.mean(target ** 2, dtype=np.float64)), 1e-12)
     base = reconstruction_error(layer, patches, target, weights(nearest), bias) / norm
+    lam = np.float32(_LAMBDA * base / max(free.sum(), 1))
     warm = int(iterations * _WARMUP)
+    count = patches.shape[1]
     for it in range(iterations):
         sig = 1 / (1 + np.exp(-v))
-        h = np.clip(sig * (_ZETA - _GAMMA) + _GAMMA, 0, 1)
-        h = np.where(free, h, nearest)
-        pick = rng.choice(patches.shape[0], min(_BATCH, patches.shape[0]), replace=False)
-        p, t = patches[pick], target[pick]
-        y = _forward(p, weights(h), bias)
-        out, mask = _activate(layer, y)
-        dy = (2.0 / (out.size * norm)) * (out - t) * mask            # (B, O)
-        dyg = dy.reshape(dy.shape[0], groups, -1).transpose(1, 2, 0)   # (g, O/g, B)
-        dw = np.matmul(dyg, p.transpose(1, 0, 2)).reshape(x.shape)    # (O, K)
-        grad = dw * step
+        soft = sig * np.float32(_ZETA - _GAMMA) + np.float32(_GAMMA)
+        h = np.where(free, np.clip(soft, 0, 1), nearest)
+        pick = np.sort(rng.choice(count, min(_BATCH, count), replace=False))
+        p, t = patches[:, pick], target[:, pick]
+        out, mask = _activate(layer, _forward(p, weights(h), bias))
+        dy = (out - t) * np.float32(2.0 / (out.size * norm))          # (g, B, O/g)
+        if mask is not None:
+            dy = dy * mask
+        dw = np.matmul(np.ascontiguousarray(dy.transpose(0, 2, 1)), p)  # (g, O/g, K)
+        grad = dw.reshape(x.shape) * step
         if it >= warm:
-            beta = 20 + (2 - 20) * (it - warm) / max(iterations - warm - 1, 1)
-            lam = _LAMBDA * base / max(free.sum(), 1)
+            beta = np.float32(20 + (2 - 20) * (it - warm) / max(iterations - warm - 1, 1))
             z = 2 * h - 1
-            grad = grad - lam * beta * np.abs(z) ** (beta - 1) * np.sign(z) * 2
-        inside = (sig * (_ZETA - _GAMMA) + _GAMMA > 0) & (sig * (_ZETA - _GAMMA) + _GAMMA < 1)
-        grad = grad * sig * (1 - sig) * (_ZETA - _GAMMA) * inside * free
+            grad = grad - (2 * lam * beta) * np.abs(z) ** (beta - 1) * np.sign(z)
+        grad = grad * (sig * (1 - sig) * np.float32(_ZETA - _GAMMA)) \
+            * ((soft > 0) & (soft < 1) & free)
         m1 = 0.9 * m1 + 0.1 * grad
-        m2 = 0.999 * m2 + 0.001 * grad ** 2
-        v = v - _LR * (m1 / (1 - 0.9 ** (it + 1))) / (np.sqrt(m2 / (1 - 0.999 ** (it + 1)))
-                                                     + 1e-8)
+        m2 = 0.999 * m2 + 0.001 * grad * grad
+        v = v - np.float32(_LR / (1 - 0.9 ** (it + 1))) * m1 \
+            / (np.sqrt(m2 / np.float32(1 - 0.999 ** (it + 1))) + np.float32(1e-8))
     sig = 1 / (1 + np.exp(-v))
     return np.where(free, (sig * (_ZETA - _GAMMA) + _GAMMA) >= 0.5, nearest) \
         .astype(np.uint8).reshape(-1)
@@ -272,26 +279,30 @@ def compute(*, fused_symbol, final_symbol, params, inputs, input_names, ctx,
     """
     graph = _mxnet.graph_json(fused_symbol)
     layers = eligible_layers(graph, _mxnet.graph_json(final_symbol))
-    acts = _layer_inputs(fused_symbol, graph, [layer for layer, _ in layers], params,
-                         inputs, input_names, ctx)
     rng = np.random.RandomState(seed)
-    result, better = {}, 0
-    for layer, spec in layers:
+    result, better, acts = {}, 0, {}
+    for index, (layer, spec) in enumerate(layers):
+        if index % _LAYERS_PER_PASS == 0:
+            # The inputs of a few layers at a time: all of them at once would hold every
+            # activation of the calibration samples.
+            acts = _layer_inputs(fused_symbol, graph, [lay for lay, _ in
+                                                       layers[index:index + _LAYERS_PER_PASS]],
+                                 params, inputs, input_names, ctx)
         if layer.name not in acts:
             continue
         local = {n: as_numpy(params, n) for n in (layer.weight, layer.bias, layer.gamma,
                                                   layer.beta, layer.mean, layer.var) if n}
-        patches = _patches(layer, acts.pop(layer.name).astype(np.float64), rng, _PATCHES)
+        patches = _patches(layer, acts.pop(layer.name), rng, _PATCHES)
         nearest = _nearest_up(spec, local).reshape(-1)
-        if patches.shape[0] < _MIN_PATCHES:
+        if patches.shape[1] < _MIN_PATCHES:
             _log.debug("AdaRound %s: %d input rows are too few; nearest rounding.",
-                       layer.name, patches.shape[0])
+                       layer.name, patches.shape[1])
             up = nearest
         else:
             # Learned on three quarters of the rows, kept only if better on the rest.
-            split = patches.shape[0] * 3 // 4
-            up = _optimize(layer, spec, local, patches[:split], rng, iterations)
-            err, base = (_held_out_error(layer, spec, local, patches[split:], bits)
+            split = patches.shape[1] * 3 // 4
+            up = _optimize(layer, spec, local, patches[:, :split], rng, iterations)
+            err, base = (_held_out_error(layer, spec, local, patches[:, split:], bits)
                          for bits in (up, nearest))
             _log.debug("AdaRound %s: held-out error %.3g (nearest %.3g).", layer.name, err,
                        base)
