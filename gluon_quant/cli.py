@@ -100,6 +100,13 @@ def _add_model(parser, *, calib_required=True):
                              "(Convolution, FullyConnected...); repeatable")
     parser.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                         default=None, help="do not correct the mean error of linear layers")
+    parser.add_argument("--equalization", action="store_true", default=None,
+                        help="cross-layer equalization of conv/dense pairs joined by ReLU "
+                             "before calibration")
+    parser.add_argument("--weight-rounding", dest="weight_rounding", default=None,
+                        choices=["nearest", "adaround"],
+                        help="round int8 weights to nearest (default) or learn it per "
+                             "layer on the calibration data (adaround)")
 
 
 def build_parser():
@@ -287,7 +294,7 @@ def quant_config(args, num_inputs=None):
                                 "QuantConfig settings." % (args.config, err)) from err
     given = {name: getattr(args, name, None) for name in (
         "calibrator", "dtype", "granularity", "exclude", "preset", "bias_correction",
-        "num_calib_batches")}
+        "num_calib_batches", "equalization", "weight_rounding")}
     given = {k: v for k, v in given.items() if v is not None}
     if num_inputs is not None:
         given["num_inputs"] = num_inputs
