@@ -60,10 +60,17 @@ def _flag(value, default):
 
 def eligible_layers(fused_graph, final_graph):
     """``[(Layer, PackSpec)]``: fused 2-D convolutions and dense layers that run in int8 in
-    ``final_graph`` with fp32 weights the runtime quantizes itself."""
+    ``final_graph`` with fp32 weights (read by no other node) the runtime quantizes itself."""
     final = {n["name"]: n for n in final_graph["nodes"]}
+    nodes = fused_graph["nodes"]
+    readers = {}
+    for node in nodes:
+        for src, _, _ in node.get("inputs", []):
+            readers[nodes[src]["name"]] = readers.get(nodes[src]["name"], 0) + 1
     out = []
     for layer in find_layers(fused_graph):
+        if readers.get(layer.weight) != 1:
+            continue        # a shared weight: its other readers would change too
         node = final.get("quantized_" + layer.name)
         if node is None or not _flag((node.get("attrs") or {}).get("quantized"), False):
             continue
