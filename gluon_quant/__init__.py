@@ -14,7 +14,7 @@ from .errors import (GluonQuantError, ConfigError, UnknownNameError, Calibration
 check_mxnet()
 
 # pylint: disable=wrong-import-position
-from .config import QuantConfig, QuantDtype, Backend, Granularity
+from .config import QuantConfig, QuantDtype, Backend, Granularity, WeightRounding
 from .backends import BackendSpec, OpSupport, get_spec
 from .calib import (Calibrator, CalibrationTable, MinMaxCalibrator, EntropyCalibrator,
                     PercentileCalibrator, MSECalibrator, get_calibrator)
@@ -33,7 +33,7 @@ __all__ = [
     "LayerReport",
     "Calibrator", "CalibrationTable", "MinMaxCalibrator", "EntropyCalibrator",
     "PercentileCalibrator", "MSECalibrator", "get_calibrator",
-    "QuantConfig", "QuantDtype", "Backend", "Granularity", "BackendSpec", "OpSupport", "get_spec",
+    "QuantConfig", "QuantDtype", "Backend", "Granularity", "WeightRounding", "BackendSpec", "OpSupport", "get_spec",
     "GluonQuantError", "ConfigError", "UnknownNameError", "CalibrationDataError",
     "EmptyCalibrationError", "NonFiniteDataError", "InputMismatchError", "NotHybridizableError",
     "GraphError", "UnsupportedDtypeError", "CalibrationTableError", "ArtifactError",

@@ -10,6 +10,7 @@ Python, checking every length against the bytes actually there, so that a trunca
 altered file is reported as such instead of reaching MXNet's C++ loader.
 """
 import hashlib
+import json
 import os
 import struct
 import tempfile
@@ -207,3 +208,24 @@ def parse_ndarray_file(data, path, copy=True):
     if len(set(names)) != len(names):
         reader.fail("duplicate array names")
     return dict(zip(names, arrays))
+
+
+def json_default(value):
+    """``json.dumps(default=...)`` for numpy scalars (``.item()``) and tuples."""
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, tuple):
+        return list(value)
+    raise TypeError("not JSON serializable: %r" % (value,))
+
+
+def write_json(path, obj):
+    """Write ``obj`` as JSON atomically (temporary file, then rename), creating the folder;
+    return ``path``."""
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as err:
+        raise ArtifactError("Cannot write %r: %s." % (path, err)) from err
+    text = json.dumps(obj, indent=1, allow_nan=False, default=json_default) + "\n"
+    atomic_write(path, text.encode("utf-8"), what="JSON file")
+    return path

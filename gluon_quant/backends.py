@@ -252,6 +252,10 @@ CUDNN = BackendSpec(
                        "GPU) with backend='cudnn'.",
         "granularity=channel": "MXNet's cuDNN int8 operators have per-tensor scales only. "
                                "Use granularity='tensor' with backend='cudnn'.",
+        "weight_rounding=adaround": "AdaRound hands oneDNN's fused layers fp32 weights on "
+                                    "their own int8 grid; cuDNN's weights are quantized "
+                                    "offline by MXNet. Use weight_rounding='nearest' with "
+                                    "backend='cudnn'.",
     }))
 
 #: Every backend by name (read-only).

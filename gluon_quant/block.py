@@ -153,8 +153,8 @@ class QuantizedHybridBlock(HybridBlock):
                 "No calibration ranges: call calibrate(calib_data) first or pass a "
                 "CalibrationTable (quantize(net, calib_table=...)).")
         table = pipeline.check_table(self._plan, table)
-        if self._fp32 is None:
-            self._fp32 = pipeline.fp32_params(self.net, self._fused, self.ctx)
+        self._fp32 = pipeline.params_for_table(self.net, self._fused, self.ctx, table,
+                                               self._fp32)
         self._model = None
         self._model = fallback.build_runnable(self._plan, self._fp32, table,
                                               config=self._config, samples=self._samples)

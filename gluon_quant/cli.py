@@ -15,6 +15,8 @@ import sys
 import time
 import traceback
 
+from ._io import json_default, write_json
+
 __all__ = ["main", "build_parser", "Top1", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERNAL"]
 
 EXIT_OK = 0
@@ -118,6 +120,10 @@ def _add_model(parser, *, calib_required=True):
                              "(Convolution, FullyConnected...); repeatable")
     parser.add_argument("--no-bias-correction", dest="bias_correction", action="store_false",
                         default=None, help="do not correct the mean error of linear layers")
+    parser.add_argument("--equalization", action="store_true", default=None, help="cross-"
+                        "layer equalization of conv/dense pairs joined by ReLU first")
+    parser.add_argument("--weight-rounding", choices=["nearest", "adaround"], help="round "
+                        "int8 weights to nearest (default) or learn it per layer (adaround)")
 
 
 def _add_engine(parser, what):
@@ -270,28 +276,7 @@ class _Output:
     def result(self, obj):
         if self.json:
             print(json.dumps(obj, indent=1, sort_keys=True, allow_nan=False,
-                             default=_json_default), file=self.stdout)
-
-
-def _json_default(value):
-    if hasattr(value, "item"):
-        return value.item()
-    if isinstance(value, tuple):
-        return list(value)
-    raise TypeError("not JSON serializable: %r" % (value,))
-
-
-def _write_json(path, obj):
-    """Write ``obj`` as JSON atomically (temporary file, then rename)."""
-    from ._io import atomic_write
-    from .errors import ArtifactError
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    except OSError as err:
-        raise ArtifactError("Cannot write %r: %s." % (path, err)) from err
-    text = json.dumps(obj, indent=1, allow_nan=False, default=_json_default) + "\n"
-    atomic_write(path, text.encode("utf-8"), what="JSON file")
-    return path
+                             default=json_default), file=self.stdout)
 
 
 # ---------------------------------------------------------------------- shared steps
@@ -347,7 +332,7 @@ def quant_config(args, num_inputs=None):
                                 "QuantConfig settings." % (args.config, err)) from err
     given = {name: getattr(args, name, None) for name in (
         "calibrator", "dtype", "granularity", "exclude", "preset", "bias_correction",
-        "num_calib_batches")}
+        "num_calib_batches", "equalization", "weight_rounding")}
     given = {k: v for k, v in given.items() if v is not None}
     if num_inputs is not None:
         given["num_inputs"] = num_inputs
@@ -423,7 +408,7 @@ def _write_model(args, out, qnet, model, batches, quant_s):
     """Write the report, the calibration table and the export; print and return a summary."""
     report = qnet.report()
     prefix = args.out
-    files = {"report": _write_json(prefix + "-report.json", dict(
+    files = {"report": write_json(prefix + "-report.json", dict(
         report.to_dict(), model=model.name, input_names=qnet.input_names,
         input_shapes=[list(s) for s in _input_shapes(batches)]))}
     qnet.calibration_table.save(prefix + "-calib.json")
@@ -477,7 +462,7 @@ def _cmd_tune(args, out):
              "stopped": result.stopped.name.lower(), "trials": trials,
              "chosen": result.trials.index(result.chosen)}
     summary = _write_model(args, out, qnet, model, batches, tune_s)
-    summary["files"]["tune"] = _write_json(args.out + "-tune.json", state)
+    summary["files"]["tune"] = write_json(args.out + "-tune.json", state)
     out.result(dict(summary, tune=state, seconds={"load": round(load_s, 3),
                                                   "tune": round(tune_s, 3)}))
     return EXIT_OK
@@ -645,9 +630,8 @@ def _cmd_compare(args, out):
                     "" if behind.floor_gap_added_db > 6.0 else
                     ": every layer is within 6 dB of it (weight rounding and 8-bit "
                     "arithmetic), int8 is about as good as its ranges allow"))
-    timing = None
-    if args.timing:
-        timing = debug.layer_timing(qnet, next(iter(batches)))
+    timing = debug.layer_timing(qnet, next(iter(batches))) if args.timing else None
+    if timing is not None:
         out.text(str(timing))
         for slow in timing.slower:
             out.text("slower in int8: %s (%.2fx); to keep it in fp32: --exclude %s"

@@ -19,7 +19,7 @@ from .errors import (CalibrationDataError, ConfigError, InputMismatchError, Unkn
                      UnsupportedDtypeError)
 from .presets import Preset, get_preset
 
-__all__ = ["QuantConfig", "QuantDtype", "Backend", "Granularity", "suggest"]
+__all__ = ["QuantConfig", "QuantDtype", "Backend", "Granularity", "WeightRounding", "suggest"]
 
 
 class _ParsableEnum(enum.Enum):
@@ -92,6 +92,13 @@ class Granularity(_ParsableEnum):
         return self.value + "-wise"
 
 
+class WeightRounding(_ParsableEnum):
+    """How fp32 weights become int8: to nearest, or learned per layer (AdaRound)."""
+
+    NEAREST = "nearest"
+    ADAROUND = "adaround"
+
+
 @dataclasses.dataclass(frozen=True)
 class QuantConfig:
     """Every setting of one quantization, validated once.
@@ -151,6 +158,16 @@ class QuantConfig:
         the normalization folded into the first convolutions
         (:mod:`gluon_quant.graph.normalize`; exact in fp32). Calibrate on raw inputs too. ImageNet models trained on ``x / 255``
         normalized by ``m, s`` take ``mean=255 * m``, ``std=255 * s``.
+    equalization : bool, default False
+        Cross-layer equalization before calibration (:mod:`gluon_quant.weights.equalize`):
+        an exact fp32 rescaling of consecutive convolution (or dense) layers joined by no
+        activation or a ReLU that evens out their per-channel weight ranges, with high-bias
+        absorption. Off by default: measured on GluonCV and EfficientNet nets with
+        per-channel weights it does not reliably help (``benchmarks/weight_methods.py``).
+    weight_rounding : {'nearest', 'adaround'}, default 'nearest'
+        ``'adaround'`` learns, layer by layer on up to 32 calibration samples, whether each
+        int8 weight rounds down or up (:mod:`gluon_quant.weights.adaround`); the choices
+        are stored in the calibration table. oneDNN only.
 
     Raises
     ------
@@ -173,11 +190,14 @@ class QuantConfig:
     progress: bool = True
     int8_lstm: bool = False
     input_normalization: Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]] = None
+    equalization: bool = False
+    weight_rounding: WeightRounding = WeightRounding.NEAREST
 
     def __post_init__(self):
         set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731
         set_("dtype", QuantDtype.parse(self.dtype, "dtype"))
         set_("backend", Backend.parse(self.backend, "backend"))
+        set_("weight_rounding", WeightRounding.parse(self.weight_rounding, "weight_rounding"))
         spec = get_spec(self.backend.value)
         set_("granularity", Granularity.parse(
             self.granularity if self.granularity is not None else spec.default_granularity,
@@ -222,7 +242,11 @@ class QuantConfig:
             raise InputMismatchError("input_fn must be callable, got %r (input_fn(batch) "
                                      "returns the input(s) of one batch)." % (self.input_fn,))
         set_("input_normalization", _check_normalization(self.input_normalization))
-        for name in ("bias_correction", "progress", "int8_lstm"):
+        why = spec.refusal("weight_rounding", self.weight_rounding.value)
+        if why:
+            raise ConfigError("weight_rounding=%r is not supported with backend=%r: %s"
+                              % (self.weight_rounding.value, self.backend.value, why))
+        for name in ("bias_correction", "progress", "int8_lstm", "equalization"):
             if not isinstance(getattr(self, name), (bool, int)):
                 raise ConfigError("%s must be True or False, got %r."
                                   % (name, getattr(self, name)))
@@ -255,7 +279,7 @@ class QuantConfig:
     #: Fields that :meth:`to_dict` writes (the others are Python objects: ``input_fn``, ``ctx``).
     JSON_FIELDS = ("calibrator", "dtype", "backend", "granularity", "exclude", "preset",
                    "bias_correction", "num_calib_batches", "num_inputs", "progress",
-                   "int8_lstm", "input_normalization")
+                   "int8_lstm", "input_normalization", "equalization", "weight_rounding")
 
     def to_dict(self):
         """The JSON-safe settings (:data:`JSON_FIELDS`); a calibrator or preset object is
@@ -272,7 +296,9 @@ class QuantConfig:
                 "num_calib_batches": self.num_calib_batches, "num_inputs": self.num_inputs,
                 "progress": self.progress, "int8_lstm": self.int8_lstm,
                 "input_normalization": None if self.input_normalization is None else
-                [list(part) for part in self.input_normalization]}
+                [list(part) for part in self.input_normalization],
+                "equalization": self.equalization,
+                "weight_rounding": self.weight_rounding.value}
 
     @classmethod
     def from_dict(cls, data, **settings):

@@ -153,7 +153,7 @@ def _named_layers(model, error):
 
 def _bisect(plan, params, table, config, inputs):
     """The one int8 layer whose fp32 fallback lets the graph run, by bisection (or set())."""
-    quick = config.replace(bias_correction=False)
+    quick = config.replace(bias_correction=False, weight_rounding="nearest")
     candidates = bias.quantized_nodes(plan.fused.view, build(plan, params, table,
                                                              config=quick).symbol)
 

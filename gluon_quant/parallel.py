@@ -116,7 +116,7 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
         qnet = net if isinstance(net, QuantizedHybridBlock) else QuantizedHybridBlock(net)
         template = get_calibrator(calibrator if calibrator is not None else qnet.calibrator)
         names = qnet.quantize_graph() if qnet.plan is None else list(qnet.plan.calib_names)
-        job = _make_job(qnet, names, template, shards)
+        job, params = _make_job(qnet, names, template, shards)
         states = runner.map(_CALIBRATE, job, shards, progress=progress,
                             desc="calibrating (%s)" % runner.name)
     merged = None
@@ -132,7 +132,7 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
         raise EmptyCalibrationError(
             "Every shard was empty: pass shards that yield at least one batch.")
     table = merged.compute() if names else CalibrationTable({}, method=merged.method_name)
-    return table.with_fingerprint(qnet.fingerprint)
+    return pipeline.with_equalization(table.with_fingerprint(qnet.fingerprint), params)
 
 
 def _make_job(qnet, names, template, shards):
@@ -143,6 +143,8 @@ def _make_job(qnet, names, template, shards):
     except errors.GraphError as err:
         raise errors.GraphError("%s (calibrate_parallel initializes deferred parameters "
                                 "from the first batch of a list shard)." % err) from err
+    if qnet.config.equalization:
+        params = pipeline.equalized_params(qnet.fused, params)
     fresh = Calibrator.from_state_dict({**template.state_dict(), "tensors": []})
     spec = qnet.fused.inputs
     needed = set(qnet.fused_graph.list_arguments()) | set(
@@ -151,7 +153,7 @@ def _make_job(qnet, names, template, shards):
                 params={k: v.asnumpy() for k, v in params.items() if k in needed},
                 input_names=list(spec.names), arg_names=list(spec.arg_names),
                 tensor_names=list(names), calibrator_state=fresh.state_dict(),
-                calibrator_module=type(fresh).__module__, input_fn=qnet.config.input_fn)
+                calibrator_module=type(fresh).__module__, input_fn=qnet.config.input_fn), params
 
 
 def _first_batch(shards):

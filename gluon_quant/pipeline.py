@@ -27,7 +27,7 @@ from . import _mxnet, bias
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
 from .collect import build_runner, collect_statistics
-from .config import QuantConfig, QuantDtype
+from .config import QuantConfig, QuantDtype, WeightRounding
 from .data import BatchConverter, InputSpec, describe, iter_batches
 from .errors import (CalibrationTableError, ConfigError, GluonQuantError, GraphError,
                      InputMismatchError, ModelExecutionError, UnsupportedDtypeError)
@@ -36,9 +36,13 @@ from .graph.cudnn import quantize_graph as cudnn_quantize_graph
 from .graph.normalize import NORMALIZED_SUFFIX
 from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, run_passes
 from .presets import resolve_preset
+from .weights import adaround, equalize
 
-__all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "fuse",
-           "plan_quantization", "fp32_params", "calibrate", "check_table", "build",
+__all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "FP32Params", "fuse",
+           "plan_quantization", "fp32_params", "equalized_params", "with_equalization",
+           "params_for_table",
+           "calibrate",
+           "check_table", "build",
            "method_name", "run_error", "KEPT_SAMPLES", "BOUNDED_META_KEY"]
 
 _log = logging.getLogger(__name__)
@@ -315,7 +319,45 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -
                      fp32_nodes=types.MappingProxyType(fp32), messages=tuple(messages))
 
 
-def fp32_params(net, fused: FusedGraph, ctx, inputs=None):
+class FP32Params(dict):
+    """The fp32 parameters of a fused graph, by name, and the cross-layer equalization
+    applied to them (:attr:`equalization`: the table's ``meta['equalization']``, or None)."""
+
+    equalization = None
+
+
+def _equalized(fused, params, state):
+    out = FP32Params(equalize.apply(_mxnet.graph_json(fused.symbol), params, state))
+    out.equalization = state
+    return out
+
+
+def equalized_params(fused: FusedGraph, params):
+    """``params`` with cross-layer equalization computed and applied (an
+    :class:`FP32Params` whose ``equalization`` is the state to store in the table)."""
+    return _equalized(fused, params, equalize.compute(_mxnet.graph_json(fused.symbol), params))
+
+
+def with_equalization(table, params):
+    """``table`` recording the equalization ``params`` carry (unchanged when none)."""
+    state = getattr(params, "equalization", None)
+    if state is None:
+        return table
+    return CalibrationTable(dict(table.items()), method=table.method,
+                            fingerprint=table.fingerprint,
+                            meta=dict(table.meta, **{equalize.META_KEY: state}))
+
+
+def params_for_table(net, fused: FusedGraph, ctx, table, params=None):
+    """``params`` when they carry the equalization ``table`` was calibrated with, else
+    fresh copies (:func:`fp32_params`) with it applied."""
+    wanted = table.meta.get(equalize.META_KEY) if table is not None else None
+    if params is not None and getattr(params, "equalization", None) == wanted:
+        return params
+    return fp32_params(net, fused, ctx, table=table)
+
+
+def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
     """Copies of the fp32 parameters the fused graph reads, on ``ctx``.
 
     Parameters
@@ -325,10 +367,13 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None):
     ctx : mxnet.Context
     inputs : list of NDArray, optional
         One batch, to finish deferred initialization by running the net once.
+    table : CalibrationTable, optional
+        Its cross-layer equalization (``meta['equalization']``), if any, is applied: the
+        ranges were calibrated on the equalized network.
 
     Returns
     -------
-    dict of str to NDArray
+    FP32Params
 
     Raises
     ------
@@ -379,7 +424,8 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None):
         raise GraphError("The traced graph has inputs that are neither network inputs "
                          "nor parameters: %s. Check num_inputs (now %d)."
                          % (sorted(missing)[:5], fused.inputs.count))
-    return copies
+    state = table.meta.get(equalize.META_KEY) if table is not None else None
+    return _equalized(fused, copies, state) if state is not None else FP32Params(copies)
 
 
 def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, convert):
@@ -414,7 +460,10 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
 
     def make_runner(inputs):
         if state["params"] is None:
-            state["params"] = fp32_params(net, plan.fused, ctx, inputs)
+            params = fp32_params(net, plan.fused, ctx, inputs)
+            if config.equalization:
+                params = equalized_params(plan.fused, params)
+            state["params"] = params
             state["shapes"] = tuple(tuple(a.shape) for a in inputs)
             if tap is not None:
                 tap.set_shapes(_sample_shapes(plan.fused.symbol, tap.wanted & set(names),
@@ -450,12 +499,11 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     table = calibrator.compute() if names else CalibrationTable(
         {}, method=method_name(calibrator))
     # How much data the ranges rest on (read by gluon_quant.debug's checks).
-    table = CalibrationTable(dict(table.items()), method=table.method,
-                             fingerprint=plan.fused.fingerprint,
-                             meta=dict(table.meta, batches=seen, samples=int(sum(samples)),
-                                       **({"input_shapes": [list(s) for s in
-                                                            plan.fused.input_shapes]}
-                                          if plan.fused.input_shapes else {})))
+    table = with_equalization(CalibrationTable(
+        dict(table.items()), method=table.method, fingerprint=plan.fused.fingerprint,
+        meta=dict(table.meta, batches=seen, samples=int(sum(samples)),
+                  **({"input_shapes": [list(s) for s in plan.fused.input_shapes]}
+                     if plan.fused.input_shapes else {}))), state["params"])
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])
 
@@ -608,13 +656,16 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
     final = _final_graph(plan, table, spec, messages)
     _check_uint8(final, table, config, input_names)
     arguments = set(plan.fused.symbol.list_arguments())
-    qparams = _mxnet.quantize_params(final, {k: v for k, v in params.items()
+    weights = params
+    if config.weight_rounding is WeightRounding.ADAROUND:
+        weights, table = _round_weights(plan, final, params, table, bias_inputs, config)
+    qparams = _mxnet.quantize_params(final, {k: v for k, v in weights.items()
                                              if k in arguments})
     for name in final.list_auxiliary_states():
         qparams[name] = params[name]
     if config.bias_correction and spec.bias_correction:
         qparams, table = _correct_bias(plan, final, qparams, params, table, bias_inputs,
-                                       _context(config))
+                                       _context(config), config.weight_rounding.value)
     block = _mxnet.symbol_block(final, input_names, qparams, _context(config))
     for line in dict.fromkeys(messages):
         _log.debug("MXNet: %s", line)
@@ -622,12 +673,38 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
                       messages=tuple(dict.fromkeys(messages)))
 
 
-def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):
+def _round_weights(plan, final, params, table, samples, config):
+    """``params`` with the table's AdaRound choices applied, measured on the kept
+    calibration samples when the table has none for this set of int8 layers."""
+    quantized = bias.quantized_nodes(plan.fused.view, final)
+    stored = table.meta.get(adaround.META_KEY)
+    granularity = config.granularity.value
+    if not (isinstance(stored, dict) and stored.get("nodes") == quantized
+            and stored.get("granularity") == granularity):
+        if samples is None:
+            _log.warning("weight_rounding='adaround' needs calibration samples or a table "
+                         "with AdaRound choices for these int8 layers; nearest rounding "
+                         "is used.")
+            return params, table
+        stored = {"nodes": quantized, "granularity": granularity,
+                  "weights": adaround.compute(
+                      fused_symbol=plan.fused.symbol, final_symbol=final, params=params,
+                      inputs=list(samples), input_names=plan.fused.inputs.names,
+                      ctx=_context(config))}
+        table = CalibrationTable(dict(table.items()), method=table.method,
+                                 fingerprint=table.fingerprint,
+                                 meta=dict(table.meta, **{adaround.META_KEY: stored}))
+    return adaround.apply(_mxnet.graph_json(plan.fused.symbol), _mxnet.graph_json(final),
+                          params, stored.get("weights") or {}), table
+
+
+def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx, rounding):
     """Apply the table's bias corrections, or measure them on kept calibration samples.
 
     Corrections depend on which layers are int8 (an fp32 layer upstream changes the
-    error downstream), so stored ones are used only for the same set of int8 layers;
-    otherwise they are measured again when calibration samples are at hand.
+    error downstream) and on how weights were rounded, so stored ones are used only for
+    the same set of int8 layers and rounding; otherwise they are measured again when
+    calibration samples are at hand.
     """
     fused_view = plan.fused.view
     layers = bias.linear_layers(fused_view, final)
@@ -635,7 +712,8 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):
         return qparams, table
     quantized = bias.quantized_nodes(fused_view, final)
     stored = table.meta.get(bias.META_KEY)
-    if not (isinstance(stored, dict) and stored.get("nodes") == quantized):
+    if not (isinstance(stored, dict) and stored.get("nodes") == quantized
+            and stored.get("rounding", "nearest") == rounding):
         if bias_inputs is None:
             return qparams, table
         saved = getattr(bias_inputs, "references", None)
@@ -647,6 +725,8 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx):
             activated={name for name, _ in layers
                        if bias.has_activation(fused_view.by_name[name])})
         stored = {"nodes": quantized, "params": corrections}
+        if rounding != "nearest":
+            stored["rounding"] = rounding
         table = CalibrationTable(dict(table.items()), method=table.method,
                                  fingerprint=table.fingerprint,
                                  meta=dict(table.meta, **{bias.META_KEY: stored}))

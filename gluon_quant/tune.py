@@ -4,7 +4,8 @@
 of ``eval_fn(net)``:
 
 1. tries the other built-in calibrators, each re-scoring the statistics collected once
-   (no new pass over the data), then the other weight granularity;
+   (no new pass over the data), then the other weight granularity, then AdaRound weight
+   rounding (:mod:`gluon_quant.weights.adaround`) where the backend has it;
 2. keeps in fp32, one more at a time, the layers the doctor ranks most sensitive (its
    per-layer comparison preselects candidates, its sensitivity analysis orders them: both
    run on a few calibration batches, so few full evaluations are needed).
@@ -24,15 +25,17 @@ from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
 from .block import QuantizedHybridBlock
-from .calib import CALIBRATORS, HistogramCalibrator, MSECalibrator, get_calibrator
+from .calib import (CALIBRATORS, CalibrationTable, HistogramCalibrator, MSECalibrator,
+                    get_calibrator)
 from .backends import get_spec
-from .config import Granularity, QuantConfig
+from .config import Granularity, QuantConfig, WeightRounding
 from .data import iter_batches
 from .debug.compare import compare
 from .debug.sensitivity import sensitivity
 from .engines import Task, get_engine
 from .errors import ConfigError, EmptyCalibrationError, GluonQuantError
 from .portable import PortableModel
+from .weights.equalize import META_KEY as EQUALIZATION_KEY
 
 __all__ = ["tune", "TuneResult", "Trial", "StopReason"]
 
@@ -66,6 +69,8 @@ class Trial:
         Whether the score is within the tolerance of fp32.
     why : str
         What the trial tried.
+    weight_rounding : str
+        ``'nearest'`` or ``'adaround'``.
     """
 
     calibrator: str
@@ -74,6 +79,7 @@ class Trial:
     score: float
     within: bool
     why: str
+    weight_rounding: str = "nearest"
 
 
 @dataclass(frozen=True)
@@ -192,16 +198,17 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
     fp32 = float(eval_fn(net))
     trials, built = [], {}
 
-    def build(cal, gran, extra):
+    def build(cal, gran, extra, rounding):
         rescored = collector if cal is collector else _rescore(collector, cal)
         variant = base.clone(calibrator=rescored, granularity=gran,
-                             exclude=tuple(base.exclude) + tuple(extra))
+                             exclude=tuple(base.exclude) + tuple(extra),
+                             weight_rounding=rounding or base.config.weight_rounding)
         variant.quantize_graph()
-        variant.finalize(rescored.compute().with_fingerprint(base.fingerprint))
+        variant.finalize(_with_weights(rescored.compute(), base.calibration_table))
         return rescored, variant
 
     def run(candidates):
-        """Evaluate ``(calibrator, granularity, extra, why)`` candidates in order, in
+        """Evaluate ``(calibrator, granularity, extra, why, rounding)`` candidates in order, in
         rounds of ``runner.slots``; the StopReason of the first within tolerance or over
         budget (checked before each trial, as one at a time would), else None."""
         for start in range(0, len(candidates), runner.slots):
@@ -212,15 +219,17 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
 
             def models(chunk=chunk, variants=variants):
                 # Built one at a time: on Ray, the next is built while the last one runs.
-                for cal, gran, extra, _ in chunk:
-                    variants.append(build(cal, gran, extra))
+                for cal, gran, extra, _, rounding in chunk:
+                    variants.append(build(cal, gran, extra, rounding))
                     yield PortableModel.of(variants[-1][1]) if runner.remote \
                         else variants[-1][1]
             scores = runner.map(_EVALUATE, eval_fn, models(), first_number=len(trials) + 1)
-            for (_, _, extra, why), (rescored, variant), score in zip(chunk, variants, scores):
+            for (_, _, extra, why, _), (rescored, variant), score in zip(chunk, variants,
+                                                                          scores):
                 trial = Trial(calibrator=rescored.method_name,
                               granularity=variant.granularity.value, exclude=tuple(extra),
-                              score=score, within=sign * (fp32 - score) <= tolerance, why=why)
+                              score=score, within=sign * (fp32 - score) <= tolerance, why=why,
+                              weight_rounding=variant.config.weight_rounding.value)
                 _log.info("tune trial %d: %s %s fp32=%s -> %.6g (%s)", len(trials) + 1,
                           trial.calibrator, trial.granularity, list(extra), score,
                           "within tolerance" if trial.within else "not within tolerance")
@@ -239,8 +248,8 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
         return built[id(chosen)], result
 
     # 1. the defaults, then each other calibrator (independent: one round).
-    plan = [(first, base.granularity, (), "defaults")]
-    plan += [(name, base.granularity, (), "calibrator %r on the same statistics" % name)
+    plan = [(first, base.granularity, (), "defaults", None)]
+    plan += [(name, base.granularity, (), "calibrator %r on the same statistics" % name, None)
              for name in _CALIBRATOR_ORDER if CALIBRATORS[name] is not type(first)]
     stop = run(plan)
     if stop is not None:
@@ -250,16 +259,26 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
     best_cal = best.calibrator if best.calibrator in CALIBRATORS else first
     other = _other_granularity(base)
     if other is not None:
-        stop = run([(best_cal, other, (), "weights per %s" % other.value)])
+        stop = run([(best_cal, other, (), "weights per %s" % other.value, None)])
         if stop is not None:
             return finish(stop)
         if sign * trials[-1].score > sign * best.score:
             best = trials[-1]
-    # 3. keep the most sensitive layers in fp32, one more per trial (known in advance).
+    # 3. AdaRound weight rounding, with the best so far, where the backend has it.
+    if best.weight_rounding == WeightRounding.NEAREST.value and not get_spec(
+            base.backend.value).refusal("weight_rounding", WeightRounding.ADAROUND.value):
+        cal = best.calibrator if best.calibrator in CALIBRATORS else first
+        stop = run([(cal, best.granularity, (), "AdaRound weight rounding",
+                     WeightRounding.ADAROUND.value)])
+        if stop is not None:
+            return finish(stop)
+        if sign * trials[-1].score > sign * best.score:
+            best = trials[-1]
+    # 4. keep the most sensitive layers in fp32, one more per trial (known in advance).
     ranking = _fallback_order(built[id(best)], batches[:doctor_batches], max_candidates)
     cal = best.calibrator if best.calibrator in CALIBRATORS else first
-    stop = run([(cal, best.granularity, tuple(ranking[:i + 1]), "keep %s in fp32" % node)
-                for i, node in enumerate(ranking)])
+    stop = run([(cal, best.granularity, tuple(ranking[:i + 1]), "keep %s in fp32" % node,
+                 best.weight_rounding) for i, node in enumerate(ranking)])
     if stop is not None:
         return finish(stop)
     return finish(StopReason.NO_CANDIDATES if len(trials) < max_trials else StopReason.BUDGET)
@@ -277,6 +296,16 @@ def _eval_setup(eval_fn):
 
 
 _EVALUATE = Task(setup=_eval_setup, run=_evaluate, label="trial")
+
+
+def _with_weights(table, base_table):
+    """``table`` (re-scored ranges) with the base calibration's fingerprint and its
+    cross-layer equalization: the ranges were collected on the equalized network."""
+    meta = dict(table.meta)
+    if EQUALIZATION_KEY in base_table.meta:
+        meta[EQUALIZATION_KEY] = base_table.meta[EQUALIZATION_KEY]
+    return CalibrationTable(dict(table.items()), method=table.method,
+                            fingerprint=base_table.fingerprint, meta=meta)
 
 
 def _rescore(collector, calibrator):
