@@ -120,7 +120,8 @@ class ReferenceTap:
     calibrator : Calibrator
         Receives every ``collect`` unchanged.
     fused_view : GraphView
-        The fused fp32 graph; its linear layers (no activation, not an output) are tapped.
+        The fused fp32 graph; the layers bias correction may correct (no activation or
+        ReLU/ReLU6, not an output) are tapped.
     limit : int
         Samples to keep.
     """
@@ -129,7 +130,7 @@ class ReferenceTap:
         self._calibrator = calibrator
         self._limit = limit
         self._wanted = {n.name + "_output" for n in fused_view
-                        if n.op in _FUSED_LINEAR_OPS and not n.member_ops & _ACTIVATIONS
+                        if n.op in _FUSED_LINEAR_OPS and _correctable(n)
                         and n.name not in fused_view.outputs}
         self._shapes, self._chunks, self._count = {}, {}, {}
 

@@ -86,7 +86,7 @@ def test_the_reference_read_during_calibration_equals_a_second_fp32_pass(proj, m
     monkeypatch.setattr(_mxnet, "run_block",
                         lambda b, x, what: labels.append(what) or real_run(b, x, what))
     tapped = gq.quantize(net, batches, progress=False).calibration_table.meta[META_KEY]
-    assert len(tapped["params"]) == 3
+    assert len(tapped["params"]) == 7    # 3 linear layers and 4 ending in ReLU
     assert "Bias correction (fp32 reference)" not in labels
     monkeypatch.setattr(bias.ReferenceTap, "references", lambda self, count, ctx: {})
     labels.clear()

@@ -117,7 +117,7 @@ def test_adaround_choice_is_what_the_runtime_computes():
     params = {k: v.asnumpy() for k, v in qnet.fp32_params.items()}
     (layer, spec), = adaround.eligible_layers(_mxnet.graph_json(qnet.fused_graph),
                                               _mxnet.graph_json(qnet.quantized_graph))
-    _, maxabs = _packing.runtime_quantize(spec, params)
+    _, maxabs, _ = _packing.runtime_quantize(spec, params)
     out = qnet(mx.nd.array(probe)).asnumpy()[0]                       # (input i, channel c)
     # out = q * 127 / (127.5 / top) / (127.5 / maxabs): int8 input 127, int8 weight q
     ratio = (out - params[layer.bias][None, :]) * 127.5 ** 2 / (127 * top * maxabs[None, :])

@@ -327,9 +327,9 @@ def compute(*, fused_symbol, final_symbol, params, inputs, input_names, ctx,
 def _check(spec, params, up):
     """Whether the runtime, given the rebuilt weights, rounds them to ``floor + up``."""
     rebuilt = _rebuild(spec, params, up)
-    q, maxabs = _packing.runtime_quantize(spec, {**params, spec.weight: rebuilt})
+    q, maxabs, _ = _packing.runtime_quantize(spec, {**params, spec.weight: rebuilt})
     _, low, _, _, _ = _grid(spec, params)
-    _, before = _packing.runtime_quantize(spec, params)
+    _, before, _ = _packing.runtime_quantize(spec, params)
     chosen = np.clip(low + up.reshape(low.shape), -128, 127).astype(np.int8)
     ok = np.array_equal(q.reshape(low.shape), chosen) and np.array_equal(maxabs, before)
     if not ok:
