@@ -27,17 +27,22 @@ covered conv+ReLU/ReLU6 layers (commit 0ad524a), the others after it:
 ==================  ==============  ==============  ==============  ===============
 model               gq mse          gq entropy      other gq        MXNet
 ==================  ==============  ==============  ==============  ===============
-efficientnet_lite0  37/40 .9959     35/40 .9916 b.  --              --
-efficientnet_lite0  34/40 .9912 b.  --              no bias corr.   --
+efficientnet_lite0  37/40 .9959     36/40 .9953     percentile      entropy
+                                                    36/40 .9961     30/40 .9685
+                                                    minmax
+                                                    35/40 .9954
+efficientnet_lite0  34/40 .9912 b.  35/40 .9916 b.  no bias corr.   --
                                                     32/40 .9760 b.
 efficientnet_lite1  35/40 .9908     --              --              --
+efficientnet_lite2  35/40 .9897     --              --              entropy
+                                                                    33/40 .9515
 mobilenetv2_0.5     40/40 .9762     39/40 .9750     percentile b.   naive b.
                                                     39/40 .9761     40/40 .9739
                                                     minmax b.       entropy b.
                                                     40/40 .9735     39/40 .9486
 inceptionv3         33/40 .9822 b.  32/40 .9824 b.  --              --
 resnet34_v2         36/40 .9956     35/40 .9951     --              --
-mobilenetv3_small   25/40 .9735     --              --              --
+mobilenetv3_small   25/40 .9735     24/40 .9732     --              --
 ==================  ==============  ==============  ==============  ===============
 
 (b. = before.)  Keeping EfficientNet-Lite0's 16 depthwise convolutions fp32 gave 38/40,
