@@ -1,13 +1,15 @@
 """Helpers shared by the benchmark scripts (run them as ``python benchmarks/NAME.py``)."""
 import statistics
 import time
+import warnings
 
 import mxnet as mx
+import numpy as np
 from gluoncv.model_zoo import get_model
 
 from gluon_quant.zoo.gluoncv import initialize_random
 
-__all__ = ["median_seconds", "zoo_net"]
+__all__ = ["median_seconds", "zoo_net", "mxnet_quantize"]
 
 
 def median_seconds(func, repeat):
@@ -35,3 +37,16 @@ def zoo_net(name, source=None, size=224):
         for dst, src in zip(net.collect_params().values(), source.collect_params().values()):
             dst.set_data(src.data())            # set_data copies
     return net
+
+
+def mxnet_quantize(net, batches, calib_mode, batch):
+    """MXNet 1.9.1's own flow: ``quantize_net_v2`` of ``net`` over numpy ``batches``."""
+    from mxnet.contrib import quantization as mxq
+    calib = np.concatenate(batches)
+    it = mx.io.NDArrayIter(data=calib, batch_size=batch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return mxq.quantize_net_v2(
+            net, quantized_dtype="auto", quantize_mode="full", calib_data=it,
+            data_shapes=[mx.io.DataDesc("data", (batch,) + calib.shape[1:])],
+            calib_mode=calib_mode, num_calib_examples=len(calib), ctx=mx.cpu(), logger=None)

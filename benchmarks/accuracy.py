@@ -59,18 +59,16 @@ import argparse
 import gc
 import logging
 import time
-import warnings
 
 import mxnet as mx
 import numpy as np
-from mxnet.contrib import quantization as mxq
 
 import gluon_quant as gq
 from gluon_quant.zoo import VARIANTS, efficientnet_lite
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 from gluon_quant.zoo.evaluation import evaluation_data, score
 from gluon_quant.zoo.gluoncv import IMAGENET_MEAN, IMAGENET_STD
-from _common import zoo_net
+from _common import mxnet_quantize, zoo_net
 
 EFFICIENTNETS = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
 GLUONCV = ("mobilenetv2_0.5", "inceptionv3", "mobilenetv3_small", "densenet121",
@@ -106,14 +104,7 @@ def quantize(name, copy, data):
     tool, method = name.split(" ", 1)
     if tool == "gq":
         return gq.quantize(copy(), data.calibration, calibrator=method, progress=False)
-    calib = np.concatenate(data.calibration)
-    it = mx.io.NDArrayIter(data=calib, batch_size=BATCH)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return mxq.quantize_net_v2(
-            copy(), quantized_dtype="auto", quantize_mode="full", calib_data=it,
-            data_shapes=[mx.io.DataDesc("data", (BATCH,) + calib.shape[1:])],
-            calib_mode=method, num_calib_examples=len(calib), ctx=mx.cpu(), logger=None)
+    return mxnet_quantize(copy(), data.calibration, method, BATCH)
 
 
 def main():

@@ -49,7 +49,6 @@ MXNet's own histograms (8001 bins, grown as its collector grows them).
 import argparse
 import logging
 import time
-import warnings
 
 import mxnet as mx
 import numpy as np
@@ -61,7 +60,7 @@ from gluon_quant.debug.compare import cosine
 from gluon_quant.zoo import efficientnet_lite0, sample_images
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 from gluon_quant.zoo.gluoncv import IMAGENET_MEAN, IMAGENET_STD
-from _common import zoo_net
+from _common import mxnet_quantize, zoo_net
 
 MODELS = ("efficientnet_lite0", "resnet18_v1", "mobilenetv2_0.5")
 #: Calibration photos of each split; the other sample photos are scored.
@@ -132,13 +131,7 @@ def gq_entropy(**options):
 
 
 def mxnet_entropy(copy, batches, calib):
-    it = mx.io.NDArrayIter(data=calib, batch_size=BATCH)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return mxq.quantize_net_v2(
-            copy(), quantized_dtype="auto", quantize_mode="full", calib_data=it,
-            data_shapes=[mx.io.DataDesc("data", (BATCH,) + calib.shape[1:])],
-            calib_mode="entropy", num_calib_examples=len(calib), ctx=mx.cpu(), logger=None)
+    return mxnet_quantize(copy(), [calib], "entropy", BATCH)
 
 
 QUANTIZERS = {

@@ -20,7 +20,7 @@ import numpy as np
 import gluon_quant as gq
 from gluon_quant.zoo import efficientnet_lite0, sample_images
 from gluon_quant.zoo.gluoncv import (IMAGENET_MEAN, IMAGENET_STD, initialize_random,
-                                     set_batchnorm_statistics)
+                                     random_crops, set_batchnorm_statistics)
 
 NETS = ("efficientnet_lite0", "mobilenetv2_0.5", "mobilenetv3_small", "resnet18_v1",
         "inceptionv3")
@@ -46,22 +46,7 @@ def split_photos():
 
 def crops(photos, count, size, mean, std, seed):
     """``count`` random crops (25-100 % of a photo, flipped at random), normalised."""
-    rng = np.random.RandomState(seed)
-    out = []
-    for i in range(count):
-        photo = photos[i % len(photos)]
-        height, width = photo.shape[:2]
-        area = rng.uniform(0.25, 1.0) * height * width
-        ratio = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
-        ch = max(1, int(min(height, np.sqrt(area / ratio))))
-        cw = max(1, int(min(width, np.sqrt(area * ratio))))
-        top, left = rng.randint(0, height - ch + 1), rng.randint(0, width - cw + 1)
-        crop = mx.image.imresize(mx.nd.array(photo[top:top + ch, left:left + cw],
-                                             dtype="uint8"), size, size).asnumpy()
-        if rng.rand() < 0.5:
-            crop = crop[:, ::-1]
-        out.append(((crop.astype(np.float32) - mean) / std).transpose(2, 0, 1))
-    return np.stack(out)
+    return random_crops(photos, count, size, mean, std, seed=seed)
 
 
 def load(name, calib_photos, scored_photos, samples):

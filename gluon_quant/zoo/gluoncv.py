@@ -21,7 +21,8 @@ from ..errors import ConfigError, UnknownNameError
 from .batchnorm import set_symbol_block_statistics
 from .samples import sample_images
 
-__all__ = ["get_model", "sample_batches", "initialize_random", "set_batchnorm_statistics", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["get_model", "sample_batches", "random_crops", "initialize_random",
+           "set_batchnorm_statistics", "IMAGENET_MEAN", "IMAGENET_STD"]
 
 _log = logging.getLogger(__name__)
 
@@ -59,12 +60,27 @@ def sample_batches(num_batches=4, batch_size=16, *, size=224, seed=0):
     if min(num_batches, batch_size, size) < 1:
         raise ConfigError("sample_batches needs positive num_batches, batch_size and size, got "
                           "%r." % ((num_batches, batch_size, size),))
-    rng = np.random.RandomState(seed)
     photos = [photo for _, photo in sorted(sample_images().items())]
-    mean = np.array(IMAGENET_MEAN, np.float32)
-    std = np.array(IMAGENET_STD, np.float32)
+    stacked = random_crops(photos, num_batches * batch_size, size, IMAGENET_MEAN,
+                           IMAGENET_STD, seed=seed)
+    return [stacked[i:i + batch_size] for i in range(0, len(stacked), batch_size)]
+
+
+def random_crops(photos, count, size, mean, std, *, seed=0):
+    """``count`` random crops of ``photos`` (HWC uint8), resized to ``size`` x ``size``.
+
+    Each covers 25-100 % of a photo's area at an aspect ratio of 3/4 to 4/3, is flipped
+    left-right at random, and is normalised by ``mean`` and ``std`` (per channel).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, shape ``(count, 3, size, size)``.
+    """
+    rng = np.random.RandomState(seed)
+    mean, std = np.array(mean, np.float32), np.array(std, np.float32)
     crops = []
-    for i in range(num_batches * batch_size):
+    for i in range(count):
         photo = photos[i % len(photos)]
         height, width = photo.shape[:2]
         area = rng.uniform(0.25, 1.0) * height * width
@@ -77,8 +93,7 @@ def sample_batches(num_batches=4, batch_size=16, *, size=224, seed=0):
         if rng.rand() < 0.5:
             crop = crop[:, ::-1]
         crops.append(((crop.astype(np.float32) - mean) / std).transpose(2, 0, 1))
-    stacked = np.stack(crops)
-    return [stacked[i:i + batch_size] for i in range(0, len(stacked), batch_size)]
+    return np.stack(crops)
 
 
 def initialize_random(net, seed=0):
