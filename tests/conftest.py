@@ -40,6 +40,16 @@ def int8_regions(monkeypatch):
     monkeypatch.setattr(passes, "PASSES", passes.PASSES + (pass_,))
 
 
+def agreement_fn(net, inputs):
+    """An ``eval_fn(model)`` for tune(): top-1 agreement with ``net`` on ``inputs``."""
+    x = mx.nd.array(inputs)
+    expected = net(x).argmax(axis=1).asnumpy()
+
+    def eval_fn(model):
+        return float((model(x).argmax(axis=1).asnumpy() == expected).mean())
+    return eval_fn
+
+
 def build_cnn(classes=10):
     """Conv-BN-ReLU x2 + pooling + Dense-ReLU + Dense: every oneDNN int8 pattern in small."""
     net = nn.HybridSequential(prefix="cnn_")

@@ -13,6 +13,8 @@ from gluon_quant import engines
 from gluon_quant.engines import ray_engine
 from gluon_quant.tune import StopReason
 
+from conftest import agreement_fn
+
 ray = pytest.importorskip("ray")
 
 #: Ray's environment switch that turns its memory monitor off (refresh period 0).
@@ -105,18 +107,9 @@ def test_an_unpicklable_shard_is_refused(local_ray, tiny_cnn, tiny_batches):
                          "generators or open files).") and "\n" not in text
 
 
-def _agreement_fn(net, inputs):
-    x = mx.nd.array(inputs)
-    expected = net(x).argmax(axis=1).asnumpy()
-
-    def eval_fn(model):
-        return float((model(x).argmax(axis=1).asnumpy() == expected).mean())
-    return eval_fn
-
-
 def test_tune_on_ray_equals_sequential(local_ray, fragile_mlp):
     net = fragile_mlp["net"]
-    eval_fn = _agreement_fn(net, fragile_mlp["test"])
+    eval_fn = agreement_fn(net, fragile_mlp["test"])
     seq_net, seq = gq.tune(net, fragile_mlp["calib"], eval_fn, tolerance=0.02, progress=False)
     ray_net, par = gq.tune(net, fragile_mlp["calib"], eval_fn, tolerance=0.02, engine="ray",
                            progress=False)

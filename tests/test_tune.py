@@ -1,24 +1,16 @@
 """gluon_quant.tune: accuracy-aware tuning guided by the doctor."""
-import mxnet as mx
 import numpy as np
 import pytest
 
 import gluon_quant as gq
 from gluon_quant.tune import StopReason
 
-
-def _agreement_fn(net, inputs):
-    x = mx.nd.array(inputs)
-    expected = net(x).argmax(axis=1).asnumpy()
-
-    def eval_fn(model):
-        return float((model(x).argmax(axis=1).asnumpy() == expected).mean())
-    return eval_fn
+from conftest import agreement_fn
 
 
 def test_tuning_keeps_the_fragile_layer_in_fp32(fragile_mlp):
     net = fragile_mlp["net"]
-    eval_fn = _agreement_fn(net, fragile_mlp["test"])
+    eval_fn = agreement_fn(net, fragile_mlp["test"])
     qnet, result = gq.tune(net, fragile_mlp["calib"], eval_fn, tolerance=0.02, progress=False)
     assert result.stopped is StopReason.TOLERANCE_MET
     assert result.fp32_score == 1.0
@@ -37,14 +29,14 @@ def test_tuning_keeps_the_fragile_layer_in_fp32(fragile_mlp):
 
 def test_budget_stops_tuning(fragile_mlp):
     net = fragile_mlp["net"]
-    qnet, result = gq.tune(net, fragile_mlp["calib"], _agreement_fn(net, fragile_mlp["test"]),
+    qnet, result = gq.tune(net, fragile_mlp["calib"], agreement_fn(net, fragile_mlp["test"]),
                            tolerance=0.0, max_trials=2, progress=False)
     assert result.stopped is StopReason.BUDGET and len(result.trials) == 2
     assert result.chosen.score == max(t.score for t in result.trials)
 
 
 def test_quantize_with_eval_fn_tunes(tiny_cnn, tiny_batches):
-    eval_fn = _agreement_fn(tiny_cnn, np.concatenate(tiny_batches))
+    eval_fn = agreement_fn(tiny_cnn, np.concatenate(tiny_batches))
     qnet = gq.quantize(tiny_cnn, tiny_batches, eval_fn=eval_fn, tolerance=0.5, progress=False)
     assert qnet.tune_result.stopped is StopReason.TOLERANCE_MET
     assert len(qnet.tune_result.trials) == 1  # the defaults were good enough
