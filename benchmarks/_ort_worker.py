@@ -5,8 +5,8 @@ onnx through ORT's quantization tools), never MXNet: MXNet 1.9.1's ONNX exporter
 ``onnx<1.16`` while current ORT quantization tools need a newer onnx, so the export happens
 in the benchmark's process and everything ORT does happens here.
 
-``python _ort_worker.py DIR THREADS ACTIVATIONS`` reads ``DIR/model.onnx`` (fp32, dynamic batch) and the
-calibration batches ``DIR/calib_*.npy``, writes ``DIR/model.int8.onnx`` with ORT's own flow
+``python _ort_worker.py DIR THREADS ACTIVATIONS`` reads ``DIR/model.onnx`` (fp32, dynamic
+batch) and the calibration batches ``DIR/calib_*.npy``, writes ``DIR/model.int8.onnx`` with ORT's own flow
 (``quant_pre_process``, then ``quantize_static``: QDQ, per-channel int8 weights, ``uint8`` or
 ``int8`` activations as ACTIVATIONS says, min-max over the same batches that calibrate
 gluon_quant), opens both with ``THREADS`` intra-op threads, and answers

@@ -187,7 +187,8 @@ def print_peer_table(rows, args):
     print("ONNX Runtime peer (mx.onnx.export_model, quant_pre_process + quantize_static: QDQ, "
           "per-channel int8 weights, %s activations, min-max on the same calibration batches; "
           "%d intra-op threads; MXNet OMP_NUM_THREADS=%s); timed in the same round-robin as "
-          "the table above" % (args.ort_activations, args.ort_threads, os.environ.get("OMP_NUM_THREADS", "unset")))
+          "the table above" % (args.ort_activations, args.ort_threads,
+                               os.environ.get("OMP_NUM_THREADS", "unset")))
     header = ("%-16s %5s" + " %9s" * 5 + " %8s" * 3 + " %9s" * 2) % (
         "model", "batch", "fused ms", "mxnet ms", "gq ms", "ort32 ms", "ort8 ms",
         "ort8 x", "gq x", "gq/ort8", "ort32 cos", "ort8 cos")
@@ -214,7 +215,7 @@ def _sync(out):
 
 
 def block_timer(block, x):
-    """A timer for :func:`time_calls`: ``n`` -> wall-clock seconds of ``n`` calls of ``block(x)``."""
+    """A timer for :func:`time_calls`: ``n`` -> wall-clock seconds of ``n`` calls."""
     def run(n):
         start = time.perf_counter()
         for _ in range(n):
