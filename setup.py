@@ -52,6 +52,11 @@ NLP = ["gluonnlp==0.10.0"]
 # is the oldest release with Python 3.11 wheels. In "test" too, so the Ray tests run.
 RAY = ["ray>=2.9.3,<3"]
 
+# MXNet 1.9.1's ONNX exporter (mx.onnx.export_model) imports onnx.mapping, gone in onnx 1.16:
+# benchmarks/inference.py exports with it for its ONNX Runtime peer, which itself runs in a
+# separate environment (docs/performance.md).
+ONNX = ["onnx>=1.10,<1.16"]
+
 setup(
     name="gluon_quant",
     version=VERSION,
@@ -75,6 +80,7 @@ setup(
         "plot": PLOT,
         "nlp": NLP,
         "ray": RAY,
+        "onnx": ONNX,
         "test": ["pytest>=7", "psutil>=5.8", "nbclient>=0.7", "nbformat>=5.7",
                  "ipykernel>=6"] + ZOO + RAY,
     },

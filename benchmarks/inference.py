@@ -28,13 +28,26 @@ overrides it). The last two columns are the cosine of each int8 variant's output
 fp32's: MXNet's int8 SSD is fast partly because its wrong scores let few boxes reach NMS;
 ``--no-nms`` times the networks without that data-dependent step.
 
+With ONNX Runtime available (``--ort-python PATH``, the python of an environment with
+onnxruntime and a recent onnx; by default this interpreter if it imports onnxruntime, else
+the peer is skipped with a note), two more variants join the same round-robin: ``ort_fp32``,
+the fp32 net exported with ``mx.onnx.export_model`` (this environment needs ``onnx<1.16``:
+``pip install -e ".[onnx]"``), and ``ort_int8``, ORT's own ``quantize_static`` of it (QDQ,
+per-channel, calibrated on the same batches), both with ``--ort-threads`` intra-op threads in
+a worker process (``_ort.py``, ``_ort_worker.py``). A second table puts them beside fused
+fp32, MXNet's and gluon_quant's int8, with the int8 outputs' cosine to fp32. Setup:
+docs/performance.md, "ONNX Runtime as the peer".
+
 Usage::
 
     python benchmarks/inference.py
+    python benchmarks/inference.py --models resnet50_v1 --batch-sizes 16 \
+        --ort-python /path/to/ortvenv/bin/python
     python benchmarks/inference.py --models resnet18_v1 --batch-sizes 1 --repeat 20
 """
 import argparse
 import logging
+import os
 import statistics
 import time
 import warnings
@@ -43,6 +56,7 @@ import mxnet as mx
 import numpy as np
 from mxnet.contrib import quantization as mxq
 from _common import zoo_net as _zoo_net
+from _ort import VARIANTS as PEER_VARIANTS, OrtPeer, PeerUnavailable, resolve_ort_python
 
 import gluon_quant as gq
 from gluon_quant import _mxnet
@@ -58,6 +72,7 @@ VARIANTS = ("fp32", "fused", "mxnet", "gq", "raw")
 TARGET_SPEEDUP = ("resnet50_v1", 16, 4.0)
 TARGET_VS_MXNET = 0.97
 TARGET_OVERHEAD = 0.02
+TARGET_VS_ORT = ("resnet50_v1", 16, 1.5)
 
 
 def build_variants(name, calib, batch_sizes, nms=True):
@@ -131,11 +146,13 @@ def fused_fp32(net, example):
     return block
 
 
-def agreement(variants, x):
+def agreement(variants, x, peer=None, x_np=None):
     """Smallest cosine, over the outputs, of each int8 variant's output with fp32's.
 
     A detector's outputs (class ids, scores, boxes) are compared one by one, so that wrong
-    scores are not hidden by boxes of larger magnitude.
+    scores are not hidden by boxes of larger magnitude. With an ONNX Runtime ``peer``,
+    its variants' (first) outputs on ``x_np`` are compared too: ``ort_fp32`` checks the
+    export, ``ort_int8`` is the peer's int8 agreement.
     """
     def outputs(out):
         outs = out if isinstance(out, (list, tuple)) else [out]
@@ -145,8 +162,51 @@ def agreement(variants, x):
         return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b) + 1e-30))
 
     refs = outputs(variants["fp32"](x))
-    return {key: min(cos(r, o) for r, o in zip(refs, outputs(variants[key](x))))
-            for key in ("mxnet", "gq")}
+    result = {key: min(cos(r, o) for r, o in zip(refs, outputs(variants[key](x))))
+              for key in ("mxnet", "gq")}
+    if peer is not None:
+        result.update((key, cos(refs[0], peer.output(key, x_np).astype(np.float64).ravel()))
+                      for key in PEER_VARIANTS)
+    return result
+
+
+def start_peer(python, fp32, calib, name, args):
+    """An :class:`OrtPeer` for ``name``, or ``None`` (with a note) when it cannot run."""
+    if python is None:
+        return None
+    try:
+        return OrtPeer(python, fp32, calib, args.ort_threads, args.ort_activations)
+    except PeerUnavailable as err:
+        print("note: no ONNX Runtime peer for %s: %s" % (name, err))
+        return None
+
+
+def print_peer_table(rows, args):
+    """ONNX Runtime's fp32 and int8 beside MXNet's and gluon_quant's, from the same rounds."""
+    print()
+    print("ONNX Runtime peer (mx.onnx.export_model, quant_pre_process + quantize_static: QDQ, "
+          "per-channel int8 weights, %s activations, min-max on the same calibration batches; "
+          "%d intra-op threads; MXNet OMP_NUM_THREADS=%s); timed in the same round-robin as "
+          "the table above" % (args.ort_activations, args.ort_threads,
+                               os.environ.get("OMP_NUM_THREADS", "unset")))
+    header = ("%-16s %5s" + " %9s" * 5 + " %8s" * 3 + " %9s" * 2) % (
+        "model", "batch", "fused ms", "mxnet ms", "gq ms", "ort32 ms", "ort8 ms",
+        "ort8 x", "gq x", "gq/ort8", "ort32 cos", "ort8 cos")
+    print(header)
+    print("-" * len(header))
+    for name, batch, t, cos in rows:
+        print(("%-16s %5d" + " %9.2f" * 5 + " %8.2f" * 3 + " %9.4f" * 2) % (
+            name, batch, *(t[k] * 1e3 for k in ("fused", "mxnet", "gq", "ort_fp32",
+                                                  "ort_int8")),
+            t["fused"] / t["ort_int8"], t["fused"] / t["gq"], t["ort_int8"] / t["gq"],
+            cos["ort_fp32"], cos["ort_int8"]))
+    model, batch, target = TARGET_VS_ORT
+    for name, b, t, _ in rows:
+        if (name, b) == (model, batch):
+            ratio = t["ort_int8"] / t["gq"]
+            print("target: gq int8 >= %.1fx faster than ONNX Runtime int8 on %s batch %d: "
+                  "%.2fx %s" % (target, model, batch, ratio,
+                                "met" if ratio >= target else "NOT met"))
 
 
 def _sync(out):
@@ -154,22 +214,30 @@ def _sync(out):
         o.wait_to_read()
 
 
-def time_variants(variants, x, repeat, min_seconds=0.05):
-    """Median seconds per call of each variant, measured round-robin."""
-    inner = {}
-    for key, block in variants.items():         # calls per sample so that each sample
-        start = time.perf_counter()             # lasts at least ``min_seconds``
-        _sync(block(x))
-        elapsed = time.perf_counter() - start
-        inner[key] = max(1, int(min_seconds / max(elapsed, 1e-6)))
-    samples = {key: [] for key in variants}
+def block_timer(block, x):
+    """A timer for :func:`time_calls`: ``n`` -> wall-clock seconds of ``n`` calls."""
+    def run(n):
+        start = time.perf_counter()
+        for _ in range(n):
+            out = block(x)
+        _sync(out)
+        return time.perf_counter() - start
+    return run
+
+
+def time_calls(timers, repeat, min_seconds=0.05):
+    """Median seconds per call of each timer (``n`` -> seconds of ``n`` calls), round-robin.
+
+    Each sample makes enough calls to last at least ``min_seconds``; in each of the
+    ``repeat`` rounds every timer takes one sample, so that slow phases of a shared machine
+    hit all of them alike.
+    """
+    inner = {key: max(1, int(min_seconds / max(timer(1), 1e-6)))
+             for key, timer in timers.items()}
+    samples = {key: [] for key in timers}
     for _ in range(repeat):
-        for key, block in variants.items():
-            start = time.perf_counter()
-            for _ in range(inner[key]):
-                out = block(x)
-            _sync(out)
-            samples[key].append((time.perf_counter() - start) / inner[key])
+        for key, timer in timers.items():
+            samples[key].append(timer(inner[key]) / inner[key])
     return {key: statistics.median(values) for key, values in samples.items()}
 
 
@@ -179,15 +247,11 @@ def wrapper_overhead(variants, x, rounds=15, calls=40):
     Measured on its own, the two alternating in tight loops, since a difference of a
     few microseconds drowns in the noise of the five-way round robin above.
     """
-    pair = {"gq": variants["gq"], "raw": variants["raw"]}
-    samples = {key: [] for key in pair}
+    samples = {key: [] for key in ("gq", "raw")}
+    timers = {key: block_timer(variants[key], x) for key in samples}
     for _ in range(rounds):
-        for key, block in pair.items():
-            start = time.perf_counter()
-            for _ in range(calls):
-                out = block(x)
-            _sync(out)
-            samples[key].append((time.perf_counter() - start) / calls)
+        for key, timer in timers.items():
+            samples[key].append(timer(calls) / calls)
     return statistics.median(samples["gq"]) / statistics.median(samples["raw"]) - 1
 
 
@@ -204,7 +268,25 @@ def main(argv=None):
     parser.add_argument("--image-size", type=int, default=None,
                         help="input side for every model (default: 224, or the detection "
                              "net's own, see IMAGE_SIZES)")
+    parser.add_argument("--ort-python", default=None, metavar="PATH",
+                        help="python of an environment with onnxruntime and a recent onnx, "
+                             "to time ONNX Runtime's fp32 and int8 as the peer (default: "
+                             "this interpreter if it imports onnxruntime, else the peer is "
+                             "skipped); see docs/performance.md")
+    parser.add_argument("--ort-threads", type=int, default=2,
+                        help="ONNX Runtime intra-op threads (default 2)")
+    parser.add_argument("--ort-activations", choices=("uint8", "int8"), default="uint8",
+                        help="ONNX Runtime int8 activation type (weights are int8): uint8 "
+                             "(default; on x86 ORT's fastest, every conv int8) or int8 (ORT's "
+                             "documented default; here it left 20 of resnet50's 53 convs fp32)")
+    parser.add_argument("--no-ort", action="store_true", help="skip the ONNX Runtime peer")
     args = parser.parse_args(argv)
+    ort_python, ort_note = None, "ONNX Runtime peer skipped (--no-ort)"
+    if not args.no_ort:
+        try:
+            ort_python, ort_note = resolve_ort_python(args.ort_python)
+        except PeerUnavailable as err:
+            parser.error(str(err))
     logging.basicConfig(level=logging.WARNING)
     # optimize_for traces with untyped inputs; the warning is about that trace only.
     warnings.filterwarnings("ignore", message="Cannot decide type")
@@ -215,29 +297,41 @@ def main(argv=None):
           "medians of %d rounds; cos = cosine with fp32 (worst output)%s"
           % (mx.__version__, gq.__version__, args.repeat,
              "; detectors without NMS" if args.no_nms else ""))
+    print(ort_note)
     print(header)
     print("-" * len(header))
-    results = {}
+    results, peer_rows = {}, []
     for name in args.models:
         size = args.image_size or IMAGE_SIZES.get(name, 224)
         calib = sample_batches(args.calib_batches, 16, size=size)
         variants = build_variants(name, calib, args.batch_sizes, nms=not args.no_nms)
+        peer = start_peer(ort_python, variants["fp32"], calib, name, args)
         for batch in args.batch_sizes:
-            x = mx.nd.array(np.resize(np.concatenate(calib), (batch, 3, size, size)))
-            t = time_variants(variants, x, args.repeat)
+            x_np = np.resize(np.concatenate(calib), (batch, 3, size, size)).astype(np.float32)
+            x = mx.nd.array(x_np)
+            timers = {key: block_timer(variants[key], x) for key in VARIANTS}
+            if peer is not None:
+                timers.update((key, peer.timer(key, x_np)) for key in PEER_VARIANTS)
+            t = time_calls(timers, args.repeat)
             t["overhead"] = wrapper_overhead(variants, x) if batch == 1 else \
                 t["gq"] / t["raw"] - 1
-            cos = agreement(variants, x)
+            cos = agreement(variants, x, peer, x_np)
             results[(name, batch)] = t
             print(("%-16s %5d" + " %9.2f" * 5 + " %8.2f" * 4 + " %+8.1f%%" + " %8.4f" * 2) % (
                 name, batch, *(t[k] * 1e3 for k in VARIANTS),
                 t["fused"] / t["fp32"], t["fused"] / t["mxnet"], t["fused"] / t["gq"],
                 t["mxnet"] / t["gq"], 100 * t["overhead"], cos["mxnet"], cos["gq"]))
+            if peer is not None:
+                peer_rows.append((name, batch, t, cos))
         print("%-16s %5s  throughput img/s: %s" % ("", "", ", ".join(
             "batch %d: fused %.0f, mxnet %.0f, gq %.0f" % (
                 b, b / results[(name, b)]["fused"], b / results[(name, b)]["mxnet"],
                 b / results[(name, b)]["gq"]) for b in args.batch_sizes)))
+        if peer is not None:
+            peer.close()
         del variants
+    if peer_rows:
+        print_peer_table(peer_rows, args)
     print()
     model, batch, target = TARGET_SPEEDUP
     if (model, batch) in results:
