@@ -313,8 +313,9 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -
         raise GraphError("Quantizing the graph did not settle after %d attempts; nodes "
                          "sent back to fp32 last: %s." % (_MAX_REPLANS, sorted(back)[:5]))
     if not calib:
-        _log.warning("No layer of %s can be quantized on %s (every layer is excluded or has "
-                     "no int8 kernel); the result runs in fp32.", fused.net_class, spec.name)
+        _log.warning("No layer of %s runs in int8 on %s (every layer is excluded, has no "
+                     "int8 kernel, or would be slower in int8: see report()); the result "
+                     "runs in fp32.", fused.net_class, spec.name)
     return QuantPlan(fused=fused, symbol=_mxnet.load_graph(graph), calib_names=tuple(calib),
                      fp32_nodes=types.MappingProxyType(fp32), messages=tuple(messages))
 
