@@ -69,10 +69,6 @@ class OpSupport:
         many per call at the calibration batch size: smaller ones lose more to quantize/
         dequantize than the int8 kernel gains (0: no limit; see
         :mod:`gluon_quant.graph.islands`).
-    min_island_intensity : float
-        An int8 region holding this operator stays int8 only when it does at least this
-        many multiply-adds per element it quantizes on the way in or dequantizes on the way
-        out (0: no limit).
     int8_readers_only : str
         When not empty: a node of the operator is int8 only if some reader of its result
         runs in int8; where every reader is fp32 (or the result is an output) the int8
@@ -95,7 +91,6 @@ class OpSupport:
     counts_pad: bool = False
     disabled: str = ""
     min_island_macs: int = 0
-    min_island_intensity: float = 0.0
     int8_readers_only: str = ""
 
 
@@ -178,12 +173,7 @@ def _ops(*supports):
 ONEDNN = BackendSpec(
     name="onednn", device_type="cpu",
     ops=_ops(
-        # One convolution alone in int8 between fp32 layers (2 threads, quiet machine),
-        # fp32/int8 time by multiply-adds per element converted (input + output): 10.7
-        # (1x1, 16->32): 0.81x; 32 (1x1, 64->64, 33M multiply-adds): 0.90x; 48 (3x3, 8->16):
-        # 0.85-0.88x; 72 (3x3, 16->16): 1.08-1.09x; 144: 1.55-1.61x; 288: 2.08x.
-        OpSupport("Convolution", ranks=(4, 5), layouts=("NCHW", "NCDHW"),
-                  min_island_intensity=64.0),
+        OpSupport("Convolution", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
         # One dense layer alone in int8 between fp32 layers, by multiply-adds per call,
         # int8/fp32 speed on the EPYC (Zen 5, VNNI) this was measured on, 2 threads:
         # 2k-524k: 0.87-0.98x; 1M: 1.22-1.35x; 2M-4M: 1.36-2.30x. Chains of dense layers

@@ -7,9 +7,7 @@ multiply-adds (convolutions, dense layers).  A region without multiply-adds (an 
 pooling or flatten between fp32 layers) can only lose, and one whose single layer with
 multiply-adds does fewer than its operator's ``min_island_macs`` in the backend spec
 (measured, see :data:`gluon_quant.backends.ONEDNN`) loses more to the conversions than it
-gains, and so does one whose multiply-adds per element it converts (its arithmetic
-intensity) are below the operators' ``min_island_intensity``.  Such a region stays fp32,
-with the reason in the report.  Regions of several such
+gains.  Such a region stays fp32, with the reason in the report.  Regions of several such
 layers are left int8: they were measured to gain at smaller sizes (the conversions are
 paid once for the chain).
 
@@ -22,7 +20,7 @@ import numpy as np
 
 from .rewrites import known_shape
 
-__all__ = ["int8_regions", "region_work", "region_boundary", "small_int8_regions"]
+__all__ = ["int8_regions", "region_work", "small_int8_regions"]
 
 _log = logging.getLogger(__name__)
 
@@ -117,42 +115,6 @@ def region_work(graph, region, shapes, param_shapes=None):
     return work
 
 
-_QUANTIZE_OPS = ("_contrib_quantize_v2", "_contrib_quantize")
-
-
-def region_boundary(graph, region, shapes):
-    """Elements quantized into and dequantized out of a region per call (None: unknown).
-
-    Parameters
-    ----------
-    graph : dict
-    region : list of int
-        From :func:`int8_regions`.
-    shapes : dict
-        ``(node name, output index) -> shape``.
-    """
-    nodes = graph["nodes"]
-    members = set(region)
-    entering = {e[0] for i in region for e in nodes[i]["inputs"]
-                if nodes[e[0]]["op"] in _QUANTIZE_OPS}
-    leaving = set()
-    for j, node in enumerate(nodes):
-        if node["op"] != "_contrib_dequantize":
-            continue
-        src = node["inputs"][0][0]
-        while nodes[src]["op"] in _GLUE_OPS:
-            src = nodes[src]["inputs"][0][0]
-        if src in members:
-            leaving.add(j)
-    total = 0
-    for j in entering | leaving:
-        shape = shapes.get((nodes[j]["name"], 0))
-        if not shape:
-            return None
-        total += int(np.prod(shape))
-    return total
-
-
 def small_int8_regions(graph, context):
     """Int8 regions whose multiply-adds cannot pay for their conversions.
 
@@ -184,9 +146,6 @@ def small_int8_regions(graph, context):
         family = next(iter(work)) if len(layers) == 1 else None
         support = context.spec.ops.get(family)
         limit = support.min_island_macs if support is not None else 0
-        density = max([context.spec.ops[f].min_island_intensity for f in work
-                       if f in context.spec.ops] or [0])
-        boundary = region_boundary(graph, region, shapes) if density else None
         names = [nodes[i]["name"][len(QUANTIZED_PREFIX):] for i in region
                  if nodes[i]["name"].startswith(QUANTIZED_PREFIX)]
         if total == 0:
@@ -198,11 +157,6 @@ def small_int8_regions(graph, context):
                       "the calibration batch size (%s): below %d, quantizing its inputs and "
                       "outputs costs more than int8 saves on %s (calibrate at the batch size "
                       "you run at)" % (total, ", ".join(names[:4]), limit, context.spec.name))
-        elif boundary and total < density * boundary:
-            reason = ("an int8 region between fp32 layers doing %.0f multiply-adds per element "
-                      "it quantizes or dequantizes (%s): below %g, the conversions cost more "
-                      "than int8 saves on %s" % (total / boundary, ", ".join(names[:4]),
-                                                  density, context.spec.name))
         else:
             continue
         for name in names:
