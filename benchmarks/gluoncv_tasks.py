@@ -40,8 +40,8 @@ FAMILIES = {
     "faster_rcnn": ("faster_rcnn_resnet50_v1b_voc", (1, 3, 480, 480), "detection", ["flatten"]),
     "center_net": ("center_net_resnet18_v1b_voc", (4, 3, 512, 512), "centernet", ["flatten"]),
     "fcn": ("fcn_resnet50_voc", (1, 3, 480, 480), "segmentation", ["flatten"]),
-    "psp": ("psp_resnet50_voc", (1, 3, 480, 480), "segmentation", ["flatten", "concat"]),
-    "deeplab": ("deeplab_resnet50_voc", (1, 3, 480, 480), "segmentation", ["flatten", "concat"]),
+    "psp": ("psp_resnet50_ade", (1, 3, 480, 480), "segmentation", ["flatten", "concat"]),
+    "deeplab": ("deeplab_resnet50_ade", (1, 3, 480, 480), "segmentation", ["flatten", "concat"]),
     "simple_pose": ("simple_pose_resnet18_v1b", (8, 3, 256, 192), "pose", ["flatten"]),
     "r2plus1d": ("r2plus1d_resnet18_kinetics400", (1, 3, 16, 112, 112), "video", ["flatten"]),
 }

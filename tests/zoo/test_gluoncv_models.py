@@ -388,3 +388,18 @@ def test_fcn_pixel_agreement():
         floor_cos, pixel_agreement(fp32, int8), pixel_agreement(fp32, floor))
     assert near_floor(cos, floor_cos, slack=0.05)
     assert cos >= 0.55
+
+
+def test_get_model_sends_nms_settings_to_the_detector_not_its_constructor():
+    """GluonCV's YOLOv3 passes ``nms_thresh`` to its backbone (TypeError), Faster R-CNN
+    sets it itself (duplicate keyword): zoo.get_model calls ``set_nms`` instead."""
+    from gluon_quant.errors import ConfigError
+    from gluon_quant.zoo.gluoncv import _set_nms
+    net = gluoncv_zoo.get_model("yolo3_mobilenet1.0_voc", pretrained_base=False)
+    _set_nms(net, "yolo3_mobilenet1.0_voc", {"nms_thresh": 0, "post_nms": 50})
+    assert (net.nms_thresh, net.post_nms) == (0, 50)
+    with pytest.raises(ConfigError, match="force_nms"):
+        _set_nms(net, "yolo3_mobilenet1.0_voc", {"force_nms": True})
+    with pytest.raises(ConfigError, match=r"resnet18_v1 has no non-maximum suppression.*"
+                                          r"drop nms_thresh"):
+        _set_nms(gluoncv_zoo.get_model("resnet18_v1"), "resnet18_v1", {"nms_thresh": 0})
