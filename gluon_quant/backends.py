@@ -74,6 +74,14 @@ class OpSupport:
         runs in int8; where every reader is fp32 (or the result is an output) the int8
         kernel would only add a quantize of its inputs and a dequantize of its result, and
         this says what that cost measured (``graph.passes.fp32_read_results``).
+    rewrite : str
+        When not empty: the operator has no int8 kernel of its own, and the named graph
+        rewrite (a pass of ``graph.passes.PASSES``) runs it as operators that have one
+        wherever the node meets the other conditions here (oneDNN's ``Deconvolution``:
+        ``'deconv_as_conv'``, a convolution and ``depth_to_space``).
+    min_output_channels : int
+        With ``rewrite``: nodes with fewer output channels (``num_filter``) are not
+        rewritten (measured slower in int8 than the fp32 operator); 0: no limit.
     """
 
     op: str
@@ -92,6 +100,8 @@ class OpSupport:
     disabled: str = ""
     min_island_macs: int = 0
     int8_readers_only: str = ""
+    rewrite: str = ""
+    min_output_channels: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +199,10 @@ ONEDNN = BackendSpec(
             "and its result is dequantized at once (a 4-layer BERT, 256 units, batch 8x128: "
             "1.22x faster with its residual sums in fp32, output cosine 0.99994 instead of "
             "0.99931)")),
+        # No int8 Deconvolution kernel in MXNet 1.9.1: a 2-D one runs as an int8
+        # convolution + depth_to_space (graph/deconv.py).
+        OpSupport("Deconvolution", ranks=(4,), layouts=("NCHW",), groups=False,
+                  dilation=False, rewrite="deconv_as_conv"),
         OpSupport("elemwise_mul", disabled=(
             "MXNet 1.9.1's int8 elemwise_mul wraps around past the calibrated range instead "
             "of saturating (2.78 became -2.72; Swish between convolutions: 0.974 cosine, "
@@ -220,6 +234,10 @@ ONEDNN = BackendSpec(
                    "in); the int8 matmul after it quantizes the probabilities",
         "LeakyReLU(gelu)": "GELU has no int8 kernel of its own: it runs fused into the dense "
                            "layer before it wherever that layer is int8, in fp32 elsewhere",
+        "depth_to_space": "moves data only (the shuffle after a Deconvolution run as an "
+                          "int8 convolution, a one-hot grouped fp32 Deconvolution, 3.4x "
+                          "faster than MXNet's depth_to_space): it runs in fp32 on the "
+                          "convolution's dequantized output",
         "Activation(tanh)": "int8 Activation is relu only in MXNet 1.9.1: tanh runs in fp32",
         "Activation(sigmoid)": "int8 Activation is relu only in MXNet 1.9.1: sigmoid runs in "
                                "fp32",

@@ -88,6 +88,9 @@ class FusedGraph:
     range_bounds : mapping of str to (float or None, float or None, str)
         Tensor key -> ``(low, high, reason)``: bounds the preset puts on calibrated ranges
         (:class:`~gluon_quant.presets.ClipRange`), applied by :func:`check_table`.
+    rewritten : mapping of str to str
+        Node name -> the operators a traced-graph pass runs it as (a Deconvolution as an
+        int8 convolution and ``depth_to_space``), for ``report()``.
     """
 
     symbol: Any
@@ -101,6 +104,8 @@ class FusedGraph:
     messages: Tuple[str, ...] = ()
     input_shapes: Optional[Tuple[tuple, ...]] = None
     range_bounds: Mapping[str, Tuple[Optional[float], Optional[float], str]] = field(
+        default_factory=lambda: types.MappingProxyType({}))
+    rewritten: Mapping[str, str] = field(
         default_factory=lambda: types.MappingProxyType({}))
 
     @property
@@ -258,7 +263,8 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
                       net_class=type(net).__name__,
                       param_rewrites=tuple(context.param_rewrites),
                       messages=tuple(messages), range_bounds=types.MappingProxyType(bounds),
-                      input_shapes=input_shapes)
+                      input_shapes=input_shapes,
+                      rewritten=types.MappingProxyType(dict(context.rewritten)))
 
 
 def _first_rank(batch):

@@ -1,0 +1,352 @@
+"""Transposed convolutions run as convolutions, so that they can run in int8.
+
+MXNet 1.9.1 has no int8 ``Deconvolution`` kernel: simple_pose's three 4x4 stride-2
+deconvolutions (about half its work) stayed fp32, and the net ran only 1.73x faster in
+int8 than in fp32. A transposed convolution of stride ``s`` is ``s * s`` ordinary
+convolutions, one per output phase ``(oy % s, ox % s)``, each reading the input with
+the taps of the kernel that land on that phase. :func:`deconv_as_conv` rewrites
+
+``Deconvolution(x, W, b) [-> BatchNorm] [-> activations]``
+
+into
+
+``Convolution(x, W') [-> BatchNorm, tiled] [-> activations] -> depth_to_space(s) [-> slice]``
+
+where ``W'`` has ``s * s * C_out`` filters of ``ceil(k / s)`` taps a side (filter
+``(ry * s + rx) * C_out + co`` holds the taps ``W[:, co, ry + s * t, rx + s * t']``, ``t``
+reversed: MXNet's ``depth_to_space`` reads channel ``(by * s + bx) * C + c`` into pixel
+offset ``(by, bx)`` of channel ``c``), the bias and the BatchNorm's parameters are tiled
+``s * s`` times, and the slice crops what the padding of the transposed convolution
+removes. BatchNorm and element-wise activations move before ``depth_to_space``, which
+only moves data, so that oneDNN fuses them into the int8 convolution. The rewrite is
+exact in fp32 (the same products, summed in another order: largest difference ~1e-6).
+
+The convolution computes ``ceil(k/s)^2 * s^2`` taps per input pixel where the transposed
+convolution computes ``k^2`` (no more when ``s`` divides ``k``), over ``(H + 2P - T + 1)``
+rows instead of ``H`` (``P`` its padding, ``T`` its kernel): one row and column more for
+simple_pose's ``k=4, s=2, p=1`` (31% more at 8x6, 7% at 32x24).
+
+Which deconvolutions are rewritten is the backend's data
+(:attr:`gluon_quant.backends.OpSupport.rewrite` on its ``Deconvolution`` entry, and that
+entry's conditions); the rewritten nodes are listed in ``context.rewritten`` for
+``report()``.
+"""
+import dataclasses
+import json
+import logging
+import math
+
+import mxnet as mx
+import numpy as np
+
+from .. import _mxnet
+from ..backends import why_not_int8
+from .rewrites import ParamRewrite, append_nodes, reachable
+
+__all__ = ["deconv_as_conv", "conv_geometry", "why_not_rewritten", "REWRITE_NAME",
+           "SHUFFLE_ATTR"]
+
+_log = logging.getLogger(__name__)
+
+#: The pass name a backend's ``OpSupport.rewrite`` names to ask for this rewrite.
+REWRITE_NAME = "deconv_as_conv"
+#: Attribute marking the Deconvolution that only shuffles channels into pixels, and the
+#: suffix of its name.
+SHUFFLE_ATTR = "__depth_to_space__"
+SHUFFLE_SUFFIX = "_depth_to_space"
+
+#: Element-wise operators that move with the convolution before ``depth_to_space``.
+_ELEMENTWISE = frozenset(("Activation", "relu", "sigmoid", "tanh", "clip", "softsign"))
+_LEAKY_ELEMENTWISE = frozenset(("leaky", "elu", "selu", "gelu"))
+
+
+def _ints(attrs, key, rank, fill):
+    """An attribute's integers (``(fill,) * rank`` when it is not given)."""
+    text = str(attrs.get(key, "") or "").strip("()[] ")
+    values = tuple(int(v) for v in text.split(",") if v.strip() not in ("", "None"))
+    return values or (fill,) * rank
+
+
+def conv_geometry(kernel, stride, pad, adj):
+    """The convolution that computes one dimension of a transposed convolution.
+
+    Parameters
+    ----------
+    kernel, stride, pad, adj : int
+        The transposed convolution's ``kernel``, ``stride``, ``pad`` and ``adj`` along one
+        spatial dimension (no dilation).
+
+    Returns
+    -------
+    (int, int, int, int)
+        ``(taps, conv_pad, crop_begin, crop_end)``: the convolution's kernel size and
+        padding, and how many elements to drop at the start and at the end of
+        ``depth_to_space``'s output along that dimension (independent of the input size).
+    """
+    taps = -(-kernel // stride)
+    conv_pad = max(0, math.ceil((stride * (taps - 1) - pad) / stride),
+                   math.ceil((kernel + adj - pad - stride) / stride))
+    begin = pad - stride * (taps - 1) + stride * conv_pad
+    end = stride * (conv_pad + 1) + pad - kernel - adj
+    return taps, conv_pad, begin, end
+
+
+def why_not_rewritten(node, nodes, support, param_shapes):
+    """Why :func:`deconv_as_conv` does not rewrite a Deconvolution node, or None.
+
+    Parameters
+    ----------
+    node : dict
+        The node (JSON graph).
+    nodes : list of dict
+        The graph's nodes (its inputs are looked up there).
+    support : OpSupport
+        The backend's ``Deconvolution`` entry.
+    param_shapes : mapping of str to tuple
+        The net's parameters.
+
+    Returns
+    -------
+    str or None
+    """
+    attrs = node.get("attrs") or {}
+    reason = why_not_int8(support, attrs)
+    if reason is not None:
+        return reason
+    kernel = _ints(attrs, "kernel", 2, 1)
+    if len(kernel) != 2:
+        return "%d-D Deconvolution (the rewrite handles 2-D)" % len(kernel)
+    stride = _ints(attrs, "stride", 2, 1)
+    if len(stride) != 2 or stride[0] != stride[1]:
+        return "stride %s differs between height and width" % (stride,)
+    if any(_ints(attrs, "target_shape", 2, 0)):
+        return "target_shape is set (the rewrite needs pad and adj)"
+    if any(a >= s for a, s in zip(_ints(attrs, "adj", 2, 0), stride)):
+        return "adj %s is not below the stride" % (_ints(attrs, "adj", 2, 0),)
+    params = [nodes[e[0]] for e in node["inputs"][1:]]
+    if any(p["op"] != "null" or p["name"] not in param_shapes for p in params):
+        return "its weight is computed in the graph, not a parameter"
+    if support.min_output_channels and int(attrs.get("num_filter", 0)) < \
+            support.min_output_channels:
+        return ("%s output channels: below %d the int8 convolution was not faster "
+                % (attrs.get("num_filter"), support.min_output_channels))
+    return None
+
+
+def _weight_expression(name, kernel, stride, taps):
+    """JSON graph computing the convolution's weight from the transposed one's: filter
+    ``co * s * s + ry * s + rx`` holds the taps ``W[:, co, ry + s * t, rx + s * t']``,
+    ``t`` reversed."""
+    weight = mx.sym.var(name)
+    full = tuple(stride * t for t in taps)
+    if full != kernel:      # taps past the kernel are zeros
+        weight = mx.sym.pad(weight, mode="constant", pad_width=(
+            0, 0, 0, 0, 0, full[0] - kernel[0], 0, full[1] - kernel[1]))
+    weight = mx.sym.reshape(weight, shape=(0, 0, taps[0], stride, taps[1], stride))
+    weight = mx.sym.reverse(weight, axis=(2, 4))
+    weight = mx.sym.transpose(weight, axes=(1, 3, 5, 0, 2, 4))
+    weight = mx.sym.reshape(weight, shape=(-3, -2))      # (C_out * s * s, C_in, T, T)
+    weight = mx.sym.reshape(weight, shape=(-3, -2))
+    return _mxnet.graph_json(weight)
+
+
+def _repeat_expression(name, times):
+    """JSON graph repeating each value of a per-channel parameter ``times`` times."""
+    return _mxnet.graph_json(mx.sym.repeat(mx.sym.var(name), repeats=times, axis=0))
+
+
+def _shuffle_weight(stride, filters):
+    """The one-hot weight of the grouped stride-``s`` Deconvolution that moves channel
+    ``c * s * s + ry * s + rx`` to pixel ``(ry, rx)`` of each ``s x s`` block of ``c``."""
+    phases = stride * stride
+    one = np.eye(phases, dtype="float32").reshape(phases, 1, stride, stride)
+    return ParamRewrite(target="", kind="constant", sources=(),
+                        shape=(filters * phases, 1, stride, stride),
+                        values=tuple(np.tile(one, (filters, 1, 1, 1)).ravel().tolist()))
+
+
+def _shuffle_attrs(stride, filters, geometry):
+    """Attributes of the shuffling Deconvolution, and the crop it leaves to a slice.
+
+    Its ``pad`` crops ``pad`` elements at both ends and ``adj`` gives back up to
+    ``stride - 1`` at the end: a crop of ``(begin, end)`` is ``pad=begin, adj=begin -
+    end`` where ``0 <= begin - end < stride``; the rest is sliced.
+    """
+    pads, adjs, rest = [], [], []
+    for _, _, begin, end in geometry:
+        if 0 <= begin - end < stride:
+            pads.append(begin)
+            adjs.append(begin - end)
+            rest.append((0, 0))
+        else:
+            pads.append(min(begin, end))
+            adjs.append(0)
+            rest.append((begin - pads[-1], end - pads[-1]))
+    attrs = {"kernel": str((stride, stride)), "stride": str((stride, stride)),
+             "dilate": "(1, 1)", "pad": str(tuple(pads)), "adj": str(tuple(adjs)),
+             "num_filter": str(filters), "num_group": str(filters), "no_bias": "True",
+             "layout": "NCHW", SHUFFLE_ATTR: "True"}
+    return attrs, rest
+
+
+def _readers(nodes):
+    found = {}
+    for index, node in enumerate(nodes):
+        for entry in node["inputs"]:
+            found.setdefault((entry[0], entry[1]), []).append(index)
+    return found
+
+
+def _moves_along(node):
+    """Whether ``node`` computes element by element (it may run before depth_to_space)."""
+    if node["op"] == "LeakyReLU":
+        return (node.get("attrs") or {}).get("act_type", "leaky") in _LEAKY_ELEMENTWISE
+    return node["op"] in _ELEMENTWISE and len(node["inputs"]) == 1
+
+
+def _chain(index, nodes, readers, heads):
+    """The BatchNorm and element-wise nodes after the deconvolution that move with it."""
+    chain, current = [], index
+    while True:
+        users = readers.get((current, 0), [])
+        if len(users) != 1 or (current, 0) in heads:
+            return chain
+        nxt = nodes[users[0]]
+        if nxt["op"] == "BatchNorm" and not chain and nxt["inputs"][0][:2] == [current, 0] \
+                and int((nxt.get("attrs") or {}).get("axis", 1)) == 1 \
+                and not any(readers.get((users[0], out)) for out in (1, 2)) \
+                and all(nodes[e[0]]["op"] == "null" for e in nxt["inputs"][1:]):
+            chain.append(users[0])
+        elif _moves_along(nxt):
+            chain.append(users[0])
+        else:
+            return chain
+        current = users[0]
+
+
+def deconv_as_conv(graph, context):
+    """Rewrite 2-D ``Deconvolution`` nodes as ``Convolution`` + ``depth_to_space`` (+ crop).
+
+    Applies where the backend's ``Deconvolution`` entry names this rewrite
+    (:attr:`~gluon_quant.backends.OpSupport.rewrite`) and the node meets its conditions
+    (NCHW, one group, no dilation, the same stride along both axes...). The convolution
+    keeps the deconvolution's name; its weight and bias (and a BatchNorm's parameters
+    after it) are new parameters computed from the net's (:class:`ParamRewrite`).
+
+    Parameters
+    ----------
+    graph : dict
+        The traced fp32 graph (edited in place).
+    context : PassContext
+
+    Returns
+    -------
+    dict
+        Empty: deconvolutions that are not rewritten stay fp32 with the reason that
+        :func:`~gluon_quant.graph.passes.backend_eligibility` gives them.
+    """
+    support = context.spec.ops.get("Deconvolution")
+    if support is None or support.rewrite != REWRITE_NAME:
+        return {}
+    nodes = graph["nodes"]
+    readers = _readers(nodes)
+    heads = {(h[0], h[1]) for h in graph["heads"]}
+    redirect, added, shufflers = {}, {}, set()
+
+    def variable(name):
+        if name not in added:
+            nodes.append({"op": "null", "name": name, "inputs": []})
+            added[name] = len(nodes) - 1
+        return [added[name], 0, 0]
+
+    for index in range(len(nodes)):
+        node = nodes[index]
+        if node["op"] != "Deconvolution":
+            continue
+        reason = why_not_rewritten(node, nodes, support, context.param_shapes)
+        if reason is not None:
+            _log.debug("Deconvolution %s stays as it is: %s", node["name"], reason)
+            continue
+        attrs = node["attrs"]
+        kernel = _ints(attrs, "kernel", 2, 1)
+        stride = _ints(attrs, "stride", 2, 1)[0]
+        geometry = [conv_geometry(k, stride, p, a) for k, p, a in zip(
+            kernel, _ints(attrs, "pad", 2, 0), _ints(attrs, "adj", 2, 0))]
+        taps = tuple(g[0] for g in geometry)
+        filters = int(attrs["num_filter"])
+        phases = stride * stride
+        weight_name = nodes[node["inputs"][1][0]]["name"]
+        target = "%s_as_conv" % node["name"]
+        context.param_rewrites.append(ParamRewrite(
+            target=target + "_weight", kind="evaluate", sources=(weight_name,),
+            graph=json.dumps(_weight_expression(weight_name, kernel, stride, taps))))
+        inputs = [node["inputs"][0], variable(target + "_weight")]
+        no_bias = str(attrs.get("no_bias", "False")).lower() in ("true", "1")
+        if not no_bias and len(node["inputs"]) > 2:
+            bias_name = nodes[node["inputs"][2][0]]["name"]
+            context.param_rewrites.append(ParamRewrite(
+                target=target + "_bias", kind="evaluate", sources=(bias_name,),
+                graph=json.dumps(_repeat_expression(bias_name, phases))))
+            inputs.append(variable(target + "_bias"))
+        node["op"] = "Convolution"
+        node["inputs"] = inputs
+        node["attrs"] = {"kernel": str(taps), "stride": "(1, 1)", "dilate": "(1, 1)",
+                         "pad": str(tuple(g[1] for g in geometry)),
+                         "num_filter": str(phases * filters), "num_group": "1",
+                         "no_bias": str(len(inputs) == 2), "layout": "NCHW"}
+        chain = _chain(index, nodes, readers, heads)
+        for member in chain:
+            if nodes[member]["op"] != "BatchNorm":
+                continue
+            bn = nodes[member]
+            new_inputs = [bn["inputs"][0]]
+            for entry in bn["inputs"][1:]:
+                source = nodes[entry[0]]["name"]
+                repeated = "%s_repeat%d" % (source, phases)
+                if repeated not in added:
+                    context.param_rewrites.append(ParamRewrite(
+                        target=repeated, kind="evaluate", sources=(source,),
+                        graph=json.dumps(_repeat_expression(source, phases))))
+                new_inputs.append(variable(repeated))
+            bn["inputs"] = new_inputs
+        last = chain[-1] if chain else index
+        out = last
+        rest = [(g[2], g[3]) for g in geometry]
+        if stride > 1:      # (stride 1: a plain convolution, nothing to shuffle)
+            shuffle_attrs, rest = _shuffle_attrs(stride, filters, geometry)
+            shuffle_weight = dataclasses.replace(_shuffle_weight(stride, filters),
+                                                 target=target + "_shuffle_weight")
+            context.param_rewrites.append(shuffle_weight)
+            nodes.append({"op": "Deconvolution", "name": node["name"] + SHUFFLE_SUFFIX,
+                          "attrs": shuffle_attrs, "inputs": [[last, 0, 0], variable(
+                              shuffle_weight.target)]})
+            out = len(nodes) - 1
+            shufflers.add(out)
+        if any(r != (0, 0) for r in rest):
+            nodes.append({"op": "slice", "name": node["name"] + "_crop", "inputs": [
+                [out, 0, 0]], "attrs": {
+                    "begin": str((None, None) + tuple(r[0] for r in rest)),
+                    "end": str((None, None) + tuple(-r[1] if r[1] else None
+                                                    for r in rest))}})
+            shufflers.add(len(nodes) - 1)
+            out = len(nodes) - 1
+        if out != last:
+            redirect[last] = out
+        context.rewritten[node["name"]] = (
+            "Deconvolution (kernel %s, stride %d) run as Convolution (kernel %s, %d "
+            "filters) + a depth-to-space shuffle" % (kernel, stride, taps, phases * filters))
+    if not added:       # (every rewrite adds a weight)
+        return {}
+    for position, node in enumerate(nodes):
+        if position in shufflers:
+            continue
+        node["inputs"] = [[redirect[e[0]], 0, 0] if e[0] in redirect and e[1] == 0 else e
+                          for e in node["inputs"]]
+    graph["heads"] = [[redirect[h[0]], 0, 0] if h[0] in redirect and h[1] == 0 else h
+                      for h in graph["heads"]]
+    append_nodes(graph, [])
+    graph.update(reachable(graph["nodes"], graph["heads"], graph.get("attrs")))
+    graph.pop("node_row_ptr", None)
+    _log.debug("Rewrote %d Deconvolution node(s) as convolutions.", len(context.rewritten))
+    return {}
+
