@@ -79,9 +79,12 @@ class OpSupport:
         rewrite (a pass of ``graph.passes.PASSES``) runs it as operators that have one
         wherever the node meets the other conditions here (oneDNN's ``Deconvolution``:
         ``'deconv_as_conv'``, a convolution and ``depth_to_space``).
-    min_output_channels : int
-        With ``rewrite``: nodes with fewer output channels (``num_filter``) are not
-        rewritten (measured slower in int8 than the fp32 operator); 0: no limit.
+    min_intensity : int
+        With ``rewrite``: a node is rewritten only where it does at least this many
+        multiply-adds per value its int8 form moves through fp32 (for a Deconvolution of
+        stride ``s``: ``C_in * C_out * k * k / (C_in + s * s * C_out)``, the input
+        quantized and the convolution's output dequantized, per input pixel); below it the
+        conversions cost more than the int8 kernel gains. 0: no limit.
     """
 
     op: str
@@ -101,7 +104,7 @@ class OpSupport:
     min_island_macs: int = 0
     int8_readers_only: str = ""
     rewrite: str = ""
-    min_output_channels: int = 0
+    min_intensity: int = 0
 
 
 @dataclass(frozen=True)
@@ -200,9 +203,16 @@ ONEDNN = BackendSpec(
             "1.22x faster with its residual sums in fp32, output cosine 0.99994 instead of "
             "0.99931)")),
         # No int8 Deconvolution kernel in MXNet 1.9.1: a 2-D one runs as an int8
-        # convolution + depth_to_space (graph/deconv.py).
+        # convolution + a depth-to-space shuffle (graph/deconv.py). One Deconvolution +
+        # BatchNorm + ReLU alone (fp32 in and out), int8 over fp32, 1 thread, by
+        # intensity (multiply-adds per value moved, see min_intensity): simple_pose's
+        # layers (4x4 stride 2; 512->256 at 8x6, 256->256 at 16x12 and 32x24, batch 8)
+        # at 1365 and 819: 2.06-2.42x; 256->128: 683, 2.00x; 192->192: 614, 1.60x;
+        # 128->128: 410, 1.40x; 96->96 at 6x6: 307, 0.95x; 64->48 and 48->48 (the
+        # trained pose net's head): 192 and 154, 0.73x and 0.85x (that net: 2.51x fp32
+        # without the rewrite, 1.61x with it); 64->32 2x2: 43, 0.68x.
         OpSupport("Deconvolution", ranks=(4,), layouts=("NCHW",), groups=False,
-                  dilation=False, rewrite="deconv_as_conv"),
+                  dilation=False, rewrite="deconv_as_conv", min_intensity=400),
         OpSupport("elemwise_mul", disabled=(
             "MXNet 1.9.1's int8 elemwise_mul wraps around past the calibrated range instead "
             "of saturating (2.78 became -2.72; Swish between convolutions: 0.974 cosine, "

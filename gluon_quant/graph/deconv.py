@@ -41,9 +41,10 @@ import numpy as np
 
 from .. import _mxnet
 from ..backends import why_not_int8
-from .rewrites import ParamRewrite, append_nodes, reachable
+from .rewrites import ParamRewrite, append_nodes, known_shape, reachable
 
-__all__ = ["deconv_as_conv", "conv_geometry", "why_not_rewritten", "REWRITE_NAME",
+__all__ = ["deconv_as_conv", "conv_geometry", "why_not_rewritten", "intensity_of",
+           "REWRITE_NAME",
            "SHUFFLE_ATTR"]
 
 _log = logging.getLogger(__name__)
@@ -126,11 +127,37 @@ def why_not_rewritten(node, nodes, support, param_shapes):
     params = [nodes[e[0]] for e in node["inputs"][1:]]
     if any(p["op"] != "null" or p["name"] not in param_shapes for p in params):
         return "its weight is computed in the graph, not a parameter"
-    if support.min_output_channels and int(attrs.get("num_filter", 0)) < \
-            support.min_output_channels:
-        return ("%s output channels: below %d the int8 convolution was not faster "
-                % (attrs.get("num_filter"), support.min_output_channels))
+    if support.min_intensity:
+        shape = known_shape(param_shapes.get(params[0]["name"]))
+        if shape is None:
+            return "its weight's shape is not known (run the net once before quantizing)"
+        intensity = intensity_of(shape, stride[0])
+        if intensity < support.min_intensity:
+            return ("%.0f multiply-adds per value moved through fp32 (C_in %d, C_out %d, "
+                    "kernel %s, stride %d): below %d the int8 convolution was measured "
+                    "slower than the fp32 Deconvolution" % (
+                        intensity, shape[0], shape[1], kernel, stride[0],
+                        support.min_intensity))
     return None
+
+
+def intensity_of(weight_shape, stride):
+    """Multiply-adds per value a Deconvolution rewritten as an int8 convolution moves
+    through fp32: ``C_in * C_out * k_h * k_w / (C_in + stride**2 * C_out)`` (per input
+    pixel: the input quantized, the convolution's output dequantized).
+
+    Parameters
+    ----------
+    weight_shape : tuple of int
+        The Deconvolution's weight, ``(C_in, C_out, k_h, k_w)`` (one group).
+    stride : int
+
+    Returns
+    -------
+    float
+    """
+    cin, cout, kh, kw = weight_shape
+    return cin * cout * kh * kw / float(cin + stride * stride * cout)
 
 
 def _weight_expression(name, kernel, stride, taps):
