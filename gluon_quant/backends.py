@@ -78,7 +78,7 @@ class OpSupport:
         When not empty: the operator has no int8 kernel of its own, and the named graph
         rewrite (a pass of ``graph.passes.PASSES``) runs it as operators that have one
         wherever the node meets the other conditions here (oneDNN's ``Deconvolution``:
-        ``'deconv_as_conv'``, a convolution and ``depth_to_space``).
+        ``'deconv_as_conv'``, a convolution and a depth-to-space shuffle).
     min_intensity : int
         With ``rewrite``: a node is rewritten only where it does at least this many
         multiply-adds per value its int8 form moves through fp32 (for a Deconvolution of
@@ -244,10 +244,11 @@ ONEDNN = BackendSpec(
                    "in); the int8 matmul after it quantizes the probabilities",
         "LeakyReLU(gelu)": "GELU has no int8 kernel of its own: it runs fused into the dense "
                            "layer before it wherever that layer is int8, in fp32 elsewhere",
-        "depth_to_space": "moves data only (the shuffle after a Deconvolution run as an "
-                          "int8 convolution, a one-hot grouped fp32 Deconvolution, 3.4x "
-                          "faster than MXNet's depth_to_space): it runs in fp32 on the "
-                          "convolution's dequantized output",
+        # Not an operator: the reason graph/deconv.py's shuffle gets (by its attribute).
+        "depth-to-space shuffle": "moves data only (after a Deconvolution run as an int8 "
+                                  "convolution: a one-hot grouped Deconvolution, 3.4x "
+                                  "faster than MXNet's depth_to_space): it runs in fp32 "
+                                  "on the convolution's dequantized output",
         "Activation(tanh)": "int8 Activation is relu only in MXNet 1.9.1: tanh runs in fp32",
         "Activation(sigmoid)": "int8 Activation is relu only in MXNet 1.9.1: sigmoid runs in "
                                "fp32",
@@ -256,7 +257,8 @@ ONEDNN = BackendSpec(
 #: cuDNN (MXNet's GPU builds): the graph a GPU build's pass produces, built in Python.
 #: cuDNN's int8 convolution takes int8 NCHW data, 2-D kernels, one group, no dilation
 #: (the kernel ignores it) and channel counts that are multiples of 4; the cuBLAS GEMM
-#: needs sizes that are multiples of 4.
+#: needs sizes that are multiples of 4. No Deconvolution entry: the oneDNN rewrite as a
+#: convolution (graph/deconv.py) is not measured on a GPU, so deconvolutions stay fp32.
 CUDNN = BackendSpec(
     name="cudnn", device_type="gpu",
     ops=_ops(

@@ -19,6 +19,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`global_adaptive_pools`: ``AdaptiveAvgPooling2D(output_size=1)`` (squeeze-excite
     blocks of SE-ResNet and MobileNetV3) becomes a global average ``Pooling``, which has an
     int8 kernel.
+    :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 2-D Deconvolution runs as an
+    int8 convolution + a depth-to-space shuffle where the backend declares it and it was
+    measured faster (simple_pose_resnet18: 1.78x -> 2.8x fp32).
     :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it (an MLP
     Dense-BatchNorm-ReLU ran 2.1x slower in int8 than fp32 unfolded, 4.5x faster folded).
     :func:`fold_parameter_expressions`: weights a layer builds from its parameters at
@@ -230,7 +233,7 @@ def backend_eligibility(graph, context):
             if support is None:
                 continue
             if (member.get("attrs") or {}).get(SHUFFLE_ATTR):
-                found[node["name"]] = spec.fp32_reason("depth_to_space") or \
+                found[node["name"]] = spec.fp32_reason("depth-to-space shuffle") or \
                     "a Deconvolution's depth-to-space shuffle"
                 break
             if support.rewrite:     # still here: the rewrite did not apply
