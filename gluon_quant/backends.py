@@ -211,7 +211,7 @@ ONEDNN = BackendSpec(
         # 128->128: 410, 1.40x; 96->96 at 6x6: 307, 0.95x; 64->48 and 48->48 (the
         # trained pose net's head): 192 and 154, 0.73x and 0.85x (that net: 2.51x fp32
         # without the rewrite, 1.61x with it); 64->32 2x2: 43, 0.68x.
-        OpSupport("Deconvolution", ranks=(4,), layouts=("NCHW",), groups=False,
+        OpSupport("Deconvolution", ranks=(3, 4), layouts=("NCW", "NCHW"), groups=False,
                   dilation=False, rewrite="deconv_as_conv", min_intensity=400),
         OpSupport("elemwise_mul", disabled=(
             "MXNet 1.9.1's int8 elemwise_mul wraps around past the calibrated range instead "

@@ -19,7 +19,7 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`global_adaptive_pools`: ``AdaptiveAvgPooling2D(output_size=1)`` (squeeze-excite
     blocks of SE-ResNet and MobileNetV3) becomes a global average ``Pooling``, which has an
     int8 kernel.
-    :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 2-D Deconvolution runs as an
+    :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.8x fp32).
     :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it (an MLP

@@ -16,7 +16,7 @@ import gluon_quant as gq
 from gluon_quant import _mxnet
 from gluon_quant.backends import CUDNN, ONEDNN
 from gluon_quant.graph.deconv import (SHUFFLE_ATTR, conv_geometry, deconv_as_conv,
-                                      intensity_of)
+                                      intensity_of, why_not_rewritten)
 from gluon_quant.graph.passes import PassContext
 
 RS = np.random.RandomState(3)
@@ -24,13 +24,20 @@ RS = np.random.RandomState(3)
 ANY_SIZE = dataclasses.replace(ONEDNN, ops=dict(ONEDNN.ops, Deconvolution=dataclasses.replace(
     ONEDNN.ops["Deconvolution"], min_intensity=0)))
 
-#: (kernel, stride, pad, adj, bias, input height, width): every crop kind (none, by the
-#: shuffle's pad and adj, by a slice), kernels shorter than, equal to and longer than the
-#: stride, stride 1.
-CASES = [(4, 2, 1, 0, True, 8, 6), (4, 2, 0, 0, False, 5, 7), (3, 2, 1, 1, True, 6, 6),
-         (3, 2, 0, 0, True, 4, 5), (2, 2, 0, 0, False, 3, 3), (5, 3, 2, 2, True, 4, 6),
-         (3, 1, 1, 0, True, 5, 5), (1, 2, 0, 1, True, 4, 4), (7, 3, 1, 0, True, 3, 4),
-         (4, 4, 0, 3, True, 3, 3), (3, 2, 2, 1, False, 5, 5)]
+#: (kernel, stride, pad, adj, bias, input size): every crop kind (none, by the shuffle's
+#: pad and adj, by a slice), kernels shorter than, equal to and longer than the stride,
+#: stride 1, strides that differ between axes, 1-D.
+CASES = [(4, 2, 1, 0, True, (8, 6)), (4, 2, 0, 0, False, (5, 7)), (3, 2, 1, 1, True, (6, 6)),
+         (3, 2, 0, 0, True, (4, 5)), (2, 2, 0, 0, False, (3, 3)), (5, 3, 2, 2, True, (4, 6)),
+         (3, 1, 1, 0, True, (5, 5)), (1, 2, 0, 1, True, (4, 4)), (7, 3, 1, 0, True, (3, 4)),
+         (4, 4, 0, 3, True, (3, 3)), (3, 2, 2, 1, False, (5, 5)),
+         ((4, 3), (2, 1), (1, 1), (1, 0), True, (5, 6)), ((1, 5), (1, 3), (0, 1), (0, 2), False,
+                                                         (4, 7)),
+         ((4,), (2,), (1,), (0,), True, (9,)), ((5,), (3,), (0,), (2,), False, (6,))]
+
+
+def _tuple(value, rank):
+    return tuple(value) if isinstance(value, tuple) else (value,) * rank
 
 
 def _run(sym, params, data):
@@ -39,15 +46,16 @@ def _run(sym, params, data):
     return sym.bind(mx.cpu(), args, aux_states=aux).forward()[0].asnumpy()
 
 
-def _deconv_graph(kernel, stride, pad, adj, bias, cin=5, cout=3, **extra):
+def _deconv_graph(kernel, stride, pad, adj, bias, cin=5, cout=3, rank=2, **extra):
     x = mx.sym.var("data")
-    y = mx.sym.Deconvolution(x, kernel=(kernel,) * 2, stride=(stride,) * 2, pad=(pad,) * 2,
-                             adj=(adj,) * 2, num_filter=cout, no_bias=not bias, name="dc",
-                             **extra)
+    kernel = _tuple(kernel, rank)
+    y = mx.sym.Deconvolution(x, kernel=kernel, stride=_tuple(stride, rank),
+                             pad=_tuple(pad, rank), adj=_tuple(adj, rank), num_filter=cout,
+                             no_bias=not bias, name="dc", **extra)
     y = mx.sym.BatchNorm(y, name="bn", fix_gamma=False)
     y = mx.sym.Activation(y, act_type="relu", name="act")
     groups = extra.get("num_group", 1)
-    params = {"dc_weight": mx.nd.array(RS.randn(cin, cout // groups, kernel, kernel)),
+    params = {"dc_weight": mx.nd.array(RS.randn(cin, cout // groups, *kernel)),
               "bn_gamma": mx.nd.array(RS.randn(cout)), "bn_beta": mx.nd.array(RS.randn(cout)),
               "bn_moving_mean": mx.nd.array(RS.randn(cout)),
               "bn_moving_var": mx.nd.array(RS.rand(cout) + 0.5)}
@@ -66,10 +74,10 @@ def _rewrite(sym, params, spec=ANY_SIZE):
     return _mxnet.load_graph(graph), rewritten, graph, context
 
 
-@pytest.mark.parametrize("kernel,stride,pad,adj,bias,height,width", CASES)
-def test_rewrite_is_exact_in_fp32(kernel, stride, pad, adj, bias, height, width):
-    sym, params = _deconv_graph(kernel, stride, pad, adj, bias)
-    data = mx.nd.array(RS.randn(2, 5, height, width))
+@pytest.mark.parametrize("kernel,stride,pad,adj,bias,size", CASES)
+def test_rewrite_is_exact_in_fp32(kernel, stride, pad, adj, bias, size):
+    sym, params = _deconv_graph(kernel, stride, pad, adj, bias, rank=len(size))
+    data = mx.nd.array(RS.randn(2, 5, *size))
     expected = _run(sym, params, data)
     new, new_params, graph, context = _rewrite(sym, params)
     got = _run(new, new_params, data)
@@ -80,7 +88,7 @@ def test_rewrite_is_exact_in_fp32(kernel, stride, pad, adj, bias, height, width)
     # the convolution keeps the layer's name; BatchNorm and ReLU move before the shuffle
     assert ops[:3] == [("Convolution", "dc"), ("BatchNorm", "bn"), ("Activation", "act")]
     shuffles = [n for n in graph["nodes"] if (n.get("attrs") or {}).get(SHUFFLE_ATTR)]
-    assert len(shuffles) == (stride > 1)
+    assert len(shuffles) == (np.prod(stride) > 1)
     assert "dc" in context.rewritten
 
 
@@ -97,8 +105,11 @@ def test_unsupported_deconvolutions_stay_as_they_are(extra, reason):
     _, _, graph, context = _rewrite(sym, params)
     assert [n["op"] for n in graph["nodes"] if n["op"] != "null"][0] == "Deconvolution"
     assert not context.rewritten and not context.param_rewrites
+    node = [n for n in graph["nodes"] if n["op"] == "Deconvolution"][0]
+    assert reason in why_not_rewritten(node, graph["nodes"], ANY_SIZE.ops["Deconvolution"],
+                                       context.param_shapes)
     # layers too small to gain (measured) stay too: 5 -> 3 channels, 4x4 stride 2
-    assert intensity_of((5, 3, 4, 4), 2) == pytest.approx(240 / 17.0)
+    assert intensity_of((5, 3, 4, 4), (2, 2)) == pytest.approx(240 / 17.0)
     _, _, graph, context = _rewrite(*_deconv_graph(4, 2, 1, 0, True), spec=ONEDNN)
     assert not context.rewritten
     # and the cuDNN backend does not declare the rewrite (not measured there)
@@ -198,3 +209,22 @@ def test_rewritten_layers_export_and_reload_bit_identically(pose, tmp_path):
     assert sum(w.endswith("_as_conv_weight") for w in packed) == 3
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "pose"))
     assert np.array_equal(loaded(x).asnumpy(), qnet(x).asnumpy())
+
+
+def test_1d_deconvolution_runs_in_int8_through_the_2d_lift():
+    net = nn.HybridSequential()
+    # 256 -> 256, kernel 8, stride 2: 683 multiply-adds per value moved
+    net.add(nn.Conv1D(256, 3, 2, 1), nn.BatchNorm(), nn.Activation("relu"),
+            nn.Conv1DTranspose(256, 8, 2, 3, use_bias=False), nn.BatchNorm(),
+            nn.Activation("relu"), nn.Conv1D(4, 1))
+    net.initialize(mx.init.Xavier(magnitude=2))
+    x = mx.nd.array(RS.rand(2, 16, 64).astype("float32"))
+    net(x)
+    for param in net.collect_params().values():
+        if param.name.endswith("running_var"):
+            param.set_data(mx.nd.array(RS.rand(*param.shape) + 0.5))
+    qnet = gq.quantize(net, [x], progress=False)
+    (deconv,) = [r for r in qnet.report() if "Deconvolution (kernel (8,)" in r.reason]
+    assert deconv.quantized and deconv.pattern == "Convolution+BatchNorm+Activation(relu)"
+    assert qnet.report().coverage() == (3, 3)
+    assert _cos(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.999
