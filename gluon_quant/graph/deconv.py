@@ -305,7 +305,7 @@ def deconv_as_conv(graph, context):
 
     for index in range(len(nodes)):
         node = nodes[index]
-        if node["op"] != "Deconvolution":
+        if node["op"] != "Deconvolution" or node["name"] in context.excluded:
             continue
         reason = why_not_rewritten(node, nodes, support, context.param_shapes)
         if reason is not None:

@@ -164,6 +164,9 @@ class PassContext:
     rewritten : dict of str to str
         Traced-graph passes that run a node as other operators (a Deconvolution as a
         convolution) record here node name -> what it became, for ``report()``.
+    excluded : frozenset of str
+        Traced-graph nodes the user's ``exclude`` names: rewrites that exist only to run a
+        node in int8 leave them as they are.
     """
 
     spec: BackendSpec
@@ -176,6 +179,7 @@ class PassContext:
     input_normalization: Optional[tuple] = None
     input_rank: Optional[int] = None
     rewritten: dict = field(default_factory=dict)
+    excluded: frozenset = frozenset()
 
 
 @dataclass(frozen=True)

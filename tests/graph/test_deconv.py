@@ -186,6 +186,15 @@ def test_without_the_rewrite_deconvolutions_say_why_they_stay_fp32(pose, disable
                "disabled" for r in deconvs)
 
 
+def test_an_excluded_deconvolution_keeps_its_own_operator(pose):
+    net, batches, qnet = pose
+    name = [r.layer for r in qnet.report() if "Deconvolution (kernel" in r.reason][0]
+    report = gq.quantize(net, batches, exclude=[name], progress=False).report()
+    assert [(r.op, r.quantized, r.reason) for r in report if r.layer == name] == [
+        ("Deconvolution", False, "excluded by user (%r)" % name)]
+    assert sum("Deconvolution (kernel" in r.reason for r in report) == 2
+
+
 def test_small_deconvolutions_stay_fp32_and_say_why():
     net = nn.HybridSequential()
     net.add(nn.Conv2D(16, 3, 2, 1), nn.Conv2DTranspose(16, 4, 2, 1), nn.Activation("relu"),
