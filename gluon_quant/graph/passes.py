@@ -21,7 +21,7 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     int8 kernel.
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
-    measured faster (simple_pose_resnet18: 1.78x -> 2.8x fp32).
+    measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
     :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it (an MLP
     Dense-BatchNorm-ReLU ran 2.1x slower in int8 than fp32 unfolded, 4.5x faster folded).
     :func:`fold_parameter_expressions`: weights a layer builds from its parameters at
