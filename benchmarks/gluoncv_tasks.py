@@ -113,8 +113,10 @@ def _mxnet_flow(net, calib, exclusions):
     import mxnet as mx
     from mxnet.contrib import quantization as mxq
     data = np.concatenate([c.asnumpy() for c in calib])
-    loader = mx.gluon.data.DataLoader(mx.gluon.data.ArrayDataset(
-        data, np.zeros(len(data), np.float32)), batch_size=calib[0].shape[0])
+    # A DataIter of the images alone: MXNet's wrapper of a DataLoader names the second
+    # array of each (image, label) batch 'data0', which the Module bound with
+    # data_shapes=['data'] cannot find (and it asserts lists when batches are arrays).
+    loader = mx.io.NDArrayIter(data, batch_size=calib[0].shape[0])
     net.hybridize()
     return mxq.quantize_net_v2(net, quantized_dtype="auto", calib_mode="naive",
                                data_shapes=[mx.io.DataDesc("data", calib[0].shape)],

@@ -74,6 +74,17 @@ class OpSupport:
         runs in int8; where every reader is fp32 (or the result is an output) the int8
         kernel would only add a quantize of its inputs and a dequantize of its result, and
         this says what that cost measured (``graph.passes.fp32_read_results``).
+    rewrite : str
+        When not empty: the operator has no int8 kernel of its own, and the named graph
+        rewrite (a pass of ``graph.passes.PASSES``) runs it as operators that have one
+        wherever the node meets the other conditions here (oneDNN's ``Deconvolution``:
+        ``'deconv_as_conv'``, a convolution and a depth-to-space shuffle).
+    min_intensity : int
+        With ``rewrite``: a node is rewritten only where it does at least this many
+        multiply-adds per value its int8 form moves through fp32 (for a Deconvolution of
+        stride ``s``: ``C_in * C_out * k * k / (C_in + s * s * C_out)``, the input
+        quantized and the convolution's output dequantized, per input pixel); below it the
+        conversions cost more than the int8 kernel gains. 0: no limit.
     """
 
     op: str
@@ -92,6 +103,8 @@ class OpSupport:
     disabled: str = ""
     min_island_macs: int = 0
     int8_readers_only: str = ""
+    rewrite: str = ""
+    min_intensity: int = 0
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,17 @@ ONEDNN = BackendSpec(
             "and its result is dequantized at once (a 4-layer BERT, 256 units, batch 8x128: "
             "1.22x faster with its residual sums in fp32, output cosine 0.99994 instead of "
             "0.99931)")),
+        # No int8 Deconvolution kernel in MXNet 1.9.1: a 2-D one runs as an int8
+        # convolution + a depth-to-space shuffle (graph/deconv.py). One Deconvolution +
+        # BatchNorm + ReLU alone (fp32 in and out), int8 over fp32, 1 thread, by
+        # intensity (multiply-adds per value moved, see min_intensity): simple_pose's
+        # layers (4x4 stride 2; 512->256 at 8x6, 256->256 at 16x12 and 32x24, batch 8)
+        # at 1365 and 819: 2.06-2.42x; 256->128: 683, 2.00x; 192->192: 614, 1.60x;
+        # 128->128: 410, 1.40x; 96->96 at 6x6: 307, 0.95x; 64->48 and 48->48 (the
+        # trained pose net's head): 192 and 154, 0.73x and 0.85x (that net: 2.51x fp32
+        # without the rewrite, 1.61x with it); 64->32 2x2: 43, 0.68x.
+        OpSupport("Deconvolution", ranks=(3, 4), layouts=("NCW", "NCHW"), groups=False,
+                  dilation=False, rewrite="deconv_as_conv", min_intensity=400),
         OpSupport("elemwise_mul", disabled=(
             "MXNet 1.9.1's int8 elemwise_mul wraps around past the calibrated range instead "
             "of saturating (2.78 became -2.72; Swish between convolutions: 0.974 cosine, "
@@ -220,6 +244,11 @@ ONEDNN = BackendSpec(
                    "in); the int8 matmul after it quantizes the probabilities",
         "LeakyReLU(gelu)": "GELU has no int8 kernel of its own: it runs fused into the dense "
                            "layer before it wherever that layer is int8, in fp32 elsewhere",
+        # Not an operator: the reason graph/deconv.py's shuffle gets (by its attribute).
+        "depth-to-space shuffle": "moves data only (after a Deconvolution run as an int8 "
+                                  "convolution: a one-hot grouped Deconvolution, 3.4x "
+                                  "faster than MXNet's depth_to_space): it runs in fp32 "
+                                  "on the convolution's dequantized output",
         "Activation(tanh)": "int8 Activation is relu only in MXNet 1.9.1: tanh runs in fp32",
         "Activation(sigmoid)": "int8 Activation is relu only in MXNet 1.9.1: sigmoid runs in "
                                "fp32",
@@ -228,7 +257,8 @@ ONEDNN = BackendSpec(
 #: cuDNN (MXNet's GPU builds): the graph a GPU build's pass produces, built in Python.
 #: cuDNN's int8 convolution takes int8 NCHW data, 2-D kernels, one group, no dilation
 #: (the kernel ignores it) and channel counts that are multiples of 4; the cuBLAS GEMM
-#: needs sizes that are multiples of 4.
+#: needs sizes that are multiples of 4. No Deconvolution entry: the oneDNN rewrite as a
+#: convolution (graph/deconv.py) is not measured on a GPU, so deconvolutions stay fp32.
 CUDNN = BackendSpec(
     name="cudnn", device_type="gpu",
     ops=_ops(

@@ -165,6 +165,8 @@ def build_report(model, net, config, calibrator_name, timing=None):
             reason = "quantized"
         else:
             reason = "no int8 kernel for %s on %s" % (node.op, config.backend.value)
+        reason += "".join("; %s: %s" % (m[0], fused.rewritten[m[0]])
+                          for m in node.members if m[0] in fused.rewritten)
         out_name = (qname if quantized else node.name) + "_output"
         key = node.name + "_output"
         if key in fused.range_bounds and table is not None and key in table:
