@@ -98,6 +98,7 @@ from .guards import (canonical_activations, flatten_fc_inputs, mixed_reader_prod
                      separate_broken_fusions, stop_rnn_gradients, unquantizable_rnns)
 from .islands import small_int8_regions
 from .normalize import fold_input_normalization
+from .stem import fp32_stem
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, num_outputs, unique_names)
@@ -151,6 +152,9 @@ class PassContext:
         first input (:mod:`gluon_quant.graph.normalize`).
     input_rank : int, optional
         Rank of the first input of the first batch, where known.
+    fp32_stem : bool
+        ``QuantConfig.fp32_stem``: convolutions reading the input stay fp32
+        (:mod:`gluon_quant.graph.stem`).
     int8_lstm : bool or str
         Whether LSTM layers may run in int8 (``QuantConfig.int8_lstm`` and this process
         can run MXNet's int8 LSTM), or the reason they cannot.
@@ -168,6 +172,7 @@ class PassContext:
     infer_shapes: Optional[Callable[[dict], Dict[str, tuple]]] = None
     input_normalization: Optional[tuple] = None
     input_rank: Optional[int] = None
+    fp32_stem: bool = False
 
 
 @dataclass(frozen=True)
@@ -727,6 +732,7 @@ PASSES = (
     GraphPass("lift_1d_to_2d", Stage.TRACED, lift_1d_to_2d, backends=("onednn",)),
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
     GraphPass("fp32_read_results", Stage.FUSED, fp32_read_results),
+    GraphPass("fp32_stem", Stage.FUSED, fp32_stem),
     GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
     GraphPass("compared_pools", Stage.FUSED, compared_pools),
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
