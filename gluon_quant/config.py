@@ -165,11 +165,12 @@ class QuantConfig:
         absorption. Off by default: measured on GluonCV and EfficientNet nets with
         per-channel weights it does not reliably help (``benchmarks/weight_methods.py``).
     fp32_stem : bool, default True
-        Keep fp32 the convolutions that read the network input with at most 4 channels
-        (an image's stem, :mod:`gluon_quant.graph.stem`): measured, the stem's int8 weights
-        and rounded input cost real-weight EfficientNet-Lite1 the most accuracy of any
-        layer (logit cosine 0.9908 -> 0.9936 with it fp32) for about 2% of its
-        multiply-adds. ``False`` quantizes it like any other layer.
+        Keep fp32 an image stem (a convolution reading the network input with at most 4
+        channels) whose output a depthwise convolution reads, and that depthwise
+        convolution, where the two do at most 4% of the multiply-adds
+        (:mod:`gluon_quant.graph.stem`): measured, they cost real-weight
+        EfficientNet-Lite1 the most accuracy of any layers (logit cosine 0.9908 -> 0.9979
+        with them fp32) for 2.8% of its multiply-adds. ``False`` quantizes them.
     weight_rounding : {'nearest', 'adaround'}, default 'nearest'
         ``'adaround'`` learns, layer by layer on up to 32 calibration samples, whether each
         int8 weight rounds down or up (:mod:`gluon_quant.weights.adaround`); the choices

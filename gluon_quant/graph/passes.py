@@ -153,8 +153,8 @@ class PassContext:
     input_rank : int, optional
         Rank of the first input of the first batch, where known.
     fp32_stem : bool
-        ``QuantConfig.fp32_stem``: convolutions reading the input stay fp32
-        (:mod:`gluon_quant.graph.stem`).
+        ``QuantConfig.fp32_stem``: a cheap image stem read by a depthwise convolution
+        stays fp32 with it (:mod:`gluon_quant.graph.stem`).
     int8_lstm : bool or str
         Whether LSTM layers may run in int8 (``QuantConfig.int8_lstm`` and this process
         can run MXNet's int8 LSTM), or the reason they cannot.
