@@ -22,7 +22,12 @@ agreement is a weak signal (a random net's top-1 is often a near tie).
 
 Measured on 2 heavily shared cores (40 held-out images a model; agreement, cosine).  The
 whole table did not fit in one session; rows marked *before* ran before bias correction
-covered conv+ReLU/ReLU6 layers (commit 0ad524a), the others after it:
+covered conv+ReLU/ReLU6 layers (commit 0ad524a), the others after it.  Every row ran with
+the image stem in int8; since ``fp32_stem`` (default True: a stem read by a depthwise
+convolution stays fp32 with that convolution where the two are cheap,
+:mod:`gluon_quant.graph.stem`), ``gq mse`` gives EfficientNet-Lite0 36/40 .9980, Lite1
+38/40 .9979, Lite2 40/40 .9977; the GluonCV nets below keep their int8 stems (mobilenetv2_0.5's
+pair does 8.1% of its multiply-adds; both fp32 gave .9796 at 26% of its int8 speed):
 
 ==================  ==============  ==============  ==============  ===============
 model               gq mse          gq entropy      other gq        MXNet

@@ -122,6 +122,8 @@ def _add_model(parser, *, calib_required=True):
                         default=None, help="do not correct the mean error of linear layers")
     parser.add_argument("--equalization", action="store_true", default=None, help="cross-"
                         "layer equalization of conv/dense pairs joined by ReLU first")
+    parser.add_argument("--int8-stem", dest="fp32_stem", action="store_false", default=None,
+                        help="quantize the convolution reading the image too")
     parser.add_argument("--weight-rounding", choices=["nearest", "adaround"], help="round "
                         "int8 weights to nearest (default) or learn it per layer (adaround)")
 
@@ -332,7 +334,7 @@ def quant_config(args, num_inputs=None):
                                 "QuantConfig settings." % (args.config, err)) from err
     given = {name: getattr(args, name, None) for name in (
         "calibrator", "dtype", "granularity", "exclude", "preset", "bias_correction",
-        "num_calib_batches", "equalization", "weight_rounding")}
+        "num_calib_batches", "equalization", "weight_rounding", "fp32_stem")}
     given = {k: v for k, v in given.items() if v is not None}
     if num_inputs is not None:
         given["num_inputs"] = num_inputs

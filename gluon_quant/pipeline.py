@@ -259,7 +259,10 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
             fp32.setdefault(name, reason)
         bounds = preset.range_bounds(view)
     checks = PassContext(spec=spec, param_shapes=param_shapes, int8_lstm=context.int8_lstm,
-                         infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, inputs.names))
+                         infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, inputs.names),
+                         param_rewrites=list(context.param_rewrites), fp32_stem=config.fp32_stem,
+                         infer_shapes=(lambda g: _mxnet.infer_graph_shapes(
+                             g, dict(zip(inputs.names, input_shapes)))) if input_shapes else None)
     for name, reason in run_passes(Stage.FUSED, fused_graph, checks).items():
         fp32.setdefault(name, reason)
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,

@@ -19,13 +19,30 @@ def tiny_nets_stay_int8():
     """Most tests check int8 mechanics (kernels, ranges, fusions, fallbacks) on nets a
     thousand times smaller than real ones, so small that the ``small_int8_regions`` pass
     would rightly keep them fp32 (they would be slower in int8): it is off in this process
-    for the whole session.  Tests of that rule switch it on with the ``int8_regions``
-    fixture (tests/graph/test_islands.py); subprocess tests (the CLI's, the fuzz runner's)
-    run it as users do."""
+    for the whole session, and so is ``fp32_stem``, which would keep most of their first
+    layers fp32. Tests of those rules switch them on with the ``int8_regions`` fixture
+    (tests/graph/test_islands.py) and the ``image_stem`` fixture (tests/graph/test_stem.py,
+    the EfficientNet accuracy tests); subprocess tests (the CLI's, the fuzz runner's) run
+    them as users do."""
     from gluon_quant.graph import passes
     patch = pytest.MonkeyPatch()
     patch.setattr(passes, "PASSES", tuple(p for p in passes.PASSES
-                                          if p.name != "small_int8_regions"))
+                                          if p.name not in ("small_int8_regions", "fp32_stem")))
+    yield
+    patch.undo()
+
+
+@pytest.fixture(scope="module")
+def image_stem():
+    """Switch the ``fp32_stem`` pass back on for a module's tests (module scope, so that
+    module-scoped fixtures quantize with it too)."""
+    from gluon_quant.graph import passes
+    from gluon_quant.graph.stem import fp32_stem
+    patch = pytest.MonkeyPatch()
+    if not any(p.name == "fp32_stem" for p in passes.PASSES):
+        at = [p.name for p in passes.PASSES].index("fp32_read_results") + 1
+        pass_ = passes.GraphPass("fp32_stem", passes.Stage.FUSED, fp32_stem)
+        patch.setattr(passes, "PASSES", passes.PASSES[:at] + (pass_,) + passes.PASSES[at:])
     yield
     patch.undo()
 

@@ -20,7 +20,7 @@ def _config():
                        granularity="tensor", exclude=("cnn_dense0",), preset="none",
                        bias_correction=False, num_calib_batches=2, input_fn=_first_input,
                        num_inputs=1, ctx=mx.cpu(0), progress=False, int8_lstm=True,
-                       input_normalization=((0.5,), (0.25,)))
+                       input_normalization=((0.5,), (0.25,)), fp32_stem=False)
 
 
 @pytest.fixture

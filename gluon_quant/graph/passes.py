@@ -102,6 +102,7 @@ from .guards import (canonical_activations, flatten_fc_inputs, mixed_reader_prod
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
 from .normalize import fold_input_normalization
+from .stem import fp32_stem
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, num_outputs, unique_names)
@@ -155,6 +156,9 @@ class PassContext:
         first input (:mod:`gluon_quant.graph.normalize`).
     input_rank : int, optional
         Rank of the first input of the first batch, where known.
+    fp32_stem : bool
+        ``QuantConfig.fp32_stem``: a cheap image stem read by a depthwise convolution
+        stays fp32 with it (:mod:`gluon_quant.graph.stem`).
     int8_lstm : bool or str
         Whether LSTM layers may run in int8 (``QuantConfig.int8_lstm`` and this process
         can run MXNet's int8 LSTM), or the reason they cannot.
@@ -180,6 +184,7 @@ class PassContext:
     input_rank: Optional[int] = None
     rewritten: dict = field(default_factory=dict)
     excluded: frozenset = frozenset()
+    fp32_stem: bool = False
 
 
 @dataclass(frozen=True)
@@ -750,6 +755,7 @@ PASSES = (
     GraphPass("lift_1d_to_2d", Stage.TRACED, lift_1d_to_2d, backends=("onednn",)),
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
     GraphPass("fp32_read_results", Stage.FUSED, fp32_read_results),
+    GraphPass("fp32_stem", Stage.FUSED, fp32_stem),
     GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
     GraphPass("compared_pools", Stage.FUSED, compared_pools),
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
