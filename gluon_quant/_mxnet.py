@@ -30,8 +30,8 @@ from .errors import GraphError, NotHybridizableError, ModelExecutionError
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
     "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
-    "load_graph", "symbol_block", "load_block_params", "load_ndarrays", "adopt_array",
-    "host_buffer", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
+    "load_graph", "symbol_block", "load_block_params", "adopt_params",
+    "host_array", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
     "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
     "registered_param_names",
@@ -323,23 +323,34 @@ def load_block_params(block, params, ctx, trainable=True):
     return block
 
 
-def load_ndarrays(data, ctx):
-    """``mx.nd.load_frombuffer`` of checked params bytes, on ``ctx``: dict of NDArray."""
-    arrays = mx.nd.load_frombuffer(data)
-    if not isinstance(arrays, dict):
-        raise GraphError("The params bytes hold unnamed arrays.")
-    if ctx != mx.cpu():
-        arrays = {k: v.as_in_context(ctx) for k, v in arrays.items()}
-    return arrays
+def adopt_params(block, arrays):
+    """Give every parameter of a ``SymbolBlock`` (or subclass) its array from ``arrays``
+    (name -> NDArray, on the context it will run on) as it is, without a copy, and no
+    gradient buffer (inference only); return the block.
 
-
-def adopt_array(array, ctx):
-    """An NDArray on ``ctx`` holding numpy ``array``, which the caller no longer uses:
-    shared without a copy where DLPack allows it (CPU, C-contiguous, writable)."""
-    if ctx == mx.cpu() and array.flags["C_CONTIGUOUS"] and array.flags["WRITEABLE"] \
-            and array.flags["ALIGNED"] and array.size:
-        return mx.nd.from_numpy(array, zero_copy=True)
-    return mx.nd.array(array, ctx=ctx, dtype=array.dtype)
+    ``load_block_params`` copies each array (Gluon's ``_load_init``): one engine operation
+    per parameter, and twice the memory while loading.
+    """
+    params = block.collect_params()
+    missing = sorted(n for n in params if n not in arrays)
+    if missing:
+        raise GraphError("The graph needs parameters the network does not have: %s"
+                         % ", ".join(missing[:10]))
+    for name, param in params.items():
+        data = arrays[name]
+        if param.shape and (len(param.shape) != data.ndim or any(
+                known not in (0, -1, dim) for known, dim in zip(param.shape, data.shape))):
+            raise GraphError("The parameter %r has shape %s, the graph expects %s."
+                             % (name, data.shape, param.shape))
+        param.grad_req = "null"
+        param.shape, param.dtype = data.shape, data.dtype
+        ctx = data.context
+        ctx_map = [[], []]
+        ctx_map[ctx.device_typeid & 1] = [None] * ctx.device_id + [0]
+        # what Parameter._init_impl sets, with the array itself instead of a copy
+        param._deferred_init, param._ctx_list, param._ctx_map = (), [ctx], ctx_map
+        param._data, param._grad = [data], None
+    return block
 
 
 def infer_output_dtypes(sym, input_dtypes):
@@ -514,20 +525,21 @@ def host_view(array):
     return view
 
 
-def host_buffer(size):
-    """A new CPU float32 NDArray of ``size`` values and a writable numpy view of it.
+def host_array(shape, dtype):
+    """A new CPU NDArray of ``shape`` and ``dtype``, and a writable numpy view of its memory.
 
-    The memory comes from MXNet's pool, which recycles freed arrays: filling it costs no
-    fresh page faults, as a new numpy array of tens of MB does. Write the view before
-    any MXNet operation reads the array, and keep the array alive while the view is used.
+    Write the view before any MXNet operation reads the array, and keep the array alive
+    while the view is used.
     """
-    array = mx.nd.empty((max(int(size), 1),), ctx=mx.cpu(), dtype="float32")
+    array = mx.nd.empty(shape, ctx=mx.cpu(), dtype=dtype)
+    nbytes = array.size * np.dtype(dtype).itemsize
+    if not nbytes:
+        return array, np.empty(shape, dtype)
     array.wait_to_read()
     pointer = ctypes.c_void_p()
     mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-    view = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                 shape=array.shape)
-    return array, view[:size]
+    memory = (ctypes.c_char * nbytes).from_address(pointer.value)
+    return array, np.frombuffer(memory, dtype).reshape(shape)
 
 
 def accepts_shapes(sym, shapes):
