@@ -129,11 +129,19 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         CalibrationTableError
             The table stored in the metadata is damaged.
         """
-        state = self._meta.value.get("calibration_table")
-        if state is None:
+        meta = self._meta.value
+        text = meta.get("calibration_table_text")       # format 2.1
+        if text is None and meta.get("calibration_table") is None:
             return None
         try:
-            return CalibrationTable.from_dict(json.loads(json.dumps(state)))
+            state = json.loads(text if text is not None
+                               else json.dumps(meta["calibration_table"]))
+        except ValueError as err:
+            raise CalibrationTableError("The calibration table in %r is not valid JSON (%s). "
+                                        "Export the model again." % (self._meta.source, err)) \
+                from None
+        try:
+            return CalibrationTable.from_dict(state)
         except CalibrationTableError as err:
             raise CalibrationTableError("The calibration table in %r: %s"
                                         % (self._meta.source, err)) from None
@@ -283,8 +291,10 @@ def _check_meta_types(meta):
         raise ValueError("bad 'inputs' %r" % (inputs,))
     if not isinstance(meta["packed"], list):
         raise TypeError("'packed' must be a list")
-    if not isinstance(meta["calibration_table"], (dict, type(None))):
-        raise TypeError("'calibration_table' must be an object or null")
+    if not isinstance(meta["calibration_table"], (dict, type(None))) \
+            or not isinstance(meta.get("calibration_table_text"), (str, type(None))):
+        raise TypeError("'calibration_table' must be an object or null, "
+                        "'calibration_table_text' a string or null")
 
 
 def _packed_entry(entry):
