@@ -590,19 +590,25 @@ def check_graph_entries(graph, sym=None):
     for number, (sub, sub_counts) in enumerate(zip(graphs, counts)):
         nodes = sub["nodes"]
         for index, node in enumerate(nodes):
-            entries = [("input of %r" % node.get("name"), e) for e in node.get("inputs", [])]
-            if index == len(nodes) - 1:
-                entries += [("graph output", e) for e in sub.get("heads", [])]
-            for what, entry in entries:
-                if not (isinstance(entry, list) and len(entry) >= 2
-                        and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)):
-                    raise ValueError("%s is %r, not [node, output, version]" % (what, entry))
+            inputs = node.get("inputs", [])
+            entries = [*inputs, *sub.get("heads", [])] if index == len(nodes) - 1 else inputs
+            for position, entry in enumerate(entries):
+                head = position >= len(inputs)
+                # type() is int: a bool is not an index (loads at ~1 us a node)
+                if type(entry) is not list or len(entry) < 2 \
+                        or any(type(v) is not int for v in entry):
+                    raise ValueError("%s is %r, not [node, output, version]"
+                                     % (_entry_role(node, head), entry))
                 source, slot = entry[0], entry[1]
                 count = sub_counts[source] if 0 <= source < len(nodes) else 0
-                if not 0 <= slot < count or (what != "graph output" and source >= index):
+                if not 0 <= slot < count or (not head and source >= index):
                     raise ValueError("%s %r refers to a node output that does not exist%s"
-                                     % (what, entry, " (in a fused subgraph)" if number
-                                        else ""))
+                                     % (_entry_role(node, head), entry,
+                                        " (in a fused subgraph)" if number else ""))
+
+
+def _entry_role(node, head):
+    return "graph output" if head else "input of %r" % node.get("name")
 
 
 def _symbol_output_counts(sym, graph):

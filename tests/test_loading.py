@@ -150,3 +150,32 @@ def test_split_into_given_arrays_matches_unpack_whatever_the_fix_order():
     with pytest.raises(ValueError, match="fix_index does not fit"):
         _packing.split(dict(joined, fix_index=np.array([10 ** 6], np.int32),
                             fix_value=np.ones(1, np.float32)), shapes)
+
+
+def test_graph_entries_are_checked_in_nodes_and_heads():
+    x = mx.sym.var("data")
+    sym = mx.sym.Activation(mx.sym.FullyConnected(x, num_hidden=4, name="fc"),
+                            act_type="relu", name="act")
+    good = _mxnet.graph_json(sym)
+    _mxnet.check_graph_entries(good)
+    _mxnet.check_graph_entries(good, sym)
+    names = [n["name"] for n in good["nodes"]]
+
+    def broken(change):
+        graph = json.loads(json.dumps(good))
+        change(graph)
+        return graph
+    act = names.index("act")
+    cases = [
+        (lambda g: g["nodes"][act].update(inputs=[[act - 1, 1, 0]]),
+         r"input of 'act' \[\d+, 1, 0\] refers to a node output that does not exist"),
+        (lambda g: g["nodes"][act].update(inputs=[[act, 0, 0]]), "does not exist"),
+        (lambda g: g["nodes"][act].update(inputs=[[True, 0, 0]]),
+         r"input of 'act' is \[True, 0, 0\], not \[node, output, version\]"),
+        (lambda g: g["nodes"][act].update(inputs=[[1]]), r"is \[1\], not"),
+        (lambda g: g.update(heads=[[act, 2, 0]]), r"graph output \[\d+, 2, 0\] refers"),
+        (lambda g: g.update(heads=["x"]), r"graph output is 'x', not"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _mxnet.check_graph_entries(broken(change))
