@@ -709,9 +709,7 @@ class CachedCall:
     is kept while each parameter holds the same array list (checked by identity at each
     call). The unusual (not built yet, op hooks, not plain NDArrays) takes ``fallback``."""
     _DATA = operator.attrgetter("_data")
-
-    def __init__(self):
-        self._op = self._params = self._lists = self._handles = self._slots = None
+    _op = _params = _lists = _handles = _slots = None     # set at the first direct call
 
     def __call__(self, block, inputs, fallback):
         op = block._cached_op
@@ -727,13 +725,14 @@ class CachedCall:
             self._handles = (ctypes.c_void_p * len(pairs))(*[
                 None if is_arg else value.data().handle.value for is_arg, value in pairs])
             self._op = op
-        for slot, index in self._slots:
-            self._handles[slot] = inputs[index].handle.value
+        args = type(self._handles).from_buffer_copy(self._handles)   # a copy per call:
+        for slot, index in self._slots:                                # thread-safe
+            args[slot] = inputs[index].handle.value
         count, handles = ctypes.c_int(0), ctypes.POINTER(mx.base.NDArrayHandle)()
         stypes = ctypes.POINTER(ctypes.c_int)()
         mx.base.check_call(mx.base._LIB.MXInvokeCachedOpEx(
-            op.handle, ctypes.c_int(len(self._handles)), self._handles, ctypes.byref(count),
-            ctypes.byref(handles), ctypes.byref(stypes)))
+            op.handle, ctypes.c_int(len(args)), args, ctypes.byref(count), ctypes.byref(handles),
+            ctypes.byref(stypes)))
         out = [_ndarray_cls(ctypes.cast(handles[n], mx.base.NDArrayHandle), stype=stypes[n])
                for n in range(count.value)]
         return _gluon_block._regroup(out, block._out_format)

@@ -56,6 +56,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         self._meta = _Holder(metadata, source or "this model's metadata")
         self._output_nesting = metadata.get("output_format")
         self._input_names = tuple(entry["name"] for entry in metadata.get("inputs", []))
+        self._cached_call = _mxnet.CachedCall()     # the CachedOp without Gluon's per-call work
 
     @classmethod
     def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ
@@ -148,7 +149,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
 
     def forward(self, x, *args):  # pylint: disable=arguments-differ
         try:
-            out = super().forward(x, *args)
+            out = self._cached_call(self, (x, *args), super().forward)
         except (mx.base.MXNetError, ValueError) as err:
             raise InputMismatchError(
                 "Running the loaded int8 network on %s failed: %s. Pass %d mx.nd.NDArray "
