@@ -13,14 +13,15 @@ weights) it prints the params file size and the load time of:
 
 "load" is the imports call; "load+1st" adds the first batch-1 inference, where MXNet's
 fused int8 layers fold BatchNorm and quantize their fp32 weights. The loads of the three
-exports alternate, so that all see the same machine load; each time is the fastest of
-``--repeat`` rounds (on a shared machine, the least disturbed one). Sizes are exact;
-compare the time ratios, not the seconds.
+exports alternate, so that all see the same machine load; each time is the median of
+``--repeat`` rounds. Sizes are exact; compare the time ratios, not the seconds.
 
     python benchmarks/export_size.py [--models resnet18_v1 mobilenetv2_1.0] [--repeat 5]
 """
 import argparse
+import gc
 import os
+import statistics
 import tempfile
 import time
 
@@ -56,14 +57,26 @@ def _build(name, params_file=None):
 
 
 def _timed_rounds(loads, repeat):
-    """Fastest seconds of each ``loads[label]()``, the labels alternating in every round."""
+    """Median seconds of each ``loads[label]()``, the labels alternating in every round.
+
+    Gluon blocks sit in reference cycles: each loaded block is collected (outside the
+    timing) before the next load, so that every load finds the allocator in the same
+    state instead of paying, at random, for a collection or for fresh pages.
+    """
     times = {label: [] for label in loads}
     for _ in range(repeat):
         for label, load in loads.items():
             start = time.perf_counter()
-            load()
+            block = load()
             times[label].append(time.perf_counter() - start)
-    return {label: min(t) for label, t in times.items()}
+            del block
+            gc.collect()
+    return {label: statistics.median(t) for label, t in times.items()}
+
+
+def _first_inference(block, x):
+    block(x).wait_to_read()
+    return block
 
 
 def measure(name, workdir, repeat):
@@ -103,7 +116,7 @@ def measure(name, workdir, repeat):
     loads = {"fp32": stock_load(name + "-fp32"), "MXNet int8": stock_load(name + "-mxint8"),
              "gluon_quant int8": gq_load}
     load_s = _timed_rounds(loads, repeat)
-    first_s = _timed_rounds({label: (lambda f=f: f()(x1).wait_to_read())
+    first_s = _timed_rounds({label: (lambda f=f: _first_inference(f(), x1))
                              for label, f in loads.items()}, repeat)
     rows = [(label, os.path.getsize(files[label]), load_s[label], first_s[label])
             for label in loads]

@@ -14,6 +14,7 @@ import ctypes
 import functools
 import json
 import logging
+import operator
 import os
 import re
 import sys
@@ -24,18 +25,20 @@ import mxnet as mx
 import numpy as np
 from mxnet.contrib import quantization as _mxq
 from mxnet.gluon import block as _gluon_block
+from mxnet.ndarray.sparse import _ndarray_cls
 
 from .errors import GraphError, NotHybridizableError, ModelExecutionError
 
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
     "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
-    "load_graph", "symbol_block", "load_block_params", "load_ndarrays", "adopt_array",
-    "host_buffer", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
+    "load_graph", "symbol_block", "load_block_params", "adopt_params",
+    "host_array", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
     "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
     "registered_param_names",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
+    "CachedCall",
 ]
 
 _log = logging.getLogger(__name__)
@@ -311,11 +314,7 @@ def load_block_params(block, params, ctx, trainable=True):
 
     With ``trainable=False`` the parameters get no gradient buffers (``grad_req='null'``).
     """
-    missing = [n for n in block.collect_params() if n not in params]
-    if missing:
-        raise GraphError("The graph needs parameters the network does not have: %s"
-                         % ", ".join(sorted(missing)[:10]))
-    for name, param in block.collect_params().items():
+    for name, param in _checked_params(block, params).items():
         if not trainable:
             param.grad_req = "null"
         # _load_init copies the array and takes its dtype (int8 weights stay int8).
@@ -323,23 +322,33 @@ def load_block_params(block, params, ctx, trainable=True):
     return block
 
 
-def load_ndarrays(data, ctx):
-    """``mx.nd.load_frombuffer`` of checked params bytes, on ``ctx``: dict of NDArray."""
-    arrays = mx.nd.load_frombuffer(data)
-    if not isinstance(arrays, dict):
-        raise GraphError("The params bytes hold unnamed arrays.")
-    if ctx != mx.cpu():
-        arrays = {k: v.as_in_context(ctx) for k, v in arrays.items()}
-    return arrays
+def _checked_params(block, arrays):
+    params = block.collect_params()
+    missing = sorted(n for n in params if n not in arrays)
+    if missing:
+        raise GraphError("The graph needs parameters the network does not have: %s"
+                         % ", ".join(missing[:10]))
+    return params
 
 
-def adopt_array(array, ctx):
-    """An NDArray on ``ctx`` holding numpy ``array``, which the caller no longer uses:
-    shared without a copy where DLPack allows it (CPU, C-contiguous, writable)."""
-    if ctx == mx.cpu() and array.flags["C_CONTIGUOUS"] and array.flags["WRITEABLE"] \
-            and array.flags["ALIGNED"] and array.size:
-        return mx.nd.from_numpy(array, zero_copy=True)
-    return mx.nd.array(array, ctx=ctx, dtype=array.dtype)
+def adopt_params(block, arrays):
+    """Give every parameter of a ``SymbolBlock`` its NDArray from ``arrays`` itself, with no
+    gradient buffer (inference only); return the block. ``load_block_params`` copies each
+    one (an engine operation per parameter, twice the memory while loading)."""
+    for name, param in _checked_params(block, arrays).items():
+        data = arrays[name]
+        if param.shape and (len(param.shape) != data.ndim or any(
+                known not in (0, -1, dim) for known, dim in zip(param.shape, data.shape))):
+            raise GraphError("The parameter %r has shape %s, the graph expects %s."
+                             % (name, data.shape, param.shape))
+        param.grad_req = "null"
+        param.shape, param.dtype = data.shape, data.dtype
+        ctx, ctx_map = data.context, [[], []]
+        ctx_map[ctx.device_typeid & 1] = [None] * ctx.device_id + [0]
+        # what Parameter._init_impl sets, with the array itself instead of a copy
+        param._deferred_init, param._ctx_list, param._ctx_map = (), [ctx], ctx_map
+        param._data, param._grad = [data], None
+    return block
 
 
 def infer_output_dtypes(sym, input_dtypes):
@@ -505,29 +514,26 @@ def host_view(array):
     if (array.context.device_type != "cpu" or array.dtype != np.float32
             or array.stype != "default" or array.size == 0):
         return array.asnumpy()
-    array.wait_to_read()
-    pointer = ctypes.c_void_p()
-    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-    view = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                 shape=array.shape)
+    view = _memory(array, np.float32)
     view.flags.writeable = False
     return view
 
 
-def host_buffer(size):
-    """A new CPU float32 NDArray of ``size`` values and a writable numpy view of it.
+def host_array(shape, dtype):
+    """A new CPU NDArray and a writable numpy view of its memory: write the view before any
+    MXNet operation reads the array, and keep the array alive while the view is used."""
+    array = mx.nd.empty(shape, ctx=mx.cpu(), dtype=dtype)
+    return array, (_memory(array, dtype) if array.size else np.empty(shape, dtype))
 
-    The memory comes from MXNet's pool, which recycles freed arrays: filling it costs no
-    fresh page faults, as a new numpy array of tens of MB does. Write the view before
-    any MXNet operation reads the array, and keep the array alive while the view is used.
-    """
-    array = mx.nd.empty((max(int(size), 1),), ctx=mx.cpu(), dtype="float32")
+
+def _memory(array, dtype):
+    """A writable numpy view of a (waited for) CPU array's memory, in its logical layout."""
     array.wait_to_read()
     pointer = ctypes.c_void_p()
     mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-    view = np.ctypeslib.as_array(ctypes.cast(pointer, ctypes.POINTER(ctypes.c_float)),
-                                 shape=array.shape)
-    return array, view[:size]
+    memory = (ctypes.c_char * (array.size * np.dtype(dtype).itemsize)).from_address(
+        pointer.value)
+    return np.frombuffer(memory, dtype).reshape(array.shape)
 
 
 def accepts_shapes(sym, shapes):
@@ -578,19 +584,21 @@ def check_graph_entries(graph, sym=None):
     for number, (sub, sub_counts) in enumerate(zip(graphs, counts)):
         nodes = sub["nodes"]
         for index, node in enumerate(nodes):
-            entries = [("input of %r" % node.get("name"), e) for e in node.get("inputs", [])]
-            if index == len(nodes) - 1:
-                entries += [("graph output", e) for e in sub.get("heads", [])]
-            for what, entry in entries:
-                if not (isinstance(entry, list) and len(entry) >= 2
-                        and all(isinstance(v, int) and not isinstance(v, bool) for v in entry)):
-                    raise ValueError("%s is %r, not [node, output, version]" % (what, entry))
+            inputs = node.get("inputs", [])
+            entries = [*inputs, *sub.get("heads", [])] if index == len(nodes) - 1 else inputs
+            for position, entry in enumerate(entries):
+                head = position >= len(inputs)
+                # type() is int: a bool is not an index (loads at ~1 us a node)
+                if type(entry) is not list or len(entry) < 2 \
+                        or any(type(v) is not int for v in entry):
+                    raise ValueError("%s is %r, not [node, output, version]" % (
+                        "graph output" if head else "input of %r" % node.get("name"), entry))
                 source, slot = entry[0], entry[1]
                 count = sub_counts[source] if 0 <= source < len(nodes) else 0
-                if not 0 <= slot < count or (what != "graph output" and source >= index):
-                    raise ValueError("%s %r refers to a node output that does not exist%s"
-                                     % (what, entry, " (in a fused subgraph)" if number
-                                        else ""))
+                if not 0 <= slot < count or (not head and source >= index):
+                    raise ValueError("%s %r refers to a node output that does not exist%s" % (
+                        "graph output" if head else "input of %r" % node.get("name"), entry,
+                        " (in a fused subgraph)" if number else ""))
 
 
 def _symbol_output_counts(sym, graph):
@@ -691,6 +699,43 @@ def _output_counts(graphs):
         else:
             result.append([counts.get(n, 0) for n in names])
     return result
+
+
+class CachedCall:
+    """Runs a hybridized block's CachedOp with its parameters' handles gathered once.
+
+    Gluon's ``_call_cached_op`` reads every parameter and builds a C array of all handles
+    at every call (~100 on ResNet-18: most of a batch-1 call's Python time). Here the array
+    is kept while each parameter holds the same array list (checked by identity at each
+    call). The unusual (not built yet, op hooks, not plain NDArrays) takes ``fallback``."""
+    _DATA = operator.attrgetter("_data")
+    _op = _params = _lists = _handles = _slots = None     # set at the first direct call
+
+    def __call__(self, block, inputs, fallback):
+        op = block._cached_op
+        if op is None or block._callback or op.is_np_sym or block._in_format != [0] * len(
+                inputs) or any(type(value) is not mx.nd.NDArray for value in inputs):
+            return fallback(*inputs)
+        if op is not self._op or any(map(operator.is_not, map(self._DATA, self._params),
+                                         self._lists)):
+            pairs = block._cached_op_args
+            self._params = [value for is_arg, value in pairs if not is_arg]
+            self._lists = [param._data for param in self._params]
+            self._slots = [(n, index) for n, (is_arg, index) in enumerate(pairs) if is_arg]
+            self._handles = (ctypes.c_void_p * len(pairs))(*[
+                None if is_arg else value.data().handle.value for is_arg, value in pairs])
+            self._op = op
+        args = type(self._handles).from_buffer_copy(self._handles)   # a copy per call:
+        for slot, index in self._slots:                                # thread-safe
+            args[slot] = inputs[index].handle.value
+        count, handles = ctypes.c_int(0), ctypes.POINTER(mx.base.NDArrayHandle)()
+        stypes = ctypes.POINTER(ctypes.c_int)()
+        mx.base.check_call(mx.base._LIB.MXInvokeCachedOpEx(
+            op.handle, ctypes.c_int(len(args)), args, ctypes.byref(count), ctypes.byref(handles),
+            ctypes.byref(stypes)))
+        out = [_ndarray_cls(ctypes.cast(handles[n], mx.base.NDArrayHandle), stype=stypes[n])
+               for n in range(count.value)]
+        return _gluon_block._regroup(out, block._out_format)
 
 
 def is_initialized(param):

@@ -412,11 +412,11 @@ def join(packs):
     return joined
 
 
-def split(joined, shapes, out=None):
+def split(joined, shapes, outs=None):
     """Inverse of :func:`join` followed by :func:`unpack`: every weight, rebuilt.
 
-    One multiplication and one search for the channel maxima per weight; the kept values
-    and factors are scattered over all weights at once.
+    One pass per weight (int8 times its channel factors, written straight into its
+    output), one search for the channel maxima, and its few kept values scattered in.
 
     Parameters
     ----------
@@ -424,37 +424,49 @@ def split(joined, shapes, out=None):
         As :func:`join` returns (checked: sizes, dtypes and indices must agree).
     shapes : list of tuple of int
         The weights' shapes, in order.
-    out : numpy.ndarray of float32, optional
-        Where to write them (as many values as ``joined["int8"]``); a new array if None.
+    outs : list of numpy.ndarray of float32, optional
+        Where to write each weight: C-contiguous arrays of as many values as its shape
+        (e.g. views of the memory the runtime will use); new arrays if None.
 
     Returns
     -------
-    list of numpy.ndarray of float32, views of ``out``
+    list of numpy.ndarray of float32
+        The weights, shaped (views of ``outs`` when given).
 
     Raises
     ------
     ValueError
         The arrays do not fit ``shapes``.
     """
-    _check_joined(joined, shapes)
+    check_joined(joined, shapes)
     q, anchors = joined["int8"], joined["anchors"]
     factors = _derived_factors(anchors)
     factors[joined["factor_index"]] = joined["factor_value"]
-    out = np.empty(q.size, np.float32) if out is None else out
-    out[:] = q              # one int8 -> float32 pass, then float32 multiplications
-    weights, start, row = [], 0, 0
-    for shape in shapes:
-        channels, size = shape[0], math.prod(shape)
+    fix_index, fix_value = joined["fix_index"], joined["fix_value"]
+    if fix_index.size > 1 and np.any(fix_index[1:] < fix_index[:-1]):
+        # join writes them sorted; an edited file may not (the last duplicate wins, as
+        # in one scatter over all weights)
+        order = np.argsort(fix_index, kind="stable")
+        fix_index, fix_value = fix_index[order], fix_value[order]
+    bounds = np.cumsum([0] + [math.prod(shape) for shape in shapes], dtype=np.int64)
+    cuts = np.searchsorted(fix_index, bounds)
+    weights, row = [], 0
+    for number, shape in enumerate(shapes):
+        channels, start, stop = shape[0], int(bounds[number]), int(bounds[number + 1])
         rows = slice(row, row + channels)
-        view = out[start:start + size].reshape(channels, -1)
-        values = q[start:start + size].reshape(channels, -1)
-        view *= factors[rows, None]
+        values = q[start:stop].reshape(channels, -1)
+        flat = np.empty(stop - start, np.float32) if outs is None \
+            else outs[number].reshape(-1)
+        view = flat.reshape(channels, -1)
+        np.multiply(values, factors[rows, None], out=view)   # float32(q) * factor
         # Each channel's anchor goes where its int8 value is most extreme, with that sign.
         first, extreme = _extremes(values)
         view[np.arange(channels), first] = np.where(extreme < 0, -anchors[rows], anchors[rows])
-        weights.append(view.reshape(shape))
-        start, row = start + size, row + channels
-    out[joined["fix_index"]] = joined["fix_value"]
+        low, high = cuts[number], cuts[number + 1]
+        if high > low:
+            flat[fix_index[low:high] - start] = fix_value[low:high]
+        weights.append(flat.reshape(shape))
+        row += channels
     return weights
 
 
@@ -469,7 +481,8 @@ def _extremes(values):
     return np.where(positive, high_at, low_at), np.where(positive, high, low)
 
 
-def _check_joined(joined, shapes):
+def check_joined(joined, shapes):
+    """Raise ValueError unless ``joined`` (as :func:`join` returns) fits ``shapes``."""
     sizes = [math.prod(shape) for shape in shapes]
     rows = [shape[0] if len(shape) >= 2 else 0 for shape in shapes]
     if min(rows, default=1) <= 0 or min(sizes, default=1) <= 0:

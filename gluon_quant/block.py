@@ -65,7 +65,7 @@ class QuantizedHybridBlock(HybridBlock):
         self._source = _Source(net)
         self._config = QuantConfig.build(config, **settings)
         self._calibrator = get_calibrator(self._config.calibrator)
-        self._call_lock = threading.Lock()
+        self._call_lock, self._cached_call = threading.Lock(), _mxnet.CachedCall()
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
         self._converter = self._samples = self._input_shapes = None
 
@@ -216,7 +216,7 @@ class QuantizedHybridBlock(HybridBlock):
     def forward(self, x, *args):  # pylint: disable=arguments-differ
         try:
             with self._call_lock:
-                out = super().forward(x, *args)
+                out = self._cached_call(self, (x, *args), super().forward)
         except GluonQuantError:
             raise
         except (_mxnet.MXNetError, ValueError) as err:

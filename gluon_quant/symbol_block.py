@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import threading
 
 import mxnet as mx
 import numpy as np
@@ -47,14 +48,15 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         The export's metadata (see :mod:`gluon_quant.export`).
     """
 
-    def __init__(self, outputs, inputs, params=None, *, metadata=None):
+    def __init__(self, outputs, inputs, params=None, *, metadata=None, source=None):
         super().__init__(outputs, inputs, params)
         metadata = metadata or {}
-        # Kept as JSON text: Gluon searches every dict or list set on a Block for child
+        # Kept in a holder: Gluon searches every dict or list set on a Block for child
         # blocks, which costs ~25 ms on a large metadata dict.
-        self._metadata_text = json.dumps(metadata)
+        self._meta = _Holder(metadata, source or "this model's metadata")
         self._output_nesting = metadata.get("output_format")
         self._input_names = tuple(entry["name"] for entry in metadata.get("inputs", []))
+        self._cached_call = _mxnet.CachedCall()     # the CachedOp without Gluon's per-call work
 
     @classmethod
     def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ
@@ -81,65 +83,21 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         paths = file_names(prefix)
         meta = _read_metadata(paths["meta"])
         directory = os.path.dirname(os.path.abspath(paths["meta"]))
-        blobs = {}
-        for role in ("symbol", "params"):
-            entry = meta["files"][role]
-            path = os.path.join(directory, entry["name"])
-            data = read_bytes(path, role + " file")
-            if len(data) != entry["size"]:
-                raise ArtifactError(
-                    "The %s file %r has %d bytes, the export wrote %d: it is truncated or "
-                    "was replaced. Export the model again." % (role, path, len(data),
-                                                               entry["size"]))
-            if sha256_bytes(data) != entry["sha256"]:
-                raise ArtifactError(
-                    "The %s file %r does not match its sha256 in %r: it was altered or "
-                    "belongs to another export. Export the model again."
-                    % (role, path, paths["meta"]))
-            blobs[role] = (path, data)
-        sym = _load_symbol(*blobs["symbol"])
-        arrays = parse_ndarray_file(blobs["params"][1], blobs["params"][0], copy=False)
-        # The packed weights are rebuilt straight into one MXNet array on the CPU.
-        buffer = _mxnet.host_buffer(arrays["packed:int8"].size) \
-            if meta["packed"] and "packed:int8" in arrays and not meta["version"].startswith("1.") \
-            else None
-        params = _unpack_params(arrays, meta, sym, blobs["params"][0],
-                                None if buffer is None else buffer[1])
-        # The checked file goes to MXNet's own loader in one call; only the unpacked
-        # weights are copied from numpy.
-        loaded = _mxnet.load_ndarrays(blobs["params"][1], ctx)
-        names = [entry["name"] for entry in meta["inputs"]]
-        inputs = [mx.sym.var(name, dtype=entry["dtype"])
-                  for name, entry in zip(names, meta["inputs"])]
+        symbol_path, symbol_data = _read_file(meta, directory, "symbol")
+        _check_digest(meta, paths, "symbol", symbol_path, sha256_bytes(symbol_data))
+        params_path, params_data = _read_file(meta, directory, "params")
+        # The params file's sha256 (the largest part of the checking) is computed on a
+        # second thread (hashlib releases the GIL) while its structure is parsed and the
+        # weights unpacked; it is checked before the block is returned, and before any
+        # other error is reported, so a damaged file is always named as such.
+        digest = _Digest(params_data)
         try:
-            block = cls(sym, inputs, metadata=meta)
-        except (mx.base.MXNetError, ValueError, AssertionError) as err:
-            raise ArtifactError("The graph in %r does not take the inputs %s listed in %r: "
-                                "%s" % (blobs["symbol"][0], names, paths["meta"], err)) \
-                from err
-        aux = set(sym.list_auxiliary_states())
-        layout = _plain_layout(meta)[0]
-        if buffer is not None:               # the packed weights: views of the buffer
-            start = 0
-            for entry in meta["packed"]:
-                stop = start + math.prod(entry["shape"])
-                layout[entry["weight"]] = (buffer[0], start, stop, tuple(entry["shape"]))
-                start = stop
-        nd_params = {}
-        for name, value in params.items():
-            if name in layout:               # format 2: a view of its dtype's array
-                key, start, stop, shape = layout[name]
-                source = loaded[key] if isinstance(key, str) else key
-                nd_params[name] = source[start:stop].reshape(shape)
-                continue
-            stored = loaded.get(("aux:" if name in aux else "arg:") + name)
-            nd_params[name] = stored if stored is not None else _mxnet.adopt_array(value, ctx)
-        try:
-            # An int8 graph only runs inference: no gradient buffers.
-            _mxnet.load_block_params(block, nd_params, ctx, trainable=False)
-        except GluonQuantError as err:
-            raise ArtifactError("%r does not fit the graph in %r: %s"
-                                % (blobs["params"][0], blobs["symbol"][0], err)) from err
+            block = _build(cls, meta, paths, symbol_path, symbol_data, params_path,
+                           params_data, ctx)
+        except GluonQuantError:
+            _check_digest(meta, paths, "params", params_path, digest.hexdigest())
+            raise
+        _check_digest(meta, paths, "params", params_path, digest.hexdigest())
         if ctx.device_type == "cpu":
             # Without a static CachedOp, oneDNN's fused int8 operators are built anew at
             # every call and quantize their fp32 weights again: a loaded MobileNetV2 ran 107
@@ -152,7 +110,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
     @property
     def metadata(self):
         """dict: the export's metadata (a copy)."""
-        return json.loads(self._metadata_text)
+        return json.loads(json.dumps(self._meta.value))
 
     @property
     def input_names(self):
@@ -161,13 +119,37 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
 
     @property
     def calibration_table(self):
-        """CalibrationTable or None: the ranges the model was quantized with."""
-        state = self.metadata.get("calibration_table")
-        return None if state is None else CalibrationTable.from_dict(state)
+        """CalibrationTable or None: the ranges the model was quantized with.
+
+        Checked when it is read (its own sha256 and structure), not at loading: the
+        ranges are already part of the graph, and checking a table of bias corrections
+        costs more than loading the weights.
+
+        Raises
+        ------
+        CalibrationTableError
+            The table stored in the metadata is damaged.
+        """
+        meta = self._meta.value
+        text = meta.get("calibration_table_text")       # format 2.1
+        if text is None and meta.get("calibration_table") is None:
+            return None
+        try:
+            state = json.loads(text if text is not None
+                               else json.dumps(meta["calibration_table"]))
+        except ValueError as err:
+            raise CalibrationTableError("The calibration table in %r is not valid JSON (%s). "
+                                        "Export the model again." % (self._meta.source, err)) \
+                from None
+        try:
+            return CalibrationTable.from_dict(state)
+        except CalibrationTableError as err:
+            raise CalibrationTableError("The calibration table in %r: %s"
+                                        % (self._meta.source, err)) from None
 
     def forward(self, x, *args):  # pylint: disable=arguments-differ
         try:
-            out = super().forward(x, *args)
+            out = self._cached_call(self, (x, *args), super().forward)
         except (mx.base.MXNetError, ValueError) as err:
             raise InputMismatchError(
                 "Running the loaded int8 network on %s failed: %s. Pass %d mx.nd.NDArray "
@@ -177,6 +159,83 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         if isinstance(out, (list, tuple)) and self._output_nesting is not None:
             return as_tuples(_mxnet.regroup(list(out), self._output_nesting))
         return out
+
+
+class _Holder:
+    """Holds a value out of Gluon's sight (it scans a Block's dicts for child blocks)."""
+
+    def __init__(self, value, source):
+        self.value, self.source = value, source
+
+
+class _Digest:
+    """The sha256 of ``data``, computed on a daemon thread."""
+
+    def __init__(self, data):
+        self._result = []
+        self._thread = threading.Thread(
+            target=lambda: self._result.append(sha256_bytes(data)), daemon=True)
+        self._thread.start()
+
+    def hexdigest(self):
+        """The hex digest (waits for the thread)."""
+        self._thread.join()
+        return self._result[0]
+
+
+def _read_file(meta, directory, role):
+    """``(path, bytes)`` of the ``role`` file the metadata lists, its size checked."""
+    entry = meta["files"][role]
+    path = os.path.join(directory, entry["name"])
+    data = read_bytes(path, role + " file")
+    if len(data) != entry["size"]:
+        raise ArtifactError(
+            "The %s file %r has %d bytes, the export wrote %d: it is truncated or was "
+            "replaced. Export the model again." % (role, path, len(data), entry["size"]))
+    return path, data
+
+
+def _check_digest(meta, paths, role, path, digest):
+    if digest != meta["files"][role]["sha256"]:
+        raise ArtifactError(
+            "The %s file %r does not match its sha256 in %r: it was altered or belongs to "
+            "another export. Export the model again." % (role, path, paths["meta"]))
+
+
+def _build(cls, meta, paths, symbol_path, symbol_data, params_path, params_data, ctx):
+    """The block over the checked files, every parameter in its own array on ``ctx``."""
+    sym = _load_symbol(symbol_path, symbol_data)
+    arrays = parse_ndarray_file(params_data, params_path, copy=False)
+    hosts = {}
+
+    def allocate(entries):
+        """Arrays for the packed weights, which are unpacked straight into them."""
+        for entry in entries:
+            hosts[entry["weight"]] = _mxnet.host_array(tuple(entry["shape"]), np.float32)
+        return [hosts[entry["weight"]][1] for entry in entries]
+
+    params = _unpack_params(arrays, meta, sym, params_path, allocate)
+    names = [entry["name"] for entry in meta["inputs"]]
+    inputs = [mx.sym.var(name, dtype=entry["dtype"])
+              for name, entry in zip(names, meta["inputs"])]
+    try:
+        block = cls(sym, inputs, metadata=meta, source=paths["meta"])
+    except (mx.base.MXNetError, ValueError, AssertionError) as err:
+        raise ArtifactError("The graph in %r does not take the inputs %s listed in %r: %s"
+                            % (symbol_path, names, paths["meta"], err)) from err
+    nd_params = {}
+    for name, value in params.items():
+        if name not in hosts:       # a view of the file's bytes (or format 1.0's unpacking)
+            hosts[name] = _mxnet.host_array(value.shape, value.dtype)
+            hosts[name][1][...] = value
+        array = hosts[name][0]
+        nd_params[name] = array if ctx == mx.cpu() else array.as_in_context(ctx)
+    try:
+        # An int8 graph only runs inference: no gradient buffers, no copies.
+        return _mxnet.adopt_params(block, nd_params)
+    except GluonQuantError as err:
+        raise ArtifactError("%r does not fit the graph in %r: %s"
+                            % (params_path, symbol_path, err)) from err
 
 
 def _read_metadata(path):
@@ -215,12 +274,6 @@ def _read_metadata(path):
     except (TypeError, KeyError, ValueError, AttributeError) as err:
         raise ArtifactError("The metadata file %r is malformed (%s: %s). Export the model "
                             "again." % (path, type(err).__name__, err)) from None
-    if meta["calibration_table"] is not None:
-        try:
-            CalibrationTable.from_dict(meta["calibration_table"])
-        except CalibrationTableError as err:
-            raise CalibrationTableError("The calibration table in %r: %s" % (path, err)) \
-                from None
     return meta
 
 
@@ -239,6 +292,10 @@ def _check_meta_types(meta):
         raise ValueError("bad 'inputs' %r" % (inputs,))
     if not isinstance(meta["packed"], list):
         raise TypeError("'packed' must be a list")
+    if not isinstance(meta["calibration_table"], (dict, type(None))) \
+            or not isinstance(meta.get("calibration_table_text"), (str, type(None))):
+        raise TypeError("'calibration_table' must be an object or null, "
+                        "'calibration_table_text' a string or null")
 
 
 def _packed_entry(entry):
@@ -291,9 +348,10 @@ def _load_symbol(path, data):
                             "model again." % (path, str(err).splitlines()[0])) from None
 
 
-def _unpack_params(arrays, meta, sym, path, out=None):
+def _unpack_params(arrays, meta, sym, path, allocate=None):
     """Rebuild the name -> array dict the graph needs, checking it matches exactly
-    (packed weights written into ``out`` when given, see :func:`_packing.split`)."""
+    (format 2's packed weights written into ``allocate(meta["packed"])``'s arrays when
+    given, once their sizes are checked; see :func:`_packing.split`)."""
     args = set(sym.list_arguments()) - {entry["name"] for entry in meta["inputs"]}
     aux = set(sym.list_auxiliary_states())
     params, bad = {}, []
@@ -312,7 +370,7 @@ def _unpack_params(arrays, meta, sym, path, out=None):
     if version1:
         used = _unpack_v1(arrays, meta, params, bad)
     else:
-        used = _unpack_v2(arrays, meta, params, bad, path, out)
+        used = _unpack_v2(arrays, meta, params, path, allocate)
     missing = sorted((args | aux) - set(params))
     extra = len(arrays) - direct - used
     if bad or missing or extra:
@@ -342,7 +400,7 @@ def _plain_params(arrays, meta, params, bad, args, aux):
         params[entry["name"]] = arrays[key][start:stop].reshape(shape)
 
 
-def _unpack_v2(arrays, meta, params, bad, path, out=None):
+def _unpack_v2(arrays, meta, params, path, allocate=None):
     """Format 2: all packed weights in four arrays, rebuilt in one pass; returns how many
     arrays it used."""
     if not meta["packed"]:
@@ -352,8 +410,11 @@ def _unpack_v2(arrays, meta, params, bad, path, out=None):
     if any(value is None for value in joined.values()):
         raise ArtifactError("The params file %r lacks the packed:* arrays its metadata "
                             "announces. Export the model again." % path)
+    shapes = [tuple(e["shape"]) for e in meta["packed"]]
     try:
-        weights = _packing.split(joined, [tuple(e["shape"]) for e in meta["packed"]], out)
+        _packing.check_joined(joined, shapes)
+        outs = None if allocate is None else allocate(meta["packed"])
+        weights = _packing.split(joined, shapes, outs)
     except ValueError as err:
         raise ArtifactError("The packed weights in %r are inconsistent (%s). Export the "
                             "model again." % (path, err)) from None

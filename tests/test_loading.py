@@ -1,0 +1,181 @@
+"""Fast loading of int8 exports: format 2.1's calibration table as text, 2.0 files still
+loading, parameters adopted without copies, the checksum on a second thread, and the
+one-pass unpacking of packed weights."""
+import json
+
+import mxnet as mx
+import numpy as np
+import pytest
+
+import gluon_quant as gq
+from gluon_quant import _mxnet, _packing
+from gluon_quant._io import parse_ndarray_file
+from gluon_quant.errors import ArtifactError, CalibrationTableError
+
+
+@pytest.fixture
+def exported(tiny_cnn, tiny_batches, tmp_path):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    prefix = str(tmp_path / "m")
+    return prefix, qnet.export(prefix), qnet
+
+
+def _x():
+    return mx.nd.array(np.random.RandomState(3).rand(5, 1, 28, 28).astype("float32"))
+
+
+def _edit_meta(paths, change):
+    meta = json.load(open(paths["meta"]))
+    change(meta)
+    json.dump(meta, open(paths["meta"], "w"))
+
+
+def test_format_2_1_keeps_the_table_as_text_and_2_0_files_still_load(exported):
+    prefix, paths, qnet = exported
+    meta = json.load(open(paths["meta"]))
+    assert meta["version"] == "2.1" and meta["calibration_table"] is None
+    assert gq.CalibrationTable.from_dict(json.loads(meta["calibration_table_text"])) \
+        == qnet.calibration_table
+    expected = qnet(_x()).asnumpy()
+
+    def as_2_0(meta):              # what format 2.0 wrote: the table as a JSON object
+        meta.update(version="2.0",
+                    calibration_table=json.loads(meta.pop("calibration_table_text")))
+    _edit_meta(paths, as_2_0)
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    assert loaded.metadata["version"] == "2.0"
+    assert loaded.calibration_table == qnet.calibration_table
+    assert np.array_equal(loaded(_x()).asnumpy(), expected)
+
+
+def test_a_damaged_table_is_refused_when_read(exported):
+    prefix, paths, qnet = exported
+    expected = qnet(_x()).asnumpy()
+    text = json.load(open(paths["meta"]))["calibration_table_text"]
+    name = next(iter(qnet.calibration_table))
+    lo, hi = qnet.calibration_table[name]
+    edited = text.replace(json.dumps(hi), json.dumps(hi * 2), 1)
+    assert edited != text
+    _edit_meta(paths, lambda meta: meta.update(calibration_table_text=edited))
+    # the ranges in use are the graph's: the model loads and runs as exported ...
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    assert np.array_equal(loaded(_x()).asnumpy(), expected)
+    # ... and the table, whose own sha256 no longer matches, is refused when read
+    with pytest.raises(CalibrationTableError, match=r"m-meta\.json.*sha256"):
+        loaded.calibration_table
+    _edit_meta(paths, lambda meta: meta.update(calibration_table_text=text[:50]))
+    with pytest.raises(CalibrationTableError, match=r"m-meta\.json.*not valid JSON"):
+        gq.QuantizedSymbolBlock.imports(prefix).calibration_table
+    _edit_meta(paths, lambda meta: meta.update(calibration_table_text=7))
+    with pytest.raises(ArtifactError, match=r"m-meta\.json' is malformed.*calibration_table"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+
+
+def test_parameters_are_adopted_as_loaded_without_gradients(exported):
+    prefix, paths, qnet = exported
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    params = loaded.collect_params()
+    arrays = parse_ndarray_file(open(paths["params"], "rb").read(), paths["params"])
+    plain = json.load(open(paths["meta"]))["plain"]
+    start = 0
+    for entry in plain:                      # the plain parameters, bit for bit
+        stop = start + int(np.prod(entry["shape"]))
+        value = params[entry["name"]].data()
+        assert value.shape == tuple(entry["shape"]) and value.dtype == np.float32
+        assert np.array_equal(value.asnumpy(),
+                              arrays["plain:float32"][start:stop].reshape(entry["shape"]))
+        start = stop
+    assert start == arrays["plain:float32"].size
+    for param in params.values():
+        assert param.grad_req == "null" and param.list_ctx() == [mx.cpu()]
+        with pytest.raises(RuntimeError, match="grad_req='null'"):
+            param.grad()
+    # each parameter owns its memory: changing one leaves the others and the file alone
+    name = plain[0]["name"]
+    params[name].set_data(params[name].data() + 1)
+    again = gq.QuantizedSymbolBlock.imports(prefix).collect_params()
+    assert np.array_equal(again[name].data().asnumpy() + 1, params[name].data().asnumpy())
+    other = plain[1]["name"]
+    assert np.array_equal(again[other].data().asnumpy(), params[other].data().asnumpy())
+
+
+def test_adopt_params_checks_names_and_known_shapes():
+    data = mx.sym.var("data")
+    block = mx.gluon.SymbolBlock(mx.sym.FullyConnected(data, mx.sym.var("w"), num_hidden=4,
+                                                       no_bias=True), [data])
+    block.collect_params()["w"].shape = (4, 0)          # known in part, as Gluon infers
+    with pytest.raises(gq.GraphError, match="needs parameters.*w"):
+        _mxnet.adopt_params(block, {})
+    with pytest.raises(gq.GraphError, match=r"'w' has shape \(3, 3\).*\(4, 0\)"):
+        _mxnet.adopt_params(block, {"w": mx.nd.ones((3, 3))})
+    value = mx.nd.ones((4, 3))
+    _mxnet.adopt_params(block, {"w": value})
+    assert block.collect_params()["w"].data() is value            # no copy
+    assert np.array_equal(block(mx.nd.ones((2, 3))).asnumpy(), np.full((2, 4), 3.0))
+
+
+def _packs():
+    rs = np.random.RandomState(0)
+    packs, params = [], {}
+    for number, shape in enumerate([(8, 4, 3, 3), (5, 7)]):
+        name = "w%d" % number
+        params[name] = (rs.randn(*shape) * 0.1).astype(np.float32)
+        params[name][2] = 0.0                                   # a dead channel
+        packs.append(_packing.pack(_packing.PackSpec(name, True), params))
+    return packs, params
+
+
+def test_split_into_given_arrays_matches_unpack_whatever_the_fix_order():
+    packs, _ = _packs()
+    shapes = [p.q.shape for p in packs]
+    joined = _packing.join(packs)
+    fresh = _packing.split(joined, shapes)
+    for pack, weight in zip(packs, fresh):
+        assert np.array_equal(weight, _packing.unpack(pack))
+    outs = [np.full(int(np.prod(s)), np.nan, np.float32) for s in shapes]
+    into = _packing.split(joined, shapes, outs)
+    for out, weight, expected in zip(outs, into, fresh):
+        assert np.shares_memory(out, weight) and np.array_equal(weight, expected)
+    # kept values in another order (an edited file): the same weights, the last of a
+    # repeated index winning as in one scatter
+    index = np.array([40, 3, 300, 3], np.int32)
+    value = np.array([1.5, 2.5, -3.5, 4.5], np.float32)
+    edited = dict(joined, fix_index=index, fix_value=value)
+    reference = np.concatenate([w.ravel() for w in _packing.split(
+        dict(joined, fix_index=np.zeros(0, np.int32), fix_value=np.zeros(0, np.float32)),
+        shapes)])
+    reference[index] = value
+    got = np.concatenate([w.ravel() for w in _packing.split(edited, shapes)])
+    assert np.array_equal(got, reference) and got[3] == 4.5
+    with pytest.raises(ValueError, match="fix_index does not fit"):
+        _packing.split(dict(joined, fix_index=np.array([10 ** 6], np.int32),
+                            fix_value=np.ones(1, np.float32)), shapes)
+
+
+def test_graph_entries_are_checked_in_nodes_and_heads():
+    x = mx.sym.var("data")
+    sym = mx.sym.Activation(mx.sym.FullyConnected(x, num_hidden=4, name="fc"),
+                            act_type="relu", name="act")
+    good = _mxnet.graph_json(sym)
+    _mxnet.check_graph_entries(good)
+    _mxnet.check_graph_entries(good, sym)
+    names = [n["name"] for n in good["nodes"]]
+
+    def broken(change):
+        graph = json.loads(json.dumps(good))
+        change(graph)
+        return graph
+    act = names.index("act")
+    cases = [
+        (lambda g: g["nodes"][act].update(inputs=[[act - 1, 1, 0]]),
+         r"input of 'act' \[\d+, 1, 0\] refers to a node output that does not exist"),
+        (lambda g: g["nodes"][act].update(inputs=[[act, 0, 0]]), "does not exist"),
+        (lambda g: g["nodes"][act].update(inputs=[[True, 0, 0]]),
+         r"input of 'act' is \[True, 0, 0\], not \[node, output, version\]"),
+        (lambda g: g["nodes"][act].update(inputs=[[1]]), r"is \[1\], not"),
+        (lambda g: g.update(heads=[[act, 2, 0]]), r"graph output \[\d+, 2, 0\] refers"),
+        (lambda g: g.update(heads=["x"]), r"graph output is 'x', not"),
+    ]
+    for change, message in cases:
+        with pytest.raises(ValueError, match=message):
+            _mxnet.check_graph_entries(broken(change))
