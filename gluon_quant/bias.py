@@ -23,12 +23,15 @@ The corrections are stored in the calibration table (``meta['bias_correction']``
 the set of int8 layers they were measured for, so a saved table rebuilds the same int8
 model without data.
 """
+import collections
+import json
 import logging
 
 import mxnet as mx
 import numpy as np
 
 from . import _mxnet
+from .graph.rewrites import append_nodes, reachable
 
 __all__ = ["linear_layers", "has_activation", "quantized_nodes", "compute_corrections",
            "apply_corrections", "META_KEY", "KeptSamples", "ReferenceTap"]
@@ -163,9 +166,111 @@ class ReferenceTap:
             for k in self._shapes if self._count[k] == count}
 
 
+#: One layer to correct: its fused node, the parameter its correction is added to, the rank
+#: of its output, its calibrated range, whether it ends in an activation, and the name of
+#: the variable its fp32 reference is fed as.
+_Measured = collections.namedtuple(
+    "_Measured", ["name", "target", "ndim", "lo", "hi", "activated", "reference"])
+_REFERENCE_SUFFIX = "_bias_reference"
+
+
+def _inside(x, lo, hi):
+    """1 where ``lo < x < hi`` (an infinite bound is no bound), else 0."""
+    mask = None
+    if np.isfinite(lo):
+        mask = x > lo
+    if np.isfinite(hi):
+        mask = (x < hi) if mask is None else mask * (x < hi)
+    return mx.sym.ones_like(x) if mask is None else mask
+
+
+def _measurement(layer, quantized):
+    """The symbol measuring one layer's correction from its uncorrected output ``q`` (with
+    ``qmin``/``qmax`` when int8) and fp32 reference ``f``: ``[delta, beta + delta]``."""
+    f, q = mx.sym.var("f"), mx.sym.var("q")
+    if quantized:
+        q = mx.sym.contrib.dequantize(q, mx.sym.var("qmin"), mx.sym.var("qmax"),
+                                      out_type="float32")
+    inside = _inside(f, layer.lo, layer.hi)
+    if layer.activated:     # the activation's bounds lie at or inside (lo, hi)
+        inside = inside * _inside(q, layer.lo, layer.hi)
+    axes = tuple(i for i in range(layer.ndim) if i != 1)
+    # Positions outside count 0; a channel with none gets 0 / 1 = 0.
+    delta = mx.sym.sum((f - q) * inside, axis=axes) / mx.sym.maximum(
+        mx.sym.sum(inside, axis=axes), 1.0)
+    return mx.sym.Group([delta, mx.sym.var("beta") + delta])
+
+
+def _correction_graph(graph, layers, dtypes):
+    """The int8 graph rewritten to measure every correction in one run.
+
+    Each layer ``L`` (in topological order) is computed twice from the same inputs: a
+    copy with its original parameter gives the uncorrected output the correction is
+    measured on, and ``L`` itself reads ``parameter + correction``, so that every layer
+    after it sees the corrected network, as when layers are corrected one after the
+    other. The cost is one run with the corrected layers computed twice, instead of one
+    run of the graph up to each layer.
+
+    Parameters
+    ----------
+    graph : dict
+        The final int8 graph as JSON (modified).
+    layers : list of _Measured
+    dtypes : dict of str to str
+        Output dtypes of the final graph (:func:`gluon_quant._mxnet.infer_output_dtypes`).
+
+    Returns
+    -------
+    dict
+        A JSON graph whose inputs are the final graph's plus one reference variable per
+        layer, and whose outputs are the corrections, in the order of ``layers``.
+    """
+    nodes = graph["nodes"]
+    index = {n["name"]: i for i, n in enumerate(nodes)}
+    new, heads = [], []
+
+    def add(node):
+        new.append(node)
+        return len(nodes) + len(new) - 1
+
+    for layer in layers:
+        node = nodes[index["quantized_" + layer.name]]
+        slot = next(j for j, e in enumerate(node["inputs"])
+                    if nodes[e[0]]["op"] == "null" and nodes[e[0]]["name"] == layer.target)
+        probe = add(dict(node, name=node["name"] + "_uncorrected",
+                         inputs=[list(e) for e in node["inputs"]]))
+        out = node["name"] + "_output"
+        quantized = dtypes.get(out, dtypes.get(out + "0")) in ("int8", "uint8")
+        # MXNet's quantized operators output (data, min, max).
+        bound = {"q": [probe, 0], "qmin": [probe, 1], "qmax": [probe, 2],
+                 "beta": node["inputs"][slot][:2],
+                 "f": [add({"op": "null", "name": layer.reference, "inputs": []}), 0]}
+        sub = json.loads(_measurement(layer, quantized).tojson())
+        entry = {}
+        for i, member in enumerate(sub["nodes"]):
+            if member["op"] == "null":
+                entry[i] = bound[member["name"]]
+                continue
+            entry[i] = [add(dict(member, name="%s_bias_%s" % (layer.name, member["name"]),
+                                 inputs=[entry[e[0]][:1] + [entry[e[0]][1] + e[1], 0]
+                                         for e in member["inputs"]])), 0]
+        delta, corrected = (entry[h[0]][:1] + [entry[h[0]][1] + h[1]] for h in sub["heads"])
+        node["inputs"][slot] = corrected + [0]
+        heads.append(delta + [0])
+    graph["arg_nodes"] = graph["arg_nodes"] + [len(nodes) + i for i, n in enumerate(new)
+                                               if n["op"] == "null"]
+    graph["heads"] = heads
+    append_nodes(graph, new)
+    return reachable(graph["nodes"], graph["heads"], graph.get("attrs"))
+
+
 def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, input_names,
                         table, ctx, references=None, activated=frozenset()):
     """Measure the per-channel mean error of each layer, in order, and return corrections.
+
+    One run of the int8 graph measures them all (see the module doc): each layer is
+    measured with the corrections of the layers before it in place, as if corrected one
+    after the other.
 
     Parameters
     ----------
@@ -207,28 +312,24 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
         outs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, fp32_params, ctx),
                                 inputs, "Bias correction (fp32 reference)")
         known.update(zip(missing, outs))
-    refs = [known[name] for name, _ in layers]
-    current = dict(params)
-    corrections = {}
-    for (name, target), ref in zip(layers, refs):
-        tap = _mxnet.tap_outputs(final, ["quantized_" + name], input_names)
-        out = _mxnet.run_block(_mxnet.symbol_block(tap, input_names, current, ctx),
-                               inputs, "Bias correction (int8 layer %s)" % name)[0]
-        f, q = ref.asnumpy(), out.asnumpy()
-        axes = tuple(i for i in range(f.ndim) if i != 1) if f.ndim > 1 else (0,)
-        lo, hi = table.get(name + "_output", (-np.inf, np.inf))
-        inside = (f > lo) & (f < hi)
-        if name in activated:  # the activation's bounds lie at or inside (lo, hi)
-            inside &= (q > lo) & (q < hi)
-        count = inside.sum(axis=axes)
-        delta = np.where(count > 0, ((f - q) * inside).sum(axis=axes) / np.maximum(count, 1), 0.0)
-        delta = delta.astype(np.float32)
-        if delta.shape != tuple(current[target].shape):
-            _log.debug("Skipping bias correction of %s: %s vs %s.", name, delta.shape,
-                       current[target].shape)
+    kept = []
+    for name, target in layers:
+        ref = known[name]
+        channels = (ref.shape[1],) if ref.ndim > 1 else ()
+        if channels != tuple(params[target].shape):
+            _log.debug("Skipping bias correction of %s: %s vs %s.", name, channels,
+                       params[target].shape)
             continue
-        current[target] = current[target] + mx.nd.array(delta, ctx=current[target].context)
-        corrections[target] = [float(v) for v in delta]
+        lo, hi = table.get(name + "_output", (-np.inf, np.inf))
+        kept.append(_Measured(name, target, ref.ndim, float(lo), float(hi), name in activated,
+                             name + _REFERENCE_SUFFIX))
+    dtypes = _mxnet.infer_output_dtypes(final, {n: "float32" for n in input_names})
+    graph = _correction_graph(_mxnet.graph_json(final), kept, dtypes)
+    names = list(input_names) + [m.reference for m in kept]
+    block = _mxnet.symbol_block(_mxnet.load_graph(graph), names, params, ctx)
+    deltas = _mxnet.run_block(block, list(inputs) + [known[m.name] for m in kept],
+                              "Bias correction (int8 graph)")
+    corrections = {m.target: [float(v) for v in d.asnumpy()] for m, d in zip(kept, deltas)}
     _log.info("Bias correction: adjusted %d linear layers.", len(corrections))
     return corrections
 
