@@ -19,6 +19,14 @@ corrected, 38/40 and 0.9962 with the depthwise layers kept fp32).  Other activat
 so are the network's output layers (a classifier's per-class offsets, fitted on a few
 dozen samples, flip near-ties on new inputs).
 
+All corrections are measured in one run of the int8 graph (:func:`compute_corrections`):
+every corrected layer is computed twice there, an uncorrected copy whose output is compared
+with the fp32 reference (by numpy, in a ``Custom`` operator) and the layer itself, which
+reads ``beta + correction``, so the layers after it see the corrected network, exactly as
+when each layer is measured on a run of the graph up to it with the earlier corrections
+in place (one run per layer: the same corrections bit for bit, at the cost of about two
+int8 forward passes over the kept samples instead of one per corrected layer).
+
 The corrections are stored in the calibration table (``meta['bias_correction']``) with
 the set of int8 layers they were measured for, so a saved table rebuilds the same int8
 model without data.
