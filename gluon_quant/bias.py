@@ -248,16 +248,27 @@ class _MeanErrorProp(mx.operator.CustomOpProp):
         return _MeanError(self._lo, self._hi, self._activated)
 
 
+def _plain(x):
+    """``x`` in the plain (default) layout, reordered inside the graph.
+
+    A ``Custom`` operator runs asynchronously, after MXNet has handed it its inputs: one
+    left in a oneDNN blocked layout is reordered in place when numpy reads it, or
+    replaced by a temporary copy that MXNet may free before numpy is done (corrections
+    then changed from run to run). Reshaping to 1-D and back reorders it in the graph.
+    """
+    return mx.sym.reshape_like(mx.sym.reshape(x, shape=(-1,)), x)
+
+
 @functools.lru_cache(maxsize=2)
 def _measurement(quantized):
     """JSON of the graph measuring one layer's correction from its uncorrected output ``q``
     (with ``qmin``/``qmax`` when int8) and fp32 reference ``f``: ``[delta, beta + delta]``;
     the layer's range goes into the attributes of its ``Custom`` node."""
-    q = mx.sym.var("q")
+    f, q = mx.sym.var("f"), mx.sym.var("q")
     if quantized:   # dequantized by MXNet, as its taps of int8 outputs are
         q = mx.sym.contrib.dequantize(q, mx.sym.var("qmin"), mx.sym.var("qmax"),
                                       out_type="float32")
-    delta = mx.sym.Custom(mx.sym.var("f"), q, op_type=_MEAN_ERROR_OP, lo="0", hi="0",
+    delta = mx.sym.Custom(f, _plain(q), op_type=_MEAN_ERROR_OP, lo="0", hi="0",
                           activated="False")
     return mx.sym.Group([delta, mx.sym.var("beta") + delta]).tojson()
 
@@ -372,7 +383,7 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
     missing = [name for name, _ in layers if name not in known]
     if missing:
         internals = fused.get_internals()
-        reference = mx.sym.Group([internals[name + "_output"] for name in missing])
+        reference = mx.sym.Group([_plain(internals[name + "_output"]) for name in missing])
         # symbol_block takes from ``params`` only what the graph uses.
         outs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, fp32_params, ctx),
                                 inputs, "Bias correction (fp32 reference)")
