@@ -272,7 +272,7 @@ def load_graph(graph):
         raise GraphError("MXNet rejected a rewritten graph: %s" % first_line(err)) from err
 
 
-def symbol_block(sym, names, params, ctx, dtypes=None):
+def symbol_block(sym, names, params, ctx, dtypes=None, trainable=True):
     """Build a ``SymbolBlock`` over ``sym`` whose parameters are copies of ``params``.
 
     Parameters
@@ -286,12 +286,14 @@ def symbol_block(sym, names, params, ctx, dtypes=None):
     ctx : Context
     dtypes : list of str, optional
         Input dtypes (float32 by default).
+    trainable : bool, optional
+        False for a block only run forward: no gradient buffers are allocated.
     """
     dtypes = dtypes or ["float32"] * len(names)
     inputs = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
     with native_output([]):     # Gluon's type inference prints its arguments when partial
         block = mx.gluon.SymbolBlock(sym, inputs)
-    return load_block_params(block, params, ctx)
+    return load_block_params(block, params, ctx, trainable=trainable)
 
 
 def symbol_block_graph(block):

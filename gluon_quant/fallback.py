@@ -99,10 +99,9 @@ def _first_run(model, inputs, config):
     spec = get_spec(config.backend.value)
     if spec.device_type != "cpu" or inputs[0].context.device_type != spec.device_type:
         return None         # the graph is for another device than this one
-    params = {name: value.copy() for name, value in model.params.items()}
-    try:
-        block = _mxnet.symbol_block(model.symbol, model.plan.fused.inputs.names, params,
-                                    inputs[0].context)
+    try:    # symbol_block copies the parameters: the model's own are not touched
+        block = _mxnet.symbol_block(model.symbol, model.plan.fused.inputs.names, model.params,
+                                    inputs[0].context, trainable=False)
         if spec.static_alloc:
             block.hybridize(static_alloc=True, static_shape=True)
         for _ in range(2):

@@ -1,0 +1,132 @@
+"""Bias correction in one run of the int8 graph equals correcting layer after layer."""
+import mxnet as mx
+import numpy as np
+from mxnet.gluon import nn
+
+import gluon_quant as gq
+from gluon_quant import _mxnet, bias
+
+
+def sequential_corrections(*, fused, final, layers, params, fp32_params, inputs, input_names,
+                           table, ctx, references=None, activated=frozenset()):
+    """The definition: each layer measured on a run of the int8 graph up to it, with the
+    corrections of the layers before it in place (one run per layer)."""
+    known = dict(references or {})
+    missing = [name for name, _ in layers if name not in known]
+    if missing:
+        internals = fused.get_internals()
+        group = mx.sym.Group([internals[name + "_output"] for name in missing])
+        known.update(zip(missing, _mxnet.run_block(
+            _mxnet.symbol_block(group, input_names, fp32_params, ctx), inputs, "reference")))
+    current, corrections = dict(params), {}
+    for name, target in layers:
+        tap = _mxnet.tap_outputs(final, ["quantized_" + name], input_names)
+        q = _mxnet.run_block(_mxnet.symbol_block(tap, input_names, current, ctx), inputs,
+                             "int8")[0].asnumpy()
+        f = known[name].asnumpy()
+        axes = tuple(i for i in range(f.ndim) if i != 1) if f.ndim > 1 else (0,)
+        lo, hi = table.get(name + "_output", (-np.inf, np.inf))
+        inside = (f > lo) & (f < hi)
+        if name in activated:
+            inside &= (q > lo) & (q < hi)
+        count = inside.sum(axis=axes)
+        delta = np.where(count > 0, ((f - q) * inside).sum(axis=axes) / np.maximum(count, 1),
+                         0.0).astype(np.float32)
+        if delta.shape != tuple(current[target].shape):
+            continue
+        current[target] = current[target] + mx.nd.array(delta, ctx=ctx)
+        corrections[target] = [float(v) for v in delta]
+    return corrections
+
+
+class _Mixed(mx.gluon.HybridBlock):
+    """Every kind of layer bias correction touches, in a graph that is not a chain: a
+    residual sum fused into a convolution, a depthwise convolution ending in ReLU6, a linear
+    projection, and a dense layer before the output layer."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = nn.HybridSequential()
+            self.stem.add(nn.Conv2D(8, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"))
+            self.branch = nn.HybridSequential()
+            self.branch.add(nn.Conv2D(8, 3, padding=1), nn.BatchNorm())
+            self.depthwise = nn.HybridSequential()
+            self.depthwise.add(nn.Conv2D(8, 3, padding=1, groups=8), nn.BatchNorm())
+            self.project = nn.HybridSequential()
+            self.project.add(nn.Conv2D(12, 1), nn.BatchNorm())
+            self.hidden = nn.Dense(16)
+            self.out = nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        y = self.stem(x)
+        y = F.relu(self.branch(y) + y)
+        y = F.clip(self.depthwise(y), 0, 6)
+        y = self.project(y)
+        return self.out(F.relu(self.hidden(y)))
+
+
+def _mixed_net():
+    from gluon_quant.zoo.batchnorm import reestimate_batchnorm
+    mx.random.seed(5)
+    net = _Mixed(prefix="mixed_")
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(1)
+    batches = [rs.randn(8, 3, 12, 12).astype("float32") for _ in range(4)]
+    reestimate_batchnorm(net, mx.nd.array(np.concatenate(batches)))
+    return net, batches
+
+
+def test_one_run_gives_the_layer_by_layer_corrections(monkeypatch):
+    """The corrections measured in one run of the int8 graph are those of correcting one
+    layer after the other (each measured with the earlier ones in place), bit for bit:
+    the same numpy measurement on the same int8 outputs."""
+    net, batches = _mixed_net()
+    seen, labels = {}, []
+    real, real_run = bias.compute_corrections, _mxnet.run_block
+
+    def both(**kwargs):
+        labels.clear()
+        seen["one_run"] = real(**kwargs)
+        seen["runs"] = list(labels)
+        seen["sequential"] = sequential_corrections(**kwargs)
+        seen["layers"] = kwargs["layers"]
+        # each layer measured alone: no earlier correction in place
+        seen["alone"] = {}
+        for layer in kwargs["layers"]:
+            seen["alone"].update(real(**dict(kwargs, layers=[layer])))
+        return seen["one_run"]
+
+    monkeypatch.setattr(bias, "compute_corrections", both)
+    monkeypatch.setattr(_mxnet, "run_block",
+                        lambda b, x, what: labels.append(what) or real_run(b, x, what))
+    gq.quantize(net, batches, progress=False)
+    # stem, branch (+ sum + ReLU), depthwise (+ ReLU6), projection, hidden dense (+ ReLU)
+    assert len(seen["layers"]) == 5
+    assert seen["runs"] == ["Bias correction (int8 graph)"]     # one run for all layers
+    one, seq = seen["one_run"], seen["sequential"]
+    assert sorted(one) == sorted(seq) and len(one) == 5
+    for name in seq:
+        np.testing.assert_array_equal(one[name], seq[name], err_msg=name)
+    # Not a vacuous equality: the first layer (nothing corrected before it) is measured
+    # alike either way, the later ones see the earlier corrections.
+    alone = seen["alone"]
+    first, last = seen["layers"][0][1], seen["layers"][-1][1]
+    np.testing.assert_array_equal(alone[first], one[first])
+    assert np.abs(np.subtract(alone[last], one[last])).max() > 1e-3 * np.abs(one[last]).max()
+
+
+def test_the_correction_graph_measures_an_uncorrected_copy_of_each_layer():
+    layer = bias._Measured("l", "l_beta", 0.0, 1.0, True, "l_bias_reference")
+    graph = {"nodes": [{"op": "null", "name": "data", "inputs": []},
+                       {"op": "null", "name": "l_beta", "inputs": []},
+                       {"op": "_sg_mkldnn_conv", "name": "quantized_l", "attrs": {},
+                        "inputs": [[0, 0, 0], [1, 0, 0]]}],
+             "arg_nodes": [0, 1], "heads": [[2, 0, 0]]}
+    out = bias._correction_graph(graph, [layer], {"quantized_l_output": "uint8"})
+    names = [n["name"] for n in out["nodes"]]
+    # the layer is computed twice: an uncorrected copy (measured) and itself (corrected)
+    assert "quantized_l_uncorrected" in names and "l_bias_reference" in names
+    assert len(out["heads"]) == 1
+    ops = [n["op"] for n in out["nodes"]]
+    assert ops.count("Custom") == 1 and ops.count("_contrib_dequantize") == 1
