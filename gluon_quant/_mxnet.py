@@ -287,7 +287,7 @@ def symbol_block(sym, names, params, ctx, dtypes=None, trainable=True):
     dtypes : list of str, optional
         Input dtypes (float32 by default).
     trainable : bool, optional
-        False for a block only run forward: no gradient buffers are allocated.
+        False for a block only run forward: no gradient buffers.
     """
     dtypes = dtypes or ["float32"] * len(names)
     inputs = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
@@ -312,10 +312,8 @@ def run_training_mode(sym, input_names, inputs, params, ctx):
 
 
 def load_block_params(block, params, ctx, trainable=True):
-    """Set every parameter of a ``SymbolBlock`` (or subclass) from ``params``; return it.
-
-    With ``trainable=False`` the parameters get no gradient buffers (``grad_req='null'``).
-    """
+    """Set every parameter of a ``SymbolBlock`` (or subclass) from ``params``; return it
+    (with ``trainable=False``: no gradient buffers, ``grad_req='null'``)."""
     for name, param in _checked_params(block, params).items():
         if not trainable:
             param.grad_req = "null"
