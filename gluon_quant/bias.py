@@ -167,7 +167,7 @@ class ReferenceTap:
                 if name not in self._chunks:
                     # One copy, into MXNet's memory pool (a new numpy array of this size
                     # costs a page fault per 4 KB, then two more copies to an NDArray).
-                    self._chunks[name] = _mxnet.host_buffer(self._limit * per)
+                    self._chunks[name] = _mxnet.host_array((self._limit * per,), np.float32)
                 start = self._count[name] * per
                 np.copyto(self._chunks[name][1][start:start + take * per],
                           np.ravel(array)[:take * per])
