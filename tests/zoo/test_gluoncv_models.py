@@ -282,7 +282,9 @@ def test_hard_swish_multiplication_runs_in_int8_where_the_spec_allows(int8_produ
 #: quantization of those activations can do better, so for them the test asserts that int8
 #: stays close to that floor, and the bars are the measured values (16 calibration crops,
 #: 8 evaluation crops) rounded down, so that a regression fails.
-COSINE_BARS = {"resnet50_v1": 0.985, "resnet50_v1b": 0.985, "resnet101_v1": 0.975,
+#: resnet50_v1 was 0.9866 before bias correction reached ReLU layers (0.9841 with it; it took
+#: real-weight EfficientNet-Lite0 on held-out photos from 34/40 to 37/40 agreement).
+COSINE_BARS = {"resnet50_v1": 0.984, "resnet50_v1b": 0.985, "resnet101_v1": 0.975,
                "resnet50_v2": 0.98, "vgg16": 0.99, "se_resnet50_v1": 0.99,
                "mobilenet1.0": 0.955, "mobilenetv2_1.0": 0.955,
                "mobilenetv3_large": 0.88}
