@@ -21,10 +21,10 @@ dozen samples, flip near-ties on new inputs).
 
 All corrections are measured in one run of the int8 graph (:func:`compute_corrections`):
 every corrected layer is computed twice there, an uncorrected copy whose output is compared
-with the fp32 reference (by numpy, in a ``Custom`` operator) and the layer itself, which
-reads ``beta + correction``, so the layers after it see the corrected network, exactly as
-when each layer is measured on a run of the graph up to it with the earlier corrections
-in place (one run per layer: the same corrections bit for bit, at the cost of about two
+with the fp32 reference (MXNet operators in the graph) and the layer itself, which reads
+``beta + correction``, so the layers after it see the corrected network, as when each
+layer is measured on a run of the graph up to it with the earlier corrections in place
+(one run per layer: the same corrections to float32 rounding, at the cost of about two
 int8 forward passes over the kept samples instead of one per corrected layer).
 
 The corrections are stored in the calibration table (``meta['bias_correction']``) with
@@ -164,21 +164,17 @@ class ReferenceTap:
             per = int(np.prod(shape)) if shape else 1
             take = min(self._limit - self._count[name], int(array.size) // max(per, 1))
             if take > 0:
-                if name not in self._chunks:
-                    # One copy, into MXNet's memory pool (a new numpy array of this size
-                    # costs a page fault per 4 KB, then two more copies to an NDArray).
-                    self._chunks[name] = _mxnet.host_array((self._limit * per,), np.float32)
-                start = self._count[name] * per
-                np.copyto(self._chunks[name][1][start:start + take * per],
-                          np.ravel(array)[:take * per])
+                # numpy copies: a view of memory from MXNet's pool, written by numpy, gave
+                # references that changed from one quantize() to the next.
+                self._chunks.setdefault(name, []).append(
+                    np.array(np.ravel(array)[:take * per], dtype=np.float32))
                 self._count[name] += take
         self._calibrator.collect(name, array)
 
     def references(self, count, ctx):
         """``{node name: NDArray (count, ...)}`` of the tensors that kept ``count`` samples."""
-        per = {k: int(np.prod(v)) if v else 1 for k, v in self._shapes.items()}
-        return {k[:-len("_output")]: self._chunks[k][0][:count * per[k]].reshape(
-            (count,) + self._shapes[k]).as_in_context(ctx)
+        return {k[:-len("_output")]: mx.nd.array(
+            np.concatenate(self._chunks[k]).reshape((count,) + self._shapes[k]), ctx=ctx)
             for k in self._shapes if self._count[k] == count}
 
 
@@ -188,89 +184,41 @@ class ReferenceTap:
 _Measured = collections.namedtuple(
     "_Measured", ["name", "target", "lo", "hi", "activated", "reference"])
 _REFERENCE_SUFFIX = "_bias_reference"
-_MEAN_ERROR_OP = "gluon_quant_bias_mean_error"
 
 
-def _mean_error(f, q, lo, hi, activated):
-    """Per-channel (axis 1) mean of ``f - q`` where ``lo < f < hi`` (and ``lo < q < hi``
-    for a layer ending in an activation, whose bounds lie at or inside the range); 0 for
-    a channel without such positions. float32 numpy arrays in, float32 out."""
-    axes = tuple(i for i in range(f.ndim) if i != 1) if f.ndim > 1 else (0,)
-    inside = (f > lo) & (f < hi)
-    if activated:
-        inside &= (q > lo) & (q < hi)
-    count = inside.sum(axis=axes)
-    delta = np.where(count > 0, ((f - q) * inside).sum(axis=axes) / np.maximum(count, 1), 0.0)
-    return delta.astype(np.float32)
+#: Finite stand-ins for unbounded ranges in the graph's scalar attributes.
+_FLOAT_MAX = 3.0e38
 
 
-class _MeanError(mx.operator.CustomOp):
-    """:func:`_mean_error` of a layer's fp32 reference and its (int8) output, in the graph
-    (outputs of rank 2 or more).
-
-    numpy, because MXNet's element-wise operators and its ``sum`` over the batch and
-    spatial axes run at a fraction of memory speed (on resnet18_v1: 4.6 s in MXNet for
-    what numpy does in well under a second). Inputs: the reference and the output, both
-    float32.
-    """
-
-    def __init__(self, lo, hi, activated):
-        super().__init__()
-        self._lo, self._hi, self._activated = lo, hi, activated
-
-    def forward(self, is_train, req, in_data, out_data, aux):
-        f, q = _mxnet.host_view(in_data[0]), _mxnet.host_view(in_data[1])
-        self.assign(out_data[0], req[0], mx.nd.array(
-            _mean_error(f, q, self._lo, self._hi, self._activated), ctx=out_data[0].context))
-
-    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
-        raise NotImplementedError("bias correction's measurement has no gradient")
-
-
-@mx.operator.register(_MEAN_ERROR_OP)
-class _MeanErrorProp(mx.operator.CustomOpProp):
-    """Shapes and types of :class:`_MeanError`: ``(N, C, ...)`` in, ``(C,)`` float32 out."""
-
-    def __init__(self, lo, hi, activated):
-        super().__init__(need_top_grad=False)
-        self._lo, self._hi, self._activated = float(lo), float(hi), activated == "True"
-
-    def list_arguments(self):
-        return ["reference", "output"]
-
-    def infer_shape(self, in_shape):
-        return in_shape, [(in_shape[0][1],)], []
-
-    def infer_type(self, in_type):
-        return in_type, [np.float32], []
-
-    def create_operator(self, ctx, shapes, dtypes):
-        return _MeanError(self._lo, self._hi, self._activated)
-
-
-def _plain(x):
-    """``x`` in the plain (default) layout, reordered inside the graph.
-
-    A ``Custom`` operator runs asynchronously, after MXNet has handed it its inputs: one
-    left in a oneDNN blocked layout is reordered in place when numpy reads it, or
-    replaced by a temporary copy that MXNet may free before numpy is done (corrections
-    then changed from run to run). Reshaping to 1-D and back reorders it in the graph.
-    """
-    return mx.sym.reshape_like(mx.sym.reshape(x, shape=(-1,)), x)
-
-
-@functools.lru_cache(maxsize=2)
-def _measurement(quantized):
+@functools.lru_cache(maxsize=256)
+def _measurement(quantized, lo, hi, activated):
     """JSON of the graph measuring one layer's correction from its uncorrected output ``q``
-    (with ``qmin``/``qmax`` when int8) and fp32 reference ``f``: ``[delta, beta + delta]``;
-    the layer's range goes into the attributes of its ``Custom`` node."""
+    (with ``qmin``/``qmax`` when int8) and fp32 reference ``f``: ``[delta, beta + delta]``,
+    ``delta`` the per-channel (axis 1) mean of ``f - q`` where ``lo < f < hi`` (and
+    ``lo < q < hi`` for a layer ending in an activation, whose bounds lie at or inside
+    the range), 0 for a channel without such positions.
+
+    In the graph, not in a ``Custom`` operator calling numpy: that one read its inputs
+    while MXNet still reordered or reused them, and corrections changed from run to run
+    (garbage of 1e32 on a 3-D convolution net).
+    """
     f, q = mx.sym.var("f"), mx.sym.var("q")
     if quantized:   # dequantized by MXNet, as its taps of int8 outputs are
         q = mx.sym.contrib.dequantize(q, mx.sym.var("qmin"), mx.sym.var("qmax"),
                                       out_type="float32")
-    delta = mx.sym.Custom(f, _plain(q), op_type=_MEAN_ERROR_OP, lo="0", hi="0",
-                          activated="False")
+    lo, hi = max(lo, -_FLOAT_MAX), min(hi, _FLOAT_MAX)
+    inside = (f > lo) * (f < hi)
+    if activated:
+        inside = inside * (q > lo) * (q < hi)
+    total = mx.sym.sum((f - q) * inside, axis=1, exclude=True)
+    delta = total / mx.sym.maximum(mx.sym.sum(inside, axis=1, exclude=True), 1.0)
     return mx.sym.Group([delta, mx.sym.var("beta") + delta]).tojson()
+
+
+def _output_dtype(dtypes, layer):
+    """The inferred dtype of ``layer``'s int8 node's output (None when unknown)."""
+    out = "quantized_%s_output" % layer.name
+    return dtypes.get(out, dtypes.get(out + "0"))
 
 
 def _correction_graph(graph, layers, dtypes):
@@ -311,17 +259,13 @@ def _correction_graph(graph, layers, dtypes):
                     if nodes[e[0]]["op"] == "null" and nodes[e[0]]["name"] == layer.target)
         probe = add(dict(node, name=node["name"] + "_uncorrected",
                          inputs=[list(e) for e in node["inputs"]]))
-        out = node["name"] + "_output"
-        quantized = dtypes.get(out, dtypes.get(out + "0")) in ("int8", "uint8")
+        quantized = _output_dtype(dtypes, layer) in ("int8", "uint8")
         # MXNet's quantized operators output (data, min, max).
         bound = {"q": [probe, 0], "qmin": [probe, 1], "qmax": [probe, 2],
                  "beta": node["inputs"][slot][:2],
                  "f": [add({"op": "null", "name": layer.reference, "inputs": []}), 0]}
-        sub = json.loads(_measurement(quantized))
-        for member in sub["nodes"]:
-            if member["op"] == "Custom":
-                member["attrs"].update(lo=repr(layer.lo), hi=repr(layer.hi),
-                                       activated=str(layer.activated))
+        sub = json.loads(_measurement(quantized, float(layer.lo), float(layer.hi),
+                                      bool(layer.activated)))
         entry = {}
         for i, member in enumerate(sub["nodes"]):
             if member["op"] == "null":
@@ -383,7 +327,7 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
     missing = [name for name, _ in layers if name not in known]
     if missing:
         internals = fused.get_internals()
-        reference = mx.sym.Group([_plain(internals[name + "_output"]) for name in missing])
+        reference = mx.sym.Group([internals[name + "_output"] for name in missing])
         # symbol_block takes from ``params`` only what the graph uses.
         outs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, fp32_params, ctx),
                                 inputs, "Bias correction (fp32 reference)")
@@ -398,9 +342,14 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
         lo, hi = table.get(name + "_output", (-np.inf, np.inf))
         kept.append(_Measured(name, target, float(lo), float(hi), name in activated,
                              name + _REFERENCE_SUFFIX))
+    dtypes = _mxnet.infer_output_dtypes(final, {n: "float32" for n in input_names})
+    typed = [m for m in kept if _output_dtype(dtypes, m) is not None]
+    if len(typed) < len(kept):      # measuring an int8 output needs to know it is one
+        _log.debug("Skipping bias correction of %s: output dtype unknown.",
+                   ", ".join(m.name for m in kept if m not in typed))
+    kept = typed
     if not kept:
         return {}
-    dtypes = _mxnet.infer_output_dtypes(final, {n: "float32" for n in input_names})
     graph = _correction_graph(_mxnet.graph_json(final), kept, dtypes)
     names = list(input_names) + [m.reference for m in kept]
     block = _mxnet.symbol_block(_mxnet.load_graph(graph), names, params, ctx, trainable=False)

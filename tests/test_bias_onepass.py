@@ -79,8 +79,8 @@ def _mixed_net():
 
 def test_one_run_gives_the_layer_by_layer_corrections(monkeypatch):
     """The corrections measured in one run of the int8 graph are those of correcting one
-    layer after the other (each measured with the earlier ones in place), bit for bit:
-    the same numpy measurement on the same int8 outputs."""
+    layer after the other (each measured with the earlier ones in place), to float32
+    rounding (MXNet's sums in the graph, numpy's here)."""
     net, batches = _mixed_net()
     seen, labels = {}, []
     real, real_run = bias.compute_corrections, _mxnet.run_block
@@ -107,7 +107,7 @@ def test_one_run_gives_the_layer_by_layer_corrections(monkeypatch):
     one, seq = seen["one_run"], seen["sequential"]
     assert sorted(one) == sorted(seq) and len(one) == 5
     for name in seq:
-        np.testing.assert_array_equal(one[name], seq[name], err_msg=name)
+        np.testing.assert_allclose(one[name], seq[name], rtol=1e-5, atol=1e-9, err_msg=name)
     # Not a vacuous equality: the first layer (nothing corrected before it) is measured
     # alike either way, the later ones see the earlier corrections.
     alone = seen["alone"]
@@ -129,4 +129,5 @@ def test_the_correction_graph_measures_an_uncorrected_copy_of_each_layer():
     assert "quantized_l_uncorrected" in names and "l_bias_reference" in names
     assert len(out["heads"]) == 1
     ops = [n["op"] for n in out["nodes"]]
-    assert ops.count("Custom") == 1 and ops.count("_contrib_dequantize") == 1
+    assert ops.count("_contrib_dequantize") == 1 and "Custom" not in ops
+    assert ops.count("sum") == 2     # the masked error and the count, per channel
