@@ -186,6 +186,12 @@ _Measured = collections.namedtuple(
 _REFERENCE_SUFFIX = "_bias_reference"
 
 
+def _channel_sum(x):
+    """Per-channel (axis 1) sum of ``(N, C, ...)`` ``x``: over the contiguous trailing axes
+    first, then the batch (MXNet's sum over axes (0, 2, 3) at once is several times slower)."""
+    return mx.sym.sum(mx.sym.sum(mx.sym.reshape(x, shape=(0, 0, -1)), axis=2), axis=0)
+
+
 #: Finite stand-ins for unbounded ranges in the graph's scalar attributes.
 _FLOAT_MAX = 3.0e38
 
@@ -210,8 +216,8 @@ def _measurement(quantized, lo, hi, activated):
     inside = (f > lo) * (f < hi)
     if activated:
         inside = inside * (q > lo) * (q < hi)
-    total = mx.sym.sum((f - q) * inside, axis=1, exclude=True)
-    delta = total / mx.sym.maximum(mx.sym.sum(inside, axis=1, exclude=True), 1.0)
+    total = _channel_sum((f - q) * inside)
+    delta = total / mx.sym.maximum(_channel_sum(inside), 1.0)
     return mx.sym.Group([delta, mx.sym.var("beta") + delta]).tojson()
 
 

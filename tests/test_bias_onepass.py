@@ -130,4 +130,4 @@ def test_the_correction_graph_measures_an_uncorrected_copy_of_each_layer():
     assert len(out["heads"]) == 1
     ops = [n["op"] for n in out["nodes"]]
     assert ops.count("_contrib_dequantize") == 1 and "Custom" not in ops
-    assert ops.count("sum") == 2     # the masked error and the count, per channel
+    assert ops.count("sum") == 4     # the masked error and the count, per channel (2 each)
