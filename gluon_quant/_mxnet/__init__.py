@@ -9,25 +9,20 @@ nodes, which dtypes) are made by the callers (:mod:`gluon_quant.pipeline`,
 :mod:`gluon_quant.backends`); these functions only do what they are told.
 ``tests/test_structure.py`` checks that no other module reads MXNet privates.
 """
-import contextlib
-import ctypes
 import functools
-import json
 import logging
-import operator
-import os
-import re
-import sys
-import tempfile
 import warnings
 
 import mxnet as mx
 import numpy as np
 from mxnet.contrib import quantization as _mxq
 from mxnet.gluon import block as _gluon_block
-from mxnet.ndarray.sparse import _ndarray_cls
 
-from .errors import GraphError, NotHybridizableError, ModelExecutionError
+from ..errors import GraphError, NotHybridizableError, ModelExecutionError
+from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json, load_graph,
+                   first_line)
+from .entries import check_graph_entries
+from .runtime import host_view, host_array, CachedCall
 
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
@@ -42,18 +37,6 @@ __all__ = [
 ]
 
 _log = logging.getLogger(__name__)
-
-MXNET_VERSION = mx.__version__
-
-#: "[21:09:29] ../src/operator/quantization/./quantize_v2-inl.h:130: " before MXNet's words.
-_LOG_PREFIX = re.compile(r"\[\d\d:\d\d:\d\d\] \S+:\d+: ")
-
-#: MXNet's version as the integer its JSON graphs record (1.9.1 -> 10901).
-_VERSION_NUMBER = sum(int(part) * scale for part, scale in zip(
-    MXNET_VERSION.split(".")[:3], (10000, 100, 1)) if part.isdigit())
-
-#: MXNet's error type, for callers that report it as what it is.
-MXNetError = mx.base.MXNetError
 
 
 def input_names(num_inputs):
@@ -144,40 +127,6 @@ def regroup(flat, fmt):
     return _gluon_block._regroup(list(flat), fmt)
 
 
-@contextlib.contextmanager
-def native_output(messages):
-    """Capture what MXNet writes on the process's stdout and stderr into ``messages``.
-
-    MXNet's C++ passes log with ``LOG(INFO)`` ("Currently, quantized concat only supports
-    dim>0 ...") and its Python code prints ("infer_type error. Arguments: ..."), straight
-    to the terminal. Inside this block both file descriptors point at a temporary file;
-    its non-empty lines are appended to ``messages`` (a list) when the block ends.
-    """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = [os.dup(1), os.dup(2)]
-    with tempfile.TemporaryFile() as sink:
-        try:
-            os.dup2(sink.fileno(), 1)
-            os.dup2(sink.fileno(), 2)
-            yield messages
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os.dup2(saved[0], 1)
-            os.dup2(saved[1], 2)
-            for fd in saved:
-                os.close(fd)
-            sink.seek(0)
-            text = sink.read().decode("utf-8", errors="replace")
-            messages.extend(line.strip() for line in text.splitlines() if line.strip())
-
-
-def device(device_type):
-    """The MXNet context of a device type (``'cpu'``, or ``'gpu'`` for GPU 0)."""
-    return mx.gpu(0) if device_type == "gpu" else mx.cpu()
-
-
 def backend_fuse(sym, pass_name, messages=None):
     """Run MXNet's subgraph property ``pass_name`` (e.g. ``'MKLDNN_QUANTIZE'``) on ``sym``.
 
@@ -249,27 +198,6 @@ def set_calibration(qsym, ranges, messages=None):
 def quantize_params(qsym, arg_params):
     """Quantize offline the weights the quantized graph asks for (``*_quantize`` inputs)."""
     return _mxq._quantize_params(qsym, arg_params, {})
-
-
-def graph_json(sym):
-    """The graph as a JSON-like dict (nodes, heads, arg_nodes)."""
-    try:
-        return json.loads(sym.tojson())
-    except mx.base.MXNetError as err:   # MXNet checks some operators only when writing
-        raise GraphError("MXNet could not write the graph: %s" % first_line(err)) from err
-
-
-def load_graph(graph):
-    """The Symbol of a JSON-like graph dict (the inverse of :func:`graph_json`)."""
-    if "mxnet_version" not in (graph.get("attrs") or {}):
-        # Without it MXNet "upgrades" the graph and says so on stderr at every later copy.
-        graph = dict(graph, attrs=dict(graph.get("attrs") or {},
-                                       mxnet_version=["int", _VERSION_NUMBER]))
-    try:
-        with native_output([]):
-            return mx.sym.load_json(json.dumps(graph))
-    except mx.base.MXNetError as err:
-        raise GraphError("MXNet rejected a rewritten graph: %s" % first_line(err)) from err
 
 
 def symbol_block(sym, names, params, ctx, dtypes=None, trainable=True):
@@ -503,39 +431,6 @@ def run_block(block, inputs, what):
         raise ModelExecutionError("%s failed: %s" % (what, first_line(err))) from err
 
 
-def host_view(array):
-    """A read-only numpy view of a CPU float32 NDArray's memory, without copying.
-
-    Waits for the array to be computed. MXNet's ``MXNDArrayGetData`` first reorders a
-    oneDNN-layout array to the default layout, so the view has the logical layout. The
-    view is valid while ``array`` is alive and unchanged: keep a reference to it. Other
-    arrays (GPU, other dtypes, sparse) are copied with ``asnumpy()``.
-    """
-    if (array.context.device_type != "cpu" or array.dtype != np.float32
-            or array.stype != "default" or array.size == 0):
-        return array.asnumpy()
-    view = _memory(array, np.float32)
-    view.flags.writeable = False
-    return view
-
-
-def host_array(shape, dtype):
-    """A new CPU NDArray and a writable numpy view of its memory: write the view before any
-    MXNet operation reads the array, and keep the array alive while the view is used."""
-    array = mx.nd.empty(shape, ctx=mx.cpu(), dtype=dtype)
-    return array, (_memory(array, dtype) if array.size else np.empty(shape, dtype))
-
-
-def _memory(array, dtype):
-    """A writable numpy view of a (waited for) CPU array's memory, in its logical layout."""
-    array.wait_to_read()
-    pointer = ctypes.c_void_p()
-    mx.base.check_call(mx.base._LIB.MXNDArrayGetData(array.handle, ctypes.byref(pointer)))
-    memory = (ctypes.c_char * (array.size * np.dtype(dtype).itemsize)).from_address(
-        pointer.value)
-    return np.frombuffer(memory, dtype).reshape(array.shape)
-
-
 def accepts_shapes(sym, shapes):
     """Whether shape inference of ``sym`` accepts inputs of ``shapes`` ({name: shape}).
 
@@ -547,195 +442,6 @@ def accepts_shapes(sym, shapes):
     except MXNetError:
         return False
     return True
-
-
-def first_line(err):
-    """The informative line of an MXNet error message, for the package's own errors
-    (without the time stamp and C++ source location MXNet puts before it)."""
-    text = str(err).strip().splitlines()
-    line = next((l for l in text if "Check failed" in l or "Error" in l),
-                text[0] if text else repr(err))
-    return _LOG_PREFIX.sub("", line.strip())
-
-
-def check_graph_entries(graph, sym=None):
-    """Check that every edge of a graph (JSON dict) names an existing node output.
-
-    MXNet's loader accepts an input entry ``[node, output, version]`` whose output index
-    is out of range and then frees invalid memory when the graph runs (the process
-    aborts): each entry is checked here, in fused subgraphs too. The graph and all its
-    subgraphs are loaded together, as one graph, so that MXNet counts every node's
-    outputs in one call; ``sym``, the Symbol already loaded from ``graph``, saves loading
-    the main graph again.
-
-    Raises
-    ------
-    ValueError
-        Naming the first bad entry.
-    """
-    graphs = [graph]
-    for sub in graphs:              # grows while walking: subgraphs of subgraphs too
-        for node in sub["nodes"]:
-            graphs.extend(node.get("subgraphs", []) or [])
-    if sym is None:
-        counts = _output_counts(graphs)
-    else:
-        counts = [_symbol_output_counts(sym, graph)] + _output_counts(graphs[1:])
-    for number, (sub, sub_counts) in enumerate(zip(graphs, counts)):
-        nodes = sub["nodes"]
-        for index, node in enumerate(nodes):
-            inputs = node.get("inputs", [])
-            entries = [*inputs, *sub.get("heads", [])] if index == len(nodes) - 1 else inputs
-            for position, entry in enumerate(entries):
-                head = position >= len(inputs)
-                # type() is int: a bool is not an index (loads at ~1 us a node)
-                if type(entry) is not list or len(entry) < 2 \
-                        or any(type(v) is not int for v in entry):
-                    raise ValueError("%s is %r, not [node, output, version]" % (
-                        "graph output" if head else "input of %r" % node.get("name"), entry))
-                source, slot = entry[0], entry[1]
-                count = sub_counts[source] if 0 <= source < len(nodes) else 0
-                if not 0 <= slot < count or (not head and source >= index):
-                    raise ValueError("%s %r refers to a node output that does not exist%s" % (
-                        "graph output" if head else "input of %r" % node.get("name"), entry,
-                        " (in a fused subgraph)" if number else ""))
-
-
-def _symbol_output_counts(sym, graph):
-    """How many outputs each node of ``graph`` has in ``sym`` (loaded from it).
-
-    MXNet names a variable's output after the variable and an operator's ``NODE_SUFFIX``:
-    an output named exactly like a variable is that variable's, any other belongs to the
-    operator whose name is its longest prefix. Where that is ambiguous (an operator
-    ``rnn`` with an output ``rnn_state`` beside a variable ``rnn_state``), the internal
-    graph's JSON says which node it is.
-    """
-    variables = {n.get("name") for n in graph["nodes"] if n.get("op") == "null"}
-    operators = {n.get("name") for n in graph["nodes"] if n.get("op") != "null"}
-    counts = {}
-    for output in sym.get_internals().list_outputs():
-        if output in variables:
-            if output in counts:
-                return _json_output_counts(sym, graph)
-            counts[output] = 1
-            continue
-        owner = next((output[:cut] for cut in _underscores(output)
-                      if output[:cut] in operators), None)
-        if owner is None:
-            return _json_output_counts(sym, graph)
-        counts[owner] = counts.get(owner, 0) + 1
-    return [counts.get(n.get("name"), 0) for n in graph["nodes"]]
-
-
-def _underscores(name):
-    yield len(name)
-    cut = name.rfind("_")
-    while cut > 0:
-        yield cut
-        cut = name.rfind("_", 0, cut)
-
-
-def _json_output_counts(sym, graph):
-    internals = json.loads(sym.get_internals().tojson())
-    names = [n["name"] for n in internals["nodes"]]
-    counts = {}
-    for entry in internals["heads"]:
-        counts[names[entry[0]]] = counts.get(names[entry[0]], 0) + 1
-    return [counts.get(n.get("name"), 0) for n in graph["nodes"]]
-
-
-#: Operators found in oneDNN's fused subgraphs that always have one visible output.
-_ONE_OUTPUT = frozenset(["Convolution", "FullyConnected", "Activation", "clip",
-                         "elemwise_add", "_plus", "elemwise_mul", "_contrib_quantized_act"])
-
-
-def _known_counts(sub):
-    """Output counts of a graph made of variables and ``_ONE_OUTPUT`` operators (and
-    BatchNorm without its mean/var outputs), or None."""
-    counts = []
-    for node in sub["nodes"]:
-        op, attrs = node.get("op"), node.get("attrs") or {}
-        if op == "null" or op in _ONE_OUTPUT or (op == "BatchNorm" and str(
-                attrs.get("output_mean_var", "False")).lower() in ("false", "0")):
-            counts.append(1)
-        else:
-            return None
-    return counts
-
-
-def _output_counts(graphs):
-    """How many outputs MXNet gives each node of each graph: one list per graph."""
-    known = [_known_counts(sub) for sub in graphs]
-    if all(k is not None for k in known):
-        return known
-    merged, keys = [], []
-    for number, sub in enumerate(graphs):
-        for node in sub["nodes"]:
-            # Unique names, and no inputs: only each node's own outputs are counted.
-            copy = {k: v for k, v in node.items() if k != "inputs"}
-            copy["name"] = "%d/%s" % (number, node.get("name"))
-            copy["inputs"] = []
-            keys.append(copy["name"])
-            merged.append(copy)
-    # Nodes without inputs whose operator needs some cannot be built: count them apart.
-    if not merged:
-        return []
-    simple = {"nodes": merged, "arg_nodes": [], "heads": [[i, 0, 0] for i in range(len(merged))]}
-    try:
-        flat = _symbol_output_counts(load_graph(simple), simple)
-        counts = dict(zip(keys, flat))
-    except GraphError:
-        counts = None
-    result, start = [], 0
-    for sub in graphs:
-        names = keys[start:start + len(sub["nodes"])]
-        start += len(names)
-        if counts is None:
-            internals = load_graph(sub).get_internals()
-            own = {}
-            for i in range(len(internals.list_outputs())):
-                own[internals[i].name] = own.get(internals[i].name, 0) + 1
-            result.append([own.get(n.get("name"), 0) for n in sub["nodes"]])
-        else:
-            result.append([counts.get(n, 0) for n in names])
-    return result
-
-
-class CachedCall:
-    """Runs a hybridized block's CachedOp with its parameters' handles gathered once.
-
-    Gluon's ``_call_cached_op`` reads every parameter and builds a C array of all handles
-    at every call (~100 on ResNet-18: most of a batch-1 call's Python time). Here the array
-    is kept while each parameter holds the same array list (checked by identity at each
-    call). The unusual (not built yet, op hooks, not plain NDArrays) takes ``fallback``."""
-    _DATA = operator.attrgetter("_data")
-    _op = _params = _lists = _handles = _slots = None     # set at the first direct call
-
-    def __call__(self, block, inputs, fallback):
-        op = block._cached_op
-        if op is None or block._callback or op.is_np_sym or block._in_format != [0] * len(
-                inputs) or any(type(value) is not mx.nd.NDArray for value in inputs):
-            return fallback(*inputs)
-        if op is not self._op or any(map(operator.is_not, map(self._DATA, self._params),
-                                         self._lists)):
-            pairs = block._cached_op_args
-            self._params = [value for is_arg, value in pairs if not is_arg]
-            self._lists = [param._data for param in self._params]
-            self._slots = [(n, index) for n, (is_arg, index) in enumerate(pairs) if is_arg]
-            self._handles = (ctypes.c_void_p * len(pairs))(*[
-                None if is_arg else value.data().handle.value for is_arg, value in pairs])
-            self._op = op
-        args = type(self._handles).from_buffer_copy(self._handles)   # a copy per call:
-        for slot, index in self._slots:                                # thread-safe
-            args[slot] = inputs[index].handle.value
-        count, handles = ctypes.c_int(0), ctypes.POINTER(mx.base.NDArrayHandle)()
-        stypes = ctypes.POINTER(ctypes.c_int)()
-        mx.base.check_call(mx.base._LIB.MXInvokeCachedOpEx(
-            op.handle, ctypes.c_int(len(args)), args, ctypes.byref(count), ctypes.byref(handles),
-            ctypes.byref(stypes)))
-        out = [_ndarray_cls(ctypes.cast(handles[n], mx.base.NDArrayHandle), stype=stypes[n])
-               for n in range(count.value)]
-        return _gluon_block._regroup(out, block._out_format)
 
 
 def is_initialized(param):
