@@ -449,25 +449,33 @@ def split(joined, shapes, outs=None):
         order = np.argsort(fix_index, kind="stable")
         fix_index, fix_value = fix_index[order], fix_value[order]
     bounds = np.cumsum([0] + [math.prod(shape) for shape in shapes], dtype=np.int64)
+    rows = np.cumsum([0] + [shape[0] for shape in shapes], dtype=np.int64)
     cuts = np.searchsorted(fix_index, bounds)
-    weights, row = [], 0
-    for number, shape in enumerate(shapes):
-        channels, start, stop = shape[0], int(bounds[number]), int(bounds[number + 1])
-        rows = slice(row, row + channels)
-        values = q[start:stop].reshape(channels, -1)
-        flat = np.empty(stop - start, np.float32) if outs is None \
-            else outs[number].reshape(-1)
-        view = flat.reshape(channels, -1)
-        np.multiply(values, factors[rows, None], out=view)   # float32(q) * factor
-        # Each channel's anchor goes where its int8 value is most extreme, with that sign.
-        first, extreme = _extremes(values)
-        view[np.arange(channels), first] = np.where(extreme < 0, -anchors[rows], anchors[rows])
-        low, high = cuts[number], cuts[number + 1]
-        if high > low:
-            flat[fix_index[low:high] - start] = fix_value[low:high]
-        weights.append(flat.reshape(shape))
-        row += channels
+    if outs is None:
+        outs = [np.empty(shape, np.float32) for shape in shapes]
+    weights = [out.reshape(shape) for out, shape in zip(outs, shapes)]
+    for number, weight in enumerate(weights):
+        start, stop = int(bounds[number]), int(bounds[number + 1])
+        low, high = int(rows[number]), int(rows[number + 1])
+        _unpack_one(q[start:stop].reshape(high - low, -1), factors[low:high],
+                    anchors[low:high], weight.reshape(high - low, -1),
+                    fix_index[cuts[number]:cuts[number + 1]] - start,
+                    fix_value[cuts[number]:cuts[number + 1]])
     return weights
+
+
+def _unpack_one(values, factors, anchors, out, fix_index, fix_value):
+    """One weight: ``float32(q) * factor`` per channel, the anchors, the kept values.
+
+    The cast and the multiplication are two passes over ``out`` (numpy's mixed int8 x
+    float32 multiplication casts through a buffer and was 2.4x slower)."""
+    np.copyto(out, values)
+    out *= factors[:, None]
+    # Each channel's anchor goes where its int8 value is most extreme, with that sign.
+    first, extreme = _extremes(values)
+    out[np.arange(values.shape[0]), first] = np.where(extreme < 0, -anchors, anchors)
+    if fix_index.size:
+        out.reshape(-1)[fix_index] = fix_value
 
 
 def _extremes(values):

@@ -210,9 +210,9 @@ def _build(cls, meta, paths, symbol_path, symbol_data, params_path, params_data,
 
     def allocate(entries):
         """Arrays for the packed weights, which are unpacked straight into them."""
-        for entry in entries:
-            hosts[entry["weight"]] = _mxnet.host_array(tuple(entry["shape"]), np.float32)
-        return [hosts[entry["weight"]][1] for entry in entries]
+        pairs = _mxnet.host_arrays([(tuple(entry["shape"]), np.float32) for entry in entries])
+        hosts.update(zip((entry["weight"] for entry in entries), pairs))
+        return [view for _, view in pairs]
 
     params = _unpack_params(arrays, meta, sym, params_path, allocate)
     names = [entry["name"] for entry in meta["inputs"]]
@@ -223,13 +223,13 @@ def _build(cls, meta, paths, symbol_path, symbol_data, params_path, params_data,
     except (mx.base.MXNetError, ValueError, AssertionError) as err:
         raise ArtifactError("The graph in %r does not take the inputs %s listed in %r: %s"
                             % (symbol_path, names, paths["meta"], err)) from err
-    nd_params = {}
-    for name, value in params.items():
-        if name not in hosts:       # a view of the file's bytes (or format 1.0's unpacking)
-            hosts[name] = _mxnet.host_array(value.shape, value.dtype)
-            hosts[name][1][...] = value
-        array = hosts[name][0]
-        nd_params[name] = array if ctx == mx.cpu() else array.as_in_context(ctx)
+    copied = [name for name in params if name not in hosts]   # views of the file's bytes
+    hosts.update(zip(copied, _mxnet.host_arrays([(params[name].shape, params[name].dtype)
+                                                 for name in copied])))
+    for name in copied:
+        hosts[name][1][...] = params[name]
+    nd_params = {name: hosts[name][0] if ctx == mx.cpu() else hosts[name][0].as_in_context(ctx)
+                 for name in params}
     try:
         # An int8 graph only runs inference: no gradient buffers, no copies.
         return _mxnet.adopt_params(block, nd_params)
