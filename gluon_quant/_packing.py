@@ -415,8 +415,10 @@ def join(packs):
 def split(joined, shapes, outs=None):
     """Inverse of :func:`join` followed by :func:`unpack`: every weight, rebuilt.
 
-    One pass per weight (int8 times its channel factors, written straight into its
-    output), one search for the channel maxima, and its few kept values scattered in.
+    Per weight, four passes of numpy (the cast to float32, the multiplication by its
+    channel factors in place, the positions of each channel's int8 maximum and minimum);
+    the anchors of all channels are then chosen at once, and scattered in with the kept
+    values.
 
     Parameters
     ----------
@@ -448,43 +450,47 @@ def split(joined, shapes, outs=None):
         # in one scatter over all weights)
         order = np.argsort(fix_index, kind="stable")
         fix_index, fix_value = fix_index[order], fix_value[order]
-    bounds = np.cumsum([0] + [math.prod(shape) for shape in shapes], dtype=np.int64)
-    rows = np.cumsum([0] + [shape[0] for shape in shapes], dtype=np.int64)
-    cuts = np.searchsorted(fix_index, bounds)
+    channels = np.array([shape[0] for shape in shapes], np.int64)
+    bounds = np.concatenate([[0], np.cumsum([math.prod(shape) for shape in shapes],
+                                            dtype=np.int64)])
+    rows = np.concatenate([[0], np.cumsum(channels)])
     if outs is None:
         outs = [np.empty(shape, np.float32) for shape in shapes]
-    weights = [out.reshape(shape) for out, shape in zip(outs, shapes)]
-    for number, weight in enumerate(weights):
-        start, stop = int(bounds[number]), int(bounds[number + 1])
-        low, high = int(rows[number]), int(rows[number + 1])
-        _unpack_one(q[start:stop].reshape(high - low, -1), factors[low:high],
-                    anchors[low:high], weight.reshape(high - low, -1),
-                    fix_index[cuts[number]:cuts[number + 1]] - start,
-                    fix_value[cuts[number]:cuts[number + 1]])
-    return weights
-
-
-def _unpack_one(values, factors, anchors, out, fix_index, fix_value):
-    """One weight: ``float32(q) * factor`` per channel, the anchors, the kept values.
-
-    The cast and the multiplication are two passes over ``out`` (numpy's mixed int8 x
-    float32 multiplication casts through a buffer and was 2.4x slower)."""
-    np.copyto(out, values)
-    out *= factors[:, None]
+    flats = [out.reshape(-1) for out in outs]
+    high_at, low_at = np.empty(rows[-1], np.intp), np.empty(rows[-1], np.intp)
+    for number, flat in enumerate(flats):
+        start, stop = bounds[number], bounds[number + 1]
+        low, high = rows[number], rows[number + 1]
+        values = q[start:stop].reshape(high - low, -1)
+        view = flat.reshape(high - low, -1)
+        np.copyto(view, values)           # float32(q) * factor: the cast, then in place
+        view *= factors[low:high, None]   # (numpy's mixed int8 x float32 multiply
+        values.argmax(axis=1, out=high_at[low:high])    # buffers the cast: 2.4x slower)
+        values.argmin(axis=1, out=low_at[low:high])
     # Each channel's anchor goes where its int8 value is most extreme, with that sign.
-    first, extreme = _extremes(values)
-    out[np.arange(values.shape[0]), first] = np.where(extreme < 0, -anchors, anchors)
-    if fix_index.size:
-        out.reshape(-1)[fix_index] = fix_value
+    length = np.repeat(np.diff(bounds) // channels, channels)      # of each channel's row
+    first_value = np.repeat(bounds[:-1], channels) + (
+        np.arange(rows[-1]) - np.repeat(rows[:-1], channels)) * length
+    first, extreme = _extremes(q, first_value, high_at, low_at)
+    signed = np.where(extreme < 0, -anchors, anchors)
+    at = first_value - np.repeat(bounds[:-1], channels) + first     # within its weight
+    cuts = np.searchsorted(fix_index, bounds)
+    for number, flat in enumerate(flats):
+        low, high = rows[number], rows[number + 1]
+        flat[at[low:high]] = signed[low:high]
+        if cuts[number + 1] > cuts[number]:
+            flat[fix_index[cuts[number]:cuts[number + 1]] - bounds[number]] = \
+                fix_value[cuts[number]:cuts[number + 1]]
+    return [out.reshape(shape) for out, shape in zip(outs, shapes)]
 
 
-def _extremes(values):
-    """Per row of int8 ``values``, where the runtime's rounding of ``+-max|w|`` lies and
-    its value: the first -128 if present, else the first value of largest magnitude,
-    positive on a tie. Two passes (argmax, argmin) over the data."""
-    rows = np.arange(values.shape[0])
-    high_at, low_at = values.argmax(axis=1), values.argmin(axis=1)
-    high, low = values[rows, high_at].astype(np.int16), values[rows, low_at].astype(np.int16)
+def _extremes(q, row_start, high_at, low_at):
+    """Per row of int8 ``q`` (starting at ``row_start``, its maximum at ``high_at`` and
+    its minimum at ``low_at``, first occurrences), where the runtime's rounding of
+    ``+-max|w|`` lies and its value: the first -128 if present, else the first value of
+    largest magnitude, positive on a tie."""
+    high = q[row_start + high_at].astype(np.int16)
+    low = q[row_start + low_at].astype(np.int16)
     positive = (low != -128) & (high >= -low)
     return np.where(positive, high_at, low_at), np.where(positive, high, low)
 

@@ -85,19 +85,22 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         directory = os.path.dirname(os.path.abspath(paths["meta"]))
         symbol_path, symbol_data = _read_file(meta, directory, "symbol")
         _check_digest(meta, paths, "symbol", symbol_path, sha256_bytes(symbol_data))
+        # MXNet parses the checked graph on a second thread (ctypes releases the GIL)
+        # while the params file is read and its weights unpacked (numpy releases it too).
+        graph = _Background(_load_symbol, symbol_path, symbol_data)
         params_path, params_data = _read_file(meta, directory, "params")
         # The params file's sha256 (the largest part of the checking) is computed on a
-        # second thread (hashlib releases the GIL) while its structure is parsed and the
-        # weights unpacked; it is checked before the block is returned, and before any
-        # other error is reported, so a damaged file is always named as such.
-        digest = _Digest(params_data)
+        # third thread (hashlib releases the GIL); it is checked before the block is
+        # returned, and before any other error is reported, so a damaged file is always
+        # named as such.
+        digest = _Background(sha256_bytes, params_data)
         try:
-            block = _build(cls, meta, paths, symbol_path, symbol_data, params_path,
-                           params_data, ctx)
+            block = _build(cls, meta, paths, graph, symbol_path, params_path, params_data,
+                           ctx)
         except GluonQuantError:
-            _check_digest(meta, paths, "params", params_path, digest.hexdigest())
+            _check_digest(meta, paths, "params", params_path, digest.result())
             raise
-        _check_digest(meta, paths, "params", params_path, digest.hexdigest())
+        _check_digest(meta, paths, "params", params_path, digest.result())
         if ctx.device_type == "cpu":
             # Without a static CachedOp, oneDNN's fused int8 operators are built anew at
             # every call and quantize their fp32 weights again: a loaded MobileNetV2 ran 107
@@ -168,19 +171,27 @@ class _Holder:
         self.value, self.source = value, source
 
 
-class _Digest:
-    """The sha256 of ``data``, computed on a daemon thread."""
+class _Background:
+    """``function(*args)`` computed on a daemon thread."""
 
-    def __init__(self, data):
-        self._result = []
-        self._thread = threading.Thread(
-            target=lambda: self._result.append(sha256_bytes(data)), daemon=True)
+    def __init__(self, function, *args):
+        self._outcome = None
+
+        def run():
+            try:
+                self._outcome = (True, function(*args))
+            except BaseException as err:        # pylint: disable=broad-except
+                self._outcome = (False, err)    # raised again by result()
+        self._thread = threading.Thread(target=run, daemon=True)
         self._thread.start()
 
-    def hexdigest(self):
-        """The hex digest (waits for the thread)."""
+    def result(self):
+        """The function's value, or its exception raised here (waits for the thread)."""
         self._thread.join()
-        return self._result[0]
+        done, value = self._outcome
+        if not done:
+            raise value
+        return value
 
 
 def _read_file(meta, directory, role):
@@ -202,9 +213,9 @@ def _check_digest(meta, paths, role, path, digest):
             "another export. Export the model again." % (role, path, paths["meta"]))
 
 
-def _build(cls, meta, paths, symbol_path, symbol_data, params_path, params_data, ctx):
-    """The block over the checked files, every parameter in its own array on ``ctx``."""
-    sym = _load_symbol(symbol_path, symbol_data)
+def _build(cls, meta, paths, graph, symbol_path, params_path, params_data, ctx):
+    """The block over the checked files, every parameter in its own array on ``ctx``
+    (``graph.result()``: the Symbol, loaded on another thread)."""
     arrays = parse_ndarray_file(params_data, params_path, copy=False)
     hosts = {}
 
@@ -214,7 +225,15 @@ def _build(cls, meta, paths, symbol_path, symbol_data, params_path, params_data,
         hosts.update(zip((entry["weight"] for entry in entries), pairs))
         return [view for _, view in pairs]
 
-    params = _unpack_params(arrays, meta, sym, params_path, allocate)
+    checked = []
+
+    def symbol():
+        if not checked:
+            checked.append(_check_symbol(symbol_path, graph.result()))
+        return checked[0]
+
+    params = _unpack_params(arrays, meta, symbol, params_path, allocate)
+    sym = symbol()
     names = [entry["name"] for entry in meta["inputs"]]
     inputs = [mx.sym.var(name, dtype=entry["dtype"])
               for name, entry in zip(names, meta["inputs"])]
@@ -336,26 +355,46 @@ def _plain_layout(meta):
 
 
 def _load_symbol(path, data):
+    """``(graph dict, Symbol)``: the JSON parsed, then loaded by MXNet (on the loading
+    thread: both hold the GIL briefly; :func:`_check_symbol` must check it next)."""
     try:
-        graph = json.loads(data.decode("utf-8"))
+        text = data.decode("utf-8")
+        graph = json.loads(text)
         if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
             raise ValueError("no node list")
-        sym = mx.sym.load_json(data.decode("utf-8"))
+        return graph, mx.sym.load_json(text)
+    except (UnicodeDecodeError, ValueError, mx.base.MXNetError) as err:
+        raise _bad_symbol(path, err) from None
+
+
+def _check_symbol(path, loaded):
+    """The Symbol of :func:`_load_symbol`, once every edge of its graph is checked (in
+    Python: on the main thread, which a pure-Python thread would stall)."""
+    graph, sym = loaded
+    try:
         _mxnet.check_graph_entries(graph, sym)
-        return sym
-    except (UnicodeDecodeError, ValueError, KeyError, TypeError, mx.base.MXNetError) as err:
-        raise ArtifactError("The symbol file %r is not a valid MXNet graph (%s). Export the "
-                            "model again." % (path, str(err).splitlines()[0])) from None
+    except (ValueError, KeyError, TypeError, mx.base.MXNetError) as err:
+        raise _bad_symbol(path, err) from None
+    return sym
 
 
-def _unpack_params(arrays, meta, sym, path, allocate=None):
-    """Rebuild the name -> array dict the graph needs, checking it matches exactly
-    (format 2's packed weights written into ``allocate(meta["packed"])``'s arrays when
-    given, once their sizes are checked; see :func:`_packing.split`)."""
+def _bad_symbol(path, err):
+    return ArtifactError("The symbol file %r is not a valid MXNet graph (%s). Export the "
+                         "model again." % (path, str(err).splitlines()[0]))
+
+
+def _unpack_params(arrays, meta, graph, path, allocate=None):
+    """Rebuild the name -> array dict the graph ``graph()`` needs, checking it matches
+    exactly (format 2's packed weights written into ``allocate(meta["packed"])``'s arrays
+    when given, once their sizes are checked; see :func:`_packing.split`). Format 2's
+    weights are unpacked before ``graph()`` is called: it may still be loading."""
+    version1 = meta["version"].startswith("1.")
+    packed = {}
+    used = 0 if version1 else _unpack_v2(arrays, meta, packed, path, allocate)
+    sym = graph()
     args = set(sym.list_arguments()) - {entry["name"] for entry in meta["inputs"]}
     aux = set(sym.list_auxiliary_states())
     params, bad = {}, []
-    version1 = meta["version"].startswith("1.")
     for key, value in arrays.items():
         kind, _, name = key.partition(":")
         if version1 and kind in ("arg", "aux") and name in (args if kind == "arg" else aux):
@@ -370,7 +409,7 @@ def _unpack_params(arrays, meta, sym, path, allocate=None):
     if version1:
         used = _unpack_v1(arrays, meta, params, bad)
     else:
-        used = _unpack_v2(arrays, meta, params, path, allocate)
+        params.update(packed)
     missing = sorted((args | aux) - set(params))
     extra = len(arrays) - direct - used
     if bad or missing or extra:
