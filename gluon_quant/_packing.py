@@ -40,6 +40,8 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
+from ._background import Background
+
 __all__ = ["ARRAYS", "PackSpec", "Packed", "NotPackable", "pack", "unpack", "join", "split", "unpack_v1",
            "fold_factor", "runtime_quantize", "data_scale"]
 
@@ -412,13 +414,14 @@ def join(packs):
     return joined
 
 
-def split(joined, shapes, outs=None):
+def split(joined, shapes, outs=None, threads=1):
     """Inverse of :func:`join` followed by :func:`unpack`: every weight, rebuilt.
 
     Per weight, four passes of numpy (the cast to float32, the multiplication by its
-    channel factors in place, the positions of each channel's int8 maximum and minimum);
-    the anchors of all channels are then chosen at once, and scattered in with the kept
-    values.
+    channel factors in place, the positions of each channel's int8 maximum and minimum),
+    which release the GIL: with ``threads=2`` a second thread takes the first half of
+    the values. The anchors of all channels are then chosen at once, and scattered in
+    with the kept values.
 
     Parameters
     ----------
@@ -429,6 +432,9 @@ def split(joined, shapes, outs=None):
     outs : list of numpy.ndarray of float32, optional
         Where to write each weight: C-contiguous arrays of as many values as its shape
         (e.g. views of the memory the runtime will use); new arrays if None.
+    threads : int
+        1 or 2: how many threads cast and multiply (2 only pays from about a million
+        values on: below, the thread costs more than it saves).
 
     Returns
     -------
@@ -458,15 +464,27 @@ def split(joined, shapes, outs=None):
         outs = [np.empty(shape, np.float32) for shape in shapes]
     flats = [out.reshape(-1) for out in outs]
     high_at, low_at = np.empty(rows[-1], np.intp), np.empty(rows[-1], np.intp)
-    for number, flat in enumerate(flats):
-        start, stop = bounds[number], bounds[number + 1]
-        low, high = rows[number], rows[number + 1]
-        values = q[start:stop].reshape(high - low, -1)
-        view = flat.reshape(high - low, -1)
-        np.copyto(view, values)           # float32(q) * factor: the cast, then in place
-        view *= factors[low:high, None]   # (numpy's mixed int8 x float32 multiply
-        values.argmax(axis=1, out=high_at[low:high])    # buffers the cast: 2.4x slower)
-        values.argmin(axis=1, out=low_at[low:high])
+
+    def expand(numbers):
+        for number in numbers:
+            start, stop = bounds[number], bounds[number + 1]
+            low, high = rows[number], rows[number + 1]
+            values = q[start:stop].reshape(high - low, -1)
+            view = flats[number].reshape(high - low, -1)
+            np.copyto(view, values)           # float32(q) * factor: the cast, then in
+            view *= factors[low:high, None]   # place (numpy's mixed int8 x float32
+            values.argmax(axis=1, out=high_at[low:high])    # multiply buffers the cast:
+            values.argmin(axis=1, out=low_at[low:high])     # 2.4x slower)
+
+    if threads == 2 and bounds[-1] >= _THREADED_VALUES:
+        half = int(np.searchsorted(bounds, bounds[-1] // 2))
+        helper = Background(expand, range(half))
+        try:
+            expand(range(half, len(shapes)))
+        finally:
+            helper.result()
+    else:
+        expand(range(len(shapes)))
     # Each channel's anchor goes where its int8 value is most extreme, with that sign.
     length = np.repeat(np.diff(bounds) // channels, channels)      # of each channel's row
     first_value = np.repeat(bounds[:-1], channels) + (
@@ -482,6 +500,10 @@ def split(joined, shapes, outs=None):
             flat[fix_index[cuts[number]:cuts[number + 1]] - bounds[number]] = \
                 fix_value[cuts[number]:cuts[number + 1]]
     return [out.reshape(shape) for out, shape in zip(outs, shapes)]
+
+
+#: From how many int8 values on ``split(threads=2)`` uses a second thread.
+_THREADED_VALUES = 1 << 20
 
 
 def _extremes(q, row_start, high_at, low_at):

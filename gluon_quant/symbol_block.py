@@ -11,12 +11,12 @@ import json
 import logging
 import math
 import os
-import threading
 
 import mxnet as mx
 import numpy as np
 
 from . import _mxnet, _packing
+from ._background import Background
 from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
 from .data import as_tuples, describe
@@ -87,13 +87,13 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         _check_digest(meta, paths, "symbol", symbol_path, sha256_bytes(symbol_data))
         # MXNet parses the checked graph on a second thread (ctypes releases the GIL)
         # while the params file is read and its weights unpacked (numpy releases it too).
-        graph = _Background(_load_symbol, symbol_path, symbol_data)
+        graph = Background(_load_symbol, symbol_path, symbol_data)
         params_path, params_data = _read_file(meta, directory, "params")
         # The params file's sha256 (the largest part of the checking) is computed on a
         # third thread (hashlib releases the GIL); it is checked before the block is
         # returned, and before any other error is reported, so a damaged file is always
         # named as such.
-        digest = _Background(sha256_bytes, params_data)
+        digest = Background(sha256_bytes, params_data)
         try:
             block = _build(cls, meta, paths, graph, symbol_path, params_path, params_data,
                            ctx)
@@ -169,29 +169,6 @@ class _Holder:
 
     def __init__(self, value, source):
         self.value, self.source = value, source
-
-
-class _Background:
-    """``function(*args)`` computed on a daemon thread."""
-
-    def __init__(self, function, *args):
-        self._outcome = None
-
-        def run():
-            try:
-                self._outcome = (True, function(*args))
-            except BaseException as err:        # pylint: disable=broad-except
-                self._outcome = (False, err)    # raised again by result()
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-
-    def result(self):
-        """The function's value, or its exception raised here (waits for the thread)."""
-        self._thread.join()
-        done, value = self._outcome
-        if not done:
-            raise value
-        return value
 
 
 def _read_file(meta, directory, role):
@@ -453,7 +430,7 @@ def _unpack_v2(arrays, meta, params, path, allocate=None):
     try:
         _packing.check_joined(joined, shapes)
         outs = None if allocate is None else allocate(meta["packed"])
-        weights = _packing.split(joined, shapes, outs)
+        weights = _packing.split(joined, shapes, outs, threads=2)
     except ValueError as err:
         raise ArtifactError("The packed weights in %r are inconsistent (%s). Export the "
                             "model again." % (path, err)) from None
