@@ -152,6 +152,64 @@ def test_split_into_given_arrays_matches_unpack_whatever_the_fix_order():
                             fix_value=np.ones(1, np.float32)), shapes)
 
 
+def test_split_on_two_threads_gives_the_same_weights(monkeypatch):
+    rs = np.random.RandomState(1)
+    shapes = [(16, 8, 3, 3), (24, 16, 1, 1), (10, 24)]
+    packs = []
+    for shape in shapes:
+        params = {"w": (rs.randn(*shape) * 0.2).astype(np.float32)}
+        params["w"][1] = 0.0
+        params["w"][3, 0] = params["w"].max() * 1.5          # a channel's lone maximum
+        packs.append(_packing.pack(_packing.PackSpec("w", True), params))
+    joined = _packing.join(packs)
+    one = _packing.split(joined, shapes, threads=1)
+    monkeypatch.setattr(_packing, "_THREADED_VALUES", 1)    # these weights are small
+    two = _packing.split(joined, shapes, threads=2)
+    for pack, a, b in zip(packs, one, two):
+        assert np.array_equal(a, b) and np.array_equal(a, _packing.unpack(pack))
+    # an error on the helper thread (the first half of the values) reaches the caller
+    outs = [np.empty(5, np.float32)] + [np.empty(shape, np.float32) for shape in shapes[1:]]
+    with pytest.raises(ValueError, match="reshape"):
+        _packing.split(joined, shapes, outs, threads=2)
+
+
+def test_a_channels_anchor_goes_to_its_first_most_extreme_int8_value():
+    # the rule the exporter's emulation used: the first -128, else the first value of
+    # largest magnitude, the positive one on a tie
+    q = np.array([[3, -5, 5, -5, 1], [127, -128, 2, -128, 0], [-7, 7, -7, 7, 0],
+                  [0, 0, 0, 0, 0], [-2, -9, 9, 9, -9]], np.int8)
+    shapes = [q.shape]
+    anchors = np.arange(1, 6, dtype=np.float32)
+    joined = {"int8": q.ravel(), "anchors": anchors,
+              "factor_index": np.zeros(0, np.int32), "factor_value": np.zeros(0, np.float32),
+              "fix_index": np.zeros(0, np.int32), "fix_value": np.zeros(0, np.float32)}
+    (weight,) = _packing.split(joined, shapes)
+    expected = q * (anchors / np.float32(127.5))[:, None]
+    for row, (column, sign) in enumerate([(2, 1), (1, -1), (1, 1), (0, 1), (2, 1)]):
+        expected[row, column] = sign * anchors[row]
+    assert np.array_equal(weight, expected.astype(np.float32))
+
+
+def test_host_arrays_are_mxnet_arrays_over_the_views_memory():
+    pairs = _mxnet.host_arrays([((3, 4), np.float32), ((0, 2), np.float32), ((5,), np.int32)])
+    assert [a.shape for a, _ in pairs] == [(3, 4), (0, 2), (5,)]
+    assert [a.dtype for a, _ in pairs] == [np.float32, np.float32, np.int32]
+    pairs[0][1][...] = np.arange(12, dtype=np.float32).reshape(3, 4)
+    pairs[2][1][...] = [5, 4, 3, 2, 1]
+    assert np.array_equal(pairs[0][0].asnumpy(), np.arange(12).reshape(3, 4))
+    assert (pairs[0][0] * 2).asnumpy()[2, 3] == 22
+    assert pairs[2][0].asnumpy().tolist() == [5, 4, 3, 2, 1]
+    assert pairs[1][1].shape == (0, 2)
+
+
+def test_background_returns_the_value_or_raises_the_error():
+    from gluon_quant._background import Background
+    assert Background(sum, [1, 2, 3]).result() == 6
+    failing = Background(int, "not a number")
+    with pytest.raises(ValueError, match="not a number"):
+        failing.result()
+
+
 def test_graph_entries_are_checked_in_nodes_and_heads():
     x = mx.sym.var("data")
     sym = mx.sym.Activation(mx.sym.FullyConnected(x, num_hidden=4, name="fc"),
