@@ -14,7 +14,9 @@ weights) it prints the params file size and the load time of:
 "load" is the imports call; "load+1st" adds the first batch-1 inference, where MXNet's
 fused int8 layers fold BatchNorm and quantize their fp32 weights. The loads of the three
 exports alternate, so that all see the same machine load; each time is the median of
-``--repeat`` rounds. Sizes are exact; compare the time ratios, not the seconds.
+``--repeat`` rounds, "x fp32" the median of the per-round ratios to the fp32 load, and
+"CPU" the process's CPU time over the call (all threads). Sizes are exact; compare the
+time ratios, not the seconds.
 
     python benchmarks/export_size.py [--models resnet18_v1 mobilenetv2_1.0] [--repeat 5]
 """
@@ -57,21 +59,35 @@ def _build(name, params_file=None):
 
 
 def _timed_rounds(loads, repeat):
-    """Median seconds of each ``loads[label]()``, the labels alternating in every round.
+    """Wall and CPU seconds of each ``loads[label]()``, the labels alternating in every
+    round (in reverse order every other round).
+
+    Returns ``{label: (median wall s, median CPU s, median of the per-round ratios of
+    its wall time to the first label's)}``: the paired ratio cancels most of what other
+    jobs on the machine do to both loads of a round.
 
     Gluon blocks sit in reference cycles: each loaded block is collected (outside the
     timing) before the next load, so that every load finds the allocator in the same
-    state instead of paying, at random, for a collection or for fresh pages.
+    state instead of paying, at random, for a collection or for fresh pages; MXNet's
+    engine is waited for too (``SymbolBlock.imports`` returns with its parameter copies
+    still queued: they are not timed, but must not slow the next load down).
     """
-    times = {label: [] for label in loads}
-    for _ in range(repeat):
-        for label, load in loads.items():
-            start = time.perf_counter()
-            block = load()
-            times[label].append(time.perf_counter() - start)
+    wall = {label: [] for label in loads}
+    cpu = {label: [] for label in loads}
+    labels = list(loads)
+    for number in range(repeat):
+        for label in labels if number % 2 == 0 else labels[::-1]:
+            start, start_cpu = time.perf_counter(), time.process_time()
+            block = loads[label]()
+            wall[label].append(time.perf_counter() - start)
+            cpu[label].append(time.process_time() - start_cpu)
+            mx.nd.waitall()
             del block
             gc.collect()
-    return {label: statistics.median(t) for label, t in times.items()}
+    base = wall[labels[0]]
+    return {label: (statistics.median(wall[label]), statistics.median(cpu[label]),
+                    statistics.median([a / b for a, b in zip(wall[label], base)]))
+            for label in labels}
 
 
 def _first_inference(block, x):
@@ -133,15 +149,19 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
             rows, identical, kept = measure(name, workdir, args.repeat)
-            base_size, base_load, base_first = rows[0][1:]
+            base_size = rows[0][1]
             print("\n%s (reload bit-identical to the in-memory int8 model: %s; weights kept "
                   "fp32: %d)" % (name, identical, kept))
-            print("%-18s %12s %8s %10s %8s %12s %8s" % (
-                "export", "params MB", "x fp32", "load s", "x fp32", "load+1st s", "x fp32"))
-            for label, size, load_s, first_s in rows:
-                print("%-18s %12.3f %8.3f %10.3f %8.2f %12.3f %8.2f" % (
-                    label, size / 1e6, size / base_size, load_s, load_s / base_load,
-                    first_s, first_s / base_first))
+            print("%-18s %10s %7s %8s %7s %8s %11s %7s %8s" % (
+                "export", "params MB", "x fp32", "load ms", "x fp32", "CPU ms",
+                "load+1st ms", "x fp32", "CPU ms"))
+            for label, size, (load_s, load_cpu, load_x), (first_s, first_cpu, first_x) \
+                    in rows:
+                print("%-18s %10.3f %7.3f %8.1f %7.2f %8.1f %11.1f %7.2f %8.1f" % (
+                    label, size / 1e6, size / base_size, 1e3 * load_s, load_x,
+                    1e3 * load_cpu, 1e3 * first_s, first_x, 1e3 * first_cpu))
+            print("(x fp32: median of the per-round ratios to the fp32 load of the same "
+                  "round)")
 
 
 if __name__ == "__main__":
