@@ -417,7 +417,10 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
         names += _fed_names(m)
         ref = known[m.name]
         host += _host_inputs(m, ref.asnumpy() if isinstance(ref, mx.nd.NDArray) else ref)
-    block = _mxnet.symbol_block(_mxnet.load_graph(graph), names, params, ctx, trainable=False)
+    # The parameters read as they are (the graph adds the corrections to new arrays).
+    block = _mxnet.symbol_block(_mxnet.load_graph(graph), names,
+                                {k: v.as_in_context(ctx) for k, v in params.items()}, ctx,
+                                copy=False)
     # Lent without a copy: ``host`` stays alive, unchanged, until the deltas are read.
     deltas = _mxnet.run_block(block, list(inputs) + [mx.nd.from_numpy(a, zero_copy=True)
                                                      for a in host],
