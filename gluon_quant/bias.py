@@ -21,9 +21,11 @@ dozen samples, flip near-ties on new inputs).
 
 All corrections are measured in one run of the int8 graph (:func:`compute_corrections`):
 every corrected layer is computed twice there, an uncorrected copy whose output is compared
-with the fp32 reference (MXNet operators in the graph) and the layer itself, which reads
-``beta + correction``, so the layers after it see the corrected network, as when each
-layer is measured on a run of the graph up to it with the earlier corrections in place
+with the fp32 reference (in the graph: one ``batch_dot`` per layer sums the masked error;
+the mask of the reference's positions inside the range comes from numpy, fed without a
+copy) and the layer itself, which reads ``beta + correction``, so the layers after it see
+the corrected network, as when each layer is measured on a run of the graph up to it with
+the earlier corrections in place
 (one run per layer: the same corrections to float32 rounding, at the cost of about two
 int8 forward passes over the kept samples instead of one per corrected layer).
 
@@ -421,10 +423,10 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
     block = _mxnet.symbol_block(_mxnet.load_graph(graph), names,
                                 {k: v.as_in_context(ctx) for k, v in params.items()}, ctx,
                                 copy=False)
-    # Lent without a copy: ``host`` stays alive, unchanged, until the deltas are read.
-    deltas = _mxnet.run_block(block, list(inputs) + [mx.nd.from_numpy(a, zero_copy=True)
-                                                     for a in host],
-                              "Bias correction (int8 graph)")
+    # Lent without a copy on CPU: ``host`` stays alive, unchanged, until the deltas are read.
+    lent = [mx.nd.from_numpy(a, zero_copy=True) if ctx.device_type == "cpu"
+            else mx.nd.array(a, ctx=ctx) for a in host]
+    deltas = _mxnet.run_block(block, list(inputs) + lent, "Bias correction (int8 graph)")
     corrections = {m.target: [float(v) for v in d.asnumpy()] for m, d in zip(kept, deltas)}
     del host
     _log.info("Bias correction: adjusted %d linear layers.", len(corrections))
