@@ -152,7 +152,7 @@ def test_a_layer_without_activation_is_measured_with_its_count_from_the_host():
         n["name"] for n in out["nodes"] if n["op"] == "null"}
     f = np.array([[[0.5, 2.0], [0.0, -1.0]], [[-0.5, 0.25], [3.0, 1.0]]], np.float32)
     ref, mask, count = bias._host_inputs(layer, f)
-    assert ref.dtype == mask.dtype == count.dtype == np.float32
+    assert ref.dtype == count.dtype == np.float32 and mask.dtype == np.uint8
     np.testing.assert_array_equal(mask, [[[1, 0], [1, 0]], [[1, 1], [0, 0]]])
     np.testing.assert_array_equal(count, [3, 1])     # per channel, strictly inside
     assert len(bias._host_inputs(layer._replace(activated=True), f)) == 2
