@@ -21,9 +21,11 @@ dozen samples, flip near-ties on new inputs).
 
 All corrections are measured in one run of the int8 graph (:func:`compute_corrections`):
 every corrected layer is computed twice there, an uncorrected copy whose output is compared
-with the fp32 reference (MXNet operators in the graph) and the layer itself, which reads
-``beta + correction``, so the layers after it see the corrected network, as when each
-layer is measured on a run of the graph up to it with the earlier corrections in place
+with the fp32 reference (in the graph: one ``batch_dot`` per layer sums the masked error;
+the mask of the reference's positions inside the range comes from numpy, fed without a
+copy) and the layer itself, which reads ``beta + correction``, so the layers after it see
+the corrected network, as when each layer is measured on a run of the graph up to it with
+the earlier corrections in place
 (one run per layer: the same corrections to float32 rounding, at the cost of about two
 int8 forward passes over the kept samples instead of one per corrected layer).
 
@@ -112,7 +114,7 @@ class KeptSamples(tuple):
     """Calibration samples (one array per input) and, in :attr:`references`, the fp32
     outputs of the fused graph's linear layers on them, read during calibration.
 
-    ``references`` is ``(fingerprint of the fused graph, {node name: NDArray})`` or None;
+    ``references`` is ``(fingerprint of the fused graph, {node name: numpy array})`` or None;
     :func:`compute_corrections` uses them instead of running the fp32 graph again.
     """
 
@@ -162,34 +164,57 @@ class ReferenceTap:
         shape = self._shapes.get(name)
         if shape is not None and self._count[name] < self._limit:
             per = int(np.prod(shape)) if shape else 1
-            take = min(self._limit - self._count[name], int(array.size) // max(per, 1))
+            done = self._count[name]
+            take = min(self._limit - done, int(array.size) // max(per, 1))
             if take > 0:
-                # numpy copies: a view of memory from MXNet's pool, written by numpy, gave
-                # references that changed from one quantize() to the next.
-                self._chunks.setdefault(name, []).append(
-                    np.array(np.ravel(array)[:take * per], dtype=np.float32))
+                # Copied once, by numpy, into a buffer numpy owns: a view of memory from
+                # MXNet's pool, written by numpy, gave references that changed from one
+                # quantize() to the next.
+                if name not in self._chunks:
+                    self._chunks[name] = np.empty((self._limit,) + shape, np.float32)
+                self._chunks[name].reshape(-1)[done * per:(done + take) * per] = \
+                    np.ravel(array)[:take * per]
                 self._count[name] += take
         self._calibrator.collect(name, array)
 
-    def references(self, count, ctx):
-        """``{node name: NDArray (count, ...)}`` of the tensors that kept ``count`` samples."""
-        return {k[:-len("_output")]: mx.nd.array(
-            np.concatenate(self._chunks[k]).reshape((count,) + self._shapes[k]), ctx=ctx)
-            for k in self._shapes if self._count[k] == count}
+    def references(self, count, ctx=None):
+        """``{node name: numpy array (count, ...)}`` of the tensors that kept ``count``
+        samples (``ctx`` is unused: the references stay on the host, where bias correction
+        computes their masks)."""
+        return {k[:-len("_output")]: self._chunks[k][:count]
+                for k in self._shapes if self._count[k] == count}
 
 
 #: One layer to correct: its fused node, the parameter its correction is added to, its
-#: calibrated range, whether it ends in an activation, and the name of the variable its
-#: fp32 reference is fed as.
+#: calibrated range, whether it ends in an activation, the name of the variable its fp32
+#: reference is fed as, and its output channels.
 _Measured = collections.namedtuple(
-    "_Measured", ["name", "target", "lo", "hi", "activated", "reference"])
+    "_Measured", ["name", "target", "lo", "hi", "activated", "reference", "channels"])
 _REFERENCE_SUFFIX = "_bias_reference"
+#: Suffixes of the other variables fed per layer: the mask of the positions where the fp32
+#: reference lies inside the range (uint8 0/1), and, for a layer without activation, the
+#: per-channel count of those positions (at least 1).
+_MASK_SUFFIX, _COUNT_SUFFIX = "_mask", "_count"
 
 
-def _channel_sum(x):
-    """Per-channel (axis 1) sum of ``(N, C, ...)`` ``x``: over the contiguous trailing axes
-    first, then the batch (MXNet's sum over axes (0, 2, 3) at once is several times slower)."""
-    return mx.sym.sum(mx.sym.sum(mx.sym.reshape(x, shape=(0, 0, -1)), axis=2), axis=0)
+def _channel_dot(a, b, channels):
+    """Per-channel (axis 1) sum of ``a * b`` over the other axes of ``(N, C, ...)`` tensors.
+
+    One ``batch_dot`` of every (sample, channel) row with its partner: a multiply and a sum
+    in one pass over both (MXNet's element-wise multiply and ``sum`` over the batch and
+    spatial axes took 5-10x as long: they are not vectorized in MXNet 1.9's CPU build)."""
+    rows = [mx.sym.reshape(t, shape=(-3, 1, -1)) for t in (a, b)]
+    dots = mx.sym.batch_dot(rows[0], rows[1], transpose_b=True)
+    return mx.sym.sum(mx.sym.reshape(dots, shape=(-1, channels)), axis=0)
+
+
+def _channel_count(mask, channels):
+    """Per-channel (axis 1) sum of a 0/1 ``(N, C, ...)`` mask: the rows' sums as a product
+    with a row of ones (oneDNN's inner product; exact, the counts being below 2**24)."""
+    rows = mx.sym.reshape(mask, shape=(-3, -1))
+    sums = mx.sym.FullyConnected(rows, mx.sym.ones_like(mx.sym.slice_axis(
+        rows, axis=0, begin=0, end=1)), num_hidden=1, no_bias=True)
+    return mx.sym.sum(mx.sym.reshape(sums, shape=(-1, channels)), axis=0)
 
 
 #: Finite stand-ins for unbounded ranges in the graph's scalar attributes.
@@ -197,34 +222,68 @@ _FLOAT_MAX = 3.0e38
 
 
 @functools.lru_cache(maxsize=256)
-def _measurement(quantized, lo, hi, activated):
+def _measurement(quantized, lo, hi, activated, channels):
     """JSON of the graph measuring one layer's correction from its uncorrected output ``q``
-    (with ``qmin``/``qmax`` when int8) and fp32 reference ``f``: ``[delta, beta + delta]``,
-    ``delta`` the per-channel (axis 1) mean of ``f - q`` where ``lo < f < hi`` (and
-    ``lo < q < hi`` for a layer ending in an activation, whose bounds lie at or inside
-    the range), 0 for a channel without such positions.
+    (with ``qmin``/``qmax`` when int8), fp32 reference ``f`` and uint8 ``mask`` (1 where
+    ``lo < f < hi``, else 0; computed by numpy on the host, where comparisons are 10x
+    faster than MXNet's): ``[delta, beta + delta]``, ``delta`` the per-channel (axis 1) mean
+    of ``f - q`` where ``mask`` is 1 (and ``lo < q < hi`` for a layer ending in an
+    activation, whose bounds lie at or inside the range), 0 for a channel without such
+    positions. A layer without activation is fed the count of its positions (``count``,
+    at least 1) too.
 
     In the graph, not in a ``Custom`` operator calling numpy: that one read its inputs
     while MXNet still reordered or reused them, and corrections changed from run to run
     (garbage of 1e32 on a 3-D convolution net).
     """
     f, q = mx.sym.var("f"), mx.sym.var("q")
+    mask = mx.sym.Cast(mx.sym.var("mask"), dtype="float32")    # fed as uint8
     if quantized:   # dequantized by MXNet, as its taps of int8 outputs are
         q = mx.sym.contrib.dequantize(q, mx.sym.var("qmin"), mx.sym.var("qmax"),
                                       out_type="float32")
-    lo, hi = max(lo, -_FLOAT_MAX), min(hi, _FLOAT_MAX)
-    inside = (f > lo) * (f < hi)
+    error = f - q   # before the sums: f and q are close, their sums would cancel
     if activated:
-        inside = inside * (q > lo) * (q < hi)
-    total = _channel_sum((f - q) * inside)
-    delta = total / mx.sym.maximum(_channel_sum(inside), 1.0)
+        lo, hi = max(lo, -_FLOAT_MAX), min(hi, _FLOAT_MAX)
+        mask = mask * (q > lo) * (q < hi)
+        count = mx.sym.maximum(_channel_count(mask, channels), 1.0)
+    else:
+        count = mx.sym.var("count")
+    delta = _channel_dot(mask, error, channels) / count
     return mx.sym.Group([delta, mx.sym.var("beta") + delta]).tojson()
+
+
+def _host_inputs(layer, reference):
+    """The arrays fed for ``layer`` besides its int8 output: the fp32 reference, the mask
+    of the positions inside the range, and, without activation, their per-channel count;
+    numpy arrays lent to MXNet without a copy (kept alive by the caller until the run's
+    outputs are read)."""
+    f = np.ascontiguousarray(reference, dtype=np.float32)
+    inside = (f > layer.lo) & (f < layer.hi)
+    # uint8 (a view of the booleans), cast in the graph: numpy's cast to float32, into
+    # fresh pages, took longer than the whole measurement (EfficientNet-Lite0: 2.1 s).
+    arrays = [f, inside.view(np.uint8)]
+    if not layer.activated:
+        per_row = inside.reshape(f.shape[0], f.shape[1], -1).sum(axis=2)
+        arrays.append(np.maximum(per_row.sum(axis=0), 1).astype(np.float32))
+    return arrays
 
 
 def _output_dtype(dtypes, layer):
     """The inferred dtype of ``layer``'s int8 node's output (None when unknown)."""
     out = "quantized_%s_output" % layer.name
     return dtypes.get(out, dtypes.get(out + "0"))
+
+
+def _fed_name(layer, variable):
+    """The correction graph's input name of a measurement variable (``f``, ``mask``,
+    ``count``) of ``layer``."""
+    suffix = {"f": "", "mask": _MASK_SUFFIX, "count": _COUNT_SUFFIX}[variable]
+    return layer.reference + suffix
+
+
+def _fed_names(layer):
+    """The correction graph's input names for ``layer``, in the order of :func:`_host_inputs`."""
+    return [_fed_name(layer, v) for v in ("f", "mask", "count")[:2 if layer.activated else 3]]
 
 
 def _correction_graph(graph, layers, dtypes):
@@ -248,8 +307,9 @@ def _correction_graph(graph, layers, dtypes):
     Returns
     -------
     dict
-        A JSON graph whose inputs are the final graph's plus one reference variable per
-        layer, and whose outputs are the corrections, in the order of ``layers``.
+        A JSON graph whose inputs are the final graph's plus the variables of
+        :func:`_fed_names` per layer, and whose outputs are the corrections, in the order
+        of ``layers``.
     """
     nodes = graph["nodes"]
     index = {n["name"]: i for i, n in enumerate(nodes)}
@@ -268,14 +328,14 @@ def _correction_graph(graph, layers, dtypes):
         quantized = _output_dtype(dtypes, layer) in ("int8", "uint8")
         # MXNet's quantized operators output (data, min, max).
         bound = {"q": [probe, 0], "qmin": [probe, 1], "qmax": [probe, 2],
-                 "beta": node["inputs"][slot][:2],
-                 "f": [add({"op": "null", "name": layer.reference, "inputs": []}), 0]}
+                 "beta": node["inputs"][slot][:2]}
         sub = json.loads(_measurement(quantized, float(layer.lo), float(layer.hi),
-                                      bool(layer.activated)))
+                                      bool(layer.activated), int(layer.channels)))
         entry = {}
         for i, member in enumerate(sub["nodes"]):
             if member["op"] == "null":
-                entry[i] = bound[member["name"]]
+                entry[i] = bound.get(member["name"]) or [add(
+                    {"op": "null", "name": _fed_name(layer, member["name"]), "inputs": []}), 0]
                 continue
             entry[i] = [add(dict(member, name="%s_bias_%s" % (layer.name, member["name"]),
                                  inputs=[entry[e[0]][:1] + [entry[e[0]][1] + e[1], 0]
@@ -318,7 +378,7 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
     table : CalibrationTable
         Ranges; positions outside a layer's range are left out of its mean.
     ctx : Context
-    references : dict of str to NDArray, optional
+    references : dict of str to numpy.ndarray or NDArray, optional
         fp32 outputs of layers on ``inputs`` already computed (:class:`ReferenceTap`);
         the others are computed here.
 
@@ -347,7 +407,7 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
             continue
         lo, hi = table.get(name + "_output", (-np.inf, np.inf))
         kept.append(_Measured(name, target, float(lo), float(hi), name in activated,
-                             name + _REFERENCE_SUFFIX))
+                              name + _REFERENCE_SUFFIX, ref.shape[1]))
     dtypes = _mxnet.infer_output_dtypes(final, {n: "float32" for n in input_names})
     typed = [m for m in kept if _output_dtype(dtypes, m) is not None]
     if len(typed) < len(kept):      # measuring an int8 output needs to know it is one
@@ -357,11 +417,22 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
     if not kept:
         return {}
     graph = _correction_graph(_mxnet.graph_json(final), kept, dtypes)
-    names = list(input_names) + [m.reference for m in kept]
-    block = _mxnet.symbol_block(_mxnet.load_graph(graph), names, params, ctx, trainable=False)
-    deltas = _mxnet.run_block(block, list(inputs) + [known[m.name] for m in kept],
-                              "Bias correction (int8 graph)")
+    names, host = list(input_names), []
+    for m in kept:
+        names += _fed_names(m)
+        ref = known[m.name]
+        host += _host_inputs(m, ref.asnumpy() if isinstance(ref, mx.nd.NDArray) else ref)
+    # The parameters read as they are (the graph adds the corrections to new arrays).
+    block = _mxnet.symbol_block(_mxnet.load_graph(graph), names,
+                                {k: v.as_in_context(ctx) for k, v in params.items()}, ctx,
+                                dtypes=["float32"] * len(input_names)
+                                + [a.dtype.name for a in host], copy=False)
+    # Lent without a copy on CPU: ``host`` stays alive, unchanged, until the deltas are read.
+    lent = [mx.nd.from_numpy(a, zero_copy=True) if ctx.device_type == "cpu"
+            else mx.nd.array(a, ctx=ctx) for a in host]
+    deltas = _mxnet.run_block(block, list(inputs) + lent, "Bias correction (int8 graph)")
     corrections = {m.target: [float(v) for v in d.asnumpy()] for m, d in zip(kept, deltas)}
+    del host
     _log.info("Bias correction: adjusted %d linear layers.", len(corrections))
     return corrections
 

@@ -23,7 +23,7 @@ def sequential_corrections(*, fused, final, layers, params, fp32_params, inputs,
         tap = _mxnet.tap_outputs(final, ["quantized_" + name], input_names)
         q = _mxnet.run_block(_mxnet.symbol_block(tap, input_names, current, ctx), inputs,
                              "int8")[0].asnumpy()
-        f = known[name].asnumpy()
+        f = np.asarray(known[name].asnumpy() if hasattr(known[name], "asnumpy") else known[name])
         axes = tuple(i for i in range(f.ndim) if i != 1) if f.ndim > 1 else (0,)
         lo, hi = table.get(name + "_output", (-np.inf, np.inf))
         inside = (f > lo) & (f < hi)
@@ -116,21 +116,46 @@ def test_one_run_gives_the_layer_by_layer_corrections(monkeypatch):
     assert np.abs(np.subtract(alone[last], one[last])).max() > 1e-3 * np.abs(one[last]).max()
 
 
+def _one_layer_graph():
+    return {"nodes": [{"op": "null", "name": "data", "inputs": []},
+                      {"op": "null", "name": "l_beta", "inputs": []},
+                      {"op": "_sg_mkldnn_conv", "name": "quantized_l", "attrs": {},
+                       "inputs": [[0, 0, 0], [1, 0, 0]]}],
+            "arg_nodes": [0, 1], "heads": [[2, 0, 0]]}
+
+
 def test_the_correction_graph_measures_an_uncorrected_copy_of_each_layer():
-    layer = bias._Measured("l", "l_beta", 0.0, 1.0, True, "l_bias_reference")
-    graph = {"nodes": [{"op": "null", "name": "data", "inputs": []},
-                       {"op": "null", "name": "l_beta", "inputs": []},
-                       {"op": "_sg_mkldnn_conv", "name": "quantized_l", "attrs": {},
-                        "inputs": [[0, 0, 0], [1, 0, 0]]}],
-             "arg_nodes": [0, 1], "heads": [[2, 0, 0]]}
-    out = bias._correction_graph(graph, [layer], {"quantized_l_output": "uint8"})
+    layer = bias._Measured("l", "l_beta", 0.0, 1.0, True, "l_bias_reference", 8)
+    out = bias._correction_graph(_one_layer_graph(), [layer], {"quantized_l_output": "uint8"})
     names = [n["name"] for n in out["nodes"]]
     # the layer is computed twice: an uncorrected copy (measured) and itself (corrected)
     assert "quantized_l_uncorrected" in names and "l_bias_reference" in names
     assert len(out["heads"]) == 1
     ops = [n["op"] for n in out["nodes"]]
     assert ops.count("_contrib_dequantize") == 1 and "Custom" not in ops
-    assert ops.count("sum") == 4     # the masked error and the count, per channel (2 each)
+    # the masked error and the count, per (sample, channel) row in one batch_dot each,
+    # then over the samples; the int8 output's bounds compared in the graph
+    assert ops.count("batch_dot") == 1 and ops.count("FullyConnected") == 1
+    assert ops.count("sum") == 2
+    assert ops.count("_greater_scalar") == 1 and ops.count("_lesser_scalar") == 1
+    fed = [n["name"] for n in out["nodes"] if n["op"] == "null"]
+    assert bias._fed_names(layer) == ["l_bias_reference", "l_bias_reference_mask"]
+    assert sorted(n for n in fed if n.startswith("l_bias")) == bias._fed_names(layer)
+
+
+def test_a_layer_without_activation_is_measured_with_its_count_from_the_host():
+    layer = bias._Measured("l", "l_beta", -1.0, 1.0, False, "l_bias_reference", 8)
+    out = bias._correction_graph(_one_layer_graph(), [layer], {"quantized_l_output": "int8"})
+    ops = [n["op"] for n in out["nodes"]]
+    assert ops.count("batch_dot") == 1 and "_greater_scalar" not in ops
+    assert bias._fed_names(layer)[-1] == "l_bias_reference_count" in {
+        n["name"] for n in out["nodes"] if n["op"] == "null"}
+    f = np.array([[[0.5, 2.0], [0.0, -1.0]], [[-0.5, 0.25], [3.0, 1.0]]], np.float32)
+    ref, mask, count = bias._host_inputs(layer, f)
+    assert ref.dtype == count.dtype == np.float32 and mask.dtype == np.uint8
+    np.testing.assert_array_equal(mask, [[[1, 0], [1, 0]], [[1, 1], [0, 0]]])
+    np.testing.assert_array_equal(count, [3, 1])     # per channel, strictly inside
+    assert len(bias._host_inputs(layer._replace(activated=True), f)) == 2
 
 
 def test_corrections_are_the_same_on_every_run_of_a_3d_conv_net():

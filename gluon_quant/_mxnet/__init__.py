@@ -201,7 +201,7 @@ def quantize_params(qsym, arg_params):
     return _mxq._quantize_params(qsym, arg_params, {})
 
 
-def symbol_block(sym, names, params, ctx, dtypes=None, trainable=True):
+def symbol_block(sym, names, params, ctx, dtypes=None, trainable=True, copy=True):
     """Build a ``SymbolBlock`` over ``sym`` whose parameters are copies of ``params``.
 
     Parameters
@@ -217,11 +217,16 @@ def symbol_block(sym, names, params, ctx, dtypes=None, trainable=True):
         Input dtypes (float32 by default).
     trainable : bool, optional
         False for a block only run forward: no gradient buffers.
+    copy : bool, optional
+        False: the block reads the arrays of ``params`` themselves (already on ``ctx``;
+        inference only, see :func:`adopt_params`), which must then stay unchanged.
     """
     dtypes = dtypes or ["float32"] * len(names)
     inputs = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
     with native_output([]):     # Gluon's type inference prints its arguments when partial
         block = mx.gluon.SymbolBlock(sym, inputs)
+    if not copy:
+        return adopt_params(block, params)
     return load_block_params(block, params, ctx, trainable=trainable)
 
 
