@@ -23,13 +23,13 @@ from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json,
                    first_line)
 from .entries import check_graph_entries
 from .loading import host_arrays
-from .runtime import host_view, host_array, CachedCall
+from .runtime import host_view, CachedCall
 
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
     "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
     "load_graph", "symbol_block", "load_block_params", "adopt_params",
-    "host_array", "host_arrays", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
+    "host_arrays", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
     "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
     "registered_param_names",

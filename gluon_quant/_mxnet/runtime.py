@@ -1,4 +1,4 @@
-"""Runtime internals: host memory views of NDArrays, and a CachedOp caller."""
+"""Runtime internals: a host memory view of an NDArray, and a CachedOp caller."""
 import ctypes
 import operator
 
@@ -22,13 +22,6 @@ def host_view(array):
     view = _memory(array, np.float32)
     view.flags.writeable = False
     return view
-
-
-def host_array(shape, dtype):
-    """A new CPU NDArray and a writable numpy view of its memory: write the view before any
-    MXNet operation reads the array, and keep the array alive while the view is used."""
-    array = mx.nd.empty(shape, ctx=mx.cpu(), dtype=dtype)
-    return array, (_memory(array, dtype) if array.size else np.empty(shape, dtype))
 
 
 def _memory(array, dtype):
