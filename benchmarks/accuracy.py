@@ -20,44 +20,15 @@ classification nets with random (Xavier) weights whose BatchNorm statistics are 
 the calibration crops (:func:`~gluon_quant.zoo.batchnorm.reestimate_batchnorm`): for those,
 agreement is a weak signal (a random net's top-1 is often a near tie).
 
-Measured on 2 heavily shared cores (40 held-out images a model; agreement, cosine).  The
-whole table did not fit in one session; rows marked *before* ran before bias correction
-covered conv+ReLU/ReLU6 layers (commit 0ad524a), the others after it.  Every row ran with
-the image stem in int8; since ``fp32_stem`` (default True: a stem read by a depthwise
-convolution stays fp32 with that convolution where the two are cheap,
-:mod:`gluon_quant.graph.stem`), ``gq mse`` gives EfficientNet-Lite0 36/40 .9980, Lite1
-38/40 .9979, Lite2 40/40 .9977; the GluonCV nets below keep their int8 stems (mobilenetv2_0.5's
-pair does 8.1% of its multiply-adds; both fp32 gave .9796 at 26% of its int8 speed):
-
-==================  ==============  ==============  ==============  ===============
-model               gq mse          gq entropy      other gq        MXNet
-==================  ==============  ==============  ==============  ===============
-efficientnet_lite0  37/40 .9959     36/40 .9953     percentile      entropy
-                                                    36/40 .9961     30/40 .9685
-                                                    minmax
-                                                    35/40 .9954
-efficientnet_lite0  34/40 .9912 b.  35/40 .9916 b.  no bias corr.   --
-                                                    32/40 .9760 b.
-efficientnet_lite1  35/40 .9908     --              --              --
-efficientnet_lite2  35/40 .9897     --              --              entropy
-                                                                    33/40 .9515
-mobilenetv2_0.5     40/40 .9762     39/40 .9750     percentile b.   naive b.
-                                                    39/40 .9761     40/40 .9739
-                                                    minmax b.       entropy b.
-                                                    40/40 .9735     39/40 .9486
-inceptionv3         33/40 .9822 b.  32/40 .9824 b.  --              --
-resnet34_v2         36/40 .9956     35/40 .9951     --              --
-mobilenetv3_small   25/40 .9735     24/40 .9732     --              --
-==================  ==============  ==============  ==============  ===============
-
-(b. = before.)  Keeping EfficientNet-Lite0's 16 depthwise convolutions fp32 gave 38/40,
-.9962 (before): they carried most of its error, which bias correction of ReLU6 layers
-now removes.  Random-weight mobilenetv2_0.5 stays at .976 whatever the calibrator or
-bias correction: its error is not a range or mean error.
+The table of one complete run (all models, all quantizers, defaults of commit c50a48b:
+fp32 image stem where cheap, bias correction of linear and ReLU/ReLU6 layers) and what it
+means is in ``docs/accuracy.md``; ``benchmarks/activation_floor.py`` takes one model apart
+(the 8-bit activation floor, tensor by tensor).  About 75 minutes on 2 shared cores, one
+thread.
 
 ::
 
-    python benchmarks/accuracy.py                       # everything (hours on 2 shared cores)
+    python benchmarks/accuracy.py                       # everything (about 75 minutes)
     python benchmarks/accuracy.py --models efficientnet_lite0 --quantizers "gq mse" "mx entropy"
 """
 import argparse
