@@ -152,3 +152,43 @@ def test_only_piecewise_linear_activations_are_corrected():
     assert not _correctable(node("Activation(sigmoid)"))
     assert not _correctable(node("LeakyReLU(leaky)"))
 
+
+
+class _SqueezeExcite(nn.HybridBlock):
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.body = nn.HybridSequential()
+            self.body.add(nn.Conv2D(channels, 3, padding=1), nn.BatchNorm(),
+                          nn.Activation("relu"))
+            self.down = nn.Conv2D(channels // 4, 1, activation="relu")
+            self.up = nn.Conv2D(channels, 1, activation="sigmoid")
+            self.proj = nn.HybridSequential()
+            self.proj.add(nn.Conv2D(channels, 1), nn.BatchNorm())
+
+    def hybrid_forward(self, F, x):
+        x = self.body(x)
+        scale = self.up(self.down(F.contrib.AdaptiveAvgPooling2D(x, output_size=1)))
+        return self.proj(F.broadcast_mul(x, scale))
+
+
+def test_per_sample_vectors_are_not_corrected():
+    """A squeeze-and-excitation convolution sees one value per channel and sample: its mean
+    error over the kept samples is noise and is left alone; the spatial layers are
+    corrected."""
+    from gluon_quant.bias import MIN_POSITIONS
+    from gluon_quant.zoo.batchnorm import reestimate_batchnorm
+    mx.random.seed(5)
+    net = nn.HybridSequential(prefix="se_")
+    with net.name_scope():
+        net.add(_SqueezeExcite(16, prefix="block_"), nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(1)
+    batches = [rs.randn(8, 3, 16, 16).astype("float32") for _ in range(4)]
+    reestimate_batchnorm(net, mx.nd.array(np.concatenate(batches)))
+    qnet = gq.quantize(net, batches, progress=False)
+    stored = sorted(qnet.calibration_table.meta[META_KEY]["params"])
+    assert 32 < MIN_POSITIONS <= 32 * 16 * 16
+    # the 3x3 conv (+BN, ReLU) and the projection (+BN), not the squeeze (1x1 output)
+    assert len(stored) == 2 and all(p.endswith("_beta") for p in stored), stored
+    assert not any("conv1" in p for p in stored), stored
