@@ -52,7 +52,13 @@ import statistics
 import time
 import warnings
 
-import mxnet as mx
+# MXNet 1.9.1 sizes its OpenMP pool to half the processors when OMP_NUM_THREADS is unset
+# (it assumes two hyper-threads a core): 1 thread on a 2-core machine without SMT, while
+# the ONNX Runtime peer runs --ort-threads (2). Every variant here gets the machine's
+# processors unless OMP_NUM_THREADS says otherwise; it must be set before MXNet loads.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+import mxnet as mx  # noqa: E402 (after the thread setting)
 import numpy as np
 from mxnet.contrib import quantization as mxq
 from _common import zoo_net as _zoo_net
