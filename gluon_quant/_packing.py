@@ -42,7 +42,7 @@ import numpy as np
 
 from ._background import Background
 
-__all__ = ["ARRAYS", "PackSpec", "Packed", "NotPackable", "pack", "unpack", "join", "split", "unpack_v1",
+__all__ = ["ARRAYS", "OPTIONAL_ARRAYS", "PackSpec", "Packed", "NotPackable", "pack", "unpack", "join", "split", "unpack_v1",
            "fold_factor", "runtime_quantize", "data_scale"]
 
 _log = logging.getLogger(__name__)
@@ -383,45 +383,95 @@ def unpack(packed):
 
 
 _ARRAYS = {"int8": np.int8, "anchors": np.float32, "factor_index": np.int32,
-           "factor_value": np.float32, "fix_index": np.int32, "fix_value": np.float32}
+           "factor_value": np.float32, "fix_index": np.int32, "fix_value": np.float32,
+           "anchor_at": np.uint8}
 #: The arrays :func:`join` returns (stored as ``packed:NAME``).
 ARRAYS = tuple(_ARRAYS)
+#: Those of :data:`ARRAYS` that files of export format 2 lack: without ``anchor_at``,
+#: :func:`split` finds each channel's anchor position from the int8 values.
+#: Rows of at least this many values have their anchor's position stored (2 bytes a
+#: channel: under 1% of their int8 values); shorter ones (depthwise kernels) are cheap to
+#: search, and storing theirs would cost MobileNets a 1% larger file.
+LONG_ROW = 256
+OPTIONAL_ARRAYS = ("anchor_at",)
 
 
 def join(packs):
-    """Concatenate packed weights into the six arrays an export stores.
+    """Concatenate packed weights into the seven arrays an export stores.
 
     Returns
     -------
     dict of str to numpy.ndarray
         The fields of :class:`Packed` over all weights, in order: ``int8`` (every ``q``
         flattened), ``anchors`` (every channel's), ``factor_index`` (into ``anchors``),
-        ``factor_value``, ``fix_index`` (into ``int8``), ``fix_value``. Indices are
-        int32, or int64 past 2**31 values.
+        ``factor_value``, ``fix_index`` (into ``int8``), ``fix_value``; then
+        ``anchor_at``: per channel of the weights with rows of :data:`LONG_ROW` values
+        or more, the position in its row where :func:`split` puts the anchor (computed
+        here once, instead of at every load; uint16 as byte pairs, or int32, as the
+        longest row needs). Indices are int32, or int64 past
+        2**31 values.
     """
     sizes = np.cumsum([0] + [p.q.size for p in packs], dtype=np.int64)
     rows = np.cumsum([0] + [p.q.shape[0] for p in packs], dtype=np.int64)
     index_type = np.int32 if sizes[-1] < 2 ** 31 else np.int64
     joined = {}
     for number, key in enumerate(_ARRAYS):     # the fields of Packed, in order
-        arrays = [np.ravel(p[number]) for p in packs]
+        arrays = [np.ravel(p[number]) for p in packs] if key != "anchor_at" \
+            else [_anchor_positions(p.q).astype(np.int64) for p in packs
+                  if p.q.size // p.q.shape[0] >= LONG_ROW]
         if key in ("factor_index", "fix_index"):
             offsets = rows if key == "factor_index" else sizes
             arrays = [a.astype(np.int64) + offset for a, offset in zip(arrays, offsets)]
-        dtype = index_type if key.endswith("_index") else _ARRAYS[key]
+        dtype = index_type if key.endswith("_index") else np.int64 if key == "anchor_at" \
+            else _ARRAYS[key]
         joined[key] = np.concatenate(arrays).astype(dtype) if arrays \
             else np.zeros(0, dtype)
+    joined["anchor_at"] = _offsets_array(
+        joined["anchor_at"], max((p.q.size // p.q.shape[0] for p in packs), default=1),
+        sum(p.q.shape[0] for p in packs if p.q.size // p.q.shape[0] >= LONG_ROW))
     return joined
+
+
+def _offsets_array(offsets, length, count):
+    """The ``count`` ``offsets`` (each below ``length``) in as few bytes as the NDArray
+    file format allows: uint8 (when there are none), or uint16 as little-endian byte
+    pairs (the format has no uint16), or int32. :func:`_offsets` reads them back."""
+    if count == 0:
+        return np.zeros(0, np.uint8)
+    if length <= 1 << 16:
+        return offsets.astype("<u2").view(np.uint8)
+    return offsets.astype(np.int32)
+
+
+def _offsets(array, count):
+    """The ``count`` offsets that :func:`_offsets_array` stored in ``array``, or None
+    when its size fits no encoding."""
+    if array.size == count:
+        return array
+    if array.dtype == np.uint8 and array.size == 2 * count:
+        return array.view("<u2")
+    return None
+
+
+def _anchor_positions(q):
+    """Per row of ``q`` (channels first), where :func:`split` puts the row's anchor
+    (:func:`_extremes`), as int32 offsets within the row."""
+    rows = q.reshape(q.shape[0], -1)
+    first, _ = _extremes(rows.ravel(), np.arange(rows.shape[0]) * rows.shape[1],
+                         rows.argmax(axis=1), rows.argmin(axis=1))
+    return first.astype(np.int32)
 
 
 def split(joined, shapes, outs=None, threads=1):
     """Inverse of :func:`join` followed by :func:`unpack`: every weight, rebuilt.
 
-    Per weight, four passes of numpy (the cast to float32, the multiplication by its
-    channel factors in place, the positions of each channel's int8 maximum and minimum),
-    which release the GIL: with ``threads=2`` a second thread takes the first half of
-    the values. The anchors of all channels are then chosen at once, and scattered in
-    with the kept values.
+    Per weight, two passes of numpy (the cast to float32, then the multiplication by its
+    channel factors in place, block by block so that the cast values are still in the
+    cache), which release the GIL: with ``threads=2`` a second thread takes the first
+    half of the values. The anchors of all channels are then scattered in at once at
+    ``anchor_at``, with the kept values; without ``anchor_at`` (format 2 files) their
+    positions are found from the int8 values (each channel's maximum and minimum: two
+    more passes).
 
     Parameters
     ----------
@@ -463,6 +513,10 @@ def split(joined, shapes, outs=None, threads=1):
     if outs is None:
         outs = [np.empty(shape, np.float32) for shape in shapes]
     flats = [out.reshape(-1) for out in outs]
+    row_length = np.diff(bounds) // channels
+    # Weights whose anchor positions the file stores (none in format 2 files).
+    stored = np.zeros(len(shapes), bool) if "anchor_at" not in joined \
+        else row_length >= LONG_ROW
     high_at, low_at = np.empty(rows[-1], np.intp), np.empty(rows[-1], np.intp)
 
     def expand(numbers):
@@ -471,10 +525,17 @@ def split(joined, shapes, outs=None, threads=1):
             low, high = rows[number], rows[number + 1]
             values = q[start:stop].reshape(high - low, -1)
             view = flats[number].reshape(high - low, -1)
-            np.copyto(view, values)           # float32(q) * factor: the cast, then in
-            view *= factors[low:high, None]   # place (numpy's mixed int8 x float32
-            values.argmax(axis=1, out=high_at[low:high])    # multiply buffers the cast:
-            values.argmin(axis=1, out=low_at[low:high])     # 2.4x slower)
+            step = max(1, _BLOCK_VALUES // values.shape[1])
+            for row in range(0, high - low, step):
+                # float32(q) * factor: the cast, then in place (numpy's mixed int8 x
+                # float32 multiply buffers the cast: 2.4x slower)
+                end = min(row + step, high - low)
+                block = view[row:end]
+                np.copyto(block, values[row:end])
+                block *= factors[low + row:low + end, None]
+            if not stored[number]:
+                values.argmax(axis=1, out=high_at[low:high])
+                values.argmin(axis=1, out=low_at[low:high])
 
     if threads == 2 and bounds[-1] >= _THREADED_VALUES:
         half = int(np.searchsorted(bounds, bounds[-1] // 2))
@@ -486,10 +547,15 @@ def split(joined, shapes, outs=None, threads=1):
     else:
         expand(range(len(shapes)))
     # Each channel's anchor goes where its int8 value is most extreme, with that sign.
-    length = np.repeat(np.diff(bounds) // channels, channels)      # of each channel's row
     first_value = np.repeat(bounds[:-1], channels) + (
-        np.arange(rows[-1]) - np.repeat(rows[:-1], channels)) * length
-    first, extreme = _extremes(q, first_value, high_at, low_at)
+        np.arange(rows[-1]) - np.repeat(rows[:-1], channels)) * np.repeat(row_length, channels)
+    first, extreme = np.empty(rows[-1], np.intp), np.empty(rows[-1], np.int16)
+    known = np.repeat(stored, channels)
+    first[~known], extreme[~known] = _extremes(q, first_value[~known], high_at[~known],
+                                               low_at[~known])
+    if known.any():
+        first[known] = _offsets(joined["anchor_at"], int(known.sum()))
+        extreme[known] = q[first_value[known] + first[known]]
     signed = np.where(extreme < 0, -anchors, anchors)
     at = first_value - np.repeat(bounds[:-1], channels) + first     # within its weight
     cuts = np.searchsorted(fix_index, bounds)
@@ -504,6 +570,9 @@ def split(joined, shapes, outs=None, threads=1):
 
 #: From how many int8 values on ``split(threads=2)`` uses a second thread.
 _THREADED_VALUES = 1 << 20
+#: Values cast and multiplied at a time (256 KB of float32: in the second-level cache;
+#: resnet18_v1's weights unpacked 20% faster than weight by weight).
+_BLOCK_VALUES = 1 << 16
 
 
 def _extremes(q, row_start, high_at, low_at):
@@ -524,8 +593,13 @@ def check_joined(joined, shapes):
     if min(rows, default=1) <= 0 or min(sizes, default=1) <= 0:
         raise ValueError("a packed weight has shape %s" % (shapes,))
     for key, dtype in _ARRAYS.items():
-        array = joined[key]
-        kind_ok = array.dtype.kind in "iu" if key.endswith("_index") else array.dtype == dtype
+        array = joined.get(key)
+        if array is None and key in OPTIONAL_ARRAYS:
+            continue
+        if array is None:
+            raise ValueError("packed:%s is missing" % key)
+        kind_ok = array.dtype.kind in "iu" if key.endswith("_index") or key == "anchor_at" \
+            else array.dtype == dtype
         if not kind_ok or array.ndim != 1:
             raise ValueError("packed:%s is %s of %d dimension(s)"
                              % (key, array.dtype, array.ndim))
@@ -539,6 +613,19 @@ def check_joined(joined, shapes):
                                                         or index.max() >= bound)):
             raise ValueError("packed:%s_index does not fit (%d indices, %d values, %d "
                              "slots)" % (key, index.size, value.size, bound))
+    anchor_at = joined.get("anchor_at")
+    if anchor_at is not None:
+        long_rows = [(size // row, row) for size, row in zip(sizes, rows)
+                     if size // row >= LONG_ROW]
+        lengths = np.repeat([length for length, _ in long_rows],
+                            [row for _, row in long_rows]).astype(np.int64)
+        offsets = _offsets(anchor_at, lengths.size)
+        if offsets is None or (offsets.size and (
+                offsets.min() < 0 or np.any(offsets >= lengths))):
+            raise ValueError("packed:anchor_at does not fit (%d %s values for the %d "
+                             "channels of rows of %d values or more, each below its row's "
+                             "length)" % (anchor_at.size, anchor_at.dtype, lengths.size,
+                                          LONG_ROW))
 
 
 def unpack_v1(spec, q, anchors, params):

@@ -421,8 +421,8 @@ def _unpack_v2(arrays, meta, params, path, allocate=None):
     arrays it used."""
     if not meta["packed"]:
         return 0
-    joined = {key: arrays.get("packed:" + key)
-              for key in _packing.ARRAYS}
+    joined = {key: arrays.get("packed:" + key) for key in _packing.ARRAYS
+              if key not in _packing.OPTIONAL_ARRAYS or "packed:" + key in arrays}
     if any(value is None for value in joined.values()):
         raise ArtifactError("The params file %r lacks the packed:* arrays its metadata "
                             "announces. Export the model again." % path)

@@ -176,9 +176,9 @@ def test_edited_symbol_json(exported):
 def test_metadata_from_a_newer_format_version(exported):
     prefix, paths, _ = exported
     meta = json.load(open(paths["meta"]))
-    meta["version"] = "3.0"
+    meta["version"] = "4.0"
     json.dump(meta, open(paths["meta"], "w"))
-    with pytest.raises(ArtifactError, match=r"m-meta\.json.*version 3\.0, newer.*upgrade"):
+    with pytest.raises(ArtifactError, match=r"m-meta\.json.*version 4\.0, newer.*upgrade"):
         gq.QuantizedSymbolBlock.imports(prefix)
 
 
@@ -213,12 +213,34 @@ def _rewrite_params(paths, change):
     (lambda a: a.update({"packed:int8": a["packed:int8"].astype(np.float32)}),
      "packed:int8 is float32"),
     (lambda a: a.pop("packed:anchors"), "lacks the packed"),
+    # the dense layer's 64 rows of 1568 values have their anchor positions stored
+    (lambda a: a.update({"packed:anchor_at": np.full(128, 255, np.uint8)}),
+     "anchor_at does not fit (128 uint8 values for the 64 channels"),
+    (lambda a: a.update({"packed:anchor_at": a["packed:anchor_at"][:-1]}),
+     "anchor_at does not fit (127 uint8 values"),
 ])
 def test_inconsistent_packed_arrays_are_reported(exported, edit, message):
     prefix, paths, _ = exported
     _rewrite_params(paths, edit)
     with pytest.raises(ArtifactError, match=r"m-int8\.params.*" + re.escape(message)):
         gq.QuantizedSymbolBlock.imports(prefix)
+
+
+def test_format_2_files_without_anchor_positions_load_bit_identically(exported, qnet):
+    prefix, paths, _ = exported
+    expected = qnet(_x()).asnumpy()
+    assert parse_ndarray_file(open(paths["params"], "rb").read(),
+                              paths["params"])["packed:anchor_at"].size == 2 * 64
+
+    def as_2_1(arrays):     # what format 2.1 wrote: no packed:anchor_at
+        del arrays["packed:anchor_at"]
+    _rewrite_params(paths, as_2_1)
+    meta = json.load(open(paths["meta"]))
+    meta["version"] = "2.1"
+    json.dump(meta, open(paths["meta"], "w"))
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    assert loaded.metadata["version"] == "2.1"
+    assert np.array_equal(loaded(_x()).asnumpy(), expected)
 
 
 def test_metadata_that_does_not_fit_the_params_file(exported):
@@ -313,3 +335,35 @@ def test_failure_while_moving_files_in_place_leaves_nothing(qnet, tmp_path, monk
         qnet.export(str(tmp_path / "m"))
     assert len(calls) == 2
     assert os.listdir(tmp_path) == []
+
+
+class _Grouped(mx.gluon.HybridBlock):
+    def __init__(self, groups):
+        super().__init__()
+        with self.name_scope():
+            self.c0 = mx.gluon.nn.Conv2D(16, 3, padding=1, activation="relu")
+            self.c1 = mx.gluon.nn.Conv2D(16, 3, padding=1, groups=groups)
+            self.d = mx.gluon.nn.Dense(5)
+
+    def hybrid_forward(self, F, x):
+        return self.d(self.c1(self.c0(x)))
+
+
+@pytest.mark.parametrize("groups, kept", [(4, True), (16, False)])
+def test_grouped_convolutions_reload_bit_identically(groups, kept, tmp_path):
+    # 1 < groups < channels: the runtime's int8 weights differ from the packing's
+    # emulation (reloads differed by up to 4e-3), so the weight stays fp32; depthwise
+    # (one group per channel) is packed.
+    rs = np.random.RandomState(0)
+    net = _Grouped(groups)
+    net.initialize(mx.init.Xavier())
+    batches = [mx.nd.array(rs.rand(4, 3, 16, 16)) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    paths = qnet.export(str(tmp_path / "g"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "g"))
+    assert np.array_equal(loaded(batches[0]).asnumpy(), qnet(batches[0]).asnumpy())
+    reasons = json.load(open(paths["meta"]))["kept_fp32"]
+    weight = net.c1.weight.name
+    assert (weight in reasons) == kept
+    if kept:
+        assert "grouped convolution with 4 groups of 4 output channels" in reasons[weight]

@@ -1,6 +1,6 @@
-"""Fast loading of int8 exports: format 2.1's calibration table as text, 2.0 files still
-loading, parameters adopted without copies, the checksum on a second thread, and the
-one-pass unpacking of packed weights."""
+"""Fast loading of int8 exports: the calibration table as text (since format 2.1), 2.0
+files still loading, parameters adopted without copies, the checksum on a second thread,
+the one-pass unpacking of packed weights, and format 3.0's stored anchor positions."""
 import json
 
 import mxnet as mx
@@ -33,7 +33,7 @@ def _edit_meta(paths, change):
 def test_format_2_1_keeps_the_table_as_text_and_2_0_files_still_load(exported):
     prefix, paths, qnet = exported
     meta = json.load(open(paths["meta"]))
-    assert meta["version"] == "2.1" and meta["calibration_table"] is None
+    assert meta["version"] == "3.0" and meta["calibration_table"] is None
     assert gq.CalibrationTable.from_dict(json.loads(meta["calibration_table_text"])) \
         == qnet.calibration_table
     expected = qnet(_x()).asnumpy()
@@ -150,6 +150,32 @@ def test_split_into_given_arrays_matches_unpack_whatever_the_fix_order():
     with pytest.raises(ValueError, match="fix_index does not fit"):
         _packing.split(dict(joined, fix_index=np.array([10 ** 6], np.int32),
                             fix_value=np.ones(1, np.float32)), shapes)
+
+
+def test_stored_anchor_positions_give_the_weights_a_search_gives():
+    rs = np.random.RandomState(2)
+    # rows of 9 values (searched at load), 512 (positions stored as uint16 byte pairs,
+    # cast and multiplied in several blocks) and 70,000 (stored as int32)
+    shapes = [(40, 1, 3, 3), (300, 512), (3, 70000)]
+    packs = []
+    for shape in shapes:
+        params = {"w": (rs.randn(*shape) * 0.2).astype(np.float32)}
+        params["w"][1] = 0.0                                  # a dead channel
+        flat = params["w"].reshape(shape[0], -1)
+        flat[0, 5] = -np.abs(flat[0]).max() * 2               # -128 ...
+        flat[0, 7] = np.abs(flat[0]).max() * 0.999            # ... beside a near-tie 127
+        packs.append(_packing.pack(_packing.PackSpec("w", True), params))
+    for count, dtype, size in [(2, np.uint8, 2 * 300), (3, np.int32, 303)]:
+        joined = _packing.join(packs[:count])
+        assert joined["anchor_at"].dtype == dtype and joined["anchor_at"].size == size
+        stored = _packing.split(joined, shapes[:count])
+        searched = _packing.split({k: v for k, v in joined.items() if k != "anchor_at"},
+                                  shapes[:count])
+        for pack, a, b in zip(packs, stored, searched):
+            assert np.array_equal(a, b) and np.array_equal(a, _packing.unpack(pack))
+    assert _packing.join(packs[:1])["anchor_at"].size == 0
+    with pytest.raises(ValueError, match="anchor_at does not fit"):
+        _packing.split(dict(joined, anchor_at=np.full(303, 70000, np.int32)), shapes)
 
 
 def test_split_on_two_threads_gives_the_same_weights(monkeypatch):

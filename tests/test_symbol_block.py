@@ -69,7 +69,7 @@ def test_small_cnn_round_trip_and_metadata(tiny_cnn, tiny_batches, tmp_path):
     x = mx.nd.array(np.random.RandomState(5).rand(16, 1, 28, 28).astype("float32"))
     loaded = round_trip(qnet, [x], str(tmp_path / "cnn"))
     meta = loaded.metadata
-    assert meta["version"] == "2.1" and meta["gluon_quant_version"] == gq.__version__
+    assert meta["version"] == "3.0" and meta["gluon_quant_version"] == gq.__version__
     assert meta["mxnet_version"] == mx.__version__
     assert meta["settings"] == {"backend": "onednn", "dtype": "auto", "granularity": "channel",
                                 "calibrator": "mse"}
