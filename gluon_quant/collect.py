@@ -15,6 +15,7 @@ The statistics themselves (min/max and an exactly mergeable histogram, bounded b
 tensors x bins) are :class:`~gluon_quant.calib.statistics.TensorStatistics`.
 """
 import logging
+import re
 
 import mxnet as mx
 
@@ -23,7 +24,7 @@ from .data import check_finite, describe
 from .errors import EmptyCalibrationError, GraphError, InputMismatchError
 from .progress import progress_bar
 
-__all__ = ["collect_statistics", "build_runner"]
+__all__ = ["collect_statistics", "build_runner", "check_graph_shapes"]
 
 _log = logging.getLogger(__name__)
 
@@ -165,6 +166,18 @@ def collect_statistics(batches, *, convert, make_runner, calibrator, input_names
     return seen
 
 
+def check_graph_shapes(sym, input_names, inputs):
+    """Raise :class:`InputMismatchError` when MXNet's shape inference of the graph ``sym``
+    fails for the shapes of ``inputs`` (a batch the network cannot take, or a network that
+    runs only imperatively), before anything runs: the error is then the same whichever
+    stage would have met it first (a net with no tensor to calibrate meets it in its int8
+    graph's first run)."""
+    try:
+        sym.infer_shape_partial(**{n: tuple(a.shape) for n, a in zip(input_names, inputs)})
+    except mx.base.MXNetError as err:
+        raise _mismatch(err, inputs) from err
+
+
 def _forward(runner, inputs):
     try:
         out = runner(*inputs)
@@ -182,7 +195,25 @@ def _collect_outputs(calibrator, names, inputs, outs):
         calibrator.collect(name, host)
 
 
+#: How MXNet names the operator whose shape or type inference failed.
+_FAILED_OPERATOR = re.compile(r"(?:Error in operator|in node) ([^\s:]+)")
+
+
 def _mismatch(err, inputs):
+    line = _mxnet.first_line(err)
+    shapes = [describe(a) for a in inputs]
+    found = _FAILED_OPERATOR.search(str(err))
+    if found is None or not re.search(r"Incompatible attr|[Ss]hape|InferType|dtype", str(err)):
+        return InputMismatchError(
+            "Calibration forward pass failed: %s. The batch inputs were %s; check that they "
+            "match the network's expected shapes." % (line, shapes))
+    # Inside the graph: wrong inputs, or (two tensors that do not fit each other) a
+    # network that only runs imperatively.
+    hint = (" If they do, the network runs only imperatively: in a hybridized graph, "
+            "+ - * / between arrays of different shapes do not broadcast (use "
+            "F.broadcast_add/sub/mul/div); `net.hybridize(); net(*batch)` raises the same "
+            "error then.") if re.search(r"Incompatible attr|broadcast", str(err)) else ""
     return InputMismatchError(
-        "Calibration forward pass failed: %s. The batch inputs were %s; check that they match "
-        "the network's expected shapes." % (_mxnet.first_line(err), [describe(a) for a in inputs]))
+        "Calibration forward pass failed: MXNet's shape/type inference fails inside the "
+        "network's graph, at operator %r (%s), for batch inputs %s; check that they match "
+        "the network's expected shapes.%s" % (found.group(1), line, shapes, hint))

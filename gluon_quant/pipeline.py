@@ -26,7 +26,7 @@ import numpy as np
 from . import _mxnet, bias
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
-from .collect import build_runner, collect_statistics
+from .collect import build_runner, check_graph_shapes, collect_statistics
 from .config import QuantConfig, QuantDtype, WeightRounding
 from .data import BatchConverter, InputSpec, describe, iter_batches
 from .errors import (CalibrationTableError, ConfigError, GluonQuantError, GraphError,
@@ -489,6 +489,8 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
 
     def convert_and_keep(batch):
         inputs = convert(batch)
+        if not samples:
+            check_graph_shapes(plan.fused.symbol, input_names, inputs)
         samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
         room = KEPT_SAMPLES - sum(k[0].shape[0] for k in kept)
         if room > 0 and inputs and inputs[0].ndim:
@@ -529,13 +531,14 @@ def _sample_shapes(sym, keys, input_names, inputs):
     present = sorted(k for k in keys if k in set(internals.list_outputs()))
     if not present or not inputs or not inputs[0].ndim:
         return {}
-    try:
-        _, shapes, _ = mx.sym.Group([internals[k] for k in present]).infer_shape(
+    try:    # the partial inference: the full one prints its failures on stdout
+        _, shapes, _ = mx.sym.Group([internals[k] for k in present]).infer_shape_partial(
             **{n: tuple(a.shape) for n, a in zip(input_names, inputs)})
     except (_mxnet.MXNetError, ValueError, TypeError):
         return {}
     batch = inputs[0].shape[0]
-    return {k: tuple(v[1:]) for k, v in zip(present, shapes or ()) if v and v[0] == batch}
+    return {k: tuple(v[1:]) for k, v in zip(present, shapes or ())
+            if v and v[0] == batch and all(d > 0 for d in v)}
 
 
 def _kept_samples(symbol, input_names, kept):

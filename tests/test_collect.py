@@ -128,6 +128,33 @@ def test_bad_batch_names_the_shapes(tiny_cnn, tiny_batches):
         qnet.calibrate(bad)
 
 
+class _ImperativeOnly(mx.gluon.HybridBlock):
+    """Runs imperatively (NDArray ``/`` broadcasts) but not hybridized (Symbol ``/`` does
+    not): the calibration error must say so, not only blame the batch."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.conv = mx.gluon.nn.Conv1D(8, 3, padding=1)
+
+    def hybrid_forward(self, F, x, mask):
+        h = F.broadcast_mul(self.conv(x), F.expand_dims(mask, 1))
+        return F.sum(h, axis=2) / (F.sum(mask, axis=1, keepdims=True) + 1)
+
+
+def test_a_failure_inside_the_graph_names_the_operator_and_both_causes(capsys):
+    net = _ImperativeOnly()
+    net.initialize()
+    x, mask = mx.nd.ones((4, 2, 10)), mx.nd.ones((4, 10))
+    assert net(x, mask).shape == (4, 8)                       # imperatively, it runs
+    with pytest.raises(gq.InputMismatchError,
+                       match=r"inside the network's graph, at operator '\w*div\w*'.*"
+                             r"expected \[4,8\], got \[4,1\].*NDArray\(4, 10\).*"
+                             r"F\.broadcast_add/sub/mul/div"):
+        gq.quantize(net, [(x, mask)], progress=False)
+    assert capsys.readouterr().out == ""       # MXNet's shape inference printed nothing
+
+
 def test_wide_stride_histogram_of_very_large_tensors_is_exact_on_its_samples():
     from gluon_quant.calib.statistics import TensorStatistics, subsample_stride
     assert [subsample_stride(n) for n in (2 ** 17, 2 ** 17 + 1, 3211264, 6422528, 25690112)] \
