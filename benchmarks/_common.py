@@ -28,9 +28,10 @@ def zoo_net(name, source=None, size=224):
     Detection and segmentation nets are built with ``pretrained_base=False``. Each variant
     being timed gets its own instance, so none re-hybridizes another's net.
     """
-    kwargs = {} if name.startswith(("resnet", "mobilenet", "vgg", "se_", "squeezenet",
-                                    "densenet", "inception")) else {"pretrained_base": False}
-    net = get_model(name, pretrained=False, **kwargs)
+    try:    # detection/segmentation nets would download their base's weights without it
+        net = get_model(name, pretrained=False, pretrained_base=False)
+    except TypeError:   # classification nets (ResNeXt, SENet...) reject the argument
+        net = get_model(name, pretrained=False)
     initialize_random(net)
     if source is not None:
         net(mx.nd.zeros((1, 3, size, size)))    # finish deferred shapes

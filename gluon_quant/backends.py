@@ -40,6 +40,10 @@ class OpSupport:
         Accepted ``layout`` attribute values; empty: any (``None`` counts as the default).
     groups : bool
         Whether grouped (depthwise) convolutions have a kernel.
+    partial_groups : str
+        When not empty: a convolution with more than one group but fewer groups than
+        output channels (grouped, not one group per output channel as a plain depthwise
+        convolution) stays fp32, and this says why (a measured defect of the int8 kernel).
     dilation : bool
         Whether dilated convolutions have a kernel.
     modes : tuple of (str, tuple of str)
@@ -91,6 +95,7 @@ class OpSupport:
     ranks: Tuple[int, ...] = ()
     layouts: Tuple[str, ...] = ()
     groups: bool = True
+    partial_groups: str = ""
     dilation: bool = True
     modes: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
     flatten: Optional[bool] = None
@@ -186,7 +191,15 @@ def _ops(*supports):
 ONEDNN = BackendSpec(
     name="onednn", device_type="cpu",
     ops=_ops(
-        OpSupport("Convolution", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
+        # mkldnn_common.h gives the grouped weights' reorder the per-output-channel scales
+        # with mask 1, which on oneDNN's (group, out/group, in/group, ...) weights means one
+        # scale per group: group g is quantized with channel g's scale, while the output
+        # is requantized with each channel's own.
+        OpSupport("Convolution", ranks=(4, 5), layouts=("NCHW", "NCDHW"), partial_groups=(
+            "MXNet 1.9.1's int8 convolution with 1 < groups < output channels quantizes "
+            "each group's weights with the scale of one channel (its per-channel scales are "
+            "applied per group): measured, a channel with 10x smaller weights came out all "
+            "zeros and others 1.3-1.9x too large")),
         # One dense layer alone in int8 between fp32 layers, by multiply-adds per call,
         # int8/fp32 speed on the EPYC (Zen 5, VNNI) this was measured on, 2 threads:
         # 2k-524k: 0.87-0.98x; 1M: 1.22-1.35x; 2M-4M: 1.36-2.30x. Chains of dense layers
@@ -361,8 +374,11 @@ def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="") -> Op
     layout = attrs.get("layout")
     if support.layouts and layout not in (None, "None") and layout not in support.layouts:
         return "layout %s (int8 needs %s)" % (layout, " or ".join(support.layouts))
-    if not support.groups and int(attrs.get("num_group", 1)) != 1:
+    groups = int(attrs.get("num_group", 1))
+    if not support.groups and groups != 1:
         return "grouped/depthwise convolution (num_group=%s)" % attrs.get("num_group")
+    if support.partial_groups and 1 < groups != int(attrs.get("num_filter", groups)):
+        return support.partial_groups
     if not support.dilation and any(d != 1 for d in _attr_tuple(attrs, "dilate")):
         return "dilated convolution (the int8 kernel%s ignores dilation)" % where
     is_global = _is_true(attrs.get("global_pool"), False)

@@ -222,15 +222,6 @@ def _pack_specs(graph, params, dtypes):
         else:
             no_bias = _flag(inner.get("Convolution", {}).get("no_bias"), False)
             bias = None if no_bias else inputs[2]
-            groups = int(inner.get("Convolution", {}).get("num_group", 1))
-            if groups not in (1, params[weight].shape[0]):
-                # Its int8 weights do not come out as for one group or one group per
-                # output channel (both reproduced exactly): a reload from int8 differed.
-                kept[weight] = ("a grouped convolution with %d groups of %d output "
-                                "channels: the runtime's int8 weights for it are not "
-                                "reproduced exactly" % (groups, params[weight].shape[0]
-                                                        // groups))
-                continue
             # mkldnn_conv.cc: per-channel scales exactly when the output is requantized.
             if _flag(attrs.get("with_bn"), False):
                 first = 2 if no_bias else 3

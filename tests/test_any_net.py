@@ -315,3 +315,28 @@ def test_conv1d_with_deferred_shapes_and_the_doctor_on_rewritten_nets():
     report = compare(qnet, [x])                     # fp32 reference of the rewritten graph
     assert report.output_cosine > 0.99
     assert all(r.quantized for r in qnet.report() if r.op == "Convolution")
+
+
+@pytest.mark.parametrize("groups", [4, 8])
+def test_grouped_convolutions_keep_every_channel(groups):
+    # MXNet 1.9.1's int8 convolution with 1 < groups < channels applies its per-channel
+    # weight scales per group: with weights 10x smaller and larger than the rest, one
+    # channel came out all zeros and others 1.3-1.9x too large. Such a convolution stays
+    # fp32; depthwise (groups == channels) is right in int8 and stays int8.
+    mx.random.seed(0)
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, activation="relu"),
+            nn.Conv2D(8, 3, padding=1, groups=groups))
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.ones((1, 3, 16, 16)))
+    weight = net[1].weight.data().asnumpy()
+    weight *= np.array([1, 1, 1, 1, 3, 0.3, 1, 2], np.float32)[:, None, None, None]
+    net[1].weight.set_data(mx.nd.array(weight))
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.rand(4, 3, 16, 16).astype("float32")) for _ in range(4)]
+    qnet = gq.quantize(net, batches, progress=False)
+    ref, out = net(batches[0]).asnumpy(), qnet(batches[0]).asnumpy()
+    ratios = [np.linalg.norm(out[:, c]) / np.linalg.norm(ref[:, c]) for c in range(8)]
+    assert 0.8 < min(ratios) and max(ratios) < 1.25, ratios
+    stays_fp32 = "1 < groups < output channels" in str(qnet.report())
+    assert stays_fp32 == (groups == 4)
