@@ -340,3 +340,61 @@ def test_grouped_convolutions_keep_every_channel(groups):
     assert 0.8 < min(ratios) and max(ratios) < 1.25, ratios
     stays_fp32 = "1 < groups < output channels" in str(qnet.report())
     assert stays_fp32 == (groups == 4)
+
+
+class _ConvThenGRU(nn.HybridBlock):
+    """A tagger: Conv1D over embeddings, then a GRU. Folding the GRU's weight
+    concatenation appended a variable after its reader, and the 1-D lift, which walks
+    the graph in node order, failed on it (KeyError)."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.emb = nn.Embedding(50, 24)
+            self.conv = nn.Conv1D(32, 3, padding=1, activation="relu")
+            self.gru = rnn.GRU(16, layout="NTC")
+            self.out = nn.Dense(7, flatten=False)
+
+    def hybrid_forward(self, F, tokens):
+        x = F.transpose(self.emb(tokens), axes=(0, 2, 1))
+        x = F.transpose(self.conv(x), axes=(0, 2, 1))
+        return self.out(self.gru(x))
+
+
+def test_conv1d_before_a_recurrent_layer():
+    mx.random.seed(0)
+    net = _ConvThenGRU()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.randint(0, 50, (4, 15))) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert "Convolution" in [row.op for row in qnet.report() if row.quantized]
+    assert cosine(net(batches[0]).asnumpy(), qnet(batches[0]).asnumpy()) > 0.999
+
+
+def test_channels_last_convolutions_quantize():
+    # MXNet 1.9.1 on CPU cannot run a layout='NHWC' convolution at all ("could not create
+    # a descriptor"), fp32 included: a net trained channels-last (on a GPU) is run
+    # channels-first between transposes, and then runs in int8 (graph/layout.py).
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, layout="NHWC", activation="relu", in_channels=3),
+            nn.Conv2D(16, 3, padding=1, layout="NHWC", in_channels=8),
+            nn.Dense(3, in_units=16 * 12 * 12))
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.rand(4, 12, 12, 3).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert [row.op for row in qnet.report() if row.quantized].count("Convolution") == 2
+    # fp32 reference: the same weights in the channels-first net, on transposed data
+    ref = nn.HybridSequential()
+    ref.add(nn.Conv2D(8, 3, padding=1, activation="relu", in_channels=3),
+            nn.Conv2D(16, 3, padding=1, in_channels=8), nn.Dense(3, in_units=16 * 12 * 12))
+    ref.initialize()
+    for layer, twin in zip(net, ref):
+        weight = layer.weight.data()
+        twin.weight.set_data(weight.transpose((0, 3, 1, 2)) if weight.ndim == 4 else weight)
+        twin.bias.set_data(layer.bias.data())
+    x = batches[0]
+    expected = ref[2](ref[1](ref[0](x.transpose((0, 3, 1, 2)))).transpose((0, 2, 3, 1)))
+    assert cosine(expected.asnumpy(), qnet(x).asnumpy()) > 0.999

@@ -101,6 +101,7 @@ from .guards import (canonical_activations, flatten_fc_inputs, mixed_reader_prod
                      separate_broken_fusions, stop_rnn_gradients, unquantizable_rnns)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
+from .layout import channels_first_convolutions
 from .normalize import fold_input_normalization
 from .stem import fp32_stem
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
@@ -737,6 +738,7 @@ def _rnn_pass(graph, context):
 
 PASSES = (
     GraphPass("unique_names", Stage.TRACED, unique_names),
+    GraphPass("channels_first_convolutions", Stage.TRACED, channels_first_convolutions),
     GraphPass("fold_input_normalization", Stage.TRACED, fold_input_normalization),
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),
     # Before the activation and fusion guards: they see the convolution it makes.

@@ -382,6 +382,10 @@ def _redirect(graph, replace):
 def reachable(nodes, heads, attrs=None):
     """The graph of the nodes ``heads`` reach, in their order, every entry renumbered.
 
+    "In their order" as far as it is topological: a node read by an earlier one (a
+    variable a pass appended, such as a folded RNN weight) moves before its first reader,
+    since the passes walk graphs in node order.
+
     The nodes are copied (``nodes`` is left as it is), so a sub-graph can be cut out of a
     graph still in use.
 
@@ -403,7 +407,7 @@ def reachable(nodes, heads, attrs=None):
         if i not in keep:
             keep.add(i)
             stack.extend(e[0] for e in nodes[i]["inputs"])
-    order = sorted(keep)
+    order = _topological(nodes, sorted(keep))
     new = {old: i for i, old in enumerate(order)}
     kept = [dict(nodes[i], inputs=[[new[e[0]]] + list(e[1:]) for e in nodes[i]["inputs"]])
             for i in order]
@@ -412,6 +416,26 @@ def reachable(nodes, heads, attrs=None):
     if attrs:
         graph["attrs"] = attrs
     return graph
+
+
+def _topological(nodes, indices):
+    """``indices`` in an order where every node comes after its inputs: their own order
+    where it already is one (each node's unvisited inputs are placed just before it)."""
+    order, done = [], set()
+    for root in indices:
+        stack = [(root, False)]
+        while stack:
+            index, ready = stack.pop()
+            if index in done:
+                continue
+            if ready:
+                done.add(index)
+                order.append(index)
+                continue
+            stack.append((index, True))
+            stack.extend((e[0], False) for e in reversed(nodes[index]["inputs"])
+                         if e[0] not in done)
+    return order
 
 
 def _prune(graph):
