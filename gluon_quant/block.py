@@ -162,7 +162,7 @@ class QuantizedHybridBlock(HybridBlock):
         self.int8_block = self._model.block   # registered as the child the graph calls
         _mxnet.clear_cached_op(self)
         if get_spec(self.backend.value).static_alloc:
-            self.hybridize(static_alloc=True, static_shape=True)
+            self.hybridize(**_mxnet.static_flags(self._model.symbol))
         return self
 
     # ------------------------------------------------------------- inspection

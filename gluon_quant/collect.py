@@ -74,7 +74,7 @@ class _Runner:
         if missing:
             raise GraphError("The graph needs parameters the network does not have: %s"
                              % ", ".join(sorted(missing)[:10]))
-        self._op = mx.nd.CachedOp(sym, flags=[("static_alloc", True), ("static_shape", True)])
+        self._op = mx.nd.CachedOp(sym, flags=list(_mxnet.static_flags(sym).items()))
         self._args = [None if n in input_names else params[n].as_in_context(ctx)
                       for n in order]
         self._slots = [(order.index(n), i) for i, n in enumerate(input_names) if n in order]

@@ -103,7 +103,7 @@ def _first_run(model, inputs, config):
         block = _mxnet.symbol_block(model.symbol, model.plan.fused.inputs.names, model.params,
                                     inputs[0].context, trainable=False)
         if spec.static_alloc:
-            block.hybridize(static_alloc=True, static_shape=True)
+            block.hybridize(**_mxnet.static_flags(model.symbol))
         for _ in range(2):
             _mxnet.run_block(block, inputs, "int8 first run")
     except ModelExecutionError as err:

@@ -64,5 +64,5 @@ class PortableModel:
         _mxnet.load_block_params(block, {k: mx.nd.array(v, ctx=ctx, dtype=v.dtype)
                                          for k, v in self.params.items()}, ctx)
         if self.static_alloc:
-            block.hybridize(static_alloc=True, static_shape=True)
+            block.hybridize(**_mxnet.static_flags(sym))
         return block

@@ -105,7 +105,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             # Without a static CachedOp, oneDNN's fused int8 operators are built anew at
             # every call and quantize their fp32 weights again: a loaded MobileNetV2 ran 107
             # reorders per call instead of 4 (benchmarks/op_profile.py).
-            block.hybridize(static_alloc=True, static_shape=True)
+            block.hybridize(**_mxnet.static_flags(symbol_data))
         _log.info("Loaded %s (%d weights unpacked from int8).", prefix, len(meta["packed"]))
         return block
 

@@ -398,3 +398,40 @@ def test_channels_last_convolutions_quantize():
     x = batches[0]
     expected = ref[2](ref[1](ref[0](x.transpose((0, 3, 1, 2)))).transpose((0, 2, 3, 1)))
     assert cosine(expected.asnumpy(), qnet(x).asnumpy()) > 0.999
+
+
+class _Foreach(nn.HybridBlock):
+    """A recurrence written with ``F.contrib.foreach``."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.inp = nn.Dense(16, flatten=False)
+            self.cell = nn.Dense(16, in_units=16, activation="tanh", flatten=False)
+            self.out = nn.Dense(2)
+
+    def hybrid_forward(self, F, x):
+        def step(data, states):
+            h = self.cell(data + states[0])
+            return h, [h]
+        steps = F.transpose(self.inp(x), axes=(1, 0, 2))
+        outs, _ = F.contrib.foreach(step, steps, [F.zeros((4, 16))])
+        return self.out(F.mean(outs, axis=0))
+
+
+def test_control_flow_results_are_not_one_call_late(tmp_path):
+    # Under a static_alloc CachedOp, MXNet 1.9.1 returned for every call the result of
+    # the previous call's input (garbage on the first): graphs with control flow run
+    # without static memory (_mxnet.static_flags).
+    mx.random.seed(0)
+    net = _Foreach()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.rand(4, 7, 5).astype("float32")) for _ in range(4)]
+    qnet = gq.quantize(net, batches[:3], progress=False)
+    qnet.export(str(tmp_path / "loop"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "loop"))
+    for index in (0, 1, 3, 3, 1):
+        expected = net(batches[index]).asnumpy()
+        assert cosine(expected, qnet(batches[index]).asnumpy()) > 0.9999, index
+        assert cosine(expected, loaded(batches[index]).asnumpy()) > 0.9999, index

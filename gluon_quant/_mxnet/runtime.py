@@ -1,6 +1,8 @@
-"""Runtime internals: a host memory view of an NDArray, and a CachedOp caller."""
+"""Runtime internals: a host memory view of an NDArray, a CachedOp caller, and when a
+graph may run with static memory."""
 import ctypes
 import operator
+import re
 
 import mxnet as mx
 import numpy as np
@@ -69,3 +71,29 @@ class CachedCall:
         out = [_ndarray_cls(ctypes.cast(handles[n], mx.base.NDArrayHandle), stype=stypes[n])
                for n in range(count.value)]
         return _gluon_block._regroup(out, block._out_format)
+
+
+#: Control-flow operators: their subgraphs run as nested static CachedOps, and inside a
+#: static_alloc CachedOp MXNet 1.9.1 returned, at every call, the result for the previous
+#: call's input (a Gluon net looping with ``F.contrib.foreach``: garbage on the first call,
+#: then each result one call late); without static_alloc it is right.
+CONTROL_FLOW_OPS = frozenset(("_foreach", "_while_loop", "_cond"))
+
+
+_CONTROL_FLOW = re.compile(r'"op":\s*"(?:%s)"' % "|".join(sorted(CONTROL_FLOW_OPS)))
+
+
+def static_flags(graph):
+    """The ``hybridize``/``CachedOp`` flags for running a graph with static memory:
+    ``{'static_alloc': True, 'static_shape': True}``, or ``{}`` where that gives wrong
+    results (a control-flow operator anywhere in the graph, subgraphs included).
+
+    Parameters
+    ----------
+    graph : Symbol, or str or bytes
+        The graph, or its JSON text (as a file holds it: no second encoding).
+    """
+    text = graph.tojson() if isinstance(graph, mx.sym.Symbol) else graph
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return {} if _CONTROL_FLOW.search(text) else {"static_alloc": True, "static_shape": True}

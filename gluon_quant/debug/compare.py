@@ -251,6 +251,6 @@ def _floor_block(qnet, nodes, fp32_params):
 def _tapped_block(sym, node_names, input_names, params, ctx):
     group = _mxnet.tap_outputs(sym, node_names, input_names)
     block = _mxnet.symbol_block(group, input_names, params, ctx)   # takes what it uses
-    block.hybridize(static_alloc=True)
+    block.hybridize(**_mxnet.static_flags(group))
     return block
 

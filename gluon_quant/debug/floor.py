@@ -160,7 +160,7 @@ def fake_quant_block(qnet):
     params = qnet.fp32_params or {p.name: p.data(qnet.ctx)
                                   for p in qnet.net.collect_params().values()}
     block = _mxnet.symbol_block(sym, qnet.input_names, params, qnet.ctx)
-    block.hybridize(static_alloc=True)
+    block.hybridize(**_mxnet.static_flags(sym))
     return block, len(rounded)
 
 
