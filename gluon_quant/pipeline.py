@@ -494,7 +494,9 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
         room = KEPT_SAMPLES - sum(k[0].shape[0] for k in kept)
         if room > 0 and inputs and inputs[0].ndim:
-            kept.append([a[:room].copy() for a in inputs])
+            # an input without the batch axis (indices shared by the batch) is kept whole
+            kept.append([a[:room].copy() if _batched([inputs[0], a]) else a.copy()
+                         for a in inputs])
         return inputs
 
     seen = collect_statistics(
@@ -541,13 +543,20 @@ def _sample_shapes(sym, keys, input_names, inputs):
             if v and v[0] == batch and all(d > 0 for d in v)}
 
 
+def _batched(arrays):
+    """Whether every array has the first one's leading (batch) axis."""
+    return all(a.ndim and a.shape[0] == arrays[0].shape[0] for a in arrays)
+
+
 def _kept_samples(symbol, input_names, kept):
     """The kept calibration batches as one batch (one array per input), or the first batch
-    alone when they differ in shape or the graph takes only its own batch size (GluonCV's
-    Faster R-CNN, traced at batch 1, rejects a batch of 2 in its per-image proposals)."""
+    alone when they differ in shape, an input has no batch axis (indices the whole batch
+    shares: joined, they would be other indices), or the graph takes only its own batch
+    size (GluonCV's Faster R-CNN, traced at batch 1, rejects a batch of 2 in its
+    per-image proposals)."""
     if not kept or any(len(k) != len(kept[0]) for k in kept):
         return None
-    if len(kept) > 1 and all(k[0].ndim for k in kept):
+    if len(kept) > 1 and all(_batched(k) for k in kept):
         joined = [(sum(k[i].shape[0] for k in kept),) + a.shape[1:]
                   for i, a in enumerate(kept[0])]
         same = all(a.shape[1:] == b.shape[1:] for k in kept for a, b in zip(k, kept[0]))

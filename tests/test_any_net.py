@@ -435,3 +435,32 @@ def test_control_flow_results_are_not_one_call_late(tmp_path):
         expected = net(batches[index]).asnumpy()
         assert cosine(expected, qnet(batches[index]).asnumpy()) > 0.9999, index
         assert cosine(expected, loaded(batches[index]).asnumpy()) > 0.9999, index
+
+
+class _SharedIndices(nn.HybridBlock):
+    """Picks positions given by an index vector the whole batch shares (no batch axis)."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.conv = nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.dense = nn.Dense(4)
+
+    def hybrid_forward(self, F, x, idx):
+        flat = F.reshape(self.conv(x), shape=(0, 0, -1))
+        return self.dense(F.take(flat, idx, axis=2))
+
+
+def test_an_input_without_batch_axis_is_not_joined_across_batches():
+    # Bias correction and the first run join the kept calibration batches along axis 0:
+    # the index vectors became one longer vector, and the dense layer after them failed
+    # ("Provided = [4,40], inferred (4,64)"), reported as an MXNet kernel failure.
+    mx.random.seed(0)
+    net = _SharedIndices()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [(mx.nd.array(rs.rand(2, 3, 10, 10).astype("float32")),
+                mx.nd.array(rs.randint(0, 100, (5,)).astype("float32"))) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    x, idx = batches[1]
+    assert cosine(net(x, idx).asnumpy(), qnet(x, idx).asnumpy()) > 0.99
