@@ -110,6 +110,13 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
     shards = list(shards)
     if not shards:
         raise EmptyCalibrationError("shards is empty: pass at least one shard of batches.")
+    for number, shard in enumerate(shards):
+        if hasattr(shard, "__next__"):     # a generator or iterator: it cannot be pickled
+            raise ConfigError(
+                "shard %d is %s, an iterator: shards are sent to other processes, which "
+                "an iterator cannot be. Pass each shard as a list of batches (or another "
+                "object that can be pickled and iterated, such as an array)."
+                % (number, type(shard).__name__))
     # Settings are checked before any work (and before a Ray starts).
     with get_engine(engine, address=address, workers=workers, start_method=start_method,
                     allowed=("auto", "ray", "process")) as runner:

@@ -14,7 +14,10 @@ def _single_pass(net, batches, calibrator="entropy"):
 def test_two_workers_equal_one_pass_and_feed_quantize(tiny_cnn, tiny_batches):
     single = _single_pass(tiny_cnn, tiny_batches)
     # More shards than workers, uneven, one empty and out of order: same thresholds.
-    shards = [tiny_batches[2:], [], tiny_batches[:1], tiny_batches[1:2]]
+    # NDArray batches too: Gluon's pickling hands NDArrays to worker processes as
+    # shared-memory file descriptors, which spawn refused ("bad value(s) in fds_to_keep").
+    shards = [[mx.nd.array(b) for b in tiny_batches[2:]], [], tiny_batches[:1],
+              [mx.nd.array(tiny_batches[1])]]
     table = gq.calibrate_parallel(tiny_cnn, shards, workers=2, calibrator="entropy",
                                   engine="process", progress=False)
     assert len(single) >= 5
@@ -55,3 +58,11 @@ def test_all_shards_empty(tiny_cnn):
     with pytest.raises(gq.EmptyCalibrationError, match="Every shard was empty"):
         gq.calibrate_parallel(tiny_cnn, [[], []], workers=1, engine="process",
                               progress=False)
+
+
+def test_iterator_shards_are_refused_before_any_worker_starts(tiny_cnn, tiny_batches):
+    shards = [iter(tiny_batches[:2]), (b for b in tiny_batches[2:])]
+    for engine in ("process", "ray"):
+        with pytest.raises(gq.ConfigError, match=r"shard 0 is list_iterator, an iterator.*"
+                                                 r"list of batches"):
+            gq.calibrate_parallel(tiny_cnn, shards, engine=engine, progress=False)

@@ -3,6 +3,7 @@ results of one process.  One Ray serves the whole module (started once: ~8 s her
 import builtins
 import logging
 import os
+import threading
 
 import mxnet as mx
 import numpy as np
@@ -98,8 +99,9 @@ def test_a_failing_shard_names_itself_and_the_mxnet_error(local_ray, tiny_cnn, t
 
 
 def test_an_unpicklable_shard_is_refused(local_ray, tiny_cnn, tiny_batches):
+    # (an iterator is refused before any engine starts: test_parallel.py)
     with pytest.raises(gq.ConfigError) as info:
-        gq.calibrate_parallel(tiny_cnn, [tiny_batches[:2], (b for b in tiny_batches[2:])],
+        gq.calibrate_parallel(tiny_cnn, [tiny_batches[:2], [tiny_batches[2], threading.Lock()]],
                               engine="ray", progress=False)
     text = str(info.value)
     assert text.startswith("Shard 1 cannot be sent to a Ray task (Could not serialize")

@@ -14,6 +14,8 @@ import multiprocessing
 import os
 import queue as queue_module
 
+import mxnet as mx
+
 from ..errors import ConfigError, ModelExecutionError
 from .base import Engine, failure_of, run_guarded
 
@@ -22,6 +24,25 @@ __all__ = ["ProcessEngine", "START_METHODS"]
 START_METHODS = ("spawn", "forkserver", "fork")
 #: Seconds between checks that the workers are still alive while waiting for results.
 _POLL_SECONDS = 0.5
+
+
+def _host(value):
+    """``value`` with every NDArray in it (in lists, tuples and dicts) as a numpy array.
+
+    Importing Gluon registers a pickling of NDArrays for worker processes that hands them
+    over as shared-memory file descriptors; starting a worker with such an item failed
+    here ("bad value(s) in fds_to_keep"). Numpy arrays pickle by value, and the workers
+    accept them as batches like NDArrays."""
+    if isinstance(value, mx.nd.NDArray):
+        return value.asnumpy()
+    if isinstance(value, dict):
+        return {key: _host(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        items = [_host(item) for item in value]
+        if isinstance(value, list):
+            return items
+        return type(value)(*items) if hasattr(value, "_fields") else tuple(items)
+    return value
 
 
 class ProcessEngine(Engine):
@@ -51,7 +72,7 @@ class ProcessEngine(Engine):
         return self.workers
 
     def _run(self, task, shared, items, tick):
-        items = list(items)
+        items = [_host(item) for item in items]
         if not items:
             return
         count = min(self.workers, len(items))
