@@ -781,7 +781,9 @@ def run_error(err, inputs, spec, calibration):
     shapes = [tuple(getattr(a, "shape", ())) for a in inputs]
     seen = list(calibration.input_shapes) if calibration is not None else None
     ndarrays = all(isinstance(a, mx.nd.NDArray) for a in inputs)
-    if ndarrays and seen is not None and len(shapes) == len(seen) and all(
+    other_floats = any(np.issubdtype(a.dtype, np.floating) and a.dtype != np.float32
+                       for a in inputs if isinstance(a, mx.nd.NDArray))   # float64, float16
+    if ndarrays and not other_floats and seen is not None and len(shapes) == len(seen) and all(
             len(a) == len(b) and a[1:] == b[1:] for a, b in zip(shapes, seen)):
         return ModelExecutionError(
             "The int8 network failed inside MXNet on inputs shaped like its calibration "
@@ -789,6 +791,7 @@ def run_error(err, inputs, spec, calibration):
             "with the network." % (describe(inputs), _mxnet.first_line(err)))
     return InputMismatchError(
         "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) (%s) with "
-        "the rank and per-sample shape of the calibration batches%s."
+        "the rank and per-sample shape of the calibration batches%s, floating-point ones "
+        "as float32."
         % (describe(inputs), _mxnet.first_line(err).rstrip("."), spec.count,
            ", ".join(spec.arg_names), " (%s)" % seen if seen else ""))

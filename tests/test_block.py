@@ -225,3 +225,14 @@ def test_cudnn_backend_builds_without_onednn_passes(tiny_cnn, tiny_batches):
     assert "_sg_mkldnn" not in text
     with pytest.raises(gq.GraphError, match="GPU"):
         qnet(mx.nd.array(tiny_batches[0]))
+
+
+def test_a_float64_input_is_named_as_the_problem(tiny_cnn, tiny_batches):
+    # It has the calibration batches' shape: it was reported as an MXNet failure "not a
+    # problem with your inputs".
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = mx.nd.array(tiny_batches[0], dtype="float64")
+    with pytest.raises(gq.InputMismatchError,
+                       match=r"float64\].*calibration batches.*floating-point ones as float32"):
+        qnet(x)
+    assert qnet(x.astype("float32")).shape[0] == 8
