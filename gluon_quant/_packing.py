@@ -42,8 +42,9 @@ import numpy as np
 
 from ._background import Background
 
-__all__ = ["ARRAYS", "OPTIONAL_ARRAYS", "PackSpec", "Packed", "NotPackable", "pack", "unpack", "join", "split", "unpack_v1",
-           "fold_factor", "runtime_quantize", "data_scale"]
+__all__ = ["ARRAYS", "OPTIONAL_ARRAYS", "LONG_ROW", "PackSpec", "Packed", "NotPackable", "pack",
+           "unpack", "join", "split", "unpack_v1", "fold_factor", "runtime_quantize",
+           "data_scale"]
 
 _log = logging.getLogger(__name__)
 
@@ -389,11 +390,11 @@ _ARRAYS = {"int8": np.int8, "anchors": np.float32, "factor_index": np.int32,
 ARRAYS = tuple(_ARRAYS)
 #: Those of :data:`ARRAYS` that files of export format 2 lack: without ``anchor_at``,
 #: :func:`split` finds each channel's anchor position from the int8 values.
+OPTIONAL_ARRAYS = ("anchor_at",)
 #: Rows of at least this many values have their anchor's position stored (2 bytes a
 #: channel: under 1% of their int8 values); shorter ones (depthwise kernels) are cheap to
 #: search, and storing theirs would cost MobileNets a 1% larger file.
 LONG_ROW = 256
-OPTIONAL_ARRAYS = ("anchor_at",)
 
 
 def join(packs):
@@ -408,8 +409,7 @@ def join(packs):
         ``anchor_at``: per channel of the weights with rows of :data:`LONG_ROW` values
         or more, the position in its row where :func:`split` puts the anchor (computed
         here once, instead of at every load; uint16 as byte pairs, or int32, as the
-        longest row needs). Indices are int32, or int64 past
-        2**31 values.
+        longest row needs). Indices are int32, or int64 past 2**31 values.
     """
     sizes = np.cumsum([0] + [p.q.size for p in packs], dtype=np.int64)
     rows = np.cumsum([0] + [p.q.shape[0] for p in packs], dtype=np.int64)
