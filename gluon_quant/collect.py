@@ -172,9 +172,8 @@ def check_graph_shapes(sym, input_names, inputs):
     runs only imperatively), before anything runs: the error is then the same whichever
     stage would have met it first (a net with no tensor to calibrate meets it in its int8
     graph's first run)."""
-    try:
-        sym.infer_shape_partial(**{n: tuple(a.shape) for n, a in zip(input_names, inputs)})
-    except mx.base.MXNetError as err:
+    err = _mxnet.shape_error(sym, {n: tuple(a.shape) for n, a in zip(input_names, inputs)})
+    if err is not None:
         raise _mismatch(err, inputs) from err
 
 

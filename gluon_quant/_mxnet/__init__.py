@@ -32,7 +32,7 @@ __all__ = [
     "host_arrays", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
     "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
-    "registered_param_names",
+    "registered_param_names", "shape_error",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
     "CachedCall", "static_flags",
 ]
@@ -443,11 +443,17 @@ def accepts_shapes(sym, shapes):
     Graphs traced from nets that loop over a fixed batch size (GluonCV's R-CNNs build one
     branch per image of ``batch_size``) reject any other batch size here, before running.
     """
+    return shape_error(sym, shapes) is None
+
+
+def shape_error(sym, shapes):
+    """MXNet's error when shape inference of ``sym`` fails for inputs of ``shapes``
+    ({name: shape}), or None when it accepts them."""
     try:
         sym.infer_shape_partial(**shapes)
-    except MXNetError:
-        return False
-    return True
+    except MXNetError as err:
+        return err
+    return None
 
 
 def is_initialized(param):
