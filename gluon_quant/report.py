@@ -159,7 +159,12 @@ def build_report(model, net, config, calibrator_name, timing=None):
             cand = final_view.by_name[node.name]
             qnode = cand if str(cand.attr("quantized", "")).lower() == "true" else None
         quantized = qnode is not None
-        if node.name in fp32_nodes:
+        dropped = (not quantized and node.name not in final_view.by_name
+                   and node.pattern == "Activation(relu)" and node.name not in fp32_nodes)
+        if dropped:     # graph.guards.unsigned_relus
+            quantized, reason = True, ("int8: its input is uint8, which a ReLU leaves as it "
+                                       "is, so the int8 graph reads that input instead")
+        elif node.name in fp32_nodes:
             reason = fp32_nodes[node.name]
         elif quantized:
             reason = "quantized"
@@ -177,7 +182,7 @@ def build_report(model, net, config, calibrator_name, timing=None):
         layers.append(LayerReport(
             layer=layer_name(node, scopes), node=node.name, op=node.main_op,
             pattern=node.pattern, quantized=quantized, reason=reason,
-            dtype=dtypes.get(out_name) or dtypes.get(key),
+            dtype="uint8" if dropped else dtypes.get(out_name) or dtypes.get(key),
             threshold=tuple(table[key]) if table is not None and key in table else None,
             fp32_ms=getattr(times.get(node.name), "fp32_ms", None),
             int8_ms=getattr(times.get(node.name), "int8_ms", None)))

@@ -20,8 +20,10 @@ guard                         graph                             returns
 import collections
 
 from .rewrites import append_nodes as _append_nodes
+from .rewrites import reachable as _reachable
 
-__all__ = ["separate_broken_fusions", "mixed_reader_producers", "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
+__all__ = ["separate_broken_fusions", "mixed_reader_producers", "unsigned_relus", "entry_dtype",
+           "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
            "stop_rnn_gradients", "FUSABLE_ACTIVATIONS"]
 
 
@@ -400,3 +402,61 @@ def mixed_reader_producers(graph):
                                    "network's outputs, which MXNet 1.9.1's int8 fusion "
                                    "mishandles (a crash or an invalid graph)")
     return found
+
+
+# --------------------------------------------------------------------------- unsigned relus
+
+def entry_dtype(dtypes, nodes, entry):
+    """The inferred dtype of a graph entry ``[node, output, version]`` (or None): one-output
+    nodes name it ``X_output``, several outputs ``X_output0``, ``X_output1``..."""
+    src = nodes[entry[0]]
+    if src["op"] == "null":
+        return dtypes.get(src["name"])
+    base = src["name"] + "_output"
+    return dtypes.get(base + str(entry[1])) or (dtypes.get(base) if entry[1] == 0 else None)
+
+
+def unsigned_relus(graph, dtypes):
+    """Drop the int8 ReLUs whose input is uint8: their readers read that input instead.
+
+    MXNet 1.9.1's ``_contrib_quantized_act`` declares an int8 output whatever its input,
+    while its oneDNN kernel copies a uint8 input's bytes through: every value of 128 or
+    more then reads as negative (a ReLU after a dense layer with its own ReLU fused, kept
+    apart because the layer's output is also read elsewhere: 0.32 cosine to fp32). A
+    ReLU of a uint8 tensor is the identity, so dropping it is exact, and its range (the
+    one it passed through) is its input's.
+
+    Parameters
+    ----------
+    graph : dict
+        The final int8 graph (modified in place).
+    dtypes : dict of str to str
+        Inferred dtype name of each internal output (``node_output``...) and input.
+
+    Returns
+    -------
+    list of str
+        Names of the dropped nodes.
+    """
+    nodes = graph["nodes"]
+    bypass = {}
+    for index, node in enumerate(nodes):
+        if node["op"] != "_contrib_quantized_act" or len(node["inputs"]) != 3 \
+                or (node.get("attrs") or {}).get("act_type", "relu") != "relu":
+            continue
+        if entry_dtype(dtypes, nodes, node["inputs"][0]) == "uint8":
+            bypass[index] = node["inputs"]
+    if not bypass:
+        return []
+
+    def through(entry):
+        while entry[0] in bypass and entry[1] < 3:
+            entry = bypass[entry[0]][entry[1]]
+        return list(entry)
+
+    for node in nodes:
+        node["inputs"] = [through(e) for e in node["inputs"]]
+    graph["heads"] = [through(h) for h in graph["heads"]]
+    graph.pop("node_row_ptr", None)
+    graph.update(_reachable(nodes, graph["heads"], graph.get("attrs")))
+    return [nodes[i]["name"] for i in bypass]

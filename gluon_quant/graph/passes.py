@@ -97,8 +97,9 @@ import numpy as np
 
 from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView, describe_op
-from .guards import (canonical_activations, flatten_fc_inputs, mixed_reader_producers,
-                     separate_broken_fusions, stop_rnn_gradients, unquantizable_rnns)
+from .guards import (canonical_activations, entry_dtype, flatten_fc_inputs,
+                     mixed_reader_producers, separate_broken_fusions, stop_rnn_gradients,
+                     unquantizable_rnns, unsigned_relus)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
 from .layout import channels_first_convolutions
@@ -317,7 +318,7 @@ def integer_inputs(graph, context):
     for node in nodes:
         if node["op"] == "null":
             continue
-        kinds = {_entry_dtype(dtypes, nodes, e) for e in node["inputs"]
+        kinds = {entry_dtype(dtypes, nodes, e) for e in node["inputs"]
                  if nodes[e[0]]["op"] != "null" or nodes[e[0]]["name"] not in
                  context.param_shapes}
         integer = sorted(k for k in kinds if k and not k.startswith(("float", "bfloat")))
@@ -545,16 +546,6 @@ def exact_ranges(graph, context):
 _FUSED_CONV = "_sg_mkldnn_conv"
 
 
-def _entry_dtype(dtypes, nodes, entry):
-    """The inferred dtype of a graph entry ``[node, output, version]`` (or None)."""
-    src = nodes[entry[0]]
-    if src["op"] == "null":
-        return dtypes.get(src["name"])
-    base = src["name"] + "_output"
-    # One-output nodes name it X_output; several outputs are X_output0, X_output1...
-    return dtypes.get(base + str(entry[1])) or (dtypes.get(base) if entry[1] == 0 else None)
-
-
 def fused_sum_dtypes(graph, dtypes):
     """Fix the fused convolution + sum nodes whose sum operand and output types differ.
 
@@ -579,9 +570,9 @@ def fused_sum_dtypes(graph, dtypes):
         if (node["op"] != _FUSED_CONV or not _is_true(attrs.get("quantized"))
                 or not _is_true(attrs.get("with_sum")) or "max_calib_range" not in attrs):
             continue
-        out_type = _entry_dtype(dtypes, nodes, [index, 0, 0])
+        out_type = entry_dtype(dtypes, nodes, [index, 0, 0])
         sum_entry, sum_min, sum_max = node["inputs"][-5], node["inputs"][-2], node["inputs"][-1]
-        sum_type = _entry_dtype(dtypes, nodes, sum_entry)
+        sum_type = entry_dtype(dtypes, nodes, sum_entry)
         if sum_type == "int8" and out_type == "uint8":
             hi = float(attrs["max_calib_range"]) * 255.0 / 127.0
             attrs["max_calib_range"] = repr(float(np.float32(hi)))
@@ -611,6 +602,11 @@ def fused_sum_dtypes(graph, dtypes):
 
 def _fused_sum_pass(graph, context):
     fused_sum_dtypes(graph, context.infer_dtypes(graph))
+    return {}
+
+
+def _unsigned_relu_pass(graph, context):
+    unsigned_relus(graph, context.infer_dtypes(graph))
     return {}
 
 
@@ -768,6 +764,8 @@ PASSES = (
     GraphPass("small_int8_regions", Stage.QUANTIZED, small_int8_regions, backends=("onednn",)),
     GraphPass("exact_ranges", Stage.CALIBRATED, exact_ranges),
     GraphPass("exact_ranges", Stage.FINAL, exact_ranges),
+    GraphPass("unsigned_relus", Stage.FINAL,
+              _unsigned_relu_pass, backends=("onednn",)),
     GraphPass("fused_sum_dtypes", Stage.FINAL, _fused_sum_pass, backends=("onednn",)),
     GraphPass("stop_rnn_gradients", Stage.FINAL, _rewrite(stop_rnn_gradients),
               backends=("onednn",)),

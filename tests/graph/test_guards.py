@@ -473,3 +473,68 @@ def test_int8_lstm_runs_without_vnni(kind):
         pytest.skip("no int8 LSTM on this CPU even without VNNI: %s" % result["probe"])
     assert len(result["int8_rnn"]) == 1
     assert result["cosine"] >= 0.85
+
+
+# --------------------------------------------------------------------- unsigned relus
+
+class ReluOfUnsigned(mx.gluon.HybridBlock):
+    """A standalone ReLU of a uint8 tensor: of the input image (``kind='input'``), of a
+    dense layer's fused ReLU output read elsewhere too (``'shared'``: the layer cannot
+    take the second ReLU in), of a concat of two ReLU convolutions (``'concat'``)."""
+
+    def __init__(self, kind, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+        with self.name_scope():
+            self.a = nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.b = nn.Conv2D(8, 1, activation="relu")
+            self.c = nn.Conv2D(8, 3, padding=1)
+            self.fc = nn.Dense(20, activation="relu")
+            self.head = nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        if self.kind == "input":
+            return self.head(self.c(F.relu(x)))
+        if self.kind == "shared":
+            h = self.fc(x)
+            return self.head(h), F.relu(h)
+        a, b = self.a(x), self.b(x)
+        return self.c(F.relu(F.concat(a, b, dim=1))), a + b
+
+
+@pytest.mark.parametrize("kind", ["input", "shared", "concat"])
+def test_relu_of_a_uint8_tensor_is_read_through(kind, disable_pass):
+    """MXNet 1.9.1's int8 ReLU declares an int8 output but copies a uint8 input's bytes:
+    values from 128 up read as negative (0.32 cosine on ``shared``'s second output;
+    0.96-0.98 on the others). The guard drops the ReLU (exact: the identity on uint8)."""
+    x = mx.nd.array(np.random.RandomState(3).rand(16, 3, 12, 12).astype("float32"))
+    net = _ready(ReluOfUnsigned(kind), x)
+    ref = [o.asnumpy() for o in net(x)] if kind != "input" else [net(x).asnumpy()]
+
+    def agreement(qnet):
+        out = qnet(x)
+        out = out if isinstance(out, (list, tuple)) else [out]
+        return min(cosine(r, o.asnumpy()) for r, o in zip(ref, out))
+
+    qnet = gq.quantize(net, [x[:8], x[8:]], progress=False)
+    assert agreement(qnet) >= 0.998
+    relu = [r for r in qnet.report() if r.pattern == "Activation(relu)"]
+    assert len(relu) == 1 and relu[0].quantized and relu[0].dtype == "uint8"
+    assert "_contrib_quantized_act" not in qnet.model.symbol.tojson()
+    disable_pass("unsigned_relus")
+    assert agreement(gq.quantize(net, [x[:8], x[8:]], progress=False)) < 0.99
+
+
+def test_unsigned_relus_keeps_int8_relus():
+    """A ReLU of an int8 tensor (the kernel is right there) stays in the graph."""
+    graph = {"nodes": [{"op": "null", "name": "data", "inputs": []},
+                       {"op": "null", "name": "lo", "inputs": []},
+                       {"op": "null", "name": "hi", "inputs": []},
+                       {"op": "_contrib_quantized_act", "name": "r",
+                        "attrs": {"act_type": "relu"},
+                        "inputs": [[0, 0, 0], [1, 0, 0], [2, 0, 0]]}],
+             "arg_nodes": [0, 1, 2], "heads": [[3, 0, 0]]}
+    assert guards.unsigned_relus(graph, {"data": "int8"}) == []
+    assert graph["heads"] == [[3, 0, 0]]
+    assert guards.unsigned_relus(graph, {"data": "uint8"}) == ["r"]
+    assert graph["heads"] == [[0, 0, 0]] and len(graph["nodes"]) == 1
