@@ -9,7 +9,8 @@ from ._compat import check_mxnet
 from .errors import (GluonQuantError, ConfigError, UnknownNameError, CalibrationDataError,
                      EmptyCalibrationError, NonFiniteDataError, InputMismatchError,
                      NotHybridizableError, GraphError, UnsupportedDtypeError,
-                     CalibrationTableError, ArtifactError, ModelExecutionError)
+                     CalibrationTableError, ArtifactError, ModelExecutionError,
+                     NotPicklableError)
 
 check_mxnet()
 
@@ -38,5 +39,6 @@ __all__ = [
     "EmptyCalibrationError", "NonFiniteDataError", "InputMismatchError", "NotHybridizableError",
     "GraphError", "UnsupportedDtypeError", "CalibrationTableError", "ArtifactError",
     "ModelExecutionError",
+    "NotPicklableError",
     "Preset", "KeepFP32", "ClipRange", "get_preset",
 ]

@@ -16,7 +16,8 @@ from .backends import get_spec
 from .calib import get_calibrator
 from .config import QuantConfig
 from .data import BatchConverter, as_tuples, peek
-from .errors import EmptyCalibrationError, GluonQuantError, GraphError, NotHybridizableError
+from .errors import (EmptyCalibrationError, GluonQuantError, GraphError, NotHybridizableError,
+                     refuse_pickling)
 from .presets import resolve_preset
 from .debug.timing import layer_timing
 from .report import build_report
@@ -68,6 +69,9 @@ class QuantizedHybridBlock(HybridBlock):
         self._call_lock, self._cached_call = threading.Lock(), _mxnet.CachedCall()
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
         self._converter = self._samples = self._input_shapes = None
+
+    def __reduce_ex__(self, protocol):
+        raise refuse_pickling(self)
 
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
@@ -128,9 +132,10 @@ class QuantizedHybridBlock(HybridBlock):
             self.quantize_graph()
         config = self._config if num_calib_batches is None else self._config.replace(
             num_calib_batches=num_calib_batches)
-        self._fp32, self._calibration = pipeline.calibrate(
-            self._plan, self.net, calib_data, config=config, calibrator=self._calibrator,
-            convert=self._converter)
+        with _mxnet.inference_mode():   # running statistics, no dropout, nothing recorded
+            self._fp32, self._calibration = pipeline.calibrate(
+                self._plan, self.net, calib_data, config=config, calibrator=self._calibrator,
+                convert=self._converter)
         self._samples = self._calibration.samples
         return self._calibration.table
 
@@ -156,8 +161,9 @@ class QuantizedHybridBlock(HybridBlock):
         self._fp32 = pipeline.params_for_table(self.net, self._fused, self.ctx, table,
                                                self._fp32)
         self._model = None
-        self._model = fallback.build_runnable(self._plan, self._fp32, table,
-                                              config=self._config, samples=self._samples)
+        with _mxnet.inference_mode():
+            self._model = fallback.build_runnable(self._plan, self._fp32, table,
+                                                  config=self._config, samples=self._samples)
         self._plan = self._model.plan       # with any node the first run sent back to fp32
         self.int8_block = self._model.block   # registered as the child the graph calls
         _mxnet.clear_cached_op(self)

@@ -83,6 +83,10 @@ class _Runner:
         self._turn = 0
 
     def __call__(self, *inputs):
+        with _mxnet.inference_mode():
+            return self._run(inputs)
+
+    def _run(self, inputs):
         args = list(self._args)
         for slot, i in self._slots:
             args[slot] = inputs[i]

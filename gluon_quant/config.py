@@ -254,6 +254,7 @@ class QuantConfig:
         if why:
             raise ConfigError("weight_rounding=%r is not supported with backend=%r: %s"
                               % (self.weight_rounding.value, self.backend.value, why))
+        _check_ctx(self.ctx)
         for name in ("bias_correction", "progress", "int8_lstm", "equalization", "fp32_stem"):
             if not isinstance(getattr(self, name), (bool, int)):
                 raise ConfigError("%s must be True or False, got %r."
@@ -382,6 +383,22 @@ def _check_normalization(value):
         raise ConfigError("input_normalization needs as many means as stds and every std "
                           "> 0, got mean=%r, std=%r. %s" % (parts[0], parts[1], how))
     return tuple(parts)
+
+
+def _check_ctx(ctx):
+    """Refuse a ``ctx`` that is not an MXNet context, or a GPU this MXNet cannot use."""
+    if ctx is None:
+        return
+    import mxnet as mx      # here: the config module itself does not need MXNet
+    if not isinstance(ctx, mx.Context):
+        raise ConfigError("ctx must be an mxnet.Context such as mx.cpu() or mx.gpu(0), got "
+                          "%r." % (ctx,))
+    if ctx.device_type == "gpu" and mx.context.num_gpus() <= ctx.device_id:
+        raise ConfigError(
+            "ctx=%s, but this MXNet sees %d GPU(s) (mxnet %s; the PyPI 'mxnet' package is the "
+            "CPU/oneDNN build). Use ctx=mx.cpu(), or install a CUDA build of MXNet (such as "
+            "mxnet-cu112) on a machine with a GPU." % (ctx, mx.context.num_gpus(),
+                                                      mx.__version__))
 
 
 def _check_calibrator(calibrator):

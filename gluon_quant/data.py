@@ -14,10 +14,10 @@ import numpy as np
 
 from . import _mxnet
 from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchError, \
-    NonFiniteDataError
+    NonFiniteDataError, UnsupportedDtypeError
 
 __all__ = ["InputSpec", "BatchConverter", "iter_batches", "peek", "describe", "check_finite",
-           "as_tuples"]
+           "check_param_dtypes", "as_tuples"]
 
 _log = logging.getLogger(__name__)
 
@@ -334,6 +334,19 @@ def check_finite(name, array):
         raise NonFiniteDataError(
             "Tensor %r holds %d NaN/Inf value(s) of %d. Clean the calibration data (or the "
             "layer producing it) before quantizing." % (name, bad, array.size))
+
+
+def check_param_dtypes(params):
+    """Raise :class:`UnsupportedDtypeError` if a floating-point parameter of ``params``
+    ({name: NDArray}) is not float32 (a net cast to float16 or float64)."""
+    odd = sorted((name, np.dtype(array.dtype).name) for name, array in params.items()
+                 if np.issubdtype(array.dtype, np.floating) and array.dtype != np.float32)
+    if odd:
+        raise UnsupportedDtypeError(
+            "The network's parameters must be float32 to quantize it; %d are not (%s). Call "
+            "net.cast('float32') first (then feed float32 batches): the int8 network runs "
+            "from the float32 weights." % (len(odd), ", ".join(
+                "%s: %s" % pair for pair in odd[:3]) + (", ..." if len(odd) > 3 else "")))
 
 
 def as_tuples(value):

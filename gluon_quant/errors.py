@@ -20,6 +20,7 @@ __all__ = [
     "CalibrationTableError",
     "ArtifactError",
     "ModelExecutionError",
+    "NotPicklableError",
 ]
 
 
@@ -66,7 +67,7 @@ class GraphError(GluonQuantError, RuntimeError):
 
 
 class UnsupportedDtypeError(ConfigError):
-    """The requested quantized dtype cannot represent a tensor correctly."""
+    """A dtype (the requested quantized one, or the network's) cannot be used as given."""
 
 
 class CalibrationTableError(GluonQuantError, ValueError):
@@ -79,3 +80,17 @@ class ArtifactError(GluonQuantError, OSError):
 
 class ModelExecutionError(GluonQuantError, RuntimeError):
     """The user's network raised while it was run."""
+
+
+class NotPicklableError(GluonQuantError, TypeError):
+    """An int8 block was pickled or deep-copied (it holds MXNet handles): export it."""
+
+
+def refuse_pickling(block):
+    """The :class:`NotPicklableError` for pickling or copying the int8 block ``block``."""
+    return NotPicklableError(
+        "A %s cannot be pickled or deep-copied: it holds MXNet's compiled graph and handles. "
+        "To save or ship it, use export(prefix) and gluon_quant.QuantizedSymbolBlock."
+        "imports(prefix) (int8 weights, a few MB); to send it to other processes, send "
+        "those files; for a second block over the same net, use clone() and "
+        "finalize(table)." % type(block).__name__)

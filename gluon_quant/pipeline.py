@@ -28,7 +28,7 @@ from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
 from .collect import build_runner, check_graph_shapes, collect_statistics
 from .config import QuantConfig, QuantDtype, WeightRounding
-from .data import BatchConverter, InputSpec, describe, iter_batches
+from .data import BatchConverter, InputSpec, check_param_dtypes, describe, iter_batches
 from .errors import (CalibrationTableError, ConfigError, GluonQuantError, GraphError,
                      InputMismatchError, ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
@@ -413,6 +413,7 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
     needed = set(fused.symbol.list_arguments()) | set(fused.symbol.list_auxiliary_states())
     sources = needed | {s for r in fused.param_rewrites for s in r.sources if s}
     copies = {}
+    check_param_dtypes({n: p.data() for n, p in params.items() if n in sources})
     for name, param in params.items():
         if name in sources:
             try:

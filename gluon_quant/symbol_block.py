@@ -21,7 +21,7 @@ from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
 from .data import as_tuples, describe
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
-                     InputMismatchError)
+                     InputMismatchError, refuse_pickling)
 from .export import FORMAT, FORMAT_VERSION, file_names
 
 __all__ = ["QuantizedSymbolBlock"]
@@ -57,6 +57,9 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         self._output_nesting = metadata.get("output_format")
         self._input_names = tuple(entry["name"] for entry in metadata.get("inputs", []))
         self._cached_call = _mxnet.CachedCall()     # the CachedOp without Gluon's per-call work
+
+    def __reduce_ex__(self, protocol):
+        raise refuse_pickling(self)
 
     @classmethod
     def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ

@@ -236,3 +236,32 @@ def test_a_float64_input_is_named_as_the_problem(tiny_cnn, tiny_batches):
                        match=r"float64\].*calibration batches.*floating-point ones as float32"):
         qnet(x)
     assert qnet(x.astype("float32")).shape[0] == 8
+
+
+def test_int8_nets_run_for_inference_under_autograd(tmp_path):
+    """Under ``autograd.train_mode()`` or ``record()`` the int8 nets run in predict mode,
+    paused: one training-mode call of an int8 max pooling left the static buffers broken
+    ("MKLDNN Pooling: incorrect workspace input" at every later call), and dropout would
+    have been applied. Calibration under ``train_mode()`` gives the same table."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, activation="relu"), nn.MaxPool2D(), nn.Dropout(0.5),
+            nn.Flatten(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.rand(4, 3, 16, 16).astype("float32")) for _ in range(3)]
+    x = batches[0]
+    qnet = gq.quantize(net, batches, progress=False)
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    for block in (qnet, loaded):
+        ref = block(x).asnumpy()
+        with mx.autograd.train_mode():
+            trained = block(x).asnumpy()
+        with mx.autograd.record():
+            recorded = block(x)
+        assert np.array_equal(trained, ref) and np.array_equal(recorded.asnumpy(), ref)
+        assert np.array_equal(block(x).asnumpy(), ref)      # still usable afterwards
+    with mx.autograd.train_mode():
+        again = gq.quantize(net, batches, progress=False)
+    assert dict(again.calibration_table) == dict(qnet.calibration_table)
+    assert np.array_equal(again(x).asnumpy(), qnet(x).asnumpy())

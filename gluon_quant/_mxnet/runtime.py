@@ -1,5 +1,6 @@
 """Runtime internals: a host memory view of an NDArray, a CachedOp caller, and when a
 graph may run with static memory."""
+import contextlib
 import ctypes
 import operator
 import re
@@ -47,6 +48,9 @@ class CachedCall:
     _op = _params = _lists = _handles = _slots = None     # set at the first direct call
 
     def __call__(self, block, inputs, fallback):
+        if mx.autograd.is_recording() or mx.autograd.is_training():
+            with inference_mode():
+                return self(block, inputs, fallback)
         op = block._cached_op
         if op is None or block._callback or op.is_np_sym or block._in_format != [0] * len(
                 inputs) or any(type(value) is not mx.nd.NDArray for value in inputs):
@@ -71,6 +75,18 @@ class CachedCall:
         out = [_ndarray_cls(ctypes.cast(handles[n], mx.base.NDArrayHandle), stype=stypes[n])
                for n in range(count.value)]
         return _gluon_block._regroup(out, block._out_format)
+
+
+def inference_mode():
+    """A context in which MXNet runs graphs for inference, whatever the caller's autograd
+    state: under ``autograd.record()`` or ``train_mode()``, int8 graphs are run paused in
+    predict mode (int8 networks are inference-only; one int8 max pooling call in training
+    mode left its static buffers unusable: "MKLDNN Pooling: incorrect workspace input" at
+    every later call), and calibration sees BatchNorm's running statistics and no dropout.
+    """
+    if mx.autograd.is_recording() or mx.autograd.is_training():
+        return mx.autograd.pause(train_mode=False)
+    return contextlib.nullcontext()
 
 
 #: Control-flow operators: their subgraphs run as nested static CachedOps, and inside a

@@ -581,6 +581,42 @@ def case_import_params_swapped_from_another_export(env):
     return lambda: gq.QuantizedSymbolBlock.imports(prefix)
 
 
+# --- the network and where it runs ---------------------------------------------------------
+@case(gq.UnsupportedDtypeError, r"parameters must be float32.*float16.*net.cast\('float32'\)")
+def case_float16_network(env):
+    net = build_cnn()
+    net.initialize(mx.init.Xavier())
+    net(mx.nd.array(BATCHES[0]))
+    net.cast("float16")
+    return q(net, [b.astype("float16") for b in BATCHES])
+
+
+@case(gq.ConfigError, r"ctx=gpu\(0\), but this MXNet sees 0 GPU.*ctx=mx.cpu\(\)")
+def case_gpu_context_without_gpu(env):
+    if mx.context.num_gpus():
+        pytest.skip("this machine has a GPU")
+    return q(env.cnn, BATCHES, ctx=mx.gpu(0))
+
+
+@case(gq.ConfigError, r"ctx must be an mxnet.Context.*got 'cpu'")
+def case_context_as_a_string(env):
+    return q(env.cnn, BATCHES, ctx="cpu")
+
+
+@case(gq.NotPicklableError, r"QuantizedHybridBlock cannot be pickled.*export\(prefix\)")
+def case_pickled_int8_block(env):
+    import pickle
+    return lambda: pickle.dumps(env.qnet)
+
+
+@case(gq.NotPicklableError, r"QuantizedSymbolBlock cannot be pickled.*deep-copied")
+def case_deep_copied_loaded_block(env):
+    import copy
+    prefix = env.copy_export()
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    return lambda: copy.deepcopy(loaded)
+
+
 # --- the command line --------------------------------------------------------------------
 def cli_case(fragment, *argv):
     """A CLI case: exit code 1 and one stderr line containing ``fragment`` (checked below)."""
