@@ -207,6 +207,9 @@ ONEDNN = BackendSpec(
         # 1.30x), so the limit is applied to a region with one such layer only.
         OpSupport("FullyConnected", min_island_macs=1 << 20),
         OpSupport("Pooling", ranks=(4, 5), layouts=("NCHW", "NCDHW")),
+        # The int8 BatchNorm reads its channels on axis 1 (a channels-last one, axis=3,
+        # failed: "weight_mem.get_desc().get_size() == channel_count * sizeof(float) * 2").
+        OpSupport("BatchNorm", modes=(("axis", ("1",)),)),
         OpSupport("RNN", modes=(("mode", ("lstm",)),)),
         # A sum that oneDNN fuses into a convolution (ResNet's shortcut) is part of that
         # convolution; a standalone one (a transformer's residual, before LayerNorm) is not.

@@ -70,9 +70,7 @@ class QuantizedHybridBlock(HybridBlock):
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
         self._converter = self._samples = self._input_shapes = None
 
-    def __reduce_ex__(self, protocol):
-        raise refuse_pickling(self)
-
+    __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
@@ -132,10 +130,9 @@ class QuantizedHybridBlock(HybridBlock):
             self.quantize_graph()
         config = self._config if num_calib_batches is None else self._config.replace(
             num_calib_batches=num_calib_batches)
-        with _mxnet.inference_mode():   # running statistics, no dropout, nothing recorded
-            self._fp32, self._calibration = pipeline.calibrate(
-                self._plan, self.net, calib_data, config=config, calibrator=self._calibrator,
-                convert=self._converter)
+        self._fp32, self._calibration = pipeline.calibrate(
+            self._plan, self.net, calib_data, config=config, calibrator=self._calibrator,
+            convert=self._converter)
         self._samples = self._calibration.samples
         return self._calibration.table
 
@@ -161,9 +158,8 @@ class QuantizedHybridBlock(HybridBlock):
         self._fp32 = pipeline.params_for_table(self.net, self._fused, self.ctx, table,
                                                self._fp32)
         self._model = None
-        with _mxnet.inference_mode():
-            self._model = fallback.build_runnable(self._plan, self._fp32, table,
-                                                  config=self._config, samples=self._samples)
+        self._model = fallback.build_runnable(self._plan, self._fp32, table,
+                                              config=self._config, samples=self._samples)
         self._plan = self._model.plan       # with any node the first run sent back to fp32
         self.int8_block = self._model.block   # registered as the child the graph calls
         _mxnet.clear_cached_op(self)
@@ -199,8 +195,7 @@ class QuantizedHybridBlock(HybridBlock):
         :attr:`calibration_table` can be applied with ``clone.finalize(table)``; the
         calibration samples kept for bias correction are passed on.
         """
-        twin = QuantizedHybridBlock(self.net, QuantConfig.build(config or self._config,
-                                                                **changes))
+        twin = type(self)(self.net, QuantConfig.build(config or self._config, **changes))
         twin._samples = self._samples     # same class: its own private state
         twin._input_shapes = self._fused.input_shapes if self._fused else self._input_shapes
         return twin

@@ -113,7 +113,13 @@ class InputSpec:
 
 
 def _signature_inputs(net):
-    """``(required, optional)`` tensor argument names of ``net.hybrid_forward``."""
+    """``(required, optional)`` tensor argument names of ``net.hybrid_forward`` (of a
+    ``SymbolBlock``: its graph's input names, ``data0, data1`` rather than ``x, *args``)."""
+    if type(net).hybrid_forward is mx.gluon.SymbolBlock.hybrid_forward:
+        try:
+            return [sym.name for sym in _mxnet.symbol_block_graph(net)[0]], []
+        except (AttributeError, TypeError, ValueError):
+            pass
     try:
         sig = inspect.signature(net.hybrid_forward)
     except (TypeError, ValueError):

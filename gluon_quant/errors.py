@@ -86,9 +86,10 @@ class NotPicklableError(GluonQuantError, TypeError):
     """An int8 block was pickled or deep-copied (it holds MXNet handles): export it."""
 
 
-def refuse_pickling(block):
-    """The :class:`NotPicklableError` for pickling or copying the int8 block ``block``."""
-    return NotPicklableError(
+def refuse_pickling(block, protocol=None):  # pylint: disable=unused-argument
+    """Raise :class:`NotPicklableError` for pickling or copying the int8 block ``block``
+    (its ``__reduce_ex__``)."""
+    raise NotPicklableError(
         "A %s cannot be pickled or deep-copied: it holds MXNet's compiled graph and handles. "
         "To save or ship it, use export(prefix) and gluon_quant.QuantizedSymbolBlock."
         "imports(prefix) (int8 weights, a few MB); to send it to other processes, send "

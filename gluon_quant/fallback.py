@@ -37,6 +37,7 @@ MAX_FALLBACKS = 3
 FIRST_RUN_SAMPLES = 8
 
 
+@_mxnet.in_inference_mode
 def build_runnable(plan, params, table, *, config, samples=None):
     """:func:`~gluon_quant.pipeline.build`, then run the result once; see the module doc.
 

@@ -405,7 +405,8 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
                 "Parameters %s are not initialized. Initialize the net (and run it once "
                 "if it uses deferred shapes) before quantizing." % deferred[:5])
         try:
-            net(*inputs)
+            if not _mxnet.finish_deferred_init(net, inputs):
+                net(*inputs)
         except Exception as err:
             raise ModelExecutionError("Running %s to finish parameter initialization "
                                       "failed: %s: %s" % (type(net).__name__,
@@ -443,6 +444,7 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
     return _equalized(fused, copies, state) if state is not None else FP32Params(copies)
 
 
+@_mxnet.in_inference_mode  # running statistics, no dropout, nothing recorded
 def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, convert):
     """Run the fused fp32 graph over ``data`` and compute the ranges.
 

@@ -58,8 +58,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         self._input_names = tuple(entry["name"] for entry in metadata.get("inputs", []))
         self._cached_call = _mxnet.CachedCall()     # the CachedOp without Gluon's per-call work
 
-    def __reduce_ex__(self, protocol):
-        raise refuse_pickling(self)
+    __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
 
     @classmethod
     def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ

@@ -400,6 +400,23 @@ def test_channels_last_convolutions_quantize():
     assert cosine(expected.asnumpy(), qnet(x).asnumpy()) > 0.999
 
 
+def test_channels_last_net_with_deferred_shapes_quantizes():
+    # Deferred parameters get their shapes by shape inference of the traced graph, not by
+    # running the net: run imperatively, its channels-last convolution failed and the
+    # asynchronous error surfaced in the calibration pass as a bad-input error.
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, layout="NHWC"), nn.BatchNorm(axis=3),
+            nn.Activation("relu"), nn.Conv2D(16, 3, padding=1, layout="NHWC"),
+            nn.GlobalAvgPool2D(layout="NHWC"), nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(1)
+    batches = [mx.nd.array(rs.rand(4, 12, 12, 3).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert net[0].weight.shape == (8, 3, 3, 3) and net[3].weight.shape == (16, 3, 3, 8)
+    assert [row.op for row in qnet.report() if row.quantized].count("Convolution") == 2
+    assert qnet(batches[0]).shape == (4, 3)
+
+
 class _Foreach(nn.HybridBlock):
     """A recurrence written with ``F.contrib.foreach``."""
 

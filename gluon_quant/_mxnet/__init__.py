@@ -18,12 +18,12 @@ import numpy as np
 from mxnet.contrib import quantization as _mxq
 from mxnet.gluon import block as _gluon_block
 
-from ..errors import GraphError, NotHybridizableError, ModelExecutionError
+from ..errors import GluonQuantError, GraphError, NotHybridizableError, ModelExecutionError
 from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json, load_graph,
                    first_line)
 from .entries import check_graph_entries
 from .loading import host_arrays
-from .runtime import host_view, static_flags, inference_mode, CachedCall
+from .runtime import host_view, static_flags, inference_mode, in_inference_mode, CachedCall
 
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
@@ -31,10 +31,11 @@ __all__ = [
     "load_graph", "symbol_block", "load_block_params", "adopt_params",
     "host_arrays", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
     "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
-    "check_graph_entries", "native_output", "is_initialized", "clear_cached_op",
+    "check_graph_entries", "native_output", "is_initialized", "finish_deferred_init",
+    "clear_cached_op",
     "registered_param_names", "shape_error",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
-    "CachedCall", "static_flags", "inference_mode",
+    "CachedCall", "static_flags", "inference_mode", "in_inference_mode",
 ]
 
 _log = logging.getLogger(__name__)
@@ -459,6 +460,36 @@ def shape_error(sym, shapes):
 def is_initialized(param):
     """Whether a Gluon ``Parameter`` has its data (deferred initialization not pending)."""
     return param._data is not None
+
+
+def finish_deferred_init(net, inputs):
+    """Give the deferred parameters of ``net``'s graph their shapes and values from
+    ``inputs`` (NDArrays) by shape inference of its traced graph, without running it.
+    Returns False where that is not possible (the caller then runs the net once, as
+    Gluon does).
+
+    Not running the net matters where it cannot run imperatively although its graph can
+    after gluon_quant's rewrites: a channels-last convolution's kernel fails on MXNet
+    1.9.1's CPU, and its asynchronous error surfaced later, in the calibration pass."""
+    try:
+        syms, out, _ = trace(net, len(inputs), [np.dtype(a.dtype).name for a in inputs])
+        with native_output([]):
+            args, _, aux = out.infer_shape_partial(
+                **{sym.name: tuple(a.shape) for sym, a in zip(syms, inputs)})
+        known = dict(zip(out.list_arguments(), args or []))
+        known.update(zip(out.list_auxiliary_states(), aux or []))
+        graph_params = [p for p in net.collect_params().values() if p.name in known]
+        for param in graph_params:
+            shape = known[param.name]
+            if param._data is None and param._deferred_init and shape and all(shape):
+                param.shape = tuple(shape)
+                param._finish_deferred_init()
+    except (MXNetError, GluonQuantError, AttributeError, KeyError, TypeError, ValueError,
+            AssertionError, mx.gluon.parameter.DeferredInitializationError) as err:
+        _log.debug("Deferred initialization by shape inference failed (%s); running the "
+                   "net once instead.", first_line(err))
+        return False
+    return all(is_initialized(p) for p in graph_params)
 
 
 def clear_cached_op(block):
