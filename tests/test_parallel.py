@@ -66,3 +66,36 @@ def test_iterator_shards_are_refused_before_any_worker_starts(tiny_cnn, tiny_bat
         with pytest.raises(gq.ConfigError, match=r"shard 0 is list_iterator, an iterator.*"
                                                  r"list of batches"):
             gq.calibrate_parallel(tiny_cnn, shards, engine=engine, progress=False)
+
+
+_UNGUARDED_SCRIPT = """
+import mxnet as mx, numpy as np
+from mxnet.gluon import nn
+import gluon_quant as gq
+net = nn.HybridSequential()
+net.add(nn.Dense(256, activation="relu", in_units=256), nn.Dense(4, in_units=256))
+net.initialize(mx.init.Xavier())          # 65k weights: more than a pipe's buffer
+rs = np.random.RandomState(0)
+shards = [[rs.rand(8, 256).astype("float32")] for _ in range(2)]
+try:
+    gq.calibrate_parallel(net, shards, workers=2, engine="process", progress=False)
+except gq.ModelExecutionError as err:
+    print("REFUSED:", err)
+"""
+
+
+def test_a_script_without_main_guard_gets_an_error_not_a_hang(tmp_path):
+    """'spawn' workers import the calling script again; one without ``if __name__ ==
+    "__main__":`` makes them die while starting. The caller used to block for ever
+    writing the job into the dead worker's pipe; it now names the cause."""
+    import subprocess
+    import sys
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                          timeout=240, cwd=str(tmp_path))
+    assert done.returncode == 0, done.stderr[-2000:]
+    refused = [line for line in done.stdout.splitlines() if line.startswith("REFUSED:")]
+    assert len(refused) == 1, done.stdout[-2000:]
+    assert "unguarded.py" in refused[0] and 'if __name__ == "__main__":' in refused[0]
+    assert "engine='ray'" in refused[0]

@@ -13,6 +13,7 @@ without side effects (``if __name__ == "__main__":``), as for any multiprocessin
 import multiprocessing
 import os
 import queue as queue_module
+import sys
 
 import mxnet as mx
 
@@ -78,40 +79,60 @@ class ProcessEngine(Engine):
         count = min(self.workers, len(items))
         context = multiprocessing.get_context(self.start_method)
         messages = context.Queue()
-        procs = [context.Process(target=_worker, daemon=True, args=(
-            task, shared, [(i, item) for i, item in enumerate(items) if i % count == w],
-            messages)) for w in range(count)]
+        # The job goes through a queue after the worker has started, not as the Process's
+        # arguments: multiprocessing writes those into a pipe whose read end the parent
+        # itself holds until the write ends, so a worker that died while starting (a
+        # script without ``if __name__ == "__main__":``, imported again by 'spawn') left
+        # the caller blocked for ever on a graph larger than the pipe's buffer.
+        inboxes = [context.Queue() for _ in range(count)]
+        procs = [context.Process(target=_worker, daemon=True, args=(inbox, messages))
+                 for inbox in inboxes]
         for proc in procs:
             proc.start()
+        for w, inbox in enumerate(inboxes):
+            inbox.put((task, shared, [(i, item) for i, item in enumerate(items)
+                                      if i % count == w]))
         pending = set(range(len(items)))
         try:
             while pending:
                 try:
                     index, result = messages.get(timeout=_POLL_SECONDS)
                 except queue_module.Empty:
-                    _check_alive(procs, pending, task.label)
+                    index = None
+                if index is None:
+                    _check_alive(procs, pending, task.label, self.start_method)
                     continue
                 pending.discard(index)
                 tick()
                 yield index, result
         finally:
+            for inbox in inboxes:   # a dead worker's job must not keep this process alive
+                inbox.cancel_join_thread()
+                inbox.close()
             for proc in procs:
                 if proc.is_alive() and pending:
                     proc.terminate()
                 proc.join()
 
 
-def _check_alive(procs, pending, label):
+def _check_alive(procs, pending, label, start_method):
     dead = [p for p in procs if not p.is_alive() and p.exitcode not in (0, None)]
     if dead:
+        main = getattr(sys.modules.get("__main__"), "__file__", None)
+        hint = "Check that the machine has memory for %d copies of the network" % len(procs)
+        if start_method != "fork" and main:
+            hint = ("With start_method=%r each worker first imports your script (%s) again: "
+                    "put its top-level code under `if __name__ == \"__main__\":` (a worker "
+                    "that runs it cannot start workers of its own), or use engine='ray'. %s"
+                    % (start_method, os.path.basename(main), hint))
         raise ModelExecutionError(
-            "A worker process died (exit code %s) before finishing %ss %s. Check that the "
-            "machine has memory for %d copies of the network, or use start_method='spawn'."
-            % (dead[0].exitcode, label, sorted(pending), len(procs)))
+            "A worker process died (exit code %s) before finishing %ss %s. %s."
+            % (dead[0].exitcode, label, sorted(pending), hint))
 
 
-def _worker(task, shared, assigned, messages):
-    """Worker process: set up once, run each assigned item, send back its result."""
+def _worker(inbox, messages):
+    """Worker process: take the job, set up once, run each item, send back its result."""
+    task, shared, assigned = inbox.get()
     try:
         state = task.setup(shared)
     except Exception as err:  # pylint: disable=broad-except
