@@ -47,7 +47,8 @@ from . import _mxnet
 from .graph.rewrites import append_nodes, reachable
 
 __all__ = ["linear_layers", "has_activation", "quantized_nodes", "compute_corrections",
-           "apply_corrections", "META_KEY", "MIN_POSITIONS", "KeptSamples", "ReferenceTap"]
+           "apply_corrections", "META_KEY", "MIN_POSITIONS", "KeptSamples", "ReferenceTap",
+           "REFERENCE_BUDGET"]
 
 _log = logging.getLogger(__name__)
 
@@ -123,6 +124,14 @@ class KeptSamples(tuple):
     references = None
 
 
+#: Bytes the fp32 references kept for bias correction may take: as many samples as fit,
+#: up to the asked 32 (at least one). The EfficientNet-Lites, ResNet-50 and Inception-v3
+#: at their own sizes (24-47 MB a sample) keep all 32; Xception at 299 (200 MB a
+#: sample) kept 6.4 GB before (filling it took 51 s of a 56 s calibration), a 1024x2048
+#: segmentation net would not have fit in memory.
+REFERENCE_BUDGET = 2 << 30
+
+
 class ReferenceTap:
     """Wraps a calibrator during the calibration pass and keeps the first ``limit`` samples
     of the fp32 outputs of the candidate linear layers, which the pass computes anyway.
@@ -155,11 +164,22 @@ class ReferenceTap:
         """set of str: the tensor keys (``<node>_output``) to keep."""
         return set(self._wanted)
 
+    @property
+    def limit(self):
+        """int: the samples kept (fewer than asked where they would exceed
+        :data:`REFERENCE_BUDGET`; known after :meth:`set_shapes`)."""
+        return self._limit
+
     def set_shapes(self, shapes):
         """``{tensor key: per-sample shape}`` of the wanted tensors (others are ignored)."""
         self._shapes = {k: tuple(v) for k, v in shapes.items() if k in self._wanted}
         self._chunks = {}
         self._count = {k: 0 for k in self._shapes}
+        per_sample = 4 * sum(int(np.prod(shape)) for shape in self._shapes.values())
+        if per_sample * self._limit > REFERENCE_BUDGET:
+            self._limit = max(1, REFERENCE_BUDGET // per_sample)
+            _log.info("Bias correction keeps %d calibration samples: their fp32 references "
+                      "take %.0f MB each.", self._limit, per_sample / 2.0 ** 20)
 
     def collect(self, name, array):
         """Keep the first samples of ``array`` if ``name`` is tapped; pass it on."""

@@ -17,7 +17,7 @@ from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchEr
     NonFiniteDataError, UnsupportedDtypeError
 
 __all__ = ["InputSpec", "BatchConverter", "iter_batches", "peek", "describe", "check_finite",
-           "check_param_dtypes", "as_tuples"]
+           "check_param_dtypes", "batch_count", "as_tuples"]
 
 _log = logging.getLogger(__name__)
 
@@ -331,6 +331,16 @@ class BatchConverter:
                 array = array.astype("float32")
             return array.as_in_context(self.ctx)
         return mx.nd.array(array, ctx=self.ctx, dtype="float32")
+
+
+def batch_count(data, limit=None):
+    """How many batches ``data`` will give (``len``, at most ``limit``), or ``limit`` when
+    it has no length (a generator)."""
+    try:
+        n = len(data)
+    except TypeError:
+        return limit
+    return n if limit is None else min(n, limit)
 
 
 def check_finite(name, array):

@@ -20,6 +20,7 @@ import logging
 import numpy as np
 
 from . import _mxnet, bias
+from ._stage import stage
 from .backends import get_spec
 from .calib import CalibrationTable
 from .collect import build_runner
@@ -37,7 +38,7 @@ MAX_FALLBACKS = 3
 FIRST_RUN_SAMPLES = 8
 
 
-@_mxnet.in_inference_mode
+@stage
 def build_runnable(plan, params, table, *, config, samples=None):
     """:func:`~gluon_quant.pipeline.build`, then run the result once; see the module doc.
 

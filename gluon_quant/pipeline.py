@@ -24,11 +24,13 @@ import mxnet as mx
 import numpy as np
 
 from . import _mxnet, bias
+from ._stage import stage
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
 from .collect import build_runner, check_graph_shapes, collect_statistics
 from .config import QuantConfig, QuantDtype, WeightRounding
-from .data import BatchConverter, InputSpec, check_param_dtypes, describe, iter_batches
+from .data import (BatchConverter, InputSpec, batch_count, check_param_dtypes, describe,
+                   iter_batches)
 from .errors import (CalibrationTableError, ConfigError, GluonQuantError, GraphError,
                      InputMismatchError, ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
@@ -444,7 +446,7 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
     return _equalized(fused, copies, state) if state is not None else FP32Params(copies)
 
 
-@_mxnet.in_inference_mode  # running statistics, no dropout, nothing recorded
+@stage      # inference mode (running statistics, nothing recorded), 4 KB pages
 def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, convert):
     """Run the fused fp32 graph over ``data`` and compute the ranges.
 
@@ -470,7 +472,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     input_names = plan.fused.inputs.names
     outputs_needed = [n for n in names if n not in input_names]
     ctx = _context(config)
-    state = {"params": None, "shapes": ()}
+    state = {"params": None, "shapes": (), "limit": KEPT_SAMPLES}
     # Bias correction's fp32 reference is read from this pass instead of computed again.
     tap = bias.ReferenceTap(calibrator, plan.fused.view, KEPT_SAMPLES) \
         if config.bias_correction and get_spec(config.backend.value).bias_correction else None
@@ -485,6 +487,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
             if tap is not None:
                 tap.set_shapes(_sample_shapes(plan.fused.symbol, tap.wanted & set(names),
                                               input_names, inputs))
+                state["limit"] = tap.limit      # fewer where the references are large
         return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"],
                             ctx)
 
@@ -495,7 +498,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         if not samples:
             check_graph_shapes(plan.fused.symbol, input_names, inputs)
         samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
-        room = KEPT_SAMPLES - sum(k[0].shape[0] for k in kept)
+        room = state["limit"] - sum(k[0].shape[0] for k in kept)
         if room > 0 and inputs and inputs[0].ndim:
             # an input without the batch axis (indices shared by the batch) is kept whole
             kept.append([a[:room].copy() if _batched([inputs[0], a]) else a.copy()
@@ -506,10 +509,12 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         iter_batches(data, config.num_calib_batches), convert=convert_and_keep,
         make_runner=make_runner, calibrator=tap or calibrator, input_names=input_names,
         tensor_names=names, progress=config.progress,
-        total=_length(data, config.num_calib_batches))
+        total=batch_count(data, config.num_calib_batches))
     if state["params"] is None and kept:    # nothing to calibrate: the net all fp32
         state["params"] = fp32_params(net, plan.fused, ctx, kept[0])
         state["shapes"] = tuple(tuple(a.shape) for a in kept[0])
+    kept = [[a[:state["limit"]] if _batched([k[0], a]) else a for a in k] for k in kept[:1]] \
+        + kept[1:]      # the first batch was kept before the limit was known
     kept_samples = _kept_samples(plan.fused.symbol, input_names, kept)
     if tap is not None and kept_samples and kept_samples[0].ndim:
         kept_samples = bias.KeptSamples(kept_samples)
@@ -765,14 +770,6 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx, rounding)
 def method_name(calibrator):
     """The calibration method's name (``'mse'``), or the class name of a custom one."""
     return getattr(calibrator, "method", None) or type(calibrator).__name__
-
-
-def _length(data, limit):
-    try:
-        n = len(data)
-    except TypeError:
-        return limit
-    return n if limit is None else min(n, limit)
 
 
 def run_error(err, inputs, spec, calibration):

@@ -172,3 +172,50 @@ def test_corrections_are_the_same_on_every_run_of_a_3d_conv_net():
     for other in runs[1:]:
         assert other == runs[0]
     assert max(abs(v) for values in runs[0].values() for v in values) < 1.0
+
+
+def test_large_references_keep_fewer_samples(monkeypatch):
+    """The fp32 references kept for bias correction stay within REFERENCE_BUDGET: fewer
+    samples are kept (inputs and references alike), never more than asked, at least one."""
+    net, batches = _mixed_net()
+    full = gq.quantize(net, batches, progress=False)
+    assert full.calibration.samples[0].shape[0] == 32
+    from gluon_quant import pipeline
+    fused = full.plan.fused
+    tap = bias.ReferenceTap(full.calibrator, fused.view, 32)
+    shapes = pipeline._sample_shapes(fused.symbol, tap.wanted, fused.inputs.names,
+                                     [mx.nd.array(batches[0])])
+    tap.set_shapes(shapes)
+    assert tap.limit == 32 and len(shapes) >= 3
+    per_sample = 4 * sum(int(np.prod(shape)) for shape in shapes.values())
+    monkeypatch.setattr(bias, "REFERENCE_BUDGET", 5 * per_sample + 7)
+    small = gq.quantize(net, batches, progress=False)
+    samples = small.calibration.samples
+    assert samples[0].shape[0] == 5
+    _, references = samples.references
+    assert references and all(r.shape[0] == 5 for r in references.values())
+    x = mx.nd.array(batches[0])
+    cos = np.dot(net(x).asnumpy().ravel(), small(x).asnumpy().ravel()) / (
+        np.linalg.norm(net(x).asnumpy()) * np.linalg.norm(small(x).asnumpy()))
+    assert cos > 0.999
+    monkeypatch.setattr(bias, "REFERENCE_BUDGET", 1)
+    assert gq.quantize(net, batches, progress=False).calibration.samples[0].shape[0] == 1
+
+
+def test_stages_run_in_inference_mode_on_small_pages():
+    from numpy.core import multiarray
+    from gluon_quant import _stage
+    seen = []
+
+    @_stage.stage
+    def probe():
+        seen.append((multiarray._get_madvise_hugepage(), mx.autograd.is_training(),
+                     mx.autograd.is_recording()))
+
+    for before in (True, False):
+        multiarray._set_madvise_hugepage(before)
+        with mx.autograd.record():
+            probe()
+        assert multiarray._get_madvise_hugepage() is before
+    multiarray._set_madvise_hugepage(True)
+    assert seen == [(False, False, False)] * 2

@@ -23,7 +23,7 @@ from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json,
                    first_line)
 from .entries import check_graph_entries
 from .loading import host_arrays
-from .runtime import host_view, static_flags, inference_mode, in_inference_mode, CachedCall
+from .runtime import host_view, static_flags, inference_mode, CachedCall
 
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
@@ -35,7 +35,7 @@ __all__ = [
     "clear_cached_op",
     "registered_param_names", "shape_error",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
-    "CachedCall", "static_flags", "inference_mode", "in_inference_mode",
+    "CachedCall", "static_flags", "inference_mode",
 ]
 
 _log = logging.getLogger(__name__)

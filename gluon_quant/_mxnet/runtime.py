@@ -2,7 +2,6 @@
 graph may run with static memory."""
 import contextlib
 import ctypes
-import functools
 import operator
 import re
 
@@ -88,15 +87,6 @@ def inference_mode():
     if mx.autograd.is_recording() or mx.autograd.is_training():
         return mx.autograd.pause(train_mode=False)
     return contextlib.nullcontext()
-
-
-def in_inference_mode(func):
-    """Decorate ``func`` to run under :func:`inference_mode`."""
-    @functools.wraps(func)
-    def run(*args, **kwargs):
-        with inference_mode():
-            return func(*args, **kwargs)
-    return run
 
 
 #: Control-flow operators: their subgraphs run as nested static CachedOps, and inside a
