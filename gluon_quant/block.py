@@ -16,8 +16,8 @@ from .backends import get_spec
 from .calib import get_calibrator
 from .config import QuantConfig
 from .data import BatchConverter, as_tuples, peek
-from .errors import (EmptyCalibrationError, GluonQuantError, GraphError, NotHybridizableError,
-                     refuse_pickling)
+from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
+                     NotHybridizableError, refuse_cast, refuse_pickling)
 from .presets import resolve_preset
 from .debug.timing import layer_timing
 from .report import build_report
@@ -36,6 +36,20 @@ class _Source:
 def _setting(name):
     return property(lambda self: getattr(self.config, name),
                     doc="``config.%s`` (see :class:`~gluon_quant.QuantConfig`)." % name)
+
+
+def _checked_net(net):
+    """``net`` if it is an fp32 Gluon ``HybridBlock``; else the package's error."""
+    from .symbol_block import QuantizedSymbolBlock    # deferred: it reads this package's
+    if not isinstance(net, HybridBlock):              # export format
+        raise NotHybridizableError(
+            "quantize() needs a mxnet.gluon.HybridBlock, got %s. Convert the model to "
+            "HybridBlock/HybridSequential layers with a hybrid_forward." % type(net).__name__)
+    if isinstance(net, (QuantizedHybridBlock, QuantizedSymbolBlock)):
+        raise ConfigError(
+            "The network is already an int8 %s: quantize the fp32 network it was made from "
+            "(qnet.net for a QuantizedHybridBlock), or use it as it is." % type(net).__name__)
+    return net
 
 
 class QuantizedHybridBlock(HybridBlock):
@@ -59,11 +73,7 @@ class QuantizedHybridBlock(HybridBlock):
 
     def __init__(self, net, config: Optional[QuantConfig] = None, **settings):
         super().__init__(prefix="quantized_", params=None)
-        if not isinstance(net, HybridBlock):
-            raise NotHybridizableError(
-                "quantize() needs a mxnet.gluon.HybridBlock, got %s. Convert the model to "
-                "HybridBlock/HybridSequential layers with a hybrid_forward." % type(net).__name__)
-        self._source = _Source(net)
+        self._source = _Source(_checked_net(net))
         self._config = QuantConfig.build(config, **settings)
         self._calibrator = get_calibrator(self._config.calibrator)
         self._call_lock, self._cached_call = threading.Lock(), _mxnet.CachedCall()
@@ -71,6 +81,7 @@ class QuantizedHybridBlock(HybridBlock):
         self._converter = self._samples = self._input_shapes = None
 
     __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
+    cast = refuse_cast                  # int8 weights and ranges would be lost
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,

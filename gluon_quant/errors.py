@@ -95,3 +95,14 @@ def refuse_pickling(block, protocol=None):  # pylint: disable=unused-argument
         "imports(prefix) (int8 weights, a few MB); to send it to other processes, send "
         "those files; for a second block over the same net, use clone() and "
         "finalize(table)." % type(block).__name__)
+
+
+def refuse_cast(block, dtype, *args, **kwargs):  # pylint: disable=unused-argument
+    """The int8 block ``block``'s ``cast``: nothing to do for float32 (its inputs and
+    outputs already are), :class:`ConfigError` for any other dtype."""
+    if str(getattr(dtype, "__name__", dtype)) == "float32":
+        return
+    raise ConfigError(
+        "%s.cast(%r): an int8 network cannot be cast (its int8 weights and ranges would be "
+        "lost). Cast the fp32 network before quantizing it (the int8 network is built from "
+        "float32 weights), or quantize again." % (type(block).__name__, dtype))

@@ -21,7 +21,7 @@ from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
 from .data import as_tuples, describe
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
-                     InputMismatchError, refuse_pickling)
+                     InputMismatchError, refuse_cast, refuse_pickling)
 from .export import FORMAT, FORMAT_VERSION, file_names
 
 __all__ = ["QuantizedSymbolBlock"]
@@ -59,6 +59,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         self._cached_call = _mxnet.CachedCall()     # the CachedOp without Gluon's per-call work
 
     __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
+    cast = refuse_cast                  # int8 weights and ranges would be lost
 
     @classmethod
     def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ

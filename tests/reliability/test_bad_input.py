@@ -617,6 +617,23 @@ def case_deep_copied_loaded_block(env):
     return lambda: copy.deepcopy(loaded)
 
 
+@case(gq.ConfigError, r"already an int8 QuantizedHybridBlock.*qnet.net")
+def case_quantizing_an_int8_block(env):
+    return q(env.qnet, BATCHES)
+
+
+@case(gq.ConfigError, r"already an int8 QuantizedSymbolBlock")
+def case_quantizing_a_loaded_int8_block(env):
+    loaded = gq.QuantizedSymbolBlock.imports(env.copy_export())
+    return q(loaded, BATCHES)
+
+
+@case(gq.ConfigError, r"QuantizedHybridBlock.cast\('float16'\): an int8 network cannot be cast")
+def case_casting_an_int8_block(env):
+    env.qnet.cast("float32")        # nothing to do: not an error
+    return lambda: env.qnet.cast("float16")
+
+
 # --- the command line --------------------------------------------------------------------
 def cli_case(fragment, *argv):
     """A CLI case: exit code 1 and one stderr line containing ``fragment`` (checked below)."""
