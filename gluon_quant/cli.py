@@ -649,13 +649,13 @@ def _time_calls(block, x, warmup, repeat, progress, desc):
     import mxnet as mx
     from .progress import progress_bar
     for _ in range(warmup):
-        block(x)
+        block(*x)
     mx.nd.waitall()
     times = []
     for _ in progress_bar(range(repeat), enabled=progress, desc=desc, total=repeat,
                           unit="call"):
         start = time.perf_counter()
-        block(x)
+        block(*x)
         mx.nd.waitall()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
@@ -663,6 +663,7 @@ def _time_calls(block, x, warmup, repeat, progress, desc):
 
 def _cmd_bench(args, out):
     import mxnet as mx
+    import numpy as np
     from .errors import ConfigError
     try:
         sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
@@ -675,15 +676,14 @@ def _cmd_bench(args, out):
     if args.warmup < 0:
         raise ConfigError("--warmup must be >= 0, got %r." % (args.warmup,))
     model, batches, _ = _prepare(args, out)
-    if model.num_inputs != 1:
-        raise ConfigError("bench times single-input models; %r has %d inputs."
-                          % (model.name, model.num_inputs))
     qnet, _ = _quantize(args, model, batches)
     model.net.hybridize(static_alloc=True, static_shape=True)
-    sample_shape = tuple(batches[0].shape[1:])
+    first = batches[0] if isinstance(batches[0], tuple) else (batches[0],)
+    sample_shape = tuple(first[0].shape[1:])
     rows = []
     for size in sizes:
-        x = mx.nd.array(_random_shape((size,) + sample_shape))
+        # The calibration samples, repeated to the batch size (every input of the model).
+        x = [mx.nd.array(np.resize(a, (size,) + a.shape[1:])) for a in first]
         fp32 = _time_calls(model.net, x, args.warmup, args.repeat, not args.quiet,
                            "fp32 batch %d" % size)
         int8 = _time_calls(qnet, x, args.warmup, args.repeat, not args.quiet,
@@ -697,16 +697,13 @@ def _cmd_bench(args, out):
         out.text("%-6d %12.2f %12.2f %14.1f %14.1f %8.2fx" % (
             r["batch"], r["fp32_ms"], r["int8_ms"], r["fp32_per_s"], r["int8_per_s"],
             r["speedup"]))
-    out.text("(median of %d calls, %s, inputs %s; speedup = fp32 time / int8 time)"
-             % (args.repeat, model.name, "x".join(map(str, sample_shape))))
+    out.text("(median of %d calls, %s, inputs %s; calibration samples repeated to each "
+             "batch size; speedup = fp32 time / int8 time)" % (
+                 args.repeat, model.name, ", ".join("x".join(map(str, a.shape[1:]))
+                                                    for a in first)))
     out.result({"model": model.name, "repeat": args.repeat, "input_shape": sample_shape,
                 "results": rows})
     return EXIT_OK
-
-
-def _random_shape(shape):
-    import numpy as np
-    return np.random.RandomState(1).standard_normal(shape).astype(np.float32)
 
 
 def _cmd_demo(args, out):

@@ -162,6 +162,38 @@ def test_bench_reports_ratios(workdir):
         assert r["int8_per_s"] == pytest.approx(r["batch"] * 1e3 / r["int8_ms"])
 
 
+class _TwoInputs(mx.gluon.HybridBlock):
+    def __init__(self):
+        super().__init__(prefix="pair_")
+        with self.name_scope():
+            self.image = mx.gluon.nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.tokens = mx.gluon.nn.Embedding(20, 8)
+            self.head = mx.gluon.nn.Dense(4)
+
+    def hybrid_forward(self, F, image, tokens):
+        pooled = F.mean(self.image(image), axis=(2, 3))
+        return self.head(F.concat(pooled, F.mean(self.tokens(tokens), axis=1), dim=1))
+
+
+def test_bench_times_a_two_input_model_on_its_calibration_samples(tmp_path):
+    """bench feeds every input, the calibration samples repeated to each batch size (a
+    random image would not do for token ids)."""
+    net = _TwoInputs()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    images, tokens = rs.rand(12, 3, 8, 8).astype("float32"), rs.randint(0, 20, (12, 5))
+    net.hybridize()
+    net(mx.nd.array(images[:2]), mx.nd.array(tokens[:2]))
+    net.export(str(tmp_path / "pair"))
+    np.savez(tmp_path / "calib.npz", image=images, tokens=tokens.astype("float32"))
+    code, out = run("bench", tmp_path / "pair", "--calib", tmp_path / "calib.npz",
+                    "--batch-sizes", "1,20", "--repeat", 2, "--warmup", 1, "--json", "-q")
+    assert code == 0, out
+    rows = json.loads(out)["results"]
+    assert [r["batch"] for r in rows] == [1, 20]
+    assert all(r["int8_ms"] > 0 and r["fp32_ms"] > 0 for r in rows)
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["quantize", "{w}/cnn", "--calib", "{w}/missing", "--out", "{w}/x"], "does not exist"),
     (["quantize", "resnet18_v11", "--calib", "{w}/calib.npy", "--out", "{w}/x"],
