@@ -378,6 +378,8 @@ def mixed_reader_producers(graph):
     ``elemwise_mul`` whose output goes both to an int8 layer and to an fp32 reader or the
     network's outputs (``return head(feat), feat``; ``head(feat)`` beside ``tanh(feat)``):
     it segfaults, or leaves a dequantize reading an output the fused node no longer has.
+    The same invalid graph came from a dense layer whose output is a network output that
+    fp32 layers read as well (``return logits, F.argmax(logits, axis=1)``).
     A convolution's output is handled correctly and is left alone.
 
     Parameters
@@ -396,11 +398,16 @@ def mixed_reader_producers(graph):
     for index, node in enumerate(nodes):
         if node["op"] not in _SPLIT_PRODUCERS:
             continue
-        kinds = {c >= 0 and nodes[c]["op"] in _INT8_READERS for c, _ in readers.get((index, 0), [])}
+        consumers = readers.get((index, 0), [])
+        kinds = {c >= 0 and nodes[c]["op"] in _INT8_READERS for c, _ in consumers}
         if kinds == {True, False}:
             found[node["name"]] = ("its output feeds both int8 layers and fp32 readers or the "
                                    "network's outputs, which MXNet 1.9.1's int8 fusion "
                                    "mishandles (a crash or an invalid graph)")
+        elif len(consumers) > 1 and any(c < 0 for c, _ in consumers):
+            found[node["name"]] = ("its output is one of the network's outputs and is read by "
+                                   "other layers too, which MXNet 1.9.1's int8 fusion "
+                                   "mishandles (an invalid graph)")
     return found
 
 

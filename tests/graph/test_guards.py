@@ -538,3 +538,42 @@ def test_unsigned_relus_keeps_int8_relus():
     assert graph["heads"] == [[3, 0, 0]]
     assert guards.unsigned_relus(graph, {"data": "uint8"}) == ["r"]
     assert graph["heads"] == [[0, 0, 0]] and len(graph["nodes"]) == 1
+
+
+class LogitsAndMore(mx.gluon.HybridBlock):
+    """A dense layer's output returned and also read by an fp32 operator."""
+
+    def __init__(self, reader, **kwargs):
+        super().__init__(**kwargs)
+        self.reader = reader
+        with self.name_scope():
+            self.conv = nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.dense = nn.Dense(5)
+
+    def hybrid_forward(self, F, x):
+        logits = self.dense(self.conv(x))
+        if self.reader == "argmax":
+            return logits, F.argmax(logits, axis=1)
+        return logits, F.tanh(logits)
+
+
+@pytest.mark.parametrize("reader", ["argmax", "tanh"])
+def test_a_returned_dense_output_read_by_fp32_layers_stays_fp32(reader, disable_pass):
+    """MXNet 1.9.1's post-quantization fusion left a dequantize reading an output the int8
+    dense layer no longer had: every such net failed to build."""
+    mx.random.seed(4)
+    x = mx.nd.array(np.random.RandomState(4).rand(8, 3, 8, 8).astype("float32"))
+    net = _ready(LogitsAndMore(reader), x)
+    qnet = gq.quantize(net, [x[:4], x[4:]], progress=False)
+    (logits, other), (int8_logits, int8_other) = net(x), qnet(x)
+    assert cosine(logits.asnumpy(), int8_logits.asnumpy()) > 0.9999
+    if reader == "argmax":      # the dense layer in fp32: the same classes
+        assert np.array_equal(other.asnumpy(), int8_other.asnumpy())
+    else:
+        assert cosine(other.asnumpy(), int8_other.asnumpy()) > 0.9999
+    dense = [r for r in qnet.report() if r.op == "FullyConnected"]
+    assert not dense[0].quantized and "one of the network's outputs" in dense[0].reason
+    assert [r.quantized for r in qnet.report() if r.op == "Convolution"] == [True]
+    disable_pass("mixed_reader_producers")
+    with pytest.raises(gq.GraphError, match="refers to a node output that does not exist"):
+        gq.quantize(net, [x[:4], x[4:]], progress=False)
