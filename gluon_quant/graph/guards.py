@@ -18,11 +18,15 @@ guard                         graph                             returns
 ============================  ================================  ==========================
 """
 import collections
+import logging
 
 from .rewrites import append_nodes as _append_nodes
 from .rewrites import reachable as _reachable
 
+_log = logging.getLogger(__name__)
+
 __all__ = ["separate_broken_fusions", "mixed_reader_producers", "unsigned_relus", "entry_dtype",
+           "chained_dequantizes",
            "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
            "stop_rnn_gradients", "FUSABLE_ACTIVATIONS"]
 
@@ -378,8 +382,7 @@ def mixed_reader_producers(graph):
     ``elemwise_mul`` whose output goes both to an int8 layer and to an fp32 reader or the
     network's outputs (``return head(feat), feat``; ``head(feat)`` beside ``tanh(feat)``):
     it segfaults, or leaves a dequantize reading an output the fused node no longer has.
-    The same invalid graph came from a dense layer whose output is a network output that
-    fp32 layers read as well (``return logits, F.argmax(logits, axis=1)``).
+    (An output that fp32 layers read as well is :func:`chained_dequantizes`' case.)
     A convolution's output is handled correctly and is left alone.
 
     Parameters
@@ -404,10 +407,6 @@ def mixed_reader_producers(graph):
             found[node["name"]] = ("its output feeds both int8 layers and fp32 readers or the "
                                    "network's outputs, which MXNet 1.9.1's int8 fusion "
                                    "mishandles (a crash or an invalid graph)")
-        elif len(consumers) > 1 and any(c < 0 for c, _ in consumers):
-            found[node["name"]] = ("its output is one of the network's outputs and is read by "
-                                   "other layers too, which MXNet 1.9.1's int8 fusion "
-                                   "mishandles (an invalid graph)")
     return found
 
 
@@ -467,3 +466,48 @@ def unsigned_relus(graph, dtypes):
     graph.pop("node_row_ptr", None)
     graph.update(_reachable(nodes, graph["heads"], graph.get("attrs")))
     return [nodes[i]["name"] for i in bypass]
+
+
+# --------------------------------------------------------------------- chained dequantizes
+
+def chained_dequantizes(graph, context=None):  # pylint: disable=unused-argument
+    """Make the network's outputs read a dequantize's result, never dequantize it again.
+
+    Where an int8 node's output is one of the network's outputs and an fp32 operator reads
+    it too (``return feat, F.tanh(feat)``; ``return logits, F.argmax(logits, axis=1)``),
+    MXNet 1.9.1's quantization pass gives the fp32 reader a dequantize and then, for the
+    output, a second dequantize of that dequantize's result, reading its min and max
+    outputs, which do not exist: every such network failed to build ("refers to a node
+    output that does not exist"). The output now reads the first dequantize.
+
+    Parameters
+    ----------
+    graph : dict
+        The quantized graph (modified in place).
+    context : PassContext, optional
+
+    Returns
+    -------
+    dict
+        Empty: no node has to stay fp32 (a pass's contract).
+    """
+    nodes = graph["nodes"]
+    chained = {i: node["inputs"][0] for i, node in enumerate(nodes)
+               if node["op"] == "_contrib_dequantize" and node["inputs"]
+               and nodes[node["inputs"][0][0]]["op"] == "_contrib_dequantize"}
+    if not chained:
+        return {}
+
+    def through(entry):
+        while entry[0] in chained:
+            entry = chained[entry[0]]
+        return list(entry)
+
+    for node in nodes:
+        node["inputs"] = [through(e) for e in node["inputs"]]
+    graph["heads"] = [through(h) for h in graph["heads"]]
+    graph.pop("node_row_ptr", None)
+    graph.update(_reachable(nodes, graph["heads"], graph.get("attrs")))
+    _log.debug("Outputs read %d dequantize(s) directly instead of dequantizing them again.",
+               len(chained))
+    return {}

@@ -97,7 +97,7 @@ import numpy as np
 
 from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView, describe_op
-from .guards import (canonical_activations, entry_dtype, flatten_fc_inputs,
+from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
                      mixed_reader_producers, separate_broken_fusions, stop_rnn_gradients,
                      unquantizable_rnns, unsigned_relus)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
@@ -760,6 +760,7 @@ PASSES = (
     GraphPass("mixed_reader_producers", Stage.FUSED, lambda g, c: mixed_reader_producers(g),
               backends=("onednn",)),
     GraphPass("unquantizable_rnns", Stage.FUSED, _rnn_pass, backends=("onednn",)),
+    GraphPass("chained_dequantizes", Stage.QUANTIZED, chained_dequantizes, backends=("onednn",)),
     GraphPass("int8_mul_inputs", Stage.QUANTIZED, int8_mul_inputs),
     GraphPass("small_int8_regions", Stage.QUANTIZED, small_int8_regions, backends=("onednn",)),
     GraphPass("exact_ranges", Stage.CALIBRATED, exact_ranges),
