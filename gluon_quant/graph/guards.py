@@ -452,20 +452,26 @@ def unsigned_relus(graph, dtypes):
             continue
         if entry_dtype(dtypes, nodes, node["inputs"][0]) == "uint8":
             bypass[index] = node["inputs"]
-    if not bypass:
-        return []
+    _read_through(graph, bypass)    # outputs data, min, max: its inputs data, min, max
+    return [nodes[i]["name"] for i in bypass]
+
+
+def _read_through(graph, sources):
+    """Make every reader of output ``k`` of a node ``i`` of ``sources`` read
+    ``sources[i][k]`` instead (following chains), and drop the nodes nothing reads now."""
+    if not sources:
+        return
 
     def through(entry):
-        while entry[0] in bypass and entry[1] < 3:
-            entry = bypass[entry[0]][entry[1]]
+        while entry[0] in sources and entry[1] < len(sources[entry[0]]):
+            entry = sources[entry[0]][entry[1]]
         return list(entry)
 
-    for node in nodes:
+    for node in graph["nodes"]:
         node["inputs"] = [through(e) for e in node["inputs"]]
     graph["heads"] = [through(h) for h in graph["heads"]]
     graph.pop("node_row_ptr", None)
-    graph.update(_reachable(nodes, graph["heads"], graph.get("attrs")))
-    return [nodes[i]["name"] for i in bypass]
+    graph.update(_reachable(graph["nodes"], graph["heads"], graph.get("attrs")))
 
 
 # --------------------------------------------------------------------- chained dequantizes
@@ -492,22 +498,12 @@ def chained_dequantizes(graph, context=None):  # pylint: disable=unused-argument
         Empty: no node has to stay fp32 (a pass's contract).
     """
     nodes = graph["nodes"]
-    chained = {i: node["inputs"][0] for i, node in enumerate(nodes)
+    chained = {i: node["inputs"][:1] for i, node in enumerate(nodes)
                if node["op"] == "_contrib_dequantize" and node["inputs"]
                and nodes[node["inputs"][0][0]]["op"] == "_contrib_dequantize"}
     if not chained:
         return {}
-
-    def through(entry):
-        while entry[0] in chained:
-            entry = chained[entry[0]]
-        return list(entry)
-
-    for node in nodes:
-        node["inputs"] = [through(e) for e in node["inputs"]]
-    graph["heads"] = [through(h) for h in graph["heads"]]
-    graph.pop("node_row_ptr", None)
-    graph.update(_reachable(nodes, graph["heads"], graph.get("attrs")))
+    _read_through(graph, chained)   # its one output: the first dequantize's
     _log.debug("Outputs read %d dequantize(s) directly instead of dequantizing them again.",
                len(chained))
     return {}
