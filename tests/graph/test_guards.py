@@ -201,7 +201,25 @@ def _rnn_net(kind, mode="lstm"):
     return net, x
 
 
+class OddPools(mx.gluon.HybridBlock):
+    """'lp' and 'sum' poolings between convolutions (MXNet has int8 kernels for max and
+    avg only, yet its pass quantizes these too)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv1 = nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.conv2 = nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.fc = nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        y = F.Pooling(self.conv1(x), kernel=(2, 2), stride=(2, 2), pool_type="lp", p_value=2)
+        y = F.Pooling(self.conv2(y), kernel=(2, 2), stride=(2, 2), pool_type="sum")
+        return self.fc(y)
+
+
 CASES = {
+    "odd_pools": lambda: (lambda x: (_ready(OddPools(), x), x))(_images()),
     "relu_resnet": lambda: (lambda x: (_ready(ReluResNet(), x), x))(_images()),
     "depthwise_se": lambda: (lambda x: (_ready(DepthwiseSE(), x), x))(_images()),
     "image_net": lambda: (lambda x: (_ready(ImageNet(), x), x))(_images()),
@@ -283,6 +301,16 @@ def test_relu_resnet_runs_int8(bias):
     assert rc == 0, out[-2000:]
     assert result["cosine"] >= 0.99
     assert result["coverage"] == [6, 6]
+
+
+def test_lp_and_sum_poolings_stay_fp32():
+    """MXNet 1.9.1's int8 Pooling with pool_type 'lp' or 'sum' killed the process
+    (segmentation fault at the first run); the oneDNN spec allows max and avg only."""
+    rc, result, out = run_child("odd_pools")
+    assert rc == 0, out[-2000:]
+    assert result["cosine"] >= 0.999
+    assert result["coverage"] == [2, 3]      # both convolutions (the small dense layer
+    #                                          alone between fp32 poolings stays fp32)
 
 
 # Root cause of cases 1 and 2, fixed in gluon_quant/graph/passes.py: fused_sum_dtypes appends a dequantize + quantize pair per fused sum whose uint8
