@@ -15,7 +15,7 @@ from . import _mxnet, fallback, pipeline
 from .backends import get_spec
 from .calib import get_calibrator
 from .config import QuantConfig
-from .data import BatchConverter, as_tuples, peek
+from .data import BatchConverter, as_tuples, nest, peek
 from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
                      NotHybridizableError, refuse_cast, refuse_pickling)
 from .presets import resolve_preset
@@ -228,7 +228,7 @@ class QuantizedHybridBlock(HybridBlock):
     def forward(self, x, *args):  # pylint: disable=arguments-differ
         try:
             with self._call_lock:
-                out = self._cached_call(self, (x, *args), super().forward)
+                out = self._cached_call(self, nest((x, *args))[0], super().forward)
         except GluonQuantError:
             raise
         except (_mxnet.MXNetError, ValueError) as err:

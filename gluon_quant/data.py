@@ -17,7 +17,7 @@ from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchEr
     NonFiniteDataError, UnsupportedDtypeError
 
 __all__ = ["InputSpec", "BatchConverter", "iter_batches", "peek", "describe", "check_finite",
-           "check_param_dtypes", "batch_count", "as_tuples"]
+           "check_param_dtypes", "batch_count", "as_tuples", "nest"]
 
 _log = logging.getLogger(__name__)
 
@@ -50,18 +50,62 @@ class InputSpec:
     explicit : bool, default False
         The count was given (``num_inputs=``, or the model family's preset says which
         elements its batches feed), so extra batch elements are labels.
+    layout : list, optional
+        Where an argument is a list of arrays (an RNN's ``states=[h, c]``): the nesting of
+        ``arg_names`` in Gluon's format (``[0, [0, 0]]``), ``names`` then naming the flat
+        arrays in order, as ``hybridize()`` does. None when every argument is one array.
     """
 
-    def __init__(self, names, arg_names, optional=(), explicit=False):
+    def __init__(self, names, arg_names, optional=(), explicit=False, layout=None):
         self.names = list(names)
         self.arg_names = list(arg_names)
         self.optional = [n for n in optional if n not in self.arg_names]
         self.explicit = bool(explicit)
+        self.layout = None if layout is None or layout == [0] * len(self.arg_names) \
+            else list(layout)
 
     @property
     def count(self):
-        """Number of tensor inputs."""
+        """Number of tensor inputs (arrays, after flattening nested arguments)."""
         return len(self.names)
+
+    def regroup(self, flat):
+        """The arguments to call the fp32 net with, from the flat input arrays/symbols."""
+        flat = list(flat)
+        return flat if self.layout is None else _mxnet.regroup(flat, self.layout)
+
+    def flatten(self, items, batch=None):
+        """``(arrays, labels)`` of the arguments ``items``, checked against the layout.
+
+        Raises
+        ------
+        InputMismatchError
+            An argument is nested differently from the first batch's.
+        """
+        flat, layout = nest(items)
+        expected = self.layout or [0] * len(self.arg_names)
+        if layout != expected:
+            raise InputMismatchError(
+                "The inputs are nested as %s (%s) but the network was traced with %s (0 is "
+                "one array, [0, 0] a list of two). Give every batch and call the same "
+                "structure." % (layout, describe(batch if batch is not None else items),
+                                expected))
+        return flat, _labels(self.arg_names, expected)
+
+    def nested_as(self, batch):
+        """This spec, with the layout of ``batch``'s arguments when some are lists."""
+        if batch is None:
+            return self
+        try:
+            items = _select(self, batch)
+        except InputMismatchError:      # reported with context when the batch is converted
+            return self
+        flat, layout = nest(items)
+        if layout == [0] * len(layout):
+            return self
+        return type(self)(_mxnet.input_names(len(flat)), self.arg_names, self.optional,
+                          self.explicit, layout)
+
 
     @classmethod
     def from_net(cls, net, num_inputs=None, batch=None, feeds=()):
@@ -98,7 +142,7 @@ class InputSpec:
                                          % (num_inputs,))
             args = required + optional
             args = (args + ["input%d" % i for i in range(len(args), num_inputs)])[:num_inputs]
-            return cls(_mxnet.input_names(num_inputs), args, explicit=True)
+            return cls(_mxnet.input_names(num_inputs), args, explicit=True).nested_as(batch)
         count = max(1, len(required))
         fed = _leading(required + optional, feeds)
         settled = bool(optional) and fed > len(required) and isinstance(batch, (list, tuple))
@@ -109,8 +153,33 @@ class InputSpec:
         args = required + optional
         args = (args + ["input%d" % i for i in range(len(args), count)])[:count]
         return cls(_mxnet.input_names(count), args, optional=optional[count - len(required):],
-                   explicit=settled)
+                   explicit=settled).nested_as(batch)
 
+
+def nest(values):
+    """``(flat, fmt)``: the leaves of nested lists/tuples ``values`` and Gluon's format of
+    their nesting (0 for a leaf, a list per sequence)."""
+    flat, fmt = [], []
+    for value in values:
+        if isinstance(value, (list, tuple)):
+            inner, inner_fmt = nest(value)
+            flat.extend(inner)
+            fmt.append(inner_fmt)
+        else:
+            flat.append(value)
+            fmt.append(0)
+    return flat, fmt
+
+
+def _labels(names, fmt):
+    """Names of the leaves of ``fmt``: ``x``, ``states[0]``, ``states[1]``..."""
+    out = []
+    for name, sub in zip(names, fmt):
+        if sub == 0:
+            out.append(name)
+        else:
+            out.extend(_labels(["%s[%d]" % (name, i) for i in range(len(sub))], sub))
+    return out
 
 def _signature_inputs(net):
     """``(required, optional)`` tensor argument names of ``net.hybrid_forward`` (of a
@@ -250,9 +319,8 @@ class BatchConverter:
             except Exception as err:
                 raise InputMismatchError("input_fn raised %s: %s" % (type(err).__name__, err)) \
                     from err
-        items = self._select(batch)
-        arrays = [self._to_ndarray(item, name, batch)
-                  for item, name in zip(items, self.spec.arg_names)]
+        items, labels = self.spec.flatten(_select(self.spec, batch), batch)
+        arrays = [self._to_ndarray(item, name, batch) for item, name in zip(items, labels)]
         ranks = [a.ndim for a in arrays]
         if self._ranks is None:
             self._ranks = ranks
@@ -261,50 +329,6 @@ class BatchConverter:
                 "Batch inputs have ranks %s but earlier batches had ranks %s (%s). Every batch "
                 "must have the same layout." % (ranks, self._ranks, describe(batch)))
         return arrays
-
-    def _select(self, batch) -> Sequence:
-        count = self.spec.count
-        if isinstance(batch, mx.io.DataBatch):
-            batch = list(batch.data or [])
-        if isinstance(batch, (mx.nd.NDArray, np.ndarray)):
-            if count != 1:
-                raise InputMismatchError(
-                    "The batch is a single array (%s) but the network takes %d inputs (%s). "
-                    "Yield tuples of %d arrays, or pass input_fn=." % (
-                        describe(batch), count, ", ".join(self.spec.arg_names), count))
-            return [batch]
-        if isinstance(batch, dict):
-            picked = []
-            for graph_name, arg_name in zip(self.spec.names, self.spec.arg_names):
-                if arg_name in batch:
-                    picked.append(batch[arg_name])
-                elif graph_name in batch:
-                    picked.append(batch[graph_name])
-                else:
-                    raise InputMismatchError(
-                        "The batch dict has keys %s but no entry for input %r (also accepted: "
-                        "%r). Key the dict by the input names %s or pass input_fn=." % (
-                            sorted(map(str, batch)), arg_name, graph_name,
-                            self.spec.arg_names))
-            return picked
-        if isinstance(batch, (list, tuple)):
-            if len(batch) > count and self.spec.optional and not self.spec.explicit:
-                raise InputMismatchError(
-                    "The batch has %d elements (%s) but the network was traced with %d "
-                    "input(s) (%s) and also takes %s: are the extra elements inputs or "
-                    "labels? Pass num_inputs= (or input_fn=) to say." % (
-                        len(batch), describe(batch), count, ", ".join(self.spec.arg_names),
-                        ", ".join(self.spec.optional)))
-            if len(batch) < count:
-                raise InputMismatchError(
-                    "The batch has %d element(s) (%s) but the network takes %d input(s) (%s). "
-                    "Yield at least %d arrays per batch (extra ones such as labels are ignored)."
-                    % (len(batch), describe(batch), count, ", ".join(self.spec.arg_names), count))
-            return batch[:count]
-        raise InputMismatchError(
-            "Cannot read network inputs from a batch of type %s. A batch must be an NDArray, "
-            "a numpy array, a tuple/list of them, a dict keyed by input names or an "
-            "mx.io.DataBatch; or pass input_fn=." % type(batch).__name__)
 
     def _to_ndarray(self, item, name, batch):
         if isinstance(item, mx.nd.NDArray):
@@ -331,6 +355,54 @@ class BatchConverter:
                 array = array.astype("float32")
             return array.as_in_context(self.ctx)
         return mx.nd.array(array, ctx=self.ctx, dtype="float32")
+
+
+def _select(spec, batch) -> Sequence:
+    """The arguments ``batch`` feeds ``spec``'s net (its leading elements, or dict entries)."""
+    count = len(spec.arg_names)
+    if isinstance(batch, mx.io.DataBatch):
+        batch = list(batch.data or [])
+    if isinstance(batch, (mx.nd.NDArray, np.ndarray)):
+        if count != 1:
+            raise InputMismatchError(
+                "The batch is a single array (%s) but the network takes %d inputs (%s). "
+                "Yield tuples of %d arrays, or pass input_fn=." % (
+                    describe(batch), count, ", ".join(spec.arg_names), count))
+        return [batch]
+    if isinstance(batch, dict):
+        picked = []
+        aliases = spec.names if spec.layout is None else [None] * count
+        for graph_name, arg_name in zip(aliases, spec.arg_names):
+            if arg_name in batch:
+                picked.append(batch[arg_name])
+            elif graph_name is not None and graph_name in batch:
+                picked.append(batch[graph_name])
+            else:
+                raise InputMismatchError(
+                    "The batch dict has keys %s but no entry for input %r%s. Key the dict "
+                    "by the input names %s or pass input_fn=." % (
+                        sorted(map(str, batch)), arg_name,
+                        " (also accepted: %r)" % graph_name if graph_name else "",
+                        spec.arg_names))
+        return picked
+    if isinstance(batch, (list, tuple)):
+        if len(batch) > count and spec.optional and not spec.explicit:
+            raise InputMismatchError(
+                "The batch has %d elements (%s) but the network was traced with %d "
+                "input(s) (%s) and also takes %s: are the extra elements inputs or "
+                "labels? Pass num_inputs= (or input_fn=) to say." % (
+                    len(batch), describe(batch), count, ", ".join(spec.arg_names),
+                    ", ".join(spec.optional)))
+        if len(batch) < count:
+            raise InputMismatchError(
+                "The batch has %d element(s) (%s) but the network takes %d input(s) (%s). "
+                "Yield at least %d arrays per batch (extra ones such as labels are ignored)."
+                % (len(batch), describe(batch), count, ", ".join(spec.arg_names), count))
+        return batch[:count]
+    raise InputMismatchError(
+        "Cannot read network inputs from a batch of type %s. A batch must be an NDArray, "
+        "a numpy array, a tuple/list of them, a dict keyed by input names or an "
+        "mx.io.DataBatch; or pass input_fn=." % type(batch).__name__)
 
 
 def batch_count(data, limit=None):

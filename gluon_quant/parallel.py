@@ -47,6 +47,7 @@ class _Job:
     calibrator_state: dict  # an empty calibrator's state_dict()
     calibrator_module: str
     input_fn: Optional[Callable]
+    input_layout: Optional[list] = None     # nesting of list arguments (InputSpec.layout)
 
 
 def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
@@ -122,6 +123,8 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
                     allowed=("auto", "ray", "process")) as runner:
         qnet = net if isinstance(net, QuantizedHybridBlock) else QuantizedHybridBlock(net)
         template = get_calibrator(calibrator if calibrator is not None else qnet.calibrator)
+        if qnet.fused is None:      # the first batch says which inputs it feeds, how nested
+            qnet.fuse(_first_batch(shards))
         names = qnet.quantize_graph() if qnet.plan is None else list(qnet.plan.calib_names)
         job, params = _make_job(qnet, names, template, shards)
         states = runner.map(_CALIBRATE, job, shards, progress=progress,
@@ -159,6 +162,7 @@ def _make_job(qnet, names, template, shards):
     return _Job(symbol_json=qnet.fused_graph.tojson(),
                 params={k: v.asnumpy() for k, v in params.items() if k in needed},
                 input_names=list(spec.names), arg_names=list(spec.arg_names),
+                input_layout=spec.layout,
                 tensor_names=list(names), calibrator_state=fresh.state_dict(),
                 calibrator_module=type(fresh).__module__, input_fn=qnet.config.input_fn), params
 
@@ -177,7 +181,8 @@ def _setup(job):
     ctx = mx.cpu()
     fused = mx.sym.load_json(job.symbol_json)
     params = {k: mx.nd.array(v, dtype=v.dtype) for k, v in job.params.items()}
-    converter = BatchConverter(InputSpec(job.input_names, job.arg_names), ctx, job.input_fn)
+    converter = BatchConverter(InputSpec(job.input_names, job.arg_names, layout=job.input_layout),
+                               ctx, job.input_fn)
     outputs = [n for n in job.tensor_names if n not in set(job.input_names)]
     runner = []
 

@@ -233,7 +233,7 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
             input_shapes = None
     input_shapes = tuple(tuple(int(d) for d in s) for s in input_shapes) \
         if input_shapes and len(input_shapes) == inputs.count else None
-    _, out, out_format = _mxnet.trace(net, inputs.count)
+    _, out, out_format = _mxnet.trace(net, inputs.count, layout=inputs.layout)
     param_shapes = types.MappingProxyType(
         {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
     graph = _mxnet.graph_json(out)
@@ -242,10 +242,13 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
     # rewritten: the rewrite in fp32 was 0.77-0.90x of it).
     kept, _ = resolve_exclusions(list(config.exclude), GraphView(graph), scopes,
                                  warn_unmatched=False)
+    infer_shapes = (lambda g: _mxnet.infer_graph_shapes(
+        g, dict(zip(inputs.names, input_shapes)))) if input_shapes else None
     context = PassContext(spec=spec, param_shapes=param_shapes,
                           int8_lstm=_mxnet.int8_lstm_runs() if config.int8_lstm else False,
                           input_normalization=config.input_normalization,
-                          input_rank=_first_rank(batch), excluded=frozenset(kept))
+                          infer_shapes=infer_shapes, input_rank=_first_rank(batch),
+                          excluded=frozenset(kept))
     run_passes(Stage.TRACED, graph, context)
     fused = _mxnet.load_graph(graph)
     messages = []
@@ -263,8 +266,7 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
     checks = PassContext(spec=spec, param_shapes=param_shapes, int8_lstm=context.int8_lstm,
                          infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, inputs.names),
                          param_rewrites=list(context.param_rewrites), fp32_stem=config.fp32_stem,
-                         infer_shapes=(lambda g: _mxnet.infer_graph_shapes(
-                             g, dict(zip(inputs.names, input_shapes)))) if input_shapes else None)
+                         infer_shapes=infer_shapes)
     for name, reason in run_passes(Stage.FUSED, fused_graph, checks).items():
         fp32.setdefault(name, reason)
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,
@@ -407,8 +409,8 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
                 "Parameters %s are not initialized. Initialize the net (and run it once "
                 "if it uses deferred shapes) before quantizing." % deferred[:5])
         try:
-            if not _mxnet.finish_deferred_init(net, inputs):
-                net(*inputs)
+            if not _mxnet.finish_deferred_init(net, inputs, fused.inputs.layout):
+                net(*fused.inputs.regroup(inputs))
         except Exception as err:
             raise ModelExecutionError("Running %s to finish parameter initialization "
                                       "failed: %s: %s" % (type(net).__name__,

@@ -19,7 +19,7 @@ from . import _mxnet, _packing
 from ._background import Background
 from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
-from .data import as_tuples, describe
+from .data import as_tuples, describe, nest
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
                      InputMismatchError, refuse_cast, refuse_pickling)
 from .export import FORMAT, FORMAT_VERSION, file_names
@@ -155,7 +155,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
 
     def forward(self, x, *args):  # pylint: disable=arguments-differ
         try:
-            out = self._cached_call(self, (x, *args), super().forward)
+            out = self._cached_call(self, nest((x, *args))[0], super().forward)
         except (mx.base.MXNetError, ValueError) as err:
             raise InputMismatchError(
                 "Running the loaded int8 network on %s failed: %s. Pass %d mx.nd.NDArray "

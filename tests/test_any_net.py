@@ -481,3 +481,46 @@ def test_an_input_without_batch_axis_is_not_joined_across_batches():
     qnet = gq.quantize(net, batches, progress=False)
     x, idx = batches[1]
     assert cosine(net(x, idx).asnumpy(), qnet(x, idx).asnumpy()) > 0.99
+
+
+class StatefulEncoder(mx.gluon.HybridBlock):
+    """``net(x, [h, c])`` -> ``(projection, [h', c'])``: an RNN step carried across calls."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.rnn = rnn.LSTM(48, input_size=24)
+            self.proj = nn.Dense(512, flatten=False)
+
+    def hybrid_forward(self, F, x, states):
+        out, new_states = self.rnn(x, states)
+        return self.proj(out), new_states
+
+
+def test_list_arguments_such_as_rnn_states_are_inputs(tmp_path):
+    """``lstm(x, [h, c])`` is how Gluon RNNs take their states, and ``hybridize()`` accepts
+    nested lists of arrays: so does quantize, calling and the exported model."""
+    net = StatefulEncoder()
+    net.initialize(mx.init.Xavier())
+    make = lambda: (mx.nd.array(RS.normal(size=(10, 8, 24))),
+                    [mx.nd.array(RS.normal(size=(1, 8, 48))) for _ in range(2)])
+    batches = [make() for _ in range(4)]
+    qnet = gq.quantize(net, batches, num_inputs=2)
+    x, states = make()
+    ref, out = net(x, states), qnet(x, states)
+    assert isinstance(out, tuple) and isinstance(out[1], tuple) and len(out[1]) == 2
+    assert [r.quantized for r in _layer(qnet, "FullyConnected")] == [True]
+    for a, b in zip([ref[0], *ref[1]], [out[0], *out[1]]):
+        assert cosine(a.asnumpy(), b.asnumpy()) > 0.999
+    assert qnet.input_names == ["data0", "data1", "data2"]
+    # a dict batch by argument name, and the flat call, give the same
+    qdict = gq.quantize(net, [{"x": b[0], "states": b[1]} for b in batches])
+    assert np.array_equal(qdict(x, states)[0].asnumpy(), out[0].asnumpy())
+    assert np.array_equal(qnet(x, *states)[0].asnumpy(), out[0].asnumpy())
+    qnet.export(str(tmp_path / "enc"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "enc"))
+    assert np.array_equal(loaded(x, states)[1][0].asnumpy(), out[1][0].asnumpy())
+    # a batch nested differently from the first is refused, naming both structures
+    with pytest.raises(gq.InputMismatchError, match=r"nested as \[0, 0\].*traced with "
+                                                    r"\[0, \[0, 0\]\]"):
+        gq.quantize(net, batches + [(x, states[0])], num_inputs=2)

@@ -99,3 +99,30 @@ def test_a_script_without_main_guard_gets_an_error_not_a_hang(tmp_path):
     assert len(refused) == 1, done.stdout[-2000:]
     assert "unguarded.py" in refused[0] and 'if __name__ == "__main__":' in refused[0]
     assert "engine='ray'" in refused[0]
+
+
+class _Stateful(mx.gluon.HybridBlock):
+    """``net(x, [h, c])``: list arguments, flattened the same way in every worker."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.rnn = mx.gluon.rnn.LSTM(16, input_size=8)
+            self.proj = mx.gluon.nn.Dense(256, flatten=False)
+
+    def hybrid_forward(self, F, x, states):
+        out, _ = self.rnn(x, states)
+        return self.proj(out)
+
+
+def test_list_arguments_reach_the_workers():
+    net = _Stateful()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(1)
+    batches = [(rs.rand(12, 32, 8).astype("float32"),
+                [rs.rand(1, 32, 16).astype("float32") for _ in range(2)]) for _ in range(3)]
+    single = gq.QuantizedHybridBlock(net, num_inputs=2, progress=False).calibrate(batches)
+    qnet = gq.QuantizedHybridBlock(net, num_inputs=2, progress=False)
+    table = gq.calibrate_parallel(qnet, [batches[:1], batches[1:]], workers=1,
+                                  engine="process", progress=False)
+    assert len(single) >= 2 and dict(table) == dict(single)

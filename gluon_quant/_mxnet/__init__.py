@@ -48,7 +48,7 @@ def input_names(num_inputs):
     return ["data%d" % i for i in range(num_inputs)]
 
 
-def trace(net, num_inputs, dtypes=None):
+def trace(net, num_inputs, dtypes=None, layout=None):
     """Trace ``net`` into a symbol the way ``hybridize()`` does, without touching its cache.
 
     Parameters
@@ -60,6 +60,9 @@ def trace(net, num_inputs, dtypes=None):
         Number of (flattened) tensor inputs the network takes.
     dtypes : list of str, optional
         The dtype of each input.
+    layout : list, optional
+        Gluon's nesting format of the arguments (``[0, [0, 0]]`` for ``net(x, [h, c])``):
+        the variables are regrouped into it before the call, as ``hybridize()`` does.
 
     Returns
     -------
@@ -79,7 +82,7 @@ def trace(net, num_inputs, dtypes=None):
     dtypes = dtypes or ["float32"] * num_inputs
     syms = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
     try:
-        out = net(*syms)
+        out = net(*(syms if layout is None else regroup(syms, layout)))
     except Exception as err:  # any failure here means the forward is not symbolic
         raise NotHybridizableError(
             "%s could not be traced into a symbolic graph with %d input(s) (%s: %s). Make sure "
@@ -462,7 +465,7 @@ def is_initialized(param):
     return param._data is not None
 
 
-def finish_deferred_init(net, inputs):
+def finish_deferred_init(net, inputs, layout=None):
     """Give the deferred parameters of ``net``'s graph their shapes and values from
     ``inputs`` (NDArrays) by shape inference of its traced graph, without running it.
     Returns False where that is not possible (the caller then runs the net once, as
@@ -472,7 +475,8 @@ def finish_deferred_init(net, inputs):
     after gluon_quant's rewrites: a channels-last convolution's kernel fails on MXNet
     1.9.1's CPU, and its asynchronous error surfaced later, in the calibration pass."""
     try:
-        syms, out, _ = trace(net, len(inputs), [np.dtype(a.dtype).name for a in inputs])
+        syms, out, _ = trace(net, len(inputs), [np.dtype(a.dtype).name for a in inputs],
+                             layout)
         with native_output([]):
             args, _, aux = out.infer_shape_partial(
                 **{sym.name: tuple(a.shape) for sym, a in zip(syms, inputs)})
