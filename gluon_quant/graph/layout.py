@@ -1,7 +1,8 @@
-"""Channels-last convolutions run as channels-first ones between two transposes.
+"""Memory layouts that MXNet 1.9.1's oneDNN operators get wrong, rewritten around.
 
-MXNet 1.9.1's oneDNN fusion takes a ``layout='NHWC'`` (or ``'NDHWC'``) convolution into a
-fused node whose primitive cannot be created ("could not create a descriptor for a
+**Channels-last convolutions** run as channels-first ones between two transposes
+(:func:`channels_first_convolutions`). MXNet 1.9.1's oneDNN fusion takes a
+``layout='NHWC'`` (or ``'NDHWC'``) convolution into a fused node whose primitive cannot be created ("could not create a descriptor for a
 dilated convolution forward propagation primitive", raised when the graph runs), and its
 int8 convolution takes NCHW/NCDHW data only. A Gluon net written channels-last
 (``nn.Conv2D(..., layout='NHWC')``) therefore failed to quantize at all. Rewritten as
@@ -9,14 +10,35 @@ int8 convolution takes NCHW/NCDHW data only. A Gluon net written channels-last
 once on the pipeline's copies (:class:`~gluon_quant.graph.rewrites.ParamRewrite`), the
 convolution fuses and runs in int8 like any other; the layers around it keep their
 channels-last layout.
+
+**Reshaped blocked arrays** are made plain before the readers that misread them
+(:func:`plain_reshaped_inputs`). A oneDNN operator (a convolution, fused or not)
+leaves its output in a blocked layout (``nCdhw16c``). ``Reshape`` is run in place, so its output shares that blocked memory;
+a reader that takes the memory's own description then sees the producer's rank or
+channel count instead of the reshaped one. Measured on MXNet 1.9.1's CPU build, a 3-D
+convolution's ``(N, C, D, H, W)`` output reshaped to ``(N, C*D, H, W)``:
+
+- ``Pooling``: "dimensions are invalid" (an SE block over a 3-D net, its squeeze written as
+  ``AdaptiveAvgPooling2D(x.reshape((0, -3, 0, 0)))``);
+- ``BatchNorm``: "Check failed: weight_mem.get_desc().get_size() == channels_ * ...";
+- ``transpose``: "could not create a primitive descriptor for a reorder primitive";
+
+while ``Convolution``, ``Deconvolution``, ``FullyConnected``, ``Concat``, additions,
+activations, ``softmax`` and ``LRN`` read the same array right. The error surfaces
+asynchronously, and oneDNN's fusion makes it appear where the hybridized fp32 net ran
+(a BatchNorm between the convolution and the reshape kept a plain layout there).
+
+:func:`plain_reshaped_inputs` puts a ``clip`` over the whole float range between such a
+reshape and such a reader: ``clip`` has no oneDNN kernel, so MXNet hands it (and its
+readers) plain memory, and it is the identity on every finite value.
 """
 import logging
 
 import mxnet as mx
 
-from .rewrites import ParamRewrite, reachable
+from .rewrites import ParamRewrite, append_nodes, reachable
 
-__all__ = ["channels_first_convolutions"]
+__all__ = ["channels_first_convolutions", "plain_reshaped_inputs", "MISREAD_BY", "RESHAPES"]
 
 _log = logging.getLogger(__name__)
 
@@ -70,4 +92,70 @@ def channels_first_convolutions(graph, context):
     graph.pop("node_row_ptr", None)
     graph.update(reachable(nodes, heads, graph.get("attrs")))
     _log.debug("Ran %d channels-last convolution(s) channels-first.", len(back))
+    return {}
+
+
+#: Readers that misread a reshaped blocked array (measured, see the module docstring).
+MISREAD_BY = frozenset(("Pooling", "BatchNorm", "transpose"))
+#: Operators that give their input's memory a new shape without copying it.
+RESHAPES = frozenset(("Reshape", "reshape_like", "expand_dims", "squeeze", "Flatten",
+                      "_npx_reshape"))
+_FLOAT_MAX = "3.4028234e+38"
+
+
+def _changes_layout(before, after):
+    """Whether a reshape from ``before`` to ``after`` changes the rank or the channel axis
+    (True where a shape is unknown)."""
+    if before is None or after is None:
+        return True
+    return len(before) != len(after) or before[1:2] != after[1:2]
+
+
+def plain_reshaped_inputs(graph, context):
+    """Insert a full-range ``clip`` between a reshape and a reader in :data:`MISREAD_BY`.
+
+    Parameters
+    ----------
+    graph : dict
+        The traced graph (edited in place).
+    context : PassContext
+        ``infer_shapes`` (when a calibration batch gave shapes) limits the clip to
+        reshapes that change the rank or the channel count; without it every reshape
+        before such a reader gets one.
+
+    Returns
+    -------
+    dict
+        Nothing is kept fp32 by this pass: ``{}``.
+    """
+    nodes = graph["nodes"]
+    pairs = [(node, slot) for node in nodes if node["op"] in MISREAD_BY
+             for slot, entry in enumerate(node["inputs"][:1])
+             if nodes[entry[0]]["op"] in RESHAPES]
+    if not pairs:
+        return {}
+    shapes = (context.infer_shapes(graph) or {}) if context.infer_shapes else {}
+    clips = {}
+    for node, slot in pairs:
+        entry = node["inputs"][slot]
+        reshape = nodes[entry[0]]
+        source = reshape["inputs"][0] if reshape["inputs"] else None
+        before = shapes.get((nodes[source[0]]["name"], source[1])) if source else None
+        after = shapes.get((reshape["name"], entry[1]))
+        if not _changes_layout(before, after):
+            continue
+        key = tuple(entry[:2])
+        if key not in clips:
+            nodes.append({"op": "clip", "name": reshape["name"] + "_plain",
+                          "attrs": {"a_min": "-" + _FLOAT_MAX, "a_max": _FLOAT_MAX},
+                          "inputs": [list(entry)]})
+            clips[key] = len(nodes) - 1
+            context.rewritten[reshape["name"] + "_plain"] = (
+                "inserted (identity) before %s: MXNet 1.9.1's oneDNN %s misreads the reshaped "
+                "blocked array, clip hands it plain memory" % (node["name"], node["op"]))
+        node["inputs"][slot] = [clips[key], 0, 0]
+        _log.debug("%s reads reshape %s (%s -> %s) through a plain-layout clip",
+                   node["name"], reshape["name"], before, after)
+    if clips:
+        append_nodes(graph, [])     # back into topological order
     return {}

@@ -69,7 +69,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     integer tensors stay fp32; a ``Flatten`` before dense layers fed by a
     pooling in squeeze-excite nets ("We can't generate TBlob for MKLDNN data"); RNN modes
     and LSTM wiring without an int8 kernel stay fp32; int8 LSTM outputs stop gradients so
-    the CachedOp can be built.
+    the CachedOp can be built; a reshaped oneDNN array is made plain before a pooling,
+    BatchNorm or transpose (:mod:`gluon_quant.graph.layout`).
 ``FINAL``
     :func:`fused_sum_dtypes` (oneDNN): a convolution fused with a residual sum writes its
     result into the sum operand's buffer, in the operand's data type, whatever the output
@@ -102,7 +103,7 @@ from .guards import (canonical_activations, chained_dequantizes, entry_dtype, fl
                      unquantizable_rnns, unsigned_relus)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
-from .layout import channels_first_convolutions
+from .layout import channels_first_convolutions, plain_reshaped_inputs
 from .normalize import fold_input_normalization
 from .stem import fp32_stem
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
@@ -751,6 +752,7 @@ PASSES = (
     GraphPass("fold_dense_batchnorm", Stage.TRACED, fold_dense_batchnorm),
     GraphPass("masked_softmax", Stage.TRACED, masked_softmax),
     GraphPass("lift_1d_to_2d", Stage.TRACED, lift_1d_to_2d, backends=("onednn",)),
+    GraphPass("plain_reshaped_inputs", Stage.TRACED, plain_reshaped_inputs, backends=("onednn",)),
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
     GraphPass("fp32_read_results", Stage.FUSED, fp32_read_results),
     GraphPass("fp32_stem", Stage.FUSED, fp32_stem),
