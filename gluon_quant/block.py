@@ -15,7 +15,7 @@ from . import _mxnet, fallback, pipeline
 from .backends import get_spec
 from .calib import get_calibrator
 from .config import QuantConfig
-from .data import BatchConverter, as_tuples, nest, peek
+from .data import BatchConverter, InputSpec, as_tuples, nest, peek, run_error
 from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
                      NotHybridizableError, refuse_cast, refuse_pickling)
 from .presets import resolve_preset
@@ -78,7 +78,7 @@ class QuantizedHybridBlock(HybridBlock):
         self._calibrator = get_calibrator(self._config.calibrator)
         self._call_lock, self._cached_call = threading.Lock(), _mxnet.CachedCall()
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
-        self._converter = self._samples = self._input_shapes = None
+        self._converter = self._samples = self._input_shapes = self._inputs = None
 
     __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
     cast = refuse_cast                  # int8 weights and ranges would be lost
@@ -117,7 +117,8 @@ class QuantizedHybridBlock(HybridBlock):
 
         ``batch`` (a calibration batch) tells which optional inputs the net is fed.
         """
-        self._fused = pipeline.fuse(self.net, self._config, batch, self._input_shapes)
+        self._fused = pipeline.fuse(self.net, self._config, batch, self._input_shapes,
+                                    self._inputs)
         self._plan = self._model = None
         self._converter = BatchConverter(self._fused.inputs, self.ctx, self._config.input_fn)
         return self._fused.symbol
@@ -156,7 +157,8 @@ class QuantizedHybridBlock(HybridBlock):
         (:mod:`gluon_quant.fallback`).
         """
         if self._fused is None and table is not None:
-            self._input_shapes = getattr(table, "meta", {}).get("input_shapes")   # batch size
+            meta = getattr(table, "meta", {})      # the batch size, the inputs it fed
+            self._input_shapes, self._inputs = meta.get("input_shapes"), InputSpec.from_meta(meta)
         if self._plan is None:
             self.quantize_graph()
         calibration = self._calibration
@@ -209,6 +211,7 @@ class QuantizedHybridBlock(HybridBlock):
         twin = type(self)(self.net, QuantConfig.build(config or self._config, **changes))
         twin._samples = self._samples     # same class: its own private state
         twin._input_shapes = self._fused.input_shapes if self._fused else self._input_shapes
+        twin._inputs = self._fused.inputs if self._fused else self._inputs
         return twin
 
     def export(self, prefix, *, fmt="gluon_quant"):
@@ -232,7 +235,7 @@ class QuantizedHybridBlock(HybridBlock):
         except GluonQuantError:
             raise
         except (_mxnet.MXNetError, ValueError) as err:
-            raise pipeline.run_error(err, [x, *args], self._fused.inputs,
+            raise run_error(err, [x, *args], self._fused.inputs,
                                      self._calibration) from err
         # Gluon regroups multiple outputs as lists; give back the tuples fp32 nets return.
         return as_tuples(out) if isinstance(out, list) else out

@@ -14,10 +14,10 @@ import numpy as np
 
 from . import _mxnet
 from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchError, \
-    NonFiniteDataError, UnsupportedDtypeError
+    ModelExecutionError, NonFiniteDataError, UnsupportedDtypeError
 
 __all__ = ["InputSpec", "BatchConverter", "iter_batches", "peek", "describe", "check_finite",
-           "check_param_dtypes", "batch_count", "as_tuples", "nest"]
+           "check_param_dtypes", "batch_count", "as_tuples", "nest", "run_error"]
 
 _log = logging.getLogger(__name__)
 
@@ -68,6 +68,25 @@ class InputSpec:
     def count(self):
         """Number of tensor inputs (arrays, after flattening nested arguments)."""
         return len(self.names)
+
+    def to_meta(self):
+        """The spec as JSON-ready data (kept in calibration tables' metadata)."""
+        return {"names": self.names, "arg_names": self.arg_names, "optional": self.optional,
+                "explicit": self.explicit, "layout": self.layout}
+
+    @classmethod
+    def from_meta(cls, table_meta):
+        """The spec :meth:`to_meta` wrote in a table's metadata (key ``inputs``), or None
+        where it holds none (a table saved by an earlier version) or not a valid one."""
+        try:
+            meta = table_meta["inputs"]
+            spec = cls(meta["names"], meta["arg_names"], meta.get("optional", ()),
+                       meta.get("explicit", False), meta.get("layout"))
+            flat, _ = nest([0] * len(spec.arg_names) if spec.layout is None else spec.layout)
+        except (KeyError, TypeError, AttributeError):
+            return None
+        valid = all(isinstance(n, str) for n in spec.names + spec.arg_names)
+        return spec if valid and len(flat) == spec.count else None
 
     def regroup(self, flat):
         """The arguments to call the fp32 net with, from the flat input arrays/symbols."""
@@ -442,3 +461,29 @@ def as_tuples(value):
     if isinstance(value, (list, tuple)):
         return tuple(as_tuples(v) for v in value)
     return value
+
+
+def run_error(err, inputs, spec, calibration):
+    """The package error for an MXNet failure of the int8 network on ``inputs``.
+
+    The inputs are blamed only when they differ from the calibration batches in count,
+    rank or per-sample shape; otherwise the failure is MXNet's own, reported as such.
+    """
+    inputs = nest(inputs)[0]
+    shapes = [tuple(getattr(a, "shape", ())) for a in inputs]
+    seen = list(calibration.input_shapes) if calibration is not None else None
+    ndarrays = all(isinstance(a, mx.nd.NDArray) for a in inputs)
+    other_floats = any(np.issubdtype(a.dtype, np.floating) and a.dtype != np.float32
+                       for a in inputs if isinstance(a, mx.nd.NDArray))   # float64, float16
+    if ndarrays and not other_floats and seen is not None and len(shapes) == len(seen) and all(
+            len(a) == len(b) and a[1:] == b[1:] for a, b in zip(shapes, seen)):
+        return ModelExecutionError(
+            "The int8 network failed inside MXNet on inputs shaped like its calibration "
+            "batches (%s): %s. This is not a problem with your inputs; please report it "
+            "with the network." % (describe(inputs), _mxnet.first_line(err)))
+    return InputMismatchError(
+        "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) (%s) with "
+        "the rank and per-sample shape of the calibration batches%s, floating-point ones "
+        "as float32."
+        % (describe(inputs), _mxnet.first_line(err).rstrip("."), spec.count,
+           ", ".join(spec.arg_names), " (%s)" % seen if seen else ""))

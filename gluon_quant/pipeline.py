@@ -29,10 +29,9 @@ from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
 from .collect import build_runner, check_graph_shapes, collect_statistics
 from .config import QuantConfig, QuantDtype, WeightRounding
-from .data import (BatchConverter, InputSpec, batch_count, check_param_dtypes, describe,
-                   iter_batches)
+from .data import BatchConverter, InputSpec, batch_count, check_param_dtypes, iter_batches
 from .errors import (CalibrationTableError, ConfigError, GluonQuantError, GraphError,
-                     InputMismatchError, ModelExecutionError, UnsupportedDtypeError)
+                     ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
 from .graph.cudnn import quantize_graph as cudnn_quantize_graph
 from .graph.normalize import NORMALIZED_SUFFIX
@@ -45,7 +44,7 @@ __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "FP32Params",
            "params_for_table",
            "calibrate",
            "check_table", "build",
-           "method_name", "run_error", "KEPT_SAMPLES", "BOUNDED_META_KEY"]
+           "method_name", "KEPT_SAMPLES", "BOUNDED_META_KEY"]
 
 _log = logging.getLogger(__name__)
 
@@ -195,7 +194,7 @@ def _context(config):
     return config.ctx if config.ctx is not None else mx.cpu()
 
 
-def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
+def fuse(net, config: QuantConfig, batch=None, input_shapes=None, inputs=None) -> FusedGraph:
     """Trace ``net``, run the traced-graph passes and the backend's fp32 fusion.
 
     Parameters
@@ -209,6 +208,9 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
         decisions are made at.
     input_shapes : sequence of tuple, optional
         Those shapes without a batch (from a calibration table's metadata).
+    inputs : InputSpec, optional
+        The inputs as an earlier fuse read them (of the block cloned, of the table's
+        metadata): optional inputs and list arguments a batch showed then.
 
     Returns
     -------
@@ -224,8 +226,9 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None) -> FusedGraph:
         except Exception:       # reported with its context when the batch is converted
             batch = None
     preset = resolve_preset(config.preset, net)
-    inputs = InputSpec.from_net(net, config.num_inputs, batch,
-                                feeds=preset.inputs if preset is not None else ())
+    if inputs is None or batch is not None:
+        inputs = InputSpec.from_net(net, config.num_inputs, batch,
+                                    feeds=preset.inputs if preset is not None else ())
     if batch is not None:
         try:
             input_shapes = [a.shape for a in BatchConverter(inputs, mx.cpu())(batch)]
@@ -530,6 +533,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     table = with_equalization(CalibrationTable(
         dict(table.items()), method=table.method, fingerprint=plan.fused.fingerprint,
         meta=dict(table.meta, batches=seen, samples=int(sum(samples)),
+                  inputs=plan.fused.inputs.to_meta(),
                   **({"input_shapes": [list(s) for s in plan.fused.input_shapes]}
                      if plan.fused.input_shapes else {}))), state["params"])
     return state["params"], Calibration(table=table, calibrator=calibrator,
@@ -772,28 +776,3 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx, rounding)
 def method_name(calibrator):
     """The calibration method's name (``'mse'``), or the class name of a custom one."""
     return getattr(calibrator, "method", None) or type(calibrator).__name__
-
-
-def run_error(err, inputs, spec, calibration):
-    """The package error for an MXNet failure of the int8 network on ``inputs``.
-
-    The inputs are blamed only when they differ from the calibration batches in count,
-    rank or per-sample shape; otherwise the failure is MXNet's own, reported as such.
-    """
-    shapes = [tuple(getattr(a, "shape", ())) for a in inputs]
-    seen = list(calibration.input_shapes) if calibration is not None else None
-    ndarrays = all(isinstance(a, mx.nd.NDArray) for a in inputs)
-    other_floats = any(np.issubdtype(a.dtype, np.floating) and a.dtype != np.float32
-                       for a in inputs if isinstance(a, mx.nd.NDArray))   # float64, float16
-    if ndarrays and not other_floats and seen is not None and len(shapes) == len(seen) and all(
-            len(a) == len(b) and a[1:] == b[1:] for a, b in zip(shapes, seen)):
-        return ModelExecutionError(
-            "The int8 network failed inside MXNet on inputs shaped like its calibration "
-            "batches (%s): %s. This is not a problem with your inputs; please report it "
-            "with the network." % (describe(inputs), _mxnet.first_line(err)))
-    return InputMismatchError(
-        "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) (%s) with "
-        "the rank and per-sample shape of the calibration batches%s, floating-point ones "
-        "as float32."
-        % (describe(inputs), _mxnet.first_line(err).rstrip("."), spec.count,
-           ", ".join(spec.arg_names), " (%s)" % seen if seen else ""))

@@ -155,6 +155,22 @@ def test_optional_inputs_are_never_dropped_silently(masked):
     assert without.input_names == ["data"]
 
 
+
+def test_inputs_a_batch_showed_survive_clone_and_saved_tables(masked, tmp_path):
+    """The mask a dict batch fed is an input of a clone and of a net rebuilt from the saved
+    table too (both traced one input before: "computed on another graph")."""
+    net, x, mask = masked
+    qnet = gq.quantize(net, [{"x": x, "mask": mask}], progress=False)
+    nd_x, nd_mask = mx.nd.array(x), mx.nd.array(mask)
+    qnet.calibration_table.save(str(tmp_path / "table.json"))
+    rebuilt = gq.quantize(net, calib_table=gq.CalibrationTable.load(str(tmp_path / "table.json")),
+                          progress=False)
+    clone = qnet.clone(granularity="tensor").finalize(qnet.calibration_table)
+    for other in (rebuilt, clone):
+        assert other.input_names == ["data0", "data1"]
+        assert _agree(qnet, other, nd_x, nd_mask) > 0.999
+
+
 def test_dict_output_gets_a_clear_error():
     class Heads(nn.HybridBlock):
         def __init__(self, **kwargs):
@@ -517,6 +533,14 @@ def test_list_arguments_such_as_rnn_states_are_inputs(tmp_path):
     qdict = gq.quantize(net, [{"x": b[0], "states": b[1]} for b in batches])
     assert np.array_equal(qdict(x, states)[0].asnumpy(), out[0].asnumpy())
     assert np.array_equal(qnet(x, *states)[0].asnumpy(), out[0].asnumpy())
+    for other in (qnet.clone(granularity="tensor").finalize(qnet.calibration_table),
+                  gq.quantize(net, calib_table=qnet.calibration_table)):
+        assert other.input_names == qnet.input_names
+        assert cosine(other(x, states)[0].asnumpy(), out[0].asnumpy()) > 0.999
+    # the doctor runs the fp32 net with the same nesting
+    assert "worst of 3 outputs" in str(gq.debug.compare(qnet, batches[:1]))
+    assert len(gq.debug.sensitivity(qnet, batches[:1])) == 1
+    assert gq.debug.activation_floor(qnet, batches[:1]).int8_cosine > 0.999
     qnet.export(str(tmp_path / "enc"))
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "enc"))
     assert np.array_equal(loaded(x, states)[1][0].asnumpy(), out[1][0].asnumpy())

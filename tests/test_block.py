@@ -265,3 +265,29 @@ def test_int8_nets_run_for_inference_under_autograd(tmp_path):
         again = gq.quantize(net, batches, progress=False)
     assert dict(again.calibration_table) == dict(qnet.calibration_table)
     assert np.array_equal(again(x).asnumpy(), qnet(x).asnumpy())
+
+
+def test_reinitializing_a_model_keeps_its_int8_weights(tmp_path):
+    """``initialize(force_reinit=True)`` over an int8 block, or over a new model holding it
+    as a backbone, used to empty the int8 weights and ranges: every later call failed
+    ("Parameter ... has not been initialized yet"). Their initializer now gives them back."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, activation="relu"), nn.MaxPool2D(), nn.Flatten(),
+            nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.rand(4, 3, 16, 16).astype("float32")) for _ in range(3)]
+    x = batches[0]
+    qnet = gq.quantize(net, batches, progress=False)
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    for block in (qnet, loaded):
+        ref = block(x).asnumpy()
+        block.initialize(mx.init.Xavier(), force_reinit=True)
+        assert np.array_equal(block(x).asnumpy(), ref)
+        model = nn.HybridSequential()
+        model.add(block, nn.Dense(3))
+        model.initialize(mx.init.Xavier(), force_reinit=True)    # a new head, a kept backbone
+        model.hybridize()
+        assert model(x).shape == (4, 3)
+        assert np.array_equal(block(x).asnumpy(), ref)

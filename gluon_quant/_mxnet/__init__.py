@@ -257,7 +257,26 @@ def load_block_params(block, params, ctx, trainable=True):
             param.grad_req = "null"
         # _load_init copies the array and takes its dtype (int8 weights stay int8).
         param._load_init(params[name], ctx, cast_dtype=True, dtype_source="saved")
+        param.shape, param.init = param._data[0].shape, _KeptValue(param._data[0])
     return block
+
+
+class _KeptValue(mx.init.Initializer):
+    """The initializer of a loaded block's parameter: re-initialization gives back its
+    value. ``Block.initialize`` hands every parameter's own ``init`` precedence over the
+    one it is given, so ``net.initialize(force_reinit=True)`` over a model holding an
+    int8 block (a quantized backbone under a new head) keeps the int8 weights and ranges
+    instead of emptying them (every later call failed: "not initialized yet")."""
+
+    def __init__(self, value):
+        super().__init__()
+        self._value = value
+
+    def _init_weight(self, _, arr):
+        arr[:] = self._value
+
+    def dumps(self):
+        return "kept value"
 
 
 def _checked_params(block, arrays):
@@ -286,6 +305,7 @@ def adopt_params(block, arrays):
         # what Parameter._init_impl sets, with the array itself instead of a copy
         param._deferred_init, param._ctx_list, param._ctx_map = (), [ctx], ctx_map
         param._data, param._grad = [data], None
+        param.init = _KeptValue(data)
     return block
 
 
@@ -427,14 +447,16 @@ def tap_outputs(sym, node_names, input_names):
 
 
 def run_block(block, inputs, what):
-    """Call a block, turning MXNet errors into package errors naming ``what`` failed."""
+    """Call a block, turning MXNet errors into package errors naming ``what`` failed.
+
+    Returns the list of its outputs, nested ones (``(out, [h, c])``) flattened."""
     try:
         with warnings.catch_warnings():
             # A tapped sub-graph need not read every input ("The 1-th input to
             # HybridBlock is not used by any computation"): expected here.
             warnings.filterwarnings("ignore", message=".*input to HybridBlock is not used")
             out = block(*inputs)
-        flat = out if isinstance(out, (list, tuple)) else [out]
+        flat = flatten(out, "output")[0] if isinstance(out, (list, tuple)) else [out]
         mx.nd.waitall()
         return flat
     except mx.base.MXNetError as err:

@@ -212,7 +212,7 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
             acc[node.name].add(ref, out.asnumpy())
             if low is not None:
                 floor_acc[node.name].add(ref, low.asnumpy())
-        refs = all_outputs(qnet.net(*inputs))
+        refs = all_outputs(qnet.net(*qnet.fused.inputs.regroup(inputs)))
         outs = all_outputs(qnet(*inputs))
         out_acc.extend(Accumulator() for _ in range(len(refs) - len(out_acc)))
         for accumulator, ref, out in zip(out_acc, refs, outs):

@@ -189,10 +189,11 @@ def activation_floor(qnet, batches, *, num_batches=4):
     seen = 0
     for batch in iter_batches(batches, num_batches):
         inputs = qnet.convert_batch(batch)
-        ref, out, low = ([a.asnumpy() for a in _mxnet.run_block(block, inputs, what)]
-                         for block, what in ((qnet.net, "fp32 forward pass"),
-                                             (qnet, "int8 forward pass"),
-                                             (floor_block, "floor forward pass")))
+        ref, out, low = ([a.asnumpy() for a in _mxnet.run_block(block, args, what)]
+                         for block, args, what in (
+                             (qnet.net, qnet.fused.inputs.regroup(inputs), "fp32 forward pass"),
+                             (qnet, inputs, "int8 forward pass"),
+                             (floor_block, inputs, "floor forward pass")))
         int8_acc.add(ref, out)      # every output counts: the worst one is reported
         floor_acc.add(ref, low)
         seen += 1

@@ -117,8 +117,8 @@ def reference_outputs(qnet, batches, num_batches):
     inputs = [qnet.convert_batch(b) for b in iter_batches(batches, num_batches)]
     if not inputs:
         raise ConfigError("The doctor got no batch: pass a non-empty iterable of batches.")
-    refs = [[out.asnumpy() for out in run_block(qnet.net, x, "fp32 forward pass")]
-            for x in inputs]
+    refs = [[out.asnumpy() for out in run_block(
+        qnet.net, qnet.fused.inputs.regroup(x), "fp32 forward pass")] for x in inputs]
     return inputs, refs
 
 
