@@ -158,6 +158,7 @@ class ReferenceTap:
                         if n.op in _FUSED_LINEAR_OPS and _correctable(n)
                         and n.name not in fused_view.outputs}
         self._shapes, self._chunks, self._count = {}, {}, {}
+        self._whole, self._whole_data, self._first = {}, {}, None
 
     @property
     def wanted(self):
@@ -170,19 +171,34 @@ class ReferenceTap:
         :data:`REFERENCE_BUDGET`; known after :meth:`set_shapes`)."""
         return self._limit
 
-    def set_shapes(self, shapes):
-        """``{tensor key: per-sample shape}`` of the wanted tensors (others are ignored)."""
+    def set_shapes(self, shapes, whole=None, batch=None):
+        """``{tensor key: per-sample shape}`` of the wanted tensors (others are ignored).
+
+        ``whole``: ``{tensor key: shape}`` of wanted tensors without the batch axis (the
+        per-region layers of a Faster R-CNN head, ``(regions, C, 7, 7)``), kept whole from
+        the first batch, of ``batch`` samples: the reference when the kept samples are
+        that batch alone."""
         self._shapes = {k: tuple(v) for k, v in shapes.items() if k in self._wanted}
         self._chunks = {}
         self._count = {k: 0 for k in self._shapes}
+        self._whole = {k: tuple(v) for k, v in (whole or {}).items()
+                       if k in self._wanted and k not in self._shapes}
+        self._whole_data, self._first = {}, batch
+        budget = REFERENCE_BUDGET - 4 * sum(int(np.prod(v)) for v in self._whole.values())
+        if budget < REFERENCE_BUDGET // 2:      # the per-sample references come first
+            self._whole, budget = {}, REFERENCE_BUDGET
         per_sample = 4 * sum(int(np.prod(shape)) for shape in self._shapes.values())
-        if per_sample * self._limit > REFERENCE_BUDGET:
-            self._limit = max(1, REFERENCE_BUDGET // per_sample)
+        if per_sample * self._limit > budget:
+            self._limit = max(1, budget // per_sample)
             _log.info("Bias correction keeps %d calibration samples: their fp32 references "
                       "take %.0f MB each.", self._limit, per_sample / 2.0 ** 20)
 
     def collect(self, name, array):
         """Keep the first samples of ``array`` if ``name`` is tapped; pass it on."""
+        whole = self._whole.get(name)
+        if whole is not None and name not in self._whole_data \
+                and int(array.size) == int(np.prod(whole)):
+            self._whole_data[name] = np.array(array, dtype=np.float32).reshape(whole)  # a copy
         shape = self._shapes.get(name)
         if shape is not None and self._count[name] < self._limit:
             per = int(np.prod(shape)) if shape else 1
@@ -200,11 +216,15 @@ class ReferenceTap:
         self._calibrator.collect(name, array)
 
     def references(self, count, ctx=None):
-        """``{node name: numpy array (count, ...)}`` of the tensors that kept ``count``
-        samples (``ctx`` is unused: the references stay on the host, where bias correction
-        computes their masks)."""
-        return {k[:-len("_output")]: self._chunks[k][:count]
-                for k in self._shapes if self._count[k] == count}
+        """``{node name: numpy array (count, ...)}``: the first ``count`` samples of the
+        tensors that kept at least that many (the kept calibration samples are the first
+        ones; where the graph takes only one batch size, the first batch alone). ``ctx`` is
+        unused: the references stay on the host, where bias correction computes masks."""
+        found = {k[:-len("_output")]: self._chunks[k][:count]
+                 for k in self._shapes if self._count[k] >= count}
+        if count == self._first:
+            found.update((k[:-len("_output")], v) for k, v in self._whole_data.items())
+        return found
 
 
 #: One layer to correct: its fused node, the parameter its correction is added to, its

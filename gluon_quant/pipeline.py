@@ -490,8 +490,10 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
             state["params"] = params
             state["shapes"] = tuple(tuple(a.shape) for a in inputs)
             if tap is not None:
+                whole = {}
                 tap.set_shapes(_sample_shapes(plan.fused.symbol, tap.wanted & set(names),
-                                              input_names, inputs))
+                                              input_names, inputs, whole),
+                               whole, inputs[0].shape[0] if inputs[0].ndim else None)
                 state["limit"] = tap.limit      # fewer where the references are large
         return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"],
                             ctx)
@@ -540,9 +542,10 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
                                         samples=kept_samples, input_shapes=state["shapes"])
 
 
-def _sample_shapes(sym, keys, input_names, inputs):
+def _sample_shapes(sym, keys, input_names, inputs, whole=None):
     """``{tensor key: per-sample shape}`` of internal outputs ``keys`` of ``sym`` for these
-    inputs; tensors without a leading batch axis (or shape inference failing) are left out."""
+    inputs; tensors without a leading batch axis (or shape inference failing) are left out,
+    and put with their whole shape in the dict ``whole`` when one is given."""
     internals = sym.get_internals()
     present = sorted(k for k in keys if k in set(internals.list_outputs()))
     if not present or not inputs or not inputs[0].ndim:
@@ -553,8 +556,10 @@ def _sample_shapes(sym, keys, input_names, inputs):
     except (_mxnet.MXNetError, ValueError, TypeError):
         return {}
     batch = inputs[0].shape[0]
-    return {k: tuple(v[1:]) for k, v in zip(present, shapes or ())
-            if v and v[0] == batch and all(d > 0 for d in v)}
+    known = [(k, tuple(v)) for k, v in zip(present, shapes or ()) if v and all(d > 0 for d in v)]
+    if whole is not None:
+        whole.update((k, v) for k, v in known if v[0] != batch)
+    return {k: v[1:] for k, v in known if v[0] == batch}
 
 
 def _batched(arrays):

@@ -219,3 +219,52 @@ def test_stages_run_in_inference_mode_on_small_pages():
         assert multiarray._get_madvise_hugepage() is before
     multiarray._set_madvise_hugepage(True)
     assert seen == [(False, False, False)] * 2
+
+
+class _Patches(mx.gluon.HybridBlock):
+    """Convolutions over 4 patches of each image, ``(N*4, C, h, w)``: tensors whose leading
+    axis is not the batch (as the per-region head of a Faster R-CNN)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.stem = nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.patch = nn.HybridSequential()
+            self.patch.add(nn.Conv2D(16, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+                           nn.Conv2D(16, 1))
+            self.out = nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        y = self.stem(x).reshape((0, 0, 2, 8, 2, 8)).transpose((0, 2, 4, 1, 3, 5))
+        y = self.patch(y.reshape((-1, 8, 8, 8)))              # (N*4, 8, 8, 8)
+        return self.out(y.reshape((-1, 4 * 16 * 8 * 8)))
+
+
+def test_tensors_without_batch_axis_are_tapped_whole(monkeypatch):
+    """The references of tensors whose leading axis is not the batch are kept whole from
+    the first batch: with the kept samples being that batch, bias correction runs no fp32
+    pass (a Faster R-CNN's quantize: 30.5 -> 24.1 s), and measures the same corrections."""
+    net = _Patches()
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(0).rand(6, 3, 16, 16).astype("float32"))
+    seen, labels = {}, []
+    real, real_run = bias.compute_corrections, _mxnet.run_block
+
+    def both(**kwargs):
+        labels.clear()
+        seen["tapped"] = real(**kwargs)
+        seen["runs"] = list(labels)
+        seen["references"] = sorted(kwargs["references"] or {})
+        seen["fresh"] = real(**dict(kwargs, references=None))
+        return seen["tapped"]
+
+    monkeypatch.setattr(bias, "compute_corrections", both)
+    monkeypatch.setattr(_mxnet, "run_block",
+                        lambda b, inputs, what: labels.append(what) or real_run(b, inputs, what))
+    qnet = gq.quantize(net, [x], progress=False)
+    assert seen["runs"] == ["Bias correction (int8 graph)"]
+    assert len(seen["references"]) == 3          # stem, and the two patch convolutions
+    assert sorted(seen["tapped"]) == sorted(seen["fresh"]) and len(seen["fresh"]) >= 2
+    for name, values in seen["fresh"].items():
+        np.testing.assert_allclose(seen["tapped"][name], values, rtol=1e-6, atol=1e-9)
+    assert np.corrcoef(net(x).asnumpy().ravel(), qnet(x).asnumpy().ravel())[0, 1] > 0.999
