@@ -16,7 +16,8 @@ channels-last layout.
 leaves its output in a blocked layout (``nCdhw16c``). ``Reshape`` is run in place, so its output shares that blocked memory;
 a reader that takes the memory's own description then sees the producer's rank or
 channel count instead of the reshaped one. Measured on MXNet 1.9.1's CPU build, a 3-D
-convolution's ``(N, C, D, H, W)`` output reshaped to ``(N, C*D, H, W)``:
+convolution's ``(N, C, D, H, W)`` output reshaped to ``(N, C*D, H, W)``, ``(N, C, D*H, W)``
+or ``(N, C, D*H*W)`` (a 2-D convolution's output reshaped to any rank was read right):
 
 - ``Pooling``: "dimensions are invalid" (an SE block over a 3-D net, its squeeze written as
   ``AdaptiveAvgPooling2D(x.reshape((0, -3, 0, 0)))``);
@@ -104,11 +105,14 @@ _FLOAT_MAX = "3.4028234e+38"
 
 
 def _changes_layout(before, after):
-    """Whether a reshape from ``before`` to ``after`` changes the rank or the channel axis
-    (True where a shape is unknown)."""
+    """Whether a reshape from ``before`` to ``after`` is one MXNet misreads: of a 5-D (or
+    larger) array, changing its rank or channel axis (True where a shape is unknown).
+    Reshapes of 4-D arrays were all read right (a convolution's output reshaped to 3-D
+    for attention, to 5-D for ShuffleNet's channel shuffle, its batch or spatial axes
+    merged or split): they get no clip."""
     if before is None or after is None:
         return True
-    return len(before) != len(after) or before[1:2] != after[1:2]
+    return len(before) >= 5 and (len(before) != len(after) or before[1:2] != after[1:2])
 
 
 def plain_reshaped_inputs(graph, context):
@@ -120,8 +124,8 @@ def plain_reshaped_inputs(graph, context):
         The traced graph (edited in place).
     context : PassContext
         ``infer_shapes`` (when a calibration batch gave shapes) limits the clip to
-        reshapes that change the rank or the channel count; without it every reshape
-        before such a reader gets one.
+        reshapes of 5-D arrays that change the rank or the channel count; without it every
+        reshape before such a reader gets one.
 
     Returns
     -------

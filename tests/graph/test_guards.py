@@ -343,6 +343,36 @@ def test_reshaped_onednn_arrays_are_read_plain():
     assert result["coverage"] == [3, 4]      # the small dense layer stays fp32
 
 
+class ChannelShuffle(mx.gluon.HybridBlock):
+    """ShuffleNet's channel shuffle (4-D -> 5-D, transpose, back) and a 2-D convolution's
+    output reshaped to 3-D and transposed (attention over positions)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv1 = nn.Conv2D(32, 1, activation="relu")
+            self.conv2 = nn.Conv2D(32, 3, padding=1, groups=32)
+            self.bn = nn.BatchNorm()
+            self.fc = nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        y = self.conv1(x).reshape((0, -4, 4, -1, -2)).transpose((0, 2, 1, 3, 4))
+        y = self.conv2(y.reshape((0, -3, -2)))
+        seq = F.transpose(self.bn(y.reshape((0, 0, -1))), axes=(0, 2, 1))    # (N, HW, C)
+        return self.fc(F.mean(seq, axis=1))
+
+
+def test_reshapes_of_4d_arrays_get_no_clip():
+    """Only reshapes of 5-D arrays are misread: a channel shuffle or a 2-D feature map
+    reshaped for attention runs without the pass's clip (it would only cost time)."""
+    x = _images()
+    net = _ready(ChannelShuffle(), x)
+    qnet = gq.quantize(net, [x[:8], x[8:]], progress=False)
+    assert "clip" not in [row.op for row in qnet.report()]
+    assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.999
+    assert qnet.report().coverage()[0] >= 2
+
+
 def test_lp_and_sum_poolings_stay_fp32():
     """MXNet 1.9.1's int8 Pooling with pool_type 'lp' or 'sum' killed the process
     (segmentation fault at the first run); the oneDNN spec allows max and avg only."""
