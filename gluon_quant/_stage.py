@@ -2,6 +2,8 @@
 
 * MXNet's inference mode (:func:`gluon_quant._mxnet.inference_mode`): BatchNorm's running
   statistics, no dropout, nothing recorded, even under ``autograd.record()``.
+* MXNet's legacy array semantics, even under ``npx.set_np()``
+  (:mod:`gluon_quant._mxnet.npmode`).
 * numpy's large buffers on ordinary 4 KB pages. numpy asks the kernel for transparent
   huge pages (``madvise(MADV_HUGEPAGE)``) for every buffer of 4 MB or more; where the
   kernel then compacts memory to find them (``defrag=madvise``, this machine's setting),
@@ -39,6 +41,6 @@ def stage(func):
     """Decorate a pipeline stage to run under the conditions of the module doc."""
     @functools.wraps(func)
     def run(*args, **kwargs):
-        with _mxnet.inference_mode(), small_pages():
+        with _mxnet.inference_mode(), _mxnet.legacy_mode(), small_pages():
             return func(*args, **kwargs)
     return run

@@ -15,7 +15,7 @@ from . import _mxnet, fallback, pipeline
 from .backends import get_spec
 from .calib import get_calibrator
 from .config import QuantConfig
-from .data import BatchConverter, InputSpec, as_tuples, nest, peek, run_error
+from .data import BatchConverter, InputSpec, call_inputs, call_outputs, peek, run_error
 from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
                      NotHybridizableError, refuse_cast, refuse_pickling)
 from .presets import resolve_preset
@@ -229,16 +229,15 @@ class QuantizedHybridBlock(HybridBlock):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x, *args):  # pylint: disable=arguments-differ
+        flat, np_in = call_inputs((x, *args))     # legacy views of mxnet.np arrays
         try:
-            with self._call_lock:
-                out = self._cached_call(self, nest((x, *args))[0], super().forward)
+            with self._call_lock, _mxnet.legacy_mode():
+                out = self._cached_call(self, flat, super().forward)
         except GluonQuantError:
             raise
         except (_mxnet.MXNetError, ValueError) as err:
-            raise run_error(err, [x, *args], self._fused.inputs,
-                                     self._calibration) from err
-        # Gluon regroups multiple outputs as lists; give back the tuples fp32 nets return.
-        return as_tuples(out) if isinstance(out, list) else out
+            raise run_error(err, [x, *args], self._fused.inputs, self._calibration) from err
+        return call_outputs(out, np_in)     # tuples, as fp32 nets return; NumPy if given
 
     def hybrid_forward(self, F, x, *args):  # pylint: disable=arguments-differ
         if self._model is None:

@@ -17,7 +17,8 @@ from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchEr
     ModelExecutionError, NonFiniteDataError, UnsupportedDtypeError
 
 __all__ = ["InputSpec", "BatchConverter", "iter_batches", "peek", "describe", "check_finite",
-           "check_param_dtypes", "batch_count", "as_tuples", "nest", "run_error"]
+           "check_param_dtypes", "batch_count", "as_tuples", "nest", "run_error", "call_inputs",
+           "call_outputs"]
 
 _log = logging.getLogger(__name__)
 
@@ -350,6 +351,7 @@ class BatchConverter:
         return arrays
 
     def _to_ndarray(self, item, name, batch):
+        item = _mxnet.as_legacy(item)       # an mxnet.np array: its legacy view
         if isinstance(item, mx.nd.NDArray):
             kind = np.dtype(item.dtype).kind
             array = item
@@ -461,6 +463,22 @@ def as_tuples(value):
     if isinstance(value, (list, tuple)):
         return tuple(as_tuples(v) for v in value)
     return value
+
+
+def call_inputs(values):
+    """``(flat, np_in)``: the arrays of a call's (nested) arguments as legacy NDArrays, and
+    whether any was an ``mxnet.np`` array (then :func:`call_outputs` gives NumPy ones)."""
+    flat = nest(values)[0]
+    np_in = any(_mxnet.is_np_array(v) for v in flat)
+    return ([_mxnet.as_legacy(v) for v in flat] if np_in else flat), np_in
+
+
+def call_outputs(out, np_in):
+    """A runtime block's outputs as the fp32 net gives them: Gluon's lists of outputs as
+    tuples, ``mxnet.np`` arrays for a caller that gave them or runs in NumPy mode (where
+    Gluon refuses a block's legacy outputs)."""
+    out = as_tuples(out) if isinstance(out, list) else out
+    return _mxnet.as_np(out) if np_in or _mxnet.is_np_mode() else out
 
 
 def run_error(err, inputs, spec, calibration):

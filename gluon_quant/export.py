@@ -37,6 +37,7 @@ import tempfile
 import mxnet as mx
 import numpy as np
 
+from ._stage import stage
 from . import _mxnet, _packing
 from ._io import atomic_write_many, sha256_bytes
 from ._version import __version__
@@ -82,6 +83,7 @@ def file_names(prefix, fmt=ExportFormat.GLUON_QUANT):
             "meta": prefix + "-meta.json"}
 
 
+@stage       # legacy array semantics: MXNet writes NumPy-mode files in another format
 def export_model(qnet, prefix, *, fmt="gluon_quant"):
     """Write ``qnet`` (a built :class:`QuantizedHybridBlock`); see the module docstring.
 

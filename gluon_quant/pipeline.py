@@ -92,6 +92,8 @@ class FusedGraph:
     rewritten : mapping of str to str
         Node name -> the operators a traced-graph pass runs it as (a Deconvolution as an
         int8 convolution and ``depth_to_space``), for ``report()``.
+    np_mode : bool
+        The net was written for MXNet's NumPy mode (traced and run with ``mxnet.np``).
     """
 
     symbol: Any
@@ -108,6 +110,7 @@ class FusedGraph:
         default_factory=lambda: types.MappingProxyType({}))
     rewritten: Mapping[str, str] = field(
         default_factory=lambda: types.MappingProxyType({}))
+    np_mode: bool = False
 
     @property
     def fingerprint(self):
@@ -219,6 +222,12 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None, inputs=None) -
         then the backend's and the passes' (the first reason for a node is kept), and the
         preset's bounds on calibrated ranges.
     """
+    np_mode = _mxnet.net_np_mode(net)   # traced as written; the rest runs on legacy arrays
+    with _mxnet.legacy_mode():
+        return _fuse(net, config, batch, input_shapes, inputs, np_mode)
+
+
+def _fuse(net, config, batch, input_shapes, inputs, np_mode):
     spec = get_spec(config.backend.value)
     if batch is not None and config.input_fn is not None:
         try:
@@ -236,7 +245,7 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None, inputs=None) -
             input_shapes = None
     input_shapes = tuple(tuple(int(d) for d in s) for s in input_shapes) \
         if input_shapes and len(input_shapes) == inputs.count else None
-    _, out, out_format = _mxnet.trace(net, inputs.count, layout=inputs.layout)
+    _, out, out_format = _mxnet.trace(net, inputs.count, layout=inputs.layout, np_mode=np_mode)
     param_shapes = types.MappingProxyType(
         {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
     graph = _mxnet.graph_json(out)
@@ -277,7 +286,7 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None, inputs=None) -
                       net_class=type(net).__name__,
                       param_rewrites=tuple(context.param_rewrites),
                       messages=tuple(messages), range_bounds=types.MappingProxyType(bounds),
-                      input_shapes=input_shapes,
+                      input_shapes=input_shapes, np_mode=np_mode,
                       rewritten=types.MappingProxyType(dict(context.rewritten)))
 
 
@@ -291,6 +300,7 @@ def _first_rank(batch):
     return ndim if isinstance(ndim, int) else None
 
 
+@stage
 def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -> QuantPlan:
     """Insert int8 operators into the fused graph (ranges not set yet).
 
@@ -369,6 +379,7 @@ def with_equalization(table, params):
                             meta=dict(table.meta, **{equalize.META_KEY: state}))
 
 
+@stage
 def params_for_table(net, fused: FusedGraph, ctx, table, params=None):
     """``params`` when they carry the equalization ``table`` was calibrated with, else
     fresh copies (:func:`fp32_params`) with it applied."""
@@ -412,8 +423,9 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
                 "Parameters %s are not initialized. Initialize the net (and run it once "
                 "if it uses deferred shapes) before quantizing." % deferred[:5])
         try:
-            if not _mxnet.finish_deferred_init(net, inputs, fused.inputs.layout):
-                net(*fused.inputs.regroup(inputs))
+            if not _mxnet.finish_deferred_init(net, inputs, fused.inputs.layout,
+                                               fused.np_mode):
+                _mxnet.call_net(net, fused.inputs.regroup(inputs), fused.np_mode)
         except Exception as err:
             raise ModelExecutionError("Running %s to finish parameter initialization "
                                       "failed: %s: %s" % (type(net).__name__,
@@ -425,9 +437,9 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
     for name, param in params.items():
         if name in sources:
             try:
-                copies[name] = param.data(ctx).copy()
+                copies[name] = _mxnet.as_legacy(param.data(ctx)).copy()
             except _mxnet.MXNetError:
-                copies[name] = param.data().copyto(ctx)
+                copies[name] = _mxnet.as_legacy(param.data()).copyto(ctx)
     for rewrite in fused.param_rewrites:
         try:
             rewrite.apply(copies)

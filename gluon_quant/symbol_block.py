@@ -19,7 +19,7 @@ from . import _mxnet, _packing
 from ._background import Background
 from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
-from .data import as_tuples, describe, nest
+from .data import as_tuples, call_inputs, call_outputs, describe
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
                      InputMismatchError, refuse_cast, refuse_pickling)
 from .export import FORMAT, FORMAT_VERSION, file_names
@@ -98,8 +98,9 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         # named as such.
         digest = Background(sha256_bytes, params_data)
         try:
-            block = _build(cls, meta, paths, graph, symbol_path, params_path, params_data,
-                           ctx)
+            with _mxnet.legacy_mode():      # a legacy graph, also under npx.set_np()
+                block = _build(cls, meta, paths, graph, symbol_path, params_path,
+                               params_data, ctx)
         except GluonQuantError:
             _check_digest(meta, paths, "params", params_path, digest.result())
             raise
@@ -154,8 +155,10 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
                                         % (self._meta.source, err)) from None
 
     def forward(self, x, *args):  # pylint: disable=arguments-differ
+        flat, np_in = call_inputs((x, *args))     # legacy views of mxnet.np arrays
         try:
-            out = self._cached_call(self, nest((x, *args))[0], super().forward)
+            with _mxnet.legacy_mode():
+                out = self._cached_call(self, flat, super().forward)
         except (mx.base.MXNetError, ValueError) as err:
             raise InputMismatchError(
                 "Running the loaded int8 network on %s failed: %s. Pass %d mx.nd.NDArray "
@@ -163,8 +166,8 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
                 % (describe([x, *args]), _mxnet.first_line(err).rstrip("."),
                    len(self.input_names), ", ".join(self.input_names))) from err
         if isinstance(out, (list, tuple)) and self._output_nesting is not None:
-            return as_tuples(_mxnet.regroup(list(out), self._output_nesting))
-        return out
+            out = as_tuples(_mxnet.regroup(list(out), self._output_nesting))
+        return call_outputs(out, np_in)
 
 
 class _Holder:

@@ -24,6 +24,8 @@ from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json,
 from .entries import check_graph_entries
 from .loading import host_arrays
 from .runtime import host_view, static_flags, inference_mode, CachedCall
+from .npmode import (is_np_mode, net_np_mode, is_np_array, legacy_mode, np_scope, as_legacy,
+                     as_np)
 
 __all__ = [
     "MXNET_VERSION", "input_names", "trace", "child_blocks", "named_children", "flatten", "regroup",
@@ -36,6 +38,7 @@ __all__ = [
     "registered_param_names", "shape_error",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
     "CachedCall", "static_flags", "inference_mode",
+    "is_np_mode", "net_np_mode", "is_np_array", "legacy_mode", "np_scope", "as_legacy", "as_np", "call_net",
 ]
 
 _log = logging.getLogger(__name__)
@@ -48,7 +51,7 @@ def input_names(num_inputs):
     return ["data%d" % i for i in range(num_inputs)]
 
 
-def trace(net, num_inputs, dtypes=None, layout=None):
+def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
     """Trace ``net`` into a symbol the way ``hybridize()`` does, without touching its cache.
 
     Parameters
@@ -63,6 +66,9 @@ def trace(net, num_inputs, dtypes=None, layout=None):
     layout : list, optional
         Gluon's nesting format of the arguments (``[0, [0, 0]]`` for ``net(x, [h, c])``):
         the variables are regrouped into it before the call, as ``hybridize()`` does.
+    np_mode : bool, optional
+        The net is written for NumPy mode (``npx.set_np()``): it is traced with NumPy
+        symbols under NumPy semantics, and its outputs are returned as legacy symbols.
 
     Returns
     -------
@@ -82,7 +88,11 @@ def trace(net, num_inputs, dtypes=None, layout=None):
     dtypes = dtypes or ["float32"] * num_inputs
     syms = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
     try:
-        out = net(*(syms if layout is None else regroup(syms, layout)))
+        with np_scope(np_mode):
+            args = [s.as_np_ndarray() for s in syms] if np_mode else syms
+            out = net(*(args if layout is None else regroup(args, layout)))
+            if np_mode:
+                out = _legacy_symbols(out)
     except Exception as err:  # any failure here means the forward is not symbolic
         raise NotHybridizableError(
             "%s could not be traced into a symbolic graph with %d input(s) (%s: %s). Make sure "
@@ -487,7 +497,24 @@ def is_initialized(param):
     return param._data is not None
 
 
-def finish_deferred_init(net, inputs, layout=None):
+def _legacy_symbols(out):
+    if isinstance(out, (list, tuple)):
+        return type(out)(_legacy_symbols(o) for o in out)
+    return as_legacy(out)
+
+
+def call_net(net, args, np_mode=False):
+    """Call the user's fp32 ``net`` on legacy arrays ``args`` (nested as it takes them) the
+    way it was written: NumPy arrays under NumPy semantics for a NumPy-mode net. Its
+    outputs come back as legacy arrays."""
+    if not np_mode:
+        return net(*args)
+    with np_scope(True):
+        out = net(*as_np(list(args)))
+    return _legacy_symbols(out)
+
+
+def finish_deferred_init(net, inputs, layout=None, np_mode=False):
     """Give the deferred parameters of ``net``'s graph their shapes and values from
     ``inputs`` (NDArrays) by shape inference of its traced graph, without running it.
     Returns False where that is not possible (the caller then runs the net once, as
@@ -498,18 +525,19 @@ def finish_deferred_init(net, inputs, layout=None):
     1.9.1's CPU, and its asynchronous error surfaced later, in the calibration pass."""
     try:
         syms, out, _ = trace(net, len(inputs), [np.dtype(a.dtype).name for a in inputs],
-                             layout)
+                             layout, np_mode)
         with native_output([]):
             args, _, aux = out.infer_shape_partial(
                 **{sym.name: tuple(a.shape) for sym, a in zip(syms, inputs)})
         known = dict(zip(out.list_arguments(), args or []))
         known.update(zip(out.list_auxiliary_states(), aux or []))
         graph_params = [p for p in net.collect_params().values() if p.name in known]
-        for param in graph_params:
-            shape = known[param.name]
-            if param._data is None and param._deferred_init and shape and all(shape):
-                param.shape = tuple(shape)
-                param._finish_deferred_init()
+        with np_scope(np_mode):     # the arrays of the net's own kind (mxnet.np in NumPy mode)
+            for param in graph_params:
+                shape = known[param.name]
+                if param._data is None and param._deferred_init and shape and all(shape):
+                    param.shape = tuple(shape)
+                    param._finish_deferred_init()
     except (MXNetError, GluonQuantError, AttributeError, KeyError, TypeError, ValueError,
             AssertionError, mx.gluon.parameter.DeferredInitializationError) as err:
         _log.debug("Deferred initialization by shape inference failed (%s); running the "

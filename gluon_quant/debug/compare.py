@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Optional
 
 from .. import _mxnet
+from .._stage import stage
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph import GraphView, block_scopes, layer_name
@@ -161,6 +162,7 @@ def quantized_counterparts(qnet):
     return found
 
 
+@stage
 def compare(qnet, batches, *, num_batches=4, floor=False):
     """Per-layer agreement of ``qnet`` with its fp32 net on a few batches.
 
@@ -189,7 +191,7 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
     fused_view = GraphView(_mxnet.graph_json(qnet.fused_graph))
     nodes = [n for n in fused_view if n.name in pairs]
     names = qnet.input_names
-    fp32_params = qnet.fp32_params or {p.name: p.data(qnet.ctx)
+    fp32_params = qnet.fp32_params or {p.name: _mxnet.as_legacy(p.data(qnet.ctx))
                                        for p in qnet.net.collect_params().values()}
     int8_params = {p.name: p.data(qnet.ctx) for p in qnet.collect_params().values()}
     ref_block = _tapped_block(qnet.fused_graph, [n.name for n in nodes], names, fp32_params,
@@ -212,7 +214,8 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
             acc[node.name].add(ref, out.asnumpy())
             if low is not None:
                 floor_acc[node.name].add(ref, low.asnumpy())
-        refs = all_outputs(qnet.net(*qnet.fused.inputs.regroup(inputs)))
+        refs = all_outputs(_mxnet.call_net(qnet.net, qnet.fused.inputs.regroup(inputs),
+                                           qnet.fused.np_mode))
         outs = all_outputs(qnet(*inputs))
         out_acc.extend(Accumulator() for _ in range(len(refs) - len(out_acc)))
         for accumulator, ref, out in zip(out_acc, refs, outs):

@@ -18,6 +18,7 @@ import json
 from dataclasses import asdict, dataclass
 
 from .. import _mxnet
+from .._stage import stage
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph.passes import insert_fake_quant
@@ -157,13 +158,14 @@ def fake_quant_block(qnet):
         Number of rounded activations.
     """
     sym, rounded = fake_quant_graph(qnet)
-    params = qnet.fp32_params or {p.name: p.data(qnet.ctx)
+    params = qnet.fp32_params or {p.name: _mxnet.as_legacy(p.data(qnet.ctx))
                                   for p in qnet.net.collect_params().values()}
     block = _mxnet.symbol_block(sym, qnet.input_names, params, qnet.ctx)
     block.hybridize(**_mxnet.static_flags(sym))
     return block, len(rounded)
 
 
+@stage
 def activation_floor(qnet, batches, *, num_batches=4):
     """Compare the int8 network and the 8-bit activation floor with fp32.
 
@@ -191,7 +193,8 @@ def activation_floor(qnet, batches, *, num_batches=4):
         inputs = qnet.convert_batch(batch)
         ref, out, low = ([a.asnumpy() for a in _mxnet.run_block(block, args, what)]
                          for block, args, what in (
-                             (qnet.net, qnet.fused.inputs.regroup(inputs), "fp32 forward pass"),
+                             (lambda *args: _mxnet.call_net(qnet.net, args, qnet.fused.np_mode),
+                              qnet.fused.inputs.regroup(inputs), "fp32 forward pass"),
                              (qnet, inputs, "int8 forward pass"),
                              (floor_block, inputs, "floor forward pass")))
         int8_acc.add(ref, out)      # every output counts: the worst one is reported

@@ -5,12 +5,14 @@ For each int8 layer, the network is re-quantized with that layer alone added to
 calibration data is made.  The output of each variant is compared with fp32 on a few
 batches, and layers are ranked by how much SQNR (dB) their exclusion recovers.
 """
+import functools
 import json
 import logging
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-from .._mxnet import run_block
+from .._mxnet import call_net, run_block
+from .._stage import stage
 from ..data import iter_batches
 from ..errors import ConfigError, GluonQuantError, GraphError
 from .compare import quantized_counterparts
@@ -117,11 +119,14 @@ def reference_outputs(qnet, batches, num_batches):
     inputs = [qnet.convert_batch(b) for b in iter_batches(batches, num_batches)]
     if not inputs:
         raise ConfigError("The doctor got no batch: pass a non-empty iterable of batches.")
+    fp32 = functools.partial(call_net, qnet.net, np_mode=qnet.fused.np_mode)
     refs = [[out.asnumpy() for out in run_block(
-        qnet.net, qnet.fused.inputs.regroup(x), "fp32 forward pass")] for x in inputs]
+        lambda *args: fp32(args), qnet.fused.inputs.regroup(x), "fp32 forward pass")]
+            for x in inputs]
     return inputs, refs
 
 
+@stage
 def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[str]] = None):
     """Rank int8 layers by how much keeping each one alone in fp32 recovers the output.
 

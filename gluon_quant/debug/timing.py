@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .. import _mxnet
+from .._stage import stage
 from ..errors import ConfigError, GluonQuantError, GraphError
 from ..graph import GraphView, block_scopes, layer_name
 from ..graph.passes import tensor_key
@@ -226,6 +227,7 @@ def _pieces(graph, names, params, inputs, ctx):
     return pieces, _mxnet.internal_outputs(graph, entries, inputs, params, ctx)
 
 
+@stage
 def layer_timing(qnet, batch, *, repeats=10):
     """Time every int8 node of ``qnet`` and the fp32 node it replaces, each alone.
 
@@ -248,7 +250,7 @@ def layer_timing(qnet, batch, *, repeats=10):
     pairs = quantized_counterparts(qnet)
     inputs = qnet.convert_batch(batch)
     by_name = dict(zip(qnet.input_names, inputs))
-    fp32_params = qnet.fp32_params or {p.name: p.data(qnet.ctx)
+    fp32_params = qnet.fp32_params or {p.name: _mxnet.as_legacy(p.data(qnet.ctx))
                                        for p in qnet.net.collect_params().values()}
     int8_params = {p.name: p.data(qnet.ctx) for p in qnet.collect_params().values()}
     fp32_graph = _mxnet.graph_json(qnet.fused_graph)

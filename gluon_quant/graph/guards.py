@@ -50,7 +50,8 @@ def _consumers(graph):
 
 #: Standalone operators with an exact ``Activation(act_type=...)`` equivalent.
 FUSABLE_ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
-                       "softsign": "softsign"}
+                       "softsign": "softsign",
+                       "_npx_relu": "relu"}     # what npx.relu traces to (NumPy-mode nets)
 
 
 def canonical_activations(graph, ops=tuple(FUSABLE_ACTIVATIONS)):

@@ -743,7 +743,7 @@ PASSES = (
     # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
     # or (sigmoid) computes 1-ulp different values than tanh/sigmoid in fp32.
     GraphPass("canonical_activations", Stage.TRACED,
-              _rewrite(canonical_activations, ops=("relu",))),
+              _rewrite(canonical_activations, ops=("relu", "_npx_relu"))),
     GraphPass("flatten_fc_inputs", Stage.TRACED,
               _rewrite(flatten_fc_inputs, only_with_squeeze=True), backends=("onednn",)),
     GraphPass("separate_broken_fusions", Stage.TRACED, _rewrite(separate_broken_fusions),
