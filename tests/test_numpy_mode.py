@@ -73,3 +73,64 @@ def test_numpy_mode_operators_fuse_and_the_doctor_runs(np_mode):
     assert gq.debug.compare(qnet, batches[:1]).output_cosine > 0.999
     assert len(gq.debug.sensitivity(qnet, batches[:1])) == 2
     assert gq.debug.activation_floor(qnet, batches[:1]).int8_cosine > 0.999
+
+
+class Residual(nn.HybridBlock):
+    """A tutorial ResNet block: ``Y + X`` is a broadcasting ``_npi_add`` in NumPy mode."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv1 = nn.Conv2D(channels, 3, padding=1)
+            self.conv2 = nn.Conv2D(channels, 3, padding=1)
+            self.bn1, self.bn2 = nn.BatchNorm(), nn.BatchNorm()
+
+    def hybrid_forward(self, F, X):
+        Y = self.bn2(self.conv2(F.npx.relu(self.bn1(self.conv1(X)))))
+        return F.npx.relu(Y + X)
+
+
+def test_numpy_mode_residual_sums_fuse_into_their_convolutions(np_mode):
+    """``_npi_add`` of two same-shaped tensors runs as ``elemwise_add``, which oneDNN fuses
+    into the convolution as its residual sum (they stayed fp32 and unfused)."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(16, 3, padding=1, activation="relu"), Residual(16), Residual(16),
+            nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    rs = onp.random.RandomState(2)
+    batches = [np_mode.array(rs.rand(8, 3, 16, 16).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    report = qnet.report()
+    assert not [row for row in report if row.op == "_npi_add"]
+    assert sum("elemwise_add" in row.pattern for row in report if row.quantized) == 2
+    assert report.coverage() == (6, 6)
+    assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
+
+
+class Inception(nn.HybridBlock):
+    """Branches joined with ``np.concatenate`` (``_npi_concatenate``), one at a negative axis."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.b1 = nn.Conv2D(16, 1, activation="relu")
+            self.b2 = nn.Conv2D(16, 3, padding=1, activation="relu")
+            self.b3 = nn.Conv2D(16, 1, activation="relu")
+
+    def hybrid_forward(self, F, x):
+        y = F.np.concatenate((self.b1(x), self.b2(x)), axis=1)
+        return F.np.concatenate((y, self.b3(x)), axis=-3)
+
+
+def test_numpy_mode_concatenations_run_in_int8(np_mode):
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(16, 3, padding=1, activation="relu"), Inception(), Inception(),
+            nn.Conv2D(8, 1), nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    rs = onp.random.RandomState(3)
+    batches = [np_mode.array(rs.rand(8, 3, 16, 16).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    report = qnet.report()
+    concats = [row for row in report if row.op in ("Concat", "_npi_concatenate")]
+    assert len(concats) == 4 and all(row.op == "Concat" and row.quantized for row in concats)
+    assert _cos(net(batches[0]), qnet(batches[0])) > 0.999

@@ -28,6 +28,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     every call (the concatenation Gluon's RNN layers hand MXNet's ``RNN``, BERT's
     interleaved q/k/v projection) become parameters computed once (62% of an LSTM
     classifier's fp32 time at batch 1 was that copy).
+    :func:`same_shape_adds`: a broadcasting addition of same-shaped tensors (``x + y`` in
+    NumPy mode) becomes ``elemwise_add``, which oneDNN fuses as a residual sum;
+    :func:`numpy_concatenations`: ``np.concatenate`` becomes ``Concat`` (an int8 kernel).
     :func:`masked_softmax`: a softmax with lengths (BERT's attention over padded
     sequences) runs as a mask and oneDNN's plain softmax (14-37 ms against 1 ms on BERT-base
     scores, 22% of its int8 time at batch 8).
@@ -84,12 +87,12 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
       sum): negative sums are clipped to 0. The pass re-quantizes the operand to int8
       (dequantize, then quantize over ``[-max, max]``).
 
-Debugging and presets use the helpers at the end: :func:`insert_fake_quant`,
-:func:`downstream_nodes`, :func:`count_ops`, :func:`calibrated_nodes`.
+Debugging and presets use :func:`calibrated_nodes` and the helpers of
+:mod:`gluon_quant.graph.tools` (re-exported here): :func:`insert_fake_quant`,
+:func:`downstream_nodes`, :func:`count_ops`.
 """
 import collections
 import enum
-import json
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Tuple
@@ -106,9 +109,11 @@ from .islands import small_int8_regions
 from .layout import channels_first_convolutions, plain_reshaped_inputs
 from .normalize import fold_input_normalization
 from .stem import fp32_stem
+from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
-                       lift_1d_to_2d, masked_softmax, num_outputs, unique_names)
+                       lift_1d_to_2d, masked_softmax, numpy_concatenations, same_shape_adds,
+                       unique_names)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
            "global_adaptive_pools", "fold_dense_batchnorm", "fold_parameter_expressions",
@@ -121,8 +126,6 @@ __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_p
 
 _log = logging.getLogger(__name__)
 
-#: The operators that move tensors in and out of int8.
-QDQ_OPS = ("_contrib_quantize_v2", "_contrib_dequantize", "_contrib_requantize")
 
 
 class Stage(enum.Enum):
@@ -620,105 +623,6 @@ def _operand_max(nodes, entry):
         return None
 
 
-def insert_fake_quant(graph, ranges):
-    """Round every tensor of an fp32 graph that has a range onto its finest 8-bit grid.
-
-    Each entry whose table key (``X_output``, ``X_output1``..., or an input's name) is in
-    ``ranges`` is followed by a quantize / dequantize pair: uint8 over ``[0, max]`` when
-    the range is non-negative, int8 over ``[-m, m]`` (``m`` the larger magnitude)
-    otherwise, exactly MXNet's int8 quantization. Everything else stays fp32.
-
-    Parameters
-    ----------
-    graph : dict
-        An fp32 graph as JSON (modified in place).
-    ranges : Mapping of str to (float, float)
-        Calibrated ranges by table key.
-
-    Returns
-    -------
-    dict of str to str
-        Name of each rounded node (variable or operator, first output) -> name of the node
-        that now gives its rounded value.
-    """
-    nodes = graph["nodes"]
-    new, replaced, rounded = [], {}, {}
-    for index, node in enumerate(nodes):
-        outputs = [(0, node["name"])] if node["op"] == "null" else [
-            (k, node["name"] + ("_output" if k == 0 else "_output%d" % k))
-            for k in range(num_outputs(node))]
-        for out, key in outputs:
-            if key not in ranges:
-                continue
-            lo, hi = (float(v) for v in ranges[key])
-            base = len(nodes) + len(new)
-            new.append({"op": "_contrib_quantize_v2", "name": "%s_%d_fakequant" % (
-                node["name"], out), "inputs": [[index, out, 0]], "attrs": {
-                    "out_type": "uint8" if lo >= 0.0 else "int8",
-                    "min_calib_range": repr(lo), "max_calib_range": repr(hi)}})
-            new.append({"op": "_contrib_dequantize", "name": "%s_%d_fakedequant" % (
-                node["name"], out), "inputs": [[base, 0, 0], [base, 1, 0], [base, 2, 0]],
-                "attrs": {"out_type": "float32"}})
-            replaced[(index, out)] = base + 1
-            if out == 0:
-                rounded[node["name"]] = new[-1]["name"]
-    for node in nodes:
-        node["inputs"] = [[replaced[(e[0], e[1])], 0, 0] if (e[0], e[1]) in replaced else e
-                          for e in node["inputs"]]
-    graph["heads"] = [[replaced[(h[0], h[1])], 0, 0] if (h[0], h[1]) in replaced else h
-                      for h in graph["heads"]]
-    if new:
-        append_nodes(graph, new)
-    return rounded
-
-
-def downstream_nodes(graph, seeds):
-    """Names of every node fed, directly or not, by a node in ``seeds`` (seeds excluded).
-
-    Parameters
-    ----------
-    graph : GraphView
-    seeds : iterable of str
-        Node names.
-
-    Returns
-    -------
-    set of str
-    """
-    consumers = collections.defaultdict(list)
-    for node in graph:
-        for src in node.inputs:
-            consumers[src].append(node.name)
-    seeds = set(seeds)
-    found, todo = set(), list(seeds)
-    while todo:
-        for nxt in consumers.get(todo.pop(), ()):
-            if nxt not in found and nxt not in seeds:
-                found.add(nxt)
-                todo.append(nxt)
-    return found
-
-
-def count_ops(graph, ops=QDQ_OPS):
-    """How many nodes of each operator in ``ops`` a graph has.
-
-    Parameters
-    ----------
-    graph : dict or mxnet.symbol.Symbol
-        The graph as JSON dict, or a Symbol.
-    ops : tuple of str
-
-    Returns
-    -------
-    dict of str to int
-        Operator -> count (0 for absent operators).
-    """
-    if hasattr(graph, "tojson"):
-        graph = json.loads(graph.tojson())
-    counts = collections.Counter(n["op"] for n in graph["nodes"])
-    return {op: counts.get(op, 0) for op in ops}
-
-
 #: Every pass, in the order it runs. Tests and users may replace this tuple to switch a
 #: pass off (:func:`run_passes` reads it at each call).
 def _rewrite(function, **options):
@@ -742,6 +646,8 @@ PASSES = (
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
     # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
     # or (sigmoid) computes 1-ulp different values than tanh/sigmoid in fp32.
+    GraphPass("same_shape_adds", Stage.TRACED, same_shape_adds),
+    GraphPass("numpy_concatenations", Stage.TRACED, numpy_concatenations),
     GraphPass("canonical_activations", Stage.TRACED,
               _rewrite(canonical_activations, ops=("relu", "_npx_relu"))),
     GraphPass("flatten_fc_inputs", Stage.TRACED,

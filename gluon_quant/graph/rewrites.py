@@ -20,7 +20,8 @@ from .. import _mxnet
 
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
-           "known_shape", "append_nodes", "reachable"]
+           "known_shape", "append_nodes", "reachable", "same_shape_adds", "BROADCAST_ADDS",
+           "numpy_concatenations"]
 
 _log = logging.getLogger(__name__)
 
@@ -137,6 +138,74 @@ def global_adaptive_pools(graph, context=None):  # pylint: disable=unused-argume
     if rewritten:
         _log.debug("Rewrote %d AdaptiveAvgPooling2D(1) nodes as global average pooling.",
                    rewritten)
+    return {}
+
+
+#: Additions that broadcast, traced from ``x + y`` in NumPy mode (``_npi_add``) or written
+#: as ``F.broadcast_add``: with operands of one shape they are ``elemwise_add``.
+BROADCAST_ADDS = frozenset(("_npi_add", "broadcast_add", "broadcast_plus"))
+
+
+def same_shape_adds(graph, context):
+    """Rewrite a broadcasting addition of two same-shaped tensors as ``elemwise_add``.
+
+    oneDNN fuses only ``elemwise_add`` into a convolution as its residual sum, and MXNet
+    1.9.1 has an int8 kernel for it alone: a ResNet written in NumPy mode (``Y + X`` is
+    ``_npi_add`` there) kept all 8 residual sums fp32 and unfused. Exact: the same
+    element-wise sums. Needs the shapes (``context.infer_shapes``); without them nothing
+    is rewritten.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    candidates = [n for n in graph["nodes"] if n["op"] in BROADCAST_ADDS and len(n["inputs"]) == 2]
+    if not candidates or context is None or context.infer_shapes is None:
+        return {}
+    shapes = context.infer_shapes(graph) or {}
+    nodes = graph["nodes"]
+    for node in candidates:
+        a, b = (shapes.get((nodes[e[0]]["name"], e[1])) for e in node["inputs"])
+        if a is not None and a == b:
+            node["op"] = "elemwise_add"
+            node["attrs"] = {k: v for k, v in (node.get("attrs") or {}).items()
+                             if k.startswith("__")}
+    return {}
+
+
+def numpy_concatenations(graph, context=None):  # pylint: disable=unused-argument
+    """Rewrite NumPy mode's ``np.concatenate`` (``_npi_concatenate``) as ``Concat``.
+
+    MXNet 1.9.1's quantization pass has an int8 kernel for ``Concat`` only: an Inception
+    block written in NumPy mode kept its channel concatenations fp32 (a dequantize of
+    every branch and a quantize after). Exact: the same operator under its legacy name.
+    A negative axis is rewritten where the shapes give the rank; ``axis=None`` is not.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    nodes = graph["nodes"]
+    shapes = None
+    for node in nodes:
+        attrs = node.get("attrs") or {}
+        if node["op"] != "_npi_concatenate" or attrs.get("axis", "0") in ("None", ""):
+            continue
+        axis = int(attrs.get("axis", "0"))
+        if axis < 0:
+            if shapes is None:
+                shapes = (context.infer_shapes(graph) or {}) if context is not None \
+                    and context.infer_shapes else {}
+            first = node["inputs"][0]
+            shape = shapes.get((nodes[first[0]]["name"], first[1]))
+            if shape is None:
+                continue
+            axis += len(shape)
+        node["op"] = "Concat"
+        node["attrs"] = dict({k: v for k, v in attrs.items() if k.startswith("__")},
+                             dim=str(axis), num_args=str(len(node["inputs"])))
     return {}
 
 
