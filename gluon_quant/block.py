@@ -39,9 +39,12 @@ def _setting(name):
 
 
 def _checked_net(net):
-    """``net`` if it is an fp32 Gluon ``HybridBlock``; else the package's error."""
+    """``net`` if it is an fp32 Gluon ``HybridBlock`` (a plain ``nn.Sequential`` of them:
+    a ``HybridSequential`` over the same layers); else the package's error."""
     from .symbol_block import QuantizedSymbolBlock    # deferred: it reads this package's
-    if not isinstance(net, HybridBlock):              # export format
+    if isinstance(net, mx.gluon.nn.Sequential):       # export format
+        net = _hybrid_sequential(net)
+    if not isinstance(net, HybridBlock):
         raise NotHybridizableError(
             "quantize() needs a mxnet.gluon.HybridBlock, got %s. Convert the model to "
             "HybridBlock/HybridSequential layers with a hybrid_forward." % type(net).__name__)
@@ -50,6 +53,23 @@ def _checked_net(net):
             "The network is already an int8 %s: quantize the fp32 network it was made from "
             "(qnet.net for a QuantizedHybridBlock), or use it as it is." % type(net).__name__)
     return net
+
+
+def _hybrid_sequential(seq, path="net"):
+    """A ``HybridSequential`` holding the layers of the ``nn.Sequential`` ``seq`` themselves
+    (parameters shared, nothing copied): ``nn.Sequential`` is how many Gluon users stack
+    hybridizable layers, and it runs them exactly as ``HybridSequential`` does."""
+    view = mx.gluon.nn.HybridSequential(prefix=seq.prefix)
+    for name, child in _mxnet.named_children(seq):
+        if isinstance(child, mx.gluon.nn.Sequential):
+            child = _hybrid_sequential(child, "%s[%s]" % (path, name))
+        if not isinstance(child, HybridBlock):
+            raise NotHybridizableError(
+                "quantize() needs HybridBlocks, and %s[%s] of this nn.Sequential is a %s (a "
+                "Block without hybrid_forward). Rewrite it as a HybridBlock; every other "
+                "layer can stay as it is." % (path, name, type(child).__name__))
+        view.add(child)
+    return view
 
 
 class QuantizedHybridBlock(HybridBlock):

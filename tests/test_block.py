@@ -164,6 +164,38 @@ def test_non_hybridizable_nets():
         gq.quantize(net, [np.ones((1, 2), "float32")], progress=False)
 
 
+def test_plain_sequential_of_hybrid_layers_is_quantized(tmp_path):
+    """``nn.Sequential`` (not Hybrid) is how many users stack hybridizable layers: it is
+    quantized over the same layers (it was refused as not a HybridBlock); a child that is
+    not hybridizable is named by its position."""
+    net = nn.Sequential()
+    inner = nn.Sequential()
+    inner.add(nn.Conv2D(16, 3, activation="relu"), nn.MaxPool2D())
+    net.add(inner, nn.Conv2D(16, 3, activation="relu"), nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.rand(4, 3, 20, 20).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    x = batches[0]
+    ref = net(x).asnumpy()
+    out = qnet(x).asnumpy()
+    assert np.dot(ref.ravel(), out.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(out)) > 0.999
+    assert qnet.report().coverage() == (3, 3)
+    assert [row.layer for row in qnet.report()][:2] == [inner[0].name, inner[1].name]
+
+    class Plain(gluon.Block):
+        def forward(self, x):
+            return x * 2
+
+    bad = nn.Sequential()
+    bad_inner = nn.Sequential()
+    bad_inner.add(nn.Dense(4), Plain())
+    bad.add(nn.Dense(4), bad_inner)
+    bad.initialize()
+    with pytest.raises(gq.NotHybridizableError, match=r"net\[1\]\[1\] of this nn.Sequential is a Plain"):
+        gq.quantize(bad, [np.ones((1, 2), "float32")], progress=False)
+
+
 def test_forward_that_raises_is_reported(tiny_batches):
     class Broken(gluon.HybridBlock):
         def __init__(self):
