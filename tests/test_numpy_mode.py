@@ -134,3 +134,25 @@ def test_numpy_mode_concatenations_run_in_int8(np_mode):
     concats = [row for row in report if row.op in ("Concat", "_npi_concatenate")]
     assert len(concats) == 4 and all(row.op == "Concat" and row.quantized for row in concats)
     assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
+
+
+def test_a_numpy_mode_export_loaded_as_symbolblock_quantizes(np_mode, tmp_path):
+    """``net.export()`` then ``SymbolBlock.imports`` in NumPy mode: MXNet 1.9.1's SymbolBlock
+    cannot be called with NumPy symbols ("not iterable"), so its graph is composed as a
+    legacy one."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(16, 3, activation="relu"), nn.MaxPool2D(), nn.Conv2D(32, 3),
+            nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    rs = onp.random.RandomState(4)
+    batches = [np_mode.array(rs.rand(4, 3, 20, 20).astype("float32")) for _ in range(3)]
+    net(batches[0])
+    net.export(str(tmp_path / "fp32"))
+    block = mx.gluon.SymbolBlock.imports(str(tmp_path / "fp32-symbol.json"), ["data"],
+                                         str(tmp_path / "fp32-0000.params"))
+    qnet = gq.quantize(block, batches, progress=False)
+    out = qnet(batches[0])
+    assert isinstance(out, mx.np.ndarray)
+    assert _cos(block(batches[0]), out) > 0.999
+    assert qnet.report().coverage() == (3, 3)

@@ -88,11 +88,15 @@ def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
     dtypes = dtypes or ["float32"] * num_inputs
     syms = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
     try:
-        with np_scope(np_mode):
-            args = [s.as_np_ndarray() for s in syms] if np_mode else syms
-            out = net(*(args if layout is None else regroup(args, layout)))
-            if np_mode:
-                out = _legacy_symbols(out)
+        if type(net).hybrid_forward is mx.gluon.SymbolBlock.hybrid_forward and isinstance(
+                net._cached_graph[1], mx.sym.np._Symbol):
+            out = _compose_symbol_block(net, syms)
+        else:
+            with np_scope(np_mode):
+                args = [s.as_np_ndarray() for s in syms] if np_mode else syms
+                out = net(*(args if layout is None else regroup(args, layout)))
+                if np_mode:
+                    out = _legacy_symbols(out)
     except Exception as err:  # any failure here means the forward is not symbolic
         raise NotHybridizableError(
             "%s could not be traced into a symbolic graph with %d input(s) (%s: %s). Make sure "
@@ -495,6 +499,15 @@ def shape_error(sym, shapes):
 def is_initialized(param):
     """Whether a Gluon ``Parameter`` has its data (deferred initialization not pending)."""
     return param._data is not None
+
+
+def _compose_symbol_block(block, syms):
+    """The graph of a ``SymbolBlock`` loaded in NumPy mode, on legacy variables ``syms``:
+    MXNet 1.9.1's ``SymbolBlock`` cannot be called with NumPy symbols ("'<_Symbol ...>' is
+    not iterable"), so its graph is composed here as a legacy one."""
+    inputs, output = block._cached_graph
+    graph = as_legacy(output)(**{var.name: sym for var, sym in zip(inputs, syms)})
+    return regroup(list(graph), block._out_format)
 
 
 def _legacy_symbols(out):

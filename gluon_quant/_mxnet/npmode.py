@@ -22,8 +22,13 @@ def is_np_mode():
 
 
 def net_np_mode(net):
-    """Whether ``net`` is a NumPy-mode net: its parameters hold ``mxnet.np`` arrays (with
-    none initialized yet: whether NumPy semantics are active now)."""
+    """Whether ``net`` is a NumPy-mode net: a ``SymbolBlock`` over a NumPy graph, or its
+    parameters hold ``mxnet.np`` arrays (none initialized yet: whether NumPy semantics
+    are active now)."""
+    graph = getattr(net, "_cached_graph", None) if isinstance(net, mx.gluon.SymbolBlock) \
+        else None
+    if graph:
+        return isinstance(graph[1], mx.sym.np._Symbol)
     for param in net.collect_params().values():
         data = getattr(param, "_data", None)
         if data:
