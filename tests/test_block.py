@@ -270,21 +270,27 @@ def test_a_float64_input_is_named_as_the_problem(tiny_cnn, tiny_batches):
     assert qnet(x.astype("float32")).shape[0] == 8
 
 
+def _small_cnn_built_and_loaded(tmp_path, *extra):
+    """conv-relu, max pooling, ``extra`` layers, dense: the fp32 net, its batches, the int8
+    net and its export loaded back."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, activation="relu"), nn.MaxPool2D(), *extra,
+            nn.Flatten(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.rand(4, 3, 16, 16).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    qnet.export(str(tmp_path / "m"))
+    return net, batches, qnet, gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+
+
 def test_int8_nets_run_for_inference_under_autograd(tmp_path):
     """Under ``autograd.train_mode()`` or ``record()`` the int8 nets run in predict mode,
     paused: one training-mode call of an int8 max pooling left the static buffers broken
     ("MKLDNN Pooling: incorrect workspace input" at every later call), and dropout would
     have been applied. Calibration under ``train_mode()`` gives the same table."""
-    net = nn.HybridSequential()
-    net.add(nn.Conv2D(8, 3, padding=1, activation="relu"), nn.MaxPool2D(), nn.Dropout(0.5),
-            nn.Flatten(), nn.Dense(10))
-    net.initialize(mx.init.Xavier())
-    rs = np.random.RandomState(0)
-    batches = [mx.nd.array(rs.rand(4, 3, 16, 16).astype("float32")) for _ in range(3)]
+    net, batches, qnet, loaded = _small_cnn_built_and_loaded(tmp_path, nn.Dropout(0.5))
     x = batches[0]
-    qnet = gq.quantize(net, batches, progress=False)
-    qnet.export(str(tmp_path / "m"))
-    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
     for block in (qnet, loaded):
         ref = block(x).asnumpy()
         with mx.autograd.train_mode():
@@ -303,16 +309,8 @@ def test_reinitializing_a_model_keeps_its_int8_weights(tmp_path):
     """``initialize(force_reinit=True)`` over an int8 block, or over a new model holding it
     as a backbone, used to empty the int8 weights and ranges: every later call failed
     ("Parameter ... has not been initialized yet"). Their initializer now gives them back."""
-    net = nn.HybridSequential()
-    net.add(nn.Conv2D(8, 3, padding=1, activation="relu"), nn.MaxPool2D(), nn.Flatten(),
-            nn.Dense(10))
-    net.initialize(mx.init.Xavier())
-    rs = np.random.RandomState(0)
-    batches = [mx.nd.array(rs.rand(4, 3, 16, 16).astype("float32")) for _ in range(3)]
+    _, batches, qnet, loaded = _small_cnn_built_and_loaded(tmp_path)
     x = batches[0]
-    qnet = gq.quantize(net, batches, progress=False)
-    qnet.export(str(tmp_path / "m"))
-    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
     for block in (qnet, loaded):
         ref = block(x).asnumpy()
         block.initialize(mx.init.Xavier(), force_reinit=True)
