@@ -126,7 +126,6 @@ class InputSpec:
         return type(self)(_mxnet.input_names(len(flat)), self.arg_names, self.optional,
                           self.explicit, layout)
 
-
     @classmethod
     def from_net(cls, net, num_inputs=None, batch=None, feeds=()):
         """Read the inputs from ``net.hybrid_forward``'s signature (and a batch).

@@ -55,6 +55,12 @@ def test_numpy_mode_cnn_quantizes_runs_and_exports(np_mode, tmp_path):
     again = loaded(x)
     assert isinstance(again, mx.np.ndarray)
     assert onp.array_equal(again.asnumpy(), out.asnumpy())
+    model = nn.HybridSequential()          # a backbone under a new head, hybridized
+    model.add(qnet, nn.Dense(3))
+    model[1].initialize()
+    eager = model(x)
+    model.hybridize()
+    assert onp.allclose(model(x).asnumpy(), eager.asnumpy(), rtol=1e-5, atol=1e-6)
     legacy = qnet(x.as_nd_ndarray())       # NumPy out: Gluon refuses legacy outputs here
     assert isinstance(legacy, mx.np.ndarray)
     assert onp.array_equal(legacy.asnumpy(), out.asnumpy())

@@ -37,8 +37,9 @@ def net_np_mode(net):
 
 
 def is_np_array(value):
-    """Whether ``value`` is an ``mxnet.numpy.ndarray``."""
-    return isinstance(value, mx.np.ndarray)
+    """Whether ``value`` is an ``mxnet.numpy.ndarray`` (or a NumPy symbol: a NumPy-mode
+    parent tracing the int8 block into its own graph)."""
+    return isinstance(value, (mx.np.ndarray, mx.sym.np._Symbol))
 
 
 @contextlib.contextmanager
@@ -69,9 +70,11 @@ def as_legacy(value):
 
 
 def as_np(value):
-    """NumPy views of legacy arrays, through nested lists and tuples."""
+    """NumPy views of legacy arrays (and symbols), through nested lists and tuples."""
     if isinstance(value, (list, tuple)):
         return type(value)(as_np(v) for v in value)
     if isinstance(value, mx.nd.NDArray) and not isinstance(value, mx.np.ndarray):
+        return value.as_np_ndarray()
+    if isinstance(value, mx.sym.Symbol) and not isinstance(value, mx.sym.np._Symbol):
         return value.as_np_ndarray()
     return value
