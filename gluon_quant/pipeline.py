@@ -723,7 +723,8 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
     if config.bias_correction and spec.bias_correction:
         qparams, table = _correct_bias(plan, final, qparams, params, table, bias_inputs,
                                        _context(config), config.weight_rounding.value)
-    block = _mxnet.symbol_block(final, input_names, qparams, _context(config))
+    block = _mxnet.symbol_block(final, input_names, qparams, _context(config),
+                                trainable=False)     # inference only: no gradient buffers
     for line in dict.fromkeys(messages):
         _log.debug("MXNet: %s", line)
     return BuiltModel(plan=plan, symbol=final, table=table, block=block,

@@ -321,3 +321,29 @@ def test_reinitializing_a_model_keeps_its_int8_weights(tmp_path):
         model.hybridize()
         assert model(x).shape == (4, 3)
         assert np.array_equal(block(x).asnumpy(), ref)
+
+
+def test_a_head_trains_over_an_int8_backbone_with_one_trainer(tmp_path):
+    """``Trainer(model.collect_params())`` over a new head and an int8 backbone: the int8
+    parameters have no gradient (grad_req 'null', no buffers), so the Trainer skips them
+    (it refused to step: "Gradient of Parameter ... has not been updated") and weight decay
+    never touches them."""
+    _, batches, qnet, loaded = _small_cnn_built_and_loaded(tmp_path)
+    x = batches[0]
+    for block in (qnet, loaded):
+        ref = block(x).asnumpy()
+        assert {p.grad_req for p in block.collect_params().values()} == {"null"}
+        model = nn.HybridSequential()
+        model.add(block, nn.Dense(3))
+        model[1].initialize(mx.init.Xavier())
+        model(x)                                # the head's shapes
+        trainer = gluon.Trainer(model.collect_params(), "sgd",
+                                {"learning_rate": 0.1, "wd": 0.01})
+        head = model[1].weight.data().asnumpy()
+        for _ in range(2):
+            with mx.autograd.record():
+                loss = model(x).sum()
+            loss.backward()
+            trainer.step(4)
+        assert not np.array_equal(model[1].weight.data().asnumpy(), head)   # the head learnt
+        assert np.array_equal(block(x).asnumpy(), ref)                      # the backbone not
