@@ -548,3 +548,28 @@ def test_list_arguments_such_as_rnn_states_are_inputs(tmp_path):
     with pytest.raises(gq.InputMismatchError, match=r"nested as \[0, 0\].*traced with "
                                                     r"\[0, \[0, 0\]\]"):
         gq.quantize(net, batches + [(x, states[0])], num_inputs=2)
+
+
+def test_sync_batchnorm_folds_like_batchnorm():
+    """A net trained with GluonCV's ``norm_layer=SyncBatchNorm`` keeps it at inference:
+    it runs as the BatchNorm it is there, folded into its convolution (it stayed fp32
+    between a dequantize and a quantize)."""
+    from mxnet.gluon.contrib.nn import SyncBatchNorm
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(32, 3, padding=1), SyncBatchNorm(num_devices=1), nn.Activation("relu"),
+            nn.Conv2D(32, 3, padding=1), SyncBatchNorm(num_devices=1), nn.Activation("relu"),
+            nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(5)
+    x = mx.nd.array(rs.uniform(-1, 1, (8, 3, 16, 16)).astype("float32"))
+    net(x)
+    for name, param in net.collect_params().items():     # trained-looking statistics
+        if name.endswith(("running_mean", "running_var", "gamma", "beta")):
+            low = 0.5 if name.endswith(("running_var", "gamma")) else -0.2
+            param.set_data(mx.nd.array(rs.uniform(low, low + 0.6, param.shape)))
+    qnet = gq.quantize(net, [x[:4], x[4:]], progress=False)
+    report = qnet.report()
+    assert "_contrib_SyncBatchNorm" not in [row.op for row in report]
+    folded = [row for row in report if row.pattern == "Convolution+BatchNorm+Activation(relu)"]
+    assert len(folded) == 2 and all(row.quantized for row in folded)
+    assert _agree(net, qnet, x) > 0.999

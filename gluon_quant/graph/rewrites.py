@@ -21,7 +21,7 @@ from .. import _mxnet
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
            "known_shape", "append_nodes", "reachable", "same_shape_adds", "BROADCAST_ADDS",
-           "numpy_concatenations"]
+           "numpy_concatenations", "sync_batchnorms"]
 
 _log = logging.getLogger(__name__)
 
@@ -171,6 +171,35 @@ def same_shape_adds(graph, context):
             node["op"] = "elemwise_add"
             node["attrs"] = {k: v for k, v in (node.get("attrs") or {}).items()
                              if k.startswith("__")}
+    return {}
+
+
+#: Attributes ``_contrib_SyncBatchNorm`` shares with ``BatchNorm`` (the rest, ``key`` and
+#: ``ndev``, only say how training synchronizes devices).
+_BATCHNORM_ATTRS = ("eps", "momentum", "fix_gamma", "use_global_stats", "output_mean_var")
+
+
+def sync_batchnorms(graph, context=None):  # pylint: disable=unused-argument
+    """Rewrite ``SyncBatchNorm`` (``_contrib_SyncBatchNorm``) as ``BatchNorm``.
+
+    A net trained on several GPUs with GluonCV's ``norm_layer=SyncBatchNorm`` keeps that
+    layer at inference, where it normalizes with its running statistics exactly as
+    ``BatchNorm`` does (same inputs: data, gamma, beta, running mean and variance). oneDNN
+    folds only ``BatchNorm`` into a convolution: a conv/SyncBatchNorm/ReLU net kept each
+    normalization fp32 between a dequantize and a quantize (1.2x fp32 speed instead of
+    the folded int8 convolutions').
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    for node in graph["nodes"]:
+        if node["op"] == "_contrib_SyncBatchNorm":
+            attrs = node.get("attrs") or {}
+            node["op"] = "BatchNorm"
+            node["attrs"] = {k: v for k, v in attrs.items()
+                             if k.startswith("__") or k in _BATCHNORM_ATTRS}
     return {}
 
 
