@@ -550,14 +550,19 @@ def test_list_arguments_such_as_rnn_states_are_inputs(tmp_path):
         gq.quantize(net, batches + [(x, states[0])], num_inputs=2)
 
 
-def test_sync_batchnorm_folds_like_batchnorm():
-    """A net trained with GluonCV's ``norm_layer=SyncBatchNorm`` keeps it at inference:
-    it runs as the BatchNorm it is there, folded into its convolution (it stayed fp32
-    between a dequantize and a quantize)."""
+@pytest.mark.parametrize("variant", ["SyncBatchNorm", "BatchNormReLU"])
+def test_batchnorm_variants_fold_like_batchnorm(variant):
+    """A net trained with GluonCV's ``norm_layer=SyncBatchNorm``, or written with Gluon's
+    ``nn.BatchNormReLU``: each runs as the BatchNorm (+ ReLU) it is at inference, folded
+    into its convolution (it stayed fp32 between a dequantize and a quantize)."""
     from mxnet.gluon.contrib.nn import SyncBatchNorm
+
+    def norm():
+        if variant == "SyncBatchNorm":
+            return [SyncBatchNorm(num_devices=1), nn.Activation("relu")]
+        return [nn.BatchNormReLU()]
     net = nn.HybridSequential()
-    net.add(nn.Conv2D(32, 3, padding=1), SyncBatchNorm(num_devices=1), nn.Activation("relu"),
-            nn.Conv2D(32, 3, padding=1), SyncBatchNorm(num_devices=1), nn.Activation("relu"),
+    net.add(nn.Conv2D(32, 3, padding=1), *norm(), nn.Conv2D(32, 3, padding=1), *norm(),
             nn.GlobalAvgPool2D(), nn.Dense(10))
     net.initialize(mx.init.Xavier())
     rs = np.random.RandomState(5)
@@ -569,7 +574,8 @@ def test_sync_batchnorm_folds_like_batchnorm():
             param.set_data(mx.nd.array(rs.uniform(low, low + 0.6, param.shape)))
     qnet = gq.quantize(net, [x[:4], x[4:]], progress=False)
     report = qnet.report()
-    assert "_contrib_SyncBatchNorm" not in [row.op for row in report]
+    assert not [row.op for row in report if row.op.startswith("_contrib_")]
     folded = [row for row in report if row.pattern == "Convolution+BatchNorm+Activation(relu)"]
     assert len(folded) == 2 and all(row.quantized for row in folded)
+    assert report.coverage() == (3, 3)
     assert _agree(net, qnet, x) > 0.999

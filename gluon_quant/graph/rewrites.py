@@ -21,7 +21,7 @@ from .. import _mxnet
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
            "known_shape", "append_nodes", "reachable", "same_shape_adds", "BROADCAST_ADDS",
-           "numpy_concatenations", "sync_batchnorms"]
+           "numpy_concatenations", "batchnorm_variants"]
 
 _log = logging.getLogger(__name__)
 
@@ -174,32 +174,47 @@ def same_shape_adds(graph, context):
     return {}
 
 
-#: Attributes ``_contrib_SyncBatchNorm`` shares with ``BatchNorm`` (the rest, ``key`` and
-#: ``ndev``, only say how training synchronizes devices).
-_BATCHNORM_ATTRS = ("eps", "momentum", "fix_gamma", "use_global_stats", "output_mean_var")
+#: Attributes the BatchNorm variants share with ``BatchNorm`` (SyncBatchNorm's ``key`` and
+#: ``ndev`` only say how training synchronizes devices).
+_BATCHNORM_ATTRS = ("eps", "momentum", "fix_gamma", "use_global_stats", "output_mean_var",
+                    "axis", "cudnn_off")
 
 
-def sync_batchnorms(graph, context=None):  # pylint: disable=unused-argument
-    """Rewrite ``SyncBatchNorm`` (``_contrib_SyncBatchNorm``) as ``BatchNorm``.
+def batchnorm_variants(graph, context=None):  # pylint: disable=unused-argument
+    """Rewrite ``SyncBatchNorm`` as ``BatchNorm``, and ``BatchNormReLU`` as ``BatchNorm``
+    followed by ``Activation(relu)``.
 
-    A net trained on several GPUs with GluonCV's ``norm_layer=SyncBatchNorm`` keeps that
-    layer at inference, where it normalizes with its running statistics exactly as
-    ``BatchNorm`` does (same inputs: data, gamma, beta, running mean and variance). oneDNN
-    folds only ``BatchNorm`` into a convolution: a conv/SyncBatchNorm/ReLU net kept each
-    normalization fp32 between a dequantize and a quantize (1.2x fp32 speed instead of
-    the folded int8 convolutions').
+    At inference both are exactly these (running statistics, the same inputs: data,
+    gamma, beta, running mean and variance), but oneDNN folds only ``BatchNorm`` (and a
+    ReLU ``Activation``) into a convolution. A net trained on several GPUs with GluonCV's
+    ``norm_layer=SyncBatchNorm``, or written with Gluon's ``nn.BatchNormReLU``, kept each
+    normalization fp32 between a dequantize and a quantize (a conv/SyncBatchNorm/ReLU net
+    ran at 1.2x fp32 speed instead of the folded int8 convolutions' 12x).
 
     Returns
     -------
     dict
         Empty: the rewrite keeps nothing in fp32.
     """
-    for node in graph["nodes"]:
-        if node["op"] == "_contrib_SyncBatchNorm":
-            attrs = node.get("attrs") or {}
+    nodes, relus = graph["nodes"], {}
+    for index, node in enumerate(nodes):
+        if node["op"] in ("_contrib_SyncBatchNorm", "_contrib_BatchNormWithReLU"):
+            if node["op"] == "_contrib_BatchNormWithReLU":
+                relus[index] = {"op": "Activation", "name": node["name"] + "_relu",
+                                "attrs": {"act_type": "relu"}, "inputs": [[index, 0, 0]]}
             node["op"] = "BatchNorm"
-            node["attrs"] = {k: v for k, v in attrs.items()
+            node["attrs"] = {k: v for k, v in (node.get("attrs") or {}).items()
                              if k.startswith("__") or k in _BATCHNORM_ATTRS}
+    if relus:
+        position = {index: len(nodes) + k for k, index in enumerate(relus)}
+
+        def read(entry):
+            return [position[entry[0]], 0, 0] if entry[0] in position and entry[1] == 0 \
+                else entry
+        for node in nodes:
+            node["inputs"] = [read(e) for e in node["inputs"]]
+        graph["heads"] = [read(h) for h in graph["heads"]]
+        append_nodes(graph, list(relus.values()))
     return {}
 
 
