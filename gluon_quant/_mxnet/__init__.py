@@ -88,15 +88,13 @@ def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
     dtypes = dtypes or ["float32"] * num_inputs
     syms = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
     try:
-        if type(net).hybrid_forward is mx.gluon.SymbolBlock.hybrid_forward and isinstance(
-                net._cached_graph[1], mx.sym.np._Symbol):
-            out = _compose_symbol_block(net, syms)
+        if np_mode and type(net).hybrid_forward is mx.gluon.SymbolBlock.hybrid_forward:
+            out = _compose_symbol_block(net, syms)      # its graph is a NumPy one
         else:
             with np_scope(np_mode):
                 args = [s.as_np_ndarray() for s in syms] if np_mode else syms
                 out = net(*(args if layout is None else regroup(args, layout)))
-                if np_mode:
-                    out = _legacy_symbols(out)
+                out = as_legacy(out)
     except Exception as err:  # any failure here means the forward is not symbolic
         raise NotHybridizableError(
             "%s could not be traced into a symbolic graph with %d input(s) (%s: %s). Make sure "
@@ -510,12 +508,6 @@ def _compose_symbol_block(block, syms):
     return regroup(list(graph), block._out_format)
 
 
-def _legacy_symbols(out):
-    if isinstance(out, (list, tuple)):
-        return type(out)(_legacy_symbols(o) for o in out)
-    return as_legacy(out)
-
-
 def call_net(net, args, np_mode=False):
     """Call the user's fp32 ``net`` on legacy arrays ``args`` (nested as it takes them) the
     way it was written: NumPy arrays under NumPy semantics for a NumPy-mode net. Its
@@ -524,7 +516,7 @@ def call_net(net, args, np_mode=False):
         return net(*args)
     with np_scope(True):
         out = net(*as_np(list(args)))
-    return _legacy_symbols(out)
+    return as_legacy(out)
 
 
 def finish_deferred_init(net, inputs, layout=None, np_mode=False):

@@ -63,7 +63,10 @@ def np_scope(active):
 
 
 def as_legacy(value):
-    """The legacy ``NDArray`` view of a NumPy array or symbol (anything else as it is)."""
+    """The legacy view of a NumPy array or symbol, through nested lists and tuples
+    (anything else as it is)."""
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_legacy(v) for v in value)
     if isinstance(value, (mx.np.ndarray, mx.sym.np._Symbol)):
         return value.as_nd_ndarray()
     return value

@@ -22,6 +22,7 @@ import logging
 
 from .rewrites import append_nodes as _append_nodes
 from .rewrites import reachable as _reachable
+from .rewrites import private_attrs
 
 _log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def canonical_activations(graph, ops=tuple(FUSABLE_ACTIVATIONS)):
             act = wanted[node["op"]]
             # Keep private attributes (__profiler_scope__, __layout__...); the operator has
             # no parameters of its own.
-            attrs = {k: v for k, v in (node.get("attrs") or {}).items() if k.startswith("__")}
+            attrs = private_attrs(node)
             attrs["act_type"] = act
             node["op"], node["attrs"] = "Activation", attrs
             rewritten[node["name"]] = act

@@ -20,7 +20,7 @@ from .. import _mxnet
 
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
-           "known_shape", "append_nodes", "reachable", "same_shape_adds", "BROADCAST_ADDS",
+           "known_shape", "append_nodes", "reachable", "private_attrs", "same_shape_adds", "BROADCAST_ADDS",
            "numpy_concatenations", "batchnorm_variants"]
 
 _log = logging.getLogger(__name__)
@@ -141,6 +141,12 @@ def global_adaptive_pools(graph, context=None):  # pylint: disable=unused-argume
     return {}
 
 
+def private_attrs(node, keep=()):
+    """A node's private attributes (``__profiler_scope__``, ``__layout__``...) and those named
+    in ``keep``: what a node rewritten as another operator takes along."""
+    return {k: v for k, v in (node.get("attrs") or {}).items() if k.startswith("__") or k in keep}
+
+
 #: Additions that broadcast, traced from ``x + y`` in NumPy mode (``_npi_add``) or written
 #: as ``F.broadcast_add``: with operands of one shape they are ``elemwise_add``.
 BROADCAST_ADDS = frozenset(("_npi_add", "broadcast_add", "broadcast_plus"))
@@ -168,9 +174,7 @@ def same_shape_adds(graph, context):
     for node in candidates:
         a, b = (shapes.get((nodes[e[0]]["name"], e[1])) for e in node["inputs"])
         if a is not None and a == b:
-            node["op"] = "elemwise_add"
-            node["attrs"] = {k: v for k, v in (node.get("attrs") or {}).items()
-                             if k.startswith("__")}
+            node["op"], node["attrs"] = "elemwise_add", private_attrs(node)
     return {}
 
 
@@ -202,9 +206,7 @@ def batchnorm_variants(graph, context=None):  # pylint: disable=unused-argument
             if node["op"] == "_contrib_BatchNormWithReLU":
                 relus[index] = {"op": "Activation", "name": node["name"] + "_relu",
                                 "attrs": {"act_type": "relu"}, "inputs": [[index, 0, 0]]}
-            node["op"] = "BatchNorm"
-            node["attrs"] = {k: v for k, v in (node.get("attrs") or {}).items()
-                             if k.startswith("__") or k in _BATCHNORM_ATTRS}
+            node["op"], node["attrs"] = "BatchNorm", private_attrs(node, _BATCHNORM_ATTRS)
     if relus:
         position = {index: len(nodes) + k for k, index in enumerate(relus)}
 
@@ -248,8 +250,8 @@ def numpy_concatenations(graph, context=None):  # pylint: disable=unused-argumen
                 continue
             axis += len(shape)
         node["op"] = "Concat"
-        node["attrs"] = dict({k: v for k, v in attrs.items() if k.startswith("__")},
-                             dim=str(axis), num_args=str(len(node["inputs"])))
+        node["attrs"] = dict(private_attrs(node), dim=str(axis),
+                             num_args=str(len(node["inputs"])))
     return {}
 
 
