@@ -17,7 +17,8 @@ from .calib import get_calibrator
 from .config import QuantConfig
 from .data import BatchConverter, InputSpec, call_inputs, call_outputs, peek, run_error
 from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
-                     NotHybridizableError, refuse_cast, refuse_pickling)
+                     NotHybridizableError, refuse_cast, refuse_pickling,
+                     refuse_summary)
 from .presets import resolve_preset
 from .debug.timing import layer_timing
 from .report import build_report
@@ -55,6 +56,9 @@ def _checked_net(net):
     return net
 
 
+_LAMBDA_HINT = " (nn.HybridLambda(lambda F, x: ...) for an nn.Lambda, F being mx.nd or mx.sym)"
+
+
 def _hybrid_sequential(seq, path="net"):
     """A ``HybridSequential`` holding the layers of the ``nn.Sequential`` ``seq`` themselves
     (parameters shared, nothing copied): ``nn.Sequential`` is how many Gluon users stack
@@ -66,8 +70,9 @@ def _hybrid_sequential(seq, path="net"):
         if not isinstance(child, HybridBlock):
             raise NotHybridizableError(
                 "quantize() needs HybridBlocks, and %s[%s] of this nn.Sequential is a %s (a "
-                "Block without hybrid_forward). Rewrite it as a HybridBlock; every other "
-                "layer can stay as it is." % (path, name, type(child).__name__))
+                "Block without hybrid_forward). Rewrite it as a HybridBlock%s; every other "
+                "layer can stay as it is." % (path, name, type(child).__name__, _LAMBDA_HINT
+                                              if isinstance(child, mx.gluon.nn.Lambda) else ""))
         view.add(child)
     return view
 
@@ -100,8 +105,8 @@ class QuantizedHybridBlock(HybridBlock):
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
         self._converter = self._samples = self._input_shapes = self._inputs = None
 
-    __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
-    cast = refuse_cast                  # int8 weights and ranges would be lost
+    # MXNet handles (export() it instead), int8 weights (no cast), one graph (no summary)
+    __reduce_ex__, cast, summary = refuse_pickling, refuse_cast, refuse_summary
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
@@ -256,7 +261,8 @@ class QuantizedHybridBlock(HybridBlock):
         except GluonQuantError:
             raise
         except (_mxnet.MXNetError, ValueError) as err:
-            raise run_error(err, [x, *args], self._fused.inputs, self._calibration) from err
+            raise run_error(err, [x, *args], self._fused.inputs, self._calibration,
+                            self.ctx) from err
         return call_outputs(out, np_in)     # tuples, as fp32 nets return; NumPy if given
 
     def hybrid_forward(self, F, x, *args):  # pylint: disable=arguments-differ

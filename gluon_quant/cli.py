@@ -24,11 +24,13 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERNAL = 3
 EXIT_INTERRUPTED = 130
+EXIT_PIPE = 141       # 128 + SIGPIPE, as a shell reports a command whose reader closed
 
 _log = logging.getLogger("gluon_quant.cli")
 
 _EXIT_HELP = """exit codes: 0 ok, 1 gluon_quant error (message on stderr), 2 usage error,
-            3 internal error (rerun with --verbose and report it), 130 interrupted"""
+            3 internal error (rerun with --verbose and report it), 130 interrupted,
+            141 output pipe closed by its reader"""
 
 _MAIN_EPILOG = """examples:
   gluon-quant demo
@@ -555,12 +557,17 @@ def _plot_calibration(qnet, directory, out):
 
 def _load_report(prefix):
     from .errors import ArtifactError
-    from .report import LayerReport, QuantReport
+    from .export import file_names
+    from .report import QuantReport
+    from .symbol_block import export_report
     path = prefix if prefix.endswith(".json") else prefix + "-report.json"
     try:
         with open(path, encoding="utf-8") as handle:
             state = json.load(handle)
     except OSError as err:
+        if not prefix.endswith(".json") and os.path.isfile(file_names(prefix)["meta"]):
+            report = export_report(prefix)      # an export written by qnet.export()
+            return report, {"model": prefix}, file_names(prefix)["meta"]
         raise ArtifactError("Cannot read the report %r (%s). Create it with: gluon-quant "
                             "quantize MODEL --calib DATA --out %s"
                             % (path, err.strerror or err, prefix)) from None
@@ -568,13 +575,9 @@ def _load_report(prefix):
         raise ArtifactError("%r is not a valid report (truncated or not JSON: %s)."
                             % (path, err)) from None
     try:
-        layers = [LayerReport(**dict(r, threshold=None if r.get("threshold") is None
-                                     else tuple(r["threshold"]))) for r in state["layers"]]
-        report = QuantReport(layers, backend=state["backend"], dtype=state["dtype"],
-                             granularity=state["granularity"], calibrator=state["calibrator"])
-    except (KeyError, TypeError) as err:
-        raise ArtifactError("%r is not a gluon_quant report (%s: %s)."
-                            % (path, type(err).__name__, err)) from None
+        report = QuantReport.from_dict(state)
+    except ValueError as err:
+        raise ArtifactError("%r is %s." % (path, err)) from None
     return report, state, path
 
 
@@ -596,7 +599,8 @@ def _cmd_report(args, out):
                              calibrator=report.calibrator)
     out.text("%s (%s)" % (state.get("model", "?"), path))
     out.text(str(report))
-    files = _export_files(path[:-len("-report.json")]) if path.endswith("-report.json") else {}
+    files = next((_export_files(path[:-len(end)]) for end in ("-report.json", "-meta.json")
+                  if path.endswith(end)), {})
     for role, (name, size) in sorted(files.items()):
         out.text("  %-8s %s (%.2f MB)" % (role, name, size / 1e6))
     out.result(dict(report.to_dict(), model=state.get("model"), coverage=_coverage(report),
@@ -759,6 +763,10 @@ def main(argv=None, *, stdout=None):
         except KeyboardInterrupt:
             print("gluon-quant: interrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        except BrokenPipeError:     # the reader went away (`... --json | head`): stop quietly
+            if stdout is None:      # and let Python's exit flush into nothing
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return EXIT_PIPE
         except Exception as err:  # pylint: disable=broad-except
             if args.verbose:
                 traceback.print_exc(file=sys.stderr)

@@ -7,6 +7,7 @@ elements feed the net's ``k`` inputs and the rest (labels, ids) are ignored.
 import inspect
 import itertools
 import logging
+import numbers
 from typing import Callable, List, Optional, Sequence
 
 import mxnet as mx
@@ -83,7 +84,8 @@ class InputSpec:
             meta = table_meta["inputs"]
             spec = cls(meta["names"], meta["arg_names"], meta.get("optional", ()),
                        meta.get("explicit", False), meta.get("layout"))
-            flat, _ = nest([0] * len(spec.arg_names) if spec.layout is None else spec.layout)
+            flat, _ = nest([0] * len(spec.arg_names) if spec.layout is None else spec.layout,
+                           arrays=False)
         except (KeyError, TypeError, AttributeError):
             return None
         valid = all(isinstance(n, str) for n in spec.names + spec.arg_names)
@@ -175,13 +177,20 @@ class InputSpec:
                    explicit=settled).nested_as(batch)
 
 
-def nest(values):
+def _numbers(value):
+    """Whether ``value`` is a (nested) list/tuple of Python numbers: one array, not a nest."""
+    return (isinstance(value, (list, tuple)) and len(value) > 0
+            and all(isinstance(v, numbers.Number) or _numbers(v) for v in value))
+
+
+def nest(values, arrays=True):
     """``(flat, fmt)``: the leaves of nested lists/tuples ``values`` and Gluon's format of
-    their nesting (0 for a leaf, a list per sequence)."""
+    their nesting (0 for a leaf, a list per sequence).  With ``arrays``, a list of numbers
+    (``[[0.1, ...]]``) is one leaf: the array it spells."""
     flat, fmt = [], []
     for value in values:
-        if isinstance(value, (list, tuple)):
-            inner, inner_fmt = nest(value)
+        if isinstance(value, (list, tuple)) and not (arrays and _numbers(value)):
+            inner, inner_fmt = nest(value, arrays)
             flat.extend(inner)
             fmt.append(inner_fmt)
         else:
@@ -270,6 +279,7 @@ def peek(data):
     """
     if data is None or isinstance(data, mx.io.DataIter):
         return None, data
+    _refuse_samples(data)
     try:
         iterator = iter(data)
     except TypeError:
@@ -278,6 +288,14 @@ def peek(data):
     if iterator is data:
         data = itertools.chain([] if first is None else [first], iterator)
     return first, data
+
+
+def _refuse_samples(data):
+    """A Gluon ``Dataset`` yields single samples, not batches: say how to batch it."""
+    if isinstance(data, mx.gluon.data.Dataset):
+        raise CalibrationDataError(
+            "calib_data is a Gluon %s, which yields single samples, not batches. Wrap it in a "
+            "DataLoader: gluon.data.DataLoader(dataset, batch_size=32)." % type(data).__name__)
 
 
 def iter_batches(data, limit=None):
@@ -302,6 +320,7 @@ def iter_batches(data, limit=None):
             "num_calib_batches must be a positive int or None, got %r." % (limit,))
     if isinstance(data, mx.io.DataIter):
         data.reset()
+    _refuse_samples(data)
     try:
         iterator = iter(data)
     except TypeError as err:
@@ -480,13 +499,21 @@ def call_outputs(out, np_in):
     return _mxnet.as_np(out) if np_in or _mxnet.is_np_mode() else out
 
 
-def run_error(err, inputs, spec, calibration):
+def run_error(err, inputs, spec, calibration, ctx=None):
     """The package error for an MXNet failure of the int8 network on ``inputs``.
 
     The inputs are blamed only when they differ from the calibration batches in count,
-    rank or per-sample shape; otherwise the failure is MXNet's own, reported as such.
+    rank or per-sample shape, or live on another context than ``ctx`` (where the network
+    runs); otherwise the failure is MXNet's own, reported as such.
     """
     inputs = nest(inputs)[0]
+    elsewhere = sorted({str(a.context) for a in inputs if isinstance(a, mx.nd.NDArray)
+                        and ctx is not None and a.context != ctx})
+    if elsewhere:
+        return InputMismatchError(
+            "The inputs (%s) are on %s but the int8 network runs on %s: move them there "
+            "(x.as_in_context(mx.%s)), or quantize with ctx= where they live."
+            % (describe(inputs), ", ".join(elsewhere), ctx, ctx))
     shapes = [tuple(getattr(a, "shape", ())) for a in inputs]
     seen = list(calibration.input_shapes) if calibration is not None else None
     ndarrays = all(isinstance(a, mx.nd.NDArray) for a in inputs)
@@ -504,3 +531,4 @@ def run_error(err, inputs, spec, calibration):
         "as float32."
         % (describe(inputs), _mxnet.first_line(err).rstrip("."), spec.count,
            ", ".join(spec.arg_names), " (%s)" % seen if seen else ""))
+

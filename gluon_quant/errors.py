@@ -106,3 +106,13 @@ def refuse_cast(block, dtype, *args, **kwargs):  # pylint: disable=unused-argume
         "%s.cast(%r): an int8 network cannot be cast (its int8 weights and ranges would be "
         "lost). Cast the fp32 network before quantizing it (the int8 network is built from "
         "float32 weights), or quantize again." % (type(block).__name__, dtype))
+
+
+def refuse_summary(block, *inputs):  # pylint: disable=unused-argument
+    """The int8 block ``block``'s ``summary``: Gluon's walks an unhybridized block layer by
+    layer, and an int8 block is one compiled graph; :class:`ConfigError` says what to use."""
+    raise ConfigError(
+        "%s.summary(): Gluon's summary needs an unhybridized block, and an int8 network is "
+        "one compiled graph. print(qnet.report()) lists its layers (op, int8 or not, dtype, "
+        "range and why); summary() of the fp32 network (qnet.net for a QuantizedHybridBlock) "
+        "shows shapes and parameter counts." % type(block).__name__)

@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import tempfile
+from typing import Dict, NamedTuple, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -60,7 +61,9 @@ FORMAT = "gluon_quant.export"
 #: slower than its fp32 pair before); a 2.x reader would count it as an extra entry, so
 #: the major version changes and 2.x readers refuse 3.0 files by name. 2.x and 1.0
 #: files still load.
-FORMAT_VERSION = (3, 0)
+#: 3.1 adds ``report_text``, the per-layer report as JSON text (``report()`` of a loaded
+#: model; null for models exported before it).
+FORMAT_VERSION = (3, 1)
 
 
 class ExportFormat(_ParsableEnum):
@@ -83,9 +86,59 @@ def file_names(prefix, fmt=ExportFormat.GLUON_QUANT):
             "meta": prefix + "-meta.json"}
 
 
+class _Source(NamedTuple):
+    """What an export writes, read off a built block or a loaded export."""
+    symbol: object              # the final int8 mx.sym.Symbol
+    params: Dict[str, np.ndarray]
+    input_names: Tuple[str, ...]
+    table: object               # CalibrationTable or None
+    header: Dict[str, object]   # settings, fingerprint, inputs, output_format, table text
+
+
+def _built_source(qnet):
+    if qnet.model is None:
+        raise GraphError("Nothing to export: the network is not quantized yet. Call "
+                         "gluon_quant.quantize() (or finalize()) before export().")
+    shapes = getattr(qnet, "calib_input_shapes", None) or [None] * len(qnet.input_names)
+    table = qnet.calibration_table
+    header = {
+        "settings": {"backend": qnet.backend.value, "dtype": qnet.dtype.value,
+                     "granularity": qnet.granularity.value,
+                     "calibrator": table.method if table is not None else None},
+        "fingerprint": qnet.fingerprint,
+        "inputs": [{"name": name, "dtype": "float32",
+                    "shape": None if shape is None else [int(d) for d in shape]}
+                   for name, shape in zip(qnet.input_names, shapes)],
+        "output_format": qnet.fused.out_format,
+        "calibration_table_text": None if table is None else json.dumps(
+            table.to_dict(), separators=(",", ":"), allow_nan=False),
+        "report_text": qnet.report().to_json(separators=(",", ":")),
+    }
+    return _Source(qnet.quantized_graph,
+                   {name: value.asnumpy() for name, value in qnet.model.params.items()},
+                   tuple(qnet.input_names), table, header)
+
+
+def _loaded_source(block):
+    """A loaded :class:`QuantizedSymbolBlock`: its graph, its (unpacked) parameters and
+    the header of the metadata it was loaded with, so that its export loads as it did."""
+    meta = block.metadata
+    table = block.calibration_table
+    header = {key: meta.get(key) for key in ("settings", "fingerprint", "inputs",
+                                             "output_format", "report_text")}
+    header["calibration_table_text"] = None if table is None else json.dumps(
+        table.to_dict(), separators=(",", ":"), allow_nan=False)
+    symbol = _mxnet.symbol_block_graph(block)[1]
+    wanted = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
+    params = {p.name: p.data().asnumpy() for p in block.collect_params().values()
+              if p.name in wanted}
+    return _Source(symbol, params, tuple(block.input_names), table, header)
+
+
 @stage       # legacy array semantics: MXNet writes NumPy-mode files in another format
 def export_model(qnet, prefix, *, fmt="gluon_quant"):
-    """Write ``qnet`` (a built :class:`QuantizedHybridBlock`); see the module docstring.
+    """Write ``qnet`` (a built :class:`QuantizedHybridBlock`, or a loaded
+    :class:`QuantizedSymbolBlock`); see the module docstring.
 
     Returns
     -------
@@ -100,12 +153,9 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
         A file cannot be written (nothing is left behind).
     """
     fmt = ExportFormat.parse(fmt, "export format")
-    if qnet.model is None:
-        raise GraphError("Nothing to export: the network is not quantized yet. Call "
-                         "gluon_quant.quantize() (or finalize()) before export().")
-    sym = qnet.quantized_graph
+    source = _loaded_source(qnet) if hasattr(qnet, "metadata") else _built_source(qnet)
+    sym, params = source.symbol, source.params
     symbol_text = sym.tojson().encode("utf-8")
-    params = {name: value.asnumpy() for name, value in qnet.model.params.items()}
     aux = set(sym.list_auxiliary_states())
     paths = file_names(prefix, fmt)
     if fmt is ExportFormat.MXNET:
@@ -115,11 +165,11 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
         return paths
 
     graph = _mxnet.graph_json(sym)
-    dtypes = _mxnet.infer_graph_dtypes(graph, qnet.input_names)
+    dtypes = _mxnet.infer_graph_dtypes(graph, list(source.input_names))
     specs, kept = _pack_specs(graph, params, dtypes)
     # Where a layer's input scale cannot be read off the graph, the smallest calibrated
     # range of the table bounds it.
-    bound = _data_scale_bound(qnet.calibration_table)
+    bound = _data_scale_bound(source.table)
     packs, packed = [], []
     for spec, in_scale in specs.items():
         try:
@@ -142,7 +192,7 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
             groups.setdefault(value.dtype.name, []).append(value.ravel())
     arrays.update({"plain:" + dtype: np.concatenate(values) for dtype, values in groups.items()})
     params_bytes = _nd_bytes(arrays)
-    meta = _metadata(qnet, paths, symbol_text, params_bytes, packed, kept)
+    meta = _metadata(source.header, paths, symbol_text, params_bytes, packed, kept)
     meta["plain"] = plain
     atomic_write_many([(paths["symbol"], symbol_text), (paths["params"], params_bytes),
                        (paths["meta"], (json.dumps(meta, indent=1) + "\n").encode("utf-8"))],
@@ -278,28 +328,23 @@ def _flag(value, default):
     return str(value).strip().lower() in ("true", "1")
 
 
-def _metadata(qnet, paths, symbol_bytes, params_bytes, packed, kept):
-    shapes = getattr(qnet, "calib_input_shapes", None) or [None] * len(qnet.input_names)
-    table = qnet.calibration_table
-    return {
+def _metadata(header, paths, symbol_bytes, params_bytes, packed, kept):
+    meta = {
         "format": FORMAT,
         "version": "%d.%d" % FORMAT_VERSION,
         "gluon_quant_version": __version__,
         "mxnet_version": _mxnet.MXNET_VERSION,
-        "settings": {"backend": qnet.backend.value, "dtype": qnet.dtype.value,
-                     "granularity": qnet.granularity.value,
-                     "calibrator": table.method if table is not None else None},
-        "fingerprint": qnet.fingerprint,
-        "inputs": [{"name": name, "dtype": "float32",
-                    "shape": None if shape is None else [int(d) for d in shape]}
-                   for name, shape in zip(qnet.input_names, shapes)],
-        "output_format": qnet.fused.out_format,
+    }
+    meta.update({key: header[key] for key in ("settings", "fingerprint", "inputs",
+                                              "output_format")})
+    meta.update({
         "files": {role: {"name": os.path.basename(paths[role]), "size": len(data),
                          "sha256": sha256_bytes(data)}
                   for role, data in (("symbol", symbol_bytes), ("params", params_bytes))},
         "packed": packed,
         "kept_fp32": kept,
         "calibration_table": None,
-        "calibration_table_text": None if table is None else json.dumps(
-            table.to_dict(), separators=(",", ":"), allow_nan=False),
-    }
+        "calibration_table_text": header["calibration_table_text"],
+        "report_text": header["report_text"],
+    })
+    return meta

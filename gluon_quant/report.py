@@ -87,6 +87,28 @@ class QuantReport(tuple):
                 "notes": list(self.notes),
                 "totals_ms": list(self.totals) if self.totals else None}
 
+    @classmethod
+    def from_dict(cls, state):
+        """The report :meth:`to_dict` wrote.
+
+        Raises
+        ------
+        ValueError
+            ``state`` is not such a dict.
+        """
+        try:
+            layers = [LayerReport(**dict(r, threshold=None if r.get("threshold") is None
+                                         else tuple(r["threshold"])))
+                      for r in state["layers"]]
+            totals = state.get("totals_ms")
+            return cls(layers, backend=state["backend"], dtype=state["dtype"],
+                       granularity=state["granularity"], calibrator=state["calibrator"],
+                       notes=state.get("notes") or (),
+                       totals=tuple(totals) if totals else None)
+        except (KeyError, TypeError, AttributeError) as err:
+            raise ValueError("not a gluon_quant report (%s: %s)" % (type(err).__name__, err)) \
+                from None
+
     def to_json(self, **kwargs):
         """The report as JSON text."""
         return json.dumps(self.to_dict(), **kwargs)

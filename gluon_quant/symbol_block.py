@@ -21,8 +21,10 @@ from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
 from .data import as_tuples, call_inputs, call_outputs, describe
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
-                     InputMismatchError, refuse_cast, refuse_pickling)
+                     InputMismatchError, refuse_cast, refuse_pickling,
+                     refuse_summary)
 from .export import FORMAT, FORMAT_VERSION, file_names
+from .report import QuantReport
 
 __all__ = ["QuantizedSymbolBlock"]
 
@@ -60,6 +62,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
 
     __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
     cast = refuse_cast                  # int8 weights and ranges would be lost
+    summary = refuse_summary            # Gluon's needs an unhybridized block
 
     @classmethod
     def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ
@@ -113,6 +116,30 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         _log.info("Loaded %s (%d weights unpacked from int8).", prefix, len(meta["packed"]))
         return block
 
+    def export(self, path, epoch=0, *, fmt="gluon_quant"):  # pylint: disable=arguments-differ
+        """Write this int8 model to files again, as
+        :meth:`QuantizedHybridBlock.export` does: ``PREFIX-symbol.json``,
+        ``PREFIX-int8.params`` and ``PREFIX-meta.json`` (or, with ``fmt='mxnet'``, the
+        stock MXNet pair). The copy loads with :meth:`imports` and runs bit-identically.
+
+        Parameters
+        ----------
+        path : str
+            The output prefix.
+        epoch : int, default 0
+            Accepted for Gluon's ``export`` signature; the gluon_quant format has no
+            epoch, and ``fmt='mxnet'`` writes ``PREFIX-0000.params`` as the other export.
+        fmt : {'gluon_quant', 'mxnet'}
+
+        Returns
+        -------
+        dict of str to str
+            The written paths by role.
+        """
+        from .export import export_model    # export reads this block's public records
+        del epoch
+        return export_model(self, path, fmt=fmt)
+
     # ------------------------------------------------------------------ accessors
     @property
     def metadata(self):
@@ -154,6 +181,17 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             raise CalibrationTableError("The calibration table in %r: %s"
                                         % (self._meta.source, err)) from None
 
+    def report(self):
+        """The per-layer :class:`~gluon_quant.QuantReport` of the quantized net, as it was
+        when the model was exported.
+
+        Raises
+        ------
+        ArtifactError
+            The export holds no report (written before format 3.1) or a damaged one.
+        """
+        return _report_of(self._meta.value, self._meta.source)
+
     def forward(self, x, *args):  # pylint: disable=arguments-differ
         flat, np_in = call_inputs((x, *args))     # legacy views of mxnet.np arrays
         try:
@@ -168,6 +206,33 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         if isinstance(out, (list, tuple)) and self._output_nesting is not None:
             out = as_tuples(_mxnet.regroup(list(out), self._output_nesting))
         return call_outputs(out, np_in)
+
+
+def export_report(prefix):
+    """The per-layer report stored in the export ``prefix``, read from its metadata alone
+    (no weights are loaded).
+
+    Raises
+    ------
+    ArtifactError
+        The metadata is missing or damaged, or holds no report.
+    """
+    path = file_names(prefix)["meta"]
+    return _report_of(_read_metadata(path), path)
+
+
+def _report_of(meta, source):
+    text = meta.get("report_text")
+    if text is None:
+        raise ArtifactError(
+            "%r holds no per-layer report: it was exported by gluon_quant %s, before format "
+            "3.1. Export the model again (a loaded QuantizedSymbolBlock can export() itself)."
+            % (source, meta.get("gluon_quant_version")))
+    try:
+        return QuantReport.from_dict(json.loads(text))
+    except ValueError as err:
+        raise ArtifactError("The report in %r is damaged (%s). Export the model again."
+                            % (source, err)) from None
 
 
 class _Holder:
@@ -295,9 +360,10 @@ def _check_meta_types(meta):
     if not isinstance(meta["packed"], list):
         raise TypeError("'packed' must be a list")
     if not isinstance(meta["calibration_table"], (dict, type(None))) \
-            or not isinstance(meta.get("calibration_table_text"), (str, type(None))):
+            or not isinstance(meta.get("calibration_table_text"), (str, type(None))) \
+            or not isinstance(meta.get("report_text"), (str, type(None))):
         raise TypeError("'calibration_table' must be an object or null, "
-                        "'calibration_table_text' a string or null")
+                        "'calibration_table_text' and 'report_text' strings or null")
 
 
 def _packed_entry(entry):

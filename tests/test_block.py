@@ -100,6 +100,24 @@ def test_empty_and_exhausted_data(tiny_cnn, tiny_batches):
         gq.quantize(tiny_cnn, 42, progress=False)
 
 
+def test_a_dataset_of_samples_is_refused_with_how_to_batch_it(tiny_cnn, tiny_batches):
+    samples = mx.gluon.data.ArrayDataset(np.concatenate(tiny_batches), np.zeros(32))
+    with pytest.raises(gq.CalibrationDataError, match=r"ArrayDataset.*single samples.*"
+                                                      r"DataLoader\(dataset, batch_size"):
+        gq.quantize(tiny_cnn, samples, progress=False)
+    loader = mx.gluon.data.DataLoader(samples, batch_size=8)
+    assert gq.quantize(tiny_cnn, loader, progress=False).report().quantized
+
+
+def test_batches_of_python_lists_are_arrays(tiny_cnn, tiny_batches):
+    """``[[0.1, ...]]`` (a batch written as nested Python lists) is one array, not a list
+    argument of thousands of inputs."""
+    listed = [[b.tolist()] for b in tiny_batches]
+    table = gq.quantize(tiny_cnn, listed, progress=False).calibration_table
+    expected = gq.quantize(tiny_cnn, tiny_batches, progress=False).calibration_table
+    assert table == expected and len(table) > 4
+
+
 def test_non_finite_data_names_the_tensor(tiny_cnn, tiny_batches):
     bad = [b.copy() for b in tiny_batches]
     bad[2][0, 0, 3, 3] = np.nan
@@ -192,8 +210,14 @@ def test_plain_sequential_of_hybrid_layers_is_quantized(tmp_path):
     bad_inner.add(nn.Dense(4), Plain())
     bad.add(nn.Dense(4), bad_inner)
     bad.initialize()
-    with pytest.raises(gq.NotHybridizableError, match=r"net\[1\]\[1\] of this nn.Sequential is a Plain"):
+    with pytest.raises(gq.NotHybridizableError, match=r"net\[1\]\[1\] of this nn.Sequential "
+                                                      r"is a Plain.*HybridBlock; every"):
         gq.quantize(bad, [np.ones((1, 2), "float32")], progress=False)
+    scaled = nn.Sequential()
+    scaled.add(nn.Dense(4), nn.Lambda(lambda x: x * 2))
+    scaled.initialize()
+    with pytest.raises(gq.NotHybridizableError, match=r"net\[1\] .* Lambda .*nn.HybridLambda"):
+        gq.quantize(scaled, [np.ones((1, 2), "float32")], progress=False)
 
 
 def test_forward_that_raises_is_reported(tiny_batches):

@@ -253,6 +253,34 @@ def test_tune_scores_top1_on_labelled_data(workdir):
     assert os.path.getsize(result["files"]["params"]) > 0
 
 
+def test_report_reads_a_python_export(workdir, tiny_cnn, tiny_batches):
+    """`gluon-quant report` on what qnet.export() wrote (no PREFIX-report.json beside it)
+    reads the report stored in the export's metadata."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, exclude=["Pooling"], progress=False)
+    prefix = workdir / "py_export"
+    qnet.export(str(prefix))
+    code, out = run("report", prefix, "--json")
+    state = json.loads(out)
+    assert code == 0 and state["coverage"]["conv_dense_int8"] == 4
+    assert [r["layer"] for r in state["layers"]] == [r.layer for r in qnet.report()]
+    assert sorted(state["files"]) == ["meta", "params", "symbol"]
+    code, text = run("report", prefix)
+    assert code == 0 and "excluded by user" in text and "-int8.params" in text
+
+
+def test_a_closed_output_pipe_ends_quietly(workdir, capsys):
+    """`gluon-quant report PREFIX --json | head -1`: the reader closes the pipe early."""
+    class Closed(io.StringIO):
+        def write(self, text):
+            raise BrokenPipeError(32, "Broken pipe")
+
+    prefix = workdir / "pipe" / "q"
+    assert run("quantize", workdir / "cnn", "--calib", workdir / "calib.npy", "--out", prefix,
+               "--quiet")[0] == 0
+    assert cli.main(["report", str(prefix), "--json"], stdout=Closed()) == cli.EXIT_PIPE == 141
+    assert capsys.readouterr().err == ""
+
+
 def test_truncated_report_is_an_error(workdir, capsys):
     path = workdir / "broken-report.json"
     path.write_text('{"layers": [')

@@ -190,6 +190,9 @@ def test_format_1_0_files_still_load_bit_identically():
     assert loaded.metadata["version"] == "1.0"
     expected = np.load(prefix[:-3] + "expected.npz")
     assert np.array_equal(loaded(mx.nd.array(expected["x"])).asnumpy(), expected["y"])
+    with pytest.raises(ArtifactError, match=r"old-meta\.json' holds no per-layer report.*"
+                                            r"before format 3\.1.*export\(\)"):
+        loaded.report()
 
 
 def _rewrite_params(paths, change):

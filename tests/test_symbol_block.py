@@ -69,7 +69,7 @@ def test_small_cnn_round_trip_and_metadata(tiny_cnn, tiny_batches, tmp_path):
     x = mx.nd.array(np.random.RandomState(5).rand(16, 1, 28, 28).astype("float32"))
     loaded = round_trip(qnet, [x], str(tmp_path / "cnn"))
     meta = loaded.metadata
-    assert meta["version"] == "3.0" and meta["gluon_quant_version"] == gq.__version__
+    assert meta["version"] == "3.1" and meta["gluon_quant_version"] == gq.__version__
     assert meta["mxnet_version"] == mx.__version__
     assert meta["settings"] == {"backend": "onednn", "dtype": "auto", "granularity": "channel",
                                 "calibrator": "mse"}
@@ -80,6 +80,46 @@ def test_small_cnn_round_trip_and_metadata(tiny_cnn, tiny_batches, tmp_path):
     assert loaded.input_names == ["data"]
     # a different batch size than at calibration works too
     assert_identical(qnet(x[:3]), loaded(x[:3]))
+
+
+def test_a_loaded_model_reports_its_layers_and_exports_itself_again(tiny_cnn, tiny_batches,
+                                                                    tmp_path):
+    """A loaded export keeps the built block's report, and its own export() writes the
+    gluon_quant format again (Gluon's SymbolBlock.export wrote files imports() refused):
+    the copy is as small, packs the same weights and runs bit-identically."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = mx.nd.array(tiny_batches[1])
+    loaded = round_trip(qnet, [x], str(tmp_path / "a"))
+    assert str(loaded.report()) == str(qnet.report()) and len(loaded.report()) == 7
+    assert loaded.report().coverage() == qnet.report().coverage() == (4, 4)
+    paths = loaded.export(str(tmp_path / "again"))
+    assert sorted(paths) == ["meta", "params", "symbol"]
+    again = gq.QuantizedSymbolBlock.imports(str(tmp_path / "again"))
+    assert_identical(qnet(x), again(x))
+    first, second = loaded.metadata, again.metadata
+    assert second["packed"] == first["packed"] and len(first["packed"]) == 4
+    assert second["kept_fp32"] == first["kept_fp32"] == {}
+    assert second["files"]["params"]["size"] == first["files"]["params"]["size"]
+    assert again.calibration_table == qnet.calibration_table
+    assert str(again.report()) == str(qnet.report())
+    stock = loaded.export(str(tmp_path / "stock"), fmt="mxnet")
+    plain = mx.gluon.SymbolBlock.imports(stock["symbol"], ["data"], stock["params"])
+    assert np.array_equal(plain(x).asnumpy(), qnet(x).asnumpy())
+
+
+def test_summary_and_other_contexts_get_clear_errors(tiny_cnn, tiny_batches, tmp_path):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = mx.nd.array(tiny_batches[0])
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    for block in (qnet, loaded):
+        with pytest.raises(gq.ConfigError, match=r"summary\(\).*print\(qnet.report\(\)\)"):
+            block.summary(x)
+    with pytest.raises(gq.InputMismatchError,
+                       match=r"on cpu\(1\) but the int8 network runs on cpu\(0\).*"
+                             r"as_in_context\(mx.cpu\(0\)\)"):
+        qnet(x.as_in_context(mx.cpu(1)))
+    assert qnet(x).shape == (8, 10)         # still runs
 
 
 def test_tensor_granularity_round_trip(tiny_cnn, tiny_batches, tmp_path):
