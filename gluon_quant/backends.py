@@ -270,6 +270,12 @@ ONEDNN = BackendSpec(
         "Activation(tanh)": "int8 Activation is relu only in MXNet 1.9.1: tanh runs in fp32",
         "Activation(sigmoid)": "int8 Activation is relu only in MXNet 1.9.1: sigmoid runs in "
                                "fp32",
+        # Control flow (F.contrib.foreach / while_loop / cond): MXNet's quantization pass
+        # does not enter their subgraphs.
+        **{op: "a control-flow operator (F.contrib.%s): MXNet 1.9.1 quantizes nothing "
+               "inside its subgraph, which runs in fp32; layers before and after it can be "
+               "int8" % name for op, name in (("_foreach", "foreach"),
+                                             ("_while_loop", "while_loop"), ("_cond", "cond"))},
     }))
 
 #: cuDNN (MXNet's GPU builds): the graph a GPU build's pass produces, built in Python.

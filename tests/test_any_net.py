@@ -388,6 +388,37 @@ def test_conv1d_before_a_recurrent_layer():
     assert cosine(net(batches[0]).asnumpy(), qnet(batches[0]).asnumpy()) > 0.999
 
 
+class _ConvThenLSTMStates(nn.HybridBlock):
+    """A Conv1D, then an LSTM whose new states are outputs too (ELMo's character CNN and
+    bidirectional LM are built this way)."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.conv = nn.Conv1D(32, 3, padding=1, activation="relu")
+            self.lstm = rnn.LSTM(16)
+
+    def hybrid_forward(self, F, x, states):
+        out, states = self.lstm(F.transpose(self.conv(x), axes=(2, 0, 1)), states)
+        return out, states
+
+
+def test_recurrent_states_returned_beside_lifted_convolutions():
+    # The 1-D -> 2-D lift mapped one output per node (an LSTM has three: out, h, c), so
+    # such nets failed to build with "KeyError: (n, 1)".
+    mx.random.seed(0)
+    net = _ConvThenLSTMStates()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [(mx.nd.array(rs.rand(4, 8, 20)), net.lstm.begin_state(4)) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert "Convolution" in [row.op for row in qnet.report() if row.quantized]
+    ref, got = net(*batches[1]), qnet(*batches[1])
+    assert [a.shape for a in got[1]] == [(1, 4, 16), (1, 4, 16)]
+    for a, b in zip([ref[0]] + list(ref[1]), [got[0]] + list(got[1])):
+        assert cosine(a.asnumpy(), b.asnumpy()) > 0.999
+
+
 def test_channels_last_convolutions_quantize():
     # MXNet 1.9.1 on CPU cannot run a layout='NHWC' convolution at all ("could not create
     # a descriptor"), fp32 included: a net trained channels-last (on a GPU) is run
@@ -462,6 +493,12 @@ def test_control_flow_results_are_not_one_call_late(tmp_path):
     rs = np.random.RandomState(0)
     batches = [mx.nd.array(rs.rand(4, 7, 5).astype("float32")) for _ in range(4)]
     qnet = gq.quantize(net, batches[:3], progress=False)
+    # The report names the loop for what it is (it used to show the loop body as a fused
+    # "FullyConnected+..." layer, with the fp32 reason of an operator inside it).
+    loop = [row for row in qnet.report() if "foreach" in row.reason]
+    assert [(row.op, row.pattern, row.quantized) for row in loop] == [
+        ("_foreach", "_foreach", False)]
+    assert "control-flow operator (F.contrib.foreach)" in loop[0].reason
     qnet.export(str(tmp_path / "loop"))
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "loop"))
     for index in (0, 1, 3, 3, 1):

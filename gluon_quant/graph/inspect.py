@@ -107,7 +107,7 @@ class GraphView:
             if node["op"] == "null":
                 continue
             attrs = node.get("attrs", {}) or {}
-            if node.get("subgraphs"):
+            if node.get("subgraphs") and node["op"].startswith("_sg_"):  # not control flow
                 members = tuple(
                     (m["name"], m["op"], describe_op(m["op"], m.get("attrs")))
                     for sub in node["subgraphs"] for m in sub["nodes"] if m["op"] != "null")

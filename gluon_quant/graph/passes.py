@@ -239,7 +239,7 @@ def backend_eligibility(graph, context):
     spec, found = context.spec, {}
     nodes = graph["nodes"]
     for node in nodes:
-        if not node.get("subgraphs"):
+        if not node.get("subgraphs") or not node["op"].startswith("_sg_"):  # control flow
             reason = spec.fp32_reason(node["op"], describe_op(node["op"], node.get("attrs")))
             if reason is not None:
                 found[node["name"]] = reason

@@ -618,6 +618,9 @@ def lift_1d_to_2d(graph, context):
     if not any(_is_1d(n) for n in old):
         return {}
     new_nodes, where, lifted = [], {}, set()   # old (node, out) -> new (node, out)
+    read = {}       # node -> the highest output anything reads (an RNN's states, ...)
+    for e in [e for n in old for e in n["inputs"]] + list(graph["heads"]):
+        read[e[0]] = max(read.get(e[0], 0), e[1])
 
     def add(node):
         new_nodes.append(node)
@@ -686,7 +689,7 @@ def lift_1d_to_2d(graph, context):
         else:
             copy["inputs"] = [entry(e) for e in inputs]
         new_index = add(copy)
-        for out in range(num_outputs(node) if node["op"] != "BatchNorm" else 3):
+        for out in range(max(num_outputs(node), read.get(index, 0) + 1)):
             where[(index, out)] = (new_index, out)
         if lift:
             lifted.add((index, 0))
