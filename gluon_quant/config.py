@@ -12,6 +12,8 @@ import enum
 import math
 from typing import Any, Callable, Optional, Tuple
 
+from mxnet.gluon import Block
+
 from ._names import suggest
 from .backends import get_spec
 from .calib import Calibrator, get_calibrator
@@ -124,9 +126,10 @@ class QuantConfig:
     granularity : {'channel', 'tensor'}, optional
         One weight scale per output channel or per tensor. Default: the backend's first
         (``'channel'`` on oneDNN, ``'tensor'`` on cuDNN).
-    exclude : str or sequence of str, default ()
+    exclude : str, Block or sequence of them, default ()
         Layers kept in fp32: block names, attribute paths, node names, glob patterns or
-        operator types (``'Convolution'``, ``'Dense'``, ``'Pooling'``).
+        operator types (``'Convolution'``, ``'Dense'``, ``'Pooling'``), or the net's own
+        Gluon blocks (``exclude=[net.output]``; a block stands for its ``name``).
     preset : str, Preset or None, default None
         A model family's rules (:mod:`gluon_quant.presets`: layers kept in fp32, bounds on
         ranges, which batch elements are inputs): None picks the family's preset for
@@ -221,18 +224,21 @@ class QuantConfig:
         exclude = self.exclude
         if exclude is None:
             exclude = ()
-        elif isinstance(exclude, str):
+        elif isinstance(exclude, (str, Block)):
             exclude = (exclude,)
         elif isinstance(exclude, (list, tuple, set, frozenset)):
             exclude = tuple(exclude)
         else:
             raise ConfigError("exclude must be a list of layer names/patterns/operator "
-                              "types, got %r." % (exclude,))
+                              "types or Gluon blocks, got %r." % (exclude,))
+        # A block stands for its name (kept as text: the config stays JSON data).
+        exclude = tuple(p.name if isinstance(p, Block) else p for p in exclude)
         for pattern in exclude:
             if not isinstance(pattern, str) or not pattern:
                 raise ConfigError(
                     "exclude entries must be non-empty strings (layer names, glob patterns "
-                    "or operator types such as 'Convolution'); got %r." % (pattern,))
+                    "or operator types such as 'Convolution') or Gluon blocks of the net; "
+                    "got %r." % (pattern,))
         set_("exclude", exclude)
         _check_calibrator(self.calibrator)
         _check_preset(self.preset)

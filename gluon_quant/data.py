@@ -76,6 +76,13 @@ class InputSpec:
         return {"names": self.names, "arg_names": self.arg_names, "optional": self.optional,
                 "explicit": self.explicit, "layout": self.layout}
 
+    def table_meta(self, shapes=None):
+        """What a calibration table keeps of the graph's inputs, so that a block built from
+        the table alone plans the same graph: this spec (key ``inputs``) and the inputs'
+        ``shapes`` at calibration (``input_shapes``; the int8 regions depend on them)."""
+        return dict(inputs=self.to_meta(),
+                    **({"input_shapes": [list(s) for s in shapes]} if shapes else {}))
+
     @classmethod
     def from_meta(cls, table_meta):
         """The spec :meth:`to_meta` wrote in a table's metadata (key ``inputs``), or None
@@ -365,7 +372,9 @@ class BatchConverter:
         elif ranks != self._ranks:
             raise InputMismatchError(
                 "Batch inputs have ranks %s but earlier batches had ranks %s (%s). Every batch "
-                "must have the same layout." % (ranks, self._ranks, describe(batch)))
+                "must have the same layout. (calib_data is read one batch per element: for "
+                "whole arrays of inputs and labels, pass [(inputs, labels)] or a DataLoader, "
+                "not (inputs, labels).)" % (ranks, self._ranks, describe(batch)))
         return arrays
 
     def _to_ndarray(self, item, name, batch):

@@ -142,7 +142,13 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
         raise EmptyCalibrationError(
             "Every shard was empty: pass shards that yield at least one batch.")
     table = merged.compute() if names else CalibrationTable({}, method=merged.method_name)
-    return pipeline.with_equalization(table.with_fingerprint(qnet.fingerprint), params)
+    # The graph's inputs and their shapes, as one pass keeps them: gq.quantize(net,
+    # calib_table=table) then plans the same graph (its int8 regions depend on the shapes).
+    table = CalibrationTable(dict(table.items()), method=table.method,
+                             fingerprint=qnet.fingerprint,
+                             meta=dict(table.meta, **qnet.fused.inputs.table_meta(
+                                 qnet.fused.input_shapes)))
+    return pipeline.with_equalization(table, params)
 
 
 def _make_job(qnet, names, template, shards):

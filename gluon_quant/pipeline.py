@@ -547,9 +547,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     table = with_equalization(CalibrationTable(
         dict(table.items()), method=table.method, fingerprint=plan.fused.fingerprint,
         meta=dict(table.meta, batches=seen, samples=int(sum(samples)),
-                  inputs=plan.fused.inputs.to_meta(),
-                  **({"input_shapes": [list(s) for s in plan.fused.input_shapes]}
-                     if plan.fused.input_shapes else {}))), state["params"])
+                  **plan.fused.inputs.table_meta(plan.fused.input_shapes))), state["params"])
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])
 
@@ -614,7 +612,8 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
         raise CalibrationTableError("Expected a CalibrationTable, got %s."
                                     % type(table).__name__)
     fingerprint = plan.fused.fingerprint
-    if table.fingerprint is not None and table.fingerprint != fingerprint:
+    if table.fingerprint is not None and table.fingerprint != fingerprint \
+            and table.fingerprint != plan.fused.view.fingerprint(legacy=True):
         raise CalibrationTableError(
             "The calibration table was computed on another graph (fingerprint %s..., this "
             "network's is %s...). Calibrate this network, or load the table that was saved "

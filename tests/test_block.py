@@ -67,6 +67,38 @@ def test_exclude_by_name_pattern_and_operator(tiny_cnn, tiny_batches, exclude, e
     assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) > 0.99
 
 
+def test_exclude_by_the_blocks_themselves(tiny_cnn, tiny_batches):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, exclude=[tiny_cnn[4], "Pooling"],
+                       progress=False)
+    assert {r.layer for r in qnet.report() if not r.quantized and r.op in (
+        "Convolution", "FullyConnected", "Pooling")} == {"cnn_conv1", "cnn_pool0", "cnn_pool1"}
+    assert qnet.config.exclude == ("cnn_conv1", "Pooling")     # kept as names: JSON data
+    assert gq.QuantConfig.from_dict(qnet.config.to_dict()).exclude == ("cnn_conv1", "Pooling")
+    single = gq.quantize(tiny_cnn, tiny_batches, exclude=tiny_cnn[4], progress=False)
+    assert [r.layer for r in single.report() if r.reason.startswith("excluded")] == [
+        "cnn_conv1"]
+
+
+def test_a_table_of_a_net_first_called_by_quantize_rebuilds_it(tiny_batches):
+    """A net with deferred shapes, calibrated before it ever ran: its parameters' shapes
+    were unknown when it was first traced and known at the next trace, which changed the
+    graph's fingerprint, so quantize(net, calib_table=table) refused the table as "computed
+    on another graph". Tables saved with the older fingerprint (shapes included) still
+    match."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv1D(8, 3, activation="relu"), nn.Flatten(), nn.Dense(4))
+    net.initialize(mx.init.Xavier())
+    batches = [b.reshape(8, 28, 28) for b in tiny_batches]
+    table = gq.quantize(net, batches, progress=False).calibration_table
+    rebuilt = gq.quantize(net, calib_table=table, progress=False)
+    assert rebuilt.fingerprint == table.fingerprint
+    legacy = rebuilt.fused.view.fingerprint(legacy=True)
+    assert legacy != table.fingerprint
+    assert gq.quantize(net, calib_table=table.with_fingerprint(legacy), progress=False)
+    with pytest.raises(gq.CalibrationTableError, match="computed on another graph"):
+        gq.quantize(net, calib_table=table.with_fingerprint("0" * 64), progress=False)
+
+
 def test_unmatched_exclude_pattern_warns_with_close_names(tiny_cnn, tiny_batches, caplog):
     with caplog.at_level(logging.WARNING, logger="gluon_quant"):
         gq.quantize(tiny_cnn, tiny_batches, exclude=["cnn_conv9"], progress=False)

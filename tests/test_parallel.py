@@ -126,3 +126,44 @@ def test_list_arguments_reach_the_workers():
     table = gq.calibrate_parallel(qnet, [batches[:1], batches[1:]], workers=1,
                                   engine="process", progress=False)
     assert len(single) >= 2 and dict(table) == dict(single)
+
+
+class _MaskedMean(mx.gluon.HybridBlock):
+    """A Conv1D (int8) and a small dense head after a masked mean: whether the head's
+    int8 region pays depends on the batch shape the net is calibrated at."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.conv = mx.gluon.nn.Conv1D(32, 3, padding=1, activation="relu")
+            self.head = mx.gluon.nn.Dense(5)
+
+    def hybrid_forward(self, F, x, valid):
+        h = F.SequenceMask(F.transpose(self.conv(x), axes=(2, 0, 1)), sequence_length=valid,
+                           use_sequence_length=True)
+        return self.head(F.broadcast_div(F.sum(h, axis=0), F.expand_dims(valid, 1)))
+
+
+def test_a_parallel_table_rebuilds_the_same_block(int8_regions):
+    """The merged table keeps the inputs and their shapes as one pass does, so that
+    gq.quantize(net, calib_table=table) plans the same graph: without them the head was
+    planned int8 and the table lacked its ranges ("no range for 2 tensor(s)")."""
+    net = _MaskedMean()
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    rs = np.random.RandomState(2)
+    batches = [{"x": rs.randn(64, 8, 120).astype("float32"),
+                "valid": rs.randint(3, 121, 64).astype("float32")} for _ in range(3)]
+    single = gq.QuantizedHybridBlock(net, progress=False).calibrate(batches)
+    table = gq.calibrate_parallel(net, [batches[:1], batches[1:]], workers=1,
+                                  engine="process", progress=False)
+    assert dict(table) == dict(single) and len(table) == 2
+    assert table.meta["inputs"] == single.meta["inputs"]
+    assert table.meta["inputs"]["arg_names"] == ["x", "valid"]
+    assert table.meta["input_shapes"] == single.meta["input_shapes"] == [[64, 8, 120], [64]]
+    qnet = gq.quantize(net, calib_table=table, progress=False)
+    x, valid = (mx.nd.array(batches[2][k]) for k in ("x", "valid"))
+    ref = net(x, valid).asnumpy()
+    got = qnet(x, valid).asnumpy()
+    assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
+    assert [r.layer for r in qnet.report() if r.quantized and r.op == "Convolution"]

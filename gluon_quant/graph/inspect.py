@@ -13,6 +13,10 @@ _ANCHOR_OPS = ("Convolution", "FullyConnected", "Deconvolution", "Pooling", "Con
 
 #: Attributes that change between calibrations of the same graph, left out of fingerprints.
 _VOLATILE_ATTRS = ("min_calib_range", "max_calib_range")
+#: Left out of variables' attributes too: a parameter's shape is written into the graph
+#: only once Gluon knows it (a deferred-initialization net traced before its first call
+#: has none), and the operators' own attributes already tell one architecture from another.
+_VOLATILE_VARIABLE_ATTRS = ("__shape__",)
 
 
 def describe_op(op, attrs):
@@ -127,16 +131,19 @@ class GraphView:
     def __len__(self):
         return len(self.nodes)
 
-    def fingerprint(self):
+    def fingerprint(self, legacy=False):
         """A sha256 of the graph's structure: operators, attributes, wiring and variable names.
 
         Calibrated ranges are left out, so a graph and its calibrated copy share a
-        fingerprint; weights' values are not part of it either.
+        fingerprint; weights' values and parameters' shapes are not part of it either.
+        ``legacy=True``: the fingerprint gluon_quant wrote before 2026-12-04, with the
+        parameters' shapes (tables saved then still match their graph).
         """
         canon = []
         for node in self._graph["nodes"]:
-            attrs = {k: v for k, v in (node.get("attrs") or {}).items()
-                     if k not in _VOLATILE_ATTRS}
+            volatile = _VOLATILE_ATTRS + (_VOLATILE_VARIABLE_ATTRS if node["op"] == "null"
+                                          and not legacy else ())
+            attrs = {k: v for k, v in (node.get("attrs") or {}).items() if k not in volatile}
             subs = [[(m["op"], m["name"]) for m in sub["nodes"]]
                     for sub in node.get("subgraphs", [])]
             canon.append([node["op"], node["name"], sorted(attrs.items()),

@@ -199,6 +199,18 @@ def case_batches_of_changing_rank(env):
     return q(env.cnn, [BATCHES[0], BATCHES[1][0]])
 
 
+@case(gq.InputMismatchError, r"ranks \[1\] but earlier batches had ranks \[4\].*"
+                             r"pass \[\(inputs, labels\)\] or a DataLoader")
+def case_inputs_and_labels_as_two_whole_arrays(env):
+    images = np.concatenate(BATCHES)
+    return q(env.cnn, (images, np.zeros(len(images))))
+
+
+@case(gq.CalibrationDataError, r"Gluon ArrayDataset, which yields single samples.*DataLoader")
+def case_a_dataset_of_samples(env):
+    return q(env.cnn, mx.gluon.data.ArrayDataset(np.concatenate(BATCHES)))
+
+
 @case(gq.InputMismatchError, r"dtype str32, which is not numeric.*Feed float arrays")
 def case_string_dtype(env):
     return q(env.cnn, [np.array([["a"]])])
