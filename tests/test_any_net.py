@@ -616,3 +616,44 @@ def test_batchnorm_variants_fold_like_batchnorm(variant):
     assert len(folded) == 2 and all(row.quantized for row in folded)
     assert report.coverage() == (3, 3)
     assert _agree(net, qnet, x) > 0.999
+
+
+class _MeanPooled(nn.HybridBlock):
+    """Global pooling written as means, as nets ported from PyTorch write it: the squeeze of
+    a squeeze-excite block (keepdims) and the pooling before the classifier."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.conv = nn.Conv2D(16, 3, padding=1, activation="relu")
+            self.squeeze = nn.Conv2D(4, 1, activation="relu")
+            self.excite = nn.Conv2D(16, 1)
+            self.out = nn.Dense(10)
+
+    def hybrid_forward(self, F, x):
+        h = self.conv(x)
+        gate = F.sigmoid(self.excite(self.squeeze(F.mean(h, axis=(2, 3), keepdims=True))))
+        h = F.broadcast_mul(h, gate)
+        return self.out(F.mean(h, axis=(-2, -1))), F.mean(h, axis=1)
+
+
+def test_spatial_means_run_as_int8_global_pooling(disable_pass):
+    mx.random.seed(0)
+    net = _MeanPooled()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.rand(8, 3, 12, 12).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    report = qnet.report()
+    assert [row.op for row in report if row.op in ("mean", "Pooling", "Flatten")] == [
+        "Pooling", "Pooling", "Flatten", "mean"]       # the channel mean is left alone
+    # The squeeze pools the convolution's uint8 output in int8 (the second pooling reads
+    # the fp32 gated product, signed as far as the graph can tell: signed_global_pools).
+    assert [row.quantized for row in report if row.op in ("Pooling", "Flatten")] == [
+        True, False, True]
+    assert report.coverage() == (4, 4)
+    for a, b in zip(net(batches[1]), qnet(batches[1])):
+        assert a.shape == b.shape and cosine(a.asnumpy(), b.asnumpy()) > 0.999
+    disable_pass("spatial_means")
+    before = gq.quantize(net, batches, progress=False).report()
+    assert [row.op for row in before if row.op in ("mean", "Pooling")] == ["mean"] * 3

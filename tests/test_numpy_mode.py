@@ -142,6 +142,31 @@ def test_numpy_mode_concatenations_run_in_int8(np_mode):
     assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
 
 
+def test_numpy_mode_spatial_means_run_as_int8_pooling(np_mode):
+    """``x.mean(axis=(2, 3))`` (``_npi_mean``) before the classifier runs as an int8
+    global average pooling and a flatten."""
+    class MeanHead(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.conv = nn.Conv2D(16, 3, padding=1, activation="relu")
+                self.out = nn.Dense(10)
+
+        def hybrid_forward(self, F, x):
+            return self.out(self.conv(x).mean(axis=(2, 3)))
+
+    net = MeanHead()
+    net.initialize(mx.init.Xavier())
+    rs = onp.random.RandomState(4)
+    batches = [np_mode.array(rs.rand(8, 3, 16, 16).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    report = qnet.report()
+    assert [(row.op, row.quantized) for row in report] == [
+        ("Convolution", True), ("Pooling", True), ("Flatten", True),
+        ("FullyConnected", True)]
+    assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
+
+
 def test_a_numpy_mode_export_loaded_as_symbolblock_quantizes(np_mode, tmp_path):
     """``net.export()`` then ``SymbolBlock.imports`` in NumPy mode: MXNet 1.9.1's SymbolBlock
     cannot be called with NumPy symbols ("not iterable"), so its graph is composed as a
