@@ -620,7 +620,8 @@ def test_batchnorm_variants_fold_like_batchnorm(variant):
 
 class _MeanPooled(nn.HybridBlock):
     """Global pooling written as means, as nets ported from PyTorch write it: the squeeze of
-    a squeeze-excite block (keepdims) and the pooling before the classifier."""
+    a squeeze-excite block (keepdims) and the pooling before the classifier; and a global
+    max written as a max."""
 
     def __init__(self):
         super().__init__()
@@ -634,10 +635,11 @@ class _MeanPooled(nn.HybridBlock):
         h = self.conv(x)
         gate = F.sigmoid(self.excite(self.squeeze(F.mean(h, axis=(2, 3), keepdims=True))))
         h = F.broadcast_mul(h, gate)
-        return self.out(F.mean(h, axis=(-2, -1))), F.mean(h, axis=1)
+        return (self.out(F.mean(h, axis=(-2, -1))), F.mean(h, axis=1),
+                F.max(self.conv(x), axis=(2, 3)))
 
 
-def test_spatial_means_run_as_int8_global_pooling(disable_pass):
+def test_spatial_means_and_maxima_run_as_int8_global_pooling(disable_pass):
     mx.random.seed(0)
     net = _MeanPooled()
     net.initialize(mx.init.Xavier())
@@ -645,15 +647,52 @@ def test_spatial_means_run_as_int8_global_pooling(disable_pass):
     batches = [mx.nd.array(rs.rand(8, 3, 12, 12).astype("float32")) for _ in range(3)]
     qnet = gq.quantize(net, batches, progress=False)
     report = qnet.report()
-    assert [row.op for row in report if row.op in ("mean", "Pooling", "Flatten")] == [
-        "Pooling", "Pooling", "Flatten", "mean"]       # the channel mean is left alone
-    # The squeeze pools the convolution's uint8 output in int8 (the second pooling reads
-    # the fp32 gated product, signed as far as the graph can tell: signed_global_pools).
-    assert [row.quantized for row in report if row.op in ("Pooling", "Flatten")] == [
-        True, False, True]
-    assert report.coverage() == (4, 4)
+    reductions = [(row.op, row.pattern, row.quantized) for row in report
+                  if row.op in ("mean", "max", "Pooling", "Flatten")]
+    # The squeeze and the max pool the convolution's uint8 output in int8 (the second
+    # mean reads the fp32 gated product, signed as far as the graph can tell:
+    # signed_global_pools); the mean over channels is left alone.
+    assert sorted(reductions) == sorted([
+        ("Pooling", "Pooling(avg)", True), ("Pooling", "Pooling(avg)", False),
+        ("Flatten", "Flatten", True), ("mean", "mean", False),
+        ("Pooling", "Pooling(max)", True), ("Flatten", "Flatten", True)])
+    assert report.coverage() == (5, 5)      # the convolution is called twice
     for a, b in zip(net(batches[1]), qnet(batches[1])):
         assert a.shape == b.shape and cosine(a.asnumpy(), b.asnumpy()) > 0.999
-    disable_pass("spatial_means")
+    disable_pass("spatial_reductions")
     before = gq.quantize(net, batches, progress=False).report()
-    assert [row.op for row in before if row.op in ("mean", "Pooling")] == ["mean"] * 3
+    assert sorted(row.op for row in before if row.op in ("mean", "max", "Pooling")) == [
+        "max", "mean", "mean", "mean"]
+
+
+class _PointFeatures(nn.HybridBlock):
+    """PointNet's global feature (a max over the points of 1-D convolutions) and a 1-D CNN
+    flattened into its classifier."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.conv = nn.Conv1D(32, 1, activation="relu")
+            self.feat = nn.Dense(8)
+            self.flat = nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        h = self.conv(x)
+        return self.feat(F.max(h, axis=2)), self.flat(F.flatten(h))
+
+
+def test_a_max_over_1d_positions_pools_in_int8_and_flatten_reads_it_unsqueezed(disable_pass):
+    net = _PointFeatures()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(1)
+    batches = [mx.nd.array(rs.randn(8, 3, 64).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    report = qnet.report()
+    assert not [row for row in report if row.op in ("max", "squeeze")]
+    assert [(row.pattern, row.quantized) for row in report if row.op == "Pooling"] == [
+        ("Pooling(max)", True)]
+    assert report.coverage() == (3, 3)
+    for a, b in zip(net(batches[2]), qnet(batches[2])):
+        assert cosine(a.asnumpy(), b.asnumpy()) > 0.999
+    disable_pass("spatial_reductions")
+    assert "max" in [row.op for row in gq.quantize(net, batches, progress=False).report()]

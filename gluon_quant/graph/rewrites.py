@@ -677,6 +677,9 @@ def lift_1d_to_2d(graph, context):
                     and int((node.get("attrs") or {}).get("axis", 1)) == 1)):
             lift = True
             copy["inputs"] = [entry(inputs[0], True)] + [entry(e) for e in inputs[1:]]
+        elif node["op"] == "Flatten" and inputs and (inputs[0][0], inputs[0][1]) in lifted:
+            # (N, C, 1, W) flattens as (N, C, W) does: read it as it is, no squeeze.
+            copy["inputs"] = [entry(inputs[0], True)]
         elif node["op"] in _ELEMWISE_BINARY and len(inputs) == 2 and any(
                 (e[0], e[1]) in lifted for e in inputs):
             lift = True
