@@ -696,3 +696,33 @@ def test_a_max_over_1d_positions_pools_in_int8_and_flatten_reads_it_unsqueezed(d
         assert cosine(a.asnumpy(), b.asnumpy()) > 0.999
     disable_pass("spatial_reductions")
     assert "max" in [row.op for row in gq.quantize(net, batches, progress=False).report()]
+
+
+class _AdaptiveHead(nn.HybridBlock):
+    """torchvision's VGG as ported: an adaptive average pooling to a fixed grid, flattened."""
+
+    def __init__(self, grid):
+        super().__init__()
+        self.grid = grid
+        with self.name_scope():
+            self.conv = nn.Conv2D(16, 3, padding=1, activation="relu")
+            self.out = nn.Dense(10)
+
+    def hybrid_forward(self, F, x):
+        pooled = F.contrib.AdaptiveAvgPooling2D(self.conv(x), output_size=self.grid)
+        return self.out(F.flatten(pooled))
+
+
+@pytest.mark.parametrize("grid, int8_pool", [((4, 2), True), (8, True), (3, False)])
+def test_adaptive_poolings_that_tile_their_input_run_as_int8_pooling(grid, int8_pool):
+    net = _AdaptiveHead(grid)
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(3)
+    batches = [mx.nd.array(rs.rand(4, 3, 8, 8).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    pools = [(row.op, row.quantized) for row in qnet.report()
+             if "Pool" in row.op]
+    # 8x8 tiles into 4x2 and 8x8 grids; a 3x3 grid has overlapping windows: left as it is.
+    assert pools == ([("Pooling", True)] if int8_pool
+                     else [("_contrib_AdaptiveAvgPooling2D", False)])
+    assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999

@@ -19,7 +19,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`global_adaptive_pools`: ``AdaptiveAvgPooling2D(output_size=1)`` (squeeze-excite
     blocks of SE-ResNet and MobileNetV3) becomes a global average ``Pooling``, which has an
     int8 kernel; so does a mean or max over every spatial axis (``F.mean(x, axis=(2,
-    3))``, :func:`~gluon_quant.graph.pooling.spatial_reductions`), with a ``Flatten``.
+    3))``, :func:`~gluon_quant.graph.pooling.spatial_reductions`), with a ``Flatten``,
+    and an adaptive pooling whose windows tile its input (``tiled_adaptive_pools``).
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
@@ -111,7 +112,7 @@ from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
 from .layout import channels_first_convolutions, plain_reshaped_inputs
 from .normalize import fold_input_normalization
-from .pooling import spatial_reductions
+from .pooling import spatial_reductions, tiled_adaptive_pools
 from .stem import fp32_stem
 from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
@@ -648,6 +649,7 @@ PASSES = (
     GraphPass("fold_input_normalization", Stage.TRACED, fold_input_normalization),
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),
     GraphPass("spatial_reductions", Stage.TRACED, spatial_reductions),
+    GraphPass("tiled_adaptive_pools", Stage.TRACED, tiled_adaptive_pools),
     # Before the activation and fusion guards: they see the convolution it makes.
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
     # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
