@@ -21,7 +21,7 @@ import mxnet as mx
 
 from . import _mxnet
 from .data import check_finite, describe
-from .errors import EmptyCalibrationError, GraphError, InputMismatchError
+from .errors import EmptyCalibrationError, GraphError, InputMismatchError, ModelExecutionError
 from .progress import progress_bar
 
 __all__ = ["collect_statistics", "build_runner", "check_graph_shapes"]
@@ -202,9 +202,22 @@ def _collect_outputs(calibrator, names, inputs, outs):
 _FAILED_OPERATOR = re.compile(r"(?:Error in operator|in node) ([^\s:]+)")
 
 
+#: What MXNet says when inputs do not fit a graph (shape or type inference, rank checks).
+_INPUT_SIGNS = re.compile(r"[Ss]hape|ndim|InferType|dtype|Incompatible attr|dimension|"
+                          r"should be \d+D|size")
+
+
 def _mismatch(err, inputs):
     line = _mxnet.first_line(err)
     shapes = [describe(a) for a in inputs]
+    if not _INPUT_SIGNS.search(str(err)):
+        # oneDNN failing to build a primitive ("could not create a primitive descriptor
+        # for a reorder primitive") says nothing about the inputs: not theirs to fix.
+        return ModelExecutionError(
+            "Calibration forward pass failed inside MXNet: %s (batch inputs %s; MXNet "
+            "reported no shape or type problem with them). This is not a problem with your "
+            "inputs: please report it with the network; keeping the layer around the "
+            "failure in fp32 (exclude=) may work around it." % (line, shapes))
     found = _FAILED_OPERATOR.search(str(err))
     if found is None or not re.search(r"Incompatible attr|[Ss]hape|InferType|dtype", str(err)):
         return InputMismatchError(

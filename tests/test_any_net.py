@@ -726,3 +726,30 @@ def test_adaptive_poolings_that_tile_their_input_run_as_int8_pooling(grid, int8_
     assert pools == ([("Pooling", True)] if int8_pool
                      else [("_contrib_AdaptiveAvgPooling2D", False)])
     assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999
+
+
+@pytest.mark.parametrize("target", [(0, -1), (-1, 16 * 4 * 4)])
+def test_a_reshape_that_flattens_runs_as_an_int8_flatten(target, disable_pass):
+    class Head(nn.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                self.conv = nn.Conv2D(16, 3, padding=1, activation="relu")
+                self.pool = nn.MaxPool2D(2)
+                self.out = nn.Dense(10)
+
+        def hybrid_forward(self, F, x):
+            return self.out(F.reshape(self.pool(self.conv(x)), shape=target))
+
+    net = Head()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(6)
+    batches = [mx.nd.array(rs.rand(8, 3, 8, 8).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert [(row.op, row.quantized) for row in qnet.report()] == [
+        ("Convolution", True), ("Pooling", True), ("Flatten", True), ("FullyConnected", True)]
+    x = mx.nd.array(rs.rand(3, 3, 8, 8).astype("float32"))    # another batch size
+    assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) > 0.999
+    disable_pass("reshapes_as_flatten")
+    assert ("Reshape", False) in [(row.op, row.quantized)
+                                  for row in gq.quantize(net, batches, progress=False).report()]

@@ -167,6 +167,60 @@ def test_numpy_mode_spatial_means_run_as_int8_pooling(np_mode):
     assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
 
 
+class PooledReshape(nn.HybridBlock):
+    """A pooled feature map reshaped the NumPy way before dense layers."""
+
+    def __init__(self, mode, **kwargs):
+        super().__init__(**kwargs)
+        self.mode = mode
+        with self.name_scope():
+            self.conv = nn.Conv2D(32, 3, padding=1, activation="relu")
+            self.pool = nn.MaxPool2D(2)
+            self.dense = nn.Dense(16, flatten=False)
+            self.out = nn.Dense(10)
+
+    def hybrid_forward(self, F, x):
+        h = self.pool(self.conv(x))
+        if self.mode == "flatten":
+            h = h.reshape((-1, 32 * 8 * 8))
+        elif self.mode == "rows":
+            h = h.reshape((-1, 32, 64))
+        else:
+            h = F.npx.reshape(h, (-2, -2, -1))
+        return self.out(self.dense(h))
+
+
+@pytest.mark.parametrize("mode, flatten", [("flatten", True), ("rows", False),
+                                           ("npx", False)])
+def test_numpy_mode_reshapes_of_onednn_outputs_run(np_mode, mode, flatten):
+    """NumPy mode's reshapes misread a oneDNN pooling's blocked output ("could not create a
+    primitive descriptor for a reorder primitive" in calibration): they run as the legacy
+    Reshape, and a reshape that flattens each sample as an int8 Flatten."""
+    net = PooledReshape(mode)
+    net.initialize(mx.init.Xavier())
+    rs = onp.random.RandomState(5)
+    batches = [np_mode.array(rs.rand(16, 3, 16, 16).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    ops = [(row.op, row.quantized) for row in qnet.report()]
+    assert not [op for op, _ in ops if op in ("_np_reshape", "_npx_reshape")]
+    assert (("Flatten", True) in ops) == flatten
+    assert qnet.report().coverage() == (3, 3)
+    assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
+
+
+def test_a_failure_inside_mxnet_is_not_blamed_on_the_inputs(np_mode, disable_pass):
+    """With the reshape rewrite off, oneDNN cannot build the reorder the NumPy reshape
+    needs: that is MXNet's failure, reported as such (it read "check that they match the
+    network's expected shapes")."""
+    disable_pass("numpy_reshapes")
+    net = PooledReshape("rows")
+    net.initialize(mx.init.Xavier())
+    batches = [np_mode.array(onp.ones((16, 3, 16, 16), "float32"))]
+    with pytest.raises(gq.ModelExecutionError, match=r"inside MXNet: .*reorder primitive.*"
+                                                     r"not a problem with your inputs"):
+        gq.quantize(net, batches, progress=False)
+
+
 def test_a_numpy_mode_export_loaded_as_symbolblock_quantizes(np_mode, tmp_path):
     """``net.export()`` then ``SymbolBlock.imports`` in NumPy mode: MXNet 1.9.1's SymbolBlock
     cannot be called with NumPy symbols ("not iterable"), so its graph is composed as a

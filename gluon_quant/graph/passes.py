@@ -21,6 +21,11 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     int8 kernel; so does a mean or max over every spatial axis (``F.mean(x, axis=(2,
     3))``, :func:`~gluon_quant.graph.pooling.spatial_reductions`), with a ``Flatten``,
     and an adaptive pooling whose windows tile its input (``tiled_adaptive_pools``).
+    :func:`~gluon_quant.graph.reshapes.reshapes_as_flatten`: a reshape that flattens each
+    sample (``x.reshape((0, -1))``, NumPy mode's ``x.reshape((-1, C*H*W))``) becomes
+    ``Flatten``, which has an int8 kernel and reads oneDNN's blocked layouts right;
+    :func:`~gluon_quant.graph.reshapes.numpy_reshapes`: NumPy mode's reshapes run as the
+    legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs).
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
@@ -113,6 +118,7 @@ from .islands import small_int8_regions
 from .layout import channels_first_convolutions, plain_reshaped_inputs
 from .normalize import fold_input_normalization
 from .pooling import spatial_reductions, tiled_adaptive_pools
+from .reshapes import numpy_reshapes, reshapes_as_flatten
 from .stem import fp32_stem
 from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
@@ -650,6 +656,8 @@ PASSES = (
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),
     GraphPass("spatial_reductions", Stage.TRACED, spatial_reductions),
     GraphPass("tiled_adaptive_pools", Stage.TRACED, tiled_adaptive_pools),
+    GraphPass("numpy_reshapes", Stage.TRACED, numpy_reshapes),
+    GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),
     # Before the activation and fusion guards: they see the convolution it makes.
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
     # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
