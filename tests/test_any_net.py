@@ -1,5 +1,7 @@
 """Nets beyond CNN classifiers, written the way Gluon users write them: each quantizes in
 one call, runs, agrees with fp32, and says why a layer stays fp32."""
+import logging
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -753,3 +755,33 @@ def test_a_reshape_that_flattens_runs_as_an_int8_flatten(target, disable_pass):
     disable_pass("reshapes_as_flatten")
     assert ("Reshape", False) in [(row.op, row.quantized)
                                   for row in gq.quantize(net, batches, progress=False).report()]
+
+
+class _UnrolledCell(nn.HybridBlock):
+    """An LSTMCell unrolled from its begin_state (F.zeros(shape=(0, hidden)))."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.inp = nn.Dense(32, flatten=False)
+            self.cell = rnn.LSTMCell(64, input_size=32)
+            self.out = nn.Dense(10)
+
+    def hybrid_forward(self, F, x):
+        outs, _ = self.cell.unroll(4, self.inp(x), layout="NTC", merge_outputs=False)
+        return self.out(outs[-1])
+
+
+def test_an_unrolled_cell_builds_without_a_first_run_fallback(caplog):
+    net = _UnrolledCell()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(7)
+    batches = [mx.nd.array(rs.randn(8, 4, 16).astype("float32")) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="gluon_quant"):
+        qnet = gq.quantize(net, batches, progress=False)
+    assert "failed at the first run" not in caplog.text
+    sums = [row for row in qnet.report() if row.op == "elemwise_add"]
+    first = [row for row in sums if "known only at run time" in row.reason]
+    assert len(first) == 1 and not first[0].quantized and "_t0_" in first[0].node
+    assert any(row.quantized for row in sums)       # the later steps' sums stay int8
+    assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999

@@ -26,7 +26,8 @@ from .rewrites import private_attrs
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["separate_broken_fusions", "mixed_reader_producers", "unsigned_relus", "entry_dtype",
+__all__ = ["separate_broken_fusions", "mixed_reader_producers", "unsized_state_sums",
+           "unsigned_relus", "entry_dtype",
            "chained_dequantizes",
            "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
            "stop_rnn_gradients", "FUSABLE_ACTIVATIONS"]
@@ -409,6 +410,49 @@ def mixed_reader_producers(graph):
             found[node["name"]] = ("its output feeds both int8 layers and fp32 readers or the "
                                    "network's outputs, which MXNet 1.9.1's int8 fusion "
                                    "mishandles (a crash or an invalid graph)")
+    return found
+
+
+#: Operators creating a tensor from a ``shape`` attribute, where 0 means "not known yet".
+_SIZED_CREATORS = frozenset(("_zeros", "_ones", "_full"))
+
+
+def unsized_state_sums(graph):
+    """Additions reading a tensor whose batch size is unknown until run time stay fp32.
+
+    An RNN cell's ``begin_state`` (``F.zeros(shape=(0, hidden))``), unrolled, makes the
+    first step's ``i2h(x) + h2h(state)`` read a tensor of shape ``(0, 4 * hidden)``: the
+    fp32 ``elemwise_add`` infers the 0 from its other input, MXNet 1.9.1's int8 one checks
+    both shapes first and fails at the first run ("Check failed: (*in_shape)[0] ==
+    (*in_shape)[1] ([8,256] vs. [-1,256])"), which the first-run fallback then caught with
+    a warning and a second build. Such a tensor is followed from its creator through the
+    layers reading it, up to an element-wise operator whose other input gives the shape.
+
+    Returns
+    -------
+    dict of str to str
+        Node name -> reason.
+    """
+    nodes = graph["nodes"]
+    unsized, found = set(), {}
+    for index, node in enumerate(nodes):
+        attrs = node.get("attrs") or {}
+        if node["op"] in _SIZED_CREATORS:
+            shape = str(attrs.get("shape", "")).strip("()[] ").replace(" ", "").split(",")
+            if "0" in shape:
+                unsized.add(index)
+            continue
+        reads = [e[0] in unsized for e in node["inputs"]]
+        if not any(reads):
+            continue
+        if node["op"] == "elemwise_add":
+            found[node["name"]] = (
+                "it adds a tensor whose batch size is known only at run time (a state made "
+                "by F.zeros(shape=(0, ...)), such as an RNN cell's begin_state): MXNet "
+                "1.9.1's int8 addition checks both shapes before running and fails")
+        if node["op"].startswith(("elemwise_", "broadcast_", "_npi_")) and not all(reads):
+            continue    # the other operand sizes the result
+        unsized.add(index)
     return found
 
 

@@ -112,7 +112,7 @@ from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView, describe_op
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
                      mixed_reader_producers, separate_broken_fusions, stop_rnn_gradients,
-                     unquantizable_rnns, unsigned_relus)
+                     unquantizable_rnns, unsigned_relus, unsized_state_sums)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
 from .layout import channels_first_convolutions, plain_reshaped_inputs
@@ -685,6 +685,7 @@ PASSES = (
     GraphPass("mixed_reader_producers", Stage.FUSED, lambda g, c: mixed_reader_producers(g),
               backends=("onednn",)),
     GraphPass("unquantizable_rnns", Stage.FUSED, _rnn_pass, backends=("onednn",)),
+    GraphPass("unsized_state_sums", Stage.FUSED, lambda g, c: unsized_state_sums(g)),
     GraphPass("chained_dequantizes", Stage.QUANTIZED, chained_dequantizes, backends=("onednn",)),
     GraphPass("int8_mul_inputs", Stage.QUANTIZED, int8_mul_inputs),
     GraphPass("small_int8_regions", Stage.QUANTIZED, small_int8_regions, backends=("onednn",)),
