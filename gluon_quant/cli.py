@@ -446,19 +446,19 @@ def _cmd_tune(args, out):
         raise ConfigError("tune evaluates trials in this process or on Ray: pass --engine "
                           "ray, or leave --engine out.")
     model, batches, load_s = _prepare(args, out)
-    if model.num_inputs != 1:
-        raise ConfigError("tune scores single-input models; %r has %d inputs."
-                          % (model.name, model.num_inputs))
-    eval_fn = Top1(*_load_eval_data(args.eval_data, batches), batch_size=args.batch_size)
+    eval_fn = Top1(*_load_eval_data(args.eval_data, batches, model.num_inputs),
+                   batch_size=args.batch_size)
+    samples = len(eval_fn.inputs[0])
     if eval_fn.labels is None:
         eval_fn = Top1(eval_fn.inputs, eval_fn.predictions(model.net), args.batch_size)
-        out.text("score: top-1 agreement with fp32 on %d inputs" % len(eval_fn.inputs))
+        out.text("score: top-1 agreement with fp32 on %d samples" % samples)
     else:
-        out.text("score: top-1 accuracy on %d labelled inputs" % len(eval_fn.inputs))
+        out.text("score: top-1 accuracy on %d labelled samples" % samples)
     start = time.perf_counter()
     qnet, result = gq.tune(model.net, batches, eval_fn, tolerance=args.tolerance,
                            max_trials=args.max_trials, engine=args.engine,
-                           address=args.address, config=quant_config(args, 1))
+                           address=args.address,
+                           config=quant_config(args, model.num_inputs))
     tune_s = time.perf_counter() - start
     out.text(str(result))
     trials = [dict(vars(t), exclude=list(t.exclude)) for t in result.trials]
@@ -475,19 +475,20 @@ def _cmd_tune(args, out):
 class Top1:
     """``eval_fn`` of ``tune``: top-1 accuracy of ``model`` on ``inputs`` against ``labels``.
 
-    A plain class of this module, so that Ray can send it to its workers.
+    ``inputs`` is a list of arrays, one per model input, of N samples each. A plain class
+    of this module, so that Ray can send it to its workers.
     """
 
     def __init__(self, inputs, labels, batch_size=64):
         self.inputs, self.labels, self.batch_size = inputs, labels, batch_size
 
     def predictions(self, model):
-        """Top-1 class of every input (batched)."""
+        """Top-1 class of every sample (batched)."""
         import mxnet as mx
         import numpy as np
         parts = []
-        for i in range(0, len(self.inputs), self.batch_size):
-            out = model(mx.nd.array(self.inputs[i:i + self.batch_size]))
+        for i in range(0, len(self.inputs[0]), self.batch_size):
+            out = model(*[mx.nd.array(a[i:i + self.batch_size]) for a in self.inputs])
             out = out[0] if isinstance(out, (list, tuple)) else out
             parts.append(out.argmax(axis=1).asnumpy().astype(np.int64))
         return np.concatenate(parts)
@@ -496,8 +497,10 @@ class Top1:
         return float((self.predictions(model) == self.labels).mean())
 
 
-def _load_eval_data(path, batches):
-    """``(inputs, labels or None)`` from a .npy or .npz (``x``/``y``) file."""
+def _load_eval_data(path, batches, num_inputs=1):
+    """``([inputs, one array per model input], labels or None)`` from a .npy of inputs, or a
+    .npz with the inputs (``x`` for one input; else every array but ``y``, in input
+    order) and optionally the labels ``y``."""
     import numpy as np
     from .errors import ArtifactError
     try:
@@ -506,19 +509,25 @@ def _load_eval_data(path, batches):
         raise ArtifactError("Cannot read --eval-data %r: %s. Pass a .npz with x (inputs) "
                             "and y (labels), or a .npy of inputs." % (path, err)) from None
     if isinstance(data, np.ndarray):
-        inputs, labels = data, None
+        inputs, labels = [data], None
     else:
-        if "x" not in data.files:
-            raise ArtifactError("--eval-data %r has arrays %s; name the inputs x and the "
-                                "labels y." % (path, sorted(data.files)))
-        inputs, labels = data["x"], (data["y"] if "y" in data.files else None)
-    sample = np.asarray(batches[0]).shape[1:]
-    if inputs.shape[1:] != sample or (labels is not None and len(labels) != len(inputs)):
-        raise ArtifactError("--eval-data %r holds inputs %s and labels %s; expected inputs "
-                            "(N,) + %s like the calibration data and N labels."
-                            % (path, inputs.shape, None if labels is None else labels.shape,
-                               tuple(sample)))
-    return inputs.astype(np.float32), None if labels is None else labels.astype(np.int64)
+        labels = data["y"] if "y" in data.files else None
+        names = ["x"] if "x" in data.files else [k for k in data.files if k != "y"]
+        inputs = [data[k] for k in names]
+    first = batches[0] if isinstance(batches[0], tuple) else (batches[0],)
+    samples = {len(a) for a in inputs} | ({len(labels)} if labels is not None else set())
+    if len(inputs) != num_inputs or len(samples) != 1 or any(
+            a.shape[1:] != np.asarray(b).shape[1:] for a, b in zip(inputs, first)):
+        raise ArtifactError(
+            "--eval-data %r holds inputs %s and labels %s; expected %d input array(s) of "
+            "(N,) + %s like the calibration data (x, or one array per input in input "
+            "order) and N labels y." % (path, [a.shape for a in inputs],
+                                        None if labels is None else labels.shape,
+                                        num_inputs,
+                                        " and ".join(str(np.asarray(b).shape[1:])
+                                                     for b in first)))
+    return ([a.astype(np.float32) for a in inputs],
+            None if labels is None else labels.astype(np.int64))
 
 
 def _input_shapes(batches):

@@ -253,6 +253,30 @@ def test_tune_scores_top1_on_labelled_data(workdir):
     assert os.path.getsize(result["files"]["params"]) > 0
 
 
+def test_tune_scores_a_two_input_model(tmp_path):
+    """--eval-data holds one array per input (in input order) and the labels y."""
+    net = _TwoInputs()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(1)
+    images, tokens = rs.rand(24, 3, 8, 8).astype("float32"), rs.randint(0, 20, (24, 5))
+    net.hybridize()
+    labels = net(mx.nd.array(images), mx.nd.array(tokens)).argmax(axis=1).asnumpy()
+    labels[:6] = (labels[:6] + 1) % 4                   # fp32 gets 18 of 24 right: 0.75
+    net.export(str(tmp_path / "pair"))
+    np.savez(tmp_path / "calib.npz", image=images, tokens=tokens.astype("float32"))
+    np.savez(tmp_path / "val.npz", image=images, tokens=tokens.astype("float32"),
+             y=labels.astype("int64"))
+    code, out = run("tune", tmp_path / "pair", "--calib", tmp_path / "calib.npz",
+                    "--eval-data", tmp_path / "val.npz", "--tolerance", 0.5,
+                    "--out", tmp_path / "tuned", "--json", "--quiet")
+    assert code == 0, out
+    assert json.loads(out)["tune"]["fp32_score"] == 0.75
+    np.savez(tmp_path / "one.npz", image=images, y=labels.astype("int64"))
+    assert run("tune", tmp_path / "pair", "--calib", tmp_path / "calib.npz", "--eval-data",
+               tmp_path / "one.npz", "--tolerance", 0.5, "--out", tmp_path / "t2",
+               "--quiet")[0] == cli.EXIT_ERROR
+
+
 def test_report_reads_a_python_export(workdir, tiny_cnn, tiny_batches):
     """`gluon-quant report` on what qnet.export() wrote (no PREFIX-report.json beside it)
     reads the report stored in the export's metadata."""
