@@ -23,7 +23,7 @@ Measured: a 4-block squeeze-excite net written with means, batch 32 at 56 px, ra
 """
 import logging
 
-from .rewrites import append_nodes, private_attrs
+from .rewrites import append_nodes, private_attrs, shaped_nodes
 
 __all__ = ["spatial_reductions", "tiled_adaptive_pools", "POOL_TYPES"]
 
@@ -62,10 +62,7 @@ def spatial_reductions(graph, context):
         Empty: the rewrite keeps nothing in fp32.
     """
     nodes = graph["nodes"]
-    candidates = [n for n in nodes if n["op"] in POOL_TYPES and len(n["inputs"]) == 1]
-    if not candidates or context is None or context.infer_shapes is None:
-        return {}
-    shapes = context.infer_shapes(graph) or {}
+    candidates, shapes = shaped_nodes(graph, context, POOL_TYPES, arity=1)
     new, rewritten = [], 0
     for node in candidates:
         attrs = node.get("attrs") or {}
@@ -116,10 +113,7 @@ def tiled_adaptive_pools(graph, context):
         Empty: the rewrite keeps nothing in fp32.
     """
     nodes = graph["nodes"]
-    candidates = [n for n in nodes if n["op"] == "_contrib_AdaptiveAvgPooling2D"]
-    if not candidates or context is None or context.infer_shapes is None:
-        return {}
-    shapes = context.infer_shapes(graph) or {}
+    candidates, shapes = shaped_nodes(graph, context, ("_contrib_AdaptiveAvgPooling2D",))
     for node in candidates:
         data = node["inputs"][0]
         shape = shapes.get((nodes[data[0]]["name"], data[1]))

@@ -29,7 +29,7 @@ import logging
 
 import numpy as np
 
-from .rewrites import private_attrs
+from .rewrites import private_attrs, shaped_nodes
 
 __all__ = ["numpy_reshapes", "reshapes_as_flatten"]
 
@@ -114,10 +114,7 @@ def reshapes_as_flatten(graph, context):
         Empty: the rewrite keeps nothing in fp32.
     """
     nodes = graph["nodes"]
-    candidates = [n for n in nodes if n["op"] in _RESHAPES and len(n["inputs"]) == 1]
-    if not candidates or context is None or context.infer_shapes is None:
-        return {}
-    shapes = context.infer_shapes(graph) or {}
+    candidates, shapes = shaped_nodes(graph, context, _RESHAPES, arity=1)
     rewritten = 0
     for node in candidates:
         data = node["inputs"][0]

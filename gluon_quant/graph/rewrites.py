@@ -141,6 +141,17 @@ def global_adaptive_pools(graph, context=None):  # pylint: disable=unused-argume
     return {}
 
 
+def shaped_nodes(graph, context, ops, arity=None):
+    """``(nodes, shapes)``: the nodes of ``graph`` running one of ``ops`` (with ``arity``
+    inputs, when given) and the graph's inferred shapes (``context.infer_shapes``), or
+    ``([], {})`` when there are no such nodes or no shapes to infer them with."""
+    found = [n for n in graph["nodes"] if n["op"] in ops
+             and (arity is None or len(n["inputs"]) == arity)]
+    if not found or context is None or context.infer_shapes is None:
+        return [], {}
+    return found, context.infer_shapes(graph) or {}
+
+
 def private_attrs(node, keep=()):
     """A node's private attributes (``__profiler_scope__``, ``__layout__``...) and those named
     in ``keep``: what a node rewritten as another operator takes along."""
@@ -166,10 +177,7 @@ def same_shape_adds(graph, context):
     dict
         Empty: the rewrite keeps nothing in fp32.
     """
-    candidates = [n for n in graph["nodes"] if n["op"] in BROADCAST_ADDS and len(n["inputs"]) == 2]
-    if not candidates or context is None or context.infer_shapes is None:
-        return {}
-    shapes = context.infer_shapes(graph) or {}
+    candidates, shapes = shaped_nodes(graph, context, BROADCAST_ADDS, arity=2)
     nodes = graph["nodes"]
     for node in candidates:
         a, b = (shapes.get((nodes[e[0]]["name"], e[1])) for e in node["inputs"])
