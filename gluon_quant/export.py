@@ -95,10 +95,13 @@ class _Source(NamedTuple):
     header: Dict[str, object]   # settings, fingerprint, inputs, output_format, table text
 
 
-def _built_source(qnet):
+def _built_source(qnet, header=True):
     if qnet.model is None:
         raise GraphError("Nothing to export: the network is not quantized yet. Call "
                          "gluon_quant.quantize() (or finalize()) before export().")
+    params = {name: value.asnumpy() for name, value in qnet.model.params.items()}
+    if not header:      # the stock MXNet pair: graph and parameters only
+        return _Source(qnet.quantized_graph, params, tuple(qnet.input_names), None, {})
     shapes = getattr(qnet, "calib_input_shapes", None) or [None] * len(qnet.input_names)
     table = qnet.calibration_table
     header = {
@@ -114,25 +117,25 @@ def _built_source(qnet):
             table.to_dict(), separators=(",", ":"), allow_nan=False),
         "report_text": qnet.report().to_json(separators=(",", ":")),
     }
-    return _Source(qnet.quantized_graph,
-                   {name: value.asnumpy() for name, value in qnet.model.params.items()},
-                   tuple(qnet.input_names), table, header)
+    return _Source(qnet.quantized_graph, params, tuple(qnet.input_names), table, header)
 
 
-def _loaded_source(block):
+def _loaded_source(block, header=True):
     """A loaded :class:`QuantizedSymbolBlock`: its graph, its (unpacked) parameters and
     the header of the metadata it was loaded with, so that its export loads as it did."""
-    meta = block.metadata
-    table = block.calibration_table
-    header = {key: meta.get(key) for key in ("settings", "fingerprint", "inputs",
-                                             "output_format", "report_text")}
-    header["calibration_table_text"] = None if table is None else json.dumps(
-        table.to_dict(), separators=(",", ":"), allow_nan=False)
     symbol = _mxnet.symbol_block_graph(block)[1]
     wanted = set(symbol.list_arguments()) | set(symbol.list_auxiliary_states())
     params = {p.name: p.data().asnumpy() for p in block.collect_params().values()
               if p.name in wanted}
-    return _Source(symbol, params, tuple(block.input_names), table, header)
+    if not header:
+        return _Source(symbol, params, tuple(block.input_names), None, {})
+    meta = block.metadata
+    table = block.calibration_table     # checked, and a 2.0 file's table made text
+    fields = {key: meta.get(key) for key in ("settings", "fingerprint", "inputs",
+                                             "output_format", "report_text")}
+    fields["calibration_table_text"] = None if table is None else json.dumps(
+        table.to_dict(), separators=(",", ":"), allow_nan=False)
+    return _Source(symbol, params, tuple(block.input_names), table, fields)
 
 
 @stage       # legacy array semantics: MXNet writes NumPy-mode files in another format
@@ -153,7 +156,9 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
         A file cannot be written (nothing is left behind).
     """
     fmt = ExportFormat.parse(fmt, "export format")
-    source = _loaded_source(qnet) if hasattr(qnet, "metadata") else _built_source(qnet)
+    # A loaded export carries its metadata (duck-typed: symbol_block imports this module).
+    read = _loaded_source if hasattr(qnet, "metadata") else _built_source
+    source = read(qnet, header=fmt is ExportFormat.GLUON_QUANT)
     sym, params = source.symbol, source.params
     symbol_text = sym.tojson().encode("utf-8")
     aux = set(sym.list_auxiliary_states())
