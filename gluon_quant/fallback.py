@@ -34,8 +34,9 @@ _log = logging.getLogger(__name__)
 #: Layers the first run may send back to fp32 before giving up.
 MAX_FALLBACKS = 3
 
-#: Samples the first run uses.
-FIRST_RUN_SAMPLES = 8
+#: Samples the first run uses: it checks that the graph runs (its outputs are not used),
+#: and on 8 samples it took 0.24 s of resnet18_v1's 1.4 s ``finalize()``.
+FIRST_RUN_SAMPLES = 2
 
 
 @stage
@@ -67,7 +68,9 @@ def build_runnable(plan, params, table, *, config, samples=None):
     model = build(plan, params, table, config=config, bias_inputs=samples)
     if samples is None:
         return model
-    inputs = [s[:FIRST_RUN_SAMPLES] for s in samples]
+    batch = samples[0].shape[0] if samples[0].ndim else None
+    # an input without the batch axis (indices the batch shares) is passed whole
+    inputs = [s[:FIRST_RUN_SAMPLES] if s.ndim and s.shape[0] == batch else s for s in samples]
     if not _mxnet.accepts_shapes(plan.fused.symbol, dict(zip(plan.fused.inputs.names,
                                                              (a.shape for a in inputs)))):
         inputs = list(samples)      # the graph takes only its calibration batch size
