@@ -53,15 +53,22 @@ class InputSpec:
         The count was given (``num_inputs=``, or the model family's preset says which
         elements its batches feed), so extra batch elements are labels.
     layout : list, optional
-        Where an argument is a list of arrays (an RNN's ``states=[h, c]``): the nesting of
-        ``arg_names`` in Gluon's format (``[0, [0, 0]]``), ``names`` then naming the flat
-        arrays in order, as ``hybridize()`` does. None when every argument is one array.
+        Where an argument is a list of arrays (an RNN's ``states=[h, c]``) or None (a
+        ``states=None`` before a ``valid_length`` the batches give): the nesting of
+        ``arg_names`` in Gluon's format (``[0, [0, 0]]``, ``-1`` for None), ``names`` then
+        naming the flat arrays in order, as ``hybridize()`` does. None when every argument
+        is one array.
+    nullable : list of str, optional
+        Arguments of ``arg_names`` that default to None: a dict batch without them passes
+        None (the traced graph has no input for them).
     """
 
-    def __init__(self, names, arg_names, optional=(), explicit=False, layout=None):
+    def __init__(self, names, arg_names, optional=(), explicit=False, layout=None,
+                 nullable=()):
         self.names = list(names)
         self.arg_names = list(arg_names)
         self.optional = [n for n in optional if n not in self.arg_names]
+        self.nullable = [n for n in nullable if n in self.arg_names]
         self.explicit = bool(explicit)
         self.layout = None if layout is None or layout == [0] * len(self.arg_names) \
             else list(layout)
@@ -74,7 +81,7 @@ class InputSpec:
     def to_meta(self):
         """The spec as JSON-ready data (kept in calibration tables' metadata)."""
         return {"names": self.names, "arg_names": self.arg_names, "optional": self.optional,
-                "explicit": self.explicit, "layout": self.layout}
+                "explicit": self.explicit, "layout": self.layout, "nullable": self.nullable}
 
     def table_meta(self, shapes=None):
         """What a calibration table keeps of the graph's inputs, so that a block built from
@@ -90,13 +97,14 @@ class InputSpec:
         try:
             meta = table_meta["inputs"]
             spec = cls(meta["names"], meta["arg_names"], meta.get("optional", ()),
-                       meta.get("explicit", False), meta.get("layout"))
+                       meta.get("explicit", False), meta.get("layout"),
+                       meta.get("nullable", ()))
             flat, _ = nest([0] * len(spec.arg_names) if spec.layout is None else spec.layout,
                            arrays=False)
         except (KeyError, TypeError, AttributeError):
             return None
         valid = all(isinstance(n, str) for n in spec.names + spec.arg_names)
-        return spec if valid and len(flat) == spec.count else None
+        return spec if valid and flat.count(0) == spec.count else None
 
     def regroup(self, flat):
         """The arguments to call the fp32 net with, from the flat input arrays/symbols."""
@@ -116,9 +124,9 @@ class InputSpec:
         if layout != expected:
             raise InputMismatchError(
                 "The inputs are nested as %s (%s) but the network was traced with %s (0 is "
-                "one array, [0, 0] a list of two). Give every batch and call the same "
-                "structure." % (layout, describe(batch if batch is not None else items),
-                                expected))
+                "one array, [0, 0] a list of two, -1 None). Give every batch and call the "
+                "same structure." % (layout, describe(batch if batch is not None else items),
+                                     expected))
         return flat, _labels(self.arg_names, expected)
 
     def nested_as(self, batch):
@@ -133,7 +141,7 @@ class InputSpec:
         if layout == [0] * len(layout):
             return self
         return type(self)(_mxnet.input_names(len(flat)), self.arg_names, self.optional,
-                          self.explicit, layout)
+                          self.explicit, layout, self.nullable)
 
     @classmethod
     def from_net(cls, net, num_inputs=None, batch=None, feeds=()):
@@ -170,7 +178,8 @@ class InputSpec:
                                          % (num_inputs,))
             args = required + optional
             args = (args + ["input%d" % i for i in range(len(args), num_inputs)])[:num_inputs]
-            return cls(_mxnet.input_names(num_inputs), args, explicit=True).nested_as(batch)
+            return cls(_mxnet.input_names(num_inputs), args, explicit=True,
+                       nullable=optional).nested_as(batch)
         count = max(1, len(required))
         fed = _leading(required + optional, feeds)
         settled = bool(optional) and fed > len(required) and isinstance(batch, (list, tuple))
@@ -181,7 +190,7 @@ class InputSpec:
         args = required + optional
         args = (args + ["input%d" % i for i in range(len(args), count)])[:count]
         return cls(_mxnet.input_names(count), args, optional=optional[count - len(required):],
-                   explicit=settled).nested_as(batch)
+                   explicit=settled, nullable=optional).nested_as(batch)
 
 
 def _numbers(value):
@@ -192,11 +201,14 @@ def _numbers(value):
 
 def nest(values, arrays=True):
     """``(flat, fmt)``: the leaves of nested lists/tuples ``values`` and Gluon's format of
-    their nesting (0 for a leaf, a list per sequence).  With ``arrays``, a list of numbers
-    (``[[0.1, ...]]``) is one leaf: the array it spells."""
+    their nesting (0 for a leaf, a list per sequence; with ``arrays``, -1 for None, which
+    ``flat`` leaves out, as Gluon does for an argument passed as None).  With ``arrays``,
+    a list of numbers (``[[0.1, ...]]``) is one leaf: the array it spells."""
     flat, fmt = [], []
     for value in values:
-        if isinstance(value, (list, tuple)) and not (arrays and _numbers(value)):
+        if arrays and value is None:
+            fmt.append(-1)
+        elif isinstance(value, (list, tuple)) and not (arrays and _numbers(value)):
             inner, inner_fmt = nest(value, arrays)
             flat.extend(inner)
             fmt.append(inner_fmt)
@@ -212,7 +224,7 @@ def _labels(names, fmt):
     for name, sub in zip(names, fmt):
         if sub == 0:
             out.append(name)
-        else:
+        elif sub != -1:     # None: no array
             out.extend(_labels(["%s[%d]" % (name, i) for i in range(len(sub))], sub))
     return out
 
@@ -256,15 +268,10 @@ def _leading(args, feeds):
 def _count_from_batch(net, required, optional, batch, count):
     """How many of the optional inputs a batch supplies (see :meth:`InputSpec.from_net`)."""
     if isinstance(batch, dict):
+        # up to the last one given: those before it that are missing are passed as None
+        # (GluonNLP's encoders: ``inputs, states=None, valid_length=None``)
         present = [i for i, name in enumerate(optional) if name in batch]
-        if present and present != list(range(len(present))):
-            raise InputMismatchError(
-                "The batch dict supplies %s but not %s before it; %s takes its optional "
-                "inputs in the order %s. Supply them in order or pass input_fn=."
-                % ([optional[i] for i in present],
-                   [n for i, n in enumerate(optional) if i < present[-1] and i not in present],
-                   type(net).__name__, optional))
-        return count + len(present)
+        return count + (present[-1] + 1 if present else 0)
     if isinstance(batch, (list, tuple)) and len(batch) > count:
         extra = len(batch) - count
         raise InputMismatchError(
@@ -425,6 +432,8 @@ def _select(spec, batch) -> Sequence:
                 picked.append(batch[arg_name])
             elif graph_name is not None and graph_name in batch:
                 picked.append(batch[graph_name])
+            elif arg_name in spec.nullable:
+                picked.append(None)
             else:
                 raise InputMismatchError(
                     "The batch dict has keys %s but no entry for input %r%s. Key the dict "
@@ -534,10 +543,14 @@ def run_error(err, inputs, spec, calibration, ctx=None):
             "The int8 network failed inside MXNet on inputs shaped like its calibration "
             "batches (%s): %s. This is not a problem with your inputs; please report it "
             "with the network." % (describe(inputs), _mxnet.first_line(err)))
+    layout = spec.layout or [0] * len(spec.arg_names)
+    nones = [name for name, sub in zip(spec.arg_names, layout) if sub == -1]
     return InputMismatchError(
-        "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) (%s) with "
-        "the rank and per-sample shape of the calibration batches%s, floating-point ones "
-        "as float32."
+        "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) (%s%s) "
+        "with the rank and per-sample shape of the calibration batches%s, floating-point "
+        "ones as float32."
         % (describe(inputs), _mxnet.first_line(err).rstrip("."), spec.count,
-           ", ".join(spec.arg_names), " (%s)" % seen if seen else ""))
+           ", ".join(_labels(spec.arg_names, layout)),
+           "; None for %s, as calibrated" % ", ".join(nones) if nones else "",
+           " (%s)" % seen if seen else ""))
 

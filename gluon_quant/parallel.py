@@ -48,6 +48,7 @@ class _Job:
     calibrator_module: str
     input_fn: Optional[Callable]
     input_layout: Optional[list] = None     # nesting of list arguments (InputSpec.layout)
+    input_nullable: tuple = ()              # arguments a dict batch may leave out (None)
 
 
 def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
@@ -168,7 +169,7 @@ def _make_job(qnet, names, template, shards):
     return _Job(symbol_json=qnet.fused_graph.tojson(),
                 params={k: v.asnumpy() for k, v in params.items() if k in needed},
                 input_names=list(spec.names), arg_names=list(spec.arg_names),
-                input_layout=spec.layout,
+                input_layout=spec.layout, input_nullable=tuple(spec.nullable),
                 tensor_names=list(names), calibrator_state=fresh.state_dict(),
                 calibrator_module=type(fresh).__module__, input_fn=qnet.config.input_fn), params
 
@@ -187,8 +188,8 @@ def _setup(job):
     ctx = mx.cpu()
     fused = mx.sym.load_json(job.symbol_json)
     params = {k: mx.nd.array(v, dtype=v.dtype) for k, v in job.params.items()}
-    converter = BatchConverter(InputSpec(job.input_names, job.arg_names, layout=job.input_layout),
-                               ctx, job.input_fn)
+    converter = BatchConverter(InputSpec(job.input_names, job.arg_names, layout=job.input_layout,
+                                         nullable=job.input_nullable), ctx, job.input_fn)
     outputs = [n for n in job.tensor_names if n not in set(job.input_names)]
     runner = []
 

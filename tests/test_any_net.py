@@ -173,6 +173,59 @@ def test_inputs_a_batch_showed_survive_clone_and_saved_tables(masked, tmp_path):
         assert _agree(qnet, other, nd_x, nd_mask) > 0.999
 
 
+class _Encoder(nn.HybridBlock):
+    """GluonNLP's encoders' signature: ``inputs, states=None, valid_length=None``; called
+    ``encoder(x, None, valid_length)``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.proj = nn.Dense(32, flatten=False)
+            self.out = nn.Dense(8, flatten=False)
+
+    def hybrid_forward(self, F, inputs, states=None, valid_length=None):
+        h = F.relu(self.proj(inputs))
+        if states is not None:
+            h = F.broadcast_add(h, F.expand_dims(states, axis=1))
+        if valid_length is not None:
+            h = F.SequenceMask(h, sequence_length=valid_length, use_sequence_length=True,
+                               axis=1)
+        return self.out(h)
+
+
+def test_an_argument_passed_as_none_before_a_given_one(tmp_path):
+    """A dict batch without ``states`` but with ``valid_length`` (refused before: "supplies
+    ['valid_length'] but not ['states'] before it"), or a tuple ``(x, None, valid_length)``
+    with ``num_inputs=3`` (failed to trace: the None became a graph input), is traced with
+    ``states=None``, as ``hybridize()`` does; a saved table rebuilds the same graph."""
+    net = _Encoder()
+    net.initialize(mx.init.Xavier())
+    batches = [(RS.randn(4, 12, 16).astype("float32"),
+                np.array([12, 7, 3, 9], dtype="float32")) for _ in range(3)]
+    x, length = (mx.nd.array(a) for a in batches[0])
+    ref = net(x, None, length).asnumpy()
+    by_dict = gq.quantize(net, [{"inputs": a, "valid_length": v} for a, v in batches],
+                          progress=False)
+    by_tuple = gq.quantize(net, [(a, None, v) for a, v in batches], num_inputs=3,
+                           progress=False)
+    table = str(tmp_path / "table.json")
+    by_dict.calibration_table.save(table)
+    rebuilt = gq.quantize(net, calib_table=gq.CalibrationTable.load(table), progress=False)
+    for qnet in (by_dict, by_tuple, rebuilt):
+        assert qnet.input_names == ["data0", "data1"]
+        out = qnet(x, None, length).asnumpy()
+        assert cosine(ref, out) > 0.999
+        assert np.all(out[2, 3:] == out[2, 3, 0])     # masked steps: the bias, exactly
+        assert len(qnet.report().quantized) == 2
+    qnet.export(str(tmp_path / "enc"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "enc"))
+    np.testing.assert_array_equal(loaded(x, length).asnumpy(), out)
+    with pytest.raises(gq.InputMismatchError, match=r"Pass 2 mx.nd.NDArray input\(s\) "
+                                                    r"\(inputs, valid_length; None for "
+                                                    r"states, as calibrated\)"):
+        by_dict(x, x[:, 0], length)
+
+
 def test_dict_output_gets_a_clear_error():
     class Heads(nn.HybridBlock):
         def __init__(self, **kwargs):

@@ -128,6 +128,33 @@ def test_list_arguments_reach_the_workers():
     assert len(single) >= 2 and dict(table) == dict(single)
 
 
+class _Optional(mx.gluon.HybridBlock):
+    """``inputs, states=None, valid_length=None``, fed without ``states``."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.proj = mx.gluon.nn.Dense(256, flatten=False)
+
+    def hybrid_forward(self, F, inputs, states=None, valid_length=None):
+        assert states is None
+        return F.SequenceMask(self.proj(inputs), sequence_length=valid_length,
+                              use_sequence_length=True, axis=1)
+
+
+def test_arguments_passed_as_none_reach_the_workers_as_none():
+    net = _Optional()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(3)
+    batches = [{"inputs": rs.rand(4, 10, 32).astype("float32"),
+                "valid_length": rs.randint(1, 11, 4).astype("float32")} for _ in range(3)]
+    single = gq.QuantizedHybridBlock(net, progress=False).calibrate(batches)
+    table = gq.calibrate_parallel(net, [batches[:1], batches[1:]], workers=1,
+                                  engine="process", progress=False)
+    assert table.meta["inputs"]["layout"] == [0, -1, 0]
+    assert len(single) == 2 and dict(table) == dict(single)
+
+
 class _MaskedMean(mx.gluon.HybridBlock):
     """A Conv1D (int8) and a small dense head after a masked mean: whether the head's
     int8 region pays depends on the batch shape the net is calibrated at."""

@@ -140,8 +140,20 @@ def flatten(args, what):
 
 
 def regroup(flat, fmt):
-    """Rebuild the nesting described by ``fmt`` (inverse of :func:`flatten`)."""
-    return _gluon_block._regroup(list(flat), fmt)
+    """Rebuild the nesting described by ``fmt`` (inverse of :func:`flatten`). ``flat`` has
+    no entry for the arguments that were None (``-1`` in ``fmt``, as Gluon writes them):
+    they are put back as None."""
+    arrays, filled = iter(flat), []
+
+    def walk(sub):
+        if isinstance(sub, int):
+            filled.append(None if sub == -1 else next(arrays))
+        else:
+            for inner in sub:
+                walk(inner)
+
+    walk(fmt)
+    return _gluon_block._regroup(filled + list(arrays), fmt)
 
 
 def backend_fuse(sym, pass_name, messages=None):
