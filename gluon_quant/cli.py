@@ -704,8 +704,8 @@ def _cmd_bench(args, out):
         rows.append({"batch": size, "fp32_ms": fp32 * 1e3, "int8_ms": int8 * 1e3,
                      "fp32_per_s": size / fp32, "int8_per_s": size / int8,
                      "speedup": fp32 / int8})
-    out.text("%-6s %12s %12s %14s %14s %9s" % ("batch", "fp32 ms", "int8 ms", "fp32 img/s",
-                                               "int8 img/s", "speedup"))
+    out.text("%-6s %12s %12s %14s %14s %9s" % ("batch", "fp32 ms", "int8 ms", "fp32 samples/s",
+                                               "int8 samples/s", "speedup"))
     for r in rows:
         out.text("%-6d %12.2f %12.2f %14.1f %14.1f %8.2fx" % (
             r["batch"], r["fp32_ms"], r["int8_ms"], r["fp32_per_s"], r["int8_per_s"],
