@@ -6,7 +6,8 @@ the signal-to-quantization-noise ratio ``SQNR = 10 log10(sum(x^2) / sum((x - q)^
 and the cosine of ``x`` and ``q`` are accumulated over all elements of all batches.
 
 The error of a layer includes what reached it from earlier layers; ``added_db`` (the drop
-of SQNR from the layer's worst input to its output) tells the error the layer adds itself.
+of SQNR from the layer's worst input to its output) tells the error the layer adds itself
+(the table says ``all`` where its inputs equal fp32 exactly: the first int8 layers).
 
 With ``floor=True`` the 8-bit activation floor (:mod:`gluon_quant.debug.floor`) runs beside
 them: each layer also gets the SQNR of the fp32 net with every calibrated tensor rounded to
@@ -128,6 +129,8 @@ class ComparisonReport(tuple):
                  + (" %9s %9s" % ("floor dB", "gap+ dB") if floor else "")]
         for r in self:
             added = "" if r.added_db is None else "%.1f" % r.added_db
+            if r.added_db is not None and r.sqnr_db + r.added_db >= EXACT_DB:
+                added = "all"   # its inputs are exact: all of its error is its own
             lines.append("%-44s %-14s %-5s %9.1f %9.5f %9s" % (
                 r.layer[-44:], r.op[:14], "yes" if r.quantized else "no", r.sqnr_db,
                 r.cosine, added) + (" %9.1f %9.1f" % (r.floor_sqnr_db, r.floor_gap_added_db)

@@ -7,7 +7,8 @@ import pytest
 
 import gluon_quant as gq
 from gluon_quant.debug import compare
-from gluon_quant.debug.compare import EXACT_DB, cosine, sqnr_db
+from gluon_quant.debug.compare import (EXACT_DB, ComparisonReport, LayerError, cosine,
+                                       sqnr_db)
 from gluon_quant.errors import GraphError
 
 
@@ -32,6 +33,18 @@ def test_fragile_layer_adds_the_most_error(fragile_mlp):
     assert report.batches == 1
     assert "mlp_fragile" in str(report)
     assert json.loads(report.to_json())["layers"][0]["node"] == report[0].node
+
+
+def test_a_layer_whose_inputs_are_exact_added_all_of_its_error():
+    """Not 200 dB (the cap of an exact SQNR) minus its SQNR: "added dB" 161.5 showed for the
+    first convolution of a net whose input passes an exact (fp32) expand_dims."""
+    layers = [LayerError("lift", "expand0", "expand_dims", False, EXACT_DB, 1.0, None),
+              LayerError("conv0", "conv0", "Convolution", True, 38.5, 0.9999, EXACT_DB - 38.5),
+              LayerError("conv1", "conv1", "Convolution", True, 35.4, 0.9998, 3.1)]
+    text = str(ComparisonReport(layers, output_sqnr_db=35.4, output_cosine=0.9998, batches=1))
+    rows = {line.split()[0]: line.split() for line in text.splitlines()[2:]}
+    assert rows["conv0"][-1] == "all" and rows["conv1"][-1] == "3.1"
+    assert len(rows["lift"]) == 5       # no input tracked: nothing shown
 
 
 def test_healthy_cnn_agrees_layer_by_layer(trained_cnn):
