@@ -222,6 +222,7 @@ def fuse(net, config: QuantConfig, batch=None, input_shapes=None, inputs=None) -
         then the backend's and the passes' (the first reason for a node is kept), and the
         preset's bounds on calibrated ranges.
     """
+    _mxnet.settle_earlier_failures()    # not to surface in the calibration pass
     np_mode = _mxnet.net_np_mode(net)   # traced as written; the rest runs on legacy arrays
     with _mxnet.legacy_mode():
         return _fuse(net, config, batch, input_shapes, inputs, np_mode)

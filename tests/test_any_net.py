@@ -502,6 +502,27 @@ def test_channels_last_convolutions_quantize():
     assert cosine(expected.asnumpy(), qnet(x).asnumpy()) > 0.999
 
 
+def test_a_failure_the_user_left_in_flight_is_not_reported_as_the_calibrations(caplog):
+    """The fp32 channels-last net run once imperatively fails asynchronously; MXNet raises
+    that at the next wait, whoever waits: it was reported as a failure of the calibration
+    pass ("Calibration forward pass failed inside MXNet: ... could not create a
+    descriptor"). It is logged and cleared before, and quantize() works."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1, layout="NHWC", activation="relu"),
+            nn.MaxPool2D(layout="NHWC"), nn.Conv2D(16, 3, padding=1, layout="NHWC"),
+            nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(2)
+    batches = [mx.nd.array(rs.rand(4, 12, 12, 3).astype("float32")) for _ in range(3)]
+    net(batches[0])     # not read: its failure is still in flight
+    with caplog.at_level(logging.WARNING, logger="gluon_quant"):
+        qnet = gq.quantize(net, batches, progress=False)
+    assert "could not create a descriptor" in caplog.text
+    assert "before gluon_quant was called" in caplog.text
+    assert [row.op for row in qnet.report() if row.quantized].count("Convolution") == 2
+    assert qnet(batches[1]).asnumpy().shape == (4, 3)
+
+
 def test_channels_last_net_with_deferred_shapes_quantizes():
     # Deferred parameters get their shapes by shape inference of the traced graph, not by
     # running the net: run imperatively, its channels-last convolution failed and the

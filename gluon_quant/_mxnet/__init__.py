@@ -470,6 +470,23 @@ def tap_outputs(sym, node_names, input_names):
     return mx.sym.Group(taps)
 
 
+def settle_earlier_failures():
+    """Wait for the work MXNet still has in flight from before; an error it left is logged
+    (a warning) and cleared, not raised.
+
+    MXNet raises an asynchronous operator failure at the next wait, whoever waits: a
+    channels-last convolution the user's fp32 net ran imperatively before ``quantize()``
+    failed in the calibration pass, reported as a failure of the pass (the pipeline runs
+    that net's convolutions channels-first, :mod:`gluon_quant.graph.layout`).
+    """
+    try:
+        mx.nd.waitall()
+    except mx.base.MXNetError as err:
+        _log.warning("An MXNet operation run before gluon_quant was called failed (MXNet "
+                     "reports such failures at the next wait, so it surfaced here): %s. Its "
+                     "result is wrong; gluon_quant goes on without it.", first_line(err))
+
+
 def run_block(block, inputs, what):
     """Call a block, turning MXNet errors into package errors naming ``what`` failed.
 
