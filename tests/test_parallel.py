@@ -101,6 +101,17 @@ def test_a_script_without_main_guard_gets_an_error_not_a_hang(tmp_path):
     assert "engine='ray'" in refused[0]
 
 
+def _one_pass_and_two_shards(net, batches, **settings):
+    """The table of one calibration pass over ``batches``, and the merged one of a worker
+    process calibrating the first batch and the rest as two shards (of the net itself, or
+    of a block with ``settings``)."""
+    single = gq.QuantizedHybridBlock(net, progress=False, **settings).calibrate(batches)
+    table = gq.calibrate_parallel(gq.QuantizedHybridBlock(net, progress=False, **settings)
+                                  if settings else net, [batches[:1], batches[1:]],
+                                  workers=1, engine="process", progress=False)
+    return single, table
+
+
 class _Stateful(mx.gluon.HybridBlock):
     """``net(x, [h, c])``: list arguments, flattened the same way in every worker."""
 
@@ -121,10 +132,7 @@ def test_list_arguments_reach_the_workers():
     rs = np.random.RandomState(1)
     batches = [(rs.rand(12, 32, 8).astype("float32"),
                 [rs.rand(1, 32, 16).astype("float32") for _ in range(2)]) for _ in range(3)]
-    single = gq.QuantizedHybridBlock(net, num_inputs=2, progress=False).calibrate(batches)
-    qnet = gq.QuantizedHybridBlock(net, num_inputs=2, progress=False)
-    table = gq.calibrate_parallel(qnet, [batches[:1], batches[1:]], workers=1,
-                                  engine="process", progress=False)
+    single, table = _one_pass_and_two_shards(net, batches, num_inputs=2)
     assert len(single) >= 2 and dict(table) == dict(single)
 
 
@@ -148,9 +156,7 @@ def test_arguments_passed_as_none_reach_the_workers_as_none():
     rs = np.random.RandomState(3)
     batches = [{"inputs": rs.rand(4, 10, 32).astype("float32"),
                 "valid_length": rs.randint(1, 11, 4).astype("float32")} for _ in range(3)]
-    single = gq.QuantizedHybridBlock(net, progress=False).calibrate(batches)
-    table = gq.calibrate_parallel(net, [batches[:1], batches[1:]], workers=1,
-                                  engine="process", progress=False)
+    single, table = _one_pass_and_two_shards(net, batches)
     assert table.meta["inputs"]["layout"] == [0, -1, 0]
     assert len(single) == 2 and dict(table) == dict(single)
 
@@ -181,9 +187,7 @@ def test_a_parallel_table_rebuilds_the_same_block(int8_regions):
     rs = np.random.RandomState(2)
     batches = [{"x": rs.randn(64, 8, 120).astype("float32"),
                 "valid": rs.randint(3, 121, 64).astype("float32")} for _ in range(3)]
-    single = gq.QuantizedHybridBlock(net, progress=False).calibrate(batches)
-    table = gq.calibrate_parallel(net, [batches[:1], batches[1:]], workers=1,
-                                  engine="process", progress=False)
+    single, table = _one_pass_and_two_shards(net, batches)
     assert dict(table) == dict(single) and len(table) == 2
     assert table.meta["inputs"] == single.meta["inputs"]
     assert table.meta["inputs"]["arg_names"] == ["x", "valid"]
