@@ -14,9 +14,9 @@ from mxnet import autograd
 from mxnet.gluon import nn
 
 from .. import _mxnet
-from ..errors import CalibrationDataError
+from ..errors import CalibrationDataError, ModelExecutionError
 
-__all__ = ["reestimate_batchnorm", "set_symbol_block_statistics"]
+__all__ = ["reestimate_batchnorm", "set_batchnorm_statistics", "set_symbol_block_statistics"]
 
 _log = logging.getLogger(__name__)
 
@@ -55,6 +55,20 @@ def reestimate_batchnorm(net, batch):
         raise CalibrationDataError("reestimate_batchnorm needs NDArray input(s), got %r."
                                    % (type(batch).__name__,))
     layers = _batchnorms(net)
+    try:
+        _training_pass(net, inputs, layers)
+    except mx.base.MXNetError as err:
+        # e.g. "Check failed: !is_view" in the backward of GluonCV's R(2+1)D and SlowFast
+        _log.info("MXNet's training-mode pass failed (%s); setting the statistics with "
+                  "forward pre-hooks instead.", _mxnet.first_line(err))
+        return set_batchnorm_statistics(net, inputs)
+    _log.info("Re-estimated the statistics of %d BatchNorm layers on %d samples.",
+              len(layers), inputs[0].shape[0])
+    return len(layers)
+
+
+def _training_pass(net, inputs, layers):
+    """One training-mode forward and backward pass with momentum 0 on every BatchNorm."""
     saved = [_mxnet.batchnorm_momentum(bn) for bn in layers]
     try:
         for bn in layers:
@@ -75,9 +89,74 @@ def reestimate_batchnorm(net, batch):
         for bn, momentum in zip(layers, saved):
             _mxnet.set_batchnorm_momentum(bn, momentum)
         _clear_cached_ops(net)
-    _log.info("Re-estimated the statistics of %d BatchNorm layers on %d samples.",
-              len(layers), inputs[0].shape[0])
-    return len(layers)
+
+
+def set_batchnorm_statistics(net, batch):
+    """Set every BatchNorm's running statistics from ``batch``, in inference mode.
+
+    Same result as :func:`reestimate_batchnorm` (layer after layer, each BatchNorm gets
+    the mean and variance of its own input), for nets whose training-mode forward needs
+    more than images (YOLOv3 asks for training targets) or whose backward pass fails
+    inside MXNet (3-D video nets): a forward pre-hook on each BatchNorm writes the
+    statistics just before it runs.
+
+    Hooks do not run inside a ``SymbolBlock`` (SSD's feature extractors, which GluonCV
+    builds as one): a pre-hook on the ``SymbolBlock`` itself sets the statistics of its
+    inner BatchNorm nodes from its inputs instead
+    (:func:`set_symbol_block_statistics`).
+
+    Parameters
+    ----------
+    net : mxnet.gluon.Block
+        Not hybridized.
+    batch : NDArray or tuple of NDArray
+        The network's input(s), ``(N, ...)``.
+
+    Returns
+    -------
+    int
+        Number of BatchNorm layers updated.
+    """
+    def hook(block, inputs):
+        x = inputs[0]
+        axes = tuple(i for i in range(x.ndim) if i != 1)
+        mean = x.mean(axis=axes)
+        var = ((x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))) ** 2).mean(axis=axes)
+        block.running_mean.set_data(mean)
+        block.running_var.set_data(var)
+
+    counts = []
+
+    def graph_hook(block, inputs):
+        counts.append(set_symbol_block_statistics(block, list(inputs)))
+
+    layers, graphs = [], []
+    stack = [net]
+    while stack:
+        block = stack.pop()
+        if isinstance(block, mx.gluon.nn.BatchNorm):
+            layers.append(block)
+        elif isinstance(block, mx.gluon.SymbolBlock):
+            graphs.append(block)
+        stack.extend(_mxnet.child_blocks(block))
+    inputs = list(batch) if isinstance(batch, (list, tuple)) else [batch]
+    handles = []
+    try:
+        if not all(_mxnet.is_initialized(p) for p in net.collect_params().values()):
+            net(*inputs)    # deferred shapes are known after one call; hooks set parameters
+        handles = [bn.register_forward_pre_hook(hook) for bn in layers]
+        handles += [g.register_forward_pre_hook(graph_hook) for g in graphs]
+        net(*inputs)
+        mx.nd.waitall()
+    except (mx.base.MXNetError, ValueError) as err:     # ValueError: deferred shapes
+        raise ModelExecutionError(
+            "Setting the BatchNorm statistics: the network fails inside MXNet on the batch "
+            "(%s): %s" % (", ".join(str(tuple(x.shape)) for x in inputs),
+                          _mxnet.first_line(err))) from err
+    finally:
+        for handle in handles:
+            handle.detach()
+    return len(layers) + sum(counts)
 
 
 def _batchnorm_inputs(sym):

@@ -13,12 +13,11 @@ import logging
 import mxnet as mx
 import numpy as np
 
-from .._mxnet import child_blocks, is_initialized
 from ..api import quantize
 from ..config import QuantConfig
 from .._names import suggest
 from ..errors import ConfigError, UnknownNameError
-from .batchnorm import set_symbol_block_statistics
+from .batchnorm import set_batchnorm_statistics
 from .samples import sample_images
 
 __all__ = ["get_model", "sample_batches", "random_crops", "initialize_random",
@@ -131,66 +130,6 @@ def _initializer_for(name, normalized=True):
     if normalized:
         return mx.init.Xavier()
     return mx.init.Xavier(rnd_type="gaussian", factor_type="in", magnitude=2)
-
-
-def set_batchnorm_statistics(net, batch):
-    """Set every BatchNorm's running statistics from ``batch``, in inference mode.
-
-    Same result as :func:`~gluon_quant.zoo.batchnorm.reestimate_batchnorm` (layer after
-    layer, each BatchNorm gets the mean and variance of its own input), for nets whose
-    training-mode forward needs more than images (YOLOv3 asks for training targets):
-    a forward pre-hook on each BatchNorm writes the statistics just before it runs.
-
-    Hooks do not run inside a ``SymbolBlock`` (SSD's feature extractors, which GluonCV
-    builds as one): a pre-hook on the ``SymbolBlock`` itself sets the statistics of its
-    inner BatchNorm nodes from its inputs instead
-    (:func:`~gluon_quant.zoo.batchnorm.set_symbol_block_statistics`).
-
-    Parameters
-    ----------
-    net : mxnet.gluon.Block
-        Not hybridized.
-    batch : NDArray
-        ``(N, C, H, W)`` images.
-
-    Returns
-    -------
-    int
-        Number of BatchNorm layers updated.
-    """
-    def hook(block, inputs):
-        x = inputs[0]
-        axes = tuple(i for i in range(x.ndim) if i != 1)
-        mean = x.mean(axis=axes)
-        var = ((x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))) ** 2).mean(axis=axes)
-        block.running_mean.set_data(mean)
-        block.running_var.set_data(var)
-
-    counts = []
-
-    def graph_hook(block, inputs):
-        counts.append(set_symbol_block_statistics(block, list(inputs)))
-
-    layers, graphs = [], []
-    stack = [net]
-    while stack:
-        block = stack.pop()
-        if isinstance(block, mx.gluon.nn.BatchNorm):
-            layers.append(block)
-        elif isinstance(block, mx.gluon.SymbolBlock):
-            graphs.append(block)
-        stack.extend(child_blocks(block))
-    if graphs and not all(is_initialized(p) for p in net.collect_params().values()):
-        net(batch)      # deferred shapes are known after one call; hooks read parameters
-    handles = [bn.register_forward_pre_hook(hook) for bn in layers]
-    handles += [g.register_forward_pre_hook(graph_hook) for g in graphs]
-    try:
-        net(batch)
-        mx.nd.waitall()
-    finally:
-        for handle in handles:
-            handle.detach()
-    return len(layers) + sum(counts)
 
 
 def _zoo():

@@ -1,0 +1,52 @@
+"""BatchNorm statistics set from data (gluon_quant.zoo.batchnorm), for random-weight nets."""
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet.gluon import nn
+
+import gluon_quant as gq
+from gluon_quant.zoo import batchnorm
+
+
+def _net():
+    net = nn.HybridSequential()
+    net.add(nn.Conv3D(8, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+            nn.Conv3D(8, 3, padding=1), nn.BatchNorm(), nn.GlobalAvgPool3D(), nn.Dense(4))
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    return net
+
+
+def _statistics(net):
+    return [p.data().asnumpy() for name, p in sorted(net.collect_params().items())
+            if name.endswith(("running_mean", "running_var"))]
+
+
+def test_a_failing_training_pass_falls_back_to_forward_hooks(monkeypatch, caplog):
+    """GluonCV's R(2+1)D and SlowFast fail in MXNet's backward ("Check failed: !is_view"):
+    `gluon-quant quantize r2plus1d_resnet18_kinetics400 --no-pretrained` ended in an
+    internal error. The statistics are then set by forward pre-hooks: the same ones."""
+    x = mx.nd.array(np.random.RandomState(0).rand(4, 3, 4, 8, 8).astype("float32"))
+    trained = _net()
+    assert batchnorm.reestimate_batchnorm(trained, x) == 2
+
+    def fails(*args):
+        raise mx.base.MXNetError("Check failed: !is_view")
+
+    monkeypatch.setattr(batchnorm, "_training_pass", fails)
+    hooked = _net()
+    with caplog.at_level("INFO", logger="gluon_quant"):
+        assert batchnorm.reestimate_batchnorm(hooked, x) == 2
+    assert "forward pre-hooks instead" in caplog.text and "!is_view" in caplog.text
+    untrained = _net()
+    untrained(x)        # deferred shapes; inference: the statistics stay 0 and 1
+    before = _statistics(untrained)
+    for a, b, untouched in zip(_statistics(trained), _statistics(hooked), before):
+        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+        assert not np.allclose(a, untouched)
+
+
+def test_a_network_that_does_not_run_is_reported_as_such():
+    net = _net()
+    with pytest.raises(gq.ModelExecutionError, match=r"BatchNorm statistics.*\(4, 3, 8\)"):
+        batchnorm.set_batchnorm_statistics(net, mx.nd.ones((4, 3, 8)))
