@@ -292,8 +292,7 @@ def _positive(value, option):
 
 def _prepare(args, out):
     """Load MODEL and the calibration batches; re-estimate BatchNorm for random weights."""
-    from .cli_models import load_calibration, load_model, stack_for_batchnorm
-    from .zoo.batchnorm import reestimate_batchnorm
+    from .cli_models import load_calibration, load_model, set_batchnorm_from
     for option in ("batch_size", "max_images", "num_calib_batches"):
         _positive(getattr(args, option), "--" + option.replace("_", "-"))
     start = time.perf_counter()
@@ -309,7 +308,7 @@ def _prepare(args, out):
         out.text("calibration: %d batch(es) of up to %d from %s"
                  % (len(batches), args.batch_size, args.calib))
     if model.random_weights:
-        count = reestimate_batchnorm(model.net, stack_for_batchnorm(batches))
+        count = set_batchnorm_from(model.net, batches)
         _log.info("Re-estimated %d BatchNorm layers on the calibration data.", count)
     return model, batches, time.perf_counter() - start
 

@@ -22,7 +22,8 @@ import numpy as np
 
 from . import _mxnet
 from ._names import suggest
-from .errors import ArtifactError, CalibrationDataError, ConfigError, UnknownNameError
+from .errors import (ArtifactError, CalibrationDataError, ConfigError,
+                     ModelExecutionError, UnknownNameError)
 from .progress import progress_bar
 
 __all__ = ["LoadedModel", "load_model", "load_calibration", "imagenet_preprocess",
@@ -161,12 +162,9 @@ def _gluoncv_model(name, pretrained, ctx):
             "exported pair %r exists.%s Valid names include efficientnet_lite0 and the "
             "GluonCV names (%d), e.g. %s." % (name, name + "-symbol.json", suggest(name, valid),
                                             len(valid), ", ".join(valid[:8])))
-    kwargs = {"pretrained": pretrained}
-    if "ssd" in name or "yolo" in name or "faster_rcnn" in name or "fcn" in name \
-            or "psp" in name or "deeplab" in name:
-        kwargs["pretrained_base"] = False
+    from .zoo.gluoncv import build_net
     try:
-        net = model_zoo.get_model(name, **kwargs)
+        net = build_net(model_zoo, name, pretrained, {})
     except (OSError, RuntimeError, ValueError) as err:  # no network, bad download
         raise ArtifactError("Cannot fetch the pretrained weights of %r (%s). Without internet, "
                             "use --no-pretrained (random weights, BatchNorm statistics "
@@ -359,6 +357,33 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
     if len(inputs) == 1:
         return _batched(inputs[0], batch_size)
     return list(zip(*[_batched(a, batch_size) for a in inputs]))
+
+
+def set_batchnorm_from(net, batches):
+    """Set the BatchNorm statistics of a random-weight ``net`` from the calibration
+    ``batches`` (up to 64 samples of them stacked, or the first batch alone for a net that
+    takes one batch size); the number of BatchNorm layers set.
+
+    Raises
+    ------
+    ModelExecutionError
+        The net does not run on the first batch either; for batches of more than one
+        sample, the message points to ``--batch-size 1``.
+    """
+    from .zoo.batchnorm import reestimate_batchnorm     # the zoo imports the package
+    try:
+        return reestimate_batchnorm(net, stack_for_batchnorm(batches))
+    except ModelExecutionError:     # a net taking one batch size (Faster R-CNN: 1)
+        first = stack_for_batchnorm(batches[:1])
+        try:
+            return reestimate_batchnorm(net, first)
+        except ModelExecutionError as err:
+            size = (first[0] if isinstance(first, tuple) else first).shape[0]
+            if size == 1:
+                raise
+            raise ModelExecutionError(
+                "%s. Some nets take one image per batch (GluonCV's Faster R-CNN and "
+                "Mask R-CNN): try --batch-size 1." % str(err).rstrip(".")) from err
 
 
 def stack_for_batchnorm(batches, limit=64):

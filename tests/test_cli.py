@@ -216,6 +216,47 @@ def test_bad_input_exits_1_with_one_line(workdir, capsys, argv, fragment):
     assert len(err) == 1 and fragment in err[0] and err[0].startswith("gluon-quant ")
 
 
+@pytest.mark.parametrize("model, before", [
+    ("yolo3_mobilenet1.0_voc", "internal error: TypeError: YOLOV3TargetMerger..."),
+    ("center_net_resnet18_v1b_voc", "Cannot fetch the pretrained weights (its backbone's)"),
+])
+def test_random_weight_zoo_models_quantize_offline(workdir, model, before):
+    """--no-pretrained: no download of a backbone, and BatchNorm statistics set from the
+    images even where the net's training-mode forward asks for training targets."""
+    code, out = run("quantize", model, "--no-pretrained", "--calib", workdir / "images",
+                    "--image-size", 128, "--batch-size", 3, "--out", workdir / "zoo" / model,
+                    "--quiet", "--json")
+    assert code == 0, before
+    coverage = json.loads(out)["coverage"]
+    assert coverage["conv_dense_int8"] >= 0.9 * coverage["conv_dense_total"] > 20
+
+
+def test_a_net_taking_one_image_per_batch_is_pointed_to_batch_size_1(workdir, monkeypatch,
+                                                                     capsys):
+    """GluonCV's Faster R-CNN runs one image at a time: BatchNorm statistics are set on the
+    first calibration batch when all of them stacked fail, and else the error says to
+    try --batch-size 1."""
+    from gluon_quant.zoo import batchnorm
+    real, seen = batchnorm.reestimate_batchnorm, []
+
+    def one_image_only(net, batch):
+        seen.append(batch.shape[0])
+        if batch.shape[0] > 1:
+            raise gq.ModelExecutionError("Setting the BatchNorm statistics: the network "
+                                         "fails inside MXNet on the batch.")
+        return real(net, batch)
+
+    monkeypatch.setattr(batchnorm, "reestimate_batchnorm", one_image_only)
+    argv = ["quantize", "yolo3_mobilenet1.0_voc", "--no-pretrained", "--calib",
+            workdir / "images", "--image-size", 96, "--out", workdir / "one" / "q", "--quiet"]
+    code, _ = run(*argv, "--batch-size", 3)
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR and seen == [6, 3] and "try --batch-size 1" in err
+    seen.clear()
+    code, _ = run(*argv, "--batch-size", 1)
+    assert code == 0 and seen == [6, 1]
+
+
 def test_quantize_on_ray_gives_the_same_model(workdir, monkeypatch):
     ray = pytest.importorskip("ray")
     # Shared test machine: keep Ray's memory monitor from killing the workers (test_ray.py).

@@ -57,10 +57,11 @@ def reestimate_batchnorm(net, batch):
     layers = _batchnorms(net)
     try:
         _training_pass(net, inputs, layers)
-    except mx.base.MXNetError as err:
-        # e.g. "Check failed: !is_view" in the backward of GluonCV's R(2+1)D and SlowFast
-        _log.info("MXNet's training-mode pass failed (%s); setting the statistics with "
-                  "forward pre-hooks instead.", _mxnet.first_line(err))
+    except Exception as err:    # pylint: disable=broad-except
+        # MXNet's backward fails on GluonCV's R(2+1)D and SlowFast ("Check failed:
+        # !is_view"); YOLOv3's training-mode forward asks for training targets (TypeError)
+        _log.info("The training-mode pass failed (%s: %s); setting the statistics with "
+                  "forward pre-hooks instead.", type(err).__name__, _mxnet.first_line(err))
         return set_batchnorm_statistics(net, inputs)
     _log.info("Re-estimated the statistics of %d BatchNorm layers on %d samples.",
               len(layers), inputs[0].shape[0])

@@ -146,8 +146,10 @@ def model_names():
     return sorted(_zoo().get_model_list())
 
 
-def _build(zoo, name, pretrained, kwargs):
-    """The fp32 net; detection and segmentation nets get ``pretrained_base=pretrained``."""
+def build_net(zoo, name, pretrained, kwargs):
+    """GluonCV's ``zoo.get_model(name, pretrained=pretrained, **kwargs)``; nets with a
+    backbone (detection, segmentation, pose, ...) get ``pretrained_base=pretrained``: random
+    weights download nothing."""
     try:
         return zoo.get_model(name, pretrained=pretrained,
                              **dict({"pretrained_base": pretrained}, **kwargs))
@@ -223,7 +225,7 @@ def get_model(name, calib_data=None, **kwargs):
     nms = {k: kwargs.pop(k) for k in list(kwargs) if k in NMS_KEYWORDS}
     pretrained = bool(kwargs.pop("pretrained", False))
     size = int(kwargs.pop("image_size", 224))
-    net = _build(zoo, name.lower(), pretrained, kwargs)
+    net = build_net(zoo, name.lower(), pretrained, kwargs)
     if nms:
         _set_nms(net, name, nms)
     if calib_data is None and quant_kwargs.get("calib_table") is None:
