@@ -367,8 +367,8 @@ def set_batchnorm_from(net, batches):
     Raises
     ------
     ModelExecutionError
-        The net does not run on the first batch either; for batches of more than one
-        sample, the message points to ``--batch-size 1``.
+        The net does not run on the first batch either; where it runs on one sample of
+        it, the message points to ``--batch-size 1``.
     """
     from .zoo.batchnorm import reestimate_batchnorm     # the zoo imports the package
     try:
@@ -378,12 +378,18 @@ def set_batchnorm_from(net, batches):
         try:
             return reestimate_batchnorm(net, first)
         except ModelExecutionError as err:
-            size = (first[0] if isinstance(first, tuple) else first).shape[0]
-            if size == 1:
+            one = tuple(a[:1] for a in first) if isinstance(first, tuple) else first[:1]
+            if (one[0] if isinstance(one, tuple) else one).shape[0] == \
+                    (first[0] if isinstance(first, tuple) else first).shape[0]:
                 raise
+            try:
+                reestimate_batchnorm(net, one)
+            except ModelExecutionError:
+                raise err from None     # not the batch size: the inputs themselves
             raise ModelExecutionError(
-                "%s. Some nets take one image per batch (GluonCV's Faster R-CNN and "
-                "Mask R-CNN): try --batch-size 1." % str(err).rstrip(".")) from err
+                "%s. The network runs on one sample at a time only (as GluonCV's Faster "
+                "R-CNN and Mask R-CNN do): use --batch-size 1." % str(err).rstrip(".")) \
+                from err
 
 
 def stack_for_batchnorm(batches, limit=64):
