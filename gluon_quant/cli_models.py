@@ -378,10 +378,9 @@ def set_batchnorm_from(net, batches):
         try:
             return reestimate_batchnorm(net, first)
         except ModelExecutionError as err:
-            one = tuple(a[:1] for a in first) if isinstance(first, tuple) else first[:1]
-            if (one[0] if isinstance(one, tuple) else one).shape[0] == \
-                    (first[0] if isinstance(first, tuple) else first).shape[0]:
+            if (first[0] if isinstance(first, tuple) else first).shape[0] == 1:
                 raise
+            one = tuple(a[:1] for a in first) if isinstance(first, tuple) else first[:1]
             try:
                 reestimate_batchnorm(net, one)
             except ModelExecutionError:
