@@ -622,7 +622,10 @@ def _fused_sum_pass(graph, context):
 
 
 def _unsigned_relu_pass(graph, context):
-    unsigned_relus(graph, context.infer_dtypes(graph))
+    # Until none is left: dropping one ReLU can make a later one's input uint8 (an int8 add
+    # of two uint8 tensors is uint8, of a uint8 and an int8 one int8).
+    while unsigned_relus(graph, context.infer_dtypes(graph)):
+        pass
     return {}
 
 
