@@ -90,7 +90,7 @@ def _add_model(parser, *, calib_required=True):
                         help="efficientnet_lite0, a GluonCV zoo name (resnet18_v1, "
                              "mobilenet1.0, ...), or an exported fp32 PREFIX/-symbol.json")
     parser.add_argument("--calib", metavar="DIR|FILE", required=calib_required,
-                        help="folder of images (jpg/png/bmp, preprocessed like the model's "
+                        help="folder of images (jpg/png/bmp/tif, preprocessed like the model's "
                              "training data) or a .npy/.npz of input arrays")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                         help="random weights (offline); BatchNorm statistics are re-estimated "

@@ -32,7 +32,7 @@ __all__ = ["LoadedModel", "load_model", "load_calibration", "imagenet_preprocess
 _log = logging.getLogger(__name__)
 
 #: File name endings read as images in a calibration folder.
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 #: ImageNet normalization used by GluonCV models (RGB, pixels in [0, 1]).
 _MEAN = np.array([0.485, 0.456, 0.406], np.float32)
 _STD = np.array([0.229, 0.224, 0.225], np.float32)
@@ -279,11 +279,33 @@ def _decode(path):
         image = mx.image.imread(path, to_rgb=True)
     except mx.base.MXNetError as err:
         raise CalibrationDataError("Cannot decode the image %r: %s"
-                                   % (path, str(err).strip().splitlines()[0])) from None
+                                   % (path, _mxnet.first_line(err))) from None
     if image.ndim != 3 or image.shape[2] != 3 or min(image.shape[:2]) < 1:
         raise CalibrationDataError("Image %r decoded to shape %r, not (H, W, 3)."
                                    % (path, image.shape))
     return image.asnumpy()
+
+
+def _read_images(files, model, max_images, progress):
+    """Decode and preprocess ``files`` (up to ``max_images`` decoded ones) into one array.
+    A file that does not decode (truncated, or not an image) is skipped with a warning
+    naming it: one bad file in a folder of hundreds should not stop a calibration."""
+    arrays, skipped = [], []
+    wanted = len(files) if max_images is None else max_images
+    for name in progress_bar(files, enabled=progress, desc="reading images", unit="image"):
+        if len(arrays) >= wanted:
+            break
+        try:
+            arrays.append(model.preprocess(_decode(name)).asnumpy())
+        except CalibrationDataError as err:
+            skipped.append(str(err))
+    if not arrays:
+        raise CalibrationDataError("None of the %d image files could be used: %s"
+                                   % (len(skipped), "; ".join(skipped[:3])))
+    if skipped:
+        _log.warning("Skipped %d of the image files: %s%s", len(skipped),
+                     "; ".join(skipped[:3]), " ..." if len(skipped) > 3 else "")
+    return np.concatenate(arrays).astype(np.float32)
 
 
 def _batched(arrays, batch_size):
@@ -314,8 +336,9 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
     Parameters
     ----------
     path : str
-        A folder (searched recursively for .jpg/.jpeg/.png/.bmp files, decoded with
-        ``mx.image.imread`` and preprocessed like the model's training data), or a ``.npy``
+        A folder (searched recursively for .jpg/.jpeg/.png/.bmp/.tif/.tiff files, decoded
+        with ``mx.image.imread`` and preprocessed like the model's training data; files
+        that do not decode are skipped with a warning), or a ``.npy``
         file of shape ``(N, ...)``, or a ``.npz`` file with one array per input.
     model : LoadedModel
     batch_size : int
@@ -332,7 +355,7 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
     Raises
     ------
     CalibrationDataError
-        Missing path, no image, undecodable image, unreadable or empty numpy file.
+        Missing path, no image, no decodable image, unreadable or empty numpy file.
     """
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ConfigError("--batch-size must be a positive integer, got %r." % (batch_size,))
@@ -340,12 +363,8 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
         raise CalibrationDataError("Calibration data %r does not exist: pass a folder of "
                                    "images or a .npy/.npz file." % (path,))
     if os.path.isdir(path):
-        files = _image_files(path)[:max_images]
-        arrays = [model.preprocess(_decode(f)).asnumpy()
-                  for f in progress_bar(files, enabled=progress, desc="reading images",
-                                        unit="image")]
-        data = np.concatenate(arrays).astype(np.float32)
-        _log.info("Read %d calibration images from %s.", len(files), path)
+        data = _read_images(_image_files(path), model, max_images, progress)
+        _log.info("Read %d calibration images from %s.", len(data), path)
         return _batched(data, batch_size)
     if not path.lower().endswith((".npy", ".npz")):
         raise CalibrationDataError("Calibration data %r is neither a folder of images nor a "

@@ -92,6 +92,36 @@ def test_quantize_image_folder_with_plots(workdir):
             assert handle.read(8) == PNG_MAGIC
 
 
+def test_files_that_do_not_decode_are_skipped_and_named(workdir, tmp_path, caplog):
+    """A truncated JPEG and a .tif beside good images: the .tif is read, the truncated
+    file is skipped with a warning naming it (one bad file in hundreds used to stop the
+    run, with "Traceback (most recent call last):" as the reason); a folder of bad files
+    only is refused, naming them."""
+    from gluon_quant import cli_models
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    rs = np.random.RandomState(1)
+    for i in range(3):
+        cv2.imwrite(str(folder / ("ok%d.png" % i)), (rs.rand(36, 40, 3) * 255).astype("uint8"))
+    cv2.imwrite(str(folder / "scan.tif"), (rs.rand(30, 30, 3) * 255).astype("uint8"))
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    model = cli_models.load_model(str(workdir / "cnn"), image_size=32)
+    with caplog.at_level("WARNING", logger="gluon_quant"):
+        batches = cli_models.load_calibration(str(folder), model, batch_size=3, progress=False)
+    assert [b.shape for b in batches] == [(3, 3, 32, 32), (1, 3, 32, 32)]
+    assert "Skipped 1 of the image files" in caplog.text and "broken.jpg" in caplog.text
+    assert "Decoding failed" in caplog.text
+    # max_images counts decoded images: the bad file does not take a place.
+    assert sum(len(b) for b in cli_models.load_calibration(
+        str(folder), model, batch_size=3, max_images=4, progress=False)) == 4
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"not an image")
+    (bad / "b.png").write_bytes(b"")
+    with pytest.raises(gq.CalibrationDataError, match=r"None of the 2 image files.*a\.jpg"):
+        cli_models.load_calibration(str(bad), model, progress=False)
+
+
 def test_report_text_json_and_fp32_only(workdir):
     prefix = workdir / "rep" / "q"
     assert run("quantize", workdir / "cnn", "--calib", workdir / "calib.npy", "--out", prefix,
