@@ -129,12 +129,13 @@ def _load_symbol_pair(symbol_file, params_file, ctx):
     try:
         sym = mx.sym.load(symbol_file)
     except (mx.base.MXNetError, ValueError, OSError) as err:
-        raise ArtifactError("Cannot read the symbol file %r: %s" % (symbol_file, err)) from None
+        raise ArtifactError("Cannot read the symbol file %r: %s"
+                            % (symbol_file, _mxnet.first_line(err))) from None
     try:
         saved = mx.nd.load(params_file)
     except (mx.base.MXNetError, ValueError, OSError) as err:
         raise ArtifactError("Cannot read the parameters file %r: %s"
-                            % (params_file, str(err).strip().splitlines()[0])) from None
+                            % (params_file, _mxnet.first_line(err))) from None
     if not isinstance(saved, dict):
         raise ArtifactError("%r holds an unnamed list of arrays, not the named parameters "
                             "that HybridBlock.export() writes." % (params_file,))

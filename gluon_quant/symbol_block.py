@@ -429,7 +429,7 @@ def _check_symbol(path, loaded):
 
 def _bad_symbol(path, err):
     return ArtifactError("The symbol file %r is not a valid MXNet graph (%s). Export the "
-                         "model again." % (path, str(err).splitlines()[0]))
+                         "model again." % (path, _mxnet.first_line(err)))
 
 
 def _unpack_params(arrays, meta, graph, path, allocate=None):

@@ -593,6 +593,26 @@ def case_import_params_swapped_from_another_export(env):
     return lambda: gq.QuantizedSymbolBlock.imports(prefix)
 
 
+@case(gq.ArtifactError, r"Cannot read the parameters file .*-0000\.params': .*Invalid NDArray file")
+def case_cli_model_with_garbage_params(env):
+    from gluon_quant import cli_models
+    net = build_cnn()
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    net(mx.nd.ones((1, 3, 32, 32)))
+    net.export(str(env.tmp / "pair"))
+    open(str(env.tmp / "pair-0000.params"), "wb").write(b"not an NDArray file" * 4)
+    return lambda: cli_models.load_model(str(env.tmp / "pair"))
+
+
+@case(gq.ArtifactError, r"Cannot read the symbol file .*-symbol\.json': .*Expect")
+def case_cli_model_with_garbage_symbol(env):
+    from gluon_quant import cli_models
+    open(str(env.tmp / "junk-symbol.json"), "w").write('{"nodes": 5}')
+    open(str(env.tmp / "junk-0000.params"), "wb").write(b"")
+    return lambda: cli_models.load_model(str(env.tmp / "junk"))
+
+
 # --- the network and where it runs ---------------------------------------------------------
 @case(gq.UnsupportedDtypeError, r"parameters must be float32.*float16.*net.cast\('float32'\)")
 def case_float16_network(env):
