@@ -503,10 +503,16 @@ def as_tuples(value):
 
 def call_inputs(values):
     """``(flat, np_in)``: the arrays of a call's (nested) arguments as legacy NDArrays, and
-    whether any was an ``mxnet.np`` array (then :func:`call_outputs` gives NumPy ones)."""
+    whether any was an ``mxnet.np`` array (then :func:`call_outputs` gives NumPy ones).
+
+    Arrays in shared CPU memory (``cpu_shared``: what a ``DataLoader`` with
+    ``num_workers`` yields) are copied to ``cpu``: MXNet's cached graphs refuse them, and a
+    Gluon user's evaluation loop over such a loader would fail on the int8 net only.
+    """
     flat = nest(values)[0]
     np_in = any(_mxnet.is_np_array(v) for v in flat)
-    return ([_mxnet.as_legacy(v) for v in flat] if np_in else flat), np_in
+    flat = [_mxnet.as_legacy(v) for v in flat] if np_in else flat
+    return [_mxnet.unshared(v) for v in flat], np_in
 
 
 def call_outputs(out, np_in):

@@ -141,6 +141,23 @@ def test_a_dataset_of_samples_is_refused_with_how_to_batch_it(tiny_cnn, tiny_bat
     assert gq.quantize(tiny_cnn, loader, progress=False).report().quantized
 
 
+def test_batches_from_a_dataloader_with_workers_run_the_int8_net(tiny_cnn, tiny_batches,
+                                                                 tmp_path):
+    """A DataLoader with ``num_workers`` yields arrays in shared memory (``cpu_shared``),
+    which MXNet's cached graphs refuse: an evaluation loop over it failed on the int8 net
+    ("inputs are on cpu_shared(0)"), quantized or loaded; they are copied to ``cpu``."""
+    data = mx.gluon.data.ArrayDataset(np.concatenate(tiny_batches))
+    loader = mx.gluon.data.DataLoader(data, batch_size=8, num_workers=2)
+    qnet = gq.quantize(tiny_cnn, loader, progress=False)
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    for batch in loader:
+        assert batch.context.device_type == "cpu_shared"
+        plain = batch.as_in_context(mx.cpu())
+        np.testing.assert_array_equal(qnet(batch).asnumpy(), qnet(plain).asnumpy())
+        np.testing.assert_array_equal(loaded(batch).asnumpy(), loaded(plain).asnumpy())
+
+
 def test_batches_of_python_lists_are_arrays(tiny_cnn, tiny_batches):
     """``[[0.1, ...]]`` (a batch written as nested Python lists) is one array, not a list
     argument of thousands of inputs."""

@@ -27,6 +27,15 @@ def host_view(array):
     return view
 
 
+def unshared(value):
+    """``value``, copied to ``cpu`` if it is an NDArray in shared CPU memory
+    (``cpu_shared``, as a multi-worker ``DataLoader`` yields), which MXNet's cached graphs
+    refuse beside parameters on ``cpu``; anything else as it is."""
+    if isinstance(value, mx.nd.NDArray) and value.context.device_type == "cpu_shared":
+        return value.as_in_context(mx.cpu(value.context.device_id))
+    return value
+
+
 def _memory(array, dtype):
     """A writable numpy view of a (waited for) CPU array's memory, in its logical layout."""
     array.wait_to_read()
