@@ -22,11 +22,14 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
+import mxnet as mx
+import numpy as np
+
 from . import errors, pipeline
 from .block import QuantizedHybridBlock
 from .calib import CalibrationTable, Calibrator, get_calibrator
 from .collect import build_runner, collect_statistics
-from .data import BatchConverter, InputSpec, iter_batches
+from .data import BatchConverter, InputSpec, iter_batches, peek
 from .engines import Task, get_engine
 from .errors import ConfigError, EmptyCalibrationError
 
@@ -159,7 +162,7 @@ def _make_job(qnet, names, template, shards):
         params = pipeline.fp32_params(qnet.net, qnet.fused, qnet.ctx, inputs)
     except errors.GraphError as err:
         raise errors.GraphError("%s (calibrate_parallel initializes deferred parameters "
-                                "from the first batch of a list shard)." % err) from err
+                                "from the first batch of the first shard)." % err) from err
     if qnet.config.equalization:
         params = pipeline.equalized_params(qnet.fused, params)
     fresh = Calibrator.from_state_dict({**template.state_dict(), "tensors": []})
@@ -175,9 +178,16 @@ def _make_job(qnet, names, template, shards):
 
 
 def _first_batch(shards):
+    """The first batch of the first non-empty shard: of a list, or of any re-iterable
+    data such as a ``DataLoader`` (iterators are refused before; arrays are left alone)."""
     for shard in shards:
-        if isinstance(shard, (list, tuple)) and shard:
-            return shard[0]
+        if isinstance(shard, (list, tuple)):
+            if shard:
+                return shard[0]
+        elif not isinstance(shard, (np.ndarray, mx.nd.NDArray, str, bytes)):
+            first = peek(shard)[0]
+            if first is not None:
+                return first
     return None
 
 

@@ -68,6 +68,28 @@ def test_iterator_shards_are_refused_before_any_worker_starts(tiny_cnn, tiny_bat
             gq.calibrate_parallel(tiny_cnn, shards, engine=engine, progress=False)
 
 
+def test_dataloader_shards_on_a_deferred_shape_net(tiny_batches):
+    """DataLoader shards, as Gluon users batch data: the first batch is taken from the
+    first shard to initialize a net with deferred shapes (only a list shard's was, and
+    this net was refused as uninitialized); a DataLoader with worker processes of its own
+    is refused at once with what to pass (its pool cannot be pickled: the queue's feeder
+    thread printed a traceback and the call waited for ever)."""
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(6, 3, activation="relu"), mx.gluon.nn.Dense(4))
+    net.initialize(mx.init.Xavier())                    # in_channels / in_units deferred
+    data = mx.gluon.data.ArrayDataset(np.concatenate(tiny_batches))
+    size = len(tiny_batches[0])
+    shards = [mx.gluon.data.DataLoader(data, batch_size=size)]
+    table = gq.calibrate_parallel(net, shards, workers=1, engine="process",
+                                  calibrator="minmax", progress=False)
+    assert dict(table) == dict(_single_pass(net, tiny_batches, calibrator="minmax"))
+    pooled = [mx.gluon.data.DataLoader(data, batch_size=size, num_workers=2)]
+    with pytest.raises(gq.ConfigError, match=r"Shard 0 \(DataLoader\) cannot be sent to a "
+                                             r"worker process \(NotImplementedError: pool .*"
+                                             r"num_workers=0"):
+        gq.calibrate_parallel(net, pooled, workers=1, engine="process", progress=False)
+
+
 _UNGUARDED_SCRIPT = """
 import mxnet as mx, numpy as np
 from mxnet.gluon import nn

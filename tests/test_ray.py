@@ -106,7 +106,14 @@ def test_an_unpicklable_shard_is_refused(local_ray, tiny_cnn, tiny_batches):
     text = str(info.value)
     assert text.startswith("Shard 1 cannot be sent to a Ray task (Could not serialize")
     assert text.endswith("pass picklable shards (lists of numpy arrays or NDArrays, not "
-                         "generators or open files).") and "\n" not in text
+                         "generators, open files or DataLoaders with num_workers > 0).")
+    assert "\n" not in text
+    # A DataLoader's worker pool refuses with NotImplementedError, not TypeError: it
+    # escaped as that before.
+    pooled = mx.gluon.data.DataLoader(mx.gluon.data.ArrayDataset(tiny_batches[0]),
+                                      batch_size=4, num_workers=2)
+    with pytest.raises(gq.ConfigError, match=r"Shard 0 cannot be sent to a Ray task \(pool "):
+        gq.calibrate_parallel(tiny_cnn, [pooled], engine="ray", progress=False)
 
 
 def test_tune_on_ray_equals_sequential(local_ray, fragile_mlp):

@@ -12,6 +12,7 @@ without side effects (``if __name__ == "__main__":``), as for any multiprocessin
 """
 import multiprocessing
 import os
+import pickle
 import queue as queue_module
 import sys
 
@@ -46,6 +47,22 @@ def _host(value):
     return value
 
 
+def _pickled(item, index, label):
+    """``item`` pickled here, in the caller: pickled by the queue's feeder thread instead,
+    an item that cannot be (a ``DataLoader`` holding its worker pool) printed a traceback
+    from that thread and left the caller waiting for ever for the worker's results."""
+    try:
+        return pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as err:  # pylint: disable=broad-except
+        # Objects refuse pickling with TypeError, PicklingError, NotImplementedError...
+        raise ConfigError(
+            "%s %d (%s) cannot be sent to a worker process (%s: %s). Pass picklable %ss: "
+            "lists of numpy arrays or NDArrays (a DataLoader only with num_workers=0: its "
+            "worker pool cannot be sent)." % (label.capitalize(), index, type(item).__name__,
+                                              type(err).__name__, str(err).strip()[:200],
+                                              label)) from None
+
+
 class ProcessEngine(Engine):
     """Worker processes on this machine.
 
@@ -73,7 +90,7 @@ class ProcessEngine(Engine):
         return self.workers
 
     def _run(self, task, shared, items, tick):
-        items = [_host(item) for item in items]
+        items = [_pickled(_host(item), i, task.label) for i, item in enumerate(items)]
         if not items:
             return
         count = min(self.workers, len(items))
@@ -141,4 +158,4 @@ def _worker(inbox, messages):
             messages.put((index, failure))
         return
     for index, item in assigned:
-        messages.put((index, run_guarded(task, state, item, is_state=True)))
+        messages.put((index, run_guarded(task, state, pickle.loads(item), is_state=True)))

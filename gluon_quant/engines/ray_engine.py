@@ -131,13 +131,16 @@ class RayEngine(Engine):
     def _submit(self, task, shared_ref, item, index):
         try:
             return self._remote.remote(task, shared_ref, item)
-        except (TypeError, pickle.PicklingError) as err:
+        except (TypeError, ValueError, NotImplementedError, pickle.PicklingError) as err:
+            # Objects refuse pickling in several ways (a DataLoader's worker pool:
+            # NotImplementedError; ctypes pointers: ValueError).
             # Ray's message is a page of serializability diagnostics: its first line says it.
             raise ConfigError("%s %d cannot be sent to a Ray task (%s): pass picklable %ss "
-                              "(lists of numpy arrays or NDArrays, not generators or open "
-                              "files)." % (task.label.capitalize(), index,
-                                           str(err).strip().splitlines()[0].rstrip(":"),
-                                           task.label)) from None
+                              "(lists of numpy arrays or NDArrays, not generators, open "
+                              "files or DataLoaders with num_workers > 0)."
+                              % (task.label.capitalize(), index,
+                                 str(err).strip().splitlines()[0].rstrip(":"),
+                                 task.label)) from None
 
     def _collect(self, ref, index, tick):
         try:
