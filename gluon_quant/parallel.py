@@ -19,6 +19,7 @@ Example::
 """
 import importlib
 import logging
+import pickle
 from dataclasses import dataclass
 from typing import Callable, List, Optional
 
@@ -122,6 +123,7 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
                 "an iterator cannot be. Pass each shard as a list of batches (or another "
                 "object that can be pickled and iterated, such as an array)."
                 % (number, type(shard).__name__))
+    shards = [_sendable(shard, number) for number, shard in enumerate(shards)]
     # Settings are checked before any work (and before a Ray starts).
     with get_engine(engine, address=address, workers=workers, start_method=start_method,
                     allowed=("auto", "ray", "process")) as runner:
@@ -177,6 +179,32 @@ def _make_job(qnet, names, template, shards):
                 calibrator_module=type(fresh).__module__, input_fn=qnet.config.input_fn), params
 
 
+def _sendable(shard, number):
+    """``shard``, or its batches read here when it cannot be pickled to go to a worker.
+
+    Lists, tuples and arrays are sent as they are (an unpicklable batch in them is refused
+    by the engine, naming the shard). Other iterables are pickled once to find out: a
+    ``DataLoader`` over transforms (Gluon blocks) or with worker processes of its own (a
+    pool) cannot be, and is read in this process instead, with a warning: its batches
+    then travel as arrays, which for big data costs what loading on the workers saves.
+    """
+    if isinstance(shard, (list, tuple, np.ndarray, mx.nd.NDArray, str, bytes)):
+        return shard
+    try:
+        pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL)
+        return shard
+    except Exception as err:  # pylint: disable=broad-except
+        # Objects refuse pickling with TypeError, PicklingError, NotImplementedError...
+        reason = "%s: %s" % (type(err).__name__, str(err).strip().splitlines()[0][:200]
+                             if str(err).strip() else "")
+    batches = list(iter_batches(shard))
+    _log.warning("Shard %d (%s) cannot be pickled (%s): its %d batches are read in this "
+                 "process and sent to the workers as arrays. For big data, pass shards "
+                 "that load their own data on the workers (see docs/ray.md).",
+                 number, type(shard).__name__, reason, len(batches))
+    return batches
+
+
 def _first_batch(shards):
     """The first batch of the first non-empty shard: of a list, or of any re-iterable
     data such as a ``DataLoader`` (iterators are refused before; arrays are left alone)."""
@@ -223,4 +251,7 @@ def _calibrate_shard(state, shard):
     return calibrator.state_dict()
 
 
-_CALIBRATE = Task(setup=_setup, run=_calibrate_shard, label="shard")
+_CALIBRATE = Task(setup=_setup, run=_calibrate_shard, label="shard",
+                  shared_label="The calibration job (the fused graph, its parameters and "
+                               "input_fn, which must be a module-level function or a "
+                               "picklable closure)")

@@ -183,6 +183,7 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
                                     "iterable of batches.")
     with get_engine("local" if engine is None else engine, address=address,
                     allowed=("local", "ray")) as runner:
+        runner.check_shared(_EVALUATE, eval_fn)     # before calibrating, not after
         return _search(net, batches, eval_fn, runner, config, tolerance=tolerance,
                        max_trials=max_trials, sign=1.0 if higher_is_better else -1.0,
                        max_candidates=max_candidates, doctor_batches=doctor_batches)
@@ -295,7 +296,10 @@ def _eval_setup(eval_fn):
     return eval_fn
 
 
-_EVALUATE = Task(setup=_eval_setup, run=_evaluate, label="trial")
+_EVALUATE = Task(setup=_eval_setup, run=_evaluate, label="trial",
+                 shared_label="eval_fn (with everything it refers to: a function or closure "
+                              "over numpy arrays or NDArrays, loading anything else, such as "
+                              "Gluon blocks or transformed datasets, inside the function)")
 
 
 def _with_weights(table, base_table):

@@ -1,5 +1,7 @@
 """calibrate_parallel on worker processes (the no-Ray engine): shards merge to exactly one
 pass.  The Ray engine is tested in test_ray.py."""
+import threading
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -68,26 +70,31 @@ def test_iterator_shards_are_refused_before_any_worker_starts(tiny_cnn, tiny_bat
             gq.calibrate_parallel(tiny_cnn, shards, engine=engine, progress=False)
 
 
-def test_dataloader_shards_on_a_deferred_shape_net(tiny_batches):
+def test_dataloader_shards_on_a_deferred_shape_net(tiny_batches, caplog):
     """DataLoader shards, as Gluon users batch data: the first batch is taken from the
     first shard to initialize a net with deferred shapes (only a list shard's was, and
-    this net was refused as uninitialized); a DataLoader with worker processes of its own
-    is refused at once with what to pass (its pool cannot be pickled: the queue's feeder
-    thread printed a traceback and the call waited for ever)."""
+    this net was refused as uninitialized). A DataLoader with worker processes of its own
+    cannot be pickled (its pool): it is read here with a warning, and the thresholds are
+    the same (the queue's feeder thread printed a traceback and the call waited for
+    ever). A batch that cannot be pickled is refused, naming the shard."""
     net = mx.gluon.nn.HybridSequential()
     net.add(mx.gluon.nn.Conv2D(6, 3, activation="relu"), mx.gluon.nn.Dense(4))
     net.initialize(mx.init.Xavier())                    # in_channels / in_units deferred
     data = mx.gluon.data.ArrayDataset(np.concatenate(tiny_batches))
     size = len(tiny_batches[0])
-    shards = [mx.gluon.data.DataLoader(data, batch_size=size)]
-    table = gq.calibrate_parallel(net, shards, workers=1, engine="process",
-                                  calibrator="minmax", progress=False)
-    assert dict(table) == dict(_single_pass(net, tiny_batches, calibrator="minmax"))
-    pooled = [mx.gluon.data.DataLoader(data, batch_size=size, num_workers=2)]
-    with pytest.raises(gq.ConfigError, match=r"Shard 0 \(DataLoader\) cannot be sent to a "
-                                             r"worker process \(NotImplementedError: pool .*"
-                                             r"num_workers=0"):
-        gq.calibrate_parallel(net, pooled, workers=1, engine="process", progress=False)
+    single = dict(_single_pass(net, tiny_batches, calibrator="minmax"))
+    for workers in (0, 2):
+        shards = [mx.gluon.data.DataLoader(data, batch_size=size, num_workers=workers)]
+        with caplog.at_level("WARNING", logger="gluon_quant"):
+            table = gq.calibrate_parallel(net, shards, workers=1, engine="process",
+                                          calibrator="minmax", progress=False)
+        assert dict(table) == single
+        read_here = "Shard 0 (DataLoader) cannot be pickled (NotImplementedError: pool"
+        assert (read_here in caplog.text) == (workers == 2)
+    with pytest.raises(gq.ConfigError, match=r"Shard 1 \(list\) cannot be sent to a worker "
+                                             r"process \(TypeError: .*lock"):
+        gq.calibrate_parallel(net, [tiny_batches[:1], [tiny_batches[1], threading.Lock()]],
+                              workers=1, engine="process", progress=False)
 
 
 _UNGUARDED_SCRIPT = """

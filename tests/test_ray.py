@@ -108,12 +108,38 @@ def test_an_unpicklable_shard_is_refused(local_ray, tiny_cnn, tiny_batches):
     assert text.endswith("pass picklable shards (lists of numpy arrays or NDArrays, not "
                          "generators, open files or DataLoaders with num_workers > 0).")
     assert "\n" not in text
-    # A DataLoader's worker pool refuses with NotImplementedError, not TypeError: it
-    # escaped as that before.
-    pooled = mx.gluon.data.DataLoader(mx.gluon.data.ArrayDataset(tiny_batches[0]),
-                                      batch_size=4, num_workers=2)
-    with pytest.raises(gq.ConfigError, match=r"Shard 0 cannot be sent to a Ray task \(pool "):
-        gq.calibrate_parallel(tiny_cnn, [pooled], engine="ray", progress=False)
+    # A DataLoader with worker processes cannot be pickled (NotImplementedError, which
+    # escaped before): it is read here instead, with the thresholds of one pass.
+    data = mx.gluon.data.ArrayDataset(np.concatenate(tiny_batches))
+    pooled = mx.gluon.data.DataLoader(data, batch_size=len(tiny_batches[0]), num_workers=2)
+    table = gq.calibrate_parallel(tiny_cnn, [pooled], engine="ray", calibrator="minmax",
+                                  progress=False)
+    single = gq.QuantizedHybridBlock(tiny_cnn, calibrator="minmax", progress=False)
+    assert dict(table) == dict(single.calibrate(tiny_batches))
+
+
+def test_an_eval_fn_ray_cannot_send_is_refused_before_calibrating(local_ray, fragile_mlp,
+                                                                  monkeypatch):
+    """An eval_fn closing over a hybridized Gluon block (ctypes handles): a ConfigError
+    saying what eval_fn may refer to, before any calibration (a raw ValueError from Ray's
+    serializer came after the calibration and the fp32 evaluation)."""
+    net = fragile_mlp["net"]
+    fp32 = mx.gluon.nn.Dense(2)
+    fp32.initialize()
+    fp32.hybridize()
+    x = mx.nd.array(fragile_mlp["test"][0][:4])
+    fp32(x)
+
+    def eval_fn(model):
+        return float((model(x).argmax(axis=1) == fp32(x).argmax(axis=1)).mean().asscalar())
+
+    def calibrate(*args, **kwargs):
+        raise AssertionError("calibrated before checking eval_fn")
+    monkeypatch.setattr(gq.QuantizedHybridBlock, "calibrate", calibrate)
+    with pytest.raises(gq.ConfigError, match=r"^eval_fn \(with everything it refers to.*"
+                                             r"cannot be sent to Ray tasks \(.*pickled\)"):
+        gq.tune(net, fragile_mlp["calib"], eval_fn, tolerance=0.02, engine="ray",
+                progress=False)
 
 
 def test_tune_on_ray_equals_sequential(local_ray, fragile_mlp):

@@ -38,11 +38,14 @@ class Task:
         ``run(state, item) -> result``; the result must be picklable.
     label : str
         What an item is, for messages: ``"shard"``, ``"trial"``.
+    shared_label : str
+        What the shared object is and what it must be to travel, for messages.
     """
 
     setup: Callable[[Any], Any]
     run: Callable[[Any, Any], Any]
     label: str
+    shared_label: str = "The object shared by the tasks"
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,11 @@ class Engine(abc.ABC):
     def _run(self, task, shared, items, tick):
         """Yield ``(index, result or Failure)`` as items (an iterator) finish; call
         ``tick()`` for each."""
+
+    def check_shared(self, task, shared):
+        """Raise :class:`~gluon_quant.ConfigError` now if ``shared`` cannot travel to this
+        engine's workers (before the caller's long work rather than at its first map);
+        nothing to check where nothing travels."""
 
     def map(self, task, shared, items, *, progress=False, desc=None, first_number=0):
         """Run ``task`` on every item; results in the order of ``items``.

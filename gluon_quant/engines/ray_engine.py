@@ -26,6 +26,21 @@ from .base import Engine, Failure, run_guarded
 __all__ = ["RayEngine", "import_ray", "ray_installed", "INSTALL_HINT"]
 
 _log = logging.getLogger(__name__)
+#: How objects refuse pickling: a DataLoader's worker pool raises NotImplementedError,
+#: ctypes pointers (Gluon blocks) ValueError, locks and generators TypeError.
+_UNPICKLABLE = (TypeError, ValueError, NotImplementedError, pickle.PicklingError)
+
+
+def _unsendable(task, err):
+    return ConfigError("%s cannot be sent to Ray tasks (%s): pass it picklable."
+                       % (task.shared_label, _first(err)))
+
+
+def _first(err):
+    """The first line of a pickling error (Ray's is a page of serializability
+    diagnostics, and its first line says it)."""
+    lines = str(err).strip().splitlines()
+    return lines[0].rstrip(":") if lines else type(err).__name__
 
 INSTALL_HINT = 'pip install "gluon_quant[ray]"'
 
@@ -106,7 +121,10 @@ class RayEngine(Engine):
 
     def _run(self, task, shared, items, tick):
         ray = self._ray
-        shared_ref = ray.put(shared)        # once, whatever the number of tasks
+        try:
+            shared_ref = ray.put(shared)        # once, whatever the number of tasks
+        except _UNPICKLABLE as err:
+            raise _unsendable(task, err) from None
         limit = self.max_in_flight or float("inf")
         pending, submitted, exhausted = {}, 0, False
         try:
@@ -128,18 +146,20 @@ class RayEngine(Engine):
                 ray.cancel(ref, force=True)
             del shared_ref
 
+    def check_shared(self, task, shared):
+        try:
+            self._ray.cloudpickle.dumps(shared)
+        except _UNPICKLABLE as err:
+            raise _unsendable(task, err) from None
+
     def _submit(self, task, shared_ref, item, index):
         try:
             return self._remote.remote(task, shared_ref, item)
-        except (TypeError, ValueError, NotImplementedError, pickle.PicklingError) as err:
-            # Objects refuse pickling in several ways (a DataLoader's worker pool:
-            # NotImplementedError; ctypes pointers: ValueError).
-            # Ray's message is a page of serializability diagnostics: its first line says it.
+        except _UNPICKLABLE as err:
             raise ConfigError("%s %d cannot be sent to a Ray task (%s): pass picklable %ss "
                               "(lists of numpy arrays or NDArrays, not generators, open "
                               "files or DataLoaders with num_workers > 0)."
-                              % (task.label.capitalize(), index,
-                                 str(err).strip().splitlines()[0].rstrip(":"),
+                              % (task.label.capitalize(), index, _first(err),
                                  task.label)) from None
 
     def _collect(self, ref, index, tick):
