@@ -106,7 +106,7 @@ def test_an_unpicklable_shard_is_refused(local_ray, tiny_cnn, tiny_batches):
     text = str(info.value)
     assert text.startswith("Shard 1 cannot be sent to a Ray task (Could not serialize")
     assert text.endswith("pass picklable shards (lists of numpy arrays or NDArrays, not "
-                         "generators, open files or DataLoaders with num_workers > 0).")
+                         "locks, open files or generators).")
     assert "\n" not in text
     # A DataLoader with worker processes cannot be pickled (NotImplementedError, which
     # escaped before): it is read here instead, with the thresholds of one pass.

@@ -56,11 +56,10 @@ def _pickled(item, index, label):
     except Exception as err:  # pylint: disable=broad-except
         # Objects refuse pickling with TypeError, PicklingError, NotImplementedError...
         raise ConfigError(
-            "%s %d (%s) cannot be sent to a worker process (%s: %s). Pass picklable %ss: "
-            "lists of numpy arrays or NDArrays (a DataLoader only with num_workers=0: its "
-            "worker pool cannot be sent)." % (label.capitalize(), index, type(item).__name__,
-                                              type(err).__name__, str(err).strip()[:200],
-                                              label)) from None
+            "%s %d (%s) cannot be sent to a worker process (%s: %s). Pass picklable %ss "
+            "(lists of numpy arrays or NDArrays, not locks, open files or generators)."
+            % (label.capitalize(), index, type(item).__name__, type(err).__name__,
+               str(err).strip()[:200], label)) from None
 
 
 class ProcessEngine(Engine):

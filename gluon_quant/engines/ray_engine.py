@@ -157,8 +157,8 @@ class RayEngine(Engine):
             return self._remote.remote(task, shared_ref, item)
         except _UNPICKLABLE as err:
             raise ConfigError("%s %d cannot be sent to a Ray task (%s): pass picklable %ss "
-                              "(lists of numpy arrays or NDArrays, not generators, open "
-                              "files or DataLoaders with num_workers > 0)."
+                              "(lists of numpy arrays or NDArrays, not locks, open files "
+                              "or generators)."
                               % (task.label.capitalize(), index, _first(err),
                                  task.label)) from None
 
