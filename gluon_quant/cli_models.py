@@ -22,6 +22,7 @@ import numpy as np
 
 from . import _mxnet
 from ._names import suggest
+from .graph.heads import inference_heads
 from .errors import (ArtifactError, CalibrationDataError, ConfigError,
                      ModelExecutionError, UnknownNameError)
 from .progress import progress_bar
@@ -140,6 +141,12 @@ def _load_symbol_pair(symbol_file, params_file, ctx):
         raise ArtifactError("%r holds an unnamed list of arrays, not the named parameters "
                             "that HybridBlock.export() writes." % (params_file,))
     params = {k.split(":", 1)[-1]: v for k, v in saved.items()}
+    graph = _mxnet.graph_json(sym)
+    labels = inference_heads(graph)         # a Module checkpoint's SoftmaxOutput...
+    if labels:
+        sym = _mxnet.load_graph(graph)
+        _log.info("Loss head(s) %s run as at inference; their label input(s) %s are not "
+                  "inputs of the model.", sorted(labels), sorted(set(labels.values())))
     known = set(sym.list_arguments()) | set(sym.list_auxiliary_states())
     names = [n for n in sym.list_arguments() if n not in params]
     if not names:

@@ -122,6 +122,35 @@ def test_files_that_do_not_decode_are_skipped_and_named(workdir, tmp_path, caplo
         cli_models.load_calibration(str(bad), model, progress=False)
 
 
+def test_a_module_api_checkpoint_quantizes_without_its_label(tmp_path):
+    """``Module.save_checkpoint`` writes a graph ending in ``SoftmaxOutput`` with a
+    ``softmax_label`` argument and ``-0003.params`` named ``arg:``/``aux:``: the label was
+    taken for a second input ("the network takes 2 inputs (data, softmax_label)"). The
+    head now runs as a softmax, and the int8 export agrees with ``Module.predict``."""
+    rs = np.random.RandomState(0)
+    x = rs.rand(48, 3, 16, 16).astype("float32")
+    y = rs.randint(0, 5, 48).astype("float32")
+    data = mx.sym.var("data")
+    h = mx.sym.Convolution(data, num_filter=8, kernel=(3, 3), name="conv")
+    h = mx.sym.Activation(mx.sym.BatchNorm(h, name="bn"), act_type="relu")
+    h = mx.sym.FullyConnected(mx.sym.flatten(h), num_hidden=5, name="fc")
+    mod = mx.mod.Module(mx.sym.SoftmaxOutput(h, name="softmax"), data_names=["data"],
+                        label_names=["softmax_label"])
+    mod.fit(mx.io.NDArrayIter(x, y, batch_size=16), num_epoch=3,
+            optimizer_params={"learning_rate": 0.05})
+    mod.save_checkpoint(str(tmp_path / "mod"), 3)
+    np.save(tmp_path / "calib.npy", x)
+    code, out = run("quantize", tmp_path / "mod", "--calib", tmp_path / "calib.npy",
+                    "--out", tmp_path / "q", "--quiet")
+    assert code == 0, out
+    expected = mod.predict(mx.io.NDArrayIter(x, batch_size=16)).asnumpy()
+    got = gq.QuantizedSymbolBlock.imports(str(tmp_path / "q"))(mx.nd.array(x)).asnumpy()
+    assert got.shape == (48, 5)
+    np.testing.assert_allclose(got.sum(axis=1), 1.0, rtol=1e-5)        # still a softmax
+    assert (got.argmax(axis=1) == expected.argmax(axis=1)).mean() >= 0.95
+    assert np.abs(got - expected).max() < 0.05
+
+
 def test_report_text_json_and_fp32_only(workdir):
     prefix = workdir / "rep" / "q"
     assert run("quantize", workdir / "cnn", "--calib", workdir / "calib.npy", "--out", prefix,
