@@ -505,9 +505,9 @@ def call_inputs(values):
     """``(flat, np_in)``: the arrays of a call's (nested) arguments as legacy NDArrays, and
     whether any was an ``mxnet.np`` array (then :func:`call_outputs` gives NumPy ones).
 
-    Arrays in shared CPU memory (``cpu_shared``: what a ``DataLoader`` with
-    ``num_workers`` yields) are copied to ``cpu``: MXNet's cached graphs refuse them, and a
-    Gluon user's evaluation loop over such a loader would fail on the int8 net only.
+    Arrays in shared or pinned CPU memory (``cpu_shared``: what a ``DataLoader`` with
+    ``num_workers`` yields; ``cpu_pinned``: ``ImageRecordIter``'s) are copied to ``cpu``:
+    MXNet's cached graphs refuse them, and an evaluation loop over such data failed.
     """
     flat = nest(values)[0]
     np_in = any(_mxnet.is_np_array(v) for v in flat)

@@ -145,7 +145,8 @@ def test_batches_from_a_dataloader_with_workers_run_the_int8_net(tiny_cnn, tiny_
                                                                  tmp_path):
     """A DataLoader with ``num_workers`` yields arrays in shared memory (``cpu_shared``),
     which MXNet's cached graphs refuse: an evaluation loop over it failed on the int8 net
-    ("inputs are on cpu_shared(0)"), quantized or loaded; they are copied to ``cpu``."""
+    ("inputs are on cpu_shared(0)"), quantized or loaded; they are copied to ``cpu``, as
+    are ``ImageRecordIter``'s, in pinned memory."""
     data = mx.gluon.data.ArrayDataset(np.concatenate(tiny_batches))
     loader = mx.gluon.data.DataLoader(data, batch_size=8, num_workers=2)
     qnet = gq.quantize(tiny_cnn, loader, progress=False)
@@ -156,6 +157,9 @@ def test_batches_from_a_dataloader_with_workers_run_the_int8_net(tiny_cnn, tiny_
         plain = batch.as_in_context(mx.cpu())
         np.testing.assert_array_equal(qnet(batch).asnumpy(), qnet(plain).asnumpy())
         np.testing.assert_array_equal(loaded(batch).asnumpy(), loaded(plain).asnumpy())
+        # ImageRecordIter's batches are in pinned memory: the same.
+        pinned = plain.as_in_context(mx.Context("cpu_pinned", 0))
+        np.testing.assert_array_equal(qnet(pinned).asnumpy(), qnet(plain).asnumpy())
 
 
 def test_batches_of_python_lists_are_arrays(tiny_cnn, tiny_batches):

@@ -27,12 +27,17 @@ def host_view(array):
     return view
 
 
+#: CPU memory that is not ``cpu`` to MXNet: shared (a multi-worker ``DataLoader``'s
+#: batches) and pinned (``ImageRecordIter``'s).
+_OTHER_CPU_MEMORY = ("cpu_shared", "cpu_pinned")
+
+
 def unshared(value):
-    """``value``, copied to ``cpu`` if it is an NDArray in shared CPU memory
-    (``cpu_shared``, as a multi-worker ``DataLoader`` yields), which MXNet's cached graphs
-    refuse beside parameters on ``cpu``; anything else as it is."""
-    if isinstance(value, mx.nd.NDArray) and value.context.device_type == "cpu_shared":
-        return value.as_in_context(mx.cpu(value.context.device_id))
+    """``value``, copied to ``cpu`` if it is an NDArray in shared or pinned CPU memory,
+    which MXNet's cached graphs refuse beside parameters on ``cpu``; anything else as it
+    is."""
+    if isinstance(value, mx.nd.NDArray) and value.context.device_type in _OTHER_CPU_MEMORY:
+        return value.as_in_context(mx.cpu(0))
     return value
 
 
