@@ -52,7 +52,8 @@ def _private_reads(path):
             continue
         if isinstance(base, ast.Call) and getattr(base.func, "id", None) == "super":
             continue
-        found.append("%s:%d %s.%s" % (_rel(path), node.lineno, ast.unparse(base), node.attr))
+        unparse = getattr(ast, "unparse", ast.dump)     # Python 3.9+
+        found.append("%s:%d %s.%s" % (_rel(path), node.lineno, unparse(base), node.attr))
     return found
 
 

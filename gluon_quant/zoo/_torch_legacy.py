@@ -99,7 +99,7 @@ class _Malformed(Exception):
     """Internal: the file breaks the format; turned into ArtifactError naming the file."""
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True)
 class _StorageType:
     """Marker standing in for a ``torch.*Storage`` class."""
 
@@ -107,7 +107,7 @@ class _StorageType:
     dtype_code: str
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True)
 class _StorageRef:
     """A (view of a) storage: ``numel`` elements of root storage ``key`` from ``start``."""
 
@@ -117,7 +117,7 @@ class _StorageRef:
     numel: int
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
+@dataclasses.dataclass(frozen=True)
 class _TensorRef:
     """A tensor waiting for its storage bytes, which follow the pickles."""
 
