@@ -158,7 +158,9 @@ class QuantizedHybridBlock(HybridBlock):
     def calibrate(self, calib_data, *, num_calib_batches=None):
         """Run the fused fp32 graph over ``calib_data``; returns the CalibrationTable.
 
-        ``num_calib_batches`` overrides ``config.num_calib_batches`` for this call.
+        ``num_calib_batches`` overrides ``config.num_calib_batches`` for this call. Called
+        again, it adds the new batches' statistics to the earlier ones (the ranges cover
+        all of them; bias correction uses the samples the last call kept).
         """
         if self._fused is None:
             first, calib_data = peek(calib_data)
@@ -169,7 +171,7 @@ class QuantizedHybridBlock(HybridBlock):
             num_calib_batches=num_calib_batches)
         self._fp32, self._calibration = pipeline.calibrate(
             self._plan, self.net, calib_data, config=config, calibrator=self._calibrator,
-            convert=self._converter)
+            convert=self._converter, earlier=self._calibration and self._calibration.table)
         self._samples = self._calibration.samples
         return self._calibration.table
 

@@ -465,7 +465,8 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
 
 
 @stage      # inference mode (running statistics, nothing recorded), 4 KB pages
-def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, convert):
+def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, convert,
+              earlier=None):
     """Run the fused fp32 graph over ``data`` and compute the ranges.
 
     Parameters
@@ -479,6 +480,8 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         Receives the statistics (a fresh one, or the user's instance).
     convert : callable
         ``convert(batch) -> list of NDArray`` (a :class:`~gluon_quant.data.BatchConverter`).
+    earlier : CalibrationTable, optional
+        An earlier pass's table (same ``calibrator``): its batch and sample counts add up.
 
     Returns
     -------
@@ -544,10 +547,11 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
               type(calibrator).__name__)
     table = calibrator.compute() if names else CalibrationTable(
         {}, method=method_name(calibrator))
-    # How much data the ranges rest on (read by gluon_quant.debug's checks).
+    before = getattr(earlier, "meta", None) or {}   # how much data the ranges rest on
     table = with_equalization(CalibrationTable(
         dict(table.items()), method=table.method, fingerprint=plan.fused.fingerprint,
-        meta=dict(table.meta, batches=seen, samples=int(sum(samples)),
+        meta=dict(table.meta, batches=seen + int(before.get("batches") or 0),
+                  samples=int(sum(samples)) + int(before.get("samples") or 0),
                   **plan.fused.inputs.table_meta(plan.fused.input_shapes))), state["params"])
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])

@@ -162,6 +162,23 @@ def test_batches_from_a_dataloader_with_workers_run_the_int8_net(tiny_cnn, tiny_
         np.testing.assert_array_equal(qnet(pinned).asnumpy(), qnet(plain).asnumpy())
 
 
+def test_calibrating_twice_covers_both_calls(tiny_cnn, tiny_batches):
+    """A second ``calibrate()`` adds its batches' statistics to the first's: the table is
+    that of one pass over both, and its counts (read by the debug checks on how much data
+    the ranges rest on) count both calls, not the last one only."""
+    first, second = tiny_batches[:1], [b * 3.0 for b in tiny_batches[1:]]
+    qnet = QuantizedHybridBlock(tiny_cnn, calibrator="entropy", progress=False)
+    qnet.calibrate(first)
+    table = qnet.calibrate(second)
+    one_pass = QuantizedHybridBlock(tiny_cnn, calibrator="entropy", progress=False)
+    expected = one_pass.calibrate(first + second)
+    assert dict(table) == dict(expected) and len(table) >= 5
+    assert (table.meta["batches"], table.meta["samples"]) == (
+        len(tiny_batches), sum(len(b) for b in tiny_batches))
+    assert (table.meta["batches"], table.meta["samples"]) == (
+        expected.meta["batches"], expected.meta["samples"])
+
+
 def test_batches_of_python_lists_are_arrays(tiny_cnn, tiny_batches):
     """``[[0.1, ...]]`` (a batch written as nested Python lists) is one array, not a list
     argument of thousands of inputs."""
