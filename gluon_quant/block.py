@@ -157,11 +157,8 @@ class QuantizedHybridBlock(HybridBlock):
 
     def calibrate(self, calib_data, *, num_calib_batches=None):
         """Run the fused fp32 graph over ``calib_data``; returns the CalibrationTable.
-
-        ``num_calib_batches`` overrides ``config.num_calib_batches`` for this call. Called
-        again, it adds the new batches' statistics to the earlier ones (the ranges cover
-        all of them; bias correction uses the samples the last call kept).
-        """
+        Statistics add up over calls (bias correction uses the last call's samples);
+        ``num_calib_batches`` overrides ``config.num_calib_batches`` for this call."""
         if self._fused is None:
             first, calib_data = peek(calib_data)
             self.fuse(first)
