@@ -5,6 +5,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 import mxnet as mx
 
@@ -23,6 +24,10 @@ _VERSION_NUMBER = sum(int(part) * scale for part, scale in zip(
 MXNetError = mx.base.MXNetError
 
 
+#: One redirection of the process's file descriptors at a time (re-entrant for nesting).
+_REDIRECTING = threading.RLock()
+
+
 @contextlib.contextmanager
 def native_output(messages):
     """Capture what MXNet writes on the process's stdout and stderr into ``messages``.
@@ -31,7 +36,19 @@ def native_output(messages):
     dim>0 ...") and its Python code prints ("infer_type error. Arguments: ..."), straight
     to the terminal. Inside this block both file descriptors point at a temporary file;
     its non-empty lines are appended to ``messages`` (a list) when the block ends.
+
+    The descriptors belong to the process, so blocks in different threads run one after
+    another: interleaved, a thread saved the descriptors while another had redirected
+    them and restored that redirection last, silencing the process for good (two
+    ``quantize()`` calls on two threads).
     """
+    with _REDIRECTING:
+        with _redirected(messages):
+            yield messages
+
+
+@contextlib.contextmanager
+def _redirected(messages):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]

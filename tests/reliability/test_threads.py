@@ -4,6 +4,7 @@ Gluon builds the cached graph on the first call without any locking (two threads
 there failed with ``'NoneType' object has no attribute '__exit__'``): QuantizedHybridBlock
 serializes calls with a lock, so concurrent first calls and steady-state calls are safe.
 """
+import os
 import threading
 
 import mxnet as mx
@@ -62,3 +63,47 @@ def test_threads_match_one_thread_including_first_call():
         assert not mismatches, (trial, mismatches[:5])
     errors, mismatches = _hammer(qnet, inputs, expected, calls=60)
     assert not errors and not mismatches
+
+
+def _descriptor(fd):
+    stat = os.fstat(fd)
+    return stat.st_dev, stat.st_ino
+
+
+def test_quantize_on_several_threads_leaves_stdout_and_stderr_alone():
+    """Each quantize() points the process's stdout and stderr at a scratch file while
+    MXNet's passes print, then back. Two calls on two threads interleaved that: one
+    restored the other's redirection last, and the process printed nothing more for
+    good (a script exited with status 0 and no output). Each thread's int8 net is also
+    the one a single thread builds."""
+    rs = np.random.RandomState(6)
+    data = rs.rand(16, 1, 28, 28).astype("float32")
+    before = [_descriptor(1), _descriptor(2)]
+    nets, results, errors = [], {}, []
+    for seed in range(THREADS):
+        mx.random.seed(seed)
+        net = build_cnn()
+        net.initialize(mx.init.Xavier())
+        reestimate_batchnorm(net, mx.nd.array(data))
+        nets.append(net)
+    barrier = threading.Barrier(THREADS)
+
+    def work(k):
+        try:
+            barrier.wait()
+            for _ in range(3):
+                results[k] = gq.quantize(nets[k], [data[:8], data[8:]], progress=False)
+        except Exception as err:  # noqa: BLE001 - any failure in a thread is the finding
+            errors.append(repr(err))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert not errors, errors[:3]
+    assert [_descriptor(1), _descriptor(2)] == before
+    x = mx.nd.array(data)
+    for k, net in enumerate(nets):
+        alone = gq.quantize(net, [data[:8], data[8:]], progress=False)
+        np.testing.assert_array_equal(results[k](x).asnumpy(), alone(x).asnumpy())
