@@ -18,6 +18,7 @@ guard                         graph                             returns
 ============================  ================================  ==========================
 """
 import collections
+import json
 import logging
 
 from .rewrites import append_nodes as _append_nodes
@@ -26,7 +27,7 @@ from .rewrites import private_attrs
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["separate_broken_fusions", "mixed_reader_producers", "unsized_state_sums",
+__all__ = ["separate_broken_fusions", "shared_fusion_outputs", "mixed_reader_producers", "unsized_state_sums",
            "unsigned_relus", "entry_dtype",
            "chained_dequantizes",
            "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
@@ -370,6 +371,87 @@ def separate_broken_fusions(graph, pairs=BROKEN_FUSIONS):
     return inserted
 
 
+#: Layers oneDNN's fusion pass extends with a reader of their output, and the readers it
+#: can absorb (MXNet 1.9.1 ``src/operator/subgraph/mkldnn/mkldnn_fc_property.h`` and
+#: ``mkldnn_conv_property.h``; a convolution's BatchNorm passes the chain on).
+_ABSORBED_READERS = frozenset(("Activation", "LeakyReLU", "clip", "abs", "square", "sqrt",
+                               "exp", "BatchNorm", "elemwise_add", "_plus", "_add"))
+#: A convolution's fusion counts the other reader nodes, except for these readers.
+_CONV_MISCOUNTED = frozenset(("LeakyReLU", "clip"))
+
+
+def shared_fusion_outputs(graph, context=None):  # pylint: disable=unused-argument
+    """Keep oneDNN's fusion from absorbing a reader of a layer output read elsewhere too.
+
+    MXNet 1.9.1's fusion matches a dense layer or convolution (and its BatchNorm) with the
+    first reader of its output it visits, whether or not others read that output too, and
+    the fused node has one output. The other readers, and the network's outputs, which it
+    does not count as readers at all, then get the absorbed operator's result, or the
+    absorbed operator is lost: ``return y, F.relu(y)`` returned ``y`` twice,
+    ``2 * y + F.relu(y)`` after a dense layer, ``y + F.clip(y, 0, 6)`` and
+    ``y + F.LeakyReLU(y)`` after a convolution were wrong in fp32 already (cosine
+    0.68-0.98 to the net). Such readers now read the output through a ``BlockGrad``
+    (exact), which the fusion does not absorb: the layer runs without them fused. A
+    convolution's fusion does count other reader nodes for BatchNorm, Activation and
+    sums (MobileNetV2's block outputs, read by the next block and its shortcut sum, are
+    right and left fused); there only outputs and LeakyReLU/clip readers need it.
+
+    Parameters
+    ----------
+    graph : dict
+        The traced fp32 graph (modified in place).
+    context : PassContext, optional
+
+    Returns
+    -------
+    dict
+        Empty: no node has to stay fp32 (a pass's contract).
+    """
+    nodes = graph["nodes"]
+    readers = collections.defaultdict(list)
+    for index, node in enumerate(nodes):
+        for entry in node["inputs"]:
+            readers[(entry[0], entry[1])].append(index)
+    for head in graph["heads"]:
+        readers[(head[0], head[1])].append(None)
+    inserted = []
+    for (src, out), reading in sorted(readers.items()):
+        layer = _fused_layer(nodes, src)
+        absorbed = sorted({r for r in reading if r is not None
+                           and nodes[r]["op"] in _ABSORBED_READERS})
+        if layer["op"] == "Convolution" and None not in reading:
+            absorbed = [r for r in absorbed if nodes[r]["op"] in _CONV_MISCOUNTED]
+        if layer["op"] not in ("FullyConnected", "Convolution") or len(reading) < 2 \
+                or not absorbed:
+            continue
+        nodes.append({"op": "BlockGrad", "name": nodes[src]["name"] + "_shared",
+                      "inputs": [[src, out, 0]]})
+        for r in absorbed:
+            nodes[r]["inputs"] = [[len(nodes) - 1, 0, 0] if (e[0], e[1]) == (src, out)
+                                  else e for e in nodes[r]["inputs"]]
+        inserted.append(nodes[-1]["name"])
+    if inserted:
+        _append_nodes(graph, [])      # back into topological order
+        _log.debug("Outputs read by several readers kept out of fusions: %s", inserted)
+    return {}
+
+
+def _fused_layer(nodes, index):
+    """The dense layer or convolution whose fused node would end at node ``index``: itself,
+    the convolution before its BatchNorm, or the one a sum adds to (else the node)."""
+    node = nodes[index]
+    if node["op"] in ("elemwise_add", "_plus", "_add"):
+        for entry in node["inputs"]:
+            layer = _fused_layer(nodes, entry[0]) if nodes[entry[0]]["op"] != node["op"] \
+                else nodes[entry[0]]
+            if layer["op"] == "Convolution":
+                return layer
+        return node
+    if node["op"] == "BatchNorm" and node["inputs"]:
+        return nodes[node["inputs"][0][0]]
+    return node
+
+
 #: Operators (traced or fused) whose int8 form reads int8 data directly.
 _INT8_READERS = frozenset(("FullyConnected", "Convolution", "Pooling", "Flatten", "Concat",
                            "elemwise_add", "elemwise_mul", "Activation", "BatchNorm",
@@ -532,6 +614,11 @@ def chained_dequantizes(graph, context=None):  # pylint: disable=unused-argument
     outputs, which do not exist: every such network failed to build ("refers to a node
     output that does not exist"). The output now reads the first dequantize.
 
+    An int8 output returned twice (``return y, y``) gets two dequantizes of the same
+    entries, both named ``..._dequantize``; the post-quantization fusion then folds one
+    into the layer (its output becomes float) and leaves the other reading the layer's
+    min and max outputs, which no longer exist. Both outputs now read the first.
+
     Parameters
     ----------
     graph : dict
@@ -544,12 +631,21 @@ def chained_dequantizes(graph, context=None):  # pylint: disable=unused-argument
         Empty: no node has to stay fp32 (a pass's contract).
     """
     nodes = graph["nodes"]
-    chained = {i: node["inputs"][:1] for i, node in enumerate(nodes)
-               if node["op"] == "_contrib_dequantize" and node["inputs"]
-               and nodes[node["inputs"][0][0]]["op"] == "_contrib_dequantize"}
+    chained, first = {}, {}
+    for i, node in enumerate(nodes):
+        if node["op"] != "_contrib_dequantize" or not node["inputs"]:
+            continue
+        if nodes[node["inputs"][0][0]]["op"] == "_contrib_dequantize":
+            chained[i] = node["inputs"][:1]             # its one output: the first's
+            continue
+        key = json.dumps(node["inputs"])
+        if key in first:
+            chained[i] = [[first[key], 0, 0]]           # a twin: the first one's output
+        else:
+            first[key] = i
     if not chained:
         return {}
-    _read_through(graph, chained)   # its one output: the first dequantize's
-    _log.debug("Outputs read %d dequantize(s) directly instead of dequantizing them again.",
+    _read_through(graph, chained)
+    _log.debug("Outputs read %d dequantize(s) directly instead of dequantizing again.",
                len(chained))
     return {}

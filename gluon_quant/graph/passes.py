@@ -111,7 +111,8 @@ import numpy as np
 from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView, describe_op
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
-                     mixed_reader_producers, separate_broken_fusions, stop_rnn_gradients,
+                     mixed_reader_producers, separate_broken_fusions, shared_fusion_outputs,
+                     stop_rnn_gradients,
                      unquantizable_rnns, unsigned_relus, unsized_state_sums)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
@@ -673,6 +674,8 @@ PASSES = (
     GraphPass("flatten_fc_inputs", Stage.TRACED,
               _rewrite(flatten_fc_inputs, only_with_squeeze=True), backends=("onednn",)),
     GraphPass("separate_broken_fusions", Stage.TRACED, _rewrite(separate_broken_fusions),
+              backends=("onednn",)),
+    GraphPass("shared_fusion_outputs", Stage.TRACED, shared_fusion_outputs,
               backends=("onednn",)),
     GraphPass("fold_parameter_expressions", Stage.TRACED, fold_parameter_expressions),
     GraphPass("fold_dense_batchnorm", Stage.TRACED, fold_dense_batchnorm),

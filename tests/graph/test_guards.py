@@ -690,3 +690,75 @@ def test_an_output_also_read_in_fp32_is_dequantized_once(producer, disable_pass)
     disable_pass("chained_dequantizes")
     with pytest.raises(gq.GraphError, match="refers to a node output that does not exist"):
         gq.quantize(net, [x[:4], x[4:]], progress=False)
+
+
+class SharedLayerOutput(mx.gluon.HybridBlock):
+    """A dense layer's or convolution's output read by an operator oneDNN's fusion can
+    absorb and by another reader or the network's outputs."""
+
+    def __init__(self, kind, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+        with self.name_scope():
+            self.stem = nn.Conv2D(8, 3, padding=1, activation="relu")
+            self.conv = nn.Conv2D(8, 3, padding=1)
+            self.dense = nn.Dense(32)
+
+    def hybrid_forward(self, F, x):
+        h = self.stem(x)
+        kind, y = self.kind, self.dense(h) if self.kind.startswith("dense") else self.conv(h)
+        if kind == "dense 2y + relu(y)":
+            return y * 2 + F.relu(y)
+        if kind in ("dense y, relu(y)", "conv y, relu(y)"):
+            return y, F.relu(y)
+        if kind == "dense y, y":
+            return y, y
+        if kind == "conv y + clip(y)":
+            return y + F.clip(y, 0, 6)
+        if kind == "conv y + leaky(y)":
+            return y + F.LeakyReLU(y, slope=0.1)
+        s = y + h                                           # "conv sum s, relu(s)"
+        return s, F.relu(s)
+
+
+SHARED_KINDS = ["dense 2y + relu(y)", "dense y, relu(y)", "dense y, y", "conv y + clip(y)",
+                "conv y + leaky(y)", "conv y, relu(y)", "conv sum s, relu(s)"]
+
+
+@pytest.mark.parametrize("kind", SHARED_KINDS)
+def test_a_layer_output_read_twice_keeps_every_reader(kind, disable_pass):
+    """MXNet 1.9.1's fusion absorbed the relu, clip or LeakyReLU into the layer although
+    the layer's own output was read elsewhere too (or returned): the fused graph, fp32
+    already, returned y for relu(y) or relu(y) for y (0.68-0.98). An output returned
+    twice (``return y, y``) got two dequantizes of which the post-quantization fusion
+    kept one ("refers to a node output that does not exist"), as did ``y, relu(y)``."""
+    x = _images(16, 12, seed=7)
+    net = _ready(SharedLayerOutput(kind), x)
+    out = net(x)
+    refs = [o.asnumpy() for o in (out if isinstance(out, tuple) else [out])]
+
+    def agreement(qnet):
+        got = qnet(x)
+        got = got if isinstance(got, tuple) else [got]
+        return min(cosine(r, g.asnumpy()) for r, g in zip(refs, got))
+
+    assert agreement(gq.quantize(net, [x[:8], x[8:]], progress=False)) >= 0.999
+    if kind != "dense y, y":
+        disable_pass("shared_fusion_outputs")
+        assert agreement(gq.quantize(net, [x[:8], x[8:]], progress=False)) < 0.99
+
+
+def test_shared_outputs_the_fusion_counts_stay_fused():
+    """MobileNetV2's block output (a convolution's BatchNorm) read by the next block's
+    convolution and by its shortcut sum: the fusion counts both, nothing is inserted."""
+    data = mx.sym.var("data")
+    y = mx.sym.BatchNorm(mx.sym.Convolution(data, num_filter=4, kernel=(1, 1), name="c1"),
+                         name="bn1")
+    z = mx.sym.Convolution(y, num_filter=4, kernel=(1, 1), name="c2")
+    graph = json.loads((z + y).tojson())
+    assert guards.shared_fusion_outputs(graph) == {}
+    assert not [n for n in graph["nodes"] if n["op"] == "BlockGrad"]
+    graph = json.loads(mx.sym.Group([y, mx.sym.Activation(y, act_type="relu")]).tojson())
+    guards.shared_fusion_outputs(graph)
+    barrier = [n for n in graph["nodes"] if n["op"] == "BlockGrad"]
+    assert [b["name"] for b in barrier] == ["bn1_shared"]
