@@ -28,26 +28,36 @@ def _qnet():
     return gq.quantize(net, [data[:8], data[8:]], progress=False)
 
 
-def _hammer(qnet, inputs, expected, calls):
-    errors, mismatches = [], []
+def _at_once(work, timeout):
+    """Run ``work(k)`` on THREADS threads released together; the errors they raised."""
+    errors = []
     barrier = threading.Barrier(THREADS)
 
-    def work(k):
+    def run(k):
         try:
             barrier.wait()
-            for i in range(calls):
-                j = (i + k) % len(inputs)
-                if not np.array_equal(qnet(inputs[j]).asnumpy(), expected[j]):
-                    mismatches.append((k, j))
+            work(k)
         except Exception as err:  # noqa: BLE001 - any failure in a thread is the finding
             errors.append(repr(err))
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(THREADS)]
+    threads = [threading.Thread(target=run, args=(k,)) for k in range(THREADS)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(120)
-    return errors, mismatches
+        t.join(timeout)
+    return errors
+
+
+def _hammer(qnet, inputs, expected, calls):
+    mismatches = []
+
+    def work(k):
+        for i in range(calls):
+            j = (i + k) % len(inputs)
+            if not np.array_equal(qnet(inputs[j]).asnumpy(), expected[j]):
+                mismatches.append((k, j))
+
+    return _at_once(work, 120), mismatches
 
 
 def test_threads_match_one_thread_including_first_call():
@@ -79,28 +89,19 @@ def test_quantize_on_several_threads_leaves_stdout_and_stderr_alone():
     rs = np.random.RandomState(6)
     data = rs.rand(16, 1, 28, 28).astype("float32")
     before = [_descriptor(1), _descriptor(2)]
-    nets, results, errors = [], {}, []
+    nets, results = [], {}
     for seed in range(THREADS):
         mx.random.seed(seed)
         net = build_cnn()
         net.initialize(mx.init.Xavier())
         reestimate_batchnorm(net, mx.nd.array(data))
         nets.append(net)
-    barrier = threading.Barrier(THREADS)
 
     def work(k):
-        try:
-            barrier.wait()
-            for _ in range(3):
-                results[k] = gq.quantize(nets[k], [data[:8], data[8:]], progress=False)
-        except Exception as err:  # noqa: BLE001 - any failure in a thread is the finding
-            errors.append(repr(err))
+        for _ in range(3):
+            results[k] = gq.quantize(nets[k], [data[:8], data[8:]], progress=False)
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(300)
+    errors = _at_once(work, 300)
     assert not errors, errors[:3]
     assert [_descriptor(1), _descriptor(2)] == before
     x = mx.nd.array(data)
