@@ -40,7 +40,7 @@ _MAIN_EPILOG = """examples:
   gluon-quant bench resnet18_v1 --calib ./images --batch-sizes 1,16
 
 MODEL is efficientnet_lite0, a GluonCV model-zoo name, or an exported fp32 pair
-(PREFIX with PREFIX-symbol.json and PREFIX-0000.params). Without internet, add
+(PREFIX-symbol.json, PREFIX-NNNN.params: net.export or a Module checkpoint). Offline, add
 --no-pretrained to GluonCV names (random weights, BatchNorm re-estimated on the data).
 
 """ + _EXIT_HELP
