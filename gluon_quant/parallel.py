@@ -32,6 +32,7 @@ from .calib import CalibrationTable, Calibrator, get_calibrator
 from .collect import build_runner, collect_statistics
 from .data import BatchConverter, InputSpec, iter_batches, peek
 from .engines import Task, get_engine
+from .engines.base import pickling_failure
 from .errors import ConfigError, EmptyCalibrationError
 
 __all__ = ["calibrate_parallel"]
@@ -194,9 +195,7 @@ def _sendable(shard, number):
         pickle.dumps(shard, protocol=pickle.HIGHEST_PROTOCOL)
         return shard
     except Exception as err:  # pylint: disable=broad-except
-        # Objects refuse pickling with TypeError, PicklingError, NotImplementedError...
-        reason = "%s: %s" % (type(err).__name__, str(err).strip().splitlines()[0][:200]
-                             if str(err).strip() else "")
+        reason = pickling_failure(err)
     batches = list(iter_batches(shard))
     _log.warning("Shard %d (%s) cannot be pickled (%s): its %d batches are read in this "
                  "process and sent to the workers as arrays. For big data, pass shards "

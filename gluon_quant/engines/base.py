@@ -20,7 +20,7 @@ from typing import Any, Callable
 from .. import errors
 from ..progress import progress_bar
 
-__all__ = ["Task", "Engine", "run_guarded", "failure_error", "Failure"]
+__all__ = ["Task", "Engine", "run_guarded", "failure_error", "Failure", "pickling_failure"]
 
 _log = logging.getLogger(__name__)
 
@@ -67,6 +67,14 @@ def run_guarded(task, state_or_shared, item, *, is_state):
         return task.run(state, item)
     except Exception as err:  # pylint: disable=broad-except
         return failure_of(err)
+
+
+def pickling_failure(err):
+    """``'TypeError: cannot pickle ...'``: why an object refused pickling, in one line (a
+    DataLoader's pool raises NotImplementedError, Gluon blocks ValueError, locks
+    TypeError; Ray's first line sums up a page of diagnostics)."""
+    lines = str(err).strip().splitlines()
+    return "%s: %s" % (type(err).__name__, lines[0].rstrip(":")[:200] if lines else "")
 
 
 def failure_of(err):

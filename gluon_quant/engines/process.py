@@ -19,7 +19,7 @@ import sys
 import mxnet as mx
 
 from ..errors import ConfigError, ModelExecutionError
-from .base import Engine, failure_of, run_guarded
+from .base import Engine, failure_of, pickling_failure, run_guarded
 
 __all__ = ["ProcessEngine", "START_METHODS"]
 
@@ -56,10 +56,10 @@ def _pickled(item, index, label):
     except Exception as err:  # pylint: disable=broad-except
         # Objects refuse pickling with TypeError, PicklingError, NotImplementedError...
         raise ConfigError(
-            "%s %d (%s) cannot be sent to a worker process (%s: %s). Pass picklable %ss "
+            "%s %d (%s) cannot be sent to a worker process (%s). Pass picklable %ss "
             "(lists of numpy arrays or NDArrays, not locks, open files or generators)."
-            % (label.capitalize(), index, type(item).__name__, type(err).__name__,
-               str(err).strip()[:200], label)) from None
+            % (label.capitalize(), index, type(item).__name__, pickling_failure(err),
+               label)) from None
 
 
 class ProcessEngine(Engine):
