@@ -90,8 +90,8 @@ def _add_model(parser, *, calib_required=True):
                         help="efficientnet_lite0, a GluonCV zoo name (resnet18_v1, "
                              "mobilenet1.0, ...), or an exported fp32 PREFIX/-symbol.json")
     parser.add_argument("--calib", metavar="DIR|FILE", required=calib_required,
-                        help="folder of images (jpg/png/bmp/tif, preprocessed like the model's "
-                             "training data) or a .npy/.npz of input arrays")
+                        help="folder of images (jpg/png/bmp/tif, read as ImageNet classifiers take "
+                             "them) or a .npy/.npz of input arrays (any other input)")
     parser.add_argument("--no-pretrained", dest="pretrained", action="store_false",
                         help="random weights (offline); BatchNorm statistics are re-estimated "
                              "on the calibration data")
@@ -292,7 +292,7 @@ def _positive(value, option):
 
 def _prepare(args, out):
     """Load MODEL and the calibration batches; re-estimate BatchNorm for random weights."""
-    from .cli_models import load_calibration, load_model, set_batchnorm_from
+    from .cli_models import check_image_inputs, load_calibration, load_model, set_batchnorm_from
     for option in ("batch_size", "max_images", "num_calib_batches"):
         _positive(getattr(args, option), "--" + option.replace("_", "-"))
     start = time.perf_counter()
@@ -301,6 +301,7 @@ def _prepare(args, out):
                                    ", random weights" if model.random_weights else ""))
     if args.calib is None:
         batches = _random_batches(model, args.batch_size)
+        check_image_inputs(model, batches[0].shape)
         out.text("calibration: random inputs (no --calib given)")
     else:
         batches = load_calibration(args.calib, model, batch_size=args.batch_size,

@@ -15,7 +15,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass
-from typing import Callable, Tuple
+from typing import Callable, Optional, Tuple
 
 import mxnet as mx
 import numpy as np
@@ -27,8 +27,8 @@ from .errors import (ArtifactError, CalibrationDataError, ConfigError,
                      ModelExecutionError, UnknownNameError)
 from .progress import progress_bar
 
-__all__ = ["LoadedModel", "load_model", "load_calibration", "imagenet_preprocess",
-           "IMAGE_EXTENSIONS"]
+__all__ = ["LoadedModel", "load_model", "load_calibration", "check_image_inputs",
+           "imagenet_preprocess", "IMAGE_EXTENSIONS"]
 
 _log = logging.getLogger(__name__)
 
@@ -63,6 +63,9 @@ class LoadedModel:
     random_weights : bool
         True when the weights are random (``--no-pretrained``): BatchNorm statistics
         must then be re-estimated on data.
+    input_error : callable, optional
+        For an exported pair: ``input_error(shape)`` gives MXNet's shape-inference error
+        when the model does not take a first input of ``shape``, else None.
     """
 
     net: object
@@ -72,6 +75,7 @@ class LoadedModel:
     image_size: int
     num_inputs: int = 1
     random_weights: bool = False
+    input_error: Optional[Callable] = None
 
 
 def imagenet_preprocess(image, *, size=224):
@@ -154,7 +158,11 @@ def _load_symbol_pair(symbol_file, params_file, ctx):
                             % (symbol_file, params_file))
     params = {k: v for k, v in params.items() if k in known}
     block = _mxnet.symbol_block(sym, names, params, ctx)
-    return block, names
+    shapes = {k: v.shape for k, v in params.items()}
+
+    def input_error(shape):
+        return _mxnet.shape_error(sym, dict(shapes, **{names[0]: tuple(shape)}))
+    return block, names, input_error
 
 
 def _gluoncv_model(name, pretrained, ctx):
@@ -242,10 +250,10 @@ def load_model(spec, *, pretrained=True, image_size=None, ctx=None):
         raise ConfigError("--image-size must be an integer >= 8, got %r." % (image_size,))
     files = _symbol_files(spec)
     if files is not None:
-        block, names = _load_symbol_pair(*files, ctx)
+        block, names, input_error = _load_symbol_pair(*files, ctx)
         size = image_size or 224
         return LoadedModel(block, spec, "symbol", _sized(imagenet_preprocess, size), size,
-                           num_inputs=len(names))
+                           num_inputs=len(names), input_error=input_error)
     key = spec.lower().replace("-", "_")
     if key in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
         from .zoo import efficientnet_lite, preprocess
@@ -371,7 +379,9 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
         raise CalibrationDataError("Calibration data %r does not exist: pass a folder of "
                                    "images or a .npy/.npz file." % (path,))
     if os.path.isdir(path):
-        data = _read_images(_image_files(path), model, max_images, progress)
+        files = _image_files(path)
+        check_image_inputs(model, (batch_size, 3, model.image_size, model.image_size), path)
+        data = _read_images(files, model, max_images, progress)
         _log.info("Read %d calibration images from %s.", len(data), path)
         return _batched(data, batch_size)
     if not path.lower().endswith((".npy", ".npz")):
@@ -384,6 +394,45 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
     if len(inputs) == 1:
         return _batched(inputs[0], batch_size)
     return list(zip(*[_batched(a, batch_size) for a in inputs]))
+
+
+def check_image_inputs(model, shape, source=None):
+    """Refuse, before reading any image, image batches that an exported ``model`` cannot
+    take: the command line reads images as ImageNet classifiers take them, which a user's
+    own model (one channel, another size or input count) may not.
+
+    Parameters
+    ----------
+    model : LoadedModel
+    shape : tuple of int
+        The batches' shape, ``(B, 3, S, S)``.
+    source : str, optional
+        The image folder the batches are read from; None for random inputs (no --calib).
+
+    Raises
+    ------
+    CalibrationDataError
+        The model has several inputs, or MXNet's shape inference rejects ``shape``.
+    """
+    if model.input_error is None:
+        return
+    if source is None:
+        how = "with no --calib, it is given random %s batches" % (tuple(shape),)
+    else:
+        how = ("the images of %r are read as %s batches: RGB, short side resized and "
+               "centre-cropped to --image-size %d, scaled to [0, 1] and normalized with "
+               "ImageNet's mean and std" % (source, tuple(shape), model.image_size))
+    advice = ("Pass --calib FILE.npy (or .npz, one array per input, in input order) holding "
+              "inputs preprocessed as %s takes them" % (model.name,))
+    if model.num_inputs != 1:
+        raise CalibrationDataError("%s takes %d inputs, and images give one (%s). %s."
+                                   % (model.name, model.num_inputs, how, advice))
+    err = model.input_error(shape)
+    if err is not None:
+        raise CalibrationDataError(
+            "%s does not take these inputs: %s, and MXNet's shape inference rejects them: "
+            "%s. %s, or --image-size for another square side."
+            % (model.name, how, _mxnet.first_line(err), advice))
 
 
 def set_batchnorm_from(net, batches):

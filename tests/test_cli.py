@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import gluon_quant as gq
-from gluon_quant import cli
+from gluon_quant import cli, cli_models
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 
 from conftest import build_cnn
@@ -120,6 +120,48 @@ def test_files_that_do_not_decode_are_skipped_and_named(workdir, tmp_path, caplo
     (bad / "b.png").write_bytes(b"")
     with pytest.raises(gq.CalibrationDataError, match=r"None of the 2 image files.*a\.jpg"):
         cli_models.load_calibration(str(bad), model, progress=False)
+
+
+@pytest.mark.parametrize("argv, fragments", [
+    # the 32 x 32 CNN (its Dense reads 32 * 8 * 8 features) and images read at 224
+    (["{w}/cnn", "--calib", "{w}/images"],
+     ["the images of", "(4, 3, 224, 224) batches", "Shape inconsistent", "--image-size"]),
+    (["{w}/gray", "--calib", "{w}/images", "--image-size", 32],
+     ["(4, 3, 32, 32) batches", "Provided = [8,1,3,3]", "Pass --calib FILE.npy"]),
+    (["{w}/pair", "--calib", "{w}/images"], ["pair takes 2 inputs, and images give one"]),
+    (["{w}/gray"], ["with no --calib, it is given random (4, 3, 224, 224) batches"]),
+])
+def test_an_exported_model_that_images_do_not_fit_is_refused_before_reading(
+        workdir, tmp_path, capsys, argv, fragments):
+    """Images are read as an ImageNet classifier takes them; a user's own exported model
+    (one channel, another size, two inputs) gets that said, with what to pass instead,
+    before any image is decoded (it was a failed calibration pass, naming neither)."""
+    if not (workdir / "gray-symbol.json").exists():
+        gray = mx.gluon.nn.HybridSequential()
+        gray.add(mx.gluon.nn.Conv2D(8, 3, activation="relu"), mx.gluon.nn.Dense(4))
+        gray.initialize()
+        gray.hybridize()
+        gray(mx.nd.zeros((1, 1, 32, 32)))
+        gray.export(str(workdir / "gray"))
+        pair = _TwoInputs()
+        pair.initialize()
+        pair.hybridize()
+        pair(mx.nd.zeros((1, 3, 8, 8)), mx.nd.zeros((1, 5)))
+        pair.export(str(workdir / "pair"))
+    command = "bench" if "--calib" not in argv else "quantize"
+    extra = ["--batch-sizes", 4] if command == "bench" else ["--out", tmp_path / "q"]
+    calls = []
+    original = cli_models._decode
+    try:
+        cli_models._decode = lambda path: calls.append(path) or original(path)
+        code, _ = run(command, *[str(a).format(w=workdir) for a in argv], "--batch-size", 4,
+                      *extra)
+    finally:
+        cli_models._decode = original
+    err = capsys.readouterr().err.strip()
+    assert code == cli.EXIT_ERROR and len(err.splitlines()) == 1, err
+    assert all(fragment in err for fragment in fragments), err
+    assert calls == [] and not os.listdir(tmp_path)
 
 
 def test_a_module_api_checkpoint_quantizes_without_its_label(tmp_path):
