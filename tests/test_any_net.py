@@ -859,3 +859,47 @@ def test_an_unrolled_cell_builds_without_a_first_run_fallback(caplog):
     assert len(first) == 1 and not first[0].quantized and "_t0_" in first[0].node
     assert any(row.quantized for row in sums)       # the later steps' sums stay int8
     assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999
+
+
+class _TwoStreams(nn.HybridBlock):
+    """Dropout twice on one input, F.identity twice on the other."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.image = nn.Conv2D(32, 3, padding=1, activation="relu")
+            self.mc = nn.Dense(8)
+
+    def hybrid_forward(self, F, x, y):
+        x = F.Dropout(F.Dropout(x, p=0.3), p=0.2)
+        y = F.identity(F.identity(y))
+        return F.broadcast_add(F.mean(self.image(x), axis=(2, 3)), self.mc(y).sum(axis=1,
+                                                                              keepdims=True))
+
+
+@pytest.mark.parametrize("layers", [
+    ["dropout", "dropout"], ["dropout", "identity", "dropout"], ["two inputs"]])
+def test_no_op_chains_after_an_input_quantize(layers, disable_pass):
+    """Two dropouts (or F.identity calls) in a row after an input: MXNet's oneDNN fusion
+    left a variable reading the input, and quantize failed ("inputs that are neither
+    network inputs nor parameters: ['data0']"). The chain runs as one no-op; the layer
+    after it is int8."""
+    if layers == ["two inputs"]:
+        net, shapes = _TwoStreams(), [(8, 3, 16, 16), (8, 4)]
+    else:
+        net, shapes = nn.HybridSequential(), [(16, 10, 64)]
+        make = {"dropout": lambda: nn.Dropout(0.5),
+                "identity": lambda: nn.HybridLambda(lambda F, x: F.identity(x))}
+        net.add(*[make[k]() for k in layers], nn.Dense(128, flatten=False, activation="relu"),
+                nn.Dense(128, flatten=False))
+    net.initialize(mx.init.Xavier())
+    inputs = [mx.nd.array(RS.uniform(-1, 1, s).astype("float32")) for s in shapes]
+    batches = [tuple(a[i:i + 4] for a in inputs) for i in range(0, shapes[0][0], 4)]
+    qnet = gq.quantize(net, batches if len(shapes) > 1 else [b[0] for b in batches],
+                       progress=False)
+    assert qnet.report().coverage()[0] >= 1
+    assert _agree(net, qnet, *inputs) > 0.999
+    disable_pass("identity_chains")
+    with pytest.raises(gq.GraphError, match="neither network inputs nor parameters"):
+        gq.quantize(net, batches if len(shapes) > 1 else [b[0] for b in batches],
+                    progress=False)

@@ -38,6 +38,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`same_shape_adds`: a broadcasting addition of same-shaped tensors (``x + y`` in
     NumPy mode) becomes ``elemwise_add``, which oneDNN fuses as a residual sum;
     :func:`numpy_concatenations`: ``np.concatenate`` becomes ``Concat`` (an int8 kernel).
+    :func:`~gluon_quant.graph.rewrites.identity_chains`: no-ops in a row (two dropouts after
+    an input) become one, which MXNet's fusion removes without breaking the graph.
     :func:`batchnorm_variants`: ``SyncBatchNorm`` and ``BatchNormReLU`` become the
     ``BatchNorm`` (+ ReLU) they are at inference, which oneDNN folds into a convolution.
     :func:`masked_softmax`: a softmax with lengths (BERT's attention over padded
@@ -125,7 +127,7 @@ from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, numpy_concatenations, same_shape_adds,
-                       batchnorm_variants,
+                       batchnorm_variants, identity_chains,
                        unique_names)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
@@ -655,6 +657,7 @@ def _rnn_pass(graph, context):
 
 PASSES = (
     GraphPass("unique_names", Stage.TRACED, unique_names),
+    GraphPass("identity_chains", Stage.TRACED, identity_chains),
     GraphPass("channels_first_convolutions", Stage.TRACED, channels_first_convolutions),
     GraphPass("fold_input_normalization", Stage.TRACED, fold_input_normalization),
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),

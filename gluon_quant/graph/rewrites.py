@@ -21,7 +21,7 @@ from .. import _mxnet
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
            "known_shape", "append_nodes", "reachable", "private_attrs", "same_shape_adds", "BROADCAST_ADDS",
-           "numpy_concatenations", "batchnorm_variants"]
+           "numpy_concatenations", "batchnorm_variants", "identity_chains"]
 
 _log = logging.getLogger(__name__)
 
@@ -301,6 +301,41 @@ def unique_names(graph, context=None):  # pylint: disable=unused-argument
         seen[node["name"]] += 1
         if seen[node["name"]] > 1:
             node["name"] = "%s_call%d" % (node["name"], seen[node["name"]])
+    return {}
+
+
+def _is_noop(node):
+    """Whether ``node`` passes its input through at inference: ``_copy`` (``F.identity``),
+    or a ``Dropout`` outside ``mode='always'`` (Monte Carlo dropout stays)."""
+    if node["op"] in ("_copy", "identity"):
+        return True
+    return node["op"] == "Dropout" and (node.get("attrs") or {}).get("mode") != "always"
+
+
+def identity_chains(graph, context=None):  # pylint: disable=unused-argument
+    """Make a no-op that reads another no-op read that one's input instead: two dropouts
+    (or ``F.identity`` calls) in a row become one.
+
+    MXNet 1.9.1's oneDNN fusion removes inference no-ops, and where two or more follow a
+    network input in a row, it left a variable reading that input (``data0``): quantizing
+    a net starting with two ``nn.Dropout`` layers failed ("The traced graph has inputs
+    that are neither network inputs nor parameters"). Exact: each link is the identity.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    nodes, changed = graph["nodes"], False
+    for node in nodes:                  # in topological order: a chain's head first
+        if not _is_noop(node) or not node["inputs"]:
+            continue
+        source = node["inputs"][0]
+        if source[1] == 0 and _is_noop(nodes[source[0]]) and nodes[source[0]]["inputs"]:
+            node["inputs"][0] = list(nodes[source[0]]["inputs"][0])
+            changed = True
+    if changed:
+        _prune(graph)
     return {}
 
 
