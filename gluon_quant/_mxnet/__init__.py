@@ -10,6 +10,7 @@ nodes, which dtypes) are made by the callers (:mod:`gluon_quant.pipeline`,
 ``tests/test_structure.py`` checks that no other module reads MXNet privates.
 """
 import functools
+import inspect
 import logging
 import warnings
 
@@ -49,6 +50,21 @@ def input_names(num_inputs):
     if num_inputs == 1:
         return ["data"]
     return ["data%d" % i for i in range(num_inputs)]
+
+
+def _var_args_hint(net, num_inputs):
+    """What to say when a net whose ``hybrid_forward`` takes ``*args`` fails to trace: how
+    many inputs it was given, and that ``num_inputs`` says how many it takes."""
+    try:
+        params = inspect.signature(net.hybrid_forward).parameters.values()
+    except (TypeError, ValueError):
+        return ""
+    if not any(p.kind == p.VAR_POSITIONAL for p in params):
+        return ""
+    return (" %s.hybrid_forward takes *args, so its signature does not say how many inputs "
+            "it takes; it was traced with %d. If it takes more, pass num_inputs=(that "
+            "number): without it, a tuple batch's elements after the first %d are read as "
+            "labels." % (type(net).__name__, num_inputs, num_inputs))
 
 
 def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
@@ -99,8 +115,9 @@ def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
         raise NotHybridizableError(
             "%s could not be traced into a symbolic graph with %d input(s) (%s: %s). Make sure "
             "hybrid_forward only uses F.* operators (no .asnumpy(), .shape, Python control flow "
-            "on values) and that the number of inputs matches the calibration batches."
-            % (type(net).__name__, num_inputs, type(err).__name__, err)) from err
+            "on values) and that the number of inputs matches the calibration batches.%s"
+            % (type(net).__name__, num_inputs, type(err).__name__, err,
+               _var_args_hint(net, num_inputs))) from err
     if isinstance(out, dict) or (isinstance(out, (list, tuple)) and any(
             isinstance(o, dict) for o in out)):
         raise NotHybridizableError(

@@ -44,6 +44,13 @@ class RaisesInForward(gluon.HybridBlock):
         raise RuntimeError("sensor offline")
 
 
+class PairByArgs(gluon.HybridBlock):
+    """Two inputs taken as ``*args``: the signature does not say how many."""
+
+    def hybrid_forward(self, F, x, *args):
+        return x + args[0]
+
+
 class NumpyInForward(gluon.HybridBlock):
     def __init__(self):
         super().__init__()
@@ -350,6 +357,13 @@ def case_numpy_inside_hybrid_forward(env):
 @case(gq.NotHybridizableError, r"RaisesInForward.*RuntimeError: sensor offline")
 def case_forward_raises(env):
     return q(RaisesInForward(), [np.ones((1, 2), "float32")])
+
+
+@case(gq.NotHybridizableError, r"PairByArgs.hybrid_forward takes \*args.*traced with 1\. If it "
+                               r"takes more, pass num_inputs=")
+def case_inputs_taken_as_var_args(env):
+    pair = (np.ones((1, 2), "float32"), np.ones((1, 2), "float32"))
+    return q(PairByArgs(), [pair])
 
 
 @case(gq.InputMismatchError, r"Calibration forward pass failed.*ndarray|NDArray")
