@@ -25,8 +25,9 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
         keyed by input names. Not needed when ``calib_table`` is given.
     config : QuantConfig, optional
         The settings (:class:`~gluon_quant.QuantConfig`, documented there once).
-    calib_table : CalibrationTable, optional
-        Ranges computed earlier on the same graph; then no data is needed.
+    calib_table : CalibrationTable or path, optional
+        Ranges computed earlier on the same graph (or the file ``CalibrationTable.save``
+        and ``gluon-quant quantize`` write); then no data is needed.
     eval_fn : callable, optional
         ``eval_fn(model) -> float`` (higher is better). With ``tolerance``, tune the settings
         until the int8 score is within ``tolerance`` of fp32 (:func:`gluon_quant.tune`); the

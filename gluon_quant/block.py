@@ -14,6 +14,7 @@ from mxnet.gluon import HybridBlock
 from . import _mxnet, fallback, pipeline
 from .backends import get_spec
 from .calib import get_calibrator
+from .calib.table import as_table
 from .config import QuantConfig
 from .data import BatchConverter, InputSpec, call_inputs, call_outputs, peek, run_error
 from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
@@ -173,13 +174,14 @@ class QuantizedHybridBlock(HybridBlock):
         return self._calibration.table
 
     def finalize(self, table=None):
-        """Apply ranges (``table``, else the last calibration's) and build the int8 block.
+        """Apply ranges (``table`` or its path, else the last calibration's), build the block.
 
         A table without bias corrections for this set of int8 layers gets them measured
         on the calibration samples this block (or the block it was cloned from) kept; the
         int8 graph runs once on them, and a layer whose int8 kernel fails stays fp32
         (:mod:`gluon_quant.fallback`).
         """
+        table = as_table(table)                 # a saved table's path is read
         if self._fused is None and table is not None:
             meta = getattr(table, "meta", {})      # the batch size, the inputs it fed
             self._input_shapes, self._inputs = meta.get("input_shapes"), InputSpec.from_meta(meta)

@@ -27,6 +27,7 @@ from . import _mxnet, bias
 from ._stage import stage
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
+from .calib.table import as_table
 from .collect import build_runner, check_graph_shapes, collect_statistics
 from .config import QuantConfig, QuantDtype, WeightRounding
 from .data import BatchConverter, InputSpec, batch_count, check_param_dtypes, iter_batches
@@ -611,11 +612,10 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
     Raises
     ------
     CalibrationTableError
-        Not a table, computed on another graph, a range missing or not finite.
+        Not a table (or a table's path), computed on another graph, a range missing or not
+        finite.
     """
-    if not isinstance(table, CalibrationTable):
-        raise CalibrationTableError("Expected a CalibrationTable, got %s."
-                                    % type(table).__name__)
+    table = as_table(table)             # a path is read
     fingerprint = plan.fused.fingerprint
     if table.fingerprint is not None and table.fingerprint != fingerprint \
             and table.fingerprint != plan.fused.view.fingerprint(legacy=True):

@@ -59,6 +59,13 @@ def test_saved_table_rebuilds_the_same_corrected_model(proj, tmp_path):
     first.calibration_table.save(path)
     again = gq.quantize(net, calib_table=gq.CalibrationTable.load(path), progress=False)
     np.testing.assert_array_equal(first(x).asnumpy(), again(x).asnumpy())
+    # the path itself, as gluon-quant quantize writes it (it was "Expected a
+    # CalibrationTable, got str"), to quantize() and to finalize() of a fresh block
+    for table in (path, tmp_path / "table.json"):
+        by_path = gq.quantize(net, calib_table=table, progress=False)
+        np.testing.assert_array_equal(first(x).asnumpy(), by_path(x).asnumpy())
+    fresh = gq.QuantizedHybridBlock(net, first.config).finalize(path)
+    np.testing.assert_array_equal(first(x).asnumpy(), fresh(x).asnumpy())
 
 
 def test_corrections_are_remeasured_when_other_layers_are_int8(proj):

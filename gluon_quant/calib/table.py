@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from .._io import atomic_write
 from ..errors import ArtifactError, CalibrationTableError
 
-__all__ = ["CalibrationTable"]
+__all__ = ["CalibrationTable", "as_table"]
 
 _FORMAT = "gluon_quant.calibration_table"
 _MAJOR, _MINOR = 1, 0
@@ -269,3 +269,22 @@ class CalibrationTable(Mapping):
             return cls.from_dict(state)
         except CalibrationTableError as err:
             raise CalibrationTableError("%r: %s" % (path, err)) from None
+
+
+def as_table(table):
+    """``table`` as a :class:`CalibrationTable`: a table as it is, a path (str or
+    ``os.PathLike``) read with :meth:`CalibrationTable.load`, None as None.
+
+    Raises
+    ------
+    CalibrationTableError
+        ``table`` is something else, or the file is not a valid table.
+    ArtifactError
+        The file cannot be read.
+    """
+    if table is None or isinstance(table, CalibrationTable):
+        return table
+    if isinstance(table, (str, os.PathLike)):
+        return CalibrationTable.load(table)
+    raise CalibrationTableError("Expected a CalibrationTable or the path of a saved one "
+                                "(CalibrationTable.save), got %s." % type(table).__name__)

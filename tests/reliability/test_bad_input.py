@@ -384,7 +384,8 @@ def case_uninitialized_net_without_data(env):
 
 
 # --- calibration tables ----------------------------------------------------------------
-@case(gq.CalibrationTableError, r"Expected a CalibrationTable, got dict")
+@case(gq.CalibrationTableError, r"Expected a CalibrationTable or the path of a saved one "
+                                r"\(CalibrationTable.save\), got dict")
 def case_table_of_wrong_type(env):
     return lambda: gq.quantize(env.cnn, calib_table={"data": (0, 1)}, progress=False)
 
