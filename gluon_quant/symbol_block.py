@@ -23,7 +23,7 @@ from .data import as_tuples, call_inputs, call_outputs, describe
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
                      InputMismatchError, refuse_cast, refuse_pickling,
                      refuse_summary)
-from .export import FORMAT, FORMAT_VERSION, file_names
+from .export import FORMAT, FORMAT_VERSION, ExportFormat, file_names
 from .report import QuantReport
 
 __all__ = ["QuantizedSymbolBlock"]
@@ -70,8 +70,9 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
 
         Parameters
         ----------
-        prefix : str
-            The prefix given to ``export``.
+        prefix : str or os.PathLike
+            The prefix given to ``export`` (or one of the files it wrote, such as
+            ``PREFIX-symbol.json``).
         ctx : mxnet.Context, optional
             Where to run (CPU by default).
 
@@ -86,7 +87,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             message names the file and the problem.
         """
         ctx = ctx if ctx is not None else mx.cpu()
-        paths = file_names(prefix)
+        paths = file_names(_export_prefix(prefix))
         meta = _read_metadata(paths["meta"])
         directory = os.path.dirname(os.path.abspath(paths["meta"]))
         symbol_path, symbol_data = _read_file(meta, directory, "symbol")
@@ -303,6 +304,28 @@ def _build(cls, meta, paths, graph, symbol_path, params_path, params_data, ctx):
     except GluonQuantError as err:
         raise ArtifactError("%r does not fit the graph in %r: %s"
                             % (params_path, symbol_path, err)) from err
+
+
+def _export_prefix(prefix):
+    """The export prefix ``prefix`` names: itself, or the prefix of an export file given
+    instead (``PREFIX-symbol.json``, ``-int8.params``, ``-meta.json``). A plain MXNet pair
+    (no metadata beside its symbol file) is refused with the loader that reads it."""
+    prefix = os.fspath(prefix)
+    for path in file_names("").values():
+        if prefix.endswith(path) and os.path.isfile(prefix):
+            prefix = prefix[:-len(path)]
+            break
+    paths = file_names(prefix)
+    if not os.path.exists(paths["meta"]) and os.path.isfile(paths["symbol"]):
+        pair = file_names(prefix, ExportFormat.MXNET)
+        raise ArtifactError(
+            "%r has no %r beside it: it is not a gluon_quant export (written by "
+            "qnet.export(prefix)). A plain MXNet pair (qnet.export(prefix, fmt='mxnet') or "
+            "net.export) loads with mx.gluon.SymbolBlock.imports(%r, input_names, %r); an "
+            "fp32 one is quantized with gluon_quant.quantize or `gluon-quant quantize %s`."
+            % (paths["symbol"], os.path.basename(paths["meta"]), pair["symbol"],
+               pair["params"], prefix))
+    return prefix
 
 
 def _read_metadata(path):

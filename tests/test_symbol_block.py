@@ -107,6 +107,25 @@ def test_a_loaded_model_reports_its_layers_and_exports_itself_again(tiny_cnn, ti
     assert np.array_equal(plain(x).asnumpy(), qnet(x).asnumpy())
 
 
+def test_imports_takes_any_file_of_the_export_and_names_a_plain_pair(tiny_cnn, tiny_batches,
+                                                                      tmp_path):
+    """Gluon users load ``PREFIX-symbol.json`` (SymbolBlock.imports takes the file): any of
+    the export's three files names it (that was "Cannot read the metadata file
+    'm-symbol.json-meta.json'"); a plain MXNet pair gets the loader that reads it."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = mx.nd.array(tiny_batches[0])
+    qnet.export(tmp_path / "m")
+    for name in ("m-symbol.json", "m-int8.params", "m-meta.json"):
+        assert_identical(qnet(x), gq.QuantizedSymbolBlock.imports(tmp_path / name)(x))
+    qnet.export(str(tmp_path / "plain"), fmt="mxnet")
+    for name in ("plain", "plain-symbol.json"):
+        with pytest.raises(gq.ArtifactError, match=r"plain-symbol.json' has no 'plain-meta.json'"
+                                                    r".*mx.gluon.SymbolBlock.imports\("):
+            gq.QuantizedSymbolBlock.imports(str(tmp_path / name))
+    with pytest.raises(gq.ArtifactError, match="Cannot read the metadata file"):
+        gq.QuantizedSymbolBlock.imports(str(tmp_path / "nothing"))
+
+
 def test_summary_and_other_contexts_get_clear_errors(tiny_cnn, tiny_batches, tmp_path):
     qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
     x = mx.nd.array(tiny_batches[0])
