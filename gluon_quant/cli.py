@@ -564,32 +564,6 @@ def _plot_calibration(qnet, directory, out):
     return paths
 
 
-def _load_report(prefix):
-    from .errors import ArtifactError
-    from .export import file_names
-    from .report import QuantReport
-    from .symbol_block import export_report
-    path = prefix if prefix.endswith(".json") else prefix + "-report.json"
-    try:
-        with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
-    except OSError as err:
-        if not prefix.endswith(".json") and os.path.isfile(file_names(prefix)["meta"]):
-            report = export_report(prefix)      # an export written by qnet.export()
-            return report, {"model": prefix}, file_names(prefix)["meta"]
-        raise ArtifactError("Cannot read the report %r (%s). Create it with: gluon-quant "
-                            "quantize MODEL --calib DATA --out %s"
-                            % (path, err.strerror or err, prefix)) from None
-    except ValueError as err:
-        raise ArtifactError("%r is not a valid report (truncated or not JSON: %s)."
-                            % (path, err)) from None
-    try:
-        report = QuantReport.from_dict(state)
-    except ValueError as err:
-        raise ArtifactError("%r is %s." % (path, err)) from None
-    return report, state, path
-
-
 def _export_files(prefix):
     """``{role: (path, bytes)}`` of the int8 export beside a report, if there is one."""
     from .export import file_names
@@ -600,8 +574,9 @@ def _export_files(prefix):
 
 
 def _cmd_report(args, out):
+    from .cli_models import load_report
     from .report import QuantReport
-    report, state, path = _load_report(args.prefix)
+    report, state, path = load_report(args.prefix)
     if args.fp32_only:
         report = QuantReport([r for r in report if not r.quantized], backend=report.backend,
                              dtype=report.dtype, granularity=report.granularity,

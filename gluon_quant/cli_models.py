@@ -1,4 +1,4 @@
-"""What the command line loads: a model named on the command line, and calibration data.
+"""What the command line loads: a model named on the command line, calibration data, reports.
 
 ``MODEL`` is one of:
 
@@ -11,6 +11,7 @@ Calibration data is a folder of image files (decoded with ``mx.image.imread`` an
 the model's preprocessing) or a ``.npy`` / ``.npz`` file of input arrays.
 """
 import glob
+import json
 import logging
 import os
 import re
@@ -27,7 +28,7 @@ from .errors import (ArtifactError, CalibrationDataError, ConfigError,
                      ModelExecutionError, UnknownNameError)
 from .progress import progress_bar
 
-__all__ = ["LoadedModel", "load_model", "load_calibration", "check_image_inputs",
+__all__ = ["LoadedModel", "load_model", "load_calibration", "check_image_inputs", "load_report",
            "imagenet_preprocess", "IMAGE_EXTENSIONS"]
 
 _log = logging.getLogger(__name__)
@@ -433,6 +434,41 @@ def check_image_inputs(model, shape, source=None):
             "%s does not take these inputs: %s, and MXNet's shape inference rejects them: "
             "%s. %s, or --image-size for another square side."
             % (model.name, how, _mxnet.first_line(err), advice))
+
+
+def load_report(prefix):
+    """``(QuantReport, state dict, path read)`` of ``gluon-quant report PREFIX``: the
+    ``PREFIX-report.json`` the CLI wrote, a report file itself, or the export's own report
+    (``PREFIX`` of ``qnet.export``, or any file of either given instead of the prefix).
+
+    Raises
+    ------
+    ArtifactError
+        Nothing readable there, or not a report.
+    """
+    from .export import file_names
+    from .report import QuantReport
+    from .symbol_block import export_report     # the symbol block imports the package
+    prefix = re.sub(r"-(symbol|meta|calib)\.json$|-int8\.params$", "", os.fspath(prefix))
+    path = prefix if prefix.endswith(".json") else prefix + "-report.json"
+    try:
+        with open(path, encoding="utf-8") as handle:
+            state = json.load(handle)
+    except OSError as err:
+        if not prefix.endswith(".json") and os.path.isfile(file_names(prefix)["meta"]):
+            report = export_report(prefix)      # an export written by qnet.export()
+            return report, {"model": prefix}, file_names(prefix)["meta"]
+        raise ArtifactError("Cannot read the report %r (%s). Create it with: gluon-quant "
+                            "quantize MODEL --calib DATA --out %s"
+                            % (path, err.strerror or err, prefix)) from None
+    except ValueError as err:
+        raise ArtifactError("%r is not a valid report (truncated or not JSON: %s)."
+                            % (path, err)) from None
+    try:
+        report = QuantReport.from_dict(state)
+    except ValueError as err:
+        raise ArtifactError("%r is %s." % (path, err)) from None
+    return report, state, path
 
 
 def set_batchnorm_from(net, batches):

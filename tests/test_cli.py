@@ -439,6 +439,15 @@ def test_report_reads_a_python_export(workdir, tiny_cnn, tiny_batches):
     assert sorted(state["files"]) == ["meta", "params", "symbol"]
     code, text = run("report", prefix)
     assert code == 0 and "excluded by user" in text and "-int8.params" in text
+    # any file of the export names it too (-symbol.json was "not a gluon_quant report
+    # (KeyError: 'layers')"), as it does for the CLI's own outputs
+    for name in ("py_export-symbol.json", "py_export-int8.params", "py_export-meta.json"):
+        code, out = run("report", workdir / name, "--json")
+        assert code == 0 and json.loads(out)["coverage"]["conv_dense_int8"] == 4, name
+    for name in ("rep/q-symbol.json", "rep/q-calib.json", "rep/q-report.json"):
+        if (workdir / name).exists():
+            code, out = run("report", workdir / name, "--json")
+            assert code == 0 and json.loads(out)["coverage"]["conv_dense_total"] == 4, name
 
 
 def test_a_closed_output_pipe_ends_quietly(workdir, capsys):
