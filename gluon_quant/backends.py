@@ -43,7 +43,13 @@ class OpSupport:
     partial_groups : str
         When not empty: a convolution with more than one group but fewer groups than
         output channels (grouped, not one group per output channel as a plain depthwise
-        convolution) stays fp32, and this says why (a measured defect of the int8 kernel).
+        convolution) stays fp32, and this says why (a measured defect of the int8 kernel
+        with one weight scale per output channel).
+    partial_groups_per_tensor : bool
+        With ``partial_groups``: such a convolution runs int8 all the same, with one weight
+        scale for the whole tensor, where its output can leave it as int32 and be
+        requantized after it (:func:`gluon_quant.graph.guards.grouped_per_tensor`); one
+        whose output is summed inside the fused node (a residual add) stays fp32.
     dilation : bool
         Whether dilated convolutions have a kernel.
     modes : tuple of (str, tuple of str)
@@ -96,6 +102,7 @@ class OpSupport:
     layouts: Tuple[str, ...] = ()
     groups: bool = True
     partial_groups: str = ""
+    partial_groups_per_tensor: bool = False
     dilation: bool = True
     modes: Tuple[Tuple[str, Tuple[str, ...]], ...] = ()
     flatten: Optional[bool] = None
@@ -199,7 +206,7 @@ ONEDNN = BackendSpec(
             "MXNet 1.9.1's int8 convolution with 1 < groups < output channels quantizes "
             "each group's weights with the scale of one channel (its per-channel scales are "
             "applied per group): measured, a channel with 10x smaller weights came out all "
-            "zeros and others 1.3-1.9x too large")),
+            "zeros and others 1.3-1.9x too large"), partial_groups_per_tensor=True),
         # One dense layer alone in int8 between fp32 layers, by multiply-adds per call,
         # int8/fp32 speed on the EPYC (Zen 5, VNNI) this was measured on, 2 threads:
         # 2k-524k: 0.87-0.98x; 1M: 1.22-1.35x; 2M-4M: 1.36-2.30x. Chains of dense layers
@@ -354,7 +361,8 @@ def _input_rank(attrs):
     return len(kernel) + 2 if kernel else None
 
 
-def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="") -> Optional[str]:
+def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="",
+                 with_sum=False) -> Optional[str]:
     """Why a node of ``support.op`` cannot run in int8, or None when it can.
 
     Parameters
@@ -368,6 +376,8 @@ def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="") -> Op
         ``channel_multiple`` condition).
     backend : str
         Backend name, for the message.
+    with_sum : bool
+        The node is fused with a sum (its output is requantized inside it).
 
     Returns
     -------
@@ -388,7 +398,8 @@ def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="") -> Op
     groups = int(attrs.get("num_group", 1))
     if not support.groups and groups != 1:
         return "grouped/depthwise convolution (num_group=%s)" % attrs.get("num_group")
-    if support.partial_groups and 1 < groups != int(attrs.get("num_filter", groups)):
+    if support.partial_groups and 1 < groups != int(attrs.get("num_filter", groups)) and (
+            with_sum or not support.partial_groups_per_tensor):
         return support.partial_groups
     if not support.dilation and any(d != 1 for d in _attr_tuple(attrs, "dilate")):
         return "dilated convolution (the int8 kernel%s ignores dilation)" % where

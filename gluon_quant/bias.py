@@ -276,7 +276,7 @@ _FLOAT_MAX = 3.0e38
 @functools.lru_cache(maxsize=256)
 def _measurement(quantized, lo, hi, activated, channels):
     """JSON of the graph measuring one layer's correction from its uncorrected output ``q``
-    (with ``qmin``/``qmax`` when int8), fp32 reference ``f`` and uint8 ``mask`` (1 where
+    (with ``qmin``/``qmax`` when int8, or ``'int32'``: requantized to ``[lo, hi]``), fp32 reference ``f`` and uint8 ``mask`` (1 where
     ``lo < f < hi``, else 0; computed by numpy on the host, where comparisons are 10x
     faster than MXNet's): ``[delta, beta + delta]``, ``delta`` the per-channel (axis 1) mean
     of ``f - q`` where ``mask`` is 1 (and ``lo < q < hi`` for a layer ending in an
@@ -290,7 +290,11 @@ def _measurement(quantized, lo, hi, activated, channels):
     """
     f, q = mx.sym.var("f"), mx.sym.var("q")
     mask = mx.sym.Cast(mx.sym.var("mask"), dtype="float32")    # fed as uint8
-    if quantized:   # dequantized by MXNet, as its taps of int8 outputs are
+    if quantized == "int32":    # requantized to the layer's range, as in the network
+        q = mx.sym.contrib.requantize(q, mx.sym.var("qmin"), mx.sym.var("qmax"),
+                                      min_calib_range=lo, max_calib_range=hi)
+        q = mx.sym.contrib.dequantize(q[0], q[1], q[2], out_type="float32")
+    elif quantized:     # dequantized by MXNet, as its taps of int8 outputs are
         q = mx.sym.contrib.dequantize(q, mx.sym.var("qmin"), mx.sym.var("qmax"),
                                       out_type="float32")
     error = f - q   # before the sums: f and q are close, their sums would cancel
@@ -377,7 +381,8 @@ def _correction_graph(graph, layers, dtypes):
                     if nodes[e[0]]["op"] == "null" and nodes[e[0]]["name"] == layer.target)
         probe = add(dict(node, name=node["name"] + "_uncorrected",
                          inputs=[list(e) for e in node["inputs"]]))
-        quantized = _output_dtype(dtypes, layer) in ("int8", "uint8")
+        dtype = _output_dtype(dtypes, layer)    # int32: a grouped convolution's output
+        quantized = dtype if dtype == "int32" else dtype in ("int8", "uint8")
         # MXNet's quantized operators output (data, min, max).
         bound = {"q": [probe, 0], "qmin": [probe, 1], "qmax": [probe, 2],
                  "beta": node["inputs"][slot][:2]}

@@ -195,6 +195,10 @@ def build_report(model, net, config, calibrator_name, timing=None):
         reason += "".join("; %s: %s" % (m[0], fused.rewritten[m[0]])
                           for m in node.members if m[0] in fused.rewritten)
         out_name = (qname if quantized else node.name) + "_output"
+        if quantized and qname + "_requantize" in final_view.by_name:
+            out_name = qname + "_requantize_output0"    # graph.guards.grouped_per_tensor
+            reason = ("quantized with one weight scale for the tensor (grouped: MXNet's "
+                      "per-channel scales are wrong there); int32 out, requantized")
         key = node.name + "_output"
         if key in fused.range_bounds and table is not None and key in table:
             reason += "; " + fused.range_bounds[key][2]

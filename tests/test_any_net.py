@@ -388,29 +388,52 @@ def test_conv1d_with_deferred_shapes_and_the_doctor_on_rewritten_nets():
     assert all(r.quantized for r in qnet.report() if r.op == "Convolution")
 
 
-@pytest.mark.parametrize("groups", [4, 8])
-def test_grouped_convolutions_keep_every_channel(groups):
+class _GroupedResidual(nn.HybridBlock):
+    """A grouped convolution whose output is summed with the block's input (oneDNN fuses
+    the sum into it)."""
+
+    def __init__(self, groups):
+        super().__init__()
+        with self.name_scope():
+            self.grouped = nn.Conv2D(8, 3, padding=1, groups=groups)
+
+    def hybrid_forward(self, F, x):
+        return F.relu(self.grouped(x) + x)
+
+
+@pytest.mark.parametrize("groups, residual", [(4, False), (8, False), (4, True)])
+def test_grouped_convolutions_keep_every_channel(groups, residual):
     # MXNet 1.9.1's int8 convolution with 1 < groups < channels applies its per-channel
     # weight scales per group: with weights 10x smaller and larger than the rest, one
-    # channel came out all zeros and others 1.3-1.9x too large. Such a convolution stays
-    # fp32; depthwise (groups == channels) is right in int8 and stays int8.
+    # channel came out all zeros and others 1.3-1.9x too large. Such a convolution runs
+    # int8 with one weight scale for the tensor (int32 out, then requantized), or stays
+    # fp32 where a sum fused into it needs its output requantized inside; depthwise
+    # (groups == channels) is right with per-channel scales.
     mx.random.seed(0)
     net = nn.HybridSequential()
     net.add(nn.Conv2D(8, 3, padding=1, activation="relu"),
-            nn.Conv2D(8, 3, padding=1, groups=groups))
+            _GroupedResidual(groups) if residual else nn.Conv2D(8, 3, padding=1, groups=groups))
     net.initialize(mx.init.Xavier())
     net(mx.nd.ones((1, 3, 16, 16)))
-    weight = net[1].weight.data().asnumpy()
+    grouped = net[1].grouped if residual else net[1]
+    weight = grouped.weight.data().asnumpy()
     weight *= np.array([1, 1, 1, 1, 3, 0.3, 1, 2], np.float32)[:, None, None, None]
-    net[1].weight.set_data(mx.nd.array(weight))
+    grouped.weight.set_data(mx.nd.array(weight))
     rs = np.random.RandomState(0)
     batches = [mx.nd.array(rs.rand(4, 3, 16, 16).astype("float32")) for _ in range(4)]
     qnet = gq.quantize(net, batches, progress=False)
     ref, out = net(batches[0]).asnumpy(), qnet(batches[0]).asnumpy()
     ratios = [np.linalg.norm(out[:, c]) / np.linalg.norm(ref[:, c]) for c in range(8)]
-    assert 0.8 < min(ratios) and max(ratios) < 1.25, ratios
-    stays_fp32 = "1 < groups < output channels" in str(qnet.report())
-    assert stays_fp32 == (groups == 4)
+    assert 0.9 < min(ratios) and max(ratios) < 1.1, ratios
+    layer = next(r for r in qnet.report() if r.layer == grouped.name)
+    if groups == 8:
+        assert layer.quantized and layer.reason == "quantized"
+    elif residual:
+        assert not layer.quantized and "1 < groups < output channels" in layer.reason
+    else:
+        assert layer.quantized and "one weight scale" in layer.reason and layer.dtype == "int8"
+        row = next(r for r in gq.debug.compare(qnet, batches[:1]) if r.layer == grouped.name)
+        assert row.sqnr_db > 30, row        # the doctor reads it after its requantize
 
 
 class _ConvThenGRU(nn.HybridBlock):

@@ -354,9 +354,11 @@ class _Grouped(mx.gluon.HybridBlock):
 
 @pytest.mark.parametrize("groups", [4, 16])
 def test_grouped_convolutions_reload_bit_identically(groups, tmp_path):
-    # 4 groups of 4 channels stays fp32 (backends.ONEDNN: MXNet's int8 kernel scales it
-    # per group), 16 groups (depthwise) runs in int8 and is packed; before the backend
-    # rule, the grouped weight was packed and reloads differed by up to 4e-3.
+    # 4 groups of 4 channels runs int8 with one weight scale for the tensor (MXNet's
+    # per-channel scales are applied per group there: graph.guards.grouped_per_tensor),
+    # 16 groups (depthwise) with per-channel scales; both are packed. Before the backend
+    # rule, the grouped weight was packed for per-channel scales and reloads differed by
+    # up to 4e-3.
     rs = np.random.RandomState(0)
     net = _Grouped(groups)
     net.initialize(mx.init.Xavier())
@@ -366,4 +368,4 @@ def test_grouped_convolutions_reload_bit_identically(groups, tmp_path):
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "g"))
     assert np.array_equal(loaded(batches[0]).asnumpy(), qnet(batches[0]).asnumpy())
     packed = [entry["weight"] for entry in json.load(open(paths["meta"]))["packed"]]
-    assert (net.c1.weight.name in packed) == (groups == 16)
+    assert net.c1.weight.name in packed

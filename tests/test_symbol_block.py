@@ -5,9 +5,11 @@ import os
 import mxnet as mx
 import numpy as np
 import pytest
+from mxnet.gluon import nn
 
 import gluon_quant as gq
 from gluon_quant._io import parse_ndarray_file
+from gluon_quant.debug.metrics import cosine
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 
 from test_api import TwoInputNet, quantized_two_output_net
@@ -264,6 +266,30 @@ def test_every_fused_kind_packs_and_reloads_bit_identically(tmp_path):
     assert arrays["packed:int8"].size == 4528 and arrays["packed:anchors"].size == 82
     assert arrays["packed:fix_index"].size <= 4
     assert os.path.getsize(str(tmp_path / "fk-int8.params")) <= 7100
+
+
+def test_grouped_convolutions_pack_with_one_scale_and_reload_bit_identically(tmp_path):
+    """A ResNeXt-style grouped convolution runs int8 with one weight scale for the tensor
+    (int32 out, requantized: graph.guards.grouped_per_tensor); its weights are stored int8
+    and the export reloads bit-identically, with and without bias correction."""
+    net = nn.HybridSequential(prefix="gx_")
+    with net.name_scope():
+        net.add(nn.Conv2D(32, 1), nn.BatchNorm(), nn.Activation("relu"),
+                nn.Conv2D(32, 3, padding=1, groups=4), nn.BatchNorm(), nn.Activation("relu"),
+                nn.Conv2D(32, 3, padding=1, groups=8, use_bias=True), nn.Conv2D(16, 1))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(3)
+    x = mx.nd.array(rs.uniform(-1, 1, (16, 8, 12, 12)).astype("float32"))
+    reestimate_batchnorm(net, x)
+    for settings in ({}, {"bias_correction": False}):
+        qnet = gq.quantize(net, [x[:8], x[8:]], progress=False, **settings)
+        grouped = [r for r in qnet.report() if "one weight scale" in r.reason]
+        assert [r.layer for r in grouped] == ["gx_conv1", "gx_conv2"]
+        loaded = round_trip(qnet, [x[:4]], str(tmp_path / "gx"))
+        assert loaded.metadata["kept_fp32"] == {}
+        assert {"gx_conv1_weight", "gx_conv2_weight"} <= {
+            p["weight"] for p in loaded.metadata["packed"]}
+        assert cosine(net(x).asnumpy(), loaded(x).asnumpy()) > 0.999
 
 
 def _fp32_export_bytes(net, x, prefix):

@@ -477,8 +477,10 @@ def tap_outputs(sym, node_names, input_names):
         if dtypes.get(out) in ("int8", "uint8"):
             # Quantized operators name their range outputs X_output_min or X_min_output.
             base = out[:-len("0")] if out.endswith("_output0") else out
-            bounds = [next((b for b in (base + "_" + k, name + "_" + k + "_output")
-                            if b in outputs), None) for k in ("min", "max")]
+            # (a requantize: X_output1 and X_output2)
+            bounds = [next((b for b in (base + "_" + k, name + "_" + k + "_output",
+                                        name + "_output%d" % i) if b in outputs), None)
+                      for i, k in ((1, "min"), (2, "max"))]
             if None in bounds:
                 raise GraphError("Quantized node %r exposes no min/max range." % name)
             tensor = mx.sym.contrib.dequantize(

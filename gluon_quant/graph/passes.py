@@ -98,6 +98,10 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
       sum): negative sums are clipped to 0. The pass re-quantizes the operand to int8
       (dequantize, then quantize over ``[-max, max]``).
 
+    :func:`~gluon_quant.graph.guards.grouped_per_tensor` (oneDNN): a grouped convolution
+    (1 < groups < channels) outputs int32 with one weight scale, and a requantize after it
+    takes its calibrated range (per-channel scales are applied per group by MXNet).
+
 Debugging and presets use :func:`calibrated_nodes` and the helpers of
 :mod:`gluon_quant.graph.tools` (re-exported here): :func:`insert_fake_quant`,
 :func:`downstream_nodes`, :func:`count_ops`.
@@ -114,7 +118,7 @@ from ..backends import BackendSpec, why_not_int8
 from .inspect import GraphView, describe_op
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
                      mixed_reader_producers, separate_broken_fusions, shared_fusion_outputs,
-                     stop_rnn_gradients,
+                     stop_rnn_gradients, grouped_per_tensor,
                      unquantizable_rnns, unsigned_relus, unsized_state_sums)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
@@ -275,7 +279,8 @@ def backend_eligibility(graph, context):
             if support.channel_multiple > 1 and len(node["inputs"]) > 1:
                 src = nodes[node["inputs"][1][0]]
                 weight = known_shape(context.param_shapes.get(src["name"]))
-            reason = why_not_int8(support, member.get("attrs") or {}, weight, spec.name)
+            reason = why_not_int8(support, member.get("attrs") or {}, weight, spec.name,
+                                  with_sum=_is_true((node.get("attrs") or {}).get("with_sum")))
             if reason is not None:
                 found[node["name"]] = reason
                 break
@@ -703,6 +708,7 @@ PASSES = (
     GraphPass("unsigned_relus", Stage.FINAL,
               _unsigned_relu_pass, backends=("onednn",)),
     GraphPass("fused_sum_dtypes", Stage.FINAL, _fused_sum_pass, backends=("onednn",)),
+    GraphPass("grouped_per_tensor", Stage.FINAL, grouped_per_tensor, backends=("onednn",)),
     GraphPass("stop_rnn_gradients", Stage.FINAL, _rewrite(stop_rnn_gradients),
               backends=("onednn",)),
 )

@@ -77,7 +77,9 @@ def eligible_layers(fused_graph, final_graph):
         if layer.kind == "conv" and len(dict(layer.conv).get("kernel", ())) != 2:
             continue
         attrs = node.get("attrs") or {}
-        channelwise = _flag(attrs.get("weight_channelwise_scale"), True) \
+        # oneDNN's convolution: per channel exactly when it requantizes its output (a
+        # grouped one without a range outputs int32: graph.guards.grouped_per_tensor)
+        channelwise = _flag(attrs.get("weight_channelwise_scale"), "max_calib_range" in attrs) \
             if layer.kind == "conv" else _flag(attrs.get("channel_wise_quantize"), False)
         spec = _packing.PackSpec(layer.weight, channelwise, gamma=layer.gamma, var=layer.var,
                                  eps=layer.eps, fix_gamma=layer.fix_gamma)
