@@ -508,11 +508,17 @@ def call_inputs(values):
     Arrays in shared or pinned CPU memory (``cpu_shared``: what a ``DataLoader`` with
     ``num_workers`` yields; ``cpu_pinned``: ``ImageRecordIter``'s) are copied to ``cpu``:
     MXNet's cached graphs refuse them, and an evaluation loop over such data failed.
+    Integer and boolean arrays (uint8 images, int64 token ids, masks) are cast to float32,
+    as calibration batches are (:class:`BatchConverter`): an input the graph quantizes
+    read uint8 bytes as already quantized (images came out scaled by the calibrated range
+    over 255) and failed on int32 ("data_quantize: Check failed").
     """
     flat = nest(values)[0]
     np_in = any(_mxnet.is_np_array(v) for v in flat)
     flat = [_mxnet.as_legacy(v) for v in flat] if np_in else flat
-    return [_mxnet.unshared(v) for v in flat], np_in
+    return [_mxnet.unshared(v.astype("float32") if isinstance(v, mx.nd.NDArray)
+                            and v.dtype != np.float32 and np.dtype(v.dtype).kind in "iub"
+                            else v) for v in flat], np_in
 
 
 def call_outputs(out, np_in):

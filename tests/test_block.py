@@ -441,3 +441,23 @@ def test_a_head_trains_over_an_int8_backbone_with_one_trainer(tmp_path):
             trainer.step(4)
         assert not np.array_equal(model[1].weight.data().asnumpy(), head)   # the head learnt
         assert np.array_equal(block(x).asnumpy(), ref)                      # the backbone not
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "int32", "int64", "bool"])
+def test_integer_inputs_are_read_as_their_values(dtype):
+    """A uint8 image fed to the int8 net gives what its float32 copy gives (MXNet's
+    quantize read uint8 bytes as already-quantized values of the calibrated range, and
+    failed on int32: "data_quantize: Check failed"); calibration batches are float32."""
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Conv2D(16, 3, padding=1, activation="relu"),
+            mx.gluon.nn.Conv2D(16, 3, padding=1), mx.gluon.nn.GlobalAvgPool2D())
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    raw = rs.randint(0, 2 if dtype == "bool" else 200, (12, 3, 12, 12))
+    batches = [mx.nd.array(raw[i:i + 4], dtype="float32") for i in range(0, 12, 4)]
+    qnet = gq.quantize(net, batches, progress=False)
+    x = mx.nd.array(raw[:4].astype(dtype), dtype=dtype)
+    expected = qnet(x.astype("float32")).asnumpy()
+    np.testing.assert_array_equal(qnet(x).asnumpy(), expected)
+    assert np.abs(expected - net(x.astype("float32")).asnumpy()).max() < 0.05 * np.abs(
+        expected).max()
