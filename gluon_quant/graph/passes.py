@@ -40,6 +40,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`numpy_concatenations`: ``np.concatenate`` becomes ``Concat`` (an int8 kernel).
     :func:`~gluon_quant.graph.rewrites.identity_chains`: no-ops in a row (two dropouts after
     an input) become one, which MXNet's fusion removes without breaking the graph.
+    :func:`~gluon_quant.graph.pads.pads_into_convolutions`: a symmetric zero ``Pad``
+    read only by convolutions becomes their padding (``Pad`` has no int8 kernel).
     :func:`batchnorm_variants`: ``SyncBatchNorm`` and ``BatchNormReLU`` become the
     ``BatchNorm`` (+ ReLU) they are at inference, which oneDNN folds into a convolution.
     :func:`masked_softmax`: a softmax with lengths (BERT's attention over padded
@@ -122,6 +124,7 @@ from .guards import (canonical_activations, chained_dequantizes, entry_dtype, fl
                      unquantizable_rnns, unsigned_relus, unsized_state_sums)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .islands import small_int8_regions
+from .pads import pads_into_convolutions
 from .layout import channels_first_convolutions, plain_reshaped_inputs
 from .normalize import fold_input_normalization
 from .pooling import spatial_reductions, tiled_adaptive_pools
@@ -664,6 +667,7 @@ PASSES = (
     GraphPass("unique_names", Stage.TRACED, unique_names),
     GraphPass("identity_chains", Stage.TRACED, identity_chains),
     GraphPass("channels_first_convolutions", Stage.TRACED, channels_first_convolutions),
+    GraphPass("pads_into_convolutions", Stage.TRACED, pads_into_convolutions),
     GraphPass("fold_input_normalization", Stage.TRACED, fold_input_normalization),
     GraphPass("global_adaptive_pools", Stage.TRACED, global_adaptive_pools),
     GraphPass("spatial_reductions", Stage.TRACED, spatial_reductions),

@@ -21,7 +21,7 @@ from .. import _mxnet
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
            "known_shape", "append_nodes", "reachable", "private_attrs", "same_shape_adds", "BROADCAST_ADDS",
-           "numpy_concatenations", "batchnorm_variants", "identity_chains"]
+           "numpy_concatenations", "batchnorm_variants", "identity_chains", "attr_ints"]
 
 _log = logging.getLogger(__name__)
 
@@ -613,7 +613,8 @@ _ELEMWISE_BINARY = frozenset(("elemwise_add", "elemwise_mul", "elemwise_sub", "_
                               "_add", "_Mul", "_mul", "_sub", "_Minus", "_minus"))
 
 
-def _attr_list(attrs, key):
+def attr_ints(attrs, key):
+    """A tuple attribute (``"(0, 0, 1, 1)"``) as a list of ints."""
     text = str(attrs.get(key, "()")).strip("()[] ")
     return [int(v) for v in text.split(",") if v.strip() not in ("", "None")]
 
@@ -623,7 +624,7 @@ def _lift_attrs(attrs):
     new = dict(attrs)
     for key, fill in (("kernel", 1), ("stride", 1), ("dilate", 1), ("pad", 0)):
         if key in attrs:
-            new[key] = str(tuple([fill] + _attr_list(attrs, key)))
+            new[key] = str(tuple([fill] + attr_ints(attrs, key)))
     if "layout" in attrs:
         new["layout"] = "NCHW"
     return new
@@ -635,9 +636,9 @@ def _is_1d(node):
             None, "None", "NCW"):
         return False
     if node["op"] == "Pooling" and str(attrs.get("global_pool", "False")).lower() in (
-            "true", "1") and len(_attr_list(attrs, "kernel")) != 1:
+            "true", "1") and len(attr_ints(attrs, "kernel")) != 1:
         return False
-    return len(_attr_list(attrs, "kernel")) == 1
+    return len(attr_ints(attrs, "kernel")) == 1
 
 
 def lift_1d_to_2d(graph, context):
