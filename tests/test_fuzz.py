@@ -4,7 +4,9 @@ Each seed is one net from ``tests/fuzz/netgen.py`` (images, residual CNNs, 1-D s
 3-D video, sensor sequences, token ids, tabular rows; 40+ layer kinds), quantized by
 ``gq.quantize(net, calib)`` in its own forked process (``tests/fuzz/runner.py``), so a
 crash is recorded instead of killing pytest. Allowed: the int8 net agrees with fp32
-(cosine >= 0.99 on every output over held-out batches) or quantize refuses with a
+(cosine >= 0.99 on every output over held-out batches), or its cosine is lower but so is
+the net's own 8-bit activation floor and int8 is within 1 dB of it (``floor``: random deep
+nets amplify rounding; seed 296's floor is 0.985), or quantize refuses with a
 ``GluonQuantError``. Not allowed: a crash, a hang, another exception type, a worse cosine.
 
 The default run has 50 nets (seeds 0-49, about a minute on two cores); ``-m slow`` runs
@@ -31,7 +33,7 @@ DEFAULT_SEEDS = range(50)
 SLOW_SEEDS = range(50, 550)
 WORKERS = 2
 TIMEOUT_S = 180
-ALLOWED = ("ok", "refused")
+ALLOWED = ("ok", "floor", "refused")
 
 
 def _seed_params():

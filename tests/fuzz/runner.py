@@ -12,6 +12,9 @@ on one OpenMP thread, so the speed ratios are single-threaded.
 Outcomes (``OUTCOMES``):
 
 ``ok``          quantize returned and every output has cosine >= ``COSINE_MIN``
+``floor``       some output's cosine is lower, but so is the net's own 8-bit activation
+                floor (``gluon_quant.debug.activation_floor`` on the held-out batches), and
+                int8 is within ``FLOOR_MARGIN_DB`` of it: no 8-bit int8 net could do better
 ``inaccurate``  quantize returned but some output's cosine is lower (or not finite)
 ``refused``     quantize raised a :class:`gluon_quant.GluonQuantError` (allowed)
 ``exception``   quantize, or the int8 net, raised another exception type
@@ -34,8 +37,11 @@ import traceback
 
 __all__ = ["OUTCOMES", "COSINE_MIN", "QUANTIZABLE_OPS", "run_case", "run_cases"]
 
-OUTCOMES = ("ok", "inaccurate", "refused", "exception", "crash", "hang", "generator")
+OUTCOMES = ("ok", "floor", "inaccurate", "refused", "exception", "crash", "hang",
+            "generator")
 COSINE_MIN = 0.99
+#: How far (output SQNR, dB) int8 may sit below a floor that is itself under COSINE_MIN.
+FLOOR_MARGIN_DB = 1.0
 #: Operators counted in the int8 share (``LayerReport.op``).
 QUANTIZABLE_OPS = ("Convolution", "FullyConnected", "RNN")
 _TESTS = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -154,6 +160,13 @@ def run_case(seed, *, repeat=9, on_generated=None):
     record["outcome"] = "ok" if accurate else "inaccurate"
     if not accurate:
         record["error"] = "cosine per output: %s" % ", ".join("%.4f" % c for c in cosines)
+        if all(np.isfinite(c) for c in cosines):
+            from gluon_quant.debug import activation_floor
+            floor = activation_floor(qnet, [mx.nd.array(x) for x in case.held_out])
+            record["floor"] = {"int8_sqnr_db": floor.int8_sqnr_db, "gap_db": floor.gap_db,
+                               "floor_cosine": floor.floor_cosine}
+            if floor.floor_cosine < COSINE_MIN and floor.gap_db <= FLOOR_MARGIN_DB:
+                record["outcome"] = "floor"
     x = mx.nd.array(case.held_out[0])
     case.net.hybridize(static_alloc=True, static_shape=True)
     for block in (case.net, qnet):
