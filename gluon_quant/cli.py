@@ -518,14 +518,15 @@ def _load_eval_data(path, batches, num_inputs=1):
     samples = {len(a) for a in inputs} | ({len(labels)} if labels is not None else set())
     if len(inputs) != num_inputs or len(samples) != 1 or any(
             a.shape[1:] != np.asarray(b).shape[1:] for a, b in zip(inputs, first)):
+        found = "" if isinstance(data, np.ndarray) else " (arrays %s)" % ", ".join(
+            "%s %s" % (k, data[k].shape) for k in data.files)
         raise ArtifactError(
-            "--eval-data %r holds inputs %s and labels %s; expected %d input array(s) of "
-            "(N,) + %s like the calibration data (x, or one array per input in input "
-            "order) and N labels y." % (path, [a.shape for a in inputs],
-                                        None if labels is None else labels.shape,
-                                        num_inputs,
-                                        " and ".join(str(np.asarray(b).shape[1:])
-                                                     for b in first)))
+            "--eval-data %r%s holds inputs %s and labels %s; expected %d input array(s) of "
+            "(N,) + %s like the calibration data, saved as x (or one array per input, in "
+            "input order), and N labels saved as y: np.savez(path, x=..., y=...)."
+            % (path, found, [a.shape for a in inputs], None if labels is None
+               else labels.shape, num_inputs,
+               " and ".join(str(np.asarray(b).shape[1:]) for b in first)))
     return ([a.astype(np.float32) for a in inputs],
             None if labels is None else labels.astype(np.int64))
 

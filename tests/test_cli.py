@@ -402,6 +402,19 @@ def test_tune_scores_top1_on_labelled_data(workdir):
     assert os.path.getsize(result["files"]["params"]) > 0
 
 
+def test_tune_names_the_arrays_of_an_eval_file_it_cannot_read(workdir, tmp_path, capsys):
+    """An .npz saved with other names (data=, label=) is refused naming what it holds and
+    how to save it (it said "holds inputs [...] and labels None")."""
+    x = np.load(workdir / "calib.npy")
+    np.savez(tmp_path / "val.npz", data=x, label=np.zeros(len(x)))
+    code, _ = run("tune", workdir / "cnn", "--calib", workdir / "calib.npy", "--eval-data",
+                  tmp_path / "val.npz", "--tolerance", 0.5, "--out", tmp_path / "q")
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_ERROR
+    assert "(arrays data (48, 3, 32, 32), label (48,))" in err
+    assert "np.savez(path, x=..., y=...)" in err
+
+
 def test_tune_scores_a_two_input_model(tmp_path):
     """--eval-data holds one array per input (in input order) and the labels y."""
     net = _TwoInputs()
