@@ -673,7 +673,7 @@ def grouped_per_tensor(graph, context):
     support = context.spec.ops.get("Convolution")
     if support is None or not support.partial_groups_per_tensor:
         return {}
-    nodes, added = graph["nodes"], []
+    nodes, added, moved = graph["nodes"], [], {}
     for index, node in enumerate(nodes):
         attrs = node.get("attrs") or {}
         if node["op"] != "_sg_mkldnn_conv" or not _is_true(attrs.get("quantized")) \
@@ -684,16 +684,16 @@ def grouped_per_tensor(graph, context):
         groups = int(conv.get("num_group", 1))
         if not 1 < groups < int(conv.get("num_filter", 1)):
             continue
-        target = len(nodes) + len(added)
+        moved[index] = len(nodes) + len(added)
         added.append({"op": "_contrib_requantize", "name": node["name"] + "_requantize",
                       "attrs": {"min_calib_range": attrs.pop("min_calib_range"),
                                 "max_calib_range": attrs.pop("max_calib_range"),
                                 "out_type": "auto"},
                       "inputs": [[index, 0, 0], [index, 1, 0], [index, 2, 0]]})
-        for reader in nodes:
-            reader["inputs"] = [[target, e[1], 0] if e[0] == index else e
-                                for e in reader["inputs"]]
-        graph["heads"] = [[target, h[1], 0] if h[0] == index else h for h in graph["heads"]]
+    for reader in nodes:            # readers of (data, min, max) read the requantize's
+        reader["inputs"] = [[moved[e[0]], e[1], 0] if e[0] in moved else e
+                            for e in reader["inputs"]]
+    graph["heads"] = [[moved[h[0]], h[1], 0] if h[0] in moved else h for h in graph["heads"]]
     if added:
         _append_nodes(graph, added)
         _log.debug("Grouped convolutions with one weight scale: %s",

@@ -2,7 +2,7 @@
 :data:`gluon_quant.graph.passes.PASSES`): an exact fp32 rewrite."""
 import collections
 
-from .rewrites import attr_ints, reachable
+from .rewrites import attr_ints, prune
 
 __all__ = ["pads_into_convolutions"]
 
@@ -61,7 +61,5 @@ def pads_into_convolutions(graph, context=None):  # pylint: disable=unused-argum
             nodes[reader]["inputs"][0] = list(node["inputs"][0])
         changed = True
     if changed:
-        pruned = reachable(graph["nodes"], graph["heads"], graph.get("attrs"))
-        graph.pop("node_row_ptr", None)
-        graph.update(pruned)
+        prune(graph)
     return {}

@@ -21,7 +21,7 @@ from .. import _mxnet
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
            "known_shape", "append_nodes", "reachable", "private_attrs", "same_shape_adds", "BROADCAST_ADDS",
-           "numpy_concatenations", "batchnorm_variants", "identity_chains", "attr_ints"]
+           "numpy_concatenations", "batchnorm_variants", "identity_chains", "attr_ints", "prune"]
 
 _log = logging.getLogger(__name__)
 
@@ -335,7 +335,7 @@ def identity_chains(graph, context=None):  # pylint: disable=unused-argument
             node["inputs"][0] = list(nodes[source[0]]["inputs"][0])
             changed = True
     if changed:
-        _prune(graph)
+        prune(graph)
     return {}
 
 
@@ -534,7 +534,7 @@ def _redirect(graph, replace):
                           for e in node["inputs"]]
     graph["heads"] = [[replace[h[0]], 0, 0] if h[0] in replace and h[1] == 0 else h
                       for h in graph["heads"]]
-    _prune(graph)
+    prune(graph)
 
 
 def reachable(nodes, heads, attrs=None):
@@ -596,7 +596,7 @@ def _topological(nodes, indices):
     return order
 
 
-def _prune(graph):
+def prune(graph):
     """Drop, in place, the nodes of ``graph`` its heads do not reach."""
     pruned = reachable(graph["nodes"], graph["heads"], graph.get("attrs"))
     graph.pop("node_row_ptr", None)
