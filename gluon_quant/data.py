@@ -14,11 +14,11 @@ import mxnet as mx
 import numpy as np
 
 from . import _mxnet
-from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchError, \
+from .errors import CalibrationDataError, ConfigError, EmptyCalibrationError, InputMismatchError, \
     ModelExecutionError, NonFiniteDataError, UnsupportedDtypeError
 
 __all__ = ["InputSpec", "BatchConverter", "iter_batches", "peek", "describe", "check_finite",
-           "check_param_dtypes", "batch_count", "as_tuples", "nest", "run_error", "call_inputs",
+           "check_params", "batch_count", "as_tuples", "nest", "run_error", "call_inputs",
            "call_outputs"]
 
 _log = logging.getLogger(__name__)
@@ -481,11 +481,19 @@ def check_finite(name, array):
             "layer producing it) before quantizing." % (name, bad, array.size))
 
 
-def check_param_dtypes(params):
-    """Raise :class:`UnsupportedDtypeError` if a floating-point parameter of ``params``
-    ({name: NDArray}) is not float32 (a net cast to float16 or float64)."""
-    odd = sorted((name, np.dtype(array.dtype).name) for name, array in params.items()
-                 if np.issubdtype(array.dtype, np.floating) and array.dtype != np.float32)
+def check_params(params):
+    """Raise the package's error if a parameter of ``params`` ({name: gluon Parameter}, those
+    the graph reads) was never initialized (:class:`ConfigError`) or is floating-point but
+    not float32 (:class:`UnsupportedDtypeError`: a net cast to float16 or float64)."""
+    bare = sorted(name for name, param in params.items() if _mxnet.never_initialized(param))
+    if bare:
+        raise ConfigError(
+            "%d parameter(s) of the network were never initialized (%s): call "
+            "net.initialize() or net.load_parameters(file) before quantizing." % (
+                len(bare), ", ".join(bare[:3]) + (", ..." if len(bare) > 3 else "")))
+    dtypes = {name: np.dtype(param.dtype) for name, param in params.items()}
+    odd = sorted((name, dtype.name) for name, dtype in dtypes.items()
+                 if np.issubdtype(dtype, np.floating) and dtype != np.float32)
     if odd:
         raise UnsupportedDtypeError(
             "The network's parameters must be float32 to quantize it; %d are not (%s). Call "

@@ -30,7 +30,7 @@ from .calib import ZERO_RANGE, CalibrationTable
 from .calib.table import as_table
 from .collect import build_runner, check_graph_shapes, collect_statistics
 from .config import QuantConfig, QuantDtype, WeightRounding
-from .data import BatchConverter, InputSpec, batch_count, check_param_dtypes, iter_batches
+from .data import BatchConverter, InputSpec, batch_count, check_params, iter_batches
 from .errors import (CalibrationTableError, ConfigError, GluonQuantError, GraphError,
                      ModelExecutionError, UnsupportedDtypeError)
 from .graph import GraphView, block_scopes, resolve_exclusions
@@ -418,6 +418,9 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
         The net failed while finishing its initialization.
     """
     params = net.collect_params()
+    needed = set(fused.symbol.list_arguments()) | set(fused.symbol.list_auxiliary_states())
+    sources = needed | {s for r in fused.param_rewrites for s in r.sources if s}
+    check_params({n: p for n, p in params.items() if n in sources})
     deferred = [p.name for p in params.values() if not _mxnet.is_initialized(p)]
     if deferred:
         if inputs is None:
@@ -432,10 +435,7 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
             raise ModelExecutionError("Running %s to finish parameter initialization "
                                       "failed: %s: %s" % (type(net).__name__,
                                                           type(err).__name__, err)) from err
-    needed = set(fused.symbol.list_arguments()) | set(fused.symbol.list_auxiliary_states())
-    sources = needed | {s for r in fused.param_rewrites for s in r.sources if s}
     copies = {}
-    check_param_dtypes({n: p.data() for n, p in params.items() if n in sources})
     for name, param in params.items():
         if name in sources:
             try:

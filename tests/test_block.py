@@ -461,3 +461,25 @@ def test_integer_inputs_are_read_as_their_values(dtype):
     np.testing.assert_array_equal(qnet(x).asnumpy(), expected)
     assert np.abs(expected - net(x.astype("float32")).asnumpy()).max() < 0.05 * np.abs(
         expected).max()
+
+
+def test_layers_the_forward_never_calls_need_no_initialization(tiny_batches):
+    """Only the parameters the graph reads must be initialized: an auxiliary head a net
+    keeps but never calls may stay bare (as after ``load_parameters(allow_missing=True)``)."""
+    class WithAuxHead(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.body = nn.Conv2D(8, 3, in_channels=1)
+            self.head = nn.Dense(10, in_units=8)
+            self.aux = nn.Dense(10, in_units=8)       # trained elsewhere, unused here
+
+        def hybrid_forward(self, F, x):
+            return self.head(F.relu(self.body(x)).mean(axis=(2, 3)))
+
+    net = WithAuxHead()
+    net.body.initialize(mx.init.Xavier())
+    net.head.initialize(mx.init.Xavier())
+    qnet = gq.quantize(net, tiny_batches, progress=False)
+    x = mx.nd.array(tiny_batches[0])
+    assert np.abs(qnet(x).asnumpy() - net(x).asnumpy()).max() < 0.05 * np.abs(
+        net(x).asnumpy()).max()

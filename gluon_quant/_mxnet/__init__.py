@@ -547,6 +547,12 @@ def is_initialized(param):
     return param._data is not None
 
 
+def never_initialized(param):
+    """Whether a Gluon ``Parameter`` was never given an initializer (no data and no deferred
+    initialization pending): ``net.initialize()`` or ``load_parameters`` was not called."""
+    return param._data is None and not param._deferred_init
+
+
 def _compose_symbol_block(block, syms):
     """The graph of a ``SymbolBlock`` loaded in NumPy mode, on legacy variables ``syms``:
     MXNet 1.9.1's ``SymbolBlock`` cannot be called with NumPy symbols ("'<_Symbol ...>' is

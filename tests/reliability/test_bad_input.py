@@ -638,6 +638,15 @@ def case_float16_network(env):
     return q(net, [b.astype("float16") for b in BATCHES])
 
 
+@case(gq.ConfigError, r"2 parameter\(s\) of the network were never initialized \(\w+_bias, "
+                     r"\w+_weight\): call net.initialize\(\) or net.load_parameters")
+def case_layer_never_initialized(env):
+    net = build_cnn()
+    net.initialize(mx.init.Xavier())
+    net.add(mx.gluon.nn.Dense(4))    # added after initialize(), as when a head is swapped
+    return q(net, BATCHES)
+
+
 @case(gq.ConfigError, r"ctx=gpu\(0\), but this MXNet sees 0 GPU.*ctx=mx.cpu\(\)")
 def case_gpu_context_without_gpu(env):
     if mx.context.num_gpus():
