@@ -18,8 +18,8 @@ from .calib.table import as_table
 from .config import QuantConfig
 from .data import BatchConverter, InputSpec, call_inputs, call_outputs, peek, run_error
 from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
-                     NotHybridizableError, refuse_cast, refuse_pickling,
-                     refuse_summary)
+                     NotHybridizableError, refuse_cast, refuse_parameter_files,
+                     refuse_pickling, refuse_summary)
 from .presets import resolve_preset
 from .debug.timing import layer_timing
 from .report import build_report
@@ -106,15 +106,15 @@ class QuantizedHybridBlock(HybridBlock):
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
         self._converter = self._samples = self._input_shapes = self._inputs = None
 
-    # MXNet handles (export() it instead), int8 weights (no cast), one graph (no summary)
-    __reduce_ex__, cast, summary = refuse_pickling, refuse_cast, refuse_summary
+    # MXNet handles, int8 weights, one graph: refused with what to use (export() saves it)
+    __reduce_ex__, cast, summary, save_parameters, load_parameters = (
+        refuse_pickling, refuse_cast, refuse_summary, *[refuse_parameter_files] * 2)
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
                           doc="The calibrator (holds the statistics after calibration).")
-    dtype, backend, granularity = _setting("dtype"), _setting("backend"), _setting("granularity")
-    exclude, bias_correction, progress = (_setting(name) for name in (
-        "exclude", "bias_correction", "progress"))
+    dtype, backend, granularity, exclude, bias_correction, progress = map(_setting, (
+        "dtype", "backend", "granularity", "exclude", "bias_correction", "progress"))
     ctx = property(lambda self: self._config.ctx or mx.cpu(), doc="Where the block runs.")
     preset = property(lambda self: resolve_preset(self._config.preset, self.net),
                       doc="The :class:`~gluon_quant.Preset` applied (None: none).")

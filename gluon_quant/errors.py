@@ -116,3 +116,17 @@ def refuse_summary(block, *inputs):  # pylint: disable=unused-argument
         "one compiled graph. print(qnet.report()) lists its layers (op, int8 or not, dtype, "
         "range and why); summary() of the fp32 network (qnet.net for a QuantizedHybridBlock) "
         "shows shapes and parameter counts." % type(block).__name__)
+
+
+def refuse_parameter_files(block, filename, *args, **kwargs):  # pylint: disable=unused-argument
+    """The int8 block ``block``'s ``save_parameters`` / ``load_parameters``: a parameter
+    file alone cannot rebuild an int8 network (its graph, int8 weights and calibrated ranges
+    belong together), and Gluon's would write or read fp32-sized weights the int8 graph
+    ignores; :class:`ConfigError` names the export that does it."""
+    raise ConfigError(
+        "%s cannot save or load a parameter file (%r): the int8 network is its graph, int8 "
+        "weights and calibrated ranges together, and Gluon's parameter file would hold fp32 "
+        "weights the int8 graph ignores. Save it with export(prefix) and load it with "
+        "gluon_quant.QuantizedSymbolBlock.imports(prefix); to change weights, load them into "
+        "the fp32 network (qnet.net for a QuantizedHybridBlock) and quantize again."
+        % (type(block).__name__, filename))

@@ -673,6 +673,22 @@ def case_deep_copied_loaded_block(env):
     return lambda: copy.deepcopy(loaded)
 
 
+@case(gq.ConfigError, r"QuantizedHybridBlock cannot save or load a parameter file "
+                     r"\('.*q\.params'\).*fp32 weights the int8 graph ignores.*export\(prefix\)")
+def case_int8_block_saved_as_parameters(env):
+    # Gluon's own save_parameters wrote the fp32 weights (43 KB for 13 KB of int8), which
+    # load_parameters then put where the int8 graph never reads them.
+    return lambda: env.qnet.save_parameters(str(env.tmp / "q.params"))
+
+
+@case(gq.ConfigError, r"QuantizedSymbolBlock cannot save or load a parameter file"
+                     r".*imports\(prefix\).*quantize again")
+def case_loaded_block_given_parameters(env):
+    prefix = env.copy_export()
+    loaded = gq.QuantizedSymbolBlock.imports(prefix)
+    return lambda: loaded.load_parameters(prefix + "-int8.params")
+
+
 @case(gq.ConfigError, r"already an int8 QuantizedHybridBlock.*qnet.net")
 def case_quantizing_an_int8_block(env):
     return q(env.qnet, BATCHES)
