@@ -205,7 +205,9 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
                              exclude=tuple(base.exclude) + tuple(extra),
                              weight_rounding=rounding or base.config.weight_rounding)
         variant.quantize_graph()
-        variant.finalize(_with_weights(rescored.compute(), base.calibration_table))
+        ranges = rescored.compute() if rescored.names else CalibrationTable(
+            {}, method=rescored.method_name)    # no layer worth int8: every trial is fp32
+        variant.finalize(_with_weights(ranges, base.calibration_table))
         return rescored, variant
 
     def run(candidates):

@@ -47,3 +47,21 @@ def test_bad_settings_are_refused(tiny_cnn, tiny_batches):
         gq.tune(tiny_cnn, tiny_batches, lambda m: 1.0, tolerance=-1)
     with pytest.raises(gq.ConfigError, match="eval_fn"):
         gq.quantize(tiny_cnn, tiny_batches, tolerance=0.1)
+
+
+def test_tuning_a_net_with_no_layer_worth_int8_stops_at_the_defaults(int8_regions):
+    """A net whose layers all stay fp32 (too small to gain) has no ranges to re-score: the
+    defaults trial is the fp32 net and meets any tolerance (it raised 'MSECalibrator has
+    no statistics' from the first trial)."""
+    import mxnet as mx
+    net = mx.gluon.nn.HybridSequential()
+    net.add(mx.gluon.nn.Embedding(50, 16), mx.gluon.nn.Dense(8, flatten=False),
+            mx.gluon.nn.HybridLambda(lambda F, x: F.sum(x, axis=1)), mx.gluon.nn.Dense(3))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [rs.randint(0, 50, (4, 12)).astype("float32") for _ in range(3)]
+    eval_fn = agreement_fn(net, np.concatenate(batches))
+    qnet, result = gq.tune(net, batches, eval_fn, tolerance=0.0, progress=False)
+    assert result.stopped is StopReason.TOLERANCE_MET and len(result.trials) == 1
+    assert result.chosen.score == result.fp32_score == 1.0
+    assert qnet.report().coverage() == (0, 2)
