@@ -13,6 +13,7 @@ import logging
 import mxnet as mx
 import numpy as np
 
+from .. import _mxnet
 from ..api import quantize
 from ..config import QuantConfig
 from .._names import suggest
@@ -107,12 +108,23 @@ def initialize_random(net, seed=0):
     GluonCV leaves some BatchNorm layers of detectors (SSD's feature expanders) without an
     initializer of their own, so a plain ``net.initialize(mx.init.Xavier())`` fails on
     their 1-d gamma; this names every parameter kind explicitly.
+
+    Constants (``mx.gluon.Constant``: the anchors and offsets of SSD, YOLOv3 and the R-CNNs)
+    keep their own values: they are part of the design, not learnt, and Xavier noise in
+    their place made every box a few thousandths of a pixel wide. Parameters GluonCV already
+    initialized itself (CenterNet and the pose nets call ``initialize()`` with its uniform
+    default) are re-initialized as above, so every net gets the same recipe.
     """
     mx.random.seed(seed)
     normalized = any(name.endswith(("running_var", "moving_var"))
                      for name in net.collect_params())
     for name, param in net.collect_params().items():
-        param.initialize(init=_initializer_for(name, normalized))
+        if isinstance(param, mx.gluon.Constant):
+            if _mxnet.never_initialized(param):
+                param.initialize()
+            continue
+        param.initialize(init=_initializer_for(name, normalized),
+                         force_reinit=not _mxnet.never_initialized(param))
     return net
 
 

@@ -314,7 +314,10 @@ def test_ssd_detections_agree():
     Since set_batchnorm_statistics reaches inside GluonCV's SymbolBlock feature extractor,
     the random-weight ResNet-50 backbone has realistic statistics and is as chaotic as the
     random classifiers above (it kept 0/1 statistics before, and agreed at 0.99): int8 is
-    held to the floor, and to bars at the measured values rounded down.
+    held to the floor, and to bars at the measured values rounded down. With GluonCV's
+    own anchors (they were Xavier noise before initialize_random kept them), the random
+    box head's offsets go through exp() at full size: fp32 boxes reach 13,000 px, the
+    floor itself keeps 0.63 box cosine and moves a top-20 box by 4,700 px.
     """
     net, calib, x = build("ssd_512_resnet50_v1_voc", 192)
     net.set_nms(nms_thresh=0)
@@ -325,13 +328,39 @@ def test_ssd_detections_agree():
     quantized, total = report.coverage()
     assert quantized == total
     _, score_cos, box_cos, top_error = detection_agreement(net, qnet, x)
-    _, floor_score, floor_box, _ = detection_agreement(net, fake_quant_block(qnet)[0], x)
+    _, floor_score, floor_box, floor_error = detection_agreement(
+        net, fake_quant_block(qnet)[0], x)
     logging.getLogger(__name__).info(
         "ssd: scores cosine %.4f (floor %.4f), boxes cosine %.4f (floor %.4f), top-20 box "
-        "error %.2f px", score_cos, floor_score, box_cos, floor_box, top_error)
+        "error %.0f px (floor %.0f px)", score_cos, floor_score, box_cos, floor_box,
+        top_error, floor_error)
     assert near_floor(score_cos, floor_score, slack=0.02)
     assert near_floor(box_cos, floor_box, slack=0.02)
-    assert score_cos >= 0.7 and box_cos >= 0.9 and top_error <= 2.0
+    assert score_cos >= 0.7 and box_cos >= 0.6 and top_error <= 1.25 * floor_error
+
+
+def test_initialize_random_keeps_anchors_and_reinitializes_what_gluoncv_initialized():
+    """Detectors' anchors are mx.gluon.Constant values of the design: random weights must
+    not replace them (Xavier noise made SSD's boxes a few thousandths of a pixel wide).
+    CenterNet initializes itself with MXNet's uniform default: its weights get the same
+    Xavier recipe as every other net, silently (it printed one warning per parameter)."""
+    import warnings
+    ssd = gluoncv_zoo.get_model("ssd_300_mobilenet0.25_voc", pretrained=False,
+                                pretrained_base=False)
+    initialize_random(ssd)
+    ssd(mx.nd.zeros((1, 3, 128, 128)))
+    anchors = [p for p in ssd.collect_params().values() if isinstance(p, mx.gluon.Constant)]
+    assert len(anchors) == 6
+    np.testing.assert_array_equal(anchors[0].data().asnumpy().ravel()[:4], [4, 4, 21, 21])
+    center = gluoncv_zoo.get_model("center_net_resnet18_v1b_voc", pretrained=False,
+                                   pretrained_base=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        initialize_random(center)
+    assert not [w for w in caught if "already initialized" in str(w.message)]
+    stem = center.collect_params()["resnetv1b_conv0_weight"].data().asnumpy()
+    bound = np.sqrt(3.0 / (3 * 49 + 64 * 49 / 1.0) * 2)      # Xavier uniform, avg fan
+    assert 0.9 * bound < np.abs(stem).max() <= bound         # not MXNet's uniform 0.07
 
 
 def near_floor(cos, floor, slack=1e-3):
@@ -344,9 +373,10 @@ def test_yolo3_detections_at_the_activation_floor():
     """Random-weight YOLOv3 cannot keep its boxes in 8 bits, with any quantizer.
 
     Darknet-53 with random weights amplifies perturbations through 75 convolutions, and
-    the box sizes are exp() of the predictions: the fp32 net with only its activations
-    rounded to 8 bits (the floor) keeps 0.955 score cosine but 0.56 box cosine. int8 keeps
-    the same classes everywhere and stays near that floor (0.955 and 0.46).
+    the box sizes are exp() of the predictions times GluonCV's anchors (up to 373 px): the
+    fp32 net with only its activations rounded to 8 bits (the floor) keeps 0.940 score
+    cosine but 0.36 box cosine. int8 keeps the same classes everywhere and stays at that
+    floor (0.938 and 0.39).
     """
     net, calib, x = build("yolo3_darknet53_voc", 320)
     net.set_nms(nms_thresh=0)
@@ -359,7 +389,7 @@ def test_yolo3_detections_at_the_activation_floor():
         score_cos, floor_score, box_cos, floor_box)
     assert ids_equal
     assert near_floor(score_cos, floor_score) and near_floor(box_cos, floor_box)
-    assert score_cos >= 0.95 and box_cos >= 0.4
+    assert score_cos >= 0.93 and box_cos >= 0.35
 
 
 def pixel_agreement(a, b):
