@@ -163,7 +163,7 @@ def _bisect(plan, params, table, config, inputs):
 
     def runs_without(nodes):
         trial = plan_quantization(plan.fused, quick, fp32_nodes={
-            **dict.fromkeys(nodes, "bisection"), **plan.fp32_nodes})
+            **dict.fromkeys(nodes, "bisection"), **plan.fp32_nodes}, quiet=True)
         try:
             trial_table = _complete(trial, params, table, inputs, inputs[0].context)
             return _first_run(build(trial, params, trial_table, config=quick), inputs,

@@ -303,12 +303,14 @@ def _first_rank(batch):
 
 
 @stage
-def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -> QuantPlan:
+def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None,
+                      quiet=False) -> QuantPlan:
     """Insert int8 operators into the fused graph (ranges not set yet).
 
     Nodes that a quantized-graph pass sends back to fp32 (an int8-only operator fed by a
     uint8 layer) are excluded and the graph is quantized again, a bounded number of times.
-    ``fp32_nodes`` (node -> reason) keeps more nodes fp32 than the fused graph says.
+    ``fp32_nodes`` (node -> reason) keeps more nodes fp32 than the fused graph says;
+    ``quiet`` drops the warning of an all-fp32 plan (the fallback's bisection trials).
 
     Returns
     -------
@@ -344,7 +346,7 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None) -
     else:
         raise GraphError("Quantizing the graph did not settle after %d attempts; nodes "
                          "sent back to fp32 last: %s." % (_MAX_REPLANS, sorted(back)[:5]))
-    if not calib:
+    if not calib and not quiet:
         _log.warning("No layer of %s runs in int8 on %s (every layer is excluded, has no "
                      "int8 kernel, or would be slower in int8: see report()); the result "
                      "runs in fp32.", fused.net_class, spec.name)
@@ -428,8 +430,7 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
                 "Parameters %s are not initialized. Initialize the net (and run it once "
                 "if it uses deferred shapes) before quantizing." % deferred[:5])
         try:
-            if not _mxnet.finish_deferred_init(net, inputs, fused.inputs.layout,
-                                               fused.np_mode):
+            if not _mxnet.finish_deferred_init(net, inputs, fused.inputs.layout, fused.np_mode):
                 _mxnet.call_net(net, fused.inputs.regroup(inputs), fused.np_mode)
         except Exception as err:
             raise ModelExecutionError("Running %s to finish parameter initialization "
@@ -512,8 +513,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
                                               input_names, inputs, whole),
                                whole, inputs[0].shape[0] if inputs[0].ndim else None)
                 state["limit"] = tap.limit      # fewer where the references are large
-        return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"],
-                            ctx)
+        return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"], ctx)
 
     samples, kept = [], []
 
