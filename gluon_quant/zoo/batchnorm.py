@@ -118,15 +118,15 @@ def set_batchnorm_statistics(net, batch):
     int
         Number of BatchNorm layers updated.
     """
-    def hook(block, inputs):
-        x = inputs[0]
-        axes = tuple(i for i in range(x.ndim) if i != 1)
-        mean = x.mean(axis=axes)
-        var = ((x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))) ** 2).mean(axis=axes)
-        block.running_mean.set_data(mean)
-        block.running_var.set_data(var)
+    skipped, counts = [], []
 
-    counts = []
+    def hook(block, inputs):
+        moments = _moments(inputs[0])
+        if moments is None:
+            skipped.append(block.name)
+            return
+        block.running_mean.set_data(moments[0])
+        block.running_var.set_data(moments[1])
 
     def graph_hook(block, inputs):
         counts.append(set_symbol_block_statistics(block, list(inputs)))
@@ -157,7 +157,28 @@ def set_batchnorm_statistics(net, batch):
     finally:
         for handle in handles:
             handle.detach()
-    return len(layers) + sum(counts)
+    _warn_single_values(skipped)
+    return len(layers) - len(skipped) + sum(counts)
+
+
+def _moments(x):
+    """Per-channel mean and (biased) variance of ``x`` ``(N, C, ...)``, or None where each
+    channel holds a single value (a batch of 1 at 1x1, after global pooling): its variance
+    would be 0, and the layer would multiply every other input's deviation by 1/sqrt(eps)."""
+    if x.size <= x.shape[1]:
+        return None
+    axes = tuple(i for i in range(x.ndim) if i != 1)
+    mean = x.mean(axis=axes)
+    var = ((x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))) ** 2).mean(axis=axes)
+    return mean, var
+
+
+def _warn_single_values(names):
+    if names:
+        _log.warning("%d BatchNorm layer(s) see one value per channel in this batch (%s%s): "
+                     "their statistics are left as they were. Pass a batch of several "
+                     "samples to set them.", len(names), ", ".join(names[:3]),
+                     ", ..." if len(names) > 3 else "")
 
 
 def _batchnorm_inputs(sym):
@@ -209,10 +230,13 @@ def set_symbol_block_statistics(block, inputs):
     values = _mxnet.run_training_mode(mx.sym.Group([entry for entry, _, _ in layers]),
                                       [s.name for s in symbols], inputs, params,
                                       inputs[0].context)
+    skipped = []
     for (_, mean_name, var_name), x in zip(layers, values):
-        axes = tuple(i for i in range(x.ndim) if i != 1)
-        mean = x.mean(axis=axes)
-        var = ((x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))) ** 2).mean(axis=axes)
-        block.collect_params()[mean_name].set_data(mean)
-        block.collect_params()[var_name].set_data(var)
-    return len(layers)
+        moments = _moments(x)
+        if moments is None:
+            skipped.append(mean_name)
+            continue
+        block.collect_params()[mean_name].set_data(moments[0])
+        block.collect_params()[var_name].set_data(moments[1])
+    _warn_single_values(skipped)
+    return len(layers) - len(skipped)

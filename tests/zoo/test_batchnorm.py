@@ -50,3 +50,30 @@ def test_a_network_that_does_not_run_is_reported_as_such():
     net = _net()
     with pytest.raises(gq.ModelExecutionError, match=r"BatchNorm statistics.*\(4, 3, 8\)"):
         batchnorm.set_batchnorm_statistics(net, mx.nd.ones((4, 3, 8)))
+
+
+@pytest.mark.parametrize("inside_symbol_block", [False, True])
+def test_a_layer_seeing_one_value_per_channel_is_left_alone(inside_symbol_block, caplog):
+    """A BatchNorm after global pooling sees one value per channel in a batch of one (NASNet's
+    auxiliary head): its variance would be 0, and every other input's deviation then came
+    out 316x larger (1/sqrt(eps)): int8 noise there turned an all-zero fp32 output into
+    values up to 4.6. Such layers keep their statistics, with a warning naming them."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+            nn.GlobalAvgPool2D(), nn.BatchNorm(), nn.Dense(4))
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(0).rand(1, 3, 6, 6).astype("float32"))
+    if inside_symbol_block:
+        net.hybridize()
+        net(x)
+        wrapper = nn.HybridSequential()
+        wrapper.add(mx.gluon.SymbolBlock(net(mx.sym.var("data")), mx.sym.var("data"),
+                                         params=net.collect_params()))
+        net = wrapper
+    assert batchnorm.set_batchnorm_statistics(net, x) == 1
+    names = sorted(n for n in net.collect_params() if n.endswith("running_var"))
+    first, pooled = (net.collect_params()[n].data().asnumpy() for n in names)
+    assert first.min() > 0 and np.array_equal(pooled, np.ones(8, "float32"))
+    assert "1 BatchNorm layer(s) see one value per channel" in caplog.text
+    assert batchnorm.set_batchnorm_statistics(net, mx.nd.concat(x, x * 2, dim=0)) == 2
