@@ -5,6 +5,7 @@ methods (:meth:`~QuantizedHybridBlock.fuse`, :meth:`~QuantizedHybridBlock.quanti
 :meth:`~QuantizedHybridBlock.calibrate`, :meth:`~QuantizedHybridBlock.finalize`) each run
 one stage function and keep its record.
 """
+import inspect
 import threading
 from typing import Optional
 
@@ -46,6 +47,8 @@ def _checked_net(net):
     from .symbol_block import QuantizedSymbolBlock    # deferred: it reads this package's
     if isinstance(net, mx.gluon.nn.Sequential):       # export format
         net = _hybrid_sequential(net)
+    elif isinstance(net, mx.gluon.Block) and not isinstance(net, HybridBlock):
+        net = _block_view(net)
     if not isinstance(net, HybridBlock):
         raise NotHybridizableError(
             "quantize() needs a mxnet.gluon.HybridBlock, got %s. Convert the model to "
@@ -55,6 +58,46 @@ def _checked_net(net):
             "The network is already an int8 %s: quantize the fp32 network it was made from "
             "(qnet.net for a QuantizedHybridBlock), or use it as it is." % type(net).__name__)
     return net
+
+
+class _BlockView(HybridBlock):
+    """A ``HybridBlock`` over a plain Gluon ``Block`` (a ``forward(self, x)`` calling its
+    HybridBlock layers, as many users write a model): tracing calls its ``forward`` with
+    symbols, as ``hybridize()`` would if the block were a HybridBlock. A forward that only
+    calls its layers and operators that symbols have too (``x.relu()``, ``x.reshape``,
+    ``+``) traces; one calling ``nd.*`` functions or reading values fails with the hint."""
+
+    trace_hint = (" {name} is a plain gluon.Block: its forward is traced with symbols, so it "
+                  "may call its layers and methods arrays and symbols share (x.relu(), "
+                  "x.reshape(...), x + y), but no nd.* function or value (.asnumpy(), "
+                  ".shape). Or make it a HybridBlock with hybrid_forward(self, F, x) using "
+                  "F.* operators.")
+
+    def __init__(self, block):
+        super().__init__(prefix=block.prefix)
+        # Not a registered child (a HybridBlock refuses Block children): its parameters
+        # are the view's through collect_params, its layers the view's children (layer
+        # names in report(), exclude=).
+        object.__setattr__(self, "block", block)
+        object.__setattr__(self, "_children", block._children)   # pylint: disable=protected-access
+
+    def collect_params(self, select=None):
+        return self.block.collect_params(select)
+
+    def hybrid_forward(self, F, *args, **kwargs):     # pylint: disable=arguments-differ
+        return self.block(*args, **kwargs)
+
+
+def _block_view(block):
+    """A :class:`_BlockView` of ``block``, named as its class and taking the tensors its
+    ``forward`` takes (the signature is what the inputs are read from)."""
+    forward = inspect.signature(block.forward)
+    lead = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in ("self", "F")]
+    method = lambda self, F, *args, **kwargs: _BlockView.hybrid_forward(self, F, *args, **kwargs)
+    method.__signature__ = inspect.Signature(lead + list(forward.parameters.values()))
+    cls = type(type(block).__name__, (_BlockView,), {"hybrid_forward": method,
+                                                      "__module__": type(block).__module__})
+    return cls(block)
 
 
 _LAMBDA_HINT = " (nn.HybridLambda(lambda F, x: ...) for an nn.Lambda, F being mx.nd or mx.sym)"

@@ -232,9 +232,10 @@ def test_two_input_net_with_one_array_batches():
 def test_non_hybridizable_nets():
     class Plain(gluon.Block):
         def forward(self, x):
-            return x * 2
+            return mx.nd.relu(x) * 2        # an nd.* function: no symbol goes through it
 
-    with pytest.raises(gq.NotHybridizableError, match="HybridBlock"):
+    with pytest.raises(gq.NotHybridizableError, match=r"Plain could not be traced.*Plain is "
+                       r"a plain gluon.Block.*no nd.\* function.*HybridBlock"):
         gq.quantize(Plain(), [np.ones((1, 2), "float32")])
 
     class NumpyInside(gluon.HybridBlock):
@@ -250,6 +251,47 @@ def test_non_hybridizable_nets():
     net.initialize()
     with pytest.raises(gq.NotHybridizableError, match="could not be traced"):
         gq.quantize(net, [np.ones((1, 2), "float32")], progress=False)
+
+
+def test_plain_block_calling_hybrid_layers_is_quantized(tmp_path):
+    """A plain ``gluon.Block`` whose forward calls its HybridBlock layers (how many users
+    write a model: ``class Net(gluon.Block)``) is traced through that forward, with its
+    inputs read from the forward's signature; its layers keep their names (report,
+    exclude). It was refused as not a HybridBlock."""
+    class TwoTower(gluon.Block):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.image = nn.HybridSequential()
+                self.image.add(nn.Conv2D(16, 3, padding=1, activation="relu"),
+                               nn.GlobalAvgPool2D(), nn.Flatten())
+                self.text = nn.Dense(16, activation="relu")
+                self.head = nn.Dense(4)
+
+        def forward(self, image, tokens, scale=None):
+            joint = self.image(image) + self.text(tokens)
+            out = self.head(joint.relu())
+            return out if scale is None else out * scale
+
+    net = TwoTower(prefix="tower_")
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [(rs.rand(8, 3, 12, 12).astype("float32"), rs.randn(8, 10).astype("float32"))
+               for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert type(qnet.net).__name__ == "TwoTower"
+    x = [mx.nd.array(a) for a in batches[0]]
+    ref, out = net(*x).asnumpy().ravel(), qnet(*x).asnumpy().ravel()
+    assert ref @ out / np.linalg.norm(ref) / np.linalg.norm(out) > 0.999
+    layers = {r.layer: r for r in qnet.report()}
+    assert {"tower_conv0", "tower_dense0", "tower_dense1"} <= set(layers)
+    assert all(layers[n].quantized for n in ("tower_conv0", "tower_dense0", "tower_dense1"))
+    kept = gq.quantize(net, batches, exclude=["head"], progress=False)
+    assert [r.quantized for r in kept.report() if r.layer == "tower_dense1"] == [False]
+    qnet.export(str(tmp_path / "tower"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "tower"))
+    np.testing.assert_array_equal(loaded(*x).asnumpy(), qnet(*x).asnumpy())
 
 
 def test_plain_sequential_of_hybrid_layers_is_quantized(tmp_path):

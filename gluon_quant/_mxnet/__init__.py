@@ -117,7 +117,8 @@ def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
             "hybrid_forward only uses F.* operators (no .asnumpy(), .shape, Python control flow "
             "on values) and that the number of inputs matches the calibration batches.%s"
             % (type(net).__name__, num_inputs, type(err).__name__, err,
-               _var_args_hint(net, num_inputs))) from err
+               _var_args_hint(net, num_inputs) or getattr(net, "trace_hint", "").format(
+                   name=type(net).__name__))) from err
     if isinstance(out, dict) or (isinstance(out, (list, tuple)) and any(
             isinstance(o, dict) for o in out)):
         raise NotHybridizableError(
