@@ -79,7 +79,7 @@ class _BlockView(HybridBlock):
         # are the view's through collect_params, its layers the view's children (layer
         # names in report(), exclude=).
         object.__setattr__(self, "block", block)
-        object.__setattr__(self, "_children", block._children)   # pylint: disable=protected-access
+        _mxnet.share_children(self, block)
 
     def collect_params(self, select=None):
         return self.block.collect_params(select)

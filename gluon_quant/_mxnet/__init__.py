@@ -147,6 +147,13 @@ def child_blocks(block):
     return list(block._children.values())
 
 
+def share_children(view, block):
+    """Make the layers of the plain Gluon ``Block`` ``block`` the children of the
+    ``HybridBlock`` ``view`` that runs it (one dict: a HybridBlock refuses to register
+    Block children); its parameters are not collected through them."""
+    object.__setattr__(view, "_children", block._children)
+
+
 def named_children(block):
     """``(attribute name, child block)`` of a Gluon block's direct children, in order."""
     return list(block._children.items())
