@@ -41,6 +41,18 @@ def _setting(name):
                     doc="``config.%s`` (see :class:`~gluon_quant.QuantConfig`)." % name)
 
 
+def _describe(qnet):
+    """``repr(qnet)``: the fp32 net, the settings that shape it, and what runs in int8
+    (Gluon's own repr listed no layer: the int8 net is one graph, not child blocks)."""
+    if qnet.model is None:
+        state = "not built yet: calibrate() and finalize()"
+    else:
+        state = "%d of %d convolution/dense layers in int8" % qnet.report().coverage()
+    return "QuantizedHybridBlock(%s, backend=%s, calibrator=%s, dtype=%s, granularity=%s: %s)" % (
+        type(qnet.net).__name__, qnet.backend.value, pipeline.method_name(qnet.calibrator),
+        qnet.dtype.value, qnet.granularity.value, state)
+
+
 def _checked_net(net):
     """``net`` if it is an fp32 Gluon ``HybridBlock`` (a plain ``nn.Sequential`` of them:
     a ``HybridSequential`` over the same layers); else the package's error."""
@@ -150,8 +162,8 @@ class QuantizedHybridBlock(HybridBlock):
         self._converter = self._samples = self._input_shapes = self._inputs = None
 
     # MXNet handles, int8 weights, one graph: refused with what to use (export() saves it)
-    __reduce_ex__, cast, summary, save_parameters, load_parameters = (
-        refuse_pickling, refuse_cast, refuse_summary, *[refuse_parameter_files] * 2)
+    __reduce_ex__, cast, summary, save_parameters, load_parameters, __repr__ = (
+        refuse_pickling, refuse_cast, refuse_summary, *[refuse_parameter_files] * 2, _describe)
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,

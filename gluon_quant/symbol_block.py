@@ -194,6 +194,13 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         """
         return _report_of(self._meta.value, self._meta.source)
 
+    def __repr__(self):
+        try:
+            state = ": %d of %d convolution/dense layers in int8" % self.report().coverage()
+        except ArtifactError:       # an export without its report
+            state = ""
+        return "QuantizedSymbolBlock(%s%s)" % (self._meta.source, state)
+
     def forward(self, x, *args):  # pylint: disable=arguments-differ
         flat, np_in = call_inputs((x, *args))     # legacy views of mxnet.np arrays
         try:

@@ -525,3 +525,19 @@ def test_layers_the_forward_never_calls_need_no_initialization(tiny_batches):
     x = mx.nd.array(tiny_batches[0])
     assert np.abs(qnet(x).asnumpy() - net(x).asnumpy()).max() < 0.05 * np.abs(
         net(x).asnumpy()).max()
+
+
+def test_repr_says_what_the_int8_net_is(tiny_cnn, tiny_batches, tmp_path):
+    """Gluon's repr printed ``QuantizedHybridBlock(\\n)``: the int8 net is one graph with no
+    child blocks. It now names the fp32 net, the settings and how much runs in int8."""
+    qnet = QuantizedHybridBlock(tiny_cnn, calibrator="entropy", progress=False)
+    assert repr(qnet) == ("QuantizedHybridBlock(HybridSequential, backend=onednn, calibrator="
+                          "entropy, dtype=auto, granularity=channel: not built yet: "
+                          "calibrate() and finalize())")
+    qnet.calibrate(tiny_batches)
+    qnet.finalize()
+    assert repr(qnet).endswith("granularity=channel: 4 of 4 convolution/dense layers in int8)")
+    qnet.export(str(tmp_path / "cnn"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "cnn"))
+    assert repr(loaded) == "QuantizedSymbolBlock(%s: 4 of 4 convolution/dense layers in int8)" % (
+        tmp_path / "cnn-meta.json")
