@@ -490,7 +490,7 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
                                 dtypes=["float32"] * len(input_names)
                                 + [a.dtype.name for a in host], copy=False)
     # Lent without a copy on CPU: ``host`` stays alive, unchanged, until the deltas are read.
-    lent = [mx.nd.from_numpy(a, zero_copy=True) if ctx.device_type == "cpu"
+    lent = [mx.nd.from_numpy(a, zero_copy=True) if ctx == mx.cpu()      # cpu(0) only
             else mx.nd.array(a, ctx=ctx) for a in host]
     deltas = _mxnet.run_block(block, list(inputs) + lent, "Bias correction (int8 graph)")
     corrections = {m.target: [float(v) for v in d.asnumpy()] for m, d in zip(kept, deltas)}

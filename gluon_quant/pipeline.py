@@ -438,11 +438,9 @@ def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
                                                           type(err).__name__, err)) from err
     copies = {}
     for name, param in params.items():
-        if name in sources:
-            try:
-                copies[name] = _mxnet.as_legacy(param.data(ctx)).copy()
-            except _mxnet.MXNetError:
-                copies[name] = _mxnet.as_legacy(param.data()).copyto(ctx)
+        if name in sources:     # from where it lives (Gluon raises RuntimeError elsewhere)
+            home = ctx if ctx in param.list_ctx() else param.list_ctx()[0]
+            copies[name] = _mxnet.as_legacy(param.data(home)).copyto(ctx)
     for rewrite in fused.param_rewrites:
         try:
             rewrite.apply(copies)

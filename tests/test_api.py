@@ -275,3 +275,23 @@ def test_granularity_tensor_and_channel(trained_cnn):
         qnet = gq.quantize(net, trained_cnn["calib"], granularity=granularity, progress=False)
         assert qnet.granularity.value in ("tensor", "channel")
         assert cosine(net(x), qnet(x)) > 0.998
+
+
+def test_ctx_other_than_the_nets_own(tiny_cnn, tiny_batches):
+    """``ctx=mx.cpu(1)`` over a net whose parameters live on ``cpu(0)`` (and the reverse):
+    the parameters were read with ``param.data(ctx)``, whose RuntimeError escaped (the
+    copy meant for it caught only MXNetError), bias correction lent its reference masks on
+    cpu(0), and the doctor ran the fp32 net on the int8 net's context. The int8 net is the
+    one built on cpu(0), bit for bit, and the doctor runs."""
+    x = mx.nd.array(tiny_batches[0])
+    here = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    there = gq.quantize(tiny_cnn, tiny_batches, ctx=mx.cpu(1), progress=False)
+    out = there(x.as_in_context(mx.cpu(1)))
+    assert out.context == mx.cpu(1)
+    np.testing.assert_array_equal(out.asnumpy(), here(x).asnumpy())
+    report = gq.debug.compare(there, [x.as_in_context(mx.cpu(1))])
+    assert report.output_cosine > 0.99
+    moved = nn.HybridSequential()
+    moved.add(nn.Conv2D(8, 3, in_channels=1), nn.Dense(3, in_units=8 * 26 * 26))
+    moved.initialize(mx.init.Xavier(), ctx=mx.cpu(1))
+    assert gq.quantize(moved, tiny_batches, progress=False)(x).shape == (8, 3)

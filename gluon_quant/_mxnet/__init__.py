@@ -573,12 +573,31 @@ def _compose_symbol_block(block, syms):
 def call_net(net, args, np_mode=False):
     """Call the user's fp32 ``net`` on legacy arrays ``args`` (nested as it takes them) the
     way it was written: NumPy arrays under NumPy semantics for a NumPy-mode net. Its
-    outputs come back as legacy arrays."""
+    outputs come back as legacy arrays. Arrays on another context than the net's
+    parameters (an int8 net built with ``ctx=cpu(1)`` over a net on ``cpu(0)``) are run
+    where the parameters are, and the outputs come back to the arrays' context."""
+    here = next(iter(_contexts(args)), None)
+    home = next((p.list_ctx()[0] for p in net.collect_params().values()
+                 if p._data is not None), here)
+    args = _in_context(args, home) if here != home else args
     if not np_mode:
-        return net(*args)
-    with np_scope(True):
-        out = net(*as_np(list(args)))
-    return as_legacy(out)
+        out = net(*args)
+    else:
+        with np_scope(True):
+            out = as_legacy(net(*as_np(list(args))))
+    return _in_context(out, here) if here != home else out
+
+
+def _contexts(value):
+    if isinstance(value, (list, tuple)):
+        return [ctx for v in value for ctx in _contexts(v)]
+    return [value.context] if isinstance(value, mx.nd.NDArray) else []
+
+
+def _in_context(value, ctx):
+    if isinstance(value, (list, tuple)):
+        return type(value)(_in_context(v, ctx) for v in value)
+    return value.as_in_context(ctx) if isinstance(value, mx.nd.NDArray) else value
 
 
 def finish_deferred_init(net, inputs, layout=None, np_mode=False):
