@@ -67,6 +67,17 @@ def _var_args_hint(net, num_inputs):
             "labels." % (type(net).__name__, num_inputs, num_inputs))
 
 
+def _nesting_hint(layout):
+    """What to say when a net traced with nested arguments fails: a batch such as
+    ``((x1, x2), label)`` reads its first element as one nested argument."""
+    if not layout or not any(isinstance(f, (list, tuple)) for f in layout):
+        return ""
+    return (" The batches nest their arrays (Gluon's format %s): a tuple or list inside a "
+            "batch is one nested argument, as hybridize() reads net(x, [h, c]). If a batch is "
+            "(inputs, label) with the inputs grouped, yield them flat ((x1, x2, label)) or "
+            "pass input_fn=lambda batch: batch[0]." % (layout,))
+
+
 def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
     """Trace ``net`` into a symbol the way ``hybridize()`` does, without touching its cache.
 
@@ -118,7 +129,7 @@ def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
             "on values) and that the number of inputs matches the calibration batches.%s"
             % (type(net).__name__, num_inputs, type(err).__name__, err,
                _var_args_hint(net, num_inputs) or getattr(net, "trace_hint", "").format(
-                   name=type(net).__name__))) from err
+                   name=type(net).__name__) or _nesting_hint(layout))) from err
     if isinstance(out, dict) or (isinstance(out, (list, tuple)) and any(
             isinstance(o, dict) for o in out)):
         raise NotHybridizableError(

@@ -359,6 +359,14 @@ def case_forward_raises(env):
     return q(RaisesInForward(), [np.ones((1, 2), "float32")])
 
 
+@case(gq.NotHybridizableError, r"TwoInputs could not be traced.*nest their arrays \(Gluon's "
+                               r"format \[\[0, 0\], 0\]\).*\(inputs, label\).*input_fn=lambda batch")
+def case_inputs_grouped_before_the_label(env):
+    # ((x, y), label), as a dataset of (inputs, label) yields it: read as net((x, y), label)
+    pair = (np.ones((2, 3), "float32"), np.ones((2, 3), "float32"))
+    return q(env.two, [(pair, np.zeros(2, "float32"))])
+
+
 @case(gq.NotHybridizableError, r"PairByArgs.hybrid_forward takes \*args.*traced with 1\. If it "
                                r"takes more, pass num_inputs=")
 def case_inputs_taken_as_var_args(env):
