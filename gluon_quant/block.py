@@ -69,7 +69,24 @@ def _checked_net(net):
         raise ConfigError(
             "The network is already an int8 %s: quantize the fp32 network it was made from "
             "(qnet.net for a QuantizedHybridBlock), or use it as it is." % type(net).__name__)
+    inner = _find_blocks(net, (QuantizedHybridBlock, QuantizedSymbolBlock))
+    if inner:
+        raise ConfigError(
+            "The network holds an int8 block (net.%s, a %s): its graph cannot be traced and "
+            "quantized again. Put the fp32 network in its place (qnet.net for a "
+            "QuantizedHybridBlock) and quantize the whole." % (inner[0][0],
+                                                               type(inner[0][1]).__name__))
     return net
+
+
+def _find_blocks(block, kinds, path=""):
+    """``[(dotted path, block)]`` of the blocks of the given kinds under ``block``."""
+    found = []
+    for name, child in _mxnet.named_children(block):
+        where = name if not path else path + "." + name
+        found += [(where, child)] if isinstance(child, kinds) else _find_blocks(child, kinds,
+                                                                              where)
+    return found
 
 
 class _BlockView(HybridBlock):

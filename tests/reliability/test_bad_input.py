@@ -697,6 +697,24 @@ def case_loaded_block_given_parameters(env):
     return lambda: loaded.load_parameters(prefix + "-int8.params")
 
 
+@case(gq.ConfigError, r"holds an int8 block \(net.backbone, a QuantizedHybridBlock\).*qnet.net")
+def case_int8_block_inside_the_network(env):
+    # An int8 backbone under a new head: tracing it raised MXNet's ValueError "There are
+    # multiple outputs with name ..."
+    class WithHead(gluon.HybridBlock):
+        def __init__(self, backbone):
+            super().__init__()
+            with self.name_scope():
+                self.backbone, self.head = backbone, nn.Dense(2, in_units=10)
+
+        def hybrid_forward(self, F, x):
+            return self.head(self.backbone(x))
+
+    net = WithHead(env.qnet)
+    net.head.initialize()
+    return q(net, BATCHES)
+
+
 @case(gq.ConfigError, r"already an int8 QuantizedHybridBlock.*qnet.net")
 def case_quantizing_an_int8_block(env):
     return q(env.qnet, BATCHES)
