@@ -423,7 +423,9 @@ def test_grouped_convolutions_keep_every_channel(groups, residual):
     batches = [mx.nd.array(rs.rand(4, 3, 16, 16).astype("float32")) for _ in range(4)]
     qnet = gq.quantize(net, batches, progress=False)
     ref, out = net(batches[0]).asnumpy(), qnet(batches[0]).asnumpy()
-    ratios = [np.linalg.norm(out[:, c]) / np.linalg.norm(ref[:, c]) for c in range(8)]
+    live = [c for c in range(8) if np.abs(ref[:, c]).max() > 0]    # ReLU may kill one
+    assert len(live) >= 6 and not np.abs(out[:, [c for c in range(8) if c not in live]]).any()
+    ratios = [np.linalg.norm(out[:, c]) / np.linalg.norm(ref[:, c]) for c in live]
     assert 0.9 < min(ratios) and max(ratios) < 1.1, ratios
     layer = next(r for r in qnet.report() if r.layer == grouped.name)
     if groups == 8:
