@@ -28,6 +28,14 @@ EXIT_PIPE = 141       # 128 + SIGPIPE, as a shell reports a command whose reader
 
 _log = logging.getLogger("gluon_quant.cli")
 
+
+def _file_prefix(value):
+    """``--out``: a prefix with a file name (``out/`` would write hidden ``-*.json`` files)."""
+    if not os.path.basename(value):
+        raise argparse.ArgumentTypeError("%r names a folder: give a prefix with a file name, "
+                                         "e.g. %s" % (value, os.path.join(value or ".", "mynet")))
+    return value
+
 _EXIT_HELP = """exit codes: 0 ok, 1 gluon_quant error (message on stderr), 2 usage error,
             3 internal error (rerun with --verbose and report it), 130 interrupted,
             141 output pipe closed by its reader"""
@@ -156,7 +164,7 @@ def build_parser():
                        "export, the per-layer report and the calibration table.",
                        epilog=_QUANTIZE_EPILOG, formatter_class=raw)
     _add_model(p)
-    p.add_argument("--out", required=True, metavar="PREFIX",
+    p.add_argument("--out", required=True, metavar="PREFIX", type=_file_prefix,
                    help="output prefix, e.g. out/resnet18 (folders are created)")
     p.add_argument("--plot", metavar="DIR", help="save per-layer histograms with each "
                    "calibrator's threshold as PNG files in DIR")
@@ -181,7 +189,7 @@ def build_parser():
                    help="allowed loss of the score against fp32 (e.g. 0.01 = 1 point)")
     p.add_argument("--max-trials", type=int, default=12, metavar="N",
                    help="most quantized variants evaluated (default 12)")
-    p.add_argument("--out", required=True, metavar="PREFIX",
+    p.add_argument("--out", required=True, metavar="PREFIX", type=_file_prefix,
                    help="output prefix of the chosen model (as for quantize)")
     p.add_argument("--plot", metavar="DIR", help="save the chosen model's calibration "
                    "histograms as PNG files in DIR")

@@ -43,7 +43,7 @@ from . import _mxnet, _packing
 from ._io import atomic_write_many, sha256_bytes
 from ._version import __version__
 from .config import _ParsableEnum
-from .errors import ArtifactError, GraphError
+from .errors import ArtifactError, ConfigError, GraphError
 
 __all__ = ["ExportFormat", "export_model", "FORMAT", "FORMAT_VERSION", "file_names"]
 
@@ -152,6 +152,8 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
     ------
     GraphError
         ``qnet`` is not quantized yet.
+    ConfigError
+        ``prefix`` names a folder (``'out/'``): its files would be hidden ``-*`` ones.
     ArtifactError
         A file cannot be written (nothing is left behind).
     """
@@ -162,6 +164,11 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
     sym, params = source.symbol, source.params
     symbol_text = sym.tojson().encode("utf-8")
     aux = set(sym.list_auxiliary_states())
+    if not os.path.basename(os.fspath(prefix)):
+        raise ConfigError("The export prefix %r names a folder, not files (they would be "
+                          "%r...): pass a prefix with a file name, e.g. %r."
+                          % (prefix, os.fspath(prefix) + "-symbol.json",
+                             os.path.join(os.fspath(prefix) or ".", "model")))
     paths = file_names(prefix, fmt)
     if fmt is ExportFormat.MXNET:
         arrays = {("aux:" if k in aux else "arg:") + k: v for k, v in params.items()}

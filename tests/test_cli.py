@@ -489,6 +489,16 @@ def test_usage_errors_exit_2(capsys):
     assert "invalid choice" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("prefix", ["out/", ""])
+def test_out_naming_a_folder_is_a_usage_error(workdir, capsys, prefix):
+    """``--out out/`` wrote hidden ``out/-symbol.json``, ``out/-int8.params``... files."""
+    before = sorted(p.name for p in workdir.iterdir())
+    assert run("quantize", workdir / "cnn", "--calib", workdir / "calib.npy", "--out",
+               str(workdir) + "/" + prefix if prefix else prefix)[0] == cli.EXIT_USAGE
+    assert "names a folder: give a prefix with a file name, e.g." in capsys.readouterr().err
+    assert sorted(p.name for p in workdir.iterdir()) == before
+
+
 def test_help_has_examples_for_every_command():
     parser = cli.build_parser()
     assert "examples:" in parser.format_help()

@@ -715,6 +715,12 @@ def case_int8_block_inside_the_network(env):
     return q(net, BATCHES)
 
 
+@case(gq.ConfigError, r"export prefix '.*/' names a folder, not files.*e.g. '.*/model'")
+def case_export_prefix_naming_a_folder(env):
+    # It wrote the hidden files 'DIR/-symbol.json', 'DIR/-int8.params', 'DIR/-meta.json'
+    return lambda: env.qnet.export(str(env.tmp) + os.sep)
+
+
 @case(gq.ConfigError, r"already an int8 QuantizedHybridBlock.*qnet.net")
 def case_quantizing_an_int8_block(env):
     return q(env.qnet, BATCHES)
