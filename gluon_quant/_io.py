@@ -90,6 +90,11 @@ def atomic_write_many(items, what="file"):
         already moved in place by this call are removed again when they did not exist
         before, so a failed export leaves nothing behind.
     """
+    for path, _ in items:
+        if not os.path.basename(os.fspath(path)) or os.path.isdir(path):
+            raise ArtifactError("Cannot write the %s %r: it names a folder. Give a file path "
+                                "(e.g. %r)." % (what, os.fspath(path), os.path.join(
+                                    os.fspath(path) or ".", "name.json")))
     staged, placed = [], []
     path = None
     try:

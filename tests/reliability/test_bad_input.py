@@ -715,6 +715,13 @@ def case_int8_block_inside_the_network(env):
     return q(net, BATCHES)
 
 
+@case(gq.ArtifactError, r"Cannot write the calibration table '.*': it names a folder\. Give a "
+                        r"file path \(e\.g\. '.*/name\.json'\)")
+def case_table_saved_to_a_folder(env):
+    # It said "Not a directory" about the folder itself
+    return lambda: env.qnet.calibration_table.save(str(env.tmp) + os.sep)
+
+
 @case(gq.ConfigError, r"export prefix '.*/' names a folder, not files.*e.g. '.*/model'")
 def case_export_prefix_naming_a_folder(env):
     # It wrote the hidden files 'DIR/-symbol.json', 'DIR/-int8.params', 'DIR/-meta.json'
