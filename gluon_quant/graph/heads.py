@@ -12,7 +12,7 @@ import logging
 
 from .rewrites import private_attrs, reachable
 
-__all__ = ["inference_heads", "LOSS_HEADS"]
+__all__ = ["inference_heads", "loss_heads", "LOSS_HEADS"]
 
 _log = logging.getLogger(__name__)
 
@@ -42,13 +42,15 @@ def _inference_op(node):
     return "_copy", {}          # linear and MAE regression, SVM: the data itself
 
 
-def inference_heads(graph):
+def inference_heads(graph, only=None):
     """Rewrite the loss heads of ``graph`` (in place) as their inference operators.
 
     Parameters
     ----------
     graph : dict
         A JSON graph (``mx.sym.Symbol.tojson`` parsed).
+    only : set of str, optional
+        Rewrite only the heads of these names.
 
     Returns
     -------
@@ -59,7 +61,8 @@ def inference_heads(graph):
     nodes = graph["nodes"]
     rewritten = {}
     for node in nodes:
-        if node["op"] not in LOSS_HEADS or len(node["inputs"]) != 2:
+        if node["op"] not in LOSS_HEADS or len(node["inputs"]) != 2 or (
+                only is not None and node["name"] not in only):
             continue
         op, attrs = _inference_op(node)
         label = nodes[node["inputs"][1][0]]
@@ -72,3 +75,28 @@ def inference_heads(graph):
         graph.update(reachable(nodes, graph["heads"], graph.get("attrs")))
         _log.debug("Loss heads run as their inference operators: %s.", rewritten)
     return rewritten
+
+
+def loss_heads(graph, context):
+    """Traced-graph pass: a loss head whose label is a parameter of the net runs as its
+    inference operator (:func:`inference_heads`).
+
+    A Module-API symbol wrapped in a Gluon ``SymbolBlock`` with ``data`` as its only input
+    makes ``softmax_label`` a parameter, initialized with the shape of the first batch: the
+    int8 graph then ran only at that batch size ("Error in operator softmax: Shape
+    inconsistent, Provided = [8], inferred shape=[2]"). Its value never reaches the
+    output, so the rewrite is exact. A label that the batches feed (an input) stays.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    nodes, params = graph["nodes"], set(context.param_shapes)
+    heads = {node["name"] for node in nodes if node["op"] in LOSS_HEADS
+             and len(node["inputs"]) == 2
+             and nodes[node["inputs"][1][0]]["op"] == "null"
+             and nodes[node["inputs"][1][0]]["name"] in params}
+    if heads:
+        inference_heads(graph, only=heads)
+    return {}

@@ -123,6 +123,7 @@ from .guards import (canonical_activations, chained_dequantizes, entry_dtype, fl
                      stop_rnn_gradients, grouped_per_tensor,
                      unquantizable_rnns, unsigned_relus, unsized_state_sums)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
+from .heads import loss_heads
 from .islands import small_int8_regions
 from .pads import pads_into_convolutions
 from .layout import channels_first_convolutions, plain_reshaped_inputs
@@ -666,6 +667,7 @@ def _rnn_pass(graph, context):
 PASSES = (
     GraphPass("unique_names", Stage.TRACED, unique_names),
     GraphPass("identity_chains", Stage.TRACED, identity_chains),
+    GraphPass("loss_heads", Stage.TRACED, loss_heads),
     GraphPass("channels_first_convolutions", Stage.TRACED, channels_first_convolutions),
     GraphPass("pads_into_convolutions", Stage.TRACED, pads_into_convolutions),
     GraphPass("fold_input_normalization", Stage.TRACED, fold_input_normalization),

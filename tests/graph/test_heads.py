@@ -62,3 +62,38 @@ def test_a_label_read_elsewhere_stays_and_other_graphs_are_left_alone():
     before = json.dumps(plain)
     assert inference_heads(plain) == {} and json.dumps(plain) == before
     assert set(LOSS_HEADS) >= {"SoftmaxOutput", "LinearRegressionOutput"}
+
+
+def test_a_symbol_block_whose_label_is_a_parameter_runs_at_any_batch_size():
+    """A Module-API symbol wrapped as ``SymbolBlock(sym, [data])`` makes ``softmax_label``
+    a parameter shaped by the first batch (8): the int8 net failed on any other batch
+    size ("Error in operator softmax: Shape inconsistent, Provided = [8], inferred
+    shape=[2]"). The traced-graph pass runs the head as its softmax."""
+    import gluon_quant as gq
+    data = mx.sym.var("data")
+    logits = mx.sym.FullyConnected(mx.sym.Activation(mx.sym.FullyConnected(
+        data, num_hidden=32, name="hidden"), act_type="relu"), num_hidden=5, name="fc")
+    head = mx.sym.SoftmaxOutput(logits, mx.sym.var("softmax_label"), name="softmax")
+    block = mx.gluon.SymbolBlock(head, [data])
+    block.collect_params().initialize(mx.init.Zero())
+    rs = np.random.RandomState(0)
+    x = mx.nd.array(rs.randn(8, 12).astype("float32"))
+    block(x)                                               # the label takes shape (8,)
+    for name in ("hidden_weight", "fc_weight"):
+        param = block.collect_params()[name]
+        param.set_data(mx.nd.array(rs.randn(*param.shape).astype("float32") * 0.3))
+    qnet = gq.quantize(block, [x], progress=False)
+    for batch in (8, 3, 1):
+        expected = mx.nd.softmax(_logits(block, x[:batch])).asnumpy()
+        np.testing.assert_allclose(qnet(x[:batch]).asnumpy(), expected, atol=0.02)
+    label_input = mx.gluon.SymbolBlock(head, [data, mx.sym.var("softmax_label")])
+    label_input.collect_params().initialize(mx.init.Zero())
+    qlabel = gq.quantize(label_input, [(x, mx.nd.zeros(8))], progress=False)
+    assert qlabel(x, mx.nd.zeros(8)).shape == (8, 5)      # a fed label stays an input
+
+
+def _logits(block, x):
+    params = {k: v.data() for k, v in block.collect_params().items()}
+    hidden = mx.nd.relu(mx.nd.FullyConnected(x, params["hidden_weight"], params["hidden_bias"],
+                                             num_hidden=32))
+    return mx.nd.FullyConnected(hidden, params["fc_weight"], params["fc_bias"], num_hidden=5)
