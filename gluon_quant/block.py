@@ -57,6 +57,8 @@ def _checked_net(net):
     """``net`` if it is an fp32 Gluon ``HybridBlock`` (a plain ``nn.Sequential`` of them:
     a ``HybridSequential`` over the same layers); else the package's error."""
     from .symbol_block import QuantizedSymbolBlock    # deferred: it reads this package's
+    if isinstance(net, mx.mod.Module):
+        net = _module_block(net)
     if isinstance(net, mx.gluon.nn.Sequential):       # export format
         net = _hybrid_sequential(net)
     elif isinstance(net, mx.gluon.Block) and not isinstance(net, HybridBlock):
@@ -77,6 +79,23 @@ def _checked_net(net):
             "QuantizedHybridBlock) and quantize the whole." % (inner[0][0],
                                                                type(inner[0][1]).__name__))
     return net
+
+
+def _module_block(module):
+    """A ``SymbolBlock`` over a Module-API model's symbol and parameters (as
+    ``quantize_model(sym, arg_params, aux_params)`` took them), its loss heads run as at
+    inference so that labels are not inputs (:mod:`gluon_quant.graph.heads`)."""
+    from .graph.heads import inference_heads
+    if not module.params_initialized:
+        raise ConfigError(
+            "The Module has no parameters yet: call mod.bind(...) and mod.init_params() or "
+            "mod.set_params(arg_params, aux_params), or load it with mx.mod.Module.load("
+            "prefix, epoch), before quantize().")
+    arg_params, aux_params = _mxnet.module_params(module)
+    graph = _mxnet.graph_json(module.symbol)
+    inference_heads(graph)
+    return _mxnet.symbol_block(_mxnet.load_graph(graph), list(module.data_names),
+                               {**arg_params, **aux_params}, mx.cpu())
 
 
 def _find_blocks(block, kinds, path=""):

@@ -295,3 +295,30 @@ def test_ctx_other_than_the_nets_own(tiny_cnn, tiny_batches):
     moved.add(nn.Conv2D(8, 3, in_channels=1), nn.Dense(3, in_units=8 * 26 * 26))
     moved.initialize(mx.init.Xavier(), ctx=mx.cpu(1))
     assert gq.quantize(moved, tiny_batches, progress=False)(x).shape == (8, 3)
+
+
+def test_module_api_models_are_quantized(tmp_path):
+    """An ``mx.mod.Module`` (what MXNet's ``quantize_model(sym, arg_params, aux_params)``
+    users hold), bound or loaded from a checkpoint, is quantized over its symbol and
+    parameters, its SoftmaxOutput run as the softmax Module.predict computes; it was refused
+    as not a HybridBlock."""
+    data = mx.sym.var("data")
+    conv = mx.sym.Activation(mx.sym.Convolution(data, num_filter=16, kernel=(3, 3),
+                                                pad=(1, 1), name="conv"), act_type="relu")
+    head = mx.sym.SoftmaxOutput(mx.sym.FullyConnected(mx.sym.flatten(conv), num_hidden=10,
+                                                      name="fc"), name="softmax")
+    mod = mx.mod.Module(head, data_names=["data"], label_names=["softmax_label"])
+    mod.bind(data_shapes=[("data", (8, 3, 8, 8))], for_training=False)
+    mx.random.seed(0)
+    mod.init_params(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(0).rand(8, 3, 8, 8).astype("float32"))
+    expected = mod.predict(mx.io.NDArrayIter(x, batch_size=8)).asnumpy()
+    qnet = gq.quantize(mod, [x], progress=False)
+    np.testing.assert_allclose(qnet(x).asnumpy(), expected, atol=0.01)
+    assert qnet.report().coverage() == (2, 2)
+    mod.save_checkpoint(str(tmp_path / "ck"), 3)
+    loaded = mx.mod.Module.load(str(tmp_path / "ck"), 3)          # not bound
+    np.testing.assert_array_equal(gq.quantize(loaded, [x], progress=False)(x[:3]).asnumpy(),
+                                  qnet(x[:3]).asnumpy())
+    with pytest.raises(gq.ConfigError, match=r"Module has no parameters yet.*init_params"):
+        gq.quantize(mx.mod.Module(head), [x], progress=False)

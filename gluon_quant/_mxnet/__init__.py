@@ -158,6 +158,14 @@ def child_blocks(block):
     return list(block._children.values())
 
 
+def module_params(module):
+    """``(arg_params, aux_params)`` of a Module-API ``mx.mod.Module``: bound ones from
+    ``get_params()``, a loaded (``Module.load``) but unbound one from what it holds."""
+    if module.binded:
+        return module.get_params()
+    return dict(module._arg_params or {}), dict(module._aux_params or {})
+
+
 def share_children(view, block):
     """Make the layers of the plain Gluon ``Block`` ``block`` the children of the
     ``HybridBlock`` ``view`` that runs it (one dict: a HybridBlock refuses to register
