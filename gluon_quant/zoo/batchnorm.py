@@ -54,6 +54,8 @@ def reestimate_batchnorm(net, batch):
     if not inputs or any(not isinstance(x, mx.nd.NDArray) for x in inputs):
         raise CalibrationDataError("reestimate_batchnorm needs NDArray input(s), got %r."
                                    % (type(batch).__name__,))
+    if inputs[0].shape[0] == 1:     # BatchNorms after global pooling would see one value
+        return set_batchnorm_statistics(net, inputs)
     layers = _batchnorms(net)
     try:
         _training_pass(net, inputs, layers)

@@ -52,8 +52,11 @@ def test_a_network_that_does_not_run_is_reported_as_such():
         batchnorm.set_batchnorm_statistics(net, mx.nd.ones((4, 3, 8)))
 
 
-@pytest.mark.parametrize("inside_symbol_block", [False, True])
-def test_a_layer_seeing_one_value_per_channel_is_left_alone(inside_symbol_block, caplog):
+@pytest.mark.parametrize("inside_symbol_block, setter", [
+    (False, "set_batchnorm_statistics"), (True, "set_batchnorm_statistics"),
+    (False, "reestimate_batchnorm")])
+def test_a_layer_seeing_one_value_per_channel_is_left_alone(inside_symbol_block, setter,
+                                                            caplog):
     """A BatchNorm after global pooling sees one value per channel in a batch of one (NASNet's
     auxiliary head): its variance would be 0, and every other input's deviation then came
     out 316x larger (1/sqrt(eps)): int8 noise there turned an all-zero fp32 output into
@@ -71,7 +74,7 @@ def test_a_layer_seeing_one_value_per_channel_is_left_alone(inside_symbol_block,
         wrapper.add(mx.gluon.SymbolBlock(net(mx.sym.var("data")), mx.sym.var("data"),
                                          params=net.collect_params()))
         net = wrapper
-    assert batchnorm.set_batchnorm_statistics(net, x) == 1
+    assert getattr(batchnorm, setter)(net, x) == 1
     names = sorted(n for n in net.collect_params() if n.endswith("running_var"))
     first, pooled = (net.collect_params()[n].data().asnumpy() for n in names)
     assert first.min() > 0 and np.array_equal(pooled, np.ones(8, "float32"))
