@@ -198,8 +198,8 @@ class QuantizedHybridBlock(HybridBlock):
         self._converter = self._samples = self._input_shapes = self._inputs = None
 
     # MXNet handles, int8 weights, one graph: refused with what to use (export() saves it)
-    __reduce_ex__, cast, summary, save_parameters, load_parameters, __repr__ = (
-        refuse_pickling, refuse_cast, refuse_summary, *[refuse_parameter_files] * 2, _describe)
+    __reduce_ex__, cast, summary, save_parameters, load_parameters, save, load, __repr__ = (
+        refuse_pickling, refuse_cast, refuse_summary, *[refuse_parameter_files] * 4, _describe)
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,

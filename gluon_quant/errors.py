@@ -118,15 +118,20 @@ def refuse_summary(block, *inputs):  # pylint: disable=unused-argument
         "shows shapes and parameter counts." % type(block).__name__)
 
 
-def refuse_parameter_files(block, filename, *args, **kwargs):  # pylint: disable=unused-argument
-    """The int8 block ``block``'s ``save_parameters`` / ``load_parameters``: a parameter
-    file alone cannot rebuild an int8 network (its graph, int8 weights and calibrated ranges
-    belong together), and Gluon's would write or read fp32-sized weights the int8 graph
-    ignores; :class:`ConfigError` names the export that does it."""
+def _refuse_files(owner, filename=None, *args, **kwargs):  # pylint: disable=unused-argument
+    """The int8 block class ``owner``'s ``save_parameters`` / ``load_parameters`` / ``save`` /
+    ``load`` (bound as class methods, so ``QuantizedSymbolBlock.load(prefix)`` is answered
+    too): a Gluon parameter or model file cannot rebuild an int8 network (its graph, int8
+    weights and calibrated ranges belong together), and Gluon's would write or read
+    fp32-sized weights the int8 graph ignores; :class:`ConfigError` names the export that does
+    it, raised before anything is written."""
     raise ConfigError(
-        "%s cannot save or load a parameter file (%r): the int8 network is its graph, int8 "
-        "weights and calibrated ranges together, and Gluon's parameter file would hold fp32 "
-        "weights the int8 graph ignores. Save it with export(prefix) and load it with "
+        "%s cannot save or load Gluon's parameter or model files (%r): the int8 network is "
+        "its graph, int8 weights and calibrated ranges together, and Gluon's files would hold "
+        "fp32 weights the int8 graph ignores. Save it with export(prefix) and load it with "
         "gluon_quant.QuantizedSymbolBlock.imports(prefix); to change weights, load them into "
         "the fp32 network (qnet.net for a QuantizedHybridBlock) and quantize again."
-        % (type(block).__name__, filename))
+        % (owner.__name__, filename))
+
+
+refuse_parameter_files = classmethod(_refuse_files)

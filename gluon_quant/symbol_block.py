@@ -63,7 +63,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
     __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
     cast = refuse_cast                  # int8 weights and ranges would be lost
     summary = refuse_summary            # Gluon's needs an unhybridized block
-    save_parameters = load_parameters = refuse_parameter_files      # export() does it
+    save_parameters = load_parameters = save = load = refuse_parameter_files  # export() does it
 
     @classmethod
     def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ

@@ -681,20 +681,35 @@ def case_deep_copied_loaded_block(env):
     return lambda: copy.deepcopy(loaded)
 
 
-@case(gq.ConfigError, r"QuantizedHybridBlock cannot save or load a parameter file "
-                     r"\('.*q\.params'\).*fp32 weights the int8 graph ignores.*export\(prefix\)")
+@case(gq.ConfigError, r"QuantizedHybridBlock cannot save or load Gluon's parameter or model "
+                     r"files \('.*q\.params'\).*fp32 weights the int8 graph ignores.*export\(prefix\)")
 def case_int8_block_saved_as_parameters(env):
     # Gluon's own save_parameters wrote the fp32 weights (43 KB for 13 KB of int8), which
     # load_parameters then put where the int8 graph never reads them.
     return lambda: env.qnet.save_parameters(str(env.tmp / "q.params"))
 
 
-@case(gq.ConfigError, r"QuantizedSymbolBlock cannot save or load a parameter file"
-                     r".*imports\(prefix\).*quantize again")
+@case(gq.ConfigError, r"QuantizedSymbolBlock cannot save or load Gluon's parameter or model "
+                     r"files.*imports\(prefix\).*quantize again")
 def case_loaded_block_given_parameters(env):
     prefix = env.copy_export()
     loaded = gq.QuantizedSymbolBlock.imports(prefix)
     return lambda: loaded.load_parameters(prefix + "-int8.params")
+
+
+@case(gq.ConfigError, r"QuantizedHybridBlock cannot save or load Gluon's parameter or model "
+                     r"files \('.*saved'\).*export\(prefix\)")
+def case_int8_block_saved_as_gluon_model(env):
+    # Gluon's Block.save wrote saved-model.json, then failed in save_parameters: half-written.
+    return lambda: env.qnet.save(str(env.tmp / "saved"))
+
+
+@case(gq.ConfigError, r"QuantizedSymbolBlock cannot save or load Gluon's parameter or model "
+                     r"files \('.*'\).*QuantizedSymbolBlock.imports\(prefix\)")
+def case_export_loaded_with_gluon_load(env):
+    # Called on the class, Gluon's instance method Block.load was a TypeError about 'prefix'.
+    prefix = env.copy_export()
+    return lambda: gq.QuantizedSymbolBlock.load(prefix)
 
 
 @case(gq.ConfigError, r"holds an int8 block \(net.backbone, a QuantizedHybridBlock\).*qnet.net")
