@@ -520,6 +520,14 @@ def test_console_process_prints_one_line_and_no_traceback(workdir):
     assert verbose.returncode == 1 and "Traceback" in verbose.stderr
 
 
+def test_package_runs_as_the_command_line():
+    # `python -m gluon_quant` is the command line too (no __main__ made it an error)
+    proc = subprocess.run([sys.executable, "-m", "gluon_quant", "report", "--help"],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("usage: gluon-quant report") and "examples:" in proc.stdout
+
+
 @pytest.mark.slow
 def test_demo_runs_offline():
     code, out = run("demo", "--max-photos", 2, "--repeat", 1)
