@@ -248,9 +248,9 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
     input_shapes = tuple(tuple(int(d) for d in s) for s in input_shapes) \
         if input_shapes and len(input_shapes) == inputs.count else None
     _, out, out_format = _mxnet.trace(net, inputs.count, layout=inputs.layout, np_mode=np_mode)
-    param_shapes = types.MappingProxyType(
-        {name: tuple(p.shape or ()) for name, p in net.collect_params().items()})
     graph = _mxnet.graph_json(out)
+    param_shapes = types.MappingProxyType(_mxnet.param_shapes(
+        net, graph, dict(zip(inputs.names, input_shapes)) if input_shapes else None))
     scopes = block_scopes(net)
     # What the user excludes keeps its own operator (an excluded Deconvolution is not
     # rewritten: the rewrite in fp32 was 0.77-0.90x of it).

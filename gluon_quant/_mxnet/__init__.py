@@ -425,6 +425,33 @@ def infer_graph_shapes(graph, input_shapes):
             for entry, i in _entry_positions(graph, internals).items()}
 
 
+def param_shapes(net, graph, input_shapes):
+    """Shape of each of ``net``'s parameters, a deferred one inferred from its graph.
+
+    Parameters
+    ----------
+    net : HybridBlock
+        The network (a parameter of a net never run has zeros, or -1 in NumPy mode, where
+        its shape is deferred).
+    graph : dict
+        Its traced JSON graph.
+    input_shapes : dict of str to tuple, or None
+        The graph inputs' shapes (None: deferred shapes stay as they are).
+
+    Returns
+    -------
+    dict
+        Parameter name -> shape.
+    """
+    shapes = {name: tuple(p.shape or ()) for name, p in net.collect_params().items()}
+    known = lambda shape: bool(shape) and all(d > 0 for d in shape)    # noqa: E731
+    if input_shapes and not all(map(known, shapes.values())):
+        inferred = infer_graph_shapes(graph, input_shapes)
+        shapes = {name: shape if known(shape) else (inferred.get((name, 0)) or shape)
+                  for name, shape in shapes.items()}
+    return shapes
+
+
 def internal_outputs(graph, entries, inputs, params, ctx):
     """The values of chosen tensors inside a graph on one set of inputs.
 

@@ -193,6 +193,21 @@ def test_unknown_weight_shapes_stay_fp32_with_a_warning(caplog):
     assert "deferred initialization" in caplog.text
 
 
+def test_net_never_run_gets_its_weight_shapes_from_the_calibration_batch(caplog):
+    # quantize() traces a net never run; its deferred weight shapes come from the first
+    # batch's shapes (they were "weight shape unknown": nothing ran in int8 on the GPU).
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(16, 3, activation="relu"), nn.Conv2D(16, 3), nn.GlobalAvgPool2D(),
+            nn.Dense(12))
+    net.initialize()
+    x = np.random.RandomState(0).rand(4, 3, 16, 16).astype("float32")
+    rows = [r for r in gq.quantize(net, [x], backend="cudnn", progress=False).report()
+            if r.op in ("Convolution", "FullyConnected")]
+    assert [r.quantized for r in rows] == [False, True, True]
+    assert rows[0].reason == "input channels 3 is not a multiple of 4"
+    assert "deferred initialization" not in caplog.text
+
+
 @pytest.fixture(scope="module")
 def resnet18_cudnn():
     from gluoncv.model_zoo import get_model
