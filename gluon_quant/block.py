@@ -352,7 +352,7 @@ class QuantizedHybridBlock(HybridBlock):
                 out = self._cached_call(self, flat, super().forward)
         except GluonQuantError:
             raise
-        except (_mxnet.MXNetError, ValueError) as err:
+        except (_mxnet.MXNetError, ValueError, AssertionError) as err:  # MXNet asserts formats
             raise run_error(err, [x, *args], self._fused.inputs, self._calibration,
                             self.ctx) from err
         return call_outputs(out, np_in)     # tuples, as fp32 nets return; NumPy if given

@@ -482,6 +482,18 @@ def case_inference_too_many_inputs(env):
     return lambda: env.qnet(mx.nd.ones((2, 1, 28, 28)), mx.nd.ones((2, 1, 28, 28)))
 
 
+@case(gq.InputMismatchError, r"list of 2 .*Invalid input format.*Pass 1 mx.nd.NDArray "
+                             r"input\(s\) \(x\)")
+def case_first_call_with_too_many_inputs(env):
+    # A net left all fp32 (too small for int8 to pay) builds its graph on the first call,
+    # where MXNet's SymbolBlock asserted on the input format: a bare AssertionError.
+    net = nn.HybridSequential()
+    net.add(nn.Dense(8))
+    net.initialize()
+    qnet = gq.quantize(net, [RS.rand(2, 4).astype("float32")], progress=False)
+    return lambda: qnet(mx.nd.ones((2, 4)), mx.nd.ones((2, 4)))
+
+
 @case(gq.GraphError, r"not built yet.*calibrate\(\) and finalize\(\)")
 def case_inference_before_finalize(env):
     block = gq.QuantizedHybridBlock(env.cnn, progress=False)
