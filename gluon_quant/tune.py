@@ -24,6 +24,8 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+import numpy as np
+
 from .block import QuantizedHybridBlock
 from .calib import (CALIBRATORS, CalibrationTable, HistogramCalibrator, MSECalibrator,
                     get_calibrator)
@@ -133,7 +135,8 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
         Calibration batches (as for :func:`gluon_quant.quantize`); read once, and the first
         ``doctor_batches`` of them also guide the layer fallback.
     eval_fn : callable
-        ``eval_fn(model) -> float``, e.g. accuracy on a validation set; called with ``net``
+        ``eval_fn(model) -> float`` (or a one-element NDArray, or an ``EvalMetric.get()``
+        pair), e.g. accuracy on a validation set; called with ``net``
         once and with each quantized candidate.
     tolerance : float
         Allowed loss: ``eval_fn(net) - eval_fn(qnet) <= tolerance`` (or the opposite
@@ -196,7 +199,7 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
     collector = first if isinstance(first, HistogramCalibrator) else MSECalibrator()
     base = QuantizedHybridBlock(net, config.replace(calibrator=collector))
     base.calibrate(batches)
-    fp32 = float(eval_fn(net))
+    fp32 = _score(eval_fn(net), "eval_fn(net), the fp32 network,")
     trials, built = [], {}
 
     def build(cal, gran, extra, rounding):
@@ -226,7 +229,9 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
                     variants.append(build(cal, gran, extra, rounding))
                     yield PortableModel.of(variants[-1][1]) if runner.remote \
                         else variants[-1][1]
-            scores = runner.map(_EVALUATE, eval_fn, models(), first_number=len(trials) + 1)
+            values = runner.map(_EVALUATE, eval_fn, models(), first_number=len(trials) + 1)
+            scores = [_score(value, "eval_fn of trial %d" % (len(trials) + 1 + i),
+                             worst=-sign * np.inf) for i, value in enumerate(values)]
             for (_, _, extra, why, _), (rescored, variant), score in zip(chunk, variants,
                                                                           scores):
                 trial = Trial(calibrator=rescored.method_name,
@@ -288,10 +293,42 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
 
 
 def _evaluate(eval_fn, model):
-    """One trial's score (in a Ray task, ``model`` arrives as a PortableModel)."""
+    """One trial's ``eval_fn`` value, read by :func:`_score` where the search runs (in a
+    Ray task, ``model`` arrives as a PortableModel)."""
     if isinstance(model, PortableModel):
         model = model.build()
-    return float(eval_fn(model))
+    return eval_fn(model)
+
+
+def _score(value, what, worst=None):
+    """``eval_fn``'s value as a float: a number, a one-element NDArray or NumPy array, or
+    the ``(name, value)`` pair of an MXNet ``EvalMetric.get()``; :class:`ConfigError`
+    naming ``what`` returned anything else. NaN or infinity is an error for the fp32
+    network (no score is within the tolerance of it); a candidate's NaN (an int8 net gone
+    wrong) scores ``worst``."""
+    shown = value
+    if isinstance(value, tuple) and len(value) == 2 and isinstance(value[0], str):
+        value = value[1]            # metric.get(): ('accuracy', 0.93)
+    value = value.asnumpy() if hasattr(value, "asnumpy") else value
+    number = None
+    if not isinstance(value, (str, bytes)) and np.size(value) == 1:
+        try:
+            number = float(np.asarray(value).reshape(-1)[0])
+        except (TypeError, ValueError):
+            number = None
+    if number is not None and np.isnan(number) and worst is not None:
+        return worst
+    if number is None or (worst is None and not np.isfinite(number)):
+        raise ConfigError(
+            "%s returned %s: eval_fn must return one finite number, the score the tolerance "
+            "is measured on (a float, a one-element NDArray such as (pred == label).mean(), "
+            "or metric.get()'s (name, value) pair)." % (what, _shown(shown)))
+    return number
+
+
+def _shown(value):
+    text = repr(value)
+    return "%s %s" % (type(value).__name__, text if len(text) <= 80 else text[:77] + "...")
 
 
 def _eval_setup(eval_fn):

@@ -65,3 +65,43 @@ def test_tuning_a_net_with_no_layer_worth_int8_stops_at_the_defaults(int8_region
     assert result.stopped is StopReason.TOLERANCE_MET and len(result.trials) == 1
     assert result.chosen.score == result.fp32_score == 1.0
     assert qnet.report().coverage() == (0, 2)
+
+
+def test_eval_fn_may_return_an_ndarray_or_a_metric_pair(fragile_mlp):
+    """MXNet code scores with NDArrays ((pred == label).mean(), shape (1,)) and
+    EvalMetric.get() pairs; tune() read both as the number (it raised float()'s TypeError)."""
+    import mxnet as mx
+    net, x = fragile_mlp["net"], mx.nd.array(fragile_mlp["test"])
+    expected = net(x).argmax(axis=1)
+    as_array = lambda model: (model(x).argmax(axis=1) == expected).mean()   # noqa: E731
+
+    def as_metric(model):
+        metric = mx.metric.Accuracy()
+        metric.update([expected], [model(x)])
+        return metric.get()
+    runs = [gq.tune(net, fragile_mlp["calib"], fn, tolerance=0.02, max_trials=6,
+                    progress=False)[1]
+            for fn in (agreement_fn(net, fragile_mlp["test"]), as_array, as_metric)]
+    scores = [[t.score for t in result.trials] for result in runs]
+    assert scores[0] == scores[1] == scores[2] and len(scores[0]) == 6
+    assert runs[0].fp32_score == runs[1].fp32_score == runs[2].fp32_score == 1.0
+
+
+@pytest.mark.parametrize("value, shown", [(None, "NoneType None"), (float("nan"), "float nan"),
+                                          ((0.9, 0.1), r"tuple \(0.9, 0.1\)"),
+                                          ("0.9", "str '0.9'")])
+def test_eval_fn_returning_no_number_is_refused(tiny_cnn, tiny_batches, value, shown):
+    with pytest.raises(gq.ConfigError, match=r"eval_fn\(net\), the fp32 network, returned "
+                                             + shown + ": eval_fn must return one finite"):
+        gq.tune(tiny_cnn, tiny_batches, lambda m: value, tolerance=0.1, progress=False)
+
+
+def test_a_candidate_scoring_nan_counts_as_the_worst(fragile_mlp):
+    net = fragile_mlp["net"]
+    score = agreement_fn(net, fragile_mlp["test"])
+    eval_fn = lambda model: score(model) if model is net else float("nan")   # noqa: E731
+    _, result = gq.tune(net, fragile_mlp["calib"], eval_fn, tolerance=0.02, max_trials=3,
+                        progress=False)
+    assert result.stopped is StopReason.BUDGET
+    assert [t.score for t in result.trials] == [-np.inf] * 3
+    assert not any(t.within for t in result.trials)
