@@ -405,6 +405,12 @@ class BatchConverter:
             raise InputMismatchError(
                 "Input %r is a scalar; each input must be a batch with a leading batch axis "
                 "(batch: %s)." % (name, describe(batch)))
+        if 0 in array.shape:        # MXNet cannot even copy it, and a graph fails on it
+            raise InputMismatchError(
+                "Input %r is empty (shape %s): every batch needs at least one sample and no "
+                "zero-size axis (batch: %s). Drop empty batches from the data (a filter that "
+                "removed every sample, an empty last batch)."
+                % (name, tuple(array.shape), describe(batch)))
         if isinstance(array, mx.nd.NDArray):
             if array.dtype != np.float32:
                 array = array.astype("float32")

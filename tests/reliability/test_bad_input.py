@@ -157,6 +157,14 @@ def case_empty_list(env):
     return q(env.cnn, [])
 
 
+@case(gq.InputMismatchError, r"Input 'x' is empty \(shape \(0, 1, 28, 28\)\).*Drop empty "
+                             r"batches")
+def case_empty_batch_after_good_ones(env):
+    # It reached MXNet: "Cannot find attribute forward_mem_plan", reported as MXNet's own
+    # failure ("not a problem with your inputs"); alone, a raw MXNetError from _copyto.
+    return q(env.cnn, [BATCHES[0], np.zeros((0, 1, 28, 28), "float32")])
+
+
 @case(gq.EmptyCalibrationError, r"exhausted.*fresh generator")
 def case_exhausted_generator(env):
     gen = (b for b in BATCHES)
