@@ -394,10 +394,14 @@ def _entry_positions(graph, internals):
     two do not line up)."""
     # Internals list the nodes in the JSON graph's order (both are MXNet's depth-first
     # order from the heads), each node's outputs together: X_output, X_output_min, ...
+    # A name can start with both the next node's name and the current one's, longer
+    # (X_pool_min of node X_pool, followed by node X): it is the current node's output.
     nodes = [n["name"] for n in graph["nodes"]]
     position_of, current, position = {}, -1, 0
     for i, name in enumerate(internals.list_outputs()):
-        if current + 1 < len(nodes) and name.startswith(nodes[current + 1]):
+        mine = nodes[current] if current >= 0 else ""
+        if current + 1 < len(nodes) and name.startswith(nodes[current + 1]) and not (
+                len(mine) > len(nodes[current + 1]) and name.startswith(mine + "_")):
             current, position = current + 1, 0
         else:
             position += 1

@@ -92,3 +92,32 @@ def test_the_report_shows_node_times_and_bad_settings_are_refused(qnet_and_batch
     assert "fp32 ms" not in str(qnet.report()) and qnet.report().totals is None
     with pytest.raises(ConfigError, match="repeats=0"):
         layer_timing(qnet, x, repeats=0)
+
+
+def test_nodes_whose_names_prefix_each_other_are_timed():
+    """A spatial mean runs as nodes X_pool then X (global pooling, flatten); in the int8
+    graph quantized_X_pool's outputs quantized_X_pool_min/_max also start with the next
+    node's name, and were taken for its outputs ("Could not find the tensors")."""
+    class MeanHead(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.conv = nn.Conv2D(32, 3, padding=1, activation="relu")
+
+        def hybrid_forward(self, F, x):     # pylint: disable=arguments-differ
+            return F.mean(self.conv(x), axis=(2, 3))
+    net = MeanHead()
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(1).rand(8, 3, 32, 32).astype("float32"))
+    qnet = gq.quantize(net, [x], progress=False)
+    nodes = [n["name"] for n in _mxnet.graph_json(qnet.quantized_graph)["nodes"]]
+    pool = next(n for n in nodes if n.startswith("quantized_") and n.endswith("_pool"))
+    assert pool[:-len("_pool")] in nodes            # the prefix pair the test is about
+    timing = layer_timing(qnet, x, repeats=1)
+    assert {t.node for t in timing} == {r.node for r in qnet.report() if r.quantized}
+    assert len(timing) == 3
+    params = {p.name: p.data() for p in qnet.collect_params().values()}
+    low, high = (_mxnet.internal_outputs(_mxnet.graph_json(qnet.quantized_graph),
+                                         [(pool, 1), (pool, 2)], {"data": x}, params,
+                                         mx.cpu())[(pool, i)].asscalar() for i in (1, 2))
+    assert low == 0 and high == pytest.approx(qnet.calibration_table[
+        next(k for k in qnet.calibration_table.keys() if "conv" in k)][1], rel=1e-6)
