@@ -23,6 +23,7 @@ from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphE
                      refuse_pickling, refuse_summary)
 from .presets import resolve_preset
 from .debug.timing import layer_timing
+from .graph.tools import int8_operators
 from .report import build_report
 
 __all__ = ["QuantizedHybridBlock"]
@@ -78,6 +79,16 @@ def _checked_net(net):
             "quantized again. Put the fp32 network in its place (qnet.net for a "
             "QuantizedHybridBlock) and quantize the whole." % (inner[0][0],
                                                                type(inner[0][1]).__name__))
+    for where, block in [("network", net)] + [("net." + path, block) for path, block in
+                                               _find_blocks(net, mx.gluon.SymbolBlock)]:
+        ops = isinstance(block, mx.gluon.SymbolBlock) and int8_operators(
+            _mxnet.graph_json(_mxnet.symbol_block_graph(block)[1]))
+        if ops:
+            raise ConfigError(
+                "The %s is a SymbolBlock over a graph that is int8 already (it has MXNet's "
+                "%s): it was quantized before, by MXNet's quantize_net/quantize_model or a "
+                "gluon_quant export written with fmt='mxnet'. Quantize the fp32 network it "
+                "came from, or run it as it is." % (where, ", ".join(ops[:3])))
     return net
 
 

@@ -1,12 +1,12 @@
 """Graph helpers for debugging and presets, outside the pipeline's passes: rounding an fp32
 graph's tensors onto their 8-bit grids (:func:`insert_fake_quant`, the doctor's activation
-floor), the nodes downstream of others, operator counts."""
+floor), the nodes downstream of others, operator counts, the operators of an int8 graph."""
 import collections
 import json
 
 from .rewrites import append_nodes, num_outputs
 
-__all__ = ["insert_fake_quant", "downstream_nodes", "count_ops", "QDQ_OPS"]
+__all__ = ["insert_fake_quant", "downstream_nodes", "count_ops", "int8_operators", "QDQ_OPS"]
 
 #: The operators that move tensors in and out of int8.
 QDQ_OPS = ("_contrib_quantize_v2", "_contrib_dequantize", "_contrib_requantize")
@@ -109,3 +109,16 @@ def count_ops(graph, ops=QDQ_OPS):
         graph = json.loads(graph.tojson())
     counts = collections.Counter(n["op"] for n in graph["nodes"])
     return {op: counts.get(op, 0) for op in ops}
+
+
+def int8_operators(graph):
+    """The operators of ``graph`` (JSON dict) that only an already quantized graph has:
+    MXNet's quantize, dequantize and requantize, its ``_contrib_quantized_*`` operators and
+    fused oneDNN nodes built quantized. Sorted; empty for an fp32 graph."""
+    found = set()
+    for node in graph["nodes"]:
+        op, attrs = node["op"], node.get("attrs") or {}
+        if op in QDQ_OPS or op == "_contrib_quantize" or op.startswith("_contrib_quantized_") \
+                or (op.startswith("_sg_") and str(attrs.get("quantized")).lower() in ("true", "1")):
+            found.add(op)
+    return sorted(found)

@@ -774,6 +774,37 @@ def case_quantizing_a_loaded_int8_block(env):
     return q(loaded, BATCHES)
 
 
+def _plain_int8_block(env):
+    """The int8 net as a plain Gluon SymbolBlock (an fmt='mxnet' export loaded with Gluon)."""
+    prefix = str(env.tmp / "plain")
+    env.qnet.export(prefix, fmt="mxnet")
+    return gluon.SymbolBlock.imports(prefix + "-symbol.json", ["data"], prefix + "-0000.params")
+
+
+@case(gq.ConfigError, r"The network is a SymbolBlock over a graph that is int8 already \(it has "
+                     r"MXNet's _contrib_quantize_v2, .*quantize_net.*fp32 network it came from")
+def case_quantizing_an_int8_mxnet_export(env):
+    # It "quantized": every layer reported int8 'reading uint8 tensors', nothing changed.
+    return q(_plain_int8_block(env), BATCHES)
+
+
+class _Wrapped(gluon.HybridBlock):
+    def __init__(self, backbone, **kwargs):
+        super().__init__(**kwargs)
+        self.backbone = backbone
+        self.head = nn.Dense(3)
+
+    def hybrid_forward(self, F, x):     # pylint: disable=arguments-differ
+        return self.head(self.backbone(x))
+
+
+@case(gq.ConfigError, r"The net.backbone is a SymbolBlock over a graph that is int8 already")
+def case_int8_symbol_block_inside_a_net(env):
+    net = _Wrapped(_plain_int8_block(env))
+    net.head.initialize()
+    return q(net, BATCHES)
+
+
 @case(gq.ConfigError, r"QuantizedHybridBlock.cast\('float16'\): an int8 network cannot be cast")
 def case_casting_an_int8_block(env):
     env.qnet.cast("float32")        # nothing to do: not an error
