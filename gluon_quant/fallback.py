@@ -12,9 +12,12 @@ raises, the failing layer is kept fp32 and the graph rebuilt:
    graph with half of the remaining candidates in fp32, bias correction off).
 
 At most :data:`MAX_FALLBACKS` layers are sent back this way, each logged with MXNet's
-message and shown in ``report()``. A process crash (a segfault inside a kernel) cannot be
+message and shown in ``report()``. When no int8 layer is to blame but the graph runs
+without static memory, it is marked to run that way (``_mxnet.without_static_memory``:
+the mark travels with the graph into exports). A process crash (a segfault inside a kernel) cannot be
 caught here: those are what the guards are for.
 """
+import dataclasses
 import logging
 
 import numpy as np
@@ -81,6 +84,13 @@ def build_runnable(plan, params, table, *, config, samples=None):
             return model
         culprits = _named_layers(model, error) or _bisect(model.plan, params, model.table,
                                                            config, inputs)
+        if not culprits and _first_run(model, inputs, config, static=False) is None:
+            _log.warning("MXNet fails to run the int8 graph with static memory (%s), and no "
+                         "int8 layer is to blame; it runs without static memory (slower per "
+                         "call).", _mxnet.first_line(error))
+            symbol = _mxnet.without_static_memory(model.symbol)
+            return dataclasses.replace(model, symbol=symbol, block=_mxnet.symbol_block(
+                symbol, model.plan.fused.inputs.names, model.params, ctx, trainable=False))
         if not culprits or attempt == MAX_FALLBACKS:
             raise ModelExecutionError(
                 "The int8 graph fails inside MXNet when it runs%s: %s. This is an MXNet "
@@ -99,15 +109,16 @@ def build_runnable(plan, params, table, *, config, samples=None):
     return model
 
 
-def _first_run(model, inputs, config):
-    """Run a copy of the int8 graph twice; the MXNet error, or None when it runs."""
+def _first_run(model, inputs, config, static=True):
+    """Run a copy of the int8 graph twice (with static memory where the backend and the
+    graph use it, and ``static``); the MXNet error, or None when it runs."""
     spec = get_spec(config.backend.value)
     if spec.device_type != "cpu" or inputs[0].context.device_type != spec.device_type:
         return None         # the graph is for another device than this one
     try:    # symbol_block copies the parameters: the model's own are not touched
         block = _mxnet.symbol_block(model.symbol, model.plan.fused.inputs.names, model.params,
                                     inputs[0].context, trainable=False)
-        if spec.static_alloc:
+        if spec.static_alloc and static:
             block.hybridize(**_mxnet.static_flags(model.symbol))
         for _ in range(2):
             _mxnet.run_block(block, inputs, "int8 first run")

@@ -84,3 +84,25 @@ def test_the_integer_inputs_pass_prevents_it_before_mxnet_runs(int8_products):
     qnet = gq.quantize(net, [x], progress=False)
     product = next(r for r in qnet.report() if r.op == "elemwise_mul")
     assert product.reason == "reads int64 tensors; int8 quantization is for float tensors"
+
+
+def test_a_graph_mxnet_cannot_run_with_static_memory_runs_without_it(tmp_path, caplog):
+    """resnet18_v1 on 8x8 inputs (1x1 feature maps from its third stage on): MXNet's static
+    CachedOp fails at the second call ("We can't generate TBlob for MKLDNN data") with
+    every convolution and dense layer in fp32 as well, so no layer is to blame, and
+    quantize() raised ModelExecutionError. Without static memory the graph runs."""
+    from gluoncv.model_zoo import get_model
+    mx.random.seed(0)
+    net = get_model("resnet18_v1", pretrained=False, classes=10)
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(0).rand(4, 3, 8, 8).astype("float32"))
+    qnet = gq.quantize(net, [x], progress=False)
+    assert "runs without static memory" in caplog.text
+    assert qnet.report().coverage() == (21, 21)
+    outs = [qnet(x).asnumpy() for _ in range(3)]
+    assert all(np.array_equal(out, outs[0]) for out in outs)
+    assert cosine(net(x).asnumpy(), outs[0]) > 0.99
+    qnet.export(str(tmp_path / "m"))       # the mark travels with the graph
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    for _ in range(3):
+        np.testing.assert_array_equal(loaded(x).asnumpy(), outs[0])

@@ -2,6 +2,7 @@
 graph may run with static memory."""
 import contextlib
 import ctypes
+import json
 import operator
 import re
 
@@ -112,11 +113,29 @@ CONTROL_FLOW_OPS = frozenset(("_foreach", "_while_loop", "_cond"))
 
 _CONTROL_FLOW = re.compile(r'"op":\s*"(?:%s)"' % "|".join(sorted(CONTROL_FLOW_OPS)))
 
+#: The node attribute :func:`without_static_memory` sets: it travels with the graph (its
+#: JSON, an export) and :func:`static_flags` reads it.
+NO_STATIC_MEMORY = "__no_static_memory__"
+
+
+def without_static_memory(symbol):
+    """``symbol`` marked to run without static memory (:func:`static_flags` gives ``{}``).
+
+    MXNet 1.9.1's static CachedOp fails at the second call on some oneDNN graphs that run
+    without it ("We can't generate TBlob for MKLDNN data": resnet18_v1 on 8x8 inputs, its
+    global pooling and dense layer after 1x1 feature maps, fp32 ones included).
+    """
+    graph = json.loads(symbol.tojson())
+    node = next(n for n in graph["nodes"] if n["op"] != "null")
+    node.setdefault("attrs", {})[NO_STATIC_MEMORY] = "True"
+    return mx.sym.load_json(json.dumps(graph))
+
 
 def static_flags(graph):
     """The ``hybridize``/``CachedOp`` flags for running a graph with static memory:
     ``{'static_alloc': True, 'static_shape': True}``, or ``{}`` where that gives wrong
-    results (a control-flow operator anywhere in the graph, subgraphs included).
+    results (a control-flow operator anywhere in the graph, subgraphs included) or fails
+    (a graph marked by :func:`without_static_memory`).
 
     Parameters
     ----------
@@ -126,4 +145,6 @@ def static_flags(graph):
     text = graph.tojson() if isinstance(graph, mx.sym.Symbol) else graph
     if isinstance(text, bytes):
         text = text.decode("utf-8", "replace")
-    return {} if _CONTROL_FLOW.search(text) else {"static_alloc": True, "static_shape": True}
+    if _CONTROL_FLOW.search(text) or NO_STATIC_MEMORY in text:
+        return {}
+    return {"static_alloc": True, "static_shape": True}
