@@ -54,6 +54,18 @@ def _describe(qnet):
         qnet.dtype.value, qnet.granularity.value, state)
 
 
+def _hybridize(qnet, active=True, **kwargs):
+    """``QuantizedHybridBlock.hybridize``: Gluon's, with static memory as the int8 graph
+    takes it (:func:`_mxnet.static_flags`, where the backend uses static memory) whatever
+    the call asks: a habitual ``hybridize(static_alloc=True, static_shape=True)`` made a
+    control-flow graph return the previous call's results (cosine 0.76-0.84) and a graph
+    the first run marked fail inside MXNet. Other options pass through."""
+    graph = qnet.quantized_graph
+    static = graph is not None and get_spec(qnet.backend.value).static_alloc
+    return _mxnet.hybridize_with(qnet, _mxnet.static_flags(graph) if static else {}, active,
+                                 **kwargs)
+
+
 def _checked_net(net):
     """``net`` if it is an fp32 Gluon ``HybridBlock`` (a plain ``nn.Sequential`` of them:
     a ``HybridSequential`` over the same layers); else the package's error."""
@@ -211,6 +223,7 @@ class QuantizedHybridBlock(HybridBlock):
     # MXNet handles, int8 weights, one graph: refused with what to use (export() saves it)
     __reduce_ex__, cast, summary, save_parameters, load_parameters, save, load, __repr__ = (
         refuse_pickling, refuse_cast, refuse_summary, *[refuse_parameter_files] * 4, _describe)
+    hybridize = _hybridize      # static memory only as the int8 graph takes it
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
@@ -304,8 +317,7 @@ class QuantizedHybridBlock(HybridBlock):
         self._plan = self._model.plan       # with any node the first run sent back to fp32
         self.int8_block = self._model.block   # registered as the child the graph calls
         _mxnet.clear_cached_op(self)
-        if get_spec(self.backend.value).static_alloc:
-            self.hybridize(**_mxnet.static_flags(self._model.symbol))
+        self.hybridize(get_spec(self.backend.value).static_alloc)   # as the graph takes it
         return self
 
     # ------------------------------------------------------------- inspection

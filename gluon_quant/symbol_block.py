@@ -114,9 +114,19 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             # Without a static CachedOp, oneDNN's fused int8 operators are built anew at
             # every call and quantize their fp32 weights again: a loaded MobileNetV2 ran 107
             # reorders per call instead of 4 (benchmarks/op_profile.py).
-            block.hybridize(**_mxnet.static_flags(symbol_data))
+            block.hybridize()       # static memory as the graph takes it
         _log.info("Loaded %s (%d weights unpacked from int8).", prefix, len(meta["packed"]))
         return block
+
+    def hybridize(self, active=True, **kwargs):
+        """Gluon's ``hybridize``, with static memory as this int8 graph takes it on CPU
+        (:func:`gluon_quant._mxnet.static_flags`) whatever the call asks: a habitual
+        ``hybridize(static_alloc=True, static_shape=True)`` would make a control-flow graph
+        return the previous call's results. Other options pass through."""
+        on_cpu = all(c.device_type == "cpu" for p in self.collect_params().values()
+                     for c in p.list_ctx())
+        flags = _mxnet.static_flags(_mxnet.symbol_block_graph(self)[1]) if on_cpu else {}
+        return _mxnet.hybridize_with(self, flags, active, **kwargs)
 
     def export(self, path, epoch=0, *, fmt="gluon_quant"):  # pylint: disable=arguments-differ
         """Write this int8 model to files again, as

@@ -24,8 +24,8 @@ from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json,
                    first_line)
 from .entries import check_graph_entries
 from .loading import host_arrays
-from .runtime import (host_view, static_flags, without_static_memory, inference_mode,
-                      CachedCall, unshared)
+from .runtime import (host_view, static_flags, without_static_memory, hybridize_with,
+                      inference_mode, CachedCall, unshared)
 from .npmode import (is_np_mode, net_np_mode, is_np_array, legacy_mode, np_scope, as_legacy,
                      as_np)
 
@@ -39,7 +39,8 @@ __all__ = [
     "clear_cached_op",
     "registered_param_names", "shape_error",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
-    "CachedCall", "static_flags", "without_static_memory", "inference_mode", "unshared",
+    "CachedCall", "static_flags", "without_static_memory", "hybridize_with", "inference_mode",
+    "unshared",
     "is_np_mode", "net_np_mode", "is_np_array", "legacy_mode", "np_scope", "as_legacy", "as_np", "call_net",
 ]
 

@@ -118,6 +118,14 @@ _CONTROL_FLOW = re.compile(r'"op":\s*"(?:%s)"' % "|".join(sorted(CONTROL_FLOW_OP
 NO_STATIC_MEMORY = "__no_static_memory__"
 
 
+def hybridize_with(block, flags, active=True, **kwargs):
+    """Gluon's ``hybridize`` of ``block`` with its static-memory options set to ``flags``
+    (:func:`static_flags`, or ``{}``) whatever ``kwargs`` ask; other options pass through."""
+    kwargs.update(static_alloc=False, static_shape=False)
+    kwargs.update(flags)
+    return mx.gluon.HybridBlock.hybridize(block, active, **kwargs)
+
+
 def without_static_memory(symbol):
     """``symbol`` marked to run without static memory (:func:`static_flags` gives ``{}``).
 
