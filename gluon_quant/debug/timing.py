@@ -206,9 +206,9 @@ def _piece_time(piece, params, values, ctx, repeats):
     names = list(feeds)
     arrays = [values[feeds[n]] for n in names]
     try:
-        block = _mxnet.symbol_block(_mxnet.load_graph(sub), names, params, ctx,
-                                    dtypes=[a.dtype for a in arrays])
-        block.hybridize(static_alloc=True, static_shape=True)
+        symbol = _mxnet.load_graph(sub)
+        block = _mxnet.symbol_block(symbol, names, params, ctx, dtypes=[a.dtype for a in arrays])
+        block.hybridize(**_mxnet.static_flags(symbol))
         return _time_call(lambda: _wait(block(*arrays)), repeats) * 1e3, ""
     except (GluonQuantError, _mxnet.MXNetError, ValueError) as err:
         return None, "could not run alone: %s" % _mxnet.first_line(err)
@@ -277,7 +277,9 @@ def layer_timing(qnet, batch, *, repeats=10):
     del fp32_values, int8_values
     reference = _mxnet.symbol_block(qnet.fused_graph, qnet.input_names, fp32_params,
                                     qnet.ctx, dtypes=[a.dtype for a in inputs])
-    reference.hybridize(static_alloc=True, static_shape=True)
+    # as the int8 graph runs: without static memory where the first run found it fails
+    reference.hybridize(**(_mxnet.static_flags(qnet.quantized_graph)
+                           and _mxnet.static_flags(qnet.fused_graph)))
     fp32_total = _whole(lambda: reference(*inputs), repeats)
     int8_total = _whole(lambda: qnet(*inputs), repeats)
     layers.sort(key=lambda t: (t.speedup is None, t.speedup or 0.0))
