@@ -66,6 +66,10 @@ class _Runner:
     Fresh outputs for every batch would cost a page fault per 4 KB of activations;
     two sets are enough because the pass reads batch ``i`` while batch ``i + 1`` runs,
     and issues batch ``i + 2`` only after batch ``i`` is read.
+
+    With static memory, the second call at each input shape is waited for: where MXNet's
+    static CachedOp fails there on a graph that runs without it (resnet18_v1 on 8x8
+    inputs), the graph runs without static memory from then on.
     """
 
     def __init__(self, sym, input_names, params, ctx):
@@ -74,6 +78,8 @@ class _Runner:
         if missing:
             raise GraphError("The graph needs parameters the network does not have: %s"
                              % ", ".join(sorted(missing)[:10]))
+        self._sym = sym
+        self._static = bool(_mxnet.static_flags(sym))
         self._op = mx.nd.CachedOp(sym, flags=list(_mxnet.static_flags(sym).items()))
         self._args = [None if n in input_names else params[n].as_in_context(ctx)
                       for n in order]
@@ -81,10 +87,35 @@ class _Runner:
         self._shapes = None   # input shapes the buffers are for
         self._buffers = [None, None]
         self._turn = 0
+        self._unchecked = 0   # static calls still to wait for at these shapes
 
     def __call__(self, *inputs):
         with _mxnet.inference_mode():
-            return self._run(inputs)
+            if not self._unchecked:
+                return self._run(inputs)
+            try:
+                out = self._run(inputs)
+                for array in out:
+                    array.wait_to_read()
+                self._unchecked -= 1
+                return out
+            except mx.base.MXNetError as err:
+                return self._without_static_memory(inputs, err)
+
+    def _without_static_memory(self, inputs, err):
+        static_op = self._op
+        self._op = mx.nd.CachedOp(self._sym)
+        self._shapes, self._buffers, self._unchecked, self._static = None, [None, None], 0, False
+        try:
+            out = self._run(inputs)
+            for array in out:
+                array.wait_to_read()
+        except mx.base.MXNetError:
+            self._op, self._static = static_op, True
+            raise err from None         # not a static-memory failure: MXNet's own words
+        _log.warning("MXNet fails to run the fp32 graph with static memory (%s); it runs "
+                     "without it.", _mxnet.first_line(err))
+        return out
 
     def _run(self, inputs):
         args = list(self._args)
@@ -95,6 +126,7 @@ class _Runner:
             out = self._op(*args)
             out = list(out) if isinstance(out, (list, tuple)) else [out]
             self._shapes, self._buffers, self._turn = shapes, [out, None], 1
+            self._unchecked = 1 if self._static else 0      # the next call is waited for
             return out
         turn = self._turn
         if self._buffers[turn] is None:

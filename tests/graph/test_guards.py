@@ -439,14 +439,17 @@ def test_flatten_fc_inputs_on_json():
         assert np.array_equal(before.asnumpy(), after.asnumpy())
 
 
-def test_depthwise_se_fails_without_guard(disable_pass):
-    """Case 3 as reported: the calibration graph fails on its second batch."""
+def test_depthwise_se_fails_without_guard(disable_pass, caplog):
+    """Case 3 as reported: the calibration graph fails on its second batch with static
+    memory. Without the guard, the calibration pass and the int8 graph fall back to
+    running without static memory (slower); the guard keeps it."""
     disable_pass("flatten_fc_inputs")
     net, x = CASES["depthwise_se"]()
-    # MXNet's failure, not the inputs': reported as such (collect._mismatch).
-    with pytest.raises(gq.errors.ModelExecutionError,
-                       match="generate TBlob for MKLDNN data.*not a problem with your inputs"):
-        gq.quantize(net, [x[:8], x[8:]], progress=False, bias_correction=False)
+    qnet = gq.quantize(net, [x[:8], x[8:]], progress=False, bias_correction=False)
+    assert "the fp32 graph with static memory (MXNetError: Check failed: !IsMKLDNNData(): " \
+           "We can't generate TBlob for MKLDNN data" in caplog.text
+    assert "__no_static_memory__" in qnet.quantized_graph.tojson()
+    assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.99
 
 
 @pytest.mark.parametrize("se_pool", ["adaptive", "global"])
@@ -458,6 +461,7 @@ def test_depthwise_se_runs_int8(se_pool):
         qnet(batch).wait_to_read()
     assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.99
     assert qnet.report().coverage() == (6, 6)
+    assert "__no_static_memory__" not in qnet.quantized_graph.tojson()    # guarded: static
 
 
 # ------------------------------------------------------------------------------ RNN
