@@ -87,17 +87,17 @@ class _Runner:
         self._shapes = None   # input shapes the buffers are for
         self._buffers = [None, None]
         self._turn = 0
-        self._unchecked = 0   # static calls still to wait for at these shapes
+        self._check = False   # wait for the next call at these shapes (the second)
 
     def __call__(self, *inputs):
         with _mxnet.inference_mode():
-            if not self._unchecked:
+            if not (self._check and [tuple(x.shape) for x in inputs] == self._shapes):
                 return self._run(inputs)
             try:
                 out = self._run(inputs)
                 for array in out:
                     array.wait_to_read()
-                self._unchecked -= 1
+                self._check = False
                 return out
             except mx.base.MXNetError as err:
                 return self._without_static_memory(inputs, err)
@@ -105,7 +105,7 @@ class _Runner:
     def _without_static_memory(self, inputs, err):
         static_op = self._op
         self._op = mx.nd.CachedOp(self._sym)
-        self._shapes, self._buffers, self._unchecked, self._static = None, [None, None], 0, False
+        self._shapes, self._buffers, self._check, self._static = None, [None, None], False, False
         try:
             out = self._run(inputs)
             for array in out:
@@ -126,7 +126,7 @@ class _Runner:
             out = self._op(*args)
             out = list(out) if isinstance(out, (list, tuple)) else [out]
             self._shapes, self._buffers, self._turn = shapes, [out, None], 1
-            self._unchecked = 1 if self._static else 0      # the next call is waited for
+            self._check = self._static      # the next call at these shapes is waited for
             return out
         turn = self._turn
         if self._buffers[turn] is None:
