@@ -144,7 +144,7 @@ class InputSpec:
                           self.explicit, layout, self.nullable)
 
     @classmethod
-    def from_net(cls, net, num_inputs=None, batch=None, feeds=()):
+    def from_net(cls, net, num_inputs=None, batch=None, feeds=(), ranks=()):
         """Read the inputs from ``net.hybrid_forward``'s signature (and a batch).
 
         Required positional arguments after ``F`` that are not the block's own parameters
@@ -163,15 +163,19 @@ class InputSpec:
         feeds : sequence of str
             The arguments the family's tuple batches feed, in order (elements after them
             are labels); only names that lead the signature count.
+        ranks : sequence of int
+            The rank of each of ``feeds`` (empty: not checked).
 
         Raises
         ------
         InputMismatchError
             ``num_inputs`` is invalid, or a tuple batch has more elements than required
             inputs while the net also takes optional tensors (labels or inputs?) that
-            ``feeds`` does not settle.
+            ``feeds`` does not settle, or its elements' ranks are not ``ranks``.
         """
         required, optional = _signature_inputs(net)
+        if ranks and num_inputs is None and isinstance(batch, (list, tuple)):
+            _check_ranks(net, feeds, ranks, batch)
         if num_inputs is not None:
             if isinstance(num_inputs, bool) or not isinstance(num_inputs, int) or num_inputs < 1:
                 raise InputMismatchError("num_inputs must be a positive int, got %r."
@@ -191,6 +195,24 @@ class InputSpec:
         args = (args + ["input%d" % i for i in range(len(args), count)])[:count]
         return cls(_mxnet.input_names(count), args, optional=optional[count - len(required):],
                    explicit=settled, nullable=optional).nested_as(batch)
+
+
+def _check_ranks(net, feeds, ranks, batch):
+    """Refuse a tuple batch whose leading elements do not have the ranks of the arguments
+    they feed, with the ``input_fn=`` that reorders it when one order of them fits."""
+    have = [getattr(item, "ndim", None) for item in batch]
+    count = min(len(feeds), len(ranks), len(batch))
+    if None in have[:count] or list(have[:count]) == list(ranks[:count]):
+        return
+    order = next((p for p in itertools.permutations(range(len(batch)), count)
+                  if [have[i] for i in p] == list(ranks[:count])), None)
+    fix = ("pass input_fn=lambda b: (%s) to feed them in that order"
+           % ", ".join("b[%d]" % i for i in order)) if order else "pass input_fn="
+    raise InputMismatchError(
+        "The batch's elements have ranks %s (%s), but %s takes %s with ranks %s, in this "
+        "order, from a tuple batch (then labels): %s."
+        % (tuple(have), describe(batch), type(net).__name__, ", ".join(feeds[:count]),
+           tuple(ranks[:count]), fix))
 
 
 def _numbers(value):

@@ -238,8 +238,8 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
             batch = None
     preset = resolve_preset(config.preset, net)
     if inputs is None or batch is not None:
-        inputs = InputSpec.from_net(net, config.num_inputs, batch,
-                                    feeds=preset.inputs if preset is not None else ())
+        inputs = InputSpec.from_net(net, config.num_inputs, batch, *(
+            (preset.inputs, preset.input_ranks) if preset is not None else ()))
     if batch is not None:
         try:
             input_shapes = [a.shape for a in BatchConverter(inputs, mx.cpu())(batch)]

@@ -129,6 +129,11 @@ class Preset:
         The ``hybrid_forward`` arguments the family's tuple batches feed, in order; batch
         elements after them are labels. Empty: read from the signature (optional inputs
         then need a hint when a tuple batch has extra elements).
+    input_ranks : tuple of int
+        The rank of each of ``inputs``: a tuple batch whose elements have other ranks is
+        refused with the ``input_fn=`` that reorders it (GluonNLP's BERTSentenceTransform
+        yields ``(input_ids, valid_length, segment_ids)``, BERTModel takes ``(inputs,
+        token_types, valid_length)``). Empty: not checked.
     """
 
     name: str
@@ -138,6 +143,7 @@ class Preset:
     zoo: str = _GLUONCV_ZOO
     clip_ranges: Tuple[ClipRange, ...] = ()
     inputs: Tuple[str, ...] = ()
+    input_ranks: Tuple[int, ...] = ()
 
     def select(self, graph, scopes) -> Dict[str, str]:
         """Nodes of ``graph`` this preset keeps in fp32.
@@ -258,9 +264,11 @@ _PRESET_LIST = (
            "attention matmuls in int8 (oneDNN's fused _sg_mkldnn_selfatt_qk/_valatt); GELU "
            "fused into its dense layer; LayerNorm and softmax stay fp32 (no int8 kernel), "
            "and so do the residual sums and embeddings around them. "
-           "Batches are GluonNLP's (tokens, token_types, valid_length, label) tuples.",
+           "Tuple batches are (tokens, token_types, valid_length, label), the order "
+           "BERTModel takes; GluonNLP's BERTSentenceTransform order (input_ids, "
+           "valid_length, segment_ids) is refused with the input_fn= that reorders it.",
            classes=("BERTModel", "BERTClassifier"), zoo=_GLUONNLP_ZOO,
-           inputs=("inputs", "token_types", "valid_length"),
+           inputs=("inputs", "token_types", "valid_length"), input_ranks=(2, 2, 1),
            keep_fp32=(
                KeepFP32("elemwise_add", (
                    "residual sums feed LayerNorm, which runs in fp32: an int8 sum is "

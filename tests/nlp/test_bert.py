@@ -49,6 +49,22 @@ def test_the_preset_says_which_batch_elements_are_inputs(minibert):
         InputSpec.from_net(minibert, batch=batch)        # no preset: label or input?
 
 
+def test_sentence_transform_order_is_refused_with_the_input_fn_that_reorders_it(
+        minibert, quantized):
+    """GluonNLP's BERTSentenceTransform yields (input_ids, valid_length, segment_ids) and
+    BERTModel takes (inputs, token_types, valid_length): fed as they come, valid_length went
+    in as token types and MXNet's shape error said nothing of the order."""
+    batches = [(b[0], b[2], b[1], b[3]) for b in bert_batches(VOCAB)]
+    with pytest.raises(gq.InputMismatchError,
+                       match=r"ranks \(2, 1, 2, 1\).*takes inputs, token_types, valid_length "
+                             r"with ranks \(2, 2, 1\).*input_fn=lambda b: \(b\[0\], b\[2\], "
+                             r"b\[1\]\)"):
+        gq.quantize(minibert, batches, preset="gluonnlp-bert", progress=False)
+    qnet = gq.quantize(minibert, batches, preset="gluonnlp-bert", progress=False,
+                       input_fn=lambda b: (b[0], b[2], b[1]))
+    assert qnet.calibration_table == quantized.calibration_table
+
+
 def test_bert_quantizes_in_one_call(minibert, quantized):
     report = quantized.report()
     assert quantized.fused.inputs.arg_names == ["inputs", "token_types", "valid_length"]
