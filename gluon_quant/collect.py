@@ -79,8 +79,9 @@ class _Runner:
             raise GraphError("The graph needs parameters the network does not have: %s"
                              % ", ".join(sorted(missing)[:10]))
         self._sym = sym
-        self._static = bool(_mxnet.static_flags(sym))
-        self._op = mx.nd.CachedOp(sym, flags=list(_mxnet.static_flags(sym).items()))
+        flags = _mxnet.static_flags(sym)
+        self._static = bool(flags)
+        self._op = mx.nd.CachedOp(sym, flags=list(flags.items()))
         self._args = [None if n in input_names else params[n].as_in_context(ctx)
                       for n in order]
         self._slots = [(order.index(n), i) for i, n in enumerate(input_names) if n in order]
