@@ -138,7 +138,9 @@ class QuantConfig:
         Remove the per-channel mean error int8 adds to layers without an activation,
         measured on up to 32 calibration samples (:mod:`gluon_quant.bias`).
     num_calib_batches : int, optional
-        Calibrate on at most this many batches.
+        Calibrate on at most this many batches (by default, all): needed for data that
+        never ends (``itertools.cycle`` is refused without it; see
+        :data:`gluon_quant.data.UNBOUNDED_WARNING_BATCHES`).
     input_fn : callable, optional
         ``input_fn(batch)`` returns the net's input(s) from one batch.
     num_inputs : int, optional

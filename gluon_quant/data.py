@@ -8,6 +8,7 @@ import inspect
 import itertools
 import logging
 import numbers
+import operator
 from typing import Callable, List, Optional, Sequence
 
 import mxnet as mx
@@ -17,11 +18,22 @@ from . import _mxnet
 from .errors import CalibrationDataError, ConfigError, EmptyCalibrationError, InputMismatchError, \
     ModelExecutionError, NonFiniteDataError, UnsupportedDtypeError
 
-__all__ = ["InputSpec", "BatchConverter", "iter_batches", "peek", "describe", "check_finite",
-           "check_params", "batch_count", "as_tuples", "nest", "run_error", "call_inputs",
-           "call_outputs"]
+__all__ = ["InputSpec", "BatchConverter", "iter_batches", "keep_batches", "peek", "describe",
+           "check_finite", "check_params", "batch_count", "as_tuples", "nest", "run_error",
+           "call_inputs", "call_outputs", "UNBOUNDED_WARNING_BATCHES", "KEPT_BATCHES_BUDGET"]
 
 _log = logging.getLogger(__name__)
+
+#: Without ``num_calib_batches``, calibration data of unknown length (a generator, a
+#: stream) that has given this many batches gets a warning saying how to bound it: it may
+#: never end (GluonTS's ``TrainDataLoader``, a generator over ``itertools.cycle``).
+UNBOUNDED_WARNING_BATCHES = 1000
+#: ``tune()`` (and a parallel shard read in this process) keeps its batches in memory:
+#: without ``num_calib_batches``, more than this many bytes of batches stop it with an
+#: error instead of exhausting the machine's memory.
+KEPT_BATCHES_BUDGET = 4 * 2 ** 30
+_BOUND_HINT = ("Pass num_calib_batches=N (a few dozen batches are plenty for calibration) or "
+               "a finite iterable.")
 
 
 def describe(value):
@@ -322,8 +334,29 @@ def peek(data):
         return None, data
     first = next(iterator, None)
     if iterator is data:
-        data = itertools.chain([] if first is None else [first], iterator)
+        data = _PutBack(first, iterator)
     return first, data
+
+
+def _source(data):
+    """The user's calibration data behind a :func:`peek`."""
+    return data.source if isinstance(data, _PutBack) else data
+
+
+class _PutBack:
+    """A one-shot iterator with its first batch put back in front (:func:`peek`); it
+    keeps the user's iterator as ``source`` for the checks and messages of
+    :func:`iter_batches`."""
+
+    def __init__(self, first, source):
+        self.source = source
+        self._batches = itertools.chain([] if first is None else [first], source)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._batches)
 
 
 def _refuse_samples(data):
@@ -363,7 +396,68 @@ def iter_batches(data, limit=None):
         raise CalibrationDataError(
             "calib_data of type %s is not iterable. Pass a DataLoader, a list of batches or a "
             "generator." % type(data).__name__) from err
-    return itertools.islice(iterator, limit) if limit is not None else iterator
+    if limit is not None:
+        return itertools.islice(iterator, limit)
+    source = _source(data)
+    if _endless(source):
+        raise CalibrationDataError("calib_data is an endless itertools.%s: calibration would "
+                                   "never finish. %s" % (type(source).__name__, _BOUND_HINT))
+    if batch_count(source) is None:
+        return _warn_when_long(iterator, source)
+    return iterator
+
+
+def _endless(data):
+    """Whether ``data`` is one of Python's known endless iterators."""
+    if isinstance(data, (itertools.cycle, itertools.count)):
+        return True
+    return isinstance(data, itertools.repeat) and operator.length_hint(data, -1) < 0
+
+
+def _warn_when_long(iterator, data):
+    """Yield from ``iterator``; warn once it has given :data:`UNBOUNDED_WARNING_BATCHES`."""
+    for count, batch in enumerate(iterator, 1):
+        if count == UNBOUNDED_WARNING_BATCHES:
+            _log.warning("calib_data (%s, of unknown length) has given %d batches and "
+                         "num_calib_batches is not set: if it never ends (a stream, GluonTS's "
+                         "TrainDataLoader, a generator that loops), calibration never "
+                         "finishes. %s", type(data).__name__, count, _BOUND_HINT)
+        yield batch
+
+
+def keep_batches(data, limit=None, *, who="tune()"):
+    """The batches of ``data`` (at most ``limit``) as a list, for callers that reuse them.
+
+    Raises
+    ------
+    CalibrationDataError
+        Without ``limit``, once the batches kept pass :data:`KEPT_BATCHES_BUDGET` bytes
+        (``data`` may be endless): an error now rather than a machine out of memory.
+    """
+    kept, size = [], 0
+    for batch in iter_batches(data, limit):
+        kept.append(batch)
+        size += _nbytes(batch)
+        if limit is None and size > KEPT_BATCHES_BUDGET:
+            raise CalibrationDataError(
+                "%s keeps its calibration batches in memory, and calib_data (%s) has given %d "
+                "batches (%.1f GiB) without ending while num_calib_batches is not set: it may "
+                "be endless. %s" % (who, type(_source(data)).__name__, len(kept),
+                                    size / 2 ** 30, _BOUND_HINT))
+    return kept
+
+
+def _nbytes(batch):
+    """Bytes of the arrays in a batch (nested tuples, lists, dicts, DataBatch)."""
+    if isinstance(batch, mx.io.DataBatch):
+        return _nbytes(list(batch.data or ()) + list(batch.label or ()))
+    if isinstance(batch, dict):
+        return _nbytes(list(batch.values()))
+    if isinstance(batch, (list, tuple)):
+        return sum(_nbytes(item) for item in batch)
+    if isinstance(batch, (mx.nd.NDArray, np.ndarray)):
+        return int(np.prod(batch.shape)) * np.dtype(batch.dtype).itemsize
+    return 0
 
 
 class BatchConverter:

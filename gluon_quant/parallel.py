@@ -30,7 +30,7 @@ from . import errors, pipeline
 from .block import QuantizedHybridBlock
 from .calib import CalibrationTable, Calibrator, get_calibrator
 from .collect import build_runner, collect_statistics
-from .data import BatchConverter, InputSpec, iter_batches, peek
+from .data import BatchConverter, InputSpec, iter_batches, keep_batches, peek
 from .engines import Task, get_engine
 from .engines.base import pickling_failure
 from .errors import ConfigError, EmptyCalibrationError
@@ -196,7 +196,7 @@ def _sendable(shard, number):
         return shard
     except Exception as err:  # pylint: disable=broad-except
         reason = pickling_failure(err)
-    batches = list(iter_batches(shard))
+    batches = keep_batches(shard, who="calibrate_parallel()")
     _log.warning("Shard %d (%s) cannot be pickled (%s): its %d batches are read in this "
                  "process and sent to the workers as arrays. For big data, pass shards "
                  "that load their own data on the workers (see docs/ray.md).",

@@ -31,7 +31,7 @@ from .calib import (CALIBRATORS, CalibrationTable, HistogramCalibrator, MSECalib
                     get_calibrator)
 from .backends import get_spec
 from .config import Granularity, QuantConfig, WeightRounding
-from .data import iter_batches
+from .data import keep_batches
 from .debug.compare import compare
 from .debug.sensitivity import sensitivity
 from .engines import Task, get_engine
@@ -180,7 +180,7 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     """
     _check_settings(eval_fn, tolerance, max_trials, max_candidates, doctor_batches)
     config = QuantConfig.build(config, **settings)
-    batches = list(iter_batches(calib_data, config.num_calib_batches))
+    batches = keep_batches(calib_data, config.num_calib_batches)
     if not batches:
         raise EmptyCalibrationError("tune() got no calibration batch: pass a non-empty "
                                     "iterable of batches.")

@@ -89,6 +89,24 @@ def test_num_calib_batches_limits_the_data(tiny_cnn, tiny_batches):
     assert seen == [8, 8]
 
 
+def test_long_data_of_unknown_length_gets_a_warning(tiny_cnn, tiny_batches, monkeypatch,
+                                                    caplog):
+    """A generator that never ends (a stream, GluonTS's TrainDataLoader) calibrated forever
+    without a word: past data.UNBOUNDED_WARNING_BATCHES batches a warning says how to bound
+    it; data with a length, or bounded, gets none."""
+    from gluon_quant import data
+    monkeypatch.setattr(data, "UNBOUNDED_WARNING_BATCHES", 3)
+    warned = lambda: [r for r in caplog.records if "of unknown length" in r.getMessage()]
+    gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    gq.quantize(tiny_cnn, (b for b in tiny_batches), num_calib_batches=4, progress=False)
+    assert warned() == []
+    gq.quantize(tiny_cnn, (b for b in tiny_batches), progress=False)
+    (record,) = warned()
+    assert record.levelname == "WARNING"
+    assert "(generator, of unknown length) has given 3 batches" in record.getMessage()
+    assert "num_calib_batches=N" in record.getMessage()
+
+
 class TwoInputNet(gluon.HybridBlock):
     def __init__(self, **kwargs):
         super().__init__(**kwargs)

@@ -105,3 +105,26 @@ def test_a_candidate_scoring_nan_counts_as_the_worst(fragile_mlp):
     assert result.stopped is StopReason.BUDGET
     assert [t.score for t in result.trials] == [-np.inf] * 3
     assert not any(t.within for t in result.trials)
+
+
+def test_endless_calibration_data_stops_before_memory_runs_out(tiny_cnn, tiny_batches,
+                                                               monkeypatch):
+    """tune() keeps its batches: from an endless generator (GluonTS's TrainDataLoader, a
+    stream) it filled the machine's memory; now it stops past data.KEPT_BATCHES_BUDGET
+    bytes unless num_calib_batches bounds the data."""
+    from gluon_quant import data
+    batch_bytes = tiny_batches[0].nbytes
+    monkeypatch.setattr(data, "KEPT_BATCHES_BUDGET", 3 * batch_bytes)
+
+    def stream():
+        while True:
+            yield from tiny_batches
+
+    with pytest.raises(gq.CalibrationDataError, match=r"tune\(\) keeps its calibration batches "
+                       r"in memory.*\(generator\) has given 4 batches.*num_calib_batches=N"):
+        gq.tune(tiny_cnn, stream(), lambda m: 1.0, tolerance=0.5, progress=False)
+    qnet, result = gq.tune(tiny_cnn, stream(), lambda m: 1.0, tolerance=0.5, progress=False,
+                           num_calib_batches=5)
+    assert result.stopped is StopReason.TOLERANCE_MET
+    # a finite stream under the budget needs no bound
+    gq.tune(tiny_cnn, iter(tiny_batches[:3]), lambda m: 1.0, tolerance=0.5, progress=False)

@@ -8,6 +8,7 @@ inputs (all-zero or constant activations, a net with no convolution or dense lay
 quantize, with a warning where nothing useful can be done.
 """
 import io
+import itertools
 import json
 import os
 import tempfile
@@ -177,6 +178,19 @@ def case_exhausted_iterator_of_list(env):
     it = iter(BATCHES)
     list(it)
     return q(env.cnn, it)
+
+
+@case(gq.CalibrationDataError, r"endless itertools.cycle: calibration would never finish\. "
+                                 r"Pass num_calib_batches=N")
+def case_endless_cycle(env):
+    # It ran forever without a word (and tune() filled the memory).
+    return q(env.cnn, itertools.cycle(BATCHES))
+
+
+@case(gq.CalibrationDataError, r"endless itertools.repeat.*num_calib_batches=N")
+def case_endless_repeat_in_tune(env):
+    return lambda: gq.tune(env.cnn, itertools.repeat(BATCHES[0]), lambda m: 1.0,
+                           tolerance=0.01, progress=False)
 
 
 @case(gq.ConfigError, r"needs calibration data \(calib_data=.*calib_table=")
