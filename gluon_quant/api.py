@@ -57,7 +57,7 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
     >>> y = qnet(x)
     >>> print(qnet.report())
     """
-    config = QuantConfig.build(config, **settings)
+    config = QuantConfig.build(config, net=net, **settings)
     if calib_data is None and calib_table is None:
         raise ConfigError(
             "quantize() needs calibration data (calib_data=, any iterable of batches) or a "

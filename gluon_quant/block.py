@@ -214,7 +214,7 @@ class QuantizedHybridBlock(HybridBlock):
     def __init__(self, net, config: Optional[QuantConfig] = None, **settings):
         super().__init__(prefix="quantized_", params=None)
         self._source = _Source(_checked_net(net))
-        self._config = QuantConfig.build(config, **settings)
+        self._config = QuantConfig.build(config, net=self.net, **settings)
         self._calibrator = get_calibrator(self._config.calibrator)
         self._call_lock, self._cached_call = threading.Lock(), _mxnet.CachedCall()
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
@@ -348,7 +348,7 @@ class QuantizedHybridBlock(HybridBlock):
         :attr:`calibration_table` can be applied with ``clone.finalize(table)``; the
         calibration samples kept for bias correction are passed on.
         """
-        twin = type(self)(self.net, QuantConfig.build(config or self._config, **changes))
+        twin = type(self)(self.net, config or self._config, **changes)
         twin._samples = self._samples     # same class: its own private state
         twin._input_shapes = self._fused.input_shapes if self._fused else self._input_shapes
         twin._inputs = self._fused.inputs if self._fused else self._inputs

@@ -129,7 +129,9 @@ class QuantConfig:
     exclude : str, Block or sequence of them, default ()
         Layers kept in fp32: block names, attribute paths, node names, glob patterns or
         operator types (``'Convolution'``, ``'Dense'``, ``'Pooling'``), or the net's own
-        Gluon blocks (``exclude=[net.output]``; a block stands for its ``name``).
+        Gluon blocks (``exclude=[net.output]``; given to ``quantize()``, ``tune()`` or a
+        block with the net, a block stands for its attribute path in the net, else for
+        its ``name``, which blocks made with ``prefix=''`` share with their parent).
     preset : str, Preset or None, default None
         A model family's rules (:mod:`gluon_quant.presets`: layers kept in fp32, bounds on
         ranges, which batch elements are inputs): None picks the family's preset for
@@ -275,10 +277,13 @@ class QuantConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def build(cls, config=None, **settings):
+    def build(cls, config=None, *, net=None, **settings):
         """``config`` (or the defaults) with ``settings`` replaced, validated.
 
         This is how entry points turn ``config=`` and keyword arguments into one config.
+        With ``net``, Gluon blocks of it in ``settings["exclude"]`` stand for their
+        attribute paths in it (:func:`gluon_quant.graph.selection.block_paths`), which
+        tell apart blocks that share a name.
 
         Raises
         ------
@@ -291,6 +296,9 @@ class QuantConfig:
         elif not isinstance(config, cls):
             raise ConfigError("config must be a gluon_quant.QuantConfig, got %s."
                               % type(config).__name__)
+        if net is not None and "exclude" in settings:
+            from .graph.selection import block_paths
+            settings["exclude"] = block_paths(net, settings["exclude"])
         return config.replace(**settings) if settings else config
 
     #: Fields that :meth:`to_dict` writes (the others are Python objects: ``input_fn``, ``ctx``).

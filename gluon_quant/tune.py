@@ -179,7 +179,7 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     >>> print(result)
     """
     _check_settings(eval_fn, tolerance, max_trials, max_candidates, doctor_batches)
-    config = QuantConfig.build(config, **settings)
+    config = QuantConfig.build(config, net=net, **settings)
     batches = keep_batches(calib_data, config.num_calib_batches)
     if not batches:
         raise EmptyCalibrationError("tune() got no calibration batch: pass a non-empty "

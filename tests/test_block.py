@@ -72,11 +72,57 @@ def test_exclude_by_the_blocks_themselves(tiny_cnn, tiny_batches):
                        progress=False)
     assert {r.layer for r in qnet.report() if not r.quantized and r.op in (
         "Convolution", "FullyConnected", "Pooling")} == {"cnn_conv1", "cnn_pool0", "cnn_pool1"}
-    assert qnet.config.exclude == ("cnn_conv1", "Pooling")     # kept as names: JSON data
-    assert gq.QuantConfig.from_dict(qnet.config.to_dict()).exclude == ("cnn_conv1", "Pooling")
+    assert qnet.config.exclude == ("4", "Pooling")     # kept as attribute paths: JSON data
+    assert gq.QuantConfig.from_dict(qnet.config.to_dict()).exclude == ("4", "Pooling")
+    # built without the net, a config can only keep the block's name
+    assert gq.QuantConfig(exclude=[tiny_cnn[4]]).exclude == ("cnn_conv1",)
     single = gq.quantize(tiny_cnn, tiny_batches, exclude=tiny_cnn[4], progress=False)
     assert [r.layer for r in single.report() if r.reason.startswith("excluded")] == [
         "cnn_conv1"]
+
+
+class _Unit(gluon.HybridBlock):
+    """A residual unit made as Gluon's ResNet makes them: prefix='' (the stage's name)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.body = nn.HybridSequential(prefix="")
+            self.body.add(nn.Conv2D(8, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+                          nn.Conv2D(8, 3, padding=1), nn.BatchNorm())
+
+    def hybrid_forward(self, F, x):
+        return F.relu(self.body(x) + x)
+
+
+def test_blocks_sharing_their_stage_name_are_excluded_one_by_one():
+    """Units made with prefix='' (Gluon's ResNets and DenseNets, YOLOv3's blocks) share the
+    stage's name: exclude=['features.1.0'] or the unit itself kept the whole stage fp32."""
+    net = nn.HybridSequential(prefix="res_")
+    with net.name_scope():
+        net.add(nn.Conv2D(8, 3, padding=1, activation="relu"))
+        stage = nn.HybridSequential(prefix="stage1_")
+        with stage.name_scope():
+            stage.add(_Unit(prefix=""), _Unit(prefix=""))
+        net.add(stage, nn.GlobalAvgPool2D(), nn.Dense(4))
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).rand(4, 3, 12, 12).astype("float32")
+               for i in range(2)]
+    assert stage[0].name == stage[1].name == stage.name == "res_stage1"
+
+    def fp32_convs(**kwargs):
+        qnet = gq.quantize(net, batches, progress=False, **kwargs)
+        return sorted(r.layer for r in qnet.report()
+                      if r.op == "Convolution" and not r.quantized)
+
+    first, second = ["res_stage1_conv0", "res_stage1_conv1"], ["res_stage1_conv2",
+                                                               "res_stage1_conv3"]
+    assert fp32_convs() == []
+    assert fp32_convs(exclude=["1.0"]) == first
+    assert fp32_convs(exclude=[stage[1]]) == second
+    assert fp32_convs(exclude=["1.1.body.3"]) == ["res_stage1_conv3"]
+    assert fp32_convs(exclude=["1"]) == fp32_convs(exclude=["res_stage1"]) == first + second
+    assert fp32_convs(exclude=[stage]) == first + second
 
 
 def test_a_table_of_a_net_first_called_by_quantize_rebuilds_it(tiny_batches):

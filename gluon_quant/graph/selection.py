@@ -10,14 +10,17 @@ names through the fused nodes' members, so exclusion works before and after fusi
 """
 import fnmatch
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
+
+from mxnet.gluon import Block
 
 from .. import _mxnet
 from .._names import suggest
 from ..errors import ConfigError
 
-__all__ = ["BlockScope", "block_scopes", "layer_name", "resolve_exclusions", "OP_ALIASES"]
+__all__ = ["BlockScope", "block_paths", "block_scopes", "layer_name", "resolve_exclusions",
+           "OP_ALIASES"]
 
 _log = logging.getLogger(__name__)
 
@@ -33,11 +36,13 @@ OP_ALIASES = {
 
 @dataclass(frozen=True)
 class BlockScope:
-    """A block of the user's net: its attribute path, its name and its name prefix."""
+    """A block of the user's net: its attribute path, its name, its name prefix and which
+    block object it is (``ident``: a block registered at two paths has one ``ident``)."""
 
     path: str
     name: str
     prefix: str
+    ident: int = field(default=0, compare=False)
 
 
 def block_scopes(net):
@@ -45,12 +50,34 @@ def block_scopes(net):
     scopes = []
 
     def walk(block, path):
-        scopes.append(BlockScope(path=path, name=block.name, prefix=block.prefix))
+        scopes.append(BlockScope(path=path, name=block.name, prefix=block.prefix,
+                                 ident=id(block)))
         for key, child in _mxnet.named_children(block):
             walk(child, key if not path else path + "." + key)
 
     walk(net, "")
     return scopes
+
+
+def block_paths(net, exclude):
+    """``exclude`` with each Gluon block of ``net`` in it replaced by its attribute path.
+
+    A block's name does not always tell it apart: blocks made with ``prefix=''`` (the
+    residual units of Gluon's ResNets and DenseNets, YOLOv3's detection blocks) share
+    their parent's name, so ``exclude=[net.features[5][0]]`` by name meant the whole
+    stage. The path (``'features.5.0'``) means that block alone. The net itself, and
+    blocks not in it, stand for their names; other entries are returned as they are.
+    """
+    if exclude is None or isinstance(exclude, str):
+        return exclude
+    entries = (exclude,) if isinstance(exclude, Block) else exclude
+    if not isinstance(entries, (list, tuple, set, frozenset)):
+        return exclude          # QuantConfig names the bad type
+    paths = {}
+    for scope in block_scopes(net):
+        paths.setdefault(scope.ident, scope.path)
+    return tuple((paths.get(id(e)) or e.name) if isinstance(e, Block) else e
+                 for e in entries)
 
 
 def layer_name(node, scopes):
@@ -65,14 +92,45 @@ def layer_name(node, scopes):
 
 
 def _owners(op_name, scopes):
-    """Names and paths of the blocks an original operator belongs to."""
+    """Names and paths of the blocks an original operator belongs to.
+
+    Its block is the one with the longest name prefix of the operator; it belongs to that
+    block's ancestors in the net (by attribute path) too. Where sibling blocks share that
+    prefix (made with ``prefix=''``), the name cannot tell which one made the operator: it
+    belongs to their closest common ancestor and above, not to each sibling.
+    """
+    matching = [s for s in scopes if s.prefix and op_name.startswith(s.prefix)]
+    if not matching:
+        return []
+    longest = max(len(s.prefix) for s in matching)
+    tied = [s for s in matching if len(s.prefix) == longest]
+    if len({s.ident for s in tied}) == 1:       # one block (maybe registered twice)
+        owners = [s.path for s in tied]
+    else:
+        owners = [_common_path([s.path for s in tied])]
     found = []
     for scope in scopes:
-        if scope.prefix and op_name.startswith(scope.prefix):
+        if any(_within(owner, scope.path) for owner in owners):
             found.append(scope.name)
             if scope.path:
                 found.append(scope.path)
     return found
+
+
+def _within(path, ancestor):
+    """Whether the block at ``path`` is the block at ``ancestor`` or inside it."""
+    return not ancestor or path == ancestor or path.startswith(ancestor + ".")
+
+
+def _common_path(paths):
+    """The longest attribute path that every one of ``paths`` is within."""
+    parts = [p.split(".") if p else [] for p in paths]
+    common = []
+    for level in zip(*parts):
+        if len(set(level)) > 1:
+            break
+        common.append(level[0])
+    return ".".join(common)
 
 
 def _node_keys(node, scopes):
