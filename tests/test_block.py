@@ -125,6 +125,33 @@ def test_blocks_sharing_their_stage_name_are_excluded_one_by_one():
     assert fp32_convs(exclude=[stage]) == first + second
 
 
+class _NoScope(gluon.HybridBlock):
+    """Children made outside name_scope(): their names do not start with the parent's."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv, self.proj = nn.Conv2D(8, 3, padding=1, activation="relu"), nn.Conv2D(8, 1)
+
+    def hybrid_forward(self, F, x):
+        return self.proj(self.conv(x))      # no operator of its own to carry its name
+
+
+def test_a_block_owns_children_made_outside_its_name_scope():
+    """exclude=['first'] matched no layer (the convolutions' names are conv<N>, not the
+    block's first<N>_...): a block owns what its attribute tree holds."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, padding=1), _NoScope(), _NoScope(), nn.Dense(4))
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).rand(4, 3, 12, 12).astype("float32")
+               for i in range(2)]
+    own = lambda unit: sorted([unit.conv.name, unit.proj.name])
+    for exclude, expected in ((["1"], own(net[1])), ([net[2]], own(net[2])),
+                              ([net[1].name], own(net[1]))):
+        qnet = gq.quantize(net, batches, exclude=exclude, progress=False)
+        assert sorted(r.layer for r in qnet.report()
+                      if r.op == "Convolution" and not r.quantized) == expected, exclude
+
+
 def test_a_table_of_a_net_first_called_by_quantize_rebuilds_it(tiny_batches):
     """A net with deferred shapes, calibrated before it ever ran: its parameters' shapes
     were unknown when it was first traced and known at the next trace, which changed the
