@@ -11,10 +11,11 @@ import logging
 from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
-from .._mxnet import call_net, run_block
+from .._mxnet import call_net, graph_json, run_block
 from .._stage import stage
 from ..data import iter_batches
 from ..errors import ConfigError, GluonQuantError, GraphError
+from ..graph import GraphView, block_scopes, layer_name
 from .compare import quantized_counterparts
 from .metrics import OutputsAccumulator
 
@@ -37,12 +38,16 @@ class LayerSensitivity:
         Output cosine against fp32 with this layer alone in fp32.
     gain_db : float
         ``sqnr_db`` minus the output SQNR with every layer in int8.
+    layer : str
+        The Gluon layer the node computes (its block's name, as in ``report()``), or the
+        node's name where no block of the net owns it.
     """
 
     node: str
     sqnr_db: float
     cosine: float
     gain_db: float
+    layer: str = ""
 
 
 class SensitivityReport(tuple):
@@ -79,12 +84,13 @@ class SensitivityReport(tuple):
         return json.dumps(self.to_dict(), **kwargs)
 
     def __str__(self):
+        width = max([32] + [len(e.layer or e.node) for e in self])
         lines = ["sensitivity: all int8 gives output SQNR %.1f dB, cosine %.5f"
                  % (self.baseline_sqnr_db, self.baseline_cosine),
-                 "%-40s %9s %9s %9s" % ("layer kept in fp32 (best first)", "gain dB",
-                                        "SQNR dB", "cosine")]
-        lines += ["%-40s %9.2f %9.1f %9.5f" % (e.node[-40:], e.gain_db, e.sqnr_db, e.cosine)
-                  for e in self]
+                 "%-*s %9s %9s %9s  %s" % (width, "layer kept in fp32 (best first)", "gain dB",
+                                          "SQNR dB", "cosine", "fused node")]
+        lines += ["%-*s %9.2f %9.1f %9.5f  %s" % (width, e.layer or e.node, e.gain_db,
+                                                  e.sqnr_db, e.cosine, e.node) for e in self]
         lines += ["%-40s skipped: %s" % (node[-40:], why) for node, why in self.skipped]
         return "\n".join(lines)
 
@@ -156,6 +162,7 @@ def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[s
     if candidates is None:
         candidates = [node for node, (_, quantized) in quantized_counterparts(qnet).items()
                       if quantized and node not in qnet.exclude]
+    scopes, fused = block_scopes(qnet.net), GraphView(graph_json(qnet.fused_graph)).by_name
     entries, skipped = [], []
     for node in candidates:
         variant = qnet.clone(exclude=list(qnet.exclude) + [node], progress=False)
@@ -166,7 +173,9 @@ def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[s
             skipped.append((node, str(err).splitlines()[0]))
             continue
         db, cos = output_agreement(variant, inputs, refs)
-        entries.append(LayerSensitivity(node=node, sqnr_db=db, cosine=cos, gain_db=db - base_db))
+        layer = layer_name(fused[node], scopes) if node in fused else node
+        entries.append(LayerSensitivity(node=node, sqnr_db=db, cosine=cos, gain_db=db - base_db,
+                                        layer=layer))
         _log.debug("sensitivity: %s in fp32 -> %.2f dB (%+.2f)", node, db, db - base_db)
     return SensitivityReport(entries, baseline_sqnr_db=base_db, baseline_cosine=base_cos,
                              skipped=skipped)
