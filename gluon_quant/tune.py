@@ -285,8 +285,10 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
     # 4. keep the most sensitive layers in fp32, one more per trial (known in advance).
     ranking = _fallback_order(built[id(best)], batches[:doctor_batches], max_candidates)
     cal = best.calibrator if best.calibrator in CALIBRATORS else first
-    stop = run([(cal, best.granularity, tuple(ranking[:i + 1]), "keep %s in fp32" % node,
-                 best.weight_rounding) for i, node in enumerate(ranking)])
+    stop = run([(cal, best.granularity, tuple(e.node for e in ranking[:i + 1]),
+                 "keep %s in fp32" % (e.node if e.layer in ("", e.node)
+                                      else "%s (%s)" % (e.layer, e.node)),
+                 best.weight_rounding) for i, e in enumerate(ranking)])
     if stop is not None:
         return finish(stop)
     return finish(StopReason.NO_CANDIDATES if len(trials) < max_trials else StopReason.BUDGET)
@@ -368,7 +370,8 @@ def _other_granularity(block):
 
 
 def _fallback_order(qnet, batches, max_candidates):
-    """Layers in the order to keep them in fp32: sensitivity gain among the worst layers."""
+    """Layers (:class:`~gluon_quant.debug.LayerSensitivity`) in the order to keep them in
+    fp32: sensitivity gain among the worst layers."""
     try:
         worst = [r.node for r in compare(qnet, batches, num_batches=len(batches))
                  .by_added_error() if r.quantized][:max_candidates]
@@ -376,7 +379,7 @@ def _fallback_order(qnet, batches, max_candidates):
     except GluonQuantError as err:
         _log.warning("The doctor could not rank layers (%s); no layer falls back to fp32.", err)
         return []
-    return ranked.nodes
+    return list(ranked)
 
 
 def _check_settings(eval_fn, tolerance, max_trials, max_candidates, doctor_batches):

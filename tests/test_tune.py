@@ -25,6 +25,8 @@ def test_tuning_keeps_the_fragile_layer_in_fp32(fragile_mlp):
     assert not layers[result.chosen.exclude[0]].quantized
     assert sum(r.quantized for r in qnet.report() if r.op == "FullyConnected") == 2
     assert "stopped: the score is within the tolerance" in str(result)
+    # the fallback trial names the Gluon layer beside the fused node it keeps fp32
+    assert "keep mlp_fragile (%s) in fp32" % result.chosen.exclude[0] in str(result)
 
 
 def test_budget_stops_tuning(fragile_mlp):
