@@ -19,8 +19,8 @@ from .calib.table import as_table
 from .config import QuantConfig
 from .data import BatchConverter, InputSpec, call_inputs, call_outputs, peek, run_error
 from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
-                     NotHybridizableError, refuse_cast, refuse_parameter_files,
-                     refuse_pickling, refuse_summary)
+                     NotHybridizableError, refuse_cast, refuse_optimize_for,
+                     refuse_parameter_files, refuse_pickling, refuse_summary)
 from .presets import resolve_preset
 from .debug.timing import layer_timing
 from .graph.tools import int8_operators
@@ -220,10 +220,10 @@ class QuantizedHybridBlock(HybridBlock):
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
         self._converter = self._samples = self._input_shapes = self._inputs = None
 
-    # MXNet handles, int8 weights, one graph: refused with what to use (export() saves it)
-    __reduce_ex__, cast, summary, save_parameters, load_parameters, save, load, __repr__ = (
-        refuse_pickling, refuse_cast, refuse_summary, *[refuse_parameter_files] * 4, _describe)
-    hybridize = _hybridize      # static memory only as the int8 graph takes it
+    # refused with what to use (export() saves it); hybridize keeps the graph's static memory
+    __reduce_ex__, cast, summary, optimize_for, save_parameters, load_parameters, save, load, \
+        __repr__, hybridize = (refuse_pickling, refuse_cast, refuse_summary, refuse_optimize_for,
+                               *[refuse_parameter_files] * 4, _describe, _hybridize)
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
@@ -354,8 +354,8 @@ class QuantizedHybridBlock(HybridBlock):
         twin._inputs = self._fused.inputs if self._fused else self._inputs
         return twin
 
-    def export(self, prefix, *, fmt="gluon_quant"):
-        """Write the int8 model to files (see :func:`gluon_quant.export.export_model`)."""
+    def export(self, prefix, epoch=0, *, fmt="gluon_quant"):  # pylint: disable=arguments-differ
+        """Write the int8 model (:func:`gluon_quant.export.export_model`); no epoch in names."""
         from .export import export_model   # export reads this block's public records
         return export_model(self, prefix, fmt=fmt)
 

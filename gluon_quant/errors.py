@@ -118,6 +118,17 @@ def refuse_summary(block, *inputs):  # pylint: disable=unused-argument
         "shows shapes and parameter counts." % type(block).__name__)
 
 
+def refuse_optimize_for(block, *inputs, backend=None, **kwargs):  # pylint: disable=unused-argument
+    """The int8 block ``block``'s ``optimize_for``: its graph is already partitioned,
+    fused and quantized for its backend, and Gluon's would partition it again;
+    :class:`ConfigError` says to call the block as it is."""
+    raise ConfigError(
+        "%s.optimize_for(backend=%r): the int8 network is already optimized for its backend "
+        "(oneDNN or cuDNN fusion, then quantization); call it as it is. To optimize the fp32 "
+        "network, call optimize_for on it before quantizing, or quantize with "
+        "backend='onednn' or 'cudnn'." % (type(block).__name__, backend))
+
+
 def _refuse_files(owner, filename=None, *args, **kwargs):  # pylint: disable=unused-argument
     """The int8 block class ``owner``'s ``save_parameters`` / ``load_parameters`` / ``save`` /
     ``load`` (bound as class methods, so ``QuantizedSymbolBlock.load(prefix)`` is answered

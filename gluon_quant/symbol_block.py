@@ -21,8 +21,8 @@ from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
 from .data import as_tuples, call_inputs, call_outputs, describe
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
-                     InputMismatchError, refuse_cast, refuse_parameter_files,
-                     refuse_pickling, refuse_summary)
+                     InputMismatchError, refuse_cast, refuse_optimize_for,
+                     refuse_parameter_files, refuse_pickling, refuse_summary)
 from .export import FORMAT, FORMAT_VERSION, ExportFormat, file_names
 from .report import QuantReport
 
@@ -63,6 +63,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
     __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
     cast = refuse_cast                  # int8 weights and ranges would be lost
     summary = refuse_summary            # Gluon's needs an unhybridized block
+    optimize_for = refuse_optimize_for  # already fused and quantized for its backend
     save_parameters = load_parameters = save = load = refuse_parameter_files  # export() does it
 
     @classmethod
