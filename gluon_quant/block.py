@@ -66,6 +66,15 @@ def _hybridize(qnet, active=True, **kwargs):
                                  **kwargs)
 
 
+def _export(qnet, prefix, epoch=0, remove_amp_cast=True, *, fmt="gluon_quant"):
+    """``QuantizedHybridBlock.export``: write the int8 model to files (see
+    :func:`gluon_quant.export.export_model`). ``epoch`` and ``remove_amp_cast`` are taken
+    for Gluon's ``export`` signature: the file names carry no epoch (except the
+    ``fmt='mxnet'`` pair's ``-0000.params``), and casts stay as the graph has them."""
+    from .export import export_model   # export reads this block's public records
+    return export_model(qnet, prefix, fmt=fmt)
+
+
 def _checked_net(net):
     """``net`` if it is an fp32 Gluon ``HybridBlock`` (a plain ``nn.Sequential`` of them:
     a ``HybridSequential`` over the same layers); else the package's error."""
@@ -222,8 +231,9 @@ class QuantizedHybridBlock(HybridBlock):
 
     # refused with what to use (export() saves it); hybridize keeps the graph's static memory
     __reduce_ex__, cast, summary, optimize_for, save_parameters, load_parameters, save, load, \
-        __repr__, hybridize = (refuse_pickling, refuse_cast, refuse_summary, refuse_optimize_for,
-                               *[refuse_parameter_files] * 4, _describe, _hybridize)
+        __repr__, hybridize, export = (refuse_pickling, refuse_cast, refuse_summary,
+                                       refuse_optimize_for, *[refuse_parameter_files] * 4,
+                                       _describe, _hybridize, _export)
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
@@ -353,11 +363,6 @@ class QuantizedHybridBlock(HybridBlock):
         twin._input_shapes = self._fused.input_shapes if self._fused else self._input_shapes
         twin._inputs = self._fused.inputs if self._fused else self._inputs
         return twin
-
-    def export(self, prefix, epoch=0, *, fmt="gluon_quant"):  # pylint: disable=arguments-differ
-        """Write the int8 model (:func:`gluon_quant.export.export_model`); no epoch in names."""
-        from .export import export_model   # export reads this block's public records
-        return export_model(self, prefix, fmt=fmt)
 
     def report(self, timing=None):
         """Per-layer QuantReport (with ``timing=batch``: int8 and fp32 time of each node)."""

@@ -129,7 +129,8 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         flags = _mxnet.static_flags(_mxnet.symbol_block_graph(self)[1]) if on_cpu else {}
         return _mxnet.hybridize_with(self, flags, active, **kwargs)
 
-    def export(self, path, epoch=0, *, fmt="gluon_quant"):  # pylint: disable=arguments-differ
+    # pylint: disable-next=arguments-differ
+    def export(self, path, epoch=0, remove_amp_cast=True, *, fmt="gluon_quant"):
         """Write this int8 model to files again, as
         :meth:`QuantizedHybridBlock.export` does: ``PREFIX-symbol.json``,
         ``PREFIX-int8.params`` and ``PREFIX-meta.json`` (or, with ``fmt='mxnet'``, the
@@ -142,6 +143,8 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         epoch : int, default 0
             Accepted for Gluon's ``export`` signature; the gluon_quant format has no
             epoch, and ``fmt='mxnet'`` writes ``PREFIX-0000.params`` as the other export.
+        remove_amp_cast : bool, default True
+            Accepted for Gluon's ``export`` signature; casts stay as the graph has them.
         fmt : {'gluon_quant', 'mxnet'}
 
         Returns
