@@ -67,16 +67,27 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
     save_parameters = load_parameters = save = load = refuse_parameter_files  # export() does it
 
     @classmethod
-    def imports(cls, prefix, ctx=None):  # pylint: disable=arguments-differ
+    # pylint: disable-next=arguments-differ,too-many-arguments
+    def imports(cls, prefix, input_names=None, param_file=None, ctx=None, allow_missing=False,
+                ignore_extra=False):
         """Load ``PREFIX-symbol.json``, ``PREFIX-int8.params`` and ``PREFIX-meta.json``.
+
+        ``imports(prefix)`` or ``imports(prefix, ctx)``; Gluon's ``SymbolBlock.imports``
+        call, ``imports(symbol_file, input_names, param_file, ctx)``, works as well.
 
         Parameters
         ----------
         prefix : str or os.PathLike
             The prefix given to ``export`` (or one of the files it wrote, such as
             ``PREFIX-symbol.json``).
+        input_names : str or list of str, optional
+            The export knows its inputs; given, they must be those (in order).
+        param_file : str or os.PathLike, optional
+            The export's own ``PREFIX-int8.params`` (nothing else loads into it).
         ctx : mxnet.Context, optional
-            Where to run (CPU by default).
+            Where to run (CPU by default); also accepted as the second argument.
+        allow_missing, ignore_extra : bool
+            Accepted for Gluon's signature: an export is loaded whole, checked by sha256.
 
         Returns
         -------
@@ -88,9 +99,12 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             A file is missing, truncated, altered, mismatched or of a newer format; the
             message names the file and the problem.
         """
+        if isinstance(input_names, mx.Context) and ctx is None:    # imports(prefix, ctx)
+            input_names, ctx = None, input_names
         ctx = ctx if ctx is not None else mx.cpu()
         paths = file_names(_export_prefix(prefix))
         meta = _read_metadata(paths["meta"])
+        _check_gluon_arguments(paths, meta, input_names, param_file)
         directory = os.path.dirname(os.path.abspath(paths["meta"]))
         symbol_path, symbol_data = _read_file(meta, directory, "symbol")
         _check_digest(meta, paths, "symbol", symbol_path, sha256_bytes(symbol_data))
@@ -326,6 +340,24 @@ def _build(cls, meta, paths, graph, symbol_path, params_path, params_data, ctx):
     except GluonQuantError as err:
         raise ArtifactError("%r does not fit the graph in %r: %s"
                             % (params_path, symbol_path, err)) from err
+
+
+def _check_gluon_arguments(paths, meta, input_names, param_file):
+    """The ``input_names`` and ``param_file`` of a Gluon-style ``imports`` call must be the
+    export's own: an :class:`InputMismatchError` or :class:`ArtifactError` says what is."""
+    names = [entry["name"] for entry in meta["inputs"]]
+    if input_names is not None:
+        given = [input_names] if isinstance(input_names, str) else list(input_names)
+        if given != names:
+            raise InputMismatchError(
+                "input_names=%r, but the export described by %r takes %r: it knows its "
+                "inputs; drop input_names or pass these." % (input_names, paths["meta"], names))
+    if param_file is not None and os.path.abspath(os.fspath(param_file)) != \
+            os.path.abspath(paths["params"]):
+        raise ArtifactError(
+            "param_file=%r is not the export's parameters: %r loads only its own %r. Call "
+            "QuantizedSymbolBlock.imports(prefix) with the prefix given to export()."
+            % (os.fspath(param_file), paths["meta"], paths["params"]))
 
 
 def _export_prefix(prefix):

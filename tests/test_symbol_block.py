@@ -128,6 +128,27 @@ def test_imports_takes_any_file_of_the_export_and_names_a_plain_pair(tiny_cnn, t
         gq.QuantizedSymbolBlock.imports(str(tmp_path / "nothing"))
 
 
+def test_imports_takes_gluons_symbolblock_call(tiny_cnn, tiny_batches, tmp_path):
+    """SymbolBlock.imports(symbol_file, input_names, param_file, ctx), the call Gluon deploy
+    code makes, was a TypeError ('got multiple values for argument ctx')."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = mx.nd.array(tiny_batches[0])
+    paths = qnet.export(str(tmp_path / "m"))
+    load = gq.QuantizedSymbolBlock.imports
+    for block in (load(paths["symbol"], ["data"], paths["params"], mx.cpu()),
+                  load(paths["symbol"], "data", paths["params"], ctx=mx.cpu(),
+                       allow_missing=False, ignore_extra=False),
+                  load(str(tmp_path / "m"), mx.cpu())):             # imports(prefix, ctx)
+        assert_identical(qnet(x), block(x))
+    with pytest.raises(gq.InputMismatchError, match=r"input_names=\['x'\], but the export .* "
+                                                    r"takes \['data'\].*drop input_names"):
+        load(paths["symbol"], ["x"], paths["params"])
+    qnet.export(str(tmp_path / "other"))
+    with pytest.raises(gq.ArtifactError, match=r"param_file=.*other-int8.params' is not the "
+                                               r"export's parameters.*m-int8.params"):
+        load(paths["symbol"], ["data"], str(tmp_path / "other-int8.params"))
+
+
 def test_summary_and_other_contexts_get_clear_errors(tiny_cnn, tiny_batches, tmp_path):
     qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
     x = mx.nd.array(tiny_batches[0])
