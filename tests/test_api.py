@@ -338,5 +338,8 @@ def test_module_api_models_are_quantized(tmp_path):
     loaded = mx.mod.Module.load(str(tmp_path / "ck"), 3)          # not bound
     np.testing.assert_array_equal(gq.quantize(loaded, [x], progress=False)(x[:3]).asnumpy(),
                                   qnet(x[:3]).asnumpy())
+    # exclude by layer name (a Module has no Gluon blocks to stand for paths)
+    kept = gq.quantize(mod, [x], exclude=["conv"], progress=False).report()
+    assert {r.layer: r.quantized for r in kept if r.op == "Convolution"} == {"conv": False}
     with pytest.raises(gq.ConfigError, match=r"Module has no parameters yet.*init_params"):
         gq.quantize(mx.mod.Module(head), [x], progress=False)

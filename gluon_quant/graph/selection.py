@@ -68,8 +68,8 @@ def block_paths(net, exclude):
     stage. The path (``'features.5.0'``) means that block alone. The net itself, and
     blocks not in it, stand for their names; other entries are returned as they are.
     """
-    if exclude is None or isinstance(exclude, str):
-        return exclude
+    if exclude is None or isinstance(exclude, str) or not isinstance(net, Block):
+        return exclude          # a Module has no blocks
     entries = (exclude,) if isinstance(exclude, Block) else exclude
     if not isinstance(entries, (list, tuple, set, frozenset)):
         return exclude          # QuantConfig names the bad type
