@@ -72,7 +72,7 @@ def _unlink(path):
         pass
 
 
-def atomic_write_many(items, what="file"):
+def atomic_write_many(items, what="file", example="name.json"):
     """Write several files so that each appears whole or not at all.
 
     Parameters
@@ -82,6 +82,8 @@ def atomic_write_many(items, what="file"):
         file at ``tmp_path`` (e.g. ``mx.nd.save``).
     what : str
         What is written, for error messages.
+    example : str
+        A file name the message about a target that names a folder suggests inside it.
 
     Raises
     ------
@@ -94,7 +96,7 @@ def atomic_write_many(items, what="file"):
         if not os.path.basename(os.fspath(path)) or os.path.isdir(path):
             raise ArtifactError("Cannot write the %s %r: it names a folder. Give a file path "
                                 "(e.g. %r)." % (what, os.fspath(path), os.path.join(
-                                    os.fspath(path) or ".", "name.json")))
+                                    os.fspath(path) or ".", example)))
     staged, placed = [], []
     path = None
     try:
@@ -116,9 +118,9 @@ def atomic_write_many(items, what="file"):
             % (what, path, reason if isinstance(reason, str) else "".join(reason))) from err
 
 
-def atomic_write(path, content, what="file"):
+def atomic_write(path, content, what="file", example="name.json"):
     """Write one file atomically (see :func:`atomic_write_many`)."""
-    atomic_write_many([(path, content)], what)
+    atomic_write_many([(path, content)], what, example)
 
 
 class _Reader:

@@ -54,7 +54,8 @@ def _save(fig, path):
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     except OSError as err:
         raise ArtifactError("Cannot write the plot %r: %s." % (path, err)) from err
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), what="plot")
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"), what="plot",
+                 example="name.png")
     return path
 
 
@@ -71,6 +72,13 @@ def _calibrator_of(source):
         raise ConfigError("%s has no statistics: calibrate (or quantize) first."
                           % type(calibrator).__name__)
     return calibrator
+
+
+def _tensor_labels(source, labels):
+    """``labels`` (a copy), or for a quantized net its report's layer name of each tensor."""
+    if labels is None and hasattr(source, "report") and hasattr(source, "calibrator"):
+        labels = {r.node + "_output": r.layer for r in source.report()}
+    return dict(labels or {})
 
 
 def method_thresholds(calibrator, methods=DEFAULT_METHODS):
@@ -166,13 +174,18 @@ def plot_thresholds(tables, path, *, labels=None, title=None):
 
     Parameters
     ----------
-    tables : dict
-        ``{method: CalibrationTable}`` as :func:`method_thresholds` returns.
+    tables : dict, QuantizedHybridBlock or Calibrator
+        ``{method: CalibrationTable}`` as :func:`method_thresholds` returns, or a quantized
+        net or calibrator whose statistics give them (every method of
+        :data:`DEFAULT_METHODS`).
     path : str or os.PathLike
     labels : dict, optional
-        Tensor name -> label shown on the axis.
+        Tensor name -> label shown on the axis (for a quantized net, its layers' names).
     title : str, optional
     """
+    if not isinstance(tables, dict):
+        labels = _tensor_labels(tables, labels)
+        tables = method_thresholds(_calibrator_of(tables))
     methods = list(tables)
     names = list(next(iter(tables.values())))
     labels = labels or {}
@@ -232,9 +245,7 @@ def plot_calibration(source, out_dir, *, methods=DEFAULT_METHODS, names=None, la
         A file cannot be written.
     """
     calibrator = _calibrator_of(source)
-    if labels is None and hasattr(source, "report") and hasattr(source, "calibrator"):
-        labels = {r.node + "_output": r.layer for r in source.report()}
-    labels = dict(labels or {})
+    labels = _tensor_labels(source, labels)
     for name in calibrator.names:
         labels.setdefault(name, name)
     tables = method_thresholds(calibrator, methods)
@@ -256,6 +267,10 @@ def plot_calibration(source, out_dir, *, methods=DEFAULT_METHODS, names=None, la
 
 def _sqnr_rows(rows):
     """``[(label, sqnr_db)]`` from pairs or rows with ``layer`` and ``sqnr_db`` (or ``sqnr``)."""
+    if hasattr(rows, "calibrator") or not hasattr(rows, "__iter__"):
+        raise ConfigError("plot_sqnr takes per-layer SQNR rows, got %s: pass the doctor's "
+                          "comparison, plot_sqnr(gluon_quant.debug.compare(qnet, batches), "
+                          "path), or (layer, sqnr_db) pairs." % type(rows).__name__)
     out = []
     for row in rows:
         if isinstance(row, (tuple, list)) and len(row) == 2:
