@@ -20,6 +20,7 @@ import numpy as np
 from .. import _mxnet
 from ..config import Granularity, QuantDtype
 from ..errors import GraphError
+from ._target import check_target
 
 __all__ = ["Finding", "CheckReport", "run_checks", "MIN_CALIBRATION_BATCHES",
            "MIN_CALIBRATION_SAMPLES", "OUTLIER_RATIO"]
@@ -102,6 +103,7 @@ def run_checks(qnet, *, log=True):
     -------
     CheckReport
     """
+    check_target(qnet, "run_checks")
     table = qnet.calibration_table
     if table is None:
         raise GraphError("run_checks() needs a calibrated block: call calibrate() first, or "

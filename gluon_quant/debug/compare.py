@@ -24,6 +24,7 @@ from .._stage import stage
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph import GraphView, block_scopes, layer_name
+from ._target import check_target
 from .floor import fake_quant_graph
 from .metrics import EXACT_DB, Accumulator, all_outputs, cosine, sqnr_db
 
@@ -190,6 +191,7 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
     --------
     >>> print(gluon_quant.debug.compare(qnet, calib_batches))
     """
+    check_target(qnet, "compare")
     pairs = quantized_counterparts(qnet)
     fused_view = GraphView(_mxnet.graph_json(qnet.fused_graph))
     nodes = [n for n in fused_view if n.name in pairs]

@@ -22,6 +22,7 @@ from .._stage import stage
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph.passes import insert_fake_quant
+from ._target import check_target
 from .metrics import OutputsAccumulator
 
 __all__ = ["FloorReport", "activation_floor", "fake_quant_block", "fake_quant_graph", "CLOSE_DB", "CLOSE_FACTOR",
@@ -157,6 +158,7 @@ def fake_quant_block(qnet):
     tensors : int
         Number of rounded activations.
     """
+    check_target(qnet, "fake_quant_block")
     sym, rounded = fake_quant_graph(qnet)
     params = qnet.fp32_params or {p.name: _mxnet.as_legacy(p.data(qnet.ctx))
                                   for p in qnet.net.collect_params().values()}
@@ -186,6 +188,7 @@ def activation_floor(qnet, batches, *, num_batches=4):
     --------
     >>> print(gluon_quant.debug.activation_floor(qnet, validation_batches))
     """
+    check_target(qnet, "activation_floor")
     floor_block, tensors = fake_quant_block(qnet)
     int8_acc, floor_acc = OutputsAccumulator(), OutputsAccumulator()
     seen = 0

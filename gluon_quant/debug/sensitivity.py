@@ -16,6 +16,7 @@ from .._stage import stage
 from ..data import iter_batches
 from ..errors import ConfigError, GluonQuantError, GraphError
 from ..graph import GraphView, block_scopes, layer_name
+from ._target import check_target
 from .compare import quantized_counterparts
 from .metrics import OutputsAccumulator
 
@@ -153,6 +154,7 @@ def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[s
     SensitivityReport
         Largest SQNR gain first.
     """
+    check_target(qnet, "sensitivity")
     table = qnet.calibration_table
     if table is None or qnet.quantized_graph is None:
         raise GraphError("sensitivity() needs a finalized quantized block: call "

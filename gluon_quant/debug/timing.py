@@ -26,6 +26,7 @@ from .._stage import stage
 from ..errors import ConfigError, GluonQuantError, GraphError
 from ..graph import GraphView, block_scopes, layer_name
 from ..graph.passes import tensor_key
+from ._target import check_target
 from .compare import quantized_counterparts
 from .metrics import all_outputs
 
@@ -245,6 +246,7 @@ def layer_timing(qnet, batch, *, repeats=10):
     TimingReport
         Slowest int8 node (lowest fp32/int8 ratio) first.
     """
+    check_target(qnet, "layer_timing")
     if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
         raise ConfigError("layer_timing(repeats=%r): pass a positive int." % (repeats,))
     pairs = quantized_counterparts(qnet)
