@@ -367,26 +367,30 @@ def _refuse_samples(data):
             "DataLoader: gluon.data.DataLoader(dataset, batch_size=32)." % type(data).__name__)
 
 
-def iter_batches(data, limit=None):
+def iter_batches(data, limit=None, *, what="calib_data"):
     """Iterate over calibration batches, at most ``limit`` of them.
+
+    ``what`` names ``data`` in messages (the doctor's tools call it ``batches``, and their
+    ``limit`` ``num_batches``).
 
     Raises
     ------
     CalibrationDataError
         ``data`` is not iterable (or is a single array, which would be read row by row).
     """
+    calib = what == "calib_data"
     if data is None:
         raise EmptyCalibrationError(
-            "calib_data is None. Pass an iterable of batches (a DataLoader, a list of arrays, "
-            "a generator) or a CalibrationTable via calib_table=.")
+            "%s is None. Pass an iterable of batches (a DataLoader, a list of arrays, a "
+            "generator)%s." % (what, " or a CalibrationTable via calib_table=" if calib else ""))
     if isinstance(data, (mx.nd.NDArray, np.ndarray)):
         raise CalibrationDataError(
-            "calib_data is a single %s; it must be an iterable of batches. Wrap it in a list "
-            "([x]) or a DataLoader." % describe(data))
+            "%s is a single %s; it must be an iterable of batches. Wrap it in a list "
+            "([x]) or a DataLoader." % (what, describe(data)))
     if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
                               or limit < 1):
-        raise CalibrationDataError(
-            "num_calib_batches must be a positive int or None, got %r." % (limit,))
+        raise CalibrationDataError("%s must be a positive int or None, got %r."
+                                   % ("num_calib_batches" if calib else "num_batches", limit))
     if isinstance(data, mx.io.DataIter):
         data.reset()
     _refuse_samples(data)
@@ -394,8 +398,8 @@ def iter_batches(data, limit=None):
         iterator = iter(data)
     except TypeError as err:
         raise CalibrationDataError(
-            "calib_data of type %s is not iterable. Pass a DataLoader, a list of batches or a "
-            "generator." % type(data).__name__) from err
+            "%s of type %s is not iterable. Pass a DataLoader, a list of batches or a "
+            "generator." % (what, type(data).__name__)) from err
     if limit is not None:
         return itertools.islice(iterator, limit)
     source = _source(data)

@@ -212,7 +212,7 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
     floor_acc = {n.name: Accumulator() for n in nodes}
     out_acc = []
     seen = 0
-    for batch in iter_batches(batches, num_batches):
+    for batch in iter_batches(batches, num_batches, what="batches"):
         inputs = qnet.convert_batch(batch)
         refs = _mxnet.run_block(ref_block, inputs, "fp32 forward pass") if nodes else []
         outs = _mxnet.run_block(q_block, inputs, "int8 forward pass") if nodes else []

@@ -25,8 +25,8 @@ from ..graph.passes import insert_fake_quant
 from ._target import check_target
 from .metrics import OutputsAccumulator
 
-__all__ = ["FloorReport", "activation_floor", "fake_quant_block", "fake_quant_graph", "CLOSE_DB", "CLOSE_FACTOR",
-           "POOR_FLOOR_DB"]
+__all__ = ["FloorReport", "activation_floor", "fake_quant_block", "fake_quant_graph", "CLOSE_DB",
+           "CLOSE_FACTOR", "POOR_FLOOR_DB"]
 
 #: int8 within this many dB of the floor's output SQNR counts as at the floor...
 CLOSE_DB = 3.0
@@ -192,7 +192,7 @@ def activation_floor(qnet, batches, *, num_batches=4):
     floor_block, tensors = fake_quant_block(qnet)
     int8_acc, floor_acc = OutputsAccumulator(), OutputsAccumulator()
     seen = 0
-    for batch in iter_batches(batches, num_batches):
+    for batch in iter_batches(batches, num_batches, what="batches"):
         inputs = qnet.convert_batch(batch)
         ref, out, low = ([a.asnumpy() for a in _mxnet.run_block(block, args, what)]
                          for block, args, what in (

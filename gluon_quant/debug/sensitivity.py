@@ -123,7 +123,8 @@ def output_agreement(qnet, inputs, references):
 
 def reference_outputs(qnet, batches, num_batches):
     """Converted inputs and fp32 outputs (every one) of up to ``num_batches`` batches."""
-    inputs = [qnet.convert_batch(b) for b in iter_batches(batches, num_batches)]
+    inputs = [qnet.convert_batch(b)
+              for b in iter_batches(batches, num_batches, what="batches")]
     if not inputs:
         raise ConfigError("The doctor got no batch: pass a non-empty iterable of batches.")
     fp32 = functools.partial(call_net, qnet.net, np_mode=qnet.fused.np_mode)

@@ -49,3 +49,13 @@ def test_the_suggested_rebuild_is_the_loaded_model(loaded):
     x = mx.nd.array(batches[0])
     np.testing.assert_array_equal(rebuilt(x).asnumpy(), block(x).asnumpy())
     assert debug.compare(rebuilt, batches).output_cosine > 0.99
+
+
+def test_a_single_array_is_named_as_the_tools_argument(loaded):
+    """The doctor's message named calib_data, an argument it does not have."""
+    _, qnet, _, batches = loaded
+    with pytest.raises(gq.CalibrationDataError, match=r"^batches is a single ndarray\(8, 1, 28, "
+                                                      r"28\) float32.*Wrap it in a list"):
+        debug.compare(qnet, batches[0])
+    with pytest.raises(gq.CalibrationDataError, match=r"^num_batches must be a positive int"):
+        debug.activation_floor(qnet, batches, num_batches=0)
