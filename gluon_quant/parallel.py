@@ -30,7 +30,7 @@ from . import errors, pipeline
 from .block import QuantizedHybridBlock
 from .calib import CalibrationTable, Calibrator, get_calibrator
 from .collect import build_runner, collect_statistics
-from .data import BatchConverter, InputSpec, iter_batches, keep_batches, peek
+from .data import BatchConverter, InputSpec, describe, iter_batches, keep_batches, peek
 from .engines import Task, get_engine
 from .engines.base import pickling_failure
 from .errors import ConfigError, EmptyCalibrationError
@@ -118,11 +118,16 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
     if not shards:
         raise EmptyCalibrationError("shards is empty: pass at least one shard of batches.")
     for number, shard in enumerate(shards):
+        if isinstance(shard, (np.ndarray, mx.nd.NDArray)):    # what a list of batches gives
+            raise errors.CalibrationDataError(
+                "shard %d is a single %s: each shard is an iterable of batches. Wrap it in a "
+                "list ([x]); to spread a list of batches over the workers, split it: "
+                "shards=[batches[0::2], batches[1::2]]." % (number, describe(shard)))
         if hasattr(shard, "__next__"):     # a generator or iterator: it cannot be pickled
             raise ConfigError(
                 "shard %d is %s, an iterator: shards are sent to other processes, which "
                 "an iterator cannot be. Pass each shard as a list of batches (or another "
-                "object that can be pickled and iterated, such as an array)."
+                "object that can be pickled and iterated, such as a DataLoader)."
                 % (number, type(shard).__name__))
     shards = [_sendable(shard, number) for number, shard in enumerate(shards)]
     # Settings are checked before any work (and before a Ray starts).
@@ -183,8 +188,8 @@ def _make_job(qnet, names, template, shards):
 def _sendable(shard, number):
     """``shard``, or its batches read here when it cannot be pickled to go to a worker.
 
-    Lists, tuples and arrays are sent as they are (an unpicklable batch in them is refused
-    by the engine, naming the shard). Other iterables are pickled once to find out: a
+    Lists and tuples are sent as they are (an unpicklable batch in them is refused by the
+    engine, naming the shard). Other iterables are pickled once to find out: a
     ``DataLoader`` over transforms (Gluon blocks) or with worker processes of its own (a
     pool) cannot be, and is read in this process instead, with a warning: its batches
     then travel as arrays, which for big data costs what loading on the workers saves.

@@ -227,3 +227,17 @@ def test_a_parallel_table_rebuilds_the_same_block(int8_regions):
     got = qnet(x, valid).asnumpy()
     assert float((ref * got).sum() / np.linalg.norm(ref) / np.linalg.norm(got)) > 0.999
     assert [r.layer for r in qnet.report() if r.quantized and r.op == "Convolution"]
+
+
+def test_a_list_of_batches_given_as_shards_is_refused_with_how_to_split_it(tiny_cnn,
+                                                                         tiny_batches):
+    """calibrate_parallel(net, batches): each "shard" a single array. A never-run net failed
+    with 'Parameters [...] are not initialized' (no first batch was found in array shards)."""
+    fresh = mx.gluon.nn.HybridSequential()
+    fresh.add(mx.gluon.nn.Conv2D(4, 3), mx.gluon.nn.Dense(3))
+    fresh.initialize()                                  # deferred shapes: never run
+    for net in (fresh, tiny_cnn):
+        with pytest.raises(gq.CalibrationDataError,
+                           match=r"shard 0 is a single ndarray\(8, 1, 28, 28\) float32: each "
+                                 r"shard is an iterable of batches.*batches\[0::2\]"):
+            gq.calibrate_parallel(net, tiny_batches, engine="process", progress=False)
