@@ -91,7 +91,7 @@ def layer_name(node, scopes):
     return best.name if best is not None else main
 
 
-def _owners(op_name, scopes):
+def _owners(op_name, scopes, by_path):
     """Names and paths of the blocks an original operator belongs to.
 
     Its block is the one with the longest name prefix of the operator; it belongs to that
@@ -109,17 +109,15 @@ def _owners(op_name, scopes):
     else:
         owners = [_common_path([s.path for s in tied])]
     found = []
-    for scope in scopes:
-        if any(_within(owner, scope.path) for owner in owners):
-            found.append(scope.name)
-            if scope.path:
-                found.append(scope.path)
+    for owner in owners:
+        parts = owner.split(".") if owner else []
+        for depth in range(len(parts) + 1):      # the owner and each block above it
+            scope = by_path.get(".".join(parts[:depth]))
+            if scope is not None:                # (None: a child registered as 'a.b')
+                found.append(scope.name)
+                if scope.path:
+                    found.append(scope.path)
     return found
-
-
-def _within(path, ancestor):
-    """Whether the block at ``path`` is the block at ``ancestor`` or inside it."""
-    return not ancestor or path == ancestor or path.startswith(ancestor + ".")
 
 
 def _common_path(paths):
@@ -133,11 +131,11 @@ def _common_path(paths):
     return ".".join(common)
 
 
-def _node_keys(node, scopes):
+def _node_keys(node, scopes, by_path):
     keys = [node.name]
     for name, _, _ in node.members:
         keys.append(name)
-        keys.extend(_owners(name, scopes))
+        keys.extend(_owners(name, scopes, by_path))
     return keys
 
 
@@ -173,7 +171,8 @@ def resolve_exclusions(patterns, graph, scopes, *,
             raise ConfigError(
                 "exclude entries must be non-empty strings (layer names, glob patterns or "
                 "operator types such as 'Convolution'); got %r." % (pattern,))
-    keys = {node.name: _node_keys(node, scopes) for node in graph}
+    by_path = {scope.path: scope for scope in scopes}
+    keys = {node.name: _node_keys(node, scopes, by_path) for node in graph}
     excluded, unmatched = {}, []
     for pattern in patterns:
         op_type = OP_ALIASES.get(pattern, pattern)
