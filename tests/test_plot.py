@@ -1,5 +1,4 @@
 """gluon_quant.plot: the charts take what the rest of the package hands out."""
-import mxnet as mx
 import pytest
 
 import gluon_quant as gq
@@ -8,18 +7,9 @@ from gluon_quant import plot
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.fixture(scope="module")
-def qnet_and_batches():
-    from gluon_quant.zoo.batchnorm import reestimate_batchnorm
-    import numpy as np
-    from conftest import build_cnn
-    mx.random.seed(7)
-    net = build_cnn()
-    net.initialize(mx.init.Xavier())
-    rs = np.random.RandomState(1)
-    batches = [rs.rand(8, 1, 28, 28).astype("float32") for _ in range(3)]
-    reestimate_batchnorm(net, mx.nd.array(np.concatenate(batches)))
-    return gq.quantize(net, batches, progress=False), batches
+@pytest.fixture
+def qnet_and_batches(tiny_cnn, tiny_batches):
+    return gq.quantize(tiny_cnn, tiny_batches, progress=False), tiny_batches
 
 
 def test_thresholds_chart_takes_the_quantized_net(qnet_and_batches, tmp_path):

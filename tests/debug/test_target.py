@@ -17,18 +17,11 @@ TOOLS = {
 }
 
 
-@pytest.fixture(scope="module")
-def loaded(tmp_path_factory):
-    from conftest import build_cnn
-    mx.random.seed(3)
-    net = build_cnn()
-    net.initialize(mx.init.Xavier())
-    batches = [np.random.RandomState(i).rand(8, 1, 28, 28).astype("float32")
-               for i in range(2)]
-    qnet = gq.quantize(net, batches, progress=False)
-    prefix = str(tmp_path_factory.mktemp("doctor") / "m")
-    qnet.export(prefix)
-    return net, qnet, gq.QuantizedSymbolBlock.imports(prefix), batches
+@pytest.fixture
+def loaded(tiny_cnn, tiny_batches, tmp_path):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    qnet.export(str(tmp_path / "m"))
+    return tiny_cnn, qnet, gq.QuantizedSymbolBlock.imports(str(tmp_path / "m")), tiny_batches
 
 
 @pytest.mark.parametrize("tool", sorted(TOOLS))
