@@ -19,6 +19,7 @@ from .backends import get_spec
 from .calib import Calibrator, get_calibrator
 from .errors import (CalibrationDataError, ConfigError, InputMismatchError, UnknownNameError,
                      UnsupportedDtypeError)
+from .graph.selection import block_paths
 from .presets import Preset, get_preset
 
 __all__ = ["QuantConfig", "QuantDtype", "Backend", "Granularity", "WeightRounding", "suggest"]
@@ -297,7 +298,6 @@ class QuantConfig:
             raise ConfigError("config must be a gluon_quant.QuantConfig, got %s."
                               % type(config).__name__)
         if net is not None and "exclude" in settings:
-            from .graph.selection import block_paths
             settings["exclude"] = block_paths(net, settings["exclude"])
         return config.replace(**settings) if settings else config
 
