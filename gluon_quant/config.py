@@ -20,6 +20,7 @@ from .calib import Calibrator, get_calibrator
 from .errors import (CalibrationDataError, ConfigError, InputMismatchError, UnknownNameError,
                      UnsupportedDtypeError)
 from .graph.selection import block_paths
+from . import _mxnet
 from .presets import Preset, get_preset
 
 __all__ = ["QuantConfig", "QuantDtype", "Backend", "Granularity", "WeightRounding", "suggest"]
@@ -149,7 +150,9 @@ class QuantConfig:
     num_inputs : int, optional
         Number of tensor inputs, when ``hybrid_forward``'s signature does not tell.
     ctx : mxnet.Context, optional
-        Where calibration and inference run (CPU by default).
+        Where calibration and inference run. By default, where the net's parameters are
+        when the backend runs on that kind of device (``mx.gpu(0)`` for a net there and
+        ``backend='cudnn'``), else ``mx.cpu()``.
     progress : bool, default True
         Show a progress bar while calibrating (only on a terminal).
     int8_lstm : bool, default False
@@ -299,7 +302,9 @@ class QuantConfig:
                               % type(config).__name__)
         if net is not None and "exclude" in settings:
             settings["exclude"] = block_paths(net, settings["exclude"])
-        return config.replace(**settings) if settings else config
+        config = config.replace(**settings) if settings else config
+        home = _home_context(net, config) if net is not None and config.ctx is None else None
+        return config.replace(ctx=home) if home is not None else config
 
     #: Fields that :meth:`to_dict` writes (the others are Python objects: ``input_fn``, ``ctx``).
     JSON_FIELDS = ("calibrator", "dtype", "backend", "granularity", "exclude", "preset",
@@ -399,6 +404,21 @@ def _check_normalization(value):
         raise ConfigError("input_normalization needs as many means as stds and every std "
                           "> 0, got mean=%r, std=%r. %s" % (parts[0], parts[1], how))
     return tuple(parts)
+
+
+def _home_context(net, config):
+    """Where ``net``'s parameters live, when that is a device of the backend's kind other
+    than ``mx.cpu()`` (the default ``ctx``): a net on ``mx.gpu(0)`` for ``'cudnn'``, on
+    ``mx.cpu(1)`` for ``'onednn'``. Calibration and the int8 net then stay where the net
+    is, as Gluon users expect. None otherwise (a Module, a net with no parameters yet, a
+    net on a device of another kind than the backend's)."""
+    if not isinstance(net, Block):
+        return None
+    home = _mxnet.parameter_context(net)
+    if (home is None or home.device_type != get_spec(config.backend.value).device_type
+            or home == _mxnet.device("cpu")):
+        return None
+    return home
 
 
 def _check_ctx(ctx):

@@ -312,7 +312,33 @@ def test_ctx_other_than_the_nets_own(tiny_cnn, tiny_batches):
     moved = nn.HybridSequential()
     moved.add(nn.Conv2D(8, 3, in_channels=1), nn.Dense(3, in_units=8 * 26 * 26))
     moved.initialize(mx.init.Xavier(), ctx=mx.cpu(1))
-    assert gq.quantize(moved, tiny_batches, progress=False)(x).shape == (8, 3)
+    assert gq.quantize(moved, tiny_batches, ctx=mx.cpu(), progress=False)(x).shape == (8, 3)
+
+
+@pytest.mark.parametrize("where", ["cpu(1)", "cpu(1) and cpu(0)", "cpu(1), deferred"])
+def test_ctx_defaults_to_where_the_net_lives(tiny_batches, where):
+    """Without ``ctx=``, the int8 net is built where the net's parameters are, as Gluon
+    users expect of a net on ``mx.gpu(1)`` (here ``mx.cpu(1)``, the same code path): it
+    was always built on ``cpu(0)``, so a net on a GPU with ``backend='cudnn'`` gave an int8
+    net that could not take the inputs the fp32 net took. A data-parallel net (copies on
+    several devices) goes to its first device. A backend for another kind of device
+    keeps its default."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(8, 3, in_channels=0 if "deferred" in where else 1), nn.Dense(3))
+    net.initialize(mx.init.Xavier(),
+                   ctx=[mx.cpu(1), mx.cpu(0)] if "and" in where else mx.cpu(1))
+    x = mx.nd.array(tiny_batches[0], ctx=mx.cpu(1))
+    qnet = gq.quantize(net, tiny_batches, progress=False)
+    assert qnet.ctx == qnet.config.ctx == mx.cpu(1)
+    assert {c for p in qnet.collect_params().values() for c in p.list_ctx()} == {mx.cpu(1)}
+    out = qnet(x)
+    assert out.context == mx.cpu(1)
+    assert cosine(net(x), out) > 0.999
+    explicit = gq.quantize(net, tiny_batches, ctx=mx.cpu(1), progress=False)
+    np.testing.assert_array_equal(explicit(x).asnumpy(), out.asnumpy())
+    with pytest.raises(gq.InputMismatchError, match=r"cpu\(0\).*runs on cpu\(1\)"):
+        qnet(x.as_in_context(mx.cpu(0)))
+    assert gq.QuantConfig.build(net=net, backend="cudnn").ctx is None
 
 
 def test_module_api_models_are_quantized(tmp_path):

@@ -42,6 +42,7 @@ __all__ = [
     "CachedCall", "static_flags", "without_static_memory", "hybridize_with", "inference_mode",
     "unshared",
     "is_np_mode", "net_np_mode", "is_np_array", "legacy_mode", "np_scope", "as_legacy", "as_np", "call_net",
+    "parameter_context",
 ]
 
 _log = logging.getLogger(__name__)
@@ -629,8 +630,7 @@ def call_net(net, args, np_mode=False):
     parameters (an int8 net built with ``ctx=cpu(1)`` over a net on ``cpu(0)``) are run
     where the parameters are, and the outputs come back to the arrays' context."""
     here = next(iter(_contexts(args)), None)
-    home = next((p.list_ctx()[0] for p in net.collect_params().values()
-                 if p._data is not None), here)
+    home = parameter_context(net, initialized_only=True) or here
     args = _in_context(args, home) if here != home else args
     if not np_mode:
         out = net(*args)
@@ -638,6 +638,16 @@ def call_net(net, args, np_mode=False):
         with np_scope(True):
             out = as_legacy(net(*as_np(list(args))))
     return _in_context(out, here) if here != home else out
+
+
+def parameter_context(net, initialized_only=False):
+    """The context of ``net``'s first parameter (the first of its copies when it was
+    initialized on several, for data-parallel training), or None when it has none yet.
+    Parameters waiting for their shapes (deferred) count, unless ``initialized_only``."""
+    for param in net.collect_params().values():
+        if param._data is not None or (param._deferred_init and not initialized_only):
+            return param.list_ctx()[0]
+    return None
 
 
 def _contexts(value):
