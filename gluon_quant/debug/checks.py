@@ -19,7 +19,7 @@ import numpy as np
 
 from .. import _mxnet
 from ..config import Granularity, QuantDtype
-from ..errors import GraphError
+from ..errors import ConfigError, GraphError
 from ._target import check_target
 
 __all__ = ["Finding", "CheckReport", "run_checks", "MIN_CALIBRATION_BATCHES",
@@ -88,7 +88,7 @@ class CheckReport(tuple):
         return "<CheckReport %d findings>" % len(self)
 
 
-def run_checks(qnet, *, log=True):
+def run_checks(qnet, batches=None, *, log=True):
     """Run every built-in check on a calibrated block.
 
     Parameters
@@ -96,6 +96,9 @@ def run_checks(qnet, *, log=True):
     qnet : QuantizedHybridBlock
         Calibrated (``calibrate()`` run) or finalized; a block whose ``finalize()`` was
         refused (e.g. uint8 for signed tensors) can be checked too.
+    batches : None
+        Not taken: the checks read the statistics calibration kept. Given (as to the
+        doctor's other tools), it is refused with a :class:`ConfigError` that says so.
     log : bool, default True
         Log each finding as a warning.
 
@@ -104,6 +107,12 @@ def run_checks(qnet, *, log=True):
     CheckReport
     """
     check_target(qnet, "run_checks")
+    if batches is not None:
+        raise ConfigError(
+            "run_checks() takes no batches (got %s): it reads the statistics calibration "
+            "kept. Call run_checks(qnet); to measure the int8 net on data, use "
+            "debug.compare(qnet, batches) or debug.activation_floor(qnet, batches)."
+            % type(batches).__name__)
     table = qnet.calibration_table
     if table is None:
         raise GraphError("run_checks() needs a calibrated block: call calibrate() first, or "

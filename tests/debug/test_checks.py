@@ -79,3 +79,14 @@ def test_quantize_refuses_to_run_without_calibration(tiny_cnn):
     # What "uint8 without calibration" would check cannot happen: there is no such mode.
     with pytest.raises(gq.ConfigError, match="Calibration-free"):
         gq.quantize(tiny_cnn)
+
+
+def test_batches_given_as_to_the_other_tools_are_refused_with_what_to_call(tiny_cnn,
+                                                                           tiny_batches):
+    """``run_checks(qnet, batches)``, the call the doctor's other tools take: it was a bare
+    TypeError (takes 1 positional argument but 2 were given)."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    with pytest.raises(gq.ConfigError, match=r"run_checks\(\) takes no batches \(got list\).*"
+                       r"Call run_checks\(qnet\).*debug.compare\(qnet, batches\)"):
+        run_checks(qnet, tiny_batches)
+    assert str(run_checks(qnet, log=False)) == "gluon_quant checks: no problem found."
