@@ -635,6 +635,25 @@ def as_tuples(value):
     return value
 
 
+_recording_noted = []
+
+
+def _note_recording():
+    """Say once, when an int8 net is first called inside ``autograd.record()``, that its
+    outputs carry no gradient: a loss made of them alone fails in ``backward()`` with
+    MXNet's "Cannot differentiate node because it is not in a computational graph",
+    which reads as if ``record()`` had not been called. A distillation step (an int8
+    teacher beside a trained student) works, and is told once."""
+    if _recording_noted or not mx.autograd.is_recording():
+        return
+    _recording_noted.append(True)
+    _log.warning("An int8 network was called inside autograd.record(): it is inference only "
+                 "and its outputs carry no gradient (a loss computed from them alone fails "
+                 "in backward() with 'Cannot differentiate node'). To train or fine-tune, "
+                 "train the fp32 network and quantize it again; as a fixed teacher for "
+                 "distillation it is fine.")
+
+
 def call_inputs(values):
     """``(flat, np_in)``: the arrays of a call's (nested) arguments as legacy NDArrays, and
     whether any was an ``mxnet.np`` array (then :func:`call_outputs` gives NumPy ones).
@@ -647,6 +666,7 @@ def call_inputs(values):
     read uint8 bytes as already quantized (images came out scaled by the calibrated range
     over 255) and failed on int32 ("data_quantize: Check failed").
     """
+    _note_recording()
     flat = nest(values)[0]
     np_in = any(_mxnet.is_np_array(v) for v in flat)
     flat = [_mxnet.as_legacy(v) for v in flat] if np_in else flat

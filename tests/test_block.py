@@ -614,3 +614,31 @@ def test_repr_says_what_the_int8_net_is(tiny_cnn, tiny_batches, tmp_path):
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "cnn"))
     assert repr(loaded) == "QuantizedSymbolBlock(%s: 4 of 4 convolution/dense layers in int8)" % (
         tmp_path / "cnn-meta.json")
+
+
+def test_a_call_inside_autograd_record_says_once_that_int8_outputs_carry_no_gradient(
+        tiny_cnn, tiny_batches, caplog):
+    """Training the int8 net (its outputs alone in a loss) failed in ``backward()`` with
+    MXNet's "Cannot differentiate node ... You need to set is_recording to true", read as
+    if record() had been forgotten. The first call inside ``record()`` says why, once; a
+    distillation step (the int8 net as a fixed teacher) trains the student."""
+    from gluon_quant import data
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = mx.nd.array(tiny_batches[0])
+    data._recording_noted.clear()
+    qnet(x)
+    assert "inference only" not in caplog.text
+    student = nn.Dense(qnet(x).shape[1])
+    student.initialize(mx.init.Xavier())
+    trainer = mx.gluon.Trainer(student.collect_params(), "sgd", {"learning_rate": 0.01})
+    for _ in range(2):
+        with mx.autograd.record():
+            loss = ((student(x) - qnet(x)) ** 2).sum()
+        loss.backward()
+        trainer.step(x.shape[0])
+    assert caplog.text.count("it is inference only and its outputs carry no gradient") == 1
+    assert "train the fp32 network and quantize it again" in caplog.text
+    with mx.autograd.record():
+        alone = qnet(x).sum()
+    with pytest.raises(mx.base.MXNetError, match="Cannot differentiate node"):
+        alone.backward()
