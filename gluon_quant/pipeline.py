@@ -30,15 +30,15 @@ from .calib import ZERO_RANGE, CalibrationTable
 from .calib.table import as_table
 from .collect import build_runner, check_graph_shapes, collect_statistics
 from .config import QuantConfig, QuantDtype, WeightRounding
-from .data import BatchConverter, InputSpec, batch_count, check_params, iter_batches
-from .errors import (CalibrationTableError, ConfigError, GluonQuantError, GraphError,
-                     ModelExecutionError, UnsupportedDtypeError)
+from .data import BatchConverter, InputSpec, batch_count, iter_batches
+from .errors import CalibrationTableError, GluonQuantError, GraphError, UnsupportedDtypeError
 from .graph import GraphView, block_scopes, resolve_exclusions
 from .graph.cudnn import quantize_graph as cudnn_quantize_graph
-from .graph.normalize import NORMALIZED_SUFFIX
 from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, run_passes
 from .presets import resolve_preset
-from .weights import adaround, equalize
+from .params import (FP32Params, equalized_params, fp32_params, params_for_table,
+                     with_equalization)
+from .weights import adaround
 
 __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "FP32Params", "fuse",
            "plan_quantization", "fp32_params", "equalized_params", "with_equalization",
@@ -352,116 +352,6 @@ def plan_quantization(fused: FusedGraph, config: QuantConfig, fp32_nodes=None,
                      "runs in fp32.", fused.net_class, spec.name)
     return QuantPlan(fused=fused, symbol=_mxnet.load_graph(graph), calib_names=tuple(calib),
                      fp32_nodes=types.MappingProxyType(fp32), messages=tuple(messages))
-
-
-class FP32Params(dict):
-    """The fp32 parameters of a fused graph, by name, and the cross-layer equalization
-    applied to them (:attr:`equalization`: the table's ``meta['equalization']``, or None)."""
-
-    equalization = None
-
-
-def _equalized(fused, params, state):
-    out = FP32Params(equalize.apply(_mxnet.graph_json(fused.symbol), params, state))
-    out.equalization = state
-    return out
-
-
-def equalized_params(fused: FusedGraph, params):
-    """``params`` with cross-layer equalization computed and applied (an
-    :class:`FP32Params` whose ``equalization`` is the state to store in the table)."""
-    return _equalized(fused, params, equalize.compute(_mxnet.graph_json(fused.symbol), params))
-
-
-def with_equalization(table, params):
-    """``table`` recording the equalization ``params`` carry (unchanged when none)."""
-    state = getattr(params, "equalization", None)
-    if state is None:
-        return table
-    return CalibrationTable(dict(table.items()), method=table.method,
-                            fingerprint=table.fingerprint,
-                            meta=dict(table.meta, **{equalize.META_KEY: state}))
-
-
-@stage
-def params_for_table(net, fused: FusedGraph, ctx, table, params=None):
-    """``params`` when they carry the equalization ``table`` was calibrated with, else
-    fresh copies (:func:`fp32_params`) with it applied."""
-    wanted = table.meta.get(equalize.META_KEY) if table is not None else None
-    if params is not None and getattr(params, "equalization", None) == wanted:
-        return params
-    return fp32_params(net, fused, ctx, table=table)
-
-
-def fp32_params(net, fused: FusedGraph, ctx, inputs=None, table=None):
-    """Copies of the fp32 parameters the fused graph reads, on ``ctx``.
-
-    Parameters
-    ----------
-    net : mxnet.gluon.HybridBlock
-    fused : FusedGraph
-    ctx : mxnet.Context
-    inputs : list of NDArray, optional
-        One batch, to finish deferred initialization by running the net once.
-    table : CalibrationTable, optional
-        Its cross-layer equalization (``meta['equalization']``), if any, is applied: the
-        ranges were calibrated on the equalized network.
-
-    Returns
-    -------
-    FP32Params
-
-    Raises
-    ------
-    GraphError
-        Parameters are still deferred and no batch is given, or the graph reads a
-        variable that is neither an input nor a parameter.
-    ModelExecutionError
-        The net failed while finishing its initialization.
-    """
-    params = net.collect_params()
-    needed = set(fused.symbol.list_arguments()) | set(fused.symbol.list_auxiliary_states())
-    sources = needed | {s for r in fused.param_rewrites for s in r.sources if s}
-    check_params({n: p for n, p in params.items() if n in sources})
-    deferred = [p.name for p in params.values() if not _mxnet.is_initialized(p)]
-    if deferred:
-        if inputs is None:
-            raise GraphError(
-                "Parameters %s are not initialized. Initialize the net (and run it once "
-                "if it uses deferred shapes) before quantizing." % deferred[:5])
-        try:
-            if not _mxnet.finish_deferred_init(net, inputs, fused.inputs.layout, fused.np_mode):
-                _mxnet.call_net(net, fused.inputs.regroup(inputs), fused.np_mode)
-        except Exception as err:
-            raise ModelExecutionError("Running %s to finish parameter initialization "
-                                      "failed: %s: %s" % (type(net).__name__,
-                                                          type(err).__name__, err)) from err
-    copies = {}
-    for name, param in params.items():
-        if name in sources:     # from where it lives (Gluon raises RuntimeError elsewhere)
-            home = ctx if ctx in param.list_ctx() else param.list_ctx()[0]
-            copies[name] = _mxnet.as_legacy(param.data(home)).copyto(ctx)
-    for rewrite in fused.param_rewrites:
-        try:
-            rewrite.apply(copies)
-        except _mxnet.MXNetError as err:
-            shapes = ", ".join("%s %s" % (n, tuple(copies[n].shape))
-                               for n in rewrite.sources if n in copies)
-            if rewrite.target.endswith(NORMALIZED_SUFFIX + "_weight"):
-                raise ConfigError(
-                    "input_normalization does not fit the first layer: %s. Give one mean "
-                    "and one std per input channel." % shapes) from err
-            raise GraphError("Computing parameter %r from %s failed: %s; please report "
-                             "it with the network." % (rewrite.target, shapes,
-                                                       _mxnet.first_line(err))) from err
-    copies = {k: v for k, v in copies.items() if k in needed}
-    missing = needed - set(copies) - set(fused.inputs.names)
-    if missing:
-        raise GraphError("The traced graph has inputs that are neither network inputs "
-                         "nor parameters: %s. Check num_inputs (now %d)."
-                         % (sorted(missing)[:5], fused.inputs.count))
-    state = table.meta.get(equalize.META_KEY) if table is not None else None
-    return _equalized(fused, copies, state) if state is not None else FP32Params(copies)
 
 
 @stage      # inference mode (running statistics, nothing recorded), 4 KB pages

@@ -38,6 +38,7 @@ from .engines import Task, get_engine
 from .errors import ConfigError, EmptyCalibrationError, GluonQuantError
 from .portable import PortableModel
 from .weights.equalize import META_KEY as EQUALIZATION_KEY
+from .weights.digest import META_KEY as WEIGHTS_KEY
 
 __all__ = ["tune", "TuneResult", "Trial", "StopReason"]
 
@@ -344,11 +345,13 @@ _EVALUATE = Task(setup=_eval_setup, run=_evaluate, label="trial",
 
 
 def _with_weights(table, base_table):
-    """``table`` (re-scored ranges) with the base calibration's fingerprint and its
-    cross-layer equalization: the ranges were collected on the equalized network."""
+    """``table`` (re-scored ranges) with the base calibration's fingerprint, its
+    cross-layer equalization (the ranges were collected on the equalized network) and
+    the record of the weights it was measured with."""
     meta = dict(table.meta)
-    if EQUALIZATION_KEY in base_table.meta:
-        meta[EQUALIZATION_KEY] = base_table.meta[EQUALIZATION_KEY]
+    for key in (EQUALIZATION_KEY, WEIGHTS_KEY):
+        if key in base_table.meta:
+            meta[key] = base_table.meta[key]
     return CalibrationTable(dict(table.items()), method=table.method,
                             fingerprint=base_table.fingerprint, meta=meta)
 

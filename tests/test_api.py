@@ -10,7 +10,7 @@ from mxnet.gluon import nn
 import gluon_quant as gq
 from gluon_quant.calib import CalibrationTable, Calibrator
 
-from conftest import accuracy
+from conftest import accuracy, build_cnn
 
 
 def cosine(a, b):
@@ -369,3 +369,44 @@ def test_module_api_models_are_quantized(tmp_path):
     assert {r.layer: r.quantized for r in kept if r.op == "Convolution"} == {"conv": False}
     with pytest.raises(gq.ConfigError, match=r"Module has no parameters yet.*init_params"):
         gq.quantize(mx.mod.Module(head), [x], progress=False)
+
+
+def test_a_table_measured_with_other_weights_is_refused_naming_them(tiny_cnn, tiny_batches,
+                                                                    tmp_path):
+    """A saved table applied to a net whose weights changed since (fine-tuned, another
+    checkpoint, random weights drawn again) built an int8 net of the old ranges and bias
+    corrections without a word: 0.905 output cosine on a small CNN whose weights were
+    scaled by 3, 0.99999 recalibrated. The table records a CRC-32 of each parameter; the
+    same weights loaded into a new net rebuild bit for bit, and older tables (no record)
+    are taken as before."""
+    x = mx.nd.array(tiny_batches[0])
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    table = qnet.calibration_table
+    recorded = table.meta["weights"]
+    assert sorted(recorded) == sorted(p.name for p in tiny_cnn.collect_params().values())
+    table.save(str(tmp_path / "t.json"))
+    tiny_cnn.save_parameters(str(tmp_path / "w.params"))
+    again = build_cnn()
+    again.load_parameters(str(tmp_path / "w.params"))
+    rebuilt = gq.quantize(again, calib_table=str(tmp_path / "t.json"), progress=False)
+    np.testing.assert_array_equal(rebuilt(x).asnumpy(), qnet(x).asnumpy())
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+
+    params = list(tiny_cnn.collect_params().values())
+    tuned = [p for p in params if p.name.endswith("weight")][:2]
+    for param in tuned:
+        param.set_data(param.data() * 1.01)
+    for source in (str(tmp_path / "t.json"), loaded.calibration_table):
+        with pytest.raises(gq.CalibrationTableError,
+                           match=r"measured with other weights: 2 of the %d parameters it "
+                                 r"recorded have other values now \(%s, %s\).*calibrate this "
+                                 r"network again" % ((len(params),) + tuple(sorted(
+                                     p.name for p in tuned)))):
+            gq.quantize(tiny_cnn, calib_table=source, progress=False)
+    older = gq.CalibrationTable(dict(table.items()), method=table.method,
+                                fingerprint=table.fingerprint,
+                                meta={k: v for k, v in table.meta.items() if k != "weights"})
+    assert gq.quantize(tiny_cnn, calib_table=older, progress=False)(x).shape == qnet(x).shape
+    fresh = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    assert fresh.calibration_table.meta["weights"] != recorded

@@ -42,6 +42,10 @@ def test_quantize_with_eval_fn_tunes(tiny_cnn, tiny_batches):
     qnet = gq.quantize(tiny_cnn, tiny_batches, eval_fn=eval_fn, tolerance=0.5, progress=False)
     assert qnet.tune_result.stopped is StopReason.TOLERANCE_MET
     assert len(qnet.tune_result.trials) == 1  # the defaults were good enough
+    # The chosen table records the weights it was measured with, as quantize()'s does:
+    # saved and applied to other weights, it is refused.
+    assert qnet.calibration_table.meta["weights"] == gq.quantize(
+        tiny_cnn, tiny_batches, progress=False).calibration_table.meta["weights"]
 
 
 def test_bad_settings_are_refused(tiny_cnn, tiny_batches):

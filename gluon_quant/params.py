@@ -1,0 +1,143 @@
+"""The fp32 parameters a fused graph reads: copies of the net's own (deferred shapes
+finished, the graph passes' rewrites applied), cross-layer equalization replayed on them,
+and the record of which weights a calibration table was measured with.
+
+Stage functions of :mod:`gluon_quant.pipeline` (which re-exports them); the user's net is
+read, never modified.
+"""
+from . import _mxnet
+from ._stage import stage
+from .calib import CalibrationTable
+from .data import check_params
+from .errors import ConfigError, GraphError, ModelExecutionError
+from .graph.normalize import NORMALIZED_SUFFIX
+from .weights import digest, equalize
+
+__all__ = ["FP32Params", "fp32_params", "equalized_params", "with_equalization",
+           "params_for_table"]
+
+
+class FP32Params(dict):
+    """The fp32 parameters of a fused graph, by name, the cross-layer equalization
+    applied to them (:attr:`equalization`: the table's ``meta['equalization']``, or None)
+    and the digests of the net's parameters they were made from (:attr:`weights`:
+    :func:`gluon_quant.weights.digest.digests`, the table's ``meta['weights']``)."""
+
+    equalization = None
+    weights = None
+
+
+def _equalized(fused, params, state):
+    out = FP32Params(equalize.apply(_mxnet.graph_json(fused.symbol), params, state))
+    out.equalization, out.weights = state, getattr(params, "weights", None)
+    return out
+
+
+def equalized_params(fused, params):
+    """``params`` with cross-layer equalization computed and applied (an
+    :class:`FP32Params` whose ``equalization`` is the state to store in the table)."""
+    return _equalized(fused, params, equalize.compute(_mxnet.graph_json(fused.symbol), params))
+
+
+def with_equalization(table, params):
+    """``table`` recording the equalization ``params`` carry and the weights they were
+    made from (unchanged when they carry neither)."""
+    record = {key: value for key, value in ((equalize.META_KEY, params.equalization),
+                                            (digest.META_KEY, params.weights))
+              if value is not None} if isinstance(params, FP32Params) else {}
+    if not record:
+        return table
+    return CalibrationTable(dict(table.items()), method=table.method,
+                            fingerprint=table.fingerprint, meta=dict(table.meta, **record))
+
+
+@stage
+def params_for_table(net, fused, ctx, table, params=None):
+    """``params`` when they carry the equalization ``table`` was calibrated with, else
+    fresh copies (:func:`fp32_params`) with it applied.
+
+    Raises
+    ------
+    CalibrationTableError
+        The table was measured with other weights (:mod:`gluon_quant.weights.digest`).
+    """
+    wanted = table.meta.get(equalize.META_KEY) if table is not None else None
+    if params is None or getattr(params, "equalization", None) != wanted:
+        params = fp32_params(net, fused, ctx, table=table)
+    if table is not None:
+        digest.check(table.meta.get(digest.META_KEY), getattr(params, "weights", None))
+    return params
+
+
+def fp32_params(net, fused, ctx, inputs=None, table=None):
+    """Copies of the fp32 parameters the fused graph reads, on ``ctx``.
+
+    Parameters
+    ----------
+    net : mxnet.gluon.HybridBlock
+    fused : FusedGraph
+    ctx : mxnet.Context
+    inputs : list of NDArray, optional
+        One batch, to finish deferred initialization by running the net once.
+    table : CalibrationTable, optional
+        Its cross-layer equalization (``meta['equalization']``), if any, is applied: the
+        ranges were calibrated on the equalized network.
+
+    Returns
+    -------
+    FP32Params
+
+    Raises
+    ------
+    GraphError
+        Parameters are still deferred and no batch is given, or the graph reads a
+        variable that is neither an input nor a parameter.
+    ModelExecutionError
+        The net failed while finishing its initialization.
+    """
+    params = net.collect_params()
+    needed = set(fused.symbol.list_arguments()) | set(fused.symbol.list_auxiliary_states())
+    sources = needed | {s for r in fused.param_rewrites for s in r.sources if s}
+    check_params({n: p for n, p in params.items() if n in sources})
+    deferred = [p.name for p in params.values() if not _mxnet.is_initialized(p)]
+    if deferred:
+        if inputs is None:
+            raise GraphError(
+                "Parameters %s are not initialized. Initialize the net (and run it once "
+                "if it uses deferred shapes) before quantizing." % deferred[:5])
+        try:
+            if not _mxnet.finish_deferred_init(net, inputs, fused.inputs.layout, fused.np_mode):
+                _mxnet.call_net(net, fused.inputs.regroup(inputs), fused.np_mode)
+        except Exception as err:
+            raise ModelExecutionError("Running %s to finish parameter initialization "
+                                      "failed: %s: %s" % (type(net).__name__,
+                                                          type(err).__name__, err)) from err
+    copies = {}
+    for name, param in params.items():
+        if name in sources:     # from where it lives (Gluon raises RuntimeError elsewhere)
+            home = ctx if ctx in param.list_ctx() else param.list_ctx()[0]
+            copies[name] = _mxnet.as_legacy(param.data(home)).copyto(ctx)
+    weights = digest.digests(copies)       # of the net's own values, before any rewrite
+    for rewrite in fused.param_rewrites:
+        try:
+            rewrite.apply(copies)
+        except _mxnet.MXNetError as err:
+            shapes = ", ".join("%s %s" % (n, tuple(copies[n].shape))
+                               for n in rewrite.sources if n in copies)
+            if rewrite.target.endswith(NORMALIZED_SUFFIX + "_weight"):
+                raise ConfigError(
+                    "input_normalization does not fit the first layer: %s. Give one mean "
+                    "and one std per input channel." % shapes) from err
+            raise GraphError("Computing parameter %r from %s failed: %s; please report "
+                             "it with the network." % (rewrite.target, shapes,
+                                                       _mxnet.first_line(err))) from err
+    copies = {k: v for k, v in copies.items() if k in needed}
+    missing = needed - set(copies) - set(fused.inputs.names)
+    if missing:
+        raise GraphError("The traced graph has inputs that are neither network inputs "
+                         "nor parameters: %s. Check num_inputs (now %d)."
+                         % (sorted(missing)[:5], fused.inputs.count))
+    out = FP32Params(copies)
+    out.weights = weights
+    state = table.meta.get(equalize.META_KEY) if table is not None else None
+    return _equalized(fused, out, state) if state is not None else out
