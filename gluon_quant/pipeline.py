@@ -605,16 +605,14 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
     final = _final_graph(plan, table, spec, messages)
     _check_uint8(final, table, config, input_names)
     arguments = set(plan.fused.symbol.list_arguments())
-    weights = params
-    if config.weight_rounding is WeightRounding.ADAROUND:
-        weights, table = _round_weights(plan, final, params, table, bias_inputs, config)
+    weights, table, rounding = _round_weights(plan, final, params, table, bias_inputs, config)
     qparams = _mxnet.quantize_params(final, {k: v for k, v in weights.items()
                                              if k in arguments})
     for name in final.list_auxiliary_states():
         qparams[name] = params[name]
     if config.bias_correction and spec.bias_correction:
         qparams, table = _correct_bias(plan, final, qparams, params, table, bias_inputs,
-                                       _context(config), config.weight_rounding.value)
+                                       _context(config), rounding)
     block = _mxnet.symbol_block(final, input_names, qparams, _context(config),
                                 trainable=False)     # inference only: no gradient buffers
     for line in dict.fromkeys(messages):
@@ -625,17 +623,27 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
 
 def _round_weights(plan, final, params, table, samples, config):
     """``params`` with the table's AdaRound choices applied, measured on the kept
-    calibration samples when the table has none for this set of int8 layers."""
-    quantized = bias.quantized_nodes(plan.fused.view, final)
+    calibration samples (``weight_rounding='adaround'``) when the table has none for this
+    set of int8 layers. A table that carries them is applied whatever ``weight_rounding``
+    says, as its equalization is: a saved table rebuilds the model it recorded (without
+    the setting, ``quantize(net, calib_table=...)`` rounded to nearest). The rounding
+    used, ``'adaround'`` or ``'nearest'``, comes third (the bias corrections depend on it)."""
     stored = table.meta.get(adaround.META_KEY)
+    wanted = config.weight_rounding is WeightRounding.ADAROUND
+    nearest = params, table, WeightRounding.NEAREST.value
+    if not (wanted or stored):
+        return nearest
+    quantized = bias.quantized_nodes(plan.fused.view, final)
     granularity = config.granularity.value
     if not (isinstance(stored, dict) and stored.get("nodes") == quantized
             and stored.get("granularity") == granularity):
+        if not wanted:
+            return nearest
         if samples is None:
             _log.warning("weight_rounding='adaround' needs calibration samples or a table "
                          "with AdaRound choices for these int8 layers; nearest rounding "
                          "is used.")
-            return params, table
+            return nearest
         stored = {"nodes": quantized, "granularity": granularity,
                   "weights": adaround.compute(
                       fused_symbol=plan.fused.symbol, final_symbol=final, params=params,
@@ -645,7 +653,8 @@ def _round_weights(plan, final, params, table, samples, config):
                                  fingerprint=table.fingerprint,
                                  meta=dict(table.meta, **{adaround.META_KEY: stored}))
     return adaround.apply(_mxnet.graph_json(plan.fused.symbol), _mxnet.graph_json(final),
-                          params, stored.get("weights") or {}), table
+                          params, stored.get("weights") or {}), table, \
+        WeightRounding.ADAROUND.value
 
 
 def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx, rounding):

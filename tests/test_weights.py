@@ -188,6 +188,11 @@ def test_saved_table_and_export_rebuild_the_same_model(tmp_path):
     qnet.export(tmp_path / "model")
     loaded = gq.QuantizedSymbolBlock.imports(tmp_path / "model")
     assert np.array_equal(loaded(x).asnumpy(), expected)
+    # The table alone (no settings: the doctor's rebuild of a loaded export) is the same
+    # model: its AdaRound choices were dropped, and its bias corrections with them.
+    for source in (table, loaded.calibration_table):
+        alone = gq.quantize(net, calib_table=source, progress=False)
+        assert np.array_equal(alone(x).asnumpy(), expected)
     # Without the table's equalization the same ranges would not fit the weights.
     bare = gq.CalibrationTable(dict(table.items()), method=table.method,
                                fingerprint=table.fingerprint)
