@@ -2,8 +2,10 @@
 import logging
 
 from .block import QuantizedHybridBlock
+from .calib.table import as_table
 from .config import QuantConfig
 from .errors import ConfigError
+from .pipeline import SETTINGS_META_KEY
 
 __all__ = ["quantize"]
 
@@ -27,7 +29,9 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
         The settings (:class:`~gluon_quant.QuantConfig`, documented there once).
     calib_table : CalibrationTable or path, optional
         Ranges computed earlier on the same graph (or the file ``CalibrationTable.save``
-        and ``gluon-quant quantize`` write); then no data is needed.
+        and ``gluon-quant quantize`` write); then no data is needed. Without ``config``,
+        the settings it was built with (exclusions, dtype, granularity...) are the
+        defaults: the table alone rebuilds the same model; ``settings`` given replace them.
     eval_fn : callable, optional
         ``eval_fn(model) -> float`` (higher is better). With ``tolerance``, tune the settings
         until the int8 score is within ``tolerance`` of fp32 (:func:`gluon_quant.tune`); the
@@ -57,7 +61,9 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
     >>> y = qnet(x)
     >>> print(qnet.report())
     """
-    config = QuantConfig.build(config, net=net, **settings)
+    calib_table = as_table(calib_table)     # a path is read; its settings are the defaults
+    config = QuantConfig.build(config, net=net, **settings, recorded=None if calib_table is None
+                               else calib_table.meta.get(SETTINGS_META_KEY))
     if calib_data is None and calib_table is None:
         raise ConfigError(
             "quantize() needs calibration data (calib_data=, any iterable of batches) or a "

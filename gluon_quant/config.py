@@ -17,8 +17,8 @@ from mxnet.gluon import Block
 from ._names import suggest
 from .backends import get_spec
 from .calib import Calibrator, get_calibrator
-from .errors import (CalibrationDataError, ConfigError, InputMismatchError, UnknownNameError,
-                     UnsupportedDtypeError)
+from .errors import (CalibrationDataError, CalibrationTableError, ConfigError, GluonQuantError,
+                     InputMismatchError, UnknownNameError, UnsupportedDtypeError)
 from .graph.selection import block_paths
 from . import _mxnet
 from .presets import Preset, get_preset
@@ -281,13 +281,16 @@ class QuantConfig:
         return tuple(f.name for f in dataclasses.fields(cls))
 
     @classmethod
-    def build(cls, config=None, *, net=None, **settings):
+    def build(cls, config=None, *, net=None, recorded=None, **settings):
         """``config`` (or the defaults) with ``settings`` replaced, validated.
 
         This is how entry points turn ``config=`` and keyword arguments into one config.
         With ``net``, Gluon blocks of it in ``settings["exclude"]`` stand for their
         attribute paths in it (:func:`gluon_quant.graph.selection.block_paths`), which
-        tell apart blocks that share a name.
+        tell apart blocks that share a name. Without ``config``, ``recorded`` (a
+        calibration table's ``meta['settings']``, :meth:`recorded_settings`) replaces the
+        defaults of the fields it holds that ``settings`` does not: a table alone rebuilds
+        the model it was built into.
 
         Raises
         ------
@@ -296,7 +299,7 @@ class QuantConfig:
             lists the valid ones).
         """
         if config is None:
-            config = cls()
+            config = cls._from_record(recorded, settings)
         elif not isinstance(config, cls):
             raise ConfigError("config must be a gluon_quant.QuantConfig, got %s."
                               % type(config).__name__)
@@ -305,6 +308,32 @@ class QuantConfig:
         config = config.replace(**settings) if settings else config
         home = _home_context(net, config) if net is not None and config.ctx is None else None
         return config.replace(ctx=home) if home is not None else config
+
+    #: Fields that decide which int8 model a calibration table is built into, recorded in
+    #: the table's ``meta['settings']`` (the calibrator, data and progress settings do not).
+    BUILD_FIELDS = ("dtype", "backend", "granularity", "exclude", "preset", "bias_correction",
+                    "num_inputs", "int8_lstm", "input_normalization", "equalization",
+                    "weight_rounding", "fp32_stem")
+
+    def recorded_settings(self):
+        """The JSON-safe values of :data:`BUILD_FIELDS`, as a table records them."""
+        data = self.to_dict()
+        return {name: data[name] for name in self.BUILD_FIELDS}
+
+    @classmethod
+    def _from_record(cls, recorded, settings):
+        """The defaults with a table's recorded settings (those ``settings`` do not give)."""
+        if not isinstance(recorded, dict):
+            return cls()
+        values = {name: value for name, value in recorded.items()
+                  if name in cls.BUILD_FIELDS and name not in settings}
+        try:
+            return cls.from_dict(values)
+        except GluonQuantError as err:
+            raise CalibrationTableError(
+                "The calibration table records settings this gluon_quant cannot apply (%s). "
+                "Pass them to quantize() yourself (a Preset object for a custom preset the "
+                "table names), or give config=." % (err,)) from err
 
     #: Fields that :meth:`to_dict` writes (the others are Python objects: ``input_fn``, ``ctx``).
     JSON_FIELDS = ("calibrator", "dtype", "backend", "granularity", "exclude", "preset",

@@ -160,7 +160,7 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
                              fingerprint=qnet.fingerprint,
                              meta=dict(table.meta, **qnet.fused.inputs.table_meta(
                                  qnet.fused.input_shapes)))
-    return pipeline.with_equalization(table, params)
+    return pipeline.with_settings(pipeline.with_equalization(table, params), qnet.config)
 
 
 def _make_job(qnet, names, template, shards):

@@ -45,7 +45,8 @@ __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "FP32Params",
            "params_for_table",
            "calibrate",
            "check_table", "build",
-           "method_name", "KEPT_SAMPLES", "BOUNDED_META_KEY"]
+           "method_name", "KEPT_SAMPLES", "BOUNDED_META_KEY", "SETTINGS_META_KEY",
+           "with_settings"]
 
 _log = logging.getLogger(__name__)
 
@@ -442,6 +443,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         meta=dict(table.meta, batches=seen + int(before.get("batches") or 0),
                   samples=int(sum(samples)) + int(before.get("samples") or 0),
                   **plan.fused.inputs.table_meta(plan.fused.input_shapes))), state["params"])
+    table = with_settings(table, config)
     return state["params"], Calibration(table=table, calibrator=calibrator,
                                         samples=kept_samples, input_shapes=state["shapes"])
 
@@ -488,6 +490,20 @@ def _kept_samples(symbol, input_names, kept):
     return tuple(kept[0])
 
 
+#: Table metadata key of the settings the table was calibrated and built with
+#: (:meth:`QuantConfig.recorded_settings`): ``quantize(net, calib_table=...)`` takes them
+#: as its defaults, so that a table alone rebuilds the same model.
+SETTINGS_META_KEY = "settings"
+
+
+def with_settings(table, config):
+    """``table`` recording ``config``'s :data:`~QuantConfig.BUILD_FIELDS`."""
+    return CalibrationTable(dict(table.items()), method=table.method,
+                            fingerprint=table.fingerprint,
+                            meta=dict(table.meta, **{SETTINGS_META_KEY:
+                                                     config.recorded_settings()}))
+
+
 #: Table metadata key of the ranges :func:`check_table` narrowed: ``{key: [lo, hi]}`` as the
 #: calibrator chose them, before the preset's bounds.
 BOUNDED_META_KEY = "bounded_ranges"
@@ -509,8 +525,10 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
             and table.fingerprint != plan.fused.view.fingerprint(legacy=True):
         raise CalibrationTableError(
             "The calibration table was computed on another graph (fingerprint %s..., this "
-            "network's is %s...). Calibrate this network, or load the table that was saved "
-            "with it." % (table.fingerprint[:12], fingerprint[:12]))
+            "network's is %s...): another network, or settings that change the graph "
+            "(backend, input_normalization, preset) other than the ones it records. Calibrate "
+            "this network, or load the table that was saved with it, without those settings."
+            % (table.fingerprint[:12], fingerprint[:12]))
     missing = [n for n in plan.calib_names if n not in table]
     if missing:
         raise CalibrationTableError(
@@ -617,7 +635,7 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
                                 trainable=False)     # inference only: no gradient buffers
     for line in dict.fromkeys(messages):
         _log.debug("MXNet: %s", line)
-    return BuiltModel(plan=plan, symbol=final, table=table, block=block,
+    return BuiltModel(plan=plan, symbol=final, table=with_settings(table, config), block=block,
                       messages=tuple(dict.fromkeys(messages)))
 
 

@@ -410,3 +410,40 @@ def test_a_table_measured_with_other_weights_is_refused_naming_them(tiny_cnn, ti
     assert gq.quantize(tiny_cnn, calib_table=older, progress=False)(x).shape == qnet(x).shape
     fresh = gq.quantize(tiny_cnn, tiny_batches, progress=False)
     assert fresh.calibration_table.meta["weights"] != recorded
+
+
+def test_a_table_alone_rebuilds_the_model_with_the_settings_it_was_built_with(
+        tiny_cnn, tiny_batches, tmp_path):
+    """``quantize(net, calib_table=...)`` used the default settings: the table of a model
+    built with exclusions, per-tensor weights or int8 activations (and the doctor's
+    rebuild of a loaded export) gave another model without a word, and one built with
+    input_normalization was refused as "computed on another graph". The table records
+    the settings that decide the model; keywords given replace them."""
+    x = mx.nd.array(tiny_batches[0])
+    layer = tiny_cnn[0].name
+    settings = dict(exclude=[layer], granularity="tensor", dtype="int8",
+                    input_normalization=([0.5], [0.25]))
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False, **settings)
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    qnet.calibration_table.save(str(tmp_path / "t.json"))
+    for source in (loaded.calibration_table, str(tmp_path / "t.json")):
+        alone = gq.quantize(tiny_cnn, calib_table=source, progress=False)
+        np.testing.assert_array_equal(alone(x).asnumpy(), loaded(x).asnumpy())
+        assert (alone.config.exclude, alone.config.granularity.value, alone.config.dtype.value,
+                alone.config.input_normalization) == ((layer,), "tensor", "int8",
+                                                      ((0.5,), (0.25,)))
+    given = gq.quantize(tiny_cnn, calib_table=loaded.calibration_table, granularity="channel",
+                        progress=False)
+    assert given.config.granularity.value == "channel" and given.config.exclude == (layer,)
+    assert not np.array_equal(given(x).asnumpy(), loaded(x).asnumpy())
+    table = loaded.calibration_table
+    odd = gq.CalibrationTable(dict(table.items()), method=table.method,
+                              fingerprint=table.fingerprint,
+                              meta=dict(table.meta, settings=dict(table.meta["settings"],
+                                                                  preset="my_own_preset")))
+    with pytest.raises(gq.CalibrationTableError, match=r"records settings this gluon_quant "
+                       r"cannot apply \(.*my_own_preset.*\)\. Pass them to quantize\(\)"):
+        gq.quantize(tiny_cnn, calib_table=odd, progress=False)
+    assert gq.quantize(tiny_cnn, calib_table=odd, preset="none", progress=False).config.exclude \
+        == (layer,)
