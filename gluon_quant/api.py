@@ -22,7 +22,8 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
         The fp32 network (initialized). It is not modified.
     calib_data : iterable of batches
         A ``DataLoader``, a list, a generator or an ``mx.io.DataIter``. A batch is an
-        NDArray or numpy array of shape ``(N, ...)``, a tuple/list whose first ``k``
+        NDArray or numpy array of shape ``(N, ...)`` (or what numpy reads as one: a pandas
+        DataFrame, a CPU torch tensor), a tuple/list whose first ``k``
         elements feed the net's ``k`` inputs (labels after them are ignored), or a dict
         keyed by input names. Not needed when ``calib_table`` is given.
     config : QuantConfig, optional

@@ -36,10 +36,21 @@ _BOUND_HINT = ("Pass num_calib_batches=N (a few dozen batches are plenty for cal
                "a finite iterable.")
 
 
+def is_array(value):
+    """Whether ``value`` is one array: an NDArray, a numpy array, or an object numpy reads
+    as one (``__array__`` and a ``shape``: a pandas DataFrame, a CPU torch tensor)."""
+    if isinstance(value, (mx.nd.NDArray, np.ndarray)):
+        return True
+    return (hasattr(value, "__array__") and hasattr(value, "shape")
+            and not isinstance(value, (list, tuple, dict, str, bytes)))
+
+
 def describe(value):
     """A short description of a batch for error messages (types and shapes, no values)."""
     if isinstance(value, (mx.nd.NDArray, np.ndarray)):
         return "%s%s %s" % (type(value).__name__, tuple(value.shape), np.dtype(value.dtype).name)
+    if is_array(value):
+        return "%s%s" % (type(value).__name__, tuple(value.shape))
     if isinstance(value, (list, tuple)):
         inner = ", ".join(describe(v) for v in value[:4])
         return "%s of %d [%s%s]" % (type(value).__name__, len(value), inner,
@@ -383,7 +394,7 @@ def iter_batches(data, limit=None, *, what="calib_data"):
         raise EmptyCalibrationError(
             "%s is None. Pass an iterable of batches (a DataLoader, a list of arrays, a "
             "generator)%s." % (what, " or a CalibrationTable via calib_table=" if calib else ""))
-    if isinstance(data, (mx.nd.NDArray, np.ndarray)):
+    if is_array(data):
         raise CalibrationDataError(
             "%s is a single %s; it must be an iterable of batches. Wrap it in a list "
             "([x]) or a DataLoader." % (what, describe(data)))
@@ -461,6 +472,8 @@ def _nbytes(batch):
         return sum(_nbytes(item) for item in batch)
     if isinstance(batch, (mx.nd.NDArray, np.ndarray)):
         return int(np.prod(batch.shape)) * np.dtype(batch.dtype).itemsize
+    if is_array(batch):     # a DataFrame has no one dtype: counted as the float32 it becomes
+        return int(np.prod(batch.shape)) * 4
     return 0
 
 
@@ -543,7 +556,7 @@ def _select(spec, batch) -> Sequence:
     count = len(spec.arg_names)
     if isinstance(batch, mx.io.DataBatch):
         batch = list(batch.data or [])
-    if isinstance(batch, (mx.nd.NDArray, np.ndarray)):
+    if is_array(batch):
         if count != 1:
             raise InputMismatchError(
                 "The batch is a single array (%s) but the network takes %d inputs (%s). "
@@ -584,8 +597,9 @@ def _select(spec, batch) -> Sequence:
         return batch[:count]
     raise InputMismatchError(
         "Cannot read network inputs from a batch of type %s. A batch must be an NDArray, "
-        "a numpy array, a tuple/list of them, a dict keyed by input names or an "
-        "mx.io.DataBatch; or pass input_fn=." % type(batch).__name__)
+        "a numpy array (or what numpy reads as one: a DataFrame, a CPU torch tensor), a "
+        "tuple/list of them, a dict keyed by input names or an mx.io.DataBatch; or pass "
+        "input_fn=." % type(batch).__name__)
 
 
 def batch_count(data, limit=None):

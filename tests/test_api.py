@@ -447,3 +447,30 @@ def test_a_table_alone_rebuilds_the_model_with_the_settings_it_was_built_with(
         gq.quantize(tiny_cnn, calib_table=odd, progress=False)
     assert gq.quantize(tiny_cnn, calib_table=odd, preset="none", progress=False).config.exclude \
         == (layer,)
+
+
+class _Frame:
+    """What numpy reads as an array without being one: a pandas DataFrame, a CPU torch
+    tensor (``__array__`` and ``shape``)."""
+
+    def __init__(self, values):
+        self._values, self.shape = values, values.shape
+
+    def __array__(self, dtype=None):
+        return self._values if dtype is None else self._values.astype(dtype)
+
+
+def test_array_likes_are_batches_and_a_whole_one_is_refused_as_one_array(tiny_cnn,
+                                                                         tiny_batches):
+    """Batches of pandas DataFrames (a tabular model's data) were refused: "Cannot read
+    network inputs from a batch of type DataFrame"; a whole DataFrame given as calib_data
+    was iterated over its column labels ("a batch of type int")."""
+    x = mx.nd.array(tiny_batches[0])
+    expected = gq.quantize(tiny_cnn, tiny_batches, progress=False)(x).asnumpy()
+    for batches in ([_Frame(b) for b in tiny_batches],
+                    [(_Frame(b), np.zeros(len(b))) for b in tiny_batches]):
+        qnet = gq.quantize(tiny_cnn, batches, progress=False)
+        np.testing.assert_array_equal(qnet(x).asnumpy(), expected)
+    with pytest.raises(gq.CalibrationDataError, match=r"calib_data is a single "
+                       r"_Frame\(32, 1, 28, 28\); it must be an iterable of batches"):
+        gq.quantize(tiny_cnn, _Frame(np.concatenate(tiny_batches)), progress=False)
