@@ -5,9 +5,10 @@ from .block import QuantizedHybridBlock
 from .calib.table import as_table
 from .config import QuantConfig
 from .errors import ConfigError
-from .pipeline import SETTINGS_META_KEY
+from .data import iter_batches, peek
+from .pipeline import KEPT_SAMPLES, SETTINGS_META_KEY
 
-__all__ = ["quantize"]
+__all__ = ["quantize", "finalize_with_table"]
 
 _log = logging.getLogger(__name__)
 
@@ -30,7 +31,8 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
         The settings (:class:`~gluon_quant.QuantConfig`, documented there once).
     calib_table : CalibrationTable or path, optional
         Ranges computed earlier on the same graph (or the file ``CalibrationTable.save``
-        and ``gluon-quant quantize`` write); then no data is needed. Without ``config``,
+        and ``gluon-quant quantize`` write); then no data is needed, and data given
+        serves only what the table lacks (:func:`finalize_with_table`). Without ``config``,
         the settings it was built with (exclusions, dtype, granularity...) are the
         defaults: the table alone rebuilds the same model; ``settings`` given replace them.
     eval_fn : callable, optional
@@ -82,4 +84,27 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
     qnet = QuantizedHybridBlock(net, config)
     if calib_table is None:
         qnet.calibrate(calib_data)
-    return qnet.finalize(calib_table)
+        return qnet.finalize()
+    return finalize_with_table(qnet, calib_table, calib_data)
+
+
+def finalize_with_table(qnet, table, calib_data=None):
+    """``qnet`` finalized with ``table``'s ranges. With ``calib_data``, its first
+    :data:`~gluon_quant.pipeline.KEPT_SAMPLES` samples run through the fused graph (not
+    the whole data) to measure what the table lacks, bias corrections and AdaRound
+    choices, and to run the int8 graph once, as one calibration pass does: the table of
+    :func:`~gluon_quant.calibrate_parallel` then gives the model one pass gives.
+    """
+    if calib_data is not None:
+        first, calib_data = peek(calib_data)
+        if qnet.fused is None:
+            qnet.fuse(first)
+        head, seen = [], 0
+        for batch in iter_batches(calib_data):
+            head.append(batch)
+            inputs = qnet.convert_batch(batch)
+            seen += int(inputs[0].shape[0]) if inputs and inputs[0].ndim else 1
+            if seen >= KEPT_SAMPLES:
+                break
+        qnet.calibrate(head)
+    return qnet.finalize(table)

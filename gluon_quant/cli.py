@@ -379,7 +379,7 @@ def _quantize_on_engine(args, net, batches, config):
     them keeps.
     """
     import gluon_quant as gq
-    from .pipeline import KEPT_SAMPLES
+    from .api import finalize_with_table
     _positive(args.shards, "--shards")
     if config.num_calib_batches is not None:
         batches = batches[:config.num_calib_batches]
@@ -389,15 +389,7 @@ def _quantize_on_engine(args, net, batches, config):
     qnet = gq.QuantizedHybridBlock(net, config)
     table = gq.calibrate_parallel(qnet, shards, engine=args.engine, address=args.address,
                                   progress=config.progress)
-    if config.bias_correction:
-        head, seen = [], 0
-        for batch in batches:
-            head.append(batch)
-            seen += int(qnet.convert_batch(batch)[0].shape[0])
-            if seen >= KEPT_SAMPLES:
-                break
-        qnet.calibrate(head)
-    return qnet.finalize(table)
+    return finalize_with_table(qnet, table, batches)
 
 
 def _coverage(report):

@@ -15,7 +15,7 @@ Example::
     shards = [batches[0::2], batches[1::2]]          # picklable iterables of batches
     table = gluon_quant.calibrate_parallel(net, shards, calibrator="entropy")
     table = gluon_quant.calibrate_parallel(net, shards, engine="ray", address="auto")
-    qnet = gluon_quant.quantize(net, calib_table=table)
+    qnet = gluon_quant.quantize(net, shards[0], calib_table=table)   # + bias corrections
 """
 import importlib
 import logging
@@ -97,8 +97,10 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
     -------
     CalibrationTable
         The same ranges as ``QuantizedHybridBlock.calibrate`` over all the shards' batches,
-        tied to the network's graph: use it with ``quantize(net, calib_table=table)`` or
-        ``qnet.finalize(table)``.
+        tied to the network's graph and weights: use it with
+        ``quantize(net, batches, calib_table=table)``, where the first 32 samples of
+        ``batches`` measure the bias corrections one pass would (with the table alone
+        they are left out).
 
     Raises
     ------

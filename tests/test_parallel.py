@@ -33,6 +33,12 @@ def test_two_workers_equal_one_pass_and_feed_quantize(tiny_cnn, tiny_batches):
     from_data = gq.quantize(tiny_cnn, tiny_batches, calibrator="entropy",
                             bias_correction=False, progress=False)(x).asnumpy()
     np.testing.assert_array_equal(from_table, from_data)
+    # Data beside the table: its first 32 samples measure the corrections, and the model
+    # is the one pass's (the data was ignored: the corrections were left out).
+    with_data = gq.quantize(tiny_cnn, tiny_batches, calib_table=table, progress=False)
+    one_pass = gq.quantize(tiny_cnn, tiny_batches, calibrator="entropy", progress=False)
+    np.testing.assert_array_equal(with_data(x).asnumpy(), one_pass(x).asnumpy())
+    assert not np.array_equal(with_data(x).asnumpy(), from_table)
 
 
 def test_worker_errors_come_back_as_package_errors(tiny_cnn, tiny_batches):
