@@ -25,6 +25,7 @@ from .presets import resolve_preset
 from .debug.timing import layer_timing
 from .graph.tools import int8_operators
 from .report import build_report
+from .watch import META_KEY as WATCH_KEY, InputWatch
 
 __all__ = ["QuantizedHybridBlock"]
 
@@ -227,7 +228,7 @@ class QuantizedHybridBlock(HybridBlock):
         self._calibrator = get_calibrator(self._config.calibrator)
         self._call_lock, self._cached_call = threading.Lock(), _mxnet.CachedCall()
         self._fused = self._plan = self._calibration = self._model = self._fp32 = None
-        self._converter = self._samples = self._input_shapes = self._inputs = None
+        self._converter = self._samples = self._input_shapes = self._inputs = self._watch = None
 
     # refused with what to use (export() saves it); hybridize keeps the graph's static memory
     __reduce_ex__, cast, summary, optimize_for, save_parameters, load_parameters, save, load, \
@@ -326,6 +327,7 @@ class QuantizedHybridBlock(HybridBlock):
                                               config=self._config, samples=self._samples)
         self._plan = self._model.plan       # with any node the first run sent back to fp32
         self.int8_block = self._model.block   # registered as the child the graph calls
+        self._watch = InputWatch(self._model.table.meta.get(WATCH_KEY), self._fused.inputs.names)
         _mxnet.clear_cached_op(self)
         self.hybridize(get_spec(self.backend.value).static_alloc)   # as the graph takes it
         return self
@@ -374,7 +376,7 @@ class QuantizedHybridBlock(HybridBlock):
 
     # ---------------------------------------------------------------- forward
     def forward(self, x, *args):  # pylint: disable=arguments-differ
-        flat, np_in = call_inputs((x, *args))     # legacy views of mxnet.np arrays
+        flat, np_in = call_inputs((x, *args), self._watch)     # legacy views of mxnet.np
         try:
             with self._call_lock, _mxnet.legacy_mode():
                 out = self._cached_call(self, flat, super().forward)

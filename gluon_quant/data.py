@@ -668,7 +668,7 @@ def _note_recording():
                  "distillation it is fine.")
 
 
-def call_inputs(values):
+def call_inputs(values, watch=None):
     """``(flat, np_in)``: the arrays of a call's (nested) arguments as legacy NDArrays, and
     whether any was an ``mxnet.np`` array (then :func:`call_outputs` gives NumPy ones).
 
@@ -679,14 +679,20 @@ def call_inputs(values):
     as calibration batches are (:class:`BatchConverter`): an input the graph quantizes
     read uint8 bytes as already quantized (images came out scaled by the calibrated range
     over 255) and failed on int32 ("data_quantize: Check failed").
+
+    ``watch`` (a :class:`gluon_quant.watch.InputWatch`) sees the arrays: inputs unlike the
+    calibration data are reported on an int8 net's first calls.
     """
     _note_recording()
     flat = nest(values)[0]
     np_in = any(_mxnet.is_np_array(v) for v in flat)
     flat = [_mxnet.as_legacy(v) for v in flat] if np_in else flat
-    return [_mxnet.unshared(v.astype("float32") if isinstance(v, mx.nd.NDArray)
+    flat = [_mxnet.unshared(v.astype("float32") if isinstance(v, mx.nd.NDArray)
                             and v.dtype != np.float32 and np.dtype(v.dtype).kind in "iub"
-                            else v) for v in flat], np_in
+                            else v) for v in flat]
+    if watch is not None:
+        watch.see(flat)
+    return flat, np_in
 
 
 def call_outputs(out, np_in):

@@ -27,7 +27,9 @@ MXNet 1.9.1 loads with ``mx.gluon.SymbolBlock.imports(sym, input_names, params)`
 same graph with fp32 convolution weights, as large as the fp32 model.
 
 Input shapes are those of the first calibration batch (``None`` when the model was built
-from a saved calibration table): informational only, the model takes any batch size.
+from a saved calibration table): informational only, the model takes any batch size. An
+input's ``range`` (optional, format 3.2) is the lowest and highest value calibration saw
+(:mod:`gluon_quant.watch`): the loaded model checks its first calls against it.
 """
 import json
 import logging
@@ -39,7 +41,7 @@ import mxnet as mx
 import numpy as np
 
 from ._stage import stage
-from . import _mxnet, _packing
+from . import _mxnet, _packing, watch
 from ._io import atomic_write_many, sha256_bytes
 from ._version import __version__
 from .config import _ParsableEnum
@@ -63,7 +65,10 @@ FORMAT = "gluon_quant.export"
 #: files still load.
 #: 3.1 adds ``report_text``, the per-layer report as JSON text (``report()`` of a loaded
 #: model; null for models exported before it).
-FORMAT_VERSION = (3, 1)
+#: 3.2 adds an optional ``range`` to ``inputs`` entries: the lowest and highest value
+#: calibration saw of an input that feeds a weight layer (:mod:`gluon_quant.watch`); a
+#: 3.1 reader ignores it.
+FORMAT_VERSION = (3, 2)
 
 
 class ExportFormat(_ParsableEnum):
@@ -104,13 +109,15 @@ def _built_source(qnet, header=True):
         return _Source(qnet.quantized_graph, params, tuple(qnet.input_names), None, {})
     shapes = getattr(qnet, "calib_input_shapes", None) or [None] * len(qnet.input_names)
     table = qnet.calibration_table
+    ranges = (table.meta.get(watch.META_KEY) if table is not None else None) or {}
     header = {
         "settings": {"backend": qnet.backend.value, "dtype": qnet.dtype.value,
                      "granularity": qnet.granularity.value,
                      "calibrator": table.method if table is not None else None},
         "fingerprint": qnet.fingerprint,
-        "inputs": [{"name": name, "dtype": "float32",
-                    "shape": None if shape is None else [int(d) for d in shape]}
+        "inputs": [dict({"name": name, "dtype": "float32",
+                         "shape": None if shape is None else [int(d) for d in shape]},
+                        **({"range": ranges[name]} if name in ranges else {}))
                    for name, shape in zip(qnet.input_names, shapes)],
         "output_format": qnet.fused.out_format,
         "calibration_table_text": None if table is None else json.dumps(

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Tuple
 import mxnet as mx
 import numpy as np
 
-from . import _mxnet, bias
+from . import _mxnet, bias, watch
 from ._stage import stage
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
@@ -405,9 +405,13 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"], ctx)
 
     samples, kept = [], []
+    before = getattr(earlier, "meta", None) or {}   # how much data the ranges rest on
+    seen_ranges = watch.InputRanges(watch.watched_inputs(plan.fused.view, input_names)
+                                    if names else (), before.get(watch.META_KEY))
 
     def convert_and_keep(batch):
         inputs = convert(batch)
+        seen_ranges.see(dict(zip(input_names, inputs)))
         if not samples:
             check_graph_shapes(plan.fused.symbol, input_names, inputs)
         samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
@@ -437,11 +441,11 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
               type(calibrator).__name__)
     table = calibrator.compute() if names else CalibrationTable(
         {}, method=method_name(calibrator))
-    before = getattr(earlier, "meta", None) or {}   # how much data the ranges rest on
     table = with_equalization(CalibrationTable(
         dict(table.items()), method=table.method, fingerprint=plan.fused.fingerprint,
         meta=dict(table.meta, batches=seen + int(before.get("batches") or 0),
                   samples=int(sum(samples)) + int(before.get("samples") or 0),
+                  **({watch.META_KEY: seen_ranges.ranges} if seen_ranges.ranges else {}),
                   **plan.fused.inputs.table_meta(plan.fused.input_shapes))), state["params"])
     table = with_settings(table, config)
     return state["params"], Calibration(table=table, calibrator=calibrator,

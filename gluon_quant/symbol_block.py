@@ -25,6 +25,7 @@ from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
                      refuse_parameter_files, refuse_pickling, refuse_summary)
 from .export import FORMAT, FORMAT_VERSION, ExportFormat, file_names
 from .report import QuantReport
+from .watch import InputWatch, from_inputs_meta
 
 __all__ = ["QuantizedSymbolBlock"]
 
@@ -58,6 +59,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         self._meta = _Holder(metadata, source or "this model's metadata")
         self._output_nesting = metadata.get("output_format")
         self._input_names = tuple(entry["name"] for entry in metadata.get("inputs", []))
+        self._watch = InputWatch(from_inputs_meta(metadata.get("inputs")), self._input_names)
         self._cached_call = _mxnet.CachedCall()     # the CachedOp without Gluon's per-call work
 
     __reduce_ex__ = refuse_pickling     # it holds MXNet handles: export() it instead
@@ -230,7 +232,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         return "QuantizedSymbolBlock(%s%s)" % (self._meta.source, state)
 
     def forward(self, x, *args):  # pylint: disable=arguments-differ
-        flat, np_in = call_inputs((x, *args))     # legacy views of mxnet.np arrays
+        flat, np_in = call_inputs((x, *args), self._watch)     # legacy views of mxnet.np
         try:
             with _mxnet.legacy_mode():
                 out = self._cached_call(self, flat, super().forward)

@@ -33,7 +33,7 @@ def _edit_meta(paths, change):
 def test_format_2_1_keeps_the_table_as_text_and_2_0_files_still_load(exported):
     prefix, paths, qnet = exported
     meta = json.load(open(paths["meta"]))
-    assert meta["version"] == "3.1" and meta["calibration_table"] is None
+    assert meta["version"] == "3.2" and meta["calibration_table"] is None
     assert gq.CalibrationTable.from_dict(json.loads(meta["calibration_table_text"])) \
         == qnet.calibration_table
     expected = qnet(_x()).asnumpy()

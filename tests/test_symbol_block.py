@@ -71,11 +71,13 @@ def test_small_cnn_round_trip_and_metadata(tiny_cnn, tiny_batches, tmp_path):
     x = mx.nd.array(np.random.RandomState(5).rand(16, 1, 28, 28).astype("float32"))
     loaded = round_trip(qnet, [x], str(tmp_path / "cnn"))
     meta = loaded.metadata
-    assert meta["version"] == "3.1" and meta["gluon_quant_version"] == gq.__version__
+    assert meta["version"] == "3.2" and meta["gluon_quant_version"] == gq.__version__
     assert meta["mxnet_version"] == mx.__version__
     assert meta["settings"] == {"backend": "onednn", "dtype": "auto", "granularity": "channel",
                                 "calibrator": "mse"}
-    assert meta["inputs"] == [{"name": "data", "dtype": "float32", "shape": [8, 1, 28, 28]}]
+    seen = [float(np.concatenate(tiny_batches).min()), float(np.concatenate(tiny_batches).max())]
+    assert meta["inputs"] == [{"name": "data", "dtype": "float32", "shape": [8, 1, 28, 28],
+                               "range": seen}]
     assert [p["weight"] for p in meta["packed"]] == [
         "cnn_conv0_weight", "cnn_conv1_weight", "cnn_dense0_weight", "cnn_dense1_weight"]
     assert loaded.calibration_table == qnet.calibration_table

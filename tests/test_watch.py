@@ -1,0 +1,94 @@
+"""Inputs unlike the calibration data, reported on an int8 net's first calls
+(gluon_quant.watch): pixels in [0, 255] given to a net calibrated on [0, 1], or the
+reverse, returned numbers without a word."""
+import logging
+
+import mxnet as mx
+import numpy as np
+import pytest
+from mxnet import gluon
+from mxnet.gluon import nn
+
+import gluon_quant as gq
+from gluon_quant import watch
+from gluon_quant.graph import GraphView
+from gluon_quant._mxnet import graph_json
+
+WARNED = "is unlike the calibration data"
+
+
+@pytest.fixture
+def caught(caplog):
+    caplog.set_level(logging.WARNING, logger="gluon_quant.watch")
+    return caplog
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if WARNED in r.getMessage()]
+
+
+def test_inputs_beyond_the_calibrated_range_are_reported_once(tiny_cnn, tiny_batches, caught):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    lo, hi = qnet.calibration_table.meta["input_ranges"]["data"]
+    assert (lo, hi) == (float(np.concatenate(tiny_batches).min()),
+                        float(np.concatenate(tiny_batches).max()))
+    x = mx.nd.array(np.random.RandomState(3).rand(1, 1, 28, 28).astype("float32"))
+    qnet(x)                                 # one image like the calibration data: silent
+    assert not _warnings(caught)
+    qnet(x * 255)
+    qnet(x * 255)
+    found = _warnings(caught)
+    assert len(found) == 1
+    assert "Input 'data' of this call" in found[0]
+    assert "of its values lie beyond the range calibration saw, [%.4g, %.4g]" % (lo, hi) \
+        in found[0]
+    assert "preprocess inputs as the calibration batches were" in found[0]
+
+
+def test_a_loaded_export_reports_inputs_using_a_sliver_of_the_range(tiny_cnn, tiny_batches,
+                                                                    tmp_path, caught):
+    raw = [b * 255 for b in tiny_batches]
+    qnet = gq.quantize(tiny_cnn, raw, progress=False)
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    x = mx.nd.array(tiny_batches[0])
+    loaded(x * 255)
+    assert not _warnings(caught)
+    loaded(x)
+    found = _warnings(caught)
+    assert len(found) == 1 and "about 1 of int8's levels are left for them" in found[0]
+
+
+def test_only_the_first_calls_are_checked(tiny_cnn, tiny_batches, caught):
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = mx.nd.array(tiny_batches[0])
+    for _ in range(watch.CHECKED_CALLS):
+        qnet(x)
+    qnet(x * 255)
+    assert not _warnings(caught)
+
+
+def test_ids_lengths_and_masks_are_not_watched_and_normalized_inputs_are():
+    class Tagger(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.embed = nn.Embedding(100, 16)
+                self.conv = nn.Conv1D(16, 3, padding=1, in_channels=3)
+                self.dense = nn.Dense(4, flatten=False)
+
+        def hybrid_forward(self, F, tokens, signal, length):
+            features = self.conv((signal - 0.5) * 4).transpose((0, 2, 1))
+            out = self.dense(self.embed(tokens) + features)
+            return F.SequenceMask(out, sequence_length=length, use_sequence_length=True,
+                                  axis=1)
+
+    net = Tagger()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [(rs.randint(0, 100, (4, 40)).astype("float32"), rs.rand(4, 3, 40).astype(
+        "float32"), rs.randint(1, 41, 4).astype("float32")) for _ in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    names = qnet.input_names
+    assert watch.watched_inputs(GraphView(graph_json(qnet.fused_graph)), names) == [names[1]]
+    assert list(qnet.calibration_table.meta["input_ranges"]) == [names[1]]
