@@ -26,7 +26,7 @@ from typing import Callable, List, Optional
 import mxnet as mx
 import numpy as np
 
-from . import errors, pipeline
+from . import errors, pipeline, watch
 from .block import QuantizedHybridBlock
 from .calib import CalibrationTable, Calibrator, get_calibrator
 from .collect import build_runner, collect_statistics
@@ -54,6 +54,7 @@ class _Job:
     input_fn: Optional[Callable]
     input_layout: Optional[list] = None     # nesting of list arguments (InputSpec.layout)
     input_nullable: tuple = ()              # arguments a dict batch may leave out (None)
+    watched: tuple = ()                     # inputs whose ranges are kept (gluon_quant.watch)
 
 
 def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
@@ -143,11 +144,12 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
         job, params = _make_job(qnet, names, template, shards)
         states = runner.map(_CALIBRATE, job, shards, progress=progress,
                             desc="calibrating (%s)" % runner.name)
-    merged = None
+    merged, seen = None, watch.InputRanges(job.watched)
     for state in states:
         if state is None:
             continue
-        shard_calibrator = Calibrator.from_state_dict(state)
+        seen.merge(state["input_ranges"])
+        shard_calibrator = Calibrator.from_state_dict(state["calibrator"])
         if merged is None:
             merged = shard_calibrator
         else:
@@ -161,7 +163,8 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
     table = CalibrationTable(dict(table.items()), method=table.method,
                              fingerprint=qnet.fingerprint,
                              meta=dict(table.meta, **qnet.fused.inputs.table_meta(
-                                 qnet.fused.input_shapes)))
+                                 qnet.fused.input_shapes),
+                                       **({watch.META_KEY: seen.ranges} if seen.ranges else {})))
     return pipeline.with_settings(pipeline.with_equalization(table, params), qnet.config)
 
 
@@ -183,6 +186,8 @@ def _make_job(qnet, names, template, shards):
                 params={k: v.asnumpy() for k, v in params.items() if k in needed},
                 input_names=list(spec.names), arg_names=list(spec.arg_names),
                 input_layout=spec.layout, input_nullable=tuple(spec.nullable),
+                watched=tuple(watch.watched_inputs(qnet.fused.view, spec.names)
+                              if names else ()),
                 tensor_names=list(names), calibrator_state=fresh.state_dict(),
                 calibrator_module=type(fresh).__module__, input_fn=qnet.config.input_fn), params
 
@@ -248,13 +253,19 @@ def _calibrate_shard(state, shard):
     """One shard's statistics as a calibrator state, or None for an empty shard."""
     job, converter, make_runner = state
     calibrator = Calibrator.from_state_dict(job.calibrator_state)
+    seen = watch.InputRanges(job.watched)
+
+    def convert(batch):
+        inputs = converter(batch)
+        seen.see(dict(zip(job.input_names, inputs)))
+        return inputs
     try:
-        collect_statistics(iter_batches(shard), convert=converter, make_runner=make_runner,
+        collect_statistics(iter_batches(shard), convert=convert, make_runner=make_runner,
                            calibrator=calibrator, input_names=job.input_names,
                            tensor_names=job.tensor_names, progress=False)
     except EmptyCalibrationError:
         return None
-    return calibrator.state_dict()
+    return {"calibrator": calibrator.state_dict(), "input_ranges": seen.ranges}
 
 
 _CALIBRATE = Task(setup=_setup, run=_calibrate_shard, label="shard",

@@ -93,6 +93,13 @@ class InputRanges:
                 lo, hi = min(lo, self.ranges[name][0]), max(hi, self.ranges[name][1])
             self.ranges[name] = [lo, hi]
 
+    def merge(self, ranges):
+        """Widen the ranges by another pass's (``{input name: [lowest, highest]}``)."""
+        for name, (lo, hi) in ranges.items():
+            if name in self.ranges:
+                lo, hi = min(lo, self.ranges[name][0]), max(hi, self.ranges[name][1])
+            self.ranges[name] = [lo, hi]
+
 
 class InputWatch:
     """Checks an int8 net's first :data:`CHECKED_CALLS` calls against the calibrated

@@ -92,3 +92,10 @@ def test_ids_lengths_and_masks_are_not_watched_and_normalized_inputs_are():
     names = qnet.input_names
     assert watch.watched_inputs(GraphView(graph_json(qnet.fused_graph)), names) == [names[1]]
     assert list(qnet.calibration_table.meta["input_ranges"]) == [names[1]]
+
+
+def test_calibrate_parallel_keeps_the_ranges_one_pass_keeps(tiny_cnn, tiny_batches):
+    one_pass = gq.quantize(tiny_cnn, tiny_batches, progress=False).calibration_table
+    table = gq.calibrate_parallel(tiny_cnn, [tiny_batches[:1], [], tiny_batches[1:]],
+                                  engine="process", workers=2, progress=False)
+    assert table.meta["input_ranges"] == one_pass.meta["input_ranges"]
