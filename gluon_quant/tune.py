@@ -37,8 +37,6 @@ from .debug.sensitivity import sensitivity
 from .engines import Task, get_engine
 from .errors import ConfigError, EmptyCalibrationError, GluonQuantError
 from .portable import PortableModel
-from .weights.equalize import META_KEY as EQUALIZATION_KEY
-from .weights.digest import META_KEY as WEIGHTS_KEY
 
 __all__ = ["tune", "TuneResult", "Trial", "StopReason"]
 
@@ -345,15 +343,13 @@ _EVALUATE = Task(setup=_eval_setup, run=_evaluate, label="trial",
 
 
 def _with_weights(table, base_table):
-    """``table`` (re-scored ranges) with the base calibration's fingerprint, its
-    cross-layer equalization (the ranges were collected on the equalized network) and
-    the record of the weights it was measured with."""
-    meta = dict(table.meta)
-    for key in (EQUALIZATION_KEY, WEIGHTS_KEY):
-        if key in base_table.meta:
-            meta[key] = base_table.meta[key]
+    """``table`` (re-scored ranges) with the base calibration's fingerprint and its meta:
+    the cross-layer equalization (the ranges were collected on the equalized network),
+    the weights it was measured with, and the inputs and their shapes (the int8 regions
+    depend on them: without them, the tuned model's table rebuilt another graph)."""
     return CalibrationTable(dict(table.items()), method=table.method,
-                            fingerprint=base_table.fingerprint, meta=meta)
+                            fingerprint=base_table.fingerprint,
+                            meta=dict(base_table.meta, **table.meta))
 
 
 def _rescore(collector, calibrator):

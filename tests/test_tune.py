@@ -1,4 +1,5 @@
 """gluon_quant.tune: accuracy-aware tuning guided by the doctor."""
+import mxnet as mx
 import numpy as np
 import pytest
 
@@ -27,6 +28,13 @@ def test_tuning_keeps_the_fragile_layer_in_fp32(fragile_mlp):
     assert "stopped: the score is within the tolerance" in str(result)
     # the fallback trial names the Gluon layer beside the fused node it keeps fp32
     assert "keep mlp_fragile (%s) in fp32" % result.chosen.exclude[0] in str(result)
+    # The tuned model's table alone rebuilds it (its settings, inputs and their shapes:
+    # the int8 regions depend on the shapes, and a conv net's rebuild quantized a pooling
+    # the tuned model kept fp32).
+    assert qnet.calibration_table.meta["input_shapes"] == [[64, 8]]
+    x = mx.nd.array(fragile_mlp["test"][:64])
+    rebuilt = gq.quantize(net, calib_table=qnet.calibration_table, progress=False)
+    np.testing.assert_array_equal(rebuilt(x).asnumpy(), qnet(x).asnumpy())
 
 
 def test_budget_stops_tuning(fragile_mlp):
