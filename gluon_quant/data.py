@@ -334,10 +334,19 @@ def peek(data):
     """``(first batch or None, data)``; an iterator's first batch is put back in front.
 
     Re-iterable data (lists, DataLoaders) is returned as is; a one-shot iterator
-    (a generator) is returned chained after its first batch.
+    (a generator) is returned chained after its first batch. An ``mx.io.DataIter`` is
+    reset and read once (:func:`iter_batches` resets it again): its first batch's shapes
+    decide the int8 regions as a list's do (they were planned without shapes, and
+    ``NDArrayIter`` data gave another model than the same batches in a list).
     """
-    if data is None or isinstance(data, mx.io.DataIter):
+    if data is None:
         return None, data
+    if isinstance(data, mx.io.DataIter):
+        data.reset()
+        try:
+            return data.next(), data
+        except StopIteration:
+            return None, data
     _refuse_samples(data)
     try:
         iterator = iter(data)

@@ -68,6 +68,29 @@ def test_every_batch_form_gives_the_same_table(tiny_cnn):
         assert dict(table) == dict(reference), form
 
 
+def test_a_data_iter_gives_the_model_its_batches_in_a_list_give(int8_regions):
+    """An ``mx.io.DataIter`` was not read before the graph was planned: the int8 regions
+    were chosen without the batch's shapes (a small dense head went int8 that a list of
+    the same batches keeps fp32), and with a table of those shapes the plan asked for
+    ranges the table did not have."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(16, 3, activation="relu"), nn.BatchNorm(), nn.Conv2D(16, 3),
+            nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    images = np.random.RandomState(4).rand(64, 3, 16, 16).astype("float32")
+    batches = [images[i:i + 8] for i in range(0, 64, 8)]
+    x = mx.nd.array(images[:8])
+    listed = gq.quantize(net, batches, progress=False)
+    assert listed.report().coverage() == (2, 3)
+    read = gq.quantize(net, mx.io.NDArrayIter(images, batch_size=8), progress=False)
+    np.testing.assert_array_equal(read(x).asnumpy(), listed(x).asnumpy())
+    table = gq.calibrate_parallel(net, [batches[:4], batches[4:]], engine="process",
+                                  workers=1, progress=False)
+    rebuilt = gq.quantize(net, mx.io.NDArrayIter(images, batch_size=8), calib_table=table,
+                          progress=False)
+    np.testing.assert_array_equal(rebuilt(x).asnumpy(), listed(x).asnumpy())
+
+
 def test_input_fn_overrides_the_mapping(tiny_cnn, tiny_batches):
     data = [{"img": b, "meta": "ignored"} for b in tiny_batches]
     qnet = gq.quantize(tiny_cnn, data, input_fn=lambda batch: batch["img"], progress=False)
