@@ -37,40 +37,50 @@ NARROW_SHARE = 0.02
 
 #: Operators a value passes through on its way to a weight layer (the fused graph's).
 _PASS_THROUGH = {
-    "elemwise_add", "elemwise_sub", "elemwise_mul", "elemwise_div", "broadcast_add",
-    "broadcast_sub", "broadcast_mul", "broadcast_div", "_plus_scalar", "_minus_scalar",
-    "_rminus_scalar", "_mul_scalar", "_div_scalar", "_rdiv_scalar", "_plus", "_minus",
-    "_mul", "_div", "Reshape", "reshape", "transpose", "expand_dims", "squeeze",
+    "elemwise_add", "elemwise_sub", "broadcast_add", "broadcast_sub", "_plus_scalar",
+    "_minus_scalar", "_rminus_scalar", "_mul_scalar", "_div_scalar", "_rdiv_scalar",
+    "_plus", "_minus", "Reshape", "reshape", "transpose", "expand_dims", "squeeze",
     "SwapAxis", "swapaxes", "Flatten", "flatten", "Cast", "cast", "amp_cast", "slice",
     "slice_axis", "slice_like", "crop", "Pad", "pad", "Concat", "concat", "SliceChannel",
-    "split", "_copy", "identity", "Dropout", "BatchNorm", "LayerNorm", "InstanceNorm",
-    "Pooling", "UpSampling", "_contrib_BilinearResize2D", "clip", "Activation",
-    "LeakyReLU"}
+    "split", "_copy", "identity", "Dropout", "BatchNorm", "Pooling", "UpSampling",
+    "_contrib_BilinearResize2D", "clip", "Activation", "LeakyReLU"}
+#: Products and quotients: passed through only with a parameter as the other operand. A
+#: quotient by a tensor computed from the data (GluonTS's mean scaling) or a layer
+#: normalization makes the values after it independent of the input's scale: such
+#: inputs are not watched (LayerNorm, InstanceNorm and GroupNorm are not passed either).
+_SCALED = {"elemwise_mul", "elemwise_div", "broadcast_mul", "broadcast_div", "_mul", "_div"}
 #: Layers whose output depends on the input's scale through their weights.
 _WEIGHT_OPS = {"Convolution", "FullyConnected", "Deconvolution", "RNN"}
 
 
 def watched_inputs(view, input_names):
     """The names among ``input_names`` whose values reach a weight layer of ``view``
-    (a :class:`~gluon_quant.graph.GraphView`) through :data:`_PASS_THROUGH` operators."""
+    (a :class:`~gluon_quant.graph.GraphView`) through :data:`_PASS_THROUGH` operators,
+    and products or quotients (:data:`_SCALED`) with a parameter."""
     readers = {}
     for node in view:
         for source in node.inputs:
             readers.setdefault(source, []).append(node)
-    return [name for name in input_names if _reaches_weights(name, readers)]
+    params = set(view.variables) - set(input_names)
+    return [name for name in input_names if _reaches_weights(name, readers, params)]
 
 
-def _reaches_weights(name, readers):
+def _reaches_weights(name, readers, params):
     stack, seen = [name], set()
     while stack:
-        for node in readers.get(stack.pop(), ()):
+        source = stack.pop()
+        for node in readers.get(source, ()):
             if node.name in seen:
                 continue
-            seen.add(node.name)
             if node.main_op in _WEIGHT_OPS:
                 return True
-            if node.main_op in _PASS_THROUGH:
-                stack.append(node.name)
+            if node.main_op in _SCALED:
+                if not all(i == source or i in params for i in node.inputs):
+                    continue        # scaled by the data itself: the scale is gone
+            elif node.main_op not in _PASS_THROUGH:
+                continue
+            seen.add(node.name)
+            stack.append(node.name)
     return False
 
 

@@ -94,6 +94,31 @@ def test_ids_lengths_and_masks_are_not_watched_and_normalized_inputs_are():
     assert list(qnet.calibration_table.meta["input_ranges"]) == [names[1]]
 
 
+def test_inputs_the_net_scales_itself_are_not_watched():
+    """A net that divides its input by a scale computed from it (GluonTS's mean scaling)
+    or layer-normalizes it first takes any magnitude: bigger series are no mismatch. A
+    normalization by parameters keeps the scale, and is watched."""
+    class Scaled(gluon.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.norm = nn.LayerNorm()
+                self.first, self.second, self.third = nn.Dense(32), nn.Dense(32), nn.Dense(32)
+                self.mean = self.params.get_constant("mean", mx.nd.full((1, 64), 0.5))
+
+        def hybrid_forward(self, F, series, other, images, mean):
+            scale = F.mean(F.abs(series), axis=1, keepdims=True) + 1e-3
+            return (self.first(F.broadcast_div(series, scale)) + self.second(self.norm(other))
+                    + self.third(F.broadcast_div(F.broadcast_sub(images, mean), mean)))
+
+    net = Scaled()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [tuple(rs.rand(16, 64).astype("float32") for _ in range(3)) for _ in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert list(qnet.calibration_table.meta["input_ranges"]) == [qnet.input_names[2]]
+
+
 def test_calibrate_parallel_keeps_the_ranges_one_pass_keeps(tiny_cnn, tiny_batches):
     one_pass = gq.quantize(tiny_cnn, tiny_batches, progress=False).calibration_table
     table = gq.calibrate_parallel(tiny_cnn, [tiny_batches[:1], [], tiny_batches[1:]],
