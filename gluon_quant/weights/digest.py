@@ -61,10 +61,11 @@ def check(stored, current):
         common = sum(1 for name in current if name in stored)
         raise CalibrationTableError(
             "The calibration table was measured with other weights: %d of the %d parameters "
-            "it recorded have other values now (%s%s). Its ranges and corrections fit the "
+            "it recorded %s other values now (%s%s). Its ranges and corrections fit the "
             "weights it was calibrated with (a net fine-tuned or loaded from another "
             "checkpoint since, or random weights drawn again, is another function): "
             "calibrate this network again, quantize(net, calib_data), or load the weights "
             "the table was saved with."
-            % (len(changed), common, ", ".join(changed[:_NAMED]),
+            % (len(changed), common, "has" if len(changed) == 1 else "have",
+               ", ".join(changed[:_NAMED]),
                ", ..." if len(changed) > _NAMED else ""))
