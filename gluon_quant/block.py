@@ -76,6 +76,18 @@ def _export(qnet, prefix, epoch=0, remove_amp_cast=True, *, fmt="gluon_quant"):
     return export_model(qnet, prefix, fmt=fmt)
 
 
+def _plan_for(qnet, table):
+    """``QuantizedHybridBlock.plan_for``: ``table`` (read if a path); an unfused block
+    takes the inputs and shapes the table was calibrated with (the int8 regions depend on
+    them), so that it is planned as the table's model was. Returns the table."""
+    table = as_table(table)
+    if qnet.fused is None and table is not None:
+        meta = table.meta      # the batch size, the inputs it fed
+        qnet._input_shapes, qnet._inputs = (  # pylint: disable=protected-access
+            meta.get("input_shapes"), InputSpec.from_meta(meta))
+    return table
+
+
 def _checked_net(net):
     """``net`` if it is an fp32 Gluon ``HybridBlock`` (a plain ``nn.Sequential`` of them:
     a ``HybridSequential`` over the same layers); else the package's error."""
@@ -232,9 +244,9 @@ class QuantizedHybridBlock(HybridBlock):
 
     # refused with what to use (export() saves it); hybridize keeps the graph's static memory
     __reduce_ex__, cast, summary, optimize_for, save_parameters, load_parameters, save, load, \
-        __repr__, hybridize, export = (refuse_pickling, refuse_cast, refuse_summary,
-                                       refuse_optimize_for, *[refuse_parameter_files] * 4,
-                                       _describe, _hybridize, _export)
+        __repr__, hybridize, export, plan_for = (
+            refuse_pickling, refuse_cast, refuse_summary, refuse_optimize_for,
+            *[refuse_parameter_files] * 4, _describe, _hybridize, _export, _plan_for)
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
@@ -307,10 +319,7 @@ class QuantizedHybridBlock(HybridBlock):
         int8 graph runs once on them, and a layer whose int8 kernel fails stays fp32
         (:mod:`gluon_quant.fallback`).
         """
-        table = as_table(table)                 # a saved table's path is read
-        if self._fused is None and table is not None:
-            meta = getattr(table, "meta", {})      # the batch size, the inputs it fed
-            self._input_shapes, self._inputs = meta.get("input_shapes"), InputSpec.from_meta(meta)
+        table = self.plan_for(table)
         if self._plan is None:
             self.quantize_graph()
         calibration = self._calibration

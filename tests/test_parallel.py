@@ -39,6 +39,11 @@ def test_two_workers_equal_one_pass_and_feed_quantize(tiny_cnn, tiny_batches):
     one_pass = gq.quantize(tiny_cnn, tiny_batches, calibrator="entropy", progress=False)
     np.testing.assert_array_equal(with_data(x).asnumpy(), one_pass(x).asnumpy())
     assert not np.array_equal(with_data(x).asnumpy(), from_table)
+    # The same samples one at a time: planned at the table's shapes, the same model.
+    singles = [b[i:i + 1] for b in tiny_batches for i in range(len(b))]
+    one_by_one = gq.quantize(tiny_cnn, singles, calib_table=table, progress=False)
+    np.testing.assert_array_equal(one_by_one(x).asnumpy(), one_pass(x).asnumpy())
+    assert one_by_one.fused.input_shapes == ((8, 1, 28, 28),)
 
 
 def test_worker_errors_come_back_as_package_errors(tiny_cnn, tiny_batches):
