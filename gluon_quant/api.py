@@ -95,11 +95,11 @@ def finalize_with_table(qnet, table, calib_data=None):
     choices, and to run the int8 graph once, as one calibration pass does: the table of
     :func:`~gluon_quant.calibrate_parallel` then gives the model one pass gives.
     """
-    table = qnet.plan_for(table)        # planned at the table's shapes, not the data's
+    table = as_table(table)
     if calib_data is not None:
         first, calib_data = peek(calib_data)
-        if qnet.fused is None:
-            qnet.fuse(None if table.meta.get("input_shapes") else first)
+        if qnet.fused is None:      # planned at the table's shapes, not the data's
+            qnet.fuse(None if table.meta.get("input_shapes") else first, table=table)
         head, seen = [], 0
         for batch in iter_batches(calib_data):
             head.append(batch)

@@ -76,18 +76,6 @@ def _export(qnet, prefix, epoch=0, remove_amp_cast=True, *, fmt="gluon_quant"):
     return export_model(qnet, prefix, fmt=fmt)
 
 
-def _plan_for(qnet, table):
-    """``QuantizedHybridBlock.plan_for``: ``table`` (read if a path); an unfused block
-    takes the inputs and shapes the table was calibrated with (the int8 regions depend on
-    them), so that it is planned as the table's model was. Returns the table."""
-    table = as_table(table)
-    if qnet.fused is None and table is not None:
-        meta = table.meta      # the batch size, the inputs it fed
-        qnet._input_shapes, qnet._inputs = (  # pylint: disable=protected-access
-            meta.get("input_shapes"), InputSpec.from_meta(meta))
-    return table
-
-
 def _checked_net(net):
     """``net`` if it is an fp32 Gluon ``HybridBlock`` (a plain ``nn.Sequential`` of them:
     a ``HybridSequential`` over the same layers); else the package's error."""
@@ -244,9 +232,9 @@ class QuantizedHybridBlock(HybridBlock):
 
     # refused with what to use (export() saves it); hybridize keeps the graph's static memory
     __reduce_ex__, cast, summary, optimize_for, save_parameters, load_parameters, save, load, \
-        __repr__, hybridize, export, plan_for = (
-            refuse_pickling, refuse_cast, refuse_summary, refuse_optimize_for,
-            *[refuse_parameter_files] * 4, _describe, _hybridize, _export, _plan_for)
+        __repr__, hybridize, export = (refuse_pickling, refuse_cast, refuse_summary,
+                                       refuse_optimize_for, *[refuse_parameter_files] * 4,
+                                       _describe, _hybridize, _export)
     config = property(lambda self: self._config, doc="The :class:`QuantConfig` (frozen).")
     net = property(lambda self: self._source.net, doc="The fp32 network.")
     calibrator = property(lambda self: self._calibrator,
@@ -276,11 +264,15 @@ class QuantizedHybridBlock(HybridBlock):
         doc="Input shapes of the first calibration batch (None without calibration).")
 
     # ------------------------------------------------------------------ stages
-    def fuse(self, batch=None):
+    def fuse(self, batch=None, table=None):
         """Trace the net and run the backend's fp32 fusion; returns the fused Symbol.
 
-        ``batch`` (a calibration batch) tells which optional inputs the net is fed.
-        """
+        ``batch`` (a calibration batch) tells which optional inputs the net is fed; a
+        ``table``, the inputs and shapes it was calibrated at (the int8 regions depend on
+        them), where the batch does not."""
+        if table is not None:
+            meta = table.meta
+            self._input_shapes, self._inputs = meta.get("input_shapes"), InputSpec.from_meta(meta)
         self._fused = pipeline.fuse(self.net, self._config, batch, self._input_shapes,
                                     self._inputs)
         self._plan = self._model = None
@@ -319,7 +311,9 @@ class QuantizedHybridBlock(HybridBlock):
         int8 graph runs once on them, and a layer whose int8 kernel fails stays fp32
         (:mod:`gluon_quant.fallback`).
         """
-        table = self.plan_for(table)
+        table = as_table(table)                 # a saved table's path is read
+        if self._fused is None and table is not None:
+            self.fuse(table=table)
         if self._plan is None:
             self.quantize_graph()
         calibration = self._calibration
