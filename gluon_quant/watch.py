@@ -32,8 +32,11 @@ MIN_VALUES = 256
 MARGIN = 0.25
 #: Share of an input's values beyond the widened range that is reported.
 OUTSIDE_SHARE = 0.01
-#: An input whose values span less than this share of the calibrated span is reported.
+#: An input whose values span less than this share of the calibrated span is reported...
 NARROW_SHARE = 0.02
+#: ... in this many of the checked calls: one dark or uniform frame spans little too (an
+#: image in [0, 1] given to a net calibrated on [0, 255] looks like a very dark one).
+NARROW_CALLS = 3
 
 #: Operators a value passes through on its way to a weight layer (the fused graph's).
 _PASS_THROUGH = {
@@ -128,6 +131,7 @@ class InputWatch:
                         for i, name in enumerate(input_names)
                         if isinstance(ranges, dict) and _is_range(ranges.get(name))]
         self._calls = CHECKED_CALLS if not self._checks else 0
+        self._narrow = {}
 
     def see(self, arrays):
         """Check one call's flat list of input NDArrays (the first calls only)."""
@@ -137,7 +141,10 @@ class InputWatch:
         for index, name, lo, hi in self._checks:
             if index >= len(arrays) or not isinstance(arrays[index], mx.nd.NDArray):
                 continue
-            problem = _compare(arrays[index], lo, hi)
+            problem, narrow = _compare(arrays[index], lo, hi)
+            if narrow:
+                self._narrow[name] = self._narrow.get(name, 0) + 1
+                problem = problem if self._narrow[name] >= NARROW_CALLS else ""
             if problem:
                 self._calls = CHECKED_CALLS
                 _log.warning(
@@ -162,19 +169,20 @@ def from_inputs_meta(inputs):
 
 
 def _compare(array, lo, hi):
-    """What is wrong with ``array``'s values against the calibrated ``[lo, hi]``, or ''."""
+    """``(what is wrong with array's values against the calibrated [lo, hi] or '',
+    whether it is that they span a sliver of it)``."""
     span = hi - lo
     if array.size < MIN_VALUES or not span > 0:
-        return ""
+        return "", False
     low, high = lo - MARGIN * span, hi + MARGIN * span
     outside = float(((array < low) + (array > high)).sum().asscalar()) / array.size
     a_lo, a_hi = float(array.min().asscalar()), float(array.max().asscalar())
     if outside > OUTSIDE_SHARE:
         return ("%.0f%% of its values lie beyond the range calibration saw, [%.4g, %.4g] "
-                "(this call: [%.4g, %.4g])" % (100 * outside, lo, hi, a_lo, a_hi))
+                "(this call: [%.4g, %.4g])" % (100 * outside, lo, hi, a_lo, a_hi)), False
     if (a_hi - a_lo) < NARROW_SHARE * span:
         return ("its values span [%.4g, %.4g], %.1f%% of the range calibration saw, "
                 "[%.4g, %.4g]: about %d of int8's levels are left for them"
                 % (a_lo, a_hi, 100 * (a_hi - a_lo) / span, lo, hi,
-                   max(1, round(255 * (a_hi - a_lo) / span))))
-    return ""
+                   max(1, round(255 * (a_hi - a_lo) / span)))), True
+    return "", False
