@@ -7,8 +7,9 @@ calibrated ranges, or spends one of its 255 levels on the whole input, and retur
 numbers without a word. An fp32 stem does not help: its output is what gets clipped.
 
 Calibration records the range of each input that feeds a weight layer
-(:func:`watched_inputs`: through element-wise arithmetic, reshapes and normalization,
-into a convolution, dense or RNN layer; token ids, lengths and masks are not watched) in
+(:func:`watched_inputs`: through arithmetic with constants or parameters, reshapes and
+BatchNorm, into a convolution, dense or RNN layer; token ids, lengths, masks and inputs
+the net scales by their own statistics or layer-normalizes are not watched) in
 the table's ``meta['input_ranges']``. :class:`InputWatch` compares the first
 :data:`CHECKED_CALLS` calls' inputs with them and logs one warning per block that says
 what differs and what to do. Later calls cost nothing.
