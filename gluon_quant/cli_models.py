@@ -385,6 +385,13 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
         data = _read_images(files, model, max_images, progress)
         _log.info("Read %d calibration images from %s.", len(data), path)
         return _batched(data, batch_size)
+    if path.lower().endswith(".json"):
+        raise CalibrationDataError(
+            "Calibration data %r is a JSON file, not data: a calibration table (the "
+            "-calib.json a run writes) rebuilds its model in Python, "
+            "gluon_quant.quantize(net, calib_table=%r) (with batches beside it to measure "
+            "bias corrections). --calib takes a folder of images or a .npy/.npz file."
+            % (path, path))
     if not path.lower().endswith((".npy", ".npz")):
         raise CalibrationDataError("Calibration data %r is neither a folder of images nor a "
                                    ".npy/.npz file." % (path,))

@@ -297,6 +297,9 @@ def test_bench_times_a_two_input_model_on_its_calibration_samples(tmp_path):
 
 @pytest.mark.parametrize("argv, fragment", [
     (["quantize", "{w}/cnn", "--calib", "{w}/missing", "--out", "{w}/x"], "does not exist"),
+    (["quantize", "{w}/cnn", "--calib", "{w}/cnn-symbol.json", "--out", "{w}/x"],
+     "is a JSON file, not data: a calibration table (the -calib.json a run writes) rebuilds "
+     "its model in Python, gluon_quant.quantize(net, calib_table="),
     (["quantize", "resnet18_v11", "--calib", "{w}/calib.npy", "--out", "{w}/x"],
      "Did you mean 'resnet18_v1'"),
     (["quantize", "{w}/cnn", "--calib", "{w}/calib.npy", "--out", "{w}/x",
