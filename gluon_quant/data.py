@@ -712,12 +712,13 @@ def call_outputs(out, np_in):
     return _mxnet.as_np(out) if np_in or _mxnet.is_np_mode() else out
 
 
-def run_error(err, inputs, spec, calibration, ctx=None):
+def run_error(err, inputs, spec, calibration, ctx=None, built="quantize with ctx="):
     """The package error for an MXNet failure of the int8 network on ``inputs``.
 
     The inputs are blamed only when they differ from the calibration batches in count,
     rank or per-sample shape, or live on another context than ``ctx`` (where the network
-    runs); otherwise the failure is MXNet's own, reported as such.
+    runs); otherwise the failure is MXNet's own, reported as such. ``built`` names the
+    call that takes ``ctx=`` (``quantize``'s, or ``imports``' for a loaded export).
     """
     inputs = nest(inputs)[0]
     elsewhere = sorted({str(a.context) for a in inputs if isinstance(a, mx.nd.NDArray)
@@ -725,8 +726,8 @@ def run_error(err, inputs, spec, calibration, ctx=None):
     if elsewhere:
         return InputMismatchError(
             "The inputs (%s) are on %s but the int8 network runs on %s: move them there "
-            "(x.as_in_context(mx.%s)), or quantize with ctx= where they live."
-            % (describe(inputs), ", ".join(elsewhere), ctx, ctx))
+            "(x.as_in_context(mx.%s)), or %s where they live."
+            % (describe(inputs), ", ".join(elsewhere), ctx, ctx, built))
     shapes = [tuple(getattr(a, "shape", ())) for a in inputs]
     seen = list(calibration.input_shapes) if calibration is not None else None
     ndarrays = all(isinstance(a, mx.nd.NDArray) for a in inputs)

@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import types
 
 import mxnet as mx
 import numpy as np
@@ -19,7 +20,7 @@ from . import _mxnet, _packing
 from ._background import Background
 from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
-from .data import as_tuples, call_inputs, call_outputs, describe
+from .data import InputSpec, as_tuples, call_inputs, call_outputs, run_error
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
                      InputMismatchError, refuse_cast, refuse_optimize_for,
                      refuse_parameter_files, refuse_pickling, refuse_summary)
@@ -237,14 +238,24 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             with _mxnet.legacy_mode():
                 out = self._cached_call(self, flat, super().forward)
         except (mx.base.MXNetError, ValueError) as err:
-            raise InputMismatchError(
-                "Running the loaded int8 network on %s failed: %s. Pass %d mx.nd.NDArray "
-                "input(s) (%s) shaped like the calibration batches."
-                % (describe([x, *args]), _mxnet.first_line(err).rstrip("."),
-                   len(self.input_names), ", ".join(self.input_names))) from err
+            raise _run_error(self, err, [x, *args]) from err
         if isinstance(out, (list, tuple)) and self._output_nesting is not None:
             out = as_tuples(_mxnet.regroup(list(out), self._output_nesting))
         return call_outputs(out, np_in)
+
+
+def _run_error(block, err, inputs):
+    """What a loaded model's MXNet failure is (:func:`gluon_quant.data.run_error`): the
+    inputs are blamed where they live elsewhere or differ from the calibration batches
+    in count, rank or per-sample shape (the export's ``inputs``), else MXNet itself."""
+    entries = block.metadata.get("inputs") or []
+    shapes = [entry.get("shape") for entry in entries]
+    seen = types.SimpleNamespace(input_shapes=[tuple(s) for s in shapes]) \
+        if shapes and all(shapes) else None
+    names = list(block.input_names)
+    return run_error(err, inputs, InputSpec(names, names), seen,
+                     _mxnet.parameter_context(block),
+                     built="load it with QuantizedSymbolBlock.imports(..., ctx=)")
 
 
 def export_report(prefix):

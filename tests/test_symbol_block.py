@@ -172,6 +172,17 @@ def test_summary_and_other_contexts_get_clear_errors(tiny_cnn, tiny_batches, tmp
                              r"as_in_context\(mx.cpu\(0\)\)"):
         qnet(x.as_in_context(mx.cpu(1)))
     assert qnet(x).shape == (8, 10)         # still runs
+    # A loaded export says the same (it said to pass inputs "shaped like the calibration
+    # batches" for inputs on another context, and for every failure inside MXNet)
+    there = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"), ctx=mx.cpu(1))
+    with pytest.raises(gq.InputMismatchError,
+                       match=r"on cpu\(0\) but the int8 network runs on cpu\(1\).*"
+                             r"as_in_context\(mx.cpu\(1\)\)\), or load it with "
+                             r"QuantizedSymbolBlock.imports\(..., ctx=\)"):
+        there(x)
+    with pytest.raises(gq.InputMismatchError, match=r"rank and per-sample shape of the "
+                                                    r"calibration batches \(\[\(8, 1, 28, 28\)"):
+        there(mx.nd.zeros((2, 1, 20, 20), ctx=mx.cpu(1)))
 
 
 def test_tensor_granularity_round_trip(tiny_cnn, tiny_batches, tmp_path):
