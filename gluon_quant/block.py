@@ -43,6 +43,14 @@ def _setting(name):
                     doc="``config.%s`` (see :class:`~gluon_quant.QuantConfig`)." % name)
 
 
+def _ranges_method(qnet):
+    """The method the ranges in use came from: the table's once built (a table's own when
+    the block was built from one: the ``calibrator`` setting did not choose them), else
+    the calibrator's."""
+    table = qnet.calibration_table if qnet.model is not None else None
+    return table.method if table is not None else pipeline.method_name(qnet.calibrator)
+
+
 def _describe(qnet):
     """``repr(qnet)``: the fp32 net, the settings that shape it, and what runs in int8
     (Gluon's own repr listed no layer: the int8 net is one graph, not child blocks)."""
@@ -51,7 +59,7 @@ def _describe(qnet):
     else:
         state = "%d of %d convolution/dense layers in int8" % qnet.report().coverage()
     return "QuantizedHybridBlock(%s, backend=%s, calibrator=%s, dtype=%s, granularity=%s: %s)" % (
-        type(qnet.net).__name__, qnet.backend.value, pipeline.method_name(qnet.calibrator),
+        type(qnet.net).__name__, qnet.backend.value, _ranges_method(qnet),
         qnet.dtype.value, qnet.granularity.value, state)
 
 
@@ -374,8 +382,8 @@ class QuantizedHybridBlock(HybridBlock):
         if self._model is None:
             raise GraphError("The network is not quantized yet: call finalize() (or use "
                              "gluon_quant.quantize) before report().")
-        return build_report(self._model, self.net, self._config, pipeline.method_name(
-            self._calibrator), timing=None if timing is None else layer_timing(self, timing))
+        return build_report(self._model, self.net, self._config, _ranges_method(self),
+                            timing=None if timing is None else layer_timing(self, timing))
 
     # ---------------------------------------------------------------- forward
     def forward(self, x, *args):  # pylint: disable=arguments-differ

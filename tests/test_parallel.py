@@ -36,6 +36,9 @@ def test_two_workers_equal_one_pass_and_feed_quantize(tiny_cnn, tiny_batches):
     # Data beside the table: its first 32 samples measure the corrections, and the model
     # is the one pass's (the data was ignored: the corrections were left out).
     with_data = gq.quantize(tiny_cnn, tiny_batches, calib_table=table, progress=False)
+    # its ranges are entropy's: the report said the calibrator setting's default, mse
+    assert "calibrator=entropy" in repr(with_data) and "calibrator=entropy" in str(
+        with_data.report()).splitlines()[0]
     one_pass = gq.quantize(tiny_cnn, tiny_batches, calibrator="entropy", progress=False)
     np.testing.assert_array_equal(with_data(x).asnumpy(), one_pass(x).asnumpy())
     assert not np.array_equal(with_data(x).asnumpy(), from_table)
