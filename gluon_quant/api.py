@@ -5,7 +5,7 @@ from .block import QuantizedHybridBlock
 from .calib.table import as_table
 from .config import QuantConfig
 from .errors import ConfigError
-from .data import iter_batches, peek
+from .data import peek
 from .pipeline import KEPT_SAMPLES, SETTINGS_META_KEY
 
 __all__ = ["quantize", "finalize_with_table"]
@@ -100,12 +100,8 @@ def finalize_with_table(qnet, table, calib_data=None):
         first, calib_data = peek(calib_data)
         if qnet.fused is None:      # planned at the table's shapes, not the data's
             qnet.fuse(None if table.meta.get("input_shapes") else first, table=table)
-        head, seen = [], 0
-        for batch in iter_batches(calib_data):
-            head.append(batch)
-            inputs = qnet.convert_batch(batch)
-            seen += int(inputs[0].shape[0]) if inputs and inputs[0].ndim else 1
-            if seen >= KEPT_SAMPLES:
-                break
-        qnet.calibrate(head)
+        if first is not None:       # as many batches as hold the samples, by the first's size
+            inputs = qnet.convert_batch(first)
+            size = int(inputs[0].shape[0]) if inputs and inputs[0].ndim else 1
+            qnet.calibrate(calib_data, num_calib_batches=-(-KEPT_SAMPLES // max(size, 1)))
     return qnet.finalize(table)

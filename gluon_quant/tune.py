@@ -209,7 +209,7 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
         variant.quantize_graph()
         ranges = rescored.compute() if rescored.names else CalibrationTable(
             {}, method=rescored.method_name)    # no layer worth int8: every trial is fp32
-        variant.finalize(_with_weights(ranges, base.calibration_table))
+        variant.finalize(_with_base_meta(ranges, base.calibration_table))
         return rescored, variant
 
     def run(candidates):
@@ -342,7 +342,7 @@ _EVALUATE = Task(setup=_eval_setup, run=_evaluate, label="trial",
                               "Gluon blocks or transformed datasets, inside the function)")
 
 
-def _with_weights(table, base_table):
+def _with_base_meta(table, base_table):
     """``table`` (re-scored ranges) with the base calibration's fingerprint and its meta:
     the cross-layer equalization (the ranges were collected on the equalized network),
     the weights it was measured with, and the inputs and their shapes (the int8 regions

@@ -102,7 +102,7 @@ class InputRanges:
             array = named_arrays.get(name)
             if array is None or array.size == 0:
                 continue
-            lo, hi = float(array.min().asscalar()), float(array.max().asscalar())
+            lo, hi = _extremes(array)
             if name in self.ranges:
                 lo, hi = min(lo, self.ranges[name][0]), max(hi, self.ranges[name][1])
             self.ranges[name] = [lo, hi]
@@ -158,6 +158,13 @@ class InputWatch:
                 return
 
 
+def _extremes(array, *more):
+    """``array``'s lowest and highest value (and the scalars ``more``) as floats, read
+    back from MXNet in one wait instead of one per value."""
+    parts = [array.min(), array.max()] + list(more)
+    return [float(v) for v in mx.nd.concat(*[p.reshape((1,)) for p in parts], dim=0).asnumpy()]
+
+
 def _is_range(value):
     return (isinstance(value, (list, tuple)) and len(value) == 2
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value))
@@ -176,8 +183,8 @@ def _compare(array, lo, hi):
     if array.size < MIN_VALUES or not span > 0:
         return "", False
     low, high = lo - MARGIN * span, hi + MARGIN * span
-    outside = float(((array < low) + (array > high)).sum().asscalar()) / array.size
-    a_lo, a_hi = float(array.min().asscalar()), float(array.max().asscalar())
+    a_lo, a_hi, outside = _extremes(array, ((array < low) + (array > high)).sum())
+    outside /= array.size
     if outside > OUTSIDE_SHARE:
         return ("%.0f%% of its values lie beyond the range calibration saw, [%.4g, %.4g] "
                 "(this call: [%.4g, %.4g])" % (100 * outside, lo, hi, a_lo, a_hi)), False
