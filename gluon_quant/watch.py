@@ -17,6 +17,9 @@ what differs and what to do. Later calls cost nothing.
 import logging
 
 import mxnet as mx
+import numpy as np
+
+from . import _mxnet
 
 __all__ = ["META_KEY", "CHECKED_CALLS", "watched_inputs", "InputRanges", "InputWatch",
            "from_inputs_meta"]
@@ -158,11 +161,33 @@ class InputWatch:
                 return
 
 
-def _extremes(array, *more):
-    """``array``'s lowest and highest value (and the scalars ``more``) as floats, read
-    back from MXNet in one wait instead of one per value."""
-    parts = [array.min(), array.max()] + list(more)
-    return [float(v) for v in mx.nd.concat(*[p.reshape((1,)) for p in parts], dim=0).asnumpy()]
+def _extremes(array):
+    """``array``'s lowest and highest value as floats: numpy's reductions on a CPU array's
+    memory (MXNet's ``min``/``max`` took 30 ms of a batch of 16 images where numpy takes
+    under 1 ms), MXNet's elsewhere, read back in one wait."""
+    host = _host(array)
+    if host is not None:
+        return float(host.min()), float(host.max())
+    parts = [array.min().reshape((1,)), array.max().reshape((1,))]
+    return [float(v) for v in mx.nd.concat(*parts, dim=0).asnumpy()]
+
+
+def _outside(array, low, high):
+    """The share of ``array``'s values below ``low`` or above ``high``."""
+    host = _host(array)
+    if host is not None:
+        count = np.count_nonzero((host < low) | (host > high))
+    else:
+        count = float(((array < low) + (array > high)).sum().asscalar())
+    return count / array.size
+
+
+def _host(array):
+    """A numpy view of ``array``'s memory where that is free (a float32 CPU array), else
+    None."""
+    if array.context.device_type == "cpu" and array.dtype == np.float32:
+        return _mxnet.host_view(array)
+    return None
 
 
 def _is_range(value):
@@ -183,8 +208,8 @@ def _compare(array, lo, hi):
     if array.size < MIN_VALUES or not span > 0:
         return "", False
     low, high = lo - MARGIN * span, hi + MARGIN * span
-    a_lo, a_hi, outside = _extremes(array, ((array < low) + (array > high)).sum())
-    outside /= array.size
+    a_lo, a_hi = _extremes(array)
+    outside = _outside(array, low, high) if a_lo < low or a_hi > high else 0.0
     if outside > OUTSIDE_SHARE:
         return ("%.0f%% of its values lie beyond the range calibration saw, [%.4g, %.4g] "
                 "(this call: [%.4g, %.4g])" % (100 * outside, lo, hi, a_lo, a_hi)), False
