@@ -526,7 +526,7 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
     table = as_table(table)             # a path is read
     fingerprint = plan.fused.fingerprint
     if table.fingerprint is not None and table.fingerprint != fingerprint \
-            and table.fingerprint != plan.fused.view.fingerprint(legacy=True):
+            and table.fingerprint not in plan.fused.view.earlier_fingerprints():
         raise CalibrationTableError(
             "The calibration table was computed on another graph (fingerprint %s..., this "
             "network's is %s...): another network, or settings that change the graph "

@@ -15,8 +15,13 @@ _ANCHOR_OPS = ("Convolution", "FullyConnected", "Deconvolution", "Pooling", "Con
 _VOLATILE_ATTRS = ("min_calib_range", "max_calib_range")
 #: Left out of variables' attributes too: a parameter's shape is written into the graph
 #: only once Gluon knows it (a deferred-initialization net traced before its first call
-#: has none), and the operators' own attributes already tell one architecture from another.
-_VOLATILE_VARIABLE_ATTRS = ("__shape__",)
+#: has none), and the operators' own attributes already tell one architecture from another;
+#: how a parameter is initialized (``__init__``) says nothing of the graph, and a Gluon
+#: constant's (``params.get_constant``) is named by its ``id()``: another in every process.
+_VOLATILE_VARIABLE_ATTRS = ("__shape__", "__init__")
+#: What earlier versions left out of variables' attributes: until 2026-12-05 their shapes,
+#: before 2026-12-04 nothing (their tables still match their graphs).
+_EARLIER_VARIABLE_ATTRS = (("__shape__",), ())
 
 
 def describe_op(op, attrs):
@@ -131,18 +136,16 @@ class GraphView:
     def __len__(self):
         return len(self.nodes)
 
-    def fingerprint(self, legacy=False):
+    def fingerprint(self, variable_attrs=_VOLATILE_VARIABLE_ATTRS):
         """A sha256 of the graph's structure: operators, attributes, wiring and variable names.
 
         Calibrated ranges are left out, so a graph and its calibrated copy share a
-        fingerprint; weights' values and parameters' shapes are not part of it either.
-        ``legacy=True``: the fingerprint gluon_quant wrote before 2026-12-04, with the
-        parameters' shapes (tables saved then still match their graph).
+        fingerprint; weights' values, parameters' shapes and initializers are not part of it
+        either (``variable_attrs``: the variables' attributes left out).
         """
         canon = []
         for node in self._graph["nodes"]:
-            volatile = _VOLATILE_ATTRS + (_VOLATILE_VARIABLE_ATTRS if node["op"] == "null"
-                                          and not legacy else ())
+            volatile = _VOLATILE_ATTRS + (variable_attrs if node["op"] == "null" else ())
             attrs = {k: v for k, v in (node.get("attrs") or {}).items() if k not in volatile}
             subs = [[(m["op"], m["name"]) for m in sub["nodes"]]
                     for sub in node.get("subgraphs", [])]
@@ -151,3 +154,8 @@ class GraphView:
         canon.append([h[:2] for h in self._graph.get("heads", [])])
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
+
+    def earlier_fingerprints(self):
+        """The fingerprints earlier versions of gluon_quant wrote for this graph (newest
+        first): tables saved then still match it."""
+        return tuple(self.fingerprint(attrs) for attrs in _EARLIER_VARIABLE_ATTRS)
