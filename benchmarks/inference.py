@@ -316,6 +316,7 @@ def main(argv=None):
           "medians of %d rounds; cos = cosine with fp32 (worst output)%s"
           % (mx.__version__, gq.__version__, args.repeat,
              "; detectors without NMS" if args.no_nms else ""))
+    print("oneDNN int8 kernels (MXNet's and gluon_quant's alike): %s" % gq.kernels.describe())
     print(ort_note)
     print(header)
     print("-" * len(header))

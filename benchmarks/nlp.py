@@ -323,8 +323,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.quick:
         args.repeat, args.calib_batches = 3, 2
-    print("MXNet %s, gluon_quant %s, OMP_NUM_THREADS=%s"
-          % (mx.__version__, gq.__version__, os.environ.get("OMP_NUM_THREADS", "unset")))
+    print("MXNet %s, gluon_quant %s, OMP_NUM_THREADS=%s; oneDNN int8 kernels: %s"
+          % (mx.__version__, gq.__version__, os.environ.get("OMP_NUM_THREADS", "unset"),
+             gq.kernels.describe()))
     rows = []
     for name in args.models:
         try:

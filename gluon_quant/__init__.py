@@ -14,6 +14,9 @@ from .errors import (GluonQuantError, ConfigError, UnknownNameError, Calibration
 
 check_mxnet()
 
+from . import kernels  # noqa: E402  (before any MXNet operator runs: oneDNN reads its ISA once)
+kernels.check_isa()
+
 # pylint: disable=wrong-import-position
 from .config import QuantConfig, QuantDtype, Backend, Granularity, WeightRounding
 from .backends import BackendSpec, OpSupport, get_spec

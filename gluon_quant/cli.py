@@ -653,6 +653,7 @@ def _time_calls(block, x, warmup, repeat, progress, desc):
 def _cmd_bench(args, out):
     import mxnet as mx
     import numpy as np
+    from . import kernels
     from .errors import ConfigError
     try:
         sizes = [int(s) for s in args.batch_sizes.split(",") if s.strip()]
@@ -687,11 +688,11 @@ def _cmd_bench(args, out):
             r["batch"], r["fp32_ms"], r["int8_ms"], r["fp32_per_s"], r["int8_per_s"],
             r["speedup"]))
     out.text("(median of %d calls, %s, inputs %s; calibration samples repeated to each "
-             "batch size; speedup = fp32 time / int8 time)" % (
+             "batch size; speedup = fp32 time / int8 time; oneDNN: %s)" % (
                  args.repeat, model.name, ", ".join("x".join(map(str, a.shape[1:]))
-                                                    for a in first)))
+                                                    for a in first), kernels.describe()))
     out.result({"model": model.name, "repeat": args.repeat, "input_shape": sample_shape,
-                "results": rows})
+                "kernels": kernels.describe(), "results": rows})
     return EXIT_OK
 
 

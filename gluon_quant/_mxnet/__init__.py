@@ -23,6 +23,7 @@ from ..errors import GluonQuantError, GraphError, NotHybridizableError, ModelExe
 from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json, load_graph,
                    first_line)
 from .entries import check_graph_entries
+from . import isa
 from .loading import host_arrays
 from .runtime import (host_view, static_flags, without_static_memory, hybridize_with,
                       inference_mode, CachedCall, unshared)
@@ -42,7 +43,7 @@ __all__ = [
     "CachedCall", "static_flags", "without_static_memory", "hybridize_with", "inference_mode",
     "unshared",
     "is_np_mode", "net_np_mode", "is_np_array", "legacy_mode", "np_scope", "as_legacy", "as_np", "call_net",
-    "parameter_context",
+    "parameter_context", "isa",
 ]
 
 _log = logging.getLogger(__name__)
