@@ -38,7 +38,7 @@ from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, ru
 from .presets import resolve_preset
 from .params import (FP32Params, equalized_params, fp32_params, params_for_table,
                      with_equalization)
-from .weights import adaround
+from .weights import adaround, digest
 
 __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "FP32Params", "fuse",
            "plan_quantization", "fp32_params", "equalized_params", "with_equalization",
@@ -527,12 +527,19 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
     fingerprint = plan.fused.fingerprint
     if table.fingerprint is not None and table.fingerprint != fingerprint \
             and table.fingerprint not in plan.fused.view.earlier_fingerprints():
+        renamed = _renamed_prefix(table, plan)
         raise CalibrationTableError(
-            "The calibration table was computed on another graph (fingerprint %s..., this "
-            "network's is %s...): another network, or settings that change the graph "
-            "(backend, input_normalization, preset) other than the ones it records. Calibrate "
-            "this network, or load the table that was saved with it, without those settings."
-            % (table.fingerprint[:12], fingerprint[:12]))
+            ("The calibration table was computed on another graph (fingerprint %s..., this "
+             "network's is %s...): " % (table.fingerprint[:12], fingerprint[:12])) + (
+                "the same layers under another name prefix (%r in the table, %r here): Gluon "
+                "numbers the blocks it builds, so a net built again in one process (a "
+                "notebook cell run twice) gets the next number. Build it with "
+                "prefix=%r (model_zoo.get_model(..., prefix=%r) or YourNet(prefix=%r)), or "
+                "in a fresh process, or calibrate this network again."
+                % ((renamed[0], renamed[1]) + (renamed[0],) * 3) if renamed else
+                "another network, or settings that change the graph (backend, "
+                "input_normalization, preset) other than the ones it records. Calibrate this "
+                "network, or load the table that was saved with it, without those settings."))
     missing = [n for n in plan.calib_names if n not in table]
     if missing:
         raise CalibrationTableError(
@@ -562,6 +569,26 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
             merged[name] = (new_lo, new_hi)
     meta = dict(table.meta, **{BOUNDED_META_KEY: bounded}) if bounded else table.meta
     return CalibrationTable(merged, method=table.method, fingerprint=fingerprint, meta=meta)
+
+
+def _renamed_prefix(table, plan):
+    """``(the table's prefix, this graph's)`` when this graph, with its first name prefix
+    (``resnetv11_``) replaced by another (``resnetv10_``, found among the names the table
+    holds and this graph lacks), is the graph the table was computed on; else None."""
+    here = set(plan.calib_names) | set(plan.fused.view.variables)
+    names = set(table.keys()) | set(table.meta.get(digest.META_KEY) or ())
+    unmatched = [n for n in names if n not in here]
+    old = {n.split("_", 1)[0] + "_" for n in unmatched if "_" in n}
+    if not unmatched or len(old) != 1 or len(old) != len(
+            {n.split("_", 1)[0] for n in unmatched}):
+        return None
+    old = old.pop()
+    for new in sorted({n.split("_", 1)[0] + "_" for n in here if "_" in n} - {old}):
+        if all(n.startswith(old) and new + n[len(old):] in here for n in unmatched):
+            view = plan.fused.view.renamed(new, old)
+            if table.fingerprint in (view.fingerprint(),) + view.earlier_fingerprints():
+                return old, new
+    return None
 
 
 def _final_graph(plan, table, spec, messages):

@@ -205,6 +205,47 @@ def test_a_saved_table_rebuilds_a_net_with_a_constant_in_another_process(tmp_pat
     np.testing.assert_array_equal(rebuilt(batches[0]).asnumpy(), qnet(batches[0]).asnumpy())
 
 
+def test_a_table_of_the_same_net_built_again_names_the_prefix_to_use(tiny_batches):
+    """A notebook cell run twice builds `hybridsequential1_...` where the table was saved
+    from `hybridsequential0_...`: the refusal said "another network"; it now names both
+    prefixes and the prefix= that rebuilds the same model."""
+    def make(**kwargs):
+        net = nn.HybridSequential(**kwargs)
+        with net.name_scope():
+            net.add(nn.Conv2D(8, 3, activation="relu"), nn.MaxPool2D(), nn.Flatten(),
+                    nn.Dense(4))
+        return net
+    first = make()
+    first.initialize(mx.init.Xavier())
+    qnet = gq.quantize(first, tiny_batches, progress=False)
+    table = qnet.calibration_table
+    again = make()
+    again.initialize()
+    again(mx.nd.array(tiny_batches[0]))
+    for dst, src in zip(again.collect_params().values(), first.collect_params().values()):
+        dst.set_data(src.data())
+    old, new = first.prefix, again.prefix
+    assert old != new
+    with pytest.raises(gq.CalibrationTableError) as err:
+        gq.quantize(again, calib_table=table, progress=False)
+    assert "another name prefix (%r in the table, %r here)" % (old, new) in str(err.value)
+    assert "prefix=%r" % old in str(err.value)
+    advised = make(prefix=old)
+    advised.initialize()
+    advised(mx.nd.array(tiny_batches[0]))
+    for dst, src in zip(advised.collect_params().values(), first.collect_params().values()):
+        dst.set_data(src.data())
+    rebuilt = gq.quantize(advised, calib_table=table, progress=False)
+    x = mx.nd.array(tiny_batches[0])
+    np.testing.assert_array_equal(rebuilt(x).asnumpy(), qnet(x).asnumpy())
+    other = nn.HybridSequential(prefix="other_")    # other layers: no prefix is blamed
+    with other.name_scope():
+        other.add(nn.Conv2D(8, 5, activation="relu"), nn.Flatten(), nn.Dense(4))
+    other.initialize()
+    with pytest.raises(gq.CalibrationTableError, match="another network"):
+        gq.quantize(other, [x], calib_table=table, progress=False)
+
+
 def test_unmatched_exclude_pattern_warns_with_close_names(tiny_cnn, tiny_batches, caplog):
     with caplog.at_level(logging.WARNING, logger="gluon_quant"):
         gq.quantize(tiny_cnn, tiny_batches, exclude=["cnn_conv9"], progress=False)

@@ -155,6 +155,12 @@ class GraphView:
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
+    def renamed(self, prefix, replacement):
+        """This graph with ``replacement`` in place of ``prefix`` at the start of every name
+        (operators, variables, fused subgraphs' members)."""
+        text = json.dumps(self._graph).replace('"' + prefix, '"' + replacement)
+        return GraphView(json.loads(text))
+
     def earlier_fingerprints(self):
         """The fingerprints earlier versions of gluon_quant wrote for this graph (newest
         first): tables saved then still match it."""
