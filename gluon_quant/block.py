@@ -330,7 +330,7 @@ class QuantizedHybridBlock(HybridBlock):
             raise EmptyCalibrationError(
                 "No calibration ranges: call calibrate(calib_data) first or pass a "
                 "CalibrationTable (quantize(net, calib_table=...)).")
-        table = pipeline.check_table(self._plan, table)
+        table = pipeline.check_table(self._plan, table, self._config)
         self._fp32 = pipeline.params_for_table(self.net, self._fused, self.ctx, table,
                                                self._fp32)
         self._model = None

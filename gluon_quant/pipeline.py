@@ -513,9 +513,12 @@ def with_settings(table, config):
 BOUNDED_META_KEY = "bounded_ranges"
 
 
-def check_table(plan: QuantPlan, table) -> CalibrationTable:
+def check_table(plan: QuantPlan, table, config: Optional[QuantConfig] = None) \
+        -> CalibrationTable:
     """Validate ``table`` against the plan; all-zero ranges get the zero range, and the
-    preset's bounds (:attr:`FusedGraph.range_bounds`) narrow the ranges they name.
+    preset's bounds (:attr:`FusedGraph.range_bounds`) narrow the ranges they name. A table
+    of this graph under another name prefix has its names read with this graph's, unless
+    ``config`` (the plan's) excludes layers by the table's names.
 
     Raises
     ------
@@ -525,21 +528,32 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
     """
     table = as_table(table)             # a path is read
     fingerprint = plan.fused.fingerprint
+    renamed = None
     if table.fingerprint is not None and table.fingerprint != fingerprint \
             and table.fingerprint not in plan.fused.view.earlier_fingerprints():
         renamed = _renamed_prefix(table, plan)
-        raise CalibrationTableError(
-            ("The calibration table was computed on another graph (fingerprint %s..., this "
-             "network's is %s...): " % (table.fingerprint[:12], fingerprint[:12])) + (
-                "the same layers under another name prefix (%r in the table, %r here): Gluon "
-                "numbers the blocks it builds, so a net built again in one process (a "
-                "notebook cell run twice) gets the next number. Build it with "
-                "prefix=%r (model_zoo.get_model(..., prefix=%r) or YourNet(prefix=%r)), or "
-                "in a fresh process, or calibrate this network again."
-                % ((renamed[0], renamed[1]) + (renamed[0],) * 3) if renamed else
-                "another network, or settings that change the graph (backend, "
-                "input_normalization, preset) other than the ones it records. Calibrate this "
-                "network, or load the table that was saved with it, without those settings."))
+        if renamed is None:
+            raise CalibrationTableError(
+                "The calibration table was computed on another graph (fingerprint %s..., "
+                "this network's is %s...): another network, or settings that change the "
+                "graph (backend, input_normalization, preset) other than the ones it records. "
+                "Calibrate this network, or load the table that was saved with it, without "
+                "those settings." % (table.fingerprint[:12], fingerprint[:12]))
+        # Gluon numbers the blocks it builds: the same net built again in one process (a
+        # notebook cell run twice) is resnetv11_... where the table says resnetv10_...
+        recorded = (table.meta.get(SETTINGS_META_KEY) or {}).get("exclude") or ()
+        if config is not None and tuple(config.exclude) == tuple(recorded) and any(
+                str(p).startswith(renamed[0]) for p in recorded):
+            raise CalibrationTableError(
+                "The calibration table was saved from this network under the name prefix %r "
+                "(this one is %r: Gluon numbers the blocks it builds, so a net built again in "
+                "one process gets the next number), and it excludes layers by those names "
+                "(%s), which match nothing here. Build the net with prefix=%r "
+                "(model_zoo.get_model(..., prefix=%r), YourNet(prefix=...)) to rebuild the "
+                "model it records." % (renamed + (list(recorded), renamed[0], renamed[0])))
+        _log.info("The calibration table was saved from this network under the name prefix "
+                  "%r (this one is %r): its names are read with this network's.", *renamed)
+        table = _with_prefix(table, *renamed)
     missing = [n for n in plan.calib_names if n not in table]
     if missing:
         raise CalibrationTableError(
@@ -574,7 +588,8 @@ def check_table(plan: QuantPlan, table) -> CalibrationTable:
 def _renamed_prefix(table, plan):
     """``(the table's prefix, this graph's)`` when this graph, with its first name prefix
     (``resnetv11_``) replaced by another (``resnetv10_``, found among the names the table
-    holds and this graph lacks), is the graph the table was computed on; else None."""
+    holds and this graph lacks), is the graph the table was computed on (the same layers,
+    wired alike); else None."""
     here = set(plan.calib_names) | set(plan.fused.view.variables)
     names = set(table.keys()) | set(table.meta.get(digest.META_KEY) or ())
     unmatched = [n for n in names if n not in here]
@@ -589,6 +604,22 @@ def _renamed_prefix(table, plan):
             if table.fingerprint in (view.fingerprint(),) + view.earlier_fingerprints():
                 return old, new
     return None
+
+
+def _with_prefix(table, old, new):
+    """``table`` with ``new`` in place of ``old`` at the start of every name it holds
+    (ranges, and the names in its meta: weight digests, bias corrections, AdaRound and
+    equalization choices, settings)."""
+    def rename(value):
+        if isinstance(value, dict):
+            return {rename(k): rename(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(rename(v) for v in value)
+        if isinstance(value, str) and value.startswith(old):
+            return new + value[len(old):]
+        return value
+    return CalibrationTable(rename(dict(table.items())), method=table.method,
+                            fingerprint=table.fingerprint, meta=rename(dict(table.meta)))
 
 
 def _final_graph(plan, table, spec, messages):

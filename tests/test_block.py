@@ -205,40 +205,49 @@ def test_a_saved_table_rebuilds_a_net_with_a_constant_in_another_process(tmp_pat
     np.testing.assert_array_equal(rebuilt(batches[0]).asnumpy(), qnet(batches[0]).asnumpy())
 
 
-def test_a_table_of_the_same_net_built_again_names_the_prefix_to_use(tiny_batches):
+def test_a_table_of_the_same_net_built_again_rebuilds_it(tiny_batches, caplog):
     """A notebook cell run twice builds `hybridsequential1_...` where the table was saved
-    from `hybridsequential0_...`: the refusal said "another network"; it now names both
-    prefixes and the prefix= that rebuilds the same model."""
+    from `hybridsequential0_...`: the table was refused as "another network". The graph,
+    its prefix renamed to the table's, is the table's graph: the names are read with this
+    net's, the weights still checked, and the model is the same bit for bit."""
     def make(**kwargs):
         net = nn.HybridSequential(**kwargs)
         with net.name_scope():
             net.add(nn.Conv2D(8, 3, activation="relu"), nn.MaxPool2D(), nn.Flatten(),
                     nn.Dense(4))
         return net
+
+    def copy_of(source, **kwargs):
+        net = make(**kwargs)
+        net.initialize()
+        net(x)
+        for dst, src in zip(net.collect_params().values(), source.collect_params().values()):
+            dst.set_data(src.data())
+        return net
+    x = mx.nd.array(tiny_batches[0])
     first = make()
     first.initialize(mx.init.Xavier())
-    qnet = gq.quantize(first, tiny_batches, progress=False)
+    qnet = gq.quantize(first, tiny_batches, bias_correction=True, progress=False)
     table = qnet.calibration_table
-    again = make()
-    again.initialize()
-    again(mx.nd.array(tiny_batches[0]))
-    for dst, src in zip(again.collect_params().values(), first.collect_params().values()):
-        dst.set_data(src.data())
-    old, new = first.prefix, again.prefix
-    assert old != new
-    with pytest.raises(gq.CalibrationTableError) as err:
-        gq.quantize(again, calib_table=table, progress=False)
-    assert "another name prefix (%r in the table, %r here)" % (old, new) in str(err.value)
-    assert "prefix=%r" % old in str(err.value)
-    advised = make(prefix=old)
-    advised.initialize()
-    advised(mx.nd.array(tiny_batches[0]))
-    for dst, src in zip(advised.collect_params().values(), first.collect_params().values()):
-        dst.set_data(src.data())
-    rebuilt = gq.quantize(advised, calib_table=table, progress=False)
-    x = mx.nd.array(tiny_batches[0])
+    again = copy_of(first)
+    assert first.prefix != again.prefix
+    with caplog.at_level(logging.INFO, logger="gluon_quant.pipeline"):
+        rebuilt = gq.quantize(again, calib_table=table, progress=False)
+    assert "under the name prefix %r (this one is %r)" % (first.prefix, again.prefix) \
+        in caplog.text
     np.testing.assert_array_equal(rebuilt(x).asnumpy(), qnet(x).asnumpy())
-    other = nn.HybridSequential(prefix="other_")    # other layers: no prefix is blamed
+    changed = copy_of(first)
+    changed.collect_params()[changed.prefix + "conv0_weight"].set_data(
+        first.collect_params()[first.prefix + "conv0_weight"].data() * 3)
+    with pytest.raises(gq.CalibrationTableError, match="conv0_weight"):
+        gq.quantize(changed, calib_table=table, progress=False)    # weights still checked
+    excluding = gq.quantize(first, tiny_batches, exclude=[first.prefix + "conv0"],
+                            progress=False).calibration_table
+    with pytest.raises(gq.CalibrationTableError, match="prefix=%r" % first.prefix):
+        gq.quantize(again, calib_table=excluding, progress=False)    # its names match nothing
+    assert gq.quantize(again, calib_table=excluding, exclude=[again.prefix + "conv0"],
+                       progress=False).report()[0].quantized is False
+    other = nn.HybridSequential(prefix="other_")    # other layers, same names: refused
     with other.name_scope():
         other.add(nn.Conv2D(8, 5, activation="relu"), nn.Flatten(), nn.Dense(4))
     other.initialize()
