@@ -593,11 +593,10 @@ def _renamed_prefix(table, plan):
     here = set(plan.calib_names) | set(plan.fused.view.variables)
     names = set(table.keys()) | set(table.meta.get(digest.META_KEY) or ())
     unmatched = [n for n in names if n not in here]
-    old = {n.split("_", 1)[0] + "_" for n in unmatched if "_" in n}
-    if not unmatched or len(old) != 1 or len(old) != len(
-            {n.split("_", 1)[0] for n in unmatched}):
+    heads = {n.split("_", 1)[0] + "_" if "_" in n else None for n in unmatched}
+    if len(heads) != 1 or None in heads:    # none missing, or not all under one prefix
         return None
-    old = old.pop()
+    old = heads.pop()
     for new in sorted({n.split("_", 1)[0] + "_" for n in here if "_" in n} - {old}):
         if all(n.startswith(old) and new + n[len(old):] in here for n in unmatched):
             view = plan.fused.view.renamed(new, old)
