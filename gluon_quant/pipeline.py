@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Tuple
 import mxnet as mx
 import numpy as np
 
-from . import _mxnet, bias, watch
+from . import _mxnet, bias, table_names, watch
 from ._stage import stage
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
@@ -38,7 +38,7 @@ from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, ru
 from .presets import resolve_preset
 from .params import (FP32Params, equalized_params, fp32_params, params_for_table,
                      with_equalization)
-from .weights import adaround, digest
+from .weights import adaround
 
 __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "FP32Params", "fuse",
            "plan_quantization", "fp32_params", "equalized_params", "with_equalization",
@@ -528,32 +528,41 @@ def check_table(plan: QuantPlan, table, config: Optional[QuantConfig] = None) \
     """
     table = as_table(table)             # a path is read
     fingerprint = plan.fused.fingerprint
-    renamed = None
     if table.fingerprint is not None and table.fingerprint != fingerprint \
             and table.fingerprint not in plan.fused.view.earlier_fingerprints():
-        renamed = _renamed_prefix(table, plan)
+        renamed = table_names.renamed_prefixes(table, plan.fused.view, _names_here(plan))
         if renamed is None:
             raise CalibrationTableError(
                 "The calibration table was computed on another graph (fingerprint %s..., "
-                "this network's is %s...): another network, or settings that change the "
-                "graph (backend, input_normalization, preset) other than the ones it records. "
-                "Calibrate this network, or load the table that was saved with it, without "
-                "those settings." % (table.fingerprint[:12], fingerprint[:12]))
+                "this network's is %s...): %s" % (table.fingerprint[:12], fingerprint[:12], (
+                    "its names differ from this network's in the numbers Gluon gives blocks "
+                    "only (%s): a net built again in one process gets the next numbers, and "
+                    "blocks created outside `with self.name_scope():` are numbered across "
+                    "the whole process. Build the net in a fresh process (or create its "
+                    "layers inside name_scope, or give it prefix=...), or calibrate it "
+                    "again." % ", ".join(sorted(table_names.numbered_apart(table, _names_here(plan)))[:4])
+                    if table_names.numbered_apart(table, _names_here(plan)) else
+                    "another network, or settings that change the graph (backend, "
+                    "input_normalization, preset) other than the ones it records. Calibrate "
+                    "this network, or load the table that was saved with it, without those "
+                    "settings.")))
         # Gluon numbers the blocks it builds: the same net built again in one process (a
-        # notebook cell run twice) is resnetv11_... where the table says resnetv10_...
+        # notebook cell run twice) is resnetv11_... where the table says resnetv10_..., and
+        # blocks made outside a name_scope are conv1_, dense1_... where it says conv0_...
+        pairs = ", ".join("%s -> %s" % item for item in sorted(renamed.items()))
         recorded = (table.meta.get(SETTINGS_META_KEY) or {}).get("exclude") or ()
         if config is not None and tuple(config.exclude) == tuple(recorded) and any(
-                str(p).startswith(renamed[0]) for p in recorded):
+                str(p).startswith(tuple(renamed)) for p in recorded):
             raise CalibrationTableError(
-                "The calibration table was saved from this network under the name prefix %r "
-                "(this one is %r: Gluon numbers the blocks it builds, so a net built again in "
-                "one process gets the next number), and it excludes layers by those names "
-                "(%s), which match nothing here. Build the net with prefix=%r "
-                "(model_zoo.get_model(..., prefix=%r), YourNet(prefix=...)) to rebuild the "
-                "model it records." % (renamed + (list(recorded), renamed[0], renamed[0])))
-        _log.info("The calibration table was saved from this network under the name prefix "
-                  "%r (this one is %r): its names are read with this network's.", *renamed)
-        table = _with_prefix(table, *renamed)
+                "The calibration table was saved from this network under other block names "
+                "(%s: Gluon numbers the blocks it builds, so a net built again in one process "
+                "gets the next numbers), and it excludes layers by those names (%s), which "
+                "match nothing here. Build the net in a fresh process or with the table's "
+                "prefixes (prefix=..., children inside `with self.name_scope():`), or pass "
+                "exclude= with this network's names." % (pairs, list(recorded)))
+        _log.info("The calibration table was saved from this network under other block "
+                  "names (%s): its names are read with this network's.", pairs)
+        table = table_names.with_prefixes(table, renamed)
     missing = [n for n in plan.calib_names if n not in table]
     if missing:
         raise CalibrationTableError(
@@ -585,40 +594,9 @@ def check_table(plan: QuantPlan, table, config: Optional[QuantConfig] = None) \
     return CalibrationTable(merged, method=table.method, fingerprint=fingerprint, meta=meta)
 
 
-def _renamed_prefix(table, plan):
-    """``(the table's prefix, this graph's)`` when this graph, with its first name prefix
-    (``resnetv11_``) replaced by another (``resnetv10_``, found among the names the table
-    holds and this graph lacks), is the graph the table was computed on (the same layers,
-    wired alike); else None."""
-    here = set(plan.calib_names) | set(plan.fused.view.variables)
-    names = set(table.keys()) | set(table.meta.get(digest.META_KEY) or ())
-    unmatched = [n for n in names if n not in here]
-    heads = {n.split("_", 1)[0] + "_" if "_" in n else None for n in unmatched}
-    if len(heads) != 1 or None in heads:    # none missing, or not all under one prefix
-        return None
-    old = heads.pop()
-    for new in sorted({n.split("_", 1)[0] + "_" for n in here if "_" in n} - {old}):
-        if all(n.startswith(old) and new + n[len(old):] in here for n in unmatched):
-            view = plan.fused.view.renamed(new, old)
-            if table.fingerprint in (view.fingerprint(),) + view.earlier_fingerprints():
-                return old, new
-    return None
-
-
-def _with_prefix(table, old, new):
-    """``table`` with ``new`` in place of ``old`` at the start of every name it holds
-    (ranges, and the names in its meta: weight digests, bias corrections, AdaRound and
-    equalization choices, settings)."""
-    def rename(value):
-        if isinstance(value, dict):
-            return {rename(k): rename(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return type(value)(rename(v) for v in value)
-        if isinstance(value, str) and value.startswith(old):
-            return new + value[len(old):]
-        return value
-    return CalibrationTable(rename(dict(table.items())), method=table.method,
-                            fingerprint=table.fingerprint, meta=rename(dict(table.meta)))
+def _names_here(plan):
+    """The names a table of this plan holds: calibrated tensors and parameters."""
+    return set(plan.calib_names) | set(plan.fused.view.variables)
 
 
 def _final_graph(plan, table, spec, messages):

@@ -2,6 +2,7 @@
 and a fingerprint that identifies the graph's structure."""
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
@@ -155,10 +156,11 @@ class GraphView:
         blob = json.dumps(canon, sort_keys=True, separators=(",", ":")).encode()
         return hashlib.sha256(blob).hexdigest()
 
-    def renamed(self, prefix, replacement):
-        """This graph with ``replacement`` in place of ``prefix`` at the start of every name
-        (operators, variables, fused subgraphs' members)."""
-        text = json.dumps(self._graph).replace('"' + prefix, '"' + replacement)
+    def renamed(self, prefixes):
+        """This graph with each prefix of ``prefixes`` (a dict) replaced by its value at the
+        start of every name (operators, variables, fused subgraphs' members), all at once."""
+        pattern = re.compile('"(%s)' % "|".join(re.escape(p) for p in prefixes))
+        text = pattern.sub(lambda m: '"' + prefixes[m.group(1)], json.dumps(self._graph))
         return GraphView(json.loads(text))
 
     def earlier_fingerprints(self):
