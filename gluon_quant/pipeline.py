@@ -530,8 +530,10 @@ def check_table(plan: QuantPlan, table, config: Optional[QuantConfig] = None) \
     fingerprint = plan.fused.fingerprint
     if table.fingerprint is not None and table.fingerprint != fingerprint \
             and table.fingerprint not in plan.fused.view.earlier_fingerprints():
-        renamed = table_names.renamed_prefixes(table, plan.fused.view, _names_here(plan))
+        here = _names_here(plan)
+        renamed = table_names.renamed_prefixes(table, plan.fused.view, here)
         if renamed is None:
+            apart = sorted(table_names.numbered_apart(table, here))
             raise CalibrationTableError(
                 "The calibration table was computed on another graph (fingerprint %s..., "
                 "this network's is %s...): %s" % (table.fingerprint[:12], fingerprint[:12], (
@@ -540,8 +542,7 @@ def check_table(plan: QuantPlan, table, config: Optional[QuantConfig] = None) \
                     "blocks created outside `with self.name_scope():` are numbered across "
                     "the whole process. Build the net in a fresh process (or create its "
                     "layers inside name_scope, or give it prefix=...), or calibrate it "
-                    "again." % ", ".join(sorted(table_names.numbered_apart(table, _names_here(plan)))[:4])
-                    if table_names.numbered_apart(table, _names_here(plan)) else
+                    "again." % ", ".join(apart[:4]) if apart else
                     "another network, or settings that change the graph (backend, "
                     "input_normalization, preset) other than the ones it records. Calibrate "
                     "this network, or load the table that was saved with it, without those "
