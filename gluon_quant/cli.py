@@ -446,7 +446,7 @@ def _cmd_tune(args, out):
         raise ConfigError("tune evaluates trials in this process or on Ray: pass --engine "
                           "ray, or leave --engine out.")
     model, batches, load_s = _prepare(args, out)
-    eval_fn = Top1(*_load_eval_data(args.eval_data, batches, model.num_inputs),
+    eval_fn = Top1(*_load_eval_data(args.eval_data, batches, model.input_names),
                    batch_size=args.batch_size)
     samples = len(eval_fn.inputs[0])
     if eval_fn.labels is None:
@@ -497,12 +497,14 @@ class Top1:
         return float((self.predictions(model) == self.labels).mean())
 
 
-def _load_eval_data(path, batches, num_inputs=1):
+def _load_eval_data(path, batches, input_names=("data",)):
     """``([inputs, one array per model input], labels or None)`` from a .npy of inputs, or a
-    .npz with the inputs (``x`` for one input; else every array but ``y``, in input
-    order) and optionally the labels ``y``."""
+    .npz with the inputs (``x`` for one input; else one array per input, named after it or
+    in input order) and optionally the labels ``y``."""
     import numpy as np
-    from .errors import ArtifactError
+    from .cli_models import npz_input_keys
+    from .errors import ArtifactError, GluonQuantError
+    num_inputs = len(input_names)
     try:
         data = np.load(path)
     except (OSError, ValueError) as err:
@@ -512,18 +514,28 @@ def _load_eval_data(path, batches, num_inputs=1):
         inputs, labels = [data], None
     else:
         labels = data["y"] if "y" in data.files else None
-        names = ["x"] if "x" in data.files else [k for k in data.files if k != "y"]
+        names = [k for k in data.files if k != "y"]
+        if "x" in data.files and len(input_names) == 1:
+            names = ["x"]
+        else:
+            try:
+                names = npz_input_keys(data.files, input_names, path, skip=("y",))
+            except GluonQuantError:
+                pass            # refused below, with the shapes expected
         inputs = [data[k] for k in names]
     first = batches[0] if isinstance(batches[0], tuple) else (batches[0],)
     samples = {len(a) for a in inputs} | ({len(labels)} if labels is not None else set())
-    if len(inputs) != num_inputs or len(samples) != 1 or any(
+    unread = [] if isinstance(data, np.ndarray) else [
+        k for k in data.files if k not in names and k != "y"]
+    if unread or len(inputs) != num_inputs or len(samples) != 1 or any(
             a.shape[1:] != np.asarray(b).shape[1:] for a, b in zip(inputs, first)):
         found = "" if isinstance(data, np.ndarray) else " (arrays %s)" % ", ".join(
             "%s %s" % (k, data[k].shape) for k in data.files)
         raise ArtifactError(
             "--eval-data %r%s holds inputs %s and labels %s; expected %d input array(s) of "
-            "(N,) + %s like the calibration data, saved as x (or one array per input, in "
-            "input order), and N labels saved as y: np.savez(path, x=..., y=...)."
+            "(N,) + %s like the calibration data, saved as x (or one array per input, named "
+            "after it or in input order), and N labels saved as y: np.savez(path, x=..., "
+            "y=...)."
             % (path, found, [a.shape for a in inputs], None if labels is None
                else labels.shape, num_inputs,
                " and ".join(str(np.asarray(b).shape[1:]) for b in first)))

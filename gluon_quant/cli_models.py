@@ -67,6 +67,9 @@ class LoadedModel:
     input_error : callable, optional
         For an exported pair: ``input_error(shape)`` gives MXNet's shape-inference error
         when the model does not take a first input of ``shape``, else None.
+    input_names : tuple of str
+        The graph's input names, in input order (an exported pair's; ``('data',)`` for
+        the zoo's one-image nets): arrays of a ``.npz`` named so go to those inputs.
     """
 
     net: object
@@ -77,6 +80,7 @@ class LoadedModel:
     num_inputs: int = 1
     random_weights: bool = False
     input_error: Optional[Callable] = None
+    input_names: tuple = ("data",)
 
 
 def imagenet_preprocess(image, *, size=224):
@@ -254,7 +258,8 @@ def load_model(spec, *, pretrained=True, image_size=None, ctx=None):
         block, names, input_error = _load_symbol_pair(*files, ctx)
         size = image_size or 224
         return LoadedModel(block, spec, "symbol", _sized(imagenet_preprocess, size), size,
-                           num_inputs=len(names), input_error=input_error)
+                           num_inputs=len(names), input_error=input_error,
+                           input_names=tuple(names))
     key = spec.lower().replace("-", "_")
     if key in ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2"):
         from .zoo import efficientnet_lite, preprocess
@@ -329,7 +334,35 @@ def _batched(arrays, batch_size):
     return [arrays[i:i + batch_size] for i in range(0, len(arrays), batch_size)]
 
 
-def _load_arrays(path, model_inputs):
+def npz_input_keys(keys, input_names, path, skip=()):
+    """The keys of a ``.npz``'s arrays, one per model input in input order: by name where
+    the file names every input (any order, other arrays ignored), else the file's arrays
+    (less ``skip``) in the order they were saved.
+
+    Raises
+    ------
+    CalibrationDataError
+        Neither: the file's arrays are not one per input.
+    """
+    keys = list(keys)
+    if all(name in keys for name in input_names):
+        return list(input_names)
+    rest = [k for k in keys if k not in skip]
+    if len(rest) == len(input_names):
+        mapped = rest
+        if len(input_names) > 1 and mapped != ["arr_%d" % i for i in range(len(mapped))]:
+            _log.warning("%s: arrays %s are taken as inputs %s, in the order they were "
+                         "saved; name them after the inputs to choose.", path, mapped,
+                         list(input_names))
+        return mapped
+    raise CalibrationDataError(
+        "%r holds arrays %s but the model has %d input(s) %s. Save one array per input, "
+        "named after it (np.savez(path, %s)) or in input order."
+        % (path, keys, len(input_names), list(input_names),
+           ", ".join("%s=..." % n for n in input_names)))
+
+
+def _load_arrays(path, input_names):
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
@@ -337,14 +370,9 @@ def _load_arrays(path, model_inputs):
     if isinstance(loaded, np.ndarray):
         return [loaded]
     with loaded:
-        keys = list(loaded.files)
-        if not keys:
+        if not loaded.files:
             raise CalibrationDataError("%r holds no array." % (path,))
-        if len(keys) != model_inputs and len(keys) > 1:
-            raise CalibrationDataError(
-                "%r holds %d arrays %s but the model has %d input(s). Save one array per "
-                "input, in input order." % (path, len(keys), keys, model_inputs))
-        return [loaded[k] for k in keys[:model_inputs]]
+        return [loaded[k] for k in npz_input_keys(loaded.files, input_names, path)]
 
 
 def load_calibration(path, model, *, batch_size=16, max_images=None, progress=True):
@@ -356,7 +384,8 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
         A folder (searched recursively for .jpg/.jpeg/.png/.bmp/.tif/.tiff files, decoded
         with ``mx.image.imread`` and preprocessed like the model's training data; files
         that do not decode are skipped with a warning), or a ``.npy``
-        file of shape ``(N, ...)``, or a ``.npz`` file with one array per input.
+        file of shape ``(N, ...)``, or a ``.npz`` file with one array per input (named after
+        the inputs, or in input order).
     model : LoadedModel
     batch_size : int
     max_images : int, optional
@@ -396,7 +425,7 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
         raise CalibrationDataError("Calibration data %r is neither a folder of images nor a "
                                    ".npy/.npz file." % (path,))
     inputs = [np.asarray(a, dtype=np.float32)[:max_images]
-              for a in _load_arrays(path, model.num_inputs)]
+              for a in _load_arrays(path, model.input_names)]
     if not len(inputs[0]):
         raise CalibrationDataError("%r holds no sample (its first axis is empty)." % (path,))
     if len(inputs) == 1:
@@ -430,7 +459,7 @@ def check_image_inputs(model, shape, source=None):
         how = ("the images of %r are read as %s batches: RGB, short side resized and "
                "centre-cropped to --image-size %d, scaled to [0, 1] and normalized with "
                "ImageNet's mean and std" % (source, tuple(shape), model.image_size))
-    advice = ("Pass --calib FILE.npy (or .npz, one array per input, in input order) holding "
+    advice = ("Pass --calib FILE.npy (or .npz, one array per input, named after it) holding "
               "inputs preprocessed as %s takes them" % (model.name,))
     if model.num_inputs != 1:
         raise CalibrationDataError("%s takes %d inputs, and images give one (%s). %s."

@@ -442,6 +442,40 @@ def test_tune_scores_a_two_input_model(tmp_path):
                "--quiet")[0] == cli.EXIT_ERROR
 
 
+def test_npz_arrays_named_after_the_inputs_go_to_those_inputs(tmp_path, capsys):
+    """A .npz whose arrays are named after the graph's inputs is read by name, in whatever
+    order it was saved (it was read in file order: tokens fed to the image input failed in
+    MXNet's shape inference); arrays named otherwise go in the order saved, with a warning
+    naming that order; a count that fits no input list is refused naming both."""
+    net = _TwoInputs()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(2)
+    images, tokens = rs.rand(24, 3, 8, 8).astype("float32"), rs.randint(0, 20, (24, 5))
+    net.hybridize()
+    labels = net(mx.nd.array(images), mx.nd.array(tokens)).argmax(axis=1).asnumpy()
+    net.export(str(tmp_path / "pair"))
+    np.savez(tmp_path / "calib.npz", data1=tokens.astype("float32"), data0=images)
+    np.savez(tmp_path / "val.npz", y=labels.astype("int64"), data1=tokens.astype("float32"),
+             data0=images)
+    code, out = run("tune", tmp_path / "pair", "--calib", tmp_path / "calib.npz",
+                    "--eval-data", tmp_path / "val.npz", "--tolerance", 0.5,
+                    "--out", tmp_path / "tuned", "--json", "--quiet")
+    assert code == 0, out
+    assert json.loads(out)["tune"]["fp32_score"] == 1.0
+    np.savez(tmp_path / "other.npz", image=images, tokens=tokens.astype("float32"))
+    capsys.readouterr()
+    assert run("bench", tmp_path / "pair", "--calib", tmp_path / "other.npz",
+               "--batch-sizes", "2", "--repeat", 1, "--warmup", 1)[0] == 0
+    assert ("arrays ['image', 'tokens'] are taken as inputs ['data0', 'data1'], in the order "
+            "they were saved" in capsys.readouterr().err)
+    np.savez(tmp_path / "three.npz", a=images, b=tokens, c=labels)
+    code, _ = run("quantize", tmp_path / "pair", "--calib", tmp_path / "three.npz",
+                  "--out", tmp_path / "q3")
+    assert code == cli.EXIT_ERROR
+    assert ("holds arrays ['a', 'b', 'c'] but the model has 2 input(s) ['data0', 'data1']"
+            in capsys.readouterr().err)
+
+
 def test_report_reads_a_python_export(workdir, tiny_cnn, tiny_batches):
     """`gluon-quant report` on what qnet.export() wrote (no PREFIX-report.json beside it)
     reads the report stored in the export's metadata."""
