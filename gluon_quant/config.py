@@ -23,7 +23,8 @@ from .graph.selection import block_paths
 from . import _mxnet
 from .presets import Preset, get_preset
 
-__all__ = ["QuantConfig", "QuantDtype", "Backend", "Granularity", "WeightRounding", "suggest"]
+__all__ = ["QuantConfig", "QuantDtype", "Backend", "Granularity", "WeightRounding", "suggest",
+           "check_ctx"]
 
 
 class _ParsableEnum(enum.Enum):
@@ -268,7 +269,7 @@ class QuantConfig:
         if why:
             raise ConfigError("weight_rounding=%r is not supported with backend=%r: %s"
                               % (self.weight_rounding.value, self.backend.value, why))
-        _check_ctx(self.ctx)
+        check_ctx(self.ctx)
         for name in ("bias_correction", "progress", "int8_lstm", "equalization", "fp32_stem"):
             if not isinstance(getattr(self, name), (bool, int)):
                 raise ConfigError("%s must be True or False, got %r."
@@ -450,8 +451,14 @@ def _home_context(net, config):
     return home
 
 
-def _check_ctx(ctx):
-    """Refuse a ``ctx`` that is not an MXNet context, or a GPU this MXNet cannot use."""
+def check_ctx(ctx):
+    """Refuse a ``ctx`` that is not an MXNet context, or a GPU this MXNet cannot use.
+
+    Raises
+    ------
+    ConfigError
+        Naming the context and what to use instead.
+    """
     if ctx is None:
         return
     import mxnet as mx      # here: the config module itself does not need MXNet

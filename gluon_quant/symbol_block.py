@@ -20,6 +20,7 @@ from . import _mxnet, _packing
 from ._background import Background
 from ._io import parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
+from .config import check_ctx
 from .data import InputSpec, as_tuples, call_inputs, call_outputs, run_error
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
                      InputMismatchError, refuse_cast, refuse_optimize_for,
@@ -101,9 +102,12 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         ArtifactError
             A file is missing, truncated, altered, mismatched or of a newer format; the
             message names the file and the problem.
+        ConfigError
+            ``ctx`` is not a context, or a GPU this MXNet cannot use.
         """
         if isinstance(input_names, mx.Context) and ctx is None:    # imports(prefix, ctx)
             input_names, ctx = None, input_names
+        check_ctx(ctx)      # before any file is read: MXNet says only "GPU is not enabled"
         ctx = ctx if ctx is not None else mx.cpu()
         paths = file_names(_export_prefix(prefix))
         meta = _read_metadata(paths["meta"])
@@ -239,8 +243,10 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
                 out = self._cached_call(self, flat, super().forward)
         except (mx.base.MXNetError, ValueError) as err:
             raise _run_error(self, err, [x, *args]) from err
-        if isinstance(out, (list, tuple)) and self._output_nesting is not None:
-            out = as_tuples(_mxnet.regroup(list(out), self._output_nesting))
+        if self._output_nesting is not None:
+            # one array comes back bare: a net returning (x, []) must still give a pair
+            flat = list(out) if isinstance(out, (list, tuple)) else [out]
+            out = as_tuples(_mxnet.regroup(flat, self._output_nesting))
         return call_outputs(out, np_in)
 
 

@@ -183,6 +183,14 @@ def test_summary_and_other_contexts_get_clear_errors(tiny_cnn, tiny_batches, tmp
     with pytest.raises(gq.InputMismatchError, match=r"rank and per-sample shape of the "
                                                     r"calibration batches \(\[\(8, 1, 28, 28\)"):
         there(mx.nd.zeros((2, 1, 20, 20), ctx=mx.cpu(1)))
+    # A GPU this MXNet cannot use is named as quantize(ctx=) names it (MXNet's own error
+    # was "GPU is not enabled", raised from inside the loading), as is a context by name
+    gpus = mx.context.num_gpus()
+    with pytest.raises(gq.ConfigError, match=r"ctx=gpu\(%d\), but this MXNet sees %d GPU"
+                                             % (gpus, gpus)):
+        gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"), ctx=mx.gpu(gpus))
+    with pytest.raises(gq.ConfigError, match=r"ctx must be an mxnet.Context.*got 'cpu'"):
+        gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"), ctx="cpu")
 
 
 def test_tensor_granularity_round_trip(tiny_cnn, tiny_batches, tmp_path):
@@ -207,6 +215,37 @@ def test_multi_output_round_trip_keeps_nesting(tmp_path):
     loaded = round_trip(qnet, [mx.nd.array(batches[1])], str(tmp_path / "two_out"))
     out = loaded(mx.nd.array(batches[1]))
     assert isinstance(out, tuple) and isinstance(out[1], tuple) and len(out[1]) == 2
+
+
+class _OneArrayNested(mx.gluon.HybridBlock):
+    """Returns one array inside a nesting: ``(x, [])`` as GluonNLP's TransformerEncoder
+    does (its attention weights, none kept), or ``[x]``."""
+
+    def __init__(self, extra, **kwargs):
+        super().__init__(**kwargs)
+        self._extra = extra
+        with self.name_scope():
+            self.dense = mx.gluon.nn.Dense(4)
+
+    def hybrid_forward(self, F, x):
+        return (self.dense(x), []) if self._extra else [self.dense(x)]
+
+
+@pytest.mark.parametrize("extra, structure", [(True, (4, ())), (False, (4,))])
+def test_one_array_in_a_nesting_keeps_the_nesting_on_reload(tmp_path, extra, structure):
+    """A loaded export gave the bare array where the net (and the int8 block) return it
+    in a tuple (``out, attention = loaded(x)`` failed): MXNet hands one output back
+    unwrapped, and the nesting was applied to lists only."""
+    net = _OneArrayNested(extra)
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).randn(8, 16).astype("float32") for i in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    loaded = round_trip(qnet, [mx.nd.array(batches[0])], str(tmp_path / "m"))
+
+    def shape_of(out):
+        return tuple(shape_of(o) for o in out) if isinstance(out, tuple) else out.shape[1]
+    x = mx.nd.array(batches[0])
+    assert shape_of(qnet(x)) == shape_of(loaded(x)) == structure
 
 
 @pytest.mark.parametrize("name", [
