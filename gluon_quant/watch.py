@@ -182,6 +182,14 @@ def _outside(array, low, high):
     return count / array.size
 
 
+def _nan_share(array):
+    """The share of ``array``'s values that are NaN."""
+    host = _host(array)
+    count = (np.count_nonzero(np.isnan(host)) if host is not None
+             else float((array != array).sum().asscalar()))
+    return count / array.size
+
+
 def _host(array):
     """A numpy view of ``array``'s memory where that is free (a float32 CPU array), else
     None."""
@@ -209,6 +217,11 @@ def _compare(array, lo, hi):
         return "", False
     low, high = lo - MARGIN * span, hi + MARGIN * span
     a_lo, a_hi = _extremes(array)
+    if np.isnan(a_lo) or np.isnan(a_hi):
+        # NaN compares false with every bound: it passed as in range, and quantized, it
+        # comes out as numbers (where fp32 layers would pass NaN on)
+        return ("%.3g%% of its values are NaN, which int8 turns into ordinary numbers: its "
+                "output shows no sign of them" % (100 * _nan_share(array))), False
     outside = _outside(array, low, high) if a_lo < low or a_hi > high else 0.0
     if outside > OUTSIDE_SHARE:
         return ("%.0f%% of its values lie beyond the range calibration saw, [%.4g, %.4g] "

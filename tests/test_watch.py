@@ -63,6 +63,21 @@ def test_a_loaded_export_reports_inputs_using_a_sliver_of_the_range(tiny_cnn, ti
     assert len(found) == 1 and "about 1 of int8's levels are left for them" in found[0]
 
 
+def test_nan_inputs_are_reported(tiny_cnn, tiny_batches, caught):
+    """NaN compares false with every bound, so a call with NaN pixels (a division by a
+    zero std in preprocessing) passed as in range and gave ordinary numbers; the watch
+    names the NaN share, on the MXNet path too (an input that is not a float32 CPU
+    array)."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    x = np.array(tiny_batches[0][:2])
+    x[0, 0, :7] = np.nan                    # 7 of 28 rows of one of 2 images: 12.5%
+    out = qnet(mx.nd.array(x))
+    assert np.isfinite(out.asnumpy()).all()  # what went unnoticed
+    found = _warnings(caught)
+    assert len(found) == 1 and "12.5% of its values are NaN" in found[0]
+    assert watch._compare(mx.nd.array(x, dtype="float16"), 0.0, 1.0)[0].startswith("12.5%")
+
+
 def test_only_the_first_calls_are_checked(tiny_cnn, tiny_batches, caught):
     qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
     x = mx.nd.array(tiny_batches[0])
