@@ -418,24 +418,34 @@ def test_tune_names_the_arrays_of_an_eval_file_it_cannot_read(workdir, tmp_path,
     assert "np.savez(path, x=..., y=...)" in err
 
 
-def test_tune_scores_a_two_input_model(tmp_path):
-    """--eval-data holds one array per input (in input order) and the labels y."""
+def _exported_pair(tmp_path, seed):
+    """``(images, tokens as float32, fp32's top-1)``: _TwoInputs exported as tmp_path/pair."""
     net = _TwoInputs()
     net.initialize(mx.init.Xavier())
-    rs = np.random.RandomState(1)
+    rs = np.random.RandomState(seed)
     images, tokens = rs.rand(24, 3, 8, 8).astype("float32"), rs.randint(0, 20, (24, 5))
     net.hybridize()
     labels = net(mx.nd.array(images), mx.nd.array(tokens)).argmax(axis=1).asnumpy()
-    labels[:6] = (labels[:6] + 1) % 4                   # fp32 gets 18 of 24 right: 0.75
     net.export(str(tmp_path / "pair"))
-    np.savez(tmp_path / "calib.npz", image=images, tokens=tokens.astype("float32"))
-    np.savez(tmp_path / "val.npz", image=images, tokens=tokens.astype("float32"),
-             y=labels.astype("int64"))
+    return images, tokens.astype("float32"), labels
+
+
+def _tune_pair_fp32_score(tmp_path):
+    """fp32's score in ``gluon-quant tune`` of tmp_path/pair on calib.npz and val.npz."""
     code, out = run("tune", tmp_path / "pair", "--calib", tmp_path / "calib.npz",
                     "--eval-data", tmp_path / "val.npz", "--tolerance", 0.5,
                     "--out", tmp_path / "tuned", "--json", "--quiet")
     assert code == 0, out
-    assert json.loads(out)["tune"]["fp32_score"] == 0.75
+    return json.loads(out)["tune"]["fp32_score"]
+
+
+def test_tune_scores_a_two_input_model(tmp_path):
+    """--eval-data holds one array per input (in input order) and the labels y."""
+    images, tokens, labels = _exported_pair(tmp_path, 1)
+    labels[:6] = (labels[:6] + 1) % 4                   # fp32 gets 18 of 24 right: 0.75
+    np.savez(tmp_path / "calib.npz", image=images, tokens=tokens)
+    np.savez(tmp_path / "val.npz", image=images, tokens=tokens, y=labels.astype("int64"))
+    assert _tune_pair_fp32_score(tmp_path) == 0.75
     np.savez(tmp_path / "one.npz", image=images, y=labels.astype("int64"))
     assert run("tune", tmp_path / "pair", "--calib", tmp_path / "calib.npz", "--eval-data",
                tmp_path / "one.npz", "--tolerance", 0.5, "--out", tmp_path / "t2",
@@ -447,22 +457,11 @@ def test_npz_arrays_named_after_the_inputs_go_to_those_inputs(tmp_path, capsys):
     order it was saved (it was read in file order: tokens fed to the image input failed in
     MXNet's shape inference); arrays named otherwise go in the order saved, with a warning
     naming that order; a count that fits no input list is refused naming both."""
-    net = _TwoInputs()
-    net.initialize(mx.init.Xavier())
-    rs = np.random.RandomState(2)
-    images, tokens = rs.rand(24, 3, 8, 8).astype("float32"), rs.randint(0, 20, (24, 5))
-    net.hybridize()
-    labels = net(mx.nd.array(images), mx.nd.array(tokens)).argmax(axis=1).asnumpy()
-    net.export(str(tmp_path / "pair"))
-    np.savez(tmp_path / "calib.npz", data1=tokens.astype("float32"), data0=images)
-    np.savez(tmp_path / "val.npz", y=labels.astype("int64"), data1=tokens.astype("float32"),
-             data0=images)
-    code, out = run("tune", tmp_path / "pair", "--calib", tmp_path / "calib.npz",
-                    "--eval-data", tmp_path / "val.npz", "--tolerance", 0.5,
-                    "--out", tmp_path / "tuned", "--json", "--quiet")
-    assert code == 0, out
-    assert json.loads(out)["tune"]["fp32_score"] == 1.0
-    np.savez(tmp_path / "other.npz", image=images, tokens=tokens.astype("float32"))
+    images, tokens, labels = _exported_pair(tmp_path, 2)
+    np.savez(tmp_path / "calib.npz", data1=tokens, data0=images)
+    np.savez(tmp_path / "val.npz", y=labels.astype("int64"), data1=tokens, data0=images)
+    assert _tune_pair_fp32_score(tmp_path) == 1.0
+    np.savez(tmp_path / "other.npz", image=images, tokens=tokens)
     capsys.readouterr()
     assert run("bench", tmp_path / "pair", "--calib", tmp_path / "other.npz",
                "--batch-sizes", "2", "--repeat", 1, "--warmup", 1)[0] == 0
