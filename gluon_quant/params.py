@@ -90,7 +90,8 @@ def fp32_params(net, fused, ctx, inputs=None, table=None):
     Raises
     ------
     GraphError
-        Parameters are still deferred and no batch is given, or the graph reads a
+        Parameters are still deferred and no batch is given, or stay deferred after the
+        net ran on it (layers in a branch it did not take), or the graph reads a
         variable that is neither an input nor a parameter.
     ModelExecutionError
         The net failed while finishing its initialization.
@@ -112,6 +113,16 @@ def fp32_params(net, fused, ctx, inputs=None, table=None):
             raise ModelExecutionError("Running %s to finish parameter initialization "
                                       "failed: %s: %s" % (type(net).__name__,
                                                           type(err).__name__, err)) from err
+        unset = [p.name for p in params.values()
+                 if p.name in sources and not _mxnet.is_initialized(p)]
+        if unset:
+            raise GraphError(
+                "Parameters %s still have no shape after %s ran on a calibration batch: "
+                "their layers are in code that batch did not run (a branch of "
+                "F.contrib.cond, a loop that did not turn), and MXNet cannot infer them "
+                "from the graph either. Give those layers their input size (in_units=, "
+                "in_channels=) or run the net on inputs that reach them before "
+                "quantizing." % (unset[:5], type(net).__name__))
     copies = {}
     for name, param in params.items():
         if name in sources:     # from where it lives (Gluon raises RuntimeError elsewhere)

@@ -388,6 +388,38 @@ def test_conv1d_with_deferred_shapes_and_the_doctor_on_rewritten_nets():
     assert all(r.quantized for r in qnet.report() if r.op == "Convolution")
 
 
+class _Branches(nn.HybridBlock):
+    """``F.contrib.cond`` between two dense layers: a batch runs one branch only."""
+
+    def __init__(self, in_units=0):
+        super().__init__()
+        with self.name_scope():
+            self.up = nn.Dense(8, in_units=in_units)
+            self.down = nn.Dense(8, in_units=in_units)
+
+    def hybrid_forward(self, F, x):
+        return F.contrib.cond(x.sum() > 0, lambda: self.up(x), lambda: self.down(x))
+
+
+def test_layers_in_a_branch_no_batch_took_are_named():
+    """A layer in the branch of F.contrib.cond that the calibration batch did not take
+    kept its deferred shape, and Gluon's DeferredInitializationError came out of
+    quantize(); it is a GraphError naming the parameter and the fix, and with the input
+    size given the net quantizes and agrees."""
+    x = np.abs(RS.randn(8, 16)).astype("float32")        # sum > 0: the first branch
+    net = _Branches()
+    net.initialize(mx.init.Xavier())
+    with pytest.raises(gq.GraphError, match=r"\['_branches\d+_dense1_weight'\] still have no "
+                                            r"shape after _Branches ran.*in_units="):
+        gq.quantize(net, [x], progress=False)
+    net = _Branches(in_units=16)
+    net.initialize(mx.init.Xavier())
+    qnet = gq.quantize(net, [x, -x], progress=False)
+    for batch in (x, -x):
+        ref, out = net(mx.nd.array(batch)), qnet(mx.nd.array(batch))
+        assert cosine(ref.asnumpy(), out.asnumpy()) > 0.999
+
+
 class _GroupedResidual(nn.HybridBlock):
     """A grouped convolution whose output is summed with the block's input (oneDNN fuses
     the sum into it)."""
