@@ -741,12 +741,16 @@ def run_error(err, inputs, spec, calibration, ctx=None, built="quantize with ctx
             "with the network." % (describe(inputs), _mxnet.first_line(err)))
     layout = spec.layout or [0] * len(spec.arg_names)
     nones = [name for name, sub in zip(spec.arg_names, layout) if sub == -1]
+    # a net taking *args, calibrated on (x, y) batches: y was read as a label
+    more = (" It was built to take %d input(s), the calibration batches' other elements "
+            "read as labels: to feed %d, quantize it with num_inputs=%d."
+            % (spec.count, len(inputs), len(inputs)) if len(inputs) > spec.count else "")
     return InputMismatchError(
         "Running the int8 network on %s failed: %s. Pass %d mx.nd.NDArray input(s) (%s%s) "
         "with the rank and per-sample shape of the calibration batches%s, floating-point "
-        "ones as float32."
+        "ones as float32.%s"
         % (describe(inputs), _mxnet.first_line(err).rstrip("."), spec.count,
            ", ".join(_labels(spec.arg_names, layout)),
            "; None for %s, as calibrated" % ", ".join(nones) if nones else "",
-           " (%s)" % seen if seen else ""))
+           " (%s)" % seen if seen else "", more))
 

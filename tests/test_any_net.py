@@ -420,6 +420,36 @@ def test_layers_in_a_branch_no_batch_took_are_named():
         assert cosine(ref.asnumpy(), out.asnumpy()) > 0.999
 
 
+class _StarArgs(nn.HybridBlock):
+    """``hybrid_forward(F, x, *args)``: every extra argument is one more input."""
+
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.first = nn.Dense(8)
+            self.rest = nn.Dense(8)
+
+    def hybrid_forward(self, F, x, *args):
+        out = self.first(x)
+        for extra in args:
+            out = out + self.rest(extra)
+        return out
+
+
+def test_a_net_taking_star_args_is_fed_them_with_num_inputs():
+    """(x, y) batches of a net taking ``*args`` read y as a label (as GluonCV's YOLOv3's
+    training targets are): called with both, the int8 net says to quantize with
+    num_inputs=2, which feeds y."""
+    net = _StarArgs()
+    net.initialize(mx.init.Xavier())
+    batches = [tuple(RS.randn(2, 4, 16).astype("float32")) for _ in range(3)]
+    x, y = (mx.nd.array(a) for a in batches[0])
+    with pytest.raises(gq.InputMismatchError, match=r"quantize it with num_inputs=2"):
+        gq.quantize(net, batches, progress=False)(x, y)
+    qnet = gq.quantize(net, batches, num_inputs=2, progress=False)
+    assert cosine(net(x, y).asnumpy(), qnet(x, y).asnumpy()) > 0.999
+
+
 class _GroupedResidual(nn.HybridBlock):
     """A grouped convolution whose output is summed with the block's input (oneDNN fuses
     the sum into it)."""
