@@ -68,6 +68,11 @@ def _calibrator_of(source):
     if not isinstance(calibrator, Calibrator):
         raise ConfigError("Expected a Calibrator or a QuantizedHybridBlock, got %s."
                           % type(source).__name__)
+    if not calibrator.names and source is not calibrator and getattr(
+            source, "model", None) is not None:
+        raise ConfigError("%s has no calibrated tensor to plot: no layer of it runs in "
+                          "int8 (print(qnet.report()) says why for each)."
+                          % type(source).__name__)
     if not calibrator.names:
         raise ConfigError("%s has no statistics: calibrate (or quantize) first."
                           % type(calibrator).__name__)

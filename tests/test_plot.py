@@ -36,3 +36,20 @@ def test_sqnr_chart_takes_the_doctors_rows_and_names_what_it_needs(qnet_and_batc
     with pytest.raises(gq.ArtifactError, match=r"names a folder.*sqnr_dir.name\.png"):
         (tmp_path / "sqnr_dir").mkdir()
         plot.plot_sqnr([("conv", 30.0)], tmp_path / "sqnr_dir")
+
+
+def test_calibration_charts_of_an_all_fp32_net_say_why_there_is_nothing(tiny_cnn,
+                                                                       tiny_batches, tmp_path):
+    """A quantized net with no int8 layer has no calibrated tensor: plot_calibration said
+    "MSECalibrator has no statistics: calibrate (or quantize) first" of a net just
+    quantized."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, exclude=["*"], progress=False)
+    assert not qnet.report().quantized
+    with pytest.raises(gq.ConfigError, match=r"QuantizedHybridBlock has no calibrated tensor "
+                                             r"to plot: no layer of it runs in int8"):
+        plot.plot_calibration(qnet, tmp_path / "plots")
+    with pytest.raises(gq.ConfigError, match=r"MSECalibrator has no statistics: calibrate"):
+        plot.plot_calibration(gq.MSECalibrator(), tmp_path / "plots")
+    plots = plot.plot_calibration(gq.quantize(tiny_cnn, tiny_batches, progress=False),
+                                  tmp_path / "plots")
+    assert plots and all(open(p, "rb").read(8) == PNG for p in plots)
