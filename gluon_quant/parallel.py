@@ -58,7 +58,8 @@ class _Job:
 
 
 def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
-                       calibrator=None, progress=True, start_method="spawn"):
+                       calibrator=None, progress=True, start_method="spawn", config=None,
+                       **settings):
     """Calibrate on shards of data in parallel (Ray tasks or processes); one merged table.
 
     Parameters
@@ -93,6 +94,12 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
     start_method : {'spawn', 'forkserver', 'fork'}, default 'spawn'
         How worker processes start (``'process'`` only; see
         :mod:`gluon_quant.engines.process`).
+    config : QuantConfig, optional
+    **settings
+        For a plain net, the settings of :func:`gluon_quant.quantize` (``exclude=``,
+        ``dtype=``, ``num_inputs=``...) that decide which tensors are calibrated; the
+        table records them for ``quantize(net, batches, calib_table=table)``. A
+        ``QuantizedHybridBlock`` has its own (``qnet.clone(**settings)`` for others).
 
     Returns
     -------
@@ -108,8 +115,9 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
     EmptyCalibrationError
         If every shard is empty.
     ConfigError
-        If ``engine``, ``address``, ``workers``, ``shards`` or ``start_method`` are
-        invalid, Ray is asked for and not installed, or its cluster cannot be reached.
+        If ``engine``, ``address``, ``workers``, ``shards``, ``start_method`` or a
+        setting are invalid, settings are given with a ``QuantizedHybridBlock``, Ray is
+        asked for and not installed, or its cluster cannot be reached.
     GluonQuantError
         Raised again from a shard (same class, the message names the shard), or
         ModelExecutionError for MXNet's errors and workers that died.
@@ -133,10 +141,17 @@ def calibrate_parallel(net, shards, *, engine=None, address=None, workers=None,
                 "object that can be pickled and iterated, such as a DataLoader)."
                 % (number, type(shard).__name__))
     shards = [_sendable(shard, number) for number, shard in enumerate(shards)]
+    if isinstance(net, QuantizedHybridBlock) and (config is not None or settings):
+        raise ConfigError(
+            "calibrate_parallel(qnet, ...) calibrates with qnet's own settings; got %s as "
+            "well. Pass qnet.clone(%s) instead, or the fp32 net with the settings."
+            % ("config=" if config is not None else ", ".join(sorted(settings)),
+               ", ".join("%s=..." % k for k in sorted(settings)) or "config=..."))
+    qnet = (net if isinstance(net, QuantizedHybridBlock)
+            else QuantizedHybridBlock(net, config, **settings))
     # Settings are checked before any work (and before a Ray starts).
     with get_engine(engine, address=address, workers=workers, start_method=start_method,
                     allowed=("auto", "ray", "process")) as runner:
-        qnet = net if isinstance(net, QuantizedHybridBlock) else QuantizedHybridBlock(net)
         template = get_calibrator(calibrator if calibrator is not None else qnet.calibrator)
         if qnet.fused is None:      # the first batch says which inputs it feeds, how nested
             qnet.fuse(_first_batch(shards))

@@ -70,6 +70,28 @@ def test_bad_settings(tiny_cnn, tiny_batches, kwargs, match):
                               **dict({"engine": "process"}, **kwargs))
 
 
+def test_settings_of_a_plain_net_decide_what_is_calibrated(tiny_cnn, tiny_batches):
+    """calibrate_parallel(net, shards, exclude=[...]) was a TypeError (settings went
+    through a QuantizedHybridBlock only): it takes quantize()'s settings, and the table
+    is the one pass's with them; a block given settings too is refused before any
+    worker starts, as is a bad setting."""
+    settings = {"exclude": ["Convolution"], "calibrator": "minmax"}
+    single = gq.QuantizedHybridBlock(tiny_cnn, progress=False, **settings).calibrate(
+        tiny_batches)
+    table = gq.calibrate_parallel(tiny_cnn, [tiny_batches[:2], tiny_batches[2:]], workers=1,
+                                  engine="process", progress=False, **settings)
+    assert dict(table) == dict(single) and table.method == "minmax"
+    assert len(table) < len(_single_pass(tiny_cnn, tiny_batches, "minmax"))
+    qnet = gq.quantize(tiny_cnn, calib_table=table, progress=False)   # the table's settings
+    assert not [r for r in qnet.report() if r.op == "Convolution" and r.quantized]
+    block = gq.QuantizedHybridBlock(tiny_cnn, progress=False)
+    with pytest.raises(gq.ConfigError, match=r"calibrates with qnet's own settings; got "
+                                             r"exclude as well.*qnet.clone\(exclude=...\)"):
+        gq.calibrate_parallel(block, [tiny_batches], engine="process", exclude=["Pooling"])
+    with pytest.raises(gq.ConfigError, match=r"Unknown setting\(s\) 'excluded'"):
+        gq.calibrate_parallel(tiny_cnn, [tiny_batches], engine="process", excluded=["x"])
+
+
 def test_all_shards_empty(tiny_cnn):
     with pytest.raises(gq.EmptyCalibrationError, match="Every shard was empty"):
         gq.calibrate_parallel(tiny_cnn, [[], []], workers=1, engine="process",
