@@ -339,7 +339,7 @@ def quant_config(args, num_inputs=None):
         try:
             with open(args.config, encoding="utf-8") as handle:
                 base = json.load(handle)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
             raise ArtifactError("Cannot read --config %r: %s. Pass a JSON object of "
                                 "QuantConfig settings." % (args.config, err)) from err
     given = {name: getattr(args, name, None) for name in (

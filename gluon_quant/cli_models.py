@@ -497,7 +497,7 @@ def load_report(prefix):
         raise ArtifactError("Cannot read the report %r (%s). Create it with: gluon-quant "
                             "quantize MODEL --calib DATA --out %s"
                             % (path, err.strerror or err, prefix)) from None
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise ArtifactError("%r is not a valid report (truncated or not JSON: %s)."
                             % (path, err)) from None
     try:

@@ -208,7 +208,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         try:
             state = json.loads(text if text is not None
                                else json.dumps(meta["calibration_table"]))
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise CalibrationTableError("The calibration table in %r is not valid JSON (%s). "
                                         "Export the model again." % (self._meta.source, err)) \
                 from None
@@ -286,7 +286,7 @@ def _report_of(meta, source):
             % (source, meta.get("gluon_quant_version")))
     try:
         return QuantReport.from_dict(json.loads(text))
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise ArtifactError("The report in %r is damaged (%s). Export the model again."
                             % (source, err)) from None
 
@@ -338,6 +338,7 @@ def _build(cls, meta, paths, graph, symbol_path, params_path, params_data, ctx):
 
     params = _unpack_params(arrays, meta, symbol, params_path, allocate)
     sym = symbol()
+    _check_output_format(meta.get("output_format"), len(sym.list_outputs()), paths["meta"])
     names = [entry["name"] for entry in meta["inputs"]]
     inputs = [mx.sym.var(name, dtype=entry["dtype"])
               for name, entry in zip(names, meta["inputs"])]
@@ -359,6 +360,41 @@ def _build(cls, meta, paths, graph, symbol_path, params_path, params_data, ctx):
     except GluonQuantError as err:
         raise ArtifactError("%r does not fit the graph in %r: %s"
                             % (params_path, symbol_path, err)) from err
+
+
+#: Deepest output nesting read (Gluon's nets return a few levels at most).
+_MAX_NESTING = 32
+
+
+def _check_output_format(fmt, outputs, path):
+    """Refuse an ``output_format`` that is not Gluon's nesting of ``outputs`` arrays: 0 for
+    one array, a list of such formats for a tuple (None: no nesting recorded, the graph's
+    outputs as they come)."""
+    if fmt is None:
+        return
+    leaves, stack = 0, [(fmt, 0)]
+    while stack:
+        sub, depth = stack.pop()
+        if isinstance(sub, list) and depth < _MAX_NESTING:
+            stack.extend((inner, depth + 1) for inner in sub)
+        elif type(sub) is int and sub == 0:     # noqa: E721 (True is an int too)
+            leaves += 1
+        else:
+            raise ArtifactError("The metadata file %r has a bad output_format %s: Gluon's "
+                                "nesting of the graph's outputs (0, or lists of them) was "
+                                "expected. Export the model again." % (path, _brief(fmt)))
+    if leaves != outputs:
+        raise ArtifactError("The metadata file %r nests %d output(s) (output_format %s) but "
+                            "the graph has %d. Export the model again."
+                            % (path, leaves, _brief(fmt), outputs))
+
+
+def _brief(value):
+    """``value`` as JSON, cut to 200 characters (a nesting too deep for JSON: said so)."""
+    try:
+        return json.dumps(value)[:200]
+    except (RecursionError, ValueError):
+        return "(nested too deep to print)"
 
 
 def _check_gluon_arguments(paths, meta, input_names, param_file):
@@ -405,7 +441,7 @@ def _read_metadata(path):
     data = read_bytes(path, "metadata file")
     try:
         meta = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
         raise ArtifactError("The metadata file %r is not valid JSON (truncated or edited: "
                             "%s). Export the model again." % (path, err)) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -508,7 +544,7 @@ def _load_symbol(path, data):
         if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
             raise ValueError("no node list")
         return graph, mx.sym.load_json(text)
-    except (UnicodeDecodeError, ValueError, mx.base.MXNetError) as err:
+    except (UnicodeDecodeError, ValueError, RecursionError, mx.base.MXNetError) as err:
         raise _bad_symbol(path, err) from None
 
 

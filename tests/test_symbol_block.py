@@ -248,6 +248,50 @@ def test_one_array_in_a_nesting_keeps_the_nesting_on_reload(tmp_path, extra, str
     assert shape_of(qnet(x)) == shape_of(loaded(x)) == structure
 
 
+def _edit_meta(prefix, text):
+    """Write ``text`` as the export's metadata (not covered by its checksums)."""
+    with open(prefix + "-meta.json", "w", encoding="utf-8") as handle:
+        handle.write(text)
+
+
+@pytest.mark.parametrize("odd", [-1, 1, True, 2 ** 63, 1e308, "x", {}, [], [[]], [0, 0],
+                                 {"name": "data"}, "40 deep"])
+def test_an_edited_output_format_is_refused(tiny_cnn, tiny_batches, tmp_path, odd):
+    """The output nesting in the metadata is applied to every output now (one output came
+    back bare before): an edited one gave another structure or a RecursionError (the slow
+    loader fuzz found both); it must be Gluon's nesting of the graph's outputs."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    prefix = str(tmp_path / "m")
+    qnet.export(prefix)
+    with open(prefix + "-meta.json", encoding="utf-8") as handle:
+        meta = json.load(handle)
+    meta["output_format"] = json.loads("[" * 40 + "0" + "]" * 40) if odd == "40 deep" else odd
+    _edit_meta(prefix, json.dumps(meta))
+    with pytest.raises(gq.ArtifactError, match=r"(bad output_format|nests \d+ output\(s\)).*"
+                                               r"Export the model again"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+    meta["output_format"] = None            # no nesting recorded: the outputs as they come
+    _edit_meta(prefix, json.dumps(meta))
+    x = mx.nd.array(tiny_batches[0])
+    assert_identical(qnet(x), gq.QuantizedSymbolBlock.imports(prefix)(x))
+
+
+def test_json_nested_too_deep_for_python_is_a_package_error(tiny_cnn, tiny_batches,
+                                                            tmp_path):
+    """json.loads raises RecursionError (not ValueError) on deep nesting: an edited
+    metadata file or calibration table escaped the package's errors."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    prefix = str(tmp_path / "m")
+    qnet.export(prefix)
+    deep = "[" * 100000 + "]" * 100000
+    _edit_meta(prefix, '{"format": %s}' % deep)
+    with pytest.raises(gq.ArtifactError, match="is not valid JSON"):
+        gq.QuantizedSymbolBlock.imports(prefix)
+    (tmp_path / "t.json").write_text('{"ranges": %s}' % deep)
+    with pytest.raises(gq.CalibrationTableError, match="not a valid calibration table"):
+        gq.CalibrationTable.load(str(tmp_path / "t.json"))
+
+
 @pytest.mark.parametrize("name", [
     "resnet18_v1", "mobilenetv2_1.0",   # conv+BN+sum; ReLU6 fused into 35 convs, 17 depthwise
     pytest.param("mobilenet1.0", marks=pytest.mark.slow)])

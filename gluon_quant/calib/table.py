@@ -261,7 +261,7 @@ class CalibrationTable(Mapping):
                 from err
         try:
             state = json.loads(text)
-        except ValueError as err:
+        except (ValueError, RecursionError) as err:
             raise CalibrationTableError(
                 "%r is not a valid calibration table (truncated or not JSON: %s)." % (path, err)) \
                 from None
