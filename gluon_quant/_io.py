@@ -20,7 +20,7 @@ import numpy as np
 from .errors import ArtifactError
 
 __all__ = ["atomic_write", "atomic_write_many", "sha256_bytes", "read_bytes",
-           "parse_ndarray_file"]
+           "parse_ndarray_file", "loads_json"]
 
 _LIST_MAGIC = 0x112
 _NDARRAY_V2_MAGIC = 0xF993FAC9
@@ -33,6 +33,16 @@ _MAX_NDIM = 8
 def sha256_bytes(data):
     """Hex sha256 of ``data`` (bytes)."""
     return hashlib.sha256(data).hexdigest()
+
+
+def loads_json(text):
+    """``json.loads(text)``, a nesting too deep for Python (its ``RecursionError``) raised
+    as a ``ValueError`` like any other malformed JSON: every reader of a user's JSON file
+    (export metadata, graph, calibration table, report, settings) catches ValueError."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deep to read") from None
 
 
 def read_bytes(path, what):

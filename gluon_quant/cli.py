@@ -15,7 +15,7 @@ import sys
 import time
 import traceback
 
-from ._io import json_default, write_json
+from ._io import json_default, loads_json, write_json
 
 __all__ = ["main", "build_parser", "Top1", "EXIT_OK", "EXIT_ERROR", "EXIT_USAGE", "EXIT_INTERNAL"]
 
@@ -338,8 +338,8 @@ def quant_config(args, num_inputs=None):
     if getattr(args, "config", None):
         try:
             with open(args.config, encoding="utf-8") as handle:
-                base = json.load(handle)
-        except (OSError, ValueError, RecursionError) as err:
+                base = loads_json(handle.read())
+        except (OSError, ValueError) as err:
             raise ArtifactError("Cannot read --config %r: %s. Pass a JSON object of "
                                 "QuantConfig settings." % (args.config, err)) from err
     given = {name: getattr(args, name, None) for name in (

@@ -11,7 +11,6 @@ Calibration data is a folder of image files (decoded with ``mx.image.imread`` an
 the model's preprocessing) or a ``.npy`` / ``.npz`` file of input arrays.
 """
 import glob
-import json
 import logging
 import os
 import re
@@ -22,6 +21,7 @@ import mxnet as mx
 import numpy as np
 
 from . import _mxnet
+from ._io import loads_json
 from ._names import suggest
 from .graph.heads import inference_heads
 from .errors import (ArtifactError, CalibrationDataError, ConfigError,
@@ -489,7 +489,7 @@ def load_report(prefix):
     path = prefix if prefix.endswith(".json") else prefix + "-report.json"
     try:
         with open(path, encoding="utf-8") as handle:
-            state = json.load(handle)
+            state = loads_json(handle.read())
     except OSError as err:
         if not prefix.endswith(".json") and os.path.isfile(file_names(prefix)["meta"]):
             report = export_report(prefix)      # an export written by qnet.export()
@@ -497,7 +497,7 @@ def load_report(prefix):
         raise ArtifactError("Cannot read the report %r (%s). Create it with: gluon-quant "
                             "quantize MODEL --calib DATA --out %s"
                             % (path, err.strerror or err, prefix)) from None
-    except (ValueError, RecursionError) as err:
+    except ValueError as err:
         raise ArtifactError("%r is not a valid report (truncated or not JSON: %s)."
                             % (path, err)) from None
     try:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import _mxnet, _packing
 from ._background import Background
-from ._io import parse_ndarray_file, read_bytes, sha256_bytes
+from ._io import loads_json, parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
 from .config import check_ctx
 from .data import InputSpec, as_tuples, call_inputs, call_outputs, run_error
@@ -206,9 +206,9 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         if text is None and meta.get("calibration_table") is None:
             return None
         try:
-            state = json.loads(text if text is not None
+            state = loads_json(text if text is not None
                                else json.dumps(meta["calibration_table"]))
-        except (ValueError, RecursionError) as err:
+        except ValueError as err:
             raise CalibrationTableError("The calibration table in %r is not valid JSON (%s). "
                                         "Export the model again." % (self._meta.source, err)) \
                 from None
@@ -285,8 +285,8 @@ def _report_of(meta, source):
             "3.1. Export the model again (a loaded QuantizedSymbolBlock can export() itself)."
             % (source, meta.get("gluon_quant_version")))
     try:
-        return QuantReport.from_dict(json.loads(text))
-    except (ValueError, RecursionError) as err:
+        return QuantReport.from_dict(loads_json(text))
+    except ValueError as err:
         raise ArtifactError("The report in %r is damaged (%s). Export the model again."
                             % (source, err)) from None
 
@@ -440,8 +440,8 @@ def _export_prefix(prefix):
 def _read_metadata(path):
     data = read_bytes(path, "metadata file")
     try:
-        meta = json.loads(data.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        meta = loads_json(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
         raise ArtifactError("The metadata file %r is not valid JSON (truncated or edited: "
                             "%s). Export the model again." % (path, err)) from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
@@ -540,11 +540,11 @@ def _load_symbol(path, data):
     thread: both hold the GIL briefly; :func:`_check_symbol` must check it next)."""
     try:
         text = data.decode("utf-8")
-        graph = json.loads(text)
+        graph = loads_json(text)
         if not isinstance(graph, dict) or not isinstance(graph.get("nodes"), list):
             raise ValueError("no node list")
         return graph, mx.sym.load_json(text)
-    except (UnicodeDecodeError, ValueError, RecursionError, mx.base.MXNetError) as err:
+    except (UnicodeDecodeError, ValueError, mx.base.MXNetError) as err:
         raise _bad_symbol(path, err) from None
 
 

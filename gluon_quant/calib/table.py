@@ -11,7 +11,7 @@ import math
 import os
 from collections.abc import Mapping
 
-from .._io import atomic_write
+from .._io import atomic_write, loads_json
 from ..errors import ArtifactError, CalibrationTableError
 
 __all__ = ["CalibrationTable", "as_table"]
@@ -260,8 +260,8 @@ class CalibrationTable(Mapping):
             raise ArtifactError("Cannot read the calibration table %r: %s." % (path, err)) \
                 from err
         try:
-            state = json.loads(text)
-        except (ValueError, RecursionError) as err:
+            state = loads_json(text)
+        except ValueError as err:
             raise CalibrationTableError(
                 "%r is not a valid calibration table (truncated or not JSON: %s)." % (path, err)) \
                 from None
