@@ -4,6 +4,7 @@ Calibration data is any iterable of batches: a gluon ``DataLoader``, a list, a
 generator, an ``mx.io.DataIter``. No labels are ever needed: a tuple's first ``k``
 elements feed the net's ``k`` inputs and the rest (labels, ids) are ignored.
 """
+import collections.abc
 import inspect
 import itertools
 import logging
@@ -380,11 +381,21 @@ class _PutBack:
 
 
 def _refuse_samples(data):
-    """A Gluon ``Dataset`` yields single samples, not batches: say how to batch it."""
+    """A Gluon ``Dataset`` yields single samples, not batches, and a dict of arrays (or
+    ``np.load`` of a .npz) its keys: say how to batch them."""
     if isinstance(data, mx.gluon.data.Dataset):
         raise CalibrationDataError(
             "calib_data is a Gluon %s, which yields single samples, not batches. Wrap it in a "
             "DataLoader: gluon.data.DataLoader(dataset, batch_size=32)." % type(data).__name__)
+    if isinstance(data, collections.abc.Mapping):
+        keys = list(data.keys())
+        raise CalibrationDataError(
+            "calib_data is a %s (keys %s), which yields its keys, not batches. Pass a list "
+            "of batches, each a dict keyed by input name: [{k: v[i:i + 32] for k, v in "
+            "arrays.items()} for i in range(0, n, 32)] (with arrays = dict(data) for a .npz), "
+            "or [data] to calibrate on it as one batch."
+            % (type(data).__name__, ", ".join(map(str, keys[:5])) + (", ..." if len(keys) > 5
+                                                                     else "")))
 
 
 def iter_batches(data, limit=None, *, what="calib_data"):

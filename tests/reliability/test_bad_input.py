@@ -240,6 +240,19 @@ def case_a_dataset_of_samples(env):
     return q(env.cnn, mx.gluon.data.ArrayDataset(np.concatenate(BATCHES)))
 
 
+@case(gq.CalibrationDataError, r"calib_data is a dict \(keys x\), which yields its keys, not "
+                               r"batches.*\[data\] to calibrate on it as one batch")
+def case_a_dict_of_whole_arrays(env):
+    # it said "Cannot read network inputs from a batch of type str" (the dict's keys)
+    return q(env.cnn, {"x": np.concatenate(BATCHES)})
+
+
+@case(gq.CalibrationDataError, r"calib_data is a NpzFile \(keys x\).*dict\(data\) for a .npz")
+def case_a_loaded_npz_file(env):
+    np.savez(env.tmp / "arrays.npz", x=np.concatenate(BATCHES))
+    return q(env.cnn, np.load(env.tmp / "arrays.npz"))
+
+
 @case(gq.InputMismatchError, r"dtype str32, which is not numeric.*Feed float arrays")
 def case_string_dtype(env):
     return q(env.cnn, [np.array([["a"]])])
