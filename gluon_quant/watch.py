@@ -174,19 +174,20 @@ def _extremes(array):
 
 def _outside(array, low, high):
     """The share of ``array``'s values below ``low`` or above ``high``."""
-    host = _host(array)
-    if host is not None:
-        count = np.count_nonzero((host < low) | (host > high))
-    else:
-        count = float(((array < low) + (array > high)).sum().asscalar())
-    return count / array.size
+    return _share(array, lambda a: (a < low) | (a > high), lambda a: (a < low) + (a > high))
 
 
 def _nan_share(array):
     """The share of ``array``'s values that are NaN."""
+    return _share(array, np.isnan, lambda a: a != a)
+
+
+def _share(array, on_host, in_mxnet):
+    """The share of ``array``'s values a test marks: ``on_host`` on a numpy view of its
+    memory where that is free, else ``in_mxnet`` on the NDArray (both give 0/1 arrays)."""
     host = _host(array)
-    count = (np.count_nonzero(np.isnan(host)) if host is not None
-             else float((array != array).sum().asscalar()))
+    count = (np.count_nonzero(on_host(host)) if host is not None
+             else float(in_mxnet(array).sum().asscalar()))
     return count / array.size
 
 
