@@ -61,8 +61,9 @@ _QUANTIZE_EPILOG = """examples:
   gluon-quant quantize resnet50_v1 --calib ./images --out out/r50 --engine ray --shards 8
   gluon-quant quantize resnet50_v1 --calib ./images --out out/r50 --engine ray --address auto
 
-writes PREFIX-report.json (per-layer table), PREFIX-calib.json (calibration table)
-and the exported int8 model (when gluon_quant.export is available).
+writes the int8 export (PREFIX-symbol.json, PREFIX-int8.params, PREFIX-meta.json: load it
+with gluon_quant.QuantizedSymbolBlock.imports(PREFIX)), PREFIX-report.json (per-layer
+table) and PREFIX-calib.json (calibration table).
 With --engine, the calibration pass runs on --shards shards side by side (Ray tasks, or
 worker processes) and merges to the same ranges as one pass; the same int8 model results.
 
@@ -549,18 +550,8 @@ def _input_shapes(batches):
 
 
 def _export(qnet, prefix):
-    """Export the int8 model when the export API is available; the written paths by role."""
-    from mxnet.gluon import HybridBlock
-    if type(qnet).export is HybridBlock.export:  # gluon_quant's own export is not installed
-        _log.warning("This gluon_quant has no export(): only the report and the calibration "
-                     "table were written.")
-        return {}
-    written = qnet.export(prefix)
-    if isinstance(written, dict):
-        return {str(k): str(v) for k, v in written.items()}
-    if isinstance(written, (list, tuple)):
-        return {"export_%d" % i: str(p) for i, p in enumerate(written)}
-    return {"export": str(written)} if written else {}
+    """Write the int8 export; the written paths by role."""
+    return {str(k): str(v) for k, v in qnet.export(prefix).items()}
 
 
 def _plot_calibration(qnet, directory, out):
