@@ -24,7 +24,7 @@ from . import _mxnet
 from ._io import loads_json
 from ._names import suggest
 from .graph.heads import inference_heads
-from .errors import (ArtifactError, CalibrationDataError, ConfigError,
+from .errors import (ArtifactError, CalibrationDataError, ConfigError, GluonQuantError,
                      ModelExecutionError, UnknownNameError)
 from .progress import progress_bar
 
@@ -186,6 +186,8 @@ def _gluoncv_model(name, pretrained, ctx):
     from .zoo.gluoncv import build_net
     try:
         net = build_net(model_zoo, name, pretrained, {})
+    except GluonQuantError:
+        raise
     except (OSError, RuntimeError, ValueError) as err:  # no network, bad download
         raise ArtifactError("Cannot fetch the pretrained weights of %r (%s). Without internet, "
                             "use --no-pretrained (random weights, BatchNorm statistics "

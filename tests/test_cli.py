@@ -312,6 +312,9 @@ def test_bench_times_a_two_input_model_on_its_calibration_samples(tmp_path):
       "--address", "auto"], "--address 'auto' needs --engine ray"),
     (["tune", "{w}/cnn", "--calib", "{w}/calib.npy", "--out", "{w}/x", "--tolerance", "0.1",
       "--eval-data", "{w}/calib.npy", "--engine", "process"], "pass --engine ray"),
+    # GluonCV's own failure, not a download's (it said 'Cannot fetch ... use --no-pretrained')
+    (["quantize", "vgg16_ucf101", "--no-pretrained", "--calib", "{w}/calib.npy", "--out",
+      "{w}/x"], "GluonCV cannot build 'vgg16_ucf101' with random weights"),
 ])
 def test_bad_input_exits_1_with_one_line(workdir, capsys, argv, fragment):
     code, out = run(*[a.format(w=workdir) for a in argv])

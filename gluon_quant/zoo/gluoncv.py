@@ -17,7 +17,7 @@ from .. import _mxnet
 from ..api import quantize
 from ..config import QuantConfig
 from .._names import suggest
-from ..errors import ConfigError, UnknownNameError
+from ..errors import ConfigError, ModelExecutionError, UnknownNameError
 from .batchnorm import set_batchnorm_statistics
 from .samples import sample_images
 
@@ -161,12 +161,47 @@ def model_names():
 def build_net(zoo, name, pretrained, kwargs):
     """GluonCV's ``zoo.get_model(name, pretrained=pretrained, **kwargs)``; nets with a
     backbone (detection, segmentation, pose, ...) get ``pretrained_base=pretrained``: random
-    weights download nothing."""
+    weights download nothing.
+
+    Raises
+    ------
+    ConfigError
+        ``name`` is one of GluonCV's own int8 models (``*_int8``), or a template for the
+        user's classes (``*_custom``) built without ``classes``.
+    ModelExecutionError
+        GluonCV's constructor fails with random weights (``pretrained=False``).
+    """
+    if name.endswith("_int8"):
+        raise ConfigError("%r is GluonCV's own int8 model (quantized by MXNet, downloaded as a "
+                          "graph): quantize its fp32 model %r instead." % (name, name[:-5]))
+    try:
+        return _construct(zoo, name, pretrained, kwargs)
+    except TypeError as err:
+        if "classes" not in str(err):
+            raise
+        raise ConfigError("GluonCV's %r is a template for your own classes: its constructor "
+                          "needs classes=[...] (%s). Pass classes= (and your trained weights) "
+                          "in Python, or export your trained net (net.export) and quantize the "
+                          "exported files." % (name, err)) from None
+    except (ValueError, AttributeError, AssertionError) as err:
+        if pretrained:
+            raise
+        raise ModelExecutionError(
+            "GluonCV cannot build %r with random weights: its constructor fails with "
+            "pretrained=False, pretrained_base=False (%s: %s), a limitation of GluonCV's. "
+            "Build it with its trained weights and export it (net.export), then quantize the "
+            "exported files." % (name, type(err).__name__, err)) from None
+
+
+def _construct(zoo, name, pretrained, kwargs):
     try:
         return zoo.get_model(name, pretrained=pretrained,
                              **dict({"pretrained_base": pretrained}, **kwargs))
     except TypeError as err:  # classifiers take no pretrained_base
         if "pretrained_base" in kwargs or "pretrained_base" not in str(err):
+            raise
+    except Warning:  # ... or hand it on to Gluon's Block, which refuses unknown keywords
+        if "pretrained_base" in kwargs:       # (darknet53): raised as a Warning
             raise
     return zoo.get_model(name, pretrained=pretrained, **kwargs)
 

@@ -146,6 +146,31 @@ def test_zoo_get_model_unknown_name_lists_valid_names_sorted():
     assert "Did you mean" in message
 
 
+@pytest.mark.parametrize("name, error, words", [
+    ("ssd_300_vgg16_atrous_voc_int8", gq.ConfigError,
+     r"GluonCV's own int8 model.*quantize its fp32 model 'ssd_300_vgg16_atrous_voc'"),
+    ("yolo3_mobilenet1.0_custom", gq.ConfigError, r"template for your own classes.*classes="),
+    ("inceptionv1_kinetics400", gq.ModelExecutionError,
+     r"GluonCV cannot build 'inceptionv1_kinetics400' with random weights.*Cannot reset "
+     r"context.*export"),
+])
+def test_zoo_names_gluoncv_cannot_build_offline_say_why(name, error, words):
+    """Found by building every zoo name: GluonCV's downloaded int8 models, its templates
+    needing ``classes`` and its action-recognition constructors that fail with random
+    weights each came out as GluonCV's bare error (the CLI blamed the network for them)."""
+    with pytest.raises(error, match=words):
+        zoo_get_model(name, calib_data=[np.zeros((1, 3, 32, 32), "float32")])
+
+
+def test_zoo_builds_gluoncv_nets_whose_block_refuses_pretrained_base():
+    """darknet53 hands ``pretrained_base`` to Gluon's Block, which refuses it with a
+    ``Warning`` (not a TypeError): it is built without it."""
+    x = np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32")
+    qnet = zoo_get_model("darknet53", calib_data=[x], progress=False)
+    assert qnet(mx.nd.array(x)).shape == (2, 1000)
+    assert qnet.report().coverage()[0] >= 50
+
+
 def test_zoo_get_model_quantizes_with_photo_calibration(caplog):
     caplog.set_level(logging.WARNING, logger="gluon_quant")
     qnet = zoo_get_model("resnet18_v1", image_size=64, classes=10)
