@@ -69,7 +69,7 @@ class InputSpec:
     names : list of str
         The graph's input names (``data`` or ``data0``, ``data1``...).
     arg_names : list of str
-        The names of ``hybrid_forward``'s tensor arguments (``x``, ``y``...).
+        The names of the tensor arguments the net is called with (``x``, ``y``...).
     optional : list of str, optional
         Arguments after the required ones whose default is None (``valid_length=None``,
         ``mask=None``): inputs when the batches supply them.
@@ -169,7 +169,8 @@ class InputSpec:
 
     @classmethod
     def from_net(cls, net, num_inputs=None, batch=None, feeds=(), ranks=()):
-        """Read the inputs from ``net.hybrid_forward``'s signature (and a batch).
+        """Read the inputs from the signature ``net`` is called with (and a batch): its
+        ``hybrid_forward``'s, or its class's own ``__call__``'s where it overrides Gluon's.
 
         Required positional arguments after ``F`` that are not the block's own parameters
         are inputs; so are the arguments after them that default to None when the batch
@@ -186,7 +187,8 @@ class InputSpec:
             A calibration batch.
         feeds : sequence of str
             The arguments the family's tuple batches feed, in order (elements after them
-            are labels); only names that lead the signature count.
+            are labels); those the net does not take are skipped, and only names that then
+            lead the signature count.
         ranks : sequence of int
             The rank of each of ``feeds`` (empty: not checked).
 
@@ -198,8 +200,9 @@ class InputSpec:
             ``feeds`` does not settle, or its elements' ranks are not ``ranks``.
         """
         required, optional = _signature_inputs(net)
+        fed, ranks = _leading(required + optional, feeds, ranks)
         if ranks and num_inputs is None and isinstance(batch, (list, tuple)):
-            _check_ranks(net, feeds, ranks, batch)
+            _check_ranks(net, (required + optional)[:fed], ranks, batch)
         if num_inputs is not None:
             if isinstance(num_inputs, bool) or not isinstance(num_inputs, int) or num_inputs < 1:
                 raise InputMismatchError("num_inputs must be a positive int, got %r."
@@ -209,7 +212,6 @@ class InputSpec:
             return cls(_mxnet.input_names(num_inputs), args, explicit=True,
                        nullable=optional).nested_as(batch)
         count = max(1, len(required))
-        fed = _leading(required + optional, feeds)
         settled = bool(optional) and fed > len(required) and isinstance(batch, (list, tuple))
         if settled:
             count = max(count, min(len(batch), fed))
@@ -275,20 +277,21 @@ def _labels(names, fmt):
     return out
 
 def _signature_inputs(net):
-    """``(required, optional)`` tensor argument names of ``net.hybrid_forward`` (of a
-    ``SymbolBlock``: its graph's input names, ``data0, data1`` rather than ``x, *args``)."""
+    """``(required, optional)`` tensor argument names of the signature ``net`` is called
+    with (:func:`_call_parameters`; of a ``SymbolBlock``: its graph's input names,
+    ``data0, data1`` rather than ``x, *args``)."""
     if type(net).hybrid_forward is mx.gluon.SymbolBlock.hybrid_forward:
         try:
             return [sym.name for sym in _mxnet.symbol_block_graph(net)[0]], []
         except (AttributeError, TypeError, ValueError):
             pass
     try:
-        sig = inspect.signature(net.hybrid_forward)
+        params = _call_parameters(net)
     except (TypeError, ValueError):
         return [], []
     own = _mxnet.registered_param_names(net)
     required, optional = [], []
-    for param in list(sig.parameters.values())[1:]:
+    for param in params:
         if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD) \
                 or param.name in own:
             continue
@@ -301,14 +304,29 @@ def _signature_inputs(net):
     return required, optional
 
 
-def _leading(args, feeds):
-    """How many of ``args`` (in order) ``feeds`` names, up to the first it does not."""
+def _call_parameters(net):
+    """The parameters users call ``net`` with: those of its class's own ``__call__`` where
+    it overrides Gluon's with named arguments (GluonNLP's RoBERTa takes ``inputs,
+    valid_length`` and passes empty token types to BERT's ``hybrid_forward`` itself), else
+    ``hybrid_forward``'s after ``F``."""
+    if type(net).__call__ is not mx.gluon.Block.__call__:
+        params = list(inspect.signature(net.__call__).parameters.values())
+        if any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+            return params
+    return list(inspect.signature(net.hybrid_forward).parameters.values())[1:]
+
+
+def _leading(args, feeds, ranks=()):
+    """``(count, ranks)``: how many of ``args`` (in order) the family's ``feeds`` name, up
+    to the first it does not, after dropping the feeds the net does not take (RoBERTa, a
+    BERT without token types, is fed ``(tokens, valid_length)``); the ranks of those."""
+    kept = [(fed, rank) for fed, rank in itertools.zip_longest(feeds, ranks) if fed in args]
     count = 0
-    for arg, fed in zip(args, feeds):
+    for arg, (fed, _) in zip(args, kept):
         if arg != fed:
             break
         count += 1
-    return count
+    return count, tuple(rank for _, rank in kept[:count] if rank is not None)
 
 
 def _count_from_batch(net, required, optional, batch, count):
@@ -321,7 +339,7 @@ def _count_from_batch(net, required, optional, batch, count):
     if isinstance(batch, (list, tuple)) and len(batch) > count:
         extra = len(batch) - count
         raise InputMismatchError(
-            "Cannot tell which batch elements are inputs: %s.hybrid_forward takes %s and, "
+            "Cannot tell which batch elements are inputs: %s takes %s and, "
             "optionally, %s, and the batches have %d elements (%s). Extra elements may be "
             "optional inputs or labels: pass num_inputs=%d to feed %s, num_inputs=%d if the "
             "rest are labels, a dict batch keyed by input name, or input_fn=."

@@ -265,7 +265,8 @@ _PRESET_LIST = (
            "fused into its dense layer; LayerNorm and softmax stay fp32 (no int8 kernel), "
            "and so do the residual sums and embeddings around them. "
            "Tuple batches are (tokens, token_types, valid_length, label), the order "
-           "BERTModel takes; GluonNLP's BERTSentenceTransform order (input_ids, "
+           "BERTModel takes ((tokens, valid_length, label) for RoBERTa and DistilBERT, "
+           "which take no token types); GluonNLP's BERTSentenceTransform order (input_ids, "
            "valid_length, segment_ids) is refused with the input_fn= that reorders it.",
            classes=("BERTModel", "BERTClassifier"), zoo=_GLUONNLP_ZOO,
            inputs=("inputs", "token_types", "valid_length"), input_ranks=(2, 2, 1),

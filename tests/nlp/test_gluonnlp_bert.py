@@ -90,3 +90,30 @@ def test_bert_with_decoder_and_classifier_takes_masked_positions_by_name():
     held_out = list(_held_out()) + [mx.nd.array(rs.randint(0, 16, size=(8, 4)))]
     for fp32, int8 in zip(net(*held_out), qnet(*held_out)):
         assert cosine(fp32, int8) >= 0.99
+
+
+@pytest.mark.parametrize("model", ["roberta_12_768_12", "distilbert_6_768_12"])
+def test_bert_without_token_types_takes_tokens_and_lengths(model):
+    """RoBERTa and DistilBERT are called ``net(tokens, valid_length)``: their ``__call__``
+    passes empty token types to BERT's ``hybrid_forward``. Their inputs were read from
+    ``hybrid_forward``, so BERT's ``(tokens, token_types, valid_length)`` order was asked
+    for and their own batches refused."""
+    vocab = nlp.Vocab(nlp.data.count_tokens(["t%d" % i for i in range(VOCAB)]))
+    options = dict(SMALL, num_layers=2 if model.startswith("roberta") else 6)
+    if model.startswith("roberta"):
+        options["use_decoder"] = False
+    mx.random.seed(0)
+    net, _ = nlp.model.get_model(model, dataset_name=None, vocab=vocab, pretrained=False,
+                                 hparam_allow_override=True, **options)
+    net.initialize(mx.init.Normal(0.02))
+    tokens = [(b[0], b[2], b[3]) for b in bert_batches(VOCAB, length=32)]
+    qnet = gq.quantize(net, tokens, progress=False)
+    assert qnet.preset.name == "gluonnlp-bert"
+    assert qnet.fused.inputs.arg_names == ["inputs", "valid_length"]
+    assert qnet.report().coverage()[0] == qnet.report().coverage()[1] >= 8
+    held_out = _held_out()
+    assert cosine(net(held_out[0], held_out[2]), qnet(held_out[0], held_out[2])) >= 0.99
+    with pytest.raises(gq.InputMismatchError, match=r"takes inputs, valid_length with ranks "
+                                                    r"\(2, 1\).*input_fn=lambda b: \(b\[0\], "
+                                                    r"b\[2\]\)"):
+        gq.quantize(net, bert_batches(VOCAB, length=32), progress=False)
