@@ -260,7 +260,8 @@ _PRESET_LIST = (
                                downstream=True),),
            classes=("SegBaseModel",)),
     Preset("gluonnlp-bert",
-           "GluonNLP BERT (BERTModel, BERTClassifier): every dense layer and both self-"
+           "GluonNLP BERT (BERTModel and its RoBERTa and DistilBERT, BERTClassifier, "
+           "RoBERTaClassifier, BERTEncoder): every dense layer and both self-"
            "attention matmuls in int8 (oneDNN's fused _sg_mkldnn_selfatt_qk/_valatt); GELU "
            "fused into its dense layer; LayerNorm and softmax stay fp32 (no int8 kernel), "
            "and so do the residual sums and embeddings around them. "
@@ -268,7 +269,8 @@ _PRESET_LIST = (
            "BERTModel takes ((tokens, valid_length, label) for RoBERTa and DistilBERT, "
            "which take no token types); GluonNLP's BERTSentenceTransform order (input_ids, "
            "valid_length, segment_ids) is refused with the input_fn= that reorders it.",
-           classes=("BERTModel", "BERTClassifier"), zoo=_GLUONNLP_ZOO,
+           classes=("BERTModel", "BERTClassifier", "RoBERTaClassifier", "BERTEncoder"),
+           zoo=_GLUONNLP_ZOO,
            inputs=("inputs", "token_types", "valid_length"), input_ranks=(2, 2, 1),
            keep_fp32=(
                KeepFP32("elemwise_add", (

@@ -117,3 +117,28 @@ def test_bert_without_token_types_takes_tokens_and_lengths(model):
                                                     r"\(2, 1\).*input_fn=lambda b: \(b\[0\], "
                                                     r"b\[2\]\)"):
         gq.quantize(net, bert_batches(VOCAB, length=32), progress=False)
+
+
+def test_roberta_classifier_and_bert_encoder_get_the_bert_preset():
+    """RoBERTaClassifier (not a BERTClassifier) and a bare BERTEncoder are GluonNLP's BERT
+    too: the preset's fp32 rules and its tuple order apply (RoBERTaClassifier's
+    (tokens, valid_length, label) batches were ambiguous without it)."""
+    vocab = nlp.Vocab(nlp.data.count_tokens(["t%d" % i for i in range(VOCAB)]))
+    mx.random.seed(0)
+    roberta, _ = nlp.model.get_model("roberta_12_768_12", dataset_name=None, vocab=vocab,
+                                     pretrained=False, hparam_allow_override=True,
+                                     use_decoder=False, **SMALL)
+    net = nlp.model.RoBERTaClassifier(roberta, num_classes=3)
+    net.initialize(mx.init.Normal(0.02))
+    batches = [(b[0], b[2], b[3]) for b in bert_batches(VOCAB, length=32)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert qnet.preset.name == "gluonnlp-bert"
+    assert qnet.fused.inputs.arg_names == ["inputs", "valid_length"]
+    held_out = _held_out()
+    assert cosine(net(held_out[0], held_out[2]), qnet(held_out[0], held_out[2])) >= 0.99
+    encoder = roberta.encoder
+    x = roberta.word_embed(held_out[0]).transpose((1, 0, 2))     # the encoder takes TNC
+    qenc = gq.quantize(encoder, [{"inputs": x, "valid_length": held_out[2]}], progress=False)
+    assert qenc.preset.name == "gluonnlp-bert"
+    assert not any(r.quantized for r in qenc.report() if r.op == "elemwise_add")
+    assert cosine(encoder(x, None, held_out[2])[0], qenc(x, None, held_out[2])[0]) >= 0.99
