@@ -20,7 +20,7 @@ import re
 import mxnet as mx
 
 from . import _mxnet
-from .data import check_finite, describe
+from .data import channels_last_hint, check_finite, describe
 from .errors import EmptyCalibrationError, GraphError, InputMismatchError, ModelExecutionError
 from .progress import progress_bar
 
@@ -255,13 +255,14 @@ def _mismatch(err, inputs):
     if found is None or not re.search(r"Incompatible attr|[Ss]hape|InferType|dtype", str(err)):
         return InputMismatchError(
             "Calibration forward pass failed: %s. The batch inputs were %s; check that they "
-            "match the network's expected shapes." % (line, shapes))
+            "match the network's expected shapes.%s" % (line, shapes, channels_last_hint(inputs)))
     # Inside the graph: wrong inputs, or (two tensors that do not fit each other) a
     # network that only runs imperatively.
     hint = (" If they do, the network runs only imperatively: in a hybridized graph, "
             "+ - * / between arrays of different shapes do not broadcast (use "
             "F.broadcast_add/sub/mul/div); `net.hybridize(); net(*batch)` raises the same "
             "error then.") if re.search(r"Incompatible attr|broadcast", str(err)) else ""
+    hint = channels_last_hint(inputs) or hint
     return InputMismatchError(
         "Calibration forward pass failed: MXNet's shape/type inference fails inside the "
         "network's graph, at operator %r (%s), for batch inputs %s; check that they match "

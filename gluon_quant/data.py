@@ -61,6 +61,21 @@ def describe(value):
     return type(value).__name__
 
 
+def channels_last_hint(inputs):
+    """A sentence for an input shaped like channels-last images (``(N, H, W, C)``, C of 1,
+    3 or 4, as ``ImageFolderDataset`` and ``mx.image.imread`` decode them) when a network
+    fails on it: Gluon's convolutions take ``(N, C, H, W)``. Empty otherwise."""
+    for index, value in enumerate(inputs):
+        shape = tuple(getattr(value, "shape", ()))
+        if len(shape) == 4 and shape[-1] in (1, 3, 4) and min(shape[1:3]) >= 8:
+            return (" Input %d, shaped %s, looks like channels-last images (N, H, W, C) as "
+                    "decoded; Gluon's convolutions take (N, C, H, W): transform the dataset "
+                    "with gluon.data.vision.transforms.ToTensor() (which also scales 0-255 "
+                    "pixels to [0, 1]) or transpose the batches with x.transpose((0, 3, 1, 2))."
+                    % (index, shape))
+    return ""
+
+
 class InputSpec:
     """The inputs a Gluon net takes: how many, and the names users may key dicts by.
 

@@ -223,6 +223,13 @@ def case_batch_of_wrong_shape(env):
     return q(env.cnn, [np.zeros((4, 3, 28, 28), "float32")])
 
 
+@case(gq.InputMismatchError, r"NDArray\(4, 28, 28, 1\).*Input 0, shaped \(4, 28, 28, 1\), "
+                             r"looks like channels-last images.*ToTensor\(\).*transpose")
+def case_batch_of_channels_last_images(env):
+    """An ImageFolderDataset read without ToTensor() yields (N, H, W, C) uint8 images."""
+    return q(env.cnn, [RS.randint(0, 255, (4, 28, 28, 1)).astype("uint8")])
+
+
 @case(gq.InputMismatchError, r"ranks \[3\] but earlier batches had ranks \[4\].*same layout")
 def case_batches_of_changing_rank(env):
     return q(env.cnn, [BATCHES[0], BATCHES[1][0]])
