@@ -685,14 +685,27 @@ def check_params(params):
             "net.initialize() or net.load_parameters(file) before quantizing." % (
                 len(bare), ", ".join(bare[:3]) + (", ..." if len(bare) > 3 else "")))
     dtypes = {name: np.dtype(param.dtype) for name, param in params.items()}
-    odd = sorted((name, dtype.name) for name, dtype in dtypes.items()
-                 if np.issubdtype(dtype, np.floating) and dtype != np.float32)
+    odd = sorted((name, _float_name(dtype)) for name, dtype in dtypes.items()
+                 if _float_name(dtype) not in (None, "float32"))
     if odd:
+        amp = any(dtype == "bfloat16" for _, dtype in odd)
         raise UnsupportedDtypeError(
-            "The network's parameters must be float32 to quantize it; %d are not (%s). Call "
-            "net.cast('float32') first (then feed float32 batches): the int8 network runs "
-            "from the float32 weights." % (len(odd), ", ".join(
-                "%s: %s" % pair for pair in odd[:3]) + (", ..." if len(odd) > 3 else "")))
+            "The network's parameters must be float32 to quantize it; %d are not (%s). %s"
+            % (len(odd), ", ".join("%s: %s" % pair for pair in odd[:3])
+               + (", ..." if len(odd) > 3 else ""),
+               "Quantize the float32 network it was converted from, or convert it with "
+               "mx.contrib.amp.convert_hybrid_block(..., cast_optional_params=False), which "
+               "keeps the weights float32." if amp else
+               "Call net.cast('float32') first (then feed float32 batches): the int8 "
+               "network runs from the float32 weights."))
+
+
+def _float_name(dtype):
+    """The name of a floating-point ``dtype`` (MXNet's bfloat16 is a NumPy record of one
+    uint16 named ``bfloat16``), or None for other types."""
+    if dtype.names == ("bfloat16",):
+        return "bfloat16"
+    return dtype.name if np.issubdtype(dtype, np.floating) else None
 
 
 def as_tuples(value):

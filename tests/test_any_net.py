@@ -1046,3 +1046,31 @@ def test_a_zero_pad_before_convolutions_becomes_their_padding(kind, folded, disa
         disable_pass("pads_into_convolutions")
         assert [r.op for r in gq.quantize(net, [x[:4], x[4:]], progress=False).report()
                 if r.op == "Pad"] == ["Pad"]
+
+
+def test_a_bfloat16_amp_graph_with_float32_weights_quantizes(tmp_path):
+    """mx.contrib.amp's bfloat16 conversion that keeps the weights float32 (amp_cast nodes
+    around each layer) quantizes: every convolution in int8, near its fp32 source, and its
+    export reloads bit-identically."""
+    from mxnet.contrib import amp
+    mx.random.seed(2)
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(16, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+            nn.Conv2D(16, 3, padding=1), nn.Activation("relu"), nn.GlobalAvgPool2D(),
+            nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(RS.rand(16, 3, 16, 16).astype("float32"))
+    set_batchnorm_statistics(net, x)
+    net.hybridize()
+    net(x)
+    converted = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=mx.cpu(),
+                                         cast_optional_params=False)
+    converted(x)
+    converted.export(str(tmp_path / "fp32"), remove_amp_cast=False)
+    assert "amp_cast" in (tmp_path / "fp32-symbol.json").read_text()
+    qnet = gq.quantize(converted, [x[:8], x[8:]], progress=False)
+    assert qnet.report().coverage() == (3, 3)
+    assert _agree(net, qnet, x) >= 0.995
+    qnet.export(str(tmp_path / "amp"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "amp"))
+    assert np.array_equal(loaded(x).asnumpy(), qnet(x).asnumpy())

@@ -702,6 +702,20 @@ def case_float16_network(env):
     return q(net, [b.astype("float16") for b in BATCHES])
 
 
+@case(gq.UnsupportedDtypeError, r"parameters must be float32.*: bfloat16.*Quantize the float32 "
+                                r"network it was converted from.*cast_optional_params=False")
+def case_bfloat16_amp_network(env):
+    """MXNet's bfloat16 is a NumPy record, not a float: the AMP net's weights passed the
+    float32 check and MXNet's type error was blamed on the batches' shapes."""
+    from mxnet.contrib import amp
+    net = _cnn()
+    net.hybridize()
+    net(mx.nd.array(BATCHES[0]))
+    amp_net = amp.convert_hybrid_block(net, target_dtype="bfloat16", ctx=mx.cpu(),
+                                       cast_optional_params=True)
+    return q(amp_net, BATCHES)
+
+
 @case(gq.ConfigError, r"2 parameter\(s\) of the network were never initialized \(\w+_bias, "
                      r"\w+_weight\): call net.initialize\(\) or net.load_parameters")
 def case_layer_never_initialized(env):
