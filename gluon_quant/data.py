@@ -16,11 +16,11 @@ import mxnet as mx
 import numpy as np
 
 from . import _mxnet
-from .errors import CalibrationDataError, ConfigError, EmptyCalibrationError, InputMismatchError, \
-    ModelExecutionError, NonFiniteDataError, UnsupportedDtypeError
+from .errors import CalibrationDataError, EmptyCalibrationError, InputMismatchError, \
+    ModelExecutionError, NonFiniteDataError
 
 __all__ = ["InputSpec", "BatchConverter", "iter_batches", "keep_batches", "peek", "describe",
-           "check_finite", "check_params", "batch_count", "as_tuples", "nest", "run_error",
+           "check_finite", "batch_count", "as_tuples", "nest", "run_error",
            "call_inputs", "call_outputs", "UNBOUNDED_WARNING_BATCHES", "KEPT_BATCHES_BUDGET"]
 
 _log = logging.getLogger(__name__)
@@ -672,40 +672,6 @@ def check_finite(name, array):
         raise NonFiniteDataError(
             "Tensor %r holds %d NaN/Inf value(s) of %d. Clean the calibration data (or the "
             "layer producing it) before quantizing." % (name, bad, array.size))
-
-
-def check_params(params):
-    """Raise the package's error if a parameter of ``params`` ({name: gluon Parameter}, those
-    the graph reads) was never initialized (:class:`ConfigError`) or is floating-point but
-    not float32 (:class:`UnsupportedDtypeError`: a net cast to float16 or float64)."""
-    bare = sorted(name for name, param in params.items() if _mxnet.never_initialized(param))
-    if bare:
-        raise ConfigError(
-            "%d parameter(s) of the network were never initialized (%s): call "
-            "net.initialize() or net.load_parameters(file) before quantizing." % (
-                len(bare), ", ".join(bare[:3]) + (", ..." if len(bare) > 3 else "")))
-    dtypes = {name: np.dtype(param.dtype) for name, param in params.items()}
-    odd = sorted((name, _float_name(dtype)) for name, dtype in dtypes.items()
-                 if _float_name(dtype) not in (None, "float32"))
-    if odd:
-        amp = any(dtype == "bfloat16" for _, dtype in odd)
-        raise UnsupportedDtypeError(
-            "The network's parameters must be float32 to quantize it; %d are not (%s). %s"
-            % (len(odd), ", ".join("%s: %s" % pair for pair in odd[:3])
-               + (", ..." if len(odd) > 3 else ""),
-               "Quantize the float32 network it was converted from, or convert it with "
-               "mx.contrib.amp.convert_hybrid_block(..., cast_optional_params=False), which "
-               "keeps the weights float32." if amp else
-               "Call net.cast('float32') first (then feed float32 batches): the int8 "
-               "network runs from the float32 weights."))
-
-
-def _float_name(dtype):
-    """The name of a floating-point ``dtype`` (MXNet's bfloat16 is a NumPy record of one
-    uint16 named ``bfloat16``), or None for other types."""
-    if dtype.names == ("bfloat16",):
-        return "bfloat16"
-    return dtype.name if np.issubdtype(dtype, np.floating) else None
 
 
 def as_tuples(value):

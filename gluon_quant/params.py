@@ -5,11 +5,12 @@ and the record of which weights a calibration table was measured with.
 Stage functions of :mod:`gluon_quant.pipeline` (which re-exports them); the user's net is
 read, never modified.
 """
+import numpy as np
+
 from . import _mxnet
 from ._stage import stage
 from .calib import CalibrationTable
-from .data import check_params
-from .errors import ConfigError, GraphError, ModelExecutionError
+from .errors import ConfigError, GraphError, ModelExecutionError, UnsupportedDtypeError
 from .graph.normalize import NORMALIZED_SUFFIX
 from .weights import digest, equalize
 
@@ -152,3 +153,37 @@ def fp32_params(net, fused, ctx, inputs=None, table=None):
     out.weights = weights
     state = table.meta.get(equalize.META_KEY) if table is not None else None
     return _equalized(fused, out, state) if state is not None else out
+
+
+def check_params(params):
+    """Raise the package's error if a parameter of ``params`` ({name: gluon Parameter}, those
+    the graph reads) was never initialized (:class:`ConfigError`) or is floating-point but
+    not float32 (:class:`UnsupportedDtypeError`: a net cast to float16 or float64)."""
+    bare = sorted(name for name, param in params.items() if _mxnet.never_initialized(param))
+    if bare:
+        raise ConfigError(
+            "%d parameter(s) of the network were never initialized (%s): call "
+            "net.initialize() or net.load_parameters(file) before quantizing." % (
+                len(bare), ", ".join(bare[:3]) + (", ..." if len(bare) > 3 else "")))
+    dtypes = {name: np.dtype(param.dtype) for name, param in params.items()}
+    odd = sorted((name, _float_name(dtype)) for name, dtype in dtypes.items()
+                 if _float_name(dtype) not in (None, "float32"))
+    if odd:
+        amp = any(dtype == "bfloat16" for _, dtype in odd)
+        raise UnsupportedDtypeError(
+            "The network's parameters must be float32 to quantize it; %d are not (%s). %s"
+            % (len(odd), ", ".join("%s: %s" % pair for pair in odd[:3])
+               + (", ..." if len(odd) > 3 else ""),
+               "Quantize the float32 network it was converted from, or convert it with "
+               "mx.contrib.amp.convert_hybrid_block(..., cast_optional_params=False), which "
+               "keeps the weights float32." if amp else
+               "Call net.cast('float32') first (then feed float32 batches): the int8 "
+               "network runs from the float32 weights."))
+
+
+def _float_name(dtype):
+    """The name of a floating-point ``dtype`` (MXNet's bfloat16 is a NumPy record of one
+    uint16 named ``bfloat16``), or None for other types."""
+    if dtype.names == ("bfloat16",):
+        return "bfloat16"
+    return dtype.name if np.issubdtype(dtype, np.floating) else None
