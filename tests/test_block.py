@@ -43,6 +43,35 @@ def test_report_answers_what_was_fused_and_quantized(tiny_cnn, tiny_batches):
     assert report.to_dict()["layers"][0]["node"] == convs[0].node
 
 
+class TwoOpsOneBlock(gluon.HybridBlock):
+    """A convolution and a dense layer written as F.* calls on the block's own parameters."""
+
+    def __init__(self):
+        super().__init__(prefix="mine_")
+        with self.name_scope():
+            self.cw = self.params.get("cw", shape=(8, 3, 3, 3))
+            self.w = self.params.get("w", shape=(4, 8))
+
+    def hybrid_forward(self, F, x, cw, w):
+        y = F.relu(F.Convolution(x, cw, kernel=(3, 3), num_filter=8, no_bias=True))
+        return F.FullyConnected(F.mean(y, axis=(2, 3)), w, no_bias=True, num_hidden=4)
+
+
+def test_report_names_each_op_of_a_hand_written_block():
+    """Both rows were named 'mine' (the block's name), which says neither which row is
+    which nor how to exclude one: an F.* call's row is named by its operator, which
+    exclude= takes."""
+    net = TwoOpsOneBlock()
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).rand(8, 3, 12, 12).astype("float32") for i in (0, 1)]
+    report = gq.quantize(net, batches, progress=False).report()
+    layers = {r.op: r.layer for r in report}
+    assert layers["Convolution"] == "mine_convolution0"
+    assert layers["FullyConnected"] == "mine_fullyconnected0"
+    qnet = gq.quantize(net, batches, exclude=["mine_convolution0"], progress=False)
+    assert [r.quantized for r in qnet.report() if r.op == "Convolution"] == [False]
+
+
 @pytest.mark.parametrize("exclude, expected_fp32", [
     (["Convolution"], {"cnn_conv0", "cnn_conv1"}),
     (["Conv2D"], {"cnn_conv0", "cnn_conv1"}),

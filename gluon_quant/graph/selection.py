@@ -81,14 +81,20 @@ def block_paths(net, exclude):
 
 
 def layer_name(node, scopes):
-    """Innermost user block owning a GraphNode's main operator, else the node's name."""
+    """The name users know a GraphNode's main operator by: the innermost user block owning
+    it where the operator is that block's own layer (Gluon names it ``<prefix>fwd``:
+    ``resnetv10_conv0``), else the operator's name (``mynet0_convolution0``, one of the
+    ``F.*`` calls in a block's ``hybrid_forward``: the block's name would not tell them
+    apart), which ``exclude=`` takes too."""
     main = next((m[0] for m in node.members if m[1] == node.main_op), node.members[0][0])
     best = None
     for scope in scopes:
         if scope.prefix and main.startswith(scope.prefix):
             if best is None or len(scope.prefix) > len(best.prefix):
                 best = scope
-    return best.name if best is not None else main
+    if best is None or main[len(best.prefix):] not in ("fwd", ""):
+        return main
+    return best.name
 
 
 def _owners(op_name, scopes, by_path):
