@@ -45,7 +45,8 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
         Any :class:`~gluon_quant.QuantConfig` field (``calibrator``, ``dtype``,
         ``backend``, ``exclude``, ``granularity``, ``preset``, ``bias_correction``,
         ``num_calib_batches``, ``input_fn``, ``num_inputs``, ``ctx``, ``progress``,
-        ``int8_lstm``, ``input_normalization``); they replace the fields of ``config``.
+        ``int8_lstm``, ``input_normalization``, ``equalization``, ``weight_rounding``,
+        ``fp32_stem``); they replace the fields of ``config``.
 
     Returns
     -------

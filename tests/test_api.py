@@ -497,3 +497,10 @@ def test_array_likes_are_batches_and_a_whole_one_is_refused_as_one_array(tiny_cn
     with pytest.raises(gq.CalibrationDataError, match=r"calib_data is a single "
                        r"_Frame\(32, 1, 28, 28\); it must be an iterable of batches"):
         gq.quantize(tiny_cnn, _Frame(np.concatenate(tiny_batches)), progress=False)
+
+
+def test_quantize_documents_every_setting():
+    """quantize's docstring lists the QuantConfig fields **settings takes: three added
+    later (equalization, weight_rounding, fp32_stem) were missing from it."""
+    missing = [f for f in gq.QuantConfig.fields() if "``%s``" % f not in gq.quantize.__doc__]
+    assert missing == []
