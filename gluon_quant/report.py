@@ -18,9 +18,9 @@ class LayerReport:
     ----------
     layer : str
         The name the user knows from the Gluon net: the innermost block owning the
-        layer's main operator where that operator is the block's own layer (``cnn_conv0``),
+        layer's main operator where that block is one of Gluon's layers (``cnn_conv0``),
         else the operator's name (``mynet0_convolution0`` for an ``F.*`` call in a block's
-        ``hybrid_forward``; a node's name where no block owns it). ``exclude=`` takes it.
+        ``hybrid_forward``; also where no block owns it). ``exclude=`` takes it.
     node : str
         Name of the node in the fused graph (``sg_mkldnn_conv_bn_act_0``).
     op : str

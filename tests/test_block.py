@@ -70,6 +70,14 @@ def test_report_names_each_op_of_a_hand_written_block():
     assert layers["FullyConnected"] == "mine_fullyconnected0"
     qnet = gq.quantize(net, batches, exclude=["mine_convolution0"], progress=False)
     assert [r.quantized for r in qnet.report() if r.op == "Convolution"] == [False]
+    # Gluon's own layers keep their block's name, whichever name their operator has
+    # (nn.Flatten's is <prefix>flatten0, not <prefix>fwd)
+    seq = nn.HybridSequential(prefix="seq_")
+    with seq.name_scope():
+        seq.add(nn.Conv2D(8, 3, prefix="c_"), nn.Flatten(prefix="f_"), nn.Dense(4, prefix="d_"))
+    seq.initialize(mx.init.Xavier())
+    report = gq.quantize(seq, batches, progress=False).report()
+    assert [r.layer for r in report] == ["seq_c", "seq_f", "seq_d"]
 
 
 @pytest.mark.parametrize("exclude, expected_fp32", [

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 from mxnet.gluon import Block
+from mxnet.gluon.nn import HybridSequential, Sequential
 
 from .. import _mxnet
 from .._names import suggest
@@ -36,13 +37,16 @@ OP_ALIASES = {
 
 @dataclass(frozen=True)
 class BlockScope:
-    """A block of the user's net: its attribute path, its name, its name prefix and which
-    block object it is (``ident``: a block registered at two paths has one ``ident``)."""
+    """A block of the user's net: its attribute path, its name, its name prefix, which
+    block object it is (``ident``: a block registered at two paths has one ``ident``) and
+    whether it is one of Gluon's own layers (``layer``: ``nn.Conv2D``, ``rnn.LSTM``...;
+    not a container such as ``HybridSequential``), whose operators are that layer."""
 
     path: str
     name: str
     prefix: str
     ident: int = field(default=0, compare=False)
+    layer: bool = field(default=False, compare=False)
 
 
 def block_scopes(net):
@@ -51,7 +55,7 @@ def block_scopes(net):
 
     def walk(block, path):
         scopes.append(BlockScope(path=path, name=block.name, prefix=block.prefix,
-                                 ident=id(block)))
+                                 ident=id(block), layer=_gluon_layer(block)))
         for key, child in _mxnet.named_children(block):
             walk(child, key if not path else path + "." + key)
 
@@ -80,21 +84,26 @@ def block_paths(net, exclude):
                  for e in entries)
 
 
+def _gluon_layer(block):
+    """Whether ``block`` is one of Gluon's own layers (its class defined in ``mxnet.gluon``),
+    not a container of others (``Sequential``, ``HybridSequential`` and their subclasses)."""
+    return (type(block).__module__.startswith("mxnet.gluon.")
+            and not isinstance(block, (Sequential, HybridSequential)))
+
+
 def layer_name(node, scopes):
-    """The name users know a GraphNode's main operator by: the innermost user block owning
-    it where the operator is that block's own layer (Gluon names it ``<prefix>fwd``:
-    ``resnetv10_conv0``), else the operator's name (``mynet0_convolution0``, one of the
-    ``F.*`` calls in a block's ``hybrid_forward``: the block's name would not tell them
-    apart), which ``exclude=`` takes too."""
+    """The name users know a GraphNode's main operator by: the innermost block owning it
+    where that block is one of Gluon's own layers (``resnetv10_conv0``); else the
+    operator's own name (``mynet0_convolution0``, one of the ``F.*`` calls in a block's
+    ``hybrid_forward``, or a sum a container's blocks share a prefix for: the block's name
+    would not tell them apart). ``exclude=`` takes either."""
     main = next((m[0] for m in node.members if m[1] == node.main_op), node.members[0][0])
     best = None
     for scope in scopes:
         if scope.prefix and main.startswith(scope.prefix):
             if best is None or len(scope.prefix) > len(best.prefix):
                 best = scope
-    if best is None or main[len(best.prefix):] not in ("fwd", ""):
-        return main
-    return best.name
+    return best.name if best is not None and best.layer else main
 
 
 def _owners(op_name, scopes, by_path):
