@@ -74,9 +74,11 @@ _TUNE_EPILOG = """examples:
   gluon-quant tune resnet18_v1 --calib ./images --eval-data val.npz --tolerance 0.005 \\
       --max-trials 8 --engine ray --address auto --out out/r18
 
---eval-data is a .npz with the inputs (x) and integer labels (y): the score is top-1
-accuracy. A .npy (or a .npz without y) holds inputs only: the score is top-1 agreement
-with the fp32 model. Trials are quantized variants (other calibrators, the other weight
+--eval-data is a .npz with the inputs (x) and integer labels (y), or a folder of images
+in class subfolders, labelled by their folder's place in sorted order (ImageNet's synset
+folders, ImageFolderDataset's layout): the score is top-1 accuracy. A .npy (or a .npz
+without y, or images not in class folders) holds inputs only: the score is top-1
+agreement with the fp32 model. Trials are quantized variants (other calibrators, the other weight
 granularity, sensitive layers kept in fp32) tried until the score is within --tolerance
 of fp32's; with --engine ray they are evaluated side by side, same result as one by one.
 Writes the chosen model as quantize does, plus PREFIX-tune.json (every trial).
@@ -183,9 +185,11 @@ def build_parser():
                        "int8 score on --eval-data is within --tolerance of fp32.",
                        epilog=_TUNE_EPILOG, formatter_class=raw)
     _add_model(p)
-    p.add_argument("--eval-data", required=True, metavar="FILE",
-                   help=".npz with x (inputs) and y (labels): top-1 accuracy; or .npy / "
-                        ".npz without y: top-1 agreement with fp32")
+    p.add_argument("--eval-data", required=True, metavar="FILE|DIR",
+                   help=".npz with x (inputs) and y (labels), or a folder of images in "
+                        "class subfolders (val/<class>/*.jpg): top-1 accuracy; a .npy, a "
+                        ".npz without y or a folder of images alone: top-1 agreement with "
+                        "fp32")
     p.add_argument("--tolerance", type=float, required=True, metavar="T",
                    help="allowed loss of the score against fp32 (e.g. 0.01 = 1 point)")
     p.add_argument("--max-trials", type=int, default=12, metavar="N",
@@ -447,14 +451,17 @@ def _cmd_tune(args, out):
         raise ConfigError("tune evaluates trials in this process or on Ray: pass --engine "
                           "ray, or leave --engine out.")
     model, batches, load_s = _prepare(args, out)
-    eval_fn = Top1(*_load_eval_data(args.eval_data, batches, model.input_names),
-                   batch_size=args.batch_size)
+    from .cli_models import class_folders, load_eval_data
+    inputs, labels, classes = load_eval_data(args.eval_data, batches, model,
+                                             progress=not args.quiet)
+    eval_fn = Top1(inputs, labels, batch_size=args.batch_size)
     samples = len(eval_fn.inputs[0])
     if eval_fn.labels is None:
         eval_fn = Top1(eval_fn.inputs, eval_fn.predictions(model.net), args.batch_size)
         out.text("score: top-1 agreement with fp32 on %d samples" % samples)
     else:
-        out.text("score: top-1 accuracy on %d labelled samples" % samples)
+        out.text("score: top-1 accuracy on %d labelled samples%s"
+                 % (samples, class_folders(classes)))
     start = time.perf_counter()
     qnet, result = gq.tune(model.net, batches, eval_fn, tolerance=args.tolerance,
                            max_trials=args.max_trials, engine=args.engine,
@@ -496,52 +503,6 @@ class Top1:
 
     def __call__(self, model):
         return float((self.predictions(model) == self.labels).mean())
-
-
-def _load_eval_data(path, batches, input_names=("data",)):
-    """``([inputs, one array per model input], labels or None)`` from a .npy of inputs, or a
-    .npz with the inputs (``x`` for one input; else one array per input, named after it or
-    in input order) and optionally the labels ``y``."""
-    import numpy as np
-    from .cli_models import npz_input_keys
-    from .errors import ArtifactError, GluonQuantError
-    num_inputs = len(input_names)
-    try:
-        data = np.load(path)
-    except (OSError, ValueError) as err:
-        raise ArtifactError("Cannot read --eval-data %r: %s. Pass a .npz with x (inputs) "
-                            "and y (labels), or a .npy of inputs." % (path, err)) from None
-    if isinstance(data, np.ndarray):
-        inputs, labels = [data], None
-    else:
-        labels = data["y"] if "y" in data.files else None
-        names = [k for k in data.files if k != "y"]
-        if "x" in data.files and len(input_names) == 1:
-            names = ["x"]
-        else:
-            try:
-                names = npz_input_keys(data.files, input_names, path, skip=("y",))
-            except GluonQuantError:
-                pass            # refused below, with the shapes expected
-        inputs = [data[k] for k in names]
-    first = batches[0] if isinstance(batches[0], tuple) else (batches[0],)
-    samples = {len(a) for a in inputs} | ({len(labels)} if labels is not None else set())
-    unread = [] if isinstance(data, np.ndarray) else [
-        k for k in data.files if k not in names and k != "y"]
-    if unread or len(inputs) != num_inputs or len(samples) != 1 or any(
-            a.shape[1:] != np.asarray(b).shape[1:] for a, b in zip(inputs, first)):
-        found = "" if isinstance(data, np.ndarray) else " (arrays %s)" % ", ".join(
-            "%s %s" % (k, data[k].shape) for k in data.files)
-        raise ArtifactError(
-            "--eval-data %r%s holds inputs %s and labels %s; expected %d input array(s) of "
-            "(N,) + %s like the calibration data, saved as x (or one array per input, named "
-            "after it or in input order), and N labels saved as y: np.savez(path, x=..., "
-            "y=...)."
-            % (path, found, [a.shape for a in inputs], None if labels is None
-               else labels.shape, num_inputs,
-               " and ".join(str(np.asarray(b).shape[1:]) for b in first)))
-    return ([a.astype(np.float32) for a in inputs],
-            None if labels is None else labels.astype(np.int64))
 
 
 def _input_shapes(batches):

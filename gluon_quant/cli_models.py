@@ -8,7 +8,8 @@
   ``PREFIX-0000.params`` beside it, or the ``-symbol.json`` file itself.
 
 Calibration data is a folder of image files (decoded with ``mx.image.imread`` and given
-the model's preprocessing) or a ``.npy`` / ``.npz`` file of input arrays.
+the model's preprocessing) or a ``.npy`` / ``.npz`` file of input arrays; evaluation data
+(``tune --eval-data``) the same, labelled by ``y`` in a ``.npz`` or by class subfolders.
 """
 import glob
 import logging
@@ -310,10 +311,11 @@ def _decode(path):
     return image.asnumpy()
 
 
-def _read_images(files, model, max_images, progress):
+def _read_images(files, model, max_images, progress, kept=None):
     """Decode and preprocess ``files`` (up to ``max_images`` decoded ones) into one array.
     A file that does not decode (truncated, or not an image) is skipped with a warning
-    naming it: one bad file in a folder of hundreds should not stop a calibration."""
+    naming it: one bad file in a folder of hundreds should not stop a calibration. The
+    files used are appended to the list ``kept``, when one is given."""
     arrays, skipped = [], []
     wanted = len(files) if max_images is None else max_images
     for name in progress_bar(files, enabled=progress, desc="reading images", unit="image"):
@@ -323,6 +325,9 @@ def _read_images(files, model, max_images, progress):
             arrays.append(model.preprocess(_decode(name)).asnumpy())
         except CalibrationDataError as err:
             skipped.append(str(err))
+            continue
+        if kept is not None:
+            kept.append(name)
     if not arrays:
         raise CalibrationDataError("None of the %d image files could be used: %s"
                                    % (len(skipped), "; ".join(skipped[:3])))
@@ -330,6 +335,89 @@ def _read_images(files, model, max_images, progress):
         _log.warning("Skipped %d of the image files: %s%s", len(skipped),
                      "; ".join(skipped[:3]), " ..." if len(skipped) > 3 else "")
     return np.concatenate(arrays).astype(np.float32)
+
+
+def load_eval_images(folder, model, *, progress=True):
+    """``(images, labels or None, classes or None)`` of an evaluation folder, its images
+    read as :func:`load_calibration` reads them. Where every image lies in a class
+    subfolder (``val/<class>/*.jpg``, ImageNet's and ``ImageFolderDataset``'s layout), an
+    image's label is its folder's index among the class folders in sorted order (ImageNet's
+    synset folders sort into its class order); otherwise there are no labels.
+
+    Raises
+    ------
+    CalibrationDataError
+        No image, none decodable, or a model that does not take the command line's images.
+    """
+    files = _image_files(folder)
+    check_image_inputs(model, (1, 3, model.image_size, model.image_size), folder)
+    parts = [os.path.relpath(f, folder).split(os.sep) for f in files]
+    classes = sorted({p[0] for p in parts}) if all(len(p) == 2 for p in parts) else None
+    kept = []
+    images = _read_images(files, model, None, progress, kept=kept)
+    if classes is None:
+        return images, None, None
+    labels = [classes.index(os.path.relpath(f, folder).split(os.sep)[0]) for f in kept]
+    return images, np.asarray(labels, dtype=np.int64), classes
+
+
+def class_folders(classes):
+    """What the labels of an evaluation folder are: `` (labels: 3 class folders in sorted
+    order, cat=0, dog=1, fox=2)``; empty without class folders."""
+    if not classes:
+        return ""
+    named = ", ".join("%s=%d" % (c, i) for i, c in enumerate(classes[:3]))
+    return " (labels: %d class folders in sorted order, %s%s)" % (
+        len(classes), named, ", ..." if len(classes) > 3 else "")
+
+
+def load_eval_data(path, batches, model, *, progress=True):
+    """``([inputs, one array per model input], labels or None, class folders or None)`` of
+    ``tune --eval-data``: a folder of images (:func:`load_eval_images`), a .npy of inputs,
+    or a .npz with the inputs (``x`` for one input; else one array per input, named after
+    it or in input order) and optionally the labels ``y``."""
+    if os.path.isdir(path):
+        images, labels, classes = load_eval_images(path, model, progress=progress)
+        return [images], labels, classes
+    input_names = model.input_names
+    num_inputs = len(input_names)
+    try:
+        data = np.load(path)
+    except (OSError, ValueError) as err:
+        raise ArtifactError("Cannot read --eval-data %r: %s. Pass a .npz with x (inputs) "
+                            "and y (labels), a .npy of inputs or a folder of images."
+                            % (path, err)) from None
+    if isinstance(data, np.ndarray):
+        inputs, labels = [data], None
+    else:
+        labels = data["y"] if "y" in data.files else None
+        names = [k for k in data.files if k != "y"]
+        if "x" in data.files and len(input_names) == 1:
+            names = ["x"]
+        else:
+            try:
+                names = npz_input_keys(data.files, input_names, path, skip=("y",))
+            except GluonQuantError:
+                pass            # refused below, with the shapes expected
+        inputs = [data[k] for k in names]
+    first = batches[0] if isinstance(batches[0], tuple) else (batches[0],)
+    samples = {len(a) for a in inputs} | ({len(labels)} if labels is not None else set())
+    unread = [] if isinstance(data, np.ndarray) else [
+        k for k in data.files if k not in names and k != "y"]
+    if unread or len(inputs) != num_inputs or len(samples) != 1 or any(
+            a.shape[1:] != np.asarray(b).shape[1:] for a, b in zip(inputs, first)):
+        found = "" if isinstance(data, np.ndarray) else " (arrays %s)" % ", ".join(
+            "%s %s" % (k, data[k].shape) for k in data.files)
+        raise ArtifactError(
+            "--eval-data %r%s holds inputs %s and labels %s; expected %d input array(s) of "
+            "(N,) + %s like the calibration data, saved as x (or one array per input, named "
+            "after it or in input order), and N labels saved as y: np.savez(path, x=..., "
+            "y=...)."
+            % (path, found, [a.shape for a in inputs], None if labels is None
+               else labels.shape, num_inputs,
+               " and ".join(str(np.asarray(b).shape[1:]) for b in first)))
+    return ([a.astype(np.float32) for a in inputs],
+            None if labels is None else labels.astype(np.int64), None)
 
 
 def _batched(arrays, batch_size):

@@ -408,6 +408,41 @@ def test_tune_scores_top1_on_labelled_data(workdir):
     assert os.path.getsize(result["files"]["params"]) > 0
 
 
+def test_tune_scores_a_folder_of_class_subfolders(workdir, tmp_path, capsys):
+    """--eval-data may be a labelled image folder (val/<class>/*.png, ImageNet's layout):
+    each image's label is its folder's index in sorted order, so the score is the accuracy
+    computed here on the same images; a bad file is skipped with its label. It was refused
+    as "Is a directory"."""
+    from gluon_quant import cli_models
+    rs = np.random.RandomState(2)
+    folders = ["n01", "n02", "n03"]
+    for index, name in enumerate(folders):
+        (tmp_path / "val" / name).mkdir(parents=True)
+        for i in range(4):
+            pixels = (rs.rand(36, 40, 3) * 255).astype("uint8")
+            cv2.imwrite(str(tmp_path / "val" / name / ("%d.png" % i)), pixels)
+    (tmp_path / "val" / "n02" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    model = cli_models.load_model(str(workdir / "cnn"), image_size=32)
+    images, labels, classes = cli_models.load_eval_images(str(tmp_path / "val"), model,
+                                                          progress=False)
+    assert classes == folders and list(labels) == [0] * 4 + [1] * 4 + [2] * 4
+    predicted = model.net(mx.nd.array(images)).argmax(axis=1).asnumpy()
+    code, out = run("tune", workdir / "cnn", "--calib", workdir / "calib.npy", "--eval-data",
+                    tmp_path / "val", "--image-size", 32, "--tolerance", 1, "--out",
+                    tmp_path / "q", "--json", "--quiet")
+    assert code == 0
+    assert json.loads(out)["tune"]["fp32_score"] == pytest.approx(np.mean(predicted == labels))
+    code, out = run("tune", workdir / "cnn", "--calib", workdir / "calib.npy", "--eval-data",
+                    tmp_path / "val", "--image-size", 32, "--tolerance", 1, "--out",
+                    tmp_path / "q2")
+    assert "top-1 accuracy on 12 labelled samples (labels: 3 class folders in sorted order, " \
+           "n01=0, n02=1, n03=2)" in out
+    code, out = run("tune", workdir / "cnn", "--calib", workdir / "calib.npy", "--eval-data",
+                    workdir / "images", "--image-size", 32, "--tolerance", 1, "--out",
+                    tmp_path / "q3")
+    assert code == 0 and "top-1 agreement with fp32 on 6 samples" in out
+
+
 def test_tune_names_the_arrays_of_an_eval_file_it_cannot_read(workdir, tmp_path, capsys):
     """An .npz saved with other names (data=, label=) is refused naming what it holds and
     how to save it (it said "holds inputs [...] and labels None")."""
