@@ -10,8 +10,10 @@ the rest of the package only sees the enums and one frozen, validated
 import dataclasses
 import enum
 import math
+import numbers
 from typing import Any, Callable, Optional, Tuple
 
+import numpy as np
 from mxnet.gluon import Block
 
 from ._names import suggest
@@ -35,13 +37,20 @@ class _ParsableEnum(enum.Enum):
         return {}
 
     @classmethod
+    def _named(cls, value):
+        """``value`` as the name :meth:`parse` reads, where it spells one otherwise."""
+        return value
+
+    @classmethod
     def parse(cls, value, what=None):
         """Return the member named by ``value`` (a member, its value or an alias)."""
         if isinstance(value, cls):
             return value
         what = what or cls.__name__
+        if not isinstance(value, str):
+            value = cls._named(value)
         if isinstance(value, str):
-            key = value.strip().lower()
+            key = value.strip().lower().replace("_", "-")
             for member in cls:
                 if member.value == key:
                     return member
@@ -66,6 +75,16 @@ class QuantDtype(_ParsableEnum):
     AUTO = "auto"
     INT8 = "int8"
     UINT8 = "uint8"
+
+    @classmethod
+    def _named(cls, value):
+        """NumPy's and MXNet's ways of naming a dtype (``np.int8``, ``np.dtype('uint8')``)."""
+        if value is None:
+            return value            # np.dtype(None) is float64
+        try:
+            return np.dtype(value).name
+        except (TypeError, ValueError, KeyError):
+            return value
 
 
 class Backend(_ParsableEnum):
@@ -257,10 +276,11 @@ class QuantConfig:
                 ("num_calib_batches", CalibrationDataError, "every batch"),
                 ("num_inputs", InputMismatchError, "read from hybrid_forward's signature")):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                      or value < 1):
+            if value is not None and (isinstance(value, bool)
+                                      or not isinstance(value, numbers.Integral) or value < 1):
                 raise error("%s must be a positive int, got %r (None: %s)."
                             % (name, value, none_means))
+            set_(name, None if value is None else int(value))    # a NumPy integer, as int
         if self.input_fn is not None and not callable(self.input_fn):
             raise InputMismatchError("input_fn must be callable, got %r (input_fn(batch) "
                                      "returns the input(s) of one batch)." % (self.input_fn,))

@@ -451,7 +451,7 @@ def iter_batches(data, limit=None, *, what="calib_data"):
         raise CalibrationDataError(
             "%s is a single %s; it must be an iterable of batches. Wrap it in a list "
             "([x]) or a DataLoader." % (what, describe(data)))
-    if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool)
+    if limit is not None and (not isinstance(limit, numbers.Integral) or isinstance(limit, bool)
                               or limit < 1):
         raise CalibrationDataError("%s must be a positive int or None, got %r."
                                    % ("num_calib_batches" if calib else "num_batches", limit))

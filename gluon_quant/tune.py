@@ -21,6 +21,7 @@ that of the sequential run.
 """
 import enum
 import logging
+import numbers
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
@@ -177,7 +178,8 @@ def tune(net, calib_data, eval_fn: Callable, *, tolerance: float, max_trials: in
     >>> qnet, result = gluon_quant.tune(net, calib, lambda m: accuracy(m, val), tolerance=0.003)
     >>> print(result)
     """
-    _check_settings(eval_fn, tolerance, max_trials, max_candidates, doctor_batches)
+    tolerance, max_trials, max_candidates, doctor_batches = _check_settings(
+        eval_fn, tolerance, max_trials, max_candidates, doctor_batches)
     config = QuantConfig.build(config, net=net, **settings)
     batches = keep_batches(calib_data, config.num_calib_batches)
     if not batches:
@@ -382,14 +384,16 @@ def _fallback_order(qnet, batches, max_candidates):
 
 
 def _check_settings(eval_fn, tolerance, max_trials, max_candidates, doctor_batches):
+    """The numeric settings as Python numbers (NumPy's are taken), or ConfigError."""
     if not callable(eval_fn):
         raise ConfigError("eval_fn must be callable as eval_fn(model) -> float, got %r."
                           % (eval_fn,))
-    if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)) \
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) \
             or not tolerance >= 0:
         raise ConfigError("tolerance must be a number >= 0 (the allowed loss of eval_fn "
                           "against fp32), got %r." % (tolerance,))
     for name, value in (("max_trials", max_trials), ("max_candidates", max_candidates),
                         ("doctor_batches", doctor_batches)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ConfigError("%s must be a positive int, got %r." % (name, value))
+    return float(tolerance), int(max_trials), int(max_candidates), int(doctor_batches)

@@ -39,6 +39,22 @@ def test_defaults_and_parsing():
     assert config.replace(backend="cudnn").granularity is gq.Granularity.TENSOR
 
 
+def test_numpy_values_and_spellings_users_write_are_taken():
+    """dtype=np.int8, a NumPy integer count (len(x) // 32 on NumPy sizes) and 'per_tensor'
+    were refused ('num_calib_batches must be a positive int, got 1'); the config holds
+    Python values (it is saved as JSON)."""
+    config = QuantConfig(dtype=np.int8, num_calib_batches=np.int64(3), num_inputs=np.int32(1),
+                         granularity="per_tensor")
+    assert config.dtype is gq.QuantDtype.INT8 and config.granularity is gq.Granularity.TENSOR
+    assert type(config.num_calib_batches) is int and config.num_calib_batches == 3
+    assert type(config.num_inputs) is int
+    assert QuantConfig(dtype=np.dtype("uint8")).dtype is gq.QuantDtype.UINT8
+    with pytest.raises(gq.UnknownNameError, match="Unknown dtype 'float32'"):
+        QuantConfig(dtype=np.float32)
+    with pytest.raises(gq.UnknownNameError, match="Unknown dtype None"):
+        QuantConfig(dtype=None)
+
+
 @pytest.mark.parametrize("settings, error, match", [
     (dict(dtype="int4"), gq.UnknownNameError, "int4"),
     (dict(calibrator="kld"), gq.UnknownNameError, "'kld'"),

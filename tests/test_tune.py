@@ -43,6 +43,11 @@ def test_budget_stops_tuning(fragile_mlp):
                            tolerance=0.0, max_trials=2, progress=False)
     assert result.stopped is StopReason.BUDGET and len(result.trials) == 2
     assert result.chosen.score == max(t.score for t in result.trials)
+    # NumPy numbers (a budget computed with NumPy) are taken as the Python ones
+    _, again = gq.tune(net, fragile_mlp["calib"], agreement_fn(net, fragile_mlp["test"]),
+                       tolerance=np.float32(0.0), max_trials=np.int64(2), progress=False)
+    assert [t.score for t in again.trials] == [t.score for t in result.trials]
+    assert type(again.tolerance) is float
 
 
 def test_quantize_with_eval_fn_tunes(tiny_cnn, tiny_batches):
