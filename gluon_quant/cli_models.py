@@ -13,6 +13,7 @@ the model's preprocessing) or a ``.npy`` / ``.npz`` file of input arrays; evalua
 """
 import glob
 import logging
+import numbers
 import os
 import re
 from dataclasses import dataclass
@@ -254,7 +255,7 @@ def load_model(spec, *, pretrained=True, image_size=None, ctx=None):
         The exported files cannot be read, or the pretrained weights cannot be fetched.
     """
     ctx = ctx if ctx is not None else mx.cpu()
-    if image_size is not None and (not isinstance(image_size, int) or image_size < 8):
+    if image_size is not None and (not isinstance(image_size, numbers.Integral) or image_size < 8):
         raise ConfigError("--image-size must be an integer >= 8, got %r." % (image_size,))
     files = _symbol_files(spec)
     if files is not None:
@@ -493,7 +494,7 @@ def load_calibration(path, model, *, batch_size=16, max_images=None, progress=Tr
     CalibrationDataError
         Missing path, no image, no decodable image, unreadable or empty numpy file.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ConfigError("--batch-size must be a positive integer, got %r." % (batch_size,))
     if not os.path.exists(path):
         raise CalibrationDataError("Calibration data %r does not exist: pass a folder of "

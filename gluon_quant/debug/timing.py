@@ -16,6 +16,7 @@ them to find where int8 loses (ratio below 1), not as exact shares of the total.
 >>> print(gluon_quant.debug.layer_timing(qnet, batch))
 """
 import logging
+import numbers
 import statistics
 import time
 from dataclasses import dataclass
@@ -247,7 +248,7 @@ def layer_timing(qnet, batch, *, repeats=10):
         Slowest int8 node (lowest fp32/int8 ratio) first.
     """
     check_target(qnet, "layer_timing")
-    if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 1:
+    if isinstance(repeats, bool) or not isinstance(repeats, numbers.Integral) or repeats < 1:
         raise ConfigError("layer_timing(repeats=%r): pass a positive int." % (repeats,))
     pairs = quantized_counterparts(qnet)
     inputs = qnet.convert_batch(batch)

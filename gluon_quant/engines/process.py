@@ -11,6 +11,7 @@ builds, so it is an explicit choice.  With ``spawn``, the calling script must be
 without side effects (``if __name__ == "__main__":``), as for any multiprocessing.
 """
 import multiprocessing
+import numbers
 import os
 import pickle
 import queue as queue_module
@@ -75,7 +76,7 @@ class ProcessEngine(Engine):
     name = "process"
 
     def __init__(self, workers=None, start_method="spawn"):
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
                                     or workers < 1):
             raise ConfigError("workers must be a positive int, got %r." % (workers,))
         if start_method not in START_METHODS:

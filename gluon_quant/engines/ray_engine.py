@@ -17,6 +17,7 @@ called by the user), that connection is used and left open.
 """
 import importlib.util
 import logging
+import numbers
 import pickle
 import socket
 
@@ -81,7 +82,7 @@ class RayEngine(Engine):
             raise ConfigError("address must be None (a local Ray), 'auto' (the running "
                               "cluster) or 'HOST:PORT', got %r." % (address,))
         if max_in_flight is not None and (isinstance(max_in_flight, bool) or not isinstance(
-                max_in_flight, int) or max_in_flight < 1):
+                max_in_flight, numbers.Integral) or max_in_flight < 1):
             raise ConfigError("workers must be a positive int, got %r." % (max_in_flight,))
         ray = import_ray()
         self._ray = ray

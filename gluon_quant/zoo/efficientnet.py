@@ -29,6 +29,7 @@ import dataclasses
 import importlib
 import logging
 import math
+import numbers
 
 import mxnet as mx
 import numpy as np
@@ -288,7 +289,7 @@ class EfficientNetLite(HybridBlock):
         spec = _variant(variant)
         super().__init__(**kwargs)
         dropout = spec.dropout if dropout is None else dropout
-        if not isinstance(classes, int) or classes < 1:
+        if not isinstance(classes, numbers.Integral) or classes < 1:
             raise ConfigError(f"classes must be a positive int, got {classes!r}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"dropout must lie in [0, 1), got {dropout!r}")
@@ -493,7 +494,7 @@ def preprocess(image, *, size=224, ctx=None):
         raise InputMismatchError(f"expected uint8 pixels (0-255), got dtype {image.dtype}")
     if min(image.shape[:2]) < 1:
         raise InputMismatchError(f"empty image of shape {image.shape!r}")
-    if not isinstance(size, int) or size < 8:
+    if not isinstance(size, numbers.Integral) or size < 8:
         raise ConfigError(f"size must be an int >= 8 (the net's image_size), got {size!r}")
     ctx = ctx if ctx is not None else mx.cpu()
     pixels = mx.nd.array(image, dtype=np.uint8, ctx=mx.cpu())

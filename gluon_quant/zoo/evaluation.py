@@ -17,6 +17,7 @@ The split is deterministic: colour and grey-scale photos are split separately
 name and dealt out alternately, the first to the calibration part.
 """
 import collections
+import numbers
 import zlib
 
 import mxnet as mx
@@ -82,7 +83,7 @@ def _centre(height, width, size):
 
 
 def _check_size(size):
-    if not isinstance(size, int) or size < 8:
+    if not isinstance(size, numbers.Integral) or size < 8:
         raise ConfigError(f"size must be an int >= 8 (the net's input side), got {size!r}")
 
 
@@ -188,7 +189,7 @@ def evaluation_data(size=224, *, mean=(127.0,) * 3, std=(128.0,) * 3, batch_size
     ConfigError
         Fewer than two scenes (groups) of photos: nothing to hold out.
     """
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
         raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
     split = split_photos(photos)
     if not split.calibration or not split.held_out:

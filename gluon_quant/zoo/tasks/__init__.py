@@ -17,6 +17,7 @@ rewrites the weights and their manifest; ``python -m gluon_quant.zoo.tasks`` che
 import dataclasses
 import json
 import logging
+import numbers
 import os
 
 import mxnet as mx
@@ -142,7 +143,7 @@ def task_data(kind, split, num=None):
     if split not in SPLITS:
         raise ConfigError("Unknown split %r: use one of %s." % (split, sorted(SPLITS)))
     num = _DEFAULT_COUNT[split] if num is None else num
-    if not isinstance(num, int) or num < 1:
+    if not isinstance(num, numbers.Integral) or num < 1:
         raise ConfigError("task_data needs a positive number of scenes, got num=%r." % (num,))
     return render(kind, split, 0, num)
 
