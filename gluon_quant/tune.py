@@ -245,6 +245,13 @@ def _search(net, batches, eval_fn, runner, config, *, tolerance, max_trials, sig
                           "within tolerance" if trial.within else "not within tolerance")
                 trials.append(trial)
                 built[id(trial)] = variant
+                # Only the best so far (and one within tolerance) can be chosen or guide
+                # the next step: the others' int8 graphs and buffers are let go.
+                keep = {id(max(trials, key=lambda t: sign * t.score))}
+                if trial.within:
+                    keep.add(id(trial))
+                for key in [k for k in built if k not in keep]:
+                    del built[key]
                 if trial.within:
                     return StopReason.TOLERANCE_MET
         return None
