@@ -76,8 +76,8 @@ class ProcessEngine(Engine):
     name = "process"
 
     def __init__(self, workers=None, start_method="spawn"):
-        if workers is not None and (isinstance(workers, bool) or not isinstance(workers, numbers.Integral)
-                                    or workers < 1):
+        if workers is not None and (isinstance(workers, bool)
+                                    or not isinstance(workers, numbers.Integral) or workers < 1):
             raise ConfigError("workers must be a positive int, got %r." % (workers,))
         if start_method not in START_METHODS:
             raise ConfigError("start_method must be one of %s, got %r."
