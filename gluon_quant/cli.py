@@ -456,12 +456,13 @@ def _cmd_tune(args, out):
                                              progress=not args.quiet)
     eval_fn = Top1(inputs, labels, batch_size=args.batch_size)
     samples = len(eval_fn.inputs[0])
+    which = eval_fn.scored_output(model.net)
     if eval_fn.labels is None:
         eval_fn = Top1(eval_fn.inputs, eval_fn.predictions(model.net), args.batch_size)
-        out.text("score: top-1 agreement with fp32 on %d samples" % samples)
+        out.text("score: top-1 agreement with fp32%s on %d samples" % (which, samples))
     else:
-        out.text("score: top-1 accuracy on %d labelled samples%s"
-                 % (samples, class_folders(classes)))
+        out.text("score: top-1 accuracy%s on %d labelled samples%s"
+                 % (which, samples, class_folders(classes)))
     start = time.perf_counter()
     qnet, result = gq.tune(model.net, batches, eval_fn, tolerance=args.tolerance,
                            max_trials=args.max_trials, engine=args.engine,
@@ -503,6 +504,14 @@ class Top1:
 
     def __call__(self, model):
         return float((self.predictions(model) == self.labels).mean())
+
+    def scored_output(self, model):
+        """`` of its first output (of 2)`` where ``model`` returns several (the first is
+        scored); empty otherwise."""
+        import mxnet as mx
+        out = model(*[mx.nd.array(a[:1]) for a in self.inputs])
+        count = len(out) if isinstance(out, (list, tuple)) else 1
+        return " of its first output (of %d)" % count if count > 1 else ""
 
 
 def _input_shapes(batches):

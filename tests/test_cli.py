@@ -443,6 +443,38 @@ def test_tune_scores_a_folder_of_class_subfolders(workdir, tmp_path, capsys):
     assert code == 0 and "top-1 agreement with fp32 on 6 samples" in out
 
 
+class _TwoHeads(mx.gluon.HybridBlock):
+    """A convolution, then two dense heads (4 and 3 classes)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv = mx.gluon.nn.Conv2D(8, 3, activation="relu")
+            self.a, self.b = mx.gluon.nn.Dense(4), mx.gluon.nn.Dense(3)
+
+    def hybrid_forward(self, F, x):
+        h = F.mean(self.conv(x), axis=(2, 3))
+        return self.a(h), self.b(h)
+
+
+def test_tune_says_which_output_of_a_two_headed_model_it_scores(tmp_path):
+    """A model with two heads is scored on the first: the output said only 'top-1
+    accuracy', whichever head the labels were meant for."""
+    model = _TwoHeads()
+    model.initialize(mx.init.Xavier())
+    model.hybridize()
+    x = np.random.RandomState(0).rand(16, 3, 12, 12).astype("float32")
+    labels = model(mx.nd.array(x))[0].argmax(axis=1).asnumpy().astype("int64")
+    model.export(str(tmp_path / "heads"))
+    np.save(tmp_path / "calib.npy", x)
+    np.savez(tmp_path / "val.npz", x=x, y=labels)
+    code, out = run("tune", tmp_path / "heads", "--calib", tmp_path / "calib.npy",
+                    "--eval-data", tmp_path / "val.npz", "--tolerance", 1, "--out",
+                    tmp_path / "q")
+    assert code == 0
+    assert "score: top-1 accuracy of its first output (of 2) on 16 labelled samples" in out
+
+
 def test_tune_names_the_arrays_of_an_eval_file_it_cannot_read(workdir, tmp_path, capsys):
     """An .npz saved with other names (data=, label=) is refused naming what it holds and
     how to save it (it said "holds inputs [...] and labels None")."""
