@@ -321,12 +321,14 @@ def _signature_inputs(net):
 
 def _call_parameters(net):
     """The parameters users call ``net`` with: those of its class's own ``__call__`` where
-    it overrides Gluon's with named arguments (GluonNLP's RoBERTa takes ``inputs,
+    it overrides Gluon's with named arguments only (GluonNLP's RoBERTa takes ``inputs,
     valid_length`` and passes empty token types to BERT's ``hybrid_forward`` itself), else
     ``hybrid_forward``'s after ``F``."""
     if type(net).__call__ is not mx.gluon.Block.__call__:
         params = list(inspect.signature(net.__call__).parameters.values())
-        if any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
+        # a wrapper passing *args on (``__call__(self, x, *args)``) does not say them
+        if not any(p.kind is p.VAR_POSITIONAL for p in params) and any(
+                p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params):
             return params
     return list(inspect.signature(net.hybrid_forward).parameters.values())[1:]
 

@@ -1074,3 +1074,30 @@ def test_a_bfloat16_amp_graph_with_float32_weights_quantizes(tmp_path):
     qnet.export(str(tmp_path / "amp"))
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "amp"))
     assert np.array_equal(loaded(x).asnumpy(), qnet(x).asnumpy())
+
+
+class _LoggedPair(nn.HybridBlock):
+    """Two inputs, behind a ``__call__`` that only passes them on (as logging or timing
+    wrappers do): its ``*args`` say nothing of the inputs, ``hybrid_forward`` does."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.a, self.b, self.out = nn.Dense(8), nn.Dense(8), nn.Dense(3)
+
+    def __call__(self, x, *args):       # pylint: disable=arguments-differ
+        return super().__call__(x, *args)
+
+    def hybrid_forward(self, F, x, y):
+        return self.out(F.relu(self.a(x) + self.b(y)))
+
+
+def test_a_call_wrapper_passing_args_on_leaves_the_inputs_to_hybrid_forward():
+    """RoBERTa's named __call__ says its inputs; a wrapper's ``(x, *args)`` does not: read
+    alone, it made a two-input net a one-input one ("missing ... 'y'")."""
+    net = _LoggedPair()
+    net.initialize(mx.init.Xavier())
+    batches = [(mx.nd.array(RS.rand(4, 5)), mx.nd.array(RS.rand(4, 6))) for _ in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert qnet.fused.inputs.arg_names == ["x", "y"]
+    assert _agree(net, qnet, *batches[0]) >= 0.999
