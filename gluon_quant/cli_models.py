@@ -352,13 +352,14 @@ def load_eval_images(folder, model, *, progress=True):
     """
     files = _image_files(folder)
     check_image_inputs(model, (1, 3, model.image_size, model.image_size), folder)
-    parts = [os.path.relpath(f, folder).split(os.sep) for f in files]
-    classes = sorted({p[0] for p in parts}) if all(len(p) == 2 for p in parts) else None
+    parts = {f: os.path.relpath(f, folder).split(os.sep) for f in files}
     kept = []
     images = _read_images(files, model, None, progress, kept=kept)
-    if classes is None:
+    if not all(len(p) == 2 for p in parts.values()):
         return images, None, None
-    labels = [classes.index(os.path.relpath(f, folder).split(os.sep)[0]) for f in kept]
+    classes = sorted({p[0] for p in parts.values()})
+    index = {name: i for i, name in enumerate(classes)}
+    labels = [index[parts[f][0]] for f in kept]
     return images, np.asarray(labels, dtype=np.int64), classes
 
 
