@@ -59,6 +59,42 @@ def test_embedding_and_conv1d_net_runs_in_int8():
     assert "bias_correction" in qnet.calibration_table.meta
 
 
+class PositionTable(nn.HybridBlock):
+    """Token and position tables under names that do not end in ``weight``: a Constant
+    (GluonNLP's encoders keep their sinusoid table so) and a parameter named ``table``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.table = self.params.get("table", shape=(200, 32))
+        self.positions = self.params.get_constant(
+            "positions", mx.nd.array(RS.normal(0, 1, (24, 32))))
+        self.out = nn.Dense(8, flatten=False)
+
+    def hybrid_forward(self, F, tokens, table, positions):
+        steps = F.contrib.arange_like(tokens, axis=1)
+        x = F.broadcast_add(F.Embedding(tokens, table, input_dim=200, output_dim=32),
+                            F.Embedding(steps, positions, input_dim=24,
+                                        output_dim=32).expand_dims(0))
+        return self.out(x)
+
+
+def test_int8_embeddings_of_tables_with_any_name(tmp_path):
+    """MXNet's pass asks for every offline parameter quantized (``positions_quantize``),
+    but its helper quantized only names ending in weight or bias: the build failed with
+    'The graph needs parameters the network does not have'."""
+    net = PositionTable()
+    net.initialize(mx.init.Xavier())
+    tokens = [RS.randint(0, 200, (8, 24)).astype("float32") for _ in range(4)]
+    qnet = gq.quantize(net, tokens[:3])
+    embeddings = _layer(qnet, "Embedding")
+    assert len(embeddings) == 2 and all(r.quantized for r in embeddings), qnet.report()
+    assert _agree(net, qnet, mx.nd.array(tokens[3])) > 0.999
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    x = mx.nd.array(tokens[3])
+    assert np.array_equal(loaded(x).asnumpy(), qnet(x).asnumpy())
+
+
 def test_1d_pooling_and_residual_stay_lifted():
     net = nn.HybridSequential()
     net.add(nn.Conv1D(16, 5, padding=2, in_channels=4), nn.BatchNorm(), nn.Activation("relu"),

@@ -273,8 +273,24 @@ def set_calibration(qsym, ranges, messages=None):
 
 
 def quantize_params(qsym, arg_params):
-    """Quantize offline the weights the quantized graph asks for (``*_quantize`` inputs)."""
-    return _mxq._quantize_params(qsym, arg_params, {})
+    """Quantize offline the parameters the quantized graph asks for: each ``NAME_quantize``
+    input (with ``_min`` and ``_max``) whose ``NAME`` is a parameter, as MXNet's
+    ``_quantize_params`` does (int8, symmetric over the parameter's range) for names ending
+    in ``weight`` or ``bias`` only: MXNet's quantization pass asks for any offline
+    parameter, and a ``Constant`` position table (GluonNLP's encoders) or a parameter a
+    user named ``kernel`` or ``table`` read by an int8 ``Embedding`` was left missing."""
+    quantized = {}
+    for name in qsym.list_arguments():
+        base = name[:-len("_quantize")] if name.endswith("_quantize") else None
+        if base is not None and base in arg_params and name not in arg_params:
+            param = arg_params[base]
+            value, low, high = mx.nd.contrib.quantize(
+                data=param, min_range=mx.nd.min(param), max_range=mx.nd.max(param),
+                out_type="int8")
+            quantized.update({name: value, name + "_min": low, name + "_max": high})
+        elif name in arg_params:
+            quantized[name] = arg_params[name]
+    return quantized
 
 
 def symbol_block(sym, names, params, ctx, dtypes=None, trainable=True, copy=True):
