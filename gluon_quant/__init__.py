@@ -25,6 +25,7 @@ from .calib import (Calibrator, CalibrationTable, MinMaxCalibrator, EntropyCalib
 from .block import QuantizedHybridBlock
 from .symbol_block import QuantizedSymbolBlock
 from .api import quantize
+from .parts import quantize_parts, load_parts, QuantizedParts, QuantizedPart, PartResult
 from .parallel import calibrate_parallel
 from .tune import tune, TuneResult
 from . import debug
@@ -32,7 +33,8 @@ from .report import LayerReport, QuantReport
 from .presets import ClipRange, KeepFP32, Preset, get_preset
 
 __all__ = [
-    "__version__", "quantize", "calibrate_parallel", "tune", "TuneResult", "debug", "QuantizedHybridBlock",
+    "__version__", "quantize", "quantize_parts", "load_parts", "QuantizedParts", "QuantizedPart",
+    "PartResult", "calibrate_parallel", "tune", "TuneResult", "debug", "QuantizedHybridBlock",
     "QuantizedSymbolBlock", "QuantReport",
     "LayerReport",
     "Calibrator", "CalibrationTable", "MinMaxCalibrator", "EntropyCalibrator",

@@ -1,10 +1,12 @@
 """The one-call entry point: :func:`quantize`."""
 import logging
 
+import mxnet as mx
+
 from .block import QuantizedHybridBlock
 from .calib.table import as_table
 from .config import QuantConfig
-from .errors import ConfigError
+from .errors import ConfigError, NotHybridizableError
 from .data import peek
 from .pipeline import KEPT_SAMPLES, SETTINGS_META_KEY, release_calibration_memory
 
@@ -82,12 +84,19 @@ def quantize(net, calib_data=None, *, config=None, calib_table=None, eval_fn=Non
         qnet, result = tune(net, calib_data, eval_fn, tolerance=tolerance, config=config)
         qnet.tune_result = result
         return qnet
-    qnet = QuantizedHybridBlock(net, config)
-    if calib_table is None:
-        qnet.calibrate(calib_data)
-        qnet.finalize()
-    else:
-        finalize_with_table(qnet, calib_table, calib_data)
+    try:
+        qnet = QuantizedHybridBlock(net, config)
+        if calib_table is None:
+            qnet.calibrate(calib_data)
+            qnet.finalize()
+        else:
+            finalize_with_table(qnet, calib_table, calib_data)
+    except NotHybridizableError as err:
+        if not isinstance(net, mx.gluon.Block):
+            raise
+        raise NotHybridizableError(
+            "%s Or keep the model's Python code and quantize the blocks inside it that trace, "
+            "in place: gluon_quant.quantize_parts(net, calib_data)." % err) from err
     release_calibration_memory(qnet.calibration)
     return qnet
 

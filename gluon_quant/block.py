@@ -122,6 +122,13 @@ def _checked_net(net):
     return net
 
 
+def hybrid_view(net):
+    """The ``HybridBlock`` :func:`gluon_quant.quantize` traces for ``net``: ``net`` itself,
+    or a view over a plain ``Block``, ``nn.Sequential`` or Module-API model; the package's
+    error where it cannot be one."""
+    return _checked_net(net)
+
+
 def _module_block(module):
     """A ``SymbolBlock`` over a Module-API model's symbol and parameters (as
     ``quantize_model(sym, arg_params, aux_params)`` took them), its loss heads run as at

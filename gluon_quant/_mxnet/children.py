@@ -1,0 +1,41 @@
+"""Changing a Gluon model's block tree in place (``quantize_parts``): Gluon's own API
+refuses it, so these reach into its registry."""
+import contextlib
+
+import mxnet as mx
+
+
+@contextlib.contextmanager
+def imperative(blocks):
+    """Run the hybridized ones of ``blocks`` imperatively inside the context: their
+    children are then called through Gluon's ``__call__`` (and its forward hooks) rather
+    than inside one cached graph. Their cached graphs are dropped on the way out."""
+    active = [(b, b._active) for b in blocks if isinstance(b, mx.gluon.HybridBlock)]
+    for block, _ in active:
+        block._active = False
+    try:
+        yield
+    finally:
+        for block, was in active:
+            block._active = was
+            block._clear_cached_op()
+
+
+def replace_child(parent, name, block):
+    """Put ``block`` in the place of ``parent``'s child ``name``: in its registry, in the
+    attributes holding the old child (directly or in a list) and, where ``parent`` is a
+    HybridBlock, with its cached graph dropped. Gluon's ``__setattr__`` refuses a block of
+    another class in an attribute's place, and ``register_child`` a plain Block under a
+    HybridBlock, so both are bypassed here."""
+    old = parent._children[name]
+    parent._children[name] = block
+    for attr, value in list(vars(parent).items()):
+        if value is old:
+            object.__setattr__(parent, attr, block)
+        elif isinstance(value, list) and any(v is old for v in value):
+            value[:] = [block if v is old else v for v in value]
+        elif isinstance(value, tuple) and any(v is old for v in value):
+            object.__setattr__(parent, attr, type(value)(block if v is old else v
+                                                         for v in value))
+    if isinstance(parent, mx.gluon.HybridBlock):
+        parent._clear_cached_op()
