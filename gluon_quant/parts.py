@@ -80,7 +80,10 @@ class QuantizedPart(mx.gluon.HybridBlock):
 
     Calls run the int8 block; attributes and methods the int8 block lacks are the fp32
     block's (a decoder's ``init_state_from_encoder``, an encoder's ``units``), so the
-    model's own code keeps working.
+    model's own code keeps working. The model's ``save_parameters`` writes the fp32
+    block's weights in its place, so that the file loads into the fp32 model as before
+    (the int8 parts are saved by :meth:`QuantizedParts.export`); weights loaded into the
+    model change the fp32 blocks only: quantize again after loading others.
 
     Parameters
     ----------
@@ -96,6 +99,10 @@ class QuantizedPart(mx.gluon.HybridBlock):
 
     def forward(self, *args):       # pylint: disable=arguments-differ
         return self.int8(*args)
+
+    def _collect_params_with_prefix(self, prefix=""):
+        # Gluon's save_parameters/load_parameters of a parent walk its children with this
+        return _mxnet.params_with_prefix(self.fp32, prefix)
 
     def __getattr__(self, name):
         # only reached for names the proxy lacks; "fp32" itself is set in __init__

@@ -305,8 +305,15 @@ def test_a_block_shared_by_two_attributes_is_quantized_once():
     assert cosine(ref, net(*pairs[0])) >= 0.995
 
 
-def test_part_proxies_the_fp32_blocks_attributes(translator):
+def test_part_proxies_the_fp32_blocks_attributes(translator, tmp_path):
+    held_out = _tokens(7, 1)[0]
+    ref = translator(held_out).asnumpy()
     gq.quantize_parts(translator, _tokens(0))
+    # the model's weights file is still its fp32 one: it loads into the fp32 model
+    translator.save_parameters(str(tmp_path / "w.params"))
+    fresh = Translator()
+    fresh.load_parameters(str(tmp_path / "w.params"))
+    assert np.array_equal(fresh(held_out).asnumpy(), ref)
     assert translator.step.out is translator.step.fp32.out   # the model's code may read them
     assert isinstance(translator.step.int8, gq.QuantizedHybridBlock)
     assert "QuantizedPart(Step" in repr(translator.step)

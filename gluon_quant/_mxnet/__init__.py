@@ -25,7 +25,7 @@ from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json,
 from .entries import check_graph_entries
 from . import isa
 from .loading import host_arrays
-from .children import imperative, replace_child
+from .children import imperative, params_with_prefix, replace_child
 from .runtime import (host_view, static_flags, without_static_memory, hybridize_with,
                       inference_mode, CachedCall, unshared)
 from .npmode import (is_np_mode, net_np_mode, is_np_array, legacy_mode, np_scope, as_legacy,
@@ -38,7 +38,7 @@ __all__ = [
     "host_arrays", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
     "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "finish_deferred_init",
-    "clear_cached_op", "imperative", "replace_child",
+    "clear_cached_op", "imperative", "params_with_prefix", "replace_child",
     "registered_param_names", "shape_error",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
     "CachedCall", "static_flags", "without_static_memory", "hybridize_with", "inference_mode",

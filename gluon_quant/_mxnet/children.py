@@ -39,3 +39,9 @@ def replace_child(parent, name, block):
                                                          for v in value))
     if isinstance(parent, mx.gluon.HybridBlock):
         parent._clear_cached_op()
+
+
+def params_with_prefix(block, prefix=""):
+    """``block``'s parameters keyed by attribute path, as Gluon's ``save_parameters`` of a
+    parent collects them (``encoder.embed.weight``)."""
+    return block._collect_params_with_prefix(prefix)
