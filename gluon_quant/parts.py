@@ -322,6 +322,10 @@ def load_parts(net, prefix, ctx=None):
         A part's path is not in ``net``, or holds a block of another class.
     """
     path = os.fspath(prefix) + "-parts.json"
+    if not os.path.exists(path) and os.path.exists(os.fspath(prefix) + "-meta.json"):
+        raise ArtifactError("%r is the export of one whole int8 model, not of a model's parts "
+                            "(no %r): load it with gluon_quant.QuantizedSymbolBlock.imports(%r)."
+                            % (os.fspath(prefix), os.path.basename(path), os.fspath(prefix)))
     try:
         manifest = _io.loads_json(_io.read_bytes(path, "parts manifest").decode("utf-8"))
         entries = manifest["parts"]
