@@ -15,6 +15,7 @@ The model is changed in place; :meth:`QuantizedParts.restore` puts the fp32 bloc
 :func:`load_parts` puts them into a freshly built fp32 model, as Gluon users rebuild a
 model from its code and load its parameters.
 """
+import contextlib
 import json
 import logging
 import os
@@ -283,6 +284,7 @@ def quantize_parts(net, calib_data, parts=None, *, run_fn=None, config=None, **s
                 done[path] = int8
         pending = descend
     results = _collapsed(results, unused)
+    _warn_unmatched(config.exclude, done, {r.path for r in results})
     for path, int8 in done.items():
         _replace(net, path, QuantizedPart(int8, _resolve(net, path)))
     for path, original in aliases.items():
@@ -429,6 +431,9 @@ def _collapsed(results, unused):
 
 def _quantize_part(path, block, calls, config):
     kind = type(block).__name__
+    if path in config.exclude:
+        return _Attempt(PartResult(path, kind, len(calls),
+                                   reason="excluded by user (%r)" % path)), None
     if not calls:
         return _Attempt(PartResult(path, kind, 0, reason="never called on the calibration "
                                                          "data")), None
@@ -438,7 +443,9 @@ def _quantize_part(path, block, calls, config):
                                  "graph takes one layout" % (list(ranks[0]), list(ranks[-1])))
         return _Attempt(PartResult(path, kind, len(calls), reason=str(err)), err), None
     try:
-        int8 = quantize(block, calls, config=config.replace(num_inputs=len(calls[0])))
+        with _quiet_unmatched():            # a pattern may name another part's layers
+            int8 = quantize(block, calls, config=config.replace(
+                num_inputs=len(calls[0]), exclude=_part_exclude(config.exclude, path)))
     except _UNTRACEABLE as err:
         return _Attempt(PartResult(path, kind, len(calls), reason=_first_line(err)), err), None
     except ConfigError:
@@ -453,6 +460,45 @@ def _quantize_part(path, block, calls, config):
         return _Attempt(PartResult(path, kind, len(calls), 0, total,
                                    "no convolution or dense layer runs in int8")), None
     return _Attempt(PartResult(path, kind, len(calls), quantized, total)), int8
+
+
+def _part_exclude(patterns, path):
+    """``exclude=`` for the part at ``path``: the patterns as given (layer names, operator
+    types and globs are the model's own) and, for those naming a block by its path in the
+    model (``step.vocab``), the path inside the part (``vocab``)."""
+    inner = [p[len(path) + 1:] for p in patterns if p.startswith(path + ".")]
+    return tuple(patterns) + tuple(inner)
+
+
+class _DropUnmatched(logging.Filter):
+    def filter(self, record):
+        return not str(record.msg).startswith("exclude pattern")
+
+
+@contextlib.contextmanager
+def _quiet_unmatched():
+    """Per part, an ``exclude=`` pattern matching none of its layers is no news:
+    :func:`_warn_unmatched` tells the ones no part matched."""
+    selection = logging.getLogger("gluon_quant.graph.selection")
+    quiet = _DropUnmatched()
+    selection.addFilter(quiet)
+    try:
+        yield
+    finally:
+        selection.removeFilter(quiet)
+
+
+def _warn_unmatched(patterns, parts, excluded_parts):
+    """Warn of each ``exclude=`` pattern that excluded no part and no layer of a part."""
+    used = " ".join(row.reason for part in parts.values() for row in part.report()
+                    if row.reason.startswith("excluded by user"))
+    for pattern in patterns:
+        tails = [pattern] + [pattern[len(path) + 1:] for path in parts
+                             if pattern.startswith(path + ".")]
+        if pattern not in excluded_parts and not any("(%r)" % tail in used for tail in tails):
+            _log.warning("exclude pattern %r matched no layer of the quantized parts (%s): "
+                         "give a layer name from their report() or a block path in the "
+                         "model (part.layer).", pattern, ", ".join(parts) or "none")
 
 
 def _ranks(args):

@@ -1,6 +1,7 @@
 """quantize_parts: the blocks that trace, quantized in place inside a model whose own
 Python code does not trace (greedy decoding loops, branches on shapes, .asnumpy())."""
 import json
+import logging
 import os
 
 import mxnet as mx
@@ -381,3 +382,20 @@ def test_children_of_a_hybridized_block_are_recorded_imperatively():
     assert list(result.parts) == ["proj.mlp"] and rows["proj.mlp"].calls == 6
     assert (rows["proj.mlp"].int8_layers, rows["proj.mlp"].layers) == (2, 2)
     assert cosine(ref, net(batches[0])) >= 0.995
+
+
+def test_exclude_takes_layer_names_and_block_paths_in_the_model(translator, caplog):
+    result = gq.quantize_parts(translator, _tokens(0), exclude=["step.out", "encoder"])
+    rows = {r.path: r for r in result.results}
+    assert rows["encoder"].reason == "excluded by user ('encoder')"
+    assert list(result.parts) == ["step"]
+    rows = result.parts["step"].int8.report()
+    out = [row for row in rows if row.reason == "excluded by user ('out')"]
+    assert [(row.op, row.quantized) for row in out] == [("FullyConnected", False)]
+    assert [row.quantized for row in rows if row.op == "FullyConnected"].count(True) == 2
+    assert "matched no layer" not in caplog.text
+    result.restore()
+    with caplog.at_level(logging.WARNING, logger="gluon_quant"):
+        gq.quantize_parts(translator, _tokens(0), exclude=["step.outt", "Convolution"])
+    assert caplog.text.count("matched no layer") == 1
+    assert "'step.outt' matched no layer of the quantized parts" in caplog.text
