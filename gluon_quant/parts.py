@@ -155,9 +155,11 @@ class QuantizedParts:
         return "\n".join(lines)
 
     def restore(self):
-        """Put the fp32 blocks back in the model (the int8 parts are dropped)."""
-        for path, part in self.parts.items():
-            _replace(self.net, path, part.fp32)
+        """Put the fp32 blocks back in the model, wherever it holds them (a block shared by
+        two attributes at both); the int8 parts are dropped."""
+        for part in self.parts.values():
+            for path in _places(self.net, part):
+                _replace(self.net, path, part.fp32)
         self.parts = {}
 
     def export(self, prefix):
@@ -345,6 +347,7 @@ def load_parts(net, prefix, ctx=None):
     loaded = {}
     for part_path, kind, part_prefix in entries:
         block = _resolve(net, part_path)
+        block = block.fp32 if isinstance(block, QuantizedPart) else block   # loaded again
         if type(block).__name__ != kind:
             raise ConfigError("The export has a %s at %r but this %s has a %s there: build the "
                               "model with the code it was exported from."
@@ -528,6 +531,15 @@ def _children(block, path):
             continue
         if list(child.collect_params().keys()):      # a ParameterDict has no len()
             found.append((name if not path else path + "." + name, child))
+    return found
+
+
+def _places(block, target, path=""):
+    """Dotted paths of every place ``target`` sits under ``block``."""
+    found = []
+    for name, child in _mxnet.named_children(block):
+        where = name if not path else path + "." + name
+        found += [where] if child is target else _places(child, target, where)
     return found
 
 

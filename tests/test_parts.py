@@ -133,6 +133,9 @@ def test_export_and_load_into_a_fresh_model(translator, tmp_path):
     assert sorted(loaded.parts) == ["encoder", "step"]
     assert np.array_equal(fresh(held_out).asnumpy(), out)
     assert "loaded" in loaded.report()
+    gq.load_parts(fresh, str(folder / "tr"))        # again, over the loaded parts
+    assert np.array_equal(fresh(held_out).asnumpy(), out)
+    assert not isinstance(fresh.step.fp32, gq.QuantizedPart)
 
 
 def test_load_refuses_bad_manifests_and_other_models(translator, tmp_path):
@@ -306,6 +309,9 @@ def test_a_block_shared_by_two_attributes_is_quantized_once():
     assert net.left is net.right and isinstance(net.right, gq.QuantizedPart)
     assert [r.calls for r in result.results] == [6]
     assert cosine(ref, net(*pairs[0])) >= 0.995
+    result.restore()
+    assert net.left is net.right and not isinstance(net.right, gq.QuantizedPart)
+    assert np.array_equal(net(*pairs[0]).asnumpy(), ref.asnumpy())
 
 
 def test_part_proxies_the_fp32_blocks_attributes(translator, tmp_path):
