@@ -311,6 +311,7 @@ def test_a_block_shared_by_two_attributes_is_quantized_once():
     assert cosine(ref, net(*pairs[0])) >= 0.995
     result.restore()
     assert net.left is net.right and not isinstance(net.right, gq.QuantizedPart)
+    assert "QuantizedPart" not in repr(net)         # Gluon's registry of children too
     assert np.array_equal(net(*pairs[0]).asnumpy(), ref.asnumpy())
 
 
