@@ -29,7 +29,7 @@ from ._names import suggest
 from .api import quantize
 from .block import QuantizedHybridBlock, hybrid_view
 from .config import QuantConfig
-from .data import BatchConverter, InputSpec, describe, iter_batches, peek
+from .data import BatchConverter, InputSpec, describe, iter_batches, keep_batches, peek
 from .errors import (ArtifactError, ConfigError, GluonQuantError, InputMismatchError,
                      ModelExecutionError, NotHybridizableError, UnknownNameError)
 from .symbol_block import QuantizedSymbolBlock
@@ -373,6 +373,9 @@ class _Feed:
 
     def __init__(self, net, calib_data, config, run_fn=None):
         self.net, self.config = net, config
+        if iter(calib_data) is calib_data:     # a generator: read once, kept for each pass
+            calib_data = keep_batches(calib_data, config.num_calib_batches,
+                                      who="quantize_parts()")
         first, self.data = peek(calib_data)
         if first is None:
             raise ConfigError("calib_data is empty: give at least one batch %s is called on."
