@@ -34,7 +34,7 @@ def replace_child(parent, name, block):
             object.__setattr__(parent, attr, block)
         elif isinstance(value, list) and any(v is old for v in value):
             value[:] = [block if v is old else v for v in value]
-        elif isinstance(value, tuple) and any(v is old for v in value):
+        elif type(value) is tuple and any(v is old for v in value):     # not a namedtuple
             object.__setattr__(parent, attr, type(value)(block if v is old else v
                                                          for v in value))
     if isinstance(parent, mx.gluon.HybridBlock):
