@@ -420,7 +420,7 @@ class _Feed:
                     "was quantized: %s: %s. Check that it runs on these batches as given "
                     "(num_inputs= or input_fn= say how a batch feeds it)."
                     % (type(self.net).__name__, describe(batch), type(err).__name__,
-                       _first_line(err))) from err
+                       _mxnet.first_line(err))) from err
 
 
 def _collapsed(results, unused):
