@@ -241,6 +241,8 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
         try:
             with _mxnet.legacy_mode():
                 out = self._cached_call(self, flat, super().forward)
+        except GluonQuantError:
+            raise
         except (mx.base.MXNetError, ValueError) as err:
             raise _run_error(self, err, [x, *args]) from err
         if self._output_nesting is not None:

@@ -95,6 +95,42 @@ def test_int8_embeddings_of_tables_with_any_name(tmp_path):
     assert np.array_equal(loaded(x).asnumpy(), qnet(x).asnumpy())
 
 
+class FixedBatch(nn.HybridBlock):
+    """Reshapes to ``(1, C, H, W)``, as nets that fix their batch size write it (GluonCV's
+    SiamRPN head reshapes its search features to batch 1 so)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.first = nn.Conv2D(8, 3)
+        self.bn = nn.BatchNorm()
+        self.second = nn.Conv2D(4, 3)
+
+    def hybrid_forward(self, F, x):
+        return self.second(F.relu(self.bn(self.first(x))).reshape((1, 8, 8, 8)))
+
+
+def test_a_net_that_fixes_its_batch_size(tmp_path):
+    """MXNet's shape inference gives a reshape to a fixed shape its target whatever the
+    input's size: calibration joined batch-1 batches for the first run and bias
+    correction, and the int8 graph then corrupted the heap and the process died; a call
+    with a batch of 2 did the same."""
+    net = FixedBatch()
+    net.initialize(mx.init.Xavier())
+    batches = [mx.nd.array(RS.uniform(size=(1, 3, 10, 10))) for _ in range(4)]
+    qnet = gq.quantize(net, batches[:3])
+    assert qnet.report().coverage() == (2, 2)
+    assert _agree(net, qnet, batches[3]) > 0.999
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    two = mx.nd.concat(batches[0], batches[1], dim=0)
+    for block in (loaded, qnet):        # the first call, and one after another shape's
+        with pytest.raises(gq.InputMismatchError, match=r"reshapes to a fixed shape.*"
+                                                       r"\(2, 3, 10, 10\).*reshape0.*"
+                                                       r"\(2, 8, 8, 8\) \(1024 values\)"):
+            block(two)
+    assert np.array_equal(loaded(batches[3]).asnumpy(), qnet(batches[3]).asnumpy())
+
+
 def test_1d_pooling_and_residual_stay_lifted():
     net = nn.HybridSequential()
     net.add(nn.Conv1D(16, 5, padding=2, in_channels=4), nn.BatchNorm(), nn.Activation("relu"),

@@ -26,6 +26,7 @@ from .entries import check_graph_entries
 from . import isa
 from .loading import host_arrays
 from .children import imperative, params_with_prefix, replace_child
+from .shapes import entry_positions, infer_graph_shapes, reshape_size_error
 from .runtime import (host_view, static_flags, without_static_memory, hybridize_with,
                       inference_mode, CachedCall, unshared)
 from .npmode import (is_np_mode, net_np_mode, is_np_array, legacy_mode, np_scope, as_legacy,
@@ -410,46 +411,6 @@ def infer_output_dtypes(sym, input_dtypes):
             for name, t in zip(internals.list_outputs(), out_types)}
 
 
-def _entry_positions(graph, internals):
-    """``(node name, output index) -> position`` in ``internals.list_outputs()`` ({} if the
-    two do not line up)."""
-    # Internals list the nodes in the JSON graph's order (both are MXNet's depth-first
-    # order from the heads), each node's outputs together: X_output, X_output_min, ...
-    # A name can start with both the next node's name and the current one's, longer
-    # (X_pool_min of node X_pool, followed by node X): it is the current node's output.
-    nodes = [n["name"] for n in graph["nodes"]]
-    position_of, current, position = {}, -1, 0
-    for i, name in enumerate(internals.list_outputs()):
-        mine = nodes[current] if current >= 0 else ""
-        if current + 1 < len(nodes) and name.startswith(nodes[current + 1]) and not (
-                len(mine) > len(nodes[current + 1]) and name.startswith(mine + "_")):
-            current, position = current + 1, 0
-        else:
-            position += 1
-        position_of[(nodes[max(current, 0)], position)] = i
-    return position_of if current == len(nodes) - 1 else {}
-
-
-def infer_graph_shapes(graph, input_shapes):
-    """Shape of every output entry of a JSON graph's nodes, given its input shapes.
-
-    Returns
-    -------
-    dict
-        ``(node name, output index) -> shape`` (None where it is not known); {} when
-        MXNet cannot infer the graph's shapes.
-    """
-    internals = load_graph(graph).get_internals()
-    try:
-        with native_output([]):
-            _, out_shapes, _ = internals.infer_shape_partial(**input_shapes)
-    except mx.base.MXNetError:
-        return {}
-    return {entry: (tuple(out_shapes[i]) if out_shapes[i] and all(d > 0 for d in out_shapes[i])
-                    else None)
-            for entry, i in _entry_positions(graph, internals).items()}
-
-
 def param_shapes(net, graph, input_shapes):
     """Shape of each of ``net``'s parameters, a deferred one inferred from its graph.
 
@@ -505,7 +466,7 @@ def internal_outputs(graph, entries, inputs, params, ctx):
     if not wanted:
         return found
     internals = load_graph(graph).get_internals()
-    position_of = _entry_positions(graph, internals)
+    position_of = entry_positions(graph, internals)
     missing = [e for e in wanted if e not in position_of]
     if not position_of or missing:
         raise GraphError("Could not find the tensors %s among the graph's internal outputs."
@@ -613,12 +574,17 @@ def accepts_shapes(sym, shapes):
 
 def shape_error(sym, shapes):
     """MXNet's error when shape inference of ``sym`` fails for inputs of ``shapes``
-    ({name: shape}), or None when it accepts them."""
+    ({name: shape}), or None when it accepts them.
+
+    MXNet's inference lets a ``Reshape`` to a shape given in full (``(1, C, H, W)``, as
+    nets that fix their batch size write it) take an input of another size, and the graph
+    then reads or writes past the input's memory when it runs (a batch of 2 through a
+    net reshaping to batch 1 corrupted the heap); such a reshape is an error here too."""
     try:
         sym.infer_shape_partial(**shapes)
     except MXNetError as err:
         return err
-    return None
+    return reshape_size_error(sym, shapes)
 
 
 def is_initialized(param):

@@ -5,11 +5,16 @@ import ctypes
 import json
 import operator
 import re
+from typing import Optional
 
 import mxnet as mx
 import numpy as np
 from mxnet.gluon import block as _gluon_block
 from mxnet.ndarray.sparse import _ndarray_cls
+
+from ..errors import InputMismatchError
+from .base import first_line, graph_json
+from .shapes import fixed_reshapes, reshape_size_error
 
 
 def host_view(array):
@@ -61,11 +66,14 @@ class CachedCall:
     call). The unusual (not built yet, op hooks, not plain NDArrays) takes ``fallback``."""
     _DATA = operator.attrgetter("_data")
     _op = _params = _lists = _handles = _slots = None     # set at the first direct call
+    # (the graph, the input shapes its fixed-shape reshapes accepted, or None: it has none)
+    _shapes: Optional[tuple] = None
 
     def __call__(self, block, inputs, fallback):
         if mx.autograd.is_recording() or mx.autograd.is_training():
             with inference_mode():
                 return self(block, inputs, fallback)
+        self._check_shapes(block, inputs)
         op = block._cached_op
         if op is None or block._callback or op.is_np_sym or block._in_format != [0] * len(
                 inputs) or any(type(value) is not mx.nd.NDArray for value in inputs):
@@ -90,6 +98,36 @@ class CachedCall:
         out = [_ndarray_cls(ctypes.cast(handles[n], mx.base.NDArrayHandle), stype=stypes[n])
                for n in range(count.value)]
         return _gluon_block._regroup(out, block._out_format)
+
+    def _check_shapes(self, block, inputs):
+        """Refuse input shapes that a reshape of the graph to a fixed shape (``(1, C, H,
+        W)``, a net that fixes its batch size) cannot take: MXNet runs such a graph, and a
+        batch of 2 through an int8 one corrupted the heap and killed the process. Checked
+        once per set of input shapes, and not at all for graphs without such reshapes."""
+        state = self._shapes
+        if state is not None and state[0] is block._cached_graph and state[1] is None:
+            return
+        key = tuple(getattr(value, "shape", None) for value in inputs)
+        if state is not None and state[0] is block._cached_graph and key in state[1]:
+            return
+        graph = block._get_graph(*inputs)
+        if state is None or state[0] is not graph:
+            fixed = bool(fixed_reshapes(graph_json(graph[1])))
+            state = self._shapes = (graph, set() if fixed else None)
+            if not fixed:
+                return
+        names = [sym.name for sym in graph[0]] if isinstance(graph[0], list) else \
+            [graph[0].name]
+        error = reshape_size_error(graph[1], {n: s for n, s in zip(names, key) if s})
+        if error is not None:
+            raise InputMismatchError(
+                "The network reshapes to a fixed shape, so it takes only inputs of the sizes "
+                "it was written for, and these (%s) do not fit: %s. Call it with inputs "
+                "shaped like its calibration batches (batch size included); a reshape "
+                "written with -1 (x.reshape((0, -1)), x.reshape((-1, C, H, W))) takes any."
+                % (", ".join(str(tuple(s)) for s in key if s), first_line(error)))
+        if len(state[1]) < 4096:
+            state[1].add(key)
 
 
 def inference_mode():
