@@ -325,6 +325,10 @@ def load_parts(net, prefix, ctx=None):
     ConfigError
         A part's path is not in ``net``, or holds a block of another class.
     """
+    if not isinstance(net, mx.gluon.Block):
+        raise ConfigError("load_parts() puts int8 parts into the fp32 model they were "
+                          "exported from (a mxnet.gluon.Block built by its code), got %s."
+                          % type(net).__name__)
     path = os.fspath(prefix) + "-parts.json"
     if not os.path.exists(path) and os.path.exists(os.fspath(prefix) + "-meta.json"):
         raise ArtifactError("%r is the export of one whole int8 model, not of a model's parts "

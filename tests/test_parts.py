@@ -162,6 +162,8 @@ def test_load_refuses_bad_manifests_and_other_models(translator, tmp_path):
         f.write('{"format": "gluon_quant.parts"}')
     with pytest.raises(gq.ArtifactError, match="KeyError"):
         gq.load_parts(Translator(), prefix)
+    with pytest.raises(gq.ConfigError, match="got str"):
+        gq.load_parts("model", prefix)
     with pytest.raises(gq.ArtifactError, match="Cannot read the parts manifest"):
         gq.load_parts(Translator(), str(tmp_path / "missing"))
     with pytest.raises(gq.ArtifactError, match=r"one whole int8 model.*QuantizedSymbolBlock"):
