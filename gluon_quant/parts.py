@@ -390,7 +390,9 @@ class _Feed:
         if run_fn is None:
             spec = InputSpec.from_net(hybrid_view(net), config.num_inputs, first)
             convert = BatchConverter(spec, config.ctx or mx.cpu(), config.input_fn)
-            run_fn = lambda model, batch: model(*spec.regroup(convert(batch)))
+            np_mode = _mxnet.net_np_mode(net)      # fed mxnet.np arrays, as it was written
+            run_fn = lambda model, batch: _mxnet.call_net(model, spec.regroup(convert(batch)),
+                                                          np_mode)
         self.run_fn = run_fn
 
     def capture(self, named):
