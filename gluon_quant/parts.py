@@ -591,7 +591,7 @@ def _named(net, parts):
             raise ConfigError("parts= names the model itself: quantize a whole model that "
                               "traces with gluon_quant.quantize(net, calib_data).")
         if isinstance(part, mx.gluon.Block):
-            paths = [p for p in _all_paths(net) if _resolve(net, p) is part]
+            paths = _places(net, part)
             if not paths:
                 raise UnknownNameError("parts= holds a %s that is not a block of this %s: "
                                        "pass blocks of the model, or their dotted paths."
