@@ -44,7 +44,7 @@ _MAIN_EPILOG = """examples:
   gluon-quant demo
   gluon-quant quantize resnet18_v1 --calib ./images --out out/resnet18 --plot out/plots
   gluon-quant report out/resnet18
-  gluon-quant compare resnet18_v1 --calib ./images --plot out/plots
+  gluon-quant compare resnet18_v1 --calib ./images --plot out/plots   (or: doctor)
   gluon-quant bench resnet18_v1 --calib ./images --batch-sizes 1,16
 
 MODEL is efficientnet_lite0, a GluonCV model-zoo name, or an exported fp32 pair
@@ -215,7 +215,8 @@ def build_parser():
     _add_common(p)
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("compare", help="the doctor: fp32 vs int8 agreement per layer",
+    p = sub.add_parser("compare", aliases=["doctor"],
+                       help="the doctor: fp32 vs int8 agreement per layer",
                        description="Quantize MODEL, run fp32 and int8 side by side and rank "
                        "layers by SQNR (worst first).",
                        epilog="examples:\n  gluon-quant compare resnet18_v1 --no-pretrained "

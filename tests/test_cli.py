@@ -243,7 +243,8 @@ def test_compare_with_floor(workdir):
                     "--num-batches", 2, "--floor")
     assert code == 0
     assert "floor dB" in out and "furthest behind the 8-bit floor:" in out
-    code, out = run("compare", workdir / "cnn", "--calib", workdir / "calib.npy",
+    # ``doctor`` is the same command (the name README and docs use for it)
+    code, out = run("doctor", workdir / "cnn", "--calib", workdir / "calib.npy",
                     "--num-batches", 2, "--floor", "--json", "--quiet")
     layers = json.loads(out)["layers"]
     assert all(r["floor_sqnr_db"] is not None for r in layers)
@@ -609,8 +610,8 @@ def test_help_has_examples_for_every_command():
     parser = cli.build_parser()
     assert "examples:" in parser.format_help()
     subparsers = next(a for a in parser._actions if a.dest == "command")  # noqa: SLF001
-    assert set(subparsers.choices) == {"quantize", "tune", "report", "compare", "bench",
-                                       "demo"}
+    assert set(subparsers.choices) == {"quantize", "tune", "report", "compare", "doctor",
+                                       "bench", "demo"}
     for sub in subparsers.choices.values():
         assert "examples:" in sub.format_help() and "exit codes" in sub.format_help()
 
