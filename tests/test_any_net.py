@@ -124,11 +124,37 @@ def test_a_net_that_fixes_its_batch_size(tmp_path):
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
     two = mx.nd.concat(batches[0], batches[1], dim=0)
     for block in (loaded, qnet):        # the first call, and one after another shape's
-        with pytest.raises(gq.InputMismatchError, match=r"reshapes to a fixed shape.*"
+        with pytest.raises(gq.InputMismatchError, match=r"A reshape of the network .*"
                                                        r"\(2, 3, 10, 10\).*reshape0.*"
                                                        r"\(2, 8, 8, 8\) \(1024 values\)"):
             block(two)
     assert np.array_equal(loaded(batches[3]).asnumpy(), qnet(batches[3]).asnumpy())
+
+
+class Rows(nn.HybridBlock):
+    """Regroups its features into rows of 64 (``x.reshape((-1, 64))``)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = nn.Conv2D(8, 3)
+        self.dense = nn.Dense(16, flatten=False)
+
+    def hybrid_forward(self, F, x):
+        return self.dense(F.relu(self.conv(x)).reshape((-1, 64)))
+
+
+def test_a_reshape_its_inputs_do_not_divide():
+    """MXNet's shape inference checks no reshape's size: ``(-1, 64)`` on 400 values gives
+    ``(6, 64)``, and an int8 graph run on a reshape of the wrong size reads or writes past
+    its input's memory (a reshape to a fixed shape killed the process so)."""
+    net = Rows()
+    net.initialize(mx.init.Xavier())
+    qnet = gq.quantize(net, [mx.nd.array(RS.uniform(size=(2, 3, 16, 16))) for _ in range(2)])
+    assert qnet(mx.nd.array(RS.uniform(size=(4, 3, 10, 10)))).shape == (32, 16)  # 4*8*8*8/64
+    with pytest.raises(gq.InputMismatchError, match=r"\(2, 3, 7, 7\).*Reshape of an input "
+                                                    r"of shape \(2, 8, 5, 5\) \(400 values\) "
+                                                    r"to shape \(6, 64\) \(384 values\)\. "):
+        qnet(mx.nd.array(RS.uniform(size=(2, 3, 7, 7))))
 
 
 def test_1d_pooling_and_residual_stay_lifted():

@@ -13,8 +13,8 @@ from mxnet.gluon import block as _gluon_block
 from mxnet.ndarray.sparse import _ndarray_cls
 
 from ..errors import InputMismatchError
-from .base import first_line, graph_json
-from .shapes import fixed_reshapes, reshape_size_error
+from .base import first_line
+from .shapes import ReshapeCheck
 
 
 def host_view(array):
@@ -66,7 +66,7 @@ class CachedCall:
     call). The unusual (not built yet, op hooks, not plain NDArrays) takes ``fallback``."""
     _DATA = operator.attrgetter("_data")
     _op = _params = _lists = _handles = _slots = None     # set at the first direct call
-    # (the graph, the input shapes its fixed-shape reshapes accepted, or None: it has none)
+    # (the graph, its ReshapeCheck, the input shapes it accepted; None: it has no reshape)
     _shapes: Optional[tuple] = None
 
     def __call__(self, block, inputs, fallback):
@@ -100,34 +100,36 @@ class CachedCall:
         return _gluon_block._regroup(out, block._out_format)
 
     def _check_shapes(self, block, inputs):
-        """Refuse input shapes that a reshape of the graph to a fixed shape (``(1, C, H,
-        W)``, a net that fixes its batch size) cannot take: MXNet runs such a graph, and a
-        batch of 2 through an int8 one corrupted the heap and killed the process. Checked
-        once per set of input shapes, and not at all for graphs without such reshapes."""
+        """Refuse input shapes that a reshape of the graph cannot take: MXNet's shape
+        inference never checks a reshape's size (a net reshaping to ``(1, C, H, W)`` is
+        given a batch of 2), and an int8 graph run on such inputs corrupted the heap and
+        killed the process. Checked once per set of input shapes, and not at all for
+        graphs without reshapes."""
         state = self._shapes
-        if state is not None and state[0] is block._cached_graph and state[1] is None:
+        if state is not None and state[0] is block._cached_graph and state[2] is None:
             return
         key = tuple(getattr(value, "shape", None) for value in inputs)
-        if state is not None and state[0] is block._cached_graph and key in state[1]:
+        if state is not None and state[0] is block._cached_graph and key in state[2]:
             return
         graph = block._get_graph(*inputs)
         if state is None or state[0] is not graph:
-            fixed = bool(fixed_reshapes(graph_json(graph[1])))
-            state = self._shapes = (graph, set() if fixed else None)
-            if not fixed:
+            check = ReshapeCheck(graph[1])
+            state = self._shapes = (graph, check, set() if check else None)
+            if not check:
                 return
         names = [sym.name for sym in graph[0]] if isinstance(graph[0], list) else \
             [graph[0].name]
-        error = reshape_size_error(graph[1], {n: s for n, s in zip(names, key) if s})
+        error = state[1].error({n: s for n, s in zip(names, key) if s})
         if error is not None:
             raise InputMismatchError(
-                "The network reshapes to a fixed shape, so it takes only inputs of the sizes "
-                "it was written for, and these (%s) do not fit: %s. Call it with inputs "
-                "shaped like its calibration batches (batch size included); a reshape "
-                "written with -1 (x.reshape((0, -1)), x.reshape((-1, C, H, W))) takes any."
+                "A reshape of the network does not fit these inputs (%s): %s. MXNet does not "
+                "check a reshape's size and would read or write past the input's memory. "
+                "Call it with inputs shaped like its calibration batches; a reshape to a "
+                "fixed shape ((1, C, H, W)) takes only those, one written with 0 and -1 "
+                "(x.reshape((0, -1))) any size its other dimensions divide."
                 % (", ".join(str(tuple(s)) for s in key if s), first_line(error)))
-        if len(state[1]) < 4096:
-            state[1].add(key)
+        if len(state[2]) < 4096:
+            state[2].add(key)
 
 
 def inference_mode():

@@ -53,36 +53,80 @@ _RESHAPES = frozenset(("Reshape", "reshape", "_np_reshape", "_npx_reshape"))
 
 def fixed_reshapes(graph):
     """The reshape nodes of a JSON graph whose target has no ``-1``, ``-2``, ``-3`` or
-    ``-4`` (every dimension given, or copied with 0): MXNet's shape inference gives them
-    their target whatever the input's size, so a mismatch shows only when the graph runs
-    and reads or writes past the input's memory."""
-    fixed = []
-    for node in graph["nodes"]:
-        attrs = node.get("attrs", {})
-        target = attrs.get("shape", attrs.get("newshape"))
-        if node["op"] in _RESHAPES and target is not None and not any(
-                int(d) < 0 for d in re.findall(r"-?\d+", target)):
-            fixed.append(node)
-    return fixed
+    ``-4`` (every dimension given, or copied with 0): they take only inputs of the sizes
+    the network was written for."""
+    return [node for node in reshapes(graph) if not any(
+        int(d) < 0 for d in re.findall(r"-?\d+", _target(node)))]
+
+
+def reshapes(graph):
+    """The reshape nodes of a JSON graph. MXNet 1.9.1's shape inference never compares a
+    reshape's output size with its input's: ``(0, 8, 256)`` takes any input, ``(-1, 5)``
+    turns 24 values into ``(4, 5)``, ``(-3, 0)`` drops a fourth dimension; the graph then
+    reads or writes past the input's memory when it runs."""
+    return [node for node in graph["nodes"] if node["op"] in _RESHAPES]
+
+
+def _target(node):
+    attrs = node.get("attrs", {})
+    return attrs.get("shape", attrs.get("newshape", attrs.get("target_shape", "")))
+
+
+class ReshapeCheck:
+    """The sizes of a graph's reshapes (:func:`reshapes`) for given input shapes: built once
+    per graph (its JSON, internals and entry positions), then one shape inference per
+    check.
+
+    Parameters
+    ----------
+    sym : Symbol
+        The graph.
+    """
+
+    def __init__(self, sym):
+        graph = graph_json(sym)
+        nodes = reshapes(graph)
+        fixed = {node["name"] for node in fixed_reshapes(graph)}
+        self._internals = sym.get_internals() if nodes else None
+        position = entry_positions(graph, self._internals) if nodes else {}
+        names = [node["name"] for node in graph["nodes"]]
+        # (name, position of its input entry, of its output, whether its target is fixed)
+        self._pairs = [(node["name"], position.get((names[node["inputs"][0][0]],
+                                                    node["inputs"][0][1])),
+                        position.get((node["name"], 0)), node["name"] in fixed)
+                       for node in nodes]
+
+    def __bool__(self):
+        return bool(self._pairs)
+
+    def error(self, shapes):
+        """An MXNetError naming the first reshape that inputs of ``shapes`` ({name:
+        shape}) would give another number of values; None when there is none (or when
+        MXNet cannot infer the shapes: running the graph then reports that)."""
+        if not self._pairs:
+            return None
+        try:
+            with native_output([]):
+                _, out_shapes, _ = self._internals.infer_shape_partial(**shapes)
+        except mx.base.MXNetError:
+            return None
+        for name, source, target, fixed in self._pairs:
+            if source is None or target is None:
+                continue
+            before, after = out_shapes[source], out_shapes[target]
+            if not (before and after and all(d > 0 for d in tuple(before) + tuple(after))):
+                continue
+            if int(np.prod(before)) != int(np.prod(after)):
+                return MXNetError(
+                    "Error in operator %s: Reshape of an input of shape %s (%d values) to "
+                    "shape %s (%d values)%s" % (
+                        name, tuple(before), int(np.prod(before)), tuple(after),
+                        int(np.prod(after)), " (a fixed target: the graph takes other input "
+                        "shapes only)" if fixed else ""))
+        return None
 
 
 def reshape_size_error(sym, shapes):
-    """An MXNetError naming the first reshape to a fixed shape (:func:`fixed_reshapes`)
-    that inputs of ``shapes`` ({name: shape}) would give another number of values; None
-    when there is none."""
-    graph = graph_json(sym)
-    reshapes = fixed_reshapes(graph)
-    if not reshapes:
-        return None
-    nodes = graph["nodes"]
-    known = infer_graph_shapes(graph, shapes)
-    for node in reshapes:
-        source, index = node["inputs"][0][:2]
-        before = known.get((nodes[source]["name"], index))
-        after = known.get((node["name"], 0))
-        if before and after and int(np.prod(before)) != int(np.prod(after)):
-            return MXNetError(
-                "Error in operator %s: Reshape of an input of shape %s (%d values) to shape "
-                "%s (%d values): the graph takes other input shapes only"
-                % (node["name"], before, int(np.prod(before)), after, int(np.prod(after))))
-    return None
+    """An MXNetError naming the first reshape (:func:`reshapes`) that inputs of ``shapes``
+    ({name: shape}) would give another number of values; None when there is none."""
+    return ReshapeCheck(sym).error(shapes)
