@@ -21,7 +21,8 @@ import mxnet as mx
 
 from . import _mxnet
 from .data import channels_last_hint, check_finite, describe
-from .errors import EmptyCalibrationError, GraphError, InputMismatchError, ModelExecutionError
+from .errors import (EmptyCalibrationError, GraphError, InputMismatchError, ModelExecutionError,
+                     NotHybridizableError)
 from .progress import progress_bar
 
 __all__ = ["collect_statistics", "build_runner", "check_graph_shapes"]
@@ -203,15 +204,54 @@ def collect_statistics(batches, *, convert, make_runner, calibrator, input_names
     return seen
 
 
-def check_graph_shapes(sym, input_names, inputs):
+def check_graph_shapes(sym, input_names, inputs, run_net=None):
     """Raise :class:`InputMismatchError` when MXNet's shape inference of the graph ``sym``
     fails for the shapes of ``inputs`` (a batch the network cannot take, or a network that
     runs only imperatively), before anything runs: the error is then the same whichever
     stage would have met it first (a net with no tensor to calibrate meets it in its int8
-    graph's first run)."""
+    graph's first run).
+
+    ``run_net(hybridized)``, when given, runs the user's network on ``inputs`` (layer by
+    layer, or as the one graph ``net.hybridize()`` makes) and returns what it raised, or
+    None (NotImplemented: it cannot run as one graph). A failure inside the graph is then blamed on the inputs only where the network
+    fails on them layer by layer too: otherwise it is MXNet failing on the network's graph
+    (:class:`NotHybridizableError`) or on gluon_quant's fused one (:class:`GraphError`).
+    """
     err = _mxnet.shape_error(sym, {n: tuple(a.shape) for n, a in zip(input_names, inputs)})
-    if err is not None:
-        raise _mismatch(err, inputs) from err
+    if err is None:
+        return
+    mismatch = _mismatch(err, inputs)
+    if run_net is not None and isinstance(mismatch, InputMismatchError) and not isinstance(
+            err, _mxnet.ReshapeSizeError) and _FAILED_OPERATOR.search(str(err)) and \
+            run_net(False) is None:
+        graph_err = run_net(True)
+        mismatch = _graph_only(err, inputs, err if graph_err is NotImplemented else graph_err,
+                               "traced from its forward" if graph_err is NotImplemented
+                               else "as after net.hybridize()")
+    raise mismatch from err
+
+
+def _graph_only(err, inputs, graph_err, how):
+    """The error for a graph MXNet refuses on a batch the network takes layer by layer;
+    ``graph_err``: what running the network as one graph raised (None: it ran)."""
+    shapes = [describe(a) for a in inputs]
+    if graph_err is None:
+        return GraphError(
+            "gluon_quant's fused graph of the network fails MXNet's shape inference for batch "
+            "inputs %s (%s), although the network runs on them as a graph and layer by "
+            "layer. This is a gluon_quant bug: please report it with the network; keeping "
+            "the layer MXNet names fp32 (exclude=) may work around it."
+            % (shapes, _mxnet.first_line(err)))
+    hint = (" In a graph, + - * / between arrays of different shapes do not broadcast "
+            "(use F.broadcast_add/sub/mul/div).") if re.search(
+                r"Incompatible attr|broadcast", str(graph_err)) else ""
+    line = _mxnet.first_line(graph_err)
+    if not line.startswith(type(graph_err).__name__):
+        line = "%s: %s" % (type(graph_err).__name__, line)
+    return NotHybridizableError(
+        "The network runs on batch inputs %s layer by layer, but MXNet fails on it as one "
+        "graph, %s (%s): quantize() needs that graph, and the inputs are not at fault.%s"
+        % (shapes, how, line, hint))
 
 
 def _forward(runner, inputs):

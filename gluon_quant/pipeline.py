@@ -414,7 +414,9 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         inputs = convert(batch)
         seen_ranges.see(dict(zip(input_names, inputs)))
         if not samples:
-            check_graph_shapes(plan.fused.symbol, input_names, inputs)
+            check_graph_shapes(plan.fused.symbol, input_names, inputs, lambda as_graph: (
+                _mxnet.run_error(net, lambda: _mxnet.call_net(
+                    net, plan.fused.inputs.regroup(inputs), plan.fused.np_mode), as_graph)))
         samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
         room = state["limit"] - sum(k[0].shape[0] for k in kept)
         if room > 0 and inputs and inputs[0].ndim:

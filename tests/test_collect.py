@@ -142,17 +142,46 @@ class _ImperativeOnly(mx.gluon.HybridBlock):
         return F.sum(h, axis=2) / (F.sum(mask, axis=1, keepdims=True) + 1)
 
 
-def test_a_failure_inside_the_graph_names_the_operator_and_both_causes(capsys):
+def test_a_graph_mxnet_refuses_is_not_blamed_on_inputs_the_net_takes(capsys):
+    """The net runs on the batch layer by layer: the error says MXNet fails on its graph
+    (naming the operator and the fix), not that the batch does not fit."""
     net = _ImperativeOnly()
     net.initialize()
     x, mask = mx.nd.ones((4, 2, 10)), mx.nd.ones((4, 10))
     assert net(x, mask).shape == (4, 8)                       # imperatively, it runs
-    with pytest.raises(gq.InputMismatchError,
-                       match=r"inside the network's graph, at operator '\w*div\w*'.*"
-                             r"expected \[4,8\], got \[4,1\].*NDArray\(4, 10\).*"
-                             r"F\.broadcast_add/sub/mul/div"):
+    net.hybridize()
+    with pytest.raises(gq.NotHybridizableError,
+                       match=r"runs on batch inputs .*NDArray\(4, 10\).* layer by layer, but "
+                             r"MXNet fails on it as one graph.*operator \w*div\w*.*"
+                             r"expected \[4,8\], got \[4,1\].*inputs are not at fault.*"
+                             r"F\.broadcast_add/sub/mul/div.*quantize_parts"):
         gq.quantize(net, [(x, mask)], progress=False)
     assert capsys.readouterr().out == ""       # MXNet's shape inference printed nothing
+    assert net._active                          # noqa: SLF001 - hybridized as before
+    with pytest.raises(mx.base.MXNetError, match=r"expected \[4,8\], got \[4,1\]"):
+        net(x, mask)                            # the user's own graph fails the same way
+
+
+def test_a_failure_inside_the_graph_with_inputs_the_net_refuses_names_the_operator():
+    net = _ImperativeOnly()
+    net.initialize()
+    x, mask = mx.nd.ones((4, 2, 10)), mx.nd.ones((4, 3))      # mask too short
+    with pytest.raises(gq.InputMismatchError,
+                       match=r"inside the network's graph, at operator '\w*broadcast_mul\w*'.*"
+                             r"NDArray\(4, 3\).*check that they match"):
+        gq.quantize(net, [(x, mask)], progress=False)
+
+
+def test_a_fused_graph_mxnet_refuses_where_the_net_runs_is_reported_as_ours(monkeypatch):
+    """Where the net runs layer by layer and as one graph, a refused fused graph is
+    gluon_quant's fault (GraphError), never the inputs'."""
+    net = _ImperativeOnly()
+    net.initialize()
+    x, mask = mx.nd.ones((4, 2, 10)), mx.nd.ones((4, 10))
+    monkeypatch.setattr(gq._mxnet, "run_error", lambda *args: None)  # noqa: SLF001
+    with pytest.raises(gq.GraphError, match=r"gluon_quant's fused graph .*NDArray\(4, 10\)"
+                                            r".*This is a gluon_quant bug"):
+        gq.quantize(net, [(x, mask)], progress=False)
 
 
 def test_wide_stride_histogram_of_very_large_tensors_is_exact_on_its_samples():

@@ -25,8 +25,8 @@ from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json,
 from .entries import check_graph_entries
 from . import isa
 from .loading import host_arrays
-from .children import imperative, params_with_prefix, replace_child
-from .shapes import entry_positions, infer_graph_shapes, reshape_size_error
+from .children import imperative, params_with_prefix, replace_child, run_error
+from .shapes import entry_positions, infer_graph_shapes, reshape_size_error, ReshapeSizeError
 from .runtime import (host_view, static_flags, without_static_memory, hybridize_with,
                       inference_mode, CachedCall, unshared)
 from .npmode import (is_np_mode, net_np_mode, is_np_array, legacy_mode, np_scope, as_legacy,
@@ -39,8 +39,8 @@ __all__ = [
     "host_arrays", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
     "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "finish_deferred_init",
-    "clear_cached_op", "imperative", "params_with_prefix", "replace_child",
-    "registered_param_names", "shape_error",
+    "clear_cached_op", "imperative", "params_with_prefix", "replace_child", "run_error",
+    "registered_param_names", "shape_error", "ReshapeSizeError",
     "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
     "CachedCall", "static_flags", "without_static_memory", "hybridize_with", "inference_mode",
     "unshared",

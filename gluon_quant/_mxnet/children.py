@@ -4,6 +4,8 @@ import contextlib
 
 import mxnet as mx
 
+from .base import MXNetError
+
 
 @contextlib.contextmanager
 def imperative(blocks):
@@ -19,6 +21,40 @@ def imperative(blocks):
         for block, was in active:
             block._active = was
             block._clear_cached_op()
+
+
+def run_error(net, call, as_graph):
+    """The exception ``call()`` (which calls the model ``net``) raises with ``net`` run
+    layer by layer (``as_graph=False``) or as one graph (as after ``net.hybridize()``), or
+    None when it runs (NotImplemented: a plain Block does not run as one graph). The
+    model's hybridization is as before on the way out, its cached graphs dropped.
+
+    For diagnosing a graph MXNet refuses; only where no reshape of the graph is given
+    inputs of the wrong size (:class:`~.shapes.ReshapeSizeError`), or the run may read
+    past their memory."""
+    if as_graph and not isinstance(net, mx.gluon.HybridBlock):
+        return NotImplemented
+    blocks = [net]
+    for block in blocks:
+        blocks.extend(block._children.values())
+    saved = [(b, b._active) for b in blocks if isinstance(b, mx.gluon.HybridBlock)]
+    for block, _ in saved:
+        block._active = bool(as_graph) and block is net
+    try:
+        mx.nd.waitall()
+    except MXNetError:              # an earlier operation's: not this run's
+        pass
+    try:
+        with mx.autograd.pause():
+            call()
+            mx.nd.waitall()
+    except Exception as err:        # noqa: BLE001 - the failure is what is asked for
+        return err
+    finally:
+        for block, was in saved:
+            block._active = was
+            block._clear_cached_op()
+    return None
 
 
 def replace_child(parent, name, block):

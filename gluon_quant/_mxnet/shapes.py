@@ -72,6 +72,11 @@ def _target(node):
     return attrs.get("shape", attrs.get("newshape", attrs.get("target_shape", "")))
 
 
+class ReshapeSizeError(MXNetError):
+    """A reshape given inputs of another size than its target's (MXNet never checks it:
+    running the graph on them reads or writes past their memory)."""
+
+
 class ReshapeCheck:
     """The sizes of a graph's reshapes (:func:`reshapes`) for given input shapes: built once
     per graph (its JSON, internals and entry positions), then one shape inference per
@@ -100,7 +105,7 @@ class ReshapeCheck:
         return bool(self._pairs)
 
     def error(self, shapes):
-        """An MXNetError naming the first reshape that inputs of ``shapes`` ({name:
+        """A :class:`ReshapeSizeError` naming the first reshape that inputs of ``shapes`` ({name:
         shape}) would give another number of values; None when there is none (or when
         MXNet cannot infer the shapes: running the graph then reports that)."""
         if not self._pairs:
@@ -117,7 +122,7 @@ class ReshapeCheck:
             if not (before and after and all(d > 0 for d in tuple(before) + tuple(after))):
                 continue
             if int(np.prod(before)) != int(np.prod(after)):
-                return MXNetError(
+                return ReshapeSizeError(
                     "Error in operator %s: Reshape of an input of shape %s (%d values) to "
                     "shape %s (%d values)%s" % (
                         name, tuple(before), int(np.prod(before)), tuple(after),
@@ -127,6 +132,6 @@ class ReshapeCheck:
 
 
 def reshape_size_error(sym, shapes):
-    """An MXNetError naming the first reshape (:func:`reshapes`) that inputs of ``shapes``
+    """A :class:`ReshapeSizeError` naming the first reshape (:func:`reshapes`) that inputs of ``shapes``
     ({name: shape}) would give another number of values; None when there is none."""
     return ReshapeCheck(sym).error(shapes)
