@@ -56,3 +56,33 @@ def test_folded_rnn_parameters_compute_the_same(lstm_net, disable_pass):
     unfolded = gq.QuantizedHybridBlock(net)
     unfolded.fuse(batches[0])
     assert count_ops(unfolded.fused_graph, ("_rnn_param_concat",))["_rnn_param_concat"] == 1
+
+
+class _ProjectedLSTM(mx.gluon.HybridBlock):
+    def __init__(self):
+        super().__init__()
+        with self.name_scope():
+            self.lstm = mx.gluon.rnn.LSTM(64, num_layers=2, projection_size=32, layout="NTC",
+                                          input_size=16)
+            self.out = mx.gluon.nn.Dense(4, flatten=False)
+
+    def hybrid_forward(self, F, x):
+        return self.out(self.lstm(x))
+
+
+def test_an_lstm_with_a_projection_runs_without_static_memory(tmp_path, caplog):
+    """Under a static CachedOp, MXNet's CPU RNN with a projection failed calls at random
+    ("No training support for LSTM with projection on CPU"): most first runs (then a
+    fallback, slower), and now and then a later call of the block or of its reload."""
+    net = _ProjectedLSTM()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.randn(4, 12, 16)) for _ in range(3)]
+    qnet = gq.quantize(net, batches[:2], progress=False)
+    assert _mxnet.static_flags(qnet.quantized_graph) == {}
+    assert "static memory" not in caplog.text
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    for x in batches * 4:
+        assert cosine(net(x), qnet(x)) > 0.999
+        np.testing.assert_array_equal(loaded(x).asnumpy(), qnet(x).asnumpy())
