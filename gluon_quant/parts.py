@@ -147,9 +147,12 @@ class QuantizedParts:
         width = max([len(r.path) for r in self.results] + [4])
         lines = ["%s: %d of %d block(s) tried run in int8" % (
             type(self.net).__name__, len(self.parts), len(self.results))]
+        first = {}                      # reason -> the first block given it
         for r in self.results:
             state = ("int8  %d of %d convolution/dense layers" % (r.int8_layers, r.layers)
-                     if r.quantized else "fp32  " + r.reason)
+                     if r.quantized else "fp32  " + (
+                         "as %s" % first[r.reason] if r.reason in first else r.reason))
+            first.setdefault(r.reason, r.path)
             calls = "%5d call(s)" % r.calls if r.calls is not None else "%13s" % "loaded"
             lines.append("  %-*s  %-24s %s  %s" % (width, r.path, r.kind, calls, state))
         return "\n".join(lines)

@@ -246,6 +246,31 @@ def test_descends_into_blocks_that_do_not_trace_and_keeps_their_hybridize():
     assert net.backbone.blocks._active             # noqa: SLF001  (Gluon's own flag)
 
 
+class Spares(gluon.Block):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.used = nn.Dense(16, activation="relu")
+        self.spare = nn.Dense(16)
+        self.other = nn.Dense(16)
+
+    def forward(self, x):
+        return self.used(x)
+
+
+def test_report_gives_a_repeated_reason_once():
+    """A model whose 50 GroupNorms do not trace printed the same 300-character reason 50
+    times; the report names the first block given it."""
+    net = Spares()
+    net.initialize()
+    result = gq.quantize_parts(net, [nd.ones((64, 256))])
+    assert result.report().splitlines()[1:] == [
+        "  used   Dense                        1 call(s)  int8  1 of 1 convolution/dense "
+        "layers",
+        "  other  Dense                        0 call(s)  fp32  never called on the "
+        "calibration data",
+        "  spare  Dense                        0 call(s)  fp32  as other"]
+
+
 def test_run_fn_reaches_blocks_forward_does_not_call_and_parts_names_them():
     net = Model()
     net.initialize(mx.init.Xavier())

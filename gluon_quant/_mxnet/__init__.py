@@ -130,11 +130,11 @@ def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
                 out = as_legacy(out)
     except Exception as err:  # any failure here means the forward is not symbolic
         raise NotHybridizableError(
-            "%s could not be traced into a symbolic graph with %d input(s) (%s: %s). Make sure "
+            "%s could not be traced into a symbolic graph with %d input(s) (%s). Make sure "
             "hybrid_forward only uses F.* operators (no .asnumpy(), .shape, Python control flow "
             "on values) and that the number of inputs matches the calibration batches.%s"
-            % (type(net).__name__, num_inputs, type(err).__name__, err,
-               _var_args_hint(net, num_inputs) or getattr(net, "trace_hint", "").format(
+            % (type(net).__name__, num_inputs, first_line(err) if isinstance(err, MXNetError)
+               else "%s: %s" % (type(err).__name__, err), _var_args_hint(net, num_inputs) or getattr(net, "trace_hint", "").format(
                    name=type(net).__name__) or _nesting_hint(layout))) from err
     if isinstance(out, dict) or (isinstance(out, (list, tuple)) and any(
             isinstance(o, dict) for o in out)):
