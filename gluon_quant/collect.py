@@ -211,11 +211,12 @@ def check_graph_shapes(sym, input_names, inputs, run_net=None):
     stage would have met it first (a net with no tensor to calibrate meets it in its int8
     graph's first run).
 
-    ``run_net(hybridized)``, when given, runs the user's network on ``inputs`` (layer by
-    layer, or as the one graph ``net.hybridize()`` makes) and returns what it raised, or
-    None (NotImplemented: it cannot run as one graph). A failure inside the graph is then blamed on the inputs only where the network
-    fails on them layer by layer too: otherwise it is MXNet failing on the network's graph
-    (:class:`NotHybridizableError`) or on gluon_quant's fused one (:class:`GraphError`).
+    ``run_net(as_graph)``, when given, runs the user's network on ``inputs`` (layer by
+    layer, or as the one graph ``net.hybridize()`` makes) and returns what it raised, None,
+    or NotImplemented (it cannot run as one graph). A failure inside the graph is then
+    blamed on the inputs only where the network fails on them layer by layer too:
+    otherwise it is MXNet failing on the network's graph (:class:`NotHybridizableError`)
+    or on gluon_quant's fused one (:class:`GraphError`).
     """
     err = _mxnet.shape_error(sym, {n: tuple(a.shape) for n, a in zip(input_names, inputs)})
     if err is None:

@@ -134,7 +134,8 @@ def trace(net, num_inputs, dtypes=None, layout=None, np_mode=False):
             "hybrid_forward only uses F.* operators (no .asnumpy(), .shape, Python control flow "
             "on values) and that the number of inputs matches the calibration batches.%s"
             % (type(net).__name__, num_inputs, first_line(err) if isinstance(err, MXNetError)
-               else "%s: %s" % (type(err).__name__, err), _var_args_hint(net, num_inputs) or getattr(net, "trace_hint", "").format(
+               else "%s: %s" % (type(err).__name__, err),
+               _var_args_hint(net, num_inputs) or getattr(net, "trace_hint", "").format(
                    name=type(net).__name__) or _nesting_hint(layout))) from err
     if isinstance(out, dict) or (isinstance(out, (list, tuple)) and any(
             isinstance(o, dict) for o in out)):

@@ -105,9 +105,9 @@ class ReshapeCheck:
         return bool(self._pairs)
 
     def error(self, shapes):
-        """A :class:`ReshapeSizeError` naming the first reshape that inputs of ``shapes`` ({name:
-        shape}) would give another number of values; None when there is none (or when
-        MXNet cannot infer the shapes: running the graph then reports that)."""
+        """A :class:`ReshapeSizeError` naming the first reshape that inputs of ``shapes``
+        ({name: shape}) would give another number of values; None when there is none (or
+        when MXNet cannot infer the shapes: running the graph then reports that)."""
         if not self._pairs:
             return None
         try:
@@ -132,6 +132,7 @@ class ReshapeCheck:
 
 
 def reshape_size_error(sym, shapes):
-    """A :class:`ReshapeSizeError` naming the first reshape (:func:`reshapes`) that inputs of ``shapes``
-    ({name: shape}) would give another number of values; None when there is none."""
+    """A :class:`ReshapeSizeError` naming the first reshape (:func:`reshapes`) that inputs
+    of ``shapes`` ({name: shape}) would give another number of values; None when there is
+    none."""
     return ReshapeCheck(sym).error(shapes)
