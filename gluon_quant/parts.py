@@ -151,7 +151,8 @@ class QuantizedParts:
         for r in self.results:
             state = ("int8  %d of %d convolution/dense layers" % (r.int8_layers, r.layers)
                      if r.quantized else "fp32  " + (
-                         "as %s" % first[r.reason] if r.reason in first else r.reason))
+                         "same reason as %s" % first[r.reason] if r.reason in first
+                         else r.reason))
             first.setdefault(r.reason, r.path)
             calls = "%5d call(s)" % r.calls if r.calls is not None else "%13s" % "loaded"
             lines.append("  %-*s  %-24s %s  %s" % (width, r.path, r.kind, calls, state))

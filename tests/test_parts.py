@@ -259,7 +259,7 @@ class Spares(gluon.Block):
 
 def test_report_gives_a_repeated_reason_once():
     """A model whose 50 GroupNorms do not trace printed the same 300-character reason 50
-    times; the report names the first block given it."""
+    times; the report names the first block given it (same reason as PATH)."""
     net = Spares()
     net.initialize()
     result = gq.quantize_parts(net, [nd.ones((64, 256))])
@@ -268,7 +268,7 @@ def test_report_gives_a_repeated_reason_once():
         "layers",
         "  other  Dense                        0 call(s)  fp32  never called on the "
         "calibration data",
-        "  spare  Dense                        0 call(s)  fp32  as other"]
+        "  spare  Dense                        0 call(s)  fp32  same reason as other"]
 
 
 def test_run_fn_reaches_blocks_forward_does_not_call_and_parts_names_them():
