@@ -37,23 +37,19 @@ def run_error(net, call, as_graph):
     blocks = [net]
     for block in blocks:
         blocks.extend(block._children.values())
-    saved = [(b, b._active) for b in blocks if isinstance(b, mx.gluon.HybridBlock)]
-    for block, _ in saved:
-        block._active = bool(as_graph) and block is net
     try:
         mx.nd.waitall()
     except MXNetError:              # an earlier operation's: not this run's
         pass
-    try:
-        with mx.autograd.pause():
-            call()
-            mx.nd.waitall()
-    except Exception as err:        # noqa: BLE001 - the failure is what is asked for
-        return err
-    finally:
-        for block, was in saved:
-            block._active = was
-            block._clear_cached_op()
+    with imperative(blocks):
+        if as_graph:
+            net._active = True
+        try:
+            with mx.autograd.pause():
+                call()
+                mx.nd.waitall()
+        except Exception as err:    # noqa: BLE001 - the failure is what is asked for
+            return err
     return None
 
 
