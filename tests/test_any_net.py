@@ -157,6 +157,35 @@ def test_a_reshape_its_inputs_do_not_divide():
         qnet(mx.nd.array(RS.uniform(size=(2, 3, 7, 7))))
 
 
+class IgnoresMask(nn.HybridBlock):
+    """Takes a mask it does not use (kept for a shared call signature)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = nn.Conv2D(8, 3, padding=1)
+        self.out = nn.Conv2D(4, 3, padding=1)
+
+    def hybrid_forward(self, F, x, mask):
+        return self.out(F.relu(self.conv(x)))
+
+
+def test_an_input_the_network_ignores(tmp_path):
+    """Gluon's hybridize() drops an input the graph does not read; calibration failed
+    with "InferShapeKeyword argument name data1 not found" blamed on the batch, and the
+    int8 block's wrapper could not compose its graph."""
+    net = IgnoresMask()
+    net.initialize(mx.init.Xavier())
+    batches = [(mx.nd.array(RS.uniform(size=(2, 3, 12, 12))), mx.nd.ones((2, 5)))
+               for _ in range(3)]
+    qnet = gq.quantize(net, batches[:2])
+    assert qnet.report().coverage() == (2, 2)
+    x, mask = batches[2]
+    assert _agree(net, qnet, x, mask) > 0.999
+    qnet.export(str(tmp_path / "m"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    np.testing.assert_array_equal(loaded(x, mask).asnumpy(), qnet(x, mask).asnumpy())
+
+
 def test_1d_pooling_and_residual_stay_lifted():
     net = nn.HybridSequential()
     net.add(nn.Conv1D(16, 5, padding=2, in_channels=4), nn.BatchNorm(), nn.Activation("relu"),

@@ -21,14 +21,14 @@ from mxnet.gluon import block as _gluon_block
 
 from ..errors import GluonQuantError, GraphError, NotHybridizableError, ModelExecutionError
 from .base import (MXNET_VERSION, MXNetError, native_output, device, graph_json, load_graph,
-                   first_line)
+                   first_line, graph_inputs)
 from .entries import check_graph_entries
 from . import isa
 from .loading import host_arrays
 from .children import imperative, params_with_prefix, replace_child, run_error
 from .shapes import entry_positions, infer_graph_shapes, reshape_size_error, ReshapeSizeError
 from .runtime import (host_view, static_flags, without_static_memory, hybridize_with,
-                      inference_mode, CachedCall, unshared)
+                      inference_mode, CachedCall, unshared, GraphBlock)
 from .npmode import (is_np_mode, net_np_mode, is_np_array, legacy_mode, np_scope, as_legacy,
                      as_np)
 
@@ -319,7 +319,7 @@ def symbol_block(sym, names, params, ctx, dtypes=None, trainable=True, copy=True
     dtypes = dtypes or ["float32"] * len(names)
     inputs = [mx.sym.var(n, dtype=d) for n, d in zip(names, dtypes)]
     with native_output([]):     # Gluon's type inference prints its arguments when partial
-        block = mx.gluon.SymbolBlock(sym, inputs)
+        block = GraphBlock(sym, inputs)
     if not copy:
         return adopt_params(block, params)
     return load_block_params(block, params, ctx, trainable=trainable)
@@ -405,7 +405,8 @@ def infer_output_dtypes(sym, input_dtypes):
     internals = sym.get_internals()
     try:
         with native_output([]):     # MXNet prints the arguments before raising
-            _, out_types, _ = internals.infer_type_partial(**input_dtypes)
+            _, out_types, _ = internals.infer_type_partial(
+                **graph_inputs(internals, input_dtypes))
     except mx.base.MXNetError:
         return {}
     return {name: (None if t is None else np.dtype(t).name)
@@ -582,7 +583,7 @@ def shape_error(sym, shapes):
     then reads or writes past the input's memory when it runs (a batch of 2 through a
     net reshaping to batch 1 corrupted the heap); such a reshape is an error here too."""
     try:
-        sym.infer_shape_partial(**shapes)
+        sym.infer_shape_partial(**graph_inputs(sym, shapes))
     except MXNetError as err:
         return err
     return reshape_size_error(sym, shapes)
@@ -660,8 +661,8 @@ def finish_deferred_init(net, inputs, layout=None, np_mode=False):
         syms, out, _ = trace(net, len(inputs), [np.dtype(a.dtype).name for a in inputs],
                              layout, np_mode)
         with native_output([]):
-            args, _, aux = out.infer_shape_partial(
-                **{sym.name: tuple(a.shape) for sym, a in zip(syms, inputs)})
+            args, _, aux = out.infer_shape_partial(**graph_inputs(
+                out, {sym.name: tuple(a.shape) for sym, a in zip(syms, inputs)}))
         known = dict(zip(out.list_arguments(), args or []))
         known.update(zip(out.list_auxiliary_states(), aux or []))
         graph_params = [p for p in net.collect_params().values() if p.name in known]

@@ -74,6 +74,14 @@ def device(device_type):
     return mx.gpu(0) if device_type == "gpu" else mx.cpu()
 
 
+def graph_inputs(sym, by_name):
+    """``by_name`` ({input name: shape or dtype}) without the inputs ``sym`` does not read:
+    a network may ignore an argument (Gluon's ``hybridize()`` drops it with a warning),
+    and MXNet's shape and type inference refuse a name the graph lacks."""
+    names = set(sym.list_inputs())
+    return {name: value for name, value in by_name.items() if name in names}
+
+
 def graph_json(sym):
     """The graph as a JSON-like dict (nodes, heads, arg_nodes)."""
     try:

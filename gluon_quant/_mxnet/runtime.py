@@ -1,6 +1,7 @@
-"""Runtime internals: a host memory view of an NDArray, a CachedOp caller, and when a
-graph may run with static memory."""
+"""Runtime internals: a host memory view of an NDArray, a CachedOp caller, a SymbolBlock
+taking inputs its graph ignores, and when a graph may run with static memory."""
 import contextlib
+import copy
 import ctypes
 import json
 import operator
@@ -15,6 +16,25 @@ from mxnet.ndarray.sparse import _ndarray_cls
 from ..errors import InputMismatchError
 from .base import first_line
 from .shapes import ReshapeCheck
+
+
+class GraphBlock(mx.gluon.SymbolBlock):
+    """Gluon's ``SymbolBlock``, composed into a parent's graph with only the inputs its
+    graph reads. A network may ignore an argument (``hybridize()`` drops it with a
+    warning); Gluon's own block passes every input to ``_compose``, which refuses a name
+    the graph lacks, so an int8 block over such a graph failed inside its wrapper."""
+
+    def forward(self, x, *args):
+        if not isinstance(x, mx.sym.Symbol):
+            return super().forward(x, *args)
+        flat, in_fmt = _gluon_block._flatten([x] + list(args), "input")
+        if in_fmt != self._in_format:
+            raise ValueError("Invalid input format")
+        inputs, graph = self._cached_graph
+        read = set(graph.list_inputs())
+        out = copy.copy(graph)
+        out._compose(**{k.name: v for k, v in zip(inputs, flat) if k.name in read})
+        return _gluon_block._regroup(list(out), self._out_format)
 
 
 def host_view(array):

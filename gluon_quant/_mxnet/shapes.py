@@ -5,7 +5,7 @@ import re
 import mxnet as mx
 import numpy as np
 
-from .base import MXNetError, graph_json, load_graph, native_output
+from .base import MXNetError, graph_inputs, graph_json, load_graph, native_output
 
 
 def entry_positions(graph, internals):
@@ -40,7 +40,8 @@ def infer_graph_shapes(graph, input_shapes):
     internals = load_graph(graph).get_internals()
     try:
         with native_output([]):
-            _, out_shapes, _ = internals.infer_shape_partial(**input_shapes)
+            _, out_shapes, _ = internals.infer_shape_partial(
+                **graph_inputs(internals, input_shapes))
     except mx.base.MXNetError:
         return {}
     return {entry: (tuple(out_shapes[i]) if out_shapes[i] and all(d > 0 for d in out_shapes[i])
@@ -93,6 +94,7 @@ class ReshapeCheck:
         nodes = reshapes(graph)
         fixed = {node["name"] for node in fixed_reshapes(graph)}
         self._internals = sym.get_internals() if nodes else None
+        self._inputs = set(sym.list_inputs()) if nodes else set()
         position = entry_positions(graph, self._internals) if nodes else {}
         names = [node["name"] for node in graph["nodes"]]
         # (name, position of its input entry, of its output, whether its target is fixed)
@@ -112,7 +114,8 @@ class ReshapeCheck:
             return None
         try:
             with native_output([]):
-                _, out_shapes, _ = self._internals.infer_shape_partial(**shapes)
+                _, out_shapes, _ = self._internals.infer_shape_partial(
+                    **{n: s for n, s in shapes.items() if n in self._inputs})
         except mx.base.MXNetError:
             return None
         for name, source, target, fixed in self._pairs:
