@@ -6,6 +6,7 @@ import ctypes
 import json
 import operator
 import re
+import warnings
 from typing import Optional
 
 import mxnet as mx
@@ -35,6 +36,13 @@ class GraphBlock(mx.gluon.SymbolBlock):
         out = copy.copy(graph)
         out._compose(**{k.name: v for k, v in zip(inputs, flat) if k.name in read})
         return _gluon_block._regroup(list(out), self._out_format)
+
+
+# Gluon warns at each int8 block's first call that an input its graph ignores is unused
+# ("The 1-th input to HybridBlock is not used by any computation"), pointing at this
+# module: the network's own hybridize() has said so already.
+warnings.filterwarnings("ignore", r"The \d+-th input to HybridBlock is not used",
+                        UserWarning, r"gluon_quant\._mxnet\.runtime")
 
 
 def host_view(array):
