@@ -661,12 +661,14 @@ def _cmd_bench(args, out):
         out.text("%-6d %12.2f %12.2f %14.1f %14.1f %8.2fx" % (
             r["batch"], r["fp32_ms"], r["int8_ms"], r["fp32_per_s"], r["int8_per_s"],
             r["speedup"]))
+    shapes = [tuple(a.shape[1:]) for a in first]     # per sample: () for one value each
     out.text("(median of %d calls, %s, inputs %s; calibration samples repeated to each "
              "batch size; speedup = fp32 time / int8 time; oneDNN: %s)" % (
-                 args.repeat, model.name, ", ".join("x".join(map(str, a.shape[1:]))
-                                                    for a in first), kernels.describe()))
+                 args.repeat, model.name,
+                 ", ".join("x".join(map(str, s)) or "scalar" for s in shapes),
+                 kernels.describe()))
     out.result({"model": model.name, "repeat": args.repeat, "input_shape": sample_shape,
-                "kernels": kernels.describe(), "results": rows})
+                "input_shapes": shapes, "kernels": kernels.describe(), "results": rows})
     return EXIT_OK
 
 

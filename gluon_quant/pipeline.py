@@ -287,11 +287,18 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
         fp32.setdefault(name, reason)
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,
                       fp32_nodes=types.MappingProxyType(fp32), param_shapes=param_shapes,
-                      net_class=type(net).__name__,
+                      net_class=_class_name(net),
                       param_rewrites=tuple(context.param_rewrites),
                       messages=tuple(messages), range_bounds=types.MappingProxyType(bounds),
                       input_shapes=input_shapes, np_mode=np_mode,
                       rewritten=types.MappingProxyType(dict(context.rewritten)))
+
+
+def _class_name(net):
+    """The network's class as the user knows it: the first class of its MRO not defined in
+    gluon_quant (an imported fp32 pair is wrapped in ``_mxnet.GraphBlock``: ``SymbolBlock``)."""
+    return next(cls.__name__ for cls in type(net).__mro__
+                if not cls.__module__.startswith("gluon_quant"))
 
 
 def _first_rank(batch):

@@ -294,6 +294,52 @@ def test_bench_times_a_two_input_model_on_its_calibration_samples(tmp_path):
     rows = json.loads(out)["results"]
     assert [r["batch"] for r in rows] == [1, 20]
     assert all(r["int8_ms"] > 0 and r["fp32_ms"] > 0 for r in rows)
+    assert json.loads(out)["input_shapes"] == [[3, 8, 8], [5]]
+
+
+class _Scaled(mx.gluon.HybridBlock):
+    """Features and one scale per sample (a ``(N,)`` input, as ``valid_length`` is)."""
+
+    def __init__(self):
+        super().__init__()
+        self.dense = mx.gluon.nn.Dense(4)
+
+    def hybrid_forward(self, F, x, scale):  # pylint: disable=arguments-differ
+        return self.dense(F.broadcast_mul(x, scale.reshape((-1, 1))))
+
+
+def test_bench_names_an_input_of_one_value_per_sample(tmp_path):
+    """An input of one value per sample is named "scalar" in the shapes bench prints (it
+    printed "inputs 6, ;")."""
+    net = _Scaled()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    x, scale = rs.rand(8, 6).astype("float32"), rs.rand(8).astype("float32")
+    net.hybridize()
+    net(mx.nd.array(x), mx.nd.array(scale))
+    net.export(str(tmp_path / "scaled"))
+    np.savez(tmp_path / "calib.npz", x=x, scale=scale)
+    code, out = run("bench", tmp_path / "scaled", "--calib", tmp_path / "calib.npz",
+                    "--batch-sizes", "2", "--repeat", 2, "--warmup", 1)
+    assert code == 0, out
+    assert "inputs 6, scalar;" in out
+
+
+def test_an_imported_pair_is_named_as_a_symbol_block(tmp_path, capsys):
+    """Warnings name an exported fp32 pair's class as the user knows it, SymbolBlock, not
+    the adapter's GraphBlock it is loaded as."""
+    net = _Scaled()
+    net.initialize(mx.init.Xavier())
+    x, scale = np.ones((4, 6), "float32"), np.ones(4, "float32")
+    net.hybridize()
+    net(mx.nd.array(x), mx.nd.array(scale))
+    net.export(str(tmp_path / "scaled"))
+    np.savez(tmp_path / "calib.npz", x=x, scale=scale)
+    code, out = run("quantize", tmp_path / "scaled", "--calib", tmp_path / "calib.npz",
+                    "--out", tmp_path / "q", "--exclude", "FullyConnected")
+    assert code == 0, out
+    err = capsys.readouterr().err
+    assert "No layer of SymbolBlock runs in int8" in err, err + out
 
 
 @pytest.mark.parametrize("argv, fragment", [
