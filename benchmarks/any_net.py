@@ -1,4 +1,4 @@
-"""int8 on any net: gluon_quant and MXNet's own flow over ten families of user-written nets.
+"""int8 on any net: gluon_quant and MXNet's own flow over eleven families of user-written nets.
 
 One representative net per family, written the way Gluon users write them (the blocks of
 the fuzz test's generator, ``tests/fuzz/blocks.py``), with realistic inputs for its kind
@@ -42,7 +42,8 @@ from mxnet.gluon import nn, rnn  # noqa: E402
 
 from fuzz import blocks, data, netgen  # noqa: E402
 
-QUANTIZABLE_OPS = ("Convolution", "FullyConnected", "RNN")
+#: Layers counted in the int8 column (a hand-written ``F.dot(x, W)`` is a dense layer).
+QUANTIZABLE_OPS = ("Convolution", "FullyConnected", "RNN", "dot")
 #: MXNet operators that run a Convolution / FullyConnected / RNN in int8.
 _MXNET_INT8_OPS = ("_contrib_quantized_conv", "_contrib_quantized_fully_connected",
                    "_contrib_quantized_rnn")
@@ -100,6 +101,16 @@ def _res_block(channels, stride, in_channels):
         shortcut = nn.HybridSequential()
         shortcut.add(nn.Conv2D(channels, 1, strides=stride, use_bias=False), nn.BatchNorm())
     return blocks.ResidualBlock(body, shortcut)          # relu(body(x) + shortcut(x))
+
+
+def manual_mlp(rows, calib_rows):
+    """Hand-written linear layers (``F.dot(x, W) + b``, relu) x3 + ``F.dot`` head."""
+    rng = np.random.RandomState(3)
+    net = nn.HybridSequential()
+    for in_units, units in ((48, 512), (512, 512), (512, 256)):
+        net.add(blocks.ManualDense(in_units, units))
+    net.add(nn.Dense(2))
+    return net, "tabular", data.tabular_data(rng, rows, calib_rows, 48)
 
 
 def residual_cnn(rows, calib_rows):
@@ -193,6 +204,7 @@ def conv3d(rows, calib_rows):
 
 
 FAMILIES = {"text_cnn": text_cnn, "audio_cnn": audio_cnn, "tabular_mlp": tabular_mlp,
+            "manual_mlp": manual_mlp,
             "residual_cnn": residual_cnn, "mobile_se": mobile_se, "unet": unet,
             "lstm": lstm_classifier, "gru": gru_regressor, "attention": attention,
             "conv3d": conv3d}

@@ -20,7 +20,7 @@ import json
 import logging
 
 from ..errors import ConfigError
-from .rewrites import ParamRewrite, _consumers, append_nodes
+from .rewrites import ParamRewrite, consumers, append_nodes
 
 __all__ = ["fold_input_normalization", "NORMALIZED_SUFFIX"]
 
@@ -75,7 +75,7 @@ def fold_input_normalization(graph, context):
                  and n["name"] in ("data", "data0")), None)
     if data is None:
         return {}
-    readers = _consumers(graph).get((data, 0), [])
+    readers = consumers(graph).get((data, 0), [])
     new_nodes, start = [], len(nodes)
     prefix = nodes[data]["name"] + NORMALIZED_SUFFIX
     rewritten, made = set(), {}

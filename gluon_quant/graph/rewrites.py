@@ -21,7 +21,8 @@ from .. import _mxnet
 __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_batchnorm",
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
            "known_shape", "append_nodes", "reachable", "private_attrs", "same_shape_adds", "BROADCAST_ADDS",
-           "numpy_concatenations", "batchnorm_variants", "identity_chains", "attr_ints", "prune"]
+           "numpy_concatenations", "batchnorm_variants", "identity_chains", "attr_ints", "prune",
+           "consumers", "FOLDABLE"]
 
 _log = logging.getLogger(__name__)
 
@@ -263,7 +264,7 @@ def numpy_concatenations(graph, context=None):  # pylint: disable=unused-argumen
     return {}
 
 
-def _consumers(graph):
+def consumers(graph):
     """``{(node index, output): [consumer node indices]}`` and the graph heads' entries."""
     found = collections.defaultdict(list)
     for index, node in enumerate(graph["nodes"]):
@@ -357,7 +358,7 @@ def fold_dense_batchnorm(graph, context):
         Empty.
     """
     nodes = graph["nodes"]
-    consumers = _consumers(graph)
+    readers = consumers(graph)
     heads = {(h[0], h[1]) for h in graph["heads"]}
     replace = {}
     for index, node in enumerate(nodes):
@@ -366,7 +367,7 @@ def fold_dense_batchnorm(graph, context):
         src = node["inputs"][0]
         fc = nodes[src[0]]
         if fc["op"] != "FullyConnected" or (src[0], 0) in heads or \
-                consumers[(src[0], 0)] != [index]:
+                readers[(src[0], 0)] != [index]:
             continue
         attrs, fc_attrs = node.get("attrs") or {}, fc.get("attrs") or {}
         axis = int(attrs.get("axis", 1))
@@ -402,7 +403,7 @@ def fold_dense_batchnorm(graph, context):
 
 #: Operators that compute the same from the same weights at every call: a chain of them
 #: over parameters only is a parameter expression, folded into one parameter.
-_FOLDABLE = frozenset((
+FOLDABLE = frozenset((
     "Reshape", "reshape", "Flatten", "flatten", "expand_dims", "squeeze", "transpose",
     "SwapAxis", "Concat", "concat", "stack", "_rnn_param_concat", "slice", "slice_axis",
     "Cast", "cast", "_mul_scalar", "_div_scalar", "_plus_scalar", "_minus_scalar",
@@ -429,7 +430,7 @@ def fold_parameter_expressions(graph, context):
       batch 1 x 128; and MXNet quantized that computed weight at run time instead of
       offline.
 
-    Each maximal expression of :data:`_FOLDABLE` operators over parameters that a
+    Each maximal expression of :data:`FOLDABLE` operators over parameters that a
     ``FullyConnected`` or ``RNN`` reads becomes one parameter (named after the expression's
     last node), computed once on the pipeline's copies by running the expression itself
     (the same values, exactly).
@@ -445,9 +446,9 @@ def fold_parameter_expressions(graph, context):
         if node["op"] == "null":
             constant.append(node["name"] in context.param_shapes)
         else:
-            constant.append(node["op"] in _FOLDABLE and bool(node["inputs"]) and num_outputs(
+            constant.append(node["op"] in FOLDABLE and bool(node["inputs"]) and num_outputs(
                 node) == 1 and all(constant[e[0]] for e in node["inputs"]))
-    readers = _consumers(graph)
+    readers = consumers(graph)
     heads = {(h[0], h[1]) for h in graph["heads"]}
     replace = {}
     for index, node in enumerate(nodes):

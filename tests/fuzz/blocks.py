@@ -234,6 +234,21 @@ class GatedDense(nn.HybridBlock):
         return self.a(x) * F.sigmoid(self.b(x))
 
 
+class ManualDense(nn.HybridBlock):
+    """A linear layer written by hand, as ported from NumPy: ``relu(x . W + b)`` over
+    ``params.get`` parameters, ``W`` shaped ``(in, out)``."""
+
+    def __init__(self, in_units, units, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.weight = self.params.get("weight", shape=(in_units, units),
+                                          init=mx.init.Xavier())
+            self.bias = self.params.get("bias", shape=(units,), init=mx.init.Uniform(0.1))
+
+    def hybrid_forward(self, F, x, weight, bias):  # pylint: disable=arguments-differ
+        return F.relu(F.broadcast_add(F.dot(x, weight), bias))
+
+
 class TemporalConv(nn.HybridBlock):
     """A Conv1D stack over time on (N, T, C): transpose to (N, C, T) and back."""
 

@@ -1,0 +1,161 @@
+"""Linear layers written as matrix products, run as the dense layers they are.
+
+Hand-written Gluon layers often compute ``x W (+ b)`` themselves instead of using
+``nn.Dense``: ``F.dot(x, self.weight)`` over a ``params.get`` weight, a tied language-model
+decoder ``F.dot(h, embedding_weight, transpose_b=True)``, ``np.dot``/``np.matmul`` in
+NumPy mode, then ``F.broadcast_add(..., bias)``. MXNet 1.9.1 has no int8 kernel for
+``dot``, ``_np_dot`` or ``_npi_matmul``, so such layers stayed fp32 whatever their size
+("no int8 kernel for dot on onednn").
+
+:func:`products_as_dense` rewrites a product of a tensor of rank >= 2 and a 2-D
+parameter (or an expression over parameters only, such as ``w.T``), the parameter on the
+right, as ``FullyConnected(flatten=False, no_bias=True)`` over the weight transposed to
+``(out, in)`` (``transpose_b=True`` products read it as it is). Exact: both contract the
+last axis of ``x`` with the weight's input axis; the transpose is a parameter expression
+that ``fold_parameter_expressions`` computes once. :func:`biases_into_dense` then folds a
+broadcasting addition of a bias parameter shaped ``(out,)`` (or ``(1, ..., 1, out)``) into
+a dense layer without bias that only it reads, so the layer fuses with the activation
+after it as ``nn.Dense`` does. Both need the graph's shapes (``context.infer_shapes``);
+without them nothing is rewritten.
+"""
+import logging
+
+from .rewrites import (BROADCAST_ADDS, FOLDABLE, append_nodes, consumers, private_attrs, prune,
+                       shaped_nodes)
+
+__all__ = ["products_as_dense", "biases_into_dense", "PRODUCTS"]
+
+_log = logging.getLogger(__name__)
+
+#: Products of two tensors that contract the last axis of the first with the first axis of
+#: a 2-D second one (``dot`` with ``transpose_a=False``; NumPy mode's ``dot`` and
+#: ``matmul``; ``tensordot`` with ``axes=1``).
+PRODUCTS = frozenset(("dot", "_np_dot", "_npi_matmul", "_npi_tensordot_int_axes"))
+
+
+def _parameter_entries(graph, params):
+    """Per node: whether it computes from parameters alone (a parameter, or a chain of
+    operators that give the same result at every call over parameters only)."""
+    constant = []
+    for node in graph["nodes"]:
+        if node["op"] == "null":
+            constant.append(node["name"] in params)
+        else:
+            constant.append(node["op"] in FOLDABLE and bool(node["inputs"]) and
+                            all(constant[e[0]] for e in node["inputs"]))
+    return constant
+
+
+def _transposed_b(node):
+    """Whether a product reads its second operand transposed; None where it is not one
+    this rewrite runs as a dense layer (a transposed or sparse first operand, other
+    tensordot axes)."""
+    attrs = node.get("attrs") or {}
+    if node["op"] == "_npi_tensordot_int_axes" and str(attrs.get("axes")) != "1":
+        return None
+    if str(attrs.get("transpose_a", "False")).lower() in ("true", "1") or \
+            attrs.get("forward_stype") not in (None, "None", "default"):
+        return None
+    return str(attrs.get("transpose_b", "False")).lower() in ("true", "1")
+
+
+def products_as_dense(graph, context):
+    """Rewrite ``x . W`` (``W`` a 2-D parameter or parameter expression, ``x`` of rank
+    >= 2, not a parameter) as ``FullyConnected(x, W^T, flatten=False, no_bias=True)``, in
+    place. Products the user's ``exclude`` names are left as they are.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    candidates, shapes = shaped_nodes(graph, context, PRODUCTS, arity=2)
+    nodes = graph["nodes"]
+    constant = _parameter_entries(graph, context.param_shapes) if candidates else []
+    added, count = [], 0
+    for node in candidates:
+        (a, a_out, _), (b, b_out, _) = node["inputs"]
+        transposed = _transposed_b(node)
+        a_shape = shapes.get((nodes[a]["name"], a_out))
+        b_shape = shapes.get((nodes[b]["name"], b_out))
+        if transposed is None or not constant[b] or constant[a] or a_shape is None or \
+                len(a_shape) < 2 or b_shape is None or len(b_shape) != 2 or \
+                node["name"] in context.excluded:
+            continue
+        weight = list(node["inputs"][1])
+        if not transposed:
+            added.append({"op": "transpose", "name": node["name"] + "_dense_weight",
+                          "attrs": {"axes": "(1, 0)"}, "inputs": [weight]})
+            weight = [len(nodes) + len(added) - 1, 0, 0]
+        context.rewritten[node["name"]] = (
+            "%s (x . W, W a %s parameter) run as a dense layer (FullyConnected)"
+            % (node["op"], "x".join(map(str, b_shape))))
+        node["op"] = "FullyConnected"
+        node["attrs"] = dict(private_attrs(node), no_bias="True", flatten="False",
+                             num_hidden=str(b_shape[0] if transposed else b_shape[1]))
+        node["inputs"] = [node["inputs"][0], weight]
+        count += 1
+    if count:
+        append_nodes(graph, added)      # each transpose before the dense layer reading it
+        _log.debug("Ran %d matrix product(s) with a parameter as dense layers.", count)
+    return {}
+
+
+def _is_true(value):
+    return str(value).lower() in ("true", "1")
+
+
+def biases_into_dense(graph, context):
+    """Fold ``broadcast_add(dense, b)`` (either order; ``b`` a parameter shaped
+    ``(out,)`` or ``(1, ..., 1, out)``, the sum shaped as the dense output) into the bias
+    of a ``FullyConnected`` without one that only the addition reads, in place.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    candidates, shapes = shaped_nodes(graph, context, BROADCAST_ADDS, arity=2)
+    nodes = graph["nodes"]
+    readers = consumers(graph) if candidates else {}
+    heads = {(h[0], h[1]) for h in graph["heads"]}
+    position = {node["name"]: i for i, node in enumerate(nodes)}
+    replace, added = {}, []
+    for node in candidates:
+        for dense_entry, bias_entry in (node["inputs"], node["inputs"][::-1]):
+            dense, bias = nodes[dense_entry[0]], nodes[bias_entry[0]]
+            attrs = dense.get("attrs") or {}
+            if dense["op"] != "FullyConnected" or not _is_true(attrs.get("no_bias")) or \
+                    bias["op"] != "null" or bias["name"] not in context.param_shapes or \
+                    dense["name"] in context.excluded or (dense_entry[0], 0) in heads or \
+                    readers.get((dense_entry[0], 0)) != [position[node["name"]]]:
+                continue
+            b_shape = shapes.get((bias["name"], 0))
+            out_shape = shapes.get((dense["name"], 0))
+            if b_shape is None or out_shape is None or \
+                    shapes.get((node["name"], 0)) != out_shape or \
+                    tuple(b_shape) != (1,) * (len(b_shape) - 1) + (int(attrs["num_hidden"]),):
+                continue
+            entry = list(bias_entry)
+            if len(b_shape) > 1:        # a parameter expression, computed once
+                added.append({"op": "Reshape", "name": bias["name"] + "_as_dense_bias",
+                              "attrs": {"shape": "(-1,)"}, "inputs": [entry]})
+                entry = [len(nodes) + len(added) - 1, 0, 0]
+            dense["inputs"] = dense["inputs"][:2] + [entry]
+            dense["attrs"] = dict(attrs, no_bias="False")
+            replace[position[node["name"]]] = dense_entry[0]
+            context.rewritten[dense["name"]] = "%s, with the bias %s added after it (%s) " \
+                "folded in" % (context.rewritten.get(dense["name"], "FullyConnected"),
+                               bias["name"], node["name"])
+            break
+    if not replace:
+        return {}
+    for node in nodes:
+        node["inputs"] = [[replace[e[0]], 0, 0] if e[0] in replace and e[1] == 0 else e
+                          for e in node["inputs"]]
+    graph["heads"] = [[replace[h[0]], 0, 0] if h[0] in replace and h[1] == 0 else h
+                      for h in graph["heads"]]
+    append_nodes(graph, added)
+    prune(graph)                        # the additions, read by nothing now
+    _log.debug("Folded %d bias addition(s) into the dense layers before them.", len(replace))
+    return {}
