@@ -1,4 +1,4 @@
-"""int8 on any net: gluon_quant and MXNet's own flow over eleven families of user-written nets.
+"""int8 on any net: gluon_quant and MXNet's own flow over twelve families of user-written nets.
 
 One representative net per family, written the way Gluon users write them (the blocks of
 the fuzz test's generator, ``tests/fuzz/blocks.py``), with realistic inputs for its kind
@@ -113,6 +113,16 @@ def manual_mlp(rows, calib_rows):
     return net, "tabular", data.tabular_data(rng, rows, calib_rows, 48)
 
 
+def frozen_bn_cnn(rows, calib_rows):
+    """A detectron-style backbone: Conv2D + frozen BatchNorm (``x * scale + shift``) + ReLU."""
+    net = nn.HybridSequential()
+    for channels, stride in ((32, 1), (32, 1), (64, 2), (64, 1), (128, 2)):
+        net.add(nn.Conv2D(channels, 3, strides=stride, padding=1, use_bias=False),
+                blocks.FrozenBatchNorm(channels), nn.Activation("relu"))
+    net.add(nn.GlobalAvgPool2D(), nn.Dense(10))
+    return net, "image", data.image_data(6, rows, 64)
+
+
 def residual_cnn(rows, calib_rows):
     """A small ResNet whose blocks end in ``F.relu(body(x) + shortcut(x))``."""
     net = nn.HybridSequential()
@@ -204,7 +214,7 @@ def conv3d(rows, calib_rows):
 
 
 FAMILIES = {"text_cnn": text_cnn, "audio_cnn": audio_cnn, "tabular_mlp": tabular_mlp,
-            "manual_mlp": manual_mlp,
+            "manual_mlp": manual_mlp, "frozen_bn_cnn": frozen_bn_cnn,
             "residual_cnn": residual_cnn, "mobile_se": mobile_se, "unet": unet,
             "lstm": lstm_classifier, "gru": gru_regressor, "attention": attention,
             "conv3d": conv3d}

@@ -12,18 +12,16 @@ parameter (or an expression over parameters only, such as ``w.T``), the paramete
 right, as ``FullyConnected(flatten=False, no_bias=True)`` over the weight transposed to
 ``(out, in)`` (``transpose_b=True`` products read it as it is). Exact: both contract the
 last axis of ``x`` with the weight's input axis; the transpose is a parameter expression
-that ``fold_parameter_expressions`` computes once. :func:`biases_into_dense` then folds a
-broadcasting addition of a bias parameter shaped ``(out,)`` (or ``(1, ..., 1, out)``) into
-a dense layer without bias that only it reads, so the layer fuses with the activation
-after it as ``nn.Dense`` does. Both need the graph's shapes (``context.infer_shapes``);
+that ``fold_parameter_expressions`` computes once. The bias added after such a layer is
+folded into it by :mod:`gluon_quant.graph.affine`, so that it fuses with the activation
+after it as ``nn.Dense`` does. Needs the graph's shapes (``context.infer_shapes``);
 without them nothing is rewritten.
 """
 import logging
 
-from .rewrites import (BROADCAST_ADDS, FOLDABLE, append_nodes, consumers, private_attrs, prune,
-                       shaped_nodes)
+from .rewrites import FOLDABLE, append_nodes, private_attrs, shaped_nodes
 
-__all__ = ["products_as_dense", "biases_into_dense", "PRODUCTS"]
+__all__ = ["products_as_dense", "parameter_entries", "PRODUCTS"]
 
 _log = logging.getLogger(__name__)
 
@@ -33,8 +31,8 @@ _log = logging.getLogger(__name__)
 PRODUCTS = frozenset(("dot", "_np_dot", "_npi_matmul", "_npi_tensordot_int_axes"))
 
 
-def _parameter_entries(graph, params):
-    """Per node: whether it computes from parameters alone (a parameter, or a chain of
+def parameter_entries(graph, params):
+    """Per node of ``graph``, given the names of its parameters: whether it computes from parameters alone (a parameter, or a chain of
     operators that give the same result at every call over parameters only)."""
     constant = []
     for node in graph["nodes"]:
@@ -71,7 +69,7 @@ def products_as_dense(graph, context):
     """
     candidates, shapes = shaped_nodes(graph, context, PRODUCTS, arity=2)
     nodes = graph["nodes"]
-    constant = _parameter_entries(graph, context.param_shapes) if candidates else []
+    constant = parameter_entries(graph, context.param_shapes) if candidates else []
     added, count = [], 0
     for node in candidates:
         (a, a_out, _), (b, b_out, _) = node["inputs"]
@@ -98,64 +96,4 @@ def products_as_dense(graph, context):
     if count:
         append_nodes(graph, added)      # each transpose before the dense layer reading it
         _log.debug("Ran %d matrix product(s) with a parameter as dense layers.", count)
-    return {}
-
-
-def _is_true(value):
-    return str(value).lower() in ("true", "1")
-
-
-def biases_into_dense(graph, context):
-    """Fold ``broadcast_add(dense, b)`` (either order; ``b`` a parameter shaped
-    ``(out,)`` or ``(1, ..., 1, out)``, the sum shaped as the dense output) into the bias
-    of a ``FullyConnected`` without one that only the addition reads, in place.
-
-    Returns
-    -------
-    dict
-        Empty: the rewrite keeps nothing in fp32.
-    """
-    candidates, shapes = shaped_nodes(graph, context, BROADCAST_ADDS, arity=2)
-    nodes = graph["nodes"]
-    readers = consumers(graph) if candidates else {}
-    heads = {(h[0], h[1]) for h in graph["heads"]}
-    position = {node["name"]: i for i, node in enumerate(nodes)}
-    replace, added = {}, []
-    for node in candidates:
-        for dense_entry, bias_entry in (node["inputs"], node["inputs"][::-1]):
-            dense, bias = nodes[dense_entry[0]], nodes[bias_entry[0]]
-            attrs = dense.get("attrs") or {}
-            if dense["op"] != "FullyConnected" or not _is_true(attrs.get("no_bias")) or \
-                    bias["op"] != "null" or bias["name"] not in context.param_shapes or \
-                    dense["name"] in context.excluded or (dense_entry[0], 0) in heads or \
-                    readers.get((dense_entry[0], 0)) != [position[node["name"]]]:
-                continue
-            b_shape = shapes.get((bias["name"], 0))
-            out_shape = shapes.get((dense["name"], 0))
-            if b_shape is None or out_shape is None or \
-                    shapes.get((node["name"], 0)) != out_shape or \
-                    tuple(b_shape) != (1,) * (len(b_shape) - 1) + (int(attrs["num_hidden"]),):
-                continue
-            entry = list(bias_entry)
-            if len(b_shape) > 1:        # a parameter expression, computed once
-                added.append({"op": "Reshape", "name": bias["name"] + "_as_dense_bias",
-                              "attrs": {"shape": "(-1,)"}, "inputs": [entry]})
-                entry = [len(nodes) + len(added) - 1, 0, 0]
-            dense["inputs"] = dense["inputs"][:2] + [entry]
-            dense["attrs"] = dict(attrs, no_bias="False")
-            replace[position[node["name"]]] = dense_entry[0]
-            context.rewritten[dense["name"]] = "%s, with the bias %s added after it (%s) " \
-                "folded in" % (context.rewritten.get(dense["name"], "FullyConnected"),
-                               bias["name"], node["name"])
-            break
-    if not replace:
-        return {}
-    for node in nodes:
-        node["inputs"] = [[replace[e[0]], 0, 0] if e[0] in replace and e[1] == 0 else e
-                          for e in node["inputs"]]
-    graph["heads"] = [[replace[h[0]], 0, 0] if h[0] in replace and h[1] == 0 else h
-                      for h in graph["heads"]]
-    append_nodes(graph, added)
-    prune(graph)                        # the additions, read by nothing now
-    _log.debug("Folded %d bias addition(s) into the dense layers before them.", len(replace))
     return {}

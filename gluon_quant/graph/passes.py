@@ -127,7 +127,8 @@ from .heads import loss_heads
 from .islands import small_int8_regions
 from .pads import pads_into_convolutions
 from .layout import channels_first_convolutions, plain_reshaped_inputs
-from .matmul import biases_into_dense, products_as_dense
+from .affine import affine_into_layers
+from .matmul import products_as_dense
 from .normalize import fold_input_normalization
 from .pooling import spatial_reductions, tiled_adaptive_pools
 from .reshapes import numpy_reshapes, reshapes_as_flatten
@@ -686,7 +687,7 @@ PASSES = (
     GraphPass("numpy_concatenations", Stage.TRACED, numpy_concatenations),
     # Before the folds: the dense layers they make read parameter expressions and biases.
     GraphPass("products_as_dense", Stage.TRACED, products_as_dense),
-    GraphPass("biases_into_dense", Stage.TRACED, biases_into_dense),
+    GraphPass("affine_into_layers", Stage.TRACED, affine_into_layers),
     GraphPass("canonical_activations", Stage.TRACED,
               _rewrite(canonical_activations, ops=("relu", "_npx_relu"))),
     GraphPass("flatten_fc_inputs", Stage.TRACED,

@@ -407,7 +407,12 @@ FOLDABLE = frozenset((
     "Reshape", "reshape", "Flatten", "flatten", "expand_dims", "squeeze", "transpose",
     "SwapAxis", "Concat", "concat", "stack", "_rnn_param_concat", "slice", "slice_axis",
     "Cast", "cast", "_mul_scalar", "_div_scalar", "_plus_scalar", "_minus_scalar",
-    "elemwise_add", "elemwise_mul", "broadcast_add", "broadcast_mul"))
+    "_rdiv_scalar", "_rminus_scalar", "_power_scalar", "sqrt", "rsqrt", "reciprocal",
+    "negative", "square", "elemwise_add", "elemwise_mul", "elemwise_sub", "elemwise_div",
+    "broadcast_add", "broadcast_mul", "broadcast_sub", "broadcast_minus", "broadcast_div",
+    "_npi_add", "_npi_multiply", "_npi_subtract", "_npi_true_divide", "_npi_sqrt",
+    "_npi_add_scalar", "_npi_multiply_scalar", "_npi_subtract_scalar",
+    "_npi_true_divide_scalar", "_np_reshape", "_npx_reshape"))
 #: Where a folded parameter expression may be read: weights and biases of layers whose
 #: speed-up was measured (BERT's interleaved q/k/v projection, Gluon's RNN layers).
 _FOLD_READERS = frozenset(("FullyConnected", "RNN"))

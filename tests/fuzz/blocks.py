@@ -249,6 +249,22 @@ class ManualDense(nn.HybridBlock):
         return F.relu(F.broadcast_add(F.dot(x, weight), bias))
 
 
+class FrozenBatchNorm(nn.HybridBlock):
+    """Detectron-style frozen BatchNorm, as ported from PyTorch: ``x * scale + shift``
+    over fixed ``(1, C, 1, 1)`` parameters."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.scale = self.params.get("scale", shape=(1, channels, 1, 1), grad_req="null",
+                                         init=mx.init.Uniform(1.0))
+            self.shift = self.params.get("shift", shape=(1, channels, 1, 1), grad_req="null",
+                                         init=mx.init.Uniform(0.2))
+
+    def hybrid_forward(self, F, x, scale, shift):  # pylint: disable=arguments-differ
+        return F.broadcast_add(F.broadcast_mul(x, scale), shift)
+
+
 class TemporalConv(nn.HybridBlock):
     """A Conv1D stack over time on (N, T, C): transpose to (N, C, T) and back."""
 

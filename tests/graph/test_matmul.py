@@ -12,7 +12,8 @@ from gluon_quant._mxnet import infer_graph_shapes
 from gluon_quant.backends import ONEDNN
 from gluon_quant.debug.metrics import cosine
 from gluon_quant.graph.passes import PassContext
-from gluon_quant.graph.matmul import biases_into_dense, products_as_dense
+from gluon_quant.graph.affine import affine_into_layers
+from gluon_quant.graph.matmul import products_as_dense
 from gluon_quant.graph.rewrites import fold_parameter_expressions
 
 RS = np.random.RandomState(0)
@@ -72,7 +73,7 @@ def test_the_rewrite_is_exact_and_leaves_other_products():
     graph = json.loads(sym.tojson())
     params = {p.name: p.data() for p in net.collect_params().values()}
     context = _context(graph, {k: v.shape for k, v in params.items()})
-    for rewrite in (products_as_dense, biases_into_dense, fold_parameter_expressions):
+    for rewrite in (products_as_dense, affine_into_layers, fold_parameter_expressions):
         assert rewrite(graph, context) == {}
     for step in context.param_rewrites:
         step.apply(params)
@@ -82,7 +83,9 @@ def test_the_rewrite_is_exact_and_leaves_other_products():
     dense = [n for n in graph["nodes"] if n["op"] == "FullyConnected"]
     assert [n["attrs"]["num_hidden"] for n in dense] == ["32", "24"]
     assert all(n["attrs"]["flatten"] == "False" for n in dense)
-    assert "with the bias products0_b added after it" in context.rewritten["products0_dot1"]
+    assert context.rewritten["products0_dot1"].endswith(
+        "run as a dense layer (FullyConnected), with the scale/shift after it folded in "
+        "(products0_broadcast_add0)")
     rewritten = mx.sym.load_json(json.dumps(graph))
     arrays = dict(params, data=x)
     out = rewritten.eval(ctx=mx.cpu(), **{k: arrays[k] for k in rewritten.list_arguments()})
