@@ -215,6 +215,8 @@ class InputSpec:
             ``feeds`` does not settle, or its elements' ranks are not ``ranks``.
         """
         required, optional = _signature_inputs(net)
+        if isinstance(batch, dict):
+            _refuse_options(net, batch, required + optional)
         fed, ranks = _leading(required + optional, feeds, ranks)
         if ranks and num_inputs is None and isinstance(batch, (list, tuple)):
             _check_ranks(net, (required + optional)[:fed], ranks, batch)
@@ -236,6 +238,23 @@ class InputSpec:
         args = (args + ["input%d" % i for i in range(len(args), count)])[:count]
         return cls(_mxnet.input_names(count), args, optional=optional[count - len(required):],
                    explicit=settled, nullable=optional).nested_as(batch)
+
+
+def _refuse_options(net, batch, inputs):
+    """Refuse a dict batch keying a non-tensor argument (``temperature=2.0``): its default
+    is traced into the graph, so the batch's value would be silently ignored."""
+    try:
+        params, own = {p.name: p for p in _call_parameters(net)}, _mxnet.registered_param_names(net)
+    except (TypeError, ValueError):
+        return
+    for name in (k for k in batch if k in params and k not in inputs and k not in own):
+        raise InputMismatchError(
+            "The batch dict has the key %r, an argument of %s's hybrid_forward that is not "
+            "a tensor input (its default, %r, is traced into the network, so the batch's "
+            "value would be ignored; tensor inputs are the required arguments and those "
+            "defaulting to None: %s). Drop the key, or give the argument the default None "
+            "to feed it per batch." % (name, type(net).__name__, params[name].default,
+                                        ", ".join(inputs) or "none"))
 
 
 def _check_ranks(net, feeds, ranks, batch):

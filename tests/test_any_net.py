@@ -284,6 +284,28 @@ def test_optional_inputs_are_never_dropped_silently(masked):
     assert without.input_names == ["data"]
 
 
+class _Tempered(nn.HybridBlock):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.out = nn.Dense(3)
+
+    def hybrid_forward(self, F, x, mask=None, temperature=2.0):
+        return self.out(x) / temperature
+
+
+def test_a_dict_key_naming_an_option_is_refused():
+    """``temperature=2.0`` is traced into the graph: a dict batch keying it was ignored
+    silently (the int8 net divided by 2.0 where the batches said 3.0)."""
+    net = _Tempered()
+    net.initialize(mx.init.Xavier())
+    x = RS.randn(8, 4).astype("float32")
+    with pytest.raises(gq.InputMismatchError, match=r"the key 'temperature', an argument of "
+                       r"_Tempered's hybrid_forward that is not a tensor input \(its default, "
+                       r"2.0, .*inputs are .*: x, mask\)"):
+        gq.quantize(net, [{"x": x, "temperature": 3.0}], progress=False)
+    labelled = gq.quantize(net, [{"x": x, "label": np.zeros(8, "float32")}], progress=False)
+    assert labelled.input_names == ["data"]     # other keys are labels, as before
+
 
 def test_inputs_a_batch_showed_survive_clone_and_saved_tables(masked, tmp_path):
     """The mask a dict batch fed is an input of a clone and of a net rebuilt from the saved
