@@ -592,7 +592,7 @@ class BatchConverter:
         return arrays
 
     def _to_ndarray(self, item, name, batch):
-        item = _mxnet.as_legacy(item)       # an mxnet.np array: its legacy view
+        item = _mxnet.unshared(_mxnet.as_legacy(item))      # legacy, dense, on cpu
         if isinstance(item, mx.nd.NDArray):
             kind = np.dtype(item.dtype).kind
             array = item

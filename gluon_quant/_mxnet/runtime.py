@@ -68,9 +68,14 @@ _OTHER_CPU_MEMORY = ("cpu_shared", "cpu_pinned")
 
 def unshared(value):
     """``value``, copied to ``cpu`` if it is an NDArray in shared or pinned CPU memory,
-    which MXNet's cached graphs refuse beside parameters on ``cpu``; anything else as it
-    is."""
-    if isinstance(value, mx.nd.NDArray) and value.context.device_type in _OTHER_CPU_MEMORY:
+    which MXNet's cached graphs refuse beside parameters on ``cpu``, and made dense if it
+    is a sparse one (CSR, row-sparse: ``F.sparse.dot`` features), which the fp32 graph
+    reads the same and the int8 one needs; anything else as it is."""
+    if not isinstance(value, mx.nd.NDArray):
+        return value
+    if value.stype != "default":
+        value = value.tostype("default")
+    if value.context.device_type in _OTHER_CPU_MEMORY:
         return value.as_in_context(mx.cpu(0))
     return value
 
