@@ -185,19 +185,26 @@ def export_model(qnet, prefix, *, fmt="gluon_quant"):
 
     graph = _mxnet.graph_json(sym)
     dtypes = _mxnet.infer_graph_dtypes(graph, list(source.input_names))
-    specs, kept = _pack_specs(graph, params, dtypes)
+    readers, kept = _pack_specs(graph, params, dtypes)
     # Where a layer's input scale cannot be read off the graph, the smallest calibrated
     # range of the table bounds it.
     bound = _data_scale_bound(source.table)
     packs, packed = [], []
-    for spec, in_scale in specs.items():
+    for weight, specs in readers.items():
         try:
-            result = _packing.pack(spec, params, in_scale=in_scale, in_scale_bound=bound)
+            results = [_packing.pack(spec, params, in_scale=in_scale, in_scale_bound=bound)
+                       for spec, in_scale in specs]
         except _packing.NotPackable as reason:
-            kept[spec.weight] = str(reason)
+            kept[weight] = str(reason)
             continue
-        packs.append(result)
-        packed.append({"weight": spec.weight, "shape": [int(d) for d in result.q.shape]})
+        # A weight several layers read is stored once, where each layer's own packing
+        # (verified for its scales and bias guard) is that same one.
+        if any(not _same_pack(results[0], other) for other in results[1:]):
+            kept[weight] = "shared by %d int8 layers whose packings differ (their bias " \
+                "guards or BatchNorms)" % len(specs)
+            continue
+        packs.append(results[0])
+        packed.append({"weight": weight, "shape": [int(d) for d in results[0].q.shape]})
     arrays = {"packed:" + key: value for key, value in _packing.join(packs).items()} \
         if packs else {}
     packed_names = {entry["weight"] for entry in packed}
@@ -251,14 +258,19 @@ def _data_scale_bound(table):
     return max(255.0 / smallest, 1.0)
 
 
+def _same_pack(a, b):
+    return all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
 def _pack_specs(graph, params, dtypes):
     """The weights of the final graph that the runtime quantizes, with their input scales.
 
     Returns
     -------
-    specs : dict of PackSpec to (numpy.float32 or None)
-        Each packable weight with its layer's exact input scale (None when it cannot be
-        read off the graph).
+    readers : dict of str to list of (PackSpec, numpy.float32 or None)
+        Each packable weight: the int8 layers reading it (all its readers: a weight an
+        fp32 layer reads too stays fp32), each with its exact input scale (None when it
+        cannot be read off the graph).
     kept : dict of str to str
         Weights left in fp32 and why.
     """
@@ -267,7 +279,7 @@ def _pack_specs(graph, params, dtypes):
     for node in nodes:
         for src, _, _ in node.get("inputs", []):
             uses[src] = uses.get(src, 0) + 1
-    specs, kept = {}, {}
+    readers, kept = {}, {}
     for node in nodes:
         attrs = node.get("attrs") or {}
         if str(attrs.get("quantized", "")).lower() != "true" \
@@ -276,10 +288,10 @@ def _pack_specs(graph, params, dtypes):
         inputs = [nodes[src]["name"] for src, _, _ in node["inputs"]]
         weight_id = node["inputs"][1][0]
         weight = inputs[1]
-        if nodes[weight_id]["op"] != "null" or uses.get(weight_id) != 1 \
+        if nodes[weight_id]["op"] != "null" \
                 or params.get(weight) is None or params[weight].dtype != np.float32:
             if weight in params and params[weight].dtype == np.float32:
-                kept[weight] = "shared or not a plain parameter"
+                kept[weight] = "not a plain parameter"
             continue
         inner = {n["op"]: n.get("attrs") or {} for n in node["subgraphs"][0]["nodes"]} \
             if node.get("subgraphs") else {}
@@ -304,8 +316,14 @@ def _pack_specs(graph, params, dtypes):
                                          bias=bias, beta=beta, mean=mean)
             else:
                 spec = _packing.PackSpec(weight, calibrated, bias=bias)
-        specs[spec] = _input_scale(nodes, node["inputs"][0], dtypes)
-    return specs, kept
+        readers.setdefault(weight, []).append(
+            (spec, _input_scale(nodes, node["inputs"][0], dtypes)))
+    for weight, specs in list(readers.items()):
+        weight_id = next(i for i, n in enumerate(nodes) if n["name"] == weight)
+        if uses.get(weight_id) != len(specs):
+            del readers[weight]
+            kept[weight] = "also read by a layer that is not int8"
+    return readers, kept
 
 
 def _input_scale(nodes, entry, dtypes):

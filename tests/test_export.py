@@ -369,3 +369,47 @@ def test_grouped_convolutions_reload_bit_identically(groups, tmp_path):
     assert np.array_equal(loaded(batches[0]).asnumpy(), qnet(batches[0]).asnumpy())
     packed = [entry["weight"] for entry in json.load(open(paths["meta"]))["packed"]]
     assert net.c1.weight.name in packed
+
+
+class _Unrolled(mx.gluon.HybridBlock):
+    """A hand-unrolled recurrence: the same Dense (``h2h``) at every step, and a ``head``
+    tied to it (its parameters)."""
+
+    def __init__(self, steps=4, **kwargs):
+        super().__init__(**kwargs)
+        self.steps = steps
+        with self.name_scope():
+            self.i2h = mx.gluon.nn.Dense(64, flatten=False)
+            self.h2h = mx.gluon.nn.Dense(64)
+            self.head = mx.gluon.nn.Dense(64, params=self.h2h.params)
+
+    def hybrid_forward(self, F, x):
+        h = F.relu(self.i2h(x).mean(axis=1))
+        for _ in range(self.steps):
+            h = F.relu(self.h2h(h))
+        return self.head(h)
+
+
+@pytest.mark.parametrize("head_fp32", [False, True])
+def test_a_weight_several_layers_read_is_packed_once(head_fp32, tmp_path):
+    """A weight read by several int8 layers (a Dense applied at every step) was kept
+    fp32 ("shared or not a plain parameter"): it is stored once as int8 where every
+    reader's packing is the same one; read by an fp32 layer too, it stays fp32 (its
+    rebuilt values would change that layer's output). Both reload bit-identically."""
+    rs = np.random.RandomState(0)
+    net = _Unrolled()
+    net.initialize(mx.init.Xavier())
+    batches = [mx.nd.array(rs.rand(8, 6, 32)) for _ in range(3)]
+    qnet = gq.quantize(net, batches, exclude=[net.head] if head_fp32 else [],
+                       progress=False)
+    paths = qnet.export(str(tmp_path / "u"))
+    meta = json.load(open(paths["meta"]))
+    packed = [entry["weight"] for entry in meta["packed"]]
+    weight = net.h2h.weight.name
+    if head_fp32:
+        assert weight not in packed
+        assert meta["kept_fp32"][weight] == "also read by a layer that is not int8"
+    else:
+        assert packed.count(weight) == 1, meta["kept_fp32"]
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "u"))
+    assert np.array_equal(loaded(batches[0]).asnumpy(), qnet(batches[0]).asnumpy())

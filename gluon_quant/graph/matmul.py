@@ -70,7 +70,7 @@ def products_as_dense(graph, context):
     candidates, shapes = shaped_nodes(graph, context, PRODUCTS, arity=2)
     nodes = graph["nodes"]
     constant = parameter_entries(graph, context.param_shapes) if candidates else []
-    added, count = [], 0
+    added, count, transposed_weights = [], 0, {}
     for node in candidates:
         (a, a_out, _), (b, b_out, _) = node["inputs"]
         transposed = _transposed_b(node)
@@ -81,10 +81,13 @@ def products_as_dense(graph, context):
                 node["name"] in context.excluded:
             continue
         weight = list(node["inputs"][1])
-        if not transposed:
-            added.append({"op": "transpose", "name": node["name"] + "_dense_weight",
-                          "attrs": {"axes": "(1, 0)"}, "inputs": [weight]})
-            weight = [len(nodes) + len(added) - 1, 0, 0]
+        if not transposed:      # one transpose per weight, however many products read it
+            key = tuple(weight[:2])
+            if key not in transposed_weights:
+                added.append({"op": "transpose", "name": node["name"] + "_dense_weight",
+                              "attrs": {"axes": "(1, 0)"}, "inputs": [weight]})
+                transposed_weights[key] = [len(nodes) + len(added) - 1, 0, 0]
+            weight = list(transposed_weights[key])
         context.rewritten[node["name"]] = (
             "%s (x . W, W a %s parameter) run as a dense layer (FullyConnected)"
             % (node["op"], "x".join(map(str, b_shape))))

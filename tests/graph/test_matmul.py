@@ -1,6 +1,7 @@
 """Linear layers written as matrix products (``F.dot(x, W)``, ``np.matmul``) run as int8
 dense layers (gluon_quant.graph.matmul)."""
 import json
+import os
 
 import mxnet as mx
 import numpy as np
@@ -168,3 +169,35 @@ def test_a_product_of_two_inputs_stays_fp32(transpose_b):
     rows = list(qnet.report())
     assert [r.op for r in rows if r.op == "dot"] == ["dot"], qnet.report()
     assert not any("run as a dense layer" in r.reason for r in rows)
+
+
+def test_one_transposed_weight_for_every_product_reading_it(tmp_path):
+    """An unrolled recurrence reads its ``(in, out)`` weight at every step: it is
+    transposed once (a copy per step made the export 2.5x the fp32 size)."""
+    class Steps(nn.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.w = self.params.get("w", shape=(32, 32), init=mx.init.Xavier())
+
+        def hybrid_forward(self, F, x, w):  # pylint: disable=arguments-differ
+            for _ in range(4):
+                x = F.relu(F.dot(x, w))
+            return x
+
+    net = Steps()
+    net.initialize()
+    x = mx.nd.array(RS.uniform(-1, 1, (8, 32)).astype("float32"))
+    graph = json.loads(net(mx.sym.var("data")).tojson())
+    context = PassContext(spec=ONEDNN, param_shapes={net.w.name: (32, 32)},
+                          infer_shapes=lambda g: infer_graph_shapes(g, {"data": (8, 32)}))
+    products_as_dense(graph, context)
+    ops = [n["op"] for n in graph["nodes"]]
+    assert ops.count("transpose") == 1 and ops.count("FullyConnected") == 4, ops
+    qnet = gq.quantize(net, [x], progress=False)
+    paths = qnet.export(str(tmp_path / "steps"))
+    sizes = [os.path.getsize(paths["params"])]
+    net.hybridize()
+    net(x)
+    net.export(str(tmp_path / "fp32"))
+    sizes.append(os.path.getsize(str(tmp_path / "fp32-0000.params")))
+    assert sizes[0] < 0.5 * sizes[1], sizes
