@@ -427,9 +427,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
         samples.append(inputs[0].shape[0] if inputs and inputs[0].ndim else 1)
         room = state["limit"] - sum(k[0].shape[0] for k in kept)
         if room > 0 and inputs and inputs[0].ndim:
-            # an input without the batch axis (indices shared by the batch) is kept whole
-            kept.append([a[:room].copy() if _batched([inputs[0], a]) else a.copy()
-                         for a in inputs])
+            kept.append(_first_samples(plan.fused.symbol, input_names, inputs, room, state))
         return inputs
 
     seen = collect_statistics(
@@ -440,10 +438,10 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     if state["params"] is None and kept:    # nothing to calibrate: the net all fp32
         state["params"] = fp32_params(net, plan.fused, ctx, kept[0])
         state["shapes"] = tuple(tuple(a.shape) for a in kept[0])
-    kept = [[a[:state["limit"]] if _batched([k[0], a]) else a for a in k] for k in kept[:1]] \
-        + kept[1:]      # the first batch was kept before the limit was known
+    if kept:            # the first batch was kept before the limit was known
+        kept[0] = _first_samples(plan.fused.symbol, input_names, kept[0], state["limit"], state)
     kept_samples = _kept_samples(plan.fused.symbol, input_names, kept)
-    if tap is not None and kept_samples and kept_samples[0].ndim:
+    if tap is not None and kept_samples and kept_samples[0].ndim and not state.get("whole"):
         kept_samples = bias.KeptSamples(kept_samples)
         kept_samples.references = (plan.fused.fingerprint,
                                    tap.references(kept_samples[0].shape[0], ctx))
@@ -480,6 +478,22 @@ def _sample_shapes(sym, keys, input_names, inputs, whole=None):
     if whole is not None:
         whole.update((k, v) for k, v in known if v[0] != batch)
     return {k: v[1:] for k, v in known if v[0] == batch}
+
+
+def _first_samples(symbol, input_names, inputs, count, state):
+    """Copies of the first ``count`` samples of ``inputs`` (an input without the batch axis,
+    indices the batch shares, whole), or of all of them where the graph does not take that
+    cut (leading axes that are not one batch axis: a graph net's ``(N, N)`` adjacency beside
+    its ``(N, F)`` features); ``state["whole"]`` then says so (no per-sample references)."""
+    cut = [a[:count] if _batched([inputs[0], a]) else a for a in inputs]
+    if count < inputs[0].shape[0]:
+        shapes = tuple(tuple(a.shape) for a in cut)
+        accepted = state.setdefault("accepted", {})
+        if shapes not in accepted:
+            accepted[shapes] = _mxnet.accepts_shapes(symbol, dict(zip(input_names, shapes)))
+        if not accepted[shapes]:
+            state["whole"], cut = True, inputs
+    return [a.copy() for a in cut]
 
 
 def _batched(arrays):
