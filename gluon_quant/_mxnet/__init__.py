@@ -261,8 +261,9 @@ def quantize_symbol(sym, *, device_type, excluded_nodes, offline_params, dtype, 
 
 
 def evaluate_graph(graph, arrays):
-    """The first output of a JSON graph dict run once on ``{variable: NDArray}``."""
-    ctx = next(iter(arrays.values())).context
+    """The first output of a JSON graph dict run once on ``{variable: NDArray}`` (on the
+    CPU for a graph of constants only)."""
+    ctx = next(iter(arrays.values())).context if arrays else mx.cpu()
     with native_output([]):     # "Subgraph backend MKLDNN is activated" when it binds
         return load_graph(graph).eval(ctx=ctx, **arrays)[0]
 

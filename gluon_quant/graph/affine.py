@@ -28,6 +28,7 @@ import logging
 
 import mxnet as mx
 
+from .. import _mxnet
 from .matmul import parameter_entries
 from .rewrites import ParamRewrite, append_nodes, consumers, prune, reachable, shaped_nodes
 
@@ -98,9 +99,15 @@ class _Folder:
 
     def _new_param(self, name, expression):
         """A variable ``name`` computed once from ``expression``; its graph entry."""
-        self.context.param_rewrites.append(ParamRewrite(
-            target=name, kind="evaluate", sources=tuple(expression.list_arguments()),
-            graph=expression.tojson()))
+        sources = tuple(expression.list_arguments())
+        if sources:
+            rewrite = ParamRewrite(target=name, kind="evaluate", sources=sources,
+                                   graph=expression.tojson())
+        else:       # a constant (a layer without bias shifted by one): its values
+            value = _mxnet.evaluate_graph(json.loads(expression.tojson()), {}).asnumpy()
+            rewrite = ParamRewrite(target=name, kind="constant", sources=(), shape=value.shape,
+                                   values=tuple(float(v) for v in value.ravel()))
+        self.context.param_rewrites.append(rewrite)
         self.nodes.append({"op": "null", "name": name, "inputs": []})
         self.graph["arg_nodes"].append(len(self.nodes) - 1)
         self.constant.append(True)

@@ -82,6 +82,7 @@ class Affines(nn.HybridBlock):
             self.conv4 = nn.Conv2D(8, 1)
             self.conv5 = nn.Conv2D(8, 1, use_bias=False)
             self.conv6 = nn.Conv2D(8, 1)
+            self.conv7 = nn.Conv2D(8, 1, use_bias=False)
             self.mean = self.params.get("mean", shape=(8,), init=mx.init.Uniform(1))
             self.var = self.params.get("var", shape=(8,), init=mx.init.Constant(1.3))
             self.dense = nn.Dense(12, flatten=False)
@@ -102,7 +103,8 @@ class Affines(nn.HybridBlock):
         mean, var = mean.reshape((1, -1, 1, 1)), var.reshape((1, -1, 1, 1))
         m = F.broadcast_div(F.broadcast_sub(self.conv5(y), mean), F.sqrt(var + 1e-5))  # folded
         r = F.broadcast_sub(mean, self.conv6(y))                            # left: t - x
-        return s, kept, se, d, e, m, r
+        f = self.conv7(y) + 0.25                    # folded: a constant bias of its own
+        return s, kept, se, d, e, m, r, f
 
 
 def test_the_fold_is_exact_and_leaves_other_affines():
@@ -122,7 +124,8 @@ def test_the_fold_is_exact_and_leaves_other_affines():
     assert ops.count("broadcast_mul") == 3 and ops.count("broadcast_add") == 0, ops
     assert ops.count("broadcast_sub") == 1 and "broadcast_div" not in ops, ops
     assert sorted(context.rewritten) == ["affines0_conv0_fwd", "affines0_conv3_fwd",
-                                         "affines0_conv4_fwd", "affines0_dense0_fwd"]
+                                         "affines0_conv4_fwd", "affines0_conv6_fwd",
+                                         "affines0_dense0_fwd"]
     assert context.rewritten["affines0_conv3_fwd"] == "the scale/shift after it folded in " \
         "(affines0__divscalar0, affines0__minusscalar0)"
     assert not any(n["op"].endswith("_scalar") for n in graph["nodes"])
