@@ -34,7 +34,8 @@ from .data import BatchConverter, InputSpec, batch_count, iter_batches
 from .errors import CalibrationTableError, GluonQuantError, GraphError, UnsupportedDtypeError
 from .graph import GraphView, block_scopes, resolve_exclusions
 from .graph.cudnn import quantize_graph as cudnn_quantize_graph
-from .graph.passes import ParamRewrite, PassContext, Stage, calibrated_nodes, run_passes
+from .graph.passes import (ParamRewrite, PassContext, Stage, calibrated_nodes,
+                           rewritten_param_shapes, run_passes)
 from .presets import resolve_preset
 from .params import (FP32Params, equalized_params, fp32_params, params_for_table,
                      with_equalization)
@@ -266,6 +267,7 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
                           infer_shapes=infer_shapes, input_rank=_first_rank(batch),
                           excluded=frozenset(kept))
     run_passes(Stage.TRACED, graph, context)
+    param_shapes = rewritten_param_shapes(graph, context)
     fused = _mxnet.load_graph(graph)
     messages = []
     if spec.fusion_pass:

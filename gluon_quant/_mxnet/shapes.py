@@ -37,16 +37,19 @@ def infer_graph_shapes(graph, input_shapes):
         ``(node name, output index) -> shape`` (None where it is not known); {} when
         MXNet cannot infer the graph's shapes.
     """
-    internals = load_graph(graph).get_internals()
+    sym = load_graph(graph)
+    internals = sym.get_internals()
     try:
         with native_output([]):
             _, out_shapes, _ = internals.infer_shape_partial(
                 **graph_inputs(internals, input_shapes))
     except mx.base.MXNetError:
         return {}
+    # MXNet's own node order, which the internals follow (a pass may have reordered the
+    # nodes of ``graph``: a folded weight placed before its first reader).
     return {entry: (tuple(out_shapes[i]) if out_shapes[i] and all(d > 0 for d in out_shapes[i])
                     else None)
-            for entry, i in entry_positions(graph, internals).items()}
+            for entry, i in entry_positions(graph_json(sym), internals).items()}
 
 
 _RESHAPES = frozenset(("Reshape", "reshape", "_np_reshape", "_npx_reshape"))

@@ -92,7 +92,9 @@ def products_as_dense(graph, context):
             "%s (x . W, W a %s parameter) run as a dense layer (FullyConnected)"
             % (node["op"], "x".join(map(str, b_shape))))
         node["op"] = "FullyConnected"
-        node["attrs"] = dict(private_attrs(node), no_bias="True", flatten="False",
+        # flatten=True is the same on a 2-D input, and what cuDNN's int8 GEMM takes
+        node["attrs"] = dict(private_attrs(node), no_bias="True",
+                             flatten=str(len(a_shape) == 2),
                              num_hidden=str(b_shape[0] if transposed else b_shape[1]))
         node["inputs"] = [node["inputs"][0], weight]
         count += 1

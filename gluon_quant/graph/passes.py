@@ -111,6 +111,7 @@ Debugging and presets use :func:`calibrated_nodes` and the helpers of
 import collections
 import enum
 import logging
+import types
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
@@ -141,6 +142,7 @@ from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        unique_names)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
+           "rewritten_param_shapes",
            "global_adaptive_pools", "fold_dense_batchnorm", "fold_parameter_expressions",
            "masked_softmax", "lift_1d_to_2d", "deconv_as_conv", "integer_inputs", "small_int8_regions",
            "backend_eligibility", "signed_global_pools", "compared_pools",
@@ -723,6 +725,17 @@ PASSES = (
     GraphPass("stop_rnn_gradients", Stage.FINAL, _rewrite(stop_rnn_gradients),
               backends=("onednn",)),
 )
+
+
+def rewritten_param_shapes(graph, context):
+    """``context.param_shapes`` with the shapes of the parameters the ``TRACED`` passes
+    made (a folded weight), where shape inference on ``graph`` gives them: the backend's
+    checks read weight shapes (cuDNN's channel multiples) by the name the layer reads."""
+    new = [r.target for r in context.param_rewrites if r.target not in context.param_shapes]
+    shapes = context.infer_shapes(graph) if new and context.infer_shapes else {}
+    found = {name: shapes[(name, 0)] for name in new if shapes.get((name, 0))}
+    return types.MappingProxyType(dict(context.param_shapes, **found)) if found \
+        else context.param_shapes
 
 
 def run_passes(stage, graph, context):

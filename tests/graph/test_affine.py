@@ -164,3 +164,37 @@ def test_residual_scaling_folds_so_the_sum_fuses():
     assert len(sums) == 2 and all(r.quantized for r in sums), qnet.report()
     assert all("the scale/shift after it folded in (" in r.reason for r in sums)
     assert cosine(net(batches[3]).asnumpy(), qnet(batches[3]).asnumpy()) > 0.999
+
+
+def test_shapes_are_inferred_whatever_the_node_order():
+    """A pass that appends a weight places it before its first reader, an order that
+    differs from MXNet's own: shape inference then found no shape at all (the folds on
+    cuDNN lost their weight shapes, "weight shape unknown", and later passes skipped
+    their rewrites)."""
+    conv = mx.sym.Convolution(mx.sym.var("data"), num_filter=4, kernel=(3, 3), name="conv")
+    graph = json.loads(mx.sym.relu(conv, name="act").tojson())
+    nodes = graph["nodes"]
+    assert [n["name"] for n in nodes[:3]] == ["data", "conv_weight", "conv_bias"]
+    order = [1, 0, 2] + list(range(3, len(nodes)))      # weight first: still topological
+    moved = {old: new for new, old in enumerate(order)}
+    graph["nodes"] = [dict(nodes[i], inputs=[[moved[e[0]]] + e[1:] for e in nodes[i]["inputs"]])
+                      for i in order]
+    graph["arg_nodes"] = [moved[i] for i in graph["arg_nodes"]]
+    graph["heads"] = [[moved[h[0]]] + h[1:] for h in graph["heads"]]
+    graph.pop("node_row_ptr", None)
+    shapes = infer_graph_shapes(graph, {"data": (1, 2, 5, 5)})
+    assert shapes[("conv_weight", 0)] == (4, 2, 3, 3)
+    assert shapes[("act", 0)] == (1, 4, 3, 3)
+
+
+def test_a_folded_convolution_keeps_its_weight_shape_on_cudnn():
+    """cuDNN's int8 convolution needs channel counts that are multiples of 4, read from
+    the weight's shape: a folded weight had none, and the convolution stayed fp32."""
+    net = _frozen_cnn()
+    net.initialize(mx.init.Xavier())
+    batches = [mx.nd.array(RS.uniform(0, 1, (4, 3, 16, 16)).astype("float32"))
+               for _ in range(2)]
+    qnet = gq.quantize(net, batches, backend="cudnn", progress=False)
+    convs = [r for r in qnet.report() if r.op == "Convolution"]
+    assert "input channels 3 is not a multiple of 4" in convs[0].reason
+    assert convs[1].quantized, qnet.report()

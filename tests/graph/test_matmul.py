@@ -201,3 +201,14 @@ def test_one_transposed_weight_for_every_product_reading_it(tmp_path):
     net.export(str(tmp_path / "fp32"))
     sizes.append(os.path.getsize(str(tmp_path / "fp32-0000.params")))
     assert sizes[0] < 0.5 * sizes[1], sizes
+
+
+def test_a_product_over_2d_inputs_is_int8_on_cudnn():
+    """On a 2-D input the dense layer is made ``flatten=True`` (the same there), which
+    cuDNN's int8 GEMM needs ("flatten=False (the int8 GEMM on cudnn needs flatten=True)")."""
+    net = ManualMLP(units=(64, 96, 12))
+    net.initialize()
+    batches = [mx.nd.array(RS.uniform(-1, 1, (8, 64)).astype("float32")) for _ in range(2)]
+    qnet = gq.quantize(net, batches, backend="cudnn", progress=False)
+    rows = [r for r in qnet.report() if r.op == "FullyConnected"]
+    assert [r.quantized for r in rows] == [True, True], qnet.report()
