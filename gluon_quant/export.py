@@ -276,9 +276,8 @@ def _pack_specs(graph, params, dtypes):
     """
     nodes = graph["nodes"]
     uses = {}
-    for node in nodes:
-        for src, _, _ in node.get("inputs", []):
-            uses[src] = uses.get(src, 0) + 1
+    for src, *_ in [e for node in nodes for e in node.get("inputs", [])] + graph["heads"]:
+        uses[src] = uses.get(src, 0) + 1        # an output of the graph is a use too
     readers, kept = {}, {}
     for node in nodes:
         attrs = node.get("attrs") or {}
@@ -322,7 +321,7 @@ def _pack_specs(graph, params, dtypes):
         weight_id = next(i for i, n in enumerate(nodes) if n["name"] == weight)
         if uses.get(weight_id) != len(specs):
             del readers[weight]
-            kept[weight] = "also read by a layer that is not int8"
+            kept[weight] = "also read by a layer that is not int8, or an output"
     return readers, kept
 
 

@@ -408,8 +408,33 @@ def test_a_weight_several_layers_read_is_packed_once(head_fp32, tmp_path):
     weight = net.h2h.weight.name
     if head_fp32:
         assert weight not in packed
-        assert meta["kept_fp32"][weight] == "also read by a layer that is not int8"
+        assert meta["kept_fp32"][weight] == "also read by a layer that is not int8, or an output"
     else:
         assert packed.count(weight) == 1, meta["kept_fp32"]
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "u"))
     assert np.array_equal(loaded(batches[0]).asnumpy(), qnet(batches[0]).asnumpy())
+
+
+class _ReturnsItsWeight(mx.gluon.HybridBlock):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.weight = self.params.get("weight", shape=(256, 256), init=mx.init.Xavier())
+
+    def hybrid_forward(self, F, x, weight):  # pylint: disable=arguments-differ
+        return F.relu(F.FullyConnected(x, weight, no_bias=True, num_hidden=256)), weight
+
+
+def test_a_weight_the_network_returns_stays_fp32(tmp_path):
+    """A weight that is also an output of the graph was packed as int8, and the reloaded
+    model returned its rebuilt values instead of the weight."""
+    net = _ReturnsItsWeight()
+    net.initialize()
+    batches = [mx.nd.array(np.random.RandomState(i).rand(16, 256)) for i in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert qnet.report().coverage() == (1, 1)
+    paths = qnet.export(str(tmp_path / "w"))
+    assert json.load(open(paths["meta"]))["kept_fp32"] == {
+        net.weight.name: "also read by a layer that is not int8, or an output"}
+    out = gq.QuantizedSymbolBlock.imports(str(tmp_path / "w"))(batches[0])
+    assert np.array_equal(out[1].asnumpy(), net.weight.data().asnumpy())
