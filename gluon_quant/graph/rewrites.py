@@ -412,10 +412,12 @@ FOLDABLE = frozenset((
     "broadcast_add", "broadcast_mul", "broadcast_sub", "broadcast_minus", "broadcast_div",
     "_npi_add", "_npi_multiply", "_npi_subtract", "_npi_true_divide", "_npi_sqrt",
     "_npi_add_scalar", "_npi_multiply_scalar", "_npi_subtract_scalar",
-    "_npi_true_divide_scalar", "_np_reshape", "_npx_reshape"))
+    "_npi_true_divide_scalar", "_np_reshape", "_npx_reshape", "sum", "mean", "norm", "max",
+    "min", "abs", "clip", "exp", "log", "sigmoid", "tanh"))
 #: Where a folded parameter expression may be read: weights and biases of layers whose
-#: speed-up was measured (BERT's interleaved q/k/v projection, Gluon's RNN layers).
-_FOLD_READERS = frozenset(("FullyConnected", "RNN"))
+#: speed-up was measured (BERT's interleaved q/k/v projection, Gluon's RNN layers, a
+#: weight-normalized convolution).
+_FOLD_READERS = frozenset(("FullyConnected", "RNN", "Convolution"))
 
 
 def fold_parameter_expressions(graph, context):
