@@ -287,10 +287,11 @@ def _pack_specs(graph, params, dtypes):
         inputs = [nodes[src]["name"] for src, _, _ in node["inputs"]]
         weight_id = node["inputs"][1][0]
         weight = inputs[1]
-        if nodes[weight_id]["op"] != "null" \
-                or params.get(weight) is None or params[weight].dtype != np.float32:
-            if weight in params and params[weight].dtype == np.float32:
-                kept[weight] = "not a plain parameter"
+        if nodes[weight_id]["op"] != "null":
+            kept[weight] = "computed in the graph (by %s) at every call, not a parameter: " \
+                "its fp32 parameters are stored" % nodes[weight_id]["op"]
+            continue
+        if params.get(weight) is None or params[weight].dtype != np.float32:
             continue
         inner = {n["op"]: n.get("attrs") or {} for n in node["subgraphs"][0]["nodes"]} \
             if node.get("subgraphs") else {}

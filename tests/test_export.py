@@ -438,3 +438,29 @@ def test_a_weight_the_network_returns_stays_fp32(tmp_path):
         net.weight.name: "also read by a layer that is not int8, or an output"}
     out = gq.QuantizedSymbolBlock.imports(str(tmp_path / "w"))(batches[0])
     assert np.array_equal(out[1].asnumpy(), net.weight.data().asnumpy())
+
+
+class _ComputedWeight(mx.gluon.HybridBlock):
+    """A convolution whose weight depends on a softmax over its parameters (not folded)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.v = self.params.get("v", shape=(16, 3, 3, 3), init=mx.init.Xavier())
+
+    def hybrid_forward(self, F, x, v):  # pylint: disable=arguments-differ
+        w = F.broadcast_mul(v, F.softmax(F.mean(v, axis=(1, 2, 3), keepdims=True), axis=0))
+        return F.relu(F.Convolution(x, w, kernel=(3, 3), num_filter=16, no_bias=True))
+
+
+def test_a_weight_computed_in_the_graph_is_named_in_the_metadata(tmp_path):
+    """The export said nothing of a weight computed in the graph: its parameters stay fp32
+    and ``kept_fp32`` says why."""
+    net = _ComputedWeight()
+    net.initialize()
+    batches = [mx.nd.array(np.random.RandomState(i).rand(4, 3, 12, 12)) for i in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    paths = qnet.export(str(tmp_path / "c"))
+    assert json.load(open(paths["meta"]))["kept_fp32"] == {
+        "_computedweight0_broadcast_mul0": "computed in the graph (by broadcast_mul) at every "
+                                           "call, not a parameter: its fp32 parameters are stored"}
