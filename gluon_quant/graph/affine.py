@@ -29,6 +29,7 @@ import logging
 import mxnet as mx
 
 from .. import _mxnet
+from .inspect import is_true
 from .matmul import parameter_entries
 from .rewrites import ParamRewrite, append_nodes, consumers, prune, reachable, shaped_nodes
 
@@ -52,10 +53,6 @@ SCALARS = {
     "_minus_scalar": ("shift", lambda v: -v), "_npi_subtract_scalar": ("shift", lambda v: -v),
 }
 _LAYERS = frozenset(("Convolution", "FullyConnected"))
-
-
-def _is_true(value):
-    return str(value).lower() in ("true", "1")
 
 
 def _channel_axis(layer, rank):
@@ -118,7 +115,7 @@ class _Folder:
         by ``value``, a symbol over parameters) into the layer."""
         node, layer = self.nodes[index], self.nodes[layer_index]
         attrs = dict(layer.get("attrs") or {})
-        has_bias = not _is_true(attrs.get("no_bias", "False")) and len(layer["inputs"]) > 2
+        has_bias = not is_true(attrs.get("no_bias", "False")) and len(layer["inputs"]) > 2
         bias = _symbol(self.graph, layer["inputs"][2]) if has_bias else None
         tag = "%s_folded%d" % (layer["name"], len(self.context.param_rewrites))
         if kind == "scale":

@@ -25,6 +25,7 @@ import logging
 from .rewrites import append_nodes as _append_nodes
 from .rewrites import reachable as _reachable
 from .rewrites import private_attrs
+from .inspect import is_true
 
 _log = logging.getLogger(__name__)
 
@@ -33,10 +34,6 @@ __all__ = ["separate_broken_fusions", "shared_fusion_outputs", "mixed_reader_pro
            "chained_dequantizes",
            "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
            "stop_rnn_gradients", "grouped_per_tensor", "FUSABLE_ACTIVATIONS"]
-
-
-def _is_true(value):
-    return str(value).strip().lower() in ("true", "1")
 
 
 def _consumers(graph):
@@ -117,7 +114,7 @@ def _is_global_pool(node):
     attrs = node.get("attrs") or {}
     if node["op"] == "_contrib_AdaptiveAvgPooling2D":
         return attrs.get("output_size", "()").replace(" ", "") in ("1", "(1,1)", "(1,)", "[1,1]")
-    return node["op"] == "Pooling" and _is_true(attrs.get("global_pool", "False"))
+    return node["op"] == "Pooling" and is_true(attrs.get("global_pool", "False"))
 
 
 def flatten_fc_inputs(graph, only_with_squeeze=False):
@@ -170,9 +167,9 @@ def flatten_fc_inputs(graph, only_with_squeeze=False):
     for node in nodes:
         if node["op"] not in ("FullyConnected", "_sg_mkldnn_fully_connected"):
             continue
-        if not _is_true((node.get("attrs") or {}).get("flatten", "True")):
+        if not is_true((node.get("attrs") or {}).get("flatten", "True")):
             continue
-        if node["op"] == "_sg_mkldnn_fully_connected" and _is_true(
+        if node["op"] == "_sg_mkldnn_fully_connected" and is_true(
                 (node.get("attrs") or {}).get("quantized", "False")):
             continue  # an int8 graph: too late, its input entries carry ranges
         src = nodes[node["inputs"][0][0]]
@@ -260,7 +257,7 @@ def unquantizable_rnns(graph, int8_lstm=False):
             found[node["name"]] = (RNN_ACCURACY_REASON if int8_lstm is False
                                    else RNN_UNSUPPORTED_REASON % int8_lstm)
             continue
-        if _is_true(attrs.get("state_outputs", "False")):
+        if is_true(attrs.get("state_outputs", "False")):
             used = [bool(consumers.get((index, k))) for k in (1, 2)]
             if any(used) and not all(used):
                 found[node["name"]] = RNN_STATES_REASON
@@ -307,7 +304,7 @@ def stop_rnn_gradients(graph):
         if node["op"] != "_contrib_quantized_rnn":
             continue
         attrs = node.setdefault("attrs", {})
-        count = 3 if _is_true(attrs.get("state_outputs", "False")) else 1
+        count = 3 if is_true(attrs.get("state_outputs", "False")) else 1
         used = [k for k in range(count) if consumers.get((index, k))]
         if count == 3 and used == [0]:
             attrs["state_outputs"] = "False"
@@ -676,8 +673,8 @@ def grouped_per_tensor(graph, context):
     nodes, added, moved = graph["nodes"], [], {}
     for index, node in enumerate(nodes):
         attrs = node.get("attrs") or {}
-        if node["op"] != "_sg_mkldnn_conv" or not _is_true(attrs.get("quantized")) \
-                or "max_calib_range" not in attrs or _is_true(attrs.get("with_sum")):
+        if node["op"] != "_sg_mkldnn_conv" or not is_true(attrs.get("quantized")) \
+                or "max_calib_range" not in attrs or is_true(attrs.get("with_sum")):
             continue
         conv = next((m.get("attrs") or {} for sub in node.get("subgraphs") or ()
                      for m in sub["nodes"] if m["op"] == "Convolution"), {})

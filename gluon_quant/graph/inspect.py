@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
-__all__ = ["GraphNode", "GraphView", "describe_op"]
+__all__ = ["GraphNode", "GraphView", "describe_op", "is_true"]
 
 #: Operators that carry the weights of a layer, in the order that names a fused node.
 _ANCHOR_OPS = ("Convolution", "FullyConnected", "Deconvolution", "Pooling", "Concat",
@@ -23,6 +23,11 @@ _VOLATILE_VARIABLE_ATTRS = ("__shape__", "__init__")
 #: What earlier versions left out of variables' attributes: until 2026-12-05 their shapes,
 #: before 2026-12-04 nothing (their tables still match their graphs).
 _EARLIER_VARIABLE_ATTRS = (("__shape__",), ())
+
+
+def is_true(value):
+    """Whether a graph attribute (a string such as ``'True'`` or ``'1'``) is true."""
+    return str(value).strip().lower() in ("true", "1")
 
 
 def describe_op(op, attrs):

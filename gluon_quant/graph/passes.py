@@ -118,7 +118,7 @@ from typing import Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ..backends import BackendSpec, why_not_int8
-from .inspect import GraphView, describe_op
+from .inspect import GraphView, describe_op, is_true
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
                      mixed_reader_producers, separate_broken_fusions, shared_fusion_outputs,
                      stop_rnn_gradients, grouped_per_tensor,
@@ -288,7 +288,7 @@ def backend_eligibility(graph, context):
                 src = nodes[node["inputs"][1][0]]
                 weight = known_shape(context.param_shapes.get(src["name"]))
             reason = why_not_int8(support, member.get("attrs") or {}, weight, spec.name,
-                                  with_sum=_is_true((node.get("attrs") or {}).get("with_sum")))
+                                  with_sum=is_true((node.get("attrs") or {}).get("with_sum")))
             if reason is not None:
                 found[node["name"]] = reason
                 break
@@ -371,11 +371,6 @@ SIGNED_POOL_REASON = ("global average of a signed tensor: int8 pooling keeps the
                       "scale and rounds the near-zero means away")
 
 
-def _is_true(value):
-    """Whether a graph attribute (a string such as ``'True'`` or ``'1'``) is true."""
-    return str(value).lower() in ("true", "1")
-
-
 def _emits_unsigned(view, name, depth=0):
     """Whether the node ``name`` of a GraphView provably never outputs negative values."""
     node = view.by_name.get(name)
@@ -412,7 +407,7 @@ def signed_global_pools(graph, context=None):  # pylint: disable=unused-argument
     view = graph if isinstance(graph, GraphView) else GraphView(graph)
     found = {}
     for node in view:
-        if (node.op == "Pooling" and _is_true(node.attr("global_pool", ""))
+        if (node.op == "Pooling" and is_true(node.attr("global_pool", ""))
                 and node.attr("pool_type", "max") == "avg"
                 and not _emits_unsigned(view, node.inputs[0])):
             found[node.name] = SIGNED_POOL_REASON
@@ -599,8 +594,8 @@ def fused_sum_dtypes(graph, dtypes):
     widened, converted, inserted = [], [], []
     for index, node in enumerate(nodes):
         attrs = node.get("attrs") or {}
-        if (node["op"] != _FUSED_CONV or not _is_true(attrs.get("quantized"))
-                or not _is_true(attrs.get("with_sum")) or "max_calib_range" not in attrs):
+        if (node["op"] != _FUSED_CONV or not is_true(attrs.get("quantized"))
+                or not is_true(attrs.get("with_sum")) or "max_calib_range" not in attrs):
             continue
         out_type = entry_dtype(dtypes, nodes, [index, 0, 0])
         sum_entry, sum_min, sum_max = node["inputs"][-5], node["inputs"][-2], node["inputs"][-1]

@@ -23,6 +23,7 @@ Measured: a 4-block squeeze-excite net written with means, batch 32 at 56 px, ra
 """
 import logging
 
+from .inspect import is_true
 from .rewrites import append_nodes, private_attrs, shaped_nodes
 
 __all__ = ["spatial_reductions", "tiled_adaptive_pools", "POOL_TYPES"]
@@ -31,10 +32,6 @@ _log = logging.getLogger(__name__)
 
 #: The reductions of legacy and NumPy-mode graphs that are global poolings, by pool type.
 POOL_TYPES = {"mean": "avg", "_npi_mean": "avg", "max": "max", "_np_max": "max"}
-
-
-def _is_true(value):
-    return str(value).strip().lower() in ("true", "1")
 
 
 def _axes(text, rank):
@@ -68,7 +65,7 @@ def spatial_reductions(graph, context):
         attrs = node.get("attrs") or {}
         data = node["inputs"][0]
         shape = shapes.get((nodes[data[0]]["name"], data[1]))
-        if shape is None or len(shape) not in (3, 4, 5) or _is_true(attrs.get("exclude")) \
+        if shape is None or len(shape) not in (3, 4, 5) or is_true(attrs.get("exclude")) \
                 or attrs.get("dtype", "None") not in ("None", "none") \
                 or _axes(attrs.get("axis"), len(shape)) != list(range(2, len(shape))):
             continue
@@ -76,7 +73,7 @@ def spatial_reductions(graph, context):
         pool_attrs = dict(private_attrs(node), global_pool="True",
                           pool_type=POOL_TYPES[node["op"]],
                           kernel=str((1,) * (len(shape) - 2)))
-        if _is_true(attrs.get("keepdims")):
+        if is_true(attrs.get("keepdims")):
             node["op"], node["attrs"] = "Pooling", pool_attrs
             continue
         new.append({"op": "Pooling", "name": node["name"] + "_pool", "inputs": [data],
