@@ -73,7 +73,7 @@ def unshared(value):
     reads the same and the int8 one needs; anything else as it is."""
     if not isinstance(value, mx.nd.NDArray):
         return value
-    if value.stype != "default":
+    if isinstance(value, mx.nd.sparse.BaseSparseNDArray):     # no C call on the hot path
         value = value.tostype("default")
     if value.context.device_type in _OTHER_CPU_MEMORY:
         return value.as_in_context(mx.cpu(0))
