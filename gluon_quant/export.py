@@ -318,9 +318,9 @@ def _pack_specs(graph, params, dtypes):
                 spec = _packing.PackSpec(weight, calibrated, bias=bias)
         readers.setdefault(weight, []).append(
             (spec, _input_scale(nodes, node["inputs"][0], dtypes)))
+    index = {n["name"]: i for i, n in enumerate(nodes)}
     for weight, specs in list(readers.items()):
-        weight_id = next(i for i, n in enumerate(nodes) if n["name"] == weight)
-        if uses.get(weight_id) != len(specs):
+        if uses.get(index[weight]) != len(specs):
             del readers[weight]
             kept[weight] = "also read by a layer that is not int8, or an output"
     return readers, kept
