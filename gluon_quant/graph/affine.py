@@ -30,8 +30,8 @@ import mxnet as mx
 
 from .. import _mxnet
 from .inspect import is_true
-from .matmul import parameter_entries
-from .rewrites import ParamRewrite, append_nodes, consumers, prune, reachable, shaped_nodes
+from .rewrites import (ParamRewrite, append_nodes, consumers, parameter_entries, prune,
+                       reachable, shaped_nodes)
 
 __all__ = ["affine_into_layers", "SCALES", "SHIFTS", "DIVIDES", "SUBTRACTS", "SCALARS"]
 

@@ -19,9 +19,10 @@ without them nothing is rewritten.
 """
 import logging
 
-from .rewrites import FOLDABLE, append_nodes, private_attrs, shaped_nodes
+from .inspect import is_true
+from .rewrites import append_nodes, parameter_entries, private_attrs, shaped_nodes
 
-__all__ = ["products_as_dense", "parameter_entries", "PRODUCTS"]
+__all__ = ["products_as_dense", "PRODUCTS"]
 
 _log = logging.getLogger(__name__)
 
@@ -31,19 +32,6 @@ _log = logging.getLogger(__name__)
 PRODUCTS = frozenset(("dot", "_np_dot", "_npi_matmul", "_npi_tensordot_int_axes"))
 
 
-def parameter_entries(graph, params):
-    """Per node of ``graph``, given the names of its parameters: whether it computes from parameters alone (a parameter, or a chain of
-    operators that give the same result at every call over parameters only)."""
-    constant = []
-    for node in graph["nodes"]:
-        if node["op"] == "null":
-            constant.append(node["name"] in params)
-        else:
-            constant.append(node["op"] in FOLDABLE and bool(node["inputs"]) and
-                            all(constant[e[0]] for e in node["inputs"]))
-    return constant
-
-
 def _transposed_b(node):
     """Whether a product reads its second operand transposed; None where it is not one
     this rewrite runs as a dense layer (a transposed or sparse first operand, other
@@ -51,10 +39,10 @@ def _transposed_b(node):
     attrs = node.get("attrs") or {}
     if node["op"] == "_npi_tensordot_int_axes" and str(attrs.get("axes")) != "1":
         return None
-    if str(attrs.get("transpose_a", "False")).lower() in ("true", "1") or \
+    if is_true(attrs.get("transpose_a")) or \
             attrs.get("forward_stype") not in (None, "None", "default"):
         return None
-    return str(attrs.get("transpose_b", "False")).lower() in ("true", "1")
+    return is_true(attrs.get("transpose_b"))
 
 
 def products_as_dense(graph, context):

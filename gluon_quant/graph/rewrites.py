@@ -22,7 +22,7 @@ __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
            "known_shape", "append_nodes", "reachable", "private_attrs", "same_shape_adds", "BROADCAST_ADDS",
            "numpy_concatenations", "batchnorm_variants", "identity_chains", "attr_ints", "prune",
-           "consumers", "FOLDABLE"]
+           "consumers", "FOLDABLE", "parameter_entries"]
 
 _log = logging.getLogger(__name__)
 
@@ -420,6 +420,19 @@ FOLDABLE = frozenset((
 _FOLD_READERS = frozenset(("FullyConnected", "RNN", "Convolution"))
 
 
+def parameter_entries(graph, params):
+    """Per node of ``graph``: whether it computes from the parameters ``params`` alone (one
+    of them, or a chain of :data:`FOLDABLE` operators over them only)."""
+    constant = []
+    for node in graph["nodes"]:
+        if node["op"] == "null":
+            constant.append(node["name"] in params)
+        else:
+            constant.append(node["op"] in FOLDABLE and bool(node["inputs"]) and num_outputs(
+                node) == 1 and all(constant[e[0]] for e in node["inputs"]))
+    return constant
+
+
 def fold_parameter_expressions(graph, context):
     """Compute once what the graph computes from parameters alone at every call.
 
@@ -448,13 +461,7 @@ def fold_parameter_expressions(graph, context):
         Empty.
     """
     nodes = graph["nodes"]
-    constant = []
-    for node in nodes:
-        if node["op"] == "null":
-            constant.append(node["name"] in context.param_shapes)
-        else:
-            constant.append(node["op"] in FOLDABLE and bool(node["inputs"]) and num_outputs(
-                node) == 1 and all(constant[e[0]] for e in node["inputs"]))
+    constant = parameter_entries(graph, context.param_shapes)
     readers = consumers(graph)
     heads = {(h[0], h[1]) for h in graph["heads"]}
     replace = {}
