@@ -3,8 +3,9 @@
 Hand-written Gluon layers often compute ``x W (+ b)`` themselves instead of using
 ``nn.Dense``: ``F.dot(x, self.weight)`` over a ``params.get`` weight, a tied language-model
 decoder ``F.dot(h, embedding_weight, transpose_b=True)``, ``np.dot``/``np.matmul`` in
-NumPy mode, then ``F.broadcast_add(..., bias)``. MXNet 1.9.1 has no int8 kernel for
-``dot``, ``_np_dot`` or ``_npi_matmul``, so such layers stayed fp32 whatever their size
+NumPy mode, ``F.linalg.gemm2(x, w, transpose_b=True, alpha=...)``, then
+``F.broadcast_add(..., bias)``. MXNet 1.9.1 has no int8 kernel for ``dot``, ``_np_dot``,
+``_npi_matmul`` or ``_linalg_gemm2``, so such layers stayed fp32 whatever their size
 ("no int8 kernel for dot on onednn").
 
 :func:`products_as_dense` rewrites a product of a tensor of rank >= 2 and a 2-D
@@ -12,7 +13,8 @@ parameter (or an expression over parameters only, such as ``w.T``), the paramete
 right, as ``FullyConnected(flatten=False, no_bias=True)`` over the weight transposed to
 ``(out, in)`` (``transpose_b=True`` products read it as it is). Exact: both contract the
 last axis of ``x`` with the weight's input axis; the transpose is a parameter expression
-that ``fold_parameter_expressions`` computes once. The bias added after such a layer is
+that ``fold_parameter_expressions`` computes once (``gemm2``'s ``alpha`` scales it there
+too). The bias added after such a layer is
 folded into it by :mod:`gluon_quant.graph.affine`, so that it fuses with the activation
 after it as ``nn.Dense`` does. Needs the graph's shapes (``context.infer_shapes``);
 without them nothing is rewritten.
@@ -28,8 +30,9 @@ _log = logging.getLogger(__name__)
 
 #: Products of two tensors that contract the last axis of the first with the first axis of
 #: a 2-D second one (``dot`` with ``transpose_a=False``; NumPy mode's ``dot`` and
-#: ``matmul``; ``tensordot`` with ``axes=1``).
-PRODUCTS = frozenset(("dot", "_np_dot", "_npi_matmul", "_npi_tensordot_int_axes"))
+#: ``matmul``; ``tensordot`` with ``axes=1``; ``linalg.gemm2`` over its default axis).
+PRODUCTS = frozenset(("dot", "_np_dot", "_npi_matmul", "_npi_tensordot_int_axes",
+                      "_linalg_gemm2"))
 
 
 def _transposed_b(node):
@@ -37,7 +40,8 @@ def _transposed_b(node):
     this rewrite runs as a dense layer (a transposed or sparse first operand, other
     tensordot axes)."""
     attrs = node.get("attrs") or {}
-    if node["op"] == "_npi_tensordot_int_axes" and str(attrs.get("axes")) != "1":
+    if node["op"] == "_npi_tensordot_int_axes" and str(attrs.get("axes")) != "1" or \
+            str(attrs.get("axis", "-2")) != "-2":
         return None
     if is_true(attrs.get("transpose_a")) or \
             attrs.get("forward_stype") not in (None, "None", "default"):
@@ -76,6 +80,11 @@ def products_as_dense(graph, context):
                               "attrs": {"axes": "(1, 0)"}, "inputs": [weight]})
                 transposed_weights[key] = [len(nodes) + len(added) - 1, 0, 0]
             weight = list(transposed_weights[key])
+        alpha = (node.get("attrs") or {}).get("alpha")
+        if alpha is not None and float(alpha) != 1.0:     # gemm2: alpha (x . W) = x . (alpha W)
+            added.append({"op": "_mul_scalar", "name": node["name"] + "_dense_alpha",
+                          "attrs": {"scalar": str(alpha)}, "inputs": [weight]})
+            weight = [len(nodes) + len(added) - 1, 0, 0]
         context.rewritten[node["name"]] = (
             "%s (x . W, W a %s parameter) run as a dense layer (FullyConnected)"
             % (node["op"], "x".join(map(str, b_shape))))

@@ -212,3 +212,45 @@ def test_a_product_over_2d_inputs_is_int8_on_cudnn():
     qnet = gq.quantize(net, batches, backend="cudnn", progress=False)
     rows = [r for r in qnet.report() if r.op == "FullyConnected"]
     assert [r.quantized for r in rows] == [True, True], qnet.report()
+
+
+def test_linalg_gemm2_products_with_alpha_are_dense_layers():
+    """``F.linalg.gemm2(x, w, transpose_b=True, alpha=...)``, a linear layer as some users
+    write it, ran fp32 ("no int8 kernel for _linalg_gemm2"): it is a dense layer over
+    ``alpha * w``, exact to float rounding; a gemm2 over another axis is left alone."""
+    class Gemm(nn.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.w = self.params.get("w", shape=(48, 32), init=mx.init.Xavier())
+            self.v = self.params.get("v", shape=(48, 16), init=mx.init.Xavier())
+
+        def hybrid_forward(self, F, x, w, v):  # pylint: disable=arguments-differ
+            h = F.relu(F.linalg.gemm2(x, w, transpose_b=True, alpha=0.5))   # (N, 48)
+            y = F.linalg.gemm2(h, v, alpha=3.0)                              # (N, 16)
+            side = F.linalg.gemm2(F.expand_dims(x, 0), F.expand_dims(x, 0),
+                                  transpose_b=True, axis=-3)
+            return y, side
+
+    net = Gemm()
+    net.initialize()
+    x = mx.nd.array(RS.uniform(-1, 1, (8, 32)).astype("float32"))
+    ref = net(x)
+    graph = json.loads(mx.sym.Group(list(net(mx.sym.var("data")))).tojson())
+    params = {p.name: p.data() for p in net.collect_params().values()}
+    context = PassContext(spec=ONEDNN, param_shapes={k: v.shape for k, v in params.items()},
+                          infer_shapes=lambda g: infer_graph_shapes(g, {"data": (8, 32)}))
+    for rewrite in (products_as_dense, fold_parameter_expressions):
+        assert rewrite(graph, context) == {}
+    for step in context.param_rewrites:
+        step.apply(params)
+    ops = [n["op"] for n in graph["nodes"] if n["op"] != "null"]
+    assert ops.count("FullyConnected") == 2 and ops.count("_linalg_gemm2") == 1, ops
+    rewritten = mx.sym.load_json(json.dumps(graph))
+    arrays = dict(params, data=x)
+    out = rewritten.eval(ctx=mx.cpu(), **{k: arrays[k] for k in rewritten.list_arguments()})
+    for a, b in zip(ref, out):
+        np.testing.assert_allclose(a.asnumpy(), b.asnumpy(), rtol=1e-5, atol=1e-5)
+    qnet = gq.quantize(net, [x], progress=False)
+    dense = [r for r in qnet.report() if r.op == "FullyConnected"]
+    assert len(dense) == 2 and all(r.quantized for r in dense), qnet.report()
+    assert cosine(ref[0].asnumpy(), qnet(x)[0].asnumpy()) > 0.999
