@@ -413,7 +413,12 @@ FOLDABLE = frozenset((
     "_npi_add", "_npi_multiply", "_npi_subtract", "_npi_true_divide", "_npi_sqrt",
     "_npi_add_scalar", "_npi_multiply_scalar", "_npi_subtract_scalar",
     "_npi_true_divide_scalar", "_np_reshape", "_npx_reshape", "sum", "mean", "norm", "max",
-    "min", "abs", "clip", "exp", "log", "sigmoid", "tanh"))
+    "min", "abs", "clip", "exp", "log", "sigmoid", "tanh", "relu", "Activation",
+    "softmax", "log_softmax", "L2Normalization", "_maximum_scalar", "_minimum_scalar",
+    "_np_transpose", "_np_squeeze", "_np_sum", "_npi_mean", "_npi_norm", "_npi_exp",
+    "_npi_log", "_npi_tanh", "_npi_absolute", "_npi_square", "_npi_power_scalar",
+    "_npi_reciprocal", "_npi_negative", "_npi_rtrue_divide_scalar", "_npx_relu",
+    "_npx_sigmoid"))
 #: Where a folded parameter expression may be read: weights and biases of layers whose
 #: speed-up was measured (BERT's interleaved q/k/v projection, Gluon's RNN layers, a
 #: weight-normalized convolution).

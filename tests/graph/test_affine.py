@@ -198,3 +198,49 @@ def test_a_folded_convolution_keeps_its_weight_shape_on_cudnn():
     convs = [r for r in qnet.report() if r.op == "Convolution"]
     assert "input channels 3 is not a multiple of 4" in convs[0].reason
     assert convs[1].quantized, qnet.report()
+
+
+class CosineHead(nn.HybridBlock):
+    """A face-recognition (ArcFace/CosFace) head: ``s * <x/|x|, w/|w|>`` over a
+    ``(classes, units)`` weight normalized in the graph, written with
+    ``L2Normalization`` or, in the second form, ``norm`` and ``relu``-free division."""
+
+    def __init__(self, classes, units, l2norm=True, **kwargs):
+        super().__init__(**kwargs)
+        self.l2norm, self.classes = l2norm, classes
+        with self.name_scope():
+            self.weight = self.params.get("weight", shape=(classes, units),
+                                          init=mx.init.Xavier())
+
+    def hybrid_forward(self, F, x, weight):  # pylint: disable=arguments-differ
+        if self.l2norm:
+            w = F.L2Normalization(weight, mode="instance")
+        else:
+            w = F.broadcast_div(weight, F.sqrt(F.sum(F.square(weight), axis=1,
+                                                     keepdims=True)))
+        x = F.L2Normalization(x, mode="instance")
+        return F.FullyConnected(x, w, no_bias=True, num_hidden=self.classes) * 30.0
+
+
+def test_a_normalized_classifier_weight_is_folded_with_its_scale(tmp_path):
+    """The head's weight ``L2Normalization(w)`` was recomputed at every call in fp32, which
+    also kept the scale after the product fp32 (``_mul_scalar``) and its fp32 parameters
+    in the export: both fold, the weight is packed as int8, the head is one int8 layer."""
+    for l2norm in (True, False):
+        net = nn.HybridSequential()
+        net.add(nn.Conv2D(16, 3, strides=2, use_bias=False), nn.Activation("relu"),
+                nn.Flatten(), nn.Dense(64), CosineHead(200, 64, l2norm=l2norm))
+        net.initialize()
+        batches = [mx.nd.array(RS.uniform(-1, 1, (8, 3, 12, 12)).astype("float32"))
+                   for _ in range(3)]
+        qnet = gq.quantize(net, batches[:2], progress=False)
+        ops = [r.op for r in qnet.report()]
+        assert ops.count("FullyConnected") == 2 and "_mul_scalar" not in ops, qnet.report()
+        assert not any(op in ops for op in ("broadcast_div", "sqrt", "sum")), qnet.report()
+        assert cosine(net(batches[2]).asnumpy(), qnet(batches[2]).asnumpy()) > 0.999
+        paths = qnet.export(str(tmp_path / ("head%d" % l2norm)))
+        packed = json.load(open(paths["meta"]))["packed"]
+        assert [p["shape"] for p in packed if p["weight"].startswith("cosinehead")] == \
+            [[200, 64]], packed
+        back = gq.QuantizedSymbolBlock.imports(str(tmp_path / ("head%d" % l2norm)))
+        assert np.array_equal(back(batches[2]).asnumpy(), qnet(batches[2]).asnumpy())
