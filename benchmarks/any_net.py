@@ -1,4 +1,4 @@
-"""int8 on any net: gluon_quant and MXNet's own flow over twelve families of user-written nets.
+"""int8 on any net: gluon_quant and MXNet's own flow over thirteen families of user-written nets.
 
 One representative net per family, written the way Gluon users write them (the blocks of
 the fuzz test's generator, ``tests/fuzz/blocks.py``), with realistic inputs for its kind
@@ -123,6 +123,19 @@ def frozen_bn_cnn(rows, calib_rows):
     return net, "image", data.image_data(6, rows, 64)
 
 
+def prelu_cnn(rows, calib_rows):
+    """A face-recognition style backbone: Conv2D + BatchNorm + PReLU, per-channel slopes
+    (trained ones differ by channel) in the first blocks, Gluon's one shared slope after."""
+    net = nn.HybridSequential()
+    for channels, stride, shared in ((32, 1, False), (64, 2, False), (64, 1, False),
+                                     (128, 2, True), (128, 1, True)):
+        net.add(nn.Conv2D(channels, 3, strides=stride, padding=1, use_bias=False),
+                nn.BatchNorm(), nn.PReLU() if shared else nn.PReLU(
+                    mx.init.Uniform(0.25), in_channels=channels))
+    net.add(nn.GlobalAvgPool2D(), nn.Dense(10))
+    return net, "image", data.image_data(8, rows, 64)
+
+
 def residual_cnn(rows, calib_rows):
     """A small ResNet whose blocks end in ``F.relu(body(x) + shortcut(x))``."""
     net = nn.HybridSequential()
@@ -214,7 +227,7 @@ def conv3d(rows, calib_rows):
 
 
 FAMILIES = {"text_cnn": text_cnn, "audio_cnn": audio_cnn, "tabular_mlp": tabular_mlp,
-            "manual_mlp": manual_mlp, "frozen_bn_cnn": frozen_bn_cnn,
+            "manual_mlp": manual_mlp, "frozen_bn_cnn": frozen_bn_cnn, "prelu_cnn": prelu_cnn,
             "residual_cnn": residual_cnn, "mobile_se": mobile_se, "unet": unet,
             "lstm": lstm_classifier, "gru": gru_regressor, "attention": attention,
             "conv3d": conv3d}

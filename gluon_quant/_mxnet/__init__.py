@@ -735,3 +735,17 @@ def int8_lstm_runs():
         return first_line(err) + (
             " (oneDNN 2.4.4 int8 LSTM on an AVX512-VNNI CPU; DNNL_MAX_CPU_ISA=AVX512_CORE "
             "works around it at the cost of VNNI for all int8 layers)")
+
+
+def param_reader(net):
+    """``read(name) -> numpy array or None``: the current value of one of ``net``'s
+    parameters by its name (None where it has no value yet, or no such parameter)."""
+    params = dict(net.collect_params().items())
+
+    def read(name):
+        param = params.get(name)
+        if param is None or param._data is None:
+            return None
+        value = param.list_data()[0]
+        return (value.as_nd_ndarray() if hasattr(value, "as_nd_ndarray") else value).asnumpy()
+    return read

@@ -29,6 +29,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
+    :func:`~gluon_quant.graph.prelu.prelu_as_leaky`: a PReLU with one slope runs as
+    ``LeakyReLU(leaky)`` (fused into the convolution, int8), per-channel slopes on one side
+    of 1 as ``max(x, a * x)`` (MXNet's PReLU kernel is 3x slower and fuses with nothing).
     :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it (an MLP
     Dense-BatchNorm-ReLU ran 2.1x slower in int8 than fp32 unfolded, 4.5x faster folded).
     :func:`fold_parameter_expressions`: weights a layer builds from its parameters at
@@ -113,7 +116,7 @@ import enum
 import logging
 import types
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -131,6 +134,7 @@ from .layout import channels_first_convolutions, plain_reshaped_inputs
 from .affine import affine_into_layers
 from .matmul import products_as_dense
 from .normalize import fold_input_normalization
+from .prelu import prelu_as_leaky
 from .pooling import spatial_reductions, tiled_adaptive_pools
 from .reshapes import numpy_reshapes, reshapes_as_flatten
 from .stem import fp32_stem
@@ -204,6 +208,10 @@ class PassContext:
     excluded : frozenset of str
         Traced-graph nodes the user's ``exclude`` names: rewrites that exist only to run a
         node in int8 leave them as they are.
+    param_value : callable, optional
+        ``param_value(name) -> numpy array or None``: a parameter's value when the graph
+        was traced (None where it is not initialized), for rewrites whose exact form
+        depends on it (:mod:`gluon_quant.graph.prelu`).
     """
 
     spec: BackendSpec
@@ -218,6 +226,7 @@ class PassContext:
     rewritten: dict = field(default_factory=dict)
     excluded: frozenset = frozenset()
     fp32_stem: bool = False
+    param_value: Optional[Callable[[str], Any]] = None
 
 
 @dataclass(frozen=True)
@@ -677,6 +686,7 @@ PASSES = (
     GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),
     # Before the activation and fusion guards: they see the convolution it makes.
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
+    GraphPass("prelu_as_leaky", Stage.TRACED, prelu_as_leaky),
     # relu only: oneDNN fuses and runs in int8 no other activation, and Activation(tanh)
     # or (sigmoid) computes 1-ulp different values than tanh/sigmoid in fp32.
     GraphPass("batchnorm_variants", Stage.TRACED, batchnorm_variants),
