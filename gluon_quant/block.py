@@ -393,27 +393,46 @@ class QuantizedHybridBlock(HybridBlock):
                             timing=None if timing is None else layer_timing(self, timing))
 
     # ---------------------------------------------------------------- forward
-    def forward(self, x, *args):  # pylint: disable=arguments-differ
-        flat, np_in = call_inputs((x, *args), self._watch)     # legacy views of mxnet.np
+    def forward(self, *args):  # pylint: disable=arguments-differ
+        if not args:    # not Gluon's bare TypeError: what the network takes
+            raise _no_input(self._model, self._fused, self._calibration, self.ctx)
+        flat, np_in = call_inputs(args, self._watch)     # legacy views of mxnet.np
         try:
             with self._call_lock, _mxnet.legacy_mode():
                 out = self._cached_call(self, flat, super().forward)
         except GluonQuantError:
             raise
         except (_mxnet.MXNetError, ValueError, AssertionError) as err:  # MXNet asserts formats
-            raise run_error(err, [x, *args], self._fused.inputs, self._calibration,
+            raise run_error(err, list(args), self._fused.inputs, self._calibration,
                             self.ctx) from err
         return call_outputs(out, np_in)     # tuples, as fp32 nets return; NumPy if given
 
     def hybrid_forward(self, F, x, *args):  # pylint: disable=arguments-differ
         if self._model is None:
-            raise GraphError("QuantizedHybridBlock is not built yet: call calibrate() and "
-                             "finalize(), or create it with gluon_quant.quantize().")
-        device_type = get_spec(self.backend.value).device_type
-        if F is mx.nd and x.context.device_type != device_type:
-            raise GraphError("backend=%r builds a graph for %s devices; run it on one "
-                             "(ctx=mx.gpu() for 'cudnn'), or quantize with backend='onednn' "
-                             "for CPU." % (self.backend.value, device_type.upper()))
+            raise _not_built()
+        if F is mx.nd:
+            _check_device(self.backend.value, x)
         out = self.int8_block(x, *args)
         flat = list(out) if isinstance(out, (list, tuple)) else [out]
         return _mxnet.regroup(flat, self._fused.out_format)
+
+
+def _not_built():
+    return GraphError("QuantizedHybridBlock is not built yet: call calibrate() and "
+                      "finalize(), or create it with gluon_quant.quantize().")
+
+
+def _no_input(model, fused, calibration, ctx):
+    """The error for a call with no input: what the network takes, or that it is not built."""
+    if model is None:
+        return _not_built()
+    return run_error(ValueError("no input was given"), [], fused.inputs, calibration, ctx)
+
+
+def _check_device(backend, x):
+    """Refuse an input on another kind of device than the backend's graph is built for."""
+    device_type = get_spec(backend).device_type
+    if x.context.device_type != device_type:
+        raise GraphError("backend=%r builds a graph for %s devices; run it on one "
+                         "(ctx=mx.gpu() for 'cudnn'), or quantize with backend='onednn' "
+                         "for CPU." % (backend, device_type.upper()))

@@ -236,15 +236,17 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             state = ""
         return "QuantizedSymbolBlock(%s%s)" % (self._meta.source, state)
 
-    def forward(self, x, *args):  # pylint: disable=arguments-differ
-        flat, np_in = call_inputs((x, *args), self._watch)     # legacy views of mxnet.np
+    def forward(self, *args):  # pylint: disable=arguments-differ
+        if not args:    # not Gluon's bare TypeError: what the network takes
+            raise _run_error(self, ValueError("no input was given"), [])
+        flat, np_in = call_inputs(args, self._watch)     # legacy views of mxnet.np
         try:
             with _mxnet.legacy_mode():
                 out = self._cached_call(self, flat, super().forward)
         except GluonQuantError:
             raise
         except (mx.base.MXNetError, ValueError) as err:
-            raise _run_error(self, err, [x, *args]) from err
+            raise _run_error(self, err, list(args)) from err
         if self._output_nesting is not None:
             # one array comes back bare: a net returning (x, []) must still give a pair
             flat = list(out) if isinstance(out, (list, tuple)) else [out]

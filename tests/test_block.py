@@ -1,5 +1,6 @@
 """QuantizedHybridBlock: stages one by one, exclusion, the report, and the errors."""
 import logging
+import re
 
 import mxnet as mx
 import numpy as np
@@ -590,10 +591,25 @@ def test_not_built_yet(tiny_cnn, tiny_batches):
     qnet = QuantizedHybridBlock(tiny_cnn, progress=False)
     with pytest.raises(gq.GraphError, match="not built"):
         qnet(mx.nd.array(tiny_batches[0]))
+    with pytest.raises(gq.GraphError, match="not built"):
+        qnet()
     with pytest.raises(gq.GraphError, match="not quantized yet"):
         qnet.report()
     with pytest.raises(gq.EmptyCalibrationError, match="calibrate"):
         qnet.finalize()
+
+
+def test_a_call_with_no_input_says_what_the_network_takes(tiny_cnn, tiny_batches, tmp_path):
+    """``qnet()`` raised Gluon's bare ``TypeError`` (forward() missing 'x'); it is an
+    InputMismatchError naming the inputs and their calibrated shapes, loaded or not."""
+    qnet = gq.quantize(tiny_cnn, tiny_batches, progress=False)
+    shape = tuple(np.asarray(tiny_batches[0]).shape)
+    with pytest.raises(gq.InputMismatchError, match=r"no input was given\. Pass 1 mx\.nd\."
+                       r"NDArray input\(s\) \(x\).*%s" % re.escape(str(shape))):
+        qnet()
+    qnet.export(str(tmp_path / "m"))
+    with pytest.raises(gq.InputMismatchError, match="no input was given"):
+        gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))()
 
 
 def test_uninitialized_net_is_refused_without_data():
