@@ -476,10 +476,31 @@ def internal_outputs(graph, entries, inputs, params, ctx):
                          % (missing or wanted)[:3])
     group = mx.sym.Group([internals[position_of[e]] for e in wanted])
     names = list(inputs)
-    block = symbol_block(group, names, params, ctx, dtypes=[inputs[n].dtype for n in names])
-    found.update(zip(wanted, run_block(block, [inputs[n] for n in names],
-                                       "Running the graph to its inner tensors")))
+    _, values = forward_block(group, names, params, ctx, [inputs[n] for n in names],
+                              "Running the graph to its inner tensors")
+    found.update(zip(wanted, values))
     return found
+
+
+def forward_block(sym, names, params, ctx, inputs, what):
+    """An inference block over ``sym`` (inputs ``names``, parameters copied from
+    ``params``) and its outputs on ``inputs``, MXNet errors reported as ``what`` failing.
+
+    MXNet builds the backward graph of every block it runs, and aborts where an output
+    comes from an operator without a gradient (MXNet 1.9.1's int8 ``elemwise_add``, read
+    alone or tapped inside an int8 graph): the outputs then go through ``BlockGrad`` (the
+    identity; it may hand a oneDNN layout back as a plain one, so it is not used
+    otherwise)."""
+    dtypes = [a.dtype for a in inputs]
+    block = symbol_block(sym, names, params, ctx, dtypes=dtypes, trainable=False)
+    try:
+        return block, run_block(block, inputs, what)
+    except ModelExecutionError as err:
+        if "non-differentiable" not in str(err):
+            raise
+    stopped = mx.sym.Group([mx.sym.BlockGrad(out) for out in sym])
+    block = symbol_block(stopped, names, params, ctx, dtypes=dtypes, trainable=False)
+    return block, run_block(block, inputs, what)
 
 
 def infer_graph_dtypes(graph, input_names):

@@ -209,7 +209,7 @@ def _piece_time(piece, params, values, ctx, repeats):
     arrays = [values[feeds[n]] for n in names]
     try:
         symbol = _mxnet.load_graph(sub)
-        block = _mxnet.symbol_block(symbol, names, params, ctx, dtypes=[a.dtype for a in arrays])
+        block, _ = _mxnet.forward_block(symbol, names, params, ctx, arrays, "The piece")
         block.hybridize(**_mxnet.static_flags(symbol))
         return _time_call(lambda: _wait(block(*arrays)), repeats) * 1e3, ""
     except (GluonQuantError, _mxnet.MXNetError, ValueError) as err:

@@ -121,3 +121,29 @@ def test_nodes_whose_names_prefix_each_other_are_timed():
                                          mx.cpu())[(pool, i)].asscalar() for i in (1, 2))
     assert low == 0 and high == pytest.approx(qnet.calibration_table[
         next(k for k in qnet.calibration_table.keys() if "conv" in k)][1], rel=1e-6)
+
+
+def test_an_int8_sum_read_by_fp32_layers_is_timed():
+    """A transformer's residual sum runs as MXNet's int8 ``elemwise_add``, which has no
+    gradient: tapping its output for the pieces made MXNet's backward graph abort
+    ("_contrib_quantized_elemwise_add is non-differentiable"), so ``report(timing=)`` of a
+    ViT failed. Each int8 node is timed, the sum included."""
+    class Residual(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            self.proj = nn.Dense(32, flatten=False)
+            self.norm = nn.LayerNorm()
+            self.mlp = nn.Dense(32, flatten=False)
+            self.out = nn.Dense(8, flatten=False)
+
+        def hybrid_forward(self, F, x):     # pylint: disable=arguments-differ
+            x = x + self.proj(x)
+            return self.out(x + self.mlp(self.norm(x)))
+    net = Residual()
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(2).uniform(-1, 1, (16, 10, 32)).astype("float32"))
+    qnet = gq.quantize(net, [x], progress=False)
+    assert "elemwise_add" in {r.op for r in qnet.report() if r.quantized}, qnet.report()
+    timing = layer_timing(qnet, x, repeats=1)
+    assert {t.node for t in timing} == {r.node for r in qnet.report() if r.quantized}
+    assert all(t.int8_ms and t.int8_ms > 0 for t in timing), timing
