@@ -418,6 +418,7 @@ class QuantizedHybridBlock(HybridBlock):
 
 
 def _not_built():
+    """The error for using a block before calibrate() and finalize() built it."""
     return GraphError("QuantizedHybridBlock is not built yet: call calibrate() and "
                       "finalize(), or create it with gluon_quant.quantize().")
 

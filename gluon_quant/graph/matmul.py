@@ -38,10 +38,10 @@ PRODUCTS = frozenset(("dot", "_np_dot", "_npi_matmul", "_npi_tensordot_int_axes"
 def _transposed_b(node):
     """Whether a product reads its second operand transposed; None where it is not one
     this rewrite runs as a dense layer (a transposed or sparse first operand, other
-    tensordot axes)."""
+    tensordot axes, a ``gemm2`` over other axes)."""
     attrs = node.get("attrs") or {}
-    if node["op"] == "_npi_tensordot_int_axes" and str(attrs.get("axes")) != "1" or \
-            str(attrs.get("axis", "-2")) != "-2":
+    if (node["op"] == "_npi_tensordot_int_axes" and str(attrs.get("axes")) != "1") or \
+            str(attrs.get("axis", "-2")) != "-2":      # gemm2 over other axes
         return None
     if is_true(attrs.get("transpose_a")) or \
             attrs.get("forward_stype") not in (None, "None", "default"):
