@@ -36,7 +36,7 @@ PRELU_OPS = frozenset(("LeakyReLU", "_npx_leaky_relu"))
 
 def _slopes(graph, node, context):
     """The PReLU's slopes as a flat float32 array, or None where they are not known."""
-    if node.get("attrs", {}).get("act_type") != "prelu" or len(node["inputs"]) != 2 or \
+    if (node.get("attrs") or {}).get("act_type") != "prelu" or len(node["inputs"]) != 2 or \
             context.param_value is None:
         return None
     gamma = graph["nodes"][node["inputs"][1][0]]
@@ -57,6 +57,9 @@ def prelu_as_leaky(graph, context):
     dict
         Empty: the rewrite keeps nothing in fp32.
     """
+    if not any(n["op"] in PRELU_OPS and (n.get("attrs") or {}).get("act_type") == "prelu"
+               for n in graph["nodes"]):
+        return {}       # no shape inference for the GELUs and leaky ReLUs of other nets
     candidates, shapes = shaped_nodes(graph, context, PRELU_OPS)
     nodes, added, count = graph["nodes"], [], 0
     for node in candidates:
