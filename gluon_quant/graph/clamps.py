@@ -1,0 +1,110 @@
+"""ReLU and ReLU6 written with ``maximum``/``minimum``, run as the activations oneDNN fuses.
+
+Code ported from NumPy or other frameworks spells its activations with scalar bounds:
+``F.maximum(x, 0)`` for a ReLU, ``F.minimum(F.relu(x), 6)``,
+``F.minimum(F.maximum(x, 0), 6)`` or ``F.relu(F.minimum(x, 6))`` for a ReLU6,
+``F.clip(F.relu(x), 0, 6)``. oneDNN fuses into a convolution or dense layer only
+``Activation(relu)`` and ``clip`` (a bounded ReLU), one of them: each of these spellings
+left an fp32 ``_maximum_scalar``/``_minimum_scalar``/``clip`` after the layer, which ended
+the int8 region there (a dequantize, the fp32 bound, a quantize for the next layer).
+
+:func:`clamps_as_activations` rewrites, in place and under the last node's name:
+
+- ``_maximum_scalar(x, 0)`` -> ``relu(x)``;
+- a ReLU followed by ``_minimum_scalar(., s)`` (``s > 0``), ``_minimum_scalar(x, s)``
+  followed by a ReLU, and a ReLU followed by ``clip(., a, b)`` (``a >= 0``) ->
+  ``clip(x, max(a, 0), b)`` (one node), where the inner node has no other reader.
+
+The values are equal: a -0.0 input may come out as -0.0 instead of 0.0, and a NaN input
+as NaN where oneDNN's ``Activation(relu)`` made it 0 (MXNet's own ``relu``,
+``maximum`` and ``clip`` keep NaN).
+"""
+import logging
+
+from .rewrites import private_attrs, prune
+
+__all__ = ["clamps_as_activations"]
+
+_log = logging.getLogger(__name__)
+
+
+def _scalar(node, op):
+    """The scalar operand of a ``node`` running ``op``, or None."""
+    if node["op"] != op or len(node["inputs"]) != 1:
+        return None
+    try:
+        return float((node.get("attrs") or {}).get("scalar"))
+    except (TypeError, ValueError):
+        return None
+
+
+def _is_relu(node):
+    attrs = node.get("attrs") or {}
+    return len(node["inputs"]) == 1 and (node["op"] in ("relu", "_npx_relu") or (
+        node["op"] == "Activation" and attrs.get("act_type") == "relu"))
+
+
+def _bounds(node):
+    """``(low, high)`` of a node that bounds its input from above (``_minimum_scalar``,
+    ``clip``), or None."""
+    high = _scalar(node, "_minimum_scalar")
+    if high is not None:
+        return float("-inf"), high
+    if node["op"] == "clip" and len(node["inputs"]) == 1:
+        attrs = node.get("attrs") or {}
+        try:
+            return float(attrs.get("a_min")), float(attrs.get("a_max"))
+        except (TypeError, ValueError):
+            return None
+    return None
+
+
+def _clip(node, source, low, high):
+    node.update(op="clip", inputs=[source],
+                attrs=dict(private_attrs(node), a_min=repr(low), a_max=repr(high)))
+
+
+def clamps_as_activations(graph, context):
+    """Rewrite ReLU and ReLU6 spelled with scalar bounds as ``relu`` and ``clip``, in
+    place. Nodes the user's ``exclude`` names are left as they are.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    nodes = graph["nodes"]
+    excluded = context.excluded if context is not None else frozenset()
+    readers = [0] * len(nodes)
+    for node in nodes:
+        for entry in node["inputs"]:
+            readers[entry[0]] += 1
+    for head in graph["heads"]:
+        readers[head[0]] += 1
+    count = 0
+    for node in nodes:      # topological order: an inner node is rewritten before its reader
+        if node["name"] in excluded:
+            continue
+        if _scalar(node, "_maximum_scalar") == 0.0:
+            node.update(op="relu", attrs=private_attrs(node))
+            count += 1
+            continue
+        if not node["inputs"]:
+            continue
+        source = node["inputs"][0]
+        inner = nodes[source[0]]
+        if readers[source[0]] != 1 or inner["name"] in excluded or not inner["inputs"]:
+            continue
+        bounds, below = _bounds(node), _bounds(inner)
+        if bounds is not None and _is_relu(inner) and bounds[1] > max(bounds[0], 0.0):
+            _clip(node, inner["inputs"][0], max(bounds[0], 0.0), bounds[1])    # relu, then
+        elif _is_relu(node) and below is not None and below[0] == float("-inf") \
+                and below[1] > 0:                                               # min, relu
+            _clip(node, inner["inputs"][0], 0.0, below[1])
+        else:
+            continue
+        count += 1
+    if count:
+        prune(graph)
+        _log.debug("Ran %d ReLU/ReLU6 spelled with bounds as relu or clip.", count)
+    return {}
