@@ -21,7 +21,7 @@ as NaN where oneDNN's ``Activation(relu)`` made it 0 (MXNet's own ``relu``,
 """
 import logging
 
-from .rewrites import private_attrs, prune
+from .rewrites import consumers, private_attrs, prune
 
 __all__ = ["clamps_as_activations"]
 
@@ -75,12 +75,7 @@ def clamps_as_activations(graph, context):
     """
     nodes = graph["nodes"]
     excluded = context.excluded if context is not None else frozenset()
-    readers = [0] * len(nodes)
-    for node in nodes:
-        for entry in node["inputs"]:
-            readers[entry[0]] += 1
-    for head in graph["heads"]:
-        readers[head[0]] += 1
+    readers, heads = consumers(graph), {(h[0], h[1]) for h in graph["heads"]}
     count = 0
     for node in nodes:      # topological order: an inner node is rewritten before its reader
         if node["name"] in excluded:
@@ -93,7 +88,9 @@ def clamps_as_activations(graph, context):
             continue
         source = node["inputs"][0]
         inner = nodes[source[0]]
-        if readers[source[0]] != 1 or inner["name"] in excluded or not inner["inputs"]:
+        entry = (source[0], source[1])
+        if len(readers[entry]) != 1 or entry in heads or inner["name"] in excluded or \
+                not inner["inputs"]:
             continue
         bounds, below = _bounds(node), _bounds(inner)
         if bounds is not None and _is_relu(inner) and bounds[1] > max(bounds[0], 0.0):
