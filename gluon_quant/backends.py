@@ -17,7 +17,7 @@ This module imports nothing else from the package but :mod:`gluon_quant.errors`,
 import ast
 import types
 from dataclasses import dataclass, field
-from typing import Mapping, Optional, Tuple
+from typing import FrozenSet, Mapping, Optional, Tuple
 
 from .errors import UnknownNameError
 
@@ -157,6 +157,9 @@ class BackendSpec:
         Operators (by the report's description, ``'Activation(tanh)'``, or by type,
         ``'LayerNorm'``) that have no int8 kernel here -> what runs instead, the reason
         ``report()`` gives for them.
+    pass_quantizes : frozenset of str
+        With a ``fusion_pass``: the operators MXNet's quantization pass replaces by int8
+        ones (every other operator runs in fp32 on dequantized inputs); empty: ``ops``.
     """
 
     name: str
@@ -171,6 +174,11 @@ class BackendSpec:
     refusals: Mapping[str, str]
     fused_ops: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     fp32_ops: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
+    pass_quantizes: FrozenSet[str] = frozenset()
+
+    def has_int8_kernel(self, op):
+        """Whether an operator (by type) can run in int8 here at all."""
+        return op in (self.pass_quantizes or self.ops)
 
     def fp32_reason(self, op, description=None):
         """What runs instead of an operator without an int8 kernel here, or None."""
@@ -283,7 +291,14 @@ ONEDNN = BackendSpec(
                "inside its subgraph, which runs in fp32; layers before and after it can be "
                "int8" % name for op, name in (("_foreach", "foreach"),
                                              ("_while_loop", "while_loop"), ("_cond", "cond"))},
-    }))
+    }),
+    # MXNet 1.9.1's _contrib_quantized_* operators (no transpose, reshape, slice...) and
+    # the fused operators its MKLDNN_QUANTIZE property quantizes.
+    pass_quantizes=frozenset((
+        "Convolution", "FullyConnected", "Embedding", "Pooling", "Flatten", "Concat",
+        "elemwise_add", "elemwise_mul", "BatchNorm", "Activation", "RNN",
+        "_sg_mkldnn_conv", "_sg_mkldnn_fully_connected", "_sg_mkldnn_selfatt_qk",
+        "_sg_mkldnn_selfatt_valatt")))
 
 #: cuDNN (MXNet's GPU builds): the graph a GPU build's pass produces, built in Python.
 #: cuDNN's int8 convolution takes int8 NCHW data, 2-D kernels, one group, no dilation

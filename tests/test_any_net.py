@@ -1077,13 +1077,13 @@ def test_a_reshape_that_flattens_runs_as_an_int8_flatten(target, disable_pass):
 
 
 class _UnrolledCell(nn.HybridBlock):
-    """An LSTMCell unrolled from its begin_state (F.zeros(shape=(0, hidden)))."""
+    """A cell unrolled from its begin_state (F.zeros(shape=(0, hidden)))."""
 
-    def __init__(self):
+    def __init__(self, cell):
         super().__init__()
         with self.name_scope():
             self.inp = nn.Dense(32, flatten=False)
-            self.cell = rnn.LSTMCell(64, input_size=32)
+            self.cell = cell
             self.out = nn.Dense(10)
 
     def hybrid_forward(self, F, x):
@@ -1091,19 +1091,35 @@ class _UnrolledCell(nn.HybridBlock):
         return self.out(outs[-1])
 
 
-def test_an_unrolled_cell_builds_without_a_first_run_fallback(caplog):
-    net = _UnrolledCell()
+def _unrolled(cell, caplog):
+    net = _UnrolledCell(cell)
     net.initialize(mx.init.Xavier())
     rs = np.random.RandomState(7)
     batches = [mx.nd.array(rs.randn(8, 4, 16).astype("float32")) for _ in range(3)]
     with caplog.at_level(logging.WARNING, logger="gluon_quant"):
         qnet = gq.quantize(net, batches, progress=False)
     assert "failed at the first run" not in caplog.text
-    sums = [row for row in qnet.report() if row.op == "elemwise_add"]
+    assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999
+    return [row for row in qnet.report() if row.op == "elemwise_add"]
+
+
+def test_an_unrolled_cell_builds_without_a_first_run_fallback(caplog):
+    """A ReLU RNN cell: its sums are read by an int8 ReLU, the first step's reads the
+    zero-batch begin_state and stays fp32."""
+    sums = _unrolled(rnn.RNNCell(64, activation="relu", input_size=32), caplog)
     first = [row for row in sums if "known only at run time" in row.reason]
     assert len(first) == 1 and not first[0].quantized and "_t0_" in first[0].node
-    assert any(row.quantized for row in sums)       # the later steps' sums stay int8
-    assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999
+    assert [row.quantized for row in sums].count(True) == 3     # the later steps' sums
+
+
+def test_lstm_cell_sums_read_by_the_gate_split_stay_fp32(caplog):
+    """An LSTM cell's i2h + h2h is read by the SliceChannel that splits the gates (no int8
+    kernel): an int8 sum there quantized both inputs and was dequantized at once."""
+    sums = _unrolled(rnn.LSTMCell(64, input_size=32), caplog)
+    gates = [row for row in sums if row.node.endswith("plus0")]
+    assert len(gates) == 4
+    assert all(not row.quantized and "read by fp32 operators only" in row.reason
+               for row in gates), [(row.node, row.reason) for row in gates]
 
 
 class _TwoStreams(nn.HybridBlock):

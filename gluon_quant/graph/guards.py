@@ -22,6 +22,7 @@ import collections
 import json
 import logging
 
+from ..backends import ONEDNN
 from .rewrites import append_nodes as _append_nodes
 from .rewrites import reachable as _reachable
 from .rewrites import private_attrs
@@ -189,9 +190,7 @@ def flatten_fc_inputs(graph, only_with_squeeze=False):
 # ------------------------------------------------------------------------------ RNN
 
 #: Operators MXNet 1.9.1's quantization pass replaces by an int8 one (CPU).
-_QUANTIZABLE_OPS = ("Convolution", "FullyConnected", "Embedding", "Pooling", "Flatten",
-                    "Concat", "elemwise_add", "elemwise_mul", "BatchNorm", "Activation",
-                    "_sg_mkldnn_conv", "_sg_mkldnn_fully_connected", "RNN")
+_QUANTIZABLE_OPS = ONEDNN.pass_quantizes
 
 RNN_MODE_REASON = ("MXNet 1.9.1 has an int8 RNN for mode='lstm' only (this is %r); "
                    "_contrib_quantized_rnn aborts on any other mode")

@@ -317,7 +317,8 @@ def fp32_read_results(graph, context):
     An int8 node between fp32 ones only adds work: its fp32 inputs are quantized and its
     result dequantized at once (:attr:`~gluon_quant.backends.OpSupport.int8_readers_only`
     says what that cost measured). A reader counts as fp32 when the backend has no int8
-    kernel for it (its ``fp32_ops``) or :func:`backend_eligibility` keeps it fp32.
+    kernel for it (its ``fp32_ops``, or an operator MXNet's pass does not quantize: a
+    ``transpose``) or :func:`backend_eligibility` keeps it fp32.
 
     Returns
     -------
@@ -343,8 +344,8 @@ def fp32_read_results(graph, context):
         reason = marked.get(node["op"])
         if not reason or node["name"] in ineligible:
             continue
-        if all(r["name"] in ineligible or r["name"] in found for r in readers[index]) or (
-                index in heads and not readers[index]):
+        if all(r["name"] in ineligible or r["name"] in found or not spec.has_int8_kernel(
+                r["op"]) for r in readers[index]) or (index in heads and not readers[index]):
             found[node["name"]] = reason
     return found
 
