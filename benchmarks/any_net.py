@@ -1,4 +1,4 @@
-"""int8 on any net: gluon_quant and MXNet's own flow over thirteen families of user-written nets.
+"""int8 on any net: gluon_quant and MXNet's own flow over fourteen families of user-written nets.
 
 One representative net per family, written the way Gluon users write them (the blocks of
 the fuzz test's generator, ``tests/fuzz/blocks.py``), with realistic inputs for its kind
@@ -136,6 +136,22 @@ def prelu_cnn(rows, calib_rows):
     return net, "image", data.image_data(8, rows, 64)
 
 
+def norm_cnn(rows, calib_rows):
+    """Convolutions normalized without BatchNorm, as style-transfer, GAN and ConvNeXt-style
+    nets write them: InstanceNorm, GroupNorm and a channels-first LayerNorm after them."""
+    net = nn.HybridSequential()
+    for channels, stride, norm in (
+            (32, 1, lambda c: nn.InstanceNorm(in_channels=c)),
+            (64, 2, lambda c: nn.GroupNorm(num_groups=8)),
+            (64, 1, lambda c: nn.LayerNorm(axis=1, in_channels=c)),
+            (128, 2, lambda c: nn.InstanceNorm(in_channels=c)),
+            (128, 1, lambda c: nn.GroupNorm(num_groups=16))):
+        net.add(nn.Conv2D(channels, 3, strides=stride, padding=1), norm(channels),
+                nn.Activation("relu"))
+    net.add(nn.GlobalAvgPool2D(), nn.Dense(10))
+    return net, "image", data.image_data(9, rows, 64)
+
+
 def residual_cnn(rows, calib_rows):
     """A small ResNet whose blocks end in ``F.relu(body(x) + shortcut(x))``."""
     net = nn.HybridSequential()
@@ -228,9 +244,9 @@ def conv3d(rows, calib_rows):
 
 FAMILIES = {"text_cnn": text_cnn, "audio_cnn": audio_cnn, "tabular_mlp": tabular_mlp,
             "manual_mlp": manual_mlp, "frozen_bn_cnn": frozen_bn_cnn, "prelu_cnn": prelu_cnn,
-            "residual_cnn": residual_cnn, "mobile_se": mobile_se, "unet": unet,
-            "lstm": lstm_classifier, "gru": gru_regressor, "attention": attention,
-            "conv3d": conv3d}
+            "norm_cnn": norm_cnn, "residual_cnn": residual_cnn, "mobile_se": mobile_se,
+            "unet": unet, "lstm": lstm_classifier, "gru": gru_regressor,
+            "attention": attention, "conv3d": conv3d}
 
 
 def build(family, batch):
