@@ -53,7 +53,8 @@ def _consumers(graph):
 #: Standalone operators with an exact ``Activation(act_type=...)`` equivalent.
 FUSABLE_ACTIVATIONS = {"relu": "relu", "sigmoid": "sigmoid", "tanh": "tanh",
                        "softsign": "softsign",
-                       "_npx_relu": "relu"}     # what npx.relu traces to (NumPy-mode nets)
+                       # what npx.relu, npx.sigmoid and np.tanh trace to (NumPy mode)
+                       "_npx_relu": "relu", "_npx_sigmoid": "sigmoid", "_npi_tanh": "tanh"}
 
 
 def canonical_activations(graph, ops=tuple(FUSABLE_ACTIVATIONS)):
@@ -69,8 +70,11 @@ def canonical_activations(graph, ops=tuple(FUSABLE_ACTIVATIONS)):
     ``F.relu`` after a conv costs a dequantize/fp32 relu/quantize round trip, and after a
     residual sum it leaves the fused sum with an int8 output fed by a uint8 operand (the
     case :func:`gluon_quant.graph.passes.fused_sum_dtypes` has to re-quantize).
-    ``sigmoid``/``tanh``/``softsign`` are rewritten too (exact; the fp32 ``MKLDNN`` pass
-    fuses them), but in 1.9.1 they stay fp32 in int8 graphs either way.
+    ``sigmoid``/``tanh``/``softsign`` are rewritten too: they stay fp32 in int8 graphs
+    either way, but ``Activation`` runs oneDNN's eltwise kernel, where MXNet's own
+    ``sigmoid`` and ``tanh`` operators are 9x and 30x slower (6.9 and 27 ms against 0.75
+    and 0.9 ms on a 8x64x56x56 tensor, 2 threads): 37 of a 6-layer Swish CNN's 82 ms in
+    int8.
 
     Outputs are the same in fp32: relu is bit-identical; sigmoid/tanh may differ in the
     last bit (oneDNN's eltwise kernel instead of mshadow's).

@@ -976,7 +976,8 @@ def test_net_without_conv_or_dense_runs_in_fp32_and_warns(caplog):
     qnet = gq.quantize(net, [x], progress=False)
     assert "No layer of NoLayers runs in int8" in caplog.text
     xs = mx.nd.array(x)
-    assert np.array_equal(qnet(xs).asnumpy(), net(xs).asnumpy())
+    # the fp32 graph, its tanh on oneDNN's kernel (within an ulp of MXNet's operator)
+    np.testing.assert_allclose(qnet(xs).asnumpy(), net(xs).asnumpy(), rtol=2e-7, atol=0)
     assert qnet.report().coverage() == (0, 0)
 
 
