@@ -18,12 +18,19 @@ the int8 region there (a dequantize, the fp32 bound, a quantize for the next lay
 The values are equal: a -0.0 input may come out as -0.0 instead of 0.0, and a NaN input
 as NaN where oneDNN's ``Activation(relu)`` made it 0 (MXNet's own ``relu``,
 ``maximum`` and ``clip`` keep NaN).
+
+MobileNetV3's hard sigmoid, as GluonCV and ported code write it, ``clip(x + 3, 0, 6) / 6``
+(or ``* (1/6)``), runs three element-wise passes over the activation, the ``clip`` alone
+8.8 ms on a 8x64x56x56 tensor (a ReLU: 1.0 ms). :func:`hard_sigmoids` rewrites
+``clip(x + b, 0, c) / c`` as MXNet's one-pass ``hard_sigmoid(x, alpha=1/c, beta=b/c)``
+(1.35 ms): the same function, rounded once instead of three times (values within 1e-7
+of each other on [0, 1]). Inner nodes read by anything else are left as they are.
 """
 import logging
 
 from .rewrites import consumers, private_attrs, prune
 
-__all__ = ["clamps_as_activations"]
+__all__ = ["clamps_as_activations", "hard_sigmoids"]
 
 _log = logging.getLogger(__name__)
 
@@ -104,4 +111,53 @@ def clamps_as_activations(graph, context):
     if count:
         prune(graph)
         _log.debug("Ran %d ReLU/ReLU6 spelled with bounds as relu or clip.", count)
+    return {}
+
+
+def _single_source(node, nodes, readers, heads, excluded):
+    """The node a ``node`` reads, where ``node`` is its only reader; else None."""
+    if len(node["inputs"]) != 1:
+        return None
+    entry = (node["inputs"][0][0], node["inputs"][0][1])
+    inner = nodes[entry[0]]
+    if entry[1] != 0 or len(readers[entry]) != 1 or entry in heads or \
+            inner["name"] in excluded:
+        return None
+    return inner
+
+
+def hard_sigmoids(graph, context):
+    """Rewrite ``clip(x + b, 0, c) / c`` (or ``* (1/c)``) as ``hard_sigmoid(x, 1/c, b/c)``,
+    in place, under the division's name. Nodes the user's ``exclude`` names are left.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    nodes = graph["nodes"]
+    excluded = context.excluded if context is not None else frozenset()
+    readers, heads = consumers(graph), {(h[0], h[1]) for h in graph["heads"]}
+    count = 0
+    for node in nodes:
+        divisor = _scalar(node, "_div_scalar")
+        factor = _scalar(node, "_mul_scalar")
+        scale = 1.0 / divisor if divisor else factor
+        if not scale or scale <= 0 or node["name"] in excluded:
+            continue
+        clip = _single_source(node, nodes, readers, heads, excluded)
+        bounds = _bounds(clip) if clip is not None and clip["op"] == "clip" else None
+        if bounds is None or bounds[0] != 0.0 or abs(bounds[1] * scale - 1.0) > 1e-6:
+            continue
+        shift = _single_source(clip, nodes, readers, heads, excluded)
+        offset = _scalar(shift, "_plus_scalar") if shift is not None else None
+        if offset is None:
+            continue
+        node.update(op="hard_sigmoid", inputs=[list(shift["inputs"][0])],
+                    attrs=dict(private_attrs(node), alpha=repr(scale),
+                               beta=repr(offset * scale)))
+        count += 1
+    if count:
+        prune(graph)
+        _log.debug("Ran %d clip(x + b, 0, c) / c as hard_sigmoid.", count)
     return {}

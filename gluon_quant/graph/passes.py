@@ -37,7 +37,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     of 1 as ``max(x, a * x)`` (MXNet's PReLU kernel is 3x slower and fuses with nothing).
     :func:`~gluon_quant.graph.clamps.clamps_as_activations`: ReLU and ReLU6 spelled with
     scalar bounds (``F.maximum(x, 0)``, ``F.minimum(F.relu(x), 6)``) run as ``relu`` and
-    ``clip``, which oneDNN fuses into the layer before them.
+    ``clip``, which oneDNN fuses into the layer before them;
+    :func:`~gluon_quant.graph.clamps.hard_sigmoids`: MobileNetV3's ``clip(x + 3, 0, 6) /
+    6`` runs as one ``hard_sigmoid`` (three fp32 passes before).
     :func:`~gluon_quant.graph.norms.norms_as_last_axis_layernorm`: a channels-first
     ``LayerNorm`` (ConvNeXt), ``InstanceNorm`` and ``GroupNorm`` run as MXNet's last-axis
     ``LayerNorm`` of transposed or reshaped data (5-10x faster; none has an int8 kernel).
@@ -150,7 +152,7 @@ from .affine import affine_into_layers
 from .matmul import products_as_dense
 from .normalize import fold_input_normalization
 from .prelu import prelu_as_leaky
-from .clamps import clamps_as_activations
+from .clamps import clamps_as_activations, hard_sigmoids
 from .norms import norms_as_last_axis_layernorm
 from .scalars import unit_scalars
 from .pooling import axis_reductions, spatial_reductions, tiled_adaptive_pools
@@ -713,6 +715,7 @@ PASSES = (
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
     GraphPass("prelu_as_leaky", Stage.TRACED, prelu_as_leaky),
     GraphPass("clamps_as_activations", Stage.TRACED, clamps_as_activations),
+    GraphPass("hard_sigmoids", Stage.TRACED, hard_sigmoids),
     GraphPass("norms_as_last_axis_layernorm", Stage.TRACED, norms_as_last_axis_layernorm),
     GraphPass("batchnorm_variants", Stage.TRACED, batchnorm_variants),
     GraphPass("same_shape_adds", Stage.TRACED, same_shape_adds),

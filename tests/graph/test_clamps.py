@@ -9,8 +9,9 @@ from mxnet.gluon import nn
 import gluon_quant as gq
 from gluon_quant.backends import ONEDNN
 from gluon_quant.debug.metrics import cosine
-from gluon_quant.graph.clamps import clamps_as_activations
+from gluon_quant.graph.clamps import clamps_as_activations, hard_sigmoids
 from gluon_quant.graph.passes import PassContext
+from gluon_quant.zoo.batchnorm import set_batchnorm_statistics
 
 RS = np.random.RandomState(0)
 
@@ -64,3 +65,54 @@ def test_relu6_spelled_with_bounds_fuses_into_the_convolution():
     assert cosine(net(batches[2]).asnumpy(), qnet(batches[2]).asnumpy()) > 0.999
     kept = gq.quantize(net, batches[:2], exclude=["_minimum_scalar"], progress=False)
     assert "_minimum_scalar" in [r.op for r in kept.report()], kept.report()
+
+
+HARD_SIGMOIDS = {
+    "clip(x + 3, 0, 6) / 6 (GluonCV)": (lambda F, x: F.clip(x + 3, 0, 6) / 6, True),
+    "clip(x + 3, 0, 6) * (1/6)": (lambda F, x: F.clip(x + 3, 0, 6) * (1 / 6.0), True),
+    "hard swish": (lambda F, x: x * (F.clip(x + 3, 0, 6) / 6), True),
+    # left alone: a bound that is not the divisor, a clip read twice
+    "clip(x + 3, 0, 6) / 3": (lambda F, x: F.clip(x + 3, 0, 6) / 3, False),
+    "clip read twice": (lambda F, x: (lambda c: c / 6 + c)(F.clip(x + 3, 0, 6)), False),
+}
+
+
+@pytest.mark.parametrize("form", sorted(HARD_SIGMOIDS))
+def test_hard_sigmoid_spellings_run_as_one_hard_sigmoid(form):
+    """``clip(x + b, 0, c) / c`` is ``hard_sigmoid(x, 1/c, b/c)``, rounded once."""
+    function, rewritten = HARD_SIGMOIDS[form]
+    graph = json.loads(function(mx.sym, mx.sym.var("data")).tojson())
+    before = json.loads(json.dumps(graph))
+    data = mx.nd.array(RS.uniform(-9, 9, (4, 3, 5, 5)).astype("float32"))
+    assert hard_sigmoids(graph, PassContext(spec=ONEDNN)) == {}
+    ops = [n["op"] for n in graph["nodes"] if n["op"] != "null"]
+    assert ("hard_sigmoid" in ops) == rewritten and ("clip" in ops) != rewritten, ops
+    assert rewritten or graph == before
+    ref = mx.sym.load_json(json.dumps(before)).eval(data=data)[0].asnumpy()
+    out = mx.sym.load_json(json.dumps(graph)).eval(data=data)[0].asnumpy()
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_mobilenetv3_hard_swish_is_one_pass():
+    """GluonCV's MobileNetV3 hard sigmoid/swish ran ``+ 3``, ``clip``, ``/ 6`` in fp32
+    between int8 convolutions (random-weight mobilenetv3_small, batch 16 at 224 px: 1.52x
+    fp32 in int8; 2.19x as ``hard_sigmoid``; large: 1.88x -> 2.37x)."""
+    net = nn.HybridSequential()
+    for channels in (8, 16):
+        net.add(nn.Conv2D(channels, 3, padding=1, use_bias=False), nn.BatchNorm(),
+                nn.HybridLambda(lambda F, x: x * (F.clip(x + 3, 0, 6) / 6)))
+    net.add(nn.GlobalAvgPool2D(), nn.Dense(4))
+    mx.random.seed(0)
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    batches = [mx.nd.array(rs.uniform(-1, 1, (4, 3, 10, 10)).astype("float32"))
+               for _ in range(3)]
+    set_batchnorm_statistics(net, batches[0])
+    qnet = gq.quantize(net, batches[:2], progress=False)
+    ops = [r.op for r in qnet.report()]
+    assert ops.count("hard_sigmoid") == 2 and not {"clip", "_plus_scalar",
+                                                    "_div_scalar"} & set(ops), ops
+    assert all(r.quantized for r in qnet.report() if r.op == "Convolution")
+    assert cosine(net(batches[2]).asnumpy(), qnet(batches[2]).asnumpy()) > 0.999
+    kept = gq.quantize(net, batches[:2], exclude=["_div_scalar"], progress=False)
+    assert [r.op for r in kept.report()].count("clip") == 2
