@@ -1,4 +1,4 @@
-"""Normalizations MXNet runs slowly, run as its fast last-axis LayerNorm.
+"""Normalizations MXNet runs slowly, run as its fast last-axis kernels.
 
 MXNet 1.9.1 runs ``LayerNorm`` over the last axis with a fast kernel, and over any other
 axis, ``InstanceNorm`` and ``GroupNorm`` with slow generic ones. On a 8x48x28x28 tensor
@@ -13,7 +13,9 @@ time.
 name:
 
 - ``LayerNorm(x, axis=a)``, ``a`` not the last axis: ``transpose`` the axis last,
-  ``LayerNorm(axis=-1)``, ``transpose`` back;
+  ``LayerNorm(axis=-1)``, ``transpose`` back; the same for ``softmax`` and
+  ``log_softmax`` (a segmenter's class probabilities over axis 1: 38 ms for 8x21x128x128,
+  9.4 ms transposed);
 - ``InstanceNorm(x, gamma, beta)``: ``LayerNorm`` of ``x`` reshaped to ``(N, C, -1)``
   with unit scale, times ``gamma`` and plus ``beta`` per channel, reshaped back;
 - ``GroupNorm(x, gamma, beta, num_groups=G)``: the same over ``(N, G, -1)``, ``gamma`` and
@@ -34,8 +36,11 @@ __all__ = ["norms_as_last_axis_layernorm", "SLOW_NORMS"]
 
 _log = logging.getLogger(__name__)
 
-#: The normalizations the pass rewrites (the same operators in NumPy mode's graphs).
-SLOW_NORMS = frozenset(("LayerNorm", "InstanceNorm", "GroupNorm"))
+#: Normalizations over one axis, fast over the last one only (the same operators in
+#: NumPy mode's graphs).
+OVER_AXIS = frozenset(("LayerNorm", "softmax", "log_softmax"))
+#: The normalizations the pass rewrites.
+SLOW_NORMS = OVER_AXIS | {"InstanceNorm", "GroupNorm"}
 
 
 class _Builder:
@@ -51,11 +56,13 @@ class _Builder:
         return [self.first + len(self.nodes) - 1, 0, 0]
 
 
-def _rewrite_layernorm(node, index, data, shape, build):
+def _rewrite_over_axis(node, index, data, shape, build):
     """Transpose the normalized axis last; return the entry readers now read, or None."""
     attrs, rank = node.get("attrs") or {}, len(shape)
     axis = int(attrs.get("axis", -1))
-    if not -rank <= axis < rank or axis % rank == rank - 1:
+    if not -rank <= axis < rank or axis % rank == rank - 1 or \
+            (node["op"] != "LayerNorm" and (len(node["inputs"]) != 1 or
+                                            is_true(attrs.get("use_length", False)))):
         return None
     axis %= rank
     order = tuple(a for a in range(rank) if a != axis) + (axis,)
@@ -94,7 +101,8 @@ def _rewrite_grouped(node, index, data, shape, build):
 
 
 def norms_as_last_axis_layernorm(graph, context):
-    """Rewrite ``LayerNorm`` over an axis that is not the last, ``InstanceNorm`` and
+    """Rewrite ``LayerNorm``, ``softmax`` and ``log_softmax`` over an axis that is not
+    the last as the same over the last axis of transposed data, ``InstanceNorm`` and
     ``GroupNorm`` as a last-axis ``LayerNorm``, in place. Nodes the user's ``exclude``
     names are left as they are.
 
@@ -116,13 +124,13 @@ def norms_as_last_axis_layernorm(graph, context):
             continue
         if data[0] in moved and data[1] == 0:        # a normalization rewritten before it
             data = moved[data[0]]
-        rewrite = _rewrite_layernorm if node["op"] == "LayerNorm" else _rewrite_grouped
+        rewrite = _rewrite_over_axis if node["op"] in OVER_AXIS else _rewrite_grouped
         out = rewrite(node, index, data, shape, build)
         if out is not None:
             moved[index] = out
             context.rewritten[node["name"]] = (
-                "run as a LayerNorm over the last axis of transposed or reshaped data "
-                "(MXNet's kernel for that axis is 5-10x faster)")
+                "run over the last axis of transposed or reshaped data (MXNet's kernel "
+                "for that axis is 4-10x faster)")
     if not moved:
         return {}
     for reader in nodes:

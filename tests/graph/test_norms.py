@@ -23,14 +23,20 @@ NORMS = {
     "InstanceNorm": (lambda: nn.InstanceNorm(in_channels=6), (3, 6, 5, 7), 1),
     "InstanceNorm, 3-D": (lambda: nn.InstanceNorm(in_channels=6, epsilon=0.1), (3, 6, 9), 1),
     "GroupNorm": (lambda: nn.GroupNorm(num_groups=3), (3, 6, 5, 7), 1),
+    "softmax(axis=1), 4-D": (
+        lambda: nn.HybridLambda(lambda F, x: F.softmax(x, axis=1)), (3, 6, 5, 7), 1),
+    "log_softmax(axis=1), 3-D": (
+        lambda: nn.HybridLambda(lambda F, x: F.log_softmax(x, axis=1)), (3, 6, 9), 1),
     # left alone: already over the last axis
     "LayerNorm()": (lambda: nn.LayerNorm(in_channels=7), (3, 6, 5, 7), 0),
+    "softmax()": (lambda: nn.HybridLambda(lambda F, x: F.softmax(x)), (3, 6, 5, 7), 0),
 }
 
 
 def _slow(graph):
     return [n for n in graph["nodes"] if n["op"] in ("InstanceNorm", "GroupNorm") or (
-        n["op"] == "LayerNorm" and (n.get("attrs") or {}).get("axis", "-1") != "-1")]
+        n["op"] in ("LayerNorm", "softmax", "log_softmax") and
+        (n.get("attrs") or {}).get("axis", "-1") != "-1")]
 
 
 def _run(graph, arrays):
