@@ -32,17 +32,17 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
+    ``upsampling.nearest_upsampling_as_deconv``: nearest upsampling as a depthwise
+    ``Deconvolution`` of ones (oneDNN's, 3x faster than ``UpSampling``).
     :func:`~gluon_quant.graph.prelu.prelu_as_leaky`: a PReLU with one slope runs as
     ``LeakyReLU(leaky)`` (fused into the convolution, int8), per-channel slopes on one side
     of 1 as ``max(x, a * x)`` (MXNet's PReLU kernel is 3x slower and fuses with nothing).
     :func:`~gluon_quant.graph.clamps.clamps_as_activations`: ReLU and ReLU6 spelled with
     scalar bounds (``F.maximum(x, 0)``, ``F.minimum(F.relu(x), 6)``) run as ``relu`` and
-    ``clip``, which oneDNN fuses into the layer before them;
-    :func:`~gluon_quant.graph.clamps.hard_sigmoids`: MobileNetV3's ``clip(x + 3, 0, 6) /
-    6`` runs as one ``hard_sigmoid`` (three fp32 passes before).
-    :func:`~gluon_quant.graph.norms.norms_as_last_axis_layernorm`: a channels-first
-    ``LayerNorm`` (ConvNeXt), ``InstanceNorm`` and ``GroupNorm`` run as MXNet's last-axis
-    ``LayerNorm`` of transposed or reshaped data (5-10x faster; none has an int8 kernel).
+    ``clip``, which oneDNN fuses into the layer before them; ``clamps.hard_sigmoids``:
+    MobileNetV3's ``clip(x + 3, 0, 6) / 6`` as one ``hard_sigmoid``.
+    ``norms.norms_as_last_axis_layernorm``: channels-first ``LayerNorm``/``softmax``,
+    ``InstanceNorm``, ``GroupNorm`` over the last axis of transposed or reshaped data.
     :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it (an MLP
     Dense-BatchNorm-ReLU ran 2.1x slower in int8 than fp32 unfolded, 4.5x faster folded).
     :func:`fold_parameter_expressions`: weights a layer builds from its parameters at
@@ -155,6 +155,7 @@ from .prelu import prelu_as_leaky
 from .clamps import clamps_as_activations, hard_sigmoids
 from .norms import norms_as_last_axis_layernorm
 from .scalars import unit_scalars
+from .upsampling import nearest_upsampling_as_deconv
 from .pooling import axis_reductions, spatial_reductions, tiled_adaptive_pools
 from .reshapes import numpy_reshapes, reshapes_as_flatten
 from .stem import fp32_stem
@@ -713,6 +714,8 @@ PASSES = (
     GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),
     # Before the activation and fusion guards: they see the convolution it makes.
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
+    # After it: the depthwise deconvolution it makes stays one (oneDNN's fp32 kernel).
+    GraphPass("nearest_upsampling_as_deconv", Stage.TRACED, nearest_upsampling_as_deconv),
     GraphPass("prelu_as_leaky", Stage.TRACED, prelu_as_leaky),
     GraphPass("clamps_as_activations", Stage.TRACED, clamps_as_activations),
     GraphPass("hard_sigmoids", Stage.TRACED, hard_sigmoids),
