@@ -66,6 +66,12 @@ def _bounds(node):
     return None
 
 
+def _view(graph, context):
+    """``(nodes, excluded names, readers of each entry, head entries)`` of ``graph``."""
+    excluded = context.excluded if context is not None else frozenset()
+    return graph["nodes"], excluded, consumers(graph), {(h[0], h[1]) for h in graph["heads"]}
+
+
 def _clip(node, source, low, high):
     node.update(op="clip", inputs=[source],
                 attrs=dict(private_attrs(node), a_min=repr(low), a_max=repr(high)))
@@ -80,9 +86,7 @@ def clamps_as_activations(graph, context):
     dict
         Empty: the rewrite keeps nothing in fp32.
     """
-    nodes = graph["nodes"]
-    excluded = context.excluded if context is not None else frozenset()
-    readers, heads = consumers(graph), {(h[0], h[1]) for h in graph["heads"]}
+    nodes, excluded, readers, heads = _view(graph, context)
     count = 0
     for node in nodes:      # topological order: an inner node is rewritten before its reader
         if node["name"] in excluded:
@@ -135,9 +139,7 @@ def hard_sigmoids(graph, context):
     dict
         Empty: the rewrite keeps nothing in fp32.
     """
-    nodes = graph["nodes"]
-    excluded = context.excluded if context is not None else frozenset()
-    readers, heads = consumers(graph), {(h[0], h[1]) for h in graph["heads"]}
+    nodes, excluded, readers, heads = _view(graph, context)
     count = 0
     for node in nodes:
         divisor = _scalar(node, "_div_scalar")
