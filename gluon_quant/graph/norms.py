@@ -30,7 +30,8 @@ and a node whose input shape is not known are left as they are.
 import logging
 
 from .inspect import is_true
-from .rewrites import append_nodes, private_attrs, shaped_nodes
+from .builder import NodeBuilder
+from .rewrites import private_attrs, shaped_nodes
 
 __all__ = ["norms_as_last_axis_layernorm", "SLOW_NORMS"]
 
@@ -41,19 +42,6 @@ _log = logging.getLogger(__name__)
 OVER_AXIS = frozenset(("LayerNorm", "softmax", "log_softmax"))
 #: The normalizations the pass rewrites.
 SLOW_NORMS = OVER_AXIS | {"InstanceNorm", "GroupNorm"}
-
-
-class _Builder:
-    """Nodes appended to a graph, numbered after its own."""
-
-    def __init__(self, graph):
-        self.first, self.nodes = len(graph["nodes"]), []
-
-    def add(self, op, name, inputs, **attrs):
-        """Append a node; return the entry of its output 0."""
-        self.nodes.append({"op": op, "name": name, "inputs": [list(e) for e in inputs],
-                           "attrs": {k: str(v) for k, v in attrs.items()}})
-        return [self.first + len(self.nodes) - 1, 0, 0]
 
 
 def _rewrite_over_axis(node, index, data, shape, build):
@@ -112,7 +100,7 @@ def norms_as_last_axis_layernorm(graph, context):
         Empty: the rewrite keeps nothing in fp32.
     """
     candidates, shapes = shaped_nodes(graph, context, SLOW_NORMS)
-    nodes, build, moved = graph["nodes"], _Builder(graph), {}
+    nodes, build, moved = graph["nodes"], NodeBuilder(graph), {}
     wanted = {id(n) for n in candidates}
     for index, node in [(i, n) for i, n in enumerate(nodes) if id(n) in wanted]:
         if node["name"] in context.excluded or not node["inputs"] or \
@@ -138,6 +126,6 @@ def norms_as_last_axis_layernorm(graph, context):
                             for e in reader["inputs"]]
     graph["heads"] = [moved[h[0]] if h[0] in moved and h[1] == 0 else h
                       for h in graph["heads"]]
-    append_nodes(graph, build.nodes)
+    build.append()
     _log.debug("Ran %d normalization(s) as last-axis LayerNorms.", len(moved))
     return {}

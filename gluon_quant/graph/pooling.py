@@ -33,6 +33,7 @@ shape is taken from the data, so the graph still runs at any sequence length.
 import logging
 
 from .inspect import is_true
+from .builder import NodeBuilder
 from .rewrites import append_nodes, parameter_entries, private_attrs, shaped_nodes
 
 __all__ = ["spatial_reductions", "axis_reductions", "tiled_adaptive_pools", "POOL_TYPES"]
@@ -106,24 +107,26 @@ def _plain(attrs):
         attrs.get("initial", "None") in ("None", "none")
 
 
-def _pool_last_axis(add, data, rank, pool_type):
-    """Pool ``data`` over its last axis with nodes ``add(op, suffix, inputs, **attrs)``
-    appends; the result has the kept axes' sizes, in order, then a 1. 2-D/3-D data is
-    pooled as ``(A, B, K)`` and keeps its shape; 4-D/5-D data as ``(P, 1, 1, K)``, the
+def _pool_last_axis(build, name, data, rank, pool_type):
+    """Pool ``data`` over its last axis with nodes ``build`` (a
+    :class:`~gluon_quant.graph.builder.NodeBuilder`) appends, named after ``name``; the
+    result has the kept axes' sizes, in order, then a 1. 2-D/3-D data is pooled as
+    ``(A, B, K)`` and keeps its shape; 4-D/5-D data as ``(P, 1, 1, K)``, the
     kept sizes taken back from the data by ``reshape_like`` (which MXNet can infer only
     where the data's rank is known)."""
     if rank == 2:       # (A, K) -> (A, 1, K), a 1-D global pooling, (A, 1, 1)
-        data = add("Reshape", "_rows", [data], shape=(0, 1, -1))
+        data = build.add("Reshape", name + "_rows", [data], shape=(0, 1, -1))
     if rank <= 3:       # (A, B, K): a 1-D global pooling over K, (A, B, 1)
-        pooled = add("Pooling", "_pool", [data], global_pool=True, kernel=(1,),
-                     pool_type=pool_type)
-        return pooled if rank == 3 else add("Reshape", "_kept", [pooled], shape=(0, 1))
-    rows = add("Reshape", "_rows", [data], shape=(-1, 1, 1, 0), reverse=True)
-    pooled = add("Pooling", "_pool", [rows], global_pool=True, kernel=(1, 1),
-                 pool_type=pool_type)
+        pooled = build.add("Pooling", name + "_pool", [data], global_pool=True,
+                           kernel=(1,), pool_type=pool_type)
+        return pooled if rank == 3 else \
+            build.add("Reshape", name + "_kept", [pooled], shape=(0, 1))
+    rows = build.add("Reshape", name + "_rows", [data], shape=(-1, 1, 1, 0), reverse=True)
+    pooled = build.add("Pooling", name + "_pool", [rows], global_pool=True, kernel=(1, 1),
+                       pool_type=pool_type)
     # the kept axes' sizes from the data (one slice of it, the reduced axis as 1)
-    like = add("slice_axis", "_one", [data], axis=-1, begin=0, end=1)
-    return add("reshape_like", "_kept", [pooled, like])
+    like = build.add("slice_axis", name + "_one", [data], axis=-1, begin=0, end=1)
+    return build.add("reshape_like", name + "_kept", [pooled, like])
 
 
 def axis_reductions(graph, context):
@@ -147,13 +150,7 @@ def axis_reductions(graph, context):
     # a reduction over parameters alone is folded into one parameter after this pass
     constant = parameter_entries(graph, set(context.param_shapes) |
                                  {r.target for r in context.param_rewrites})
-    new = []
-
-    def add(op, suffix, inputs, **attrs):
-        new.append({"op": op, "name": name + suffix, "inputs": [list(e) for e in inputs],
-                    "attrs": {k: str(v) for k, v in attrs.items()}})
-        return [len(nodes) + len(new) - 1, 0, 0]
-
+    build = NodeBuilder(graph)
     for node in candidates:
         attrs, data = node.get("attrs") or {}, node["inputs"][0]
         shape = shapes.get((nodes[data[0]]["name"], data[1]))
@@ -165,24 +162,24 @@ def axis_reductions(graph, context):
         keep = is_true(attrs.get("keepdims"))
         moved = data
         if axis != rank - 1:
-            moved = add("transpose", "_axis_last", [data],
-                        axes=tuple(a for a in range(rank) if a != axis) + (axis,))
-        out = _pool_last_axis(add, moved, rank, AXIS_POOL_TYPES[node["op"]])
+            moved = build.add("transpose", name + "_axis_last", [data],
+                              axes=tuple(a for a in range(rank) if a != axis) + (axis,))
+        out = _pool_last_axis(build, name, moved, rank, AXIS_POOL_TYPES[node["op"]])
         if keep and axis == rank - 1:
             node.update(op="Reshape", inputs=[out], attrs=dict(
                 private_attrs(node), shape=str((0,) * (rank - 1) + (1,))))
             continue
         if keep:        # the reduced axis back in its place
-            out = add("Reshape", "_dropped", [out], shape=(0,) * (rank - 1))
+            out = build.add("Reshape", name + "_dropped", [out], shape=(0,) * (rank - 1))
             node.update(op="expand_dims", inputs=[out],
                         attrs=dict(private_attrs(node), axis=str(axis)))
         else:
             node.update(op="Reshape", inputs=[out],
                         attrs=dict(private_attrs(node), shape=str((0,) * (rank - 1))))
-    if new:
-        append_nodes(graph, new)
+    build.append()
+    if build.nodes:
         _log.debug("Rewrote %d reductions over one axis as global pooling.",
-                   sum(n["op"] == "Pooling" for n in new))
+                   sum(n["op"] == "Pooling" for n in build.nodes))
     return {}
 
 

@@ -21,7 +21,8 @@ GluonCV's YOLOv3 writes the same upsampling as two ``repeat`` calls,
 """
 import logging
 
-from .rewrites import append_nodes, consumers, private_attrs, prune, shaped_nodes
+from .builder import NodeBuilder
+from .rewrites import consumers, private_attrs, prune, shaped_nodes
 
 __all__ = ["nearest_upsampling_as_deconv"]
 
@@ -80,7 +81,7 @@ def nearest_upsampling_as_deconv(graph, context):
         Empty: the rewrite keeps nothing in fp32.
     """
     candidates, shapes = shaped_nodes(graph, context, ("UpSampling", "repeat"), arity=1)
-    nodes, added = graph["nodes"], []
+    nodes, build = graph["nodes"], NodeBuilder(graph)
     readers, heads = consumers(graph), {(h[0], h[1]) for h in graph["heads"]}
     for node in candidates:
         found = _kernel(node, nodes, shapes, readers, context)
@@ -92,18 +93,18 @@ def nearest_upsampling_as_deconv(graph, context):
                 (node["op"] == "repeat" and (node["inputs"][0][0], 0) in heads):
             continue
         channels = shape[1]
-        added.append({"op": "_ones", "name": node["name"] + "_ones", "inputs": [],
-                      "attrs": {"shape": str((channels, 1) + kernel), "dtype": "float32"}})
-        node.update(op="Deconvolution",
-                    inputs=[list(data), [len(nodes) + len(added) - 1, 0, 0]],
+        ones = build.add("_ones", node["name"] + "_ones", [],
+                         shape=(channels, 1) + kernel, dtype="float32")
+        node.update(op="Deconvolution", inputs=[list(data), ones],
                     attrs=dict(private_attrs(node), kernel=str(kernel), stride=str(kernel),
                                num_filter=str(channels), num_group=str(channels),
                                no_bias="True"))
         context.rewritten[node["name"]] = (
             "nearest upsampling run as a depthwise Deconvolution of ones (oneDNN's kernel, "
             "3x faster than MXNet's UpSampling)")
-    if added:
-        append_nodes(graph, added)
+    if build.nodes:
+        build.append()
         prune(graph)        # the inner repeat calls, read by nothing now
-        _log.debug("Ran %d nearest upsampling(s) as depthwise deconvolutions.", len(added))
+        _log.debug("Ran %d nearest upsampling(s) as depthwise deconvolutions.",
+                   len(build.nodes))
     return {}
