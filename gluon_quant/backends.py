@@ -282,6 +282,10 @@ ONEDNN = BackendSpec(
                                   "convolution: a one-hot grouped Deconvolution, 3.4x "
                                   "faster than MXNet's depth_to_space): it runs in fp32 "
                                   "on the convolution's dequantized output",
+        # Not an operator: the reason graph/upsampling.py's deconvolution gets.
+        "nearest upsampling": "copies data only (a nearest upsampling, run as a depthwise "
+                              "Deconvolution over a kernel of ones: oneDNN's kernel, 3x "
+                              "faster than MXNet's UpSampling): it runs in fp32",
         "Activation(tanh)": "int8 Activation is relu only in MXNet 1.9.1: tanh runs in fp32",
         "Activation(sigmoid)": "int8 Activation is relu only in MXNet 1.9.1: sigmoid runs in "
                                "fp32",

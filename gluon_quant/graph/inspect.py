@@ -25,6 +25,11 @@ _VOLATILE_VARIABLE_ATTRS = ("__shape__", "__init__")
 _EARLIER_VARIABLE_ATTRS = (("__shape__",), ())
 
 
+#: Attribute of a node a rewrite made to run in fp32 by design; its value names the
+#: backend's ``fp32_ops`` entry that says why (``report()`` shows it).
+FP32_FORM_ATTR = "__fp32_form__"
+
+
 def is_true(value):
     """Whether a graph attribute (a string such as ``'True'`` or ``'1'``) is true."""
     return str(value).strip().lower() in ("true", "1")

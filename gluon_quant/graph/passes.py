@@ -32,9 +32,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
-    ``upsampling.nearest_upsampling_as_deconv``: nearest upsampling as a depthwise
-    ``Deconvolution`` of ones (oneDNN's, 3x faster than ``UpSampling``).
-    :func:`~gluon_quant.graph.prelu.prelu_as_leaky`: a PReLU with one slope runs as
+    ``upsampling.nearest_upsampling_as_deconv``: nearest upsampling as oneDNN's depthwise
+    ``Deconvolution`` of ones. ``prelu.prelu_as_leaky``: a PReLU with one slope runs as
     ``LeakyReLU(leaky)`` (fused into the convolution, int8), per-channel slopes on one side
     of 1 as ``max(x, a * x)`` (MXNet's PReLU kernel is 3x slower and fuses with nothing).
     :func:`~gluon_quant.graph.clamps.clamps_as_activations`: ReLU and ReLU6 spelled with
@@ -138,7 +137,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ..backends import BackendSpec, why_not_int8
-from .inspect import GraphView, describe_op, is_true
+from .inspect import FP32_FORM_ATTR, GraphView, describe_op, is_true
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
                      mixed_reader_producers, separate_broken_fusions, shared_fusion_outputs,
                      stop_rnn_gradients, grouped_per_tensor,
@@ -304,9 +303,11 @@ def backend_eligibility(graph, context):
             support = spec.ops.get(member["op"])
             if support is None:
                 continue
-            if (member.get("attrs") or {}).get(SHUFFLE_ATTR):
-                found[node["name"]] = spec.fp32_reason("depth-to-space shuffle") or \
-                    "a Deconvolution's depth-to-space shuffle"
+            attrs = member.get("attrs") or {}
+            form = attrs.get(FP32_FORM_ATTR) or (
+                "depth-to-space shuffle" if attrs.get(SHUFFLE_ATTR) else None)
+            if form:                # a node a rewrite made, fp32 by design
+                found[node["name"]] = spec.fp32_reason(form) or form
                 break
             if support.rewrite:     # still here: the rewrite did not apply
                 found[node["name"]] = "no int8 %s kernel; not run as %s: %s" % (

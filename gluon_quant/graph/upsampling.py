@@ -22,6 +22,7 @@ GluonCV's YOLOv3 writes the same upsampling as two ``repeat`` calls,
 import logging
 
 from .builder import NodeBuilder
+from .inspect import FP32_FORM_ATTR
 from .rewrites import consumers, private_attrs, prune, shaped_nodes
 
 __all__ = ["nearest_upsampling_as_deconv"]
@@ -98,7 +99,7 @@ def nearest_upsampling_as_deconv(graph, context):
         node.update(op="Deconvolution", inputs=[list(data), ones],
                     attrs=dict(private_attrs(node), kernel=str(kernel), stride=str(kernel),
                                num_filter=str(channels), num_group=str(channels),
-                               no_bias="True"))
+                               no_bias="True", **{FP32_FORM_ATTR: "nearest upsampling"}))
         context.rewritten[node["name"]] = (
             "nearest upsampling run as a depthwise Deconvolution of ones (oneDNN's kernel, "
             "3x faster than MXNet's UpSampling)")
