@@ -25,13 +25,16 @@ or ``(N, C, D*H*W)`` (a 2-D convolution's output reshaped to any rank was read r
 - ``transpose``: "could not create a primitive descriptor for a reorder primitive";
 
 while ``Convolution``, ``Deconvolution``, ``FullyConnected``, ``Concat``, additions,
-activations, ``softmax`` and ``LRN`` read the same array right. The error surfaces
+activations, ``softmax`` and ``LRN`` read the same array right. Reshaped twice (a 3-D
+convolution's output viewed as ``(N, C, D*H*W)`` by the net, then as ``(N, C, D*H*W,
+1)``), it fails in every oneDNN reader tried (``Convolution``, ``Deconvolution``,
+``Pooling``: "could not create a primitive descriptor for a reorder primitive"). The error surfaces
 asynchronously, and oneDNN's fusion makes it appear where the hybridized fp32 net ran
 (a BatchNorm between the convolution and the reshape kept a plain layout there).
 
 :func:`plain_reshaped_inputs` puts a ``clip`` over the whole float range between such a
-reshape and such a reader: ``clip`` has no oneDNN kernel, so MXNet hands it (and its
-readers) plain memory, and it is the identity on every finite value.
+reshape and such a reader, or another reshape: ``clip`` has no oneDNN kernel, so MXNet
+hands it (and its readers) plain memory, and it is the identity on every finite value.
 """
 import logging
 
@@ -116,7 +119,8 @@ def _changes_layout(before, after):
 
 
 def plain_reshaped_inputs(graph, context):
-    """Insert a full-range ``clip`` between a reshape and a reader in :data:`MISREAD_BY`.
+    """Insert a full-range ``clip`` between a reshape and a reader in :data:`MISREAD_BY`
+    or another reshape.
 
     Parameters
     ----------
@@ -133,21 +137,29 @@ def plain_reshaped_inputs(graph, context):
         Nothing is kept fp32 by this pass: ``{}``.
     """
     nodes = graph["nodes"]
-    pairs = [(node, slot) for node in nodes if node["op"] in MISREAD_BY
+    pairs = [(node, slot) for node in nodes if node["op"] in MISREAD_BY or
+             node["op"] in RESHAPES
              for slot, entry in enumerate(node["inputs"][:1])
              if nodes[entry[0]]["op"] in RESHAPES]
     if not pairs:
         return {}
     shapes = (context.infer_shapes(graph) or {}) if context.infer_shapes else {}
-    clips = {}
+    found = []      # all decided on the graph as traced, before a clip goes in
     for node, slot in pairs:
         entry = node["inputs"][slot]
         reshape = nodes[entry[0]]
         source = reshape["inputs"][0] if reshape["inputs"] else None
         before = shapes.get((nodes[source[0]]["name"], source[1])) if source else None
         after = shapes.get((reshape["name"], entry[1]))
-        if not _changes_layout(before, after):
-            continue
+        # a reshape of the reshape: every reader after it fails (known shapes only)
+        if _changes_layout(before, after) and (node["op"] not in RESHAPES or (
+                before is not None and after is not None and
+                nodes[source[0]]["op"] not in RESHAPES)):
+            found.append((node, slot, before, after))
+    clips = {}
+    for node, slot, before, after in found:
+        entry = node["inputs"][slot]
+        reshape = nodes[entry[0]]
         key = tuple(entry[:2])
         if key not in clips:
             nodes.append({"op": "clip", "name": reshape["name"] + "_plain",
@@ -155,8 +167,10 @@ def plain_reshaped_inputs(graph, context):
                           "inputs": [list(entry)]})
             clips[key] = len(nodes) - 1
             context.rewritten[reshape["name"] + "_plain"] = (
-                "inserted (identity) before %s: MXNet 1.9.1's oneDNN %s misreads the reshaped "
-                "blocked array, clip hands it plain memory" % (node["name"], node["op"]))
+                "inserted (identity) before %s: MXNet 1.9.1's oneDNN %s the reshaped "
+                "blocked array, clip hands it plain memory" % (node["name"], (
+                    "operators misread a reshape of" if node["op"] in RESHAPES else
+                    node["op"] + " misreads")))
         node["inputs"][slot] = [clips[key], 0, 0]
         _log.debug("%s reads reshape %s (%s -> %s) through a plain-layout clip",
                    node["name"], reshape["name"], before, after)

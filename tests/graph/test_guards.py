@@ -373,6 +373,39 @@ def test_reshapes_of_4d_arrays_get_no_clip():
     assert qnet.report().coverage()[0] >= 2
 
 
+class _VolumeSums(nn.HybridBlock):
+    """A 3-D convolution's output viewed as ``(N, C, D*H*W)``, then summed over the
+    positions and averaged over the channels: each reduction views the view again."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv = nn.Conv3D(16, 3, padding=1)
+            self.norm = nn.BatchNorm()
+
+    def hybrid_forward(self, F, x):
+        flat = F.relu(self.norm(self.conv(x))).reshape((0, 0, -1))
+        return flat.sum(axis=2), flat.mean(axis=1, keepdims=True)
+
+
+def test_reshapes_of_reshaped_5d_arrays_are_read_plain():
+    """A reshape of a 3-D convolution's reshaped output failed in every oneDNN reader
+    after it ("could not create a primitive descriptor for a reorder primitive", raised
+    when the int8 graph ran): the reductions' own views of the net's view. The clip goes
+    between the two reshapes; values at two sizes match fp32."""
+    rs = np.random.RandomState(3)
+    net = _VolumeSums()
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(rs.uniform(-1, 1, (2, 3, 6, 10, 12)).astype("float32"))
+    qnet = gq.quantize(net, [x], progress=False)
+    report = qnet.report()
+    assert [r.op for r in report if r.layer.endswith("_plain")] == ["clip"]
+    assert [r.quantized for r in report if r.op == "Convolution"] == [True]
+    for data in (x, mx.nd.array(rs.uniform(-1, 1, (3, 3, 4, 8, 14)).astype("float32"))):
+        for a, b in zip(net(data), qnet(data)):
+            assert a.shape == b.shape and cosine(a.asnumpy(), b.asnumpy()) > 0.999
+
+
 def test_lp_and_sum_poolings_stay_fp32():
     """MXNet 1.9.1's int8 Pooling with pool_type 'lp' or 'sum' killed the process
     (segmentation fault at the first run); the oneDNN spec allows max and avg only."""
