@@ -972,12 +972,14 @@ def test_spatial_means_and_maxima_run_as_int8_global_pooling(disable_pass):
                   if row.op in ("mean", "max", "Pooling", "Flatten")]
     # The squeeze and the max pool the convolution's uint8 output in int8 (the second
     # mean reads the fp32 gated product, signed as far as the graph can tell:
-    # signed_global_pools); the mean over channels is pooled over them moved last, in fp32
-    # (graph.pooling.axis_reductions).
+    # signed_global_pools); the mean over channels runs as a Deconvolution of ones, in
+    # fp32 (graph.pooling.axis_reductions).
     assert sorted(reductions) == sorted([
         ("Pooling", "Pooling(avg)", True), ("Pooling", "Pooling(avg)", False),
-        ("Flatten", "Flatten", True), ("Pooling", "Pooling(avg)", False),
+        ("Flatten", "Flatten", True),
         ("Pooling", "Pooling(max)", True), ("Flatten", "Flatten", True)])
+    assert [row.op for row in report if row.layer.endswith("mean2_deconv")] == \
+        ["Deconvolution"]
     assert report.coverage() == (5, 5)      # the convolution is called twice
     for a, b in zip(net(batches[1]), qnet(batches[1])):
         assert a.shape == b.shape and cosine(a.asnumpy(), b.asnumpy()) > 0.999

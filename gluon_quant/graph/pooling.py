@@ -29,10 +29,19 @@ are slow on any axis (a mean over axis 1 of 8x197x192: 3.5-3.9 ms; of 8x64x56x56
 a global ``Pooling`` over it (0.6 ms and 3.2 ms; 4-7x faster), then gives the result its
 shape back. The maximum is exact, the mean and sum equal up to float rounding; every
 shape is taken from the data, so the graph still runs at any sequence length.
+
+A sum or mean over axis 1 needs no transpose: it is what a 1x1 ``Deconvolution`` with one
+filter computes over the data viewed as ``(N, K, -1, 1)``, with a ``(K, 1, 1, 1)`` kernel of
+ones (of ``1/K`` for a mean) made from the data in the graph. oneDNN runs it 15-60x faster
+than MXNet's reduction and 3-10x faster than the pooling form: ResNeSt's sums over its
+radix axis, ``(4, 2, 64, 56, 56)`` to ``(4, 64, 56, 56)``, 21.7 ms as ``sum``, 21.3 ms as
+transpose + pooling, 0.5 ms as the deconvolution; CBAM's channel mean of 8x64x56x56,
+14.4 / 3.2 / 0.16 ms. GluonCV's resnest14 (batch 4 at 224 px) ran at 1.54x fp32 in int8,
+now 5.73x. Up to float rounding (the K values are added in another order).
 """
 import logging
 
-from .inspect import is_true
+from .inspect import FP32_FORM_ATTR, is_true
 from .builder import NodeBuilder
 from .rewrites import append_nodes, parameter_entries, private_attrs, shaped_nodes
 
@@ -45,6 +54,8 @@ POOL_TYPES = {"mean": "avg", "_npi_mean": "avg", "max": "max", "_np_max": "max"}
 #: ... and, over one axis moved last, those that are global poolings too (MXNet's ``sum``
 #: pooling is not oneDNN's and has no int8 kernel: only ``axis_reductions`` makes it).
 AXIS_POOL_TYPES = dict(POOL_TYPES, sum="sum", _np_sum="sum")
+#: ... and those over axis 1, a channel axis, run as a Deconvolution of ones instead.
+_CHANNEL_SUMS = {op: kind for op, kind in AXIS_POOL_TYPES.items() if kind in ("avg", "sum")}
 
 
 def _axes(text, rank):
@@ -129,19 +140,49 @@ def _pool_last_axis(build, name, data, rank, pool_type):
     return build.add("reshape_like", name + "_kept", [pooled, like])
 
 
+def _channel_sum(build, node, data, rank, keep):
+    """The op, inputs and attributes that make ``node``, a sum or mean over axis 1 of
+    ``rank``-D ``data`` (3-D or more), the output of a 1x1 ``Deconvolution`` with one
+    filter over the data viewed as ``(N, K, -1, 1)``: its kernel of ones (of ``1/K`` for a
+    mean), shaped ``(K, 1, 1, 1)`` from the data, adds the K channels of each position."""
+    name = node["name"]
+    view = build.add("Reshape", name + "_view", [data], shape=(0, 0, -1, 1))
+    # the kernel's size from the data itself: a slice of a reshaped view of a 3-D
+    # convolution's blocked output fails in oneDNN's reorder
+    row = build.add("slice_axis", name + "_row", [data], axis=0, begin=0, end=1)
+    row = build.add("Reshape", name + "_row_view", [row], shape=(0, 0, -1))
+    column = build.add("slice_axis", name + "_column", [row], axis=2, begin=0, end=1)
+    ones = build.add("ones_like", name + "_ones", [column])
+    kernel = build.add("Reshape", name + "_kernel", [ones], shape=(-1, 1, 1, 1))
+    if _CHANNEL_SUMS[node["op"]] == "avg":
+        count = build.add("sum", name + "_count", [kernel])
+        kernel = build.add("broadcast_div", name + "_weights", [kernel, count])
+    summed = build.add("Deconvolution", name + "_deconv", [view, kernel], kernel=(1, 1),
+                       num_filter=1, no_bias=True, **{FP32_FORM_ATTR: "sum over channels"})
+    # (N, 1, Q, 1): the kept sizes from the data (keepdims: the 1 stays)
+    if rank == 3:
+        return dict(op="Reshape", inputs=[summed], attrs=dict(
+            private_attrs(node), shape=str((0, 0, -1) if keep else (0, -1))))
+    return dict(op="reshape_like", inputs=[summed, list(data)], attrs=dict(
+        private_attrs(node), lhs_begin="2" if keep else "1", rhs_begin="2"))
+
+
 def axis_reductions(graph, context):
     """Rewrite a mean, max or sum over one axis as a global ``Pooling`` over that axis
-    moved last (``transpose``, a ``(P, 1, 1, K)`` view, ``Pooling``, the shape back).
+    moved last (``transpose``, a ``(P, 1, 1, K)`` view, ``Pooling``, the shape back), or,
+    a sum or mean over axis 1 of 3-D or larger data, as a ``Deconvolution`` of ones.
 
     Runs after :func:`spatial_reductions` (a reduction over every spatial axis is one
     global pooling, without the transpose). Needs the shapes (``context.infer_shapes``);
-    only plain reductions over one axis of 2-D to 5-D data are rewritten. The node keeps
-    its name (the last node of the form). Nodes the user's ``exclude`` names are left.
+    only plain reductions over one axis of 2-D to 5-D data (any rank for the
+    deconvolution) are rewritten. The node keeps its name (the last node of the form).
+    Nodes the user's ``exclude`` names are left.
 
     Returns
     -------
     dict
-        Empty: the rewrite keeps nothing in fp32.
+        Empty: the rewrite keeps nothing in fp32 (the deconvolution is marked fp32 by its
+        ``FP32_FORM_ATTR``).
     """
     nodes = graph["nodes"]
     candidates, shapes = shaped_nodes(graph, context, AXIS_POOL_TYPES, arity=1)
@@ -155,11 +196,19 @@ def axis_reductions(graph, context):
         attrs, data = node.get("attrs") or {}, node["inputs"][0]
         shape = shapes.get((nodes[data[0]]["name"], data[1]))
         axes = _axes(attrs.get("axis"), len(shape)) if shape else None
-        if not shape or not 2 <= len(shape) <= 5 or not axes or len(axes) != 1 or \
-                not _plain(attrs) or node["name"] in context.excluded or constant[data[0]]:
+        if not shape or not axes or len(axes) != 1 or not _plain(attrs) or \
+                node["name"] in context.excluded or constant[data[0]]:
             continue
         name, rank, axis = node["name"], len(shape), axes[0]
         keep = is_true(attrs.get("keepdims"))
+        if axis == 1 and rank >= 3 and node["op"] in _CHANNEL_SUMS:
+            context.rewritten[name] = (
+                "%s over axis 1 run as a Deconvolution of ones (oneDNN's kernel, 15-60x "
+                "faster than MXNet's reduction)" % node["op"])
+            node.update(_channel_sum(build, node, data, rank, keep))
+            continue
+        if not 2 <= rank <= 5:
+            continue
         moved = data
         if axis != rank - 1:
             moved = build.add("transpose", name + "_axis_last", [data],
