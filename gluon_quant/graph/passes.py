@@ -22,8 +22,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     3))``, :func:`~gluon_quant.graph.pooling.spatial_reductions`), with a ``Flatten``,
     and an adaptive pooling whose windows tile its input (``tiled_adaptive_pools``); a
     mean, max or sum over one other axis (token pooling ``x.mean(axis=1)``, CBAM's channel
-    mean) runs as a global ``Pooling`` over that axis moved last (``axis_reductions``:
-    MXNet's reductions are 4-7x slower).
+    mean) runs as a global ``Pooling`` over that axis moved last, a sum or mean over axis
+    1 as a ``Deconvolution`` of ones (``axis_reductions``: MXNet's are 4-60x slower).
     :func:`~gluon_quant.graph.reshapes.reshapes_as_flatten`: a reshape that flattens each
     sample (``x.reshape((0, -1))``, NumPy mode's ``x.reshape((-1, C*H*W))``) becomes
     ``Flatten``, which has an int8 kernel and reads oneDNN's blocked layouts right;
