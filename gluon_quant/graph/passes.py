@@ -28,7 +28,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     sample (``x.reshape((0, -1))``, NumPy mode's ``x.reshape((-1, C*H*W))``) becomes
     ``Flatten``, which has an int8 kernel and reads oneDNN's blocked layouts right;
     :func:`~gluon_quant.graph.reshapes.numpy_reshapes`: NumPy mode's reshapes run as the
-    legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs).
+    legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs);
+    ``permutes.swapaxes_as_transpose``: ``SwapAxis`` as oneDNN's ``transpose`` (2-19x).
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
@@ -42,12 +43,10 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     MobileNetV3's ``clip(x + 3, 0, 6) / 6`` as one ``hard_sigmoid``.
     ``norms.norms_as_last_axis_layernorm``: channels-first ``LayerNorm``/``softmax``,
     ``InstanceNorm``, ``GroupNorm`` over the last axis of transposed or reshaped data.
-    :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it (an MLP
-    Dense-BatchNorm-ReLU ran 2.1x slower in int8 than fp32 unfolded, 4.5x faster folded).
+    :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it.
     :func:`fold_parameter_expressions`: weights a layer builds from its parameters at
     every call (the concatenation Gluon's RNN layers hand MXNet's ``RNN``, BERT's
-    interleaved q/k/v projection) become parameters computed once (62% of an LSTM
-    classifier's fp32 time at batch 1 was that copy).
+    interleaved q/k/v projection) become parameters computed once.
     :func:`same_shape_adds`: a broadcasting addition of same-shaped tensors (``x + y`` in
     NumPy mode) becomes ``elemwise_add``, which oneDNN fuses as a residual sum;
     :func:`numpy_concatenations`: ``np.concatenate`` becomes ``Concat`` (an int8 kernel).
@@ -65,8 +64,7 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     sequences) runs as a mask and oneDNN's plain softmax (14-37 ms against 1 ms on BERT-base
     scores, 22% of its int8 time at batch 8).
     :func:`lift_1d_to_2d` (oneDNN): 1-D convolutions and poolings run as 2-D ones over
-    ``(N, C, 1, W)`` data, since oneDNN's int8 kernels take 4-D/5-D data only (a Conv1D
-    audio net: 4.5x fp32 speed at 0.99996 cosine, instead of a crash).
+    ``(N, C, 1, W)`` data (oneDNN's int8 kernels take 4-D/5-D data only).
 ``FUSED`` (the fused fp32 graph): which nodes stay fp32
     :func:`backend_eligibility`: operators the backend lists whose conditions (rank,
     layout, groups, modes...) the node does not meet, and operators it declares without
@@ -156,6 +154,7 @@ from .norms import norms_as_last_axis_layernorm
 from .scalars import unit_scalars
 from .upsampling import nearest_upsampling_as_deconv
 from .pooling import axis_reductions, spatial_reductions, tiled_adaptive_pools
+from .permutes import swapaxes_as_transpose
 from .reshapes import numpy_reshapes, reshapes_as_flatten
 from .stem import fp32_stem
 from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
@@ -712,6 +711,7 @@ PASSES = (
     GraphPass("axis_reductions", Stage.TRACED, axis_reductions),
     GraphPass("tiled_adaptive_pools", Stage.TRACED, tiled_adaptive_pools),
     GraphPass("numpy_reshapes", Stage.TRACED, numpy_reshapes),
+    GraphPass("swapaxes_as_transpose", Stage.TRACED, swapaxes_as_transpose),
     GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),
     # Before the activation and fusion guards: they see the convolution it makes.
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
