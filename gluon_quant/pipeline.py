@@ -259,8 +259,8 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
     # rewritten: the rewrite in fp32 was 0.77-0.90x of it).
     kept, _ = resolve_exclusions(list(config.exclude), GraphView(graph), scopes,
                                  warn_unmatched=False)
-    infer_shapes = (lambda g: _mxnet.infer_graph_shapes(
-        g, dict(zip(inputs.names, input_shapes)))) if input_shapes else None
+    infer_shapes = _mxnet.GraphShapes(dict(zip(inputs.names, input_shapes))) \
+        if input_shapes else None
     context = PassContext(spec=spec, param_shapes=param_shapes,
                           int8_lstm=_mxnet.int8_lstm_runs() if config.int8_lstm else False,
                           input_normalization=config.input_normalization,

@@ -26,7 +26,8 @@ from .entries import check_graph_entries
 from . import isa
 from .loading import host_arrays
 from .children import imperative, params_with_prefix, replace_child, run_error
-from .shapes import entry_positions, infer_graph_shapes, reshape_size_error, ReshapeSizeError
+from .shapes import (entry_positions, infer_graph_shapes, reshape_size_error, ReshapeSizeError,
+                     GraphShapes)
 from .runtime import (host_view, static_flags, without_static_memory, hybridize_with,
                       inference_mode, CachedCall, unshared, GraphBlock)
 from .npmode import (is_np_mode, net_np_mode, is_np_array, legacy_mode, np_scope, as_legacy,
@@ -37,6 +38,7 @@ __all__ = [
     "backend_fuse", "quantize_symbol", "set_calibration", "quantize_params", "graph_json",
     "load_graph", "symbol_block", "load_block_params", "adopt_params",
     "host_arrays", "infer_output_dtypes", "infer_graph_dtypes", "infer_graph_shapes",
+    "GraphShapes",
     "internal_outputs", "tap_outputs", "run_block", "host_view", "first_line",
     "check_graph_entries", "native_output", "is_initialized", "finish_deferred_init",
     "clear_cached_op", "imperative", "params_with_prefix", "replace_child", "run_error",

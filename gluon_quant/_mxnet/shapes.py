@@ -52,6 +52,24 @@ def infer_graph_shapes(graph, input_shapes):
             for entry, i in entry_positions(graph_json(sym), internals).items()}
 
 
+class GraphShapes:
+    """:func:`infer_graph_shapes` at the traced input shapes, or at others.
+
+    Parameters
+    ----------
+    input_shapes : dict of str to tuple
+        The graph inputs' shapes at the calibration batch size (``input_shapes``).
+    """
+
+    def __init__(self, input_shapes):
+        self.input_shapes = dict(input_shapes)
+
+    def __call__(self, graph, input_shapes=None):
+        """Shapes of ``graph``'s entries at ``input_shapes`` (by default the traced ones)."""
+        return infer_graph_shapes(graph, self.input_shapes if input_shapes is None
+                                  else input_shapes)
+
+
 _RESHAPES = frozenset(("Reshape", "reshape", "_np_reshape", "_npx_reshape"))
 
 

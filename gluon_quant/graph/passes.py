@@ -29,7 +29,7 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     ``Flatten``, which has an int8 kernel and reads oneDNN's blocked layouts right;
     :func:`~gluon_quant.graph.reshapes.numpy_reshapes`: NumPy mode's reshapes run as the
     legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs);
-    ``permutes.swapaxes_as_transpose``: ``SwapAxis`` as oneDNN's ``transpose`` (2-19x).
+    ``permutes``: ``SwapAxis`` as oneDNN's ``transpose``, equal splits as slices.
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
@@ -44,9 +44,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     ``norms.norms_as_last_axis_layernorm``: channels-first ``LayerNorm``/``softmax``,
     ``InstanceNorm``, ``GroupNorm`` over the last axis of transposed or reshaped data.
     :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it.
-    :func:`fold_parameter_expressions`: weights a layer builds from its parameters at
-    every call (the concatenation Gluon's RNN layers hand MXNet's ``RNN``, BERT's
-    interleaved q/k/v projection) become parameters computed once.
+    :func:`fold_parameter_expressions`: weights a layer builds from its parameters at every
+    call (Gluon's RNN layers, BERT's q/k/v projection) become parameters computed once.
     :func:`same_shape_adds`: a broadcasting addition of same-shaped tensors (``x + y`` in
     NumPy mode) becomes ``elemwise_add``, which oneDNN fuses as a residual sum;
     :func:`numpy_concatenations`: ``np.concatenate`` becomes ``Concat`` (an int8 kernel).
@@ -154,7 +153,7 @@ from .norms import norms_as_last_axis_layernorm
 from .scalars import unit_scalars
 from .upsampling import nearest_upsampling_as_deconv
 from .pooling import axis_reductions, spatial_reductions, tiled_adaptive_pools
-from .permutes import swapaxes_as_transpose
+from .permutes import splits_as_slices, swapaxes_as_transpose
 from .reshapes import numpy_reshapes, reshapes_as_flatten
 from .stem import fp32_stem
 from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
@@ -220,7 +219,7 @@ class PassContext:
         can run MXNet's int8 LSTM), or the reason they cannot.
     infer_shapes : callable, optional
         ``infer_shapes(graph) -> {(node name, output index): shape}`` at the calibration
-        batch size (None when no batch was seen).
+        batch size (None when no batch was seen): ``_mxnet.GraphShapes`` in the pipeline.
     rewritten : dict of str to str
         Traced-graph passes that run a node as other operators (a Deconvolution as a
         convolution) record here node name -> what it became, for ``report()``.
@@ -712,6 +711,7 @@ PASSES = (
     GraphPass("tiled_adaptive_pools", Stage.TRACED, tiled_adaptive_pools),
     GraphPass("numpy_reshapes", Stage.TRACED, numpy_reshapes),
     GraphPass("swapaxes_as_transpose", Stage.TRACED, swapaxes_as_transpose),
+    GraphPass("splits_as_slices", Stage.TRACED, splits_as_slices),
     GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),
     # Before the activation and fusion guards: they see the convolution it makes.
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
