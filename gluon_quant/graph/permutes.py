@@ -23,7 +23,8 @@ parts over the last axes: ``(8, 128, 2304)`` in 3 over the last axis: 10.8 ms ag
 0.94 ms; an LSTM cell's ``(64, 4096)`` gates in 4: 0.97 against 0.07 ms (an unrolled
 20-step LSTMCell decoder, batch 32: 5 of its 21 ms in int8). :func:`splits_as_slices` runs
 each part as ``slice_axis`` (and a ``Reshape`` dropping the axis for ``squeeze_axis``), the
-first under the node's name, the others ``<name>_part<i>``. A slice's bounds are numbers,
+first under the node's name, the others ``<name>_part<i>``; NumPy mode's ``np.split``
+(``_split_v2``, into sections or at indices) the same way. A slice's bounds are numbers,
 so only a split whose axis keeps its size at every input size the net takes is rewritten:
 the graph's shapes are inferred again with each input axis in turn doubled, and a split
 whose axis changes with one (a split over a sequence's time steps) is left. Bit-exact.
@@ -80,21 +81,38 @@ def swapaxes_as_transpose(graph, context):
     return {}
 
 
+def _int_list(text):
+    try:
+        return [int(v) for v in str(text).strip("()[] ").split(",") if v.strip()]
+    except ValueError:
+        return None
+
+
 def _split(node, shape):
-    """``(axis, parts, squeeze)`` of a ``SliceChannel`` over data of ``shape`` into equal
-    parts, or None."""
+    """``(axis, [(begin, end) of each part], squeeze)`` of a split over data of ``shape``
+    (``SliceChannel``; NumPy mode's ``_split_v2`` into sections or at indices), or None."""
     attrs = node.get("attrs") or {}
     try:
-        parts, axis = int(attrs.get("num_outputs")), int(attrs.get("axis", 1))
+        axis = int(attrs.get("axis", 1))
+        parts = int(attrs.get("num_outputs" if node["op"] == "SliceChannel" else "sections"))
     except (TypeError, ValueError):
         return None
     squeeze = str(attrs.get("squeeze_axis", "False")).lower() in ("true", "1")
-    if not shape or not -len(shape) <= axis < len(shape) or parts < 1:
+    if not shape or not -len(shape) <= axis < len(shape) or squeeze and len(shape) < 2:
         return None
     axis %= len(shape)
-    if shape[axis] % parts or squeeze and (shape[axis] != parts or len(shape) < 2):
+    extent = shape[axis]
+    if parts >= 1 and extent % parts == 0:
+        starts = list(range(0, extent, extent // parts))
+    else:       # _split_v2 at indices (the first is 0)
+        starts = _int_list(attrs.get("indices")) if node["op"] == "_split_v2" else None
+        if parts != 0 or not starts or starts[0] != 0 or starts != sorted(set(starts)) \
+                or starts[-1] >= extent:
+            return None
+    bounds = list(zip(starts, starts[1:] + [extent]))
+    if squeeze and any(end - begin != 1 for begin, end in bounds):
         return None
-    return axis, parts, squeeze
+    return axis, bounds, squeeze
 
 
 def _varied(graph, infer):
@@ -110,8 +128,8 @@ def _varied(graph, infer):
 
 
 def splits_as_slices(graph, context):
-    """Rewrite each equal split (``SliceChannel``) whose axis has the same size at every
-    input size the net takes as ``slice_axis`` nodes (see the module docstring). Nodes
+    """Rewrite each split (``SliceChannel``, ``_split_v2``) whose axis has the same size at
+    every input size the net takes as ``slice_axis`` nodes (see the module docstring). Nodes
     the user's ``exclude`` names and splits of parameters are left as they are.
 
     Returns
@@ -120,7 +138,7 @@ def splits_as_slices(graph, context):
         Empty: the rewrite keeps nothing in fp32.
     """
     nodes = graph["nodes"]
-    candidates, shapes = shaped_nodes(graph, context, ("SliceChannel",), arity=1)
+    candidates, shapes = shaped_nodes(graph, context, ("SliceChannel", "_split_v2"), arity=1)
     if not getattr(context.infer_shapes, "input_shapes", None):
         return {}       # no other input size to try: no split's size is known fixed
     constant = parameter_entries(graph, set(context.param_shapes)) if candidates else []
@@ -140,11 +158,11 @@ def splits_as_slices(graph, context):
     build, moved = NodeBuilder(graph), {}
     index = {id(n): i for i, n in enumerate(nodes)}
     for node, key, (axis, parts, squeeze) in found.values():
-        data, size = node["inputs"][0], shapes[key][axis] // parts
+        data = node["inputs"][0]
         drop = (0,) * axis + (-3, -2) if axis < len(shapes[key]) - 1 else \
             (0,) * (axis - 1) + (-3,)
-        for part in range(parts):
-            bounds = dict(axis=axis, begin=part * size, end=(part + 1) * size)
+        for part, (begin, end) in enumerate(parts):
+            bounds = dict(axis=axis, begin=begin, end=end)
             name = node["name"] if part == 0 else "%s_part%d" % (node["name"], part)
             if part == 0 and not squeeze:
                 node.update(op="slice_axis", attrs=dict(
@@ -161,7 +179,7 @@ def splits_as_slices(graph, context):
             moved[(index[id(node)], part)] = entry
         context.rewritten[node["name"]] = (
             "split into %d parts run as slices (MXNet's split is 6-14x slower; bit-exact)"
-            % parts)
+            % len(parts))
     for node in nodes + build.nodes:
         node["inputs"] = [list(moved.get((e[0], e[1]), e)) for e in node["inputs"]]
     graph["heads"] = [list(moved.get((h[0], h[1]), h)) for h in graph["heads"]]
