@@ -2,9 +2,10 @@
 
 **Channels-last convolutions** run as channels-first ones between two transposes
 (:func:`channels_first_convolutions`). MXNet 1.9.1's oneDNN fusion takes a
-``layout='NHWC'`` (or ``'NDHWC'``) convolution into a fused node whose primitive cannot be created ("could not create a descriptor for a
-dilated convolution forward propagation primitive", raised when the graph runs), and its
-int8 convolution takes NCHW/NCDHW data only. A Gluon net written channels-last
+``layout='NHWC'`` (or ``'NDHWC'``) convolution into a fused node whose primitive cannot
+be created ("could not create a descriptor for a dilated convolution forward propagation
+primitive", raised when the graph runs), and its int8 convolution takes NCHW/NCDHW data
+only. A Gluon net written channels-last
 (``nn.Conv2D(..., layout='NHWC')``) therefore failed to quantize at all. Rewritten as
 ``transpose`` -> channels-first convolution -> ``transpose``, with the weight transposed
 once on the pipeline's copies (:class:`~gluon_quant.graph.rewrites.ParamRewrite`), the
@@ -13,9 +14,9 @@ channels-last layout.
 
 **Reshaped blocked arrays** are made plain before the readers that misread them
 (:func:`plain_reshaped_inputs`). A oneDNN operator (a convolution, fused or not)
-leaves its output in a blocked layout (``nCdhw16c``). ``Reshape`` is run in place, so its output shares that blocked memory;
-a reader that takes the memory's own description then sees the producer's rank or
-channel count instead of the reshaped one. Measured on MXNet 1.9.1's CPU build, a 3-D
+leaves its output in a blocked layout (``nCdhw16c``). ``Reshape`` is run in place, so
+its output shares that blocked memory; a reader that takes the memory's own description
+then sees the producer's rank or channel count instead of the reshaped one. Measured on MXNet 1.9.1's CPU build, a 3-D
 convolution's ``(N, C, D, H, W)`` output reshaped to ``(N, C*D, H, W)``, ``(N, C, D*H, W)``
 or ``(N, C, D*H*W)`` (a 2-D convolution's output reshaped to any rank was read right):
 

@@ -9,9 +9,10 @@ from mxnet.gluon import nn
 import gluon_quant as gq
 from gluon_quant._mxnet import infer_graph_shapes
 from gluon_quant.backends import ONEDNN
-from gluon_quant.debug.metrics import cosine
 from gluon_quant.graph.passes import PassContext
 from gluon_quant.graph.pooling import axis_reductions
+
+from _checks import assert_matches_and_reloads
 
 RS = np.random.RandomState(0)
 
@@ -100,12 +101,8 @@ def test_channel_reductions_run_as_pooling_between_int8_convolutions(tmp_path):
     ops = [r.op for r in qnet.report()]
     assert "mean" not in ops and "max" not in ops, ops
     assert all(r.quantized for r in qnet.report() if r.op == "Convolution")
-    qnet.export(str(tmp_path / "m"))
-    again = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
-    for x in (batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 3, 20, 16)).astype("float32"))):
-        out = qnet(x).asnumpy()
-        assert cosine(net(x).asnumpy(), out) > 0.999
-        assert np.array_equal(out, again(x).asnumpy())
+    assert_matches_and_reloads(net, qnet, (
+        batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 3, 20, 16)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["max"], progress=False)
     assert [r.op for r in kept.report()].count("max") == 1
 
@@ -152,11 +149,7 @@ def test_sums_over_a_radix_axis_run_as_deconvolutions_between_int8_convolutions(
     assert [r.op for r in report if r.layer.endswith(("sum0", "sum1"))] == ["reshape_like"] * 2
     assert not [r for r in report if "sum" in r.layer and r.op in ("sum", "transpose")]
     assert all(r.quantized for r in report if r.op == "Convolution")
-    qnet.export(str(tmp_path / "m"))
-    again = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
-    for x in (batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 3, 20, 16)).astype("float32"))):
-        out = qnet(x).asnumpy()
-        assert cosine(net(x).asnumpy(), out) > 0.999
-        assert np.array_equal(out, again(x).asnumpy())
+    assert_matches_and_reloads(net, qnet, (
+        batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 3, 20, 16)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["*sum0"], progress=False)
     assert [r.op for r in kept.report()].count("sum") == 1

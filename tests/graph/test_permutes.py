@@ -10,9 +10,10 @@ import gluon_quant as gq
 from gluon_quant import _mxnet
 from gluon_quant._mxnet import infer_graph_shapes
 from gluon_quant.backends import ONEDNN
-from gluon_quant.debug.metrics import cosine
 from gluon_quant.graph.passes import PassContext
 from gluon_quant.graph.permutes import splits_as_slices, swapaxes_as_transpose
+
+from _checks import assert_matches_and_reloads
 
 RS = np.random.RandomState(0)
 
@@ -95,12 +96,8 @@ def test_swaps_run_as_transposes_between_int8_dense_layers(tmp_path):
     assert all("SwapAxis run as transpose" in r.reason for r in swaps)
     dense = [r.quantized for r in report if r.layer.endswith(("dense0", "dense1"))]
     assert dense == [True, True], report
-    qnet.export(str(tmp_path / "m"))
-    again = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
-    for x in (batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 9, 32)).astype("float32"))):
-        out = qnet(x).asnumpy()
-        assert cosine(net(x).asnumpy(), out) > 0.999
-        assert np.array_equal(out, again(x).asnumpy())
+    assert_matches_and_reloads(net, qnet, (
+        batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 9, 32)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["*swapaxes0"], progress=False)
     assert [r.op for r in kept.report()].count("SwapAxis") == 1
 
@@ -206,11 +203,7 @@ def test_cell_splits_run_as_slices_between_int8_dense_layers(tmp_path):
     assert [r.op for r in report].count("slice_axis") == 5 * 4 + 5
     assert sum("run as slices" in r.reason for r in report) == 5 + 1
     assert [r.quantized for r in report if r.op == "FullyConnected"].count(True) >= 5
-    qnet.export(str(tmp_path / "m"))
-    again = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
-    for x in (batches[2], mx.nd.array(RS.uniform(-1, 1, (3, 5, 64)).astype("float32"))):
-        out = qnet(x).asnumpy()
-        assert cosine(net(x).asnumpy(), out) > 0.999
-        assert np.array_equal(out, again(x).asnumpy())
+    assert_matches_and_reloads(net, qnet, (
+        batches[2], mx.nd.array(RS.uniform(-1, 1, (3, 5, 64)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["*t0_slice"], progress=False)
     assert [r.op for r in kept.report()].count("SliceChannel") == 1

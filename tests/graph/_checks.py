@@ -1,0 +1,17 @@
+"""Checks the rewrite tests share: an int8 net against its fp32 net and its export."""
+import numpy as np
+
+import gluon_quant as gq
+from gluon_quant.debug.metrics import cosine
+
+
+def assert_matches_and_reloads(net, qnet, inputs, path, min_cosine=0.999):
+    """``qnet`` (int8) agrees with ``net`` (fp32) on every input of ``inputs`` (each one
+    array: sizes other than the calibrated one among them) to ``min_cosine``, and its
+    export reloaded from ``path`` gives the same values to the bit."""
+    qnet.export(str(path / "m"))
+    again = gq.QuantizedSymbolBlock.imports(str(path / "m"))
+    for x in inputs:
+        out = qnet(x).asnumpy()
+        assert cosine(net(x).asnumpy(), out) > min_cosine
+        assert np.array_equal(out, again(x).asnumpy())
