@@ -71,9 +71,17 @@ HARD_SIGMOIDS = {
     "clip(x + 3, 0, 6) / 6 (GluonCV)": (lambda F, x: F.clip(x + 3, 0, 6) / 6, True),
     "clip(x + 3, 0, 6) * (1/6)": (lambda F, x: F.clip(x + 3, 0, 6) * (1 / 6.0), True),
     "hard swish": (lambda F, x: x * (F.clip(x + 3, 0, 6) / 6), True),
+    "hard swish left to right": (lambda F, x: x * F.clip(x + 3, 0, 6) / 6, True),
+    "hard swish left to right, * (1/6)": (
+        lambda F, x: x * F.clip(x + 3, 0, 6) * (1 / 6.0), True),
+    "hard swish, clip first": (lambda F, x: F.clip(x + 3, 0, 6) * x / 6, True),
+    "hard swish of another tensor": (
+        lambda F, x: F.broadcast_mul(x + 1, F.clip(x + 3, 0, 6)) / 6, True),
     # left alone: a bound that is not the divisor, a clip read twice
     "clip(x + 3, 0, 6) / 3": (lambda F, x: F.clip(x + 3, 0, 6) / 3, False),
     "clip read twice": (lambda F, x: (lambda c: c / 6 + c)(F.clip(x + 3, 0, 6)), False),
+    "product read twice": (
+        lambda F, x: (lambda p: p / 6 + p)(x * F.clip(x + 3, 0, 6)), False),
 }
 
 
@@ -93,14 +101,18 @@ def test_hard_sigmoid_spellings_run_as_one_hard_sigmoid(form):
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
 
 
-def test_mobilenetv3_hard_swish_is_one_pass():
+@pytest.mark.parametrize("swish", [lambda F, x: x * (F.clip(x + 3, 0, 6) / 6),
+                                   lambda F, x: x * F.clip(x + 3, 0, 6) / 6],
+                         ids=["GluonCV", "left to right"])
+def test_mobilenetv3_hard_swish_is_one_pass(swish):
     """GluonCV's MobileNetV3 hard sigmoid/swish ran ``+ 3``, ``clip``, ``/ 6`` in fp32
     between int8 convolutions (random-weight mobilenetv3_small, batch 16 at 224 px: 1.52x
-    fp32 in int8; 2.19x as ``hard_sigmoid``; large: 1.88x -> 2.37x)."""
+    fp32 in int8; 2.19x as ``hard_sigmoid``; large: 1.88x -> 2.37x); so did the hard
+    swish written left to right, ``x * F.clip(x + 3, 0, 6) / 6``."""
     net = nn.HybridSequential()
     for channels in (8, 16):
         net.add(nn.Conv2D(channels, 3, padding=1, use_bias=False), nn.BatchNorm(),
-                nn.HybridLambda(lambda F, x: x * (F.clip(x + 3, 0, 6) / 6)))
+                nn.HybridLambda(swish))
     net.add(nn.GlobalAvgPool2D(), nn.Dense(4))
     mx.random.seed(0)
     net.initialize(mx.init.Xavier())
