@@ -51,10 +51,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`numpy_concatenations`: ``np.concatenate`` becomes ``Concat`` (an int8 kernel).
     :func:`~gluon_quant.graph.rewrites.identity_chains`: no-ops in a row (two dropouts after
     an input) become one, which MXNet's fusion removes without breaking the graph;
-    :func:`~gluon_quant.graph.scalars.unit_scalars`: a multiplication or division by 1
-    (``nn.Swish()``'s beta) is removed. :func:`canonical_activations` (guards): ``F.relu``,
-    ``F.sigmoid``, ``F.tanh`` run as ``Activation`` (relu fuses; sigmoid and tanh run
-    oneDNN's kernels, 9x and 30x faster than MXNet's: a Swish CNN 1.9x -> 3.5x fp32).
+    ``scalars``: ``x * 1`` and ``x / 1`` removed, ``x ** 2``, ``x ** 3`` as ``square``.
+    :func:`canonical_activations` (guards): ``F.relu``, ``F.sigmoid``, ``F.tanh`` run as
+    ``Activation`` (relu fuses; sigmoid and tanh run oneDNN's kernels, 9x and 30x faster).
     :func:`~gluon_quant.graph.pads.pads_into_convolutions`: a symmetric zero ``Pad``
     read only by convolutions becomes their padding (``Pad`` has no int8 kernel).
     :func:`batchnorm_variants`: ``SyncBatchNorm`` and ``BatchNormReLU`` become the
@@ -150,7 +149,7 @@ from .normalize import fold_input_normalization
 from .prelu import prelu_as_leaky
 from .clamps import clamps_as_activations, hard_sigmoids
 from .norms import norms_as_last_axis_layernorm
-from .scalars import unit_scalars
+from .scalars import small_powers, unit_scalars
 from .upsampling import nearest_upsampling_as_deconv
 from .pooling import axis_reductions, spatial_reductions, tiled_adaptive_pools
 from .permutes import splits_as_slices, swapaxes_as_transpose
@@ -701,6 +700,7 @@ PASSES = (
     GraphPass("unique_names", Stage.TRACED, unique_names),
     GraphPass("identity_chains", Stage.TRACED, identity_chains),
     GraphPass("unit_scalars", Stage.TRACED, unit_scalars),
+    GraphPass("small_powers", Stage.TRACED, small_powers),
     GraphPass("loss_heads", Stage.TRACED, loss_heads),
     GraphPass("channels_first_convolutions", Stage.TRACED, channels_first_convolutions),
     GraphPass("pads_into_convolutions", Stage.TRACED, pads_into_convolutions),
