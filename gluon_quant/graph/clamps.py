@@ -122,16 +122,22 @@ def clamps_as_activations(graph, context):
     return {}
 
 
-def _single_source(node, nodes, readers, heads, excluded):
-    """The node a ``node`` reads, where ``node`` is its only reader; else None."""
-    if len(node["inputs"]) != 1:
-        return None
-    entry = (node["inputs"][0][0], node["inputs"][0][1])
+def _sole_reader_of(entry, nodes, readers, heads, excluded):
+    """The node making ``entry`` (its output 0), where one node reads it and it is no
+    output of the graph; else None."""
+    entry = (entry[0], entry[1])
     inner = nodes[entry[0]]
     if entry[1] != 0 or len(readers[entry]) != 1 or entry in heads or \
             inner["name"] in excluded:
         return None
     return inner
+
+
+def _single_source(node, nodes, readers, heads, excluded):
+    """The node a ``node`` reads, where ``node`` is its only reader; else None."""
+    if len(node["inputs"]) != 1:
+        return None
+    return _sole_reader_of(node["inputs"][0], nodes, readers, heads, excluded)
 
 
 #: The products ``(y * clip(x + b, 0, c)) / c`` (a hard swish written left to right) is.
@@ -161,12 +167,13 @@ def hard_sigmoids(graph, context):
         product, slot = clip, None      # the hard swish (y * clip(x + b, 0, c)) / c
         if product is not None and product["op"] in _PRODUCTS and \
                 len(product["inputs"]) == 2:
-            slot, clip = next(((i, nodes[e[0]]) for i, e in enumerate(product["inputs"])
-                               if nodes[e[0]]["op"] == "clip" and e[1] == 0 and
-                               len(readers[(e[0], 0)]) == 1 and (e[0], 0) not in heads and
-                               nodes[e[0]]["name"] not in excluded), (None, None))
-            if clip is None:
+            operands = [_sole_reader_of(e, nodes, readers, heads, excluded)
+                        for e in product["inputs"]]
+            slot = next((i for i, inner in enumerate(operands)
+                         if inner is not None and inner["op"] == "clip"), None)
+            if slot is None:
                 continue
+            clip = operands[slot]
         bounds = _bounds(clip) if clip is not None and clip["op"] == "clip" else None
         if bounds is None or bounds[0] != 0.0 or abs(bounds[1] * scale - 1.0) > 1e-6:
             continue

@@ -13,6 +13,8 @@ import gluon_quant as gq
 from gluon_quant.debug.metrics import cosine
 from gluon_quant.graph.scalars import small_powers, unit_scalars
 
+from _checks import assert_matches_and_reloads
+
 RS = np.random.RandomState(0)
 
 #: name -> (expression over x, the operators left)
@@ -155,11 +157,7 @@ def test_powers_run_as_squares_between_int8_dense_layers(tmp_path):
     ops = [r.op for r in qnet.report()]
     assert "_power_scalar" not in ops and ops.count("square") == 2, ops
     assert [r.quantized for r in qnet.report() if r.op == "FullyConnected"][-1]
-    qnet.export(str(tmp_path / "m"))
-    again = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
-    for x in (batches[2], mx.nd.array(RS.uniform(-2, 2, (3, 5, 64)).astype("float32"))):
-        out = qnet(x).asnumpy()
-        assert cosine(net(x).asnumpy(), out) > 0.999
-        assert np.array_equal(out, again(x).asnumpy())
+    assert_matches_and_reloads(net, qnet, (
+        batches[2], mx.nd.array(RS.uniform(-2, 2, (3, 5, 64)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["*powerscalar0"], progress=False)
     assert [r.op for r in kept.report()].count("_power_scalar") == 1

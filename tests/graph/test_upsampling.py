@@ -9,9 +9,10 @@ from mxnet.gluon import nn
 import gluon_quant as gq
 from gluon_quant._mxnet import infer_graph_shapes
 from gluon_quant.backends import ONEDNN
-from gluon_quant.debug.metrics import cosine
 from gluon_quant.graph.passes import PassContext
 from gluon_quant.graph.upsampling import nearest_upsampling_as_deconv
+
+from _checks import assert_matches_and_reloads
 
 RS = np.random.RandomState(0)
 
@@ -94,11 +95,7 @@ def test_an_fpn_upsamples_on_onednn_and_exports(tmp_path):
     assert [r.op for r in ups] == ["Deconvolution"]
     assert ups[0].reason.startswith("copies data only (a nearest upsampling"), ups[0].reason
     assert all(r.quantized for r in report if r.op == "Convolution"), report
-    qnet.export(str(tmp_path / "m"))
-    again = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
-    for x in (batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 3, 16, 20)).astype("float32"))):
-        out = qnet(x).asnumpy()
-        assert cosine(net(x).asnumpy(), out) > 0.999
-        assert np.array_equal(out, again(x).asnumpy())
+    assert_matches_and_reloads(net, qnet, (
+        batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 3, 16, 20)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["UpSampling"], progress=False)
     assert "UpSampling" in [r.op for r in kept.report()]
