@@ -98,6 +98,8 @@ class FusedGraph:
         int8 convolution and ``depth_to_space``), for ``report()``.
     np_mode : bool
         The net was written for MXNet's NumPy mode (traced and run with ``mxnet.np``).
+    excluded : frozenset of str
+        Fused-graph nodes the user's ``exclude`` names (final-graph passes leave them).
     """
 
     symbol: Any
@@ -115,6 +117,7 @@ class FusedGraph:
     rewritten: Mapping[str, str] = field(
         default_factory=lambda: types.MappingProxyType({}))
     np_mode: bool = False
+    excluded: frozenset = frozenset()
 
     @property
     def fingerprint(self):
@@ -292,7 +295,7 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
                       net_class=_class_name(net),
                       param_rewrites=tuple(context.param_rewrites),
                       messages=tuple(messages), range_bounds=types.MappingProxyType(bounds),
-                      input_shapes=input_shapes, np_mode=np_mode,
+                      input_shapes=input_shapes, np_mode=np_mode, excluded=frozenset(excluded),
                       rewritten=types.MappingProxyType(dict(context.rewritten)))
 
 
@@ -631,7 +634,8 @@ def _final_graph(plan, table, spec, messages):
     input_names = plan.fused.inputs.names
     ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in table.items()}
     context = PassContext(spec=spec, param_shapes=plan.fused.param_shapes, ranges=ranges,
-                          infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, input_names))
+                          infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, input_names),
+                          excluded=plan.fused.excluded)
     graph = _mxnet.graph_json(_mxnet.set_calibration(plan.symbol, ranges, messages)
                               if not spec.quantize_in_python else plan.symbol)
     run_passes(Stage.CALIBRATED, graph, context)

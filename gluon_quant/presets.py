@@ -246,7 +246,9 @@ _PRESET_LIST = (
                       KeepFP32("box_predictor", _AFTER_HEAD, downstream=True)),
            classes=("RCNN",)),
     Preset("gluoncv-centernet", "GluonCV CenterNet: backbone, upsampling convolutions and "
-           "the three heads in int8; heatmap sigmoid, peak picking and top-k decoding in fp32.",
+           "the three heads in int8; heatmap sigmoid, peak picking and top-k decoding in fp32 "
+           "(the peak picking's max pooling runs as int8 pooling of the heatmap's int8 "
+           "logits, the same values).",
            keep_fp32=(KeepFP32("heads*", (
                "the heatmap's peaks are picked by comparing it with its own max pooling and "
                "box sizes and offsets are gathered at the peaks: exact fp32 comparisons "

@@ -5,6 +5,7 @@ from typing import Optional, Tuple
 
 from . import _mxnet
 from .graph import GraphView, block_scopes, layer_name
+from .graph.inspect import INT8_FORM_ATTR
 from .pipeline import BOUNDED_META_KEY
 
 __all__ = ["LayerReport", "QuantReport", "build_report"]
@@ -188,6 +189,8 @@ def build_report(model, net, config, calibrator_name, timing=None):
         if dropped:     # graph.guards.unsigned_relus
             quantized, reason = True, ("int8: its input is uint8, which a ReLU leaves as it "
                                        "is, so the int8 graph reads that input instead")
+        elif quantized and qnode.attr(INT8_FORM_ATTR):     # graph.maxpools
+            reason = qnode.attr(INT8_FORM_ATTR)
         elif node.name in fp32_nodes:
             reason = fp32_nodes[node.name]
         elif quantized:

@@ -28,6 +28,9 @@ _EARLIER_VARIABLE_ATTRS = (("__shape__",), ())
 #: Attribute of a node a rewrite made to run in fp32 by design; its value names the
 #: backend's ``fp32_ops`` entry that says why (``report()`` shows it).
 FP32_FORM_ATTR = "__fp32_form__"
+#: Attribute of a final-graph node a pass made int8 where the fused graph kept the node
+#: fp32; its value says why (``report()`` shows it).
+INT8_FORM_ATTR = "__int8_form__"
 
 
 def is_true(value):

@@ -13,9 +13,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
 
 ``TRACED`` (the traced fp32 graph, before the backend's fusion): exact fp32 rewrites,
     in :mod:`gluon_quant.graph.rewrites`
-    :func:`~gluon_quant.graph.normalize.fold_input_normalization`: with
-    ``QuantConfig.input_normalization``, the input's ``(x - mean) / std`` folded into the
-    first convolutions, so raw pixel values are fed (:mod:`gluon_quant.graph.normalize`).
+    ``normalize.fold_input_normalization``: ``QuantConfig.input_normalization``'s
+    ``(x - mean) / std`` folded into the first convolutions (raw pixels are fed).
     :func:`global_adaptive_pools`: ``AdaptiveAvgPooling2D(output_size=1)`` (squeeze-excite
     blocks of SE-ResNet and MobileNetV3) becomes a global average ``Pooling``, which has an
     int8 kernel; so does a mean or max over every spatial axis (``F.mean(x, axis=(2,
@@ -49,8 +48,7 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`same_shape_adds`: a broadcasting addition of same-shaped tensors (``x + y`` in
     NumPy mode) becomes ``elemwise_add``, which oneDNN fuses as a residual sum;
     :func:`numpy_concatenations`: ``np.concatenate`` becomes ``Concat`` (an int8 kernel).
-    :func:`~gluon_quant.graph.rewrites.identity_chains`: no-ops in a row (two dropouts after
-    an input) become one, which MXNet's fusion removes without breaking the graph;
+    ``identity_chains``: no-ops in a row become one (MXNet's fusion broke on two);
     ``scalars``: ``x * 1`` and ``x / 1`` removed, ``x ** 2``, ``x ** 3`` as ``square``.
     :func:`canonical_activations` (guards): ``F.relu``, ``F.sigmoid``, ``F.tanh`` run as
     ``Activation`` (relu fuses; sigmoid and tanh run oneDNN's kernels, 9x and 30x faster).
@@ -109,15 +107,15 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
 
     * int8 operand, uint8 output (``relu(conv(x) + signed shortcut)``, the first block of
       every ResNet v1 stage): the kernel scales for 255 levels but saturates at int8's
-      127, so every value above half the calibrated range is clipped. The pass widens the
-      node's range by 255/127 (one bit less, nothing clipped).
-    * uint8 operand, int8 output (``conv(x) + relu(y)`` with no activation after the
-      sum): negative sums are clipped to 0. The pass re-quantizes the operand to int8
-      (dequantize, then quantize over ``[-max, max]``).
+      127: values above half the range were clipped. The range is widened by 255/127.
+    * uint8 operand, int8 output (``conv(x) + relu(y)``): negative sums are clipped to 0.
+      The operand is re-quantized to int8 (dequantize, quantize over ``[-max, max]``).
 
     :func:`~gluon_quant.graph.guards.grouped_per_tensor` (oneDNN): a grouped convolution
     (1 < groups < channels) outputs int32 with one weight scale, and a requantize after it
     takes its calibrated range (per-channel scales are applied per group by MXNet).
+    :func:`~gluon_quant.graph.maxpools.int8_max_pools`: an fp32 max pooling of a
+    dequantized tensor (through functions that never decrease) runs as int8 pooling.
 
 Debugging and presets use :func:`calibrated_nodes` and the helpers of
 :mod:`gluon_quant.graph.tools` (re-exported here): :func:`insert_fake_quant`,
@@ -143,6 +141,7 @@ from .heads import loss_heads
 from .islands import small_int8_regions
 from .pads import pads_into_convolutions
 from .layout import channels_first_convolutions, plain_reshaped_inputs
+from .maxpools import int8_max_pools
 from .affine import affine_into_layers
 from .matmul import products_as_dense
 from .normalize import fold_input_normalization
@@ -762,6 +761,7 @@ PASSES = (
     GraphPass("grouped_per_tensor", Stage.FINAL, grouped_per_tensor, backends=("onednn",)),
     GraphPass("stop_rnn_gradients", Stage.FINAL, _rewrite(stop_rnn_gradients),
               backends=("onednn",)),
+    GraphPass("int8_max_pools", Stage.FINAL, int8_max_pools, backends=("onednn",)),
 )
 
 

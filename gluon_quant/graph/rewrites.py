@@ -394,7 +394,7 @@ def fold_dense_batchnorm(graph, context):
         fc["attrs"] = fc_attrs
         replace[index] = src[0]
     if replace:
-        _redirect(graph, replace)
+        redirect(graph, replace)
         append_nodes(graph, [])     # the new weight variables come before their readers
         _log.debug("Folded %d BatchNorm layer(s) into the dense layers before them.",
                    len(replace))
@@ -483,7 +483,7 @@ def fold_parameter_expressions(graph, context):
             graph=json.dumps(expression)))
         replace[index] = _add_var(graph, node["name"])
     if replace:
-        _redirect(graph, replace)
+        redirect(graph, replace)
         _log.debug("Folded %d parameter expression(s) into parameters.", len(replace))
     return {}
 
@@ -546,7 +546,7 @@ def masked_softmax(graph, context=None):  # pylint: disable=unused-argument
     return {}
 
 
-def _redirect(graph, replace):
+def redirect(graph, replace):
     """Make every reader of output 0 of node ``old`` read output 0 of ``replace[old]``;
     then drop the nodes nothing reaches any more."""
     for node in graph["nodes"]:
