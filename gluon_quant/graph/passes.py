@@ -41,7 +41,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     ``clip``, which oneDNN fuses into the layer before them; ``clamps.hard_sigmoids``:
     MobileNetV3's ``clip(x + 3, 0, 6) / 6`` as one ``hard_sigmoid``.
     ``norms.norms_as_last_axis_layernorm``: channels-first ``LayerNorm``/``softmax``,
-    ``InstanceNorm``, ``GroupNorm`` over the last axis of transposed or reshaped data.
+    ``InstanceNorm``, ``GroupNorm`` over the last axis of transposed or reshaped data;
+    ``norms.written_layernorms``: one written out (ConvNeXt's) as one ``LayerNorm``.
     :func:`fold_dense_batchnorm`: a BatchNorm after a dense layer is folded into it.
     :func:`fold_parameter_expressions`: weights a layer builds from its parameters at every
     call (Gluon's RNN layers, BERT's q/k/v projection) become parameters computed once.
@@ -54,11 +55,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     ``Activation`` (relu fuses; sigmoid and tanh run oneDNN's kernels, 9x and 30x faster).
     :func:`~gluon_quant.graph.pads.pads_into_convolutions`: a symmetric zero ``Pad``
     read only by convolutions becomes their padding (``Pad`` has no int8 kernel).
-    :func:`batchnorm_variants`: ``SyncBatchNorm`` and ``BatchNormReLU`` become the
-    ``BatchNorm`` (+ ReLU) they are at inference, which oneDNN folds into a convolution.
-    :func:`masked_softmax`: a softmax with lengths (BERT's attention over padded
-    sequences) runs as a mask and oneDNN's plain softmax (14-37 ms against 1 ms on BERT-base
-    scores, 22% of its int8 time at batch 8).
+    :func:`batchnorm_variants`: ``SyncBatchNorm``, ``BatchNormReLU`` as ``BatchNorm`` (+ReLU).
+    :func:`masked_softmax`: a softmax with lengths (BERT's padded attention) as a mask and
+    oneDNN's plain softmax (14-37 ms against 1 ms on BERT-base scores).
     :func:`lift_1d_to_2d` (oneDNN): 1-D convolutions and poolings run as 2-D ones over
     ``(N, C, 1, W)`` data (oneDNN's int8 kernels take 4-D/5-D data only).
 ``FUSED`` (the fused fp32 graph): which nodes stay fp32
@@ -147,7 +146,7 @@ from .matmul import products_as_dense
 from .normalize import fold_input_normalization
 from .prelu import prelu_as_leaky
 from .clamps import clamps_as_activations, hard_sigmoids
-from .norms import norms_as_last_axis_layernorm
+from .norms import norms_as_last_axis_layernorm, written_layernorms
 from .scalars import small_powers, unit_scalars
 from .upsampling import nearest_upsampling_as_deconv
 from .pooling import axis_reductions, spatial_reductions, tiled_adaptive_pools
@@ -700,6 +699,7 @@ PASSES = (
     GraphPass("identity_chains", Stage.TRACED, identity_chains),
     GraphPass("unit_scalars", Stage.TRACED, unit_scalars),
     GraphPass("small_powers", Stage.TRACED, small_powers),
+    GraphPass("written_layernorms", Stage.TRACED, written_layernorms),
     GraphPass("loss_heads", Stage.TRACED, loss_heads),
     GraphPass("channels_first_convolutions", Stage.TRACED, channels_first_convolutions),
     GraphPass("pads_into_convolutions", Stage.TRACED, pads_into_convolutions),
