@@ -1395,3 +1395,45 @@ def test_a_weight_computed_from_parameters_is_computed_once(tmp_path):
     assert len(json.load(open(paths["meta"]))["packed"]) == 3
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "wn"))
     assert np.array_equal(loaded(batches[2]).asnumpy(), qnet(batches[2]).asnumpy())
+
+
+class _GatedTCN(nn.HybridBlock):
+    """WaveNet/ConvS2S-style gated 1-D convolutions: each output split into halves along
+    the channels (``F.split``, i.e. slices), ``tanh(a) * sigmoid(b)``; a causal chomp of
+    the padded time steps (``slice_axis(axis=-1)``) and a residual sum."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.inp = nn.Conv1D(16, 1)
+            self.gates = [nn.Conv1D(32, 3, padding=2 * d, dilation=d) for d in (1, 2)]
+            for gate in self.gates:
+                self.register_child(gate)
+            self.out = nn.Conv1D(4, 1)
+
+    def hybrid_forward(self, F, x):
+        x = self.inp(x)
+        for gate in self.gates:
+            y = gate(x).slice_axis(axis=-1, begin=0, end=-2 * gate._kwargs["dilate"][0])
+            a, b = F.split(y, 2, axis=1)
+            x = x + F.tanh(a) * F.sigmoid(b)
+        return self.out(x)
+
+
+def test_gated_1d_convolutions_stay_4d_through_their_slices(tmp_path):
+    """The lifted (N, C, 1, W) tensors stay 4-D through channel and time slices: no
+    squeeze between the layers (one per gated layer before), int8 convolutions,
+    the same values at another length, the export reloads identical."""
+    net = _GatedTCN()
+    net.initialize(mx.init.Xavier())
+    batches = [mx.nd.array(RS.uniform(-1, 1, (4, 3, 50)).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches[:2], progress=False)
+    ops = [n["op"] for n in json.loads(qnet.quantized_graph.tojson())["nodes"]]
+    assert ops.count("squeeze") == 1, ops       # the output's alone
+    assert all(r.quantized for r in _layer(qnet, "Convolution")), qnet.report()
+    longer = mx.nd.array(RS.uniform(-1, 1, (2, 3, 77)).astype("float32"))
+    qnet.export(str(tmp_path / "m"))
+    again = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
+    for x in (batches[2], longer):
+        assert _agree(net, qnet, x) > 0.999
+        assert np.array_equal(qnet(x).asnumpy(), again(x).asnumpy())

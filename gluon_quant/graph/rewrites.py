@@ -558,13 +558,9 @@ def redirect(graph, replace):
 
 
 def reachable(nodes, heads, attrs=None):
-    """The graph of the nodes ``heads`` reach, in their order, every entry renumbered.
-
-    "In their order" as far as it is topological: a node read by an earlier one (a
-    variable a pass appended, such as a folded RNN weight) moves before its first reader,
-    since the passes walk graphs in node order.
-
-    The nodes are copied (``nodes`` is left as it is), so a sub-graph can be cut out of a
+    """The graph of the nodes ``heads`` reach, in their order as far as it is topological
+    (a variable a pass appended moves before its first reader), every entry renumbered.
+    The nodes are copied (``nodes`` is left as it is): a sub-graph can be cut out of a
     graph still in use.
 
     Parameters
@@ -669,8 +665,8 @@ def lift_1d_to_2d(graph, context):
     while a Conv1D written as Conv2D with a (1, k) kernel ran in int8 at 0.99985 cosine
     and about 3x fp32 speed. The data is expanded once (``expand_dims(axis=2)``) and
     stays 4-D through operators that do not care (BatchNorm over channels, activations,
-    element-wise sums of lifted tensors, channel concatenation, more 1-D layers), so
-    that conv + BatchNorm + ReLU still fuse; it is squeezed back where anything else
+    element-wise sums of lifted tensors, channel concatenation, slices, more 1-D layers),
+    so that conv + BatchNorm + ReLU still fuse; it is squeezed back where anything else
     reads it. The weights are reshaped to ``(O, I, 1, k)`` on the pipeline's copies.
 
     Returns
@@ -741,6 +737,11 @@ def lift_1d_to_2d(graph, context):
                     and int((node.get("attrs") or {}).get("axis", 1)) == 1)):
             lift = True
             copy["inputs"] = [entry(inputs[0], True)] + [entry(e) for e in inputs[1:]]
+        elif node["op"] == "slice_axis" and inputs and (inputs[0][0], inputs[0][1]) in lifted:
+            lift = True     # a gated 1-D convolution's halves; a time axis moves past H
+            axis = int((node.get("attrs") or {}).get("axis", 0)) % 3
+            copy["attrs"] = dict(node.get("attrs") or {}, axis=str(axis if axis < 2 else 3))
+            copy["inputs"] = [entry(inputs[0], True)]
         elif node["op"] == "Flatten" and inputs and (inputs[0][0], inputs[0][1]) in lifted:
             # (N, C, 1, W) flattens as (N, C, W) does: read it as it is, no squeeze.
             copy["inputs"] = [entry(inputs[0], True)]
