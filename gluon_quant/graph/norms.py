@@ -220,8 +220,8 @@ def _affine(nodes, readers, shapes, index, ops, per_channel):
     if node["op"] not in ops or len(node["inputs"]) != 2:
         return None
     for mine, other in (node["inputs"], node["inputs"][::-1]):
-        shape = tuple(shapes.get((nodes[other[0]]["name"], other[1])) or (0,) * 9)
-        if mine[0] == index and mine[1] == 0 and len(shape) <= len(per_channel) and \
+        shape = tuple(shapes.get((nodes[other[0]]["name"], other[1])) or ())
+        if mine[0] == index and mine[1] == 0 and 0 < len(shape) <= len(per_channel) and \
                 (1,) * (len(per_channel) - len(shape)) + shape == per_channel:
             return reader, other        # broadcast like a (1, C, 1, 1) or (C,) tensor
     return None

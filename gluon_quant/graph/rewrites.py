@@ -22,7 +22,7 @@ __all__ = ["ParamRewrite", "unique_names", "global_adaptive_pools", "fold_dense_
            "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "num_outputs",
            "known_shape", "append_nodes", "reachable", "private_attrs", "same_shape_adds", "BROADCAST_ADDS",
            "numpy_concatenations", "batchnorm_variants", "identity_chains", "attr_ints", "prune",
-           "consumers", "FOLDABLE", "parameter_entries"]
+           "consumers", "FOLDABLE", "parameter_entries", "redirect"]
 
 _log = logging.getLogger(__name__)
 
