@@ -158,14 +158,18 @@ class ReferenceTap:
         ReLU/ReLU6, not an output) are tapped.
     limit : int
         Samples to keep.
+    skip : iterable of str
+        Tensor keys whose statistics come from another tensor
+        (:func:`~gluon_quant.collect.range_sources`): not tapped, their references are
+        computed by bias correction.
     """
 
-    def __init__(self, calibrator, fused_view, limit):
+    def __init__(self, calibrator, fused_view, limit, skip=()):
         self._calibrator = calibrator
         self._limit = limit
         self._wanted = {n.name + "_output" for n in fused_view
                         if n.op in _FUSED_LINEAR_OPS and _correctable(n)
-                        and n.name not in fused_view.outputs}
+                        and n.name not in fused_view.outputs} - set(skip)
         self._shapes, self._chunks, self._count = {}, {}, {}
         self._whole, self._whole_data, self._first = {}, {}, None
 

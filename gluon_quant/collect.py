@@ -23,9 +23,10 @@ from . import _mxnet
 from .data import channels_last_hint, check_finite, describe
 from .errors import (EmptyCalibrationError, GraphError, InputMismatchError, ModelExecutionError,
                      NotHybridizableError)
+from .graph.inspect import GraphView
 from .progress import progress_bar
 
-__all__ = ["collect_statistics", "build_runner", "check_graph_shapes"]
+__all__ = ["collect_statistics", "build_runner", "check_graph_shapes", "range_sources"]
 
 _log = logging.getLogger(__name__)
 
@@ -54,11 +55,60 @@ def build_runner(fused, outputs, input_names, params, ctx):
     if not outputs:
         return None
     internals = fused.get_internals()
+    sources = range_sources(GraphView(_mxnet.graph_json(fused)), outputs)
+    outputs = [sources.get(n, n) for n in outputs]
     # Flattened in the graph: oneDNN operators may leave their outputs in a blocked
     # layout, and the reorder to the plain layout is then part of the (multi-threaded,
     # asynchronous) forward pass instead of a slow synchronous reorder when read.
     group = mx.sym.Group([mx.sym.reshape(internals[n], shape=(-1,)) for n in outputs])
     return _Runner(group, input_names, params, ctx)
+
+
+#: Operators whose output is the largest of some of their input's values.
+_MAX_REDUCTIONS = {"Pooling", "max", "max_axis", "_npi_max"}
+
+
+def range_sources(view, names):
+    """``{tensor: tensor}``: where a calibrated tensor's statistics are taken from instead.
+
+    A tensor whose every reader is a max reduction (a max pooling, global or windowed;
+    ``max`` over axes) reaches the rest of the net only through the largest values of its
+    windows. Rounding to a range commutes with taking a maximum, so the int8 error the
+    net sees is that of the pooled values rounded to the tensor's range: the range is
+    chosen on their statistics (those of the first reader). Calibrated on the tensor
+    itself, a clipping calibrator cuts exactly the tail a global max picks (PointNet's
+    max over 1024 points: logit cosine 0.953 with MSE ranges, 0.995 without clipping).
+
+    Parameters
+    ----------
+    view : GraphView
+        The fused fp32 graph.
+    names : iterable of str
+        Calibrated tensor keys (``<node>_output``).
+
+    Returns
+    -------
+    dict of str to str
+    """
+    readers = {}
+    for node in view:
+        for name in set(node.inputs):
+            readers.setdefault(name, []).append(node)
+    sources = {}
+    for key in names:
+        node = key[:-len("_output")] if key.endswith("_output") else None
+        found = readers.get(node, ())
+        if node is None or not found or node in view.outputs \
+                or not all(_is_max(r) for r in found):
+            continue
+        sources[key] = found[0].name + "_output"
+    return sources
+
+
+def _is_max(node):
+    if node.op not in _MAX_REDUCTIONS or len(node.inputs) != 1:
+        return False
+    return node.op != "Pooling" or node.attr("pool_type", "max") == "max"
 
 
 class _Runner:

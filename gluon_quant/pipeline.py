@@ -28,7 +28,7 @@ from ._stage import return_free_memory, stage
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
 from .calib.table import as_table
-from .collect import build_runner, check_graph_shapes, collect_statistics
+from .collect import build_runner, check_graph_shapes, collect_statistics, range_sources
 from .config import QuantConfig, QuantDtype, WeightRounding
 from .data import BatchConverter, InputSpec, batch_count, iter_batches
 from .errors import CalibrationTableError, GluonQuantError, GraphError, UnsupportedDtypeError
@@ -399,8 +399,9 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     ctx = _context(config)
     state = {"params": None, "shapes": (), "limit": KEPT_SAMPLES}
     # Bias correction's fp32 reference is read from this pass instead of computed again.
-    tap = bias.ReferenceTap(calibrator, plan.fused.view, KEPT_SAMPLES) \
-        if config.bias_correction and get_spec(config.backend.value).bias_correction else None
+    tap = bias.ReferenceTap(calibrator, plan.fused.view, KEPT_SAMPLES, range_sources(
+        plan.fused.view, names)) if config.bias_correction and get_spec(
+            config.backend.value).bias_correction else None
 
     def make_runner(inputs):
         if state["params"] is None:
