@@ -221,6 +221,33 @@ def test_dense_batchnorm_is_folded():
     assert net[0].weight.shape == (64, 10) and net[1].gamma.shape == (64,)
 
 
+@pytest.mark.parametrize("axis, shape", [(2, (16, 12, 10)), (-1, (16, 12, 10)),
+                                         (1, (64, 10))])
+def test_batchnorm_over_a_dense_layers_last_axis_is_folded(axis, shape, tmp_path):
+    """Per-position dense layers (``flatten=False``) with a BatchNorm over their units
+    written as the axis number (``BatchNorm(axis=2)`` on ``(N, T, units)``, ``axis=1`` on
+    ``(N, units)``): unfolded, each BatchNorm ran fp32 between a dequantize and a quantize
+    (a 3-layer MLP on (32, 50, 64): 1.46x fp32; folded, 5.4x)."""
+    net = nn.HybridSequential()
+    for _ in range(2):
+        net.add(nn.Dense(64, flatten=False), nn.BatchNorm(axis=axis, in_channels=64),
+                nn.Activation("relu"))
+    net.add(nn.Dense(3, flatten=False))
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(5)
+    x = mx.nd.array(rs.randn(*shape).astype("float32") * 3 + 1)
+    set_batchnorm_statistics(net, x)
+    qnet = gq.quantize(net, [x[:8]], progress=False)
+    report = qnet.report()
+    assert [r.op for r in report] == ["FullyConnected"] * 3, report
+    assert [r.pattern for r in report][:2] == ["FullyConnected+Activation(relu)"] * 2
+    assert all(r.quantized for r in report)
+    assert _agree(net, qnet, x[8:]) > 0.999
+    qnet.export(str(tmp_path / "mlp"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "mlp"))
+    assert np.array_equal(loaded(x[8:]).asnumpy(), qnet(x[8:]).asnumpy())
+
+
 def test_recurrent_modes_without_int8_kernel_stay_fp32_with_the_reason():
     class Tagger(nn.HybridBlock):
         def __init__(self, **kwargs):

@@ -43,7 +43,8 @@ __all__ = [
     "check_graph_entries", "native_output", "is_initialized", "finish_deferred_init",
     "clear_cached_op", "imperative", "params_with_prefix", "replace_child", "run_error",
     "registered_param_names", "shape_error", "ReshapeSizeError",
-    "batchnorm_momentum", "set_batchnorm_momentum", "device", "MXNetError", "int8_lstm_runs",
+    "batchnorm_momentum", "batchnorm_axis", "set_batchnorm_momentum", "device", "MXNetError",
+    "int8_lstm_runs",
     "CachedCall", "static_flags", "without_static_memory", "hybridize_with", "inference_mode",
     "unshared",
     "is_np_mode", "net_np_mode", "is_np_array", "legacy_mode", "np_scope", "as_legacy", "as_np", "call_net",
@@ -717,6 +718,11 @@ def registered_param_names(block):
 def batchnorm_momentum(layer):
     """A Gluon ``BatchNorm`` layer's momentum."""
     return layer._kwargs.get("momentum", 0.9)
+
+
+def batchnorm_axis(layer):
+    """A Gluon ``BatchNorm`` layer's channel axis (1 unless built with another)."""
+    return int(layer._kwargs.get("axis", 1))
 
 
 def set_batchnorm_momentum(layer, momentum):

@@ -288,13 +288,7 @@ def unique_names(graph, context=None):  # pylint: disable=unused-argument
     """Rename operators that share a name: a block called twice (one pooling block used at
     two places) traces two nodes named alike, and MXNet then cannot tell their outputs
     apart ("There are multiple outputs with name ..."). The first keeps its name, later
-    ones get ``_call2``, ``_call3``...
-
-    Returns
-    -------
-    dict
-        Empty.
-    """
+    ones get ``_call2``, ``_call3``... Returns an empty dict."""
     seen = collections.Counter()
     for node in graph["nodes"]:
         if node["op"] == "null":
@@ -321,11 +315,7 @@ def identity_chains(graph, context=None):  # pylint: disable=unused-argument
     network input in a row, it left a variable reading that input (``data0``): quantizing
     a net starting with two ``nn.Dropout`` layers failed ("The traced graph has inputs
     that are neither network inputs nor parameters"). Exact: each link is the identity.
-
-    Returns
-    -------
-    dict
-        Empty: the rewrite keeps nothing in fp32.
+    Returns an empty dict: the rewrite keeps nothing in fp32.
     """
     nodes, changed = graph["nodes"], False
     for node in nodes:                  # in topological order: a chain's head first
@@ -350,7 +340,8 @@ def fold_dense_batchnorm(graph, context):
     rounding (``W' = W * gamma / sqrt(var + eps)``, ``b' = (b - mean) * that + beta``).
 
     Only a BatchNorm over the dense layer's output features (axis 1 after a flattening
-    layer, the last axis otherwise) that is the dense output's only consumer is folded.
+    layer, the last axis otherwise: -1, or ``BatchNorm(axis=2)`` over ``(N, T, units)``
+    given the shapes) that is the dense output's only consumer is folded.
 
     Returns
     -------
@@ -358,8 +349,11 @@ def fold_dense_batchnorm(graph, context):
         Empty.
     """
     nodes = graph["nodes"]
-    readers = consumers(graph)
+    readers, shapes = consumers(graph), {}
     heads = {(h[0], h[1]) for h in graph["heads"]}
+    if any(n["op"] == "BatchNorm" and int((n.get("attrs") or {}).get("axis", 1)) >= 0
+           for n in nodes) and context is not None and context.infer_shapes is not None:
+        shapes = context.infer_shapes(graph) or {}  # before the loop adds weights
     replace = {}
     for index, node in enumerate(nodes):
         if node["op"] != "BatchNorm":
@@ -372,7 +366,8 @@ def fold_dense_batchnorm(graph, context):
         attrs, fc_attrs = node.get("attrs") or {}, fc.get("attrs") or {}
         axis = int(attrs.get("axis", 1))
         flatten = str(fc_attrs.get("flatten", "True")).lower() in ("true", "1")
-        if axis != (1 if flatten else -1):
+        rank = len(shapes.get((fc["name"], 0)) or ())
+        if axis != (1 if flatten else -1) and (flatten or axis != rank - 1):
             continue
         params = [nodes[e[0]] for e in node["inputs"][1:5]] + \
             [nodes[e[0]] for e in fc["inputs"][1:]]

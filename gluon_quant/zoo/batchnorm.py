@@ -123,7 +123,7 @@ def set_batchnorm_statistics(net, batch):
     skipped, counts = [], []
 
     def hook(block, inputs):
-        moments = _moments(inputs[0])
+        moments = _moments(inputs[0], _mxnet.batchnorm_axis(block))
         if moments is None:
             skipped.append(block.name)
             return
@@ -163,16 +163,19 @@ def set_batchnorm_statistics(net, batch):
     return len(layers) - len(skipped) + sum(counts)
 
 
-def _moments(x):
-    """Per-channel mean and (biased) variance of ``x`` ``(N, C, ...)``, or None where each
-    channel holds a single value (a batch of 1 at 1x1, after global pooling): its variance
-    would be 0, and the layer would multiply every other input's deviation by 1/sqrt(eps)."""
-    if x.size <= x.shape[1]:
+def _moments(x, axis=1):
+    """Per-channel mean and (biased) variance of ``x`` (channels on ``axis``: 1 for
+    ``(N, C, ...)``, 2 or -1 for a BatchNorm over the units of ``(N, T, units)``), or None
+    where each channel holds a single value (a batch of 1 at 1x1, after global pooling):
+    its variance would be 0, and the layer would multiply every other input's deviation by
+    1/sqrt(eps)."""
+    axis %= x.ndim
+    if x.size <= x.shape[axis]:
         return None
-    axes = tuple(i for i in range(x.ndim) if i != 1)
-    mean = x.mean(axis=axes)
-    var = ((x - mean.reshape((1, -1) + (1,) * (x.ndim - 2))) ** 2).mean(axis=axes)
-    return mean, var
+    axes = tuple(i for i in range(x.ndim) if i != axis)
+    mean = x.mean(axis=axes, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=axes)
+    return mean.reshape((-1,)), var
 
 
 def _warn_single_values(names):
@@ -184,8 +187,8 @@ def _warn_single_values(names):
 
 
 def _batchnorm_inputs(sym):
-    """``[(data entry, moving-mean name, moving-variance name)]`` of every BatchNorm of
-    ``sym`` whose statistics are parameters, in graph order."""
+    """``[(data entry, moving-mean name, moving-variance name, axis)]`` of every BatchNorm
+    of ``sym`` whose statistics are parameters, in graph order."""
     nodes = json.loads(sym.tojson())["nodes"]
     internals = sym.get_internals()
     outputs = internals.list_outputs()
@@ -199,7 +202,8 @@ def _batchnorm_inputs(sym):
         if key not in outputs:      # a multi-output operator: outputs are numbered
             key = "%s_output%d" % (source["name"], slot)
         mean, var = (nodes[i]["name"] for i, _, *_ in node["inputs"][3:5])
-        found.append((internals[outputs.index(key)], mean, var))
+        found.append((internals[outputs.index(key)], mean, var,
+                      int((node.get("attrs") or {}).get("axis", 1))))
     return found
 
 
@@ -229,12 +233,12 @@ def set_symbol_block_statistics(block, inputs):
     if not layers:
         return 0
     params = {name: param.data() for name, param in block.collect_params().items()}
-    values = _mxnet.run_training_mode(mx.sym.Group([entry for entry, _, _ in layers]),
+    values = _mxnet.run_training_mode(mx.sym.Group([entry for entry, *_ in layers]),
                                       [s.name for s in symbols], inputs, params,
                                       inputs[0].context)
     skipped = []
-    for (_, mean_name, var_name), x in zip(layers, values):
-        moments = _moments(x)
+    for (_, mean_name, var_name, axis), x in zip(layers, values):
+        moments = _moments(x, axis)
         if moments is None:
             skipped.append(mean_name)
             continue

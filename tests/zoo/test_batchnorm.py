@@ -80,3 +80,29 @@ def test_a_layer_seeing_one_value_per_channel_is_left_alone(inside_symbol_block,
     assert first.min() > 0 and np.array_equal(pooled, np.ones(8, "float32"))
     assert "1 BatchNorm layer(s) see one value per channel" in caplog.text
     assert batchnorm.set_batchnorm_statistics(net, mx.nd.concat(x, x * 2, dim=0)) == 2
+
+
+@pytest.mark.parametrize("inside_symbol_block", [False, True])
+@pytest.mark.parametrize("axis", [2, -1])
+def test_statistics_of_a_batchnorm_over_another_axis(axis, inside_symbol_block):
+    """``BatchNorm(axis=2)`` over the units of a per-position dense layer's ``(N, T, units)``
+    output: its statistics are per unit (the hooks took axis 1 and failed: "Expected shape
+    (12,) is incompatible with given shape (64,)")."""
+    net = nn.HybridSequential()
+    net.add(nn.Dense(64, flatten=False), nn.BatchNorm(axis=axis, in_channels=64))
+    net.initialize(mx.init.Xavier())
+    x = mx.nd.array(np.random.RandomState(1).randn(16, 12, 10).astype("float32") * 2 + 1)
+    if inside_symbol_block:
+        net.hybridize()
+        net(x)
+        inputs = mx.sym.var("data")
+        net = mx.gluon.SymbolBlock(net(inputs), inputs, params=net.collect_params())
+    assert batchnorm.set_batchnorm_statistics(net, x) == 1
+    params = net.collect_params()
+    dense = [p for n, p in params.items() if n.endswith("weight")][0].data()
+    bias = [p for n, p in params.items() if n.endswith("bias") and "dense" in n][0].data()
+    units = (mx.nd.dot(x, dense, transpose_b=True) + bias).asnumpy().reshape(-1, 64)
+    mean = [p for n, p in params.items() if n.endswith("running_mean")][0].data().asnumpy()
+    var = [p for n, p in params.items() if n.endswith("running_var")][0].data().asnumpy()
+    np.testing.assert_allclose(mean, units.mean(axis=0), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(var, units.var(axis=0), rtol=1e-4, atol=1e-5)
