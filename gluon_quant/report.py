@@ -121,11 +121,17 @@ class QuantReport(tuple):
         head = ("layer", "op", "fused pattern", "int8", "dtype", "range") + (
             ("fp32 ms", "int8 ms") if timed else ()) + ("why",)
         rows = []
-        for r in self:
-            rng = "" if r.threshold is None else "[%.4g, %.4g]" % tuple(r.threshold)
-            times = tuple("" if t is None else "%.4f" % t for t in (r.fp32_ms, r.int8_ms))
-            rows.append((r.layer, r.op, r.pattern, "yes" if r.quantized else "no",
-                         r.dtype or "?", rng) + (times if timed else ()) + (r.reason,))
+        for group in _fp32_runs(self):
+            r = group[-1]
+            ranged = [g for g in group if g.threshold is not None]
+            rng = "[%.4g, %.4g]" % tuple(ranged[-1].threshold) if ranged else ""
+            times = tuple("" if any(t is None for t in ts) else "%.4f" % sum(ts)
+                          for ts in zip(*((g.fp32_ms, g.int8_ms) for g in group)))
+            op, pattern, reason = (r.op, r.pattern, r.reason) if len(group) == 1 else (
+                ", ".join(_unique(g.op for g in group)), "%d nodes" % len(group),
+                _merged_reasons(group, self.backend))
+            rows.append((r.layer, op, pattern, "yes" if r.quantized else "no",
+                         r.dtype or "?", rng) + (times if timed else ()) + (reason,))
         widths = [min(max(len(str(row[i])) for row in rows + [head]), 48)
                   for i in range(len(head) - 1)] + [max(len(str(r[-1])) for r in rows + [head])]
 
@@ -135,9 +141,9 @@ class QuantReport(tuple):
         q, total = self.coverage()
         lines = ["gluon_quant report: backend=%s dtype=%s granularity=%s calibrator=%s"
                  % (self.backend, self.dtype, self.granularity, self.calibrator),
-                 "%d of %d layers in int8; convolution/dense layers in int8: %d of %d; "
-                 "fused nodes: %d" % (len(self.quantized), len(self), q, total,
-                                      sum(r.fused for r in self)),
+                 "%d of %d graph nodes in int8; convolution/dense layers in int8: %d of "
+                 "%d; fused nodes: %d" % (len(self.quantized), len(self), q, total,
+                                          sum(r.fused for r in self)),
                  fmt(head), fmt(tuple("-" * w for w in widths))]
         if timed:
             lines.insert(2, "time per call, whole graph: fp32 %.3f ms, int8 %.3f ms; per node: "
@@ -150,6 +156,37 @@ class QuantReport(tuple):
 
     def __repr__(self):
         return "<QuantReport %d layers, %d int8>" % (len(self), len(self.quantized))
+
+
+def _fp32_runs(layers):
+    """``layers`` in runs to print as one row each: consecutive fp32 nodes of one layer
+    (a GroupNorm or a mean rewritten as ten small operators) together, others alone."""
+    runs = []
+    for r in layers:
+        if runs and not r.quantized and not runs[-1][-1].quantized \
+                and runs[-1][-1].layer == r.layer:
+            runs[-1].append(r)
+        else:
+            runs.append([r])
+    return runs
+
+
+def _unique(items):
+    return list(dict.fromkeys(items))
+
+
+def _merged_reasons(group, backend):
+    """The distinct reasons of a run of fp32 nodes, the "no int8 kernel" ones as one."""
+    prefix, suffix = "no int8 kernel for ", " on %s" % backend
+    missing, others = [], []
+    for r in group:
+        op = r.reason[len(prefix):-len(suffix)] if r.reason.startswith(prefix)             and r.reason.endswith(suffix) else ""
+        if op and " " not in op:
+            missing.append(op)
+        else:
+            others.append(r.reason)
+    merged = ["%s%s%s" % (prefix, ", ".join(_unique(missing)), suffix)] if missing else []
+    return "; ".join(_unique(others) + merged)
 
 
 def build_report(model, net, config, calibrator_name, timing=None):

@@ -44,6 +44,31 @@ def test_report_answers_what_was_fused_and_quantized(tiny_cnn, tiny_batches):
     assert report.to_dict()["layers"][0]["node"] == convs[0].node
 
 
+def test_report_text_shows_a_layers_fp32_nodes_as_one_row():
+    """A GroupNorm runs as eleven fp32 operators (reshapes, a LayerNorm, broadcasts): its
+    rows took most of a report's text. They print as one row: the operators, their count,
+    the range of the layer's output, the reasons without repeats; the rows themselves stay
+    one per node."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(16, 3, padding=1), nn.GroupNorm(num_groups=4), nn.Activation("relu"),
+            nn.Conv2D(16, 3, padding=1), nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).rand(8, 3, 24, 24).astype("float32") for i in (0, 1)]
+    report = gq.quantize(net, batches, progress=False).report()
+    layer = [r.layer for r in report if r.op == "LayerNorm"][0]   # groupnorm<k>
+    norm = [r for r in report if r.layer == layer]
+    assert layer.startswith("groupnorm") and len(norm) > 5
+    assert not any(r.quantized for r in norm)
+    lines = [line for line in str(report).splitlines() if line.startswith(layer + " ")]
+    assert len(lines) == 1, str(report)
+    assert "%d nodes" % len(norm) in lines[0] and "LayerNorm" in lines[0]
+    ranged = [r for r in norm if r.threshold is not None]
+    assert "[%.4g, %.4g]" % tuple(ranged[-1].threshold) in lines[0]
+    assert lines[0].count("no int8 kernel for") == 1 and "Reshape, " in lines[0]
+    assert "no int8 LayerNorm" in lines[0]
+    assert len(str(report).splitlines()) == 4 + len(report) - len(norm) + 1
+
+
 class TwoOpsOneBlock(gluon.HybridBlock):
     """A convolution and a dense layer written as F.* calls on the block's own parameters."""
 
