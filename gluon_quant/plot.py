@@ -9,6 +9,9 @@ Example::
 
     qnet = gq.quantize(net, batches)                 # default calibrator: 'mse'
     paths = gq.plot.plot_calibration(qnet, "plots")  # one PNG per calibrated tensor
+
+A tensor the net reads only through max poolings shows the values of its (first) pooling,
+on which its range is chosen (:func:`gluon_quant.collect.range_sources`).
 """
 import logging
 import math
