@@ -76,8 +76,9 @@ def range_sources(view, names):
     windows. Rounding to a range commutes with taking a maximum, so the int8 error the
     net sees is that of the pooled values rounded to the tensor's range: the range is
     chosen on their statistics (those of the first reader). Calibrated on the tensor
-    itself, a clipping calibrator cuts exactly the tail a global max picks (PointNet's
-    max over 1024 points: logit cosine 0.953 with MSE ranges, 0.995 without clipping).
+    itself, a clipping calibrator cuts exactly the tail a global max picks (a random-
+    weight PointNet's max over 1024 points: logit cosine 0.953 -> 0.974 with MSE ranges,
+    0.985 -> 0.993 with entropy).
 
     Parameters
     ----------

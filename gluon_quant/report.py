@@ -160,7 +160,7 @@ class QuantReport(tuple):
 
 def _fp32_runs(layers):
     """``layers`` in runs to print as one row each: consecutive fp32 nodes of one layer
-    (a GroupNorm or a mean rewritten as ten small operators) together, others alone."""
+    (a GroupNorm or InstanceNorm run as eleven small operators) together, others alone."""
     runs = []
     for r in layers:
         if runs and not r.quantized and not runs[-1][-1].quantized \

@@ -351,8 +351,9 @@ def fold_dense_batchnorm(graph, context):
     nodes = graph["nodes"]
     readers, shapes = consumers(graph), {}
     heads = {(h[0], h[1]) for h in graph["heads"]}
-    if any(n["op"] == "BatchNorm" and int((n.get("attrs") or {}).get("axis", 1)) >= 0
-           for n in nodes) and context is not None and context.infer_shapes is not None:
+    if any(n["op"] == "BatchNorm" and nodes[n["inputs"][0][0]]["op"] == "FullyConnected"
+           and int((n.get("attrs") or {}).get("axis", 1)) >= 0 for n in nodes) \
+            and context is not None and context.infer_shapes is not None:
         shapes = context.infer_shapes(graph) or {}  # before the loop adds weights
     replace = {}
     for index, node in enumerate(nodes):
