@@ -69,6 +69,42 @@ def test_report_text_shows_a_layers_fp32_nodes_as_one_row():
     assert len(str(report).splitlines()) == 4 + len(report) - len(norm) + 1
 
 
+class SharedBlocks(gluon.HybridBlock):
+    """One pooling block and one activation block, each called twice."""
+
+    def __init__(self):
+        super().__init__(prefix="shared_")
+        with self.name_scope():
+            self.c1 = nn.Conv2D(16, 3, padding=1, activation="relu", prefix="c1_")
+            self.c2 = nn.Conv2D(16, 3, padding=1, activation="relu", prefix="c2_")
+            self.pool = nn.MaxPool2D(prefix="pool_")
+            self.act = nn.Activation("sigmoid", prefix="act_")
+            self.out = nn.Dense(3, prefix="out_")
+
+    def hybrid_forward(self, F, x):
+        x = self.pool(self.c2(self.pool(self.c1(x))))
+        return self.out(self.act(self.act(x)))
+
+
+def test_a_block_called_twice_names_its_second_call_in_reports_and_exclude():
+    """Both calls of a shared pooling block were rows named alike in the report and the
+    doctor, and only both could be excluded at once."""
+    net = SharedBlocks()
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).rand(8, 3, 32, 32).astype("float32") for i in (0, 1)]
+    qnet = gq.quantize(net, batches, progress=False)
+    assert [r.layer for r in qnet.report() if r.op in ("Pooling", "Activation")] == [
+        "shared_pool", "shared_pool (call 2)", "shared_act", "shared_act (call 2)"]
+    text = str(qnet.report())
+    assert "shared_act (call 2)" in text and "2 nodes" not in text
+    rows = {r.layer for r in gq.debug.compare(qnet, batches)}
+    assert {"shared_pool", "shared_pool (call 2)"} <= rows
+    second = gq.quantize(net, batches, exclude=["shared_pool (call 2)"], progress=False)
+    assert [r.quantized for r in second.report() if r.op == "Pooling"] == [True, False]
+    both = gq.quantize(net, batches, exclude=["shared_pool"], progress=False)
+    assert [r.quantized for r in both.report() if r.op == "Pooling"] == [False, False]
+
+
 class TwoOpsOneBlock(gluon.HybridBlock):
     """A convolution and a dense layer written as F.* calls on the block's own parameters."""
 

@@ -10,6 +10,7 @@ names through the fused nodes' members, so exclusion works before and after fusi
 """
 import fnmatch
 import logging
+import re
 from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
@@ -96,14 +97,23 @@ def layer_name(node, scopes):
     where that block is one of Gluon's own layers (``resnetv10_conv0``); else the
     operator's own name (``mynet0_convolution0``, one of the ``F.*`` calls in a block's
     ``hybrid_forward``, or a sum a container's blocks share a prefix for: the block's name
-    would not tell them apart). ``exclude=`` takes either."""
+    would not tell them apart). A block the net calls more than once names its later calls
+    ``<block> (call 2)``, ... (their operators were renamed ``..._call2`` by
+    :func:`~gluon_quant.graph.rewrites.unique_names`). ``exclude=`` takes each of these."""
     main = next((m[0] for m in node.members if m[1] == node.main_op), node.members[0][0])
     best = None
     for scope in scopes:
         if scope.prefix and main.startswith(scope.prefix):
             if best is None or len(scope.prefix) > len(best.prefix):
                 best = scope
-    return best.name if best is not None and best.layer else main
+    if best is None or not best.layer:
+        return main
+    call = _CALL.search(main)
+    return best.name + (" (call %s)" % call.group(1) if call else "")
+
+
+#: The suffix :func:`~gluon_quant.graph.rewrites.unique_names` gives a block's later calls.
+_CALL = re.compile(r"_call(\d+)$")
 
 
 def _owners(op_name, scopes, by_path):
@@ -147,7 +157,7 @@ def _common_path(paths):
 
 
 def _node_keys(node, scopes, by_path):
-    keys = [node.name]
+    keys = [node.name, layer_name(node, scopes)]
     for name, _, _ in node.members:
         keys.append(name)
         keys.extend(_owners(name, scopes, by_path))
