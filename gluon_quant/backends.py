@@ -272,9 +272,9 @@ ONEDNN = BackendSpec(
     fp32_ops=types.MappingProxyType({
         "LayerNorm": "no int8 LayerNorm in MXNet 1.9.1: it runs in fp32 on the dequantized "
                      "sum before it, and the int8 layers after it quantize its output",
-        "softmax": "no int8 softmax in MXNet 1.9.1: it runs in fp32 (after self-attention's "
-                   "int8 q.k matmul, which hands its scores over in fp32, dequantize folded "
-                   "in); the int8 matmul after it quantizes the probabilities",
+        "softmax": "no int8 softmax in MXNet 1.9.1: it runs in fp32 (an int8 layer before "
+                   "it, such as self-attention's q.k matmul, hands it fp32 values, the "
+                   "dequantize folded in; an int8 layer after it quantizes its output)",
         "LeakyReLU(gelu)": "GELU has no int8 kernel of its own: it runs fused into the dense "
                            "layer before it wherever that layer is int8, in fp32 elsewhere",
         # Not an operator: the reason graph/deconv.py's shuffle gets (by its attribute).
