@@ -196,8 +196,7 @@ def test_1d_pooling_and_residual_stay_lifted():
     x = mx.nd.array(RS.randn(16, 4, 64).astype("float32"))
     set_batchnorm_statistics(net, x)
     qnet = gq.quantize(net, [x[:8]], progress=False)
-    assert [r.quantized for r in qnet.report() if r.op in ("Convolution", "Pooling")] == \
-        [True] * 4 + [False]            # the global mean runs fp32 (global_average_pools)
+    assert all(r.quantized for r in qnet.report() if r.op in ("Convolution", "Pooling"))
     assert _agree(net, qnet, x[8:]) > 0.99
     squeezes = [n for n in qnet.quantized_graph.tojson().split('"op": "')
                 if n.startswith("squeeze")]
@@ -988,7 +987,7 @@ class _MeanPooled(nn.HybridBlock):
                 F.max(self.conv(x), axis=(2, 3)))
 
 
-def test_spatial_means_and_maxima_run_as_global_pooling(disable_pass):
+def test_spatial_means_and_maxima_run_as_int8_global_pooling(disable_pass):
     mx.random.seed(0)
     net = _MeanPooled()
     net.initialize(mx.init.Xavier())
@@ -998,11 +997,12 @@ def test_spatial_means_and_maxima_run_as_global_pooling(disable_pass):
     report = qnet.report()
     reductions = [(row.op, row.pattern, row.quantized) for row in report
                   if row.op in ("mean", "max", "Pooling", "Flatten")]
-    # The max pools the convolution's uint8 output in int8, the means run fp32 (every
-    # global mean: global_average_pools); the mean over channels runs as a Deconvolution of
-    # ones, in fp32 (graph.pooling.axis_reductions).
+    # The squeeze and the max pool the convolution's uint8 output in int8 (the second
+    # mean reads the fp32 gated product, signed as far as the graph can tell:
+    # signed_global_pools); the mean over channels runs as a Deconvolution of ones, in
+    # fp32 (graph.pooling.axis_reductions).
     assert sorted(reductions) == sorted([
-        ("Pooling", "Pooling(avg)", False), ("Pooling", "Pooling(avg)", False),
+        ("Pooling", "Pooling(avg)", True), ("Pooling", "Pooling(avg)", False),
         ("Flatten", "Flatten", True),
         ("Pooling", "Pooling(max)", True), ("Flatten", "Flatten", True)])
     assert [row.op for row in report if row.layer.endswith("mean2_deconv")] == \

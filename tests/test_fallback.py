@@ -86,8 +86,7 @@ def test_the_integer_inputs_pass_prevents_it_before_mxnet_runs(int8_products):
     assert product.reason == "reads int64 tensors; int8 quantization is for float tensors"
 
 
-def test_a_graph_mxnet_cannot_run_with_static_memory_runs_without_it(tmp_path, caplog,
-                                                                     disable_pass):
+def test_a_graph_mxnet_cannot_run_with_static_memory_runs_without_it(tmp_path, caplog):
     """resnet18_v1 on 8x8 inputs (1x1 feature maps from its third stage on): MXNet's static
     CachedOp fails at the second call ("We can't generate TBlob for MKLDNN data") with
     every convolution and dense layer in fp32 as well, so no layer is to blame, and
@@ -98,7 +97,6 @@ def test_a_graph_mxnet_cannot_run_with_static_memory_runs_without_it(tmp_path, c
     net.initialize(mx.init.Xavier())
     rs = np.random.RandomState(0)
     x, *more = [mx.nd.array(rs.rand(4, 3, 8, 8).astype("float32")) for _ in range(3)]
-    disable_pass("global_average_pools")    # the int8 graph fails with an int8 global mean
     qnet = gq.quantize(net, [x] + more, progress=False)
     # The calibration pass (the fused fp32 graph, second batch) and the int8 graph both
     # fall back to running without static memory.

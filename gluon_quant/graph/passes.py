@@ -71,10 +71,11 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     dequantize (a 4-layer BERT: 1.22x faster, and closer to fp32). Readers it keeps fp32
     count as fp32: a pre-LayerNorm transformer's residual stream (each sum read by a
     LayerNorm and the next sum) stays fp32 whole (a ViT-Tiny: 1.6x -> 1.8x fp32).
-    :func:`global_average_pools`: MXNet's int8 pooling gives its output the input's scale,
-    so a mean over many positions is rounded onto a grid much coarser than the means
-    themselves (random-weight SE-ResNet-50's squeeze: 25 dB SQNR in int8, 46 dB as the
-    fp32 mean of the same int8 input, which then gets a range of its own).
+    :func:`signed_global_pools`: MXNet's int8 pooling gives its output the input's scale,
+    so the mean of a signed, zero-centred tensor (a BatchNorm output, the squeeze of
+    SE-ResNet) is rounded onto a grid much coarser than the means themselves: on
+    random-weight SE-ResNet-50 the pooled vector kept 25 dB SQNR in int8 against 46 dB for
+    the fp32 mean of the same int8 input. In fp32 the pooled vector gets a range of its own.
     :func:`compared_pools`: a max pooling compared with its own input (CenterNet's peak
     picking ``maxpool(h) == h``) finds no peak once rounded to int8 (every detection of
     a random-weight CenterNet became class 0, score 0).
@@ -156,16 +157,18 @@ from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, numpy_concatenations, same_shape_adds,
-                       batchnorm_variants, identity_chains, unique_names)
+                       batchnorm_variants, identity_chains,
+                       unique_names)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
-           "rewritten_param_shapes", "global_adaptive_pools", "fold_dense_batchnorm",
-           "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "deconv_as_conv",
-           "integer_inputs", "small_int8_regions", "backend_eligibility", "global_average_pools",
-           "compared_pools", "COMPARED_POOL_REASON", "int8_mul_inputs", "exact_ranges",
-           "fp32_read_results", "fused_sum_dtypes", "insert_fake_quant", "downstream_nodes",
-           "count_ops", "calibrated_nodes", "calib_key", "tensor_key", "QDQ_OPS",
-           "AVERAGE_POOL_REASON"]
+           "rewritten_param_shapes",
+           "global_adaptive_pools", "fold_dense_batchnorm", "fold_parameter_expressions",
+           "masked_softmax", "lift_1d_to_2d", "deconv_as_conv", "integer_inputs", "small_int8_regions",
+           "backend_eligibility", "signed_global_pools", "compared_pools",
+           "COMPARED_POOL_REASON", "int8_mul_inputs", "exact_ranges", "fp32_read_results",
+           "fused_sum_dtypes",
+           "insert_fake_quant", "downstream_nodes", "count_ops", "calibrated_nodes",
+           "calib_key", "tensor_key", "QDQ_OPS", "SIGNED_POOL_REASON"]
 
 _log = logging.getLogger(__name__)
 
@@ -388,23 +391,38 @@ def integer_inputs(graph, context):
     return found
 
 
-#: Why a global average pooling stays fp32 (shown in ``report()``).
-AVERAGE_POOL_REASON = ("a global average: MXNet's int8 pooling gives the means the input's "
-                       "scale, far coarser than the means (a ReLU net's pooled vector: 35 dB "
-                       "SQNR in int8, 58 dB as the fp32 mean of the same int8 input, whose "
-                       "readers quantize it on a range of its own); it runs in fp32, as fast")
+#: Operators (as GraphView describes them) whose output is never negative.
+_UNSIGNED_OUTPUTS = ("Activation(relu)", "Activation(sigmoid)", "Activation(softrelu)",
+                     "relu", "sigmoid")
+#: Operators that keep the sign of their input.
+_SIGN_PRESERVING = ("Pooling", "Flatten", "Reshape", "reshape", "expand_dims", "transpose",
+                    "Concat", "Dropout")
+#: Why a global average pooling of a signed tensor stays fp32 (shown in ``report()``).
+SIGNED_POOL_REASON = ("global average of a signed tensor: int8 pooling keeps the input's "
+                      "scale and rounds the near-zero means away")
 
 
-def global_average_pools(graph, context=None):  # pylint: disable=unused-argument
-    """Global average poolings, which stay fp32 (:data:`AVERAGE_POOL_REASON`).
+def _emits_unsigned(view, name, depth=0):
+    """Whether the node ``name`` of a GraphView provably never outputs negative values."""
+    node = view.by_name.get(name)
+    if node is None or depth > 16:  # a graph input, or too far to follow: unknown
+        return False
+    last_op, description = node.members[-1][1], node.members[-1][2]
+    if description in _UNSIGNED_OUTPUTS or last_op in _UNSIGNED_OUTPUTS:
+        return True
+    if last_op == "clip":
+        try:
+            return float(description[len("clip("):].split(",")[0]) >= 0.0
+        except ValueError:
+            return False
+    if node.op in _SIGN_PRESERVING and node.inputs:
+        sources = node.inputs if node.op == "Concat" else node.inputs[:1]
+        return all(_emits_unsigned(view, src, depth + 1) for src in sources)
+    return False
 
-    A mean over many positions has a finer resolution than its input: rounded to the
-    input's int8 grid, a signed zero-centred tensor's means (a BatchNorm output, the
-    squeeze of SE-ResNet) kept 25 dB SQNR against 46 dB in fp32, and even a ReLU output's
-    lost 5-20 dB. Held-out logit cosine with every global average in fp32, against int8
-    where the input was never negative (``benchmarks/accuracy.py``, gq mse): resnet50_v1d
-    0.9883 -> 0.9888, se_resnet18_v1 0.9990 -> 0.9995, mobilenetv3_small 0.9765 ->
-    0.9772, never lower on ten nets; int8 time within 3% either way.
+
+def signed_global_pools(graph, context=None):  # pylint: disable=unused-argument
+    """Global average poolings whose input can be negative, which must stay fp32.
 
     Parameters
     ----------
@@ -418,9 +436,13 @@ def global_average_pools(graph, context=None):  # pylint: disable=unused-argumen
         Node name -> the reason, for ``report()``.
     """
     view = graph if isinstance(graph, GraphView) else GraphView(graph)
-    return {node.name: AVERAGE_POOL_REASON for node in view
-            if node.op == "Pooling" and is_true(node.attr("global_pool", ""))
-            and node.attr("pool_type", "max") == "avg"}
+    found = {}
+    for node in view:
+        if (node.op == "Pooling" and is_true(node.attr("global_pool", ""))
+                and node.attr("pool_type", "max") == "avg"
+                and not _emits_unsigned(view, node.inputs[0])):
+            found[node.name] = SIGNED_POOL_REASON
+    return found
 
 
 #: Element-wise comparisons: a tensor compared with its own max pooling picks local peaks.
@@ -721,7 +743,7 @@ PASSES = (
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
     GraphPass("fp32_read_results", Stage.FUSED, fp32_read_results),
     GraphPass("fp32_stem", Stage.FUSED, fp32_stem),
-    GraphPass("global_average_pools", Stage.FUSED, global_average_pools),
+    GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
     GraphPass("compared_pools", Stage.FUSED, compared_pools),
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
     GraphPass("mixed_reader_producers", Stage.FUSED, lambda g, c: mixed_reader_producers(g),
