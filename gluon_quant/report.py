@@ -1,5 +1,6 @@
 """What was fused, quantized, excluded and why: the per-layer report of a quantized net."""
 import json
+import re
 from dataclasses import dataclass, asdict
 from typing import Optional, Tuple
 
@@ -151,7 +152,7 @@ class QuantReport(tuple):
         lines += [fmt(row) for row in rows]
         if self.notes:
             lines.append("MXNet said while building the int8 graph:")
-            lines += ["  " + note for note in self.notes]
+            lines += ["  " + note for note in _grouped_notes(self.notes)]
         return "\n".join(lines)
 
     def __repr__(self):
@@ -175,12 +176,39 @@ def _unique(items):
     return list(dict.fromkeys(items))
 
 
+_NOTE_TIME = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
+_NOTE_NAME = re.compile(r"(?<![\w.:/])[A-Za-z_]\w*\d\w*(?![\w.:/])")
+_NOTES_NAMED = 6
+
+
+def _grouped_notes(notes):
+    """MXNet's messages with those that differ only in the node they name as one line.
+
+    An unrolled recurrent net makes MXNet say "exclude <node> which act_type is 1" once per
+    gate and time step; the report prints the first and names the others.
+    """
+    groups = {}
+    for note in notes:
+        text = _NOTE_TIME.sub("", note)
+        names = _NOTE_NAME.findall(text)
+        groups.setdefault(_NOTE_NAME.sub("*", text), []).append((note, names))
+    lines = []
+    for members in groups.values():
+        lines.append(members[0][0])
+        others = [", ".join(names) for _, names in members[1:]]
+        if others:
+            shown = others[:_NOTES_NAMED] + (["..."] if len(others) > _NOTES_NAMED else [])
+            lines.append("  (and %d more like it, naming %s)" % (len(others), "; ".join(shown)))
+    return lines
+
+
 def _merged_reasons(group, backend):
     """The distinct reasons of a run of fp32 nodes, the "no int8 kernel" ones as one."""
     prefix, suffix = "no int8 kernel for ", " on %s" % backend
     missing, others = [], []
     for r in group:
-        op = r.reason[len(prefix):-len(suffix)] if r.reason.startswith(prefix)             and r.reason.endswith(suffix) else ""
+        op = r.reason[len(prefix):-len(suffix)] if r.reason.startswith(prefix) \
+            and r.reason.endswith(suffix) else ""
         if op and " " not in op:
             missing.append(op)
         else:

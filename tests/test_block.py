@@ -69,6 +69,40 @@ def test_report_text_shows_a_layers_fp32_nodes_as_one_row():
     assert len(str(report).splitlines()) == 4 + len(report) - len(norm) + 1
 
 
+def test_report_text_says_mxnets_repeated_message_once_and_names_the_nodes():
+    """An unrolled LSTM made MXNet say "exclude <gate> which act_type is 1" for every gate
+    of every step: 60 lines of a 5-step, 2-layer cell closed its report. Messages that
+    differ only in the node they name print once, the other nodes named after it; the
+    report's data keeps every message."""
+    class Unrolled(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            with self.name_scope():
+                self.cell = mx.gluon.rnn.HybridSequentialRNNCell()
+                self.cell.add(mx.gluon.rnn.LSTMCell(16))
+                self.cell.add(mx.gluon.rnn.LSTMCell(16))
+                self.out = nn.Dense(3)
+
+        def hybrid_forward(self, F, x):
+            outs, _ = self.cell.unroll(5, x, layout="NTC", merge_outputs=True)
+            return self.out(outs)
+
+    net = Unrolled()
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).randn(4, 5, 8).astype("float32") for i in (0, 1)]
+    report = gq.quantize(net, batches, progress=False).report()
+    sigmoids = [n for n in report.notes if n.endswith("which act_type is 1")]
+    assert len(sigmoids) == 5 * 2 * 3, report.notes     # i, f, o gates
+    text = str(report).split("MXNet said while building the int8 graph:\n")[1]
+    said = [line for line in text.splitlines() if line.endswith("which act_type is 1")]
+    assert said == ["  " + sigmoids[0]], text
+    others = re.search(r"\(and (\d+) more like it, naming ([^)]*)\)", text)
+    assert int(others.group(1)) == len(sigmoids) - 1
+    named = others.group(2).split("; ")
+    assert len(named) == 7 and named[-1] == "..."
+    assert named[0] in sigmoids[1] and named[0] not in sigmoids[0]
+    assert len(text.splitlines()) < 8
+
 class SharedBlocks(gluon.HybridBlock):
     """One pooling block and one activation block, each called twice."""
 
