@@ -37,7 +37,7 @@ from .graph.cudnn import quantize_graph as cudnn_quantize_graph
 from .graph.passes import (ParamRewrite, PassContext, Stage, calibrated_nodes,
                            rewritten_param_shapes, run_passes)
 from .presets import resolve_preset
-from .params import (FP32Params, equalized_params, fp32_params, params_for_table,
+from .params import (FP32Params, check_params, equalized_params, fp32_params, params_for_table,
                      with_equalization)
 from .weights import adaround
 
@@ -254,6 +254,8 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
     input_shapes = tuple(tuple(int(d) for d in s) for s in input_shapes) \
         if input_shapes and len(input_shapes) == inputs.count else None
     _, out, out_format = _mxnet.trace(net, inputs.count, layout=inputs.layout, np_mode=np_mode)
+    read = set(out.list_arguments()) | set(out.list_auxiliary_states())
+    check_params({n: p for n, p in net.collect_params().items() if n in read})  # before passes
     graph = _mxnet.graph_json(out)
     param_shapes = types.MappingProxyType(_mxnet.param_shapes(
         net, graph, dict(zip(inputs.names, input_shapes)) if input_shapes else None))

@@ -870,6 +870,18 @@ def test_layers_the_forward_never_calls_need_no_initialization(tiny_batches):
         net(x).asnumpy()).max()
 
 
+def test_a_net_never_initialized_is_refused_before_its_layers_are_judged(caplog, int8_regions):
+    """A net the user forgot to initialize was traced, fused and judged first: the log
+    said "No layer ... runs in int8 (every layer is excluded, has no int8 kernel, or would
+    be slower in int8)" before the error that named the real problem."""
+    net = nn.HybridSequential()
+    net.add(nn.Dense(4))
+    with caplog.at_level(logging.DEBUG, logger="gluon_quant"):
+        with pytest.raises(gq.ConfigError, match=r"2 parameter\(s\) .* never initialized"):
+            gq.quantize(net, [np.ones((8, 16), "float32")], progress=False)
+    assert not [r.getMessage() for r in caplog.records if "int8" in r.getMessage()]
+
+
 def test_repr_says_what_the_int8_net_is(tiny_cnn, tiny_batches, tmp_path):
     """Gluon's repr printed ``QuantizedHybridBlock(\\n)``: the int8 net is one graph with no
     child blocks. It now names the fp32 net, the settings and how much runs in int8."""
