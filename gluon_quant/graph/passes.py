@@ -28,7 +28,9 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     ``Flatten``, which has an int8 kernel and reads oneDNN's blocked layouts right;
     :func:`~gluon_quant.graph.reshapes.numpy_reshapes`: NumPy mode's reshapes run as the
     legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs);
-    ``permutes``: ``SwapAxis`` as oneDNN's ``transpose``, equal splits as slices.
+    ``permutes``: ``SwapAxis`` as oneDNN's ``transpose``, equal splits as slices;
+    ``shuffles.channel_shuffles``: ShuffleNet's channel shuffle (reshape, swap, reshape)
+    and its channel slices as one-hot 1x1 convolutions, int8 between int8 layers.
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
@@ -151,27 +153,25 @@ from .scalars import small_powers, unit_scalars
 from .upsampling import nearest_upsampling_as_deconv
 from .pooling import axis_reductions, spatial_reductions, tiled_adaptive_pools
 from .permutes import splits_as_slices, swapaxes_as_transpose
+from .shuffles import channel_shuffles
 from .reshapes import numpy_reshapes, reshapes_as_flatten
 from .stem import fp32_stem
 from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, numpy_concatenations, same_shape_adds,
-                       batchnorm_variants, identity_chains,
-                       unique_names)
+                       batchnorm_variants, identity_chains, unique_names)
 
 __all__ = ["Stage", "GraphPass", "PassContext", "ParamRewrite", "PASSES", "run_passes",
-           "rewritten_param_shapes",
-           "global_adaptive_pools", "fold_dense_batchnorm", "fold_parameter_expressions",
-           "masked_softmax", "lift_1d_to_2d", "deconv_as_conv", "integer_inputs", "small_int8_regions",
-           "backend_eligibility", "signed_global_pools", "compared_pools",
-           "COMPARED_POOL_REASON", "int8_mul_inputs", "exact_ranges", "fp32_read_results",
-           "fused_sum_dtypes",
-           "insert_fake_quant", "downstream_nodes", "count_ops", "calibrated_nodes",
-           "calib_key", "tensor_key", "QDQ_OPS", "SIGNED_POOL_REASON"]
+           "rewritten_param_shapes", "global_adaptive_pools", "fold_dense_batchnorm",
+           "fold_parameter_expressions", "masked_softmax", "lift_1d_to_2d", "deconv_as_conv",
+           "integer_inputs", "small_int8_regions", "backend_eligibility",
+           "signed_global_pools", "compared_pools", "COMPARED_POOL_REASON", "int8_mul_inputs",
+           "exact_ranges", "fp32_read_results", "fused_sum_dtypes", "insert_fake_quant",
+           "downstream_nodes", "count_ops", "calibrated_nodes", "calib_key", "tensor_key",
+           "QDQ_OPS", "SIGNED_POOL_REASON"]
 
 _log = logging.getLogger(__name__)
-
 
 
 class Stage(enum.Enum):
@@ -197,8 +197,7 @@ class PassContext:
     ranges : mapping of str to (float, float)
         Calibrated ranges by table key (empty before calibration).
     infer_dtypes : callable, optional
-        ``infer_dtypes(graph) -> {internal output name: dtype name}`` (MXNet's type
-        inference, from the adapter).
+        ``infer_dtypes(graph) -> {internal output name: dtype}`` (MXNet's, by the adapter).
     param_rewrites : list of ParamRewrite
         Traced-graph passes that change what a parameter holds (a reshaped weight, a
         BatchNorm folded into a dense layer) append here; the pipeline applies them, in
@@ -711,6 +710,7 @@ PASSES = (
     GraphPass("numpy_reshapes", Stage.TRACED, numpy_reshapes),
     GraphPass("swapaxes_as_transpose", Stage.TRACED, swapaxes_as_transpose),
     GraphPass("splits_as_slices", Stage.TRACED, splits_as_slices),
+    GraphPass("channel_shuffles", Stage.TRACED, channel_shuffles),
     GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),
     # Before the activation and fusion guards: they see the convolution it makes.
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),
