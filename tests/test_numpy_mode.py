@@ -142,6 +142,42 @@ def test_numpy_mode_concatenations_run_in_int8(np_mode):
     assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
 
 
+class ShuffleUnit(nn.HybridBlock):
+    """ShuffleNet v2's unit in NumPy mode: ``np.split``, ``np.concatenate``, ``npx.reshape``
+    codes (``-6`` splits an axis, ``-5`` merges two) and ``np.swapaxes``."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        half = channels // 2
+        with self.name_scope():
+            self.body = nn.HybridSequential()
+            self.body.add(nn.Conv2D(half, 1), nn.BatchNorm(), nn.Activation("relu"),
+                          nn.Conv2D(half, 3, padding=1, groups=half), nn.BatchNorm(),
+                          nn.Conv2D(half, 1), nn.Activation("relu"))
+
+    def hybrid_forward(self, F, x):
+        left, right = F.np.split(x, 2, axis=1)
+        y = F.np.concatenate([left, self.body(right)], axis=1)
+        y = F.np.swapaxes(F.npx.reshape(y, (-2, -6, 2, -1, -2, -2)), 1, 2)
+        return F.npx.reshape(y, (-2, -5, -2, -2))
+
+
+def test_numpy_mode_channel_shuffles_run_as_uint8_convolutions(np_mode):
+    """The shuffle is recognized through NumPy mode's operators, and its halves come out
+    uint8: the concatenation it shuffles (``_npi_concatenate`` when it is judged) is of
+    never-negative tensors."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(32, 3, padding=1, activation="relu"), ShuffleUnit(32), ShuffleUnit(32),
+            nn.GlobalAvgPool2D(), nn.Dense(5))
+    net.initialize(mx.init.Xavier())
+    rs = onp.random.RandomState(4)
+    batches = [np_mode.array(rs.rand(4, 3, 24, 24).astype("float32")) for _ in range(3)]
+    qnet = gq.quantize(net, batches, progress=False)
+    shuffles = [row for row in qnet.report() if "channel shuffle" in row.reason]
+    assert len(shuffles) == 3, qnet.report()    # the second unit's halves, its own shuffle
+    assert all(row.quantized and row.dtype == "uint8" for row in shuffles), qnet.report()
+    assert _cos(net(batches[2]), qnet(batches[2])) > 0.999
+
 def test_numpy_mode_spatial_means_run_as_int8_pooling(np_mode):
     """``x.mean(axis=(2, 3))`` (``_npi_mean``) before the classifier runs as an int8
     global average pooling and a flatten."""

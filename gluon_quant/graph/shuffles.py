@@ -118,8 +118,10 @@ def _channel_slice(node, rank):
 _UNSIGNED = {"Activation": ("relu", "sigmoid", "softrelu"), "relu": None, "sigmoid": None}
 #: Operators whose output is never negative where none of their inputs is.
 _SIGN_KEEPING = frozenset(("Pooling", "Flatten", "Reshape", "expand_dims", "transpose",
-                           "_npi_transpose", "Concat", "Dropout", "slice_axis", "slice",
-                           "squeeze", "_copy", "identity", "elemwise_add", "elemwise_mul"))
+                           "_npi_transpose", "Concat", "_npi_concatenate", "Dropout",
+                           "slice_axis", "slice", "squeeze", "_copy", "identity",
+                           "elemwise_add", "elemwise_mul", "_npi_add", "_npi_multiply",
+                           "broadcast_add", "broadcast_plus", "broadcast_mul"))
 
 
 def never_negative(nodes):

@@ -129,6 +129,14 @@ def test_never_negative_follows_what_keeps_the_sign():
         mx.sym.Activation(x, act_type="tanh", name="tanh")]).tojson())
     names = {graph["nodes"][i]["name"] for i in never_negative(graph["nodes"])}
     assert names == {"r", "s", "c", "cat"}
+    # NumPy mode's concatenation and sums, as traced (before their own rewrites)
+    numpy = [{"op": "null", "name": "data", "inputs": []},
+             {"op": "Activation", "name": "r", "attrs": {"act_type": "relu"},
+              "inputs": [[0, 0, 0]]},
+             {"op": "_npi_concatenate", "name": "cat", "inputs": [[1, 0, 0], [1, 0, 0]]},
+             {"op": "_npi_add", "name": "mixed", "inputs": [[0, 0, 0], [2, 0, 0]]},
+             {"op": "_npi_add", "name": "sum", "inputs": [[1, 0, 0], [2, 0, 0]]}]
+    assert {numpy[i]["name"] for i in never_negative(numpy)} == {"r", "cat", "sum"}
 
 
 class _ShuffleUnit(nn.HybridBlock):
