@@ -34,7 +34,7 @@ import logging
 from .builder import NodeBuilder
 from .rewrites import parameter_entries, private_attrs, shaped_nodes
 
-__all__ = ["swapaxes_as_transpose", "splits_as_slices"]
+__all__ = ["swapaxes_as_transpose", "splits_as_slices", "varied_shapes"]
 
 _log = logging.getLogger(__name__)
 
@@ -115,7 +115,7 @@ def _split(node, shape):
     return axis, bounds, squeeze
 
 
-def _varied(graph, infer):
+def varied_shapes(graph, infer):
     """The graph's shapes with each input axis in turn doubled, where MXNet infers them
     (a size the net does not take gives none); ``infer`` is an ``_mxnet.GraphShapes``."""
     base = infer.input_shapes
@@ -149,7 +149,7 @@ def splits_as_slices(graph, context):
         split = _split(node, shapes.get(key))
         if split and node["name"] not in context.excluded and not constant[data[0]]:
             found[node["name"]] = (node, key, split)
-    for varied in _varied(graph, context.infer_shapes) if found else ():
+    for varied in varied_shapes(graph, context.infer_shapes) if found else ():
         for name, (node, key, (axis, _, _)) in list(found.items()):
             if (varied.get(key) or (None,) * (axis + 1))[axis] != shapes[key][axis]:
                 del found[name]

@@ -24,14 +24,17 @@ tensors. The weights are constant parameters of the rewritten graph
 (:class:`~gluon_quant.graph.rewrites.ParamRewrite`, ``kind='constant'``).
 
 Taken where the shapes are known (``context.infer_shapes``), for data of rank 3 to 5
-(1-D to 3-D maps, channels on axis 1), where each intermediate tensor has no other reader
-and none of the three nodes is excluded by the user.
+(1-D to 3-D maps, channels on axis 1), where each intermediate tensor has no other reader,
+none of the three nodes is excluded by the user, and axis 1 keeps its size when the
+graph's shapes are inferred again with each input axis in turn doubled (a shuffle over the
+time steps of ``(N, T, C)`` data is left: its permutation changes with the length).
 """
 import logging
 
 import numpy as np
 
 from .builder import NodeBuilder
+from .permutes import varied_shapes
 from .rewrites import (ParamRewrite, consumers, parameter_entries, private_attrs, prune,
                        shaped_nodes)
 
@@ -158,21 +161,29 @@ def channel_shuffles(graph, context):
     """
     nodes = graph["nodes"]
     candidates, shapes = shaped_nodes(graph, context, ("Reshape",), arity=1)
-    if not candidates:
-        return {}
+    if not candidates or not getattr(context.infer_shapes, "input_shapes", None):
+        return {}       # (no other input size to try: no axis is known to keep its size)
     readers = consumers(graph)
     heads = {(h[0], h[1]) for h in graph["heads"]}
     position = {id(n): i for i, n in enumerate(nodes)}
     constant = parameter_entries(graph, set(context.param_shapes))
-    build, done, relus, made = NodeBuilder(graph), 0, {}, set()
-    unsigned = never_negative(nodes)
+    found = {}
     for last in candidates:
         index = position[id(last)]
-        found = _shuffle(index, nodes, shapes, readers, heads)
-        if found is None or constant[found[0][0]] \
-                or set(found[4]) & set(context.excluded):
-            continue
-        data, channels, groups, rank, names = found
+        shuffle = _shuffle(index, nodes, shapes, readers, heads)
+        if shuffle is not None and not constant[shuffle[0][0]] \
+                and not set(shuffle[4]) & set(context.excluded):
+            found[index] = shuffle
+    # The permutation is of the channels' count: a shuffle over an axis that takes the
+    # input's size (a sequence's time steps in (N, T, C) data) is left.
+    for varied in varied_shapes(graph, context.infer_shapes) if found else ():
+        for index, (data, channels, _, _, _) in list(found.items()):
+            key = (nodes[data[0]]["name"], data[1])
+            if (varied.get(key) or (None, None))[1] != channels:
+                del found[index]
+    build, done, relus, made = NodeBuilder(graph), 0, {}, set()
+    unsigned = never_negative(nodes)
+    for index, (data, channels, groups, rank, names) in found.items():
         perm = shuffle_permutation(channels, groups)
         targets = [(index, 0, channels)]        # (node rewritten in place, first row, end)
         users = readers.get((index, 0), [])

@@ -63,8 +63,15 @@ FORMS = {
 }
 
 
-def _rewrite(function, shape):
-    graph = _as_transposes(json.loads(function(mx.sym.var("data")).tojson()), len(shape))
+def _conv(x, shape):
+    """A 1x1 convolution first: the channels' count is the net's, not the input's."""
+    return mx.sym.Convolution(x, kernel=(1,) * (len(shape) - 2), num_filter=shape[1],
+                              no_bias=True, name="features")
+
+
+def _rewrite(function, shape, features=_conv):
+    graph = json.loads(function(features(mx.sym.var("data"), shape)).tojson())
+    graph = _as_transposes(graph, len(shape))
     before = json.loads(json.dumps(graph))
     context = PassContext(spec=ONEDNN, infer_shapes=_mxnet.GraphShapes({"data": shape}))
     assert channel_shuffles(graph, context) == {}
@@ -79,15 +86,16 @@ def test_each_shuffle_gives_the_same_values_at_any_size(form):
     function, shape, other, convs = FORMS[form]
     before, graph, context = _rewrite(function, shape)
     ops = [n["op"] for n in graph["nodes"] if n["op"] != "null"]
-    assert "transpose" not in ops and ops.count("Convolution") == convs, ops
+    assert "transpose" not in ops and ops.count("Convolution") == 1 + convs, ops
     assert ops.count("Activation") == (convs if "ReLU" in form else 0), ops
-    params = {}
+    weight = RS.uniform(-1, 1, (shape[1],) * 2 + (1,) * (len(shape) - 2)).astype("float32")
+    params = {"features_weight": weight}
     for rewrite in context.param_rewrites:
         rewrite.apply(params)
     old, new = (mx.sym.load_json(json.dumps(g)) for g in (before, graph))
     for size in (shape, other):
         x = mx.nd.array(RS.uniform(-3, 5, size).astype("float32"))
-        ref = old.eval(data=x)
+        ref = old.eval(data=x, features_weight=mx.nd.array(weight))
         out = new.eval(data=x, **{k: mx.nd.array(v) for k, v in params.items()})
         assert len(ref) == len(out) and all(
             a.shape == b.shape and np.array_equal(a.asnumpy(), b.asnumpy())
@@ -109,7 +117,15 @@ def test_what_is_not_a_shuffle_or_is_excluded_is_left():
                 x, shape=(0, -4, 3, -1, -2)), 1, 2), shape=(0, -3, -3))):
         before, graph, _ = _rewrite(function, shape)
         assert graph == before
-    graph = _as_transposes(json.loads(_shuffle(mx.sym.var("data"), 3).tojson()), 4)
+    # a shuffle of (N, T, C) data over its time steps: the permutation follows the length
+    before, graph, _ = _rewrite(lambda x: _shuffle(x, 2), (2, 6, 5), lambda x, shape: (
+        mx.sym.FullyConnected(x, num_hidden=shape[2], flatten=False, name="features")))
+    assert graph == before
+    # the same shuffle after a convolution (channels first): taken
+    before, graph, _ = _rewrite(lambda x: _shuffle(x, 2), (2, 6, 5))
+    assert graph != before
+    graph = _as_transposes(json.loads(_shuffle(_conv(mx.sym.var("data"), shape), 3)
+                                      .tojson()), 4)
     before = json.loads(json.dumps(graph))
     names = [n["name"] for n in graph["nodes"] if n["op"] == "Reshape"]
     for context in (PassContext(spec=ONEDNN),
