@@ -35,8 +35,8 @@ import numpy as np
 
 from .builder import NodeBuilder
 from .permutes import varied_shapes
-from .rewrites import (ParamRewrite, consumers, parameter_entries, private_attrs, prune,
-                       shaped_nodes)
+from .rewrites import (ParamRewrite, attr_ints, consumers, parameter_entries, private_attrs,
+                       prune, shaped_nodes)
 
 __all__ = ["channel_shuffles", "shuffle_permutation", "never_negative"]
 
@@ -65,18 +65,9 @@ def shuffle_permutation(channels, groups):
     return (out % groups) * per_group + out // groups
 
 
-def _axes(node, rank):
-    text = str((node.get("attrs") or {}).get("axes", "()")).strip("()[] ")
-    try:
-        axes = tuple(int(v) for v in text.split(",") if v.strip())
-    except ValueError:
-        return None
-    return tuple(a % rank for a in axes) if len(axes) == rank else None
-
-
 def _shuffle(index, nodes, shapes, readers, heads):
-    """``(data entry, channels, groups)`` where node ``index`` ends a channel shuffle
-    (``Reshape(transpose(Reshape(data)))``), else None."""
+    """``(data entry, channels, groups, rank, names of the three nodes)`` where node
+    ``index`` ends a channel shuffle (``Reshape(transpose(Reshape(data)))``), else None."""
     last = nodes[index]
     chain, entry = [index], last["inputs"][0]
     for ops in (_TRANSPOSES, ("Reshape",)):
@@ -96,7 +87,8 @@ def _shuffle(index, nodes, shapes, readers, heads):
     swap = (0, 2, 1) + tuple(range(3, rank + 1))
     if groups < 2 or per_group < 2 or groups * per_group != data[1] \
             or split[:1] + split[3:] != data[:1] + data[2:] \
-            or _axes(nodes[chain[1]], rank + 1) != swap \
+            or tuple(a % (rank + 1) for a in attr_ints(nodes[chain[1]].get("attrs") or {},
+                                                       "axes")) != swap \
             or moved != tuple(split[i] for i in swap):
         return None
     return entry, data[1], groups, rank, [nodes[i]["name"] for i in chain]
