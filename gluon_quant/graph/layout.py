@@ -115,7 +115,7 @@ RESHAPES = frozenset(("Reshape", "reshape_like", "expand_dims", "squeeze", "Flat
 #: product with a scalar or ``broadcast_mul``, the blocked layout passes on and they fail).
 #: A reshape of their output gets no clip: self-attention written with ``split`` after a
 #: transpose (``qkv.reshape(...).transpose(...)``, each part reshaped twice) paid a clip per
-#: part, 4% of a small ViT's int8 time.
+#: part, 0.73 of a small ViT's 6.9 ms in int8.
 HANDS_PLAIN = frozenset(("slice_axis", "slice", "SliceChannel", "_split_v2", "transpose",
                          "clip"))
 _FLOAT_MAX = "3.4028234e+38"
