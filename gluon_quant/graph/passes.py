@@ -96,11 +96,11 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     unique ones; ``relu`` becomes ``Activation(relu)`` so oneDNN fuses it; conv (+BN) +
     GELU and dense + LeakyReLU are kept from fusing (their int8 fusions are wrong); dense
     layers and products whose output int8 and fp32 readers share stay fp32; nodes reading
-    integer tensors stay fp32; a ``Flatten`` before dense layers fed by a
-    pooling in squeeze-excite nets ("We can't generate TBlob for MKLDNN data"); RNN modes
-    and LSTM wiring without an int8 kernel stay fp32; int8 LSTM outputs stop gradients so
-    the CachedOp can be built; a reshaped oneDNN array is made plain before a pooling,
-    BatchNorm or transpose (:mod:`gluon_quant.graph.layout`).
+    integer tensors stay fp32; a ``Flatten`` before dense layers fed by a pooling in
+    squeeze-excite nets ("We can't generate TBlob for MKLDNN data"); RNN modes and LSTM
+    wiring without an int8 kernel stay fp32; int8 LSTM outputs stop gradients so the
+    CachedOp can be built; oneDNN arrays are made plain before ``Custom`` operators, and
+    reshaped, before poolings, BatchNorms and transposes (:mod:`~gluon_quant.graph.layout`).
 ``FINAL``
     :func:`fused_sum_dtypes` (oneDNN): a convolution fused with a residual sum writes its
     result into the sum operand's buffer, in the operand's data type, whatever the output
@@ -135,13 +135,13 @@ from ..backends import BackendSpec, why_not_int8
 from .inspect import FP32_FORM_ATTR, GraphView, describe_op, is_true
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
                      mixed_reader_producers, separate_broken_fusions, shared_fusion_outputs,
-                     stop_rnn_gradients, grouped_per_tensor,
-                     unquantizable_rnns, unsigned_relus, unsized_state_sums)
+                     stop_rnn_gradients, grouped_per_tensor, unquantizable_rnns, unsigned_relus,
+                     unsized_state_sums)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .heads import loss_heads
 from .islands import small_int8_regions
 from .pads import pads_into_convolutions
-from .layout import channels_first_convolutions, plain_reshaped_inputs
+from .layout import channels_first_convolutions, plain_custom_inputs, plain_reshaped_inputs
 from .maxpools import int8_max_pools
 from .affine import affine_into_layers
 from .matmul import products_as_dense
@@ -733,13 +733,13 @@ PASSES = (
               _rewrite(flatten_fc_inputs, only_with_squeeze=True), backends=("onednn",)),
     GraphPass("separate_broken_fusions", Stage.TRACED, _rewrite(separate_broken_fusions),
               backends=("onednn",)),
-    GraphPass("shared_fusion_outputs", Stage.TRACED, shared_fusion_outputs,
-              backends=("onednn",)),
+    GraphPass("shared_fusion_outputs", Stage.TRACED, shared_fusion_outputs, backends=("onednn",)),
     GraphPass("fold_parameter_expressions", Stage.TRACED, fold_parameter_expressions),
     GraphPass("fold_dense_batchnorm", Stage.TRACED, fold_dense_batchnorm),
     GraphPass("masked_softmax", Stage.TRACED, masked_softmax),
     GraphPass("lift_1d_to_2d", Stage.TRACED, lift_1d_to_2d, backends=("onednn",)),
     GraphPass("plain_reshaped_inputs", Stage.TRACED, plain_reshaped_inputs, backends=("onednn",)),
+    GraphPass("plain_custom_inputs", Stage.TRACED, plain_custom_inputs, backends=("onednn",)),
     GraphPass("backend_eligibility", Stage.FUSED, backend_eligibility),
     GraphPass("fp32_read_results", Stage.FUSED, fp32_read_results),
     GraphPass("fp32_stem", Stage.FUSED, fp32_stem),

@@ -1,4 +1,10 @@
 """Which reshaped arrays need graph/layout.py's plain-layout clip, and which do not."""
+import os
+import subprocess
+import sys
+import textwrap
+import types
+
 import mxnet as mx
 import numpy as np
 import pytest
@@ -104,3 +110,147 @@ def test_reshapes_of_split_parts_get_no_clip_and_run(shape):
     assert [r.quantized for r in report if r.op == "Convolution"] == [True, True]
     data = mx.nd.array(rs.uniform(-1, 1, shape).astype("float32"))
     assert cosine(net(data).asnumpy(), qnet(data).asnumpy()) > 0.999
+
+
+# ------------------------------------------------------------------- Custom operators
+
+class _Swish(mx.operator.CustomOp):
+    """``x * sigmoid(x)`` written as a user writes a Python operator."""
+
+    def forward(self, is_train, req, in_data, out_data, aux):
+        x = in_data[0]
+        self.assign(out_data[0], req[0], x * mx.nd.sigmoid(x))
+
+    def backward(self, req, out_grad, in_data, out_data, in_grad, aux):
+        raise NotImplementedError
+
+
+@mx.operator.register("gq_test_layout_swish")
+class _SwishProp(mx.operator.CustomOpProp):
+    def __init__(self):
+        super().__init__(need_top_grad=True)
+
+    def list_arguments(self):
+        return ["data"]
+
+    def list_outputs(self):
+        return ["output"]
+
+    def infer_shape(self, in_shape):
+        return in_shape, [in_shape[0]], []
+
+    def create_operator(self, ctx, shapes, dtypes):
+        return _Swish()
+
+
+class _SwishNet(nn.HybridBlock):
+    """Convolution + BatchNorm + swish twice (the swish a ``Custom`` operator, or written
+    with MXNet's operators when ``native``), a convolution + ReLU, a dense head; on the
+    input, a swish that needs no clip (it reads a variable)."""
+
+    def __init__(self, native=False, **kwargs):
+        super().__init__(**kwargs)
+        self._native = native
+        with self.name_scope():
+            self.convs = nn.HybridSequential()
+            for channels, stride in ((32, 1), (64, 2), (64, 1)):
+                self.convs.add(nn.Conv2D(channels, 3, stride, 1, use_bias=False),
+                               nn.BatchNorm())
+            self.head = nn.Dense(10)
+
+    def _swish(self, F, x):
+        if self._native:
+            return x * F.sigmoid(x)
+        return F.Custom(x, op_type="gq_test_layout_swish")
+
+    def hybrid_forward(self, F, x):
+        x = self._swish(F, x)
+        for i in range(2):
+            x = self._swish(F, self.convs[2 * i + 1](self.convs[2 * i](x)))
+        return self.head(F.relu(self.convs[5](self.convs[4](x))))
+
+
+def _swish_nets():
+    """The ``Custom`` net and its native twin with the same weights and BatchNorm
+    statistics, and calibration/test batches."""
+    rs = np.random.RandomState(3)
+    batches = [mx.nd.array(rs.uniform(-1, 1, (8, 3, 24, 24)).astype("float32"))
+               for _ in range(3)]
+    nets = [_SwishNet(native, prefix="swishnet_") for native in (False, True)]
+    for net in nets:
+        net.initialize(mx.init.Xavier(), force_reinit=True)
+        net(batches[0])
+    for name, param in nets[0].collect_params().items():
+        if name.endswith(("running_mean", "running_var")):     # as if trained
+            param.set_data(mx.nd.array(rs.uniform(0.2, 1.0, param.shape) if name.endswith(
+                "var") else rs.uniform(-0.3, 0.3, param.shape)))
+        nets[1].collect_params()[name].set_data(param.data())
+    return nets, batches
+
+
+def test_mxnet_hands_a_custom_operator_blocked_memory():
+    """The measurement :data:`layout.READS_RAW` rests on, as a check of MXNet, in a child
+    process (MXNet may die of it): a hybridized ``Custom`` operator reading a convolution's
+    output gets it wrong or crashes; reading it through the full-range clip, right."""
+    script = textwrap.dedent('''
+        import sys, numpy as np, mxnet as mx
+        sys.path.insert(0, %r)
+        import test_layout as t
+        from mxnet.gluon import nn
+        class Net(nn.HybridBlock):
+            def __init__(self, clip, **kw):
+                super().__init__(**kw); self.clip = clip; self.conv = nn.Conv2D(32, 3, padding=1)
+            def hybrid_forward(self, F, x):
+                y = self.conv(x)
+                y = F.clip(y, -3.4e38, 3.4e38) if self.clip else y
+                return F.Custom(y, op_type="gq_test_layout_swish")
+        x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
+        for clip in (True, False):
+            net = Net(clip); net.initialize(mx.init.Xavier())
+            y = net.conv(x).asnumpy(); expected = y / (1 + np.exp(-y))
+            net.hybridize()
+            print(clip, float(np.abs(net(x).asnumpy() - expected).max()), flush=True)
+        ''' % os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=300)
+    lines = dict(line.split() for line in run.stdout.splitlines() if line[:1] in "TF")
+    assert float(lines["True"]) < 1e-5, run.stdout + run.stderr      # through the clip
+    assert run.returncode != 0 or float(lines["False"]) > 1e-2, \
+        "MXNet hands a Custom operator plain memory now: the clip is not needed"
+
+
+def test_custom_operators_read_oneDNN_outputs_through_a_clip():
+    (custom, native), batches = _swish_nets()
+    fp32 = gq.quantize(custom, batches, exclude=["Convolution", "FullyConnected"],
+                       progress=False)
+    # after each BatchNorm, not before the swish on the input (a variable)
+    assert [(r.layer, r.op) for r in fp32.report() if r.op in ("clip", "Custom")] == [
+        ("swishnet_custom0", "Custom"), ("swishnet_batchnorm0", "clip"),
+        ("swishnet_custom1", "Custom"), ("swishnet_batchnorm1", "clip"),
+        ("swishnet_custom2", "Custom")]
+    x = batches[1]
+    expected = native(x).asnumpy()
+    np.testing.assert_allclose(fp32(x).asnumpy(), expected, rtol=1e-4, atol=1e-5)
+    qnet = gq.quantize(custom, batches, progress=False)
+    assert [r.quantized for r in qnet.report() if r.op == "Convolution"] == [True] * 3
+    out = qnet(x).asnumpy()
+    assert cosine(out, expected) > 0.999
+    np.testing.assert_array_equal(out, gq.quantize(native, batches, progress=False)(x).asnumpy())
+
+
+def test_custom_operators_reading_plain_memory_get_no_clip():
+    graph = {"nodes": [{"op": "null", "name": "data", "inputs": []},
+                       {"op": "Convolution", "name": "conv", "inputs": [[0, 0, 0]]},
+                       {"op": "slice_axis", "name": "part", "inputs": [[1, 0, 0]]},
+                       {"op": "Reshape", "name": "view", "inputs": [[2, 0, 0]]},
+                       {"op": "Custom", "name": "a", "inputs": [[3, 0, 0], [0, 0, 0]]},
+                       {"op": "Reshape", "name": "flat", "inputs": [[1, 0, 0]]},
+                       {"op": "Custom", "name": "b", "inputs": [[5, 0, 0], [1, 0, 0]]}],
+             "arg_nodes": [0], "heads": [[4, 0, 0], [6, 0, 0]]}
+    context = types.SimpleNamespace(rewritten={})
+    assert layout.plain_custom_inputs(graph, context) == {}
+    nodes = graph["nodes"]
+    read = {n["name"]: [nodes[e[0]]["name"] for e in n["inputs"]] for n in nodes}
+    assert read["a"] == ["view", "data"]                # a slice's reshape, a variable
+    assert read["b"] == ["flat_plain", "conv_plain"]    # a convolution's, reshaped or not
+    assert sorted(context.rewritten) == ["conv_plain", "flat_plain"]
