@@ -270,6 +270,7 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
                           int8_lstm=_mxnet.int8_lstm_runs() if config.int8_lstm else False,
                           input_normalization=config.input_normalization,
                           infer_shapes=infer_shapes, input_rank=_first_rank(batch),
+                          infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, inputs.names),
                           excluded=frozenset(kept), param_value=_mxnet.param_reader(net))
     run_passes(Stage.TRACED, graph, context)
     param_shapes = rewritten_param_shapes(graph, context)

@@ -217,7 +217,8 @@ def plain_custom_inputs(graph, context):
     graph : dict
         The traced graph (edited in place).
     context : PassContext
-        Its ``rewritten`` map records each clip and why.
+        Its ``rewritten`` map records each clip and why; ``infer_dtypes``, where given,
+        leaves inputs of other types than float32 (indices, masks) without one.
 
     Returns
     -------
@@ -228,6 +229,10 @@ def plain_custom_inputs(graph, context):
     found = [(node, slot) for node in nodes if node["op"] in READS_RAW
              for slot, entry in enumerate(node["inputs"])
              if _origin(nodes, nodes[entry[0]])["op"] not in HANDS_PLAIN | {"null"}]
+    if found and context.infer_dtypes:      # oneDNN blocks float32 arrays only
+        dtypes = context.infer_dtypes(graph) or {}
+        found = [(node, slot) for node, slot in found
+                 if _dtype(dtypes, nodes, node["inputs"][slot]) in ("float32", None)]
     clips = {tuple(n["inputs"][0][:2]): i for i, n in enumerate(nodes)    # reshapes' clips
              if n["op"] == "clip" and n.get("attrs") == _PLAIN_CLIP}
     for node, slot in found:
@@ -239,6 +244,13 @@ def plain_custom_inputs(graph, context):
     if clips:
         append_nodes(graph, [])     # back into topological order
     return {}
+
+
+def _dtype(dtypes, nodes, entry):
+    """The inferred dtype of the graph entry ``entry`` (None when unknown)."""
+    name = nodes[entry[0]]["name"]
+    return dtypes.get("%s_output%d" % (name, entry[1])) or (
+        dtypes.get(name + "_output") if entry[1] == 0 else None)
 
 
 def _read_through_clip(nodes, node, slot, clips, context, why):

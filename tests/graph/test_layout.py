@@ -245,12 +245,16 @@ def test_custom_operators_reading_plain_memory_get_no_clip():
                        {"op": "Reshape", "name": "view", "inputs": [[2, 0, 0]]},
                        {"op": "Custom", "name": "a", "inputs": [[3, 0, 0], [0, 0, 0]]},
                        {"op": "Reshape", "name": "flat", "inputs": [[1, 0, 0]]},
-                       {"op": "Custom", "name": "b", "inputs": [[5, 0, 0], [1, 0, 0]]}],
-             "arg_nodes": [0], "heads": [[4, 0, 0], [6, 0, 0]]}
-    context = types.SimpleNamespace(rewritten={})
+                       {"op": "Custom", "name": "b", "inputs": [[5, 0, 0], [1, 0, 0]]},
+                       {"op": "Cast", "name": "index", "inputs": [[1, 0, 0]]},
+                       {"op": "Custom", "name": "c", "inputs": [[1, 0, 0], [7, 0, 0]]}],
+             "arg_nodes": [0], "heads": [[4, 0, 0], [6, 0, 0], [8, 0, 0]]}
+    context = types.SimpleNamespace(rewritten={}, infer_dtypes=lambda g: {
+        "conv_output": "float32", "index_output": "int32"})
     assert layout.plain_custom_inputs(graph, context) == {}
     nodes = graph["nodes"]
     read = {n["name"]: [nodes[e[0]]["name"] for e in n["inputs"]] for n in nodes}
     assert read["a"] == ["view", "data"]                # a slice's reshape, a variable
     assert read["b"] == ["flat_plain", "conv_plain"]    # a convolution's, reshaped or not
+    assert read["c"] == ["conv_plain", "index"]         # one clip per entry; int32 as it is
     assert sorted(context.rewritten) == ["conv_plain", "flat_plain"]
