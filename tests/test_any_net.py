@@ -536,6 +536,31 @@ def test_dense_output_read_by_int8_and_fp32_layers_runs():
     assert agreement > 0.999
 
 
+def test_dense_output_read_by_an_int8_dense_and_an_fp32_product_runs():
+    """A Highway layer after a dense layer (GluonNLP's, written out): ``x`` is read by the
+    int8 ``W x`` and by ``(1 - gate) * x``, a product the backend keeps fp32, so only the
+    quantized graph shows the mixed readers. MXNet's int8 fusion segfaulted on it."""
+    class Highway(nn.HybridBlock):
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            with self.name_scope():
+                self.inp = nn.Dense(64, in_units=20)
+                self.proj = nn.Dense(128, in_units=64)
+                self.out = nn.Dense(4, in_units=64)
+
+        def hybrid_forward(self, F, x):
+            x = self.inp(x)
+            h, gate = F.split(self.proj(x), num_outputs=2, axis=1)
+            gate = F.sigmoid(gate)
+            return self.out(gate * F.relu(h) + (1 - gate) * x)
+
+    qnet, agreement = _quantized_agreement(Highway(), mx.nd.array(RS.randn(32, 20)))
+    rows = {r.layer.split("_")[-1]: r for r in qnet.report() if r.op == "FullyConnected"}
+    assert not rows["dense0"].quantized and "fp32 readers" in rows["dense0"].reason
+    assert rows["dense1"].quantized and rows["dense2"].quantized
+    assert agreement > 0.999
+
+
 def test_a_block_called_twice_quantizes():
     class Shared(nn.HybridBlock):
         def __init__(self, **kwargs):

@@ -30,7 +30,8 @@ from .inspect import is_true
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["separate_broken_fusions", "shared_fusion_outputs", "mixed_reader_producers", "unsized_state_sums",
+__all__ = ["separate_broken_fusions", "shared_fusion_outputs", "mixed_reader_producers",
+           "mixed_int8_outputs", "MIXED_READERS_REASON", "unsized_state_sums",
            "unsigned_relus", "entry_dtype",
            "chained_dequantizes",
            "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
@@ -461,7 +462,7 @@ _INT8_READERS = frozenset(("FullyConnected", "Convolution", "Pooling", "Flatten"
 _SPLIT_PRODUCERS = frozenset(("FullyConnected", "elemwise_mul", "_sg_mkldnn_fully_connected"))
 
 
-def mixed_reader_producers(graph):
+def mixed_reader_producers(graph, context=None):  # pylint: disable=unused-argument
     """Dense layers and products whose output int8 and fp32 readers share: they stay fp32.
 
     MXNet 1.9.1's post-quantization fusion mishandles an int8 dense layer or
@@ -469,12 +470,15 @@ def mixed_reader_producers(graph):
     network's outputs (``return head(feat), feat``; ``head(feat)`` beside ``tanh(feat)``):
     it segfaults, or leaves a dequantize reading an output the fused node no longer has.
     (An output that fp32 layers read as well is :func:`chained_dequantizes`' case.)
-    A convolution's output is handled correctly and is left alone.
+    A convolution's output is handled correctly and is left alone. Decided here by the
+    readers' operators, before quantization; :func:`mixed_int8_outputs` checks the
+    quantized graph, where readers kept fp32 for other reasons are known.
 
     Parameters
     ----------
     graph : dict
         The fused fp32 graph.
+    context : PassContext, optional
 
     Returns
     -------
@@ -490,9 +494,59 @@ def mixed_reader_producers(graph):
         consumers = readers.get((index, 0), [])
         kinds = {c >= 0 and nodes[c]["op"] in _INT8_READERS for c, _ in consumers}
         if kinds == {True, False}:
-            found[node["name"]] = ("its output feeds both int8 layers and fp32 readers or the "
-                                   "network's outputs, which MXNet 1.9.1's int8 fusion "
-                                   "mishandles (a crash or an invalid graph)")
+            found[node["name"]] = MIXED_READERS_REASON
+    return found
+
+
+#: :data:`_SPLIT_PRODUCERS` as MXNet's quantization pass writes them (``quantized_<name>``).
+_QUANTIZED_SPLIT_PRODUCERS = frozenset(("_sg_mkldnn_fully_connected",
+                                        "_contrib_quantized_fully_connected",
+                                        "_contrib_quantized_elemwise_mul"))
+MIXED_READERS_REASON = ("its output feeds both int8 layers and fp32 readers or the network's "
+                        "outputs, which MXNet 1.9.1's int8 fusion mishandles (a crash or an "
+                        "invalid graph)")
+
+
+def mixed_int8_outputs(graph, context=None):  # pylint: disable=unused-argument
+    """:func:`mixed_reader_producers` on the quantized graph: int8 dense layers and products
+    whose output (through its requantize) both an int8 operator and a dequantize (for an
+    fp32 reader or a network output) read stay fp32.
+
+    Which readers are fp32 is known only here: an operator MXNet's pass could quantize but
+    the backend keeps fp32 (``elemwise_mul``, a sigmoid ``Activation``), one a later pass
+    sends back (:func:`~gluon_quant.graph.islands.small_int8_regions`) or one the user
+    excludes. GluonNLP's ``Highway`` after a dense layer (``gate * relu(W x) + (1 - gate)
+    * x``: the dense output read by the int8 ``W x`` and the fp32 product) killed the
+    process in the post-quantization fusion (a segmentation fault in
+    ``sg::CutGraphInputs``).
+
+    Parameters
+    ----------
+    graph : dict
+        The quantized graph (not modified).
+    context : PassContext, optional
+
+    Returns
+    -------
+    dict of str to str
+        Fused-graph node name -> reason.
+    """
+    nodes = graph["nodes"]
+    readers = _consumers(graph)
+    found = {}
+    for index, node in enumerate(nodes):
+        if node["op"] not in _QUANTIZED_SPLIT_PRODUCERS \
+                or not node["name"].startswith("quantized_"):
+            continue
+        entries = []
+        for reader, position in readers.get((index, 0), []):
+            if reader >= 0 and nodes[reader]["op"] == "_contrib_requantize":
+                entries += readers.get((reader, 0), [])
+            else:
+                entries.append((reader, position))
+        if {r < 0 or nodes[r]["op"] == "_contrib_dequantize" for r, _ in entries} \
+                == {True, False}:
+            found[node["name"][len("quantized_"):]] = MIXED_READERS_REASON
     return found
 
 

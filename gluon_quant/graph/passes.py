@@ -134,9 +134,9 @@ import numpy as np
 from ..backends import BackendSpec, why_not_int8
 from .inspect import FP32_FORM_ATTR, GraphView, describe_op, is_true
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
-                     mixed_reader_producers, separate_broken_fusions, shared_fusion_outputs,
-                     stop_rnn_gradients, grouped_per_tensor, unquantizable_rnns, unsigned_relus,
-                     unsized_state_sums)
+                     mixed_int8_outputs, mixed_reader_producers, separate_broken_fusions,
+                     shared_fusion_outputs, stop_rnn_gradients, grouped_per_tensor,
+                     unquantizable_rnns, unsigned_relus, unsized_state_sums)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .heads import loss_heads
 from .islands import small_int8_regions
@@ -746,13 +746,13 @@ PASSES = (
     GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
     GraphPass("compared_pools", Stage.FUSED, compared_pools),
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
-    GraphPass("mixed_reader_producers", Stage.FUSED, lambda g, c: mixed_reader_producers(g),
-              backends=("onednn",)),
+    GraphPass("mixed_reader_producers", Stage.FUSED, mixed_reader_producers, backends=("onednn",)),
     GraphPass("unquantizable_rnns", Stage.FUSED, _rnn_pass, backends=("onednn",)),
     GraphPass("unsized_state_sums", Stage.FUSED, lambda g, c: unsized_state_sums(g)),
     GraphPass("chained_dequantizes", Stage.QUANTIZED, chained_dequantizes, backends=("onednn",)),
     GraphPass("int8_mul_inputs", Stage.QUANTIZED, int8_mul_inputs),
     GraphPass("small_int8_regions", Stage.QUANTIZED, small_int8_regions, backends=("onednn",)),
+    GraphPass("mixed_int8_outputs", Stage.QUANTIZED, mixed_int8_outputs, backends=("onednn",)),
     GraphPass("exact_ranges", Stage.CALIBRATED, exact_ranges),
     GraphPass("exact_ranges", Stage.FINAL, exact_ranges),
     GraphPass("unsigned_relus", Stage.FINAL,

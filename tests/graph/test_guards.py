@@ -804,3 +804,25 @@ def test_shared_outputs_the_fusion_counts_stay_fused():
     guards.shared_fusion_outputs(graph)
     barrier = [n for n in graph["nodes"] if n["op"] == "BlockGrad"]
     assert [b["name"] for b in barrier] == ["bn1_shared"]
+
+
+def test_mixed_int8_outputs_follow_the_requantize_to_the_readers():
+    def graph(second_reader):
+        names = [("null", "data", []), ("_sg_mkldnn_fully_connected", "quantized_fc0", [0]),
+                 ("_contrib_requantize", "requantize_fc0", [1]),
+                 ("_sg_mkldnn_fully_connected", "quantized_fc1", [2]),
+                 (second_reader, "reader", [2]),
+                 ("_contrib_quantized_elemwise_mul", "quantized_mul0", [0]),
+                 ("_contrib_quantized_fully_connected", "quantized_fc2", [5]),
+                 ("_sg_mkldnn_fully_connected", "fc3", [0])]    # an fp32 layer
+        nodes = [{"op": op, "name": name, "inputs": [[i, 0, 0] for i in inputs]}
+                 for op, name, inputs in names]
+        return {"nodes": nodes, "arg_nodes": [0],
+                "heads": [[3, 0, 0], [4, 0, 0], [6, 0, 0], [5, 0, 0], [7, 0, 0]]}
+
+    # fc0: an int8 dense layer and a dequantize (an fp32 reader); mul0: an int8 dense
+    # layer and the network's output
+    assert guards.mixed_int8_outputs(graph("_contrib_dequantize")) == {
+        "fc0": guards.MIXED_READERS_REASON, "mul0": guards.MIXED_READERS_REASON}
+    assert guards.mixed_int8_outputs(graph("_contrib_quantized_act")) == {
+        "mul0": guards.MIXED_READERS_REASON}
