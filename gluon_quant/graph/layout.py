@@ -233,6 +233,8 @@ def plain_custom_inputs(graph, context):
         dtypes = context.infer_dtypes(graph) or {}
         found = [(node, slot) for node, slot in found
                  if _dtype(dtypes, nodes, node["inputs"][slot]) in ("float32", None)]
+    if not found:
+        return {}
     clips = {tuple(n["inputs"][0][:2]): i for i, n in enumerate(nodes)    # reshapes' clips
              if n["op"] == "clip" and n.get("attrs") == _PLAIN_CLIP}
     for node, slot in found:
@@ -241,8 +243,7 @@ def plain_custom_inputs(graph, context):
                            "a crash), clip hands it plain memory")
         _log.debug("Custom operator %s reads input %d through a plain-layout clip",
                    node["name"], slot)
-    if clips:
-        append_nodes(graph, [])     # back into topological order
+    append_nodes(graph, [])     # back into topological order
     return {}
 
 
