@@ -152,11 +152,12 @@ class _SwishNet(nn.HybridBlock):
         super().__init__(**kwargs)
         self._native = native
         with self.name_scope():
-            self.convs = nn.HybridSequential()
-            for channels, stride in ((32, 1), (64, 2), (64, 1)):
-                self.convs.add(nn.Conv2D(channels, 3, stride, 1, use_bias=False),
-                               nn.BatchNorm())
-            self.head = nn.Dense(10)
+            self.convs = nn.HybridSequential()      # shapes given: no forward needed
+            for before, channels, stride in ((3, 32, 1), (32, 64, 2), (64, 64, 1)):
+                self.convs.add(nn.Conv2D(channels, 3, stride, 1, use_bias=False,
+                                         in_channels=before),
+                               nn.BatchNorm(in_channels=channels))
+            self.head = nn.Dense(10, in_units=64 * 12 * 12)
 
     def _swish(self, F, x):
         if self._native:
@@ -176,10 +177,10 @@ def _swish_nets():
     rs = np.random.RandomState(3)
     batches = [mx.nd.array(rs.uniform(-1, 1, (8, 3, 24, 24)).astype("float32"))
                for _ in range(3)]
+    # The Custom net is never run by MXNet itself here: it may misread (or crash).
     nets = [_SwishNet(native, prefix="swishnet_") for native in (False, True)]
     for net in nets:
         net.initialize(mx.init.Xavier(), force_reinit=True)
-        net(batches[0])
     for name, param in nets[0].collect_params().items():
         if name.endswith(("running_mean", "running_var")):     # as if trained
             param.set_data(mx.nd.array(rs.uniform(0.2, 1.0, param.shape) if name.endswith(
@@ -191,7 +192,8 @@ def _swish_nets():
 def test_mxnet_hands_a_custom_operator_blocked_memory():
     """The measurement :data:`layout.READS_RAW` rests on, as a check of MXNet, in a child
     process (MXNet may die of it): a hybridized ``Custom`` operator reading a convolution's
-    output gets it wrong or crashes; reading it through the full-range clip, right."""
+    output gets it wrong on some of ten calls (one call alone read it right in 2 of 12
+    runs) or crashes; through the full-range clip, it reads it right on every call."""
     script = textwrap.dedent('''
         import sys, numpy as np, mxnet as mx
         sys.path.insert(0, %r)
@@ -206,10 +208,13 @@ def test_mxnet_hands_a_custom_operator_blocked_memory():
                 return F.Custom(y, op_type="gq_test_layout_swish")
         x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
         for clip in (True, False):
-            net = Net(clip); net.initialize(mx.init.Xavier())
-            y = net.conv(x).asnumpy(); expected = y / (1 + np.exp(-y))
-            net.hybridize()
-            print(clip, float(np.abs(net(x).asnumpy() - expected).max()), flush=True)
+            worst = 0.0
+            for _ in range(10):     # MXNet misreads on some calls only
+                net = Net(clip); net.initialize(mx.init.Xavier())
+                y = net.conv(x).asnumpy(); expected = y / (1 + np.exp(-y))
+                net.hybridize()
+                worst = max(worst, float(np.abs(net(x).asnumpy() - expected).max()))
+            print(clip, worst, flush=True)
         ''' % os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300)
