@@ -30,8 +30,8 @@ from .inspect import is_true
 
 _log = logging.getLogger(__name__)
 
-__all__ = ["separate_broken_fusions", "shared_fusion_outputs", "mixed_reader_producers",
-           "mixed_int8_outputs", "MIXED_READERS_REASON", "unsized_state_sums",
+__all__ = ["separate_broken_fusions", "shared_fusion_outputs", "mixed_int8_outputs",
+           "MIXED_READERS_REASON", "unsized_state_sums",
            "unsigned_relus", "entry_dtype",
            "chained_dequantizes",
            "canonical_activations", "flatten_fc_inputs", "unquantizable_rnns",
@@ -454,71 +454,34 @@ def _fused_layer(nodes, index):
     return node
 
 
-#: Operators (traced or fused) whose int8 form reads int8 data directly.
-_INT8_READERS = frozenset(("FullyConnected", "Convolution", "Pooling", "Flatten", "Concat",
-                           "elemwise_add", "elemwise_mul", "Activation", "BatchNorm",
-                           "_sg_mkldnn_conv", "_sg_mkldnn_fully_connected"))
-#: Producers whose int8 output MXNet cannot hand to int8 and fp32 readers at once.
-_SPLIT_PRODUCERS = frozenset(("FullyConnected", "elemwise_mul", "_sg_mkldnn_fully_connected"))
-
-
-def mixed_reader_producers(graph, context=None):  # pylint: disable=unused-argument
-    """Dense layers and products whose output int8 and fp32 readers share: they stay fp32.
-
-    MXNet 1.9.1's post-quantization fusion mishandles an int8 dense layer or
-    ``elemwise_mul`` whose output goes both to an int8 layer and to an fp32 reader or the
-    network's outputs (``return head(feat), feat``; ``head(feat)`` beside ``tanh(feat)``):
-    it segfaults, or leaves a dequantize reading an output the fused node no longer has.
-    (An output that fp32 layers read as well is :func:`chained_dequantizes`' case.)
-    A convolution's output is handled correctly and is left alone. Decided here by the
-    readers' operators, before quantization; :func:`mixed_int8_outputs` checks the
-    quantized graph, where readers kept fp32 for other reasons are known.
-
-    Parameters
-    ----------
-    graph : dict
-        The fused fp32 graph.
-    context : PassContext, optional
-
-    Returns
-    -------
-    dict of str to str
-        Node name -> reason.
-    """
-    nodes = graph["nodes"]
-    readers = _consumers(graph)
-    found = {}
-    for index, node in enumerate(nodes):
-        if node["op"] not in _SPLIT_PRODUCERS:
-            continue
-        consumers = readers.get((index, 0), [])
-        kinds = {c >= 0 and nodes[c]["op"] in _INT8_READERS for c, _ in consumers}
-        if kinds == {True, False}:
-            found[node["name"]] = MIXED_READERS_REASON
-    return found
-
-
-#: :data:`_SPLIT_PRODUCERS` as MXNet's quantization pass writes them (``quantized_<name>``).
-_QUANTIZED_SPLIT_PRODUCERS = frozenset(("_sg_mkldnn_fully_connected",
-                                        "_contrib_quantized_fully_connected",
-                                        "_contrib_quantized_elemwise_mul"))
+#: Int8 operators (as MXNet's quantization pass writes them, ``quantized_<name>``) whose
+#: output MXNet cannot hand to int8 and fp32 readers at once: dense layers and products.
+_SPLIT_PRODUCERS = frozenset(("_sg_mkldnn_fully_connected", "_contrib_quantized_fully_connected",
+                              "_contrib_quantized_elemwise_mul"))
 MIXED_READERS_REASON = ("its output feeds both int8 layers and fp32 readers or the network's "
                         "outputs, which MXNet 1.9.1's int8 fusion mishandles (a crash or an "
                         "invalid graph)")
 
 
 def mixed_int8_outputs(graph, context=None):  # pylint: disable=unused-argument
-    """:func:`mixed_reader_producers` on the quantized graph: int8 dense layers and products
-    whose output (through its requantize) both an int8 operator and a dequantize (for an
-    fp32 reader or a network output) read stay fp32.
+    """Int8 dense layers and products whose output int8 and fp32 readers share stay fp32.
 
-    Which readers are fp32 is known only here: an operator MXNet's pass could quantize but
-    the backend keeps fp32 (``elemwise_mul``, a sigmoid ``Activation``), one a later pass
-    sends back (:func:`~gluon_quant.graph.islands.small_int8_regions`) or one the user
-    excludes. GluonNLP's ``Highway`` after a dense layer (``gate * relu(W x) + (1 - gate)
-    * x``: the dense output read by the int8 ``W x`` and the fp32 product) killed the
-    process in the post-quantization fusion (a segmentation fault in
-    ``sg::CutGraphInputs``).
+    MXNet 1.9.1's post-quantization fusion mishandles an int8 dense layer or
+    ``elemwise_mul`` whose output (through its requantize) goes both to an int8 operator
+    and to a dequantize, for an fp32 reader or the network's outputs (``return head(feat),
+    feat``; ``head(feat)`` beside ``tanh(feat)``): it segfaults, or leaves a dequantize
+    reading an output the fused node no longer has. (An output that fp32 layers read as
+    well is :func:`chained_dequantizes`' case.) A convolution's output is handled
+    correctly and is left alone.
+
+    Decided on the quantized graph, in the pipeline's re-plan loop, where every reason a
+    reader stays fp32 is known: an operator MXNet's pass could quantize but the backend
+    keeps fp32 (``elemwise_mul``, a sigmoid ``Activation``), one a later pass sends back
+    (:func:`~gluon_quant.graph.islands.small_int8_regions`), one the user excludes. Judged
+    on the fused graph by the readers' operators (as before), GluonNLP's ``Highway`` after
+    a dense layer (``gate * relu(W x) + (1 - gate) * x``: the dense output read by the
+    int8 ``W x`` and the fp32 product) killed the process in the post-quantization fusion
+    (a segmentation fault in ``sg::CutGraphInputs``).
 
     Parameters
     ----------
@@ -535,7 +498,7 @@ def mixed_int8_outputs(graph, context=None):  # pylint: disable=unused-argument
     readers = _consumers(graph)
     found = {}
     for index, node in enumerate(nodes):
-        if node["op"] not in _QUANTIZED_SPLIT_PRODUCERS \
+        if node["op"] not in _SPLIT_PRODUCERS \
                 or not node["name"].startswith("quantized_"):
             continue
         entries = []

@@ -91,11 +91,11 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`exact_ranges`: MXNet prints ranges with 6 decimals (a range of 1e-7 becomes 0),
     both when it sets a calibration table and when post-quantization fusion copies
     ranges: every range is rewritten from the table at full float32 precision.
-``TRACED``, ``FUSED`` and ``FINAL``: guards against MXNet 1.9.1 failures, in
-    :mod:`gluon_quant.graph.guards` (each with its root cause): operators sharing a name get
-    unique ones; ``relu`` becomes ``Activation(relu)`` so oneDNN fuses it; conv (+BN) +
-    GELU and dense + LeakyReLU are kept from fusing (their int8 fusions are wrong); dense
-    layers and products whose output int8 and fp32 readers share stay fp32; nodes reading
+``TRACED``, ``FUSED``, ``QUANTIZED`` and ``FINAL``: guards against MXNet 1.9.1 failures,
+    in :mod:`gluon_quant.graph.guards` (each with its root cause): operators sharing a name
+    get unique ones; ``relu`` becomes ``Activation(relu)`` so oneDNN fuses it; conv (+BN) +
+    GELU and dense + LeakyReLU are kept from fusing (their int8 fusions are wrong); int8
+    dense layers and products whose output int8 and fp32 readers share stay fp32; nodes reading
     integer tensors stay fp32; a ``Flatten`` before dense layers fed by a pooling in
     squeeze-excite nets ("We can't generate TBlob for MKLDNN data"); RNN modes and LSTM
     wiring without an int8 kernel stay fp32; int8 LSTM outputs stop gradients so the
@@ -134,9 +134,9 @@ import numpy as np
 from ..backends import BackendSpec, why_not_int8
 from .inspect import FP32_FORM_ATTR, GraphView, describe_op, is_true
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
-                     mixed_int8_outputs, mixed_reader_producers, separate_broken_fusions,
-                     shared_fusion_outputs, stop_rnn_gradients, grouped_per_tensor,
-                     unquantizable_rnns, unsigned_relus, unsized_state_sums)
+                     mixed_int8_outputs, separate_broken_fusions, shared_fusion_outputs,
+                     stop_rnn_gradients, grouped_per_tensor, unquantizable_rnns,
+                     unsigned_relus, unsized_state_sums)
 from .deconv import SHUFFLE_ATTR, deconv_as_conv, why_not_rewritten
 from .heads import loss_heads
 from .islands import small_int8_regions
@@ -746,7 +746,6 @@ PASSES = (
     GraphPass("signed_global_pools", Stage.FUSED, signed_global_pools),
     GraphPass("compared_pools", Stage.FUSED, compared_pools),
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
-    GraphPass("mixed_reader_producers", Stage.FUSED, mixed_reader_producers, backends=("onednn",)),
     GraphPass("unquantizable_rnns", Stage.FUSED, _rnn_pass, backends=("onednn",)),
     GraphPass("unsized_state_sums", Stage.FUSED, lambda g, c: unsized_state_sums(g)),
     GraphPass("chained_dequantizes", Stage.QUANTIZED, chained_dequantizes, backends=("onednn",)),
