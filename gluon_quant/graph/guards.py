@@ -394,9 +394,10 @@ def shared_fusion_outputs(graph, context=None):  # pylint: disable=unused-argume
     ``y + F.LeakyReLU(y)`` after a convolution were wrong in fp32 already (cosine
     0.68-0.98 to the net). Such readers now read the output through a ``BlockGrad``
     (exact), which the fusion does not absorb: the layer runs without them fused. A
-    convolution's fusion does count other reader nodes for BatchNorm, Activation and
-    sums (MobileNetV2's block outputs, read by the next block and its shortcut sum, are
-    right and left fused); there only outputs and LeakyReLU/clip readers need it.
+    convolution's fusion does count other reader nodes for Activation and sums
+    (MobileNetV2's block outputs, read by the next block and its shortcut sum, are right
+    and left fused); there only outputs, LeakyReLU/clip readers and a BatchNorm beside
+    other readers need it (a pre-activation block on a convolution's output).
 
     Parameters
     ----------
@@ -422,7 +423,13 @@ def shared_fusion_outputs(graph, context=None):  # pylint: disable=unused-argume
         absorbed = sorted({r for r in reading if r is not None
                            and nodes[r]["op"] in _ABSORBED_READERS})
         if layer["op"] == "Convolution" and None not in reading:
-            absorbed = [r for r in absorbed if nodes[r]["op"] in _CONV_MISCOUNTED]
+            # A BatchNorm absorbed into the convolution itself (not after its sum) left
+            # the other readers the normalized output, or a fused node shape inference
+            # rejects: pre-activation CIFAR ResNets, whose stem convolution feeds the first
+            # block's BatchNorm and its shortcut sum (GluonCV's cifar_resnet56_v2: logit
+            # cosine 0.949 in fp32; ``y + conv(bn(y))`` failed to build).
+            absorbed = [r for r in absorbed if nodes[r]["op"] in _CONV_MISCOUNTED or (
+                nodes[r]["op"] == "BatchNorm" and nodes[src] is layer)]
         if layer["op"] not in ("FullyConnected", "Convolution") or len(reading) < 2 \
                 or not absorbed:
             continue
