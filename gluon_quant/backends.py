@@ -160,6 +160,11 @@ class BackendSpec:
     pass_quantizes : frozenset of str
         With a ``fusion_pass``: the operators MXNet's quantization pass replaces by int8
         ones (every other operator runs in fp32 on dequantized inputs); empty: ``ops``.
+    pair_sum_ops : frozenset of str
+        int8 operators whose kernels, where the process's int8 kernels sum pairs of
+        products in saturating int16 (oneDNN without VNNI:
+        :func:`gluon_quant.kernels.int16_pair_sums`), must read uint8 activations as
+        7-bit codes (:mod:`gluon_quant.graph.saturation`); empty: none.
     """
 
     name: str
@@ -175,6 +180,7 @@ class BackendSpec:
     fused_ops: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     fp32_ops: Mapping[str, str] = field(default_factory=lambda: types.MappingProxyType({}))
     pass_quantizes: FrozenSet[str] = frozenset()
+    pair_sum_ops: FrozenSet[str] = frozenset()
 
     def has_int8_kernel(self, op):
         """Whether an operator (by type) can run in int8 here at all."""
@@ -306,7 +312,11 @@ ONEDNN = BackendSpec(
         "Convolution", "FullyConnected", "Embedding", "Pooling", "Flatten", "Concat",
         "elemwise_add", "elemwise_mul", "BatchNorm", "Activation", "RNN",
         "_sg_mkldnn_conv", "_sg_mkldnn_fully_connected", "_sg_mkldnn_selfatt_qk",
-        "_sg_mkldnn_selfatt_valatt")))
+        "_sg_mkldnn_selfatt_valatt")),
+    # Without VNNI, oneDNN 2.4.4 multiplies uint8 x int8 with vpmaddubsw (pairs of
+    # products summed into saturating int16): a 1x1 convolution and a dense layer with
+    # their codes at the largest values returned half the right result (AVX2 EPYC).
+    pair_sum_ops=frozenset(("_sg_mkldnn_conv", "_sg_mkldnn_fully_connected")))
 
 #: cuDNN (MXNet's GPU builds): the graph a GPU build's pass produces, built in Python.
 #: cuDNN's int8 convolution takes int8 NCHW data, 2-D kernels, one group, no dilation

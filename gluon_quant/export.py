@@ -41,7 +41,7 @@ import mxnet as mx
 import numpy as np
 
 from ._stage import stage
-from . import _mxnet, _packing, watch
+from . import _mxnet, _packing, kernels, watch
 from ._io import atomic_write_many, sha256_bytes
 from ._version import __version__
 from .config import _ParsableEnum
@@ -383,5 +383,7 @@ def _metadata(header, paths, symbol_bytes, params_bytes, packed, kept):
         "calibration_table": None,
         "calibration_table_text": header["calibration_table_text"],
         "report_text": header["report_text"],
+        # Built where int8 pairs saturate (7-bit uint8 inputs, signed dense layers fp32)?
+        "int16_pair_sums": bool(kernels.int16_pair_sums()),
     })
     return meta

@@ -21,7 +21,7 @@ import os
 
 from . import _mxnet
 
-__all__ = ["check_isa", "describe"]
+__all__ = ["check_isa", "describe", "int16_pair_sums", "pairs_saturate"]
 
 _log = logging.getLogger(__name__)
 
@@ -60,10 +60,31 @@ def check_isa():
                      "process would otherwise be killed by SIGILL).", user)
         _mxnet.isa.latch_isa("ALL")
         _STATE.update(amx=False, why="DNNL_MAX_CPU_ISA=%s, set by the user, not granted" % user)
-    _log.debug("oneDNN int8 kernels: %s", describe())
+    if _log.isEnabledFor(logging.DEBUG):    # describe() runs a probe convolution
+        _log.debug("oneDNN int8 kernels: %s", describe())
     return _STATE["amx"]
 
 
+def int16_pair_sums():
+    """Whether oneDNN's int8 kernels in this process sum pairs of uint8 x int8 products
+    into saturating int16 (CPUs without VNNI: AVX2, AVX-512 before Cascade Lake, AMD Zen
+    1-3; or oneDNN capped below VNNI). Measured once by a probe convolution
+    (:func:`gluon_quant._mxnet.isa.int8_pairs_saturate`); where True, uint8 activations
+    read by such layers are quantized to 7-bit codes (:mod:`gluon_quant.graph.saturation`).
+    """
+    return _mxnet.isa.int8_pairs_saturate()
+
+
+def pairs_saturate(spec):
+    """Whether the layers ``spec`` declares pair-summing (``BackendSpec.pair_sum_ops``)
+    saturate in this process: :func:`int16_pair_sums`, for a backend that has such."""
+    return bool(spec.pair_sum_ops) and int16_pair_sums()
+
+
 def describe():
-    """One line saying whether oneDNN's int8 kernels may use AMX, and why."""
-    return "AMX int8 tiles %s (%s)" % ("on" if _STATE["amx"] else "off", _STATE["why"])
+    """One line saying which int8 kernels oneDNN runs: AMX or not and why, VNNI or not."""
+    return "AMX int8 tiles %s (%s); %s" % (
+        "on" if _STATE["amx"] else "off", _STATE["why"],
+        "int8 pairs summed in saturating int16 (no VNNI): uint8 activations of "
+        "convolutions and dense layers quantized to 7 bits" if int16_pair_sums()
+        else "int8 sums in int32 (VNNI or wider)")

@@ -23,7 +23,7 @@ from typing import Any, Mapping, Optional, Tuple
 import mxnet as mx
 import numpy as np
 
-from . import _mxnet, bias, table_names, watch
+from . import _mxnet, bias, kernels, table_names, watch
 from ._stage import return_free_memory, stage
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
@@ -290,7 +290,7 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
     checks = PassContext(spec=spec, param_shapes=param_shapes, int8_lstm=context.int8_lstm,
                          infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, inputs.names),
                          param_rewrites=list(context.param_rewrites), fp32_stem=config.fp32_stem,
-                         infer_shapes=infer_shapes)
+                         infer_shapes=infer_shapes, int16_pair_sums=kernels.pairs_saturate(spec))
     for name, reason in run_passes(Stage.FUSED, fused_graph, checks).items():
         fp32.setdefault(name, reason)
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,
@@ -639,7 +639,8 @@ def _final_graph(plan, table, spec, messages):
     ranges = {k: (float(lo), float(hi)) for k, (lo, hi) in table.items()}
     context = PassContext(spec=spec, param_shapes=plan.fused.param_shapes, ranges=ranges,
                           infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, input_names),
-                          excluded=plan.fused.excluded)
+                          excluded=plan.fused.excluded,
+                          int16_pair_sums=kernels.pairs_saturate(spec))
     graph = _mxnet.graph_json(_mxnet.set_calibration(plan.symbol, ranges, messages)
                               if not spec.quantize_in_python else plan.symbol)
     run_passes(Stage.CALIBRATED, graph, context)

@@ -16,7 +16,7 @@ import types
 import mxnet as mx
 import numpy as np
 
-from . import _mxnet, _packing
+from . import _mxnet, _packing, kernels
 from ._background import Background
 from ._io import loads_json, parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
@@ -138,6 +138,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
             # reorders per call instead of 4 (benchmarks/op_profile.py).
             block.hybridize()       # static memory as the graph takes it
         _log.info("Loaded %s (%d weights unpacked from int8).", prefix, len(meta["packed"]))
+        _check_pair_sums(meta, paths["meta"])
         return block
 
     def hybridize(self, active=True, **kwargs):
@@ -319,6 +320,20 @@ def _check_digest(meta, paths, role, path, digest):
         raise ArtifactError(
             "The %s file %r does not match its sha256 in %r: it was altered or belongs to "
             "another export. Export the model again." % (role, path, paths["meta"]))
+
+
+def _check_pair_sums(meta, path):
+    """Warn where the model was built for int8 kernels that sum in int32 (VNNI) and this
+    process's saturate (docs/faq.md: no VNNI): its uint8 inputs use all 8 bits."""
+    if meta.get("int16_pair_sums") or not meta.get("packed") or not kernels.int16_pair_sums():
+        return
+    _log.warning(
+        "%s was quantized on a CPU whose int8 kernels sum in int32 (VNNI), or by a "
+        "gluon_quant that did not check; this CPU has no VNNI, and oneDNN's int8 "
+        "convolutions and dense layers here saturate on uint8 inputs at their largest "
+        "codes (results can be far off). Quantize on this machine instead (a saved "
+        "calibration table rebuilds it: gq.quantize(net, calib_table=...)), then export "
+        "again.", path)
 
 
 def _build(cls, meta, paths, graph, symbol_path, params_path, params_data, ctx):

@@ -81,8 +81,8 @@ def test_a_user_amx_setting_without_the_permission_falls_back(monkeypatch, caplo
         assert kernels.check_isa() is False
     assert latched == ["ALL"]
     assert "SIGILL" in caplog.text and "DNNL_MAX_CPU_ISA=AVX512_CORE_AMX" in caplog.text
-    assert kernels.describe() == ("AMX int8 tiles off (DNNL_MAX_CPU_ISA=AVX512_CORE_AMX, set "
-                                  "by the user, not granted)")
+    assert kernels.describe().startswith(
+        "AMX int8 tiles off (DNNL_MAX_CPU_ISA=AVX512_CORE_AMX, set by the user, not granted); ")
 
 
 def test_a_granted_user_amx_setting_is_kept_with_a_warning(monkeypatch, caplog):
@@ -105,4 +105,10 @@ def test_amx_is_never_turned_on_by_gluon_quant(monkeypatch, caplog, flags, user,
     with caplog.at_level(logging.WARNING, logger="gluon_quant.kernels"):
         assert kernels.check_isa() is False
     assert latched == [] and caplog.text == ""
-    assert kernels.describe() == expected
+    assert kernels.describe().startswith(expected + "; ")
+
+
+def test_describe_says_whether_int8_pairs_saturate(monkeypatch):
+    for value, said in ((True, "quantized to 7 bits"), (False, "int32 (VNNI or wider)")):
+        monkeypatch.setattr(kernels, "int16_pair_sums", lambda value=value: value)
+        assert kernels.describe().endswith(said)

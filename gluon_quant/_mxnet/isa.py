@@ -12,12 +12,14 @@ These functions only do what they are told; what to do about AMX is decided by
 :mod:`gluon_quant.kernels`.
 """
 import ctypes
+import functools
 import os
 import platform
 
 import mxnet as mx
 
-__all__ = ["ISA_VARIABLES", "cpu_flags", "request_amx_permission", "latch_isa"]
+__all__ = ["ISA_VARIABLES", "cpu_flags", "request_amx_permission", "latch_isa",
+           "int8_pairs_saturate"]
 
 #: The variables oneDNN reads for its maximum ISA (the second is its former name).
 ISA_VARIABLES = ("DNNL_MAX_CPU_ISA", "MKLDNN_MAX_CPU_ISA")
@@ -71,3 +73,27 @@ def latch_isa(isa):
             del os.environ[ISA_VARIABLES[0]]
         else:
             os.environ[ISA_VARIABLES[0]] = before
+
+
+#: The probe's convolution: 16 uint8 channels at 255 times int8 weights at 127, 1x1.
+_PROBE_CHANNELS = 16
+
+
+@functools.lru_cache(maxsize=1)
+def int8_pairs_saturate():
+    """Whether oneDNN's int8 convolution in this process sums pairs of uint8 x int8
+    products into saturating int16 (``vpmaddubsw``: x86 without VNNI, or oneDNN capped
+    below it), measured once: a 1x1 convolution of 16 channels at the largest codes
+    gives 16 * 255 * 127 = 518160 with int32 sums and 8 * 32767 with saturating pairs.
+    False where the probe fails (an MXNet without oneDNN's int8 kernels).
+    """
+    data = mx.nd.full((1, _PROBE_CHANNELS, 1, 1), 255, dtype="uint8")
+    weight = mx.nd.full((_PROBE_CHANNELS, _PROBE_CHANNELS, 1, 1), 127, dtype="int8")
+    try:
+        out = mx.nd.contrib.quantized_conv(
+            data, weight, mx.nd.array([0.0]), mx.nd.array([255.0]), mx.nd.array([-127.0]),
+            mx.nd.array([127.0]), kernel=(1, 1), num_filter=_PROBE_CHANNELS, no_bias=True)
+        value = int(out[0].asnumpy().ravel()[0])
+    except (mx.base.MXNetError, AttributeError):
+        return False
+    return value < _PROBE_CHANNELS * 255 * 127

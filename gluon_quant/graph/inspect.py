@@ -6,7 +6,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, Tuple
 
-__all__ = ["GraphNode", "GraphView", "describe_op", "is_true"]
+__all__ = ["GraphNode", "GraphView", "calib_key", "describe_op", "is_true", "tensor_key"]
 
 #: Operators that carry the weights of a layer, in the order that names a fused node.
 _ANCHOR_OPS = ("Convolution", "FullyConnected", "Deconvolution", "Pooling", "Concat",
@@ -180,3 +180,27 @@ class GraphView:
         """The fingerprints earlier versions of gluon_quant wrote for this graph (newest
         first): tables saved then still match it."""
         return tuple(self.fingerprint(attrs) for attrs in _EARLIER_VARIABLE_ATTRS)
+
+
+def tensor_key(node, index):
+    """The name calibration knows a tensor by: a variable's name, ``X_output``, ``X_outputK``."""
+    if node["op"] == "null":
+        return node["name"]
+    return node["name"] + ("_output" if index == 0 else "_output%d" % index)
+
+
+def calib_key(node, nodes):
+    """The calibration-table key a node with a calibrated range reads it from.
+
+    ``requantize_X`` and the fused ``quantized_X`` (after post-quantization fusion) take
+    the range of ``X``'s output; a quantize node takes its input's.
+    """
+    name = node["name"]
+    if node["op"] == "_contrib_requantize" and name.startswith("requantize_"):
+        return name[len("requantize_"):] + "_output"
+    if node["op"] == "_contrib_quantize_v2":
+        src = nodes[node["inputs"][0][0]]
+        return tensor_key(src, node["inputs"][0][1])
+    if name.startswith("quantized_"):
+        return name[len("quantized_"):] + "_output"
+    return name + "_output"

@@ -132,7 +132,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 import numpy as np
 
 from ..backends import BackendSpec, why_not_int8
-from .inspect import FP32_FORM_ATTR, GraphView, describe_op, is_true
+from .inspect import FP32_FORM_ATTR, GraphView, calib_key, describe_op, is_true, tensor_key
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
                      mixed_int8_outputs, separate_broken_fusions, shared_fusion_outputs,
                      stop_rnn_gradients, grouped_per_tensor, unquantizable_rnns,
@@ -143,6 +143,7 @@ from .islands import small_int8_regions
 from .pads import pads_into_convolutions
 from .layout import channels_first_convolutions, plain_custom_inputs, plain_reshaped_inputs
 from .maxpools import int8_max_pools
+from .saturation import seven_bit_inputs, signed_dense_inputs
 from .affine import affine_into_layers
 from .matmul import products_as_dense
 from .normalize import fold_input_normalization
@@ -226,6 +227,9 @@ class PassContext:
         ``param_value(name) -> numpy array or None``: a parameter's value when the graph
         was traced (None where it is not initialized), for rewrites whose exact form
         depends on it (:mod:`gluon_quant.graph.prelu`).
+    int16_pair_sums : bool
+        Whether this process's int8 kernels sum pairs of products in saturating int16
+        (:func:`gluon_quant.kernels.int16_pair_sums`; :mod:`gluon_quant.graph.saturation`).
     """
 
     spec: BackendSpec
@@ -241,6 +245,7 @@ class PassContext:
     excluded: frozenset = frozenset()
     fp32_stem: bool = False
     param_value: Optional[Callable[[str], Any]] = None
+    int16_pair_sums: bool = False
 
 
 @dataclass(frozen=True)
@@ -530,30 +535,6 @@ def int8_mul_inputs(graph, context=None):  # pylint: disable=unused-argument
     return fp32_nodes
 
 
-def tensor_key(node, index):
-    """The name calibration knows a tensor by: a variable's name, ``X_output``, ``X_outputK``."""
-    if node["op"] == "null":
-        return node["name"]
-    return node["name"] + ("_output" if index == 0 else "_output%d" % index)
-
-
-def calib_key(node, nodes):
-    """The calibration-table key a node with a calibrated range reads it from.
-
-    ``requantize_X`` and the fused ``quantized_X`` (after post-quantization fusion) take
-    the range of ``X``'s output; a quantize node takes its input's.
-    """
-    name = node["name"]
-    if node["op"] == "_contrib_requantize" and name.startswith("requantize_"):
-        return name[len("requantize_"):] + "_output"
-    if node["op"] == "_contrib_quantize_v2":
-        src = nodes[node["inputs"][0][0]]
-        return tensor_key(src, node["inputs"][0][1])
-    if name.startswith("quantized_"):
-        return name[len("quantized_"):] + "_output"
-    return name + "_output"
-
-
 def calibrated_nodes(graph):
     """``(node name, table key)`` of every node of ``graph`` that carries a calibrated range."""
     nodes = graph["nodes"]
@@ -748,6 +729,7 @@ PASSES = (
     GraphPass("integer_inputs", Stage.FUSED, integer_inputs),
     GraphPass("unquantizable_rnns", Stage.FUSED, _rnn_pass, backends=("onednn",)),
     GraphPass("unsized_state_sums", Stage.FUSED, lambda g, c: unsized_state_sums(g)),
+    GraphPass("signed_dense_inputs", Stage.FUSED, signed_dense_inputs),
     GraphPass("chained_dequantizes", Stage.QUANTIZED, chained_dequantizes, backends=("onednn",)),
     GraphPass("int8_mul_inputs", Stage.QUANTIZED, int8_mul_inputs),
     GraphPass("small_int8_regions", Stage.QUANTIZED, small_int8_regions, backends=("onednn",)),
@@ -761,6 +743,8 @@ PASSES = (
     GraphPass("stop_rnn_gradients", Stage.FINAL, _rewrite(stop_rnn_gradients),
               backends=("onednn",)),
     GraphPass("int8_max_pools", Stage.FINAL, int8_max_pools, backends=("onednn",)),
+    # Last: after the passes that insert requantizes or widen ranges themselves.
+    GraphPass("seven_bit_inputs", Stage.FINAL, seven_bit_inputs),
 )
 
 
