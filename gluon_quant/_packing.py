@@ -79,6 +79,10 @@ class PackSpec:
     bias, beta, mean : str or None
         The layer's bias and BatchNorm shift, which the runtime folds into the bias that
         its overflow guard reads (all None: the layer has no bias).
+    weight_adjust : float
+        What oneDNN multiplies the scales by when it quantizes the weights: 0.5 for a
+        convolution with int8 (signed) input where its int8 kernels sum pairs in int16
+        (no VNNI: its ``scale_adjust``, ``q = rint(w * scale * 0.5)``), else 1.
     """
 
     weight: str
@@ -90,6 +94,7 @@ class PackSpec:
     bias: Optional[str] = None
     beta: Optional[str] = None
     mean: Optional[str] = None
+    weight_adjust: float = 1.0
 
     def to_dict(self):
         """JSON-safe form of the fields export format 1.0 stored."""
@@ -309,7 +314,8 @@ def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
     base = _scales(maxabs, spec.channelwise)
     if np.any(scales != base) and _near_half(folded[scales != base], scales[scales != base]):
         _refuse(spec, "a weight of a guarded channel lies on a rounding boundary")
-    q = _quantize(folded, scales)
+    qscales = (scales * np.float32(spec.weight_adjust)).astype(np.float32)
+    q = _quantize(folded, qscales)
     channels = weight.shape[0]
     flat = weight.reshape(channels, -1)
     folded_flat = folded.reshape(channels, -1)
@@ -317,13 +323,13 @@ def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
     anchors = flat[np.arange(channels), argmax]
     anchors = np.where(folded_flat[np.arange(channels), argmax] < 0, -anchors, anchors)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        factors = (1.0 / (scales.astype(np.float64) * alpha)).astype(np.float32)
+        factors = (1.0 / (qscales.astype(np.float64) * alpha)).astype(np.float32)
     factors[~np.isfinite(factors)] = 0
     derived = _derived_factors(anchors)
     # A channel whose rows would not round back with the derived factor stores its own.
     odd = np.flatnonzero(np.any(_quantize(_fold(
-        q.reshape(channels, -1) * derived[:, None], alpha), scales) != q.reshape(channels, -1),
-        axis=1) | ~np.isfinite(derived) | ((scales != base) & (maxabs > 0))
+        q.reshape(channels, -1) * derived[:, None], alpha), qscales) != q.reshape(channels, -1),
+        axis=1) | ~np.isfinite(derived) | ((scales != base) & (maxabs > 0)) | (spec.weight_adjust != 1.0)
         | (not spec.channelwise))
     empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float32)
     packed = Packed(q, anchors.astype(np.float32), odd.astype(np.int64), factors[odd],
@@ -333,7 +339,7 @@ def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
         rebuilt = unpack(packed).reshape(channels, -1)
         again = _fold(rebuilt, alpha)
         # values pushed past the maximum, or rounding elsewhere: keep the original there
-        bad = (np.abs(again) > limit) | (_quantize(again, scales) != q.reshape(channels, -1))
+        bad = (np.abs(again) > limit) | (_quantize(again, qscales) != q.reshape(channels, -1))
         if not bad.any():
             break
         fix = np.union1d(packed.fix_index, np.flatnonzero(bad))
@@ -347,7 +353,7 @@ def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
     again_max = _maxabs(_fold(rebuilt, alpha))
     same_max = np.array_equal(again_max, maxabs) if spec.channelwise \
         else again_max.max() == maxabs.max()
-    if not (same_max and np.array_equal(_quantize(_fold(rebuilt, alpha), scales),
+    if not (same_max and np.array_equal(_quantize(_fold(rebuilt, alpha), qscales),
                                         q.reshape(channels, -1))):
         _refuse(spec, "its int8 packing would not reproduce the runtime's values exactly")
     return packed

@@ -31,6 +31,7 @@ from a saved calibration table): informational only, the model takes any batch s
 input's ``range`` (optional, format 3.2) is the lowest and highest value calibration saw
 (:mod:`gluon_quant.watch`): the loaded model checks its first calls against it.
 """
+import dataclasses
 import json
 import logging
 import os
@@ -279,6 +280,7 @@ def _pack_specs(graph, params, dtypes):
     for src, *_ in [e for node in nodes for e in node.get("inputs", [])] + graph["heads"]:
         uses[src] = uses.get(src, 0) + 1        # an output of the graph is a use too
     readers, kept = {}, {}
+    halves = kernels.int16_pair_sums()      # oneDNN halves int8-input convolution weights
     for node in nodes:
         attrs = node.get("attrs") or {}
         if str(attrs.get("quantized", "")).lower() != "true" \
@@ -316,6 +318,9 @@ def _pack_specs(graph, params, dtypes):
                                          bias=bias, beta=beta, mean=mean)
             else:
                 spec = _packing.PackSpec(weight, calibrated, bias=bias)
+        if node["op"] == "_sg_mkldnn_conv" and halves and \
+                _entry_dtype(nodes, node["inputs"][0], dtypes) == "int8":
+            spec = dataclasses.replace(spec, weight_adjust=0.5)
         readers.setdefault(weight, []).append(
             (spec, _input_scale(nodes, node["inputs"][0], dtypes)))
     index = {n["name"]: i for i, n in enumerate(nodes)}
@@ -326,10 +331,14 @@ def _pack_specs(graph, params, dtypes):
     return readers, kept
 
 
+def _entry_dtype(nodes, entry, dtypes):
+    name = nodes[entry[0]]["name"]
+    return dtypes.get(name + "_output", dtypes.get(name + "_output0"))
+
+
 def _input_scale(nodes, entry, dtypes):
     """The runtime's ``data_scale`` of an int8/uint8 input entry, or None if unknown."""
-    name = nodes[entry[0]]["name"]
-    dtype = dtypes.get(name + "_output", dtypes.get(name + "_output0"))
+    dtype = _entry_dtype(nodes, entry, dtypes)
     maxabs = _input_range(nodes, entry)
     if entry[1] != 0 or dtype not in ("int8", "uint8") or maxabs is None:
         return None

@@ -10,6 +10,7 @@ from mxnet.gluon import nn
 
 import gluon_quant as gq
 from gluon_quant import QuantizedHybridBlock
+from conftest import coverage
 
 
 def test_stages_one_by_one(tiny_cnn, tiny_batches):
@@ -638,7 +639,7 @@ def test_plain_sequential_of_hybrid_layers_is_quantized(tmp_path):
     ref = net(x).asnumpy()
     out = qnet(x).asnumpy()
     assert np.dot(ref.ravel(), out.ravel()) / (np.linalg.norm(ref) * np.linalg.norm(out)) > 0.999
-    assert qnet.report().coverage() == (3, 3)
+    assert coverage(qnet.report()) == (3, 3)
     assert [row.layer for row in qnet.report()][:2] == [inner[0].name, inner[1].name]
 
     class Plain(gluon.Block):

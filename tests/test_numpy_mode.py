@@ -7,6 +7,7 @@ from mxnet import npx
 from mxnet.gluon import nn
 
 import gluon_quant as gq
+from conftest import coverage
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_numpy_mode_cnn_quantizes_runs_and_exports(np_mode, tmp_path):
     ref, out = net(x), qnet(x)              # the fp32 net still runs as written
     assert isinstance(out, mx.np.ndarray) and out.shape == (4, 10)
     assert _cos(ref, out) > 0.999
-    assert qnet.report().coverage() == (4, 4)
+    assert coverage(qnet.report()) == (4, 4)
     qnet.export(str(tmp_path / "m"))
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "m"))
     again = loaded(x)
@@ -74,7 +75,7 @@ def test_numpy_mode_operators_fuse_and_the_doctor_runs(np_mode):
     qnet = gq.quantize(net, batches, progress=False)
     hidden = [row for row in qnet.report() if row.layer.endswith("dense0")][0]
     assert hidden.quantized and "Activation(relu)" in hidden.pattern   # npx.relu fused
-    assert qnet.report().coverage() == (2, 2)
+    assert coverage(qnet.report()) == (2, 2)
     assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
     assert gq.debug.compare(qnet, batches[:1]).output_cosine > 0.999
     assert len(gq.debug.sensitivity(qnet, batches[:1])) == 2
@@ -109,7 +110,7 @@ def test_numpy_mode_residual_sums_fuse_into_their_convolutions(np_mode):
     report = qnet.report()
     assert not [row for row in report if row.op == "_npi_add"]
     assert sum("elemwise_add" in row.pattern for row in report if row.quantized) == 2
-    assert report.coverage() == (6, 6)
+    assert coverage(report) == (6, 6)
     assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
 
 
@@ -240,7 +241,7 @@ def test_numpy_mode_reshapes_of_onednn_outputs_run(np_mode, mode, flatten):
     ops = [(row.op, row.quantized) for row in qnet.report()]
     assert not [op for op, _ in ops if op in ("_np_reshape", "_npx_reshape")]
     assert (("Flatten", True) in ops) == flatten
-    assert qnet.report().coverage() == (3, 3)
+    assert coverage(qnet.report()) == (3, 3)
     assert _cos(net(batches[0]), qnet(batches[0])) > 0.999
 
 
@@ -281,7 +282,7 @@ def test_a_numpy_mode_export_loaded_as_symbolblock_quantizes(np_mode, tmp_path):
     out = qnet(batches[0])
     assert isinstance(out, mx.np.ndarray)
     assert _cos(block(batches[0]), out) > 0.999
-    assert qnet.report().coverage() == (3, 3)
+    assert coverage(qnet.report()) == (3, 3)
 
 
 class Strips(mx.gluon.Block):

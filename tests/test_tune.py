@@ -6,7 +6,7 @@ import pytest
 import gluon_quant as gq
 from gluon_quant.tune import StopReason
 
-from conftest import agreement_fn
+from conftest import agreement_fn, coverage
 
 
 def test_tuning_keeps_the_fragile_layer_in_fp32(fragile_mlp):
@@ -83,7 +83,7 @@ def test_tuning_a_net_with_no_layer_worth_int8_stops_at_the_defaults(int8_region
     qnet, result = gq.tune(net, batches, eval_fn, tolerance=0.0, progress=False)
     assert result.stopped is StopReason.TOLERANCE_MET and len(result.trials) == 1
     assert result.chosen.score == result.fp32_score == 1.0
-    assert qnet.report().coverage() == (0, 2)
+    assert coverage(qnet.report()) == (0, 2)
 
 
 def test_eval_fn_may_return_an_ndarray_or_a_metric_pair(fragile_mlp):

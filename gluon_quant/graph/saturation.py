@@ -220,13 +220,21 @@ def seven_bit_inputs(graph, context):
     for node in readers:
         weight = nodes[node["inputs"][1][0]]["name"]
         entry = node["inputs"][0]
+        dtype = entry_dtype(dtypes, nodes, entry)
         if not _pairs_summed(node, context.param_shapes.get(weight)) \
-                or entry_dtype(dtypes, nodes, entry) != "uint8":
-            continue
+                or dtype not in ("uint8", "int8") \
+                or (dtype == "int8" and node["op"] != "_sg_mkldnn_fully_connected"):
+            continue        # an int8 convolution's weights are halved by oneDNN itself
         found = set()
         _range_setters(nodes, entry, found, unknown)
-        if any(_cuts_off(nodes[i]) for i in found):
-            high = max(abs(float(nodes[i]["attrs"]["max_calib_range"])) for i in found)
+        if not found:
+            continue
+        if dtype == "int8" or any(_cuts_off(nodes[i]) for i in found):
+            # a dense layer here reads int8 only where signed_dense_inputs proved it
+            # non-negative (a ReLU of an int8 sum stays int8): uint8 copy, 7-bit codes
+            high = max(max(abs(float(nodes[i]["attrs"]["max_calib_range"])),
+                           abs(float(nodes[i]["attrs"].get("min_calib_range", 0))))
+                       for i in found)
             _requantized_copy(nodes, node, entry, high, added)
         else:
             widen |= found

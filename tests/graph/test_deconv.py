@@ -18,6 +18,7 @@ from gluon_quant.backends import CUDNN, ONEDNN
 from gluon_quant.graph.deconv import (SHUFFLE_ATTR, conv_geometry, deconv_as_conv,
                                       intensity_of, why_not_rewritten)
 from gluon_quant.graph.passes import PassContext
+from conftest import coverage
 
 RS = np.random.RandomState(3)
 #: oneDNN's spec without the speed condition (the exactness tests use small layers).
@@ -168,7 +169,7 @@ def test_pose_like_net_runs_its_deconvolutions_in_int8(pose):
     assert len(deconvs) == 3
     assert all(r.quantized and r.pattern == "Convolution+BatchNorm+Activation(relu)"
                for r in deconvs)
-    assert report.coverage() == (7, 7)
+    assert coverage(report) == (7, 7)
     shuffles = [r for r in report if r.node.endswith("_depth_to_space")]
     assert len(shuffles) == 3 and not any(r.quantized for r in shuffles)
     assert all("moves data only" in r.reason for r in shuffles)
@@ -235,5 +236,5 @@ def test_1d_deconvolution_runs_in_int8_through_the_2d_lift():
     qnet = gq.quantize(net, [x], progress=False)
     (deconv,) = [r for r in qnet.report() if "Deconvolution (kernel (8,)" in r.reason]
     assert deconv.quantized and deconv.pattern == "Convolution+BatchNorm+Activation(relu)"
-    assert qnet.report().coverage() == (3, 3)
+    assert coverage(qnet.report()) == (3, 3)
     assert _cos(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.999

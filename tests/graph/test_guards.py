@@ -19,6 +19,7 @@ from mxnet.gluon import nn, rnn
 import gluon_quant as gq
 from gluon_quant import _mxnet
 from gluon_quant.graph import guards
+from conftest import coverage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -370,7 +371,7 @@ def test_reshapes_of_4d_arrays_get_no_clip():
     qnet = gq.quantize(net, [x[:8], x[8:]], progress=False)
     assert "clip" not in [row.op for row in qnet.report()]
     assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.999
-    assert qnet.report().coverage()[0] >= 2
+    assert coverage(qnet.report())[0] >= 2
 
 
 class _VolumeSums(nn.HybridBlock):
@@ -498,7 +499,7 @@ def test_depthwise_se_runs_int8(se_pool):
     for batch in (x, x[:8], x, x):
         qnet(batch).wait_to_read()
     assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.99
-    assert qnet.report().coverage() == (6, 6)
+    assert coverage(qnet.report()) == (6, 6)
     assert "__no_static_memory__" not in qnet.quantized_graph.tojson()    # guarded: static
 
 

@@ -10,6 +10,7 @@ from mxnet import autograd, gluon
 import gluon_quant as gq
 
 from _nets import RowLSTM, RowTransformer
+from conftest import coverage
 
 CALIBRATORS = ("mse", "entropy", "minmax", "percentile")
 
@@ -61,7 +62,7 @@ def test_int8_accuracy_within_half_a_point(trained, calibrator):
     int8 = _accuracy(qnet, *trained["test"])
     assert abs(int8 - trained["fp32"]) <= 0.005, (calibrator, trained["fp32"], int8)
     report = qnet.report()
-    assert report.coverage()[0] == report.coverage()[1]      # every dense layer in int8
+    assert coverage(report)[0] == coverage(report)[1]      # every dense layer in int8
     for layer in report:
         if layer.op == "RNN":
             assert not layer.quantized and "opt-in" in layer.reason

@@ -14,6 +14,7 @@ from mxnet.gluon import nn
 import gluon_quant as gq
 from gluon_quant.graph.passes import COMPARED_POOL_REASON
 from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
+from conftest import coverage
 
 gluoncv_zoo = pytest.importorskip("gluoncv.model_zoo")
 
@@ -209,7 +210,7 @@ def _check(name, net, qnet, shape, task):
     out = out if isinstance(out, (list, tuple)) else [out]
     assert [r.shape for r in ref] == [o.shape for o in out]
     found = agreement(task, ref, out)
-    quantized, total = qnet.report().coverage()
+    quantized, total = coverage(qnet.report())
     logging.getLogger(__name__).info("%s: %s, %d/%d int8", name, found, quantized, total)
     assert quantized >= 0.9 * total
     if "score_std" in found:        # BatchNorm statistics reached every layer

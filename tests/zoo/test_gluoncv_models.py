@@ -18,6 +18,7 @@ from gluon_quant.graph.passes import SIGNED_POOL_REASON, count_ops
 from gluon_quant.presets import KeepFP32, PRESETS, Preset, get_preset, preset_for
 from gluon_quant.zoo import get_model as zoo_get_model
 from gluon_quant.zoo.gluoncv import initialize_random, sample_batches, set_batchnorm_statistics
+from conftest import coverage
 
 gluoncv_zoo = pytest.importorskip("gluoncv.model_zoo")
 
@@ -117,7 +118,7 @@ def test_preset_by_name_or_instance_shows_in_report(tiny_batches):
     dense = [r for r in qnet.report() if r.op == "FullyConnected"]
     assert len(dense) == 1 and not dense[0].quantized
     assert dense[0].reason == "preset 'mine': logits are compared by argmax downstream"
-    assert qnet.report().coverage() == (2, 3)
+    assert coverage(qnet.report()) == (2, 3)
     # A user exclusion wins over the preset's reason for the same layer.
     qnet = gq.quantize(_small_net(), tiny_batches, preset=mine, exclude=["Dense"],
                        progress=False)
@@ -168,7 +169,7 @@ def test_zoo_builds_gluoncv_nets_whose_block_refuses_pretrained_base():
     x = np.random.RandomState(0).rand(2, 3, 64, 64).astype("float32")
     qnet = zoo_get_model("darknet53", calib_data=[x], progress=False)
     assert qnet(mx.nd.array(x)).shape == (2, 1000)
-    assert qnet.report().coverage()[0] >= 50
+    assert coverage(qnet.report())[0] >= 50
 
 
 def test_zoo_get_model_quantizes_with_photo_calibration(caplog):
@@ -176,7 +177,7 @@ def test_zoo_get_model_quantizes_with_photo_calibration(caplog):
     qnet = zoo_get_model("resnet18_v1", image_size=64, classes=10)
     assert any("no calib_data" in r.getMessage() for r in caplog.records)
     assert qnet.preset.name == "gluoncv-classification"
-    assert qnet.report().coverage() == (21, 21)
+    assert coverage(qnet.report()) == (21, 21)
     x = mx.nd.array(sample_batches(1, 4, size=64, seed=5)[0])
     assert qnet(x).shape == (4, 10)
     assert cosine(qnet.net(x).asnumpy(), qnet(x).asnumpy()) >= 0.99
@@ -227,7 +228,7 @@ def test_se_block_graph_is_as_lean_as_mxnet_flow():
     # after the fp32 sigmoid * feature product; it leaves once, before that product. Both
     # excitation layers stay int8 (the second one emits fp32 itself for the sigmoid).
     assert (ours[QUANTIZE], ours[DEQUANTIZE]) == (3, 1)
-    assert qnet.report().coverage() == (6, 6)
+    assert coverage(qnet.report()) == (6, 6)
     pools = [r for r in qnet.report() if r.op == "Pooling"]
     assert [(r.quantized, r.reason) for r in pools][0] == (False, SIGNED_POOL_REASON)
     net.hybridize()
@@ -251,7 +252,7 @@ def test_resnet18_v1_graph_is_int8_end_to_end():
     cos, qnet = classifier_agreement("resnet18_v1")
     assert count_ops(qnet.quantized_graph) == {QUANTIZE: 1, DEQUANTIZE: 0,
                                                "_contrib_requantize": 0}
-    assert qnet.report().coverage() == (21, 21)
+    assert coverage(qnet.report()) == (21, 21)
     assert cos >= 0.99
 
 
@@ -322,7 +323,7 @@ FLOOR_FACTOR = 1.4
 def test_classifier_agreement(name):
     net, calib, x = build(name, 224)
     qnet = gq.quantize(net, calib, progress=False)
-    quantized, total = qnet.report().coverage()
+    quantized, total = coverage(qnet.report())
     assert quantized == total
     ref = net(x).asnumpy()
     cos = cosine(ref, qnet(x).asnumpy())
@@ -350,7 +351,7 @@ def test_ssd_detections_agree():
     assert qnet.preset.name == "gluoncv-ssd"
     report = qnet.report()
     assert any(r.reason.startswith("preset 'gluoncv-ssd'") for r in report)
-    quantized, total = report.coverage()
+    quantized, total = coverage(report)
     assert quantized == total
     _, score_cos, box_cos, top_error = detection_agreement(net, qnet, x)
     _, floor_score, floor_box, floor_error = detection_agreement(
@@ -434,7 +435,7 @@ def test_fcn_pixel_agreement():
     x = x[:4]
     qnet = gq.quantize(net, calib, progress=False)
     assert qnet.preset.name == "gluoncv-segmentation"
-    assert qnet.report().coverage() == (59, 59)
+    assert coverage(qnet.report()) == (59, 59)
     fp32, int8 = net(x)[0], qnet(x)[0]
     floor = fake_quant_block(qnet)[0](x)[0]
     assert int8.shape == fp32.shape and fp32.shape[:2] == (4, 21)
