@@ -15,6 +15,7 @@ user's net is traced, never modified. The graph passes of every stage are listed
 :mod:`gluon_quant._mxnet`. :class:`~gluon_quant.QuantizedHybridBlock` is the thin runtime
 over these records.
 """
+import copy
 import logging
 import types
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import mxnet as mx
 import numpy as np
 
 from . import _mxnet, bias, kernels, table_names, watch
+from ._names import class_name
 from ._stage import return_free_memory, stage
 from .backends import get_spec
 from .calib import ZERO_RANGE, CalibrationTable
@@ -295,18 +297,11 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
         fp32.setdefault(name, reason)
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,
                       fp32_nodes=types.MappingProxyType(fp32), param_shapes=param_shapes,
-                      net_class=_class_name(net),
+                      net_class=class_name(net),
                       param_rewrites=tuple(context.param_rewrites),
                       messages=tuple(messages), range_bounds=types.MappingProxyType(bounds),
                       input_shapes=input_shapes, np_mode=np_mode, excluded=frozenset(excluded),
                       rewritten=types.MappingProxyType(dict(context.rewritten)))
-
-
-def _class_name(net):
-    """The network's class as the user knows it: the first class of its MRO not defined in
-    gluon_quant (an imported fp32 pair is wrapped in ``_mxnet.GraphBlock``: ``SymbolBlock``)."""
-    return next(cls.__name__ for cls in type(net).__mro__
-                if not cls.__module__.startswith("gluon_quant"))
 
 
 def _first_rank(batch):
@@ -654,7 +649,7 @@ def _final_graph(plan, table, spec, messages):
     except ValueError as err:
         raise GraphError("A graph pass produced an invalid int8 graph (%s); please report "
                          "it with the network." % err) from err
-    return _mxnet.load_graph(graph)
+    return _mxnet.load_graph(graph), tuple(context.param_rewrites)   # parameters it added
 
 
 def _check_uint8(final, table, config, input_names):
@@ -695,9 +690,12 @@ def build(plan: QuantPlan, params, table, *, config: QuantConfig, bias_inputs=No
     spec = get_spec(config.backend.value)
     input_names = plan.fused.inputs.names
     messages = list(plan.fused.messages) + list(plan.messages)
-    final = _final_graph(plan, table, spec, messages)
+    final, added = _final_graph(plan, table, spec, messages)
     _check_uint8(final, table, config, input_names)
-    arguments = set(plan.fused.symbol.list_arguments())
+    params = copy.copy(params) if added else params     # its FP32Params attributes kept
+    for rewrite in added:
+        rewrite.apply(params)
+    arguments = set(plan.fused.symbol.list_arguments()) | {r.target for r in added}
     weights, table, rounding = _round_weights(plan, final, params, table, bias_inputs, config)
     qparams = _mxnet.quantize_params(final, {k: v for k, v in weights.items()
                                              if k in arguments})

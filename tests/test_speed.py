@@ -19,7 +19,7 @@ def _profile(*args):
     return text
 
 
-def test_profile_quick_bert_reports_groups_reorders_and_sweep():
+def test_profile_quick_bert_reports_groups_reorders_and_sweep(vnni_plan):
     text = _profile("--models", "bert")
     shares = [float(s) for s in re.findall(r"^  \S[^\n]*?\s([\d.]+)%$", text, re.M)]
     # The operator groups' shares add up to the whole.
@@ -38,7 +38,7 @@ def test_profile_quick_bert_reports_groups_reorders_and_sweep():
     assert re.search(r"omp2 NaiveEngine\s+[\d.]+ ms\s+[\d.]+x", text), text
 
 
-def test_profile_quick_convnet_has_no_per_call_weight_reorders():
+def test_profile_quick_convnet_has_no_per_call_weight_reorders(vnni_plan):
     text = _profile("--models", "mobilenetv2_0.25", "--no-sweep")
     # 53 convolutions and 5 reorders per call (input, output and flatten layouts, and the
     # fp32 depthwise convolution's output to the quantize node's layout: at 32 pixels the

@@ -13,7 +13,7 @@ from gluon_quant.debug.metrics import cosine
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
 
 from test_api import TwoInputNet, quantized_two_output_net
-from conftest import coverage
+from conftest import PAIRS_SATURATE, coverage
 
 
 def _flat(out):
@@ -385,13 +385,16 @@ def test_every_fused_kind_packs_and_reloads_bit_identically(tmp_path):
         "fk_conv0_weight", "fk_conv1_weight", "fk_conv2_weight", "fk_conv3_weight",
         "fk_dense0_weight"]
     arrays = parse_ndarray_file(open(str(tmp_path / "fk-int8.params"), "rb").read(), "fk")
-    # the two guarded channels carry their own factor (channel 3 of conv0, 5 of dw)
-    assert list(arrays["packed:factor_index"]) == [3, 16 + 5]
+    # the two guarded channels carry their own factor (channel 3 of conv0, 5 of dw); where
+    # int8 pairs saturate, so does every channel of a convolution with int8 input (oneDNN
+    # halves its weights: PackSpec.weight_adjust), 8 bytes each
+    factors = list(arrays["packed:factor_index"])
+    assert set(factors) >= {3, 16 + 5} if PAIRS_SATURATE else factors == [3, 16 + 5]
     # 4528 weights in int8 and one anchor per channel (82): the whole file, BatchNorm and
     # biases included, is 7050 bytes, where the weights alone take 18112 bytes in fp32.
     assert arrays["packed:int8"].size == 4528 and arrays["packed:anchors"].size == 82
     assert arrays["packed:fix_index"].size <= 4
-    assert os.path.getsize(str(tmp_path / "fk-int8.params")) <= 7100
+    assert os.path.getsize(str(tmp_path / "fk-int8.params")) <= 7100 + 8 * (len(factors) - 2)
 
 
 def test_grouped_convolutions_pack_with_one_scale_and_reload_bit_identically(tmp_path):

@@ -23,11 +23,12 @@ It runs where the process's kernels saturate (:func:`gluon_quant.kernels.int16_p
 a measured probe, not a guess from CPU flags), on the final graph, so a saved int8 model
 is widened on the machine that loads it.
 """
+import json
 import logging
 
 from .guards import entry_dtype
 from .inspect import calib_key, is_true
-from .rewrites import append_nodes
+from .rewrites import ParamRewrite, append_nodes
 
 __all__ = ["seven_bit_inputs", "signed_dense_inputs", "NON_NEGATIVE", "RANGE_CARRIERS",
            "SIGNED_DENSE_REASON", "WIDEN"]
@@ -48,9 +49,10 @@ RANGE_CARRIERS = {
 
 
 SIGNED_DENSE_REASON = (
-    "dense layer whose input can be negative: on this CPU (no VNNI) oneDNN 2.4.4 shifts "
-    "int8 input to uint8 and sums pairs of products in saturating int16, which nothing "
-    "can keep in range (a 2-layer MLP measured 0.98 output cosine); it runs fp32 here")
+    "dense layer without a bias whose input can be negative: on this CPU (no VNNI) "
+    "oneDNN 2.4.4 shifts int8 input to uint8 and sums pairs of products in saturating "
+    "int16 (a 2-layer MLP measured 0.98 output cosine), and without a bias to absorb a "
+    "shift of its own it runs fp32 here")
 
 #: Operators whose output is never negative (by ``act_type`` where given) and operators
 #: that keep their inputs' sign (None: any attributes): how :func:`signed_dense_inputs`
@@ -121,7 +123,9 @@ def signed_dense_inputs(graph, context):
     for node in nodes:
         if node["op"] not in ("_sg_mkldnn_fully_connected", "FullyConnected"):
             continue
-        if not _non_negative(nodes, node["inputs"][0][0], seen):
+        attrs = _subgraph_attrs(node, "FullyConnected") or node.get("attrs") or {}
+        if is_true(attrs.get("no_bias")) and not _non_negative(nodes, node["inputs"][0][0],
+                                                                seen):
             found[node["name"]] = SIGNED_DENSE_REASON
     return found
 
@@ -169,19 +173,50 @@ def _cuts_off(node):
                     for m in sub["nodes"]))
 
 
-def _requantized_copy(nodes, reader, entry, high, added):
-    """Insert dequantize -> quantize (7-bit codes of ``[0, high]``) before ``reader``."""
+def _requantized_copy(nodes, reader, entry, high, added, shift=0.0):
+    """Insert dequantize -> (+ shift) -> quantize (7-bit codes of ``[0, high + shift]``)
+    before ``reader``."""
     base = len(nodes) + len(added)
     name = "%s_%s_7bit" % (reader["name"], nodes[entry[0]]["name"])
     added.append({"op": "_contrib_dequantize", "name": name + "_dequantize",
                   "attrs": {"out_type": "float32"},
                   "inputs": [[entry[0], 0, 0], [entry[0], 1, 0], [entry[0], 2, 0]]})
+    if shift:
+        added.append({"op": "_plus_scalar", "name": name + "_shift",
+                      "attrs": {"scalar": repr(float(shift))}, "inputs": [[base, 0, 0]]})
     added.append({"op": "_contrib_quantize_v2", "name": name,
                   "attrs": {"out_type": "uint8", "min_calib_range": repr(0.0),
-                            "max_calib_range": repr(float(high * WIDEN))},
-                  "inputs": [[base, 0, 0]]})
-    reader["inputs"] = [[base + 1, e[1], 0] if e[0] == entry[0] and e[1] < 3 else e
+                            "max_calib_range": repr(float((high + shift) * WIDEN))},
+                  "inputs": [[len(nodes) + len(added) - 1, 0, 0]]})
+    copy = len(nodes) + len(added) - 1
+    reader["inputs"] = [[copy, e[1], 0] if e[0] == entry[0] and e[1] < 3 else e
                         for e in reader["inputs"]]
+
+
+def _shifted_bias(nodes, reader, shift, added, context):
+    """Read ``bias - shift * sum(weight, axis=1)`` (a new parameter, computed once): the
+    dense layer then takes ``x + shift`` and gives the same result."""
+    weight, bias = (nodes[e[0]]["name"] for e in reader["inputs"][1:3])
+    target = "%s_shifted_bias" % reader["name"]
+    expr = mx_expression(weight, bias, shift)
+    context.param_rewrites.append(ParamRewrite(target, "evaluate", (weight, bias),
+                                               graph=expr))
+    index = len(nodes) + len(added)
+    added.append({"op": "null", "name": target, "inputs": []})
+    reader["inputs"][2] = [index, 0, 0]
+
+
+def mx_expression(weight, bias, shift):
+    """``bias - shift * sum(weight, axis=1)`` as an MXNet JSON graph."""
+    return json.dumps({"nodes": [
+        {"op": "null", "name": weight, "inputs": []},
+        {"op": "null", "name": bias, "inputs": []},
+        {"op": "sum", "name": "rows", "attrs": {"axis": "1"}, "inputs": [[0, 0, 0]]},
+        {"op": "_mul_scalar", "name": "scaled", "attrs": {"scalar": repr(float(shift))},
+         "inputs": [[2, 0, 0]]},
+        {"op": "elemwise_sub", "name": "shifted", "inputs": [[1, 0, 0], [3, 0, 0]]}],
+        "arg_nodes": [0, 1], "node_row_ptr": [0, 1, 2, 3, 4, 5], "heads": [[4, 0, 0]],
+        "attrs": {"mxnet_version": ["int", 10901]}})
 
 
 def seven_bit_inputs(graph, context):
@@ -230,12 +265,17 @@ def seven_bit_inputs(graph, context):
         if not found:
             continue
         if dtype == "int8" or any(_cuts_off(nodes[i]) for i in found):
-            # a dense layer here reads int8 only where signed_dense_inputs proved it
-            # non-negative (a ReLU of an int8 sum stays int8): uint8 copy, 7-bit codes
             high = max(max(abs(float(nodes[i]["attrs"]["max_calib_range"])),
                            abs(float(nodes[i]["attrs"].get("min_calib_range", 0))))
                        for i in found)
-            _requantized_copy(nodes, node, entry, high, added)
+            # An int8 input of a dense layer: shifted by its range into uint8, the bias
+            # taking the shift back; one without a bias is int8 here only where
+            # signed_dense_inputs proved its input non-negative (a ReLU of an int8 sum
+            # stays int8): copied as it is.
+            shift = high if dtype == "int8" and len(node["inputs"]) == 5 else 0.0
+            _requantized_copy(nodes, node, entry, high, added, shift)
+            if shift:
+                _shifted_bias(nodes, node, shift, added, context)
         else:
             widen |= found
     widened = []
@@ -248,11 +288,15 @@ def seven_bit_inputs(graph, context):
             attrs["max_calib_range"] = repr(float(target))
             widened.append(nodes[index]["name"])
     if added:
+        variables = {n["name"] for n in added if n["op"] == "null"}
         append_nodes(graph, added)
+        graph["arg_nodes"] = sorted(set(graph["arg_nodes"]) | {
+            i for i, n in enumerate(graph["nodes"]) if n["name"] in variables})
     if widened or added:
         _log.info("oneDNN's int8 kernels on this CPU sum pairs of uint8 x int8 products in "
                   "saturating int16 (no VNNI): %d uint8 range(s) widened to 7-bit codes, "
-                  "%d tensor(s) requantized to 7 bits.", len(widened), len(added) // 2)
+                  "%d tensor(s) requantized to 7 bits.", len(widened),
+                  sum(n["op"] == "_contrib_quantize_v2" for n in added))
     if unknown:
         _log.debug("uint8 inputs of pair-summing layers from nodes without a range: %s",
                    sorted(unknown))

@@ -10,6 +10,7 @@ import gluon_quant as gq
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "nlp"))
 from _nets import MiniBert, bert_batches, cosine  # noqa: E402
+from conftest import placed
 
 
 class _Blocks(nn.HybridBlock):
@@ -95,4 +96,4 @@ def test_a_chain_of_sums_ending_in_fp32_readers_stays_fp32():
     assert len(adds) == 3 and all(
         not r.quantized and "read by fp32 operators only" in r.reason
         for r in adds.values()), [(r.node, r.quantized, r.reason) for r in adds.values()]
-    assert all(r.quantized for r in qnet.report() if r.op == "FullyConnected")
+    assert all(placed(r) for r in qnet.report() if r.op == "FullyConnected")

@@ -14,6 +14,7 @@ from gluon_quant.graph.passes import PassContext
 from gluon_quant.graph.permutes import splits_as_slices, swapaxes_as_transpose
 
 from _checks import assert_matches_and_reloads
+from conftest import placed
 
 RS = np.random.RandomState(0)
 
@@ -94,7 +95,7 @@ def test_swaps_run_as_transposes_between_int8_dense_layers(tmp_path):
     swaps = [r for r in report if r.layer.split("_")[-1].startswith("swapaxes")]
     assert [r.op for r in swaps] == ["transpose"] * 4, report
     assert all("SwapAxis run as transpose" in r.reason for r in swaps)
-    dense = [r.quantized for r in report if r.layer.endswith(("dense0", "dense1"))]
+    dense = [placed(r) for r in report if r.layer.endswith(("dense0", "dense1"))]
     assert dense == [True, True], report
     assert_matches_and_reloads(net, qnet, (
         batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 9, 32)).astype("float32"))), tmp_path)
@@ -202,7 +203,7 @@ def test_cell_splits_run_as_slices_between_int8_dense_layers(tmp_path):
     assert "SliceChannel" not in [r.op for r in report], report
     assert [r.op for r in report].count("slice_axis") == 5 * 4 + 5
     assert sum("run as slices" in r.reason for r in report) == 5 + 1
-    assert [r.quantized for r in report if r.op == "FullyConnected"].count(True) >= 5
+    assert [placed(r) for r in report if r.op == "FullyConnected"].count(True) >= 5
     assert_matches_and_reloads(net, qnet, (
         batches[2], mx.nd.array(RS.uniform(-1, 1, (3, 5, 64)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["*t0_slice"], progress=False)

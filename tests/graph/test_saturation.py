@@ -122,22 +122,50 @@ def test_a_depthwise_reader_leaves_its_input_8_bit(pairs):
     assert float(first["attrs"]["max_calib_range"]) == pytest.approx(float(fp32.max()), rel=1e-4)
 
 
-def test_dense_layers_with_signed_inputs_stay_fp32_and_say_why(pairs):
+def test_dense_layers_with_signed_inputs_read_them_shifted_into_uint8(pairs, tmp_path):
+    """oneDNN shifts an int8 input of a dense layer to uint8 itself, where no range keeps
+    the pairs from saturating: the input is shifted by its range first (x + T, 7-bit
+    uint8 codes) and the bias takes it back (b - T * sum of each row of W)."""
     pairs(True)
     net = nn.HybridSequential()
-    net.add(nn.Dense(256, in_units=256, activation="relu"), nn.Dense(256, in_units=256),
-            nn.Dense(256, in_units=256))
+    net.add(nn.Dense(64, in_units=64), nn.Dense(16, in_units=64))
+    net.initialize(mx.init.Xavier())
+    net.hybridize()
+    x = np.random.RandomState(0).randn(256, 64).astype("float32")
+    qnet = gq.quantize(net, [x], calibrator="minmax", progress=False)
+    assert all(r.quantized for r in qnet.report())
+    nodes = _final_nodes(qnet)
+    shifts = [n for n in nodes if n["op"] == "_plus_scalar"]
+    assert len(shifts) == 2
+    assert float(shifts[0]["attrs"]["scalar"]) == pytest.approx(float(np.abs(x).max()), 1e-3)
+    biases = [n["name"] for n in nodes if n["name"].endswith("_shifted_bias")]
+    assert len(biases) == 2
+    out, ref = qnet(mx.nd.array(x)).asnumpy(), net(mx.nd.array(x)).asnumpy()
+    cos = float((out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref))
+    assert cos > 0.999
+    qnet.export(str(tmp_path / "shifted"))
+    loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "shifted"))
+    assert np.array_equal(loaded(mx.nd.array(x)).asnumpy(), out)
+
+
+def test_a_dense_layer_without_bias_and_signed_input_stays_fp32_and_says_why(pairs):
+    pairs(True)
+    net = nn.HybridSequential()
+    net.add(nn.Dense(256, in_units=256, activation="relu"),
+            nn.Dense(256, in_units=256, use_bias=False))
     net.initialize(mx.init.Xavier())
     net.hybridize()
     x = np.random.RandomState(0).randn(64, 256).astype("float32")
     qnet = gq.quantize(net, [x], calibrator="minmax", progress=False)
-    rows = {r.layer: r for r in qnet.report()}
-    assert rows["dense0"].reason == saturation.SIGNED_DENSE_REASON      # raw input: signed
-    assert rows["dense1"].quantized                                        # reads a relu
-    assert rows["dense2"].reason == saturation.SIGNED_DENSE_REASON      # no activation before
-    out, ref = qnet(mx.nd.array(x)).asnumpy(), net(mx.nd.array(x)).asnumpy()
-    cos = float((out * ref).sum() / np.linalg.norm(out) / np.linalg.norm(ref))
-    assert cos > 0.999
+    first, second = [r for r in qnet.report() if r.op == "FullyConnected"]
+    assert first.quantized                                # shifted: it has a bias
+    assert second.quantized                               # reads a relu: no shift needed
+    net2 = nn.HybridSequential()
+    net2.add(nn.Dense(256, in_units=256), nn.Dense(256, in_units=256, use_bias=False))
+    net2.initialize(mx.init.Xavier())
+    qnet2 = gq.quantize(net2, [x], calibrator="minmax", progress=False)
+    last = [r for r in qnet2.report() if r.op == "FullyConnected"][-1]
+    assert last.reason == saturation.SIGNED_DENSE_REASON and not last.quantized
 
 
 def test_the_same_net_without_saturation_keeps_every_dense_layer_int8(pairs):
@@ -149,6 +177,7 @@ def test_the_same_net_without_saturation_keeps_every_dense_layer_int8(pairs):
     x = np.random.RandomState(0).randn(64, 256).astype("float32")
     qnet = gq.quantize(net, [x], calibrator="minmax", progress=False)
     assert all(r.quantized for r in qnet.report() if r.op == "FullyConnected")
+    assert not [n for n in _final_nodes(qnet) if n["op"] == "_plus_scalar"]
 
 
 def test_non_negative_inputs_are_proved_through_sign_keeping_operators():

@@ -14,6 +14,7 @@ from gluon_quant.debug.metrics import cosine
 from gluon_quant.graph.scalars import small_powers, unit_scalars
 
 from _checks import assert_matches_and_reloads
+from conftest import placed
 
 RS = np.random.RandomState(0)
 
@@ -156,7 +157,7 @@ def test_powers_run_as_squares_between_int8_dense_layers(tmp_path):
     qnet = gq.quantize(net, batches[:2], progress=False)
     ops = [r.op for r in qnet.report()]
     assert "_power_scalar" not in ops and ops.count("square") == 2, ops
-    assert [r.quantized for r in qnet.report() if r.op == "FullyConnected"][-1]
+    assert [placed(r) for r in qnet.report() if r.op == "FullyConnected"][-1]
     assert_matches_and_reloads(net, qnet, (
         batches[2], mx.nd.array(RS.uniform(-2, 2, (3, 5, 64)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["*powerscalar0"], progress=False)

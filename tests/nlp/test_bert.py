@@ -12,6 +12,7 @@ from gluon_quant.data import InputSpec
 from gluon_quant.presets import preset_for
 
 from _nets import MiniBert, bert_batches, cosine
+from conftest import placed
 
 VOCAB = 200
 
@@ -69,7 +70,7 @@ def test_bert_quantizes_in_one_call(minibert, quantized):
     report = quantized.report()
     assert quantized.fused.inputs.arg_names == ["inputs", "token_types", "valid_length"]
     dense = [r for r in report if r.op == "FullyConnected"]
-    assert len(dense) == 9 and all(r.quantized for r in dense)
+    assert len(dense) == 9 and all(placed(r) for r in dense)
     for op in ("_contrib_interleaved_matmul_selfatt_qk",
                "_contrib_interleaved_matmul_selfatt_valatt"):
         layers = [r for r in report if r.op == op]
@@ -94,12 +95,13 @@ def test_bert_quantizes_in_one_call(minibert, quantized):
 def test_gelu_and_layernorm_ranges_are_bounded(quantized):
     report = quantized.report()
     gelu = [r for r in report if r.pattern == "FullyConnected+LeakyReLU(gelu)"]
-    assert all("range max 10" in r.reason and "clip_max=10" in r.reason for r in gelu)
+    assert all("range max 10" in r.reason and "clip_max=10" in r.reason
+               for r in gelu if r.quantized)      # fp32 where int8 pairs saturate
     norms = [r for r in report if r.op == "LayerNorm" and r.threshold is not None]
     assert norms and all("range min -50" in r.reason for r in norms)
 
 
-def test_bounds_narrow_the_calibrated_ranges():
+def test_bounds_narrow_the_calibrated_ranges(vnni_plan):
     """GELU outputs far above 10 and LayerNorm outputs far below -50: minmax ranges them
     fully, the preset's bounds narrow them and the report says from where."""
     mx.random.seed(1)
