@@ -315,7 +315,12 @@ def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
     if np.any(scales != base) and _near_half(folded[scales != base], scales[scales != base]):
         _refuse(spec, "a weight of a guarded channel lies on a rounding boundary")
     qscales = (scales * np.float32(spec.weight_adjust)).astype(np.float32)
-    q = _quantize(folded, qscales)
+    q_rt = _quantize(folded, qscales)          # what the runtime computes
+    # Stored in the codes of the unadjusted scale (an int8-input convolution where pairs
+    # saturate: twice the runtime's codes, so that the usual factors rebuild values at
+    # the middle of its rounding intervals; -128 x 2 and 64 x 2 are kept as fixes)
+    q = q_rt if spec.weight_adjust == 1.0 else np.clip(
+        np.rint(q_rt.astype(np.float64) / spec.weight_adjust), -128, 127).astype(np.int8)
     channels = weight.shape[0]
     flat = weight.reshape(channels, -1)
     folded_flat = folded.reshape(channels, -1)
@@ -323,14 +328,17 @@ def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
     anchors = flat[np.arange(channels), argmax]
     anchors = np.where(folded_flat[np.arange(channels), argmax] < 0, -anchors, anchors)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        factors = (1.0 / (qscales.astype(np.float64) * alpha)).astype(np.float32)
+        factors = (1.0 / (scales.astype(np.float64) * alpha)).astype(np.float32)
     factors[~np.isfinite(factors)] = 0
     derived = _derived_factors(anchors)
-    # A channel whose rows would not round back with the derived factor stores its own.
-    odd = np.flatnonzero(np.any(_quantize(_fold(
-        q.reshape(channels, -1) * derived[:, None], alpha), qscales) != q.reshape(channels, -1),
-        axis=1) | ~np.isfinite(derived) | ((scales != base) & (maxabs > 0)) | (spec.weight_adjust != 1.0)
-        | (not spec.channelwise))
+    expected = q_rt.reshape(channels, -1)
+    # A channel whose rows would not round back with the derived factor stores its own
+    # (its maximum is not looked at: the anchor is put there).
+    wrong = _quantize(_fold(q.reshape(channels, -1) * derived[:, None], alpha),
+                      qscales) != expected
+    wrong[np.arange(channels), argmax] = False
+    odd = np.flatnonzero(np.any(wrong, axis=1) | ~np.isfinite(derived)
+                         | ((scales != base) & (maxabs > 0)) | (not spec.channelwise))
     empty_i, empty_f = np.zeros(0, np.int64), np.zeros(0, np.float32)
     packed = Packed(q, anchors.astype(np.float32), odd.astype(np.int64), factors[odd],
                     empty_i, empty_f)
@@ -339,7 +347,7 @@ def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
         rebuilt = unpack(packed).reshape(channels, -1)
         again = _fold(rebuilt, alpha)
         # values pushed past the maximum, or rounding elsewhere: keep the original there
-        bad = (np.abs(again) > limit) | (_quantize(again, qscales) != q.reshape(channels, -1))
+        bad = (np.abs(again) > limit) | (_quantize(again, qscales) != expected)
         if not bad.any():
             break
         fix = np.union1d(packed.fix_index, np.flatnonzero(bad))
@@ -354,7 +362,7 @@ def pack(spec, params, *, in_scale=None, in_scale_bound=1.0):
     same_max = np.array_equal(again_max, maxabs) if spec.channelwise \
         else again_max.max() == maxabs.max()
     if not (same_max and np.array_equal(_quantize(_fold(rebuilt, alpha), qscales),
-                                        q.reshape(channels, -1))):
+                                        expected)):
         _refuse(spec, "its int8 packing would not reproduce the runtime's values exactly")
     return packed
 

@@ -292,7 +292,8 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
     checks = PassContext(spec=spec, param_shapes=param_shapes, int8_lstm=context.int8_lstm,
                          infer_dtypes=lambda g: _mxnet.infer_graph_dtypes(g, inputs.names),
                          param_rewrites=list(context.param_rewrites), fp32_stem=config.fp32_stem,
-                         infer_shapes=infer_shapes, int16_pair_sums=kernels.pairs_saturate(spec))
+                         infer_shapes=infer_shapes, int16_pair_sums=kernels.pairs_saturate(spec),
+                         granularity=config.granularity.value)
     for name, reason in run_passes(Stage.FUSED, fused_graph, checks).items():
         fp32.setdefault(name, reason)
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,

@@ -304,7 +304,9 @@ def test_zoo_round_trip_is_bit_identical_and_small(zoo_model, name, tmp_path):
     assert packed == {"resnet18_v1": 21, "mobilenet1.0": 28, "mobilenetv2_1.0": 53}[name]
     assert loaded.metadata["kept_fp32"] == {}
     ratio = os.path.getsize(str(tmp_path / (name + "-int8.params"))) / fp32
-    assert ratio <= 0.27, ratio
+    # where pairs saturate, the codes +-64 of halved int8-input convolution weights are
+    # kept as fp32 values (about 2000 in mobilenetv2_1.0: 0.2711)
+    assert ratio <= (0.272 if PAIRS_SATURATE else 0.27), ratio
 
 
 def test_resnet18_params_at_most_027_of_fp32(zoo_model, tmp_path):
@@ -386,15 +388,17 @@ def test_every_fused_kind_packs_and_reloads_bit_identically(tmp_path):
         "fk_dense0_weight"]
     arrays = parse_ndarray_file(open(str(tmp_path / "fk-int8.params"), "rb").read(), "fk")
     # the two guarded channels carry their own factor (channel 3 of conv0, 5 of dw); where
-    # int8 pairs saturate, so does every channel of a convolution with int8 input (oneDNN
-    # halves its weights: PackSpec.weight_adjust), 8 bytes each
+    # int8 pairs saturate, oneDNN halves the weights of a convolution with int8 input
+    # (PackSpec.weight_adjust): some channels and their +-64 codes are stored apart
     factors = list(arrays["packed:factor_index"])
     assert set(factors) >= {3, 16 + 5} if PAIRS_SATURATE else factors == [3, 16 + 5]
+    fixes = 16 if PAIRS_SATURATE else 4
     # 4528 weights in int8 and one anchor per channel (82): the whole file, BatchNorm and
     # biases included, is 7050 bytes, where the weights alone take 18112 bytes in fp32.
     assert arrays["packed:int8"].size == 4528 and arrays["packed:anchors"].size == 82
-    assert arrays["packed:fix_index"].size <= 4
-    assert os.path.getsize(str(tmp_path / "fk-int8.params")) <= 7100 + 8 * (len(factors) - 2)
+    assert arrays["packed:fix_index"].size <= fixes
+    assert os.path.getsize(str(tmp_path / "fk-int8.params")) <= 7100 + 8 * (len(factors) - 2
+                                                                             + fixes - 4)
 
 
 def test_grouped_convolutions_pack_with_one_scale_and_reload_bit_identically(tmp_path):

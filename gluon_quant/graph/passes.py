@@ -230,6 +230,8 @@ class PassContext:
     int16_pair_sums : bool
         Whether this process's int8 kernels sum pairs of products in saturating int16
         (:func:`gluon_quant.kernels.int16_pair_sums`; :mod:`gluon_quant.graph.saturation`).
+    granularity : str
+        ``QuantConfig.granularity`` (``'channel'`` or ``'tensor'``), where a pass needs it.
     """
 
     spec: BackendSpec
@@ -246,6 +248,7 @@ class PassContext:
     fp32_stem: bool = False
     param_value: Optional[Callable[[str], Any]] = None
     int16_pair_sums: bool = False
+    granularity: str = "channel"
 
 
 @dataclass(frozen=True)

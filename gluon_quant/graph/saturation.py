@@ -49,10 +49,11 @@ RANGE_CARRIERS = {
 
 
 SIGNED_DENSE_REASON = (
-    "dense layer without a bias whose input can be negative: on this CPU (no VNNI) "
-    "oneDNN 2.4.4 shifts int8 input to uint8 and sums pairs of products in saturating "
-    "int16 (a 2-layer MLP measured 0.98 output cosine), and without a bias to absorb a "
-    "shift of its own it runs fp32 here")
+    "dense layer whose input can be negative, without a bias or with one weight scale "
+    "(granularity='tensor'): on this CPU (no VNNI) oneDNN 2.4.4 shifts int8 input to "
+    "uint8 and sums pairs of products in saturating int16 (a 2-layer MLP measured 0.98 "
+    "output cosine); with no per-channel bias to absorb a shift of its own it runs fp32 "
+    "here")
 
 #: Operators whose output is never negative (by ``act_type`` where given) and operators
 #: that keep their inputs' sign (None: any attributes): how :func:`signed_dense_inputs`
@@ -124,8 +125,8 @@ def signed_dense_inputs(graph, context):
         if node["op"] not in ("_sg_mkldnn_fully_connected", "FullyConnected"):
             continue
         attrs = _subgraph_attrs(node, "FullyConnected") or node.get("attrs") or {}
-        if is_true(attrs.get("no_bias")) and not _non_negative(nodes, node["inputs"][0][0],
-                                                                seen):
+        shiftable = context.granularity == "channel" and not is_true(attrs.get("no_bias"))
+        if not shiftable and not _non_negative(nodes, node["inputs"][0][0], seen):
             found[node["name"]] = SIGNED_DENSE_REASON
     return found
 
@@ -272,7 +273,8 @@ def seven_bit_inputs(graph, context):
             # taking the shift back; one without a bias is int8 here only where
             # signed_dense_inputs proved its input non-negative (a ReLU of an int8 sum
             # stays int8): copied as it is.
-            shift = high if dtype == "int8" and len(node["inputs"]) == 5 else 0.0
+            shift = high if dtype == "int8" and len(node["inputs"]) == 5 and is_true(
+                node["attrs"].get("channel_wise_quantize")) else 0.0
             _requantized_copy(nodes, node, entry, high, added, shift)
             if shift:
                 _shifted_bias(nodes, node, shift, added, context)
