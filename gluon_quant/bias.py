@@ -45,6 +45,7 @@ import numpy as np
 
 from . import _mxnet
 from .graph.rewrites import append_nodes, reachable
+from .graph.saturation import shifted_bias_name
 
 __all__ = ["linear_layers", "has_activation", "quantized_nodes", "compute_corrections",
            "apply_corrections", "META_KEY", "MIN_POSITIONS", "KeptSamples", "ReferenceTap",
@@ -108,6 +109,8 @@ def linear_layers(fused_view, final_graph):
         target = next((i for i in node.inputs if i.endswith("_beta") and i in final_args), None)
         target = target or next((i for i in node.inputs
                                  if i.endswith("_bias") and i in final_args), None)
+        shifted = shifted_bias_name("quantized_" + node.name)     # graph/saturation.py
+        target = shifted if shifted in final_args else target
         if target is not None:
             layers.append((node.name, target))
     return layers

@@ -12,7 +12,7 @@ import gluon_quant as gq
 from gluon_quant.debug import compare
 from gluon_quant.debug.metrics import cosine
 from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
-from conftest import coverage
+from conftest import PAIRS_SATURATE, coverage, placed
 
 RS = np.random.RandomState(0)
 
@@ -243,7 +243,7 @@ def test_batchnorm_over_a_dense_layers_last_axis_is_folded(axis, shape, tmp_path
     assert [r.op for r in report] == ["FullyConnected"] * 3, report
     assert [r.pattern for r in report][:2] == ["FullyConnected+Activation(relu)"] * 2
     assert all(r.quantized for r in report)
-    assert _agree(net, qnet, x[8:]) > 0.999
+    assert _agree(net, qnet, x[8:]) > (0.998 if PAIRS_SATURATE else 0.999)   # 7-bit codes
     qnet.export(str(tmp_path / "mlp"))
     loaded = gq.QuantizedSymbolBlock.imports(str(tmp_path / "mlp"))
     assert np.array_equal(loaded(x[8:]).asnumpy(), qnet(x[8:]).asnumpy())
@@ -1191,7 +1191,8 @@ def _unrolled(cell, caplog):
     with caplog.at_level(logging.WARNING, logger="gluon_quant"):
         qnet = gq.quantize(net, batches, progress=False)
     assert "failed at the first run" not in caplog.text
-    assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999
+    assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > (
+        0.997 if PAIRS_SATURATE else 0.999)           # 7-bit codes where pairs saturate
     return [row for row in qnet.report() if row.op == "elemwise_add"]
 
 
@@ -1384,7 +1385,7 @@ def test_sparse_inputs_are_read_dense(tmp_path):
     make = lambda: mx.nd.array((rs.rand(16, 500) < 0.02) * rs.rand(16, 500)).tostype("csr")
     batches = [make() for _ in range(4)]
     qnet = gq.quantize(net, batches[:3], progress=False)
-    assert [(r.op, r.quantized) for r in _layer(qnet, "FullyConnected")] == \
+    assert [(r.op, placed(r)) for r in _layer(qnet, "FullyConnected")] == \
         [("FullyConnected", True)] * 2, qnet.report()
     x = batches[3]
     assert _agree(net, qnet, x) > 0.9995
@@ -1434,7 +1435,7 @@ def test_inputs_whose_leading_axes_are_not_a_batch(tmp_path):
     net = _GCN()
     net.initialize()
     qnet = gq.quantize(net, [graph(n) for n in (120, 100, 140)], progress=False)
-    assert [r.quantized for r in _layer(qnet, "FullyConnected")][:2] == [True, True], \
+    assert [placed(r) for r in _layer(qnet, "FullyConnected")][:2] == [True, True], \
         qnet.report()
     adj, x = (mx.nd.array(a) for a in graph(150))
     assert _agree(net, qnet, adj, x) > 0.999

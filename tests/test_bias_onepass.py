@@ -5,6 +5,7 @@ from mxnet.gluon import nn
 
 import gluon_quant as gq
 from gluon_quant import _mxnet, bias
+from conftest import PAIRS_SATURATE
 
 
 def sequential_corrections(*, fused, final, layers, params, fp32_params, inputs, input_names,
@@ -199,7 +200,7 @@ def test_large_references_keep_fewer_samples(monkeypatch):
     x = mx.nd.array(batches[0])
     cos = np.dot(net(x).asnumpy().ravel(), small(x).asnumpy().ravel()) / (
         np.linalg.norm(net(x).asnumpy()) * np.linalg.norm(small(x).asnumpy()))
-    assert cos > 0.999
+    assert cos > (0.998 if PAIRS_SATURATE else 0.999)     # 7-bit codes where pairs saturate
     monkeypatch.setattr(bias, "REFERENCE_BUDGET", 1)
     assert gq.quantize(net, batches, progress=False).calibration.samples[0].shape[0] == 1
 

@@ -15,7 +15,7 @@ from gluon_quant.calib import CalibrationTable
 from gluon_quant.errors import (ArtifactError, CalibrationTableError, GraphError,
                                 UnknownNameError)
 
-from conftest import build_cnn, coverage
+from conftest import PAIRS_SATURATE, build_cnn, coverage
 
 
 @pytest.fixture
@@ -182,6 +182,8 @@ def test_metadata_from_a_newer_format_version(exported):
         gq.QuantizedSymbolBlock.imports(prefix)
 
 
+@pytest.mark.skipif(PAIRS_SATURATE, reason="written on a CPU with VNNI: where int8 pairs "
+                    "saturate oneDNN halves int8-input convolution weights, other values")
 def test_format_1_0_files_still_load_bit_identically():
     # Written by gluon_quant 564cf79 (format 1.0: int8:NAME and anchor:NAME per weight)
     # with tests/data/export_v1_0/make_files.py, with the in-memory model's outputs.
@@ -434,8 +436,9 @@ def test_a_weight_the_network_returns_stays_fp32(tmp_path):
     qnet = gq.quantize(net, batches, progress=False)
     assert coverage(qnet.report()) == (1, 1)
     paths = qnet.export(str(tmp_path / "w"))
-    assert json.load(open(paths["meta"]))["kept_fp32"] == {
+    assert json.load(open(paths["meta"]))["kept_fp32"] == ({
         net.weight.name: "also read by a layer that is not int8, or an output"}
+        if qnet.report()[0].quantized else {})     # fp32 where int8 pairs saturate
     out = gq.QuantizedSymbolBlock.imports(str(tmp_path / "w"))(batches[0])
     assert np.array_equal(out[1].asnumpy(), net.weight.data().asnumpy())
 

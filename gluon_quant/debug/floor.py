@@ -21,7 +21,8 @@ from .. import _mxnet
 from .._stage import stage
 from ..data import iter_batches
 from ..errors import GraphError
-from ..graph.passes import insert_fake_quant
+from ..graph.passes import calib_key, insert_fake_quant, tensor_key
+from ..graph.saturation import WIDEN
 from ._target import check_target
 from .metrics import OutputsAccumulator
 
@@ -122,8 +123,36 @@ def fake_quant_graph(qnet):
                          "gluon_quant.quantize) before asking for its activation floor.")
     graph = _mxnet.graph_json(qnet.fused_graph)
     ranges = {k: v for k, v in table.items() if k not in _float_outputs(qnet)}
-    rounded = insert_fake_quant(graph, ranges)
+    rounded = insert_fake_quant(graph, _runtime_ranges(qnet, ranges))
     return _mxnet.load_graph(graph), rounded
+
+
+def _runtime_ranges(qnet, ranges):
+    """``ranges`` with the 7-bit codes of the final graph where the CPU's int8 pairs
+    saturate (:mod:`gluon_quant.graph.saturation`): a widened range as it is, a tensor a
+    layer reads through a 7-bit copy widened by 255/127. Unchanged elsewhere: the floor
+    is then the best this CPU's int8 kernels allow."""
+    if qnet.quantized_graph is None:
+        return ranges
+    out = dict(ranges)
+    nodes = _mxnet.graph_json(qnet.quantized_graph)["nodes"]
+    for node in nodes:
+        attrs = node.get("attrs") or {}
+        if node["op"] == "_contrib_quantize_v2" and node["name"].endswith("_7bit"):
+            source = node["inputs"][0][0]
+            if nodes[source]["op"] == "_plus_scalar":
+                source = nodes[source]["inputs"][0][0]
+            entry = nodes[source]["inputs"][0]          # the dequantize's input
+            key = calib_key(nodes[entry[0]], nodes) if "max_calib_range" in (
+                nodes[entry[0]].get("attrs") or {}) else tensor_key(nodes[entry[0]], entry[1])
+            if key in out:
+                lo, hi = out[key]
+                out[key] = (lo * WIDEN, hi * WIDEN)
+        elif "max_calib_range" in attrs:
+            key = calib_key(node, nodes)
+            if key in out and float(attrs["max_calib_range"]) > out[key][1] * (1 + 1e-6) > 0:
+                out[key] = (out[key][0], float(attrs["max_calib_range"]))
+    return out
 
 
 def _float_outputs(qnet):

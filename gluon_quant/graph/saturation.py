@@ -30,7 +30,7 @@ from .guards import entry_dtype
 from .inspect import calib_key, is_true
 from .rewrites import ParamRewrite, append_nodes
 
-__all__ = ["seven_bit_inputs", "signed_dense_inputs", "NON_NEGATIVE", "RANGE_CARRIERS",
+__all__ = ["seven_bit_inputs", "signed_dense_inputs", "shifted_bias_name", "NON_NEGATIVE", "RANGE_CARRIERS",
            "SIGNED_DENSE_REASON", "WIDEN"]
 
 _log = logging.getLogger(__name__)
@@ -198,13 +198,19 @@ def _shifted_bias(nodes, reader, shift, added, context):
     """Read ``bias - shift * sum(weight, axis=1)`` (a new parameter, computed once): the
     dense layer then takes ``x + shift`` and gives the same result."""
     weight, bias = (nodes[e[0]]["name"] for e in reader["inputs"][1:3])
-    target = "%s_shifted_bias" % reader["name"]
+    target = shifted_bias_name(reader["name"])
     expr = mx_expression(weight, bias, shift)
     context.param_rewrites.append(ParamRewrite(target, "evaluate", (weight, bias),
                                                graph=expr))
     index = len(nodes) + len(added)
     added.append({"op": "null", "name": target, "inputs": []})
     reader["inputs"][2] = [index, 0, 0]
+
+
+def shifted_bias_name(node):
+    """The parameter a shifted dense layer (final-graph node ``node``) reads as its bias:
+    bias correction adds its corrections there."""
+    return "%s_shifted_bias" % node
 
 
 def mx_expression(weight, bias, shift):

@@ -16,7 +16,7 @@ from mxnet.gluon import nn
 import gluon_quant as gq
 from gluon_quant.graph.passes import count_ops, fused_sum_dtypes
 from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
-from conftest import coverage
+from conftest import PAIRS_SATURATE, coverage
 
 
 class ResidualUnit(mx.gluon.HybridBlock):
@@ -79,7 +79,9 @@ def test_fused_sum_keeps_int8_accuracy(shortcut_relu, sum_relu, calibrator):
     node = _sum_node(qnet)
     table = qnet.calibration_table[node["name"][len("quantized_"):] + "_output"]
     hi = float(node["attrs"]["max_calib_range"])
-    if sum_relu and not shortcut_relu:   # int8 operand, uint8 output: 127 steps cover it
+    # int8 operand, uint8 output: 127 steps cover it; so for any uint8 output where int8
+    # pairs saturate (the head's input: 7-bit codes)
+    if sum_relu and (not shortcut_relu or PAIRS_SATURATE):
         assert hi == pytest.approx(table[1] * 255 / 127, rel=1e-6)
     else:
         assert hi == pytest.approx(table[1], rel=1e-6)
@@ -158,7 +160,7 @@ def test_signed_global_pool_stays_fp32(relu):
     pools = [(r.quantized, r.reason) for r in qnet.report() if r.op == "Pooling"]
     assert pools == ([(True, "quantized")] if relu else [(False, SIGNED_POOL_REASON)])
     assert coverage(qnet.report()) == (2, 2)
-    assert sqnr_db(net(x).asnumpy(), qnet(x).asnumpy()) >= 36.0
+    assert sqnr_db(net(x).asnumpy(), qnet(x).asnumpy()) >= (30.0 if PAIRS_SATURATE else 36.0)
 
 
 @pytest.mark.parametrize("shortcut_relu, sum_relu", [(True, False), (False, True)])
