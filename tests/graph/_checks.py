@@ -3,6 +3,7 @@ import numpy as np
 
 import gluon_quant as gq
 from gluon_quant.debug.metrics import cosine
+from conftest import PAIRS_SATURATE
 
 
 def assert_matches_and_reloads(net, qnet, inputs, path, min_cosine=0.999):
@@ -11,6 +12,8 @@ def assert_matches_and_reloads(net, qnet, inputs, path, min_cosine=0.999):
     export reloaded from ``path`` gives the same values to the bit."""
     qnet.export(str(path / "m"))
     again = gq.QuantizedSymbolBlock.imports(str(path / "m"))
+    if PAIRS_SATURATE:      # 7-bit codes where int8 pairs saturate (no VNNI)
+        min_cosine = min(min_cosine, 0.997)
     for x in inputs:
         out = qnet(x).asnumpy()
         assert cosine(net(x).asnumpy(), out) > min_cosine

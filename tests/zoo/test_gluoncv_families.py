@@ -14,7 +14,7 @@ from mxnet.gluon import nn
 import gluon_quant as gq
 from gluon_quant.graph.passes import COMPARED_POOL_REASON
 from gluon_quant.zoo.gluoncv import set_batchnorm_statistics
-from conftest import coverage
+from conftest import PAIRS_SATURATE, coverage
 
 gluoncv_zoo = pytest.importorskip("gluoncv.model_zoo")
 
@@ -215,8 +215,8 @@ def _check(name, net, qnet, shape, task):
     assert quantized >= 0.9 * total
     if "score_std" in found:        # BatchNorm statistics reached every layer
         assert found["score_std"] > 1e-3
-    for metric, bar in FAMILIES[name][2].items():
-        assert found[metric] >= bar, (metric, found)
+    for metric, bar in FAMILIES[name][2].items():   # 7-bit codes where int8 pairs saturate
+        assert found[metric] >= bar - (0.02 if PAIRS_SATURATE else 0), (metric, found)
     if PRESETS[task]:
         assert qnet.preset.name == PRESETS[task]
 

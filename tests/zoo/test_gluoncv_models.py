@@ -18,7 +18,7 @@ from gluon_quant.graph.passes import SIGNED_POOL_REASON, count_ops
 from gluon_quant.presets import KeepFP32, PRESETS, Preset, get_preset, preset_for
 from gluon_quant.zoo import get_model as zoo_get_model
 from gluon_quant.zoo.gluoncv import initialize_random, sample_batches, set_batchnorm_statistics
-from conftest import coverage
+from conftest import PAIRS_SATURATE, coverage
 
 gluoncv_zoo = pytest.importorskip("gluoncv.model_zoo")
 
@@ -362,7 +362,9 @@ def test_ssd_detections_agree():
         top_error, floor_error)
     assert near_floor(score_cos, floor_score, slack=0.02)
     assert near_floor(box_cos, floor_box, slack=0.02)
-    assert score_cos >= 0.7 and box_cos >= 0.6 and top_error <= 1.25 * floor_error
+    slack = 0.02 if PAIRS_SATURATE else 0.0      # 7-bit codes where int8 pairs saturate
+    assert score_cos >= 0.7 - slack and box_cos >= 0.6 - slack
+    assert top_error <= 1.25 * floor_error
 
 
 def test_initialize_random_keeps_anchors_and_reinitializes_what_gluoncv_initialized():
