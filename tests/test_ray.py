@@ -14,7 +14,7 @@ from gluon_quant import engines
 from gluon_quant.engines import ray_engine
 from gluon_quant.tune import StopReason
 
-from conftest import agreement_fn
+from conftest import PAIRS_SATURATE, agreement_fn
 
 ray = pytest.importorskip("ray")
 
@@ -150,7 +150,9 @@ def test_tune_on_ray_equals_sequential(local_ray, fragile_mlp):
                            progress=False)
     # Phase 1 (4 calibrators), the granularity trial and a fallback all ran; rounds of 2
     # evaluated extra candidates, which are not in the result.
-    assert len(seq.trials) >= 6 and seq.stopped is StopReason.TOLERANCE_MET
+    # (where int8 pairs saturate the granularity trial already meets it: test_tune.py)
+    assert len(seq.trials) >= (5 if PAIRS_SATURATE else 6)
+    assert seq.stopped is StopReason.TOLERANCE_MET
     assert par.trials == seq.trials
     assert par.chosen == seq.chosen and par.stopped is seq.stopped
     assert par.fp32_score == seq.fp32_score

@@ -19,9 +19,11 @@ from mxnet.gluon import nn, rnn
 import gluon_quant as gq
 from gluon_quant import _mxnet
 from gluon_quant.graph import guards
-from conftest import PAIRS_SATURATE, coverage
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests"))     # child processes import this module
+from conftest import PAIRS_SATURATE, coverage  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
