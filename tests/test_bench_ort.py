@@ -13,7 +13,14 @@ _BENCH = os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "be
 sys.path.insert(0, _BENCH)
 
 import _ort  # noqa: E402
+
+# inference.py sets OMP_NUM_THREADS for the MXNet it loads; here MXNet is loaded already and
+# the variable would only reach later tests' worker processes (calibrate_parallel's, with
+# another thread count than this process: fp32 sums one ulp apart on AVX2).
+_OMP = os.environ.get("OMP_NUM_THREADS")
 import inference  # noqa: E402
+if _OMP is None:
+    os.environ.pop("OMP_NUM_THREADS", None)
 
 
 def _interpreter(tmp_path, body):
