@@ -314,6 +314,11 @@ COSINE_BARS = {"resnet50_v1": 0.984, "resnet50_v1b": 0.985, "resnet101_v1": 0.97
                "resnet50_v2": 0.98, "vgg16": 0.99, "se_resnet50_v1": 0.99,
                "mobilenet1.0": 0.955, "mobilenetv2_1.0": 0.955,
                "mobilenetv3_large": 0.88}
+#: Where int8 pairs saturate (no VNNI: 7-bit codes, graph/saturation.py), measured on an
+#: AVX2 EPYC: resnet50_v1 0.9811, resnet50_v1b 0.9837, resnet50_v2 0.9753, se_resnet50_v1
+#: 0.9873, mobilenetv3_large 0.8681 (each still near its floor, which rounds as int8 does).
+COSINE_BARS_7BIT = {"resnet50_v1": 0.978, "resnet50_v1b": 0.98, "resnet50_v2": 0.972,
+                    "se_resnet50_v1": 0.984, "mobilenetv3_large": 0.86}
 #: int8 may lose at most this factor more than the floor does: (1 - cos) <= F (1 - floor).
 FLOOR_FACTOR = 1.4
 
@@ -330,7 +335,8 @@ def test_classifier_agreement(name):
     floor = cosine(ref, fake_quant_block(qnet)[0](x).asnumpy())
     logging.getLogger(__name__).info("%s: int8 logit cosine %.4f, 8-bit activation floor "
                                      "%.4f, %d/%d int8", name, cos, floor, quantized, total)
-    assert cos >= COSINE_BARS[name]
+    bars = dict(COSINE_BARS, **COSINE_BARS_7BIT) if PAIRS_SATURATE else COSINE_BARS
+    assert cos >= bars[name]
     assert near_floor(cos, floor)
 
 
