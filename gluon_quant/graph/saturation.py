@@ -17,7 +17,12 @@ reads by 255/127, so that values inside the range the calibrator chose get codes
 requantize, the fused layer that wrote it), through the operators that pass a range on
 (pooling, flatten, concat, ReLU); every reader of that tensor sees the same, consistent
 scale. The cost is one bit of resolution on those tensors only; values beyond the
-calibrated range get the other codes instead of being clipped.
+calibrated range get the other codes instead of being clipped. A ReLU6 convolution's range
+is its clip (MXNet cuts values off with the output scale): its readers get a requantized
+7-bit copy instead. A dense layer's int8 input is shifted by its range into uint8 (oneDNN
+would shift it by 128 itself, which no range keeps from saturating), the bias taking the
+shift back; :func:`signed_dense_inputs` keeps fp32 the dense layers that have no
+per-channel bias to do that and whose input may be negative.
 
 It runs where the process's kernels saturate (:func:`gluon_quant.kernels.int16_pair_sums`,
 a measured probe, not a guess from CPU flags), on the final graph, so a saved int8 model
@@ -30,8 +35,8 @@ from .guards import entry_dtype
 from .inspect import calib_key, is_true
 from .rewrites import ParamRewrite, append_nodes
 
-__all__ = ["seven_bit_inputs", "signed_dense_inputs", "shifted_bias_name", "NON_NEGATIVE", "RANGE_CARRIERS",
-           "SIGNED_DENSE_REASON", "WIDEN"]
+__all__ = ["seven_bit_inputs", "signed_dense_inputs", "shifted_bias_name", "NON_NEGATIVE",
+           "RANGE_CARRIERS", "SIGNED_DENSE_REASON", "WIDEN"]
 
 _log = logging.getLogger(__name__)
 
@@ -199,7 +204,7 @@ def _shifted_bias(nodes, reader, shift, added, context):
     dense layer then takes ``x + shift`` and gives the same result."""
     weight, bias = (nodes[e[0]]["name"] for e in reader["inputs"][1:3])
     target = shifted_bias_name(reader["name"])
-    expr = mx_expression(weight, bias, shift)
+    expr = _shift_expression(weight, bias, shift)
     context.param_rewrites.append(ParamRewrite(target, "evaluate", (weight, bias),
                                                graph=expr))
     index = len(nodes) + len(added)
@@ -213,7 +218,7 @@ def shifted_bias_name(node):
     return "%s_shifted_bias" % node
 
 
-def mx_expression(weight, bias, shift):
+def _shift_expression(weight, bias, shift):
     """``bias - shift * sum(weight, axis=1)`` as an MXNet JSON graph."""
     return json.dumps({"nodes": [
         {"op": "null", "name": weight, "inputs": []},
