@@ -337,7 +337,10 @@ def test_classifier_agreement(name):
                                      "%.4f, %d/%d int8", name, cos, floor, quantized, total)
     bars = dict(COSINE_BARS, **COSINE_BARS_7BIT) if PAIRS_SATURATE else COSINE_BARS
     assert cos >= bars[name]
-    assert near_floor(cos, floor)
+    # where pairs saturate oneDNN also halves the weights of int8-input convolutions (7-bit
+    # weights), which an activation floor does not model
+    assert near_floor(cos, floor, factor=2.5 if PAIRS_SATURATE else FLOOR_FACTOR), \
+        (cos, floor)
 
 
 def test_ssd_detections_agree():
@@ -397,9 +400,9 @@ def test_initialize_random_keeps_anchors_and_reinitializes_what_gluoncv_initiali
     assert 0.9 * bound < np.abs(stem).max() <= bound         # not MXNet's uniform 0.07
 
 
-def near_floor(cos, floor, slack=1e-3):
-    """int8 loses at most FLOOR_FACTOR times what 8-bit activations alone lose."""
-    return 1 - cos <= FLOOR_FACTOR * (1 - floor) + slack
+def near_floor(cos, floor, slack=1e-3, factor=FLOOR_FACTOR):
+    """int8 loses at most ``factor`` times what 8-bit activations alone lose."""
+    return 1 - cos <= factor * (1 - floor) + slack
 
 
 @pytest.mark.slow
