@@ -47,6 +47,7 @@ from ._io import atomic_write_many, sha256_bytes
 from ._version import __version__
 from .config import _ParsableEnum
 from .errors import ArtifactError, ConfigError, GraphError
+from .graph.guards import entry_dtype
 
 __all__ = ["ExportFormat", "export_model", "FORMAT", "FORMAT_VERSION", "file_names"]
 
@@ -319,7 +320,7 @@ def _pack_specs(graph, params, dtypes):
             else:
                 spec = _packing.PackSpec(weight, calibrated, bias=bias)
         if node["op"] == "_sg_mkldnn_conv" and halves and \
-                _entry_dtype(nodes, node["inputs"][0], dtypes) == "int8":
+                entry_dtype(dtypes, nodes, node["inputs"][0]) == "int8":
             spec = dataclasses.replace(spec, weight_adjust=0.5)
         readers.setdefault(weight, []).append(
             (spec, _input_scale(nodes, node["inputs"][0], dtypes)))
@@ -331,14 +332,9 @@ def _pack_specs(graph, params, dtypes):
     return readers, kept
 
 
-def _entry_dtype(nodes, entry, dtypes):
-    name = nodes[entry[0]]["name"]
-    return dtypes.get(name + "_output", dtypes.get(name + "_output0"))
-
-
 def _input_scale(nodes, entry, dtypes):
     """The runtime's ``data_scale`` of an int8/uint8 input entry, or None if unknown."""
-    dtype = _entry_dtype(nodes, entry, dtypes)
+    dtype = entry_dtype(dtypes, nodes, entry)
     maxabs = _input_range(nodes, entry)
     if entry[1] != 0 or dtype not in ("int8", "uint8") or maxabs is None:
         return None
