@@ -56,11 +56,15 @@ def _two_convs(act, scale=1.0):
 
 
 def test_the_probe_agrees_with_an_int8_convolution_at_its_largest_codes():
+    # 16 filters: with a number of filters that is not a multiple of 16 the standalone
+    # operator runs oneDNN's AVX2 kernel even on a VNNI CPU (measured: 8 filters summed
+    # saturated pairs on an AVX-512 VNNI EPYC); the fused convolutions of an int8 graph
+    # pad their weights and keep the VNNI kernel for any number of filters.
     data = mx.nd.full((1, 32, 2, 2), 255, dtype="uint8")
-    weight = mx.nd.full((8, 32, 1, 1), 127, dtype="int8")
+    weight = mx.nd.full((16, 32, 1, 1), 127, dtype="int8")
     out = mx.nd.contrib.quantized_conv(
         data, weight, mx.nd.array([0.0]), mx.nd.array([255.0]), mx.nd.array([-127.0]),
-        mx.nd.array([127.0]), kernel=(1, 1), num_filter=8, no_bias=True)[0].asnumpy()
+        mx.nd.array([127.0]), kernel=(1, 1), num_filter=16, no_bias=True)[0].asnumpy()
     exact = 32 * 255 * 127
     assert (out.max() < exact) == SATURATES
     if SATURATES:       # 16 pairs, each held at 32767
@@ -74,6 +78,26 @@ def test_without_the_pass_a_saturating_cpu_halves_the_result(pairs):
     qnet = gq.quantize(net, [x], calibrator="minmax", progress=False)
     out, ref = qnet(mx.nd.array(x)).asnumpy(), net(mx.nd.array(x)).asnumpy()
     assert out[0].max() < 0.55 * ref[0].max()          # 64 for 128
+
+
+@pytest.mark.parametrize("filters", [4, 8, 16, 24, 40])
+def test_fused_int8_convolutions_sum_right_for_any_number_of_filters(filters):
+    # The process's own decision (nothing forced): 32 input channels at their largest
+    # uint8 code times weights at 127 must give 32, not the 16 of saturated pairs, whether
+    # oneDNN runs VNNI (any number of filters) or its AVX2 kernel (7-bit inputs).
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(32, 1, in_channels=32, use_bias=False), Act("relu"),
+            nn.Conv2D(filters, 1, in_channels=32, use_bias=False))
+    net.initialize()
+    net[0].weight.set_data(mx.nd.array(np.eye(32).reshape(32, 32, 1, 1)))
+    net[2].weight.set_data(mx.nd.ones((filters, 32, 1, 1)))
+    net.hybridize()
+    x = np.ones((2, 32, 3, 3), "float32")
+    qnet = gq.quantize(net, [x], calibrator="minmax", progress=False)
+    out = qnet(mx.nd.array(x)).asnumpy()
+    assert sum(n["op"] == "_sg_mkldnn_conv" and n["attrs"].get("quantized") == "true"
+               for n in _final_nodes(qnet)) == 2
+    np.testing.assert_allclose(out, 32.0, rtol=0.02)
 
 
 @pytest.mark.parametrize("act", ["relu", "sigmoid", "relu6"])
