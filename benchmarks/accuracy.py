@@ -14,6 +14,12 @@ Quantizers, each on its own copy of the weights:
   ``quantized_dtype='auto'``, ``quantize_mode='full'`` and that ``calib_mode``, on the same
   calibration crops.  ``fail`` where MXNet raises.
 
+For scale, each model's first row, ``fp32 +-0.5 lvl``, is the fp32 net against itself with
+every pixel moved by up to half a grey level (the rounding an 8-bit photo carries anyway;
+:func:`~gluon_quant.zoo.evaluation.rounding_reference`, the fewest-most agreeing of 3
+draws): held-out images whose top two classes are closer than that are coin tosses for
+any approximation.
+
 Models: EfficientNet-Lite0/1/2 with their real ImageNet weights
 (:func:`gluon_quant.zoo.efficientnet_lite`, at 224/240/260 pixels) and GluonCV
 classification nets with random (Xavier) weights whose BatchNorm statistics are set from
@@ -42,7 +48,7 @@ import numpy as np
 import gluon_quant as gq
 from gluon_quant.zoo import VARIANTS, efficientnet_lite
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
-from gluon_quant.zoo.evaluation import evaluation_data, score
+from gluon_quant.zoo.evaluation import evaluation_data, rounding_reference, score
 from gluon_quant.zoo.gluoncv import IMAGENET_MEAN, IMAGENET_STD
 from _common import mxnet_quantize, zoo_net
 
@@ -102,6 +108,12 @@ def main():
         net, copy = build(model, data)
         held = mx.nd.array(data.held_out)
         fp32 = net(held).asnumpy()
+        start = time.perf_counter()
+        ref = rounding_reference(lambda a: net(mx.nd.array(a)).asnumpy(), data.held_out,
+                                 (128.0,) * 3 if model in EFFICIENTNETS else IMAGENET_STD)
+        print("%-20s %-14s %4s/%-4d %11.4f %7.1f" % (
+            model, "fp32 +-0.5 lvl", "%d-%d" % (ref.least, ref.most), ref.total, ref.cosine,
+            time.perf_counter() - start), flush=True)
         for name in args.quantizers:
             start = time.perf_counter()
             try:

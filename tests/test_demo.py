@@ -27,3 +27,8 @@ def test_demo_prints_the_summary(capsys):
     assert re.search(r"top-1 agreement: [78] of 8 held-out images", out), out
     for key in ("logit cosine:", "model size:", "speed (batch 8):"):
         assert key in out
+    # the fp32 net against itself under half a grey level of pixel noise, for scale
+    match = re.search(r"moved by up to half a grey level:\n +([0-9-]+) of 8 agreeing, logit "
+                      r"cosine (0\.[0-9]{4})", out)
+    assert match, out
+    assert int(match.group(1).split("-")[0]) >= 6 and float(match.group(2)) > 0.99

@@ -17,8 +17,8 @@ import numpy as np
 
 from ..api import quantize
 from ..zoo import efficientnet_lite, imagenet_class_names
-from ..zoo.evaluation import (calibration_crops, held_out_crops, normalise, score,
-                              split_photos)
+from ..zoo.evaluation import (calibration_crops, held_out_crops, normalise,
+                              rounding_reference, score, split_photos)
 
 __all__ = ["calibration_batches", "format_summary", "run_demo"]
 
@@ -109,7 +109,9 @@ def run_demo(*, model="efficientnet_lite0", max_photos=None, repeat=10, calibrat
         ``model``, ``calibration_photos`` and ``photos`` (the held-out ones),
         ``fp32_top5``/``int8_top5`` (held-out photo -> list of (class, probability), on
         its reference view), ``images`` (held-out crops scored), ``top1_agreement`` and
-        ``cosine`` (mean per-image logit cosine) over them, ``fp32_bytes``,
+        ``cosine`` (mean per-image logit cosine) over them, ``rounding`` (the fp32 net
+        against itself with every pixel moved by up to half a grey level:
+        :func:`~gluon_quant.zoo.evaluation.rounding_reference`), ``fp32_bytes``,
         ``int8_bytes``, ``size_source``, ``fp32_ms``, ``int8_ms``, ``speedup``.
     """
     split = split_photos()
@@ -121,10 +123,13 @@ def run_demo(*, model="efficientnet_lite0", max_photos=None, repeat=10, calibrat
     crops = normalise(calibration_crops(calib_photos, size), _PIXEL_MEAN, _PIXEL_SCALE)
     qnet = quantize(net, [crops[i:i + 16] for i in range(0, len(crops), 16)],
                     calibrator=calibrator, progress=False)
-    x = mx.nd.array(normalise(held_out_crops(held_photos, size), _PIXEL_MEAN, _PIXEL_SCALE))
+    images = normalise(held_out_crops(held_photos, size), _PIXEL_MEAN, _PIXEL_SCALE)
+    x = mx.nd.array(images)
     fp32 = net(x).asnumpy()
     int8 = qnet(x).asnumpy()
     result = score(fp32, int8)
+    rounding = rounding_reference(lambda a: net(mx.nd.array(a)).asnumpy(), images,
+                                  _PIXEL_SCALE)
     classes = imagenet_class_names()
     names = [p.name for p in held_photos]
 
@@ -141,7 +146,7 @@ def run_demo(*, model="efficientnet_lite0", max_photos=None, repeat=10, calibrat
     return {"model": model, "calibration_photos": [p.name for p in calib_photos],
             "photos": names, "fp32_top5": top5(fp32), "int8_top5": top5(int8),
             "images": result.total, "top1_agreement": result.agree / result.total,
-            "cosine": result.cosine, "fp32_bytes": _params_bytes(net),
+            "cosine": result.cosine, "rounding": rounding, "fp32_bytes": _params_bytes(net),
             "int8_bytes": int8_bytes, "size_source": source,
             "fp32_ms": fp32_ms, "int8_ms": int8_ms, "speedup": fp32_ms / int8_ms}
 
@@ -162,6 +167,11 @@ def format_summary(res):
               "top-1 agreement: %d of %d held-out images" % (
                   round(res["top1_agreement"] * res["images"]), res["images"]),
               "logit cosine:    %.4f" % res["cosine"],
+              "for scale, fp32 against itself with every pixel moved by up to half a grey "
+              "level:", "                 %s of %d agreeing, logit cosine %.4f" % (
+                  "%d-%d" % (res["rounding"].least, res["rounding"].most)
+                  if res["rounding"].least != res["rounding"].most else res["rounding"].most,
+                  res["rounding"].total, res["rounding"].cosine),
               "model size:      fp32 %.1f MB -> %.1f MB (%s), %.2fx smaller" % (
                   res["fp32_bytes"] / 1e6, res["int8_bytes"] / 1e6, res["size_source"],
                   res["fp32_bytes"] / res["int8_bytes"]),

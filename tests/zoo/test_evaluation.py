@@ -5,7 +5,7 @@ import pytest
 from gluon_quant.errors import ConfigError, InputMismatchError
 from gluon_quant.zoo import real_photos
 from gluon_quant.zoo.evaluation import (calibration_crops, evaluation_data, held_out_crops,
-                                        normalise, score, split_photos)
+                                        normalise, rounding_reference, score, split_photos)
 from gluon_quant.zoo.samples import Photo
 
 pytest.importorskip("skimage")
@@ -96,3 +96,37 @@ def test_score_counts_agreement_and_averages_cosines():
     assert result.cosine == 0.5  # mean of 1 and 0
     with pytest.raises(InputMismatchError):
         score(fp32, int8[:1])
+
+
+def test_rounding_reference_moves_pixels_by_at_most_half_a_grey_level():
+    std = (128.0, 64.0, 32.0)
+    images = normalise(np.random.RandomState(1).randint(0, 256, (6, 8, 8, 3)).astype(np.uint8),
+                       (127.0,) * 3, std)
+    moved = []
+
+    def forward(batch):
+        moved.append((batch - images) * np.asarray(std, np.float32).reshape(1, 3, 1, 1))
+        return np.stack([batch.mean(axis=(1, 2, 3)), np.full(len(batch), 1e3)], axis=1)
+
+    ref = rounding_reference(forward, images, std, trials=4)
+    assert len(moved) == 5 and not moved[0].any()          # the clean pass, then 4 trials
+    for noise in moved[1:]:
+        assert 0.49 < np.abs(noise).max() <= 0.5 + 1e-4    # in grey levels, every channel
+        assert abs(noise.mean()) < 0.02
+    assert ref == (6, 6, 6, pytest.approx(1.0, abs=1e-9))  # class 1 wins by 1000 always
+
+
+def test_rounding_reference_counts_the_images_noise_flips():
+    images = np.full((4, 3, 2, 2), 0.5001, np.float32)   # two on a knife edge,
+    images[:2] = 5.0                                     # two with a clear winner
+
+    def forward(batch):
+        mean = batch.mean(axis=(1, 2, 3))
+        return np.stack([mean, np.full(len(batch), 0.5)], axis=1)
+
+    ref = rounding_reference(forward, images, (1.0,) * 3, trials=6)
+    assert ref.total == 4 and ref.least >= 2 and ref.most == 4 and ref.least < 4
+    with pytest.raises(ConfigError, match="trials"):
+        rounding_reference(forward, images, (1.0,) * 3, trials=0)
+    with pytest.raises(InputMismatchError, match=r"\(N, 3, H, W\)"):
+        rounding_reference(forward, images[:, :1], (1.0,) * 3)
