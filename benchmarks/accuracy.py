@@ -109,8 +109,10 @@ def main():
         held = mx.nd.array(data.held_out)
         fp32 = net(held).asnumpy()
         start = time.perf_counter()
-        ref = rounding_reference(lambda a: net(mx.nd.array(a)).asnumpy(), data.held_out,
-                                 (128.0,) * 3 if model in EFFICIENTNETS else IMAGENET_STD)
+        ref = rounding_reference(lambda a, fp32_net=net: fp32_net(mx.nd.array(a)).asnumpy(),
+                                 data.held_out,
+                                 (128.0,) * 3 if model in EFFICIENTNETS else IMAGENET_STD,
+                                 clean=fp32)
         print("%-20s %-14s %4s/%-4d %11.4f %7.1f" % (
             model, "fp32 +-0.5 lvl", "%d-%d" % (ref.least, ref.most), ref.total, ref.cosine,
             time.perf_counter() - start), flush=True)

@@ -129,7 +129,7 @@ def run_demo(*, model="efficientnet_lite0", max_photos=None, repeat=10, calibrat
     int8 = qnet(x).asnumpy()
     result = score(fp32, int8)
     rounding = rounding_reference(lambda a: net(mx.nd.array(a)).asnumpy(), images,
-                                  _PIXEL_SCALE)
+                                  _PIXEL_SCALE, clean=fp32)
     classes = imagenet_class_names()
     names = [p.name for p in held_photos]
 

@@ -26,8 +26,9 @@ import numpy as np
 from ..errors import ConfigError, InputMismatchError
 from .samples import real_photos
 
-__all__ = ["EvaluationData", "PhotoSplit", "Score", "calibration_crops", "evaluation_data",
-           "held_out_crops", "normalise", "RoundingReference", "rounding_reference", "score", "split_photos"]
+__all__ = ["EvaluationData", "PhotoSplit", "RoundingReference", "Score", "calibration_crops",
+           "evaluation_data", "held_out_crops", "normalise", "rounding_reference", "score",
+           "split_photos"]
 
 _AUTO_INTERP = 9  # mx.image: area when shrinking, bicubic when enlarging (as preprocess)
 _CROP_PADDING = 32  # the short side of the EfficientNet-Lite reference centre crop: size + 32
@@ -232,7 +233,7 @@ def score(fp32, int8):
     return Score(agree, len(fp32), float(cosines.mean()))
 
 
-def rounding_reference(forward, images, std, *, trials=3, seed=0):
+def rounding_reference(forward, images, std, *, clean=None, trials=3, seed=0):
     """How far the fp32 net moves when every pixel moves by up to half a grey level.
 
     An 8-bit photo is already rounded to the nearest grey level: uniform noise of
@@ -251,6 +252,8 @@ def rounding_reference(forward, images, std, *, trials=3, seed=0):
         The normalised images (:func:`normalise`).
     std : sequence of 3 float
         Their per-channel scale in pixel units: one grey level is ``1 / std``.
+    clean : numpy.ndarray, optional
+        ``forward(images)``, where the caller has it already.
     trials : int, default 3
         Independent noise draws.
     seed : int, default 0
@@ -266,7 +269,7 @@ def rounding_reference(forward, images, std, *, trials=3, seed=0):
         raise InputMismatchError(f"rounding_reference needs (N, 3, H, W) images, got shape "
                                  f"{images.shape}")
     level = 1.0 / np.asarray(std, np.float32).reshape(1, 3, 1, 1)
-    clean = forward(images)
+    clean = forward(images) if clean is None else clean
     rng = np.random.RandomState(seed)
     scores = [score(clean, forward(images + level * rng.uniform(
         -0.5, 0.5, images.shape).astype(np.float32))) for _ in range(trials)]

@@ -114,6 +114,10 @@ def test_rounding_reference_moves_pixels_by_at_most_half_a_grey_level():
         assert 0.49 < np.abs(noise).max() <= 0.5 + 1e-4    # in grey levels, every channel
         assert abs(noise.mean()) < 0.02
     assert ref == (6, 6, 6, pytest.approx(1.0, abs=1e-9))  # class 1 wins by 1000 always
+    moved.clear()           # the caller's clean logits are used as given, not recomputed
+    swapped = forward(images)[:, ::-1]
+    ref = rounding_reference(forward, images, std, clean=swapped, trials=2)
+    assert len(moved) == 3 and (ref.least, ref.most, ref.total) == (0, 0, 6)
 
 
 def test_rounding_reference_counts_the_images_noise_flips():
