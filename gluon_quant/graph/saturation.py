@@ -28,8 +28,9 @@ It runs where the process's kernels saturate (:func:`gluon_quant.kernels.int16_p
 a measured probe, not a guess from CPU flags), on the final graph, so a saved int8 model
 is widened on the machine that loads it.
 """
-import json
 import logging
+
+import mxnet as mx
 
 from .guards import entry_dtype
 from .inspect import calib_key, is_true
@@ -220,15 +221,8 @@ def shifted_bias_name(node):
 
 def _shift_expression(weight, bias, shift):
     """``bias - shift * sum(weight, axis=1)`` as an MXNet JSON graph."""
-    return json.dumps({"nodes": [
-        {"op": "null", "name": weight, "inputs": []},
-        {"op": "null", "name": bias, "inputs": []},
-        {"op": "sum", "name": "rows", "attrs": {"axis": "1"}, "inputs": [[0, 0, 0]]},
-        {"op": "_mul_scalar", "name": "scaled", "attrs": {"scalar": repr(float(shift))},
-         "inputs": [[2, 0, 0]]},
-        {"op": "elemwise_sub", "name": "shifted", "inputs": [[1, 0, 0], [3, 0, 0]]}],
-        "arg_nodes": [0, 1], "node_row_ptr": [0, 1, 2, 3, 4, 5], "heads": [[4, 0, 0]],
-        "attrs": {"mxnet_version": ["int", 10901]}})
+    rows = mx.sym.sum(mx.sym.var(weight), axis=1)
+    return (mx.sym.var(bias) - rows * float(shift)).tojson()
 
 
 def seven_bit_inputs(graph, context):
