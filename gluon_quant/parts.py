@@ -471,11 +471,27 @@ def _quantize_part(path, block, calls, config):
                      type(err).__name__, err)
         return _Attempt(PartResult(path, kind, len(calls), reason="quantize() raised %s: %s" % (
             type(err).__name__, _first_line(err)))), None
-    quantized, total = int8.report().coverage()
+    report = int8.report()
+    quantized, total = report.coverage()
     if quantized == 0:
-        return _Attempt(PartResult(path, kind, len(calls), 0, total,
-                                   "no convolution or dense layer runs in int8")), None
+        return _Attempt(PartResult(path, kind, len(calls), 0, total, _why_fp32(report))), None
     return _Attempt(PartResult(path, kind, len(calls), quantized, total)), int8
+
+
+#: Operators whose reason to stay fp32 says why a part gained nothing from int8 (the
+#: multiply-adds; in this order of preference).
+_WORK_OPS = ("Convolution", "FullyConnected", "Deconvolution", "RNN", "batch_dot", "dot")
+
+
+def _why_fp32(report):
+    """Why no layer of a part's ``report`` runs in int8: the reason its first layer doing
+    multiply-adds was given (an LSTM: "int8 LSTM is opt-in (int8_lstm=True): ..."), else a
+    general one."""
+    for op in _WORK_OPS:
+        row = next((r for r in report if r.op == op and r.reason), None)
+        if row is not None:
+            return "no layer runs in int8; %s (%s) stays fp32: %s" % (row.layer, op, row.reason)
+    return "no convolution or dense layer runs in int8"
 
 
 def _part_exclude(patterns, path):

@@ -380,7 +380,8 @@ def test_errors_say_what_failed():
     empty = Nothing()
     empty.initialize()
     with pytest.raises(gq.NotHybridizableError, match=r"No block of Nothing could be "
-                                                      r"quantized:\n  rnn \(GRU\): no conv"):
+                       r"quantized:\n  rnn \(GRU\): no layer runs in int8; \S+ \(RNN\) stays "
+                       r"fp32: mode=gru has no int8 kernel on onednn"):
         gq.quantize_parts(empty, [nd.ones((3, 2, 4))])
 
 
@@ -436,3 +437,32 @@ def test_exclude_takes_layer_names_and_block_paths_in_the_model(translator, capl
         gq.quantize_parts(translator, _tokens(0), exclude=["step.outt", "Convolution"])
     assert caplog.text.count("matched no layer") == 1
     assert "'step.outt' matched no layer of the quantized parts" in caplog.text
+
+
+class Tagger(gluon.Block):
+    """An LSTM tagger whose forward builds its state with ``.shape`` (does not trace)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embed = nn.Embedding(50, 16)
+        self.lstm = gluon.rnn.LSTM(16, layout="NTC")
+        self.out = nn.Dense(5, flatten=False)
+
+    def forward(self, tokens):
+        state = self.lstm.begin_state(batch_size=tokens.shape[0])
+        return self.out(self.lstm(self.embed(tokens), state)[0])
+
+
+def test_a_part_left_fp32_says_why_its_layer_doing_the_work_is():
+    """An LSTM part stays fp32 (int8 LSTM is opt-in): the report gives the LSTM's own reason
+    and the option that changes it, not only that no convolution or dense layer runs."""
+    net = Tagger()
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(0)
+    result = gq.quantize_parts(net, [nd.array(rs.randint(0, 50, (4, 7))) for _ in range(3)],
+                               progress=False)
+    rows = {r.path: r for r in result.results}
+    assert rows["out"].quantized and not rows["lstm"].quantized
+    assert rows["lstm"].reason.startswith("no layer runs in int8; ")
+    assert "(RNN) stays fp32: int8 LSTM is opt-in (int8_lstm=True)" in rows["lstm"].reason
+    assert rows["embed"].reason == "no convolution or dense layer runs in int8"

@@ -206,9 +206,9 @@ RNN_PRODUCER_REASON = ("feeds the data input of int8 LSTM %s, which takes uint8 
                        "asymmetric quantize only; an int8 %s would hand it int8 ('Quantized "
                        "RNN operator only supports uint8 input')")
 RNN_UNSUPPORTED_REASON = "int8 LSTM cannot run in this process: %s"
-RNN_ACCURACY_REASON = ("int8 LSTM is opt-in: MXNet 1.9.1's int8 LSTM runs only with oneDNN "
-                       "capped below VNNI, and then loses accuracy to int16 saturation "
-                       "(cosine 0.77-0.96 to fp32 in tests)")
+RNN_ACCURACY_REASON = ("int8 LSTM is opt-in (int8_lstm=True): MXNet 1.9.1's int8 LSTM runs only "
+                       "with oneDNN capped below VNNI, and then loses accuracy to int16 "
+                       "saturation (cosine 0.77-0.96 to fp32 in tests)")
 
 
 def unquantizable_rnns(graph, int8_lstm=False):
