@@ -14,7 +14,13 @@ data; or EfficientNet-Lite with its ImageNet weights), over the same batches, in
 
 then, on the last model's entropy statistics, the threshold search alone per method.
 Wall-clock seconds and process CPU seconds (all threads) are both printed: on a shared
-machine the CPU-time ratios are the steadier ones. ::
+machine the CPU-time ratios are the steadier ones.
+
+Threads: as ``inference.py``, every variant gets the machine's processors as OpenMP threads
+unless ``OMP_NUM_THREADS`` says otherwise (MXNet 1.9.1 alone takes half the processors: one
+thread on a 2-core machine, where gluon_quant's statistics then run on the idle second core;
+with both cores busy in the forward pass they cost wall time). The setting is printed;
+``OMP_NUM_THREADS=1 python benchmarks/calibration.py ...`` gives MXNet's own default here. ::
 
     python benchmarks/calibration.py [--models resnet18_v1 resnet50_v1] [--images 256]
     python benchmarks/calibration.py --models resnet18_v1 --methods entropy --skip-mxnet
@@ -23,9 +29,13 @@ machine the CPU-time ratios are the steadier ones. ::
 """
 import argparse
 import logging
+import os
 import time
 
-import mxnet as mx
+# Before MXNet loads (it reads the setting once): see the module doc.
+os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
+
+import mxnet as mx  # noqa: E402 (after the thread setting)
 import numpy as np
 
 import gluon_quant as gq
@@ -152,8 +162,9 @@ def main():
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     batches = smooth_images(args.images, args.batch)
-    print("%d images of 224x224, batch %d; ratios to the fp32 forward pass (floor)"
-          % (args.images, args.batch))
+    print("%d images of 224x224, batch %d; ratios to the fp32 forward pass (floor); "
+          "OMP_NUM_THREADS=%s (%d processors)"
+          % (args.images, args.batch, os.environ["OMP_NUM_THREADS"], os.cpu_count() or 1))
     print("%-12s %-40s %8s %8s %9s %8s" % ("model", "what", "wall s", "x floor", "cpu s",
                                           "x floor"))
     entropy_qnet = None
