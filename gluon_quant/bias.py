@@ -214,7 +214,7 @@ class ReferenceTap:
         # The buffers now, their pages touched on a second thread while the first forward
         # pass runs: filled on fresh 4 KB pages by the copies in collect(), the page faults
         # cost the main thread more than the copy (EfficientNet-Lite0, 0.82 GB at two
-        # threads: calibrate() 11.3-13.0 s -> 8.2-10.5 s; resnet18_v1 0.3-0.4 s less).
+        # threads: calibrate() 11.0-14.0 s -> 9.0-11.1 s; resnet18_v1 0.3-0.4 s less).
         self._chunks = {name: np.empty((self._limit,) + shape, np.float32)
                         for name, shape in self._shapes.items()}
         self._faulting = Background(_touch_pages, list(self._chunks.values()))
