@@ -198,7 +198,6 @@ class ReferenceTap:
         the first batch, of ``batch`` samples: the reference when the kept samples are
         that batch alone."""
         self._shapes = {k: tuple(v) for k, v in shapes.items() if k in self._wanted}
-        self._chunks = {}
         self._count = {k: 0 for k in self._shapes}
         self._whole = {k: tuple(v) for k, v in (whole or {}).items()
                        if k in self._wanted and k not in self._shapes}
