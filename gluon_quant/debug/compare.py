@@ -8,6 +8,8 @@ and the cosine of ``x`` and ``q`` are accumulated over all elements of all batch
 The error of a layer includes what reached it from earlier layers; ``added_db`` (the drop
 of SQNR from the layer's worst input to its output) tells the error the layer adds itself
 (the table says ``all`` where its inputs equal fp32 exactly: the first int8 layers).
+Nodes whose values nothing reads, only their shapes (the slice of the data that a kernel of
+ones is cut from), are left out: their error does not reach the outputs.
 
 With ``floor=True`` the 8-bit activation floor (:mod:`gluon_quant.debug.floor`) runs beside
 them: each layer also gets the SQNR of the fp32 net with every calibrated tensor rounded to
@@ -24,6 +26,7 @@ from .._stage import stage
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph import GraphView, block_scopes, layer_name
+from ..graph.tools import shape_only_nodes
 from ._target import check_target
 from .floor import fake_quant_graph
 from .metrics import EXACT_DB, Accumulator, all_outputs, cosine, sqnr_db
@@ -193,8 +196,11 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
     """
     check_target(qnet, "compare")
     pairs = quantized_counterparts(qnet)
-    fused_view = GraphView(_mxnet.graph_json(qnet.fused_graph))
-    nodes = [n for n in fused_view if n.name in pairs]
+    fused_json = _mxnet.graph_json(qnet.fused_graph)
+    # a node only shapes are read from (the slice a kernel of ones is cut from) has no
+    # error that matters
+    unread = shape_only_nodes(fused_json)
+    nodes = [n for n in GraphView(fused_json) if n.name in pairs and n.name not in unread]
     names = qnet.input_names
     fp32_params = qnet.fp32_params or {p.name: _mxnet.as_legacy(p.data(qnet.ctx))
                                        for p in qnet.net.collect_params().values()}

@@ -16,6 +16,7 @@ from .._stage import stage
 from ..data import iter_batches
 from ..errors import ConfigError, GluonQuantError, GraphError
 from ..graph import GraphView, block_scopes, layer_name
+from ..graph.tools import shape_only_nodes
 from ._target import check_target
 from .compare import quantized_counterparts
 from .metrics import OutputsAccumulator
@@ -162,9 +163,10 @@ def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[s
                          "gluon_quant.quantize() (or calibrate() and finalize()) first.")
     inputs, refs = reference_outputs(qnet, batches, num_batches)
     base_db, base_cos = output_agreement(qnet, inputs, refs)
-    if candidates is None:
+    if candidates is None:      # not a node whose values nothing reads (only its shape)
+        unread = shape_only_nodes(graph_json(qnet.fused_graph))
         candidates = [node for node, (_, quantized) in quantized_counterparts(qnet).items()
-                      if quantized and node not in qnet.exclude]
+                      if quantized and node not in qnet.exclude and node not in unread]
     scopes, fused = block_scopes(qnet.net), GraphView(graph_json(qnet.fused_graph)).by_name
     entries, skipped = [], []
     for node in candidates:

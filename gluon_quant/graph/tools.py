@@ -1,12 +1,14 @@
 """Graph helpers for debugging and presets, outside the pipeline's passes: rounding an fp32
 graph's tensors onto their 8-bit grids (:func:`insert_fake_quant`, the doctor's activation
-floor), the nodes downstream of others, operator counts, the operators of an int8 graph."""
+floor), the nodes downstream of others, the nodes whose values nothing reads (only their
+shapes), operator counts, the operators of an int8 graph."""
 import collections
 import json
 
 from .rewrites import append_nodes, num_outputs
 
-__all__ = ["insert_fake_quant", "downstream_nodes", "count_ops", "int8_operators", "QDQ_OPS"]
+__all__ = ["insert_fake_quant", "downstream_nodes", "shape_only_nodes", "count_ops",
+           "int8_operators", "QDQ_OPS"]
 
 #: The operators that move tensors in and out of int8.
 QDQ_OPS = ("_contrib_quantize_v2", "_contrib_dequantize", "_contrib_requantize")
@@ -89,6 +91,42 @@ def downstream_nodes(graph, seeds):
                 found.add(nxt)
                 todo.append(nxt)
     return found
+
+
+#: Operators that read only the shape of some inputs: all of them (None), or those slots.
+SHAPE_READERS = {"ones_like": None, "zeros_like": None, "shape_array": None,
+                 "size_array": None, "reshape_like": (1,), "broadcast_like": (1,),
+                 "slice_like": (1,)}
+
+
+def shape_only_nodes(graph):
+    """Names of the operator nodes whose values reach no output of ``graph``: they feed
+    only what reads their shape (``ones_like``, the second input of ``reshape_like``...),
+    directly or through other such nodes. The kernel of ones that
+    :func:`gluon_quant.graph.pooling.axis_reductions` cuts from a slice of the data is one;
+    how well int8 reproduces such a slice says nothing about the network.
+
+    Parameters
+    ----------
+    graph : dict
+        The graph as JSON.
+
+    Returns
+    -------
+    set of str
+    """
+    nodes = graph["nodes"]
+    read = [False] * len(nodes)
+    for head in graph.get("heads", ()):
+        read[head[0]] = True
+    for i in range(len(nodes) - 1, -1, -1):     # consumers come after their inputs
+        if not read[i]:
+            continue
+        shape_slots = SHAPE_READERS.get(nodes[i]["op"], ())
+        for slot, entry in enumerate(nodes[i]["inputs"]):
+            if shape_slots is not None and slot not in shape_slots:
+                read[entry[0]] = True
+    return {n["name"] for n, r in zip(nodes, read) if not r and n["op"] != "null"}
 
 
 def count_ops(graph, ops=QDQ_OPS):

@@ -10,6 +10,7 @@ from gluon_quant.debug import compare
 from gluon_quant.debug.compare import (EXACT_DB, ComparisonReport, LayerError, cosine,
                                        sqnr_db)
 from gluon_quant.errors import GraphError
+from gluon_quant.graph.tools import shape_only_nodes
 
 
 def test_sqnr_and_cosine_maths():
@@ -64,3 +65,48 @@ def test_compare_needs_a_finalized_block(tiny_cnn):
     qnet = gq.QuantizedHybridBlock(tiny_cnn)
     with pytest.raises(GraphError, match="not quantized yet"):
         compare(qnet, [np.zeros((1, 1, 28, 28), "float32")])
+
+
+class _Consensus(mx.gluon.HybridBlock):
+    """A video net's segmental consensus, as GluonCV's I3D heads write it: features of
+    ``(N, segments, C)`` averaged over the segments (axis 1), then a classifier."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embed = mx.gluon.nn.Dense(32, activation="relu", flatten=False)
+        self.head = mx.gluon.nn.Dense(5)
+
+    def hybrid_forward(self, F, x):
+        return self.head(F.mean(self.embed(x), axis=1))
+
+
+def test_nodes_whose_shape_alone_is_read_are_not_compared():
+    """The mean over axis 1 runs as a deconvolution by a kernel of ones cut from a slice of
+    the data (``<mean>_row``, ``<mean>_column``): one value, and its rounding changes
+    nothing. The doctor ranked that slice first, 18 dB beyond the floor, on GluonCV's
+    i3d_inceptionv1_kinetics400."""
+    mx.random.seed(3)
+    net = _Consensus()
+    net.initialize(mx.init.Xavier())
+    batches = [mx.nd.random.normal(shape=(8, 4, 16)) for _ in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    unread = shape_only_nodes(json.loads(qnet.fused_graph.tojson()))
+    mean = [n for n in unread if n.endswith("_column")]
+    assert len(mean) == 1 and mean[0].replace("_column", "_row") in unread
+    report = compare(qnet, batches, floor=True)
+    assert not {r.node for r in report} & unread
+    assert {"mean" in r.node for r in report} == {True, False}   # the mean itself stays
+    assert report.output_cosine > 0.999
+
+
+def test_shape_only_nodes_follow_chains_to_shape_readers():
+    x = mx.sym.var("x")
+    row = mx.sym.slice_axis(x, axis=0, begin=0, end=1, name="row")
+    flat = mx.sym.reshape(row, shape=(-1,), name="flat")
+    ones = mx.sym.ones_like(flat, name="ones")
+    twice = mx.sym.relu(x, name="twice")
+    shaped = mx.sym.reshape_like(mx.sym.sum(twice, name="total") + ones.sum(),
+                                 mx.sym.slice_axis(x, axis=1, begin=0, end=1, name="like"),
+                                 name="out")
+    graph = json.loads(shaped.tojson())
+    assert shape_only_nodes(graph) == {"row", "flat", "like"}
