@@ -97,7 +97,8 @@ class FusedGraph:
         (:class:`~gluon_quant.presets.ClipRange`), applied by :func:`check_table`.
     rewritten : mapping of str to str
         Node name -> the operators a traced-graph pass runs it as (a Deconvolution as an
-        int8 convolution and ``depth_to_space``), for ``report()``.
+        int8 convolution and ``depth_to_space``), for ``report()``; ``helpers``: node such
+        a pass added -> the node it was made for (``report()`` shows it on that one's row).
     np_mode : bool
         The net was written for MXNet's NumPy mode (traced and run with ``mxnet.np``).
     excluded : frozenset of str
@@ -116,10 +117,10 @@ class FusedGraph:
     input_shapes: Optional[Tuple[tuple, ...]] = None
     range_bounds: Mapping[str, Tuple[Optional[float], Optional[float], str]] = field(
         default_factory=lambda: types.MappingProxyType({}))
-    rewritten: Mapping[str, str] = field(
-        default_factory=lambda: types.MappingProxyType({}))
+    rewritten: Mapping[str, str] = field(default_factory=dict)
     np_mode: bool = False
     excluded: frozenset = frozenset()
+    helpers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def fingerprint(self):
@@ -298,11 +299,11 @@ def _fuse(net, config, batch, input_shapes, inputs, np_mode):
         fp32.setdefault(name, reason)
     return FusedGraph(symbol=fused, view=view, inputs=inputs, out_format=out_format,
                       fp32_nodes=types.MappingProxyType(fp32), param_shapes=param_shapes,
-                      net_class=class_name(net),
-                      param_rewrites=tuple(context.param_rewrites),
+                      net_class=class_name(net), param_rewrites=tuple(context.param_rewrites),
                       messages=tuple(messages), range_bounds=types.MappingProxyType(bounds),
                       input_shapes=input_shapes, np_mode=np_mode, excluded=frozenset(excluded),
-                      rewritten=types.MappingProxyType(dict(context.rewritten)))
+                      rewritten=types.MappingProxyType(dict(context.rewritten)),
+                      helpers=types.MappingProxyType(dict(context.helpers)))
 
 
 def _first_rank(batch):

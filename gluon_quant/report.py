@@ -276,7 +276,7 @@ def build_report(model, net, config, calibrator_name, timing=None):
             reason += (" (narrowed from [%.4g, %.4g])" % tuple(before) if before
                        else " (the calibrated range was within it)")
         layers.append(LayerReport(
-            layer=layer_name(node, scopes), node=node.name, op=node.main_op,
+            layer=layer_name(node, scopes, fused.helpers), node=node.name, op=node.main_op,
             pattern=node.pattern, quantized=quantized, reason=reason,
             dtype="uint8" if dropped else dtypes.get(out_name) or dtypes.get(key),
             threshold=tuple(table[key]) if table is not None and key in table else None,

@@ -1066,7 +1066,7 @@ def test_spatial_means_and_maxima_run_as_int8_global_pooling(disable_pass):
         ("Pooling", "Pooling(avg)", True), ("Pooling", "Pooling(avg)", False),
         ("Flatten", "Flatten", True),
         ("Pooling", "Pooling(max)", True), ("Flatten", "Flatten", True)])
-    assert [row.op for row in report if row.layer.endswith("mean2_deconv")] == \
+    assert [row.op for row in report if row.node.endswith("mean2_deconv")] == \
         ["Deconvolution"]
     assert coverage(report) == (5, 5)      # the convolution is called twice
     for a, b in zip(net(batches[1]), qnet(batches[1])):

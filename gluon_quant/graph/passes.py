@@ -158,6 +158,7 @@ from .shuffles import channel_shuffles
 from .reshapes import numpy_reshapes, reshapes_as_flatten
 from .stem import fp32_stem
 from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
+from .selection import helper_owners
 from .rewrites import (ParamRewrite, append_nodes, fold_dense_batchnorm,
                        fold_parameter_expressions, global_adaptive_pools, known_shape,
                        lift_1d_to_2d, masked_softmax, numpy_concatenations, same_shape_adds,
@@ -223,6 +224,8 @@ class PassContext:
     excluded : frozenset of str
         Traced-graph nodes the user's ``exclude`` names: rewrites that exist only to run a
         node in int8 leave them as they are.
+    helpers : dict of str to str
+        Node the passes added -> the node it was made for (filled by :func:`run_passes`).
     param_value : callable, optional
         ``param_value(name) -> numpy array or None``: a parameter's value when the graph
         was traced (None where it is not initialized), for rewrites whose exact form
@@ -245,6 +248,7 @@ class PassContext:
     input_rank: Optional[int] = None
     rewritten: dict = field(default_factory=dict)
     excluded: frozenset = frozenset()
+    helpers: dict = field(default_factory=dict)
     fp32_stem: bool = False
     param_value: Optional[Callable[[str], Any]] = None
     int16_pair_sums: bool = False
@@ -775,12 +779,16 @@ def run_passes(stage, graph, context):
     -------
     dict of str to str
         Nodes that must stay fp32 -> reason (the first pass to name a node gives it).
+        ``context.helpers`` gets the owner of each node the passes added
+        (:func:`~gluon_quant.graph.selection.helper_owners`).
     """
     fp32 = {}
+    before = {n["name"] for n in graph["nodes"] if n["op"] != "null"}
     for graph_pass in PASSES:
         if graph_pass.stage is not stage or (
                 graph_pass.backends and context.spec.name not in graph_pass.backends):
             continue
         for name, reason in graph_pass.run(graph, context).items():
             fp32.setdefault(name, reason)
+    context.helpers.update(helper_owners(graph, before))
     return fp32

@@ -21,8 +21,8 @@ from .. import _mxnet
 from .._names import suggest
 from ..errors import ConfigError
 
-__all__ = ["BlockScope", "block_paths", "block_scopes", "layer_name", "resolve_exclusions",
-           "OP_ALIASES"]
+__all__ = ["BlockScope", "block_paths", "block_scopes", "layer_name", "helper_owners",
+           "resolve_exclusions", "OP_ALIASES"]
 
 _log = logging.getLogger(__name__)
 
@@ -92,15 +92,55 @@ def _gluon_layer(block):
             and not isinstance(block, (Sequential, HybridSequential)))
 
 
-def layer_name(node, scopes):
+def helper_owners(graph, original):
+    """The operator nodes a pass added to ``graph`` for another: node name -> the name of
+    the original node it was made for.
+
+    The traced-graph passes name the nodes they add after the node they rewrite (a mean
+    over axis 1 ``net0_mean0`` runs as ``net0_mean0_view``, ``net0_mean0_deconv``...): a
+    node whose name is not in ``original`` belongs to the original node with the longest
+    name that, followed by ``_``, starts its own. ``report()`` shows such nodes on their
+    owner's row.
+
+    Parameters
+    ----------
+    graph : dict
+        The graph as JSON, after the passes.
+    original : set of str
+        The names of the operator nodes before them.
+
+    Returns
+    -------
+    dict of str to str
+    """
+    # a block's later calls, renamed by unique_names, are original nodes too
+    original = set(original) | {n["name"] for n in graph["nodes"]
+                                if _CALL.sub("", n["name"]) in original}
+    owners = {}
+    for node in graph["nodes"]:
+        name = node["name"]
+        if node["op"] == "null" or name in original:
+            continue
+        parts = name.split("_")
+        owner = next(("_".join(parts[:k]) for k in range(len(parts) - 1, 0, -1)
+                      if "_".join(parts[:k]) in original), None)
+        if owner is not None:
+            owners[name] = owner
+    return owners
+
+
+def layer_name(node, scopes, owners=None):
     """The name users know a GraphNode's main operator by: the innermost block owning it
     where that block is one of Gluon's own layers (``resnetv10_conv0``); else the
     operator's own name (``mynet0_convolution0``, one of the ``F.*`` calls in a block's
     ``hybrid_forward``, or a sum a container's blocks share a prefix for: the block's name
     would not tell them apart). A block the net calls more than once names its later calls
     ``<block> (call 2)``, ... (their operators were renamed ``..._call2`` by
-    :func:`~gluon_quant.graph.rewrites.unique_names`). ``exclude=`` takes each of these."""
+    :func:`~gluon_quant.graph.rewrites.unique_names`). ``exclude=`` takes each of these.
+    With ``owners`` (:func:`helper_owners`), a node a pass added is named as the node it
+    was made for."""
     main = next((m[0] for m in node.members if m[1] == node.main_op), node.members[0][0])
+    main = (owners or {}).get(main, main)
     best = None
     for scope in scopes:
         if scope.prefix and main.startswith(scope.prefix):

@@ -146,10 +146,62 @@ def test_sums_over_a_radix_axis_run_as_deconvolutions_between_int8_convolutions(
     sums = [r for r in report if r.op == "Deconvolution"]
     assert len(sums) == 2 and not any(r.quantized for r in sums), report
     assert all(ONEDNN.fp32_ops["sum over channels"] in r.reason for r in sums)
-    assert [r.op for r in report if r.layer.endswith(("sum0", "sum1"))] == ["reshape_like"] * 2
+    assert [r.op for r in report if r.node.endswith(("sum0", "sum1"))] == ["reshape_like"] * 2
+    # the nodes the rewrite adds are shown as parts of the sum they were made for
+    assert sorted(r.layer[-4:] for r in sums) == ["sum0", "sum1"]
     assert not [r for r in report if "sum" in r.layer and r.op in ("sum", "transpose")]
     assert all(r.quantized for r in report if r.op == "Convolution")
     assert_matches_and_reloads(net, qnet, (
         batches[2], mx.nd.array(RS.uniform(-1, 1, (2, 3, 20, 16)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["*sum0"], progress=False)
     assert [r.op for r in kept.report()].count("sum") == 1
+
+
+class _TokenPooling(mx.gluon.HybridBlock):
+    """A text classifier's mean over its tokens (axis 1), written with ``F.mean``."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.embed = nn.Dense(32, activation="relu", flatten=False)
+            self.head = nn.Dense(5)
+
+    def hybrid_forward(self, F, x):
+        return self.head(F.mean(self.embed(x), axis=1))
+
+
+def test_the_nodes_a_rewrite_adds_are_shown_on_the_row_of_the_operator_they_run():
+    """The mean ran as ten nodes (its view, the slices its kernel of ones is cut from, the
+    kernel, the deconvolution...), and report() printed each as a layer of its own
+    ("pool0_mean0_column  slice_axis  no int8 kernel for slice_axis"): one row now, named
+    as the user's mean, that says what it runs as."""
+    net = _TokenPooling(prefix="pool0_")
+    net.initialize(mx.init.Xavier())
+    batches = [mx.nd.array(RS.normal(size=(8, 4, 16)).astype("float32")) for _ in range(2)]
+    qnet = gq.quantize(net, batches, progress=False)
+    report = qnet.report()
+    parts = [r for r in report if r.layer == "pool0_mean0"]
+    assert len(parts) == 10 and {"Deconvolution", "slice_axis", "ones_like"} <= {
+        r.op for r in parts}
+    assert {r.node for r in parts} >= {"pool0_mean0", "pool0_mean0_deconv",
+                                       "pool0_mean0_column"}
+    # the fp32 parts on one line (an int8 one, the Flatten, on a line of its own)
+    lines = [line for line in str(report).splitlines() if line.startswith("pool0_mean0")]
+    assert len(lines) == 1 + sum(r.quantized for r in parts)
+    fp32 = sum(not r.quantized for r in parts)
+    assert [line for line in lines if "%d nodes" % fp32 in line and "Deconvolution" in line]
+    assert [r.layer for r in report if r.op == "FullyConnected"] == ["pool0_dense0",
+                                                                     "pool0_dense1"]
+
+
+def test_helper_owners_names_the_longest_original_node_and_keeps_later_calls():
+    from gluon_quant.graph.selection import helper_owners
+    names = ["x", "net_mean0", "net_mean0_view", "net_mean0_view_flat", "net_pool0_fwd",
+             "net_pool0_fwd_call2", "net_pool0_fwd_call2_flatten", "sg_onednn_7",
+             "net_mean"]
+    graph = {"nodes": [{"op": "null" if n == "x" else "op", "name": n, "inputs": []}
+                       for n in names]}
+    original = {"net_mean0", "net_pool0_fwd", "net_mean"}
+    assert helper_owners(graph, original) == {
+        "net_mean0_view": "net_mean0", "net_mean0_view_flat": "net_mean0",
+        "net_pool0_fwd_call2_flatten": "net_pool0_fwd_call2"}

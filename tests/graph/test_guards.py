@@ -403,7 +403,7 @@ def test_reshapes_of_reshaped_5d_arrays_are_read_plain():
     x = mx.nd.array(rs.uniform(-1, 1, (2, 3, 6, 10, 12)).astype("float32"))
     qnet = gq.quantize(net, [x], progress=False)
     report = qnet.report()
-    assert [r.op for r in report if r.layer.endswith("_plain")] == ["clip"]
+    assert [r.op for r in report if r.node.endswith("_plain")] == ["clip"]
     assert [r.quantized for r in report if r.op == "Convolution"] == [True]
     for data in (x, mx.nd.array(rs.uniform(-1, 1, (3, 3, 4, 8, 14)).astype("float32"))):
         for a, b in zip(net(data), qnet(data)):

@@ -106,7 +106,7 @@ def test_reshapes_of_split_parts_get_no_clip_and_run(shape):
     calib = mx.nd.array(rs.uniform(-1, 1, (4, 3, 4, 8, 8)).astype("float32"))
     qnet = gq.quantize(net, [calib], progress=False)
     report = qnet.report()
-    assert not [r.layer for r in report if r.layer.endswith("_plain")]
+    assert not [r.node for r in report if r.node.endswith("_plain")]
     assert [r.quantized for r in report if r.op == "Convolution"] == [True, True]
     data = mx.nd.array(rs.uniform(-1, 1, shape).astype("float32"))
     assert cosine(net(data).asnumpy(), qnet(data).asnumpy()) > 0.999
