@@ -80,7 +80,9 @@ class FloorReport:
         if self.floor_sqnr_db < POOR_FLOOR_DB:
             return ("even the floor is far from fp32: the calibrated ranges lose the signal "
                     "(an outlier or a poor calibrator: see debug.run_checks and "
-                    "plot.plot_calibration), or the network amplifies small errors")
+                    "plot.plot_calibration), or the network amplifies small errors (a "
+                    "log or a division after an int8 layer; debug.sensitivity ranks the "
+                    "layers by what keeping each in fp32 recovers)")
         if self.close:
             return ("int8 is close to the best 8-bit activations allow%s" % (
                 "; the floor itself is below 0.99 cosine: the network amplifies small "

@@ -2,8 +2,10 @@
 
 For each int8 layer, the network is re-quantized with that layer alone added to
 ``exclude``; the calibration table of the original block is reused, so no new pass over
-calibration data is made.  The output of each variant is compared with fp32 on a few
-batches, and layers are ranked by how much SQNR (dB) their exclusion recovers.
+calibration data is made (a pooling, reshape or concatenation that ran in int8 on its
+input's scale takes its input's range when kept fp32: :func:`with_passed_ranges`). The
+output of each variant is compared with fp32 on a few batches, and layers are ranked by
+how much SQNR (dB) their exclusion recovers.
 """
 import functools
 import json
@@ -16,12 +18,15 @@ from .._stage import stage
 from ..data import iter_batches
 from ..errors import ConfigError, GluonQuantError, GraphError
 from ..graph import GraphView, block_scopes, layer_name
+from ..graph.inspect import tensor_key
 from ..graph.tools import shape_only_nodes
+from ..calib.table import CalibrationTable
 from ._target import check_target
 from .compare import quantized_counterparts
 from .metrics import OutputsAccumulator
 
-__all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "output_agreement"]
+__all__ = ["LayerSensitivity", "SensitivityReport", "sensitivity", "output_agreement",
+           "with_passed_ranges"]
 
 _log = logging.getLogger(__name__)
 
@@ -135,6 +140,35 @@ def reference_outputs(qnet, batches, num_batches):
     return inputs, refs
 
 
+#: Operators whose output lies within the range of their inputs (a pooling, a reshape, a
+#: concatenation: the union of its inputs' ranges).
+RANGE_KEEPING_OPS = frozenset(("Pooling", "Flatten", "Reshape", "transpose", "expand_dims",
+                               "squeeze", "slice", "slice_axis", "Concat", "_copy"))
+
+
+def with_passed_ranges(table, graph):
+    """``table`` with a range for each output it lacks of a :data:`RANGE_KEEPING_OPS` node
+    whose inputs it has: the union of theirs.
+
+    An int8 max pooling, flatten or concatenation is given no range of its own at
+    calibration (its output keeps its input's scale). Kept fp32, it needs one for the
+    int8 layer after it, and the table reused for every variant has none: the variant's
+    range is then its input's, wider than a calibrated one could be, never narrower.
+    """
+    ranges, nodes = dict(table.items()), graph["nodes"]
+    for node in nodes:
+        key = tensor_key(node, 0)
+        if node["op"] not in RANGE_KEEPING_OPS or key in ranges or not node["inputs"]:
+            continue
+        found = [ranges.get(tensor_key(nodes[e[0]], e[1])) for e in node["inputs"]]
+        if found and None not in found:
+            ranges[key] = (min(r[0] for r in found), max(r[1] for r in found))
+    if len(ranges) == len(table):
+        return table
+    return CalibrationTable(ranges, method=table.method, fingerprint=table.fingerprint,
+                            meta=table.meta)
+
+
 @stage
 def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[str]] = None):
     """Rank int8 layers by how much keeping each one alone in fp32 recovers the output.
@@ -168,12 +202,13 @@ def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[s
         candidates = [node for node, (_, quantized) in quantized_counterparts(qnet).items()
                       if quantized and node not in qnet.exclude and node not in unread]
     scopes, fused = block_scopes(qnet.net), GraphView(graph_json(qnet.fused_graph)).by_name
+    widened = with_passed_ranges(table, graph_json(qnet.fused_graph))
     entries, skipped = [], []
     for node in candidates:
         variant = qnet.clone(exclude=list(qnet.exclude) + [node], progress=False)
         try:
             variant.quantize_graph()
-            variant.finalize(table)
+            variant.finalize(widened)
         except GluonQuantError as err:
             skipped.append((node, str(err).splitlines()[0]))
             continue
