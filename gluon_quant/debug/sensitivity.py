@@ -197,12 +197,13 @@ def sensitivity(qnet, batches, *, num_batches=2, candidates: Optional[Sequence[s
                          "gluon_quant.quantize() (or calibrate() and finalize()) first.")
     inputs, refs = reference_outputs(qnet, batches, num_batches)
     base_db, base_cos = output_agreement(qnet, inputs, refs)
+    graph = graph_json(qnet.fused_graph)
     if candidates is None:      # not a node whose values nothing reads (only its shape)
-        unread = shape_only_nodes(graph_json(qnet.fused_graph))
+        unread = shape_only_nodes(graph)
         candidates = [node for node, (_, quantized) in quantized_counterparts(qnet).items()
                       if quantized and node not in qnet.exclude and node not in unread]
-    scopes, fused = block_scopes(qnet.net), GraphView(graph_json(qnet.fused_graph)).by_name
-    widened = with_passed_ranges(table, graph_json(qnet.fused_graph))
+    scopes, fused = block_scopes(qnet.net), GraphView(graph).by_name
+    widened = with_passed_ranges(table, graph)
     entries, skipped = [], []
     for node in candidates:
         variant = qnet.clone(exclude=list(qnet.exclude) + [node], progress=False)
