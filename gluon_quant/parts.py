@@ -459,7 +459,7 @@ def _quantize_part(path, block, calls, config):
                                  "graph takes one layout" % (list(ranks[0]), list(ranks[-1])))
         return _Attempt(PartResult(path, kind, len(calls), reason=str(err)), err), None
     try:
-        with _quiet_unmatched():            # a pattern may name another part's layers
+        with _quiet_part_notes():       # said once for the model, by part (see below)
             int8 = quantize(block, calls, config=config.replace(
                 num_inputs=len(calls[0]), exclude=_part_exclude(config.exclude, path)))
     except _UNTRACEABLE as err:
@@ -502,22 +502,34 @@ def _part_exclude(patterns, path):
     return tuple(patterns) + tuple(inner)
 
 
-class _DropUnmatched(logging.Filter):
+class _DropStarting(logging.Filter):
+    def __init__(self, start):
+        super().__init__()
+        self.start = start
+
     def filter(self, record):
-        return not str(record.msg).startswith("exclude pattern")
+        return not str(record.msg).startswith(self.start)
+
+
+#: Per part, what is no news: an ``exclude=`` pattern matching none of its layers
+#: (:func:`_warn_unmatched` tells the ones no part matched), and a part with no layer in
+#: int8 (the parts' report names it by its path and says why; quantize() would name only
+#: its class: "No layer of HybridSequential runs in int8" for an embedding).
+_PART_NOTES = (("gluon_quant.graph.selection", "exclude pattern"),
+               ("gluon_quant.pipeline", "No layer of"))
 
 
 @contextlib.contextmanager
-def _quiet_unmatched():
-    """Per part, an ``exclude=`` pattern matching none of its layers is no news:
-    :func:`_warn_unmatched` tells the ones no part matched."""
-    selection = logging.getLogger("gluon_quant.graph.selection")
-    quiet = _DropUnmatched()
-    selection.addFilter(quiet)
+def _quiet_part_notes():
+    """Drop the log records of :data:`_PART_NOTES` inside."""
+    filters = [(logging.getLogger(name), _DropStarting(start)) for name, start in _PART_NOTES]
+    for logger, quiet in filters:
+        logger.addFilter(quiet)
     try:
         yield
     finally:
-        selection.removeFilter(quiet)
+        for logger, quiet in filters:
+            logger.removeFilter(quiet)
 
 
 def _warn_unmatched(patterns, parts, excluded_parts):

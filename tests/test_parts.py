@@ -453,14 +453,20 @@ class Tagger(gluon.Block):
         return self.out(self.lstm(self.embed(tokens), state)[0])
 
 
-def test_a_part_left_fp32_says_why_its_layer_doing_the_work_is():
+def test_a_part_left_fp32_says_why_its_layer_doing_the_work_is(caplog):
     """An LSTM part stays fp32 (int8 LSTM is opt-in): the report gives the LSTM's own reason
-    and the option that changes it, not only that no convolution or dense layer runs."""
+    and the option that changes it, not only that no convolution or dense layer runs. The
+    per-part warning of quantize(), which named only the class ("No layer of Embedding
+    runs in int8"), is not repeated: the parts' report names the part by its path."""
     net = Tagger()
     net.initialize(mx.init.Xavier())
     rs = np.random.RandomState(0)
-    result = gq.quantize_parts(net, [nd.array(rs.randint(0, 50, (4, 7))) for _ in range(3)],
-                               progress=False)
+    with caplog.at_level(logging.INFO, logger="gluon_quant"):
+        result = gq.quantize_parts(net, [nd.array(rs.randint(0, 50, (4, 7)))
+                                         for _ in range(3)], progress=False)
+    assert not [r for r in caplog.records if r.getMessage().startswith("No layer of")]
+    assert [r for r in caplog.records if "embed" in r.getMessage()
+            and "no convolution or dense layer runs in int8" in r.getMessage()]
     rows = {r.path: r for r in result.results}
     assert rows["out"].quantized and not rows["lstm"].quantized
     assert rows["lstm"].reason.startswith("no layer runs in int8; ")
