@@ -192,8 +192,10 @@ def _swish_nets():
 def test_mxnet_hands_a_custom_operator_blocked_memory():
     """The measurement :data:`layout.READS_RAW` rests on, as a check of MXNet, in a child
     process (MXNet may die of it): a hybridized ``Custom`` operator reading a convolution's
-    output gets it wrong on some of ten calls (one call alone read it right in 2 of 12
-    runs) or crashes; through the full-range clip, it reads it right on every call."""
+    output gets it wrong on most calls (33-35 of 40 on an idle machine) or crashes; through
+    the full-range clip, it reads it right on every call. The misread depends on timing
+    (none of 10 calls showed it once under load): not seen in 60 calls, the check of MXNet
+    is skipped, the check of the clip is not."""
     script = textwrap.dedent('''
         import sys, numpy as np, mxnet as mx
         sys.path.insert(0, %r)
@@ -207,21 +209,27 @@ def test_mxnet_hands_a_custom_operator_blocked_memory():
                 y = F.clip(y, -3.4e38, 3.4e38) if self.clip else y
                 return F.Custom(y, op_type="gq_test_layout_swish")
         x = mx.nd.array(np.random.RandomState(0).uniform(-1, 1, (2, 3, 8, 8)))
-        for clip in (True, False):
+        for clip, calls in ((True, 10), (False, 60)):
             worst = 0.0
-            for _ in range(10):     # MXNet misreads on some calls only
+            for _ in range(calls):     # MXNet misreads on some calls only
                 net = Net(clip); net.initialize(mx.init.Xavier())
                 y = net.conv(x).asnumpy(); expected = y / (1 + np.exp(-y))
                 net.hybridize()
                 worst = max(worst, float(np.abs(net(x).asnumpy() - expected).max()))
+                if worst > 1e-2:
+                    break
             print(clip, worst, flush=True)
         ''' % os.path.dirname(os.path.abspath(__file__)))
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=300)
     lines = dict(line.split() for line in run.stdout.splitlines() if line[:1] in "TF")
     assert float(lines["True"]) < 1e-5, run.stdout + run.stderr      # through the clip
-    assert run.returncode != 0 or float(lines["False"]) > 1e-2, \
-        "MXNet hands a Custom operator plain memory now: the clip is not needed"
+    if run.returncode == 0 and float(lines["False"]) <= 1e-2:
+        # 33-35 of 40 calls misread on an idle machine, but none of 10 did once while two
+        # test runs shared its two cores: the defect depends on timing, and not seeing it
+        # does not show that MXNet changed (it is pinned at 1.9.1)
+        pytest.skip("MXNet's misread of blocked memory did not show in 60 calls on this "
+                    "machine now (it depends on timing); the clip path above was checked")
 
 
 def test_custom_operators_read_oneDNN_outputs_through_a_clip():
