@@ -160,15 +160,21 @@ class QuantReport(tuple):
 
 
 def _fp32_runs(layers):
-    """``layers`` in runs to print as one row each: consecutive fp32 nodes of one layer
-    (a GroupNorm or InstanceNorm run as eleven small operators) together, others alone."""
-    runs = []
+    """``layers`` in groups to print as one row each: the fp32 nodes of one layer (a
+    GroupNorm or InstanceNorm run as eleven small operators; a ``split`` run as slices, its
+    parts interleaved with the reshapes that read them) together, at the first one's place
+    among the fp32 nodes between two int8 ones; int8 nodes alone. A stretch of fp32 nodes
+    is never merged across an int8 node, so a block called twice stays two rows."""
+    runs, stretch = [], {}
     for r in layers:
-        if runs and not r.quantized and not runs[-1][-1].quantized \
-                and runs[-1][-1].layer == r.layer:
-            runs[-1].append(r)
-        else:
+        if r.quantized:
             runs.append([r])
+            stretch = {}
+        elif r.layer in stretch:
+            stretch[r.layer].append(r)
+        else:
+            stretch[r.layer] = [r]
+            runs.append(stretch[r.layer])
     return runs
 
 

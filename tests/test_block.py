@@ -70,6 +70,38 @@ def test_report_text_shows_a_layers_fp32_nodes_as_one_row():
     assert len(str(report).splitlines()) == 4 + len(report) - len(norm) + 1
 
 
+def test_report_text_shows_a_split_read_between_its_parts_as_one_row():
+    """``F.split`` runs as one slice per part; in graph order each slice sits beside the
+    reshapes and products that read it, so its parts printed as three rows of one name
+    among the attention's other fp32 nodes. The fp32 nodes of one layer between two int8
+    nodes print as one row, at the first one's place."""
+    class Attention(gluon.HybridBlock):
+        def __init__(self):
+            super().__init__()
+            self.qkv = nn.Dense(48, flatten=False)
+            self.out = nn.Dense(10)
+
+        def hybrid_forward(self, F, x):
+            q, k, v = F.split(self.qkv(x), num_outputs=3, axis=-1)
+            att = F.softmax(F.batch_dot(q, k, transpose_b=True), axis=-1)
+            return self.out(F.batch_dot(att, v))
+
+    net = Attention()
+    net.initialize(mx.init.Xavier())
+    batches = [np.random.RandomState(i).rand(8, 12, 20).astype("float32") for i in (0, 1)]
+    report = gq.quantize(net, batches, progress=False).report()
+    parts = [r for r in report if r.op == "slice_axis"]
+    assert len(parts) == 3 and len({r.layer for r in parts}) == 1, str(report)
+    assert not any(r.quantized for r in parts)
+    lines = str(report).splitlines()
+    named = [line for line in lines if line.startswith(parts[0].layer + " ")]
+    assert len(named) == 1 and "3 nodes" in named[0], str(report)
+    assert "split into 3 parts run as slices" in named[0]
+    rows = lines[4:]
+    order = [r.layer for r in report]
+    assert [row.split()[0] for row in rows] == list(dict.fromkeys(order)), str(report)
+    assert rows[0].startswith(order[0] + " ") and report[0].quantized   # the int8 qkv first
+
 def test_report_text_says_mxnets_repeated_message_once_and_names_the_nodes():
     """An unrolled LSTM made MXNet say "exclude <gate> which act_type is 1" for every gate
     of every step: 60 lines of a 5-step, 2-layer cell closed its report. Messages that
