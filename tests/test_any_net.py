@@ -1142,6 +1142,37 @@ def test_adaptive_poolings_that_tile_their_input_run_as_int8_pooling(grid, int8_
     assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999
 
 
+class _UnsizedGlobalPool(nn.HybridBlock):
+    """``F.Pooling(global_pool=True)`` with no kernel, as a hand-written net says it."""
+    def __init__(self, conv):
+        super().__init__()
+        self.conv, self.out = conv, nn.Dense(10)
+
+    def hybrid_forward(self, F, x):
+        return self.out(F.Pooling(self.conv(x), global_pool=True, pool_type="avg"))
+
+
+@pytest.mark.parametrize("conv, shape", [
+    (nn.Conv2D(16, 3, activation="relu"), (8, 3, 12, 12)),
+    (nn.Conv3D(16, 3, activation="relu"), (2, 3, 6, 8, 8)),
+    (nn.Conv1D(16, 3, activation="relu"), (8, 3, 20))])
+def test_a_global_pooling_written_without_a_kernel_runs_in_int8_with_no_rebuild(
+        conv, shape, caplog):
+    """MXNet's int8 pooling read the missing kernel as a 0-D pooling and failed at the
+    first run; the node was kept fp32 after a rebuild. It gets the unit kernel of its
+    input's rank (1-D data is then lifted to 2-D with its convolution, as a kernel-sized
+    1-D pooling is)."""
+    net = _UnsizedGlobalPool(conv)
+    net.initialize(mx.init.Xavier())
+    rs = np.random.RandomState(4)
+    batches = [mx.nd.array(rs.rand(*shape).astype("float32")) for _ in range(3)]
+    with caplog.at_level(logging.WARNING, logger="gluon_quant"):
+        qnet = gq.quantize(net, batches, progress=False)
+    assert "failed at the first run" not in caplog.text
+    pools = [row for row in qnet.report() if row.op == "Pooling"]
+    assert [row.quantized for row in pools] == [True]
+    assert cosine(net(batches[1]).asnumpy(), qnet(batches[1]).asnumpy()) > 0.999
+
 @pytest.mark.parametrize("target", [(0, -1), (-1, 16 * 4 * 4)])
 def test_a_reshape_that_flattens_runs_as_an_int8_flatten(target, disable_pass):
     class Head(nn.HybridBlock):

@@ -20,6 +20,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     int8 kernel; so does a mean or max over every spatial axis (``F.mean(x, axis=(2,
     3))``, :func:`~gluon_quant.graph.pooling.spatial_reductions`), with a ``Flatten``,
     and an adaptive pooling whose windows tile its input (``tiled_adaptive_pools``); a
+    global ``Pooling`` written without a kernel gets the unit kernel of its rank, which
+    MXNet's int8 pooling reads (``unsized_global_pools``); a
     mean, max or sum over one other axis (token pooling ``x.mean(axis=1)``, CBAM's channel
     mean) runs as a global ``Pooling`` over that axis moved last, a sum or mean over axis
     1 as a ``Deconvolution`` of ones (``axis_reductions``: MXNet's are 4-60x slower).
@@ -152,7 +154,8 @@ from .clamps import clamps_as_activations, hard_sigmoids
 from .norms import norms_as_last_axis_layernorm, written_layernorms
 from .scalars import small_powers, unit_scalars
 from .upsampling import nearest_upsampling_as_deconv
-from .pooling import axis_reductions, spatial_reductions, tiled_adaptive_pools
+from .pooling import (axis_reductions, spatial_reductions, tiled_adaptive_pools,
+                      unsized_global_pools)
 from .permutes import splits_as_slices, swapaxes_as_transpose
 from .shuffles import channel_shuffles
 from .reshapes import numpy_reshapes, reshapes_as_flatten
@@ -695,6 +698,7 @@ PASSES = (
     GraphPass("spatial_reductions", Stage.TRACED, spatial_reductions),
     GraphPass("axis_reductions", Stage.TRACED, axis_reductions),
     GraphPass("tiled_adaptive_pools", Stage.TRACED, tiled_adaptive_pools),
+    GraphPass("unsized_global_pools", Stage.TRACED, unsized_global_pools),
     GraphPass("numpy_reshapes", Stage.TRACED, numpy_reshapes),
     GraphPass("swapaxes_as_transpose", Stage.TRACED, swapaxes_as_transpose),
     GraphPass("splits_as_slices", Stage.TRACED, splits_as_slices),

@@ -45,7 +45,8 @@ from .inspect import FP32_FORM_ATTR, is_true
 from .builder import NodeBuilder
 from .rewrites import append_nodes, parameter_entries, private_attrs, shaped_nodes
 
-__all__ = ["spatial_reductions", "axis_reductions", "tiled_adaptive_pools", "POOL_TYPES"]
+__all__ = ["spatial_reductions", "axis_reductions", "tiled_adaptive_pools", "unsized_global_pools",
+           "POOL_TYPES"]
 
 _log = logging.getLogger(__name__)
 
@@ -269,4 +270,37 @@ def tiled_adaptive_pools(graph, context):
                              stride=window, pad="(0, 0)", pooling_convention="valid")
         _log.debug("Rewrote %s (%s -> %s) as average pooling over %s windows.",
                    node["name"], shape[2:], size, window)
+    return {}
+
+
+def unsized_global_pools(graph, context):
+    """Give a global ``Pooling`` written without a kernel (``F.Pooling(x, global_pool=True,
+    pool_type='avg')``) the unit kernel of its input's rank.
+
+    A global pooling ignores its kernel, but MXNet 1.9.1's int8 pooling reads the kernel's
+    length as the data's rank: without one it failed at the first run ("QuantizedPoolingOp
+    only supports 2D/3D pooling for now, saw0"), and the node was kept fp32 after a
+    rebuild. With the kernel, the backend's rank check sees a 1-D pooling too (no int8
+    kernel: kept fp32 with that reason). Needs the shapes (``context.infer_shapes``).
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    nodes = graph["nodes"]
+    unsized = [n for n in graph["nodes"] if n["op"] == "Pooling"
+               and is_true((n.get("attrs") or {}).get("global_pool"))
+               and not str((n.get("attrs") or {}).get("kernel", "")).strip("()[], ")]
+    if not unsized:
+        return {}
+    _, shapes = shaped_nodes(graph, context, ("Pooling",))
+    for node in unsized:
+        data = node["inputs"][0]
+        shape = shapes.get((nodes[data[0]]["name"], data[1]))
+        if shape is None or len(shape) < 3:
+            continue
+        node["attrs"]["kernel"] = str((1,) * (len(shape) - 2)).replace(",)", ")")
+        _log.debug("Gave the global pooling %s the kernel %s of its %d-D input.",
+                   node["name"], node["attrs"]["kernel"], len(shape) - 2)
     return {}
