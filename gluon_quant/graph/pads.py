@@ -1,15 +1,42 @@
 """Explicit zero padding folded into the convolutions that read it (a ``TRACED`` pass of
-:data:`gluon_quant.graph.passes.PASSES`): an exact fp32 rewrite."""
+:data:`gluon_quant.graph.passes.PASSES`): an exact fp32 rewrite.
+
+A symmetric pad becomes the convolution's own padding. An asymmetric one (TensorFlow's
+"same" padding of a stride-2 convolution on an even size: one row and column after,
+none before) becomes a symmetric padding of the larger side and a kernel with zero taps
+on the smaller side: with ``b`` pixels before and ``a > b`` after, the convolution pads
+``a`` on both sides and its kernel gets ``a - b`` zero taps first, so that its windows
+start where the padded ones did and it has the same number of outputs (and the mirror
+image when ``b > a``). Exact (the added taps multiply padding or nothing); the kernel
+grows (3x3 -> 4x4), so it is done where the added multiply-adds per input value stay
+under :data:`MAX_ADDED_MACS`: depthwise convolutions (1.75 added per value), stems and
+narrow convolutions, not wide ones, which are bound by their multiply-adds. A pad of
+the network's input stays: it is no int8 layer's output, and an image stem read through
+it keeps its own kernel (and :mod:`~gluon_quant.graph.stem`'s measure of its cost).
+"""
 import collections
 
-from .rewrites import attr_ints, prune
+import mxnet as mx
 
-__all__ = ["pads_into_convolutions"]
+from .rewrites import ParamRewrite, attr_ints, prune
+from .stem import reads_input
+
+__all__ = ["pads_into_convolutions", "MAX_ADDED_MACS"]
+
+#: An asymmetric pad is folded into a convolution only where its larger kernel adds at
+#: most this many multiply-adds per input value (``added taps x output channels per
+#: group / stride``). A Pad between int8 layers cost a dequantize, MXNet's slow copy and
+#: a quantize. Measured, int8 (fp32), a 1x1 convolution, the pad (0, 1, 0, 1), a 3x3
+#: stride-2 convolution, batch 16, folded over kept: depthwise 32 channels at 112 px
+#: (1.75 added) 4.1x, 96 at 56 px 9.9x; full 16->32 at 112 px (56) 3.2x, 64->128 at 56
+#: px (224) 2.0x, 128->256 at 56 px (448) 1.95x (fp32 1.08x), 256->512 at 14 px (896)
+#: 1.15x, 512->1024 at 14 px (1792) 0.93x (fp32 0.60x), 1024->2048 at 7 px 0.58x.
+MAX_ADDED_MACS = 512
 
 
-def _symmetric_zero_pad(node):
-    """The per-spatial-axis pads of a zero ``Pad`` that pads every spatial axis by the same
-    amount on both sides and leaves batch and channel axes alone, else None."""
+def _zero_pad_pairs(node):
+    """``[(before, after), ...]`` per spatial axis of a constant-zero ``Pad`` that leaves
+    the batch and channel axes alone, else None."""
     attrs = node.get("attrs") or {}
     if node["op"] not in ("Pad", "pad") or attrs.get("mode", "constant") != "constant" \
             or float(attrs.get("constant_value", 0)) != 0.0:
@@ -17,19 +44,91 @@ def _symmetric_zero_pad(node):
     widths = attr_ints(attrs, "pad_width")
     if len(widths) not in (8, 10) or any(widths[:4]):
         return None
-    pairs = list(zip(widths[4::2], widths[5::2]))
-    return [b for b, e in pairs] if all(b == e for b, e in pairs) else None
+    return list(zip(widths[4::2], widths[5::2]))
 
 
-def pads_into_convolutions(graph, context=None):  # pylint: disable=unused-argument
+def _weight_name(nodes, conv, params):
+    """The parameter ``conv`` reads as its weight, or None (a weight computed in the graph,
+    a cross-correlation's)."""
+    if len(conv["inputs"]) < 2:
+        return None
+    weight = nodes[conv["inputs"][1][0]]
+    return weight["name"] if weight["op"] == "null" and weight["name"] in params else None
+
+
+def _foldable(nodes, reader, entry, index, pairs, params):
+    """Whether the ``Pad`` at ``index`` (``pairs``) can be folded into ``nodes[reader]``,
+    which reads it through ``entry``."""
+    conv = nodes[reader]
+    attrs = conv.get("attrs") or {}
+    if conv["op"] != "Convolution" or conv["inputs"][0] is not entry \
+            or sum(e[0] == index for e in conv["inputs"]) != 1 \
+            or attrs.get("layout", "None") not in ("None", "NCW", "NCHW", "NCDHW") \
+            or len(attr_ints(attrs, "kernel")) != len(pairs):
+        return False
+    if all(b == a for b, a in pairs):
+        return True
+    if any(d != 1 for d in attr_ints(attrs, "dilate")) or len(pairs) == 1:
+        return False    # zero taps of a dilated kernel are d pixels apart; 3-D weights: no pad
+    if _weight_name(nodes, conv, params) is None \
+            or reads_input(nodes, nodes[index]["inputs"][0], params):
+        return False    # a pad of the network's input is no int8 layer's output
+    kernel, stride = attr_ints(attrs, "kernel"), attr_ints(attrs, "stride") or [1] * len(pairs)
+    grown = [k + abs(a - b) for k, (b, a) in zip(kernel, pairs)]
+    per_group = int(attrs.get("num_filter", 0)) // max(int(attrs.get("num_group", 1)), 1)
+    added = (_product(grown) - _product(kernel)) * per_group / _product(stride)
+    return 0 < per_group and added <= MAX_ADDED_MACS
+
+
+def _product(values):
+    out = 1
+    for value in values:
+        out *= value
+    return out
+
+
+def _fold(graph, context, reader, pairs, params):
+    """Fold the zero pad ``pairs`` into the convolution ``graph["nodes"][reader]``, whose
+    weight is one of ``params``."""
+    nodes = graph["nodes"]
+    conv = nodes[reader]
+    attrs = conv.setdefault("attrs", {})
+    own = attr_ints(attrs, "pad") or [0] * len(pairs)
+    sides = [(b + p, a + p) for (b, a), p in zip(pairs, own)]
+    attrs["pad"] = str(tuple(max(side) for side in sides))
+    if all(b == a for b, a in sides):
+        return
+    # Zero taps on the side padded less, as many as it was padded less.
+    taps = [(a - b if a > b else 0, b - a if b > a else 0) for b, a in sides]
+    kernel = attr_ints(attrs, "kernel")
+    attrs["kernel"] = str(tuple(k + sum(t) for k, t in zip(kernel, taps)))
+    weight = _weight_name(nodes, conv, params)
+    target = conv["name"] + "_same_pad_weight"
+    width = (0, 0, 0, 0) + tuple(w for pair in taps for w in pair)
+    context.param_rewrites.append(ParamRewrite(
+        target=target, kind="evaluate", sources=(weight,),
+        graph=mx.sym.pad(mx.sym.var(weight), mode="constant", pad_width=width).tojson()))
+    nodes.append({"op": "null", "name": target, "inputs": []})
+    graph["arg_nodes"].append(len(nodes) - 1)
+    conv["inputs"][1] = [len(nodes) - 1, 0, 0]
+    text = ("its input's asymmetric zero pad %s folded in: padded %s on both sides, kernel "
+            "%s with zero taps (exact)" % (tuple(pairs), attrs["pad"], attrs["kernel"]))
+    before = context.rewritten.get(conv["name"])
+    context.rewritten[conv["name"]] = "%s; %s" % (before, text) if before else text
+
+
+def pads_into_convolutions(graph, context=None):
     """Fold a zero ``Pad`` read only by convolutions into their own padding.
 
     Nets ported from TensorFlow pad explicitly before a convolution without padding
     (GluonCV's Xception and DeepLab: ``F.pad(x, pad_width=(0, 0, 0, 0, 1, 1, 1, 1))`` then
-    a 3x3 convolution). ``Pad`` has no int8 kernel, so each one cost a dequantize and a
-    quantize between int8 layers (63 in Xception-65). Exact where the pad is the same on
-    both sides of each spatial axis (a convolution pads symmetrically); asymmetric pads
-    ("same" padding of a stride-2 convolution) and other modes stay.
+    a 3x3 convolution; "same" padding of a stride-2 convolution, ``(0, 1, 0, 1)``, before
+    EfficientNet-Lite's depthwise ones). ``Pad`` has no int8 kernel, so each one cost a
+    dequantize and a quantize between int8 layers (63 in Xception-65). Symmetric pads are
+    folded into any convolution; asymmetric ones (see the module doc) into those without
+    dilation whose weights are parameters and whose larger kernel adds few multiply-adds
+    (:data:`MAX_ADDED_MACS`; ``context`` names the parameters and receives the padded
+    weights; without it they stay). Other modes stay.
 
     Returns
     -------
@@ -37,27 +136,23 @@ def pads_into_convolutions(graph, context=None):  # pylint: disable=unused-argum
         Empty: the rewrite keeps nothing in fp32.
     """
     nodes = graph["nodes"]
+    params = set() if context is None else (
+        set(context.param_shapes) | {r.target for r in context.param_rewrites})
     readers = collections.defaultdict(list)
     for index, node in enumerate(nodes):
         for entry in node["inputs"]:
             readers[entry[0]].append((index, entry))
     heads = {h[0] for h in graph["heads"]}
     changed = False
-    for index, node in enumerate(nodes):
-        pads = _symmetric_zero_pad(node)
+    for index in range(len(nodes)):
+        node = nodes[index]
+        pairs = _zero_pad_pairs(node)
         users = readers.get(index, [])
-        if pads is None or index in heads or not users or any(
-                nodes[r]["op"] != "Convolution" or nodes[r]["inputs"][0] is not entry
-                or sum(e[0] == index for e in nodes[r]["inputs"]) != 1
-                or (nodes[r].get("attrs") or {}).get("layout", "None") not in (
-                    "None", "NCW", "NCHW", "NCDHW")
-                or len(attr_ints(nodes[r].get("attrs") or {}, "kernel")) != len(pads)
-                for r, entry in users):
+        if pairs is None or index in heads or not users or not all(
+                _foldable(nodes, r, entry, index, pairs, params) for r, entry in users):
             continue
         for reader, _ in users:
-            attrs = nodes[reader].setdefault("attrs", {})
-            own = attr_ints(attrs, "pad") or [0] * len(pads)
-            attrs["pad"] = str(tuple(p + q for p, q in zip(own, pads)))
+            _fold(graph, context, reader, pairs, params)
             nodes[reader]["inputs"][0] = list(node["inputs"][0])
         changed = True
     if changed:

@@ -39,7 +39,7 @@ import numpy as np
 from .rewrites import known_shape
 
 __all__ = ["DEPTHWISE_REASON", "MAX_STEM_CHANNELS", "MAX_STEM_SHARE", "STEM_REASON",
-           "fp32_stem"]
+           "fp32_stem", "reads_input"]
 
 #: A convolution reading a network input with at most this many channels is a stem
 #: (images: 1 grey, 3 RGB, 4 RGBA or RGB-D).
@@ -100,7 +100,7 @@ def _source(nodes, entry, params):
     return entry[0]
 
 
-def _reads_input(nodes, entry, params):
+def reads_input(nodes, entry, params):
     """Whether ``entry`` is a network input, or one through pass-through operators."""
     node = nodes[_source(nodes, entry, params)]
     return node["op"] == "null" and node["name"] not in params
@@ -150,7 +150,7 @@ def fp32_stem(graph, context):
     stems = set()
     for index, (conv, shape) in convs.items():
         groups = int((conv.get("attrs") or {}).get("num_group", "1"))
-        if shape[1] * groups <= MAX_STEM_CHANNELS and _reads_input(
+        if shape[1] * groups <= MAX_STEM_CHANNELS and reads_input(
                 nodes, nodes[index]["inputs"][0], params):
             stems.add(index)
     found = {}
