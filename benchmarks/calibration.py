@@ -40,9 +40,8 @@ import numpy as np
 
 import gluon_quant as gq
 from gluon_quant.calib import CALIBRATORS
-from gluon_quant.zoo import efficientnet_lite
 from gluon_quant.zoo.batchnorm import reestimate_batchnorm
-from _common import zoo_net
+from _common import real_weights, zoo_net
 
 METHODS = ("minmax", "entropy", "percentile", "mse")
 #: Goal for the whole ``quantize()`` (bias correction included), as a ratio to the floor.
@@ -60,21 +59,9 @@ def smooth_images(count, batch, seed=0):
     return out
 
 
-def _net(name, source=None):
-    """GluonCV ``name`` (random weights), or an EfficientNet-Lite with its ImageNet weights;
-    with ``source``, a fresh copy of its weights."""
-    if not name.startswith("efficientnet_lite"):
-        return zoo_net(name, source)
-    net = efficientnet_lite(name)
-    if source is not None:
-        for dst, src in zip(net.collect_params().values(), source.collect_params().values()):
-            dst.set_data(src.data())
-    return net
-
-
 def make_net(name, batches):
-    net = _net(name)
-    if not name.startswith("efficientnet_lite"):    # random weights: realistic statistics
+    net = zoo_net(name)
+    if not real_weights(name):    # random weights: realistic statistics
         reestimate_batchnorm(net, mx.nd.concat(*batches[:2], dim=0))
     return net
 
@@ -116,7 +103,7 @@ def gluon_quant_run(net, batches, method):
 
 
 def mxnet_run(name, net, batches, mode):
-    fresh = _net(name, net)
+    fresh = zoo_net(name, net)
     data = mx.nd.concat(*batches, dim=0)
     it = mx.io.NDArrayIter(data=data, batch_size=batches[0].shape[0])
     shape = mx.io.DataDesc("data", batches[0].shape)

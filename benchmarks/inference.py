@@ -1,7 +1,8 @@
 """Inference speed: fp32, fused fp32, MXNet's int8 and gluon_quant's int8, side by side.
 
 For each GluonCV model (``pretrained=False``, BatchNorm statistics re-estimated on crops of
-real photos so that activations are realistic) and batch size, this times:
+real photos so that activations are realistic), or EfficientNet-Lite0/1/2 with their
+ImageNet weights (``--models efficientnet_lite0``), and batch size, this times:
 
 * ``fp32``      the net hybridized with ``static_alloc`` / ``static_shape``;
 * ``fused``     fp32 with oneDNN fusion (``optimize_for(x, backend='MKLDNN')``; no
@@ -61,7 +62,7 @@ os.environ.setdefault("OMP_NUM_THREADS", str(os.cpu_count() or 1))
 import mxnet as mx  # noqa: E402 (after the thread setting)
 import numpy as np
 from mxnet.contrib import quantization as mxq
-from _common import zoo_net as _zoo_net
+from _common import real_weights, zoo_net as _zoo_net
 from _ort import VARIANTS as PEER_VARIANTS, OrtPeer, PeerUnavailable, resolve_ort_python
 
 import gluon_quant as gq
@@ -72,7 +73,8 @@ MODELS = ("resnet18_v1", "resnet50_v1", "mobilenet1.0", "mobilenetv2_1.0")
 #: Input side of the nets that do not take 224 x 224 images.
 IMAGE_SIZES = {"ssd_512_resnet50_v1_voc": 512, "ssd_512_mobilenet1.0_voc": 512,
                "ssd_300_vgg16_atrous_voc": 300, "yolo3_darknet53_voc": 416,
-               "yolo3_mobilenet1.0_voc": 416, "fcn_resnet50_voc": 480}
+               "yolo3_mobilenet1.0_voc": 416, "fcn_resnet50_voc": 480,
+               "efficientnet_lite1": 240, "efficientnet_lite2": 260}
 VARIANTS = ("fp32", "fused", "mxnet", "gq", "raw")
 #: Targets from the issue.
 TARGET_SPEEDUP = ("resnet50_v1", 16, 4.0)
@@ -96,7 +98,8 @@ def build_variants(name, calib, batch_sizes, nms=True):
         return net
 
     net = zoo_net(name)
-    set_batchnorm_statistics(net, mx.nd.array(np.concatenate(calib)))
+    if not real_weights(name):      # random weights: realistic statistics
+        set_batchnorm_statistics(net, mx.nd.array(np.concatenate(calib)))
     variants = {}
 
     fp32 = zoo_net(name, net, size)
