@@ -280,8 +280,8 @@ def unsized_global_pools(graph, context):
     A global pooling ignores its kernel, but MXNet 1.9.1's int8 pooling reads the kernel's
     length as the data's rank: without one it failed at the first run ("QuantizedPoolingOp
     only supports 2D/3D pooling for now, saw0"), and the node was kept fp32 after a
-    rebuild. With the kernel, the backend's rank check sees a 1-D pooling too (no int8
-    kernel: kept fp32 with that reason). Needs the shapes (``context.infer_shapes``).
+    rebuild. With the kernel it runs in int8 like any global pooling (a 1-D one after
+    ``lift_1d_to_2d`` made it 2-D). Needs the shapes (``context.infer_shapes``).
 
     Returns
     -------
