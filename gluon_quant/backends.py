@@ -284,10 +284,11 @@ ONEDNN = BackendSpec(
         "LeakyReLU(gelu)": "GELU has no int8 kernel of its own: it runs fused into the dense "
                            "layer before it wherever that layer is int8, in fp32 elsewhere",
         # Not an operator: the reason graph/deconv.py's shuffle gets (by its attribute).
-        "depth-to-space shuffle": "moves data only (after a Deconvolution run as an int8 "
-                                  "convolution: a one-hot grouped Deconvolution, 3.4x "
-                                  "faster than MXNet's depth_to_space): it runs in fp32 "
-                                  "on the convolution's dequantized output",
+        "depth-to-space shuffle": "moves data only (a pixel shuffle, or the end of a "
+                                  "Deconvolution run as an int8 convolution: a one-hot "
+                                  "grouped Deconvolution, 3.4x faster than MXNet's "
+                                  "depth_to_space): it runs in fp32 on the dequantized "
+                                  "values",
         # Not an operator: the reason graph/upsampling.py's deconvolution gets.
         "nearest upsampling": "copies data only (a nearest upsampling, run as a depthwise "
                               "Deconvolution over a kernel of ones: oneDNN's kernel, 3x "

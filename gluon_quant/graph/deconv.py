@@ -34,7 +34,6 @@ OpSupport.rewrite` on its ``Deconvolution`` entry and that entry's conditions, a
 the measured ``min_intensity``); the rewritten nodes are listed in ``context.rewritten``
 for ``report()``.
 """
-import dataclasses
 import json
 import logging
 import math
@@ -47,8 +46,7 @@ from ..backends import why_not_int8
 from .rewrites import ParamRewrite, append_nodes, known_shape, reachable
 
 __all__ = ["deconv_as_conv", "conv_geometry", "why_not_rewritten", "intensity_of",
-           "REWRITE_NAME",
-           "SHUFFLE_ATTR"]
+           "REWRITE_NAME", "SHUFFLE_ATTR", "shuffle_weight"]
 
 _log = logging.getLogger(__name__)
 
@@ -193,16 +191,14 @@ def _repeat_expression(name, times):
     return _mxnet.graph_json(mx.sym.repeat(mx.sym.var(name), repeats=times, axis=0))
 
 
-def _shuffle_weight(stride, filters):
-    """The one-hot weight of the grouped Deconvolution (kernel = stride) that moves channel
-    ``c * P + phase`` (``P = prod(stride)``, phases in row-major order) to its pixel of
-    each stride-sized block of channel ``c``."""
+def shuffle_weight(stride, filters):
+    """The values of the one-hot weight ``(filters * P, 1) + stride`` of the grouped
+    Deconvolution (kernel = stride) that moves channel ``c * P + phase`` (``P =
+    prod(stride)``, phases in row-major order) to its pixel of each stride-sized block of
+    channel ``c``; as a grouped Convolution's weight, it does the inverse."""
     phases = int(np.prod(stride))
     one = np.eye(phases, dtype="float32").reshape((phases, 1) + tuple(stride))
-    return ParamRewrite(target="", kind="constant", sources=(),
-                        shape=(filters * phases, 1) + tuple(stride),
-                        values=tuple(np.tile(one, (filters,) + (1,) * (len(stride) + 1))
-                                     .ravel().tolist()))
+    return tuple(np.tile(one, (filters,) + (1,) * (len(stride) + 1)).ravel().tolist())
 
 
 def _shuffle_attrs(stride, filters, geometry):
@@ -360,12 +356,13 @@ def deconv_as_conv(graph, context):
         rest = [(g[2], g[3]) for g in geometry]
         if phases > 1:      # (stride 1: a plain convolution, nothing to shuffle)
             shuffle_attrs, rest = _shuffle_attrs(stride, filters, geometry)
-            shuffle_weight = dataclasses.replace(_shuffle_weight(stride, filters),
-                                                 target=target + "_shuffle_weight")
-            context.param_rewrites.append(shuffle_weight)
+            shuffle = ParamRewrite(target=target + "_shuffle_weight", kind="constant",
+                                   sources=(), shape=(filters * phases, 1) + tuple(stride),
+                                   values=shuffle_weight(stride, filters))
+            context.param_rewrites.append(shuffle)
             nodes.append({"op": "Deconvolution", "name": node["name"] + SHUFFLE_SUFFIX,
                           "attrs": shuffle_attrs, "inputs": [[last, 0, 0], variable(
-                              shuffle_weight.target)]})
+                              shuffle.target)]})
             out = len(nodes) - 1
             shufflers.add(out)
         if any(r != (0, 0) for r in rest):

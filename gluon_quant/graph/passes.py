@@ -21,18 +21,19 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     3))``, :func:`~gluon_quant.graph.pooling.spatial_reductions`), with a ``Flatten``,
     and an adaptive pooling whose windows tile its input (``tiled_adaptive_pools``); a
     global ``Pooling`` written without a kernel gets the unit kernel of its rank, which
-    MXNet's int8 pooling reads (``unsized_global_pools``); a
-    mean, max or sum over one other axis (token pooling ``x.mean(axis=1)``, CBAM's channel
-    mean) runs as a global ``Pooling`` over that axis moved last, a sum or mean over axis
-    1 as a ``Deconvolution`` of ones (``axis_reductions``: MXNet's are 4-60x slower).
-    :func:`~gluon_quant.graph.reshapes.reshapes_as_flatten`: a reshape that flattens each
-    sample (``x.reshape((0, -1))``, NumPy mode's ``x.reshape((-1, C*H*W))``) becomes
-    ``Flatten``, which has an int8 kernel and reads oneDNN's blocked layouts right;
+    MXNet's int8 pooling reads (``unsized_global_pools``); a mean, max or sum over one
+    other axis (token pooling ``x.mean(axis=1)``, CBAM's channel mean) runs as a global
+    ``Pooling`` over that axis moved last, a sum or mean over axis 1 as a
+    ``Deconvolution`` of ones (``axis_reductions``: MXNet's are 4-60x slower).
+    ``reshapes.reshapes_as_flatten``: a reshape that flattens each sample (``x.reshape((0,
+    -1))``, ``x.reshape((-1, C*H*W))``) becomes ``Flatten``, which has an int8 kernel and
+    reads oneDNN's blocked layouts right;
     :func:`~gluon_quant.graph.reshapes.numpy_reshapes`: NumPy mode's reshapes run as the
     legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs);
     ``permutes``: ``SwapAxis`` as oneDNN's ``transpose``, equal splits as slices;
     ``shuffles.channel_shuffles``: ShuffleNet's channel shuffle (reshape, swap, reshape)
-    and its channel slices as one-hot 1x1 convolutions, int8 between int8 layers.
+    and its channel slices as one-hot 1x1 convolutions, int8 between int8 layers;
+    ``pixelshuffle``: depth-to-space as a one-hot grouped Deconvolution (its inverse int8).
     :func:`~gluon_quant.graph.deconv.deconv_as_conv`: a 1-D/2-D Deconvolution runs as an
     int8 convolution + a depth-to-space shuffle where the backend declares it and it was
     measured faster (simple_pose_resnet18: 1.78x -> 2.6-2.9x fp32).
@@ -117,12 +118,11 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`~gluon_quant.graph.guards.grouped_per_tensor` (oneDNN): a grouped convolution
     (1 < groups < channels) outputs int32 with one weight scale, and a requantize after it
     takes its calibrated range (per-channel scales are applied per group by MXNet).
-    :func:`~gluon_quant.graph.maxpools.int8_max_pools`: an fp32 max pooling of a
-    dequantized tensor (through functions that never decrease) runs as int8 pooling.
+    ``maxpools.int8_max_pools``: an fp32 max pooling of a dequantized tensor (through
+    functions that never decrease) runs as int8 pooling.
 
-Debugging and presets use :func:`calibrated_nodes` and the helpers of
-:mod:`gluon_quant.graph.tools` (re-exported here): :func:`insert_fake_quant`,
-:func:`downstream_nodes`, :func:`count_ops`.
+Debugging and presets use :func:`calibrated_nodes` and, re-exported from
+:mod:`~gluon_quant.graph.tools`, :func:`insert_fake_quant`, :func:`downstream_nodes`.
 """
 import collections
 import enum
@@ -158,6 +158,7 @@ from .pooling import (axis_reductions, spatial_reductions, tiled_adaptive_pools,
                       unsized_global_pools)
 from .permutes import splits_as_slices, swapaxes_as_transpose
 from .shuffles import channel_shuffles
+from .pixelshuffle import pixel_shuffles
 from .reshapes import numpy_reshapes, reshapes_as_flatten
 from .stem import fp32_stem
 from .tools import QDQ_OPS, count_ops, downstream_nodes, insert_fake_quant
@@ -703,6 +704,7 @@ PASSES = (
     GraphPass("swapaxes_as_transpose", Stage.TRACED, swapaxes_as_transpose),
     GraphPass("splits_as_slices", Stage.TRACED, splits_as_slices),
     GraphPass("channel_shuffles", Stage.TRACED, channel_shuffles),
+    GraphPass("pixel_shuffles", Stage.TRACED, pixel_shuffles),
     GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),
     # Before the activation and fusion guards: they see the convolution it makes.
     GraphPass("deconv_as_conv", Stage.TRACED, deconv_as_conv),

@@ -115,14 +115,15 @@ def _split(node, shape):
     return axis, bounds, squeeze
 
 
-def varied_shapes(graph, infer):
+def varied_shapes(graph, infer, fixed=None):
     """The graph's shapes with each input axis in turn doubled, where MXNet infers them
-    (a size the net does not take gives none); ``infer`` is an ``_mxnet.GraphShapes``."""
+    (a size the net does not take gives none); ``infer`` is an ``_mxnet.GraphShapes``.
+    ``fixed`` (name -> shape, such as the parameters') is given at every size."""
     base = infer.input_shapes
     for name, shape in base.items():
         for axis in range(len(shape)):
-            shapes = infer(graph, dict(base, **{name: tuple(
-                2 * d if i == axis else d for i, d in enumerate(shape))}))
+            shapes = infer(graph, dict(fixed or {}, **dict(base, **{name: tuple(
+                2 * d if i == axis else d for i, d in enumerate(shape))})))
             if shapes:
                 yield shapes
 
