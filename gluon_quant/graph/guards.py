@@ -70,7 +70,7 @@ def canonical_activations(graph, ops=tuple(FUSABLE_ACTIVATIONS)):
     also has an int8 kernel (``_contrib_quantized_act``) for ``Activation(relu)`` only. So
     ``F.relu`` after a conv costs a dequantize/fp32 relu/quantize round trip, and after a
     residual sum it leaves the fused sum with an int8 output fed by a uint8 operand (the
-    case :func:`gluon_quant.graph.passes.fused_sum_dtypes` has to re-quantize).
+    case :func:`gluon_quant.graph.fusedsum.fused_sum_dtypes` has to re-quantize).
     ``sigmoid``/``tanh``/``softsign`` are rewritten too: they stay fp32 in int8 graphs
     either way, but ``Activation`` runs oneDNN's eltwise kernel, where MXNet's own
     ``sigmoid`` and ``tanh`` operators are 9x and 30x slower (6.9 and 27 ms against 0.75
