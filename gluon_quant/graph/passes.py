@@ -30,7 +30,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     reads oneDNN's blocked layouts right;
     :func:`~gluon_quant.graph.reshapes.numpy_reshapes`: NumPy mode's reshapes run as the
     legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs);
-    ``permutes``: ``SwapAxis`` as oneDNN's ``transpose``, equal splits as slices;
+    ``permutes``: ``SwapAxis`` as oneDNN's ``transpose``, equal splits as slices, slices
+    keeping every value passed through;
     ``shuffles.channel_shuffles``: ShuffleNet's channel shuffle (reshape, swap, reshape)
     and its channel slices as one-hot 1x1 convolutions, int8 between int8 layers;
     ``pixelshuffle``: depth-to-space as a one-hot grouped Deconvolution (its inverse int8).
@@ -150,7 +151,7 @@ from .scalars import small_powers, unit_scalars
 from .upsampling import nearest_upsampling_as_deconv
 from .pooling import (axis_reductions, spatial_reductions, tiled_adaptive_pools,
                       unsized_global_pools)
-from .permutes import splits_as_slices, swapaxes_as_transpose
+from .permutes import splits_as_slices, swapaxes_as_transpose, whole_slices
 from .shuffles import channel_shuffles
 from .fusedsum import fused_sum_dtypes, fused_sum_pass
 from .pixelshuffle import pixel_shuffles
@@ -626,6 +627,7 @@ PASSES = (
     GraphPass("numpy_reshapes", Stage.TRACED, numpy_reshapes),
     GraphPass("swapaxes_as_transpose", Stage.TRACED, swapaxes_as_transpose),
     GraphPass("splits_as_slices", Stage.TRACED, splits_as_slices),
+    GraphPass("whole_slices", Stage.TRACED, whole_slices),
     GraphPass("channel_shuffles", Stage.TRACED, channel_shuffles),
     GraphPass("pixel_shuffles", Stage.TRACED, pixel_shuffles),
     GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),

@@ -28,13 +28,20 @@ first under the node's name, the others ``<name>_part<i>``; NumPy mode's ``np.sp
 so only a split whose axis keeps its size at every input size the net takes is rewritten:
 the graph's shapes are inferred again with each input axis in turn doubled, and a split
 whose axis changes with one (a split over a sequence's time steps) is left. Bit-exact.
+
+**Whole slices** go. GhostNet's module ends ``out[:, :self.oup]`` over a concatenation of
+exactly ``oup`` channels (its primary and cheap halves), and ports write such guards
+elsewhere. A slice has no int8 kernel: between int8 layers it cost a dequantize, a copy
+and a quantize. :func:`whole_slices` passes the input through where the slice keeps every
+value at every input size the net takes (its output shape is its input's, with the
+parameters' shapes held and each input axis in turn doubled).
 """
 import logging
 
 from .builder import NodeBuilder
-from .rewrites import parameter_entries, private_attrs, shaped_nodes
+from .rewrites import known_shape, parameter_entries, private_attrs, prune, shaped_nodes
 
-__all__ = ["swapaxes_as_transpose", "splits_as_slices", "varied_shapes"]
+__all__ = ["swapaxes_as_transpose", "splits_as_slices", "varied_shapes", "whole_slices"]
 
 _log = logging.getLogger(__name__)
 
@@ -186,4 +193,47 @@ def splits_as_slices(graph, context):
     graph["heads"] = [list(moved.get((h[0], h[1]), h)) for h in graph["heads"]]
     build.append()
     _log.debug("Ran %d split(s) as slices.", len(found))
+    return {}
+
+
+_SLICES = ("slice_axis", "slice", "_npi_slice")
+
+
+def whole_slices(graph, context):
+    """Pass through the slices (``slice_axis``, ``slice``) that keep every value of their
+    input at every input size the net takes (see the module docstring); slices the user's
+    ``exclude`` names, and slices of a network input read as an output, stay.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    nodes = graph["nodes"]
+    candidates, shapes = shaped_nodes(graph, context, _SLICES, arity=1)
+    if not candidates or not getattr(context.infer_shapes, "input_shapes", None):
+        return {}
+    heads = {h[0] for h in graph["heads"]}
+    index = {id(n): i for i, n in enumerate(nodes)}
+    key = lambda entry: (nodes[entry[0]]["name"], entry[1])     # noqa: E731
+    found = {}
+    for node in candidates:
+        data = node["inputs"][0]
+        shape = shapes.get(key(data))
+        if shape and shapes.get((node["name"], 0)) == shape \
+                and node["name"] not in context.excluded \
+                and not (nodes[data[0]]["op"] == "null" and index[id(node)] in heads):
+            found[index[id(node)]] = data
+    fixed = {k: v for k, v in context.param_shapes.items() if known_shape(v)}
+    for varied in varied_shapes(graph, context.infer_shapes, fixed) if found else ():
+        for position, data in list(found.items()):
+            if varied.get((nodes[position]["name"], 0)) != varied.get(key(data)):
+                del found[position]
+    if not found:
+        return {}
+    for node in nodes:
+        node["inputs"] = [list(found[e[0]]) if e[0] in found else e for e in node["inputs"]]
+    graph["heads"] = [list(found[h[0]]) if h[0] in found else h for h in graph["heads"]]
+    prune(graph)
+    _log.debug("Passed %d whole slice(s) through.", len(found))
     return {}

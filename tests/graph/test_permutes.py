@@ -11,7 +11,7 @@ from gluon_quant import _mxnet
 from gluon_quant._mxnet import infer_graph_shapes
 from gluon_quant.backends import ONEDNN
 from gluon_quant.graph.passes import PassContext
-from gluon_quant.graph.permutes import splits_as_slices, swapaxes_as_transpose
+from gluon_quant.graph.permutes import splits_as_slices, swapaxes_as_transpose, whole_slices
 
 from _checks import assert_matches_and_reloads
 from conftest import placed
@@ -172,6 +172,57 @@ def test_splits_of_parameters_or_excluded_or_without_input_shapes_are_left():
                     PassContext(spec=ONEDNN, excluded=frozenset(name),
                                 infer_shapes=_mxnet.GraphShapes({"data": (3, 5)}))):
         assert splits_as_slices(graph, context) == {} and graph == before
+
+
+def _conv(x, name="conv"):
+    return mx.sym.Convolution(x, kernel=(3, 3), num_filter=6, pad=(1, 1), name=name)
+
+
+#: name -> (graph over "data" (2, 3, 6, 5), whether the slice is passed through)
+WHOLE = {
+    "GhostNet's out[:, :oup] of exactly oup channels": (
+        lambda x: mx.sym.slice_axis(mx.sym.concat(_conv(x), mx.sym.relu(_conv(x, "cheap")),
+                                                  dim=1), axis=1, begin=0, end=12), True),
+    "slice with every bound given": (
+        lambda x: mx.sym.slice(_conv(x), begin=(0, 0, 0, 0), end=(None, 6, None, None)),
+        True),
+    "a slice of fewer channels": (
+        lambda x: mx.sym.slice_axis(_conv(x), axis=1, begin=0, end=4), False),
+    # the rows of the traced size only: the slice would cut a larger input
+    "the rows of the traced input": (
+        lambda x: mx.sym.slice_axis(_conv(x), axis=2, begin=0, end=6), False),
+    # the network input itself as an output
+    "a network input read as an output": (
+        lambda x: mx.sym.slice_axis(x, axis=1, begin=0, end=3), False),
+}
+
+
+@pytest.mark.parametrize("form", sorted(WHOLE))
+def test_a_slice_keeping_every_value_is_passed_through(form):
+    """Its readers read its input instead, the same values at the traced size and another;
+    slices that cut at some size, or would leave a network input as an output, stay."""
+    function, passed = WHOLE[form]
+    graph = json.loads(function(mx.sym.var("data")).tojson())
+    before = json.loads(json.dumps(graph))
+    shape = (2, 3, 6, 5)
+    context = PassContext(spec=ONEDNN, infer_shapes=_mxnet.GraphShapes({"data": shape}),
+                          param_shapes={"%s_%s" % (layer, kind): shape for layer in (
+                              "conv", "cheap") for kind, shape in (
+                                  ("weight", (6, 3, 3, 3)), ("bias", (6,)))})
+    assert whole_slices(graph, context) == {}
+    ops = [n["op"] for n in graph["nodes"]]
+    assert ("slice_axis" not in ops and "slice" not in ops) == passed, ops
+    assert passed or graph == before
+    old, new = (mx.sym.load_json(json.dumps(g)) for g in (before, graph))
+    args, _, _ = old.infer_shape(data=shape)
+    values = {name: mx.nd.array(RS.uniform(-3, 5, s).astype("float32"))
+              for name, s in zip(old.list_arguments(), args)}
+    assert np.array_equal(old.eval(**values)[0].asnumpy(), new.eval(**values)[0].asnumpy())
+    excluded = [n["name"] for n in before["nodes"] if n["op"] in ("slice", "slice_axis")]
+    graph = json.loads(json.dumps(before))
+    context = PassContext(spec=ONEDNN, infer_shapes=_mxnet.GraphShapes({"data": shape}),
+                          excluded=frozenset(excluded))
+    assert whole_slices(graph, context) == {} and graph == before
 
 
 class _Decoder(nn.HybridBlock):
