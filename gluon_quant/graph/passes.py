@@ -31,7 +31,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     :func:`~gluon_quant.graph.reshapes.numpy_reshapes`: NumPy mode's reshapes run as the
     legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs);
     ``permutes``: ``SwapAxis`` as oneDNN's ``transpose``, equal splits as slices, slices
-    keeping every value passed through;
+    keeping every value passed through; ``channelsplits``: a convolution read through
+    channel slices as one convolution per slice;
     ``shuffles.channel_shuffles``: ShuffleNet's channel shuffle (reshape, swap, reshape)
     and its channel slices as one-hot 1x1 convolutions, int8 between int8 layers;
     ``pixelshuffle``: depth-to-space as a one-hot grouped Deconvolution (its inverse int8).
@@ -56,7 +57,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     NumPy mode) becomes ``elemwise_add``, which oneDNN fuses as a residual sum;
     :func:`numpy_concatenations`: ``np.concatenate`` becomes ``Concat`` (an int8 kernel).
     ``identity_chains``: no-ops in a row become one (MXNet's fusion broke on two);
-    ``scalars``: ``x * 1`` and ``x / 1`` removed, ``x ** 2``, ``x ** 3`` as ``square``.
+    ``scalars``: ``x * 1`` and ``x / 1`` removed, ``x ** 2``, ``x ** 3`` as ``square``,
+    ``y + y`` as ``y * 2`` (MXNet's conv + sum fusion of it failed).
     :func:`canonical_activations` (guards): ``F.relu``, ``F.sigmoid``, ``F.tanh`` run as
     ``Activation`` (relu fuses; sigmoid and tanh run oneDNN's kernels, 9x and 30x faster).
     :func:`~gluon_quant.graph.pads.pads_into_convolutions`: a symmetric zero ``Pad``
@@ -147,12 +149,13 @@ from .normalize import fold_input_normalization
 from .prelu import prelu_as_leaky
 from .clamps import clamps_as_activations, hard_sigmoids
 from .norms import norms_as_last_axis_layernorm, written_layernorms
-from .scalars import small_powers, unit_scalars
+from .scalars import self_sums, small_powers, unit_scalars
 from .upsampling import nearest_upsampling_as_deconv
 from .pooling import (axis_reductions, spatial_reductions, tiled_adaptive_pools,
                       unsized_global_pools)
 from .permutes import splits_as_slices, swapaxes_as_transpose, whole_slices
 from .shuffles import channel_shuffles
+from .channelsplits import channel_split_convolutions
 from .fusedsum import fused_sum_dtypes, fused_sum_pass
 from .pixelshuffle import pixel_shuffles
 from .reshapes import numpy_reshapes, reshapes_as_flatten
@@ -614,6 +617,7 @@ PASSES = (
     GraphPass("identity_chains", Stage.TRACED, identity_chains),
     GraphPass("unit_scalars", Stage.TRACED, unit_scalars),
     GraphPass("small_powers", Stage.TRACED, small_powers),
+    GraphPass("self_sums", Stage.TRACED, self_sums),
     GraphPass("written_layernorms", Stage.TRACED, written_layernorms),
     GraphPass("loss_heads", Stage.TRACED, loss_heads),
     GraphPass("channels_first_convolutions", Stage.TRACED, channels_first_convolutions),
@@ -628,6 +632,7 @@ PASSES = (
     GraphPass("swapaxes_as_transpose", Stage.TRACED, swapaxes_as_transpose),
     GraphPass("splits_as_slices", Stage.TRACED, splits_as_slices),
     GraphPass("whole_slices", Stage.TRACED, whole_slices),
+    GraphPass("channel_split_convolutions", Stage.TRACED, channel_split_convolutions),
     GraphPass("channel_shuffles", Stage.TRACED, channel_shuffles),
     GraphPass("pixel_shuffles", Stage.TRACED, pixel_shuffles),
     GraphPass("reshapes_as_flatten", Stage.TRACED, reshapes_as_flatten),

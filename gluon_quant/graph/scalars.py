@@ -1,4 +1,5 @@
-"""Multiplications and divisions by 1 removed; small integer powers run as products.
+"""Multiplications and divisions by 1 removed; small integer powers run as products; a sum
+of a tensor with itself run as a product by 2.
 
 **Unit scalars.**
 
@@ -21,13 +22,21 @@ takes 1.3 ms. :func:`small_powers` runs ``x ** 2`` as ``square(x)`` and ``x ** 3
 ``x * square(x)`` (and NumPy mode's ``_npi_power_scalar`` the same way): equal up to
 float rounding (``square`` is correctly rounded, MXNet's ``powf`` is 1 ulp off for 0.05%
 of values; the cube is rounded twice). Nodes the user's ``exclude`` names are left.
+
+**Self sums.** ``y + y`` of a convolution's output broke MXNet 1.9.1's oneDNN fusion: it
+fuses the convolution with the sum, reading the convolution's own output as the sum
+operand, and the fused graph fails shape inference ("Shape inconsistent, Provided =
+[8], inferred shape=(8,-1,3,3)"): quantization failed. :func:`self_sums` runs a sum
+whose two operands are one tensor as ``_mul_scalar(y, 2)``, bit-exact (doubling is exact
+in IEEE arithmetic), which :func:`~gluon_quant.graph.affine.affine_into_layers` then folds
+into the convolution before it.
 """
 import logging
 
 from .builder import NodeBuilder
 from .rewrites import private_attrs, prune
 
-__all__ = ["unit_scalars", "small_powers", "UNIT_SCALAR_OPS"]
+__all__ = ["unit_scalars", "small_powers", "self_sums", "UNIT_SCALAR_OPS"]
 
 _log = logging.getLogger(__name__)
 
@@ -101,4 +110,32 @@ def small_powers(graph, context):
     build.append()
     if done:
         _log.debug("Ran %d power(s) of 2 or 3 as square(s).", done)
+    return {}
+
+
+#: Sums of two tensors (legacy, broadcasting and NumPy mode's).
+_SUMS = frozenset(("elemwise_add", "_plus", "_Plus", "broadcast_add", "broadcast_plus",
+                   "_npi_add"))
+
+
+def self_sums(graph, context):
+    """Run a sum of a tensor with itself as a product by 2, in place under the sum's name
+    (see the module docstring); nodes the user's ``exclude`` names are left.
+
+    Returns
+    -------
+    dict
+        Empty: the rewrite keeps nothing in fp32.
+    """
+    excluded = context.excluded if context is not None else frozenset()
+    done = 0
+    for node in graph["nodes"]:
+        inputs = node["inputs"]
+        if node["op"] in _SUMS and len(inputs) == 2 and inputs[0][:2] == inputs[1][:2] \
+                and node["name"] not in excluded:
+            node.update(op="_mul_scalar", inputs=[list(inputs[0])],
+                        attrs=dict(private_attrs(node), scalar="2.0"))
+            done += 1
+    if done:
+        _log.debug("Ran %d sum(s) of a tensor with itself as products by 2.", done)
     return {}

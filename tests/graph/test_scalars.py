@@ -1,6 +1,7 @@
 """Swish, sigmoid and tanh at oneDNN's speed: multiplications by 1 removed
 (graph.scalars.unit_scalars), ``sigmoid``/``tanh`` run as ``Activation`` (graph.guards);
-``x ** 2`` and ``x ** 3`` as ``square`` (graph.scalars.small_powers)."""
+``x ** 2`` and ``x ** 3`` as ``square`` (graph.scalars.small_powers); ``y + y`` as ``y * 2``
+(graph.scalars.self_sums)."""
 import json
 
 import mxnet as mx
@@ -11,7 +12,7 @@ from mxnet.gluon import nn
 
 import gluon_quant as gq
 from gluon_quant.debug.metrics import cosine
-from gluon_quant.graph.scalars import small_powers, unit_scalars
+from gluon_quant.graph.scalars import self_sums, small_powers, unit_scalars
 
 from _checks import assert_matches_and_reloads
 from conftest import placed
@@ -162,3 +163,41 @@ def test_powers_run_as_squares_between_int8_dense_layers(tmp_path):
         batches[2], mx.nd.array(RS.uniform(-2, 2, (3, 5, 64)).astype("float32"))), tmp_path)
     kept = gq.quantize(net, batches[:2], exclude=["*powerscalar0"], progress=False)
     assert [r.op for r in kept.report()].count("_power_scalar") == 1
+
+
+class _Doubled(nn.HybridBlock):
+    """A convolution's output added to itself (``y + y``), as a hand-written residual
+    scaling may do."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.conv = nn.Conv2D(8, 3, padding=1)
+            self.head = nn.Conv2D(4, 1)
+
+    def hybrid_forward(self, F, x):
+        y = self.conv(x)
+        return self.head(F.relu(y + y))
+
+
+def test_a_sum_of_a_tensor_with_itself_runs_as_a_product_by_two(tmp_path):
+    """MXNet 1.9.1 fused ``conv(x) + conv(x)`` into one convolution reading its own output
+    as the sum, and the fused graph failed shape inference: quantization failed. As ``y *
+    2`` (bit-exact) the scale folds into the convolution; ``exclude`` keeps the sum."""
+    graph = json.loads((lambda y: y + y)(mx.sym.var("data")).tojson())
+    data = mx.nd.array(np.concatenate([RS.randn(60) * 30, [np.nan, -0.0, np.inf, -np.inf]])
+                       .astype("float32").reshape(8, 8))
+    ref = mx.sym.load_json(json.dumps(graph)).eval(data=data)[0].asnumpy()
+    assert self_sums(graph, None) == {}
+    assert [(n["op"], n.get("attrs")) for n in graph["nodes"] if n["op"] != "null"] == [
+        ("_mul_scalar", {"scalar": "2.0"})]
+    out = mx.sym.load_json(json.dumps(graph)).eval(data=data)[0].asnumpy()
+    np.testing.assert_array_equal(out, ref)
+    net = _Doubled()
+    net.initialize(mx.init.Xavier())
+    batches = [mx.nd.array(RS.uniform(-1, 1, (4, 3, 8, 8)).astype("float32")) for _ in range(2)]
+    qnet = gq.quantize(net, batches[:1], progress=False)
+    report = qnet.report()
+    assert [r.op for r in report] == ["Convolution", "Convolution"], str(report)
+    assert all(r.quantized for r in report)
+    assert_matches_and_reloads(net, qnet, batches, tmp_path)
