@@ -90,8 +90,8 @@ class _VideoAttention(nn.HybridBlock):
             self.mix = nn.Conv2D(8, 1)
 
     def hybrid_forward(self, F, x):
-        y = self.conv(x)        # (a product: a convolution's split would run as two)
-        first, second = F.split(y * y, num_outputs=2, axis=1)
+        y = self.conv(x)        # (a sum: a convolution's split would run as two)
+        first, second = F.split(y + F.relu(y), num_outputs=2, axis=1)
         views = [part.reshape((0, -3, 0, 0)).reshape((0, 0, -1, 2)) for part in (first, second)]
         pooled = [F.Pooling(v, kernel=(2, 2), stride=(2, 2), pool_type="max") for v in views]
         return self.mix(F.concat(*pooled, dim=1))
