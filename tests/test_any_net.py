@@ -698,7 +698,9 @@ class _GroupedResidual(nn.HybridBlock):
             self.grouped = nn.Conv2D(8, 3, padding=1, groups=groups)
 
     def hybrid_forward(self, F, x):
-        return F.relu(self.grouped(x) + x)
+        # (the convolution reads relu(x), equal to x here: a sum of a convolution of x and
+        # x itself would be merged into one convolution by graph.branches)
+        return F.relu(self.grouped(F.relu(x)) + x)
 
 
 @pytest.mark.parametrize("groups, residual", [(4, False), (8, False), (4, True)])

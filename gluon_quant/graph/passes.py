@@ -32,7 +32,8 @@ The stages of one ``quantize()`` call (:mod:`gluon_quant.pipeline`):
     legacy ``Reshape`` (the NumPy ones misread oneDNN's blocked outputs);
     ``permutes``: ``SwapAxis`` as oneDNN's ``transpose``, equal splits as slices, slices
     keeping every value passed through; ``channelsplits``: a convolution read through
-    channel slices as one convolution per slice;
+    channel slices as one convolution per slice; ``branches``: parallel convolution,
+    BatchNorm and identity branches of one input, summed (RepVGG), as one convolution;
     ``shuffles.channel_shuffles``: ShuffleNet's channel shuffle (reshape, swap, reshape)
     and its channel slices as one-hot 1x1 convolutions, int8 between int8 layers;
     ``pixelshuffle``: depth-to-space as a one-hot grouped Deconvolution (its inverse int8).
@@ -156,6 +157,7 @@ from .pooling import (axis_reductions, spatial_reductions, tiled_adaptive_pools,
 from .permutes import splits_as_slices, swapaxes_as_transpose, whole_slices
 from .shuffles import channel_shuffles
 from .channelsplits import channel_split_convolutions
+from .branches import parallel_convolutions
 from .fusedsum import fused_sum_dtypes, fused_sum_pass
 from .pixelshuffle import pixel_shuffles
 from .reshapes import numpy_reshapes, reshapes_as_flatten
@@ -646,6 +648,7 @@ PASSES = (
     GraphPass("norms_as_last_axis_layernorm", Stage.TRACED, norms_as_last_axis_layernorm),
     GraphPass("batchnorm_variants", Stage.TRACED, batchnorm_variants),
     GraphPass("same_shape_adds", Stage.TRACED, same_shape_adds),
+    GraphPass("parallel_convolutions", Stage.TRACED, parallel_convolutions),
     GraphPass("numpy_concatenations", Stage.TRACED, numpy_concatenations),
     # Before the folds: the dense layers they make read parameter expressions and biases.
     GraphPass("products_as_dense", Stage.TRACED, products_as_dense),
