@@ -1,4 +1,5 @@
 """Checks the rewrite tests share: an int8 net against its fp32 net and its export."""
+import mxnet as mx
 import numpy as np
 
 import gluon_quant as gq
@@ -18,3 +19,13 @@ def assert_matches_and_reloads(net, qnet, inputs, path, min_cosine=0.999):
         out = qnet(x).asnumpy()
         assert cosine(net(x).asnumpy(), out) > min_cosine
         assert np.array_equal(out, again(x).asnumpy())
+
+
+def run_graph(sym, x, params):
+    """``sym``'s first output on ``data=x``, its arguments and auxiliary states (BatchNorm's
+    running statistics) taken by name from ``params`` (NDArrays), as numpy."""
+    args, aux = set(sym.list_arguments()), set(sym.list_auxiliary_states())
+    executor = sym.bind(mx.cpu(), args=dict({k: v for k, v in params.items() if k in args},
+                                            data=x),
+                        aux_states={k: v for k, v in params.items() if k in aux})
+    return executor.forward()[0].asnumpy()

@@ -13,7 +13,7 @@ from gluon_quant.backends import ONEDNN
 from gluon_quant.graph.branches import parallel_convolutions
 from gluon_quant.graph.passes import PassContext
 
-from _checks import assert_matches_and_reloads
+from _checks import assert_matches_and_reloads, run_graph
 
 RS = np.random.RandomState(0)
 SHAPE = (2, 6, 7, 8)
@@ -68,13 +68,6 @@ def _params(sym):
             for n, s in zip(names, args + aux) if n != "data"}
 
 
-def _run(sym, x, params):
-    aux = set(sym.list_auxiliary_states())
-    return sym.bind(mx.cpu(), args=dict({k: v for k, v in params.items() if k in set(
-        sym.list_arguments())}, data=x), aux_states={k: v for k, v in params.items()
-                                                      if k in aux}).forward()[0].asnumpy()
-
-
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_parallel_branches_become_one_convolution_with_the_same_values(form):
     """One convolution with the largest kernel and no BatchNorm or sum left, the same
@@ -99,8 +92,8 @@ def test_parallel_branches_become_one_convolution_with_the_same_values(form):
         rewrite.apply(new_params)
     x = mx.nd.array(RS.uniform(-2, 2, SHAPE).astype("float32"))
     new = mx.sym.load_json(json.dumps(graph))
-    np.testing.assert_allclose(_run(new, x, new_params), _run(sym, x, params), rtol=1e-4,
-                               atol=1e-5)
+    np.testing.assert_allclose(run_graph(new, x, new_params), run_graph(sym, x, params),
+                               rtol=1e-4, atol=1e-5)
 
 
 class _RepVGGBlock(nn.HybridBlock):

@@ -13,7 +13,7 @@ from gluon_quant.backends import ONEDNN
 from gluon_quant.graph.channelsplits import channel_split_convolutions
 from gluon_quant.graph.passes import PassContext
 
-from _checks import assert_matches_and_reloads
+from _checks import assert_matches_and_reloads, run_graph
 
 RS = np.random.RandomState(0)
 SHAPE = (2, 5, 6, 7)
@@ -68,13 +68,6 @@ def _params(graph):
             for n, s in zip(names, args + aux) if n != "data"}
 
 
-def _run(sym, x, params):
-    aux = set(sym.list_auxiliary_states())
-    return sym.bind(mx.cpu(), args=dict({k: v for k, v in params.items() if k in set(
-        sym.list_arguments())}, data=x), aux_states={k: v for k, v in params.items()
-                                                      if k in aux}).forward()[0]
-
-
 @pytest.mark.parametrize("form", sorted(FORMS))
 def test_each_split_runs_as_convolutions_with_the_same_values(form):
     """No slice left, one convolution per slice with its rows of the parameters (and a
@@ -100,8 +93,8 @@ def test_each_split_runs_as_convolutions_with_the_same_values(form):
     if form == "slice with channel bounds only":
         before = json.loads(_parts(_conv(mx.sym.var("data")), (0, 4))[0].tojson())
     old, new = (mx.sym.load_json(json.dumps(g)) for g in (before, graph))
-    ref, out = _run(old, x, params), _run(new, x, new_params)
-    np.testing.assert_allclose(out.asnumpy(), ref.asnumpy(), rtol=1e-5, atol=1e-6)
+    ref, out = run_graph(old, x, params), run_graph(new, x, new_params)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
 
 
 def test_an_excluded_split_is_left():
