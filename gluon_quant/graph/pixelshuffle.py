@@ -35,8 +35,8 @@ next node only, none excluded by the user), whose input and output are 3-D to 5-
 numbers ``0, 1, 2, ...`` and rewritten when its output is exactly one of the four
 orders. The factors must hold at every input size the net takes (the graph's shapes are
 inferred again with each input axis in turn doubled), and the channels (axis 1) must keep
-their counts, so that a chain matching at one size
-only, or moving an axis that takes the input's size, is left.
+their counts, so that a chain matching at one size only, or moving an axis that takes
+the input's size, is left.
 """
 import logging
 
