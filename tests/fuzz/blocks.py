@@ -9,7 +9,8 @@ __all__ = ["CONV", "MAXPOOL", "AVGPOOL", "GLOBAL_AVG", "GLOBAL_MAX", "HardSwish"
            "ResidualBlock", "SqueezeExcite", "ContextBias", "GatedConv", "Branches",
            "SharedPool", "ShuffleUnit", "UNetLevel", "ChannelsLastDense", "PositionalEmbedding",
            "SelfAttention", "FeedForward", "GatedDense", "TemporalConv", "LastStep",
-           "MeanOverTime", "Columns", "FuzzNet"]
+           "MeanOverTime", "Columns", "FuzzNet", "PixelShuffle", "SplitGate", "CausalConv",
+           "RepBranches"]
 
 
 CONV = {1: nn.Conv1D, 2: nn.Conv2D, 3: nn.Conv3D}
@@ -134,6 +135,62 @@ class ShuffleUnit(nn.HybridBlock):
         out = out.reshape((0, -4, self._groups, -1, -2))
         out = F.transpose(out, axes=(0, 2, 1) + tuple(range(3, 3 + self._dims)))
         return out.reshape((0, -3, -2))
+
+
+class PixelShuffle(nn.HybridBlock):
+    """A convolution to ``4 * channels`` then a pixel shuffle by 2 (ESPCN, DUC heads), as
+    PyTorch ports write it: one 6-D view and one permute."""
+
+    def __init__(self, conv, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.conv, self._channels = conv, channels
+
+    def hybrid_forward(self, F, x):
+        y = self.conv(x).reshape((0, -4, self._channels, 4, -2))
+        y = y.reshape((0, 0, -4, 2, 2, -2))
+        return F.transpose(y, axes=(0, 1, 4, 2, 5, 3)).reshape((0, 0, -3, -3))
+
+
+class SplitGate(nn.HybridBlock):
+    """A GLU: one convolution split in two along the channels, ``a * sigmoid(b)``."""
+
+    def __init__(self, conv, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = conv
+
+    def hybrid_forward(self, F, x):
+        value, gate = F.split(self.conv(x), num_outputs=2, axis=1)
+        return value * F.sigmoid(gate)
+
+
+class CausalConv(nn.HybridBlock):
+    """A TCN's causal convolution: ``Conv1D(padding=(k - 1) * d)``, the last ``(k - 1) *
+    d`` steps sliced off ("chomp"), then ReLU."""
+
+    def __init__(self, channels, kernel, dilation, **kwargs):
+        super().__init__(**kwargs)
+        self._chomp = (kernel - 1) * dilation
+        with self.name_scope():
+            self.conv = nn.Conv1D(channels, kernel, padding=self._chomp, dilation=dilation)
+
+    def hybrid_forward(self, F, x):
+        return F.relu(F.slice_axis(self.conv(x), axis=2, begin=0, end=-self._chomp))
+
+
+class RepBranches(nn.HybridBlock):
+    """RepVGG's training-time block: 3x3 conv + BN, 1x1 conv + BN, a BN of the input."""
+
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        with self.name_scope():
+            self.dense = nn.HybridSequential()
+            self.dense.add(nn.Conv2D(channels, 3, padding=1, use_bias=False), nn.BatchNorm())
+            self.one = nn.HybridSequential()
+            self.one.add(nn.Conv2D(channels, 1, use_bias=False), nn.BatchNorm())
+            self.identity = nn.BatchNorm()
+
+    def hybrid_forward(self, F, x):
+        return F.relu(self.dense(x) + self.one(x) + self.identity(x))
 
 
 class UNetLevel(nn.HybridBlock):

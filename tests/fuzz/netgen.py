@@ -34,7 +34,8 @@ from .blocks import (AVGPOOL, CONV, GLOBAL_AVG, GLOBAL_MAX, MAXPOOL, Branches,
                      ChannelsLastDense, Columns, ContextBias, FeedForward, FuzzNet, GatedConv,
                      GatedDense, HardSwish, LastStep, MeanOverTime, PositionalEmbedding,
                      ResidualBlock, SelfAttention, SharedPool, ShuffleUnit, SqueezeExcite,
-                     TemporalConv, UNetLevel)
+                     TemporalConv, UNetLevel, PixelShuffle, SplitGate, CausalConv,
+                     RepBranches)
 from .data import audio_data, image_data, sensor_data, tabular_data, token_data, video_data
 
 __all__ = ["INPUT_KINDS", "LAYER_KINDS", "BATCH_SIZES", "FuzzCase", "FuzzNet", "generate",
@@ -51,7 +52,8 @@ LAYER_KINDS = (
     "maxpool1d", "maxpool2d", "maxpool3d", "avgpool1d", "avgpool2d", "avgpool3d",
     "global_pool", "concat", "add", "mul", "broadcast_mul", "broadcast_add",
     "reshape", "transpose", "slice_axis", "embedding", "lstm", "gru", "rnn",
-    "batch_dot", "softmax", "reused_block")
+    "batch_dot", "softmax", "reused_block", "pixel_shuffle", "split", "causal_crop",
+    "parallel_branches")
 
 #: Rows per batch by input kind (more for tabular rows, which are cheap and heavy-tailed).
 BATCH_SIZES = {"image": 8, "residual": 8, "signal": 8, "video": 8, "sequence": 16,
@@ -170,6 +172,13 @@ class _Builder:
             options["upsample"] = 1
         if dims == 2 and min(size) >= 8 and size[0] % 2 == 0 and size[1] % 2 == 0:
             options["unet"] = 1
+        if dims == 2 and max(size) <= 16:
+            options["pixel_shuffle"] = .6
+        options["split_gate"] = .6
+        if dims == 1:
+            options["causal"] = .8
+        if dims == 2:
+            options["rep_branches"] = .6
         choice = self.pick(options)
         return getattr(self, "_spatial_" + choice)(dims, shape)
 
@@ -270,6 +279,28 @@ class _Builder:
         self.kinds.add("conv2d_transpose")
         size = tuple((s - 1) * 2 - 2 * pad + kernel for s in shape[1])
         return seq, (channels, size)
+
+    def _spatial_pixel_shuffle(self, dims, shape):
+        channels = self.width(8, 16)
+        conv, _ = self.conv_unit(dims, shape, 4 * channels, 3)
+        self.kinds.update({"pixel_shuffle", "reshape", "transpose"})
+        return PixelShuffle(conv, channels), (channels, tuple(2 * s for s in shape[1]))
+
+    def _spatial_split_gate(self, dims, shape):
+        channels = self.width(8, 16)
+        conv, (_, size) = self.conv_unit(dims, shape, 2 * channels, 3, act=False)
+        self.kinds.update({"split", "mul", "F.sigmoid"})
+        return SplitGate(conv), (channels, size)
+
+    def _spatial_causal(self, dims, shape):
+        channels = self.width()
+        dilation = int(self.rng.choice([1, 2, 4]))
+        self.kinds.update({"conv1d", "causal_crop", "slice_axis", "F.relu"})
+        return CausalConv(channels, 3, dilation), (channels, shape[1])
+
+    def _spatial_rep_branches(self, dims, shape):
+        self.kinds.update({"parallel_branches", "conv2d", "batchnorm", "add", "F.relu"})
+        return RepBranches(shape[0]), shape
 
     def _spatial_unet(self, dims, shape):
         channels = self.width(8, 16)
