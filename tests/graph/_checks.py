@@ -1,4 +1,6 @@
 """Checks the rewrite tests share: an int8 net against its fp32 net and its export."""
+import json
+
 import mxnet as mx
 import numpy as np
 
@@ -29,3 +31,23 @@ def run_graph(sym, x, params):
                                             data=x),
                         aux_states={k: v for k, v in params.items() if k in aux})
     return executor.forward()[0].asnumpy()
+
+
+def assert_same_after_rewrite(before, graph, context, sizes, rs):
+    """The graphs ``before`` and ``graph`` (rewritten by a pass with ``context``) over
+    ``data`` and one 1x1 convolution's ``features_weight`` give the same values to the bit
+    at each input size of ``sizes``, every output (the rewritten graph reads the pass's
+    parameters, computed from the weight)."""
+    channels, rank = sizes[0][1], len(sizes[0])
+    weight = rs.uniform(-1, 1, (channels,) * 2 + (1,) * (rank - 2)).astype("float32")
+    params = {"features_weight": weight}
+    for rewrite in context.param_rewrites:
+        rewrite.apply(params)
+    old, new = (mx.sym.load_json(json.dumps(g)) for g in (before, graph))
+    for size in sizes:
+        x = mx.nd.array(rs.uniform(-3, 5, size).astype("float32"))
+        ref = old.eval(data=x, features_weight=mx.nd.array(weight))
+        out = new.eval(data=x, **{k: mx.nd.array(v) for k, v in params.items()})
+        assert len(ref) == len(out) and all(
+            a.shape == b.shape and np.array_equal(a.asnumpy(), b.asnumpy())
+            for a, b in zip(ref, out))

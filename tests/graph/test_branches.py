@@ -14,6 +14,7 @@ from gluon_quant.graph.branches import parallel_convolutions
 from gluon_quant.graph.passes import PassContext
 
 from _checks import assert_matches_and_reloads, run_graph
+from fuzz.blocks import RepBranches
 
 RS = np.random.RandomState(0)
 SHAPE = (2, 6, 7, 8)
@@ -96,30 +97,14 @@ def test_parallel_branches_become_one_convolution_with_the_same_values(form):
                                rtol=1e-4, atol=1e-5)
 
 
-class _RepVGGBlock(nn.HybridBlock):
-    """RepVGG's training-time block: 3x3 conv + BN, 1x1 conv + BN, BN of the input."""
-
-    def __init__(self, channels, **kwargs):
-        super().__init__(**kwargs)
-        with self.name_scope():
-            self.dense = nn.HybridSequential()
-            self.dense.add(nn.Conv2D(channels, 3, padding=1, use_bias=False), nn.BatchNorm())
-            self.one = nn.HybridSequential()
-            self.one.add(nn.Conv2D(channels, 1, use_bias=False), nn.BatchNorm())
-            self.identity = nn.BatchNorm()
-
-    def hybrid_forward(self, F, x):
-        return F.relu(self.dense(x) + self.one(x) + self.identity(x))
-
-
 def test_repvgg_blocks_run_as_single_int8_convolutions(tmp_path):
     """Two RepVGG blocks of 64 channels, batch 16 at 64 px: int8 11.7 -> 6.8 ms, cosine to
     fp32 0.9974 -> 0.9999 (one quantized convolution per block instead of three branches
     and an int8 sum of differently scaled tensors). The int8 net matches fp32 at another
     size, reloads bit-identically, and ``exclude`` keeps a block's branches."""
     net = nn.HybridSequential()
-    net.add(nn.Conv2D(16, 3, padding=1, activation="relu"), _RepVGGBlock(16),
-            _RepVGGBlock(16), nn.GlobalAvgPool2D(), nn.Dense(10))
+    net.add(nn.Conv2D(16, 3, padding=1, activation="relu"), RepBranches(16),
+            RepBranches(16), nn.GlobalAvgPool2D(), nn.Dense(10))
     net.initialize(mx.init.Xavier())
     batches = [mx.nd.array(RS.uniform(0, 1, (4, 3, 16, 16)).astype("float32"))
                for _ in range(2)]
@@ -132,5 +117,5 @@ def test_repvgg_blocks_run_as_single_int8_convolutions(tmp_path):
     assert len([r for r in report if "parallel branches" in r.reason]) == 2
     other = mx.nd.array(RS.uniform(0, 1, (2, 3, 24, 20)).astype("float32"))
     assert_matches_and_reloads(net, qnet, batches[:1] + [other], tmp_path, min_cosine=0.9995)
-    kept = gq.quantize(net, batches, progress=False, exclude=["*repvggblock0__plus*"])
+    kept = gq.quantize(net, batches, progress=False, exclude=["*repbranches0__plus*"])
     assert len([r for r in kept.report() if "parallel branches" in r.reason]) == 1

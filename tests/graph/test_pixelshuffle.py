@@ -14,7 +14,7 @@ from gluon_quant.backends import ONEDNN
 from gluon_quant.graph.passes import PassContext
 from gluon_quant.graph.pixelshuffle import pixel_shuffles, shuffled_order
 
-from _checks import assert_matches_and_reloads
+from _checks import assert_matches_and_reloads, assert_same_after_rewrite
 
 RS = np.random.RandomState(0)
 
@@ -111,16 +111,7 @@ def test_each_shuffle_gives_the_same_values_at_any_size(form):
                                                   shape[1] // (2 if "1D" not in form
                                                                else 3) ** (len(shape) - 2)
                                                   if "(2, 3)" not in form else 2)
-    weight = RS.uniform(-1, 1, (shape[1],) * 2 + (1,) * (len(shape) - 2)).astype("float32")
-    params = {"features_weight": weight}
-    for rewrite in context.param_rewrites:
-        rewrite.apply(params)
-    old, new = (mx.sym.load_json(json.dumps(g)) for g in (before, graph))
-    for size in (shape, other):
-        x = mx.nd.array(RS.uniform(-3, 5, size).astype("float32"))
-        ref = old.eval(data=x, features_weight=mx.nd.array(weight))[0].asnumpy()
-        out = new.eval(data=x, **{k: mx.nd.array(v) for k, v in params.items()})[0]
-        assert out.shape == ref.shape and np.array_equal(out.asnumpy(), ref)
+    assert_same_after_rewrite(before, graph, context, (shape, other), RS)
 
 
 def test_what_is_not_a_pixel_shuffle_or_is_excluded_is_left():

@@ -12,7 +12,7 @@ from gluon_quant.backends import ONEDNN
 from gluon_quant.graph.passes import PassContext
 from gluon_quant.graph.shuffles import channel_shuffles, never_negative, shuffle_permutation
 
-from _checks import assert_matches_and_reloads
+from _checks import assert_matches_and_reloads, assert_same_after_rewrite
 
 RS = np.random.RandomState(0)
 
@@ -88,18 +88,7 @@ def test_each_shuffle_gives_the_same_values_at_any_size(form):
     ops = [n["op"] for n in graph["nodes"] if n["op"] != "null"]
     assert "transpose" not in ops and ops.count("Convolution") == 1 + convs, ops
     assert ops.count("Activation") == (convs if "ReLU" in form else 0), ops
-    weight = RS.uniform(-1, 1, (shape[1],) * 2 + (1,) * (len(shape) - 2)).astype("float32")
-    params = {"features_weight": weight}
-    for rewrite in context.param_rewrites:
-        rewrite.apply(params)
-    old, new = (mx.sym.load_json(json.dumps(g)) for g in (before, graph))
-    for size in (shape, other):
-        x = mx.nd.array(RS.uniform(-3, 5, size).astype("float32"))
-        ref = old.eval(data=x, features_weight=mx.nd.array(weight))
-        out = new.eval(data=x, **{k: mx.nd.array(v) for k, v in params.items()})
-        assert len(ref) == len(out) and all(
-            a.shape == b.shape and np.array_equal(a.asnumpy(), b.asnumpy())
-            for a, b in zip(ref, out))
+    assert_same_after_rewrite(before, graph, context, (shape, other), RS)
 
 
 def test_what_is_not_a_shuffle_or_is_excluded_is_left():
