@@ -231,6 +231,10 @@ def whole_slices(graph, context):
                 del found[position]
     if not found:
         return {}
+    for position in sorted(found):      # (a whole slice of a whole slice: to the first input)
+        data = found[position]
+        if data[0] in found and data[1] == 0:
+            found[position] = found[data[0]]
     for node in nodes:
         node["inputs"] = [list(found[e[0]]) if e[0] in found else e for e in node["inputs"]]
     graph["heads"] = [list(found[h[0]]) if h[0] in found else h for h in graph["heads"]]

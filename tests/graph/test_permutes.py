@@ -183,6 +183,9 @@ WHOLE = {
     "GhostNet's out[:, :oup] of exactly oup channels": (
         lambda x: mx.sym.slice_axis(mx.sym.concat(_conv(x), mx.sym.relu(_conv(x, "cheap")),
                                                   dim=1), axis=1, begin=0, end=12), True),
+    "a whole slice of a whole slice": (
+        lambda x: mx.sym.slice_axis(mx.sym.slice_axis(_conv(x), axis=1, begin=0, end=6),
+                                    axis=1, begin=0, end=None), True),
     "slice with every bound given": (
         lambda x: mx.sym.slice(_conv(x), begin=(0, 0, 0, 0), end=(None, 6, None, None)),
         True),
