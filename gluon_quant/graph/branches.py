@@ -165,6 +165,8 @@ def parallel_convolutions(graph, context):
     dict
         Empty: the rewrite keeps nothing in fp32.
     """
+    if not _maybe(graph["nodes"]):
+        return {}       # (no shapes inferred for nets without such sums)
     candidates, shapes = shaped_nodes(graph, context, _SUMS, arity=2)
     if not candidates or not shapes:
         return {}
@@ -229,6 +231,20 @@ def parallel_convolutions(graph, context):
     prune(graph)
     _log.debug("Merged %d sum(s) of parallel convolutions.", done)
     return {}
+
+
+def _maybe(nodes):
+    """Whether a two-input sum adds two terms of one input (each the input, a
+    convolution of it, or a BatchNorm of either): the cheap test before shapes."""
+    def source(entry):
+        node = nodes[entry[0]]
+        if node["op"] == "BatchNorm" and entry[1] == 0:
+            entry = node["inputs"][0]
+            node = nodes[entry[0]]
+        return tuple(node["inputs"][0][:2]) if node["op"] == "Convolution" else tuple(
+            entry[:2])
+    return any(n["op"] in _SUMS and len(n["inputs"]) == 2
+               and source(n["inputs"][0]) == source(n["inputs"][1]) for n in nodes)
 
 
 def _parent(g, members, entry):

@@ -118,6 +118,8 @@ def channel_split_convolutions(graph, context):
         Empty: the rewrite keeps nothing in fp32.
     """
     nodes = graph["nodes"]
+    if not any(n["op"] in ("slice_axis", "slice") for n in nodes):
+        return {}       # (no shapes inferred for nets without slices)
     convs, shapes = shaped_nodes(graph, context, ("Convolution",))
     if not convs or not shapes:
         return {}

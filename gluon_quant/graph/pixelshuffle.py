@@ -59,6 +59,10 @@ _log = logging.getLogger(__name__)
 _MOVES = frozenset(("Reshape", "reshape", "_np_reshape", "_npx_reshape", "_npi_reshape",
                     "transpose", "_np_transpose", "_npi_transpose", "SwapAxis", "swapaxes",
                     "_npi_swapaxes", "_np_moveaxis", "depth_to_space", "space_to_depth"))
+#: Of those, the ones that reorder values (a chain of reshapes alone moves nothing).
+_PERMUTING = frozenset(("transpose", "_np_transpose", "_npi_transpose", "SwapAxis",
+                        "swapaxes", "_npi_swapaxes", "_np_moveaxis", "depth_to_space",
+                        "space_to_depth"))
 _LAYOUTS = {3: "NCW", 4: "NCHW", 5: "NCDHW"}
 #: The most elements the check runs a chain on (float32 counts exactly to 2 ** 24).
 _MAX_CHECKED = 1 << 24
@@ -205,7 +209,7 @@ def pixel_shuffles(graph, context):
         backend's spec (``depth-to-space shuffle``).
     """
     nodes = graph["nodes"]
-    if not any(n["op"] in _MOVES for n in nodes) or context.infer_shapes is None \
+    if not any(n["op"] in _PERMUTING for n in nodes) or context.infer_shapes is None \
             or not getattr(context.infer_shapes, "input_shapes", None):
         return {}
     shapes = context.infer_shapes(graph) or {}
