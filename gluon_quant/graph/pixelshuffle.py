@@ -28,7 +28,7 @@ written as reshapes and a transpose in the channel-major order is left: oneDNN's
 transpose of it was faster than the grouped convolution (38 against 44 ms).
 
 :func:`pixel_shuffles` recognizes a chain by what it does, not by how it is written: each
-maximal chain of reshapes, transposes, axis swaps, ``depth_to_space`` and
+maximal chain (or the longest stretch of one) of reshapes, transposes, axis swaps, ``depth_to_space`` and
 ``space_to_depth`` nodes, legacy or NumPy mode (every intermediate tensor read by the
 next node only, none excluded by the user), whose input and output are 3-D to 5-D maps
 (channels on axis 1) of the sizes of a pixel shuffle or its inverse is run once on the
@@ -217,31 +217,41 @@ def pixel_shuffles(graph, context):
     heads = {(h[0], h[1]) for h in graph["heads"]}
     constant = parameter_entries(graph, set(context.param_shapes))
     key = lambda entry: (nodes[entry[0]]["name"], entry[1])     # noqa: E731
-    found = {}
-    for chain in _chains(nodes, readers, heads, set(context.excluded)):
-        data = nodes[chain[0]]["inputs"][0]
-        data_shape, out_shape = shapes.get(key(data)), shapes.get(key([chain[-1], 0]))
-        kind = _factors(data_shape, out_shape)
-        if kind is None or constant[data[0]]:
-            continue
-        found[chain[-1]] = (chain, data, data_shape, out_shape, kind)
+    found = {}      # (first, last) of a chain's stretch -> what it would be
+    for whole in _chains(nodes, readers, heads, set(context.excluded)):
+        # the whole chain, or a stretch of it (a shuffle with a reshape before or after)
+        for length in range(len(whole), 1 if len(whole) > 1 else 0, -1):
+            for begin in range(len(whole) - length + 1):
+                chain = whole[begin:begin + length]
+                data = nodes[chain[0]]["inputs"][0]
+                data_shape = shapes.get(key(data))
+                out_shape = shapes.get(key([chain[-1], 0]))
+                kind = _factors(data_shape, out_shape)
+                if kind is not None and not constant[data[0]] \
+                        and any(nodes[i]["op"] in _PERMUTING for i in chain):
+                    found[(chain[0], chain[-1])] = (chain, data, data_shape, out_shape, kind)
     # The weights are of the channels' counts: a chain over an axis that takes the input's
     # size (the time steps of (N, T, C) data) is left.
     for varied in varied_shapes(graph, context.infer_shapes,
                                 {k: v for k, v in context.param_shapes.items()
                                  if known_shape(v)}) if found else ():
-        for last, (chain, data, data_shape, out_shape, kind) in list(found.items()):
-            shape, out = varied.get(key(data)), varied.get(key([last, 0]))
+        for stretch, (chain, data, data_shape, out_shape, kind) in list(found.items()):
+            shape, out = varied.get(key(data)), varied.get(key([chain[-1], 0]))
             if _factors(shape, out) != kind or shape[1] != data_shape[1] \
                     or out[1] != out_shape[1]:
-                del found[last]
-    build, done = NodeBuilder(graph), 0
+                del found[stretch]
+    build, done, used = NodeBuilder(graph), 0, set()
     unsigned = never_negative(nodes)
-    for last, (chain, data, data_shape, out_shape, (to_depth, factors)) in found.items():
+    for (chain, data, data_shape, out_shape, (to_depth, factors)) in sorted(
+            found.values(), key=lambda f: -len(f[0])):      # (the longest stretch first)
+        if used & set(chain):
+            continue
         order, shape = _order(nodes, chain, data_shape, context.infer_shapes)
         phases_first = None if order is None else _match(order, shape, to_depth, factors)
         if phases_first is None or (to_depth and not phases_first):
             continue        # (a channel-major space-to-depth: its transposes were faster)
+        last = chain[-1]
+        used.update(chain)
         done += 1
         what = "a %s (%s, factors %s, %s order)" % (
             "space-to-depth" if to_depth else "depth-to-space",
