@@ -119,12 +119,12 @@ def _bn_scale(g, bn):
 
 
 def _sources(g, branch):
-    names = [g.nodes[e[0]]["name"] for index in (branch.conv, branch.bn) if index is not None
-             for e in g.nodes[index]["inputs"][1:]]
-    return names
+    """The parameters a branch reads (its convolution's and BatchNorm's)."""
+    return [g.nodes[e[0]]["name"] for index in (branch.conv, branch.bn) if index is not None
+            for e in g.nodes[index]["inputs"][1:]]
 
 
-def _merge(g, root, branches, geometry, identity):
+def _merge(g, branches, geometry, identity):
     """Symbols of the merged weight and bias (``identity``: the one-hot kernel's name)."""
     kernel = geometry[0]
     weights, biases = [], []
@@ -206,7 +206,7 @@ def parallel_convolutions(graph, context):
             context.param_rewrites.append(ParamRewrite(
                 target=identity, kind="constant", sources=(), shape=one.shape,
                 values=tuple(one.ravel().tolist())))
-        weight, bias = _merge(g, root, branches, (kernel, stride, groups, filters), identity)
+        weight, bias = _merge(g, branches, (kernel, stride, groups, filters), identity)
         sources = tuple(sorted({s for b in branches for s in _sources(g, b)} |
                                ({identity} if identities else set())))
         for part, expression in (("weight", weight), ("bias", bias)):
