@@ -142,6 +142,11 @@ class _Runner:
         self._turn = 0
         self._check = False   # wait for the next call at these shapes (the second)
 
+    @property
+    def symbol(self):
+        """Symbol: the graph run."""
+        return self._sym
+
     def __call__(self, *inputs):
         with _mxnet.inference_mode():
             if not (self._check and [tuple(x.shape) for x in inputs] == self._shapes):
@@ -236,7 +241,7 @@ def collect_statistics(batches, *, convert, make_runner, calibrator, input_names
         inputs = convert(batch)
         if runner is None and outputs:
             runner = make_runner(inputs)
-        outs = _forward(runner, inputs) if outputs else []  # returns before it is computed
+        outs = _forward(runner, inputs, input_names) if outputs else []  # returns before it is computed
         for name, array in zip(input_names, inputs):
             host = _mxnet.host_view(array)
             check_finite(name, host)
@@ -280,7 +285,22 @@ def check_graph_shapes(sym, input_names, inputs, run_net=None):
         mismatch = _graph_only(err, inputs, err if graph_err is NotImplemented else graph_err,
                                "traced from its forward" if graph_err is NotImplemented
                                else "as after net.hybridize()")
+    if type(mismatch) is InputMismatchError:
+        mismatch = InputMismatchError(str(mismatch) + _batch_axis_hint(sym, input_names, inputs))
     raise mismatch from err
+
+
+def _batch_axis_hint(sym, input_names, inputs):
+    """A sentence for batches that are single samples (the graph takes their shapes with a
+    leading axis of 1 added: a list of ``dataset[i]`` images, or a ``Dataset``'s samples
+    iterated by hand); empty otherwise."""
+    shapes = {n: tuple(a.shape) for n, a in zip(input_names, inputs)}
+    if not shapes or _mxnet.shape_error(sym, {n: (1,) + s for n, s in shapes.items()}):
+        return ""
+    return (" Each batch looks like one sample without its batch axis (the network takes "
+            "%s): give batches of samples, e.g. gluon.data.DataLoader(dataset, "
+            "batch_size=32), or add the axis to a single sample with x.expand_dims(0)."
+            % ", ".join(str((1,) + s) for s in shapes.values()))
 
 
 def _graph_only(err, inputs, graph_err, how):
@@ -306,11 +326,15 @@ def _graph_only(err, inputs, graph_err, how):
         % (shapes, how, line, hint))
 
 
-def _forward(runner, inputs):
+def _forward(runner, inputs, input_names):
     try:
         out = runner(*inputs)
     except mx.base.MXNetError as err:
-        raise _mismatch(err, inputs) from err
+        mismatch = _mismatch(err, inputs)
+        if type(mismatch) is InputMismatchError and hasattr(runner, "symbol"):
+            mismatch = InputMismatchError(
+                str(mismatch) + _batch_axis_hint(runner.symbol, input_names, inputs))
+        raise mismatch from err
     return out if isinstance(out, (list, tuple)) else [out]
 
 

@@ -1,5 +1,6 @@
 """The adapter's base: MXNet's version, its error type and messages, graph JSON I/O."""
 import contextlib
+import io
 import json
 import os
 import re
@@ -52,11 +53,15 @@ def _redirected(messages):
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
+    # MXNet's Python prints go to sys.stdout, which is not file descriptor 1 in a Jupyter
+    # kernel or under pytest's capture: swapped for a buffer too.
+    printed = io.StringIO()
     with tempfile.TemporaryFile() as sink:
         try:
             os.dup2(sink.fileno(), 1)
             os.dup2(sink.fileno(), 2)
-            yield messages
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                yield messages
         finally:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -65,7 +70,7 @@ def _redirected(messages):
             for fd in saved:
                 os.close(fd)
             sink.seek(0)
-            text = sink.read().decode("utf-8", errors="replace")
+            text = printed.getvalue() + sink.read().decode("utf-8", errors="replace")
             messages.extend(line.strip() for line in text.splitlines() if line.strip())
 
 

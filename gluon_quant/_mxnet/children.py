@@ -4,7 +4,7 @@ import contextlib
 
 import mxnet as mx
 
-from .base import MXNetError
+from .base import MXNetError, native_output
 
 
 @contextlib.contextmanager
@@ -45,7 +45,9 @@ def run_error(net, call, as_graph):
         if as_graph:
             net._active = True
         try:
-            with mx.autograd.pause():
+            # MXNet prints the arguments of a failed shape inference ("infer_shape
+            # error. Arguments: ...") before raising: the error is what is asked for.
+            with native_output([]), mx.autograd.pause():
                 call()
                 mx.nd.waitall()
         except Exception as err:    # noqa: BLE001 - the failure is what is asked for

@@ -218,6 +218,13 @@ def case_batch_of_wrong_rank(env):
     return q(env.cnn, [RS.rand(8, 28, 28).astype("float32")])
 
 
+@case(gq.InputMismatchError, r"NDArray\(1, 28, 28\).*one sample without its batch axis "
+                             r"\(the network takes \(1, 1, 28, 28\)\).*DataLoader.*expand_dims")
+def case_single_samples_as_batches(env):
+    """A list of ``dataset[i]`` images: samples without the batch axis."""
+    return q(env.cnn, [image for image in BATCHES[0][:4]])
+
+
 @case(gq.InputMismatchError, r"NDArray\(4, 3, 28, 28\).*expected shapes")
 def case_batch_of_wrong_shape(env):
     return q(env.cnn, [np.zeros((4, 3, 28, 28), "float32")])
@@ -986,3 +993,23 @@ def test_exclude_name_that_matches_nothing_warns_with_close_names(caplog):
     gq.quantize(net, BATCHES, exclude=["cnn_conv9"], progress=False)
     assert "'cnn_conv9' matched no layer" in caplog.text
     assert "Did you mean" in caplog.text
+
+
+def test_single_samples_get_the_batch_axis_hint_and_mxnet_prints_nothing(capfd):
+    """A dense net, never run, given rank-1 samples: the hint names the shape it takes, and
+    MXNet's "infer_shape error. Arguments: ..." (printed by Gluon's deferred shape inference
+    while gluon_quant runs the net to tell whose fault a failure is) reaches no terminal."""
+    net = nn.HybridSequential()
+    net.add(nn.Dense(16, activation="relu"), nn.Dense(3))
+    net.initialize()
+    net(mx.nd.zeros((2, 20)))
+    with pytest.raises(gq.InputMismatchError, match=r"NDArray\(20,\).*one sample without its "
+                                                    r"batch axis \(the network takes \(1, 20\)\)"):
+        gq.quantize(net, [RS.rand(20).astype("float32") for _ in range(2)], progress=False)
+    fresh = nn.HybridSequential()
+    fresh.add(nn.Conv2D(4, 3), nn.Dense(3))
+    fresh.initialize()
+    with pytest.raises(gq.InputMismatchError, match=r"takes \(1, 1, 28, 28\)"):
+        gq.quantize(fresh, [image for image in BATCHES[0][:2]], progress=False)
+    out, err = capfd.readouterr()
+    assert "infer_shape error" not in out + err
