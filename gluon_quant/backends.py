@@ -22,7 +22,7 @@ from typing import FrozenSet, Mapping, Optional, Tuple
 from .errors import UnknownNameError
 
 __all__ = ["OpSupport", "BackendSpec", "BACKENDS", "ONEDNN", "CUDNN", "get_spec",
-           "why_not_int8"]
+           "KERNEL_RANK_OPS", "why_not_int8"]
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,12 @@ class OpSupport:
         The fp32 operator (as in the traced graph: ``Convolution``, ``Pooling``...).
     ranks : tuple of int
         Input ranks (batch included) that have a kernel; empty: any. The rank is read from
-        the node's ``kernel`` attribute (a 1-D kernel is a rank-3 input).
+        the node's ``kernel`` attribute (a 1-D kernel is a rank-3 input), or, for an
+        operator without one, from its data input's shape at the calibration batch (not
+        checked where that is unknown).
+    ranks_why : str
+        When not empty: the other ranks have a kernel, but it measured slower than fp32;
+        this says so in the report.
     layouts : tuple of str
         Accepted ``layout`` attribute values; empty: any (``None`` counts as the default).
     groups : bool
@@ -99,6 +104,7 @@ class OpSupport:
 
     op: str
     ranks: Tuple[int, ...] = ()
+    ranks_why: str = ""
     layouts: Tuple[str, ...] = ()
     groups: bool = True
     partial_groups: str = ""
@@ -232,7 +238,14 @@ ONEDNN = BackendSpec(
                   modes=(("pool_type", ("max", "avg")),)),
         # The int8 BatchNorm reads its channels on axis 1 (a channels-last one, axis=3,
         # failed: "weight_mem.get_desc().get_size() == channel_count * sizeof(float) * 2").
-        OpSupport("BatchNorm", modes=(("axis", ("1",)),)),
+        # A standalone one (after a ReLU, where it cannot fold into the layer before) gains
+        # on (N, C, ...) feature maps but loses on (N, C) rows. Measured (Xeon, VNNI; two
+        # such BatchNorms between int8 layers, int8 against fp32 BatchNorm, whole net, 1
+        # and 2 threads): Conv1D nets 0.52-0.74x the time, Conv2D nets 0.54-0.92x; dense
+        # nets 1.6-4.3x the time (batch 64-512, 32-1024 features).
+        OpSupport("BatchNorm", ranks=(3, 4, 5), modes=(("axis", ("1",)),), ranks_why=(
+            "MXNet 1.9.1's int8 BatchNorm on (N, C) rows is slower than its fp32 one (a "
+            "dense net with two of them between int8 layers: 1.6-4.3x the time)")),
         OpSupport("RNN", modes=(("mode", ("lstm",)),)),
         # A sum that oneDNN fuses into a convolution (ResNet's shortcut) is part of that
         # convolution; a standalone one (a transformer's residual, before LayerNorm) is not.
@@ -395,8 +408,12 @@ def _input_rank(attrs):
     return len(kernel) + 2 if kernel else None
 
 
+#: Operators whose input rank ``why_not_int8`` reads from their ``kernel`` attribute.
+KERNEL_RANK_OPS = ("Convolution", "Pooling", "Deconvolution")
+
+
 def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="",
-                 with_sum=False) -> Optional[str]:
+                 with_sum=False, rank=None) -> Optional[str]:
     """Why a node of ``support.op`` cannot run in int8, or None when it can.
 
     Parameters
@@ -412,6 +429,9 @@ def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="",
         Backend name, for the message.
     with_sum : bool
         The node is fused with a sum (its output is requantized inside it).
+    rank : int, optional
+        Rank of the node's data input, for an operator whose attributes do not give it
+        (None: not known, not checked).
 
     Returns
     -------
@@ -421,9 +441,10 @@ def why_not_int8(support: OpSupport, attrs, weight_shape=None, backend="",
     where = " on %s" % backend if backend else ""
     if support.disabled:
         return support.disabled
-    rank = _input_rank(attrs) if support.op in ("Convolution", "Pooling",
-                                                 "Deconvolution") else None
+    rank = _input_rank(attrs) if support.op in KERNEL_RANK_OPS else rank
     if support.ranks and rank is not None and rank not in support.ranks:
+        if support.ranks_why:
+            return "input rank %d: %s" % (rank, support.ranks_why)
         return ("%d-D %s has no int8 kernel%s (input rank %d; int8 needs rank %s)"
                 % (rank - 2, support.op, where, rank, "/".join(map(str, support.ranks))))
     layout = attrs.get("layout")

@@ -131,7 +131,7 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
-from ..backends import BackendSpec, why_not_int8
+from ..backends import KERNEL_RANK_OPS, BackendSpec, why_not_int8
 from .inspect import FP32_FORM_ATTR, GraphView, calib_key, describe_op, is_true, tensor_key
 from .guards import (canonical_activations, chained_dequantizes, entry_dtype, flatten_fc_inputs,
                      mixed_int8_outputs, separate_broken_fusions, shared_fusion_outputs,
@@ -302,6 +302,7 @@ def backend_eligibility(graph, context):
     """
     spec, found = context.spec, {}
     nodes = graph["nodes"]
+    ranks = _DataRanks(graph, context)
     for node in nodes:
         if not node.get("subgraphs") or not node["op"].startswith("_sg_"):  # control flow
             reason = spec.fp32_reason(node["op"], describe_op(node["op"], node.get("attrs")))
@@ -330,11 +331,30 @@ def backend_eligibility(graph, context):
                 src = nodes[node["inputs"][1][0]]
                 weight = known_shape(context.param_shapes.get(src["name"]))
             reason = why_not_int8(support, member.get("attrs") or {}, weight, spec.name,
-                                  with_sum=is_true((node.get("attrs") or {}).get("with_sum")))
+                                  with_sum=is_true((node.get("attrs") or {}).get("with_sum")),
+                                  rank=ranks(node) if member is node and support.ranks
+                                  and support.op not in KERNEL_RANK_OPS else None)
             if reason is not None:
                 found[node["name"]] = reason
                 break
     return found
+
+
+class _DataRanks:
+    """The rank of a node's data input (its first) at the calibration batch's shapes, or
+    None; the graph's shapes are inferred once, when first asked."""
+
+    def __init__(self, graph, context):
+        self._graph, self._infer, self._shapes = graph, context.infer_shapes, None
+
+    def __call__(self, node):
+        if self._infer is None or not node["inputs"]:
+            return None
+        if self._shapes is None:
+            self._shapes = self._infer(self._graph)
+        entry = node["inputs"][0]
+        shape = self._shapes.get((self._graph["nodes"][entry[0]]["name"], entry[1]))
+        return len(shape) if shape else None
 
 
 def fp32_read_results(graph, context):
