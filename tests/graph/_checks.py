@@ -23,6 +23,15 @@ def assert_matches_and_reloads(net, qnet, inputs, path, min_cosine=0.999):
         assert np.array_equal(out, again(x).asnumpy())
 
 
+def image_batches(net, rs, shape, count, low=0.0):
+    """``count`` batches of ``shape`` drawn uniformly from ``[low, 1)`` with ``rs``, the
+    BatchNorm statistics of ``net`` (initialized) set from the first, as a trained net's."""
+    from gluon_quant.zoo.batchnorm import set_batchnorm_statistics
+    batches = [mx.nd.array(rs.uniform(low, 1, shape).astype("float32")) for _ in range(count)]
+    set_batchnorm_statistics(net, batches[0])
+    return batches
+
+
 def run_graph(sym, x, params):
     """``sym``'s first output on ``data=x``, its arguments and auxiliary states (BatchNorm's
     running statistics) taken by name from ``params`` (NDArrays), as numpy."""

@@ -13,7 +13,7 @@ from gluon_quant.backends import ONEDNN
 from gluon_quant.graph.branches import parallel_convolutions
 from gluon_quant.graph.passes import PassContext
 
-from _checks import assert_matches_and_reloads, run_graph
+from _checks import assert_matches_and_reloads, image_batches, run_graph
 from fuzz.blocks import RepBranches
 
 RS = np.random.RandomState(0)
@@ -106,10 +106,7 @@ def test_repvgg_blocks_run_as_single_int8_convolutions(tmp_path):
     net.add(nn.Conv2D(16, 3, padding=1, activation="relu"), RepBranches(16),
             RepBranches(16), nn.GlobalAvgPool2D(), nn.Dense(10))
     net.initialize(mx.init.Xavier())
-    batches = [mx.nd.array(RS.uniform(0, 1, (4, 3, 16, 16)).astype("float32"))
-               for _ in range(2)]
-    from gluon_quant.zoo.batchnorm import set_batchnorm_statistics
-    set_batchnorm_statistics(net, batches[0])
+    batches = image_batches(net, RS, (4, 3, 16, 16), 2)
     qnet = gq.quantize(net, batches, progress=False)
     report = qnet.report()
     assert [r.op for r in report] == ["Convolution"] * 3 + ["Pooling", "FullyConnected"], \

@@ -13,7 +13,7 @@ from gluon_quant.backends import ONEDNN
 from gluon_quant.graph.channelsplits import channel_split_convolutions
 from gluon_quant.graph.passes import PassContext
 
-from _checks import assert_matches_and_reloads, run_graph
+from _checks import assert_matches_and_reloads, image_batches, run_graph
 
 RS = np.random.RandomState(0)
 SHAPE = (2, 5, 6, 7)
@@ -142,10 +142,7 @@ def test_res2net_blocks_run_int8_without_slices(tmp_path):
     net.add(nn.Conv2D(32, 3, padding=1, activation="relu"), _Res2Block(), _Res2Block(),
             nn.GlobalAvgPool2D(), nn.Dense(10))
     net.initialize(mx.init.Xavier())
-    batches = [mx.nd.array(RS.uniform(0, 1, (4, 3, 16, 16)).astype("float32"))
-               for _ in range(2)]
-    from gluon_quant.zoo.batchnorm import set_batchnorm_statistics
-    set_batchnorm_statistics(net, batches[0])
+    batches = image_batches(net, RS, (4, 3, 16, 16), 2)
     qnet = gq.quantize(net, batches, progress=False)
     report = qnet.report()
     assert not [r for r in report if r.op in ("slice_axis", "SliceChannel")], str(report)

@@ -11,7 +11,7 @@ from gluon_quant.backends import ONEDNN
 from gluon_quant.debug.metrics import cosine
 from gluon_quant.graph.clamps import clamps_as_activations, hard_sigmoids
 from gluon_quant.graph.passes import PassContext
-from gluon_quant.zoo.batchnorm import set_batchnorm_statistics
+from _checks import image_batches
 
 RS = np.random.RandomState(0)
 
@@ -117,9 +117,7 @@ def test_mobilenetv3_hard_swish_is_one_pass(swish):
     mx.random.seed(0)
     net.initialize(mx.init.Xavier())
     rs = np.random.RandomState(0)
-    batches = [mx.nd.array(rs.uniform(-1, 1, (4, 3, 10, 10)).astype("float32"))
-               for _ in range(3)]
-    set_batchnorm_statistics(net, batches[0])
+    batches = image_batches(net, rs, (4, 3, 10, 10), 3, low=-1.0)
     qnet = gq.quantize(net, batches[:2], progress=False)
     ops = [r.op for r in qnet.report()]
     assert ops.count("hard_sigmoid") == 2 and not {"clip", "_plus_scalar",

@@ -9,7 +9,7 @@ from mxnet.gluon import nn
 import gluon_quant as gq
 from gluon_quant import _mxnet
 from gluon_quant.graph.maxpools import _never_decreases
-from gluon_quant.zoo.batchnorm import set_batchnorm_statistics
+from _checks import image_batches
 
 RS = np.random.RandomState(3)
 
@@ -51,10 +51,7 @@ class PeakNet(nn.HybridBlock):
 def _net(function):
     net = PeakNet(function)
     net.initialize(mx.init.Xavier(magnitude=3))
-    batches = [mx.nd.array(RS.uniform(-1, 1, (2, 3, 48, 48)).astype("float32"))
-               for _ in range(3)]
-    set_batchnorm_statistics(net, batches[0])
-    return net, batches
+    return net, image_batches(net, RS, (2, 3, 48, 48), 3, low=-1.0)
 
 
 def _pool_row(qnet):

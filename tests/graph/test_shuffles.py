@@ -12,7 +12,7 @@ from gluon_quant.backends import ONEDNN
 from gluon_quant.graph.passes import PassContext
 from gluon_quant.graph.shuffles import channel_shuffles, never_negative, shuffle_permutation
 
-from _checks import assert_matches_and_reloads, assert_same_after_rewrite
+from _checks import assert_matches_and_reloads, assert_same_after_rewrite, image_batches
 
 RS = np.random.RandomState(0)
 
@@ -187,10 +187,7 @@ def test_shufflenet_units_run_int8_from_end_to_end(tmp_path):
     fp32 at another input size and reloads bit-identically, and ``exclude`` keeps a
     shuffle as it was."""
     net = _shufflenet()
-    batches = [mx.nd.array(RS.uniform(0, 1, (4, 3, 32, 32)).astype("float32"))
-               for _ in range(3)]
-    from gluon_quant.zoo import set_batchnorm_statistics
-    set_batchnorm_statistics(net, batches[0])
+    batches = image_batches(net, RS, (4, 3, 32, 32), 3)
     qnet = gq.quantize(net, batches[:2], progress=False)
     report = qnet.report()
     halves = [r for r in report if "channel shuffle" in r.reason]
