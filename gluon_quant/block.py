@@ -17,7 +17,8 @@ from .backends import get_spec
 from .calib import get_calibrator
 from .calib.table import as_table
 from .config import QuantConfig
-from .data import BatchConverter, InputSpec, call_inputs, call_outputs, peek, run_error
+from .calls import call_inputs, call_outputs, run_error
+from .data import BatchConverter, InputSpec, peek
 from .errors import (ConfigError, EmptyCalibrationError, GluonQuantError, GraphError,
                      NotHybridizableError, refuse_cast, refuse_optimize_for,
                      refuse_parameter_files, refuse_pickling, refuse_summary)

@@ -21,7 +21,8 @@ from ._background import Background
 from ._io import loads_json, parse_ndarray_file, read_bytes, sha256_bytes
 from .calib import CalibrationTable
 from .config import check_ctx
-from .data import InputSpec, as_tuples, call_inputs, call_outputs, run_error
+from .calls import as_tuples, call_inputs, call_outputs, run_error
+from .data import InputSpec
 from .errors import (ArtifactError, CalibrationTableError, GluonQuantError,
                      InputMismatchError, refuse_cast, refuse_optimize_for,
                      refuse_parameter_files, refuse_pickling, refuse_summary)
@@ -256,7 +257,7 @@ class QuantizedSymbolBlock(mx.gluon.SymbolBlock):
 
 
 def _run_error(block, err, inputs):
-    """What a loaded model's MXNet failure is (:func:`gluon_quant.data.run_error`): the
+    """What a loaded model's MXNet failure is (:func:`gluon_quant.calls.run_error`): the
     inputs are blamed where they live elsewhere or differ from the calibration batches
     in count, rank or per-sample shape (the export's ``inputs``), else MXNet itself."""
     entries = block.metadata.get("inputs") or []

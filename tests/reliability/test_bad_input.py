@@ -521,9 +521,10 @@ def case_inference_wrong_rank(env):
     return lambda: env.qnet(mx.nd.ones((2, 28, 28)))
 
 
-@case(gq.InputMismatchError, r"ndarray\(2, 1, 28, 28\).*Pass 1 mx.nd.NDArray")
-def case_inference_numpy_input(env):
-    return lambda: env.qnet(np.ones((2, 1, 28, 28), "float32"))
+@case(gq.InputMismatchError, r"ndarray\(2, 3, 28, 28\).*Pass 1 mx.nd.NDArray.*\(8, 1, 28, 28\)")
+def case_inference_numpy_input_of_another_shape(env):
+    """numpy arrays run (as float32 NDArrays); one of the wrong shape is named as given."""
+    return lambda: env.qnet(np.ones((2, 3, 28, 28), "float32"))
 
 
 @case(gq.InputMismatchError, r"list of 2 .*Pass 1 mx.nd.NDArray input\(s\) \(x\).*built to "
