@@ -25,7 +25,7 @@ import logging
 from ..backends import ONEDNN
 from .rewrites import append_nodes as _append_nodes
 from .rewrites import reachable as _reachable
-from .rewrites import private_attrs
+from .rewrites import is_noop, private_attrs
 from .inspect import is_true
 
 _log = logging.getLogger(__name__)
@@ -145,7 +145,10 @@ def flatten_fc_inputs(graph, only_with_squeeze=False):
     (``_contrib_quantized_flatten``), so no quantize/dequantize pair is added.
 
     Only FCs with ``flatten=True`` fed by an operator that can write a oneDNN layout are
-    rewritten (an FC after ``Flatten``, ``reshape``, another FC, or an input is left alone).
+    rewritten (an FC after ``Flatten``, ``reshape``, another FC, or an input is left alone),
+    also through inference no-ops between them: MXNet's fusion removes a ``Dropout``, and
+    SENet-154's ``Pooling -> Dropout -> Dense`` head then failed the same way (the int8
+    graph's first run found the pooling by bisection, a minute and a half of rebuilds).
     The rewrite changes the fused graph, hence its fingerprint: calibration tables saved for
     a net with ``Pooling -> Dense`` before the guard existed no longer match it.
     ``only_with_squeeze=True`` limits the rewrite to graphs where a convolution reads a
@@ -179,6 +182,8 @@ def flatten_fc_inputs(graph, only_with_squeeze=False):
                 (node.get("attrs") or {}).get("quantized", "False")):
             continue  # an int8 graph: too late, its input entries carry ranges
         src = nodes[node["inputs"][0][0]]
+        while is_noop(src) and src["inputs"]:     # a Dropout the fusion removes
+            src = nodes[src["inputs"][0][0]]
         if src["op"] == "null" or src["op"] in _FLATTENING_OPS or (
                 src["op"] not in _ONEDNN_LAYOUT_OPS):
             continue

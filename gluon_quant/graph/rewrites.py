@@ -299,7 +299,7 @@ def unique_names(graph, context=None):  # pylint: disable=unused-argument
     return {}
 
 
-def _is_noop(node):
+def is_noop(node):
     """Whether ``node`` passes its input through at inference: ``_copy`` (``F.identity``),
     or a ``Dropout`` outside ``mode='always'`` (Monte Carlo dropout stays)."""
     if node["op"] in ("_copy", "identity"):
@@ -319,10 +319,10 @@ def identity_chains(graph, context=None):  # pylint: disable=unused-argument
     """
     nodes, changed = graph["nodes"], False
     for node in nodes:                  # in topological order: a chain's head first
-        if not _is_noop(node) or not node["inputs"]:
+        if not is_noop(node) or not node["inputs"]:
             continue
         source = node["inputs"][0]
-        if source[1] == 0 and _is_noop(nodes[source[0]]) and nodes[source[0]]["inputs"]:
+        if source[1] == 0 and is_noop(nodes[source[0]]) and nodes[source[0]]["inputs"]:
             node["inputs"][0] = list(nodes[source[0]]["inputs"][0])
             changed = True
     if changed:

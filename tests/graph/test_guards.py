@@ -476,6 +476,58 @@ def test_flatten_fc_inputs_on_json():
         assert np.array_equal(before.asnumpy(), after.asnumpy())
 
 
+def test_flatten_fc_inputs_looks_through_a_dropout():
+    """MXNet's fusion removes an inference ``Dropout``: the FC then reads the pooling."""
+    x = mx.sym.var("data")
+    pool = mx.sym.Pooling(x, global_pool=True, pool_type="avg", kernel=(1, 1), name="p")
+    drop = mx.sym.Dropout(mx.sym.Dropout(pool, p=0.2, name="d1"), p=0.2, name="d2")
+    fcs = [mx.sym.FullyConnected(drop, num_hidden=4, name="fc_drop"),
+           mx.sym.FullyConnected(mx.sym.Dropout(x, p=0.2, name="d3"), num_hidden=4,
+                                 name="fc_input"),
+           mx.sym.FullyConnected(mx.sym.Dropout(pool, p=0.2, mode="always", name="d4"),
+                                 num_hidden=4, name="fc_mc")]
+    graph = _mxnet.graph_json(mx.sym.Group(fcs))
+    assert guards.flatten_fc_inputs(graph) == ["fc_drop_flatten"]
+    names = [n["name"] for n in graph["nodes"]]
+    flatten = graph["nodes"][names.index("fc_drop_flatten")]
+    assert graph["nodes"][flatten["inputs"][0][0]]["name"] == "d2"
+
+
+class _SEBlockWithResidual(nn.HybridBlock):
+    def __init__(self, channels, **kwargs):
+        super().__init__(**kwargs)
+        self.body = nn.HybridSequential()
+        self.body.add(nn.Conv2D(channels, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+                      nn.Conv2D(channels, 3, padding=1), nn.BatchNorm())
+        self.squeeze = nn.Conv2D(channels // 4, 1)
+        self.excite = nn.Conv2D(channels, 1)
+
+    def hybrid_forward(self, F, x):
+        y = self.body(x)
+        w = F.contrib.AdaptiveAvgPooling2D(y, output_size=1)
+        y = F.broadcast_mul(y, F.sigmoid(self.excite(F.relu(self.squeeze(w)))))
+        return F.relu(y + x)
+
+
+def test_an_se_net_with_a_dropout_head_keeps_static_memory(caplog):
+    """SENet-154's head, ``GlobalAvgPool2D -> Dropout -> Dense``, behind squeeze-excite
+    blocks: the calibration graph and the int8 graph failed with static memory
+    (``!IsMKLDNNData()``) and ran without it; on SENet-154 itself the int8 graph's first
+    run bisected to its pooling (93 s of ``finalize()``) and kept it fp32."""
+    net = nn.HybridSequential()
+    net.add(nn.Conv2D(64, 3, padding=1), nn.BatchNorm(), nn.Activation("relu"),
+            _SEBlockWithResidual(64), nn.GlobalAvgPool2D(), nn.Dropout(0.2), nn.Dense(10))
+    x = _images(n=8, size=14)
+    net = _ready(net, x)
+    qnet = gq.quantize(net, [x[:4], x[4:]], progress=False)
+    assert "static memory" not in caplog.text and "first run" not in caplog.text
+    assert "__no_static_memory__" not in qnet.quantized_graph.tojson()
+    assert coverage(qnet.report()) == (6, 6)
+    for batch in (x, x[:4], x):
+        qnet(batch).wait_to_read()
+    assert cosine(net(x).asnumpy(), qnet(x).asnumpy()) >= 0.99
+
+
 def test_depthwise_se_fails_without_guard(disable_pass, caplog):
     """Case 3 as reported: the calibration graph fails on its second batch with static
     memory. Without the guard, the calibration pass and the int8 graph fall back to
