@@ -26,6 +26,7 @@ from .._stage import stage
 from ..data import iter_batches
 from ..errors import GraphError
 from ..graph import GraphView, block_scopes, layer_name
+from ..graph.inspect import POOLED_AS_ATTR
 from ..graph.tools import shape_only_nodes
 from ._target import check_target
 from .floor import fake_quant_graph
@@ -207,11 +208,8 @@ def compare(qnet, batches, *, num_batches=4, floor=False):
     int8_params = {p.name: p.data(qnet.ctx) for p in qnet.collect_params().values()}
     ref_block = _tapped_block(qnet.fused_graph, [n.name for n in nodes], names, fp32_params,
                               qnet.ctx)
-    final_names = {n["name"] for n in _mxnet.graph_json(qnet.quantized_graph)["nodes"]}
-    # a grouped convolution's int32 output is read after its requantize
-    # (graph.guards.grouped_per_tensor), as the network reads it
-    taps = [pairs[n.name][0] + "_requantize" if pairs[n.name][0] + "_requantize"
-            in final_names else pairs[n.name][0] for n in nodes]
+    final = {n["name"]: n for n in _mxnet.graph_json(qnet.quantized_graph)["nodes"]}
+    taps = [_tap(pairs[n.name][0], final) for n in nodes]
     q_block = _tapped_block(qnet.quantized_graph, taps, names, int8_params, qnet.ctx)
     floor_block = _floor_block(qnet, nodes, fp32_params) if floor and nodes else None
     acc = {n.name: Accumulator() for n in nodes}
@@ -264,6 +262,16 @@ def _floor_block(qnet, nodes, fp32_params):
     sym, rounded = fake_quant_graph(qnet)
     return _tapped_block(sym, [rounded.get(n.name, n.name) for n in nodes], qnet.input_names,
                          fp32_params, qnet.ctx)
+
+
+def _tap(name, final):
+    """The final-graph node whose output holds the values of the fp32 node that ``name``
+    stands for: a grouped convolution's int32 output is read after its requantize
+    (graph.guards.grouped_per_tensor), as the network reads it; a max pooling moved
+    before a sigmoid (graph.maxpools) after the sigmoid's copy."""
+    if name + "_requantize" in final:
+        return name + "_requantize"
+    return (final[name].get("attrs") or {}).get(POOLED_AS_ATTR, name)
 
 
 def _tapped_block(sym, node_names, input_names, params, ctx):

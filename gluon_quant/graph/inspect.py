@@ -31,6 +31,10 @@ FP32_FORM_ATTR = "__fp32_form__"
 #: Attribute of a final-graph node a pass made int8 where the fused graph kept the node
 #: fp32; its value says why (``report()`` shows it).
 INT8_FORM_ATTR = "__int8_form__"
+#: Attribute of an int8 max pooling moved before a dequantize and functions that never
+#: decrease (``graph.maxpools``): the node whose output holds the fp32 pooling's values
+#: (the pooling itself now computes those of the functions' input).
+POOLED_AS_ATTR = "__pooled_as__"
 
 
 def is_true(value):

@@ -22,12 +22,14 @@ apart (sigmoid, tanh, softsign: no step down over calibrated ranges of 0.5 to 60
 and uint8; its softrelu steps down 4699 times there and is not taken). The comparison
 ``maxpool(h) == h`` still compares equal values.
 
-A node the user excluded keeps its fp32 pooling.
+A node the user excluded keeps its fp32 pooling. The int8 pooling names, in its
+``__pooled_as__`` attribute, the node that now holds the fp32 pooling's values (the last
+function's copy): ``debug.compare`` reads that one, not the values before the functions.
 """
 import logging
 
 from ..backends import why_not_int8
-from .inspect import INT8_FORM_ATTR, describe_op
+from .inspect import INT8_FORM_ATTR, POOLED_AS_ATTR, describe_op
 from .rewrites import redirect
 
 __all__ = ["int8_max_pools", "MONOTONE"]
@@ -122,8 +124,9 @@ def int8_max_pools(graph, context):
         why = ("int8 max pooling of its input's int8 values, dequantized%s after it: the "
                "same values to the bit as fp32 pooling (oneDNN's fp32 pooling of a large "
                "plain map is up to 30x slower)" % after)
+        last = nodes[chain[0]]["name"] + "_pooled" if chain else node["name"] + "_dequantize"
         added.append({"op": "_contrib_quantized_pooling", "name": "quantized_" + node["name"],
-                      "attrs": dict(attrs, **{INT8_FORM_ATTR: why}),
+                      "attrs": dict(attrs, **{INT8_FORM_ATTR: why, POOLED_AS_ATTR: last}),
                       "inputs": list(nodes[dequantize]["inputs"])})
         added.append({"op": "_contrib_dequantize", "name": node["name"] + "_dequantize",
                       "attrs": {}, "inputs": [[first, i, 0] for i in range(3)]})
