@@ -60,7 +60,8 @@ def build_runner(fused, outputs, input_names, params, ctx):
     # Flattened in the graph: oneDNN operators may leave their outputs in a blocked
     # layout, and the reorder to the plain layout is then part of the (multi-threaded,
     # asynchronous) forward pass instead of a slow synchronous reorder when read.
-    group = mx.sym.Group([mx.sym.reshape(internals[n], shape=(-1,)) for n in outputs])
+    at = {name: i for i, name in enumerate(internals.list_outputs())}   # by name: O(N) each
+    group = mx.sym.Group([mx.sym.reshape(internals[at[n]], shape=(-1,)) for n in outputs])
     return _Runner(group, input_names, params, ctx)
 
 

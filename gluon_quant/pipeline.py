@@ -398,6 +398,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     outputs_needed = [n for n in names if n not in input_names]
     ctx = _context(config)
     state = {"params": None, "shapes": (), "limit": KEPT_SAMPLES}
+    total = batch_count(data, config.num_calib_batches)     # None where data has no len()
     # Bias correction's fp32 reference is read from this pass instead of computed again.
     tap = bias.ReferenceTap(calibrator, plan.fused.view, KEPT_SAMPLES, range_sources(
         plan.fused.view, names)) if config.bias_correction and get_spec(
@@ -411,10 +412,9 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
             state["params"] = params
             state["shapes"] = tuple(tuple(a.shape) for a in inputs)
             if tap is not None:
-                whole = {}
+                whole, batch = {}, (inputs[0].shape[0] if inputs[0].ndim else None)
                 tap.set_shapes(_sample_shapes(plan.fused.symbol, tap.wanted & set(names),
-                                              input_names, inputs, whole),
-                               whole, inputs[0].shape[0] if inputs[0].ndim else None)
+                                              input_names, inputs, whole), whole, batch, total)
                 state["limit"] = tap.limit      # fewer where the references are large
         return build_runner(plan.fused.symbol, outputs_needed, input_names, state["params"], ctx)
 
@@ -439,8 +439,7 @@ def calibrate(plan: QuantPlan, net, data, *, config: QuantConfig, calibrator, co
     seen = collect_statistics(
         iter_batches(data, config.num_calib_batches), convert=convert_and_keep,
         make_runner=make_runner, calibrator=tap or calibrator, input_names=input_names,
-        tensor_names=names, progress=config.progress,
-        total=batch_count(data, config.num_calib_batches))
+        tensor_names=names, progress=config.progress, total=total)
     if state["params"] is None and kept:    # nothing to calibrate: the net all fp32
         state["params"] = fp32_params(net, plan.fused, ctx, kept[0])
         state["shapes"] = tuple(tuple(a.shape) for a in kept[0])
@@ -471,11 +470,12 @@ def _sample_shapes(sym, keys, input_names, inputs, whole=None):
     inputs; tensors without a leading batch axis (or shape inference failing) are left out,
     and put with their whole shape in the dict ``whole`` when one is given."""
     internals = sym.get_internals()
-    present = sorted(k for k in keys if k in set(internals.list_outputs()))
+    at = {name: i for i, name in enumerate(internals.list_outputs())}   # by name: O(N) each
+    present = sorted(k for k in keys if k in at)
     if not present or not inputs or not inputs[0].ndim:
         return {}
     try:    # the partial inference: the full one prints its failures on stdout
-        _, shapes, _ = mx.sym.Group([internals[k] for k in present]).infer_shape_partial(
+        _, shapes, _ = mx.sym.Group([internals[at[k]] for k in present]).infer_shape_partial(
             **{n: tuple(a.shape) for n, a in zip(input_names, inputs)})
     except (_mxnet.MXNetError, ValueError, TypeError):
         return {}
