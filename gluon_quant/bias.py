@@ -493,7 +493,8 @@ def compute_corrections(*, fused, final, layers, params, fp32_params, inputs, in
     missing = [name for name, _ in layers if name not in known]
     if missing:
         internals = fused.get_internals()
-        reference = mx.sym.Group([internals[name + "_output"] for name in missing])
+        at = {name: i for i, name in enumerate(internals.list_outputs())}
+        reference = mx.sym.Group([internals[at[name + "_output"]] for name in missing])
         # symbol_block takes from ``params`` only what the graph uses.
         outs = _mxnet.run_block(_mxnet.symbol_block(reference, input_names, fp32_params, ctx),
                                 inputs, "Bias correction (fp32 reference)")

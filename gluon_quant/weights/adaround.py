@@ -256,7 +256,7 @@ def _layer_inputs(fused_symbol, graph, layers, params, inputs, input_names, ctx)
     if not wanted:
         return {}
     internals = fused_symbol.get_internals()
-    group = mx.sym.Group([internals[n] for n in wanted])
+    group = mx.sym.Group([internals[outputs.index(n)] for n in wanted])   # by name: O(N) each
     block = _mxnet.symbol_block(group, input_names, params, ctx)
     arrays = _mxnet.run_block(block, inputs, "AdaRound (layer inputs)")
     by_entry = {n: a.asnumpy() for n, a in zip(wanted, arrays)}
